@@ -1,0 +1,27 @@
+import os
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_requirements():
+    with open(os.path.join(HERE, "requirements.txt")) as file:
+        lines = (line.split("#", 1)[0].strip() for line in file)
+        return [line for line in lines if line]
+
+
+setuptools.setup(
+    name="pushi",
+    version="1.0.0.dev0",
+    description="Self-hosted real-time push server speaking the Pusher protocol",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="Apache License, Version 2.0",
+    package_dir={"": "src"},
+    packages=setuptools.find_packages("src"),
+    package_data={"pushi": ["static/*"]},
+    python_requires=">=3.9",
+    install_requires=read_requirements(),
+    entry_points={"console_scripts": ["pushi = pushi.cli:main"]},
+)

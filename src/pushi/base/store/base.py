@@ -1,0 +1,89 @@
+"""The persistence seam: what the engine and the REST app ask of a store.
+
+Two backends implement it: the embedded default (SQLite under
+``PUSHI_DATA_DIR``) and MongoDB (``MONGO_URL``).  Every method is blocking
+and thread-safe; none is ever called from the WebSocket loop thread (the
+loop hands store work to a worker and resumes with the answer).
+
+Records are plain dicts:
+
+* app: ``{"app_id": "1", "name": str, "key": str, "secret": str,
+  "enabled": bool, "client_events": bool, "settings": dict}`` where
+  ``app_id`` is a numeric string (Pusher SDKs require it) and ``settings``
+  holds per-app limits and options (see ``pushi.base.limits``).
+* event: ``{"mid": str, "app_id": str, "channel": str, "event": str,
+  "data": str, "timestamp": float, "user_id": str | None}`` where ``mid``
+  is unique per app and ``data`` is the exact string delivered.
+* subscription: ``{"app_id": str, "user_id": str, "event": str}`` where
+  ``event`` is the channel name the user keeps a stream of.
+"""
+
+import abc
+
+
+class Store(abc.ABC):
+    """Interface of a persistence backend (see the module docstring)."""
+
+    # apps
+
+    @abc.abstractmethod
+    def create_app(self, name, client_events=False, settings=None):
+        """Creates an app with a new numeric id and random key and secret
+        (each at least 128 bits, hex) and returns its record."""
+
+    @abc.abstractmethod
+    def get_app(self, app_id):
+        """Returns the app record for ``app_id`` or None."""
+
+    @abc.abstractmethod
+    def get_app_by_key(self, key):
+        """Returns the app record whose key is ``key`` or None."""
+
+    @abc.abstractmethod
+    def list_apps(self):
+        """Returns every app record, ordered by numeric id."""
+
+    @abc.abstractmethod
+    def update_app(self, app_id, **fields):
+        """Updates ``name``, ``enabled``, ``client_events`` or ``settings``
+        of an app and returns the new record (None if it does not exist)."""
+
+    # events
+
+    @abc.abstractmethod
+    def add_events(self, events):
+        """Stores a batch of event records durably (committed, and for the
+        embedded store synced, before returning).  Concurrent callers may
+        share one commit."""
+
+    @abc.abstractmethod
+    def get_events(self, app_id, channels, skip=0, count=10):
+        """Returns the stored events of ``app_id`` on any of ``channels`` (a
+        list of names), newest first, skipping ``skip`` and returning at most
+        ``count``."""
+
+    @abc.abstractmethod
+    def trim_events(self, app_id, max_count=None, max_age=None, now=None):
+        """Enforces retention for one app: keeps at most ``max_count`` events
+        per channel and none older than ``max_age`` seconds before ``now``.
+        Returns how many were removed."""
+
+    # persisted subscriptions
+
+    @abc.abstractmethod
+    def subscribe(self, app_id, user_id, event):
+        """Records that ``user_id`` keeps a stream of channel ``event``;
+        idempotent.  Returns the subscription record."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, app_id, user_id, event):
+        """Removes that subscription; returns True if it existed."""
+
+    @abc.abstractmethod
+    def list_subscriptions(self, app_id, user_id=None, event=None):
+        """Returns the app's subscriptions, filtered by user and/or event."""
+
+    # lifecycle
+
+    def close(self):
+        """Releases connections and threads; the store is unusable after."""
