@@ -159,45 +159,48 @@ class Publisher:
         return name, names, data, socket_id, info, persist
 
     def send(self, app, events):
-        """Stores what must persist, hands every event to the loop in one
-        go, and answers the ``info`` asked for."""
+        """Stores what must persist, hands every event to the loop, and
+        answers the ``info`` asked for.  A stored event gets a message id
+        (``mid``) and a ``timestamp`` per channel, which its delivery
+        carries too."""
         stored = []
-        published = []
+        deliveries = []
+        answers = []
         for name, names, data, socket_id, info, persist in events:
-            extra = None
-            if persist:
-                extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+            answer = {}
+            if not persist:
+                deliveries.append((names, name, data, socket_id, None))
+            else:
+                timestamp = time.time()
                 for channel in names:
+                    mid = uuid.uuid4().hex
                     stored.append(
                         {
-                            "mid": extra["mid"],
+                            "mid": mid,
                             "app_id": app.app_id,
                             "channel": channel,
                             "event": name,
                             "data": data,
-                            "timestamp": extra["timestamp"],
+                            "timestamp": timestamp,
                             "user_id": None,
                         }
                     )
-            published.append((names, name, data, socket_id, extra))
+                    extra = {"mid": mid, "timestamp": timestamp}
+                    deliveries.append(([channel], name, data, socket_id, extra))
+                answer.update(stored[-1] if len(names) == 1 else {"timestamp": timestamp})
+                answer = {key: answer[key] for key in ("mid", "timestamp") if key in answer}
+            answers.append((answer, names, info))
         if stored:
             # stored before the answer: an acknowledged event survives a crash
             self.state.store.add_events(stored)
-        for names, name, data, socket_id, extra in published:
+        for names, name, data, socket_id, extra in deliveries:
             self.state.publish(app.app_id, names, name, data, socket_id, extra)
-        answers = []
-        for (name, names, data, socket_id, info, persist), (_n, _e, _d, _s, extra) in zip(
-            events, published
-        ):
-            answer = {}
+        for answer, names, info in answers:
             if info:
                 answer["channels"] = self.state.call_in_loop(
                     self._info, app.app_id, names, info
                 )
-            if extra:
-                answer.update(extra)
-            answers.append(answer)
-        return answers
+        return [answer for answer, _names, _info in answers]
 
     def _info(self, app_id, names, info):
         engine = self.state.engine

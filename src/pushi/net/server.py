@@ -181,8 +181,8 @@ class Link:
         self.close(code, message)
 
     def _refuse(self, status, reason):
-        self.phase = CLOSING
         self._raw(ws.reject_response(status, reason))
+        self.phase = CLOSING
         self.server.closing.append(self)
 
     def _raw(self, data):

@@ -11,13 +11,13 @@ from .common import PushiController
 class AppsController(PushiController):
     @appier.route("/apps", "GET", json=True)
     def list(self):
-        self.access.require_admin(self.request.get_header("Authorization"))
+        self.access.require_admin(self.authorization())
         self.state.apps.refresh()
         return {"apps": [app.public() for app in self.state.apps.all()]}
 
     @appier.route("/apps", "POST", json=True)
     def create(self):
-        self.access.require_admin(self.request.get_header("Authorization"))
+        self.access.require_admin(self.authorization())
         body = self.body()
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():

@@ -29,8 +29,12 @@ class PushiController(appier.Controller):
             request.path,
             params,
             request.get_data() or b"",
-            request.get_header("Authorization"),
+            self.authorization(),
         )
+
+    def authorization(self):
+        """The request's Authorization header (see ``PushiApp.application``)."""
+        return self.request.environ.get("pushi.authorization")
 
     def body(self):
         """The JSON body as a dict (form fields when not JSON)."""
