@@ -20,7 +20,7 @@ setuptools.setup(
     license="Apache License, Version 2.0",
     package_dir={"": "src"},
     packages=setuptools.find_packages("src"),
-    package_data={"pushi": ["static/*"]},
+    package_data={"pushi": ["static/*", "app/static/console/*"]},
     python_requires=">=3.9",
     install_requires=read_requirements(),
     entry_points={"console_scripts": ["pushi = pushi.cli:main"]},

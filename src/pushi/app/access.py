@@ -43,6 +43,18 @@ class Access:
         )
         if not valid:
             raise errors.HttpError(401, "Invalid app credentials")
+        return app, self._issue(app)
+
+    def admin_login(self, app_id, header):
+        """A session token for any app, to the admin secret (``POST /login``
+        with ``Authorization: Bearer <admin secret>`` and an ``app_id``):
+        the debug console signs in as admin this way and keeps only the
+        token, never the secret."""
+        self.require_admin(header)
+        app = self.app(app_id)
+        return app, self._issue(app)
+
+    def _issue(self, app):
         token = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
@@ -50,7 +62,15 @@ class Access:
                 known: entry for known, entry in self._tokens.items() if entry[1] > now
             }
             self._tokens[token] = (app.app_id, now + TOKEN_LIFETIME)
-        return app, token
+        return token
+
+    def session_app(self, token, app_id):
+        """The app a live session token was issued for, when that is
+        ``app_id``; else None (blocking: may read the store)."""
+        entry = self._tokens.get(token) if isinstance(token, str) else None
+        if entry is None or entry[1] <= time.time() or entry[0] != app_id:
+            return None
+        return self.apps.load_id(app_id)
 
     def bearer(self, header):
         """The token of an ``Authorization: Bearer`` header, or None."""

@@ -19,9 +19,11 @@ import threading
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from pushi.app.access import Access  # noqa: E402
 from pushi.base.apps import AppDirectory  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config  # noqa: E402
+from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
@@ -40,11 +42,20 @@ class State:
         self.apps = AppDirectory(self.store)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pushi-worker")
         self.engine = Engine(self.config, offload=self.offload)
+        self.access = Access(self.apps, self.config.admin_secret)
+        self.console = ConsoleHub(
+            self.engine,
+            self.access.session_app,
+            self.offload,
+            self._schedule,
+            max_buffer=self.config.console_max_buffer,
+        )
         self.server = WebSocketServer(
             self.engine,
             self.apps,
             self.offload,
             max_buffer=self.config.max_buffer,
+            console=self.console,
             level=logging.WARNING,
         )
         self.broker = LocalBroker(self.call_soon, self._deliver)
@@ -72,6 +83,10 @@ class State:
 
         self.call_soon(run)
         return future.result(timeout)
+
+    def _schedule(self, work, seconds):
+        """Runs ``work()`` on the loop in ``seconds`` (loop thread only)."""
+        self.server.delay(lambda: self.server.run(work), timeout=seconds)
 
     def offload(self, work, then):
         """Runs blocking ``work()`` on a worker, then ``then(result)`` on

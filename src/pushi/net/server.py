@@ -9,6 +9,11 @@ nothing is queued, through netius's queue only after a short write.  A
 link whose queue passes ``max_buffer`` bytes is closed with 4100 (reconnect
 with back-off): a slow reader costs bounded memory and never slows others.
 
+The path ``/console`` is the debug console's stream (``base/console.py``):
+such a link carries a ``watcher`` instead of a session, and its budget is
+the console's much smaller one, so a console that cannot keep up is
+dropped long before it costs the app's clients anything.
+
 Ownership: runs on the loop thread only, like the engine it drives.
 """
 
@@ -25,6 +30,7 @@ logger = logging.getLogger("pushi.net")
 
 _PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?$")
 _PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?$")
+_CONSOLE_PATH = re.compile(r"^/console/?$")
 
 HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
 
@@ -32,7 +38,17 @@ HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
 class Link:
     """One connection: handshake, then frames to and from the engine."""
 
-    __slots__ = ("server", "connection", "phase", "buffer", "reader", "session", "outbox")
+    __slots__ = (
+        "server",
+        "connection",
+        "phase",
+        "buffer",
+        "reader",
+        "session",
+        "outbox",
+        "watcher",
+        "max_buffer",
+    )
 
     def __init__(self, server, connection):
         self.server = server
@@ -42,6 +58,8 @@ class Link:
         self.reader = None
         self.session = None
         self.outbox = None
+        self.watcher = None
+        self.max_buffer = server.max_buffer
 
     # the transport the engine writes to
 
@@ -69,6 +87,8 @@ class Link:
     def _forget(self):
         if self.session is not None:
             self.server.engine.closed(self.session)
+        elif self.watcher is not None:
+            self.watcher.closed()
 
     # bytes from the socket
 
@@ -92,6 +112,9 @@ class Link:
         if handshake is None:
             return
         self.buffer = self.buffer[consumed:]
+        if self.server.console is not None and _CONSOLE_PATH.match(handshake.path):
+            self._watch(handshake)
+            return
         match = _PUSHER_PATH.match(handshake.path)
         dialect = messages.PUSHER
         if match is None:
@@ -142,6 +165,17 @@ class Link:
             data, self.buffer = self.buffer, b""
             self._frames(data)
 
+    def _watch(self, handshake):
+        """Makes this link a debug console stream (see ``base/console``)."""
+        self._raw(ws.accept_response(handshake))
+        self.reader = ws.FrameReader()
+        self.phase = OPEN
+        self.max_buffer = self.server.console.max_buffer
+        self.watcher = self.server.console.connect(self)
+        if self.buffer:
+            data, self.buffer = self.buffer, b""
+            self._frames(data)
+
     def _frames(self, data):
         try:
             frames = self.reader.feed(data)
@@ -154,20 +188,27 @@ class Link:
             if self.phase != OPEN:
                 return
             if opcode == ws.OP_TEXT:
-                engine.receive(self.session, payload)
+                if self.watcher is not None:
+                    self.watcher.receive(payload)
+                else:
+                    engine.receive(self.session, payload)
             elif opcode == ws.OP_PING:
                 self.write(ws.encode_frame(ws.OP_PONG, payload))
-                self.session.last_seen = time.monotonic()
+                if self.session is not None:
+                    self.session.last_seen = time.monotonic()
             elif opcode == ws.OP_PONG:
-                self.session.last_seen = time.monotonic()
-                self.session.ping_sent = None
+                if self.session is not None:
+                    self.session.last_seen = time.monotonic()
+                    self.session.ping_sent = None
             elif opcode == ws.OP_CLOSE:
                 try:
                     code, _reason = ws.parse_close(payload)
                 except ws.WebSocketError as error:
                     self.close(error.code, error.reason)
                     return
-                logger.debug("client closed %s with %d", self.session.socket_id, code)
+                logger.debug(
+                    "client closed %s with %d", self.session and self.session.socket_id, code
+                )
                 self.close(None if code == ws.CLOSE_NO_STATUS else code)
             else:
                 self.write(
@@ -206,10 +247,15 @@ class Link:
                 return
             data = data[sent:]
         connection.send(data, delay=False)
-        if connection.pending_s > self.server.max_buffer and self.phase != CLOSING:
+        if connection.pending_s > self.max_buffer and self.phase != CLOSING:
             # the close frame queues behind what is pending: the client sees
             # 4100 if it ever reads again, and is cut off after a grace time
-            logger.info("slow consumer %s disconnected", self.session and self.session.socket_id)
+            if self.watcher is not None:
+                logger.info("slow console of app %s dropped", self.watcher.app_id)
+            else:
+                logger.info(
+                    "slow consumer %s disconnected", self.session and self.session.socket_id
+                )
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
             self.server.delay(connection.close, timeout=5)
 
@@ -219,12 +265,16 @@ class WebSocketServer(netius.StreamServer):
 
     ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
     store off the loop); ``offload(work, then)`` runs ``work`` on a worker
-    thread and ``then(result)`` back on the loop.
+    thread and ``then(result)`` back on the loop; ``console`` (a
+    ``ConsoleHub``, optional) serves the ``/console`` path.
     """
 
-    def __init__(self, engine, apps, offload, max_buffer=1048576, *args, **kwargs):
+    def __init__(
+        self, engine, apps, offload, max_buffer=1048576, console=None, *args, **kwargs
+    ):
         netius.StreamServer.__init__(self, *args, **kwargs)
         self.engine = engine
+        self.console = console
         self.apps = apps
         self.offload = offload
         self.max_buffer = max_buffer

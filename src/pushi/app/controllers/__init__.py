@@ -1,3 +1,4 @@
 from .base import BaseController
 from .apps import AppsController
 from .channels import ChannelsController
+from .console import ConsoleController

@@ -19,9 +19,15 @@ class BaseController(PushiController):
     @appier.route("/login", "POST", json=True)
     def login(self):
         """A session token for an app's id, key and secret, sent in the
-        body (never in the URL): send it back as ``Authorization: Bearer``."""
+        body (never in the URL): send it back as ``Authorization: Bearer``.
+        With the admin secret as ``Authorization: Bearer`` instead, the body
+        needs only the ``app_id``."""
         body = self.body()
-        app, token = self.access.login(
-            str(body.get("app_id", "")), body.get("app_key"), body.get("app_secret")
-        )
+        app_id = str(body.get("app_id", ""))
+        if "app_key" not in body and "app_secret" not in body and self.authorization():
+            app, token = self.access.admin_login(app_id, self.authorization())
+        else:
+            app, token = self.access.login(
+                app_id, body.get("app_key"), body.get("app_secret")
+            )
         return {"token": token, "app_id": app.app_id, "expires_in": 86400}

@@ -1,0 +1,34 @@
+"""The debug console page (``GET /console``).
+
+The page is static HTML, CSS and JavaScript under ``static/console/``; this
+route serves its HTML with the WebSocket port and scheme filled in, so the
+page can open its stream on the WebSocket server (``/console`` there, see
+``pushi.base.console``).  Nothing secret is in the page: the visitor signs
+in on it with ``POST /login``.
+"""
+
+import os
+
+import appier
+
+from .common import PushiController
+
+PAGE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "static",
+    "console",
+    "index.html",
+)
+
+
+class ConsoleController(PushiController):
+    @appier.route("/console", "GET")
+    def console(self):
+        config = self.state.config
+        with open(PAGE, encoding="utf-8") as file:
+            page = file.read()
+        page = page.replace("{{ws_port}}", str(int(config.server_port)))
+        page = page.replace("{{ws_scheme}}", "wss" if config.server_ssl else "ws")
+        self.request.set_header("Cache-Control", "no-store")
+        self.request.set_header("X-Frame-Options", "DENY")
+        return self.html(page, content_type="text/html; charset=utf-8")

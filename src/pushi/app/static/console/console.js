@@ -1,0 +1,470 @@
+/*
+ * Pushi debug console: signs in with POST /login, streams one app's live
+ * traffic over a WebSocket to /console on the WebSocket server, filters it,
+ * and triggers events through POST /apps/<id>/events (the REST API's path).
+ *
+ * The session token is kept in sessionStorage (this tab only) and travels in
+ * the stream's first message and in an Authorization header, never in a URL.
+ * The admin secret is only used to list apps and obtain a token, then
+ * forgotten. Everything from the server is shown with textContent, never as
+ * HTML: event data comes from any client of the app.
+ */
+(function () {
+    "use strict";
+
+    var TYPES = [
+        "connection",
+        "disconnection",
+        "subscribed",
+        "unsubscribed",
+        "occupied",
+        "vacated",
+        "member_added",
+        "member_removed",
+        "api_message",
+        "client_event",
+        "webhook_sent",
+        "webhook_failed"
+    ];
+    var STORAGE = "pushi.console";
+
+    var $ = function (id) {
+        return document.getElementById(id);
+    };
+
+    var session = null; // {app_id, token, name}
+    var socket = null;
+    var retry = 0;
+    var retryTimer = null;
+    var paused = false;
+    var entries = []; // oldest first: {entry, row}
+    var held = []; // entries received while paused
+    var seen = 0; // entries received since sign-in, for tests and the title
+
+    // sign-in
+
+    function signedIn(value) {
+        session = value;
+        sessionStorage.setItem(STORAGE, JSON.stringify(value));
+        $("signin-error").textContent = "";
+        $("app-secret").value = "";
+        $("admin-secret").value = "";
+        $("signin").hidden = true;
+        $("console").hidden = false;
+        $("who").hidden = false;
+        $("app-name").textContent = (value.name || "app") + " (id " + value.app_id + ")";
+        retry = 0;
+        connect();
+    }
+
+    function signOut(reason) {
+        session = null;
+        sessionStorage.removeItem(STORAGE);
+        if (retryTimer) clearTimeout(retryTimer);
+        retryTimer = null;
+        if (socket) {
+            var closing = socket;
+            socket = null;
+            closing.close(1000);
+        }
+        clearLog();
+        setPaused(false);
+        $("console").hidden = true;
+        $("who").hidden = true;
+        $("signin").hidden = false;
+        $("signin-error").textContent = reason || "";
+    }
+
+    function request(method, path, body, token) {
+        var headers = { "Content-Type": "application/json" };
+        if (token) headers["Authorization"] = "Bearer " + token;
+        return fetch(path, {
+            method: method,
+            headers: headers,
+            body: body === undefined ? undefined : JSON.stringify(body),
+            cache: "no-store"
+        }).then(function (response) {
+            return response.text().then(function (text) {
+                var payload = null;
+                try {
+                    payload = text ? JSON.parse(text) : null;
+                } catch (error) {
+                    payload = { message: text };
+                }
+                if (!response.ok) {
+                    var message = (payload && payload.message) || response.statusText;
+                    throw new Error(response.status + ": " + message);
+                }
+                return payload;
+            });
+        });
+    }
+
+    $("signin-app").addEventListener("submit", function (event) {
+        event.preventDefault();
+        var appId = $("app-id").value.trim();
+        request("POST", "/login", {
+            app_id: appId,
+            app_key: $("app-key").value.trim(),
+            app_secret: $("app-secret").value.trim()
+        })
+            .then(function (answer) {
+                signedIn({ app_id: answer.app_id, token: answer.token, name: "app" });
+            })
+            .catch(function (error) {
+                $("signin-error").textContent = "Sign-in refused: " + error.message;
+            });
+    });
+
+    $("admin-load").addEventListener("click", function () {
+        request("GET", "/apps", undefined, $("admin-secret").value.trim())
+            .then(function (answer) {
+                var select = $("admin-app");
+                select.textContent = "";
+                (answer.apps || []).forEach(function (app) {
+                    var option = document.createElement("option");
+                    option.value = app.app_id;
+                    option.textContent = app.app_id + " - " + app.name;
+                    option.dataset.name = app.name;
+                    select.appendChild(option);
+                });
+                select.disabled = !select.options.length;
+                $("admin-watch").disabled = !select.options.length;
+                $("signin-error").textContent = select.options.length ? "" : "No apps yet";
+            })
+            .catch(function (error) {
+                $("signin-error").textContent = "Admin secret refused: " + error.message;
+            });
+    });
+
+    $("signin-admin").addEventListener("submit", function (event) {
+        event.preventDefault();
+        var select = $("admin-app");
+        var option = select.options[select.selectedIndex];
+        if (!option) return;
+        request("POST", "/login", { app_id: option.value }, $("admin-secret").value.trim())
+            .then(function (answer) {
+                signedIn({ app_id: answer.app_id, token: answer.token, name: option.dataset.name });
+            })
+            .catch(function (error) {
+                $("signin-error").textContent = "Sign-in refused: " + error.message;
+            });
+    });
+
+    $("signout").addEventListener("click", function () {
+        signOut("");
+    });
+
+    // the stream
+
+    function streamUrl() {
+        var meta = function (name) {
+            var element = document.querySelector('meta[name="' + name + '"]');
+            var value = element ? element.getAttribute("content") : "";
+            return value.indexOf("{{") === 0 ? "" : value;
+        };
+        var scheme = meta("pushi-ws-scheme") || (location.protocol === "https:" ? "wss" : "ws");
+        var port = meta("pushi-ws-port") || "9090";
+        var host = location.hostname.indexOf(":") >= 0 ? "[" + location.hostname + "]" : location.hostname;
+        return scheme + "://" + host + ":" + port + "/console";
+    }
+
+    function setStatus(state, text) {
+        var status = $("status");
+        status.dataset.state = state;
+        status.textContent = text || state;
+    }
+
+    function connect() {
+        if (!session) return;
+        setStatus("connecting");
+        var current = new WebSocket(streamUrl());
+        socket = current;
+        current.onopen = function () {
+            current.send(
+                JSON.stringify({
+                    event: "console:watch",
+                    data: { app_id: session.app_id, token: session.token }
+                })
+            );
+        };
+        current.onmessage = function (message) {
+            if (socket !== current) return;
+            var payload;
+            try {
+                payload = JSON.parse(message.data);
+            } catch (error) {
+                return;
+            }
+            if (payload.event === "console:entry") {
+                receive(payload.data);
+            } else if (payload.event === "console:stats") {
+                counters(payload.data);
+            } else if (payload.event === "console:watching") {
+                retry = 0;
+                if (payload.data.name) {
+                    session.name = payload.data.name;
+                    sessionStorage.setItem(STORAGE, JSON.stringify(session));
+                    $("app-name").textContent = session.name + " (id " + session.app_id + ")";
+                }
+                counters(payload.data);
+                setStatus(paused ? "paused" : "live");
+            } else if (payload.event === "console:error") {
+                signOut("Signed out: " + payload.data.message);
+            }
+        };
+        current.onclose = function (event) {
+            if (socket !== current) return;
+            socket = null;
+            if (!session) return;
+            if (event.code === 4009) {
+                signOut("Signed out: the server refused this session");
+                return;
+            }
+            // 4100: this console could not keep up and was dropped; any
+            // other close: the server went away. Reconnect with back-off.
+            setStatus(event.code === 4100 ? "dropped" : "closed", event.code === 4100 ? "dropped: too slow" : "reconnecting");
+            var delay = Math.min(30000, 1000 * Math.pow(2, retry++));
+            retryTimer = setTimeout(function () {
+                retryTimer = null;
+                connect();
+            }, delay);
+        };
+    }
+
+    function counters(data) {
+        $("count-connections").textContent = data.connections;
+        $("count-channels").textContent = data.channels;
+        $("count-messages").textContent = data.messages_last_minute;
+    }
+
+    // the log
+
+    function cap() {
+        var value = parseInt($("cap").value, 10);
+        return value > 0 ? value : 500;
+    }
+
+    function receive(entry) {
+        seen++;
+        if (paused) {
+            held.push(entry);
+            if (held.length > cap()) held.shift();
+            $("held").textContent = held.length + " held while paused";
+            return;
+        }
+        add(entry);
+        trim();
+    }
+
+    function channelsOf(entry) {
+        if (entry.channels) return entry.channels;
+        return entry.channel ? [entry.channel] : [];
+    }
+
+    function text(value) {
+        if (value === undefined || value === null) return "";
+        return typeof value === "string" ? value : JSON.stringify(value);
+    }
+
+    function describe(entry) {
+        var parts = [];
+        var details = {};
+        Object.keys(entry).forEach(function (name) {
+            if (name !== "type" && name !== "time" && name !== "channel" && name !== "channels") {
+                details[name] = entry[name];
+            }
+        });
+        if (details.event !== undefined) parts.push("event " + details.event);
+        if (details.socket_id) parts.push("socket " + details.socket_id);
+        if (details.dialect) parts.push(details.dialect);
+        if (entry.type === "connection") parts.push("origin " + (details.origin || "none"));
+        if (details.user_id !== undefined && details.user_id !== null) parts.push("user " + details.user_id);
+        var known = ["event", "socket_id", "dialect", "origin", "user_id", "data"];
+        Object.keys(details).forEach(function (name) {
+            if (known.indexOf(name) < 0) parts.push(name + " " + text(details[name]));
+        });
+        return { summary: parts.join(" \u00b7 "), data: "data" in details ? text(details.data) : null };
+    }
+
+    function clock(ms) {
+        var date = new Date(ms);
+        var pad = function (value, size) {
+            return ("000" + value).slice(-size);
+        };
+        return (
+            pad(date.getHours(), 2) + ":" + pad(date.getMinutes(), 2) + ":" +
+            pad(date.getSeconds(), 2) + "." + pad(date.getMilliseconds(), 3)
+        );
+    }
+
+    function cell(row, className, content) {
+        var td = document.createElement("td");
+        td.className = className;
+        if (content !== undefined) td.textContent = content;
+        row.appendChild(td);
+        return td;
+    }
+
+    function add(entry) {
+        var row = document.createElement("tr");
+        row.className = "entry";
+        row.dataset.type = entry.type;
+        cell(row, "time", clock(entry.time));
+        var badge = document.createElement("span");
+        badge.className = "badge " + entry.type;
+        badge.textContent = entry.type;
+        cell(row, "type").appendChild(badge);
+        cell(row, "channel", channelsOf(entry).join(", "));
+        var description = describe(entry);
+        var details = cell(row, "details", description.summary);
+        if (description.data !== null) {
+            var code = document.createElement("code");
+            code.className = "data";
+            code.textContent = description.data;
+            details.appendChild(code);
+        }
+        var item = { entry: entry, row: row };
+        row.hidden = !matches(entry);
+        entries.push(item);
+        var log = $("log");
+        log.insertBefore(row, log.firstChild);
+    }
+
+    function trim() {
+        var limit = cap();
+        while (entries.length > limit) {
+            var oldest = entries.shift();
+            oldest.row.remove();
+        }
+    }
+
+    function clearLog() {
+        entries = [];
+        held = [];
+        $("log").textContent = "";
+        $("held").textContent = "";
+    }
+
+    // filters
+
+    function checkedTypes() {
+        var types = {};
+        document.querySelectorAll('#types input[type="checkbox"]').forEach(function (box) {
+            if (box.checked) types[box.value] = true;
+        });
+        return types;
+    }
+
+    var filter = { types: {}, channel: "", text: "" };
+
+    function matches(entry) {
+        if (!filter.types[entry.type] && TYPES.indexOf(entry.type) >= 0) return false;
+        if (filter.channel) {
+            var wanted = filter.channel;
+            var found = channelsOf(entry).some(function (name) {
+                return name.toLowerCase().indexOf(wanted) >= 0;
+            });
+            if (!found) return false;
+        }
+        if (filter.text) {
+            var haystack = (text(entry.event) + "\n" + text(entry.data)).toLowerCase();
+            if (haystack.indexOf(filter.text) < 0) return false;
+        }
+        return true;
+    }
+
+    function refilter() {
+        filter.types = checkedTypes();
+        filter.channel = $("filter-channel").value.trim().toLowerCase();
+        filter.text = $("filter-text").value.trim().toLowerCase();
+        entries.forEach(function (item) {
+            item.row.hidden = !matches(item.entry);
+        });
+    }
+
+    TYPES.forEach(function (type) {
+        var label = document.createElement("label");
+        var box = document.createElement("input");
+        box.type = "checkbox";
+        box.name = "type";
+        box.value = type;
+        box.checked = true;
+        box.addEventListener("change", refilter);
+        label.appendChild(box);
+        label.appendChild(document.createTextNode(type));
+        $("types").appendChild(label);
+    });
+    $("filter-channel").addEventListener("input", refilter);
+    $("filter-text").addEventListener("input", refilter);
+    $("cap").addEventListener("change", trim);
+    refilter();
+
+    function setPaused(value) {
+        paused = value;
+        $("pause").textContent = paused ? "Resume" : "Pause";
+        if (session && socket) setStatus(paused ? "paused" : "live");
+        if (!paused) {
+            var waiting = held;
+            held = [];
+            $("held").textContent = "";
+            waiting.forEach(add);
+            trim();
+        }
+    }
+
+    $("pause").addEventListener("click", function () {
+        setPaused(!paused);
+    });
+    $("clear").addEventListener("click", clearLog);
+
+    // the event creator: the REST API's own publish route, with the token
+
+    $("creator").addEventListener("submit", function (event) {
+        event.preventDefault();
+        var result = $("send-result");
+        var data = $("send-data").value;
+        if ($("send-format").value === "json") {
+            try {
+                data = JSON.stringify(JSON.parse(data));
+            } catch (error) {
+                result.className = "result failed";
+                result.textContent = "Data is not valid JSON (choose text to send it as is)";
+                return;
+            }
+        }
+        var channel = $("send-channel").value.trim();
+        var name = $("send-event").value.trim();
+        result.className = "result";
+        result.textContent = "sending...";
+        request("POST", "/apps/" + encodeURIComponent(session.app_id) + "/events", {
+            name: name,
+            channel: channel,
+            data: data
+        }, session.token)
+            .then(function () {
+                result.className = "result sent";
+                result.textContent = "Sent " + name + " to " + channel;
+            })
+            .catch(function (error) {
+                result.className = "result failed";
+                result.textContent = "Not sent: " + error.message;
+            });
+    });
+
+    // a test or a curious visitor may ask how many entries arrived
+    window.pushiConsole = {
+        received: function () {
+            return seen;
+        }
+    };
+
+    var stored = sessionStorage.getItem(STORAGE);
+    if (stored) {
+        try {
+            signedIn(JSON.parse(stored));
+        } catch (error) {
+            sessionStorage.removeItem(STORAGE);
+        }
+    }
+})();

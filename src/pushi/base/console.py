@@ -1,0 +1,250 @@
+"""The debug console's server side: live traffic of one app, streamed.
+
+A console is a browser page (``/console`` on the REST port) holding a
+WebSocket to ``/console`` on the WebSocket server.  Its first message
+names an app and carries a session token from ``POST /login``; once the
+token is checked (off the loop), the socket becomes a ``Watcher`` of that
+app and receives, as JSON text messages:
+
+* ``console:watching`` once: the app and the counters at that moment,
+* ``console:entry`` for every engine fact of that app (``type`` is the
+  engine's kind: connection, disconnection, subscribed, unsubscribed,
+  occupied, vacated, member_added, member_removed, api_message,
+  client_event, and whatever else the engine emits later, e.g. webhooks),
+* ``console:stats`` every ``STATS_EVERY`` seconds: open connections,
+  occupied channels, messages in the last minute,
+* ``console:error`` then a close (4009) when the sign-in is refused.
+
+Why a WebSocket on the loop: the facts are born on the loop thread, so
+the stream is written there with no hand-off, and the REST server (one
+thread, one netius loop) never holds a request open.
+
+Cost: the hub registers its observer with the engine only while at least
+one watcher exists, and runs its stats timer only then; with no console
+open the engine builds nothing (``if self.observers``).  An entry is
+encoded once per fact and the same frame is written to every watcher of
+the app.  A watcher that does not read is closed by its link once more
+than ``console_max_buffer`` bytes queue for it (4100): the console is
+dropped, never the app's clients.
+
+Ownership: every method runs on the WebSocket loop thread, except the
+``authenticate`` callable, which runs on a worker (it may read the store).
+"""
+
+import json
+import logging
+import time
+
+from pushi.proto.websocket import text_frame
+
+logger = logging.getLogger("pushi.console")
+
+STATS_EVERY = 2.0
+""" Seconds between two ``console:stats`` messages (only while watched) """
+
+AUTH_TIMEOUT = 10.0
+""" Seconds a console socket has to send its sign-in message """
+
+REFUSED = 4009
+""" Close code of a refused sign-in (Pusher's "unauthorized": do not retry) """
+
+_COUNTED = {"api_message", "client_event"}
+
+
+def encode(event, data):
+    """One console message as a text frame (UTF-8 JSON)."""
+    return text_frame(
+        json.dumps({"event": event, "data": data}, separators=(",", ":"), default=str)
+    )
+
+
+class MinuteCounter:
+    """Messages counted in one-second buckets over the last 60 seconds."""
+
+    __slots__ = ("counts", "seconds")
+
+    def __init__(self):
+        self.counts = [0] * 60
+        self.seconds = [0] * 60
+
+    def add(self, count, now):
+        second = int(now)
+        index = second % 60
+        if self.seconds[index] != second:
+            self.seconds[index] = second
+            self.counts[index] = 0
+        self.counts[index] += count
+
+    def total(self, now):
+        second = int(now)
+        return sum(
+            count
+            for count, stamp in zip(self.counts, self.seconds)
+            if 0 <= second - stamp < 60
+        )
+
+
+class Watcher:
+    """One console socket: waits for its sign-in, then watches one app.
+
+    ``link`` is the network side: ``write(frame)`` and ``close(code,
+    reason)``, like a session's transport.
+    """
+
+    __slots__ = ("hub", "link", "app_id", "pending", "gone")
+
+    def __init__(self, hub, link):
+        self.hub = hub
+        self.link = link
+        self.app_id = None
+        self.pending = False
+        self.gone = False
+
+    def receive(self, text):
+        """Handles a text message from the page (only the sign-in counts)."""
+        if self.app_id is not None or self.pending:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        data = message.get("data") if isinstance(message, dict) else None
+        if (
+            not isinstance(data, dict)
+            or message.get("event") != "console:watch"
+            or not isinstance(data.get("app_id"), str)
+            or not isinstance(data.get("token"), str)
+        ):
+            self.refuse("Send console:watch with app_id and token first")
+            return
+        self.pending = True
+        self.hub.sign_in(self, data["app_id"], data["token"])
+
+    def refuse(self, reason):
+        self.link.write(encode("console:error", {"code": REFUSED, "message": reason}))
+        self.link.close(REFUSED, reason)
+
+    def closed(self):
+        """The socket is gone: stop watching."""
+        self.gone = True
+        self.hub.detach(self)
+
+
+class ConsoleHub:
+    """Watchers by app, and the engine observer that feeds them.
+
+    ``authenticate(token, app_id)`` returns the app a session token may
+    watch, or None (blocking: run through ``offload``); ``offload(work,
+    then)`` runs ``work`` on a worker and ``then(result)`` on the loop;
+    ``schedule(work, seconds)`` runs ``work`` on the loop later.
+    """
+
+    def __init__(self, engine, authenticate, offload, schedule, max_buffer=262144):
+        self.engine = engine
+        self.authenticate = authenticate
+        self.offload = offload
+        self.schedule = schedule
+        self.max_buffer = max_buffer
+        self.watchers = {}
+        self.counters = {}
+        self._ticking = False
+
+    # sign-in
+
+    def connect(self, link):
+        """A new console socket: a watcher that must sign in in time."""
+        watcher = Watcher(self, link)
+        self.schedule(lambda: self._deadline(watcher), AUTH_TIMEOUT)
+        return watcher
+
+    def _deadline(self, watcher):
+        if watcher.app_id is None and not watcher.gone:
+            watcher.refuse("No sign-in within %d seconds" % AUTH_TIMEOUT)
+
+    def sign_in(self, watcher, app_id, token):
+        self.offload(
+            lambda: self.authenticate(token, app_id),
+            lambda app: self._signed_in(watcher, app),
+        )
+
+    def _signed_in(self, watcher, app):
+        watcher.pending = False
+        if watcher.gone:
+            return
+        if app is None:
+            watcher.refuse("Invalid or expired token for this app")
+            return
+        self.attach(watcher, app)
+
+    # watching
+
+    def attach(self, watcher, app):
+        """Starts streaming an app's facts to a signed-in watcher."""
+        app_id = app.app_id
+        watcher.app_id = app_id
+        if not self.watchers:
+            self.engine.observers.append(self.observe)
+        self.watchers.setdefault(app_id, []).append(watcher)
+        if app_id not in self.counters:
+            self.counters[app_id] = MinuteCounter()
+        watcher.link.write(
+            encode(
+                "console:watching",
+                dict(
+                    self.stats(app_id),
+                    app_id=app_id,
+                    name=app.name,
+                    stats_every=STATS_EVERY,
+                ),
+            )
+        )
+        if not self._ticking:
+            self._ticking = True
+            self.schedule(self._tick, STATS_EVERY)
+
+    def detach(self, watcher):
+        """Stops streaming to a watcher; the last one unhooks the hub."""
+        watchers = self.watchers.get(watcher.app_id)
+        if not watchers or watcher not in watchers:
+            return
+        watchers.remove(watcher)
+        if not watchers:
+            del self.watchers[watcher.app_id]
+            self.counters.pop(watcher.app_id, None)
+        if not self.watchers and self.observe in self.engine.observers:
+            self.engine.observers.remove(self.observe)
+
+    def observe(self, app_id, kind, details):
+        """The engine observer: one entry to every watcher of the app."""
+        watchers = self.watchers.get(app_id)
+        if not watchers:
+            return
+        now = time.time()
+        if kind in _COUNTED:
+            channels = details.get("channels")
+            self.counters[app_id].add(len(channels) if channels else 1, now)
+        entry = dict(details, type=kind, time=int(now * 1000))
+        frame = encode("console:entry", entry)
+        for watcher in watchers:
+            watcher.link.write(frame)
+
+    # counters
+
+    def stats(self, app_id):
+        registry = self.engine.registry
+        counter = self.counters.get(app_id)
+        return {
+            "connections": registry.app_count(app_id),
+            "channels": len(registry.channels(app_id)),
+            "messages_last_minute": counter.total(time.time()) if counter else 0,
+        }
+
+    def _tick(self):
+        if not self.watchers:
+            self._ticking = False
+            return
+        for app_id, watchers in list(self.watchers.items()):
+            frame = encode("console:stats", self.stats(app_id))
+            for watcher in list(watchers):
+                watcher.link.write(frame)
+        self.schedule(self._tick, STATS_EVERY)
