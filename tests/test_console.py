@@ -1,0 +1,492 @@
+"""The debug console's server side, without a browser.
+
+The hub on its own (no socket) for the rule that watching costs nothing
+when nobody watches, then the real server over real sockets: the page
+route, sign-in refusals, the stream's entries and counters, app isolation,
+and a console that stops reading being dropped while the app's clients
+keep everything.
+"""
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from pushi.base.config import Config
+from pushi.base.console import ConsoleHub, MinuteCounter
+from pushi.base.engine import Engine
+from pushi.base.limits import App
+from support import ADMIN_SECRET, Client, PushiServer
+
+# ---------------------------------------------------------------------------
+# the hub on its own: an engine, a recording link, no socket
+# ---------------------------------------------------------------------------
+
+
+class Link:
+    """Records what the hub writes to a console socket."""
+
+    def __init__(self):
+        self.frames = []
+        self.closed = None
+
+    def write(self, frame):
+        self.frames.append(frame)
+
+    def close(self, code, reason=""):
+        self.closed = code
+
+    def messages(self):
+        out = [json.loads(frame[2 if frame[1] < 126 else 4 :]) for frame in self.frames]
+        self.frames = []
+        return out
+
+
+class Transport(Link):
+    """A client socket's transport (same shape)."""
+
+
+def make_hub(apps):
+    """A hub whose ``authenticate`` accepts the token ``"good-<id>"``,
+    whose offload runs at once and whose timers are kept for the test."""
+    engine = Engine(Config())
+    timers = []
+    hub = ConsoleHub(
+        engine,
+        lambda token, app_id: apps.get(app_id) if token == "good-" + app_id else None,
+        lambda work, then: then(work()),
+        lambda work, seconds: timers.append(work),
+    )
+    return engine, hub, timers
+
+
+def make_app(app_id):
+    return App(
+        {
+            "app_id": app_id,
+            "key": "k" * 20 + app_id,
+            "secret": "s" * 40,
+            "name": "app " + app_id,
+        }
+    )
+
+
+def watch(hub, app_id, token=None):
+    link = Link()
+    watcher = hub.connect(link)
+    message = {
+        "event": "console:watch",
+        "data": {"app_id": app_id, "token": token or "good-" + app_id},
+    }
+    watcher.receive(json.dumps(message))
+    return watcher, link
+
+
+class TestHub:
+    def test_observer_only_while_a_console_watches(self):
+        apps = {"1": make_app("1"), "2": make_app("2")}
+        engine, hub, _timers = make_hub(apps)
+        assert engine.observers == []
+        first, _ = watch(hub, "1")
+        second, _ = watch(hub, "2")
+        assert engine.observers == [hub.observe]
+        first.closed()
+        assert engine.observers == [hub.observe]
+        second.closed()
+        assert engine.observers == []
+        assert hub.watchers == {} and hub.counters == {}
+
+    def test_refused_sign_in_does_not_hook_the_engine(self):
+        engine, hub, _timers = make_hub({"1": make_app("1")})
+        _watcher, link = watch(hub, "1", token="bad")
+        assert link.messages()[0]["event"] == "console:error"
+        assert link.closed == 4009
+        _watcher, link = watch(hub, "1", token="good-2")
+        assert link.closed == 4009
+        watcher = hub.connect(Link())
+        watcher.receive("not json")
+        assert watcher.link.closed == 4009
+        assert engine.observers == []
+
+    def test_entries_go_to_the_watchers_of_their_app_only(self):
+        apps = {"1": make_app("1"), "2": make_app("2")}
+        engine, hub, _timers = make_hub(apps)
+        _watcher, link_one = watch(hub, "1")
+        _watcher, link_two = watch(hub, "2")
+        assert link_one.messages()[0]["data"]["name"] == "app 1"
+        link_two.messages()
+        session = engine.open(Transport(), apps["2"], "pusher")
+        engine.subscribe(session, {"channel": "secret-of-two"})
+        engine.publish("2", ["secret-of-two"], "e", "two's data")
+        assert link_one.messages() == []
+        kinds = [message["data"]["type"] for message in link_two.messages()]
+        assert kinds == ["connection", "occupied", "subscribed", "api_message"]
+
+    def test_sign_in_deadline_closes_a_silent_console(self):
+        _engine, hub, timers = make_hub({})
+        link = Link()
+        hub.connect(link)
+        assert len(timers) == 1
+        timers.pop()()
+        assert link.closed == 4009
+
+    def test_stats_timer_stops_when_nobody_watches(self):
+        engine, hub, timers = make_hub({"1": make_app("1")})
+        watcher, link = watch(hub, "1")
+        timers.clear()  # the sign-in deadline
+        hub.observe(
+            "1", "api_message", {"channels": ["a", "b"], "event": "e", "data": ""}
+        )
+        hub._tick()
+        stats = link.messages()[-1]
+        assert stats["event"] == "console:stats"
+        assert stats["data"]["messages_last_minute"] == 2
+        assert len(timers) == 1
+        watcher.closed()
+        timers.pop()()
+        assert timers == [] and not hub._ticking
+
+    def test_minute_counter_forgets_old_seconds(self):
+        counter = MinuteCounter()
+        counter.add(3, 1000.2)
+        counter.add(2, 1030.9)
+        assert counter.total(1031) == 5
+        assert counter.total(1060) == 2
+        counter.add(1, 1060.5)  # same bucket as second 1000, reused
+        assert counter.total(1061) == 3
+        assert counter.total(1200) == 0
+
+
+# ---------------------------------------------------------------------------
+# the real server
+# ---------------------------------------------------------------------------
+
+
+def login(server, app):
+    status, answer = server.request(
+        "POST",
+        "login",
+        {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
+    )
+    assert status == 200, answer
+    return answer["token"]
+
+
+def console(server, app_id, token):
+    """A console stream signed in for ``app_id``; returns it and its
+    ``console:watching`` answer (or the refusal)."""
+    client = Client(server.ws_url + "console", expect_established=False)
+    client.send({"event": "console:watch", "data": {"app_id": app_id, "token": token}})
+    return client, client.recv()
+
+
+def entries(client, count):
+    """The next ``count`` console entries (stats in between skipped)."""
+    found = []
+    while len(found) < count:
+        message = client.recv()
+        if message["event"] == "console:entry":
+            found.append(message["data"])
+    return found
+
+
+def close_code(client, timeout=10):
+    import websockets.exceptions
+
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            client.ws.recv(timeout)
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+class TestPage:
+    def test_console_page_and_its_files_are_served(self, server):
+        with urllib.request.urlopen(
+            server.base_url + "console", timeout=15
+        ) as response:
+            assert response.headers["Content-Type"].startswith("text/html")
+            page = response.read().decode("utf-8")
+        assert "<title>Pushi debug console</title>" in page
+        assert 'content="%d"' % server.server_port in page and "{{" not in page
+        for name in ("console.js", "console.css"):
+            url = server.base_url + "static/console/" + name
+            with urllib.request.urlopen(url, timeout=15) as response:
+                assert len(response.read()) > 1000
+
+
+class TestSignIn:
+    def test_bad_token_and_no_token_are_refused_with_4009(self, server, app):
+        client, answer = console(server, app["app_id"], "not-a-token")
+        assert answer["event"] == "console:error" and answer["data"]["code"] == 4009
+        assert close_code(client) == 4009
+        client = Client(server.ws_url + "console", expect_established=False)
+        client.send({"event": "pusher:subscribe", "data": {"channel": "x"}})
+        assert client.recv()["event"] == "console:error"
+        assert close_code(client) == 4009
+
+    def test_a_token_watches_only_its_own_app(self, server, app):
+        other = server.create_app("other")
+        client, answer = console(server, other["app_id"], login(server, app))
+        assert answer["event"] == "console:error"
+        assert close_code(client) == 4009
+
+    def test_admin_secret_gets_a_token_for_any_app(self, server, app):
+        status, answer = server.request(
+            "POST",
+            "login",
+            {"app_id": app["app_id"]},
+            headers={"Authorization": "Bearer " + ADMIN_SECRET},
+        )
+        assert status == 200 and answer["app_id"] == app["app_id"]
+        client, watching = console(server, app["app_id"], answer["token"])
+        assert watching["event"] == "console:watching"
+        client.close()
+        status, _ = server.request(
+            "POST",
+            "login",
+            {"app_id": app["app_id"]},
+            headers={"Authorization": "Bearer wrong"},
+        )
+        assert status == 401
+        status, _ = server.request("POST", "login", {"app_id": app["app_id"]})
+        assert status == 401
+
+    def test_the_admin_secret_itself_is_not_a_stream_token(self, server, app):
+        client, answer = console(server, app["app_id"], ADMIN_SECRET)
+        assert answer["event"] == "console:error"
+        assert close_code(client) == 4009
+
+
+class TestStream:
+    def test_traffic_of_the_app_in_order(self, server, app):
+        token = login(server, app)
+        watcher, watching = console(server, app["app_id"], token)
+        assert watching["event"] == "console:watching"
+        assert watching["data"]["app_id"] == app["app_id"]
+        client = server.connect(app)
+        client.subscribe("news")
+        server.client(app).trigger_event(
+            channel="news", data='{"a":1}', event="ev", persist=False
+        )
+        client.recv_event("ev")
+        client.send({"event": "pusher:unsubscribe", "data": {"channel": "news"}})
+        client.close()
+        seen = entries(watcher, 7)
+        assert [entry["type"] for entry in seen] == [
+            "connection",
+            "occupied",
+            "subscribed",
+            "api_message",
+            "unsubscribed",
+            "vacated",
+            "disconnection",
+        ]
+        assert (
+            seen[0]["socket_id"] == client.socket_id and seen[0]["dialect"] == "pusher"
+        )
+        assert seen[3]["channels"] == ["news"] and seen[3]["event"] == "ev"
+        assert seen[3]["data"] == '{"a":1}'
+        assert all(isinstance(entry["time"], int) for entry in seen)
+        watcher.close()
+
+    def test_presence_and_client_events(self, server, app):
+        import pushi.proto.auth as auth
+
+        watcher, _ = console(server, app["app_id"], login(server, app))
+        client = server.connect(app)
+        channel_data = json.dumps({"user_id": "ann", "user_info": {}})
+        signature = auth.channel_auth(
+            app["key"], app["secret"], client.socket_id, "presence-room", channel_data
+        )
+        assert client.subscribe("presence-room", signature, channel_data)[
+            "event"
+        ].endswith("succeeded")
+        client.send(
+            {"event": "client-typing", "channel": "presence-room", "data": {"x": 1}}
+        )
+        client.close()
+        kinds = {}
+        for entry in entries(watcher, 8):
+            kinds[entry["type"]] = entry
+        assert kinds["member_added"]["user_id"] == "ann"
+        assert kinds["client_event"]["event"] == "client-typing"
+        assert kinds["client_event"]["data"] == {"x": 1}
+        assert kinds["member_removed"]["user_id"] == "ann"
+        watcher.close()
+
+    def test_another_apps_traffic_never_appears(self, server, app):
+        other = server.create_app("other")
+        watcher, _ = console(server, app["app_id"], login(server, app))
+        stranger = server.connect(other)
+        stranger.subscribe("news")
+        server.client(other).trigger_event(
+            channel="news", data="not yours", event="theirs", persist=False
+        )
+        stranger.recv_event("theirs")
+        stranger.close()
+        # the marker is sent after all of the other app's traffic: had any
+        # of it leaked, it would arrive first
+        server.client(app).trigger_event(
+            channel="mine", data="marker", event="ours", persist=False
+        )
+        first = entries(watcher, 1)[0]
+        assert first["type"] == "api_message" and first["event"] == "ours"
+        watcher.close()
+
+    def test_counters_follow_the_app(self, server, app):
+        watcher, watching = console(server, app["app_id"], login(server, app))
+        assert watching["data"]["connections"] == 0
+        client = server.connect(app)
+        client.subscribe("one")
+        client.subscribe("two")
+        status, _ = server.request(
+            "POST",
+            "apps/%s/events" % app["app_id"],
+            {"name": "e", "channels": ["one", "two"], "data": "x"},
+            headers={"Authorization": "Bearer " + login(server, app)},
+        )
+        assert status == 200
+        while True:
+            message = watcher.recv()
+            if (
+                message["event"] == "console:stats"
+                and message["data"]["messages_last_minute"] == 2
+            ):
+                break
+        assert message["data"]["connections"] == 1
+        assert message["data"]["channels"] == 2
+        client.close()
+        watcher.close()
+
+    def test_no_token_or_secret_in_the_server_log(self, server, app):
+        token = login(server, app)
+        watcher, _ = console(server, app["app_id"], token)
+        watcher.close()
+        log = server.read_log()
+        assert token not in log and app["secret"] not in log and ADMIN_SECRET not in log
+
+
+# ---------------------------------------------------------------------------
+# a console that does not read is dropped; the app's clients are not
+# ---------------------------------------------------------------------------
+
+
+def raw_console(server, app_id, token):
+    """A console stream on a raw socket with a tiny receive buffer, signed
+    in, that the test then leaves unread."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", server.server_port))
+    raw.sendall(
+        b"GET /console HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    payload = json.dumps(
+        {"event": "console:watch", "data": {"app_id": app_id, "token": token}}
+    ).encode()
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    header = b"\x81" + (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else b"\xfe" + struct.pack(">H", len(payload))
+    )
+    raw.sendall(header + mask + masked)
+    return raw
+
+
+def server_frames(data):
+    """``(opcode, payload)`` of the unmasked frames in ``data``."""
+    frames = []
+    while len(data) >= 2:
+        length = data[1] & 0x7F
+        start = 2
+        if length == 126:
+            length, start = struct.unpack(">H", data[2:4])[0], 4
+        elif length == 127:
+            length, start = struct.unpack(">Q", data[2:10])[0], 10
+        if len(data) < start + length:
+            break
+        frames.append((data[0] & 0x0F, data[start : start + length]))
+        data = data[start + length :]
+    return frames
+
+
+class TestSlowConsole:
+    def test_a_console_that_does_not_read_is_dropped_not_the_clients(self):
+        server = PushiServer(env={"PUSHI_CONSOLE_MAX_BUFFER": "65536"}).start()
+        try:
+            app = server.create_app("busy")
+            token = login(server, app)
+            raw = raw_console(server, app["app_id"], token)
+            # a client of the app that reads everything, in its own thread
+            client = server.connect(app)
+            client.subscribe("flood")
+            received = []
+
+            def drain():
+                while len(received) < total:
+                    message = client.recv(30)
+                    if message["event"] == "bulk":
+                        received.append(message)
+
+            batches, size = 60, 8000
+            total = batches * 10
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+            proxy = server.client(app)
+            body = "x" * size
+            for number in range(batches):
+                status, answer = server.request(
+                    "POST",
+                    "apps/%s/batch_events" % app["app_id"],
+                    {
+                        "batch": [{"name": "bulk", "channel": "flood", "data": body}]
+                        * 10
+                    },
+                    headers={"Authorization": "Bearer " + token},
+                )
+                assert status == 200, answer
+            reader.join(60)
+            assert len(received) == total
+            # the console's stream ends early: a 4100 close frame, or the
+            # connection cut after its grace time, with most entries missing
+            data = b""
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                raw.settimeout(max(0.1, deadline - time.time()))
+                try:
+                    chunk = raw.recv(1 << 20)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            body_start = data.index(b"\r\n\r\n") + 4
+            frames = server_frames(data[body_start:])
+            bulk = [
+                frame for opcode, frame in frames if opcode == 1 and b'"bulk"' in frame
+            ]
+            assert len(bulk) < total
+            closes = [frame for opcode, frame in frames if opcode == 8]
+            if closes:
+                assert struct.unpack(">H", closes[0][:2])[0] == 4100
+            assert "slow console of app %s dropped" % app["app_id"] in server.read_log()
+            # the client is still served, and a new console can watch
+            proxy.trigger_event(
+                channel="flood", data="after", event="after", persist=False
+            )
+            assert client.recv_event("after")["data"] == "after"
+            watcher, watching = console(server, app["app_id"], token)
+            assert watching["event"] == "console:watching"
+            watcher.close()
+            client.close()
+            raw.close()
+        finally:
+            server.stop()
