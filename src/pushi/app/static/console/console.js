@@ -245,8 +245,27 @@
         return value > 0 ? value : 500;
     }
 
+    // counters move with the entries at once; console:stats then corrects
+    // them every few seconds from the server's own figures
+    var MOVES = {
+        connection: ["count-connections", 1],
+        disconnection: ["count-connections", -1],
+        occupied: ["count-channels", 1],
+        vacated: ["count-channels", -1],
+        client_event: ["count-messages", 1]
+    };
+
+    function bump(entry) {
+        var move = MOVES[entry.type];
+        if (entry.type === "api_message") move = ["count-messages", channelsOf(entry).length];
+        if (!move) return;
+        var element = $(move[0]);
+        element.textContent = Math.max(0, (parseInt(element.textContent, 10) || 0) + move[1]);
+    }
+
     function receive(entry) {
         seen++;
+        bump(entry);
         if (paused) {
             held.push(entry);
             if (held.length > cap()) held.shift();

@@ -1,0 +1,342 @@
+"""The debug console in headless Chromium against the real server.
+
+``tests/console/driver.js`` (playwright-core from npm) drives Debian's
+``/usr/bin/chromium`` with a fresh profile; this module starts the real
+server, signs in on ``/console``, makes traffic with real WebSocket and
+HTTP clients, and reads what the page shows.  A screenshot of the console
+with traffic is saved to ``artifacts/console.png``.
+
+Needs ``chromium`` and ``npm ci --prefix tests/console`` (``scripts/install``
+does both).  Without them the tests skip, unless CI is set, where they fail.
+"""
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from support import ADMIN_SECRET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER_DIR = os.path.join(ROOT, "tests", "console")
+ARTIFACTS = os.path.join(ROOT, "artifacts")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason):
+    """Skips outside CI; with CI set a missing browser is a failure."""
+    if IN_CI:
+        pytest.fail(reason + " (CI is set: the console's browser tests must run)")
+    pytest.skip(reason)
+
+
+def chromium_path():
+    for candidate in (
+        os.environ.get("PUSHI_CHROMIUM"),
+        shutil.which("chromium"),
+        "/usr/bin/chromium",
+    ):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+class Page:
+    """One Chromium page behind ``driver.js``: one JSON line per command."""
+
+    def __init__(self, chromium, profile):
+        self.process = subprocess.Popen(
+            ["node", os.path.join(DRIVER_DIR, "driver.js"), chromium, profile],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=DRIVER_DIR,
+        )
+
+    def call(self, op, timeout=60, **args):
+        self.process.stdin.write(json.dumps(dict(args, op=op)) + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            raise AssertionError("the browser driver did not answer %s" % op)
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError("the browser driver exited (%s)" % self.process.poll())
+        answer = json.loads(line)
+        if not answer["ok"]:
+            raise AssertionError("%s failed: %s" % (op, answer["error"]))
+        return answer["result"]
+
+    def rows(self):
+        """The log's rows, newest first: ``{"text", "visible"}``."""
+        return self.call("texts", selector="#log tr.entry")
+
+    def wait_row(self, kind, text):
+        """Waits for a shown log row of a type holding a text."""
+        self.call("wait", selector='#log tr.entry[data-type="%s"]' % kind, text=text)
+
+    def close(self):
+        try:
+            self.call("close", timeout=15)
+        except Exception:
+            pass
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def page():
+    chromium = chromium_path()
+    if chromium is None:
+        unavailable("Debian chromium is not installed (apt-get install chromium)")
+    if shutil.which("node") is None:
+        unavailable("node is not installed")
+    if not os.path.isdir(os.path.join(DRIVER_DIR, "node_modules", "playwright-core")):
+        unavailable("playwright-core is not installed (npm ci --prefix tests/console)")
+    profile = tempfile.mkdtemp(prefix="pushi-console-chromium-")
+    instance = Page(chromium, profile)
+    try:
+        yield instance
+        assert instance.call("errors") == []
+    finally:
+        instance.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def apps(server):
+    """Two apps: the watched one and a stranger."""
+    return server.create_app("shop", client_events=True), server.create_app("stranger")
+
+
+def open_console(page, server):
+    """The console page, signed out."""
+    page.call("goto", url=server.base_url + "console")
+    page.call("evaluate", expression="sessionStorage.clear()")
+    page.call("goto", url=server.base_url + "console")
+
+
+def sign_in(page, server, app):
+    open_console(page, server)
+    page.call("fill", selector="#app-id", value=app["app_id"])
+    page.call("fill", selector="#app-key", value=app["key"])
+    page.call("fill", selector="#app-secret", value=app["secret"])
+    page.call("click", selector="#signin-button")
+    page.call("waitText", selector="#status", value="live")
+
+
+def trigger(server, app, channel, event, data):
+    server.client(app).trigger_event(
+        channel=channel, data=data, event=event, persist=False
+    )
+
+
+def test_signed_out_shows_nothing(page, server, apps):
+    open_console(page, server)
+    assert page.call("visible", selector="#signin-app")
+    assert not page.call("visible", selector="#console")
+    assert not page.call("visible", selector="#signout")
+    assert page.rows() == []
+    # a wrong secret is refused and still shows nothing
+    page.call("fill", selector="#app-id", value=apps[0]["app_id"])
+    page.call("fill", selector="#app-key", value=apps[0]["key"])
+    page.call("fill", selector="#app-secret", value="wrong")
+    page.call("click", selector="#signin-button")
+    page.call("wait", selector="#signin-error", text="refused")
+    assert not page.call("visible", selector="#console")
+
+
+def test_connection_subscription_and_rest_event_appear(page, server, apps):
+    shop = apps[0]
+    sign_in(page, server, shop)
+    page.call("wait", selector="#app-name", text="shop")
+    assert not page.call("visible", selector="#signin")
+    client = server.connect(shop)
+    client.subscribe("orders")
+    page.wait_row("connection", client.socket_id)
+    page.wait_row("subscribed", "orders")
+    page.wait_row("occupied", "orders")
+    page.call("waitText", selector="#count-connections", value="1")
+    page.call("waitText", selector="#count-channels", value="1")
+    trigger(server, shop, "orders", "order-created", '{"order":42}')
+    client.recv_event("order-created")
+    page.wait_row("api_message", "order-created")
+    page.wait_row("api_message", '{"order":42}')
+    page.call("waitText", selector="#count-messages", value="1")
+    # newest on top
+    assert "order-created" in page.rows()[0]["text"]
+    client.close()
+    page.wait_row("disconnection", client.socket_id)
+    page.call("waitText", selector="#count-connections", value="0")
+
+
+def test_event_creator_reaches_a_subscribed_client(page, server, apps):
+    shop = apps[0]
+    sign_in(page, server, shop)
+    client = server.connect(shop)
+    client.subscribe("orders")
+    page.wait_row("subscribed", client.socket_id)
+    page.call("fill", selector="#send-channel", value="orders")
+    page.call("fill", selector="#send-event", value="from-console")
+    page.call("fill", selector="#send-data", value='{"hello": "console"}')
+    page.call("click", selector="#send-button")
+    message = client.recv_event("from-console")
+    assert message["channel"] == "orders"
+    assert json.loads(message["data"]) == {"hello": "console"}
+    page.call("wait", selector="#send-result", text="Sent from-console to orders")
+    page.wait_row("api_message", "from-console")
+    # text data is sent as typed; bad JSON is caught before sending
+    page.call("select", selector="#send-format", value="text")
+    page.call("fill", selector="#send-data", value="plain words")
+    page.call("click", selector="#send-button")
+    assert client.recv_event("from-console")["data"] == "plain words"
+    page.call("select", selector="#send-format", value="json")
+    page.call("fill", selector="#send-data", value="{not json")
+    page.call("click", selector="#send-button")
+    page.call("wait", selector="#send-result", text="not valid JSON")
+    client.close()
+
+
+def test_another_apps_traffic_never_appears(page, server, apps):
+    shop, stranger = apps
+    sign_in(page, server, shop)
+    outsider = server.connect(stranger)
+    outsider.subscribe("orders")
+    trigger(server, stranger, "orders", "foreign-event", "foreign-marker")
+    outsider.recv_event("foreign-event")
+    outsider.close()
+    # sent after all of the stranger's traffic: had any leaked, it would be
+    # on the page before this one arrives
+    trigger(server, shop, "orders", "after-the-stranger", "ours")
+    page.wait_row("api_message", "after-the-stranger")
+    text = " ".join(row["text"] for row in page.rows())
+    assert "foreign" not in text and outsider.socket_id not in text
+    assert page.call("evaluate", expression="window.pushiConsole.received()") == 1
+
+
+def test_filters_pause_clear_and_cap(page, server, apps):
+    shop = apps[0]
+    sign_in(page, server, shop)
+    client = server.connect(shop)
+    client.subscribe("alpha")
+    client.subscribe("beta")
+    trigger(server, shop, "alpha", "first-event", "apples")
+    trigger(server, shop, "beta", "second-event", "bananas")
+    page.wait_row("api_message", "second-event")
+
+    def shown():
+        return [row["text"] for row in page.rows() if row["visible"]]
+
+    # by type
+    page.call("check", selector='#types input[value="api_message"]', checked=False)
+    assert shown() and not any("first-event" in text for text in shown())
+    page.call("check", selector='#types input[value="api_message"]', checked=True)
+    # by channel
+    page.call("fill", selector="#filter-channel", value="beta")
+    assert shown() and all("beta" in text for text in shown())
+    page.call("fill", selector="#filter-channel", value="")
+    # free text over event name and data
+    page.call("fill", selector="#filter-text", value="apples")
+    assert len(shown()) == 1 and "first-event" in shown()[0]
+    page.call("fill", selector="#filter-text", value="second-EVENT")
+    assert len(shown()) == 1 and "bananas" in shown()[0]
+    page.call("fill", selector="#filter-text", value="")
+    # pause holds new entries, resume shows them
+    page.call("click", selector="#pause")
+    page.call("waitText", selector="#status", value="paused")
+    trigger(server, shop, "alpha", "while-paused", "held back")
+    page.call("waitText", selector="#held", value="1 held while paused")
+    assert not any("while-paused" in text for text in shown())
+    page.call("click", selector="#pause")
+    page.wait_row("api_message", "while-paused")
+    # clear
+    page.call("click", selector="#clear")
+    assert page.rows() == []
+    # cap
+    page.call("fill", selector="#cap", value="3")
+    page.call(
+        "evaluate",
+        expression="document.getElementById('cap').dispatchEvent(new Event('change'))",
+    )
+    for number in range(6):
+        trigger(server, shop, "alpha", "capped-%d" % number, "n")
+    page.wait_row("api_message", "capped-5")
+    texts = [row["text"] for row in page.rows()]
+    assert len(texts) == 3
+    assert "capped-5" in texts[0] and "capped-3" in texts[2]
+    client.close()
+
+
+def test_admin_sign_in_picks_an_app(page, server, apps):
+    shop = apps[0]
+    open_console(page, server)
+    page.call("fill", selector="#admin-secret", value=ADMIN_SECRET)
+    page.call("click", selector="#admin-load")
+    page.call("wait", selector="#admin-app option", text="shop", state="attached")
+    page.call("select", selector="#admin-app", value=shop["app_id"])
+    page.call("click", selector="#admin-watch")
+    page.call("waitText", selector="#status", value="live")
+    page.call("wait", selector="#app-name", text="shop")
+    assert (
+        page.call(
+            "evaluate", expression="document.getElementById('admin-secret').value"
+        )
+        == ""
+    )
+    assert (
+        "admin"
+        not in page.call(
+            "evaluate", expression="JSON.stringify(sessionStorage)"
+        ).lower()
+    )
+    trigger(server, shop, "orders", "seen-by-admin", "x")
+    page.wait_row("api_message", "seen-by-admin")
+    # signing out closes the stream and hides everything
+    page.call("click", selector="#signout")
+    assert not page.call("visible", selector="#console")
+    assert page.rows() == []
+
+
+def test_screenshot_with_traffic(page, server, apps):
+    from pushi.proto import auth
+
+    shop = apps[0]
+    sign_in(page, server, shop)
+    buyer = server.connect(shop)
+    buyer.subscribe("orders")
+    member = server.connect(shop, "pushi")
+    channel_data = json.dumps({"user_id": "ann", "user_info": {"name": "Ann"}})
+    signature = auth.channel_auth(
+        shop["key"], shop["secret"], member.socket_id, "presence-support", channel_data
+    )
+    member.subscribe("presence-support", signature, channel_data)
+    signature = auth.channel_auth(
+        shop["key"], shop["secret"], buyer.socket_id, "private-cart"
+    )
+    buyer.subscribe("private-cart", signature)
+    buyer.send(
+        {"event": "client-typing", "channel": "private-cart", "data": {"typing": True}}
+    )
+    trigger(server, shop, "orders", "order-created", '{"order":42,"total":"19.90"}')
+    page.call("fill", selector="#send-channel", value="orders")
+    page.call("fill", selector="#send-event", value="order-shipped")
+    page.call("fill", selector="#send-data", value='{"order": 42, "carrier": "post"}')
+    page.call("click", selector="#send-button")
+    buyer.recv_event("order-shipped")
+    member.close()
+    page.wait_row("member_removed", "ann")
+    page.wait_row("client_event", "client-typing")
+    page.wait_row("api_message", "order-shipped")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, "console.png")
+    page.call("screenshot", path=path)
+    assert os.path.getsize(path) > 10000
+    buyer.close()
