@@ -39,7 +39,7 @@ class State:
         )
         self.apps = AppDirectory(self.store)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pushi-worker")
-        self.engine = Engine(self.config, offload=self.offload)
+        self.engine = Engine(self.config, store=self.store, offload=self.offload)
         self.server = WebSocketServer(
             self.engine,
             self.apps,
@@ -50,6 +50,7 @@ class State:
         self.broker = LocalBroker(self.call_soon, self._deliver)
         self._loop_thread = None
         self._ready = threading.Event()
+        self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
         self._app = None
 
@@ -131,6 +132,7 @@ class State:
 
         self._loop_thread = threading.Thread(target=serve, name="pushi-loop", daemon=True)
         self._loop_thread.start()
+        threading.Thread(target=self._retain, name="pushi-retention", daemon=True).start()
         if not self._ready.wait(30):
             raise RuntimeError("WebSocket server did not start")
         logger.info(
@@ -139,6 +141,21 @@ class State:
             config.server_host,
             config.server_port,
         )
+
+    def _retain(self):
+        """Enforces each app's retention settings, continuously, off the
+        loop: at most ``retention_count`` events per channel, none older
+        than ``retention_age`` seconds."""
+        while not self._stopping.wait(self.config.retention_interval):
+            for app in self.apps.all():
+                max_count = app.limits["retention_count"]
+                max_age = app.limits["retention_age"]
+                if not (max_count or max_age):
+                    continue
+                try:
+                    self.store.trim_events(app.app_id, max_count or None, max_age or None)
+                except Exception:
+                    logger.exception("retention of app %s failed", app.app_id)
 
     def serve(self):
         """Runs both servers until interrupted (the launcher's entry)."""
@@ -165,6 +182,7 @@ class State:
 
     def stop(self):
         """Closes every socket with 4200 and stops the loop and the store."""
+        self._stopping.set()
         if self._loop_thread is not None and self._loop_thread.is_alive():
             try:
                 self.call_in_loop(self.engine.shutdown, timeout=5)

@@ -5,7 +5,7 @@ import appier
 from pushi.base.limits import DEFAULTS, App
 from pushi.proto import errors
 
-from .common import PushiController
+from .common import APP, PushiController
 
 
 class AppsController(PushiController):
@@ -29,11 +29,11 @@ class AppsController(PushiController):
         self.state.apps.put(App(record))
         return record
 
-    @appier.route("/apps/<regex('[0-9]+'):app_id>", "GET", json=True)
+    @appier.route("/apps/%s" % APP, "GET", json=True)
     def show(self, app_id):
         return self.authorize(app_id).public()
 
-    @appier.route("/apps/<regex('[0-9]+'):app_id>", ("PUT", "POST"), json=True)
+    @appier.route("/apps/%s" % APP, ("PUT", "POST"), json=True)
     def update(self, app_id):
         self.authorize(app_id)
         body = self.body()

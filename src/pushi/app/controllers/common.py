@@ -8,6 +8,10 @@ import appier
 from pushi.proto import errors
 
 
+APP = "<regex('[0-9]+'):app_id>"
+""" The route part of an app id (numeric, as Pusher SDKs require) """
+
+
 class PushiController(appier.Controller):
     """Base of Pushi's controllers."""
 
