@@ -327,6 +327,26 @@ def test_equal_timestamps_come_newest_added_first(store):
     ]
 
 
+def test_equal_timestamps_across_channels_come_newest_added_first(store):
+    for index in range(6):
+        channel = "left" if index % 2 == 0 else "right"
+        store.add_events([make_event("1", channel, 700.0, mid="x%d" % index)])
+
+    assert mids(store.get_events("1", ["left", "right"], count=6)) == [
+        "x5",
+        "x4",
+        "x3",
+        "x2",
+        "x1",
+        "x0",
+    ]
+    assert mids(store.get_events("1", ["right", "left"], skip=2, count=3)) == [
+        "x3",
+        "x2",
+        "x1",
+    ]
+
+
 def test_event_fields_round_trip_exactly(store):
     data = '{"text": "olá \\u00e9 \U0001f600", "n": 1.50}'
     store.add_events(
