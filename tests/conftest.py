@@ -1,16 +1,26 @@
-"""Shared pytest set-up: makes ``src`` (the ``pushi`` package) and ``tests``
-(helpers such as ``mongo_emulator``) importable, plus the store fixtures."""
-
 import os
 import sys
 
 import pytest
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-for path in (os.path.join(TESTS_DIR, "..", "src"), TESTS_DIR):
-    path = os.path.normpath(path)
-    if path not in sys.path:
-        sys.path.insert(0, path)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from support import PushiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real Pushi server for the tests of one module."""
+    instance = PushiServer().start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def app(server):
+    """A fresh app (client events on) on the module's server."""
+    return server.create_app("test", client_events=True)
 
 
 @pytest.fixture(scope="session")
