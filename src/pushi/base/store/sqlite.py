@@ -317,13 +317,15 @@ class SQLiteStore(base.Store):
     @staticmethod
     def _insert_events(connection, rows):
         # A duplicate mid (a retried batch) is ignored, so adding is
-        # idempotent.  The per-channel counts assume every row was new: an
+        # idempotent; any other constraint (NOT NULL) still fails, which
+        # "INSERT OR IGNORE" would silently skip.  The per-channel counts assume every row was new: an
         # over-count only makes the next trim look at the channel (and fix
         # its count), whereas an under-count could skip a needed trim.
         connection.executemany(
-            "INSERT OR IGNORE INTO events"
+            "INSERT INTO events"
             " (mid, app_id, channel, event, data, timestamp, user_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (app_id, mid) DO NOTHING",
             rows,
         )
         added = {}
