@@ -496,7 +496,10 @@ class Engine:
                 errors.RATE_LIMITED,
                 "Event data over %d bytes" % app.limits["max_event_data"],
             )
-        user_id = session.channels.get(channel_name) or None
+        # the sender's presence id: of the channel, or for a peer channel
+        # of the presence channel that paired it
+        presence_name = channels.peer_presence(channel_name) if kind == channels.PEER else channel_name
+        user_id = session.channels.get(presence_name) or None
         extra = {}
         if pushi_send and message.get("persist", True) is True and self.store is not None:
             extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
