@@ -25,7 +25,7 @@ class PushiApp(appier.APIApp):
     def __init__(self, state, *args, **kwargs):
         self.state = state
         self.access = Access(state.apps, state.config.admin_secret)
-        self.publisher = Publisher(state, self.access)
+        self.publisher = Publisher(state, self.access, self)
         appier.APIApp.__init__(
             self, name="pushi", session_c=appier.MemorySession, *args, **kwargs
         )

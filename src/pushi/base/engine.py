@@ -503,8 +503,16 @@ class Engine:
         extra = {}
         if pushi_send and message.get("persist", True) is True and self.store is not None:
             extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+            stored_data = data if isinstance(data, str) else messages.dumps(data)
             self._store(
-                dict(extra, app_id=app.app_id, channel=channel_name, event=name, data=data, user_id=user_id)
+                dict(
+                    extra,
+                    app_id=app.app_id,
+                    channel=channel_name,
+                    event=name,
+                    data=stored_data,
+                    user_id=user_id,
+                )
             )
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
