@@ -427,6 +427,8 @@ class Engine:
             session.transport.write(frame)
         else:
             self._send(session, messages.event("pusher:cache_miss", name, "{}"))
+            if self.observers:
+                self.emit(session.app.app_id, "cache_miss", channel=name)
 
     # sign-in (Pusher user authentication)
 

@@ -23,6 +23,7 @@ from pushi.base.apps import AppDirectory  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
+from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 
@@ -48,6 +49,12 @@ class State:
             level=logging.WARNING,
         )
         self.broker = LocalBroker(self.call_soon, self._deliver)
+        self.webhooks = Webhooks(
+            self.apps,
+            emit=lambda app_id, kind, details: self.call_soon(
+                lambda: self.engine.emit(app_id, kind, **details)
+            ),
+        )
         self._loop_thread = None
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -97,6 +104,25 @@ class State:
     def _deliver(self, app_id, channels, name, data, exclude, extra):
         self.engine.publish(app_id, channels, name, data, exclude, extra)
 
+    # apps
+
+    def app_changed(self, app):
+        """Takes a new or updated app into use: the directory, the sockets
+        already open, and the webhook observer (on only while some app
+        has webhooks, so none costs anything otherwise)."""
+        self.apps.put(app)
+        if self._loop_thread is not None:
+            self.call_in_loop(self.engine.update_app, app)
+            self.call_in_loop(self._watch_webhooks)
+
+    def _watch_webhooks(self):
+        wanted = any(app.limits["webhooks"] for app in self.apps.all())
+        observers = self.engine.observers
+        if wanted and self.webhooks.observe not in observers:
+            observers.append(self.webhooks.observe)
+        elif not wanted and self.webhooks.observe in observers:
+            observers.remove(self.webhooks.observe)
+
     # life
 
     @property
@@ -109,6 +135,7 @@ class State:
         return self._app
 
     def _on_loop_start(self):
+        self._watch_webhooks()
         self._ready.set()
         self._tick()
 
@@ -191,6 +218,7 @@ class State:
             self.server.delay_s(self.server.stop)
             self._loop_thread.join(5)
         self.workers.shutdown(wait=False)
+        self.webhooks.stop()
         self.store.close()
 
 
