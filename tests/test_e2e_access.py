@@ -66,7 +66,7 @@ def test_presence_members_across_dialects_and_tabs(server, app):
     carol.send({"event": "pusher:ping", "data": {}})
     assert carol.recv()["event"] == "pusher:pong"
     status, users = server.request(
-        "GET", "apps/%s/channels/presence-team/users" % app["app_id"], headers=_token(server, app)
+        "GET", "apps/%s/channels/presence-team/users" % app["app_id"], headers=server.token_headers(app)
     )
     assert status == 200 and sorted(user["id"] for user in users["users"]) == ["42", "alice", "carol"]
     alice_tab2.close()
@@ -77,11 +77,6 @@ def test_presence_members_across_dialects_and_tabs(server, app):
     carol.close()
 
 
-def _token(server, app):
-    _status, login = server.request(
-        "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
-    )
-    return {"Authorization": "Bearer " + login["token"]}
 
 
 def test_spoofed_presence_user_id_is_refused(server, app):
@@ -161,7 +156,7 @@ def test_client_events_off_until_the_app_allows_them(server):
     join(client, server, plain, "private-c")
     client.send({"event": "client-x", "channel": "private-c", "data": 1})
     assert client.recv_event("pusher:error")["data"]["code"] == 4303
-    status, _ = server.request("PUT", "apps/%s" % plain["app_id"], {"client_events": True}, _token(server, plain))
+    status, _ = server.request("PUT", "apps/%s" % plain["app_id"], {"client_events": True}, server.token_headers(plain))
     assert status == 200
     peer = server.connect(plain)
     join(peer, server, plain, "private-c")
@@ -191,7 +186,7 @@ def test_pushi_send_follows_the_same_rules(server, app):
 
 def test_many_joins_and_leaves_leave_nothing_behind(server):
     fresh = server.create_app("churn")
-    token = _token(server, fresh)
+    token = server.token_headers(fresh)
     for round_ in range(3):
         clients = [server.connect(fresh, "pusher" if index % 2 else "pushi") for index in range(20)]
         for index, client in enumerate(clients):

@@ -85,11 +85,11 @@ def test_subscription_routes(server, app):
     proxy.subscribe("u2", "news")
     assert proxy.subscribe("u1", "news")["user_id"] == "u1"
     _status, listing = server.request(
-        "GET", "apps/%s/subscriptions?user_id=u1" % app["app_id"], headers=_token(server, app)
+        "GET", "apps/%s/subscriptions?user_id=u1" % app["app_id"], headers=server.token_headers(app)
     )
     assert sorted(entry["event"] for entry in listing["subscriptions"]) == ["news", "sports"]
     status, by_get = server.request(
-        "GET", "apps/%s/unsubscribe?user_id=u1&event=sports" % app["app_id"], headers=_token(server, app)
+        "GET", "apps/%s/unsubscribe?user_id=u1&event=sports" % app["app_id"], headers=server.token_headers(app)
     )
     assert status == 200 and by_get["removed"] is True
     assert proxy.unsubscribe("u1", "sports")["removed"] is False
@@ -99,11 +99,6 @@ def test_subscription_routes(server, app):
         assert error.value.status == 400
 
 
-def _token(server, app):
-    _status, login = server.request(
-        "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
-    )
-    return {"Authorization": "Bearer " + login["token"]}
 
 
 def test_personal_channel_catch_up_and_live(server, app):
