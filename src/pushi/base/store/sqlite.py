@@ -169,6 +169,9 @@ class SQLiteStore(base.Store):
         self._queue_lock = threading.Lock()
 
         self._writer_connection = self._connect()
+        # The writer touches every index of every insert: a page cache of
+        # 32 MB (instead of 2 MB) keeps their hot pages of a large store.
+        self._writer_connection.execute("PRAGMA cache_size = -32768")
         self._create_schema(self._writer_connection)
         self._writer = threading.Thread(
             target=self._write_loop, name="pushi-sqlite-writer", daemon=True
