@@ -20,6 +20,9 @@ DEFAULTS = {
     "latest_count": 10,
     "retention_count": 0,
     "retention_age": 0,
+    "subscription_count_events": False,
+    "watchlist_events": False,
+    "max_watchlist": 100,
 }
 
 
