@@ -37,6 +37,16 @@ def error_body(status, message):
     return {"result": "error", "code": status, "message": message}
 
 
+def _batch_item(answer):
+    """One event's answer in a batch: Pusher gives the ``info`` attributes
+    of its (single) channel directly, ``{"subscription_count": 2}``, not
+    under ``channels`` as ``events`` does."""
+    channels = answer.pop("channels", None)
+    for attributes in (channels or {}).values():
+        answer.update(attributes)
+    return answer
+
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -106,7 +116,7 @@ class Publisher:
         if len(batch) > app.limits["max_batch"]:
             raise errors.HttpError(400, "Batch over %d events" % app.limits["max_batch"])
         events = [self.check(app, item, batch=True) for item in batch]
-        answers = self.send(app, events)
+        answers = [_batch_item(answer) for answer in self.send(app, events)]
         if any(answers):
             return {"batch": answers}
         return {}
