@@ -537,6 +537,8 @@ class Engine:
     def terminate_user(self, app_id, user_id):
         sessions = self.registry.user_sessions(app_id, user_id)
         for session in sessions:
+            # like every connection-level error: pusher:error, then the close
+            self._send(session, messages.error(errors.UNAUTHORIZED, "Connections terminated"))
             session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
         return len(sessions)
 
