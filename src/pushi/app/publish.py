@@ -43,6 +43,16 @@ def error_body(status, message):
     return {"result": "error", "code": status, "message": message}
 
 
+def _batch_item(answer):
+    """One event's answer in a batch: Pusher gives the ``info`` attributes
+    of its (single) channel directly, ``{"subscription_count": 2}``, not
+    under ``channels`` as ``events`` does."""
+    channels = answer.pop("channels", None)
+    for attributes in (channels or {}).values():
+        answer.update(attributes)
+    return answer
+
+
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -99,7 +109,11 @@ class Publisher:
 
         def finish():
             self.deliver(app, deliveries, answers, queries)
-            answer = answers[0] if route == "events" else ({"batch": answers} if any(answers) else {})
+            if route == "events":
+                answer = answers[0]
+            else:
+                items = [_batch_item(answer) for answer in answers]
+                answer = {"batch": items} if any(items) else {}
             return json_answer(start_response, 200, answer)
 
         if not stored:

@@ -16,8 +16,12 @@ from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 from . import registry
+from .watchlist import Watchlists
 
 logger = logging.getLogger("pushi.engine")
+
+CACHE_TTL = 1800
+""" Seconds a cache channel keeps its last event (Pusher's 30 minutes) """
 
 
 class Engine:
@@ -30,6 +34,7 @@ class Engine:
         self.offload = offload
         self.observers = []
         self.cache = {}
+        self.watchlists = Watchlists()
 
     # observers (debug console, metrics): nothing is built when none listens
 
@@ -75,7 +80,11 @@ class Engine:
         session.closed = True
         for name in list(session.channels):
             self._leave(session, name)
+        user_id = session.user_id
         self.registry.remove_session(session)
+        self.watchlists.forget(session)
+        if user_id is not None:
+            self._user_left(session.app, user_id)
         logger.debug("close %s", session.socket_id)
         if self.observers:
             self.emit(session.app.app_id, "disconnection", socket_id=session.socket_id)
@@ -169,6 +178,7 @@ class Engine:
             self._join(session, name)
             self._send(session, messages.subscription_succeeded(name, {}))
         self._replay_cache(session, name)
+        self._count_changed(app, name)
 
     def _join(self, session, name, user_id=None):
         channel, occupied = self.registry.join(session, name, user_id)
@@ -294,6 +304,21 @@ class Engine:
             self.emit(app_id, "unsubscribed", channel=name, socket_id=session.socket_id)
             if vacated:
                 self.emit(app_id, "vacated", channel=name)
+        if not vacated:
+            self._count_changed(session.app, name)
+
+    def _count_changed(self, app, name):
+        """Tells a channel's subscribers how many they are, when the app
+        asks for it (``subscription_count_events``).  Each change costs one
+        frame per subscriber: meant for channels of modest size."""
+        if not app.limits["subscription_count_events"] or channels.kind(name) == channels.USER:
+            return
+        channel = self.registry.channel(app.app_id, name)
+        if channel is None:
+            return
+        frame = text_frame(messages.subscription_count(name, len(channel.sessions)))
+        for other in channel.sessions:
+            other.transport.write(frame)
 
     # peer channels: every pair of presence members that set "peer"
 
@@ -422,13 +447,21 @@ class Engine:
     def _replay_cache(self, session, name):
         if not channels.is_cache(name):
             return
-        frame = self.cache.get((session.app.app_id, name))
-        if frame is not None:
-            session.transport.write(frame)
+        cached = self._cached(session.app.app_id, name)
+        if cached is not None:
+            session.transport.write(cached[0])
         else:
             self._send(session, messages.event("pusher:cache_miss", name, "{}"))
             if self.observers:
                 self.emit(session.app.app_id, "cache_miss", channel=name)
+
+    def _cached(self, app_id, name, now=None):
+        """``(frame, expires)`` of a cache channel's last event, if fresh."""
+        cached = self.cache.get((app_id, name))
+        if cached is not None and cached[1] <= (time.monotonic() if now is None else now):
+            del self.cache[(app_id, name)]
+            return None
+        return cached
 
     # sign-in (Pusher user authentication)
 
@@ -453,8 +486,59 @@ class Engine:
         )
         if not valid:
             raise errors.ProtocolError(errors.UNAUTHORIZED, "Invalid sign-in")
-        self.registry.set_user(session, user["id"])
+        user_id = user["id"]
+        previous = session.user_id
+        arrived = not self.registry.user_sessions(app.app_id, user_id)
+        self.registry.set_user(session, user_id)
         self._send(session, messages.signin_success(user_data))
+        if not app.limits["watchlist_events"]:
+            return
+        if previous is not None and previous != user_id:
+            self._user_left(app, previous)
+        if arrived:
+            self._tell_watchers(app.app_id, user_id, "online")
+        self._watch(session, user.get("watchlist"))
+
+    # watchlists (opt-in per app): online / offline of signed-in users
+
+    def _watch(self, session, watchlist):
+        app = session.app
+        if watchlist is None:
+            self.watchlists.forget(session)
+            return
+        limit = app.limits["max_watchlist"]
+        if (
+            not isinstance(watchlist, list)
+            or len(watchlist) > limit
+            or not all(isinstance(user_id, str) and user_id for user_id in watchlist)
+        ):
+            self.watchlists.forget(session)
+            raise errors.ProtocolError(
+                errors.WATCHLIST_LIMIT,
+                "watchlist must be a list of at most %d user ids" % limit,
+            )
+        self.watchlists.watch(session, watchlist)
+        online = [
+            user_id
+            for user_id in self.watchlists.watched[session]
+            if self.registry.user_sessions(app.app_id, user_id)
+        ]
+        if online:
+            self._send(session, messages.watchlist_events([("online", online)]))
+
+    def _user_left(self, app, user_id):
+        """``offline`` to the watchers when a user's last socket is gone."""
+        if app.limits["watchlist_events"] and not self.registry.user_sessions(
+            app.app_id, user_id
+        ):
+            self._tell_watchers(app.app_id, user_id, "offline")
+
+    def _tell_watchers(self, app_id, user_id, name):
+        watchers = self.watchlists.watchers_of(app_id, user_id)
+        if watchers:
+            frame = text_frame(messages.watchlist_events([(name, [user_id])]))
+            for watcher in watchers:
+                watcher.transport.write(frame)
 
     # client events and Pushi sends
 
@@ -537,7 +621,7 @@ class Engine:
         (a socket id); the frame is built once.  Returns the count."""
         frame = text_frame(text)
         if channels.is_cache(channel_name):
-            self.cache[(app_id, channel_name)] = frame
+            self.cache[(app_id, channel_name)] = (frame, time.monotonic() + CACHE_TTL)
         channel = self.registry.channel(app_id, channel_name)
         if channel is None:
             return 0
@@ -566,6 +650,8 @@ class Engine:
     def sweep(self, now=None):
         """Pings silent sockets and closes those that never answered."""
         now = time.monotonic() if now is None else now
+        for app_id, name in [key for key, cached in self.cache.items() if cached[1] <= now]:
+            del self.cache[(app_id, name)]
         idle = self.config.activity_timeout
         for session in list(self.registry.sessions.values()):
             if session.ping_sent is not None:
@@ -590,9 +676,10 @@ class Engine:
         if "user_count" in info and channels.kind(name) == channels.PRESENCE:
             result["user_count"] = len(channel.members) if channel else 0
         if "cache" in info and channels.is_cache(name):
-            frame = self.cache.get((app_id, name))
-            if frame is not None:
-                result["cache"] = _frame_event(frame)
+            now = time.monotonic()
+            cached = self._cached(app_id, name, now)
+            if cached is not None:
+                result["cache"] = dict(_frame_event(cached[0]), ttl=int(cached[1] - now))
         return result
 
     def list_channels(self, app_id, prefix="", info=()):
@@ -615,6 +702,8 @@ class Engine:
     def terminate_user(self, app_id, user_id):
         sessions = self.registry.user_sessions(app_id, user_id)
         for session in sessions:
+            # like every connection-level error: pusher:error, then the close
+            self._send(session, messages.error(errors.UNAUTHORIZED, "Connections terminated"))
             session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
         return len(sessions)
 

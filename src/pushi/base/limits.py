@@ -21,6 +21,9 @@ DEFAULTS = {
     "retention_count": 0,
     "retention_age": 0,
     "webhooks": [],
+    "subscription_count_events": False,
+    "watchlist_events": False,
+    "max_watchlist": 100,
 }
 
 
