@@ -43,6 +43,7 @@
  *   activityTimeout  ms of silence before the client pings (default: the
  *                    server's activity_timeout from the handshake)
  *   pongTimeout      ms to wait for any answer to a ping (30000)
+ *   latestTimeout    ms to wait for the answer to Channel.latest (10000)
  *   reconnect        reconnect after a lost connection (true)
  *   minReconnectDelay, maxReconnectDelay  back-off bounds in ms (1000, 30000)
  *   reconnectJitter  fraction of the delay taken off at random (0.5)
@@ -82,6 +83,7 @@
             authTimeout: 10000,
             connectTimeout: 10000,
             pongTimeout: 30000,
+            latestTimeout: 10000,
             reconnect: true,
             minReconnectDelay: 1000,
             maxReconnectDelay: 30000,
@@ -798,7 +800,8 @@
             this._pendingLatest = {};
             for (name in pending) {
                 for (var index = 0; index < pending[name].length; index++) {
-                    pending[name][index](null, error("connection lost", 0));
+                    clearTimeout(pending[name][index].timer);
+                    pending[name][index].callback(null, error("connection lost", 0));
                 }
             }
         };
@@ -1088,8 +1091,21 @@
                 }, 0);
                 return;
             }
-            var queue = this._pendingLatest[channel.name] || (this._pendingLatest[channel.name] = []);
-            queue.push(callback);
+            var pending = this._pendingLatest;
+            var queue = pending[channel.name] || (pending[channel.name] = []);
+            var entry = { callback: callback, timer: null };
+            entry.timer = setTimeout(function () {
+                var index = queue.indexOf(entry);
+                if (index < 0) {
+                    return;
+                }
+                queue.splice(index, 1);
+                if (!queue.length && pending[channel.name] === queue) {
+                    delete pending[channel.name];
+                }
+                callback(null, error("latest timed out", 0));
+            }, this.options.latestTimeout);
+            queue.push(entry);
         };
 
         Pushi.prototype._latestAnswer = function (message) {
@@ -1102,13 +1118,14 @@
             events = events instanceof Array ? events : [];
             var channel = this.channels[name];
             var queue = this._pendingLatest[name];
-            var callback = queue && queue.shift();
+            var entry = queue && queue.shift();
             if (queue && !queue.length) {
                 delete this._pendingLatest[name];
             }
-            if (callback) {
+            if (entry) {
+                clearTimeout(entry.timer);
                 try {
-                    callback(events, data);
+                    entry.callback(events, data);
                 } catch (failure) {
                     rethrowLater(failure);
                 }
