@@ -703,6 +703,24 @@ def test_close_codes_decide_reconnection(unit):
     assert result["nowSockets"] == 2
 
 
+def test_network_back_online_retries_at_once(unit):
+    result = unit.evaluate(
+        """async () => {
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
+            minReconnectDelay: 60000});
+        FakeSocket.last().handshake();
+        FakeSocket.last().serverClose(1006);
+        await sleep(20);
+        const before = FakeSocket.instances.length;
+        window.dispatchEvent(new Event("online"));
+        const after = FakeSocket.instances.length;
+        pushi.disconnect();
+        return {before, after};
+    }"""
+    )
+    assert result["after"] == result["before"] + 1
+
+
 def test_connect_timeout_retries(unit):
     result = unit.evaluate(
         """async () => {

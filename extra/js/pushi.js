@@ -569,6 +569,7 @@
             if (callback) {
                 this.bind("connected", callback, true);
             }
+            this._watchNetwork();
             if (this.options.autoConnect) {
                 this.connect();
             }
@@ -669,6 +670,23 @@
         };
 
         // -- socket life ---------------------------------------------------
+
+        /**
+         * When the browser says the network is back, a pending reconnection
+         * is tried at once instead of waiting for its back-off delay.
+         */
+        Pushi.prototype._watchNetwork = function () {
+            var self = this;
+            if (!root || typeof root.addEventListener !== "function") {
+                return;
+            }
+            root.addEventListener("online", function () {
+                if (self._wanted && !self.socket && self._timers.reconnect) {
+                    self._clearTimer("reconnect");
+                    self._open();
+                }
+            });
+        };
 
         Pushi.prototype._open = function () {
             var Socket = this.options.WebSocket || (root && root.WebSocket);
