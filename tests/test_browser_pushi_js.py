@@ -19,16 +19,10 @@ the system chromium; no browser is downloaded). Without them the tests skip,
 unless CI is set, where they fail.
 """
 
-import hashlib
-import hmac
 import http.server
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +35,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JS_DIR = os.path.join(ROOT, "extra", "js")
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 ARTIFACTS_DIR = os.path.join(ROOT, "artifacts")
-SRC_DIR = os.path.join(ROOT, "src")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # flags for a quiet, self-contained headless run of Debian's chromium
@@ -178,8 +171,7 @@ def unit(browser):
 
 
 def test_backoff_is_exponential_capped_and_jittered(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         const o = {minReconnectDelay: 100, maxReconnectDelay: 1000, reconnectJitter: 0.5};
         const attempts = [0, 1, 2, 3, 4, 5, 40];
         return {
@@ -188,8 +180,7 @@ def test_backoff_is_exponential_capped_and_jittered(unit):
             random: Array.from({length: 200}, () => Pushi.backoff(3, o)),
             first: Pushi.backoff(0),
         };
-    }"""
-    )
+    }""")
     assert result["longest"] == [100, 200, 400, 800, 1000, 1000, 1000]
     assert result["shortest"] == [50, 100, 200, 400, 500, 500, 500]
     assert all(400 <= delay <= 800 for delay in result["random"])
@@ -198,16 +189,14 @@ def test_backoff_is_exponential_capped_and_jittered(unit):
 
 
 def test_urls_from_base_url_host_port_and_tls(unit):
-    result = unit.evaluate(
-        """() => ({
+    result = unit.evaluate("""() => ({
         quickStart: new Pushi("YOU_APP_KEY", {baseUrl: "ws://127.0.0.1:9090/", autoConnect: false}).url,
         noSlash: Pushi.buildUrl("k", {baseUrl: "ws://h:1"}),
         tlsBase: Pushi.buildUrl("k", {baseUrl: "ws://h:1/", tls: true}),
         httpsBase: Pushi.buildUrl("k", {baseUrl: "https://h/"}),
         hostPort: Pushi.buildUrl("k", {host: "push.example.com", port: 443, tls: true}),
         pageHost: Pushi.buildUrl("k", {}),
-    })"""
-    )
+    })""")
     assert result == {
         "quickStart": "ws://127.0.0.1:9090/YOU_APP_KEY",
         "noSlash": "ws://h:1/k",
@@ -229,12 +218,19 @@ def test_channel_kinds(unit):
         "cache-x",
     ]
     kinds = unit.evaluate("names => names.map(Pushi.channelKind)", names)
-    assert kinds == ["public", "private", "private", "presence", "personal", "peer", "public"]
+    assert kinds == [
+        "public",
+        "private",
+        "private",
+        "presence",
+        "personal",
+        "peer",
+        "public",
+    ]
 
 
 def test_quick_start_verbatim_receives_messages(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         window.WebSocket = FakeSocket;
         var pushi = new Pushi("YOU_APP_KEY", { baseUrl: "ws://127.0.0.1:9090/" });
         pushi.bind("message", function(event, data) { document.body.append(data); });
@@ -243,8 +239,7 @@ def test_quick_start_verbatim_receives_messages(unit):
         socket.serverSend({event: "hello", channel: "global", data: "world"});
         return {url: socket.url, state: pushi.state, socketId: pushi.socketId,
                 appended: document.body.lastChild.nodeValue};
-    }"""
-    )
+    }""")
     assert result == {
         "url": "ws://127.0.0.1:9090/YOU_APP_KEY",
         "state": "connected",
@@ -254,8 +249,7 @@ def test_quick_start_verbatim_receives_messages(unit):
 
 
 def test_events_reach_channel_and_global_listeners(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const global = [], own = [], all = [];
         pushi.bind("message", (event, data, channel, object) =>
@@ -277,10 +271,11 @@ def test_events_reach_channel_and_global_listeners(unit):
         return {beforeHandshake, sent: socket.sentMessages(), global, own, all,
                 subscribed: news.subscribed, events: news.events,
                 same: pushi.subscribe("news") === news};
-    }"""
-    )
+    }""")
     assert result["beforeHandshake"] == 0
-    assert result["sent"] == [{"event": "pusher:subscribe", "data": {"channel": "news"}}]
+    assert result["sent"] == [
+        {"event": "pusher:subscribe", "data": {"channel": "news"}}
+    ]
     assert result["subscribed"] is True
     assert result["events"] == [{"event": "old", "data": "x"}]
     assert result["global"] == [
@@ -295,8 +290,7 @@ def test_events_reach_channel_and_global_listeners(unit):
 
 
 def test_connection_states_and_events(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 20, maxReconnectDelay: 40});
         const log = recordPushi(pushi);
@@ -311,13 +305,17 @@ def test_connection_states_and_events(unit):
         return {initial, timeout, afterLoss, final: pushi.state,
                 states: log.filter(e => e.kind === "state_change").map(e => e.data.current),
                 kinds: log.filter(e => e.kind !== "state_change").map(e => e.kind)};
-    }"""
-    )
+    }""")
     assert result["initial"] == "connecting"
     assert result["timeout"] == 60000
     assert result["afterLoss"] == "reconnecting"
     assert result["final"] == "disconnected"
-    assert result["states"] == ["connected", "reconnecting", "connected", "disconnected"]
+    assert result["states"] == [
+        "connected",
+        "reconnecting",
+        "connected",
+        "disconnected",
+    ]
     assert result["kinds"] == [
         "connected",
         "disconnected",
@@ -329,8 +327,7 @@ def test_connection_states_and_events(unit):
 
 def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
     unit.auth.answer = {"auth": "key:abc"}
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth", authHeaders: {"X-Csrf": "t"}, authParams: {extra: "1"}});
         const socket = FakeSocket.last();
@@ -338,8 +335,7 @@ def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
         pushi.subscribe("private-orders");
         await until(() => socket.sent.length === 1);
         return socket.sentMessages();
-    }"""
-    )
+    }""")
     assert result == [
         {
             "event": "pusher:subscribe",
@@ -360,8 +356,7 @@ def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
 def test_presence_subscription_json_auth_channel_data_and_members(unit):
     signed = json.dumps({"user_id": "u1", "user_info": {"name": "Ann"}})
     unit.auth.answer = {"auth": "key:def", "channel_data": signed}
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth", authTransport: "json"});
         const log = recordPushi(pushi);
@@ -383,12 +378,15 @@ def test_presence_subscription_json_auth_channel_data_and_members(unit):
         return {sent: socket.sentMessages(), first, members: room.members, me: room.me,
                 count: room.memberCount(), roomLog,
                 global: log.filter(e => e.kind.startsWith("member_")).map(e => [e.kind, e.channel])};
-    }"""
-    )
+    }""")
     assert result["sent"] == [
         {
             "event": "pusher:subscribe",
-            "data": {"channel": "presence-room", "auth": "key:def", "channel_data": signed},
+            "data": {
+                "channel": "presence-room",
+                "auth": "key:def",
+                "channel_data": signed,
+            },
         }
     ]
     (request,) = unit.auth.requests
@@ -410,21 +408,18 @@ def test_presence_subscription_json_auth_channel_data_and_members(unit):
 
 
 def test_pushi_members_shape_is_read_too(unit):
-    members = unit.evaluate(
-        """() => [
+    members = unit.evaluate("""() => [
         Pushi.readMembers({members: {a: {user_id: "a", user_info: {n: 1}}, b: null}}),
         Pushi.readMembers({members: [{user_id: 7, user_info: "x"}, "z"]}),
         Pushi.readMembers({}),
-    ]"""
-    )
+    ]""")
     assert members == [{"a": {"n": 1}, "b": None}, {"7": "x", "z": None}, {}]
 
 
 def test_auth_failure_is_a_subscription_error(unit):
     unit.auth.status = 403
     unit.auth.answer = {"error": "no"}
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth"});
         const log = recordPushi(pushi);
@@ -434,8 +429,7 @@ def test_auth_failure_is_a_subscription_error(unit):
         const error = log.find(e => e.kind === "subscription_error");
         return {sent: FakeSocket.last().sent.length, error: error.data, channel: error.channel,
                 subscribed: channel.subscribed};
-    }"""
-    )
+    }""")
     assert result["sent"] == 0
     assert result["channel"] == "private-secret"
     assert result["error"]["type"] == "AuthError"
@@ -444,8 +438,7 @@ def test_auth_failure_is_a_subscription_error(unit):
 
 
 def test_custom_authorizer_and_server_subscription_error(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         const calls = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authorizer: (name, socketId, channelData, callback) => {
@@ -460,18 +453,19 @@ def test_custom_authorizer_and_server_subscription_error(unit):
             data: {type: "AuthError", error: "bad", status: 401}});
         return {calls, sent: socket.sentMessages(),
                 errors: log.filter(e => e.kind === "subscription_error").map(e => e.data.status)};
-    }"""
-    )
+    }""")
     assert result["calls"] == [["personal-42", "1.1"]]
     assert result["sent"] == [
-        {"event": "pusher:subscribe", "data": {"channel": "personal-42", "auth": "key:personal-42"}}
+        {
+            "event": "pusher:subscribe",
+            "data": {"channel": "personal-42", "auth": "key:personal-42"},
+        }
     ]
     assert result["errors"] == [401]
 
 
 def test_peer_channel_is_created_when_the_server_joins_it(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const received = [];
         const joined = [];
@@ -490,20 +484,24 @@ def test_peer_channel_is_created_when_the_server_joins_it(unit):
             channel: "peer-room:a&b", data: "{}"});
         return {joined, received, sent, messages: socket.sentMessages(),
                 subscribedBefore: peer.subscribed === false, gone: !pushi.channel("peer-room:a&b")};
-    }"""
-    )
+    }""")
     assert result["joined"] == [["peer-room:a&b", "peer"]]
     assert result["received"] == ["yo"]
     assert result["sent"] is True
     assert result["messages"] == [
-        {"event": "client-hi", "channel": "peer-room:a&b", "data": "back", "echo": True, "persist": False}
+        {
+            "event": "client-hi",
+            "channel": "peer-room:a&b",
+            "data": "back",
+            "echo": True,
+            "persist": False,
+        }
     ]
     assert result["gone"] is True
 
 
 def test_send_and_latest(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const channel = pushi.subscribe("news");
         const offline = channel.send("chat", "early");
@@ -525,12 +523,23 @@ def test_send_and_latest(unit):
         pushi.disconnect();
         await pending;
         return {offline, sent: socket.sentMessages().slice(1), got, second, failure};
-    }"""
-    )
+    }""")
     assert result["offline"] is False
     assert result["sent"] == [
-        {"event": "chat", "channel": "news", "data": {"text": "hi"}, "echo": True, "persist": True},
-        {"event": "chat", "channel": "news", "data": "plain", "echo": False, "persist": False},
+        {
+            "event": "chat",
+            "channel": "news",
+            "data": {"text": "hi"},
+            "echo": True,
+            "persist": True,
+        },
+        {
+            "event": "chat",
+            "channel": "news",
+            "data": "plain",
+            "echo": False,
+            "persist": False,
+        },
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 5, "count": 3}},
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 0, "count": 10}},
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 0, "count": 1}},
@@ -542,8 +551,7 @@ def test_send_and_latest(unit):
 
 
 def test_latest_times_out_without_an_answer(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             latestTimeout: 50});
         const channel = pushi.subscribe("news");
@@ -554,14 +562,12 @@ def test_latest_times_out_without_an_answer(unit):
         FakeSocket.last().serverSend({event: "pusher_internal:latest",
             data: {channel: "news", events: []}});
         return {message, waited: Date.now() - started >= 40};
-    }"""
-    )
+    }""")
     assert result == {"message": "latest timed out", "waited": True}
 
 
 def test_unsubscribe(unit):
-    result = unit.evaluate(
-        """() => {
+    result = unit.evaluate("""() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const log = recordPushi(pushi);
         const channel = pushi.subscribe("news");
@@ -573,17 +579,18 @@ def test_unsubscribe(unit):
         socket.serverSend({event: "update", channel: "news", data: "x"});
         return {sent: socket.sentMessages(), known: !!pushi.channel("news"),
                 unsubscribes: countOf(log, "unsubscribe"), subscribed: channel.subscribed};
-    }"""
-    )
-    assert result["sent"][-1] == {"event": "pusher:unsubscribe", "data": {"channel": "news"}}
+    }""")
+    assert result["sent"][-1] == {
+        "event": "pusher:unsubscribe",
+        "data": {"channel": "news"},
+    }
     assert result["known"] is False
     assert result["unsubscribes"] == 1
     assert result["subscribed"] is False
 
 
 def test_answers_pings_and_pings_when_idle(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             activityTimeout: 80, pongTimeout: 60});
         const socket = FakeSocket.last();
@@ -600,8 +607,7 @@ def test_answers_pings_and_pings_when_idle(unit):
         await until(() => FakeSocket.instances.length === 2, 2000);
         return {answered, pinged, stillThere, third: socket.sentMessages()[2],
                 closed: socket.closedByClient, state: pushi.state};
-    }"""
-    )
+    }""")
     assert result["answered"] == [{"event": "pusher:pong", "data": {}}]
     assert result["pinged"] == {"event": "pusher:ping", "data": {}}
     assert result["stillThere"] is True
@@ -611,8 +617,7 @@ def test_answers_pings_and_pings_when_idle(unit):
 
 
 def test_idle_ping_uses_the_handshake_activity_timeout(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const socket = FakeSocket.last();
         socket.handshake("1.1", 1);
@@ -621,14 +626,16 @@ def test_idle_ping_uses_the_handshake_activity_timeout(unit):
         await until(() => socket.sent.length === 1, 3000);
         pushi.disconnect();
         return {early, timeout: pushi.activityTimeout, ping: socket.sentMessages()[0]};
-    }"""
-    )
-    assert result == {"early": 0, "timeout": 1000, "ping": {"event": "pusher:ping", "data": {}}}
+    }""")
+    assert result == {
+        "early": 0,
+        "timeout": 1000,
+        "ping": {"event": "pusher:ping", "data": {}},
+    }
 
 
 def test_reconnects_with_backoff_and_resubscribes(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const auths = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 40, maxReconnectDelay: 160, reconnectJitter: 0,
@@ -656,14 +663,16 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
         return {subscribedBefore, subscribedDuring, resent, auths, attempt: pushi.attempt,
                 delays: log.filter(e => e.kind === "reconnecting").map(e => e.data.delay),
                 state: pushi.state};
-    }"""
-    )
+    }""")
     assert result["subscribedBefore"] is True
     assert result["subscribedDuring"] is False
     assert result["delays"] == [40, 80, 160, 160]
     assert result["resent"] == [
         {"event": "pusher:subscribe", "data": {"channel": "news"}},
-        {"event": "pusher:subscribe", "data": {"channel": "private-a", "auth": "key:2.2"}},
+        {
+            "event": "pusher:subscribe",
+            "data": {"channel": "private-a", "auth": "key:2.2"},
+        },
     ]
     assert result["auths"] == ["1.1", "2.2"]
     assert result["attempt"] == 0
@@ -671,8 +680,7 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
 
 
 def test_close_codes_decide_reconnection(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const make = () => new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 5000});
         FakeSocket.reset();
@@ -694,8 +702,7 @@ def test_close_codes_decide_reconnection(unit):
             nowDelay: nowLog.find(e => e.kind === "reconnecting").data.delay,
             nowSockets: FakeSocket.instances.length,
         };
-    }"""
-    )
+    }""")
     assert result["refusedState"] == "disconnected"
     assert result["refusedError"] == {"code": 4001, "message": "unknown app"}
     assert result["refusedRetries"] == 0
@@ -704,8 +711,7 @@ def test_close_codes_decide_reconnection(unit):
 
 
 def test_network_back_online_retries_at_once(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 60000});
         FakeSocket.last().handshake();
@@ -716,21 +722,18 @@ def test_network_back_online_retries_at_once(unit):
         const after = FakeSocket.instances.length;
         pushi.disconnect();
         return {before, after};
-    }"""
-    )
+    }""")
     assert result["after"] == result["before"] + 1
 
 
 def test_connect_timeout_retries(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             connectTimeout: 50, minReconnectDelay: 10, maxReconnectDelay: 10});
         await until(() => FakeSocket.instances.length === 2, 2000);
         pushi.disconnect();
         return {first: FakeSocket.instances[0].closedByClient, state: pushi.state};
-    }"""
-    )
+    }""")
     assert result == {"first": 1000, "state": "disconnected"}
 
 
@@ -739,148 +742,14 @@ def test_connect_timeout_retries(unit):
 # ---------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port, process, timeout=30.0):
-    limit = time.time() + timeout
-    while time.time() < limit:
-        if process.poll() is not None:
-            raise RuntimeError("the server exited with %s" % process.returncode)
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("nothing listens on port %d" % port)
-
-
-class PushiServer:
-    """The real server (`python src/pushi/base/state.py`) on ephemeral ports."""
-
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.app_port = free_port()
-        self.server_port = free_port()
-        self.process = None
-        self.log_path = os.path.join(data_dir, "server.log")
-        self.env = dict(
-            os.environ,
-            PUSHI_DATA_DIR=data_dir,
-            APP_HOST="127.0.0.1",
-            APP_PORT=str(self.app_port),
-            SERVER_HOST="127.0.0.1",
-            SERVER_PORT=str(self.server_port),
-            PYTHONPATH=os.pathsep.join(
-                [SRC_DIR] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-            ),
-        )
-        self.app = None
-
-    def create_app(self, name):
-        output = subprocess.run(
-            [sys.executable, "-m", "pushi", "app", "create", name, "--json", "--client-events"],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if output.returncode != 0:
-            raise RuntimeError("app create failed: %s%s" % (output.stdout, output.stderr))
-        return json.loads(output.stdout.strip().splitlines()[-1])
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.join(SRC_DIR, "pushi", "base", "state.py")],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        wait_for_port(self.server_port, self.process)
-        wait_for_port(self.app_port, self.process)
-
-    def stop(self):
-        process = self.process
-        self.process = None
-        if not process or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-    def restart(self):
-        self.stop()
-        self.start()
-
-    def output(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as file:
-                return file.read()[-4000:]
-        except OSError:
-            return ""
-
-    @property
-    def http_base(self):
-        return "http://127.0.0.1:%d" % self.app_port
-
-    @property
-    def ws_base(self):
-        return "ws://127.0.0.1:%d/" % self.server_port
-
-
-def missing_server_reason():
-    """Why the end-to-end tests cannot run yet, or None when they can."""
-    if not os.path.exists(os.path.join(SRC_DIR, "pushi", "base", "state.py")):
-        return "the server (src/pushi/base/state.py) is not in this tree yet"
-    if not os.path.exists(os.path.join(SRC_DIR, "pushi", "__main__.py")):
-        return "the `python -m pushi app create` command is not in this tree yet"
-    return None
-
-
-def python_client(app, server):
-    """The Python client `pushi.Pushi`, or None when it is not there yet."""
-    if SRC_DIR not in sys.path:
-        sys.path.insert(0, SRC_DIR)
-    try:
-        import pushi
-    except Exception:
-        return None
-    client_class = getattr(pushi, "Pushi", None)
-    if client_class is None:
-        return None
-    return client_class(
-        app_id=app["app_id"],
-        app_key=app["key"],
-        app_secret=app["secret"],
-        base_url=server.http_base,
-    )
-
-
-def sign(secret, text):
-    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
-
-
 class AuthEndpoint:
-    """The user's server in the tests: signs subscriptions for `?user=<id>`.
-
-    Uses the Python client's `authenticate` when it exists, else signs with
-    the documented HMAC directly. Answers with CORS headers since the page
-    comes from the Pushi app's origin.
+    """The user's server in the tests: signs subscriptions for `?user=<id>`
+    with the Python client's ``authenticate``. Presence members get
+    ``{"user_id": <id>, "user_info": {"name": <Id>}, "peer": true}``. It
+    answers with CORS headers since the page comes from the app's origin.
     """
 
-    def __init__(self, app, client):
-        self.app = app
+    def __init__(self, client):
         self.client = client
         self.requests = []
         endpoint = self
@@ -902,15 +771,16 @@ class AuthEndpoint:
             def do_POST(self):
                 url = urllib.parse.urlsplit(self.path)
                 user = urllib.parse.parse_qs(url.query).get("user", ["anonymous"])[0]
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                body = self.rfile.read(
+                    int(self.headers.get("Content-Length") or 0)
+                ).decode()
                 if "json" in (self.headers.get("Content-Type") or ""):
                     params = json.loads(body or "{}")
                 else:
                     params = {k: v[0] for k, v in urllib.parse.parse_qs(body).items()}
                 endpoint.requests.append(dict(params, user=user))
                 try:
-                    answer = endpoint.sign(params, user)
-                    status = 200
+                    answer, status = endpoint.sign(params, user), 200
                 except Exception as error:
                     answer, status = {"error": str(error)}, 403
                 data = json.dumps(answer).encode()
@@ -927,30 +797,22 @@ class AuthEndpoint:
 
     def sign(self, params, user):
         channel = params["channel_name"]
-        socket_id = params["socket_id"]
         channel_data = None
         if channel.startswith("presence-"):
-            channel_data = json.dumps(
-                {"user_id": user, "user_info": {"name": user.title()}, "peer": True}
-            )
-        if self.client is not None and hasattr(self.client, "authenticate"):
-            answer = self.client.authenticate(channel, socket_id, channel_data=channel_data)
-            if isinstance(answer, (str, bytes)):
-                answer = json.loads(answer)
-            answer = dict(answer)
-            if channel_data is not None:
-                answer.setdefault("channel_data", channel_data)
-            return answer
-        text = "%s:%s" % (socket_id, channel)
-        if channel_data is not None:
-            text += ":" + channel_data
-        answer = {"auth": "%s:%s" % (self.app["key"], sign(self.app["secret"], text))}
-        if channel_data is not None:
-            answer["channel_data"] = channel_data
-        return answer
+            channel_data = {
+                "user_id": user,
+                "user_info": {"name": user.title()},
+                "peer": True,
+            }
+        return self.client.authenticate(
+            channel, params["socket_id"], channel_data=channel_data
+        )
 
     def url(self, user):
-        return "http://127.0.0.1:%d/auth?user=%s" % (self.server.server_address[1], user)
+        return "http://127.0.0.1:%d/auth?user=%s" % (
+            self.server.server_address[1],
+            user,
+        )
 
     def close(self):
         self.server.shutdown()
@@ -958,90 +820,67 @@ class AuthEndpoint:
 
 
 class Live:
-    """A running server with an app, its Python client and an auth endpoint."""
+    """A running server (``tests/support.py``) with an app, its Python
+    client and an auth endpoint."""
 
-    def __init__(self, server, app, client, auth):
-        self.server = server
-        self.app = app
-        self.client = client
-        self.auth = auth
+    def __init__(self, name):
+        from support import PushiServer
+
+        self.server = PushiServer()
+        self.auth = None
+        try:
+            self.server.start()
+            self.app = self.server.create_app(name, client_events=True)
+            self.client = self.server.client(self.app)
+            self.auth = AuthEndpoint(self.client)
+        except Exception:
+            self.close()
+            raise
+        try:
+            with urllib.request.urlopen(
+                self.server.base_url + "static/pushi.js", timeout=15
+            ) as got:
+                served = got.status == 200 and b"Pushi" in got.read()
+        except OSError:
+            served = False
+        if not served:
+            self.close()
+            pytest.skip(
+                "the app does not serve extra/js at /static/ yet (GET /static/pushi.js)"
+            )
 
     @property
     def http_base(self):
-        return self.server.http_base
+        return self.server.base_url.rstrip("/")
+
+    @property
+    def ws_base(self):
+        return self.server.ws_url
 
     def trigger(self, channel, event, data):
-        if self.client is not None and hasattr(self.client, "trigger_event"):
-            return self.client.trigger_event(channel=channel, data=data, event=event)
-        # the Pushi-native REST API, for when the Python client is not there
-        login = urllib.parse.urlencode(
-            {
-                "app_id": self.app["app_id"],
-                "app_key": self.app["key"],
-                "app_secret": self.app["secret"],
-            }
-        ).encode()
-        with urllib.request.urlopen(self.server.http_base + "/login", data=login, timeout=10) as answer:
-            session = json.loads(answer.read().decode())
-        sid = session.get("session_id") or session.get("sid") or session.get("token")
-        body = json.dumps({"event": event, "channel": channel, "data": data}).encode()
-        request = urllib.request.Request(
-            "%s/apps/%s/events?sid=%s" % (self.server.http_base, self.app["app_id"], sid),
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read().decode() or "{}")
+        return self.client.trigger_event(channel=channel, data=data, event=event)
 
     def example_url(self, user=None, **query):
-        params = {"key": self.app["key"], "url": self.server.ws_base}
+        params = {"key": self.app["key"], "url": self.ws_base}
         if user:
             params["auth"] = self.auth.url(user)
         params.update(query)
-        return self.server.http_base + "/static/example.html?" + urllib.parse.urlencode(params)
+        return self.http_base + "/static/example.html?" + urllib.parse.urlencode(params)
 
-
-def start_live(name):
-    reason = missing_server_reason()
-    if reason:
-        pytest.skip(reason)
-    data_dir = tempfile.mkdtemp(prefix="pushi-js-e2e-")
-    server = PushiServer(data_dir)
-    try:
-        app = server.create_app(name)
-        server.start()
-    except Exception as error:
-        server.stop()
-        output = server.output()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        raise RuntimeError("cannot start the server: %s\n%s" % (error, output))
-    try:
-        with urllib.request.urlopen(server.http_base + "/static/pushi.js", timeout=10) as answer:
-            served = answer.status == 200 and b"Pushi" in answer.read()
-    except OSError:
-        served = False
-    if not served:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        pytest.skip("the app does not serve extra/js at /static/ yet (GET /static/pushi.js)")
-    client = python_client(app, server)
-    auth = AuthEndpoint(app, client)
-    return Live(server, app, client, auth)
-
-
-def stop_live(live):
-    live.auth.close()
-    live.server.stop()
-    shutil.rmtree(live.server.data_dir, ignore_errors=True)
+    def close(self):
+        if self.auth is not None:
+            self.auth.close()
+        self.server.stop()
+        shutil.rmtree(self.server.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def live(browser):
-    live = start_live("browser")
+    live = Live("browser")
     try:
         yield live
     finally:
-        stop_live(live)
+        live.close()
 
 
 @pytest.fixture
@@ -1066,7 +905,7 @@ def pages(browser):
 
 def connect(page, live, user=None, **options):
     """A new Pushi object in the page, as `window.client`, recorded in `window.log`."""
-    options = dict(options, baseUrl=live.server.ws_base)
+    options = dict(options, baseUrl=live.ws_base)
     if user:
         options["authEndpoint"] = live.auth.url(user)
     page.evaluate(
@@ -1096,9 +935,13 @@ def subscription_errors(page):
 
 def test_e2e_example_page_connects_receives_and_sends(live, pages):
     page = pages(live.example_url(user="alice", connect="1", channel="global"))
-    page.wait_for_function("() => window.pushi && window.pushi.state === 'connected'", timeout=15000)
+    page.wait_for_function(
+        "() => window.pushi && window.pushi.state === 'connected'", timeout=15000
+    )
     page.evaluate("() => { window.log = recordPushi(window.pushi); }")
-    page.wait_for_function("() => window.pushi.channel('global').subscribed", timeout=15000)
+    page.wait_for_function(
+        "() => window.pushi.channel('global').subscribed", timeout=15000
+    )
     assert page.text_content("#state") == "connected"
 
     live.trigger("global", "hello", "from REST")
@@ -1110,7 +953,9 @@ def test_e2e_example_page_connects_receives_and_sends(live, pages):
     # the page's own form: subscribe to a private channel and send on it, with echo
     page.fill("#channel", "private-example")
     page.click("#subscribe")
-    page.wait_for_function("() => window.pushi.channel('private-example').subscribed", timeout=15000)
+    page.wait_for_function(
+        "() => window.pushi.channel('private-example').subscribed", timeout=15000
+    )
     page.fill("#event", "chat")
     page.fill("#data", "hello from the page")
     page.click("#send")
@@ -1130,7 +975,9 @@ def test_e2e_example_page_connects_receives_and_sends(live, pages):
 def test_e2e_private_and_presence_channels_with_member_events(live, pages):
     alice = pages(live.http_base + "/static/example.html")
     connect(alice, live, user="alice")
-    alice.evaluate("() => { client.subscribe('private-orders'); client.subscribe('presence-team'); }")
+    alice.evaluate(
+        "() => { client.subscribe('private-orders'); client.subscribe('presence-team'); }"
+    )
     wait_subscribed(alice, "private-orders", "presence-team")
     assert subscription_errors(alice) == []
     assert alice.evaluate("() => client.channel('presence-team').members") == {
@@ -1151,36 +998,31 @@ def test_e2e_private_and_presence_channels_with_member_events(live, pages):
     connect(bob, live, user="bob")
     bob.evaluate("() => client.subscribe('presence-team')")
     wait_subscribed(bob, "presence-team")
-    assert sorted(bob.evaluate("() => Object.keys(client.channel('presence-team').members)")) == [
+    assert sorted(
+        bob.evaluate("() => Object.keys(client.channel('presence-team').members)")
+    ) == [
         "alice",
         "bob",
     ]
     alice.wait_for_function(
-        "() => log.some(e => e.kind === 'member_added' && e.data.user_id === 'bob')", timeout=15000
+        "() => log.some(e => e.kind === 'member_added' && e.data.user_id === 'bob')",
+        timeout=15000,
     )
-    assert alice.evaluate("() => client.channel('presence-team').members.bob") == {"name": "Bob"}
+    assert alice.evaluate("() => client.channel('presence-team').members.bob") == {
+        "name": "Bob"
+    }
 
     bob.close()
     alice.wait_for_function(
         "() => log.some(e => e.kind === 'member_removed' && e.data.user_id === 'bob')",
         timeout=30000,
     )
-    assert alice.evaluate("() => Object.keys(client.channel('presence-team').members)") == ["alice"]
-
-
-def server_joins_peer_channels():
-    """Whether the engine builds peer channels yet (it names them with
-    ``channels.peer_name``); until then the peer test skips."""
-    base = os.path.join(SRC_DIR, "pushi", "base")
-    for name in os.listdir(base) if os.path.isdir(base) else ():
-        if name.endswith(".py") and "peer_name(" in read_text(base, name):
-            return True
-    return False
+    assert alice.evaluate(
+        "() => Object.keys(client.channel('presence-team').members)"
+    ) == ["alice"]
 
 
 def test_e2e_peer_channel_send_and_receive(live, pages):
-    if not server_joins_peer_channels():
-        pytest.skip("the server does not join peer channels yet (peer-<base>:<a>&<b>)")
     alice = pages(live.http_base + "/static/example.html")
     bob = pages(live.http_base + "/static/example.html")
     connect(alice, live, user="alice")
@@ -1194,16 +1036,16 @@ def test_e2e_peer_channel_send_and_receive(live, pages):
     assert alice.evaluate("name => client.channel(name).kind", peer) == "peer"
 
     assert alice.evaluate(
-        "name => client.channel(name).send('client-hi', 'hello bob', true, false)", peer
+        "name => client.channel(name).send('hi', 'hello bob', true, false)", peer
     )
     for page in (bob, alice):  # bob receives it, alice gets her echo
         page.wait_for_function(
             """name => log.some(e => e.kind === 'message' && e.channel === name
-                && e.event === 'client-hi' && e.data === 'hello bob')""",
+                && e.event === 'hi' && e.data === 'hello bob')""",
             arg=peer,
             timeout=15000,
         )
-    bob.evaluate("name => client.channel(name).send('client-hi', 'hello alice')", peer)
+    bob.evaluate("name => client.channel(name).send('hi', 'hello alice')", peer)
     alice.wait_for_function(
         "name => log.some(e => e.kind === 'message' && e.channel === name && e.data === 'hello alice')",
         arg=peer,
@@ -1211,9 +1053,21 @@ def test_e2e_peer_channel_send_and_receive(live, pages):
     )
     # no echo asked: bob does not get his own message back
     time.sleep(0.5)
-    assert bob.evaluate(
-        "name => log.filter(e => e.kind === 'message' && e.data === 'hello alice').length", peer
-    ) == 0
+    assert (
+        bob.evaluate(
+            "name => log.filter(e => e.kind === 'message' && e.data === 'hello alice').length",
+            peer,
+        )
+        == 0
+    )
+
+    # bob leaves the presence channel: the server closes the peer channel for alice
+    bob.evaluate("() => client.unsubscribe('presence-chat')")
+    alice.wait_for_function(
+        "name => !client.channel(name) && log.some(e => e.kind === 'unsubscribe' && e.channel === name)",
+        arg=peer,
+        timeout=15000,
+    )
 
 
 def test_e2e_persisted_send_and_latest(live, pages):
@@ -1221,33 +1075,33 @@ def test_e2e_persisted_send_and_latest(live, pages):
     connect(page, live, user="carol", latestTimeout=3000)
     page.evaluate("() => client.subscribe('private-history')")
     wait_subscribed(page, "private-history")
-    page.evaluate(
-        """() => {
+    page.evaluate("""() => {
         const channel = client.channel('private-history');
         channel.send('note', 'first', false, true);
         channel.send('note', 'second', false, true);
-    }"""
-    )
+    }""")
     fetch = """() => client.channel('private-history').latest(0, 10)
         .then(events => ({events}), error => ({error: error.message}))"""
     answer = page.evaluate(fetch)
     errors = page.evaluate("() => log.filter(e => e.kind === 'error').map(e => e.data)")
-    if any("Unknown event" in str(error.get("message")) for error in errors):
-        pytest.skip("the server does not answer pusher:latest yet (persisted events)")
     limit = time.time() + 15
     while "error" not in answer and len(answer["events"]) < 2 and time.time() < limit:
         time.sleep(0.3)
         answer = page.evaluate(fetch)
     assert "error" not in answer, (answer, errors)
-    assert "first" in json.dumps(answer["events"]) and "second" in json.dumps(answer["events"])
+    assert "first" in json.dumps(answer["events"]) and "second" in json.dumps(
+        answer["events"]
+    )
 
 
 def test_e2e_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
-    live = start_live("restart")
+    live = Live("restart")
     try:
         page = pages(live.http_base + "/static/example.html")
         connect(page, live, user="dave", minReconnectDelay=200, maxReconnectDelay=1000)
-        page.evaluate("() => ['global', 'private-r', 'presence-r'].forEach(n => client.subscribe(n))")
+        page.evaluate(
+            "() => ['global', 'private-r', 'presence-r'].forEach(n => client.subscribe(n))"
+        )
         wait_subscribed(page, "global", "private-r", "presence-r")
         first_socket = page.evaluate("() => client.socketId")
 
@@ -1256,11 +1110,14 @@ def test_e2e_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
             "() => log.some(e => e.kind === 'reconnecting')", timeout=15000
         )
         page.wait_for_function(
-            "() => client.state === 'connected' && client.socketId !== %s" % json.dumps(first_socket),
+            "() => client.state === 'connected' && client.socketId !== %s"
+            % json.dumps(first_socket),
             timeout=30000,
         )
         wait_subscribed(page, "global", "private-r", "presence-r")
-        assert page.evaluate("() => client.channel('presence-r').members") == {"dave": {"name": "Dave"}}
+        assert page.evaluate("() => client.channel('presence-r').members") == {
+            "dave": {"name": "Dave"}
+        }
 
         live.trigger("global", "after", "restart")
         live.trigger("private-r", "after", "restart private")
@@ -1268,7 +1125,9 @@ def test_e2e_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
             "() => ['restart', 'restart private'].every(d => log.some(e => e.kind === 'message' && e.data === d))",
             timeout=15000,
         )
-        states = page.evaluate("() => log.filter(e => e.kind === 'state_change').map(e => e.data.current)")
+        states = page.evaluate(
+            "() => log.filter(e => e.kind === 'state_change').map(e => e.data.current)"
+        )
         assert states[-2:] == ["reconnecting", "connected"] or "reconnecting" in states
     finally:
-        stop_live(live)
+        live.close()
