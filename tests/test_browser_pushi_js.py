@@ -592,7 +592,7 @@ def test_unsubscribe(unit):
 def test_answers_pings_and_pings_when_idle(unit):
     result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
-            activityTimeout: 80, pongTimeout: 60});
+            activityTimeout: 150, pongTimeout: 200});
         const socket = FakeSocket.last();
         socket.handshake("1.1", 120);
         socket.serverSend({event: "pusher:ping", data: {}});
@@ -600,7 +600,7 @@ def test_answers_pings_and_pings_when_idle(unit):
         await until(() => socket.sent.length === 2);
         const pinged = socket.sentMessages()[1];
         socket.serverSend({event: "pusher:pong", data: {}});
-        await sleep(100);
+        await sleep(60);
         const stillThere = FakeSocket.instances.length === 1 && pushi.state === "connected";
         // this time nobody answers: the socket is dropped and a new one opened at once
         await until(() => socket.sent.length === 3);
