@@ -23,6 +23,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -1131,3 +1132,41 @@ def test_e2e_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
         assert states[-2:] == ["reconnecting", "connected"] or "reconnecting" in states
     finally:
         live.close()
+
+
+def test_commonjs_module_under_node():
+    """pushi.js also loads with require() (options.WebSocket outside a browser)."""
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    script = """
+        const Pushi = require(process.argv[1]);
+        const sent = [];
+        function Socket(url) { Socket.last = this; this.url = url; this.readyState = 1; }
+        Socket.prototype.send = function (text) { sent.push(JSON.parse(text)); };
+        Socket.prototype.close = function () {};
+        const pushi = new Pushi("KEY", {baseUrl: "ws://127.0.0.1:9090", WebSocket: Socket});
+        const got = [];
+        pushi.bind("message", (event, data, channel) => got.push([event, data, channel]));
+        pushi.subscribe("news");
+        Socket.last.onmessage({data: JSON.stringify({event: "pusher:connection_established",
+            data: JSON.stringify({socket_id: "1.1", activity_timeout: 120})})});
+        Socket.last.onmessage({data: JSON.stringify({event: "hi", channel: "news", data: "x"})});
+        pushi.disconnect();
+        console.log(JSON.stringify({url: Socket.last.url, sent, got,
+            version: Pushi.VERSION, state: pushi.state}));
+    """
+    output = subprocess.run(
+        [node, "-e", script, os.path.join(JS_DIR, "pushi.js")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert output.returncode == 0, output.stderr
+    result = json.loads(output.stdout)
+    assert result["url"] == "ws://127.0.0.1:9090/KEY"
+    assert result["sent"] == [
+        {"event": "pusher:subscribe", "data": {"channel": "news"}}
+    ]
+    assert result["got"] == [["hi", "x", "news"]]
+    assert result["state"] == "disconnected"
