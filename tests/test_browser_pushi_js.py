@@ -567,6 +567,23 @@ def test_latest_times_out_without_an_answer(unit):
     assert result == {"message": "latest timed out", "waited": True}
 
 
+def test_subscribe_twice_asks_once(unit):
+    result = unit.evaluate(
+        """async () => {
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
+        const socket = FakeSocket.last();
+        socket.handshake();
+        const first = pushi.subscribe("news");
+        const second = pushi.subscribe("news");
+        socket.serverSend({event: "pusher:subscription_error", channel: "news",
+            data: {type: "LimitReached", error: "full", status: 403}});
+        pushi.subscribe("news");
+        return {same: first === second, sent: socket.sent.length};
+    }"""
+    )
+    assert result == {"same": True, "sent": 2}
+
+
 def test_unsubscribe(unit):
     result = unit.evaluate("""() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});

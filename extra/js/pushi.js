@@ -447,6 +447,7 @@
             this.presence = null;
             this.me = null;
             this._wanted = true;
+            this._asked = null;
         }
 
         Channel.prototype = new Emitter();
@@ -527,6 +528,7 @@
         };
 
         Channel.prototype._succeeded = function (data) {
+            this._asked = null;
             this.subscribed = true;
             this.data = data;
             this.members = readMembers(data);
@@ -629,7 +631,8 @@
                 channel.options = options;
             }
             channel._wanted = true;
-            if (this.state === "connected" && !channel.subscribed) {
+            var asked = channel._asked !== null && channel._asked === this.socketId;
+            if (this.state === "connected" && !channel.subscribed && !asked) {
                 this._subscribe(channel);
             }
             return channel;
@@ -979,6 +982,8 @@
             }
             var self = this;
             var socketId = this.socketId;
+            // asked once per socket: a second subscribe() waits for the answer
+            channel._asked = socketId;
             if (!needsAuth(channel.kind)) {
                 this._send({ event: "pusher:subscribe", data: { channel: channel.name } });
                 return;
@@ -1058,6 +1063,7 @@
             var channel = typeof name === "string" ? this.channels[name] : undefined;
             if (channel) {
                 channel.subscribed = false;
+                channel._asked = null;
                 channel._lifecycle("subscription_error", data);
             } else {
                 this._emit("subscription_error", ["subscription_error", data, name || null, undefined]);
