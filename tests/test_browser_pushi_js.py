@@ -1002,7 +1002,7 @@ def test_e2e_private_and_presence_channels_with_member_events(live, pages):
         "alice": {"name": "Alice"}
     }
 
-    live.trigger("private-orders", "created", json.dumps({"id": 7}))
+    live.trigger("private-orders", "created", {"id": 7})
     alice.wait_for_function(
         "() => log.some(e => e.kind === 'message' && e.channel === 'private-orders'"
         " && e.event === 'created')",
