@@ -20,7 +20,7 @@ setuptools.setup(
     license="Apache License, Version 2.0",
     package_dir={"": "src"},
     packages=setuptools.find_packages("src"),
-    package_data={"pushi": ["static/*", "app/static/console/*"]},
+    package_data={"pushi.app": ["static/*", "static/*/*"]},
     python_requires=">=3.9",
     install_requires=read_requirements(),
     entry_points={"console_scripts": ["pushi = pushi.cli:main"]},

@@ -21,3 +21,14 @@ def server():
 def app(server):
     """A fresh app (client events on) on the module's server."""
     return server.create_app("test", client_events=True)
+
+
+@pytest.fixture(scope="session")
+def store_mongo_emulator():
+    """One MongoDB wire-protocol emulator (mockupdb + mongomock, NOT MongoDB)
+    on 127.0.0.1 for the whole session; ``.url`` is its connection string.
+    Tests keep apart by using a database name of their own."""
+    from mongo_emulator import MongoEmulator
+
+    with MongoEmulator() as emulator:
+        yield emulator

@@ -161,6 +161,16 @@ class PushiServer:
             except ValueError:
                 return error.code, payload.decode("utf-8", "replace")
 
+    def token_headers(self, app):
+        """``Authorization`` for an app, with a token from ``/login``."""
+        status, login = self.request(
+            "POST",
+            "login",
+            {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
+        )
+        assert status == 200, login
+        return {"Authorization": "Bearer " + login["token"]}
+
     def client(self, app):
         import pushi
 

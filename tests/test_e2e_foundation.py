@@ -84,6 +84,13 @@ class TestConnection:
         assert data[data.index(b"\x88") + 2 : data.index(b"\x88") + 4] == b"\x03\xea"
         raw.close()
 
+    def test_silent_connection_is_dropped_after_the_handshake_deadline(self, server):
+        raw = socket.create_connection(("127.0.0.1", server.server_port))
+        raw.sendall(b"GET /app/")
+        raw.settimeout(20)
+        assert raw.recv(100) == b""
+        raw.close()
+
     def test_oversized_handshake_is_431(self, server, app):
         raw = socket.create_connection(("127.0.0.1", server.server_port))
         raw.sendall(_upgrade("/app/%s?protocol=7" % app["key"], b"X-Big: " + b"a" * 9000 + b"\r\n"))

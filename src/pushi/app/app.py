@@ -27,7 +27,7 @@ class PushiApp(appier.APIApp):
         self.access = getattr(state, "access", None) or Access(
             state.apps, state.config.admin_secret
         )
-        self.publisher = Publisher(state, self.access)
+        self.publisher = Publisher(state, self.access, self)
         appier.APIApp.__init__(
             self, name="pushi", session_c=appier.MemorySession, *args, **kwargs
         )

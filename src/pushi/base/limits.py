@@ -20,6 +20,10 @@ DEFAULTS = {
     "latest_count": 10,
     "retention_count": 0,
     "retention_age": 0,
+    "webhooks": [],
+    "subscription_count_events": False,
+    "watchlist_events": False,
+    "max_watchlist": 100,
 }
 
 

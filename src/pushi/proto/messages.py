@@ -145,3 +145,22 @@ def latest(channel, events):
             "data": dumps({"channel": channel, "events": events}),
         }
     )
+
+
+def subscription_count(channel, count):
+    """``pusher_internal:subscription_count``: pusher-js keeps it in
+    ``channel.subscriptionCount`` and emits ``pusher:subscription_count``."""
+    return dumps(
+        {
+            "event": "pusher_internal:subscription_count",
+            "channel": channel,
+            "data": dumps({"subscription_count": count}),
+        }
+    )
+
+
+def watchlist_events(events):
+    """``pusher_internal:watchlist_events`` with ``events`` a list of
+    ``(name, user_ids)``, name ``online`` or ``offline``."""
+    data = {"events": [{"name": name, "user_ids": list(user_ids)} for name, user_ids in events]}
+    return dumps({"event": "pusher_internal:watchlist_events", "data": dumps(data)})

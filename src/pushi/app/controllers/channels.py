@@ -5,10 +5,9 @@ import appier
 from pushi.proto import channels as channel_names
 from pushi.proto import errors
 
-from .common import PushiController
+from .common import APP, PushiController
 
 CHANNEL = "<regex('[^/]+'):name>"
-APP = "<regex('[0-9]+'):app_id>"
 
 
 class ChannelsController(PushiController):
@@ -50,7 +49,26 @@ class ChannelsController(PushiController):
     def terminate(self, app_id, user_id):
         app = self.authorize(app_id)
         self.state.call_in_loop(self.state.engine.terminate_user, app.app_id, user_id)
-        return {}
+        return self.empty()
+
+    @appier.route(
+        "/users/<regex('[^/]+'):user_id>/terminate_connections", "POST", json=True
+    )
+    def terminate_by_key(self, user_id):
+        """The same, at the path the ``pusher`` PyPI SDK (3.3) signs and
+        calls, without the ``/apps/<id>`` prefix: the app is the one of
+        the signed request's ``auth_key``."""
+        key = self.params().get("auth_key")
+        app = self.state.apps.load_key(key) if isinstance(key, str) else None
+        if app is None:
+            raise errors.HttpError(401, "Sign the request with an app's auth_key")
+        return self.terminate(app.app_id, user_id)
+
+    def empty(self):
+        """Pusher's success body, ``{}`` (Appier turns an empty dict into
+        ``{"result": "success"}``)."""
+        self.request.set_content_type("application/json")
+        return "{}"
 
     @appier.route("/apps/%s/sockets" % APP, "GET", json=True)
     def sockets(self, app_id):

@@ -8,6 +8,10 @@ import appier
 from pushi.proto import errors
 
 
+APP = "<regex('[0-9]+'):app_id>"
+""" The route part of an app id (numeric, as Pusher SDKs require) """
+
+
 class PushiController(appier.Controller):
     """Base of Pushi's controllers."""
 
@@ -19,15 +23,18 @@ class PushiController(appier.Controller):
     def access(self):
         return self.owner.access
 
+    def params(self):
+        """The decoded query, one value per name (what a signature covers)."""
+        return dict(urllib.parse.parse_qsl(self.request.query or "", keep_blank_values=True))
+
     def authorize(self, app_id):
         """The app this request may act on (signature, token or admin)."""
         request = self.request
-        params = dict(urllib.parse.parse_qsl(request.query or "", keep_blank_values=True))
         return self.access.authorize(
             app_id,
             request.method,
             request.path,
-            params,
+            self.params(),
             request.get_data() or b"",
             self.authorization(),
         )

@@ -23,6 +23,7 @@
         "member_removed",
         "api_message",
         "client_event",
+        "cache_miss",
         "webhook_sent",
         "webhook_failed"
     ];

@@ -1,0 +1,1 @@
+../../../../extra/js/pushi.js
