@@ -1,31 +1,41 @@
 """The debug console in headless Chromium against the real server.
 
-``tests/console/driver.js`` (playwright-core from npm) drives Debian's
-``/usr/bin/chromium`` with a fresh profile; this module starts the real
+Playwright (the ``playwright`` package of requirements-dev.txt, as the
+pushi.js browser tests use it) drives Debian's ``/usr/bin/chromium`` with a
+fresh profile and never downloads a browser.  This module starts the real
 server, signs in on ``/console``, makes traffic with real WebSocket and
 HTTP clients, and reads what the page shows.  A screenshot of the console
 with traffic is saved to ``artifacts/console.png``.
 
-Needs ``chromium`` and ``npm ci --prefix tests/console`` (``scripts/install``
-does both).  Without them the tests skip, unless CI is set, where they fail.
+Without chromium or playwright the tests skip, unless CI is set, where
+they fail (``scripts/install`` installs both).
 """
 
 import json
 import os
-import select
 import shutil
-import subprocess
 import tempfile
-import time
 
 import pytest
 
 from support import ADMIN_SECRET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DRIVER_DIR = os.path.join(ROOT, "tests", "console")
 ARTIFACTS = os.path.join(ROOT, "artifacts")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# a quiet, self-contained headless run of Debian's chromium
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT = 15000
 
 
 def unavailable(reason):
@@ -47,30 +57,81 @@ def chromium_path():
 
 
 class Page:
-    """One Chromium page behind ``driver.js``: one JSON line per command."""
+    """One Chromium page, driven by named steps: ``call(op, **args)``.
 
-    def __init__(self, chromium, profile):
-        self.process = subprocess.Popen(
-            ["node", os.path.join(DRIVER_DIR, "driver.js"), chromium, profile],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=DRIVER_DIR,
+    Every wait has a timeout, so a missing entry fails instead of hanging.
+    Errors the page's script raises are collected for the module's end.
+    """
+
+    def __init__(self, page):
+        self.page = page
+        self.errors = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", self._console)
+
+    def _console(self, message):
+        # a refused sign-in is a 401 the page handles; report the rest
+        if message.type == "error" and not message.text.startswith(
+            "Failed to load resource"
+        ):
+            self.errors.append(message.text)
+
+    def call(self, op, **args):
+        return getattr(self, "_" + op)(**args)
+
+    def _goto(self, url):
+        self.page.goto(url)
+
+    def _fill(self, selector, value):
+        self.page.fill(selector, value, timeout=TIMEOUT)
+
+    def _click(self, selector):
+        self.page.click(selector, timeout=TIMEOUT)
+
+    def _check(self, selector, checked):
+        self.page.set_checked(selector, checked, timeout=TIMEOUT)
+
+    def _select(self, selector, value):
+        self.page.select_option(selector, value, timeout=TIMEOUT)
+
+    def _wait(self, selector, text=None, state="visible"):
+        """Until an element matches the selector and holds the text."""
+        locator = (
+            self.page.locator(selector, has_text=text)
+            if text
+            else self.page.locator(selector)
+        )
+        locator.first.wait_for(state=state, timeout=TIMEOUT)
+
+    def _waitText(self, selector, value):
+        """Until an element's text is exactly the value."""
+        self.page.wait_for_function(
+            """([selector, value]) => {
+                const element = document.querySelector(selector);
+                return element !== null && element.textContent.trim() === value;
+            }""",
+            arg=[selector, value],
+            timeout=TIMEOUT,
         )
 
-    def call(self, op, timeout=60, **args):
-        self.process.stdin.write(json.dumps(dict(args, op=op)) + "\n")
-        self.process.stdin.flush()
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            raise AssertionError("the browser driver did not answer %s" % op)
-        line = self.process.stdout.readline()
-        if not line:
-            raise AssertionError("the browser driver exited (%s)" % self.process.poll())
-        answer = json.loads(line)
-        if not answer["ok"]:
-            raise AssertionError("%s failed: %s" % (op, answer["error"]))
-        return answer["result"]
+    def _texts(self, selector):
+        return self.page.eval_on_selector_all(
+            selector,
+            """elements => elements.map(element => ({
+                text: element.textContent,
+                visible: !!(element.offsetWidth || element.offsetHeight),
+            }))""",
+        )
+
+    def _visible(self, selector):
+        return self.page.is_visible(selector)
+
+    def _evaluate(self, expression):
+        return self.page.evaluate(expression)
+
+    def _screenshot(self, path):
+        self.page.screenshot(path=path, full_page=True)
+        return path
 
     def rows(self):
         """The log's rows, newest first: ``{"text", "visible"}``."""
@@ -80,34 +141,37 @@ class Page:
         """Waits for a shown log row of a type holding a text."""
         self.call("wait", selector='#log tr.entry[data-type="%s"]' % kind, text=text)
 
-    def close(self):
-        try:
-            self.call("close", timeout=15)
-        except Exception:
-            pass
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-
 
 @pytest.fixture(scope="module")
 def page():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable(
+            "the playwright package is not installed (pip install -r requirements-dev.txt)"
+        )
     chromium = chromium_path()
     if chromium is None:
         unavailable("Debian chromium is not installed (apt-get install chromium)")
-    if shutil.which("node") is None:
-        unavailable("node is not installed")
-    if not os.path.isdir(os.path.join(DRIVER_DIR, "node_modules", "playwright-core")):
-        unavailable("playwright-core is not installed (npm ci --prefix tests/console)")
     profile = tempfile.mkdtemp(prefix="pushi-console-chromium-")
-    instance = Page(chromium, profile)
     try:
-        yield instance
-        assert instance.call("errors") == []
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=chromium,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 900},
+            )
+            try:
+                instance = Page(
+                    context.pages[0] if context.pages else context.new_page()
+                )
+                yield instance
+                assert instance.errors == []
+            finally:
+                context.close()
     finally:
-        instance.close()
         shutil.rmtree(profile, ignore_errors=True)
 
 
