@@ -56,7 +56,9 @@ class WorkerProc:
         while b"\n" not in self.buf:
             ready, _w, _x = select.select([fd], [], [], timeout)
             if not ready:
-                raise WorkerError("%s worker did not answer in %ss" % (self.role, timeout))
+                raise WorkerError(
+                    "%s worker did not answer in %ss" % (self.role, timeout)
+                )
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 raise WorkerError("%s worker exited" % self.role)

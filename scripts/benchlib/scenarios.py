@@ -80,7 +80,9 @@ class Meter:
         """Returns the CPU figures of the window."""
         wall = max(1e-9, time.monotonic() - self.t0)
         server = stats.tree_cpu_seconds(self.server_pid) - self.server0
-        gens = [worker.cpu() - start for worker, start in zip(self.generators, self.gen0)]
+        gens = [
+            worker.cpu() - start for worker, start in zip(self.generators, self.gen0)
+        ]
         own = stats.cpu_seconds(os.getpid()) - self.self0
         machine = machine_busy_seconds() - self.machine0
         gen_max = max(gens) if gens else 0.0
@@ -379,7 +381,11 @@ def fanout(server_name, profile, options):
             capacity = None
             variants = [
                 ("a-serial", 1, None),
-                ("b-inflight%d" % profile["fanout_inflight"], profile["fanout_inflight"], None),
+                (
+                    "b-inflight%d" % profile["fanout_inflight"],
+                    profile["fanout_inflight"],
+                    None,
+                ),
                 ("c-rate", 16, "half"),
             ]
             for variant, inflight, rate in variants:

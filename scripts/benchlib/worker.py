@@ -278,9 +278,7 @@ class ConnectTask:
         self.sample_all = sample == "all"
         sample = self.n if self.sample_all else min(int(sample), self.n)
         stride = max(1, self.n // sample) if sample else 0
-        self.sampled = (
-            set(range(0, stride * sample, stride)) if sample else set()
-        )
+        self.sampled = set(range(0, stride * sample, stride)) if sample else set()
         self.deadline = monotonic() + float(cmd.get("timeout", 60))
         self.next_index = 0
         self.pending = set()
