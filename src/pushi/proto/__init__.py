@@ -1,0 +1,1 @@
+"""Pure protocol: no socket, no netius, no appier, no pymongo."""

@@ -1,0 +1,3 @@
+from .base import BaseController
+from .apps import AppsController
+from .channels import ChannelsController

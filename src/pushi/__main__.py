@@ -1,0 +1,3 @@
+from pushi.cli import main
+
+main()

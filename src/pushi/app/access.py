@@ -1,0 +1,94 @@
+"""Who may call the REST API: signed Pusher requests, Pushi session
+tokens, and the admin secret.  Shared by the Appier controllers and the
+lean publish handler, so both check requests the same way.
+"""
+
+import hmac
+import secrets
+import threading
+import time
+
+from pushi.proto import auth, errors
+
+TOKEN_LIFETIME = 86400
+
+
+class Access:
+    """Checks credentials against the app directory and the admin secret."""
+
+    def __init__(self, apps, admin_secret=None):
+        self.apps = apps
+        self.admin_secret = admin_secret
+        self._tokens = {}
+        self._lock = threading.Lock()
+
+    def app(self, app_id):
+        """The app, or ``HttpError`` 404."""
+        app = self.apps.load_id(app_id) if isinstance(app_id, str) and app_id.isdigit() else None
+        if app is None:
+            raise errors.HttpError(404, "Unknown app")
+        return app
+
+    def login(self, app_id, key, secret):
+        """A session token for an app's credentials (``POST /login``)."""
+        app = self.apps.load_id(app_id) if isinstance(app_id, str) and app_id.isdigit() else None
+        if app is None and isinstance(key, str):
+            app = self.apps.load_key(key)
+        valid = (
+            app is not None
+            and isinstance(key, str)
+            and isinstance(secret, str)
+            and hmac.compare_digest(app.key.encode(), key.encode())
+            and hmac.compare_digest(app.secret.encode(), secret.encode())
+        )
+        if not valid:
+            raise errors.HttpError(401, "Invalid app credentials")
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            self._tokens = {
+                known: entry for known, entry in self._tokens.items() if entry[1] > now
+            }
+            self._tokens[token] = (app.app_id, now + TOKEN_LIFETIME)
+        return app, token
+
+    def bearer(self, header):
+        """The token of an ``Authorization: Bearer`` header, or None."""
+        if isinstance(header, str) and header[:7].lower() == "bearer ":
+            return header[7:].strip()
+        return None
+
+    def is_admin(self, header):
+        token = self.bearer(header)
+        return bool(
+            self.admin_secret
+            and token
+            and hmac.compare_digest(self.admin_secret.encode(), token.encode())
+        )
+
+    def require_admin(self, header):
+        if not self.admin_secret:
+            raise errors.HttpError(
+                403, "App management over REST is off: set PUSHI_ADMIN_SECRET"
+            )
+        if not self.is_admin(header):
+            raise errors.HttpError(401, "Admin secret required (Authorization: Bearer)")
+
+    def authorize(self, app_id, method, path, params, body, header):
+        """The app a request may act on, by Pusher signature, session
+        token or admin secret; raises ``HttpError`` 401/403/404."""
+        app = self.app(app_id)
+        if "auth_signature" in params or "auth_key" in params:
+            auth.verify_api(app.key, app.secret, method, path, params, body)
+        else:
+            token = self.bearer(header)
+            entry = self._tokens.get(token) if token else None
+            if entry is not None and entry[1] > time.time() and entry[0] == app.app_id:
+                pass
+            elif not self.is_admin(header):
+                raise errors.HttpError(
+                    401, "Sign the request or send Authorization: Bearer <token from /login>"
+                )
+        if not app.enabled:
+            raise errors.HttpError(403, "App disabled")
+        return app

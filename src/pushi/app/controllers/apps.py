@@ -1,0 +1,72 @@
+"""Apps: list and create (admin secret), show and update."""
+
+import appier
+
+from pushi.base.limits import DEFAULTS, App
+from pushi.proto import errors
+
+from .common import PushiController
+
+
+class AppsController(PushiController):
+    @appier.route("/apps", "GET", json=True)
+    def list(self):
+        self.access.require_admin(self.request.get_header("Authorization"))
+        self.state.apps.refresh()
+        return {"apps": [app.public() for app in self.state.apps.all()]}
+
+    @appier.route("/apps", "POST", json=True)
+    def create(self):
+        self.access.require_admin(self.request.get_header("Authorization"))
+        body = self.body()
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise errors.HttpError(400, "name is required")
+        settings = _settings(body.get("settings"))
+        record = self.state.store.create_app(
+            name.strip(), client_events=body.get("client_events") is True, settings=settings
+        )
+        self.state.apps.put(App(record))
+        return record
+
+    @appier.route("/apps/<regex('[0-9]+'):app_id>", "GET", json=True)
+    def show(self, app_id):
+        return self.authorize(app_id).public()
+
+    @appier.route("/apps/<regex('[0-9]+'):app_id>", ("PUT", "POST"), json=True)
+    def update(self, app_id):
+        self.authorize(app_id)
+        body = self.body()
+        fields = {}
+        if "name" in body:
+            if not isinstance(body["name"], str) or not body["name"].strip():
+                raise errors.HttpError(400, "name must be a non-empty string")
+            fields["name"] = body["name"].strip()
+        for flag in ("enabled", "client_events"):
+            if flag in body:
+                if not isinstance(body[flag], bool):
+                    raise errors.HttpError(400, "%s must be true or false" % flag)
+                fields[flag] = body[flag]
+        if "settings" in body:
+            fields["settings"] = _settings(body["settings"])
+        record = self.state.store.update_app(app_id, **fields)
+        if record is None:
+            raise errors.HttpError(404, "Unknown app")
+        app = self.state.apps.put(App(record))
+        self.state.call_in_loop(self.state.engine.update_app, app)
+        return app.public()
+
+
+def _settings(settings):
+    """Validates per-app settings against the known limits."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise errors.HttpError(400, "settings must be an object")
+    for name, value in settings.items():
+        if name not in DEFAULTS:
+            raise errors.HttpError(400, "Unknown setting %.64r" % name)
+        expected = type(DEFAULTS[name])
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            raise errors.HttpError(400, "Setting %s must be a %s" % (name, expected.__name__))
+    return settings

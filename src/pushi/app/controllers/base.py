@@ -1,0 +1,27 @@
+"""Health and session login."""
+
+import appier
+
+from .common import PushiController
+
+
+class BaseController(PushiController):
+    @appier.route("/health", "GET", json=True)
+    def health(self):
+        connections, channels = self.state.call_in_loop(self.state.engine.registry.count)
+        return {
+            "status": "ok",
+            "connections": connections,
+            "channels": channels,
+            "apps": len(self.state.apps.all()),
+        }
+
+    @appier.route("/login", "POST", json=True)
+    def login(self):
+        """A session token for an app's id, key and secret, sent in the
+        body (never in the URL): send it back as ``Authorization: Bearer``."""
+        body = self.body()
+        app, token = self.access.login(
+            str(body.get("app_id", "")), body.get("app_key"), body.get("app_secret")
+        )
+        return {"token": token, "app_id": app.app_id, "expires_in": 86400}

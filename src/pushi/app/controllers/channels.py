@@ -1,0 +1,72 @@
+"""Pusher's query API: channels, users, connections of an app."""
+
+import appier
+
+from pushi.proto import channels as channel_names
+from pushi.proto import errors
+
+from .common import PushiController
+
+CHANNEL = "<regex('[^/]+'):name>"
+APP = "<regex('[0-9]+'):app_id>"
+
+
+class ChannelsController(PushiController):
+    @appier.route("/apps/%s/channels" % APP, "GET", json=True)
+    def list(self, app_id):
+        app = self.authorize(app_id)
+        prefix = self.field("filter_by_prefix", "") or ""
+        info = _info(self.field("info", ""))
+        if "user_count" in info and not prefix.startswith("presence-"):
+            raise errors.HttpError(400, "info=user_count needs filter_by_prefix=presence-")
+        channels = self.state.call_in_loop(
+            self.state.engine.list_channels, app.app_id, prefix, info
+        )
+        return {"channels": channels}
+
+    @appier.route("/apps/%s/channels/%s" % (APP, CHANNEL), "GET", json=True)
+    def show(self, app_id, name):
+        app = self.authorize(app_id)
+        _check(name)
+        info = _info(self.field("info", ""))
+        if "user_count" in info and channel_names.kind(name) != channel_names.PRESENCE:
+            raise errors.HttpError(400, "user_count is for presence channels only")
+        return self.state.call_in_loop(self.state.engine.channel_info, app.app_id, name, info)
+
+    @appier.route("/apps/%s/channels/%s/users" % (APP, CHANNEL), "GET", json=True)
+    def users(self, app_id, name):
+        app = self.authorize(app_id)
+        _check(name)
+        if channel_names.kind(name) != channel_names.PRESENCE:
+            raise errors.HttpError(400, "Users are listed for presence channels only")
+        users = self.state.call_in_loop(self.state.engine.channel_users, app.app_id, name)
+        return {"users": users}
+
+    @appier.route(
+        "/apps/%s/users/<regex('[^/]+'):user_id>/terminate_connections" % APP,
+        "POST",
+        json=True,
+    )
+    def terminate(self, app_id, user_id):
+        app = self.authorize(app_id)
+        self.state.call_in_loop(self.state.engine.terminate_user, app.app_id, user_id)
+        return {}
+
+    @appier.route("/apps/%s/sockets" % APP, "GET", json=True)
+    def sockets(self, app_id):
+        app = self.authorize(app_id)
+        return {"sockets": self.state.call_in_loop(self.state.engine.sockets, app.app_id)}
+
+    @appier.route("/apps/%s/ping" % APP, "GET", json=True)
+    def ping(self, app_id):
+        self.authorize(app_id)
+        return {"pong": True}
+
+
+def _info(value):
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _check(name):
+    if not channel_names.is_valid(name):
+        raise errors.HttpError(400, "Invalid channel name")

@@ -1,0 +1,47 @@
+"""What every controller needs: the state and request authorization."""
+
+import json
+import urllib.parse
+
+import appier
+
+from pushi.proto import errors
+
+
+class PushiController(appier.Controller):
+    """Base of Pushi's controllers."""
+
+    @property
+    def state(self):
+        return self.owner.state
+
+    @property
+    def access(self):
+        return self.owner.access
+
+    def authorize(self, app_id):
+        """The app this request may act on (signature, token or admin)."""
+        request = self.request
+        params = dict(urllib.parse.parse_qsl(request.query or "", keep_blank_values=True))
+        return self.access.authorize(
+            app_id,
+            request.method,
+            request.path,
+            params,
+            request.get_data() or b"",
+            request.get_header("Authorization"),
+        )
+
+    def body(self):
+        """The JSON body as a dict (form fields when not JSON)."""
+        data = self.request.get_data() or b""
+        content_type = self.request.get_header("Content-Type") or ""
+        if "json" in content_type or data[:1] == b"{":
+            try:
+                payload = json.loads(data or b"{}")
+            except ValueError:
+                raise errors.HttpError(400, "Body is not valid JSON")
+            if not isinstance(payload, dict):
+                raise errors.HttpError(400, "Body is not a JSON object")
+            return payload
+        return {name: values[0] for name, values in self.request.post.items() if values}

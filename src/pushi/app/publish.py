@@ -1,0 +1,210 @@
+"""The publish routes as plain WSGI, in front of the Appier app.
+
+``POST /apps/<id>/events`` and ``POST /apps/<id>/batch_events`` are the hot
+path of a push server; Appier's pipeline costs more than the HTTP server
+under it, so these two routes are parsed, checked and handed to the loop
+here, with the same ``Access`` rules as every other route.  Both bodies
+are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
+``socket_id``, ``info``) and Pushi's (``event``, ``channel``, ``persist``).
+"""
+
+import json
+import re
+import time
+import urllib.parse
+import uuid
+
+from pushi.proto import channels as channel_names
+from pushi.proto import errors
+
+MAX_BODY = 262144
+
+ROUTE = re.compile(r"^/apps/([^/]+)/(events|batch_events)/?$")
+_SOCKET_ID = re.compile(r"^\d+\.\d+$")
+
+
+def json_answer(start_response, status, body):
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    start_response(
+        "%d %s" % (status, _REASONS.get(status, "Error")),
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+    )
+    return [data]
+
+
+def error_body(status, message):
+    """The JSON body of every REST error (Appier's shape)."""
+    return {"result": "error", "code": status, "message": message}
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+}
+
+
+class Publisher:
+    """WSGI handler of the publish routes."""
+
+    def __init__(self, state, access):
+        self.state = state
+        self.access = access
+
+    def __call__(self, environ, start_response, match):
+        try:
+            app_id, route = match.group(1), match.group(2)
+            body = self._body(environ)
+            params = dict(
+                urllib.parse.parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+            )
+            app = self.access.authorize(
+                app_id,
+                "POST",
+                environ.get("PATH_INFO", ""),
+                params,
+                body,
+                environ.get("HTTP_AUTHORIZATION"),
+            )
+            try:
+                payload = json.loads(body or b"{}")
+            except ValueError:
+                raise errors.HttpError(400, "Body is not valid JSON")
+            if not isinstance(payload, dict):
+                raise errors.HttpError(400, "Body is not a JSON object")
+            if route == "events":
+                answer = self.events(app, payload)
+            else:
+                answer = self.batch(app, payload)
+            return json_answer(start_response, 200, answer)
+        except errors.HttpError as error:
+            return json_answer(start_response, error.status, error_body(error.status, error.message))
+
+    @staticmethod
+    def _body(environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise errors.HttpError(400, "Invalid Content-Length")
+        if length > MAX_BODY:
+            raise errors.HttpError(413, "Body over %d bytes" % MAX_BODY)
+        return environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def events(self, app, payload):
+        event = self.check(app, payload)
+        return self.send(app, [event])[0]
+
+    def batch(self, app, payload):
+        batch = payload.get("batch")
+        if not isinstance(batch, list) or not batch:
+            raise errors.HttpError(400, "batch must be a non-empty list")
+        if len(batch) > app.limits["max_batch"]:
+            raise errors.HttpError(400, "Batch over %d events" % app.limits["max_batch"])
+        events = [self.check(app, item, batch=True) for item in batch]
+        answers = self.send(app, events)
+        if any(answers):
+            return {"batch": answers}
+        return {}
+
+    def check(self, app, payload, batch=False):
+        """Validates one event body into ``(name, channels, data, socket_id,
+        info, persist)``; raises ``HttpError`` 400/413."""
+        if not isinstance(payload, dict):
+            raise errors.HttpError(400, "Each event must be a JSON object")
+        pushi_body = "event" in payload and "name" not in payload
+        name = payload.get("event") if pushi_body else payload.get("name")
+        if not isinstance(name, str) or not name:
+            raise errors.HttpError(400, "Missing event name (name)")
+        if len(name) > app.limits["max_event_name"]:
+            raise errors.HttpError(400, "Event name over %d characters" % app.limits["max_event_name"])
+        if "channels" in payload and not batch:
+            names = payload["channels"]
+            if not isinstance(names, list) or not names:
+                raise errors.HttpError(400, "channels must be a non-empty list")
+        elif "channel" in payload:
+            names = [payload["channel"]]
+        else:
+            raise errors.HttpError(400, "Missing channel")
+        if len(names) > app.limits["max_publish_channels"]:
+            raise errors.HttpError(
+                400, "Over %d channels" % app.limits["max_publish_channels"]
+            )
+        for channel in names:
+            if not channel_names.is_valid(channel, app.limits["max_channel_name"]):
+                raise errors.HttpError(400, "Invalid channel name: %.64r" % (channel,))
+        data = payload.get("data")
+        if pushi_body:
+            size = len(data.encode("utf-8")) if isinstance(data, str) else len(json.dumps(data))
+        elif isinstance(data, str):
+            size = len(data.encode("utf-8"))
+        else:
+            raise errors.HttpError(400, "data must be a string")
+        if size > app.limits["max_event_data"]:
+            raise errors.HttpError(413, "Event data over %d bytes" % app.limits["max_event_data"])
+        socket_id = payload.get("socket_id")
+        if socket_id is not None and (
+            not isinstance(socket_id, str) or not _SOCKET_ID.match(socket_id)
+        ):
+            raise errors.HttpError(400, "Invalid socket_id")
+        info = payload.get("info") or ""
+        if not isinstance(info, str):
+            raise errors.HttpError(400, "info must be a comma-separated string")
+        info = tuple(part.strip() for part in info.split(",") if part.strip())
+        persist = payload.get("persist", pushi_body) is True
+        return name, names, data, socket_id, info, persist
+
+    def send(self, app, events):
+        """Stores what must persist, hands every event to the loop in one
+        go, and answers the ``info`` asked for."""
+        stored = []
+        published = []
+        for name, names, data, socket_id, info, persist in events:
+            extra = None
+            if persist:
+                extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+                for channel in names:
+                    stored.append(
+                        {
+                            "mid": extra["mid"],
+                            "app_id": app.app_id,
+                            "channel": channel,
+                            "event": name,
+                            "data": data,
+                            "timestamp": extra["timestamp"],
+                            "user_id": None,
+                        }
+                    )
+            published.append((names, name, data, socket_id, extra))
+        if stored:
+            # stored before the answer: an acknowledged event survives a crash
+            self.state.store.add_events(stored)
+        for names, name, data, socket_id, extra in published:
+            self.state.publish(app.app_id, names, name, data, socket_id, extra)
+        answers = []
+        for (name, names, data, socket_id, info, persist), (_n, _e, _d, _s, extra) in zip(
+            events, published
+        ):
+            answer = {}
+            if info:
+                answer["channels"] = self.state.call_in_loop(
+                    self._info, app.app_id, names, info
+                )
+            if extra:
+                answer.update(extra)
+            answers.append(answer)
+        return answers
+
+    def _info(self, app_id, names, info):
+        engine = self.state.engine
+        result = {}
+        for channel in names:
+            details = engine.channel_info(app_id, channel, info)
+            details.pop("occupied", None)
+            details.pop("cache", None)
+            result[channel] = details
+        return result

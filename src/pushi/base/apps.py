@@ -1,0 +1,58 @@
+"""The app directory: the store's apps as ``App`` objects in memory.
+
+Read from any thread without a lock: the two maps are replaced whole,
+never changed in place.  A key or id that is not in memory yet (an app the
+CLI created while the server runs) is loaded from the store on demand,
+off the loop.
+"""
+
+from .limits import App
+
+
+class AppDirectory:
+    """Apps by key and by id, filled from the store."""
+
+    def __init__(self, store):
+        self.store = store
+        self._by_key = {}
+        self._by_id = {}
+
+    def refresh(self):
+        """Reloads every app from the store (blocking)."""
+        apps = [App(record) for record in self.store.list_apps()]
+        self._by_id = {app.app_id: app for app in apps}
+        self._by_key = {app.key: app for app in apps}
+
+    def put(self, app):
+        """Records a new or changed app; returns it."""
+        by_id = dict(self._by_id)
+        by_key = {key: known for key, known in self._by_key.items() if known.app_id != app.app_id}
+        by_id[app.app_id] = app
+        by_key[app.key] = app
+        self._by_id, self._by_key = by_id, by_key
+        return app
+
+    def by_key(self, key):
+        return self._by_key.get(key)
+
+    def by_id(self, app_id):
+        return self._by_id.get(app_id)
+
+    def load_key(self, key):
+        """``by_key``, asking the store on a miss (blocking)."""
+        app = self._by_key.get(key)
+        if app is None:
+            record = self.store.get_app_by_key(key)
+            app = self.put(App(record)) if record else None
+        return app
+
+    def load_id(self, app_id):
+        """``by_id``, asking the store on a miss (blocking)."""
+        app = self._by_id.get(app_id)
+        if app is None:
+            record = self.store.get_app(app_id)
+            app = self.put(App(record)) if record else None
+        return app
+
+    def all(self):
+        return sorted(self._by_id.values(), key=lambda app: int(app.app_id))

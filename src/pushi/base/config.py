@@ -1,0 +1,56 @@
+"""Every environment variable Pushi reads, in one place.
+
+``Config.from_env()`` is called once by the launcher; everything else gets
+the resulting object, so tests build a ``Config`` directly.
+"""
+
+import os
+
+
+def _flag(value):
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class Config:
+    """Settings of one Pushi process (see the README's table)."""
+
+    FIELDS = (
+        # name, environment variable, default, cast
+        ("app_host", "APP_HOST", "127.0.0.1", str),
+        ("app_port", "APP_PORT", 8080, int),
+        ("app_server", "APP_SERVER", "netius", str),
+        ("app_ssl", "APP_SSL", False, _flag),
+        ("app_ssl_key", "APP_SSL_KEY", None, str),
+        ("app_ssl_cer", "APP_SSL_CER", None, str),
+        ("server_host", "SERVER_HOST", "127.0.0.1", str),
+        ("server_port", "SERVER_PORT", 9090, int),
+        ("server_ssl", "SERVER_SSL", False, _flag),
+        ("server_ssl_key", "SERVER_SSL_KEY", None, str),
+        ("server_ssl_cer", "SERVER_SSL_CER", None, str),
+        ("data_dir", "PUSHI_DATA_DIR", "data", str),
+        ("mongo_url", "MONGO_URL", None, str),
+        ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
+        ("activity_timeout", "PUSHI_ACTIVITY_TIMEOUT", 120, int),
+        ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, int),
+        ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, int),
+        ("log_level", "PUSHI_LOG_LEVEL", "INFO", str),
+    )
+
+    def __init__(self, **values):
+        for name, _variable, default, _cast in self.FIELDS:
+            setattr(self, name, values.pop(name, default))
+        if values:
+            raise TypeError("Unknown settings: %s" % ", ".join(sorted(values)))
+
+    @classmethod
+    def from_env(cls, environ=None):
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, variable, _default, cast in cls.FIELDS:
+            raw = environ.get(variable)
+            if raw not in (None, ""):
+                try:
+                    values[name] = cast(raw)
+                except ValueError:
+                    raise SystemExit("Invalid value for %s: %r" % (variable, raw))
+        return cls(**values)

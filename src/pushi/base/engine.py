@@ -1,0 +1,486 @@
+"""The engine: what each client message does to the live state.
+
+Ownership: every method runs on the WebSocket loop thread (see
+``registry``).  The network layer calls ``open``, ``receive`` and
+``closed``; the broker calls ``deliver``; the REST side reaches the queries
+through ``State.call_in_loop``.  Work that may block (the store) goes
+through ``offload`` and comes back to the loop with its result.
+"""
+
+import json
+import logging
+import time
+
+from pushi.proto import auth, channels, errors, messages
+from pushi.proto.websocket import text_frame
+
+from . import registry
+
+logger = logging.getLogger("pushi.engine")
+
+
+class Engine:
+    """Channel logic over a ``Registry`` for the sockets of this process."""
+
+    def __init__(self, config, offload=None):
+        self.config = config
+        self.registry = registry.Registry()
+        self.offload = offload
+        self.observers = []
+        self.cache = {}
+
+    # observers (debug console, metrics): nothing is built when none listens
+
+    def emit(self, app_id, kind, **details):
+        for observer in self.observers:
+            observer(app_id, kind, details)
+
+    # connection life
+
+    def open(self, transport, app, dialect, origin=None):
+        """Registers a new socket and greets it."""
+        session = registry.Session(
+            self.registry.new_socket_id(),
+            app,
+            dialect,
+            transport,
+            origin=origin,
+            now=time.monotonic(),
+        )
+        self.registry.add_session(session)
+        transport.write(
+            text_frame(
+                messages.connection_established(
+                    session.socket_id, self.config.activity_timeout
+                )
+            )
+        )
+        logger.debug("open %s %s app %s", session.socket_id, dialect, app.app_id)
+        if self.observers:
+            self.emit(
+                app.app_id,
+                "connection",
+                socket_id=session.socket_id,
+                dialect=dialect,
+                origin=origin,
+            )
+        return session
+
+    def closed(self, session):
+        """Forgets a socket that is gone, leaving no entry behind."""
+        if session.closed:
+            return
+        session.closed = True
+        for name in list(session.channels):
+            self._leave(session, name)
+        self.registry.remove_session(session)
+        logger.debug("close %s", session.socket_id)
+        if self.observers:
+            self.emit(session.app.app_id, "disconnection", socket_id=session.socket_id)
+
+    def receive(self, session, text):
+        """Handles one text message; answers errors, never raises them."""
+        session.last_seen = time.monotonic()
+        session.ping_sent = None
+        try:
+            message = messages.parse(text, session.app.limits["max_event_name"])
+            self._dispatch(session, message)
+        except errors.SubscriptionError as error:
+            self._send(
+                session,
+                messages.subscription_error(
+                    error.channel, error.type, error.message, error.status
+                ),
+            )
+        except errors.ProtocolError as error:
+            self._send(session, messages.error(error.code, error.message))
+            if error.closes:
+                session.transport.close(error.code, error.message)
+
+    def _dispatch(self, session, message):
+        event = message["event"]
+        data = message["data"]
+        if event == "pusher:ping":
+            self._send(session, messages.pong())
+        elif event == "pusher:pong":
+            pass
+        elif event == "pusher:subscribe":
+            self.subscribe(session, data if isinstance(data, dict) else {})
+        elif event == "pusher:unsubscribe":
+            name = data.get("channel") if isinstance(data, dict) else None
+            self.unsubscribe(session, name)
+        elif event == "pusher:signin":
+            self.signin(session, data if isinstance(data, dict) else {})
+        elif event.startswith("pusher:") or event.startswith("pusher_internal:"):
+            raise errors.ProtocolError(
+                errors.UNKNOWN_EVENT, "Unknown event %s" % event[:64]
+            )
+        else:
+            self.client_event(session, message)
+
+    def _send(self, session, text):
+        session.transport.write(text_frame(text))
+
+    # subscriptions
+
+    def subscribe(self, session, data):
+        name = data.get("channel")
+        app = session.app
+        channels.check(name, app.limits["max_channel_name"])
+        kind = channels.kind(name)
+        if kind == channels.PEER:
+            raise errors.SubscriptionError(
+                name,
+                "Peer channels are joined by the server, not subscribed",
+                status=403,
+                type="AccessDenied",
+            )
+        if kind == channels.USER:
+            if channels.USER_PREFIX + str(session.user_id) != name:
+                raise errors.SubscriptionError(
+                    name, "Sign in as this user first", status=403, type="AccessDenied"
+                )
+        channel_data = data.get("channel_data")
+        if channels.needs_auth(name):
+            if kind == channels.PRESENCE:
+                if not isinstance(channel_data, str):
+                    raise errors.SubscriptionError(
+                        name, "Presence channels need channel_data", status=400
+                    )
+                signed = auth.channel_string(session.socket_id, name, channel_data)
+            else:
+                signed = auth.channel_string(session.socket_id, name)
+            if not auth.verify_token(app.key, app.secret, signed, data.get("auth")):
+                raise errors.SubscriptionError(name, "Invalid signature", status=401)
+        if name in session.channels:
+            self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
+            return
+        if kind == channels.PRESENCE:
+            self._join_presence(session, name, channel_data)
+        else:
+            self._join(session, name)
+            self._send(session, messages.subscription_succeeded(name, {}))
+        self._replay_cache(session, name)
+
+    def _join(self, session, name, user_id=None):
+        channel, occupied = self.registry.join(session, name, user_id)
+        if self.observers:
+            if occupied:
+                self.emit(session.app.app_id, "occupied", channel=name)
+            self.emit(
+                session.app.app_id,
+                "subscribed",
+                channel=name,
+                socket_id=session.socket_id,
+            )
+        return channel
+
+    def _join_presence(self, session, name, channel_data):
+        app = session.app
+        try:
+            member = json.loads(channel_data)
+        except ValueError:
+            raise errors.SubscriptionError(name, "channel_data is not JSON", status=400)
+        if not isinstance(member, dict) or member.get("user_id") in (None, ""):
+            raise errors.SubscriptionError(
+                name, "channel_data needs a user_id", status=400
+            )
+        user_id = member["user_id"]
+        if isinstance(user_id, bool) or not isinstance(user_id, (str, int, float)):
+            raise errors.SubscriptionError(name, "user_id must be a string", status=400)
+        user_id = str(user_id)
+        if len(user_id) > app.limits["max_user_id"]:
+            raise errors.SubscriptionError(name, "user_id is too long", status=400)
+        user_info = member.get("user_info")
+        if len(messages.dumps(user_info)) > app.limits["max_user_info"]:
+            raise errors.SubscriptionError(
+                name,
+                "user_info over %d bytes" % app.limits["max_user_info"],
+                status=413,
+                type="LimitReached",
+            )
+        channel = self.registry.channel(app.app_id, name)
+        if (
+            channel is not None
+            and user_id not in channel.members
+            and len(channel.members) >= app.limits["max_presence_members"]
+        ):
+            raise errors.SubscriptionError(
+                name,
+                "Over %d members" % app.limits["max_presence_members"],
+                status=403,
+                type="LimitReached",
+            )
+        channel = self._join(session, name, user_id)
+        new = self.registry.add_member(
+            channel, session, user_id, user_info, peer=member.get("peer") is True
+        )
+        self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
+        if new:
+            frames = {}
+            for other in channel.sessions:
+                if other is session:
+                    continue
+                frame = frames.get(other.dialect)
+                if frame is None:
+                    frame = frames[other.dialect] = text_frame(
+                        messages.member_added(name, user_id, user_info, other.dialect)
+                    )
+                other.transport.write(frame)
+            if self.observers:
+                self.emit(app.app_id, "member_added", channel=name, user_id=user_id)
+
+    def _state_of(self, app, name):
+        """Subscription data: presence in Pusher's and Pushi's shapes."""
+        channel = self.registry.channel(app.app_id, name)
+        if channel is None or not channels.kind(name) == channels.PRESENCE:
+            return {}
+        ids = list(channel.members)
+        hash = {user_id: member.user_info for user_id, member in channel.members.items()}
+        return {
+            "presence": {"ids": ids, "hash": hash, "count": len(ids)},
+            "members": hash,
+        }
+
+    def unsubscribe(self, session, name):
+        if not isinstance(name, str) or name not in session.channels:
+            return
+        self._leave(session, name)
+        if session.dialect == messages.PUSHI:
+            self._send(session, messages.unsubscription_succeeded(name))
+
+    def _leave(self, session, name):
+        user_id = session.channels.get(name)
+        channel, vacated = self.registry.leave(session, name)
+        if channel is None:
+            return
+        app_id = session.app.app_id
+        if user_id is not None and self.registry.remove_member(channel, session, user_id):
+            frames = {}
+            for other in channel.sessions:
+                frame = frames.get(other.dialect)
+                if frame is None:
+                    frame = frames[other.dialect] = text_frame(
+                        messages.member_removed(name, user_id, other.dialect)
+                    )
+                other.transport.write(frame)
+            if self.observers:
+                self.emit(app_id, "member_removed", channel=name, user_id=user_id)
+        if self.observers:
+            self.emit(app_id, "unsubscribed", channel=name, socket_id=session.socket_id)
+            if vacated:
+                self.emit(app_id, "vacated", channel=name)
+
+    # cache channels: the last event of each is kept and replayed
+
+    def _replay_cache(self, session, name):
+        if not channels.is_cache(name):
+            return
+        frame = self.cache.get((session.app.app_id, name))
+        if frame is not None:
+            session.transport.write(frame)
+        else:
+            self._send(session, messages.event("pusher:cache_miss", name, "{}"))
+
+    # sign-in (Pusher user authentication)
+
+    def signin(self, session, data):
+        app = session.app
+        user_data = data.get("user_data")
+        presented = data.get("auth")
+        try:
+            user = json.loads(user_data) if isinstance(user_data, str) else None
+        except ValueError:
+            user = None
+        valid = (
+            isinstance(user, dict)
+            and isinstance(user.get("id"), str)
+            and user["id"] != ""
+            and auth.verify_token(
+                app.key,
+                app.secret,
+                auth.user_string(session.socket_id, user_data),
+                presented,
+            )
+        )
+        if not valid:
+            raise errors.ProtocolError(errors.UNAUTHORIZED, "Invalid sign-in")
+        self.registry.set_user(session, user["id"])
+        self._send(session, messages.signin_success(user_data))
+
+    # client events and Pushi sends
+
+    def client_event(self, session, message):
+        app = session.app
+        name = message["event"]
+        channel_name = message["channel"]
+        if not app.client_events:
+            raise errors.ProtocolError(
+                errors.CLIENT_EVENT_REJECTED, "Client events are off for this app"
+            )
+        if channel_name is None or channel_name not in session.channels:
+            raise errors.ProtocolError(
+                errors.CLIENT_EVENT_REJECTED, "Not subscribed to that channel"
+            )
+        kind = channels.kind(channel_name)
+        pushi_send = session.dialect == messages.PUSHI and not name.startswith("client-")
+        if not pushi_send and not name.startswith("client-"):
+            raise errors.ProtocolError(
+                errors.CLIENT_EVENT_REJECTED, "Client event names start with client-"
+            )
+        if kind not in (channels.PRIVATE, channels.PRESENCE, channels.PEER):
+            raise errors.ProtocolError(
+                errors.CLIENT_EVENT_REJECTED,
+                "Client events go on private or presence channels only",
+            )
+        now = int(time.monotonic())
+        if session.event_window != now:
+            session.event_window = now
+            session.event_count = 0
+        session.event_count += 1
+        if session.event_count > app.limits["client_event_rate"]:
+            raise errors.ProtocolError(
+                errors.RATE_LIMITED,
+                "Over %d client events per second" % app.limits["client_event_rate"],
+            )
+        data = message["data"]
+        size = len(data) if isinstance(data, str) else len(messages.dumps(data))
+        if size > app.limits["max_event_data"]:
+            raise errors.ProtocolError(
+                errors.RATE_LIMITED,
+                "Event data over %d bytes" % app.limits["max_event_data"],
+            )
+        user_id = session.channels.get(channel_name)
+        text = messages.event(name, channel_name, data, user_id=user_id)
+        echo = pushi_send and message.get("echo") is True
+        self.deliver(app.app_id, channel_name, text, None if echo else session.socket_id)
+        if self.observers:
+            self.emit(
+                app.app_id,
+                "client_event",
+                channel=channel_name,
+                event=name,
+                data=data,
+                socket_id=session.socket_id,
+                user_id=user_id,
+            )
+
+    # delivery (the hot path)
+
+    def deliver(self, app_id, channel_name, text, exclude=None):
+        """Writes one event to every socket of a channel but ``exclude``
+        (a socket id); the frame is built once.  Returns the count."""
+        frame = text_frame(text)
+        if channels.is_cache(channel_name):
+            self.cache[(app_id, channel_name)] = frame
+        channel = self.registry.channel(app_id, channel_name)
+        if channel is None:
+            return 0
+        count = 0
+        for session in channel.sessions:
+            if session.socket_id != exclude:
+                session.transport.write(frame)
+                count += 1
+        return count
+
+    def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
+        """Delivers an API event to channels (loop thread)."""
+        extra = extra or {}
+        for channel_name in channel_names:
+            self.deliver(
+                app_id,
+                channel_name,
+                messages.event(name, channel_name, data, **extra),
+                exclude,
+            )
+        if self.observers:
+            self.emit(app_id, "api_message", channels=list(channel_names), event=name, data=data)
+
+    # liveness
+
+    def sweep(self, now=None):
+        """Pings silent sockets and closes those that never answered."""
+        now = time.monotonic() if now is None else now
+        idle = self.config.activity_timeout
+        for session in list(self.registry.sessions.values()):
+            if session.ping_sent is not None:
+                if now - session.ping_sent > self.config.pong_timeout:
+                    session.transport.close(errors.PONG_TIMEOUT, "Pong reply not received")
+            elif now - session.last_seen > idle:
+                session.ping_sent = now
+                self._send(session, messages.ping())
+
+    def shutdown(self):
+        """Closes every socket with 4200 (reconnect now): a graceful stop."""
+        for session in list(self.registry.sessions.values()):
+            session.transport.close(errors.GOING_AWAY, "Server shutting down")
+
+    # queries for the HTTP API (loop thread, through State.call_in_loop)
+
+    def channel_info(self, app_id, name, info=()):
+        channel = self.registry.channel(app_id, name)
+        result = {"occupied": channel is not None}
+        if "subscription_count" in info:
+            result["subscription_count"] = len(channel.sessions) if channel else 0
+        if "user_count" in info and channels.kind(name) == channels.PRESENCE:
+            result["user_count"] = len(channel.members) if channel else 0
+        if "cache" in info and channels.is_cache(name):
+            frame = self.cache.get((app_id, name))
+            if frame is not None:
+                result["cache"] = _frame_event(frame)
+        return result
+
+    def list_channels(self, app_id, prefix="", info=()):
+        result = {}
+        for name, channel in self.registry.channels(app_id).items():
+            if not name.startswith(prefix):
+                continue
+            entry = {}
+            if "user_count" in info and channels.kind(name) == channels.PRESENCE:
+                entry["user_count"] = len(channel.members)
+            if "subscription_count" in info:
+                entry["subscription_count"] = len(channel.sessions)
+            result[name] = entry
+        return result
+
+    def channel_users(self, app_id, name):
+        channel = self.registry.channel(app_id, name)
+        return [{"id": user_id} for user_id in (channel.members if channel else ())]
+
+    def terminate_user(self, app_id, user_id):
+        sessions = self.registry.user_sessions(app_id, user_id)
+        for session in sessions:
+            session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
+        return len(sessions)
+
+    def send_to_user(self, app_id, user_id, name, data):
+        text = messages.event(name, channels.USER_PREFIX + user_id, data)
+        frame = text_frame(text)
+        for session in self.registry.user_sessions(app_id, user_id):
+            session.transport.write(frame)
+
+    def update_app(self, app):
+        """Points the sockets of an app at its new settings."""
+        for session in self.registry.sessions.values():
+            if session.app.app_id == app.app_id:
+                session.app = app
+
+    def sockets(self, app_id):
+        return [
+            {
+                "socket_id": session.socket_id,
+                "dialect": session.dialect,
+                "channels": list(session.channels),
+                "user_id": session.user_id,
+            }
+            for session in self.registry.sessions.values()
+            if session.app.app_id == app_id
+        ]
+
+
+def _frame_event(frame):
+    """The event dict inside one of our own unmasked text frames."""
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    message = json.loads(frame[start:].decode("utf-8"))
+    return {"event": message.get("event"), "data": message.get("data")}

@@ -1,0 +1,48 @@
+"""Per-app settings and limits, with the defaults of PROTOCOL.md section 8.
+
+An app record's ``settings`` dict overrides any of ``DEFAULTS``; ``App`` is
+the immutable in-memory view of an app that the loop and the REST side
+share (replaced, never mutated, when the app changes).
+"""
+
+DEFAULTS = {
+    "max_event_data": 10240,
+    "max_publish_channels": 100,
+    "max_batch": 10,
+    "max_event_name": 200,
+    "max_channel_name": 164,
+    "max_presence_members": 100,
+    "max_user_info": 1024,
+    "max_user_id": 128,
+    "client_event_rate": 10,
+    "max_connections": 0,
+    "allowed_origins": [],
+    "latest_count": 10,
+    "retention_count": 0,
+    "retention_age": 0,
+}
+
+
+class App:
+    """An app as the server uses it: credentials, switches and limits."""
+
+    __slots__ = ("app_id", "name", "key", "secret", "enabled", "client_events", "limits", "record")
+
+    def __init__(self, record):
+        self.record = record
+        self.app_id = str(record["app_id"])
+        self.name = record.get("name", "")
+        self.key = record["key"]
+        self.secret = record["secret"]
+        self.enabled = record.get("enabled", True)
+        self.client_events = record.get("client_events", False)
+        limits = dict(DEFAULTS)
+        limits.update(record.get("settings") or {})
+        self.limits = limits
+
+    def public(self):
+        """The record without the secret, for listings."""
+        record = dict(self.record)
+        record.pop("secret", None)
+        record["settings"] = dict(self.limits)
+        return record

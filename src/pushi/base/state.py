@@ -1,0 +1,202 @@
+"""The composition root: one ``State`` wires engine, servers and store.
+
+Threads: the WebSocket loop (netius) owns the live state; the REST app
+(Appier on ``APP_SERVER``) runs in the main thread; a small worker pool
+runs blocking store calls.  Other threads reach the loop only through
+``call_soon`` / ``call_in_loop`` (netius ``delay_s``: a locked list and a
+wake-up of the poll).
+
+Run it: ``python src/pushi/base/state.py`` (or ``python -m pushi``).
+"""
+
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+import threading
+
+if __name__ == "__main__" and __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from pushi.base.apps import AppDirectory  # noqa: E402
+from pushi.base.broker import LocalBroker  # noqa: E402
+from pushi.base.config import Config  # noqa: E402
+from pushi.base.engine import Engine  # noqa: E402
+from pushi.base import store as stores  # noqa: E402
+from pushi.net.server import WebSocketServer  # noqa: E402
+
+logger = logging.getLogger("pushi")
+
+
+class State:
+    """Everything one Pushi process runs, built from a ``Config``."""
+
+    def __init__(self, config=None, store=None):
+        self.config = config or Config.from_env()
+        self.store = store or stores.open_store(
+            data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
+        )
+        self.apps = AppDirectory(self.store)
+        self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pushi-worker")
+        self.engine = Engine(self.config, offload=self.offload)
+        self.server = WebSocketServer(
+            self.engine,
+            self.apps,
+            self.offload,
+            max_buffer=self.config.max_buffer,
+            level=logging.WARNING,
+        )
+        self.broker = LocalBroker(self.call_soon, self._deliver)
+        self._loop_thread = None
+        self._ready = threading.Event()
+        self.server.start_callbacks.append(self._on_loop_start)
+        self._app = None
+
+    # crossing into the loop
+
+    def call_soon(self, work, *args):
+        """Runs ``work(*args)`` on the loop thread, soon; from any thread."""
+        self.server.delay_s(lambda: self.server.run(work, *args))
+
+    def call_in_loop(self, work, *args, timeout=10):
+        """Runs ``work(*args)`` on the loop and returns its result (blocks
+        the calling thread, which must not be the loop)."""
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(work(*args))
+            except BaseException as exception:
+                future.set_exception(exception)
+
+        self.call_soon(run)
+        return future.result(timeout)
+
+    def offload(self, work, then):
+        """Runs blocking ``work()`` on a worker, then ``then(result)`` on
+        the loop (``then(None)`` if ``work`` failed, which is logged)."""
+
+        def done(future):
+            try:
+                result = future.result()
+            except Exception:
+                logger.exception("background work failed")
+                result = None
+            self.call_soon(then, result)
+
+        self.workers.submit(work).add_done_callback(done)
+
+    # publishing
+
+    def publish(self, app_id, channels, name, data, exclude=None, extra=None):
+        """Delivers an event to channels of an app; from any thread."""
+        self.broker.publish((app_id, channels, name, data, exclude, extra))
+
+    def _deliver(self, app_id, channels, name, data, exclude, extra):
+        self.engine.publish(app_id, channels, name, data, exclude, extra)
+
+    # life
+
+    @property
+    def app(self):
+        """The Appier REST app (built on first use)."""
+        if self._app is None:
+            from pushi.app.app import PushiApp
+
+            self._app = PushiApp(self)
+        return self._app
+
+    def _on_loop_start(self):
+        self._ready.set()
+        self._tick()
+
+    def _tick(self):
+        self.server.run(self.engine.sweep)
+        self.server.delay(self._tick, timeout=min(5, self.config.activity_timeout))
+
+    def start_server(self):
+        """Starts the WebSocket loop in its thread; returns when it listens."""
+        self.apps.refresh()
+        config = self.config
+
+        def serve():
+            self.server.serve(
+                host=config.server_host,
+                port=config.server_port,
+                ssl=config.server_ssl,
+                key_file=config.server_ssl_key,
+                cer_file=config.server_ssl_cer,
+            )
+
+        self._loop_thread = threading.Thread(target=serve, name="pushi-loop", daemon=True)
+        self._loop_thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("WebSocket server did not start")
+        logger.info(
+            "WebSocket server on %s://%s:%d",
+            "wss" if config.server_ssl else "ws",
+            config.server_host,
+            config.server_port,
+        )
+
+    def serve(self):
+        """Runs both servers until interrupted (the launcher's entry)."""
+        self.start_server()
+        config = self.config
+        logger.info(
+            "REST API on %s://%s:%d",
+            "https" if config.app_ssl else "http",
+            config.app_host,
+            config.app_port,
+        )
+        try:
+            self.app.serve(
+                server=config.app_server,
+                host=config.app_host,
+                port=config.app_port,
+                ssl=config.app_ssl,
+                key_file=config.app_ssl_key,
+                cer_file=config.app_ssl_cer,
+                conf=False,
+            )
+        finally:
+            self.stop()
+
+    def stop(self):
+        """Closes every socket with 4200 and stops the loop and the store."""
+        if self._loop_thread is not None and self._loop_thread.is_alive():
+            try:
+                self.call_in_loop(self.engine.shutdown, timeout=5)
+            except Exception:
+                pass
+            self.server.delay_s(self.server.stop)
+            self._loop_thread.join(5)
+        self.workers.shutdown(wait=False)
+        self.store.close()
+
+
+def configure_logging(level):
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def main():
+    config = Config.from_env()
+    configure_logging(config.log_level)
+
+    def terminate(_signum, _frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, terminate)
+    state = State(config)
+    try:
+        state.serve()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,636 @@
+"""The embedded store: SQLite from the standard library, no server needed.
+
+Ownership and threading (read this before touching the code):
+
+* **One writer thread** owns every write.  Callers of ``add_events`` (and of
+  the other writing methods) put a *ticket* on the writer's queue and block
+  on it.  The writer drains whatever is queued, runs every ticket inside its
+  own SAVEPOINT of ONE transaction, commits once, and only then wakes every
+  caller of that batch.  So a caller returns only after its events are
+  committed and synced, while concurrent callers share the cost of one
+  commit (group commit).  A ticket that fails is rolled back to its
+  savepoint and gets the error; the others of its batch are unaffected.
+* **Reads use one connection per thread** in autocommit mode, so every read
+  starts a fresh WAL snapshot and sees everything committed before it, by
+  this process or by another one (the ``pushi app create`` CLI opens the
+  same file while the server runs).  Nothing is cached in the store.
+* **Several processes** may open the same data dir: each write transaction
+  starts with ``BEGIN IMMEDIATE`` (the database write lock) and waits up to
+  ``busy_timeout`` for it, so app ids (SQLite ``AUTOINCREMENT`` rowids) are
+  allocated sequentially without duplicates across processes.
+
+Durability: WAL mode with ``synchronous=FULL``.  A commit returns only after
+the WAL has been fsync'ed, so a committed event survives ``kill -9`` of the
+process and also a power loss or OS crash.  (``NORMAL`` in WAL mode would
+survive ``kill -9`` too, since the WAL write reaches the OS before commit
+returns, but may lose the last commits on power loss; the group commit
+makes FULL cheap enough that we keep the stronger promise of ``add_events``.)
+
+Schema (all queries are index-backed, none scans a table):
+
+* ``apps``: ``app_id INTEGER PRIMARY KEY AUTOINCREMENT``, unique ``key``.
+* ``events``: rowid ``seq`` (commit order) plus the record fields; indexes
+  ``(app_id, channel, timestamp)`` (the rowid is the implicit last column,
+  so it serves "newest first" on ``timestamp DESC, seq DESC`` without a
+  sort), ``(app_id, timestamp)`` for age retention and unique
+  ``(app_id, mid)``.
+* ``channels``: per ``(app_id, channel)`` the number of stored events, kept
+  by the writer, so count retention only visits channels over the limit.
+* ``subscriptions``: primary key ``(app_id, user_id, event)`` and an index
+  ``(app_id, event)``.
+"""
+
+import heapq
+import itertools
+import json
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+
+from . import base
+
+DATABASE_NAME = "pushi.sqlite3"
+"""File name of the database inside the data dir."""
+
+SCHEMA_VERSION = 1
+"""Stored in ``PRAGMA user_version``; bump with a migration when it changes."""
+
+BUSY_TIMEOUT_MS = 30000
+"""How long a connection waits for another process's write lock."""
+
+MAX_BATCH_TICKETS = 1024
+"""Most tickets the writer folds into one transaction."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    app_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    secret TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    client_events INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    user_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_mid ON events (app_id, mid);
+CREATE INDEX IF NOT EXISTS events_by_channel
+    ON events (app_id, channel, timestamp);
+CREATE INDEX IF NOT EXISTS events_by_age ON events (app_id, timestamp);
+CREATE TABLE IF NOT EXISTS channels (
+    app_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (app_id, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    app_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (app_id, user_id, event)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subscriptions_by_event
+    ON subscriptions (app_id, event);
+"""
+
+APP_COLUMNS = "app_id, name, key, secret, enabled, client_events, settings"
+EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
+EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
+
+
+class StoreClosedError(RuntimeError):
+    """Raised when a closed store is used."""
+
+
+class _Ticket:
+    """One unit of work for the writer thread and the caller waiting on it.
+
+    ``rows`` is a list of event tuples to insert; ``job`` a function of the
+    writer's connection for any other write.  The writer fills ``result`` or
+    ``error`` and then releases ``_done`` (a lock taken at creation: lighter
+    than an Event, and exactly one caller waits on a ticket).
+    """
+
+    __slots__ = ("rows", "job", "result", "error", "_done")
+
+    def __init__(self, rows=None, job=None):
+        self.rows = rows
+        self.job = job
+        self.result = None
+        self.error = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def finish(self):
+        """Called by the writer once the ticket's transaction is over."""
+        self._done.release()
+
+    def wait(self):
+        """Blocks until the writer has finished this ticket; returns the
+        job's result or raises its error."""
+        self._done.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+_STOP = object()
+
+
+class SQLiteStore(base.Store):
+    """Embedded persistence in ``<data_dir>/pushi.sqlite3`` (see the module
+    docstring for threading, durability and schema).
+
+    Safe to share between threads and to open from several processes."""
+
+    def __init__(self, data_dir, synchronous="FULL"):
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.path = os.path.join(self.data_dir, DATABASE_NAME)
+        self.synchronous = synchronous
+        self._closed = False
+        self._local = threading.local()
+        self._readers = {}
+        self._readers_lock = threading.Lock()
+        self._queue = queue.SimpleQueue()
+        # Held while checking ``_closed`` and queueing, so that no ticket can
+        # be queued behind the writer's stop marker and wait forever.
+        self._queue_lock = threading.Lock()
+
+        self._writer_connection = self._connect()
+        self._create_schema(self._writer_connection)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="pushi-sqlite-writer", daemon=True
+        )
+        self._writer.start()
+
+    # connections
+
+    def _connect(self):
+        connection = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = %s" % self.synchronous)
+        connection.execute("PRAGMA foreign_keys = OFF")
+        return connection
+
+    def _create_schema(self, connection):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    "%s has schema version %d, newer than this Pushi (%d)"
+                    % (self.path, version, SCHEMA_VERSION)
+                )
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _reader(self):
+        """Returns this thread's read connection, opening it on first use
+        (and closing those of threads that have ended)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        connection = self._connect()
+        current = threading.current_thread()
+        with self._readers_lock:
+            for thread in [thread for thread in self._readers if not thread.is_alive()]:
+                self._readers.pop(thread).close()
+            self._readers[current] = connection
+        self._local.connection = connection
+        return connection
+
+    # the writer
+
+    def _submit(self, ticket):
+        with self._queue_lock:
+            if self._closed:
+                raise StoreClosedError("store is closed")
+            self._queue.put(ticket)
+        return ticket.wait()
+
+    def _write(self, job):
+        """Runs ``job(connection)`` on the writer thread inside a committed
+        transaction and returns its result."""
+        return self._submit(_Ticket(job=job))
+
+    def _write_loop(self):
+        connection = self._writer_connection
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH_TICKETS:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [ticket for ticket in batch if ticket is not _STOP]
+            if batch:
+                self._run_batch(connection, batch)
+        connection.close()
+
+    def _run_batch(self, connection, batch):
+        """Runs every ticket of ``batch`` in one transaction, commits, then
+        wakes the callers.
+
+        The tickets of a batch are concurrent (every caller is still
+        waiting), so their order inside the transaction is free: all event
+        rows go first in one ``executemany``; only if that fails are the
+        event tickets retried one savepoint each, so the failure lands on
+        its own caller.  Other jobs (rare) each get a savepoint."""
+        event_tickets = [ticket for ticket in batch if ticket.rows is not None]
+        job_tickets = [ticket for ticket in batch if ticket.rows is None]
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                if event_tickets:
+                    self._run_event_tickets(connection, event_tickets)
+                for ticket in job_tickets:
+                    self._in_savepoint(
+                        connection, ticket, lambda: ticket.job(connection)
+                    )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except Exception as error:
+            for ticket in batch:
+                ticket.error = ticket.error or error
+        for ticket in batch:
+            ticket.finish()
+
+    def _run_event_tickets(self, connection, tickets):
+        rows = [row for ticket in tickets for row in ticket.rows]
+        connection.execute("SAVEPOINT events")
+        try:
+            self._insert_events(connection, rows)
+        except sqlite3.Error:
+            connection.execute("ROLLBACK TO events")
+            for ticket in tickets:
+                self._in_savepoint(
+                    connection,
+                    ticket,
+                    lambda: self._insert_events(connection, ticket.rows),
+                )
+        connection.execute("RELEASE events")
+
+    @staticmethod
+    def _in_savepoint(connection, ticket, work):
+        """Runs ``work()`` for ``ticket`` in a savepoint; on error rolls it
+        back and records the error on the ticket only."""
+        connection.execute("SAVEPOINT ticket")
+        try:
+            ticket.result = work()
+        except Exception as error:
+            connection.execute("ROLLBACK TO ticket")
+            ticket.error = error
+        connection.execute("RELEASE ticket")
+
+    @staticmethod
+    def _insert_events(connection, rows):
+        # A duplicate mid (a retried batch) is ignored, so adding is
+        # idempotent.  The per-channel counts assume every row was new: an
+        # over-count only makes the next trim look at the channel (and fix
+        # its count), whereas an under-count could skip a needed trim.
+        connection.executemany(
+            "INSERT OR IGNORE INTO events"
+            " (mid, app_id, channel, event, data, timestamp, user_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        added = {}
+        for row in rows:
+            channel_key = (row[1], row[2])
+            added[channel_key] = added.get(channel_key, 0) + 1
+        connection.executemany(
+            "INSERT INTO channels (app_id, channel, count) VALUES (?, ?, ?)"
+            " ON CONFLICT (app_id, channel) DO UPDATE"
+            " SET count = count + excluded.count",
+            [(app_id, channel, n) for (app_id, channel), n in added.items()],
+        )
+
+    # apps
+
+    @staticmethod
+    def _app_record(row):
+        if row is None:
+            return None
+        app_id, name, key, secret, enabled, client_events, settings = row
+        return dict(
+            app_id=str(app_id),
+            name=name,
+            key=key,
+            secret=secret,
+            enabled=bool(enabled),
+            client_events=bool(client_events),
+            settings=json.loads(settings),
+        )
+
+    @staticmethod
+    def _numeric_id(app_id):
+        """Returns ``app_id`` as an int, or None when it is not numeric (no
+        such app can exist)."""
+        app_id = str(app_id)
+        return int(app_id) if app_id.isdigit() else None
+
+    def create_app(self, name, client_events=False, settings=None):
+        key = secrets.token_hex(16)
+        secret = secrets.token_hex(32)
+        settings_json = json.dumps(settings or {})
+
+        def insert(connection):
+            cursor = connection.execute(
+                "INSERT INTO apps (name, key, secret, enabled, client_events,"
+                " settings) VALUES (?, ?, ?, 1, ?, ?)",
+                (name, key, secret, int(bool(client_events)), settings_json),
+            )
+            return cursor.lastrowid
+
+        app_id = self._write(insert)
+        return self.get_app(str(app_id))
+
+    def get_app(self, app_id):
+        numeric_id = self._numeric_id(app_id)
+        if numeric_id is None:
+            return None
+        row = (
+            self._reader()
+            .execute(
+                "SELECT %s FROM apps WHERE app_id = ?" % APP_COLUMNS, (numeric_id,)
+            )
+            .fetchone()
+        )
+        return self._app_record(row)
+
+    def get_app_by_key(self, key):
+        row = (
+            self._reader()
+            .execute("SELECT %s FROM apps WHERE key = ?" % APP_COLUMNS, (key,))
+            .fetchone()
+        )
+        return self._app_record(row)
+
+    def list_apps(self):
+        rows = (
+            self._reader()
+            .execute("SELECT %s FROM apps ORDER BY app_id" % APP_COLUMNS)
+            .fetchall()
+        )
+        return [self._app_record(row) for row in rows]
+
+    def update_app(self, app_id, **fields):
+        unknown = set(fields) - {"name", "enabled", "client_events", "settings"}
+        if unknown:
+            raise ValueError("cannot update %s" % ", ".join(sorted(unknown)))
+        numeric_id = self._numeric_id(app_id)
+        if numeric_id is None:
+            return None
+        values = {}
+        if "name" in fields:
+            values["name"] = fields["name"]
+        if "enabled" in fields:
+            values["enabled"] = int(bool(fields["enabled"]))
+        if "client_events" in fields:
+            values["client_events"] = int(bool(fields["client_events"]))
+        if "settings" in fields:
+            values["settings"] = json.dumps(fields["settings"] or {})
+
+        def update(connection):
+            if not values:
+                return None
+            assignments = ", ".join("%s = ?" % column for column in values)
+            connection.execute(
+                "UPDATE apps SET %s WHERE app_id = ?" % assignments,
+                list(values.values()) + [numeric_id],
+            )
+
+        self._write(update)
+        return self.get_app(app_id)
+
+    # events
+
+    def add_events(self, events):
+        # Turned into rows here, on the caller's thread, so that a malformed
+        # record fails for its caller only and the writer does less work.
+        rows = [
+            (
+                str(event["mid"]),
+                str(event["app_id"]),
+                event["channel"],
+                event["event"],
+                event["data"],
+                float(event["timestamp"]),
+                None if event.get("user_id") is None else str(event["user_id"]),
+            )
+            for event in events
+        ]
+        if rows:
+            self._submit(_Ticket(rows=rows))
+
+    @staticmethod
+    def _event_record(row):
+        _seq, mid, app_id, channel, event, data, timestamp, user_id = row
+        return dict(
+            mid=mid,
+            app_id=app_id,
+            channel=channel,
+            event=event,
+            data=data,
+            timestamp=timestamp,
+            user_id=user_id,
+        )
+
+    def get_events(self, app_id, channels, skip=0, count=10):
+        skip, count = max(int(skip), 0), max(int(count), 0)
+        channels = list(dict.fromkeys(channels))
+        if not channels or count == 0:
+            return []
+        connection = self._reader()
+        query = (
+            "SELECT %s FROM events WHERE app_id = ? AND channel = ? %s"
+            " LIMIT ? OFFSET ?" % (EVENT_COLUMNS, EVENT_ORDER)
+        )
+        app_id = str(app_id)
+        if len(channels) == 1:
+            rows = connection.execute(query, (app_id, channels[0], count, skip))
+            return [self._event_record(row) for row in rows]
+        # One indexed range per channel, each already newest first, merged
+        # here: reads at most skip + count rows per channel, never sorts a
+        # whole channel (an IN list would make SQLite sort every match).
+        wanted = skip + count
+        per_channel = [
+            connection.execute(query, (app_id, channel, wanted, 0)).fetchall()
+            for channel in channels
+        ]
+        merged = heapq.merge(*per_channel, key=lambda row: (-row[6], -row[0]))
+        return [
+            self._event_record(row)
+            for row in itertools.islice(merged, skip, skip + count)
+        ]
+
+    def trim_events(self, app_id, max_count=None, max_age=None, now=None):
+        app_id = str(app_id)
+        if max_age is not None:
+            cutoff = (time.time() if now is None else now) - max_age
+        if max_count is not None:
+            max_count = max(int(max_count), 0)
+
+        def trim(connection):
+            removed = 0
+            if max_age is not None:
+                removed += self._trim_by_age(connection, app_id, cutoff)
+            if max_count is not None:
+                removed += self._trim_by_count(connection, app_id, max_count)
+            return removed
+
+        return self._write(trim)
+
+    @staticmethod
+    def _trim_by_age(connection, app_id, cutoff):
+        # Walks only the expired part of the (app_id, timestamp) index.
+        expired = connection.execute(
+            "SELECT channel, COUNT(*) FROM events INDEXED BY events_by_age"
+            " WHERE app_id = ? AND timestamp < ? GROUP BY channel",
+            (app_id, cutoff),
+        ).fetchall()
+        if not expired:
+            return 0
+        connection.execute(
+            "DELETE FROM events WHERE app_id = ? AND timestamp < ?",
+            (app_id, cutoff),
+        )
+        connection.executemany(
+            "UPDATE channels SET count = max(count - ?, 0)"
+            " WHERE app_id = ? AND channel = ?",
+            [(n, app_id, channel) for channel, n in expired],
+        )
+        connection.execute(
+            "DELETE FROM channels WHERE app_id = ? AND count = 0", (app_id,)
+        )
+        return sum(n for _channel, n in expired)
+
+    @staticmethod
+    def _trim_by_count(connection, app_id, max_count):
+        removed = 0
+        crowded = connection.execute(
+            "SELECT channel FROM channels WHERE app_id = ? AND count > ?",
+            (app_id, max_count),
+        ).fetchall()
+        for (channel,) in crowded:
+            # The newest row beyond the limit: it and everything older goes.
+            boundary = connection.execute(
+                "SELECT timestamp, seq FROM events WHERE app_id = ?"
+                " AND channel = ? %s LIMIT 1 OFFSET ?" % EVENT_ORDER,
+                (app_id, channel, max_count),
+            ).fetchone()
+            if boundary is not None:
+                timestamp, seq = boundary
+                cursor = connection.execute(
+                    "DELETE FROM events WHERE app_id = ? AND channel = ?"
+                    " AND timestamp <= ? AND (timestamp < ? OR seq <= ?)",
+                    (app_id, channel, timestamp, timestamp, seq),
+                )
+                removed += cursor.rowcount
+            # Now exact whatever the count was (it may have drifted if
+            # another process wrote events): at most max_count rows remain.
+            remaining = connection.execute(
+                "SELECT COUNT(*) FROM events WHERE app_id = ? AND channel = ?",
+                (app_id, channel),
+            ).fetchone()[0]
+            connection.execute(
+                "UPDATE channels SET count = ? WHERE app_id = ? AND channel = ?",
+                (remaining, app_id, channel),
+            )
+        return removed
+
+    # persisted subscriptions
+
+    def subscribe(self, app_id, user_id, event):
+        record = dict(app_id=str(app_id), user_id=str(user_id), event=event)
+        self._write(
+            lambda connection: connection.execute(
+                "INSERT OR IGNORE INTO subscriptions (app_id, user_id, event)"
+                " VALUES (?, ?, ?)",
+                (record["app_id"], record["user_id"], record["event"]),
+            )
+        )
+        return record
+
+    def unsubscribe(self, app_id, user_id, event):
+        return self._write(
+            lambda connection: connection.execute(
+                "DELETE FROM subscriptions"
+                " WHERE app_id = ? AND user_id = ? AND event = ?",
+                (str(app_id), str(user_id), event),
+            ).rowcount
+            > 0
+        )
+
+    def list_subscriptions(self, app_id, user_id=None, event=None):
+        conditions, parameters = ["app_id = ?"], [str(app_id)]
+        if user_id is not None:
+            conditions.append("user_id = ?")
+            parameters.append(str(user_id))
+        if event is not None:
+            conditions.append("event = ?")
+            parameters.append(event)
+        rows = self._reader().execute(
+            "SELECT app_id, user_id, event FROM subscriptions WHERE %s"
+            " ORDER BY user_id, event" % " AND ".join(conditions),
+            parameters,
+        )
+        return [
+            dict(app_id=app_id, user_id=user_id, event=event)
+            for app_id, user_id, event in rows
+        ]
+
+    # lifecycle
+
+    def close(self):
+        with self._queue_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
+        with self._readers_lock:
+            for connection in self._readers.values():
+                connection.close()
+            self._readers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return "SQLiteStore(%r)" % self.data_dir

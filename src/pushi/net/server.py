@@ -1,0 +1,284 @@
+"""The netius WebSocket server: bytes in and out, nothing else.
+
+Each TCP connection gets a ``Link`` that walks it through the opening
+handshake, turns frames into text messages for the engine, and writes the
+engine's frames.  Writes are coalesced per loop turn: a link collects the
+frames written to it and ``flush`` (run at the end of every entry point of
+the loop) sends them in one ``socket.send``, straight to the socket when
+nothing is queued, through netius's queue only after a short write.  A
+link whose queue passes ``max_buffer`` bytes is closed with 4100 (reconnect
+with back-off): a slow reader costs bounded memory and never slows others.
+
+Ownership: runs on the loop thread only, like the engine it drives.
+"""
+
+import logging
+import re
+import time
+
+import netius
+
+from pushi.proto import errors, messages
+from pushi.proto import websocket as ws
+
+logger = logging.getLogger("pushi.net")
+
+_PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?$")
+_PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?$")
+
+HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
+
+
+class Link:
+    """One connection: handshake, then frames to and from the engine."""
+
+    __slots__ = ("server", "connection", "phase", "buffer", "reader", "session", "outbox")
+
+    def __init__(self, server, connection):
+        self.server = server
+        self.connection = connection
+        self.phase = HANDSHAKE
+        self.buffer = b""
+        self.reader = None
+        self.session = None
+        self.outbox = None
+
+    # the transport the engine writes to
+
+    def write(self, frame):
+        outbox = self.outbox
+        if outbox is None:
+            if self.phase == CLOSING:
+                return
+            self.outbox = frame
+            self.server.dirty.append(self)
+        elif outbox.__class__ is bytes:
+            self.outbox = [outbox, frame]
+        else:
+            outbox.append(frame)
+
+    def close(self, code, reason=""):
+        """Sends a close frame with ``code`` and closes once it is out."""
+        if self.phase == CLOSING:
+            return
+        self.write(ws.close_frame(code, reason))
+        self.phase = CLOSING
+        self._forget()
+        self.server.closing.append(self)
+
+    def _forget(self):
+        if self.session is not None:
+            self.server.engine.closed(self.session)
+
+    # bytes from the socket
+
+    def feed(self, data):
+        if self.phase == OPEN:
+            self._frames(data)
+        elif self.phase == HANDSHAKE:
+            self._handshake(data)
+        elif self.phase == WAITING:
+            self.buffer += data
+            if len(self.buffer) > ws.MAX_MESSAGE + ws.MAX_HANDSHAKE:
+                self.connection.close()
+
+    def _handshake(self, data):
+        self.buffer += data
+        try:
+            handshake, consumed = ws.parse_handshake(self.buffer)
+        except ws.HandshakeError as error:
+            self._refuse(error.status, error.reason)
+            return
+        if handshake is None:
+            return
+        self.buffer = self.buffer[consumed:]
+        match = _PUSHER_PATH.match(handshake.path)
+        dialect = messages.PUSHER
+        if match is None:
+            match = _PUSHI_PATH.match(handshake.path)
+            dialect = messages.PUSHI
+        self.phase = WAITING
+        self._raw(ws.accept_response(handshake))
+        self.reader = ws.FrameReader()
+        if match is None:
+            self._reject(errors.BAD_PATH, "Unknown path: connect to /app/<key>")
+            return
+        if dialect == messages.PUSHER:
+            protocol = handshake.query.get("protocol", "")
+            if protocol not in ("5", "6", "7"):
+                self._reject(errors.BAD_PROTOCOL, "Unsupported protocol version")
+                return
+        key = match.group(1)
+        origin = handshake.headers.get("origin")
+        app = self.server.apps.by_key(key)
+        if app is not None:
+            self._start(app, dialect, origin)
+        else:
+            self.server.offload(
+                lambda: self.server.apps.load_key(key),
+                lambda app: self._start(app, dialect, origin),
+            )
+
+    def _start(self, app, dialect, origin):
+        if self.phase != WAITING or self.connection.is_closed():
+            return
+        if app is None:
+            self._reject(errors.UNKNOWN_APP, "App key not in this cluster")
+            return
+        if not app.enabled:
+            self._reject(errors.APP_DISABLED, "App disabled")
+            return
+        allowed = app.limits.get("allowed_origins")
+        if allowed and origin not in allowed:
+            self._reject(errors.UNAUTHORIZED, "Origin not allowed for this app")
+            return
+        quota = app.limits.get("max_connections")
+        if quota and self.server.engine.registry.app_count(app.app_id) >= quota:
+            self._reject(errors.OVER_QUOTA, "App over its connection quota")
+            return
+        self.phase = OPEN
+        self.session = self.server.engine.open(self, app, dialect, origin)
+        if self.buffer:
+            data, self.buffer = self.buffer, b""
+            self._frames(data)
+
+    def _frames(self, data):
+        try:
+            frames = self.reader.feed(data)
+        except ws.WebSocketError as error:
+            logger.debug("protocol violation: %s", error.reason)
+            self.close(error.code, error.reason)
+            return
+        engine = self.server.engine
+        for opcode, payload in frames:
+            if self.phase != OPEN:
+                return
+            if opcode == ws.OP_TEXT:
+                engine.receive(self.session, payload)
+            elif opcode == ws.OP_PING:
+                self.write(ws.encode_frame(ws.OP_PONG, payload))
+                self.session.last_seen = time.monotonic()
+            elif opcode == ws.OP_PONG:
+                self.session.last_seen = time.monotonic()
+                self.session.ping_sent = None
+            elif opcode == ws.OP_CLOSE:
+                try:
+                    code, _reason = ws.parse_close(payload)
+                except ws.WebSocketError as error:
+                    self.close(error.code, error.reason)
+                    return
+                logger.debug("client closed %s with %d", self.session.socket_id, code)
+                self.close(None if code == ws.CLOSE_NO_STATUS else code)
+            else:
+                self.write(
+                    ws.text_frame(
+                        messages.error(errors.INVALID_MESSAGE, "Binary messages are not supported")
+                    )
+                )
+
+    def _reject(self, code, message):
+        self.write(ws.text_frame(messages.error(code, message)))
+        self.close(code, message)
+
+    def _refuse(self, status, reason):
+        self.phase = CLOSING
+        self._raw(ws.reject_response(status, reason))
+        self.server.closing.append(self)
+
+    def _raw(self, data):
+        self.write(data)
+
+    # bytes to the socket
+
+    def send_now(self, data):
+        connection = self.connection
+        if connection.status != netius.OPEN:
+            return
+        if not connection.pending and not connection.ssl:
+            try:
+                sent = connection.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                connection.close()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        connection.send(data, delay=False)
+        if connection.pending_s > self.server.max_buffer and self.phase != CLOSING:
+            # the close frame queues behind what is pending: the client sees
+            # 4100 if it ever reads again, and is cut off after a grace time
+            logger.info("slow consumer %s disconnected", self.session and self.session.socket_id)
+            self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
+            self.server.delay(connection.close, timeout=5)
+
+
+class WebSocketServer(netius.StreamServer):
+    """Netius stream server speaking WebSocket to the engine.
+
+    ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
+    store off the loop); ``offload(work, then)`` runs ``work`` on a worker
+    thread and ``then(result)`` back on the loop.
+    """
+
+    def __init__(self, engine, apps, offload, max_buffer=1048576, *args, **kwargs):
+        netius.StreamServer.__init__(self, *args, **kwargs)
+        self.engine = engine
+        self.apps = apps
+        self.offload = offload
+        self.max_buffer = max_buffer
+        self.dirty = []
+        self.closing = []
+        self.start_callbacks = []
+
+    def on_serve(self):
+        netius.StreamServer.on_serve(self)
+        self.nensure()
+        for callback in self.start_callbacks:
+            callback()
+
+    def build_connection(self, socket, address, ssl=False):
+        connection = netius.StreamServer.build_connection(self, socket, address, ssl=ssl)
+        connection.link = Link(self, connection)
+        return connection
+
+    def on_connection_d(self, connection):
+        netius.StreamServer.on_connection_d(self, connection)
+        link = getattr(connection, "link", None)
+        if link is not None:
+            link._forget()
+            link.phase = CLOSING
+            self.flush()
+
+    def on_data(self, connection, data):
+        netius.StreamServer.on_data(self, connection, data)
+        try:
+            connection.link.feed(data)
+        except Exception:
+            logger.exception("unexpected error on a connection; closing it")
+            connection.link.close(ws.CLOSE_INTERNAL_ERROR, "Internal error")
+        self.flush()
+
+    def flush(self):
+        """Writes what every link collected this turn, then closes the
+        links that asked to, once their last bytes are queued."""
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for link in dirty:
+                outbox = link.outbox
+                link.outbox = None
+                link.send_now(outbox if outbox.__class__ is bytes else b"".join(outbox))
+        closing = self.closing
+        if closing:
+            self.closing = []
+            for link in closing:
+                link.connection.close(flush=True)
+
+    def run(self, work, *args):
+        """Runs ``work`` on the loop as an entry point (then flushes)."""
+        try:
+            return work(*args)
+        finally:
+            self.flush()

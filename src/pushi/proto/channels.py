@@ -1,0 +1,102 @@
+"""Channel names: grammar, kind, and the names Pushi builds itself.
+
+The kind of a channel is read from the start of its name only.  Pusher's
+grammar ``[A-Za-z0-9_\\-=@,.;]`` applies to every name; ``#`` is allowed only
+in ``#server-to-user-<id>`` and ``:``/``&`` only in ``peer-<base>:<a>&<b>``.
+"""
+
+import re
+
+from . import errors
+
+MAX_NAME = 164
+
+PUBLIC = "public"
+PRIVATE = "private"
+ENCRYPTED = "encrypted"
+PRESENCE = "presence"
+PERSONAL = "personal"
+PEER = "peer"
+USER = "user"
+
+USER_PREFIX = "#server-to-user-"
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_\-=@,.;]+$")
+_PEER = re.compile(r"^peer-([A-Za-z0-9_\-=@,.;]+):([A-Za-z0-9_\-=@,.;]+)&([A-Za-z0-9_\-=@,.;]+)$")
+
+
+def kind(name):
+    """The kind of channel ``name`` (one of the constants above)."""
+    if name.startswith("private-encrypted-"):
+        return ENCRYPTED
+    if name.startswith("private-"):
+        return PRIVATE
+    if name.startswith("presence-"):
+        return PRESENCE
+    if name.startswith("personal-"):
+        return PERSONAL
+    if name.startswith("peer-"):
+        return PEER
+    if name.startswith(USER_PREFIX):
+        return USER
+    return PUBLIC
+
+
+def is_cache(name):
+    """True for the ``cache-`` variants, whose last event is replayed."""
+    return (
+        name.startswith("cache-")
+        or name.startswith("private-cache-")
+        or name.startswith("presence-cache-")
+        or name.startswith("private-encrypted-cache-")
+    )
+
+
+def needs_auth(name):
+    """True for every kind that a client subscribes to with a signature."""
+    return kind(name) in (PRIVATE, ENCRYPTED, PRESENCE, PERSONAL)
+
+
+def is_valid(name, max_length=MAX_NAME):
+    """True when ``name`` follows the grammar of its kind."""
+    if not isinstance(name, str) or not name or len(name) > max_length:
+        return False
+    if name.startswith(USER_PREFIX):
+        return bool(_PLAIN.match(name[len(USER_PREFIX) :]))
+    if name.startswith("peer-"):
+        return bool(_PEER.match(name))
+    return bool(_PLAIN.match(name))
+
+
+def check(name, max_length=MAX_NAME):
+    """Raises ``SubscriptionError`` (400) unless ``name`` is valid."""
+    if not is_valid(name, max_length):
+        raise errors.SubscriptionError(
+            name if isinstance(name, str) else None,
+            "Invalid channel name (at most %d of A-Z a-z 0-9 _ - = @ , . ;)"
+            % max_length,
+            status=400,
+            type="InvalidChannel",
+        )
+
+
+def personal_user(name):
+    """The user id of ``personal-<user_id>``."""
+    return name[len("personal-") :]
+
+
+def presence_base(name):
+    """``x`` for ``presence-x``: the base shared with its peer channels."""
+    return name[len("presence-") :]
+
+
+def peer_name(base, user_a, user_b):
+    """``peer-<base>:<a>&<b>`` with the two user ids sorted."""
+    first, second = sorted((user_a, user_b))
+    return "peer-%s:%s&%s" % (base, first, second)
+
+
+def peer_users(name):
+    """The two user ids of a peer channel name, or None if not one."""
+    match = _PEER.match(name)
+    return (match.group(2), match.group(3)) if match else None

@@ -1,0 +1,69 @@
+"""Protocol errors, each carrying the answer the client gets.
+
+A ``ProtocolError`` becomes a ``pusher:error`` (and, for the 4000-4299
+codes, a close of the connection with the same code); a
+``SubscriptionError`` becomes a ``pusher:subscription_error`` and leaves the
+socket open; an ``HttpError`` becomes a JSON 4xx answer.
+"""
+
+# connection level: pusher:error then close with the same code
+UNKNOWN_APP = 4001
+APP_DISABLED = 4003
+OVER_QUOTA = 4004
+BAD_PATH = 4005
+BAD_PROTOCOL = 4007
+UNAUTHORIZED = 4009
+OVER_CAPACITY = 4100
+SLOW_CONSUMER = 4100
+GOING_AWAY = 4200
+PONG_TIMEOUT = 4201
+
+# message level: pusher:error, connection stays open
+INVALID_MESSAGE = 4300
+RATE_LIMITED = 4301
+WATCHLIST_LIMIT = 4302
+CLIENT_EVENT_REJECTED = 4303
+UNKNOWN_EVENT = 4304
+
+
+class PushiError(Exception):
+    """Base of the errors that are answers to a client, never crashes."""
+
+    def __init__(self, message):
+        Exception.__init__(self, message)
+        self.message = message
+
+
+class ProtocolError(PushiError):
+    """A ``pusher:error`` with ``code``; codes below 4300 also close."""
+
+    def __init__(self, code, message):
+        PushiError.__init__(self, message)
+        self.code = code
+
+    @property
+    def closes(self):
+        return self.code < 4300
+
+
+class SubscriptionError(PushiError):
+    """A ``pusher:subscription_error`` for ``channel``; the socket stays."""
+
+    def __init__(self, channel, message, status=401, type="AuthError"):
+        PushiError.__init__(self, message)
+        self.channel = channel
+        self.status = status
+        self.type = type
+
+
+class HttpError(PushiError):
+    """A JSON error answer of the REST API with HTTP ``status``."""
+
+    def __init__(self, status, message):
+        PushiError.__init__(self, message)
+        self.status = status
+
+    @property
+    def code(self):
+        """The HTTP status, under the name Appier's error handler reads."""
+        return self.status

@@ -1,0 +1,147 @@
+"""Client messages in, server messages out, for both dialects.
+
+``parse`` validates one client text message into a dict with ``event``
+(str), ``data`` and ``channel`` (str or None).  The builders return the
+JSON text of each server message; broadcasts are built once and framed
+once by the caller.
+"""
+
+import json
+
+from . import errors
+
+MAX_EVENT_NAME = 200
+
+PUSHI = "pushi"
+PUSHER = "pusher"
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps(value):
+    """Compact JSON text, UTF-8 characters kept as they are."""
+    return _dumps(value)
+
+
+def parse(text, max_event_name=MAX_EVENT_NAME):
+    """Parses one client message; raises ``ProtocolError`` (4300) if bad."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not valid JSON")
+    if not isinstance(message, dict):
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not a JSON object")
+    event = message.get("event")
+    if not isinstance(event, str) or not event:
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message has no event name")
+    if len(event) > max_event_name:
+        raise errors.ProtocolError(
+            errors.INVALID_MESSAGE, "Event name over %d characters" % max_event_name
+        )
+    channel = message.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Channel is not a string")
+    data = message.get("data")
+    # pusher-js sends the data of pusher: events as an object; some clients
+    # send it as a JSON string: accept both for the protocol's own events
+    if event.startswith("pusher:") and isinstance(data, str) and data[:1] == "{":
+        try:
+            data = json.loads(data)
+        except ValueError:
+            pass
+    message["data"] = data
+    message["channel"] = channel
+    return message
+
+
+def connection_established(socket_id, activity_timeout):
+    """First message: ``data`` is a JSON string, as pysher expects."""
+    data = dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
+    return dumps({"event": "pusher:connection_established", "data": data})
+
+
+def error(code, message):
+    """``pusher:error`` with ``{code, message}`` data."""
+    return dumps({"event": "pusher:error", "data": {"code": code, "message": message}})
+
+
+def pong():
+    return '{"event":"pusher:pong","data":{}}'
+
+
+def ping():
+    return '{"event":"pusher:ping","data":{}}'
+
+
+def subscription_succeeded(channel, data):
+    """``data`` (a dict) travels as a JSON string."""
+    return dumps(
+        {
+            "event": "pusher_internal:subscription_succeeded",
+            "channel": channel,
+            "data": dumps(data),
+        }
+    )
+
+
+def subscription_error(channel, type, message, status):
+    return dumps(
+        {
+            "event": "pusher:subscription_error",
+            "channel": channel,
+            "data": {"type": type, "error": message, "status": status},
+        }
+    )
+
+
+def unsubscription_succeeded(channel):
+    return dumps(
+        {
+            "event": "pusher_internal:unsubscription_succeeded",
+            "channel": channel,
+            "data": "{}",
+        }
+    )
+
+
+def event(name, channel, data, **extra):
+    """A channel event; ``extra`` fields (``user_id``, ``mid``,
+    ``timestamp``) ride at the top level, where pusher-js ignores them."""
+    message = {"event": name, "channel": channel, "data": data}
+    for key, value in extra.items():
+        if value is not None:
+            message[key] = value
+    return dumps(message)
+
+
+def member_added(channel, user_id, user_info, dialect):
+    """Member joined, in the words of each dialect."""
+    member = dumps({"user_id": user_id, "user_info": user_info})
+    if dialect == PUSHI:
+        return dumps(
+            {"event": "pusher:member_added", "channel": channel, "member": member, "data": member}
+        )
+    return dumps({"event": "pusher_internal:member_added", "channel": channel, "data": member})
+
+
+def member_removed(channel, user_id, dialect):
+    member = dumps({"user_id": user_id})
+    if dialect == PUSHI:
+        return dumps(
+            {"event": "pusher:member_removed", "channel": channel, "member": member, "data": member}
+        )
+    return dumps({"event": "pusher_internal:member_removed", "channel": channel, "data": member})
+
+
+def signin_success(user_data):
+    return dumps({"event": "pusher:signin_success", "data": {"user_data": user_data}})
+
+
+def latest(channel, events):
+    return dumps(
+        {
+            "event": "pusher_internal:latest",
+            "channel": channel,
+            "data": dumps({"channel": channel, "events": events}),
+        }
+    )

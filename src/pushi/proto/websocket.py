@@ -1,0 +1,301 @@
+"""RFC 6455 for a server, sans I/O: the opening handshake and frames.
+
+``parse_handshake`` turns the bytes of an HTTP upgrade request into a
+``Handshake`` (or asks for more, or raises ``HandshakeError`` with the HTTP
+status to answer).  ``FrameReader`` turns client bytes into whole messages,
+reassembling fragments, unmasking, and enforcing the limits; a violation
+raises ``WebSocketError`` carrying the close code.  The encoders build the
+unmasked frames a server sends.  Nothing here touches a socket.
+"""
+
+import base64
+import hashlib
+import struct
+import urllib.parse
+
+MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+MAX_HANDSHAKE = 8192
+MAX_MESSAGE = 65536
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_NO_STATUS = 1005
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class HandshakeError(Exception):
+    """A refused upgrade request: answer with HTTP ``status``."""
+
+    def __init__(self, status, reason):
+        Exception.__init__(self, reason)
+        self.status = status
+        self.reason = reason
+
+
+class WebSocketError(Exception):
+    """A protocol violation by the client: close with ``code``."""
+
+    def __init__(self, code, reason):
+        Exception.__init__(self, reason)
+        self.code = code
+        self.reason = reason
+
+
+class Handshake:
+    """A parsed upgrade request: path, query (first value of each name),
+    lower-cased headers, and the accept key for the answer."""
+
+    __slots__ = ("path", "query", "headers", "accept")
+
+    def __init__(self, path, query, headers, accept):
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.accept = accept
+
+
+def accept_key(client_key):
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``."""
+    digest = hashlib.sha1(client_key.encode("ascii") + MAGIC).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
+    """Parses an upgrade request at the start of ``buffer``.
+
+    Returns ``(handshake, consumed)``, or ``(None, 0)`` while the headers
+    are incomplete; raises ``HandshakeError`` for a request that is too
+    large or not a valid WebSocket upgrade.
+    """
+    end = buffer.find(b"\r\n\r\n", 0, max_size + 4)
+    if end == -1:
+        if len(buffer) > max_size:
+            raise HandshakeError(431, "Request header fields too large")
+        return None, 0
+    if end > max_size:
+        raise HandshakeError(431, "Request header fields too large")
+    try:
+        text = bytes(buffer[:end]).decode("latin-1")
+    except Exception:
+        raise HandshakeError(400, "Malformed request")
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HandshakeError(400, "Malformed request line")
+    method, target, version = parts
+    if method != "GET":
+        raise HandshakeError(405, "Only GET upgrades to a WebSocket")
+    if version != "HTTP/1.1":
+        raise HandshakeError(400, "HTTP/1.1 required")
+    headers = {}
+    for line in lines[1:]:
+        name, separator, value = line.partition(":")
+        if not separator or not name or name != name.strip():
+            raise HandshakeError(400, "Malformed header line")
+        name = name.lower()
+        value = value.strip()
+        headers[name] = headers[name] + ", " + value if name in headers else value
+    if "websocket" not in headers.get("upgrade", "").lower():
+        raise HandshakeError(426, "WebSocket upgrade required")
+    connection = [token.strip() for token in headers.get("connection", "").lower().split(",")]
+    if "upgrade" not in connection:
+        raise HandshakeError(400, "Connection: Upgrade required")
+    if headers.get("sec-websocket-version") != "13":
+        raise HandshakeError(426, "Sec-WebSocket-Version 13 required")
+    client_key = headers.get("sec-websocket-key", "")
+    try:
+        if len(base64.b64decode(client_key.encode("ascii"), validate=True)) != 16:
+            raise ValueError(client_key)
+    except Exception:
+        raise HandshakeError(400, "Invalid Sec-WebSocket-Key")
+    url = urllib.parse.urlsplit(target)
+    query = {}
+    for name, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
+        query.setdefault(name, value)
+    handshake = Handshake(url.path, query, headers, accept_key(client_key))
+    return handshake, end + 4
+
+
+def accept_response(handshake):
+    """The ``101 Switching Protocols`` answer to a valid handshake."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: %s\r\n\r\n" % handshake.accept
+    ).encode("ascii")
+
+
+def reject_response(status, reason):
+    """An HTTP error answer to a refused handshake (connection closes)."""
+    body = reason.encode("utf-8")
+    return (
+        "HTTP/1.1 %d %s\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Length: %d\r\n"
+        "Connection: close\r\n\r\n" % (status, reason, len(body))
+    ).encode("latin-1") + body
+
+
+def unmask(payload, mask):
+    """XORs ``payload`` with the repeating 4-byte ``mask``."""
+    length = len(payload)
+    if not length:
+        return b""
+    key = (mask * (length // 4 + 1))[:length]
+    value = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return value.to_bytes(length, "big")
+
+
+def encode_frame(opcode, payload, fin=True):
+    """A server (unmasked) frame carrying ``payload`` (bytes)."""
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
+def text_frame(text):
+    """A text frame for ``text`` (str), encoded as UTF-8."""
+    return encode_frame(OP_TEXT, text.encode("utf-8"))
+
+
+def close_frame(code=CLOSE_NORMAL, reason=""):
+    """A close frame with ``code`` and a reason cut to fit 123 bytes."""
+    if code is None:
+        return encode_frame(OP_CLOSE, b"")
+    data = reason.encode("utf-8")[:123]
+    return encode_frame(OP_CLOSE, struct.pack("!H", code) + data)
+
+
+def parse_close(payload):
+    """``(code, reason)`` of a close frame's payload; validates both."""
+    if not payload:
+        return CLOSE_NO_STATUS, ""
+    if len(payload) == 1:
+        raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Close payload of one byte")
+    (code,) = struct.unpack("!H", payload[:2])
+    if not (1000 <= code <= 1014 or 3000 <= code <= 4999) or code in (1004, 1005, 1006):
+        raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Invalid close code %d" % code)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebSocketError(CLOSE_INVALID_DATA, "Close reason is not UTF-8")
+    return code, reason
+
+
+class FrameReader:
+    """Incremental parser of client frames into messages.
+
+    ``feed(data)`` returns a list of ``(opcode, payload)``: whole text or
+    binary messages (fragments joined, text decoded to ``str``) and control
+    frames (``OP_PING``, ``OP_PONG``, ``OP_CLOSE`` with raw payload) in
+    arrival order.  A message larger than ``max_message`` bytes raises
+    ``WebSocketError(1009)`` as soon as its header says so.
+    """
+
+    __slots__ = ("max_message", "_buffer", "_fragments", "_fragment_opcode", "_size")
+
+    def __init__(self, max_message=MAX_MESSAGE):
+        self.max_message = max_message
+        self._buffer = b""
+        self._fragments = None
+        self._fragment_opcode = None
+        self._size = 0
+
+    def feed(self, data):
+        buffer = self._buffer + data if self._buffer else data
+        messages = []
+        offset = 0
+        size = len(buffer)
+        while size - offset >= 2:
+            first = buffer[offset]
+            second = buffer[offset + 1]
+            fin = first & 0x80
+            opcode = first & 0x0F
+            if first & 0x70:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Reserved bits set")
+            if not second & 0x80:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Client frames must be masked")
+            length = second & 0x7F
+            header = 2
+            if length == 126:
+                if size - offset < 4:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, offset + 2)
+                header = 4
+            elif length == 127:
+                if size - offset < 10:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, offset + 2)
+                header = 10
+            control = opcode & 0x8
+            if control:
+                if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode)
+                if length > 125 or not fin:
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Invalid control frame")
+            else:
+                if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY):
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode)
+                if opcode == OP_CONTINUATION and self._fragments is None:
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unexpected continuation")
+                if opcode != OP_CONTINUATION and self._fragments is not None:
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Expected a continuation")
+                total = length + (self._size if opcode == OP_CONTINUATION else 0)
+                if total > self.max_message:
+                    raise WebSocketError(
+                        CLOSE_TOO_BIG, "Message over %d bytes" % self.max_message
+                    )
+            end = offset + header + 4 + length
+            if size < end:
+                break
+            mask = buffer[offset + header : offset + header + 4]
+            payload = unmask(buffer[offset + header + 4 : end], mask)
+            offset = end
+            if control:
+                messages.append((opcode, payload))
+            elif fin and opcode != OP_CONTINUATION:
+                messages.append((opcode, self._decode(opcode, payload)))
+            elif opcode != OP_CONTINUATION:
+                self._fragments = [payload]
+                self._fragment_opcode = opcode
+                self._size = length
+            else:
+                self._fragments.append(payload)
+                self._size += length
+                if fin:
+                    opcode = self._fragment_opcode
+                    payload = b"".join(self._fragments)
+                    self._fragments = None
+                    self._fragment_opcode = None
+                    self._size = 0
+                    messages.append((opcode, self._decode(opcode, payload)))
+        self._buffer = buffer[offset:] if offset < size else b""
+        return messages
+
+    @staticmethod
+    def _decode(opcode, payload):
+        if opcode != OP_TEXT:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WebSocketError(CLOSE_INVALID_DATA, "Text message is not UTF-8")
