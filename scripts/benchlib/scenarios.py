@@ -177,7 +177,9 @@ class Session:
         }
 
     def reset(self, ping=True):
-        """Zeroes the subscriber counters (pinging first)."""
+        """Zeroes the subscriber counters (pinging first, where the server
+        takes ``pusher:ping``: keeps activity timeouts from firing)."""
+        ping = ping and self.server.accepts_ping
         for worker in self.subs:
             worker.send({"cmd": "reset", "ping": ping, "settle": 0.5})
         for worker in self.subs:

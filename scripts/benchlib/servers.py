@@ -115,6 +115,8 @@ class Server:
     #: request style of the trigger worker (see ``worker.TriggerTask``)
     style = "pusher"
     supports_persist = False
+    #: whether ``pusher:ping`` may be sent (the original closes on it)
+    accepts_ping = True
 
     def __init__(self, workdir):
         self.workdir = workdir
@@ -326,6 +328,7 @@ class OriginalServer(Server):
 
     name = "original"
     style = "original"
+    accepts_ping = False
 
     def __init__(self, workdir):
         Server.__init__(self, workdir)
@@ -413,11 +416,30 @@ class OriginalServer(Server):
                 "app_secret": app["secret"],
             }
         )
-        # the original reads the credentials from the query only
-        status, body = http("POST", base + "/login?" + query, b"")
-        if status != 200:
-            raise RuntimeError("original: login %d %r" % (status, body[:300]))
-        self.sid = json.loads(body)["token"]
+        # the original reads the credentials from the query only; a fresh
+        # session is sometimes not known yet: check it with a trigger
+        for _attempt in range(10):
+            status, body = http("POST", base + "/login?" + query, b"")
+            if status != 200:
+                raise RuntimeError("original: login %d %r" % (status, body[:300]))
+            self.sid = json.loads(body)["token"]
+            status, body = http(
+                "POST",
+                "%s/events?sid=%s" % (base, self.sid),
+                json.dumps(
+                    {
+                        "event": "check",
+                        "channel": "check",
+                        "data": "x",
+                        "persist": False,
+                    }
+                ),
+                {"Content-Type": "application/json"},
+            )
+            if status == 200:
+                return
+            time.sleep(0.5)
+        raise RuntimeError("original: trigger after login %d %r" % (status, body[:300]))
 
 
 SERVERS = {"pushi": PushiServer, "soketi": SoketiServer, "original": OriginalServer}
