@@ -22,6 +22,9 @@ HEADLINE = {
     "connect": ("connections_per_s", True),
     "persist": ("triggers_per_s", True),
 }
+#: CPU used by processes outside the bench above this (% of one core) is
+#: flagged: the figures of that row were measured on a busy machine
+CONTENDED_PCT = 25.0
 SECONDARY = {
     "fanout": ("server_cpu_us_per_delivery", False),
     "channels": ("server_cpu_us_per_delivery", False),
@@ -43,7 +46,9 @@ def parse_args(argv):
     parser.add_argument(
         "--scenario",
         default=None,
-        help="comma-separated: %s (default: all)" % ",".join(scenarios.SCENARIOS),
+        help="comma-separated: %s (default: all of these), or generator "
+        "(the load generator's own ceiling, against a stand-in server)"
+        % ",".join(scenarios.SCENARIOS),
     )
     parser.add_argument("--quick", action="store_true", help="small N, ~1-2 minutes")
     parser.add_argument(
@@ -158,6 +163,7 @@ def fmt(value, digits=0):
 
 def markdown(results, info, names):
     """A markdown table, one row per scenario, one column group per server."""
+    names = list(names) + sorted({result["server"] for result in results} - set(names))
     by_key = {}
     order = []
     for result in results:
@@ -189,7 +195,9 @@ def markdown(results, info, names):
     lines.append(
         "Cells: headline figure; latency p50/p99 from the payload timestamp; "
         "server CPU% / generator CPU% (of one core); us = server CPU per "
-        "delivery; GEN-BOUND = a generator process above 90% of a core."
+        "delivery; GEN-BOUND = a generator process above 90% of a core; "
+        "other load = CPU used outside the bench during the measurement "
+        "(other processes, unattributed kernel work)."
     )
     return "\n".join(lines)
 
@@ -203,6 +211,7 @@ def label(key):
         "channels": "%s sockets, own channel each, random triggers" % fmt(int(size)),
         "connect": "%s idle connections" % fmt(int(size)),
         "persist": "persisted triggers, %s" % variant,
+        "generator": "generator self-test, %s subs, %s" % (fmt(int(size)), variant),
     }
     return names.get(scenario, key)
 
@@ -213,7 +222,7 @@ def cell(result):
         return "error: %s" % result["error"][:60]
     scenario = result["scenario"]
     parts = []
-    if scenario in ("fanout", "channels"):
+    if scenario in ("fanout", "channels", "generator"):
         parts.append("%s msgs/s" % fmt(result["msgs_per_s"]))
     elif scenario in ("trigger", "persist"):
         parts.append("%s req/s" % fmt(result["triggers_per_s"]))
@@ -247,6 +256,8 @@ def cell(result):
     )
     if result.get("generator_bound"):
         parts.append("GEN-BOUND")
+    if (result.get("other_cpu_pct") or 0) > CONTENDED_PCT:
+        parts.append("other load %s%%" % fmt(result["other_cpu_pct"]))
     return "<br>".join(parts)
 
 
@@ -282,7 +293,7 @@ def main(argv=None):
         options.scenario.split(",") if options.scenario else list(scenarios.SCENARIOS)
     )
     for name in chosen:
-        if name not in scenarios.SCENARIOS:
+        if name not in scenarios.SCENARIOS and name not in scenarios.SELF_SCENARIOS:
             raise SystemExit("unknown scenario %r" % name)
     profile = dict(scenarios.PROFILES["quick" if options.quick else "default"])
     if options.duration:
@@ -296,6 +307,14 @@ def main(argv=None):
     started = time.monotonic()
     try:
         for scenario in chosen:
+            if scenario in scenarios.SELF_SCENARIOS:
+                log("scenario %s (the load generator itself)" % scenario)
+                for line in scenarios.SELF_SCENARIOS[scenario](
+                    "blaster", profile, options
+                ):
+                    emit(line, options.out)
+                    results.append(line)
+                continue
             for name in names:
                 log("scenario %s on %s" % (scenario, name))
                 try:

@@ -19,12 +19,12 @@ class WorkerError(RuntimeError):
 class WorkerProc:
     """One load process, driven by JSON lines over its stdin and stdout."""
 
-    def __init__(self, role):
+    def __init__(self, role, module="benchlib.worker"):
         self.role = role
         env = dict(os.environ)
         env["PYTHONPATH"] = SCRIPTS
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchlib.worker"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -104,7 +104,8 @@ class Session:
     """One server instance with its worker processes."""
 
     def __init__(self, server_name, sub_workers, keep=False):
-        self.server = servers.SERVERS[server_name](servers.make_workdir(server_name))
+        classes = dict(servers.SERVERS, blaster=servers.BlasterServer)
+        self.server = classes[server_name](servers.make_workdir(server_name))
         self.subs = [procs.WorkerProc("subscriber") for _ in range(sub_workers)]
         self.trigger = procs.WorkerProc("trigger")
         self.keep = keep
@@ -113,7 +114,7 @@ class Session:
         log("starting %s" % self.server.name)
         self.server.start()
         log(
-            "%s up: pid %d, http %d, ws %d"
+            "%s up: pid %s, http %s, ws %s"
             % (
                 self.server.name,
                 self.server.pid,
@@ -544,6 +545,51 @@ def persist(server_name, profile, options):
     return results
 
 
+def generator(server_name, profile, options):
+    """The generator's own ceiling: a stand-in server (``blaster``) writes
+    messages as fast as it can to N counting subscribers, one frame per
+    write and then 16 frames per write."""
+    n = profile["fanout_sizes"][0] if options.quick else 1000
+    results = []
+    for workers in sorted({1, 2}):
+        with Session("blaster", workers) as session:
+            conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
+            log("generator %d: %d ready" % (n, conn["ready"]))
+            for batch in (1, 16):
+                session.reset()
+                meter = Meter(session.server.pid, session.generators)
+                answer = session.server.blast(
+                    duration=profile["duration"], batch=batch, count=MAX_DELIVERIES // n
+                )
+                delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
+                figures = meter.stop()
+                answer.update(
+                    sent=answer["messages"],
+                    ok=answer["messages"],
+                    statuses={},
+                    errors={},
+                    latency_ms={},
+                )
+                result = phase_result(
+                    session,
+                    "generator",
+                    "batch%d-workers%d" % (batch, workers),
+                    answer,
+                    delivery,
+                    figures,
+                    n,
+                )
+                for key in ("triggers_sent", "triggers_ok", "trigger_statuses"):
+                    result.pop(key, None)
+                for key in ("trigger_errors", "triggers_per_s", "http_latency_ms"):
+                    result.pop(key, None)
+                result["frames_per_write"] = batch
+                result["subscriber_workers"] = workers
+                results.append(result)
+                emit_progress(result)
+    return results
+
+
 def emit_progress(result):
     """A one-line summary on stderr while the run goes on."""
     keys = ("msgs_per_s", "triggers_per_s", "connections_per_s")
@@ -568,3 +614,6 @@ SCENARIOS = {
     "connect": connect,
     "persist": persist,
 }
+
+#: scenarios that measure the bench itself, run once and not per server
+SELF_SCENARIOS = {"generator": generator}

@@ -461,3 +461,39 @@ def git_describe():
 def make_workdir(name):
     """A fresh temporary directory for one server run."""
     return tempfile.mkdtemp(prefix="pushi-bench-%s-" % name)
+
+
+class BlasterServer(Server):
+    """The generator self-test stand-in (``blaster``), not a real server."""
+
+    name = "blaster"
+
+    def __init__(self, workdir):
+        Server.__init__(self, workdir)
+        self.version = "self-test"
+        self.control = None
+
+    def available(self):
+        """Always there: it is part of the bench."""
+        return True
+
+    def start(self):
+        """Starts the blaster process and asks for its port."""
+        from .procs import WorkerProc
+
+        self.control = WorkerProc("blaster", module="benchlib.blaster")
+        self.proc = self.control.proc
+        self.ws_port = self.control.call({"cmd": "port"}, 30)["port"]
+        self.app = {"key": "blast"}
+
+    def blast(self, **cmd):
+        """Runs one blast and returns its answer."""
+        cmd["cmd"] = "blast"
+        return self.control.call(cmd, float(cmd.get("duration", 5)) + 60)
+
+    def stop(self):
+        """Stops the blaster."""
+        if self.control:
+            self.control.stop()
+            self.control = None
+        self.proc = None
