@@ -220,6 +220,8 @@ def cell(result):
     """One table cell."""
     if "error" in result:
         return "error: %s" % result["error"][:60]
+    if "skipped" in result:
+        return "skipped: %s" % result["skipped"]
     scenario = result["scenario"]
     parts = []
     if scenario in ("fanout", "channels", "generator"):

@@ -188,6 +188,42 @@ class PushiServer(Server):
 
     name = "pushi"
     supports_persist = True
+    #: ``(count, channel)``: events to write into the store before start
+    preload = None
+
+    def preload_store(self, count, channel):
+        """Writes ``count`` event records through the store interface
+        (``add_events`` in batches) before the server starts: far faster
+        than persisted triggers.  Returns how many were written, 0 when the
+        store interface is not what this expects (the caller then preloads
+        over HTTP)."""
+        code = (
+            "import sys, time\n"
+            "from pushi.base.config import Config\n"
+            "from pushi.base.store import open_store\n"
+            "app_id, channel, count = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+            "config = Config.from_env()\n"
+            "store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)\n"
+            "now = time.time()\n"
+            "for start in range(0, count, 5000):\n"
+            "    store.add_events([dict(mid='bench-preload-%d' % i, app_id=app_id,\n"
+            "        channel=channel, event='bench', data='{\"s\":%d}' % i,\n"
+            "        timestamp=now, user_id=None)\n"
+            "        for i in range(start, min(count, start + 5000))])\n"
+            "store.close()\n"
+            "print(count)\n"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", code, self.app["app_id"], channel, str(count)],
+            env=self.env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if output.returncode != 0:
+            return 0
+        return int(output.stdout.strip().splitlines()[-1])
 
     def available(self):
         """Needs ``src/pushi/base/state.py`` and ``python -m pushi``."""
@@ -230,6 +266,9 @@ class PushiServer(Server):
             raise RuntimeError("pushi app create failed: %s" % output.stderr[-2000:])
         self.app = json.loads(output.stdout.strip().splitlines()[-1])
         self.app["app_id"] = str(self.app["app_id"])
+        self.preloaded = 0
+        if self.preload:
+            self.preloaded = self.preload_store(*self.preload)
         self.proc = spawn(
             [sys.executable, os.path.join(ROOT, "src", "pushi", "base", "state.py")],
             env=self.env(),
