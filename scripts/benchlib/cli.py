@@ -68,6 +68,11 @@ def parse_args(argv):
         default=None,
         help="subscriber worker processes (default: 1 up to 1,000 sockets, else 2)",
     )
+    parser.add_argument(
+        "--subscribers",
+        default=None,
+        help="comma-separated fan-out sizes (default 1000,5000; quick 200,1000)",
+    )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
@@ -300,6 +305,8 @@ def main(argv=None):
     profile = dict(scenarios.PROFILES["quick" if options.quick else "default"])
     if options.duration:
         profile["duration"] = options.duration
+    if options.subscribers:
+        profile["fanout_sizes"] = [int(n) for n in options.subscribers.split(",")]
     info = machine()
     info["profile"] = "quick" if options.quick else "default"
     info["servers"] = names

@@ -362,17 +362,25 @@ class ResetTask:
 
     def __init__(self, worker, cmd):
         self.worker = worker
-        self.deadline = monotonic() + float(cmd.get("settle", 0.5))
+        self.settled = monotonic() + float(cmd.get("settle", 0.5))
+        self.deadline = self.settled + float(cmd.get("max_wait", 5.0))
         self.done = False
+        self.until = worker.frames
         if cmd.get("ping"):
             frame = wsproto.encode_frame('{"event":"pusher:ping","data":{}}')
             for sub in worker.subs:
                 if sub.state == READY:
                     sub.send_quiet(frame)
+                    if not sub.sampled:
+                        # counting sockets will count the pong as a frame
+                        self.until += 1
 
     def tick(self, now):
-        """Zeroes the counters once settled."""
-        if self.done or now < self.deadline:
+        """Zeroes the counters once settled and every pong is in (or the
+        wait is over)."""
+        if self.done or now < self.settled:
+            return
+        if self.worker.frames < self.until and now < self.deadline:
             return
         self.done = True
         worker = self.worker
@@ -385,7 +393,7 @@ class ResetTask:
 
     def next_wakeup(self):
         """Seconds until this task wants a tick."""
-        return max(0.0, self.deadline - monotonic())
+        return min(0.05, max(0.0, self.settled - monotonic()))
 
 
 class HttpConn:
