@@ -99,6 +99,7 @@ def machine():
     except (OSError, subprocess.SubprocessError):
         pass
     return {
+        "loadavg_at_start": os.getloadavg()[0],
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),

@@ -8,6 +8,7 @@ deltas of ``/proc/<pid>/stat`` over that window, in percent of one core.
 """
 
 import os
+import shutil
 import sys
 import time
 
@@ -132,8 +133,6 @@ class Session:
             worker.stop()
         self.server.stop()
         if not self.keep:
-            import shutil
-
             shutil.rmtree(self.server.workdir, ignore_errors=True)
         return False
 
@@ -437,7 +436,7 @@ def fanout(server_name, profile, options):
                             )
                         )
                         continue
-                    rate = max(1.0, 0.5 * capacity / n)
+                    rate = max(0.1, 0.5 * capacity / n)
                 session.reset()
                 answer, delivery, figures = session.trigger_phase(
                     ["fanout"],
@@ -643,7 +642,7 @@ def emit_progress(result):
     keys = ("msgs_per_s", "triggers_per_s", "connections_per_s")
     figures = ", ".join("%s=%s" % (k, result[k]) for k in keys if k in result)
     log(
-        "%s %s %s: %s, server %s%%, generator %s%%"
+        "%s %s %s: %s, server %s%%, generator %s%%, other %s%%%s"
         % (
             result["server"],
             result["scenario"],
@@ -651,6 +650,8 @@ def emit_progress(result):
             figures,
             result.get("server_cpu_pct"),
             result.get("generator_cpu_pct"),
+            result.get("other_cpu_pct"),
+            " GENERATOR-BOUND" if result.get("generator_bound") else "",
         )
     )
 

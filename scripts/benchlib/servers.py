@@ -26,6 +26,7 @@ BENCH_DIR = os.path.join(ROOT, ".bench")
 SOKETI_VERSION = "1.6.1"
 UWS_OVERRIDE = "npm:@trufflesuite/uws-js-unofficial@20.30.0-unofficial.0"
 ORIGINAL_VERSION = "0.6.10"
+TINYDB_VERSION = "4.9.0"
 
 
 def free_port():
@@ -404,7 +405,8 @@ class OriginalServer(Server):
                 "pip",
                 "install",
                 "pushi-service==%s" % ORIGINAL_VERSION,
-                "tinydb",
+                # its ADAPTER=tiny storage imports tinydb, not a declared dependency
+                "tinydb==%s" % TINYDB_VERSION,
             ],
             check=True,
             timeout=900,
