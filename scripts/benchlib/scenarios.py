@@ -481,6 +481,7 @@ def trigger(server_name, profile, options):
             session, "trigger", "inflight8", answer, delivery, figures, 1
         )
         result["inflight"] = 8
+        emit_progress(result)
         return [result]
 
 
@@ -506,6 +507,7 @@ def channels(server_name, profile, options):
         )
         result["channels"] = n
         result["inflight"] = 8
+        emit_progress(result)
         return [result]
 
 
@@ -541,6 +543,7 @@ def connect(server_name, profile, options):
             ),
         )
         result.update(figures)
+        emit_progress(result)
         return [result]
 
 

@@ -329,6 +329,7 @@ class SoketiServer(Server):
             ["npm", "install", "--no-audit", "--no-fund"],
             cwd=self.dir,
             check=True,
+            stdout=sys.stderr,
             timeout=900,
         )
 
@@ -396,6 +397,7 @@ class OriginalServer(Server):
         subprocess.run(
             [sys.executable, "-m", "venv", os.path.join(self.dir, "venv")],
             check=True,
+            stdout=sys.stderr,
             timeout=300,
         )
         subprocess.run(
@@ -409,6 +411,7 @@ class OriginalServer(Server):
                 "tinydb==%s" % TINYDB_VERSION,
             ],
             check=True,
+            stdout=sys.stderr,
             timeout=900,
         )
 
