@@ -288,6 +288,8 @@ def main(argv=None):
     """Runs the bench; returns the process exit code."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, on_signal)
+    # also when started in the background, where SIGINT comes in ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from .worker import raise_nofile
 
     raise_nofile()
