@@ -116,7 +116,11 @@ class Session:
 
     def __enter__(self):
         log("starting %s" % self.server.name)
-        self.server.start()
+        try:
+            self.server.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         log(
             "%s up: pid %s, http %s, ws %s"
             % (
