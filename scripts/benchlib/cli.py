@@ -264,6 +264,8 @@ def cell(result):
     )
     if result.get("generator_bound"):
         parts.append("GEN-BOUND")
+    if result.get("previous_backlog"):
+        parts.append("previous phase still delivering")
     if (result.get("other_cpu_pct") or 0) > CONTENDED_PCT:
         parts.append("other load %s%%" % fmt(result["other_cpu_pct"]))
     return "<br>".join(parts)

@@ -113,6 +113,7 @@ class Session:
         self.trigger = procs.WorkerProc("trigger")
         self.keep = keep
         self.leftover = 0
+        self.backlog = False
 
     def __enter__(self):
         log("starting %s" % self.server.name)
@@ -187,7 +188,7 @@ class Session:
         """Zeroes the subscriber counters (pinging first, where the server
         takes ``pusher:ping``: keeps activity timeouts from firing)."""
         ping = ping and self.server.accepts_ping
-        self.leftover = self.quiesce()
+        self.leftover, self.backlog = self.quiesce()
         for worker in self.subs:
             worker.send({"cmd": "reset", "ping": ping, "settle": 0.5})
         for worker in self.subs:
@@ -270,6 +271,7 @@ class Session:
             time.sleep(0.1)
         current["drain_s"] = round(time.monotonic() - start, 2)
         current["expected"] = expected
+        current["t_end"] = time.monotonic()
         return current
 
     def quiesce(self, quiet=1.0, max_wait=30.0):
@@ -291,8 +293,8 @@ class Session:
             elif now - last_change >= quiet:
                 busy = stats.tree_cpu_seconds(self.server.pid) - cpu_at_change
                 if busy < IDLE_SHARE * (now - last_change):
-                    break
-        return last - first
+                    return last - first, False
+        return last - first, True
 
 
 def split(total, parts):
@@ -341,7 +343,10 @@ def phase_result(session, scenario, variant, answer, delivery, figures, n_subs):
     samples = session.samples()
     loss = loss_figures(samples, answer["accepted"])
     delivered = delivery["frames"]
-    span = max(1e-9, delivery["last_t"] - answer["t0"]) if delivered else 1e-9
+    # complete: up to the last frame; incomplete: over the whole window, so
+    # that a server that stops delivering is not credited with its early rate
+    end = delivery["last_t"] if delivered >= delivery["expected"] else delivery["t_end"]
+    span = max(1e-9, end - answer["t0"])
     result = base_result(
         session,
         scenario,
@@ -366,6 +371,9 @@ def phase_result(session, scenario, variant, answer, delivery, figures, n_subs):
         unexpected_closes=delivery["unexpected_closes"],
         leftover_frames_before=session.leftover,
     )
+    if session.backlog:
+        # the previous phase was still being delivered when this one began
+        result["previous_backlog"] = True
     if answer.get("first_error_body"):
         result["first_error_body"] = answer["first_error_body"]
     if answer.get("late"):
