@@ -7,10 +7,14 @@ already stored), ``--threads`` threads each add single events (one
 ``--seconds``, and one JSON line is printed per case:
 
     {"backend": "sqlite", "stored": 100000, "threads": 8, "events": ...,
-     "seconds": ..., "events_per_s": ..., "get_events_ms": ...}
+     "seconds": ..., "events_per_s": ..., "get_events_ms": ...,
+     "trim_first_ms": ..., "trim_steady_ms": ...}
 
 ``get_events_ms`` is the mean time of a newest-first page of 10 on a busy
-channel afterwards, to show reads stay flat as the store grows.
+channel afterwards, to show reads stay flat as the store grows;
+``trim_first_ms`` the time of a first retention pass down to 100 events per
+channel (one big delete) and ``trim_steady_ms`` of the next pass, after
+100 new events (what running retention every few seconds costs).
 
     python scripts/bench_store.py                 # SQLite
     python scripts/bench_store.py --mongo         # + the MongoDB emulator
@@ -91,6 +95,20 @@ def time_reads(store, app_id, rounds=200):
     return (time.perf_counter() - started) / rounds * 1000.0
 
 
+def time_trims(store, app_id, keep=100):
+    """Times a first count trim (down to ``keep`` per channel, a big delete)
+    and then a steady-state one (after 100 new events, as when retention
+    runs every few seconds); returns both in milliseconds."""
+    started = time.perf_counter()
+    store.trim_events(app_id, max_count=keep)
+    first = time.perf_counter() - started
+    prefill(store, app_id, 100)
+    started = time.perf_counter()
+    store.trim_events(app_id, max_count=keep, max_age=3600)
+    steady = time.perf_counter() - started
+    return first * 1000.0, steady * 1000.0
+
+
 def run_case(backend, open_store, stored, threads, seconds):
     store = open_store()
     try:
@@ -105,6 +123,11 @@ def run_case(backend, open_store, stored, threads, seconds):
             seconds=round(elapsed, 3),
             events_per_s=round(events / elapsed, 1),
             get_events_ms=round(time_reads(store, app_id), 3),
+        )
+        trim_first_ms, trim_steady_ms = time_trims(store, app_id)
+        line.update(
+            trim_first_ms=round(trim_first_ms, 1),
+            trim_steady_ms=round(trim_steady_ms, 1),
         )
         print(json.dumps(line), flush=True)
     finally:

@@ -15,6 +15,9 @@ from pushi.proto import errors
 from .access import Access
 from .publish import ROUTE, Publisher
 
+AUTHORIZATION = "pushi.authorization"
+""" Where the Authorization header waits in the WSGI environ """
+
 
 class PushiApp(appier.APIApp):
     """REST side of one Pushi process, bound to its ``State``."""
@@ -22,7 +25,7 @@ class PushiApp(appier.APIApp):
     def __init__(self, state, *args, **kwargs):
         self.state = state
         self.access = Access(state.apps, state.config.admin_secret)
-        self.publisher = Publisher(state, self.access)
+        self.publisher = Publisher(state, self.access, self)
         appier.APIApp.__init__(
             self, name="pushi", session_c=appier.MemorySession, *args, **kwargs
         )
@@ -35,7 +38,17 @@ class PushiApp(appier.APIApp):
             match = ROUTE.match(environ.get("PATH_INFO", ""))
             if match is not None:
                 return self.publisher(environ, start_response, match)
+        # Appier reads Authorization as HTTP Basic and fails on a Bearer
+        # token: the header is kept aside for Pushi's own checks
+        environ[AUTHORIZATION] = environ.pop("HTTP_AUTHORIZATION", None)
         return appier.APIApp.application(self, environ, start_response)
+
+    def serve_netius(self, host, port, ipv6=False, ssl=False, key_file=None, cer_file=None, **kwargs):
+        # Appier's serve(conf=False) passes the certificate path as ipv6:
+        # the address family follows the host instead
+        return appier.APIApp.serve_netius(
+            self, host, port, ipv6=":" in host, ssl=ssl, key_file=key_file, cer_file=cer_file, **kwargs
+        )
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):

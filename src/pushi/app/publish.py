@@ -8,14 +8,20 @@ are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
 ``socket_id``, ``info``) and Pushi's (``event``, ``channel``, ``persist``).
 """
 
+import concurrent.futures
 import json
+import logging
 import re
 import time
 import urllib.parse
 import uuid
 
+import netius
+
 from pushi.proto import channels as channel_names
 from pushi.proto import errors
+
+logger = logging.getLogger("pushi.app")
 
 MAX_BODY = 262144
 
@@ -52,9 +58,15 @@ _REASONS = {
 class Publisher:
     """WSGI handler of the publish routes."""
 
-    def __init__(self, state, access):
+    def __init__(self, state, access, app=None):
         self.state = state
         self.access = access
+        self.app = app
+        # persisted publishes wait for their commit here, so that requests
+        # in flight together share one commit of the store
+        self.writers = concurrent.futures.ThreadPoolExecutor(
+            16, thread_name_prefix="pushi-store"
+        )
 
     def __call__(self, environ, start_response, match):
         try:
@@ -78,12 +90,51 @@ class Publisher:
             if not isinstance(payload, dict):
                 raise errors.HttpError(400, "Body is not a JSON object")
             if route == "events":
-                answer = self.events(app, payload)
+                events = [self.check(app, payload)]
             else:
-                answer = self.batch(app, payload)
-            return json_answer(start_response, 200, answer)
+                events = self.check_batch(app, payload)
+            stored, deliveries, answers, queries = self.plan(app, events)
         except errors.HttpError as error:
             return json_answer(start_response, error.status, error_body(error.status, error.message))
+
+        def finish():
+            self.deliver(app, deliveries, answers, queries)
+            answer = answers[0] if route == "events" else ({"batch": answers} if any(answers) else {})
+            return json_answer(start_response, 200, answer)
+
+        if not stored:
+            return finish()
+        loop = getattr(self.app, "_server", None)
+        if not hasattr(loop, "delay_s") or not hasattr(loop, "build_future"):
+            # a WSGI server without netius's futures: store, then answer
+            self.state.store.add_events(stored)
+            return finish()
+        return self._after_commit(loop, stored, finish, start_response)
+
+    def _after_commit(self, loop, stored, finish, start_response):
+        """The answer as a netius WSGI iterator: it yields a future that the
+        commit resolves (on the HTTP loop), so the loop serves other
+        requests meanwhile; the events are delivered once stored."""
+        committed = netius.Future()
+
+        def done(write):
+            error = write.exception()
+            loop.delay_s(lambda: committed.set_result(error))
+
+        self.writers.submit(self.state.store.add_events, stored).add_done_callback(done)
+
+        def answer():
+            yield committed
+            error = committed.result()
+            if error is not None:
+                logger.error("storing events failed: %s", error)
+                for part in json_answer(start_response, 503, error_body(503, "Store unavailable")):
+                    yield part
+                return
+            for part in finish():
+                yield part
+
+        return answer()
 
     @staticmethod
     def _body(environ):
@@ -95,21 +146,13 @@ class Publisher:
             raise errors.HttpError(413, "Body over %d bytes" % MAX_BODY)
         return environ["wsgi.input"].read(length) if length > 0 else b""
 
-    def events(self, app, payload):
-        event = self.check(app, payload)
-        return self.send(app, [event])[0]
-
-    def batch(self, app, payload):
+    def check_batch(self, app, payload):
         batch = payload.get("batch")
         if not isinstance(batch, list) or not batch:
             raise errors.HttpError(400, "batch must be a non-empty list")
         if len(batch) > app.limits["max_batch"]:
             raise errors.HttpError(400, "Batch over %d events" % app.limits["max_batch"])
-        events = [self.check(app, item, batch=True) for item in batch]
-        answers = self.send(app, events)
-        if any(answers):
-            return {"batch": answers}
-        return {}
+        return [self.check(app, item, batch=True) for item in batch]
 
     def check(self, app, payload, batch=False):
         """Validates one event body into ``(name, channels, data, socket_id,
@@ -138,12 +181,12 @@ class Publisher:
             if not channel_names.is_valid(channel, app.limits["max_channel_name"]):
                 raise errors.HttpError(400, "Invalid channel name: %.64r" % (channel,))
         data = payload.get("data")
-        if pushi_body:
-            size = len(data.encode("utf-8")) if isinstance(data, str) else len(json.dumps(data))
-        elif isinstance(data, str):
-            size = len(data.encode("utf-8"))
-        else:
+        if pushi_body and not isinstance(data, str):
+            # events carry their data as a string, as on Pusher
+            data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if not isinstance(data, str):
             raise errors.HttpError(400, "data must be a string")
+        size = len(data.encode("utf-8"))
         if size > app.limits["max_event_data"]:
             raise errors.HttpError(413, "Event data over %d bytes" % app.limits["max_event_data"])
         socket_id = payload.get("socket_id")
@@ -158,46 +201,51 @@ class Publisher:
         persist = payload.get("persist", pushi_body) is True
         return name, names, data, socket_id, info, persist
 
-    def send(self, app, events):
-        """Stores what must persist, hands every event to the loop in one
-        go, and answers the ``info`` asked for."""
+    @staticmethod
+    def plan(app, events):
+        """Splits checked events into the records to store, the deliveries,
+        the answers and the ``info`` queries that complete them.  A stored event gets a message id (``mid``) and a
+        ``timestamp`` per channel, which its delivery carries too."""
         stored = []
-        published = []
+        deliveries = []
+        answers = []
+        queries = []
         for name, names, data, socket_id, info, persist in events:
-            extra = None
-            if persist:
-                extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+            answer = {}
+            if not persist:
+                deliveries.append((names, name, data, socket_id, None))
+            else:
+                timestamp = time.time()
                 for channel in names:
+                    mid = uuid.uuid4().hex
                     stored.append(
                         {
-                            "mid": extra["mid"],
+                            "mid": mid,
                             "app_id": app.app_id,
                             "channel": channel,
                             "event": name,
                             "data": data,
-                            "timestamp": extra["timestamp"],
+                            "timestamp": timestamp,
                             "user_id": None,
                         }
                     )
-            published.append((names, name, data, socket_id, extra))
-        if stored:
-            # stored before the answer: an acknowledged event survives a crash
-            self.state.store.add_events(stored)
-        for names, name, data, socket_id, extra in published:
-            self.state.publish(app.app_id, names, name, data, socket_id, extra)
-        answers = []
-        for (name, names, data, socket_id, info, persist), (_n, _e, _d, _s, extra) in zip(
-            events, published
-        ):
-            answer = {}
-            if info:
-                answer["channels"] = self.state.call_in_loop(
-                    self._info, app.app_id, names, info
-                )
-            if extra:
-                answer.update(extra)
+                    extra = {"mid": mid, "timestamp": timestamp}
+                    deliveries.append(([channel], name, data, socket_id, extra))
+                if len(names) == 1:
+                    answer["mid"] = stored[-1]["mid"]
+                answer["timestamp"] = timestamp
             answers.append(answer)
-        return answers
+            queries.append((names, info))
+        return stored, deliveries, answers, queries
+
+    def deliver(self, app, deliveries, answers, queries):
+        """Hands the deliveries to the loop, then fills the ``info`` asked
+        for in the answers."""
+        for names, name, data, socket_id, extra in deliveries:
+            self.state.publish(app.app_id, names, name, data, socket_id, extra)
+        for answer, (names, info) in zip(answers, queries):
+            if info:
+                answer["channels"] = self.state.call_in_loop(self._info, app.app_id, names, info)
 
     def _info(self, app_id, names, info):
         engine = self.state.engine

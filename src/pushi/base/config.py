@@ -33,6 +33,7 @@ class Config:
         ("activity_timeout", "PUSHI_ACTIVITY_TIMEOUT", 120, int),
         ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, int),
         ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, int),
+        ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, float),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", str),
     )
 

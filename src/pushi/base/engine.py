@@ -10,6 +10,7 @@ through ``offload`` and comes back to the loop with its result.
 import json
 import logging
 import time
+import uuid
 
 from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
@@ -22,9 +23,10 @@ logger = logging.getLogger("pushi.engine")
 class Engine:
     """Channel logic over a ``Registry`` for the sockets of this process."""
 
-    def __init__(self, config, offload=None):
+    def __init__(self, config, store=None, offload=None):
         self.config = config
         self.registry = registry.Registry()
+        self.store = store
         self.offload = offload
         self.observers = []
         self.cache = {}
@@ -111,6 +113,8 @@ class Engine:
             self.unsubscribe(session, name)
         elif event == "pusher:signin":
             self.signin(session, data if isinstance(data, dict) else {})
+        elif event == "pusher:latest":
+            self.latest(session, data if isinstance(data, dict) else {})
         elif event.startswith("pusher:") or event.startswith("pusher_internal:"):
             raise errors.ProtocolError(
                 errors.UNKNOWN_EVENT, "Unknown event %s" % event[:64]
@@ -153,10 +157,14 @@ class Engine:
             if not auth.verify_token(app.key, app.secret, signed, data.get("auth")):
                 raise errors.SubscriptionError(name, "Invalid signature", status=401)
         if name in session.channels:
+            if session.channels[name] is registry.VIA_PERSONAL:
+                session.channels[name] = None
             self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
             return
         if kind == channels.PRESENCE:
             self._join_presence(session, name, channel_data)
+        elif kind == channels.PERSONAL:
+            self._join_personal(session, name)
         else:
             self._join(session, name)
             self._send(session, messages.subscription_succeeded(name, {}))
@@ -216,6 +224,8 @@ class Engine:
             channel, session, user_id, user_info, peer=member.get("peer") is True
         )
         self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
+        if channel.members[user_id].peer:
+            self._pair(session, channel, user_id, new)
         if new:
             frames = {}
             for other in channel.sessions:
@@ -245,17 +255,31 @@ class Engine:
     def unsubscribe(self, session, name):
         if not isinstance(name, str) or name not in session.channels:
             return
-        self._leave(session, name)
+        if channels.kind(name) == channels.PEER:
+            return
+        if session.personal and name in session.personal:
+            # still covered by the personal channel: the stream goes on
+            session.channels[name] = registry.VIA_PERSONAL
+        else:
+            self._leave(session, name)
         if session.dialect == messages.PUSHI:
             self._send(session, messages.unsubscription_succeeded(name))
 
     def _leave(self, session, name):
         user_id = session.channels.get(name)
+        kind = channels.kind(name)
+        if kind == channels.PERSONAL and session.personal is not None:
+            covered, session.personal = session.personal, None
+            for covered_name in covered:
+                if session.channels.get(covered_name) is registry.VIA_PERSONAL:
+                    self._leave(session, covered_name)
+        elif kind == channels.PRESENCE and isinstance(user_id, str):
+            self._unpair(session, name, user_id)
         channel, vacated = self.registry.leave(session, name)
         if channel is None:
             return
         app_id = session.app.app_id
-        if user_id is not None and self.registry.remove_member(channel, session, user_id):
+        if isinstance(user_id, str) and self.registry.remove_member(channel, session, user_id):
             frames = {}
             for other in channel.sessions:
                 frame = frames.get(other.dialect)
@@ -271,6 +295,128 @@ class Engine:
             if vacated:
                 self.emit(app_id, "vacated", channel=name)
 
+    # peer channels: every pair of presence members that set "peer"
+
+    def _pair(self, session, channel, user_id, new):
+        """Joins a peer member's socket (and, for a new member, the other
+        peers' sockets) to the ``peer-<base>:<a>&<b>`` channels."""
+        base = channels.presence_base(channel.name)
+        for other_id, other in channel.members.items():
+            if other_id == user_id or not other.peer:
+                continue
+            name = channels.peer_name(base, user_id, other_id)
+            if not channels.is_valid(name, session.app.limits["max_channel_name"]):
+                continue
+            sockets = [session] + (other.sessions if new else [])
+            for peer_session in sockets:
+                if name not in peer_session.channels:
+                    self._join(peer_session, name)
+                    self._send(peer_session, messages.subscription_succeeded(name, {}))
+
+    def _unpair(self, session, presence_name, user_id):
+        """Takes a socket leaving a presence channel off its peer channels
+        there; when it was the user's last socket, the peer channels of
+        that user close for the other peers too."""
+        channel = self.registry.channel(session.app.app_id, presence_name)
+        member = channel.members.get(user_id) if channel else None
+        last = member is None or member.sessions == [session]
+        prefix = "peer-%s:" % channels.presence_base(presence_name)
+        for name in [name for name in session.channels if name.startswith(prefix)]:
+            users = channels.peer_users(name)
+            if users is None or user_id not in users:
+                continue
+            peer_channel = self.registry.channel(session.app.app_id, name)
+            leaving = list(peer_channel.sessions) if last and peer_channel else [session]
+            for peer_session in leaving:
+                self._leave(peer_session, name)
+                if peer_session.dialect == messages.PUSHI:
+                    self._send(peer_session, messages.unsubscription_succeeded(name))
+
+    # personal channels: the user's persisted subscriptions, live
+
+    def _join_personal(self, session, name):
+        """Subscribes to ``personal-<user_id>``: loads the user's persisted
+        subscriptions and last events off the loop, then joins the socket
+        to every subscribed channel and answers with those events."""
+        app = session.app
+        user_id = channels.personal_user(name)
+        count = app.limits["latest_count"]
+        store = self.store
+
+        def load():
+            names = [
+                record["event"]
+                for record in store.list_subscriptions(app.app_id, user_id=user_id)
+            ]
+            events = store.get_events(app.app_id, names, 0, count) if names else []
+            return names, events
+
+        def loaded(result):
+            if session.closed or name in session.channels:
+                return
+            if result is None:
+                self._send(
+                    session,
+                    messages.subscription_error(name, "StoreError", "Store unavailable", 503),
+                )
+                return
+            names, events = result
+            self._join(session, name)
+            session.personal = set()
+            for covered in names:
+                self._cover(session, covered)
+            data = {"subscriptions": names, "events": [public_event(e) for e in events]}
+            self._send(session, messages.subscription_succeeded(name, data))
+
+        self.offload(load, loaded)
+
+    def _cover(self, session, name):
+        session.personal.add(name)
+        if name not in session.channels:
+            self._join(session, name, registry.VIA_PERSONAL)
+
+    def personal_changed(self, app_id, user_id, name, subscribed):
+        """A persisted subscription was added or removed over REST: the
+        user's open personal channels follow at once."""
+        personal = self.registry.channel(app_id, "personal-" + user_id)
+        for session in list(personal.sessions) if personal else ():
+            if session.personal is None:
+                continue
+            if subscribed:
+                self._cover(session, name)
+            else:
+                session.personal.discard(name)
+                if session.channels.get(name) is registry.VIA_PERSONAL:
+                    self._leave(session, name)
+
+    # stored events
+
+    def latest(self, session, data):
+        """``pusher:latest``: stored events of a channel the socket is on."""
+        name = data.get("channel")
+        if not isinstance(name, str) or name not in session.channels:
+            raise errors.ProtocolError(
+                errors.INVALID_MESSAGE, "pusher:latest needs a channel you are on"
+            )
+        skip, count = data.get("skip", 0), data.get("count", 10)
+        if not all(isinstance(value, int) and 0 <= value for value in (skip, count)):
+            raise errors.ProtocolError(errors.INVALID_MESSAGE, "skip and count are counts")
+        count = min(count, 100)
+        app_id = session.app.app_id
+        store = self.store
+
+        def answer(events):
+            if not session.closed:
+                events = [public_event(event) for event in events or ()]
+                self._send(session, messages.latest(name, events))
+
+        self.offload(lambda: store.get_events(app_id, [name], skip, count), answer)
+
+    def _store(self, event):
+        """Stores an event from a socket, off the loop (no one awaits it)."""
+        store = self.store
+        self.offload(lambda: store.add_events([event]), lambda _result: None)
+
     # cache channels: the last event of each is kept and replayed
 
     def _replay_cache(self, session, name):
@@ -281,6 +427,8 @@ class Engine:
             session.transport.write(frame)
         else:
             self._send(session, messages.event("pusher:cache_miss", name, "{}"))
+            if self.observers:
+                self.emit(session.app.app_id, "cache_miss", channel=name)
 
     # sign-in (Pusher user authentication)
 
@@ -350,8 +498,25 @@ class Engine:
                 errors.RATE_LIMITED,
                 "Event data over %d bytes" % app.limits["max_event_data"],
             )
-        user_id = session.channels.get(channel_name)
-        text = messages.event(name, channel_name, data, user_id=user_id)
+        # the sender's presence id: of the channel, or for a peer channel
+        # of the presence channel that paired it
+        presence_name = channels.peer_presence(channel_name) if kind == channels.PEER else channel_name
+        user_id = session.channels.get(presence_name) or None
+        extra = {}
+        if pushi_send and message.get("persist", True) is True and self.store is not None:
+            extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+            stored_data = data if isinstance(data, str) else messages.dumps(data)
+            self._store(
+                dict(
+                    extra,
+                    app_id=app.app_id,
+                    channel=channel_name,
+                    event=name,
+                    data=stored_data,
+                    user_id=user_id,
+                )
+            )
+        text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
         self.deliver(app.app_id, channel_name, text, None if echo else session.socket_id)
         if self.observers:
@@ -476,6 +641,18 @@ class Engine:
             for session in self.registry.sessions.values()
             if session.app.app_id == app_id
         ]
+
+
+def public_event(event):
+    """A stored event as clients see it (no app id)."""
+    return {
+        "mid": event["mid"],
+        "channel": event["channel"],
+        "event": event["event"],
+        "data": event["data"],
+        "timestamp": event["timestamp"],
+        "user_id": event.get("user_id"),
+    }
 
 
 def _frame_event(frame):

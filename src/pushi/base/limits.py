@@ -20,6 +20,7 @@ DEFAULTS = {
     "latest_count": 10,
     "retention_count": 0,
     "retention_age": 0,
+    "webhooks": [],
 }
 
 

@@ -8,13 +8,19 @@ never touch these objects, so no lock guards them.
 
 import random
 
+VIA_PERSONAL = False
+""" Value in ``Session.channels`` of a channel joined only because the
+socket's personal channel covers it """
+
 
 class Session:
     """One open WebSocket: its app, dialect, channels and user.
 
     ``channels`` maps every channel the socket is on to the presence
-    ``user_id`` it joined with (None elsewhere).  ``transport`` is what the
-    network layer gave: ``write(frame)`` and ``close(code, reason)``.
+    ``user_id`` it joined with (None elsewhere, ``VIA_PERSONAL`` for a
+    channel it is on only through its ``personal-<user_id>`` channel).
+    ``personal`` is the set of channels its personal channel covers.
+    ``transport`` is what the network layer gave: ``write(frame)`` and ``close(code, reason)``.
     """
 
     __slots__ = (
@@ -29,6 +35,7 @@ class Session:
         "ping_sent",
         "event_window",
         "event_count",
+        "personal",
         "closed",
     )
 
@@ -44,6 +51,7 @@ class Session:
         self.ping_sent = None
         self.event_window = 0
         self.event_count = 0
+        self.personal = None
         self.closed = False
 
 

@@ -23,6 +23,7 @@ from pushi.base.apps import AppDirectory  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
+from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 
@@ -39,7 +40,7 @@ class State:
         )
         self.apps = AppDirectory(self.store)
         self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pushi-worker")
-        self.engine = Engine(self.config, offload=self.offload)
+        self.engine = Engine(self.config, store=self.store, offload=self.offload)
         self.server = WebSocketServer(
             self.engine,
             self.apps,
@@ -48,8 +49,15 @@ class State:
             level=logging.WARNING,
         )
         self.broker = LocalBroker(self.call_soon, self._deliver)
+        self.webhooks = Webhooks(
+            self.apps,
+            emit=lambda app_id, kind, details: self.call_soon(
+                lambda: self.engine.emit(app_id, kind, **details)
+            ),
+        )
         self._loop_thread = None
         self._ready = threading.Event()
+        self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
         self._app = None
 
@@ -96,6 +104,25 @@ class State:
     def _deliver(self, app_id, channels, name, data, exclude, extra):
         self.engine.publish(app_id, channels, name, data, exclude, extra)
 
+    # apps
+
+    def app_changed(self, app):
+        """Takes a new or updated app into use: the directory, the sockets
+        already open, and the webhook observer (on only while some app
+        has webhooks, so none costs anything otherwise)."""
+        self.apps.put(app)
+        if self._loop_thread is not None:
+            self.call_in_loop(self.engine.update_app, app)
+            self.call_in_loop(self._watch_webhooks)
+
+    def _watch_webhooks(self):
+        wanted = any(app.limits["webhooks"] for app in self.apps.all())
+        observers = self.engine.observers
+        if wanted and self.webhooks.observe not in observers:
+            observers.append(self.webhooks.observe)
+        elif not wanted and self.webhooks.observe in observers:
+            observers.remove(self.webhooks.observe)
+
     # life
 
     @property
@@ -108,6 +135,7 @@ class State:
         return self._app
 
     def _on_loop_start(self):
+        self._watch_webhooks()
         self._ready.set()
         self._tick()
 
@@ -131,6 +159,7 @@ class State:
 
         self._loop_thread = threading.Thread(target=serve, name="pushi-loop", daemon=True)
         self._loop_thread.start()
+        threading.Thread(target=self._retain, name="pushi-retention", daemon=True).start()
         if not self._ready.wait(30):
             raise RuntimeError("WebSocket server did not start")
         logger.info(
@@ -139,6 +168,21 @@ class State:
             config.server_host,
             config.server_port,
         )
+
+    def _retain(self):
+        """Enforces each app's retention settings, continuously, off the
+        loop: at most ``retention_count`` events per channel, none older
+        than ``retention_age`` seconds."""
+        while not self._stopping.wait(self.config.retention_interval):
+            for app in self.apps.all():
+                max_count = app.limits["retention_count"]
+                max_age = app.limits["retention_age"]
+                if not (max_count or max_age):
+                    continue
+                try:
+                    self.store.trim_events(app.app_id, max_count or None, max_age or None)
+                except Exception:
+                    logger.exception("retention of app %s failed", app.app_id)
 
     def serve(self):
         """Runs both servers until interrupted (the launcher's entry)."""
@@ -165,6 +209,7 @@ class State:
 
     def stop(self):
         """Closes every socket with 4200 and stops the loop and the store."""
+        self._stopping.set()
         if self._loop_thread is not None and self._loop_thread.is_alive():
             try:
                 self.call_in_loop(self.engine.shutdown, timeout=5)
@@ -173,6 +218,7 @@ class State:
             self.server.delay_s(self.server.stop)
             self._loop_thread.join(5)
         self.workers.shutdown(wait=False)
+        self.webhooks.stop()
         self.store.close()
 
 

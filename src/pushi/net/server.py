@@ -28,6 +28,9 @@ _PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?$")
 
 HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
 
+HANDSHAKE_TIMEOUT = 10
+""" Seconds a new connection has to complete its WebSocket upgrade """
+
 
 class Link:
     """One connection: handshake, then frames to and from the engine."""
@@ -181,8 +184,8 @@ class Link:
         self.close(code, message)
 
     def _refuse(self, status, reason):
-        self.phase = CLOSING
         self._raw(ws.reject_response(status, reason))
+        self.phase = CLOSING
         self.server.closing.append(self)
 
     def _raw(self, data):
@@ -240,8 +243,14 @@ class WebSocketServer(netius.StreamServer):
 
     def build_connection(self, socket, address, ssl=False):
         connection = netius.StreamServer.build_connection(self, socket, address, ssl=ssl)
-        connection.link = Link(self, connection)
+        link = connection.link = Link(self, connection)
+        self.delay(lambda: self._handshake_deadline(link), timeout=HANDSHAKE_TIMEOUT)
         return connection
+
+    def _handshake_deadline(self, link):
+        # a socket that never completes its upgrade is not kept open
+        if link.phase in (HANDSHAKE, WAITING) and not link.connection.is_closed():
+            link.connection.close()
 
     def on_connection_d(self, connection):
         netius.StreamServer.on_connection_d(self, connection)

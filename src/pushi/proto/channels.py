@@ -96,6 +96,12 @@ def peer_name(base, user_a, user_b):
     return "peer-%s:%s&%s" % (base, first, second)
 
 
+def peer_presence(name):
+    """``presence-<base>`` of a peer channel name, or None if not one."""
+    match = _PEER.match(name)
+    return "presence-" + match.group(1) if match else None
+
+
 def peer_users(name):
     """The two user ids of a peer channel name, or None if not one."""
     match = _PEER.match(name)

@@ -3,21 +3,22 @@
 import appier
 
 from pushi.base.limits import DEFAULTS, App
+from pushi.base.webhooks import check_hooks
 from pushi.proto import errors
 
-from .common import PushiController
+from .common import APP, PushiController
 
 
 class AppsController(PushiController):
     @appier.route("/apps", "GET", json=True)
     def list(self):
-        self.access.require_admin(self.request.get_header("Authorization"))
+        self.access.require_admin(self.authorization())
         self.state.apps.refresh()
         return {"apps": [app.public() for app in self.state.apps.all()]}
 
     @appier.route("/apps", "POST", json=True)
     def create(self):
-        self.access.require_admin(self.request.get_header("Authorization"))
+        self.access.require_admin(self.authorization())
         body = self.body()
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -26,14 +27,14 @@ class AppsController(PushiController):
         record = self.state.store.create_app(
             name.strip(), client_events=body.get("client_events") is True, settings=settings
         )
-        self.state.apps.put(App(record))
+        self.state.app_changed(App(record))
         return record
 
-    @appier.route("/apps/<regex('[0-9]+'):app_id>", "GET", json=True)
+    @appier.route("/apps/%s" % APP, "GET", json=True)
     def show(self, app_id):
         return self.authorize(app_id).public()
 
-    @appier.route("/apps/<regex('[0-9]+'):app_id>", ("PUT", "POST"), json=True)
+    @appier.route("/apps/%s" % APP, ("PUT", "POST"), json=True)
     def update(self, app_id):
         self.authorize(app_id)
         body = self.body()
@@ -52,8 +53,8 @@ class AppsController(PushiController):
         record = self.state.store.update_app(app_id, **fields)
         if record is None:
             raise errors.HttpError(404, "Unknown app")
-        app = self.state.apps.put(App(record))
-        self.state.call_in_loop(self.state.engine.update_app, app)
+        app = App(record)
+        self.state.app_changed(app)
         return app.public()
 
 
@@ -66,6 +67,12 @@ def _settings(settings):
     for name, value in settings.items():
         if name not in DEFAULTS:
             raise errors.HttpError(400, "Unknown setting %.64r" % name)
+        if name == "webhooks":
+            problem = check_hooks(value)
+            if problem:
+                raise errors.HttpError(400, problem)
+        if name == "allowed_origins" and not all(isinstance(item, str) for item in value):
+            raise errors.HttpError(400, "allowed_origins is a list of origins")
         expected = type(DEFAULTS[name])
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
             raise errors.HttpError(400, "Setting %s must be a %s" % (name, expected.__name__))

@@ -5,10 +5,9 @@ import appier
 from pushi.proto import channels as channel_names
 from pushi.proto import errors
 
-from .common import PushiController
+from .common import APP, PushiController
 
 CHANNEL = "<regex('[^/]+'):name>"
-APP = "<regex('[0-9]+'):app_id>"
 
 
 class ChannelsController(PushiController):

@@ -8,6 +8,10 @@ import appier
 from pushi.proto import errors
 
 
+APP = "<regex('[0-9]+'):app_id>"
+""" The route part of an app id (numeric, as Pusher SDKs require) """
+
+
 class PushiController(appier.Controller):
     """Base of Pushi's controllers."""
 
@@ -29,8 +33,12 @@ class PushiController(appier.Controller):
             request.path,
             params,
             request.get_data() or b"",
-            request.get_header("Authorization"),
+            self.authorization(),
         )
+
+    def authorization(self):
+        """The request's Authorization header (see ``PushiApp.application``)."""
+        return self.request.environ.get("pushi.authorization")
 
     def body(self):
         """The JSON body as a dict (form fields when not JSON)."""

@@ -54,12 +54,14 @@ class Store(abc.ABC):
     def add_events(self, events):
         """Stores a batch of event records durably (committed, and for the
         embedded store synced, before returning).  Concurrent callers may
-        share one commit."""
+        share one commit.  An event whose ``mid`` is already stored for its
+        app is skipped, so retrying a batch is harmless."""
 
     @abc.abstractmethod
     def get_events(self, app_id, channels, skip=0, count=10):
         """Returns the stored events of ``app_id`` on any of ``channels`` (a
-        list of names), newest first, skipping ``skip`` and returning at most
+        list of names), newest first (by ``timestamp``; equal timestamps
+        newest added first), skipping ``skip`` and returning at most
         ``count``."""
 
     @abc.abstractmethod

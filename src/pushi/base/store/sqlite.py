@@ -169,6 +169,9 @@ class SQLiteStore(base.Store):
         self._queue_lock = threading.Lock()
 
         self._writer_connection = self._connect()
+        # The writer touches every index of every insert: a page cache of
+        # 32 MB (instead of 2 MB) keeps their hot pages of a large store.
+        self._writer_connection.execute("PRAGMA cache_size = -32768")
         self._create_schema(self._writer_connection)
         self._writer = threading.Thread(
             target=self._write_loop, name="pushi-sqlite-writer", daemon=True
@@ -317,13 +320,15 @@ class SQLiteStore(base.Store):
     @staticmethod
     def _insert_events(connection, rows):
         # A duplicate mid (a retried batch) is ignored, so adding is
-        # idempotent.  The per-channel counts assume every row was new: an
+        # idempotent; any other constraint (NOT NULL) still fails, which
+        # "INSERT OR IGNORE" would silently skip.  The per-channel counts assume every row was new: an
         # over-count only makes the next trim look at the channel (and fix
         # its count), whereas an under-count could skip a needed trim.
         connection.executemany(
-            "INSERT OR IGNORE INTO events"
+            "INSERT INTO events"
             " (mid, app_id, channel, event, data, timestamp, user_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (app_id, mid) DO NOTHING",
             rows,
         )
         added = {}

@@ -1,0 +1,33 @@
+"""Stored events: the history of a channel (``POST`` is the publisher)."""
+
+import appier
+
+from pushi.base.engine import public_event
+from pushi.proto import channels as channel_names
+from pushi.proto import errors
+
+from .common import APP, PushiController
+
+
+class EventsController(PushiController):
+    @appier.route("/apps/%s/events" % APP, "GET", json=True)
+    def history(self, app_id):
+        """``?channel=&skip=&count=``: stored events, newest first."""
+        app = self.authorize(app_id)
+        channel = self.field("channel")
+        if not channel_names.is_valid(channel):
+            raise errors.HttpError(400, "A valid channel is required")
+        skip = _count(self.field("skip", "0"), "skip")
+        count = min(_count(self.field("count", "10"), "count"), 1000)
+        events = self.state.store.get_events(app.app_id, [channel], skip, count)
+        return {"channel": channel, "events": [public_event(event) for event in events]}
+
+
+def _count(value, name):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise errors.HttpError(400, "%s must be a non-negative integer" % name)
+    return number

@@ -1,0 +1,281 @@
+"""The MongoDB store (``MONGO_URL``), with pymongo 4.x directly.
+
+Collections of the database (``database`` argument, else the one named in
+the URL, else ``pushi``):
+
+* ``apps``: ``_id`` is the numeric id as an int (so ``list_apps`` sorts
+  numerically), ``app_id`` the same as a string; unique indexes on
+  ``app_id`` and ``key``.
+* ``counters``: ``{"_id": "app_id", "value": n}``, bumped with a ``$inc``
+  upsert in ``find_one_and_update`` so ids are sequential and never handed
+  out twice, whichever process creates the app.
+* ``events``: the event records; ``_id`` is an ObjectId made by pymongo at
+  insert, which breaks ties between equal timestamps in insertion order.
+  Indexes: ``(app_id, channel, timestamp desc, _id desc)`` for newest-first
+  pages (a ``$in`` over several channels becomes a merge of index scans),
+  ``(app_id, timestamp)`` for age retention, unique ``(app_id, mid)``.
+* ``subscriptions``: unique ``(app_id, user_id, event)`` and
+  ``(app_id, event)``.
+
+Indexes are created when the store opens (``create_index`` is idempotent).
+No capped collections, sessions or transactions are used: each method is one
+or a few single-document or bulk operations, which is also what the test
+emulator (``tests/mongo_emulator.py``) supports.  Durability is whatever
+write concern the URL asks for (``?w=majority&journal=true``); pymongo's
+default is acknowledged by the primary.
+"""
+
+import secrets
+import time
+
+import pymongo
+from pymongo import errors
+
+from . import base
+
+DEFAULT_DATABASE = "pushi"
+DUPLICATE_KEY = 11000
+
+APP_FIELDS = ("app_id", "name", "key", "secret", "enabled", "client_events")
+EVENT_FIELDS = ("mid", "app_id", "channel", "event", "data", "timestamp", "user_id")
+NEWEST_FIRST = [("timestamp", pymongo.DESCENDING), ("_id", pymongo.DESCENDING)]
+
+
+class MongoStore(base.Store):
+    """Persistence in MongoDB at ``url`` (see the module docstring)."""
+
+    def __init__(self, url, database=None, **client_options):
+        client_options.setdefault("serverSelectionTimeoutMS", 10000)
+        self.client = pymongo.MongoClient(url, **client_options)
+        if database is None:
+            default = self.client.get_default_database(default=DEFAULT_DATABASE)
+            database = default.name
+        self.database = self.client[database]
+        self.apps = self.database["apps"]
+        self.counters = self.database["counters"]
+        self.events = self.database["events"]
+        self.subscriptions = self.database["subscriptions"]
+        self._create_indexes()
+
+    def _create_indexes(self):
+        self.apps.create_index("app_id", unique=True, name="app_id")
+        self.apps.create_index("key", unique=True, name="key")
+        self.events.create_index(
+            [("app_id", 1), ("channel", 1), ("timestamp", -1), ("_id", -1)],
+            name="app_channel_newest",
+        )
+        self.events.create_index([("app_id", 1), ("timestamp", 1)], name="app_age")
+        self.events.create_index(
+            [("app_id", 1), ("mid", 1)], unique=True, name="app_mid"
+        )
+        self.subscriptions.create_index(
+            [("app_id", 1), ("user_id", 1), ("event", 1)],
+            unique=True,
+            name="app_user_event",
+        )
+        self.subscriptions.create_index([("app_id", 1), ("event", 1)], name="app_event")
+
+    # apps
+
+    @staticmethod
+    def _app_record(document):
+        if document is None:
+            return None
+        record = {field: document.get(field) for field in APP_FIELDS}
+        record["enabled"] = bool(record["enabled"])
+        record["client_events"] = bool(record["client_events"])
+        record["settings"] = dict(document.get("settings") or {})
+        return record
+
+    def _next_app_id(self):
+        counter = self.counters.find_one_and_update(
+            {"_id": "app_id"},
+            {"$inc": {"value": 1}},
+            upsert=True,
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        return counter["value"]
+
+    def create_app(self, name, client_events=False, settings=None):
+        number = self._next_app_id()
+        document = {
+            "_id": number,
+            "app_id": str(number),
+            "name": name,
+            "key": secrets.token_hex(16),
+            "secret": secrets.token_hex(32),
+            "enabled": True,
+            "client_events": bool(client_events),
+            "settings": dict(settings or {}),
+        }
+        self.apps.insert_one(document)
+        return self._app_record(document)
+
+    def get_app(self, app_id):
+        return self._app_record(self.apps.find_one({"app_id": str(app_id)}))
+
+    def get_app_by_key(self, key):
+        return self._app_record(self.apps.find_one({"key": key}))
+
+    def list_apps(self):
+        return [self._app_record(document) for document in self.apps.find().sort("_id")]
+
+    def update_app(self, app_id, **fields):
+        unknown = set(fields) - {"name", "enabled", "client_events", "settings"}
+        if unknown:
+            raise ValueError("cannot update %s" % ", ".join(sorted(unknown)))
+        values = dict(fields)
+        for flag in ("enabled", "client_events"):
+            if flag in values:
+                values[flag] = bool(values[flag])
+        if "settings" in values:
+            values["settings"] = dict(values["settings"] or {})
+        if not values:
+            return self.get_app(app_id)
+        document = self.apps.find_one_and_update(
+            {"app_id": str(app_id)},
+            {"$set": values},
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        return self._app_record(document)
+
+    # events
+
+    def add_events(self, events):
+        documents = [
+            {
+                "mid": str(event["mid"]),
+                "app_id": str(event["app_id"]),
+                "channel": event["channel"],
+                "event": event["event"],
+                "data": event["data"],
+                "timestamp": float(event["timestamp"]),
+                "user_id": (
+                    None if event.get("user_id") is None else str(event["user_id"])
+                ),
+            }
+            for event in events
+        ]
+        if not documents:
+            return
+        try:
+            self.events.insert_many(documents, ordered=False)
+        except errors.BulkWriteError as error:
+            # A duplicate mid (a retried batch) is ignored, like the
+            # embedded store does: adding is idempotent.
+            details = error.details or {}
+            real_errors = [
+                write_error
+                for write_error in details.get("writeErrors", [])
+                if write_error.get("code") != DUPLICATE_KEY
+            ]
+            if real_errors or details.get("writeConcernErrors"):
+                raise
+
+    @staticmethod
+    def _event_record(document):
+        return {field: document.get(field) for field in EVENT_FIELDS}
+
+    def get_events(self, app_id, channels, skip=0, count=10):
+        skip, count = max(int(skip), 0), max(int(count), 0)
+        channels = list(dict.fromkeys(channels))
+        if not channels or count == 0:
+            return []
+        channel_filter = channels[0] if len(channels) == 1 else {"$in": channels}
+        cursor = (
+            self.events.find({"app_id": str(app_id), "channel": channel_filter})
+            .sort(NEWEST_FIRST)
+            .skip(skip)
+            .limit(count)
+        )
+        return [self._event_record(document) for document in cursor]
+
+    def trim_events(self, app_id, max_count=None, max_age=None, now=None):
+        app_id = str(app_id)
+        removed = 0
+        if max_age is not None:
+            cutoff = (time.time() if now is None else now) - max_age
+            result = self.events.delete_many(
+                {"app_id": app_id, "timestamp": {"$lt": cutoff}}
+            )
+            removed += result.deleted_count
+        if max_count is not None:
+            max_count = max(int(max_count), 0)
+            for channel in self.events.distinct("channel", {"app_id": app_id}):
+                removed += self._trim_channel(app_id, channel, max_count)
+        return removed
+
+    def _trim_channel(self, app_id, channel, max_count):
+        """Removes the events of one channel beyond the newest
+        ``max_count`` (index-backed: skips ``max_count`` index entries to
+        find the boundary, then deletes everything at or older than it)."""
+        boundary = list(
+            self.events.find({"app_id": app_id, "channel": channel}, {"timestamp": 1})
+            .sort(NEWEST_FIRST)
+            .skip(max_count)
+            .limit(1)
+        )
+        if not boundary:
+            return 0
+        timestamp, last_id = boundary[0]["timestamp"], boundary[0]["_id"]
+        result = self.events.delete_many(
+            {
+                "app_id": app_id,
+                "channel": channel,
+                "$or": [
+                    {"timestamp": {"$lt": timestamp}},
+                    {"timestamp": timestamp, "_id": {"$lte": last_id}},
+                ],
+            }
+        )
+        return result.deleted_count
+
+    # persisted subscriptions
+
+    def subscribe(self, app_id, user_id, event):
+        record = {"app_id": str(app_id), "user_id": str(user_id), "event": event}
+        try:
+            self.subscriptions.update_one(
+                record, {"$setOnInsert": {"created": time.time()}}, upsert=True
+            )
+        except errors.DuplicateKeyError:
+            pass  # a concurrent subscribe inserted it first: same outcome
+        return record
+
+    def unsubscribe(self, app_id, user_id, event):
+        result = self.subscriptions.delete_one(
+            {"app_id": str(app_id), "user_id": str(user_id), "event": event}
+        )
+        return result.deleted_count > 0
+
+    def list_subscriptions(self, app_id, user_id=None, event=None):
+        query = {"app_id": str(app_id)}
+        if user_id is not None:
+            query["user_id"] = str(user_id)
+        if event is not None:
+            query["event"] = event
+        cursor = self.subscriptions.find(query, {"_id": 0}).sort(
+            [("user_id", 1), ("event", 1)]
+        )
+        return [
+            {
+                "app_id": document["app_id"],
+                "user_id": document["user_id"],
+                "event": document["event"],
+            }
+            for document in cursor
+        ]
+
+    # lifecycle
+
+    def close(self):
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        return "MongoStore(%r)" % self.database.name

@@ -1,0 +1,34 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from support import PushiServer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real Pushi server for the tests of one module."""
+    instance = PushiServer().start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def app(server):
+    """A fresh app (client events on) on the module's server."""
+    return server.create_app("test", client_events=True)
+
+
+@pytest.fixture(scope="session")
+def store_mongo_emulator():
+    """One MongoDB wire-protocol emulator (mockupdb + mongomock, NOT MongoDB)
+    on 127.0.0.1 for the whole session; ``.url`` is its connection string.
+    Tests keep apart by using a database name of their own."""
+    from mongo_emulator import MongoEmulator
+
+    with MongoEmulator() as emulator:
+        yield emulator

@@ -1,0 +1,232 @@
+"""Test support: the real server in a subprocess, and a WebSocket client.
+
+``PushiServer`` starts ``python src/pushi/base/state.py`` on ephemeral
+ports of 127.0.0.1 with a fresh data dir, exactly as a user would, and
+creates apps with the ``pushi`` CLI against that data dir.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import websockets.sync.client
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+ADMIN_SECRET = "test-admin-secret-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def env_with_src(extra=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+class PushiServer:
+    """A Pushi server process for one test module (or one test)."""
+
+    def __init__(self, data_dir=None, env=None):
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="pushi-test-")
+        self.app_port = free_port()
+        self.server_port = free_port()
+        self.extra_env = dict(env or {})
+        self.process = None
+        self.log_path = os.path.join(self.data_dir, "server.log")
+
+    @property
+    def scheme(self):
+        return "https" if self.extra_env.get("APP_SSL") == "1" else "http"
+
+    @property
+    def ws_scheme(self):
+        return "wss" if self.extra_env.get("SERVER_SSL") == "1" else "ws"
+
+    @property
+    def base_url(self):
+        return "%s://127.0.0.1:%d/" % (self.scheme, self.app_port)
+
+    @property
+    def ws_url(self):
+        return "%s://127.0.0.1:%d/" % (self.ws_scheme, self.server_port)
+
+    def env(self):
+        return env_with_src(
+            dict(
+                {
+                    "APP_HOST": "127.0.0.1",
+                    "APP_PORT": str(self.app_port),
+                    "SERVER_HOST": "127.0.0.1",
+                    "SERVER_PORT": str(self.server_port),
+                    "PUSHI_DATA_DIR": self.data_dir,
+                    "PUSHI_ADMIN_SECRET": ADMIN_SECRET,
+                },
+                **self.extra_env
+            )
+        )
+
+    def start(self, timeout=30):
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
+            env=self.env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.data_dir,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited: %s" % self.read_log())
+            try:
+                self.request("GET", "health")
+                with socket.create_connection(("127.0.0.1", self.server_port), 1):
+                    return self
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start: %s" % self.read_log())
+
+    def stop(self, kill=False):
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+        self.log.close()
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as file:
+                return file.read().decode("utf-8", "replace")[-4000:]
+        except OSError:
+            return ""
+
+    def cli(self, *args):
+        """Runs ``python -m pushi ...`` against this server's data dir."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pushi"] + list(args),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+        return result.stdout
+
+    def create_app(self, name="test", client_events=False):
+        args = ["app", "create", name, "--json"]
+        if client_events:
+            args.append("--client-events")
+        return json.loads(self.cli(*args))
+
+    def request(self, method, path, body=None, headers=None, raw=None, context=None):
+        """``(status, json)`` of a REST call."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=15, context=context) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            payload = error.read()
+            try:
+                return error.code, json.loads(payload)
+            except ValueError:
+                return error.code, payload.decode("utf-8", "replace")
+
+    def token_headers(self, app):
+        """``Authorization`` for an app, with a token from ``/login``."""
+        status, login = self.request(
+            "POST",
+            "login",
+            {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
+        )
+        assert status == 200, login
+        return {"Authorization": "Bearer " + login["token"]}
+
+    def client(self, app):
+        import pushi
+
+        return pushi.Pushi(
+            app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"], base_url=self.base_url
+        )
+
+    def connect(self, app, dialect="pusher", **kwargs):
+        path = "app/%s?protocol=7&client=test&version=1.0" % app["key"] if dialect == "pusher" else app["key"]
+        return Client(self.ws_url + path, **kwargs)
+
+
+class Client:
+    """A blocking WebSocket client speaking JSON messages."""
+
+    def __init__(self, url, ssl=None, expect_established=True):
+        self.ws = websockets.sync.client.connect(
+            url, ssl=ssl, open_timeout=10, close_timeout=5, max_size=2**22, legacy=True
+        )
+        self.socket_id = None
+        if expect_established:
+            established = self.recv()
+            assert established["event"] == "pusher:connection_established", established
+            self.established = json.loads(established["data"])
+            self.socket_id = self.established["socket_id"]
+
+    def send(self, message):
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout=10):
+        return json.loads(self.ws.recv(timeout))
+
+    def recv_event(self, event, timeout=10):
+        """Skips messages until one named ``event`` arrives."""
+        deadline = time.time() + timeout
+        while True:
+            message = self.recv(max(0.01, deadline - time.time()))
+            if message.get("event") == event:
+                return message
+
+    def nothing(self, timeout=0.5):
+        """True when no message arrives within ``timeout``."""
+        try:
+            message = self.ws.recv(timeout)
+        except TimeoutError:
+            return True
+        raise AssertionError("unexpected message: %s" % message)
+
+    def subscribe(self, channel, auth=None, channel_data=None):
+        data = {"channel": channel}
+        if auth is not None:
+            data["auth"] = auth
+        if channel_data is not None:
+            data["channel_data"] = channel_data
+        self.send({"event": "pusher:subscribe", "data": data})
+        return self.recv()
+
+    def close(self):
+        self.ws.close()

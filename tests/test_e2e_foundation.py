@@ -1,0 +1,314 @@
+"""The foundation end to end: the real server over real sockets."""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+import websockets.exceptions
+
+from support import ADMIN_SECRET, Client, PushiServer
+
+
+def close_code(client, timeout=5):
+    """Reads until the server closes; returns the close code it sent."""
+    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            client.ws.recv(timeout)
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+class TestConnection:
+    def test_established_in_both_dialects(self, server, app):
+        for dialect in ("pusher", "pushi"):
+            client = server.connect(app, dialect)
+            assert client.established["activity_timeout"] > 0
+            assert client.socket_id.replace(".", "").isdigit() and client.socket_id.count(".") == 1
+            client.close()
+
+    def test_unknown_key_is_4001(self, server):
+        client = server.connect({"key": "nope"}, expect_established=False)
+        error = client.recv()
+        assert error["event"] == "pusher:error" and error["data"]["code"] == 4001
+        assert close_code(client) == 4001
+
+    def test_bad_path_is_4005_and_bad_protocol_4007(self, server, app):
+        client = Client(server.ws_url + "a/b/c", expect_established=False)
+        assert client.recv()["data"]["code"] == 4005
+        assert close_code(client) == 4005
+        client = Client(server.ws_url + "app/%s?protocol=99" % app["key"], expect_established=False)
+        assert client.recv()["data"]["code"] == 4007
+        assert close_code(client) == 4007
+
+    def test_pings_both_ways(self, server, app):
+        client = server.connect(app)
+        client.send({"event": "pusher:ping", "data": {}})
+        assert client.recv() == {"event": "pusher:pong", "data": {}}
+        assert client.ws.ping(b"frame").wait(5)
+        client.close()
+
+    def test_close_handshake_is_answered(self, server, app):
+        client = server.connect(app)
+        client.ws.close(1000, "bye")
+        assert client.ws.close_code == 1000
+        assert "Traceback" not in server.read_log()
+
+    def test_bad_input_gets_answers_and_others_keep_working(self, server, app):
+        bystander = server.connect(app)
+        bystander.subscribe("calm")
+        client = server.connect(app)
+        client.send("not json")
+        assert client.recv()["data"]["code"] == 4300
+        client.send({"event": "pusher:subscribe", "data": {"channel": "bad name!"}})
+        error = client.recv()
+        assert error["event"] == "pusher:subscription_error" and error["data"]["status"] == 400
+        client.ws.send(b"\x00binary")
+        assert client.recv()["data"]["code"] == 4300
+        client.send({"event": "big", "data": "x" * 70000})
+        assert close_code(client) == 1009
+        server.client(app).trigger_event(channel="calm", data="still here", event="e", persist=False)
+        assert bystander.recv_event("e")["data"] == "still here"
+        bystander.close()
+
+    def test_unmasked_frame_is_closed_with_1002(self, server, app):
+        raw = socket.create_connection(("127.0.0.1", server.server_port))
+        raw.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
+        answer = _read_until(raw, b"connection_established")
+        assert answer.startswith(b"HTTP/1.1 101")
+        raw.sendall(b"\x81\x05hello")
+        data = _read_until(raw, b"\x88")
+        assert data[data.index(b"\x88") + 2 : data.index(b"\x88") + 4] == b"\x03\xea"
+        raw.close()
+
+    def test_silent_connection_is_dropped_after_the_handshake_deadline(self, server):
+        raw = socket.create_connection(("127.0.0.1", server.server_port))
+        raw.sendall(b"GET /app/")
+        raw.settimeout(20)
+        assert raw.recv(100) == b""
+        raw.close()
+
+    def test_oversized_handshake_is_431(self, server, app):
+        raw = socket.create_connection(("127.0.0.1", server.server_port))
+        raw.sendall(_upgrade("/app/%s?protocol=7" % app["key"], b"X-Big: " + b"a" * 9000 + b"\r\n"))
+        assert _read_until(raw, b"\r\n").startswith(b"HTTP/1.1 431")
+        raw.close()
+
+
+def _upgrade(path, extra=b""):
+    return (
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+
+
+def _read_until(raw, marker, timeout=5):
+    raw.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class TestPublishing:
+    def test_rest_trigger_with_login_token_reaches_both_dialects(self, server, app):
+        pusher = server.connect(app, "pusher")
+        pushi = server.connect(app, "pushi")
+        for client in (pusher, pushi):
+            assert client.subscribe("global")["event"] == "pusher_internal:subscription_succeeded"
+        status, login = server.request(
+            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
+        )
+        assert status == 200
+        headers = {"Authorization": "Bearer " + login["token"]}
+        status, answer = server.request(
+            "POST",
+            "apps/%s/events" % app["app_id"],
+            {"event": "message", "channel": "global", "data": "hello world", "persist": False},
+            headers,
+        )
+        assert status == 200, answer
+        for client in (pusher, pushi):
+            message = client.recv_event("message")
+            assert message["channel"] == "global" and message["data"] == "hello world"
+            client.close()
+
+    def test_login_refuses_wrong_secret_and_token_is_per_app(self, server, app):
+        status, answer = server.request(
+            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": "wrong"}
+        )
+        assert status == 401 and answer["message"]
+        other = server.create_app("other")
+        _status, login = server.request(
+            "POST", "login", {"app_id": other["app_id"], "app_key": other["key"], "app_secret": other["secret"]}
+        )
+        status, answer = server.request(
+            "POST",
+            "apps/%s/events" % app["app_id"],
+            {"event": "m", "channel": "global", "data": "x"},
+            {"Authorization": "Bearer " + login["token"]},
+        )
+        assert status == 401
+
+    def test_python_client_quick_start(self, server, app):
+        import pushi
+
+        client = server.connect(app, "pushi")
+        client.subscribe("global")
+        proxy = pushi.Pushi(
+            app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"], base_url=server.base_url
+        )
+        proxy.trigger_event(channel="global", data="hello world", event="message")
+        assert client.recv_event("message")["data"] == "hello world"
+        client.close()
+
+    def test_python_client_uses_pushi_url(self, server, app):
+        import pushi
+
+        os.environ["PUSHI_URL"] = server.base_url
+        try:
+            proxy = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"])
+        finally:
+            del os.environ["PUSHI_URL"]
+        assert proxy.base_url == server.base_url
+        with pytest.raises(pushi.PushiError) as error:
+            pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret="bad", base_url=server.base_url).trigger_event(
+                channel="global", data="x"
+            )
+        assert error.value.status == 401
+
+    def test_unauthenticated_and_bad_requests(self, server, app):
+        path = "apps/%s/events" % app["app_id"]
+        status, answer = server.request("POST", path, {"name": "e", "channel": "c", "data": "d"})
+        assert status == 401 and "message" in answer
+        status, _ = server.request("POST", "apps/99999/events", {"name": "e", "channel": "c", "data": "d"})
+        assert status == 404
+        proxy = server.client(app)
+        for body, code in (
+            ({"name": "e", "data": "d"}, 400),
+            ({"name": "e", "channel": "bad name", "data": "d"}, 400),
+            ({"name": "e", "channel": "c", "data": {"not": "a string"}}, 400),
+            ({"name": "e", "channel": "c", "data": "x" * 10241}, 413),
+            ({"name": "e", "channels": ["c%d" % i for i in range(101)], "data": "d"}, 400),
+        ):
+            with pytest.raises(Exception) as error:
+                proxy._request("POST", path, body=body)
+            assert error.value.status == code, body
+
+
+class TestOperations:
+    def test_health_counts(self, server, app):
+        client = server.connect(app)
+        client.subscribe("counted")
+        status, health = server.request("GET", "health")
+        assert status == 200 and health["status"] == "ok"
+        assert health["connections"] >= 1 and health["channels"] >= 1
+        client.close()
+
+    def test_app_created_by_cli_while_running_is_usable_at_once(self, server):
+        created = server.create_app("fresh")
+        assert created["app_id"].isdigit() and len(created["key"]) >= 32 and len(created["secret"]) >= 32
+        client = server.connect(created)
+        assert client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        client.close()
+        listing = json.loads(server.cli("app", "list", "--json"))
+        assert created["app_id"] in [entry["app_id"] for entry in listing]
+        assert all("secret" not in entry for entry in listing)
+
+    def test_rest_app_management_needs_the_admin_secret(self, server):
+        assert server.request("GET", "apps")[0] == 401
+        assert server.request("POST", "apps", {"name": "x"}, {"Authorization": "Bearer wrong"})[0] == 401
+        admin = {"Authorization": "Bearer " + ADMIN_SECRET}
+        status, created = server.request("POST", "apps", {"name": "rest", "client_events": True}, admin)
+        assert status == 200 and created["client_events"] is True
+        status, listing = server.request("GET", "apps", headers=admin)
+        assert created["app_id"] in [entry["app_id"] for entry in listing["apps"]]
+        assert all("secret" not in entry for entry in listing["apps"])
+        client = server.connect(created)
+        client.close()
+
+
+def test_rest_app_management_is_off_without_admin_secret():
+    instance = PushiServer(env={"PUSHI_ADMIN_SECRET": ""}).start()
+    try:
+        status, answer = instance.request("GET", "apps", headers={"Authorization": "Bearer x"})
+        assert status == 403 and "PUSHI_ADMIN_SECRET" in answer["message"]
+    finally:
+        instance.stop()
+
+
+def test_apps_survive_a_restart_and_shutdown_says_4200():
+    instance = PushiServer().start()
+    try:
+        app = instance.create_app("durable")
+        client = instance.connect(app)
+        instance.process.terminate()
+        assert close_code(client, timeout=10) == 4200
+        instance.stop()
+        instance.start()
+        client = instance.connect(app)
+        assert client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        client.close()
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made for this run."""
+    folder = tmp_path_factory.mktemp("tls")
+    key, cer = str(folder / "key.pem"), str(folder / "cer.pem")
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", key, "-out", cer,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cer
+
+
+def test_tls_on_both_ports(certificate):
+    key, cer = certificate
+    instance = PushiServer(
+        env={
+            "APP_SSL": "1", "APP_SSL_KEY": key, "APP_SSL_CER": cer,
+            "SERVER_SSL": "1", "SERVER_SSL_KEY": key, "SERVER_SSL_CER": cer,
+        }
+    )
+    context = ssl.create_default_context(cafile=cer)
+    original = instance.request
+
+    def request(method, path, body=None, headers=None, raw=None, context=context):
+        return original(method, path, body, headers, raw, context)
+
+    instance.request = request
+    instance.start()
+    try:
+        app = instance.create_app("tls")
+        client = Client(instance.ws_url + "app/%s?protocol=7" % app["key"], ssl=context)
+        client.subscribe("secure")
+        status, login = instance.request(
+            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
+        )
+        assert status == 200
+        status, _ = instance.request(
+            "POST",
+            "apps/%s/events" % app["app_id"],
+            {"event": "e", "channel": "secure", "data": "over tls", "persist": False},
+            {"Authorization": "Bearer " + login["token"]},
+        )
+        assert status == 200
+        assert client.recv_event("e")["data"] == "over tls"
+        client.close()
+    finally:
+        instance.stop()

@@ -1,0 +1,248 @@
+"""Persistence end to end, the same suite on every backend: the embedded
+store, the MongoDB backend against the wire-protocol emulator (mockupdb in
+front of mongomock: an emulator, not MongoDB), and a real MongoDB when
+``MONGO_URL`` names one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from support import SRC, PushiServer, env_with_src
+
+
+def presence_data(user_id, peer=False):
+    return json.dumps({"user_id": user_id, "user_info": {"name": user_id}, "peer": peer})
+
+
+@pytest.fixture(scope="module", params=["sqlite", "mongo-emulator", "mongo-real"])
+def backend(request):
+    """Environment that selects the backend of a server."""
+    if request.param == "sqlite":
+        return {}
+    if request.param == "mongo-real":
+        url = os.environ.get("MONGO_URL")
+        if not url:
+            pytest.skip("MONGO_URL is not set: no real MongoDB to test against")
+        return {"MONGO_URL": url.rstrip("/") + "/pushi_e2e_" + uuid.uuid4().hex[:8]}
+    emulator = request.getfixturevalue("store_mongo_emulator")
+    return {"MONGO_URL": emulator.url.rstrip("/") + "/pushi_e2e_" + uuid.uuid4().hex[:8]}
+
+
+@pytest.fixture(scope="module")
+def server(backend):
+    instance = PushiServer(env=dict(backend, PUSHI_RETENTION_INTERVAL="0.5")).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def app(server):
+    return server.create_app("persist", client_events=True)
+
+
+def signed(client, app, channel, channel_data=None):
+    import pushi
+
+    proxy = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"])
+    return proxy.authenticate(channel, client.socket_id, channel_data)
+
+
+def test_history_newest_first_and_delivery_carries_mid(server, app):
+    proxy = server.client(app)
+    listener = server.connect(app, "pushi")
+    listener.subscribe("news")
+    answers = [proxy.trigger_event(channel="news", data="n%d" % index, event="tick") for index in range(5)]
+    assert all(answer["mid"] and answer["timestamp"] for answer in answers)
+    delivered = [listener.recv_event("tick") for _ in range(5)]
+    assert [message["mid"] for message in delivered] == [answer["mid"] for answer in answers]
+    history = proxy.get_events("news", skip=1, count=3)["events"]
+    assert [event["data"] for event in history] == ["n3", "n2", "n1"]
+    assert history[0]["mid"] == answers[3]["mid"]
+    status, _ = server.request("GET", "apps/%s/events?channel=news&count=-1" % app["app_id"])
+    assert status == 401
+    listener.close()
+
+
+def test_not_persisted_when_asked_and_apps_isolated(server, app):
+    proxy = server.client(app)
+    proxy.trigger_event(channel="quiet", data="x", event="e", persist=False)
+    assert proxy.get_events("quiet")["events"] == []
+    other = server.create_app("other")
+    proxy.trigger_event(channel="shared", data="mine", event="e")
+    assert server.client(other).get_events("shared")["events"] == []
+
+
+def test_subscription_routes(server, app):
+    proxy = server.client(app)
+    assert proxy.subscribe("u1", "news")["event"] == "news"
+    proxy.subscribe("u1", "sports")
+    proxy.subscribe("u2", "news")
+    assert proxy.subscribe("u1", "news")["user_id"] == "u1"
+    _status, listing = server.request(
+        "GET", "apps/%s/subscriptions?user_id=u1" % app["app_id"], headers=server.token_headers(app)
+    )
+    assert sorted(entry["event"] for entry in listing["subscriptions"]) == ["news", "sports"]
+    status, by_get = server.request(
+        "GET", "apps/%s/unsubscribe?user_id=u1&event=sports" % app["app_id"], headers=server.token_headers(app)
+    )
+    assert status == 200 and by_get["removed"] is True
+    assert proxy.unsubscribe("u1", "sports")["removed"] is False
+    for user_id, event in (("", "news"), ("u1", "bad name"), ("u1", "presence-x")):
+        with pytest.raises(Exception) as error:
+            proxy.subscribe(user_id, event)
+        assert error.value.status == 400
+
+
+
+
+def test_personal_channel_catch_up_and_live(server, app):
+    proxy = server.client(app)
+    proxy.subscribe("alice", "news")
+    proxy.subscribe("alice", "private-alerts")
+    for index in range(3):
+        proxy.trigger_event(channel="news", data="missed %d" % index, event="story")
+    proxy.trigger_event(channel="private-alerts", data="alert", event="alert")
+    client = server.connect(app, "pushi")
+    unsigned = client.subscribe("personal-alice")
+    assert unsigned["event"] == "pusher:subscription_error"
+    answer = client.subscribe("personal-alice", **signed(client, app, "personal-alice"))
+    assert answer["event"] == "pusher_internal:subscription_succeeded"
+    data = json.loads(answer["data"])
+    assert sorted(data["subscriptions"]) == ["news", "private-alerts"]
+    assert [event["data"] for event in data["events"]] == ["alert", "missed 2", "missed 1", "missed 0"]
+    proxy.trigger_event(channel="news", data="live", event="story")
+    assert client.recv_event("story")["data"] == "live"
+    # a subscription added while connected reaches the open socket at once
+    proxy.subscribe("alice", "weather")
+    time.sleep(0.3)
+    proxy.trigger_event(channel="weather", data="sunny", event="forecast")
+    assert client.recv_event("forecast")["channel"] == "weather"
+    proxy.unsubscribe("alice", "news")
+    time.sleep(0.3)
+    proxy.trigger_event(channel="news", data="gone", event="story")
+    proxy.trigger_event(channel="weather", data="rain", event="forecast")
+    assert client.recv_event("forecast")["data"] == "rain"
+    # leaving the personal channel stops the stream
+    client.send({"event": "pusher:unsubscribe", "data": {"channel": "personal-alice"}})
+    client.recv_event("pusher_internal:unsubscription_succeeded")
+    proxy.trigger_event(channel="weather", data="snow", event="forecast")
+    assert client.nothing(0.5)
+    client.close()
+
+
+def test_peer_channels_pair_and_unpair(server, app):
+    base = "presence-chat"
+    peer = "peer-chat:a&b"
+    a = server.connect(app, "pushi")
+    b = server.connect(app, "pushi")
+    lurker = server.connect(app, "pushi")
+    a.subscribe(base, **signed(a, app, base, presence_data("a", peer=True)))
+    lurker.subscribe(base, **signed(lurker, app, base, presence_data("c", peer=False)))
+    b.send({"event": "pusher:subscribe", "data": signed(b, app, base, presence_data("b", peer=True)) | {"channel": base}})
+    joined_b = b.recv_event("pusher_internal:subscription_succeeded")
+    assert joined_b["channel"] == base
+    assert b.recv_event("pusher_internal:subscription_succeeded")["channel"] == peer
+    assert a.recv_event("pusher_internal:subscription_succeeded")["channel"] == peer
+    # either peer sends; the other receives; the history keeps it
+    a.send({"event": "chat", "channel": peer, "data": "hi b"})
+    message = b.recv_event("chat")
+    assert message["data"] == "hi b" and message["user_id"] == "a"
+    b.send({"event": "chat", "channel": peer, "data": "hi a", "echo": True})
+    assert a.recv_event("chat")["data"] == "hi a"
+    assert b.recv_event("chat")["data"] == "hi a"
+    time.sleep(0.3)
+    a.send({"event": "pusher:latest", "data": {"channel": peer, "skip": 0, "count": 10}})
+    latest = a.recv_event("pusher_internal:latest")
+    events = json.loads(latest["data"])["events"]
+    assert [(event["data"], event["user_id"]) for event in events] == [("hi a", "b"), ("hi b", "a")]
+    # a non-peer member cannot reach the peer channel
+    lurker.send({"event": "pusher:subscribe", "data": {"channel": peer}})
+    assert lurker.recv_event("pusher:subscription_error")["data"]["status"] == 403
+    lurker.send({"event": "pusher:latest", "data": {"channel": peer}})
+    assert lurker.recv_event("pusher:error")["data"]["code"] == 4300
+    # b leaves: a is taken off the peer channel
+    b.close()
+    assert a.recv_event("pusher_internal:unsubscription_succeeded")["channel"] == peer
+    a.close()
+    lurker.close()
+
+
+def test_retention_by_count(server):
+    app = server.create_app("retained")
+    admin = {"Authorization": "Bearer " + "test-admin-secret-0123456789abcdef"}
+    status, _ = server.request(
+        "PUT", "apps/%s" % app["app_id"], {"settings": {"retention_count": 3}}, admin
+    )
+    assert status == 200
+    proxy = server.client(app)
+    for index in range(8):
+        proxy.trigger_event(channel="log", data=str(index), event="line")
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        events = proxy.get_events("log", count=100)["events"]
+        if len(events) == 3:
+            break
+        time.sleep(0.2)
+    assert [event["data"] for event in events] == ["7", "6", "5"]
+
+
+def test_events_survive_a_restart(backend):
+    instance = PushiServer(env=backend).start()
+    try:
+        app = instance.create_app("restart")
+        instance.client(app).trigger_event(channel="kept", data="before", event="e")
+        instance.restart()
+        assert [event["data"] for event in instance.client(app).get_events("kept")["events"]] == ["before"]
+    finally:
+        instance.stop()
+
+
+def test_acknowledged_events_survive_kill_9(backend):
+    # with the emulator, the data lives in this test process: killing the
+    # server still proves that an acknowledged event was written first
+    instance = PushiServer(env=backend).start()
+    try:
+        app = instance.create_app("crash")
+        # a separate process triggers as fast as it can and prints each ack
+        script = (
+            "import sys, pushi\n"
+            "p = pushi.Pushi(app_id=sys.argv[1], app_key=sys.argv[2], app_secret=sys.argv[3], base_url=sys.argv[4])\n"
+            "for i in range(100000):\n"
+            "    p.trigger_event(channel='crash', data=str(i), event='e')\n"
+            "    print(i, flush=True)\n"
+        )
+        writer = subprocess.Popen(
+            [sys.executable, "-c", script, app["app_id"], app["key"], app["secret"], instance.base_url],
+            env=env_with_src(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        acked = []
+        while len(acked) < 200:
+            line = writer.stdout.readline()
+            if not line:
+                break
+            acked.append(int(line))
+        instance.process.send_signal(signal.SIGKILL)
+        instance.process.wait(10)
+        writer.kill()
+        writer.wait(10)
+        acked += [int(line) for line in writer.stdout.read().split()]
+        instance.process = None
+        instance.log.close()
+        instance.start()
+        stored = {
+            int(event["data"])
+            for event in instance.client(app).get_events("crash", count=100000)["events"]
+        }
+        assert len(acked) >= 200
+        assert set(acked) <= stored
+    finally:
+        instance.stop()

@@ -1,0 +1,148 @@
+"""Webhooks end to end: a real receiver on 127.0.0.1 gets signed posts."""
+
+import hashlib
+import hmac
+import http.server
+import json
+import queue
+import threading
+import time
+
+import pytest
+
+import pushi
+
+ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
+
+
+class Receiver:
+    """An HTTP endpoint recording webhook posts; fails the first ``fail``."""
+
+    def __init__(self, fail=0):
+        self.posts = queue.Queue()
+        self.fail = fail
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail > 0:
+                    receiver.fail -= 1
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.posts.put((dict(self.headers), body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = "http://127.0.0.1:%d/hook" % self.httpd.server_address[1]
+
+    def events(self, app, count, timeout=15):
+        """The next ``count`` events, checking every post's signature."""
+        events = []
+        deadline = time.time() + timeout
+        while len(events) < count:
+            headers, body = self.posts.get(timeout=max(0.1, deadline - time.time()))
+            assert headers["X-Pusher-Key"] == app["key"]
+            expected = hmac.new(app["secret"].encode(), body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(headers["X-Pusher-Signature"], expected)
+            payload = json.loads(body)
+            assert payload["time_ms"] > 0
+            events += payload["events"]
+        return events
+
+    def quiet(self, seconds):
+        try:
+            self.posts.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    instance = Receiver()
+    yield instance
+    instance.close()
+
+
+def hooked_app(server, url, events=None):
+    hook = {"url": url}
+    if events:
+        hook["events"] = events
+    status, app = server.request(
+        "POST", "apps", {"name": "hooked", "client_events": True, "settings": {"webhooks": [hook]}}, ADMIN
+    )
+    assert status == 200, app
+    return app
+
+
+def join(client, app, channel, data=None):
+    answer = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]).authenticate(
+        channel, client.socket_id, data
+    )
+    return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
+
+
+def test_occupied_vacated_and_the_linger_window(server, receiver):
+    app = hooked_app(server, receiver.url)
+    client = server.connect(app)
+    client.subscribe("room")
+    assert receiver.events(app, 1) == [{"name": "channel_occupied", "channel": "room"}]
+    # leaving and coming back within 3 s: the consumer hears nothing
+    client.send({"event": "pusher:unsubscribe", "data": {"channel": "room"}})
+    client.subscribe("room")
+    assert receiver.quiet(4)
+    client.close()
+    assert receiver.events(app, 1) == [{"name": "channel_vacated", "channel": "room"}]
+
+
+def test_members_client_events_and_cache_miss(server, receiver):
+    app = hooked_app(server, receiver.url, ["member_added", "member_removed", "client_event", "cache_miss"])
+    alice, bob = server.connect(app), server.connect(app)
+    join(alice, app, "presence-room", {"user_id": "alice"})
+    assert receiver.events(app, 1) == [{"name": "member_added", "channel": "presence-room", "user_id": "alice"}]
+    join(bob, app, "presence-room", {"user_id": "bob"})
+    receiver.events(app, 1)
+    alice.send({"event": "client-wave", "channel": "presence-room", "data": {"hi": 1}})
+    event = receiver.events(app, 1)[0]
+    assert event == {
+        "name": "client_event",
+        "channel": "presence-room",
+        "event": "client-wave",
+        "data": '{"hi":1}',
+        "socket_id": alice.socket_id,
+        "user_id": "alice",
+    }
+    bob.subscribe("cache-prices")
+    assert receiver.events(app, 1) == [{"name": "cache_miss", "channel": "cache-prices"}]
+    alice.close()
+    assert receiver.events(app, 1) == [{"name": "member_removed", "channel": "presence-room", "user_id": "alice"}]
+    bob.close()
+
+
+def test_failed_posts_are_retried(server):
+    failing = Receiver(fail=2)
+    try:
+        app = hooked_app(server, failing.url, ["channel_occupied"])
+        client = server.connect(app)
+        client.subscribe("retry")
+        assert failing.events(app, 1, timeout=20) == [{"name": "channel_occupied", "channel": "retry"}]
+        assert failing.fail == 0
+        client.close()
+    finally:
+        failing.close()
+
+
+def test_invalid_webhook_settings_are_refused(server):
+    for hooks in ("x", [{"url": "ftp://x"}], [{"url": "http://x", "events": ["nope"]}], [{"uri": "http://x"}]):
+        status, answer = server.request("POST", "apps", {"name": "bad", "settings": {"webhooks": hooks}}, ADMIN)
+        assert status == 400, hooks

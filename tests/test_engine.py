@@ -1,0 +1,255 @@
+"""The engine on its own: no socket, a recording transport per client."""
+
+import json
+
+import pytest
+
+from pushi.base.config import Config
+from pushi.base.engine import Engine
+from pushi.base.limits import App
+from pushi.proto import auth
+
+KEY, SECRET = "k" * 32, "s" * 64
+
+
+class Transport:
+    """Records what the engine writes and whether it closed the socket."""
+
+    def __init__(self):
+        self.frames = []
+        self.closed = None
+
+    def write(self, frame):
+        self.frames.append(frame)
+
+    def close(self, code, reason=""):
+        self.closed = code
+
+    def messages(self):
+        out = []
+        for frame in self.frames:
+            start = 2 if frame[1] < 126 else 4
+            out.append(json.loads(frame[start:].decode()))
+        self.frames = []
+        return out
+
+
+def make_app(app_id="1", **fields):
+    record = {"app_id": app_id, "key": KEY + app_id, "secret": SECRET, "name": "a", "client_events": True}
+    record.update(fields)
+    return App(record)
+
+
+@pytest.fixture
+def engine():
+    return Engine(Config())
+
+
+def connect(engine, app, dialect="pusher"):
+    transport = Transport()
+    session = engine.open(transport, app, dialect)
+    transport.messages()
+    return session, transport
+
+
+def send(engine, session, event, data=None, **fields):
+    message = {"event": event, "data": data}
+    message.update(fields)
+    engine.receive(session, json.dumps(message))
+
+
+def presence(engine, session, app, channel, user_id, info=None, peer=None):
+    member = {"user_id": user_id, "user_info": info or {}}
+    if peer is not None:
+        member["peer"] = peer
+    data = json.dumps(member)
+    token = auth.channel_auth(app.key, app.secret, session.socket_id, channel, data)
+    send(engine, session, "pusher:subscribe", {"channel": channel, "auth": token, "channel_data": data})
+
+
+def test_public_subscribe_and_delivery(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    send(engine, a, "pusher:subscribe", {"channel": "news"})
+    assert ta.messages()[0]["event"] == "pusher_internal:subscription_succeeded"
+    engine.publish(app.app_id, ["news"], "hello", "world")
+    assert ta.messages() == [{"event": "hello", "channel": "news", "data": "world"}]
+
+
+def test_apps_are_isolated(engine):
+    one, two = make_app("1"), make_app("2")
+    a, ta = connect(engine, one)
+    b, tb = connect(engine, two)
+    send(engine, a, "pusher:subscribe", {"channel": "news"})
+    send(engine, b, "pusher:subscribe", {"channel": "news"})
+    ta.messages(), tb.messages()
+    engine.publish("1", ["news"], "e", "d")
+    assert len(ta.messages()) == 1 and tb.messages() == []
+
+
+def test_private_needs_a_valid_signature_of_this_socket(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    b, _tb = connect(engine, app)
+    send(engine, a, "pusher:subscribe", {"channel": "private-x"})
+    error = ta.messages()[0]
+    assert error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
+    stolen = auth.channel_auth(app.key, app.secret, b.socket_id, "private-x")
+    send(engine, a, "pusher:subscribe", {"channel": "private-x", "auth": stolen})
+    assert ta.messages()[0]["event"] == "pusher:subscription_error"
+    foreign = auth.channel_auth("other", app.secret, a.socket_id, "private-x")
+    send(engine, a, "pusher:subscribe", {"channel": "private-x", "auth": foreign})
+    assert ta.messages()[0]["event"] == "pusher:subscription_error"
+    good = auth.channel_auth(app.key, app.secret, a.socket_id, "private-x")
+    send(engine, a, "pusher:subscribe", {"channel": "private-x", "auth": good})
+    assert ta.messages()[0]["event"] == "pusher_internal:subscription_succeeded"
+    assert ta.closed is None
+
+
+def test_presence_members_multi_tab_and_dialects(engine):
+    app = make_app()
+    a1, ta1 = connect(engine, app)
+    a2, ta2 = connect(engine, app, "pushi")
+    b, tb = connect(engine, app, "pushi")
+    presence(engine, a1, app, "presence-room", 1, {"name": "A"})
+    data = json.loads(ta1.messages()[0]["data"])
+    assert data["presence"] == {"ids": ["1"], "hash": {"1": {"name": "A"}}, "count": 1}
+    presence(engine, b, app, "presence-room", "2")
+    tb.messages()
+    added = ta1.messages()
+    assert added[0]["event"] == "pusher_internal:member_added"
+    assert json.loads(added[0]["data"])["user_id"] == "2"
+    # a second tab of user 1: nobody hears of it, counts stay distinct
+    presence(engine, a2, app, "presence-room", "1", {"name": "A"})
+    state = json.loads(ta2.messages()[0]["data"])
+    assert state["presence"]["count"] == 2 and set(state["members"]) == {"1", "2"}
+    assert ta1.messages() == [] and tb.messages() == []
+    engine.closed(a1)
+    assert tb.messages() == []
+    send(engine, a2, "pusher:unsubscribe", {"channel": "presence-room"})
+    removed = tb.messages()
+    assert removed[0]["event"] == "pusher:member_removed"
+    assert json.loads(removed[0]["member"]) == {"user_id": "1"}
+
+
+def test_presence_limits(engine):
+    app = make_app(settings={"max_presence_members": 1, "max_user_info": 10})
+    a, ta = connect(engine, app)
+    b, tb = connect(engine, app)
+    presence(engine, a, app, "presence-r", "1", {"long": "x" * 20})
+    assert ta.messages()[0]["data"]["status"] == 413
+    presence(engine, a, app, "presence-r", "1")
+    ta.messages()
+    presence(engine, b, app, "presence-r", "2")
+    assert tb.messages()[0]["data"]["type"] == "LimitReached"
+
+
+def test_spoofed_channel_data_is_refused(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    signed = json.dumps({"user_id": "1"})
+    token = auth.channel_auth(app.key, app.secret, a.socket_id, "presence-r", signed)
+    send(engine, a, "pusher:subscribe", {"channel": "presence-r", "auth": token, "channel_data": json.dumps({"user_id": "admin"})})
+    assert ta.messages()[0]["event"] == "pusher:subscription_error"
+
+
+def test_client_events_rules(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    b, tb = connect(engine, app)
+    for session in (a, b):
+        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
+        send(engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token})
+    ta.messages(), tb.messages()
+    send(engine, a, "client-typing", {"x": 1}, channel="private-c")
+    assert tb.messages() == [{"event": "client-typing", "channel": "private-c", "data": {"x": 1}}]
+    assert ta.messages() == []
+    send(engine, a, "typing", {}, channel="private-c")
+    assert ta.messages()[0]["data"]["code"] == 4303
+    send(engine, a, "client-x", {}, channel="private-other")
+    assert ta.messages()[0]["data"]["code"] == 4303
+    send(engine, a, "pusher:subscribe", {"channel": "public"})
+    ta.messages()
+    send(engine, a, "client-x", {}, channel="public")
+    assert ta.messages()[0]["data"]["code"] == 4303
+    for _ in range(12):
+        send(engine, a, "client-x", "d", channel="private-c")
+    assert ta.messages()[-1]["data"]["code"] == 4301
+    assert ta.closed is None
+
+
+def test_client_events_off_by_default(engine):
+    app = make_app(client_events=False)
+    a, ta = connect(engine, app)
+    token = auth.channel_auth(app.key, app.secret, a.socket_id, "private-c")
+    send(engine, a, "pusher:subscribe", {"channel": "private-c", "auth": token})
+    ta.messages()
+    send(engine, a, "client-x", {}, channel="private-c")
+    assert ta.messages()[0]["data"]["code"] == 4303
+
+
+def test_pushi_send_with_echo(engine):
+    app = make_app()
+    a, ta = connect(engine, app, "pushi")
+    token = auth.channel_auth(app.key, app.secret, a.socket_id, "private-c")
+    send(engine, a, "pusher:subscribe", {"channel": "private-c", "auth": token})
+    ta.messages()
+    send(engine, a, "chat", "hi", channel="private-c", echo=True)
+    assert ta.messages()[0]["event"] == "chat"
+
+
+def test_leaves_no_entry_behind(engine):
+    app = make_app()
+    sessions = []
+    for index in range(200):
+        session, _ = connect(engine, app)
+        send(engine, session, "pusher:subscribe", {"channel": "c%d" % (index % 7)})
+        presence(engine, session, app, "presence-p", str(index % 13))
+        sessions.append(session)
+    for index, session in enumerate(sessions):
+        if index % 2:
+            send(engine, session, "pusher:unsubscribe", {"channel": "presence-p"})
+        engine.closed(session)
+    registry = engine.registry
+    assert registry.apps == {} and registry.sessions == {} and registry.app_sessions == {}
+    assert registry.count() == (0, 0)
+
+
+def test_ping_and_unknown_events(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    send(engine, a, "pusher:ping", {})
+    assert ta.messages() == [{"event": "pusher:pong", "data": {}}]
+    send(engine, a, "pusher:nonsense", {})
+    assert ta.messages()[0]["data"]["code"] == 4304
+    engine.receive(a, "not json")
+    assert ta.messages()[0]["data"]["code"] == 4300
+
+
+def test_sweep_pings_then_closes(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    engine.sweep(now=a.last_seen + 121)
+    assert ta.messages() == [{"event": "pusher:ping", "data": {}}]
+    engine.sweep(now=a.last_seen + 140)
+    assert ta.closed is None
+    engine.sweep(now=a.last_seen + 152)
+    assert ta.closed == 4201
+
+
+def test_signin_and_user_channel(engine):
+    app = make_app()
+    a, ta = connect(engine, app)
+    send(engine, a, "pusher:subscribe", {"channel": "#server-to-user-7"})
+    assert ta.messages()[0]["event"] == "pusher:subscription_error"
+    user_data = json.dumps({"id": "7"})
+    token = auth.token(app.key, app.secret, auth.user_string(a.socket_id, user_data))
+    send(engine, a, "pusher:signin", {"auth": token, "user_data": user_data})
+    assert ta.messages()[0]["event"] == "pusher:signin_success"
+    send(engine, a, "pusher:subscribe", {"channel": "#server-to-user-7"})
+    assert ta.messages()[0]["event"] == "pusher_internal:subscription_succeeded"
+    engine.send_to_user("1", "7", "note", "hi")
+    assert ta.messages()[0]["channel"] == "#server-to-user-7"
+    b, tb = connect(engine, app)
+    send(engine, b, "pusher:signin", {"auth": token, "user_data": user_data})
+    assert tb.messages()[0]["data"]["code"] == 4009 and tb.closed == 4009

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from pushi.proto import errors, messages
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", "[1]", '"x"', "{}", '{"event": 5}', '{"event": ""}', '{"event":"a","channel":3}']
+)
+def test_bad_messages_are_4300(text):
+    with pytest.raises(errors.ProtocolError) as error:
+        messages.parse(text)
+    assert error.value.code == errors.INVALID_MESSAGE
+    assert not error.value.closes
+
+
+def test_long_event_name_is_refused():
+    with pytest.raises(errors.ProtocolError):
+        messages.parse(json.dumps({"event": "x" * 201}))
+
+
+def test_deeply_nested_json_is_refused_not_crashing():
+    with pytest.raises(errors.ProtocolError):
+        messages.parse('{"event":"a","data":' + "[" * 100000 + "]" * 100000 + "}")
+
+
+def test_protocol_event_data_given_as_string_is_decoded():
+    message = messages.parse('{"event":"pusher:subscribe","data":"{\\"channel\\":\\"a\\"}"}')
+    assert message["data"] == {"channel": "a"}
+
+
+def test_connection_established_data_is_a_json_string():
+    message = json.loads(messages.connection_established("1.2", 120))
+    assert json.loads(message["data"]) == {"socket_id": "1.2", "activity_timeout": 120}
+
+
+def test_member_events_per_dialect():
+    pusher = json.loads(messages.member_added("presence-a", "1", {"n": 1}, messages.PUSHER))
+    assert pusher["event"] == "pusher_internal:member_added"
+    assert json.loads(pusher["data"]) == {"user_id": "1", "user_info": {"n": 1}}
+    pushi = json.loads(messages.member_removed("presence-a", "1", messages.PUSHI))
+    assert pushi["event"] == "pusher:member_removed"
+    assert json.loads(pushi["member"]) == {"user_id": "1"}
+
+
+def test_error_codes_and_closing():
+    assert errors.ProtocolError(4001, "x").closes
+    assert not errors.ProtocolError(4301, "x").closes
+    assert json.loads(messages.error(4301, "slow"))["data"] == {"code": 4301, "message": "slow"}
+
+
+def test_event_extra_fields_skip_none():
+    message = json.loads(messages.event("e", "c", "d", user_id=None, mid="m"))
+    assert message == {"event": "e", "channel": "c", "data": "d", "mid": "m"}

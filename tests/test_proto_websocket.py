@@ -1,0 +1,189 @@
+"""RFC 6455 codec, by section, on byte literals (no socket)."""
+
+import struct
+
+import pytest
+
+from pushi.proto import websocket as ws
+
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def request(path="/app/key?protocol=7", extra=b"", **headers):
+    lines = [
+        "GET %s HTTP/1.1" % path,
+        "Host: example.com",
+        "Upgrade: websocket",
+        "Connection: keep-alive, Upgrade",
+        "Sec-WebSocket-Key: %s" % KEY,
+        "Sec-WebSocket-Version: 13",
+    ]
+    for name, value in headers.items():
+        lines.append("%s: %s" % (name.replace("_", "-"), value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + extra
+
+
+def masked(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04", rsv=0):
+    first = (0x80 if fin else 0) | rsv | opcode
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", first, 0x80 | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+    return header + mask + ws.unmask(payload, mask)
+
+
+class TestHandshake:
+    def test_accept_key_of_rfc_example(self):
+        assert ws.accept_key(KEY) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+    def test_parses_path_query_and_headers(self):
+        handshake, consumed = ws.parse_handshake(request(Origin="https://a.test"))
+        assert handshake.path == "/app/key"
+        assert handshake.query == {"protocol": "7"}
+        assert handshake.headers["origin"] == "https://a.test"
+        assert consumed == len(request(Origin="https://a.test"))
+
+    def test_bytes_after_the_headers_are_not_consumed(self):
+        data = request(extra=b"\x81\x80")
+        _handshake, consumed = ws.parse_handshake(data)
+        assert data[consumed:] == b"\x81\x80"
+
+    def test_incomplete_asks_for_more(self):
+        assert ws.parse_handshake(request()[:40]) == (None, 0)
+
+    def test_oversized_headers_are_431(self):
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(request(X_Big="a" * 9000))
+        assert error.value.status == 431
+
+    def test_endless_header_without_terminator_is_431(self):
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(b"GET / HTTP/1.1\r\nX: " + b"a" * 9000)
+        assert error.value.status == 431
+
+    @pytest.mark.parametrize(
+        "data, status",
+        [
+            (b"POST / HTTP/1.1\r\n\r\n", 405),
+            (b"GET /\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426),
+            (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nbroken line\r\n\r\n", 400),
+        ],
+    )
+    def test_invalid_requests(self, data, status):
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(data)
+        assert error.value.status == status
+
+    def test_wrong_version_and_key(self):
+        bad_version = request().replace(b"Version: 13", b"Version: 8")
+        with pytest.raises(ws.HandshakeError):
+            ws.parse_handshake(bad_version)
+        bad_key = request().replace(KEY.encode(), b"short")
+        with pytest.raises(ws.HandshakeError):
+            ws.parse_handshake(bad_key)
+
+    def test_responses(self):
+        handshake, _ = ws.parse_handshake(request())
+        answer = ws.accept_response(handshake)
+        assert answer.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer
+        refused = ws.reject_response(431, "Too large")
+        assert refused.startswith(b"HTTP/1.1 431 Too large\r\n")
+        assert refused.endswith(b"\r\n\r\nToo large")
+
+
+class TestFrames:
+    def test_text_message_in_one_frame(self):
+        reader = ws.FrameReader()
+        assert reader.feed(masked(ws.OP_TEXT, "héllo €".encode())) == [(ws.OP_TEXT, "héllo €")]
+
+    def test_byte_by_byte(self):
+        reader = ws.FrameReader()
+        data = masked(ws.OP_TEXT, b"x" * 300)
+        out = []
+        for index in range(len(data)):
+            out += reader.feed(data[index : index + 1])
+        assert out == [(ws.OP_TEXT, "x" * 300)]
+
+    def test_64_bit_length(self):
+        reader = ws.FrameReader(max_message=100000)
+        assert reader.feed(masked(ws.OP_BINARY, b"y" * 70000)) == [(ws.OP_BINARY, b"y" * 70000)]
+
+    def test_fragments_with_a_ping_between(self):
+        reader = ws.FrameReader()
+        data = (
+            masked(ws.OP_TEXT, b"ab", fin=False)
+            + masked(ws.OP_PING, b"p")
+            + masked(ws.OP_CONTINUATION, b"cd", fin=False)
+            + masked(ws.OP_CONTINUATION, b"ef")
+        )
+        assert reader.feed(data) == [(ws.OP_PING, b"p"), (ws.OP_TEXT, "abcdef")]
+
+    def test_unmasked_client_frame_is_1002(self):
+        with pytest.raises(ws.WebSocketError) as error:
+            ws.FrameReader().feed(b"\x81\x01a")
+        assert error.value.code == 1002
+
+    def test_reserved_bits_are_1002(self):
+        with pytest.raises(ws.WebSocketError) as error:
+            ws.FrameReader().feed(masked(ws.OP_TEXT, b"a", rsv=0x40))
+        assert error.value.code == 1002
+
+    def test_unknown_opcode_is_1002(self):
+        with pytest.raises(ws.WebSocketError):
+            ws.FrameReader().feed(masked(0x3, b"a"))
+
+    def test_fragmented_or_long_control_frame_is_1002(self):
+        with pytest.raises(ws.WebSocketError):
+            ws.FrameReader().feed(masked(ws.OP_PING, b"a", fin=False))
+        with pytest.raises(ws.WebSocketError):
+            ws.FrameReader().feed(masked(ws.OP_PING, b"a" * 126))
+
+    def test_continuation_without_start_is_1002(self):
+        with pytest.raises(ws.WebSocketError):
+            ws.FrameReader().feed(masked(ws.OP_CONTINUATION, b"a"))
+
+    def test_new_message_inside_fragments_is_1002(self):
+        reader = ws.FrameReader()
+        reader.feed(masked(ws.OP_TEXT, b"a", fin=False))
+        with pytest.raises(ws.WebSocketError):
+            reader.feed(masked(ws.OP_TEXT, b"b"))
+
+    def test_oversized_message_is_1009_from_the_header_alone(self):
+        reader = ws.FrameReader(max_message=65536)
+        header = masked(ws.OP_TEXT, b"z" * 65537)[:14]
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(header)
+        assert error.value.code == 1009
+
+    def test_oversized_across_fragments_is_1009(self):
+        reader = ws.FrameReader(max_message=10)
+        reader.feed(masked(ws.OP_TEXT, b"123456", fin=False))
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(masked(ws.OP_CONTINUATION, b"123456"))
+        assert error.value.code == 1009
+
+    def test_invalid_utf8_is_1007(self):
+        with pytest.raises(ws.WebSocketError) as error:
+            ws.FrameReader().feed(masked(ws.OP_TEXT, b"\xff\xfe"))
+        assert error.value.code == 1007
+
+    def test_close_payloads(self):
+        assert ws.parse_close(b"") == (1005, "")
+        assert ws.parse_close(struct.pack("!H", 4001) + b"bye") == (4001, "bye")
+        for bad in (b"\x03", struct.pack("!H", 1005), struct.pack("!H", 999)):
+            with pytest.raises(ws.WebSocketError):
+                ws.parse_close(bad)
+
+    def test_server_frames(self):
+        assert ws.text_frame("hi") == b"\x81\x02hi"
+        assert ws.encode_frame(ws.OP_TEXT, b"a" * 200)[:4] == b"\x81\x7e\x00\xc8"
+        assert ws.encode_frame(ws.OP_TEXT, b"a" * 70000)[:2] == b"\x81\x7f"
+        assert ws.close_frame(4001, "x") == b"\x88\x03\x0f\xa1x"
+        assert ws.close_frame(None) == b"\x88\x00"
+        assert len(ws.close_frame(1000, "r" * 300)) == 2 + 125

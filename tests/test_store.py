@@ -1,0 +1,721 @@
+"""One suite for every store backend (``pushi.base.store``).
+
+Each test runs on:
+
+* ``sqlite``: the embedded store in a temporary data dir;
+* ``mongo-emulator``: ``MongoStore`` over a real socket to the wire-protocol
+  emulator of ``tests/mongo_emulator.py`` (mockupdb + mongomock, NOT MongoDB);
+* ``mongo-real``: ``MongoStore`` on the server named by ``MONGO_URL``, only
+  when that variable is set (skipped otherwise).
+
+Each test gets a fresh location (data dir or database).  A few tests are
+SQLite-only (they check its writer thread, its query plans); the durability
+test does not run on the emulator, whose data lives in this process's
+memory, so killing a client process could never lose anything there.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from pushi.base.store import MongoStore, SQLiteStore, StoreClosedError, open_store
+
+MONGO_URL = os.environ.get("MONGO_URL")
+SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "src"))
+
+BACKENDS = [
+    "sqlite",
+    "mongo-emulator",
+    pytest.param(
+        "mongo-real",
+        marks=pytest.mark.skipif(not MONGO_URL, reason="MONGO_URL is not set"),
+    ),
+]
+
+# Run by the tests in other processes: opens the store described by its
+# arguments ("sqlite <dir>" or "mongo <url> <database>") and then runs the
+# action named after them, printing one JSON line per result.
+CHILD_SCRIPT = r"""
+import json, sys, threading, time, uuid
+sys.path.insert(0, sys.argv[1])
+from pushi.base.store import MongoStore, SQLiteStore
+kind, rest = sys.argv[2], sys.argv[3:]
+if kind == "sqlite":
+    store, rest = SQLiteStore(rest[0]), rest[1:]
+else:
+    store, rest = MongoStore(rest[0], database=rest[1]), rest[2:]
+action = rest[0]
+if action == "create-apps":
+    for index in range(int(rest[1])):
+        app = store.create_app("child-%d" % index)
+        print(json.dumps([app["app_id"], app["key"]]), flush=True)
+elif action == "add-events":
+    # Several threads add events for ever; each acks once add_events
+    # returned, until the test kills this process.
+    print_lock = threading.Lock()
+    def add(thread_index):
+        for index in range(10 ** 9):
+            mid = "t%d-%d" % (thread_index, index)
+            store.add_events([dict(mid=mid, app_id="1", channel="durable",
+                event="e", data="x" * 100, timestamp=time.time(),
+                user_id=None)])
+            with print_lock:
+                print(mid, flush=True)
+    for thread_index in range(4):
+        threading.Thread(target=add, args=(thread_index,)).start()
+store.close() if action == "create-apps" else None
+"""
+
+
+class Backend:
+    """Opens stores of one backend at one location (a data dir or a
+    database), so a test can use two instances on the same data, and runs
+    child processes on that location."""
+
+    def __init__(self, name, data_dir=None, url=None, database=None):
+        self.name = name
+        self.data_dir = data_dir
+        self.url = url
+        self.database = database
+        self.opened = []
+
+    def open(self):
+        if self.name == "sqlite":
+            store = SQLiteStore(self.data_dir)
+        else:
+            store = MongoStore(self.url, database=self.database)
+        self.opened.append(store)
+        return store
+
+    def child(self, *action):
+        """Starts the child script on this location; stdout is a pipe."""
+        if self.name == "sqlite":
+            location = ["sqlite", self.data_dir]
+        else:
+            location = ["mongo", self.url, self.database]
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD_SCRIPT, SRC_DIR]
+            + location
+            + [str(part) for part in action],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def close_all(self):
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_backend(request, tmp_path):
+    """A ``Backend`` at a fresh location, for each backend in turn."""
+    name = request.param
+    if name == "sqlite":
+        backend = Backend(name, data_dir=str(tmp_path / "data"))
+    else:
+        if name == "mongo-emulator":
+            url = request.getfixturevalue("store_mongo_emulator").url
+        else:
+            url = MONGO_URL
+        backend = Backend(name, url=url, database="pushi_test_" + uuid.uuid4().hex)
+    yield backend
+    if name != "sqlite":
+        cleaner = MongoStore(backend.url, database=backend.database)
+        cleaner.client.drop_database(backend.database)
+        cleaner.close()
+    backend.close_all()
+
+
+@pytest.fixture
+def store(store_backend):
+    """A store of the backend under test, on a fresh location."""
+    return store_backend.open()
+
+
+def make_event(app_id, channel, timestamp, mid=None, data=None, user_id=None):
+    """Returns an event record as the engine builds it."""
+    return dict(
+        mid=mid or uuid.uuid4().hex,
+        app_id=app_id,
+        channel=channel,
+        event="message",
+        data=data if data is not None else json.dumps({"at": timestamp}),
+        timestamp=timestamp,
+        user_id=user_id,
+    )
+
+
+def mids(events):
+    return [event["mid"] for event in events]
+
+
+def all_events(store, app_id, channels):
+    return store.get_events(app_id, channels, skip=0, count=10**6)
+
+
+# apps
+
+
+def test_create_app_returns_full_record_with_strong_credentials(store):
+    app = store.create_app("chat", client_events=True, settings={"max": 5})
+
+    assert app["app_id"] == "1"
+    assert app["name"] == "chat"
+    assert app["enabled"] is True
+    assert app["client_events"] is True
+    assert app["settings"] == {"max": 5}
+    assert re.fullmatch("[0-9a-f]{32}", app["key"])
+    assert re.fullmatch("[0-9a-f]{32,}", app["secret"])
+    assert app["key"] != app["secret"]
+    assert store.get_app("1") == app
+
+
+def test_create_app_defaults_and_distinct_credentials(store):
+    first = store.create_app("one")
+    second = store.create_app("two")
+
+    assert second["app_id"] == "2"
+    assert first["client_events"] is False
+    assert first["settings"] == {}
+    assert len({first["key"], second["key"], first["secret"], second["secret"]}) == 4
+
+
+def test_get_app_and_by_key(store):
+    app = store.create_app("chat")
+    other = store.create_app("other")
+
+    assert store.get_app(app["app_id"]) == app
+    assert store.get_app_by_key(app["key"]) == app
+    assert store.get_app_by_key(other["key"]) == other
+    assert store.get_app("3") is None
+    assert store.get_app("not-a-number") is None
+    assert store.get_app_by_key("0" * 32) is None
+    assert store.get_app_by_key(app["secret"]) is None
+
+
+def test_list_apps_in_numeric_order(store):
+    created = [store.create_app("app-%d" % index) for index in range(11)]
+
+    listed = store.list_apps()
+
+    # "10" and "11" after "9": numeric, not string, order.
+    assert [app["app_id"] for app in listed] == [str(n) for n in range(1, 12)]
+    assert listed == created
+
+
+def test_update_app(store):
+    app = store.create_app("chat")
+    store.create_app("untouched")
+
+    updated = store.update_app(
+        app["app_id"],
+        name="renamed",
+        enabled=False,
+        client_events=True,
+        settings={"limit": 3},
+    )
+
+    expected = dict(
+        app, name="renamed", enabled=False, client_events=True, settings={"limit": 3}
+    )
+    assert updated == expected
+    assert store.get_app(app["app_id"]) == expected
+    assert store.get_app_by_key(app["key"]) == expected
+    assert store.get_app("2")["name"] == "untouched"
+    assert store.update_app(app["app_id"], enabled=True)["enabled"] is True
+    assert store.update_app("99", name="ghost") is None
+    with pytest.raises(ValueError):
+        store.update_app(app["app_id"], key="f" * 32)
+
+
+def test_app_ids_shared_by_two_instances(store_backend):
+    first, second = store_backend.open(), store_backend.open()
+
+    ids = []
+    for _ in range(3):
+        ids.append(first.create_app("from-first")["app_id"])
+        ids.append(second.create_app("from-second")["app_id"])
+
+    assert ids == ["1", "2", "3", "4", "5", "6"]
+    assert first.list_apps() == second.list_apps()
+
+
+def test_app_ids_unique_across_processes_and_seen_at_once(store_backend):
+    server = store_backend.open()
+    assert server.list_apps() == []  # the "server" is running before the CLI
+    per_child = 15
+
+    children = [store_backend.child("create-apps", per_child) for _ in range(3)]
+    server_ids = [server.create_app("server")["app_id"] for _ in range(per_child)]
+    child_apps = []
+    for child in children:
+        output, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        child_apps += [json.loads(line) for line in output.splitlines()]
+
+    all_ids = server_ids + [app_id for app_id, _key in child_apps]
+    total = 4 * per_child
+    assert sorted(all_ids, key=int) == [str(n) for n in range(1, total + 1)]
+    # No stale cache: the running store sees every app the others created.
+    assert [app["app_id"] for app in server.list_apps()] == [
+        str(n) for n in range(1, total + 1)
+    ]
+    for app_id, key in child_apps:
+        assert server.get_app(app_id)["key"] == key
+        assert server.get_app_by_key(key)["app_id"] == app_id
+
+
+# events
+
+
+def test_events_newest_first_with_skip_and_count_across_channels(store):
+    added = []
+    for index in range(30):
+        channel = ["news", "sport", "weather"][index % 3]
+        added.append(make_event("1", channel, 1000.0 + index, mid="m%d" % index))
+    # Several batches, out of order: the order comes from the timestamps.
+    store.add_events(added[10:20])
+    store.add_events(added[:10])
+    store.add_events(added[20:])
+
+    expected = [
+        event["mid"]
+        for event in sorted(added, key=lambda event: -event["timestamp"])
+        if event["channel"] in ("news", "sport")
+    ]
+    assert len(expected) == 20
+    assert mids(store.get_events("1", ["news", "sport"])) == expected[:10]
+    assert mids(store.get_events("1", ["news", "sport"], skip=3, count=5)) == (
+        expected[3:8]
+    )
+    assert mids(store.get_events("1", ["sport", "news"], skip=15, count=10)) == (
+        expected[15:]
+    )
+    assert store.get_events("1", ["news", "sport"], skip=20, count=10) == []
+    assert mids(store.get_events("1", ["news"], skip=2, count=3)) == [
+        "m21",
+        "m18",
+        "m15",
+    ]
+    assert store.get_events("1", ["nobody-here"]) == []
+    assert store.get_events("1", []) == []
+    assert store.get_events("1", ["news"], count=0) == []
+
+
+def test_equal_timestamps_come_newest_added_first(store):
+    for index in range(5):
+        store.add_events([make_event("1", "tied", 500.0, mid="tie-%d" % index)])
+
+    assert mids(store.get_events("1", ["tied"])) == [
+        "tie-4",
+        "tie-3",
+        "tie-2",
+        "tie-1",
+        "tie-0",
+    ]
+    assert mids(store.get_events("1", ["tied", "other"], skip=1, count=2)) == [
+        "tie-3",
+        "tie-2",
+    ]
+
+
+def test_equal_timestamps_across_channels_come_newest_added_first(store):
+    for index in range(6):
+        channel = "left" if index % 2 == 0 else "right"
+        store.add_events([make_event("1", channel, 700.0, mid="x%d" % index)])
+
+    assert mids(store.get_events("1", ["left", "right"], count=6)) == [
+        "x5",
+        "x4",
+        "x3",
+        "x2",
+        "x1",
+        "x0",
+    ]
+    assert mids(store.get_events("1", ["right", "left"], skip=2, count=3)) == [
+        "x3",
+        "x2",
+        "x1",
+    ]
+
+
+def test_event_fields_round_trip_exactly(store):
+    data = '{"text": "olá \\u00e9 \U0001f600", "n": 1.50}'
+    store.add_events(
+        [
+            make_event("1", "private-room", 1234.5678, mid="a", data=data, user_id=7),
+            make_event("1", "private-room", 1235.0, mid="b", data="plain"),
+        ]
+    )
+
+    newest, oldest = store.get_events("1", ["private-room"])
+
+    assert newest == dict(
+        mid="b",
+        app_id="1",
+        channel="private-room",
+        event="message",
+        data="plain",
+        timestamp=1235.0,
+        user_id=None,
+    )
+    assert oldest["data"] == data
+    assert oldest["timestamp"] == 1234.5678
+    assert oldest["user_id"] == "7"
+
+
+def test_adding_the_same_mid_twice_keeps_one_event(store):
+    event = make_event("1", "c", 10.0, mid="once")
+    store.add_events([event])
+    store.add_events([event, make_event("1", "c", 11.0, mid="twice")])
+
+    assert mids(all_events(store, "1", ["c"])) == ["twice", "once"]
+
+
+def test_apps_never_see_each_others_data(store):
+    store.add_events(
+        [make_event("1", "shared", 1.0 + n, mid="a%d" % n) for n in range(5)]
+    )
+    store.add_events(
+        [make_event("2", "shared", 1.5 + n, mid="b%d" % n) for n in range(5)]
+    )
+    # The same mid in another app is another event.
+    store.add_events([make_event("2", "shared", 9.0, mid="a0")])
+    store.subscribe("1", "alice", "shared")
+    store.subscribe("2", "bob", "shared")
+
+    assert mids(all_events(store, "1", ["shared"])) == ["a4", "a3", "a2", "a1", "a0"]
+    assert mids(all_events(store, "2", ["shared"])) == [
+        "a0",
+        "b4",
+        "b3",
+        "b2",
+        "b1",
+        "b0",
+    ]
+    assert all_events(store, "3", ["shared"]) == []
+    assert store.list_subscriptions("1") == [
+        dict(app_id="1", user_id="alice", event="shared")
+    ]
+    assert store.list_subscriptions("2", event="shared") == [
+        dict(app_id="2", user_id="bob", event="shared")
+    ]
+    assert store.list_subscriptions("2", user_id="alice") == []
+    assert store.unsubscribe("2", "alice", "shared") is False
+
+    assert store.trim_events("1", max_count=1, max_age=0.5, now=5.2) == 4
+    assert mids(all_events(store, "1", ["shared"])) == ["a4"]
+    assert len(all_events(store, "2", ["shared"])) == 6
+
+
+# persisted subscriptions
+
+
+def test_subscribe_is_idempotent_and_unsubscribe_removes(store):
+    record = store.subscribe("1", "alice", "news")
+    assert record == dict(app_id="1", user_id="alice", event="news")
+    assert store.subscribe("1", "alice", "news") == record
+    assert store.list_subscriptions("1") == [record]
+
+    assert store.unsubscribe("1", "alice", "news") is True
+    assert store.unsubscribe("1", "alice", "news") is False
+    assert store.list_subscriptions("1") == []
+
+
+def test_list_subscriptions_filters(store):
+    for user_id, event in [
+        ("bob", "sport"),
+        ("alice", "news"),
+        ("alice", "sport"),
+        ("carol", "news"),
+        (42, "news"),
+    ]:
+        store.subscribe("1", user_id, event)
+
+    def pairs(records):
+        return [(record["user_id"], record["event"]) for record in records]
+
+    assert pairs(store.list_subscriptions("1")) == [
+        ("42", "news"),
+        ("alice", "news"),
+        ("alice", "sport"),
+        ("bob", "sport"),
+        ("carol", "news"),
+    ]
+    assert pairs(store.list_subscriptions("1", user_id="alice")) == [
+        ("alice", "news"),
+        ("alice", "sport"),
+    ]
+    assert pairs(store.list_subscriptions("1", event="news")) == [
+        ("42", "news"),
+        ("alice", "news"),
+        ("carol", "news"),
+    ]
+    assert pairs(store.list_subscriptions("1", user_id="42", event="news")) == [
+        ("42", "news")
+    ]
+    assert store.list_subscriptions("1", user_id="bob", event="news") == []
+
+
+# retention
+
+
+def test_trim_by_count_keeps_the_newest_per_channel(store):
+    store.add_events(
+        [make_event("1", "busy", 100.0 + n, mid="b%d" % n) for n in range(12)]
+    )
+    store.add_events(
+        [make_event("1", "quiet", 100.0 + n, mid="q%d" % n) for n in range(3)]
+    )
+
+    assert store.trim_events("1", max_count=5) == 7
+    assert mids(all_events(store, "1", ["busy"])) == ["b11", "b10", "b9", "b8", "b7"]
+    assert mids(all_events(store, "1", ["quiet"])) == ["q2", "q1", "q0"]
+    assert store.trim_events("1", max_count=5) == 0
+
+    # Later events and trims keep the bookkeeping right.
+    store.add_events(
+        [make_event("1", "busy", 200.0 + n, mid="c%d" % n) for n in range(3)]
+    )
+    store.add_events(
+        [make_event("1", "quiet", 200.0 + n, mid="r%d" % n) for n in range(3)]
+    )
+    assert store.trim_events("1", max_count=4) == 4 + 2
+    assert mids(all_events(store, "1", ["busy"])) == ["c2", "c1", "c0", "b11"]
+    assert mids(all_events(store, "1", ["quiet"])) == ["r2", "r1", "r0", "q2"]
+    assert store.trim_events("1", max_count=0) == 8
+    assert all_events(store, "1", ["busy", "quiet"]) == []
+
+
+def test_trim_by_count_with_equal_timestamps_drops_oldest_added(store):
+    for index in range(6):
+        store.add_events([make_event("1", "tied", 50.0, mid="t%d" % index)])
+
+    assert store.trim_events("1", max_count=2) == 4
+    assert mids(all_events(store, "1", ["tied"])) == ["t5", "t4"]
+
+
+def test_trim_by_age(store):
+    store.add_events(
+        [
+            make_event("1", "a", 899.0, mid="old"),
+            make_event("1", "b", 899.9, mid="old-too"),
+            make_event("1", "a", 900.0, mid="edge"),
+            make_event("1", "b", 950.0, mid="fresh"),
+        ]
+    )
+
+    assert store.trim_events("1", max_age=100, now=1000.0) == 2
+    assert mids(all_events(store, "1", ["a", "b"])) == ["fresh", "edge"]
+    assert store.trim_events("1", max_age=100, now=1000.0) == 0
+
+
+def test_trim_by_age_defaults_to_the_current_time(store):
+    now = time.time()
+    store.add_events(
+        [
+            make_event("1", "a", now - 3600, mid="hour-ago"),
+            make_event("1", "a", now + 3600, mid="future"),
+        ]
+    )
+
+    assert store.trim_events("1", max_age=60) == 1
+    assert mids(all_events(store, "1", ["a"])) == ["future"]
+
+
+def test_trim_by_age_and_count_together(store):
+    store.add_events([make_event("1", "c", float(n), mid="e%d" % n) for n in range(10)])
+
+    # Age removes e0..e3 (older than 4.0), count then keeps the newest 3.
+    assert store.trim_events("1", max_count=3, max_age=6, now=10.0) == 7
+    assert mids(all_events(store, "1", ["c"])) == ["e9", "e8", "e7"]
+    assert store.trim_events("1") == 0
+
+
+# concurrency and durability
+
+
+def test_concurrent_add_events_are_all_committed(store):
+    threads, per_thread = 16, 40
+    errors = []
+
+    def add(thread_index):
+        try:
+            for index in range(per_thread):
+                mid = "t%d-%d" % (thread_index, index)
+                channel = "channel-%d" % (thread_index % 4)
+                if index % 10 == 9:  # now and then a batch of two
+                    store.add_events(
+                        [
+                            make_event("1", channel, time.time(), mid=mid),
+                            make_event("1", channel, time.time(), mid=mid + "b"),
+                        ]
+                    )
+                else:
+                    store.add_events([make_event("1", channel, time.time(), mid=mid)])
+                # Committed on return: visible to this very thread.
+                assert mid in mids(store.get_events("1", [channel], count=50))
+        except BaseException as error:  # reported below, with the thread
+            errors.append((thread_index, error))
+
+    workers = [threading.Thread(target=add, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    stored = mids(all_events(store, "1", ["channel-%d" % n for n in range(4)]))
+    assert len(stored) == threads * (per_thread + per_thread // 10)
+    assert len(set(stored)) == len(stored)
+
+
+def test_events_survive_sigkill_of_the_writing_process(store_backend):
+    if store_backend.name == "mongo-emulator":
+        pytest.skip("the emulator is in-memory in this process: nothing to lose")
+    child = store_backend.child("add-events")
+    acked = []
+    try:
+        for line in child.stdout:
+            acked.append(line.strip())
+            if len(acked) >= 300:
+                break
+        # Acks already written by the time of the kill count too.
+        os.kill(child.pid, signal.SIGKILL)
+        acked += [line.strip() for line in child.stdout if line.strip()]
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert len(acked) >= 300
+
+    reopened = store_backend.open()
+    stored = set(mids(all_events(reopened, "1", ["durable"])))
+    assert set(acked) <= stored
+
+
+# SQLite specifics
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    yield store
+    store.close()
+
+
+def test_open_store_picks_the_backend(tmp_path, store_mongo_emulator):
+    embedded = open_store(data_dir=str(tmp_path / "embedded"))
+    try:
+        assert isinstance(embedded, SQLiteStore)
+        assert os.path.isfile(str(tmp_path / "embedded" / "pushi.sqlite3"))
+    finally:
+        embedded.close()
+    database = "pushi_test_" + uuid.uuid4().hex
+    mongo = open_store(mongo_url=store_mongo_emulator.url + database)
+    try:
+        assert isinstance(mongo, MongoStore)
+        assert mongo.database.name == database
+        mongo.client.drop_database(database)
+    finally:
+        mongo.close()
+
+
+def test_sqlite_uses_wal_and_full_sync(sqlite_store):
+    connection = sqlite_store._reader()
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_sqlite_bad_event_fails_only_its_own_caller(sqlite_store):
+    # ``data`` None breaks a NOT NULL constraint inside the writer, in a
+    # batch it may share with good events from other threads.
+    results = {}
+    barrier = threading.Barrier(9)
+
+    def add(index, event):
+        barrier.wait()
+        try:
+            sqlite_store.add_events([event])
+            results[index] = "ok"
+        except Exception as error:
+            results[index] = type(error).__name__
+
+    workers = [
+        threading.Thread(
+            target=add, args=(n, make_event("1", "c", float(n), mid="m%d" % n))
+        )
+        for n in range(8)
+    ]
+    bad = make_event("1", "c", 99.0, mid="bad")
+    bad["data"] = None
+    workers.append(threading.Thread(target=add, args=("bad", bad)))
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert results.pop("bad") == "IntegrityError"
+    assert results == {n: "ok" for n in range(8)}
+    assert sorted(mids(all_events(sqlite_store, "1", ["c"]))) == [
+        "m%d" % n for n in range(8)
+    ]
+
+
+def test_sqlite_event_queries_use_indexes(sqlite_store):
+    sqlite_store.add_events(
+        [make_event("1", "c%d" % (n % 3), float(n)) for n in range(50)]
+    )
+    statements = []
+    sqlite_store._reader().set_trace_callback(statements.append)
+    sqlite_store._write(
+        lambda connection: connection.set_trace_callback(statements.append)
+    )
+
+    sqlite_store.get_events("1", ["c0"], skip=2, count=5)
+    sqlite_store.get_events("1", ["c0", "c1"], skip=2, count=5)
+    sqlite_store.trim_events("1", max_count=3, max_age=10, now=45.0)
+    sqlite_store._write(lambda connection: connection.set_trace_callback(None))
+    sqlite_store._reader().set_trace_callback(None)
+
+    queries = [
+        statement
+        for statement in statements
+        if re.match(r"\s*(SELECT|DELETE|UPDATE)\b.*\bevents\b", statement, re.I | re.S)
+    ]
+    assert len(queries) >= 6
+    connection = sqlite_store._reader()
+    for query in queries:
+        plan = " | ".join(
+            row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + query)
+        )
+        assert "USING" in plan and "INDEX" in plan, (query, plan)
+        assert not re.search(r"\bSCAN events\b", plan), (query, plan)
+        if "ORDER BY" in query:
+            assert "TEMP B-TREE FOR ORDER BY" not in plan, (query, plan)
+
+
+def test_sqlite_closed_store_refuses_work(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    store.create_app("chat")
+    store.close()
+    store.close()  # twice is harmless
+
+    with pytest.raises(StoreClosedError):
+        store.add_events([make_event("1", "c", 1.0)])
+    with pytest.raises(StoreClosedError):
+        store.create_app("late")
+    reopened = SQLiteStore(str(tmp_path / "data"))
+    try:
+        assert [app["name"] for app in reopened.list_apps()] == ["chat"]
+    finally:
+        reopened.close()
