@@ -138,6 +138,8 @@ def ratios(results):
     """pushi/soketi and pushi/original of the headline figures."""
     by_key = {}
     for result in results:
+        if "error" in result or "skipped" in result or result.get("previous_backlog"):
+            continue
         by_key.setdefault(result_key(result), {})[result["server"]] = result
     lines = []
     for key, per_server in by_key.items():
@@ -153,6 +155,13 @@ def ratios(results):
                 theirs = per_server.get(peer, {}).get(metric)
                 if mine and theirs:
                     line["pushi/%s" % peer] = round(mine / theirs, 2)
+            incomplete = sorted(
+                name for name, result in per_server.items() if result.get("undelivered")
+            )
+            if incomplete:
+                # a server that did not deliver everything: its rate is real
+                # but the ratio says more about its backlog than its speed
+                line["incomplete"] = incomplete
             if len(line) > 2:
                 lines.append(line)
     return lines

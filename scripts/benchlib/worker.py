@@ -692,7 +692,12 @@ class TriggerTask:
         self.done = True
         for conn in list(self.conns):
             self.drop(conn)
-        elapsed = max(1e-9, self.t_last - self.t0)
+        # stopped by count: up to the last answer; by time: the whole phase
+        # (an open loop at a low rate would otherwise look fast)
+        end = self.t_last
+        if self.sent < self.max_count:
+            end = max(end, self.deadline)
+        elapsed = max(1e-9, end - self.t0)
         self.worker.reply(
             {
                 "sent": self.sent,
