@@ -1,0 +1,224 @@
+"""A stand-in WebSocket server that measures the load generator itself.
+
+It speaks just enough of the Pusher protocol for the subscriber workers
+(upgrade, ``pusher:connection_established``, subscription answers) and, on
+a ``blast`` command from its parent (JSON lines on stdin, like
+``worker``), writes pre-built bench messages to every socket as fast as it
+can: ``batch`` frames joined into one write per socket, so ``batch=1``
+looks like a server writing each frame on its own (soketi) and larger
+batches like one that coalesces frames per loop turn.  The generator's
+ceiling is what the subscribers count while their process is saturated.
+Binds 127.0.0.1 only; stops when its stdin closes.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+from . import wsproto
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def server_frame(payload):
+    """An unmasked final text frame."""
+    length = len(payload)
+    if length < 126:
+        head = bytes([0x81, length])
+    elif length < 65536:
+        head = bytes([0x81, 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 127]) + length.to_bytes(8, "big")
+    return head + payload
+
+
+def message(event, data, channel=None):
+    """A Pusher message frame with ``data`` as a JSON string."""
+    body = {"event": event, "data": data}
+    if channel:
+        body["channel"] = channel
+    return server_frame(json.dumps(body).encode("utf-8"))
+
+
+class Blaster:
+    """Accepts subscribers, answers their setup, blasts on command."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1024)
+        self.listener.setblocking(False)
+        self.clients = {}
+        self.ready = []
+        self.control = sys.stdin.fileno()
+        os.set_blocking(self.control, False)
+        self.control_buf = b""
+        self.running = True
+
+    def reply(self, answer):
+        """One JSON line to the parent."""
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+    def on_accept(self):
+        """Accepts pending connections."""
+        while True:
+            try:
+                sock, _addr = self.listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            self.clients[sock] = bytearray()
+
+    def on_client(self, sock):
+        """Handshake, then setup messages of one client."""
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.clients.pop(sock, None)
+            if sock in self.ready:
+                self.ready.remove(sock)
+            sock.close()
+            return
+        buf = self.clients[sock]
+        buf += data
+        if sock not in self.ready:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            key = ""
+            for line in bytes(buf[:end]).decode("latin-1").split("\r\n"):
+                name, _sep, value = line.partition(":")
+                if name.strip().lower() == "sec-websocket-key":
+                    key = value.strip()
+            accept = base64.b64encode(
+                hashlib.sha1((key + GUID).encode("ascii")).digest()
+            ).decode("ascii")
+            del buf[: end + 4]
+            answer = (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept
+            ).encode("ascii")
+            established = json.dumps({"socket_id": "1.%d" % sock.fileno()})
+            sock.setblocking(True)
+            sock.sendall(answer + message("pusher:connection_established", established))
+            sock.setblocking(False)
+            self.ready.append(sock)
+        frames, used = wsproto.parse_frames(buf)
+        del buf[:used]
+        for _fin, opcode, payload in frames:
+            if opcode != wsproto.OP_TEXT:
+                continue
+            event = json.loads(payload)
+            if event.get("event") == "pusher:subscribe":
+                channel = event["data"]["channel"]
+                sock.setblocking(True)
+                sock.sendall(
+                    message("pusher_internal:subscription_succeeded", "{}", channel)
+                )
+                sock.setblocking(False)
+
+    def blast(self, cmd):
+        """Writes ``count`` messages to every ready socket, ``batch`` frames
+        per write, for at most ``duration`` seconds."""
+        count = int(cmd.get("count", 10**6))
+        batch = max(1, int(cmd.get("batch", 1)))
+        deadline = time.monotonic() + float(cmd.get("duration", 5))
+        socks = list(self.ready)
+        for sock in socks:
+            sock.setblocking(True)
+        sent = 0
+        seq = int(cmd.get("seq_start", 1))
+        t0 = time.monotonic()
+        try:
+            while sent < count and time.monotonic() < deadline:
+                now = time.monotonic()
+                frames = []
+                for _index in range(min(batch, count - sent)):
+                    data = '{"s":%d,"t":%.6f}' % (seq, now)
+                    frames.append(message("bench", data, "fanout"))
+                    seq += 1
+                    sent += 1
+                chunk = b"".join(frames)
+                for sock in socks:
+                    sock.sendall(chunk)
+        finally:
+            for sock in socks:
+                sock.setblocking(False)
+        elapsed = time.monotonic() - t0
+        self.reply(
+            {
+                "messages": sent,
+                "frames": sent * len(socks),
+                "sockets": len(socks),
+                "elapsed": elapsed,
+                "t0": t0,
+                "accepted": {"fanout": list(range(int(cmd.get("seq_start", 1)), seq))},
+            }
+        )
+
+    def on_control(self):
+        """Reads commands."""
+        try:
+            data = os.read(self.control, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.running = False
+            return
+        self.control_buf += data
+        while b"\n" in self.control_buf:
+            line, self.control_buf = self.control_buf.split(b"\n", 1)
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            if cmd["cmd"] == "blast":
+                self.blast(cmd)
+            elif cmd["cmd"] == "port":
+                self.reply({"port": self.listener.getsockname()[1]})
+            elif cmd["cmd"] == "exit":
+                self.running = False
+
+    def run(self):
+        """Serves until told to exit or the parent goes away."""
+        poller = select.poll()
+        poller.register(self.listener.fileno(), select.POLLIN)
+        poller.register(self.control, select.POLLIN)
+        watched = {}
+        while self.running:
+            for sock in self.clients:
+                if sock.fileno() not in watched:
+                    watched[sock.fileno()] = sock
+                    poller.register(sock.fileno(), select.POLLIN)
+            for fd in [fd for fd, sock in watched.items() if sock not in self.clients]:
+                del watched[fd]
+                poller.unregister(fd)
+            for fd, _events in poller.poll(200):
+                if fd == self.listener.fileno():
+                    self.on_accept()
+                elif fd == self.control:
+                    self.on_control()
+                elif fd in watched and watched[fd] in self.clients:
+                    self.on_client(watched[fd])
+
+
+def main():
+    """Entry point of the blaster process."""
+    from .worker import raise_nofile
+
+    raise_nofile()
+    Blaster().run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""Command line of ``scripts/bench``: selects servers and scenarios, runs
+them, prints one JSON line per result, then ratios and a markdown table."""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+from . import scenarios
+from . import servers
+from .scenarios import log
+
+#: the headline figure of each scenario, and whether higher is better
+HEADLINE = {
+    "fanout": ("msgs_per_s", True),
+    "trigger": ("triggers_per_s", True),
+    "channels": ("msgs_per_s", True),
+    "connect": ("connections_per_s", True),
+    "persist": ("triggers_per_s", True),
+}
+#: CPU used by processes outside the bench above this (% of one core) is
+#: flagged: the figures of that row were measured on a busy machine
+CONTENDED_PCT = 25.0
+SECONDARY = {
+    "fanout": ("server_cpu_us_per_delivery", False),
+    "channels": ("server_cpu_us_per_delivery", False),
+    "connect": ("rss_per_connection_kb", False),
+}
+
+
+def parse_args(argv):
+    """Parses the command line."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="Benchmarks Pushi against its peers over loopback.",
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="comma-separated: pushi,soketi,original (default: every installed one)",
+    )
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        help="comma-separated: %s (default: all of these), or generator "
+        "(the load generator's own ceiling, against a stand-in server)"
+        % ",".join(scenarios.SCENARIOS),
+    )
+    parser.add_argument("--quick", action="store_true", help="small N, ~1-2 minutes")
+    parser.add_argument(
+        "--install-peers",
+        action="store_true",
+        help="install soketi and the original Pushi into .bench/ first",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print a markdown table at the end"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per load phase"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="subscriber worker processes (default: 1 up to 1,000 sockets, else 2)",
+    )
+    parser.add_argument(
+        "--subscribers",
+        default=None,
+        help="comma-separated fan-out sizes (default 1000,5000; quick 200,1000)",
+    )
+    parser.add_argument("--out", default=None, help="also append JSON lines here")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the servers' temp dirs and logs"
+    )
+    return parser.parse_args(argv)
+
+
+def machine():
+    """A description of the machine for the report."""
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    node = "?"
+    try:
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "loadavg_at_start": os.getloadavg()[0],
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "node": node or "?",
+        "kernel": platform.release(),
+    }
+
+
+def select_servers(option):
+    """The servers to run: those asked for, or every installed one."""
+    names = option.split(",") if option else list(servers.SERVERS)
+    chosen = []
+    for name in names:
+        name = name.strip()
+        if name not in servers.SERVERS:
+            raise SystemExit(
+                "unknown server %r (have %s)" % (name, list(servers.SERVERS))
+            )
+        server = servers.SERVERS[name](None)
+        if server.available():
+            chosen.append(name)
+        elif option:
+            raise SystemExit("server %r is not installed (try --install-peers)" % name)
+        else:
+            log("skipping %s: not installed" % name)
+    return chosen
+
+
+def result_key(result):
+    """What makes two results comparable across servers."""
+    size = result.get("subscribers") or result.get("connections") or ""
+    return "%s/%s/%s" % (result["scenario"], result["variant"], size)
+
+
+def ratios(results):
+    """pushi/soketi and pushi/original of the headline figures."""
+    by_key = {}
+    for result in results:
+        if "error" in result or "skipped" in result or result.get("previous_backlog"):
+            continue
+        by_key.setdefault(result_key(result), {})[result["server"]] = result
+    lines = []
+    for key, per_server in by_key.items():
+        if "pushi" not in per_server or len(per_server) < 2:
+            continue
+        scenario = key.split("/", 1)[0]
+        for metric, _higher in [HEADLINE[scenario]] + (
+            [SECONDARY[scenario]] if scenario in SECONDARY else []
+        ):
+            mine = per_server["pushi"].get(metric)
+            line = {"ratio": key, "metric": metric}
+            for peer in ("soketi", "original"):
+                theirs = per_server.get(peer, {}).get(metric)
+                if mine and theirs:
+                    line["pushi/%s" % peer] = round(mine / theirs, 2)
+            incomplete = sorted(
+                name for name, result in per_server.items() if result.get("undelivered")
+            )
+            if incomplete:
+                # a server that did not deliver everything: its rate is real
+                # but the ratio says more about its backlog than its speed
+                line["incomplete"] = incomplete
+            if len(line) > 2:
+                lines.append(line)
+    return lines
+
+
+def fmt(value, digits=0):
+    """Formats a number for the table."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and digits:
+        return "%.*f" % (digits, value)
+    return "{:,}".format(int(round(value)))
+
+
+def markdown(results, info, names):
+    """A markdown table, one row per scenario, one column group per server."""
+    names = list(names) + sorted({result["server"] for result in results} - set(names))
+    by_key = {}
+    order = []
+    for result in results:
+        key = result_key(result)
+        if key not in by_key:
+            order.append(key)
+        by_key.setdefault(key, {})[result["server"]] = result
+    lines = [
+        "Machine: %s cores, %s, Python %s, Node %s, Linux %s; server and load "
+        "generator share the cores over loopback."
+        % (
+            info["nproc"],
+            info["cpu_model"],
+            info["python"],
+            info["node"],
+            info["kernel"],
+        ),
+        "",
+        "| scenario | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for key in order:
+        cells = []
+        for name in names:
+            result = by_key[key].get(name)
+            cells.append(cell(result) if result else "-")
+        lines.append("| %s | %s |" % (label(key), " | ".join(cells)))
+    lines.append("")
+    lines.append(
+        "Cells: headline figure; latency p50/p99 from the payload timestamp; "
+        "server CPU% / generator CPU% (of one core); us = server CPU per "
+        "delivery; GEN-BOUND = a generator process above 90% of a core; "
+        "other load = CPU used outside the bench during the measurement "
+        "(other processes, unattributed kernel work)."
+    )
+    return "\n".join(lines)
+
+
+def label(key):
+    """The row label of a result key."""
+    scenario, variant, size = key.split("/")
+    names = {
+        "fanout": "fan-out to %s subs, %s" % (fmt(int(size)), variant),
+        "trigger": "triggers, 1 sub, 8 in flight",
+        "channels": "%s sockets, own channel each, random triggers" % fmt(int(size)),
+        "connect": "%s idle connections" % fmt(int(size)),
+        "persist": "persisted triggers, %s" % variant,
+        "generator": "generator self-test, %s subs, %s" % (fmt(int(size)), variant),
+    }
+    return names.get(scenario, key)
+
+
+def cell(result):
+    """One table cell."""
+    if "error" in result:
+        return "error: %s" % result["error"][:60]
+    if "skipped" in result:
+        return "skipped: %s" % result["skipped"]
+    scenario = result["scenario"]
+    parts = []
+    if scenario in ("fanout", "channels", "generator"):
+        parts.append("%s msgs/s" % fmt(result["msgs_per_s"]))
+    elif scenario in ("trigger", "persist"):
+        parts.append("%s req/s" % fmt(result["triggers_per_s"]))
+    if scenario == "connect":
+        parts.append("%s conn/s" % fmt(result["connections_per_s"]))
+        parts.append("%s KB/conn" % fmt(result["rss_per_connection_kb"], 1))
+    else:
+        latency = result.get("latency_ms") or {}
+        if scenario in ("trigger", "persist"):
+            latency = result.get("http_latency_ms") or latency
+        if latency.get("p50") is not None:
+            parts.append("p50 %s / p99 %s ms" % (latency["p50"], latency["p99"]))
+        loss = result.get("lost_sampled", 0) + result.get("undelivered", 0)
+        if loss or result.get("duplicates_sampled"):
+            parts.append(
+                "lost %s, undelivered %s, dup %s"
+                % (
+                    result.get("lost_sampled"),
+                    fmt(result.get("undelivered")),
+                    result.get("duplicates_sampled"),
+                )
+            )
+    if result.get("server_cpu_us_per_delivery") is not None and scenario in (
+        "fanout",
+        "channels",
+    ):
+        parts.append("%s us" % fmt(result["server_cpu_us_per_delivery"], 1))
+    parts.append(
+        "cpu %s%% / %s%%"
+        % (result.get("server_cpu_pct"), result.get("generator_cpu_pct"))
+    )
+    if result.get("generator_bound"):
+        parts.append("GEN-BOUND")
+    if result.get("previous_backlog"):
+        parts.append("previous phase still delivering")
+    if (result.get("other_cpu_pct") or 0) > CONTENDED_PCT:
+        parts.append("other load %s%%" % fmt(result["other_cpu_pct"]))
+    return "<br>".join(parts)
+
+
+def emit(line, out):
+    """Prints one JSON line (and appends it to ``out``)."""
+    text = json.dumps(line, sort_keys=False)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+    if out:
+        with open(out, "a") as file:
+            file.write(text + "\n")
+
+
+def on_signal(signum, _frame):
+    """Turns SIGTERM into the same clean-up path as Ctrl-C."""
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    """Runs the bench; returns the process exit code."""
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, on_signal)
+    # also when started in the background, where SIGINT comes in ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from .worker import raise_nofile
+
+    raise_nofile()
+    if options.install_peers:
+        for name in ("soketi", "original"):
+            server = servers.SERVERS[name](None)
+            if not server.available():
+                server.install(log)
+    names = select_servers(options.server)
+    chosen = (
+        options.scenario.split(",") if options.scenario else list(scenarios.SCENARIOS)
+    )
+    for name in chosen:
+        if name not in scenarios.SCENARIOS and name not in scenarios.SELF_SCENARIOS:
+            raise SystemExit("unknown scenario %r" % name)
+    profile = dict(scenarios.PROFILES["quick" if options.quick else "default"])
+    if options.duration:
+        profile["duration"] = options.duration
+    if options.subscribers:
+        profile["fanout_sizes"] = [int(n) for n in options.subscribers.split(",")]
+    info = machine()
+    info["profile"] = "quick" if options.quick else "default"
+    info["servers"] = names
+    info["scenarios"] = chosen
+    emit({"machine": info}, options.out)
+    results = []
+    started = time.monotonic()
+    try:
+        for scenario in chosen:
+            if scenario in scenarios.SELF_SCENARIOS:
+                log("scenario %s (the load generator itself)" % scenario)
+                for line in scenarios.SELF_SCENARIOS[scenario](
+                    "blaster", profile, options
+                ):
+                    emit(line, options.out)
+                    results.append(line)
+                continue
+            for name in names:
+                log("scenario %s on %s" % (scenario, name))
+                try:
+                    lines = scenarios.SCENARIOS[scenario](name, profile, options)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exception:  # report and go on
+                    lines = [
+                        {
+                            "scenario": scenario,
+                            "variant": "error",
+                            "server": name,
+                            "error": "%s: %s" % (type(exception).__name__, exception),
+                        }
+                    ]
+                for line in lines:
+                    emit(line, options.out)
+                    results.append(line)
+    except KeyboardInterrupt:
+        log("interrupted: children stopped")
+        return 130
+    for line in ratios(results):
+        emit(line, options.out)
+    log("done in %.0f s" % (time.monotonic() - started))
+    if options.markdown:
+        sys.stdout.write("\n" + markdown(results, info, names) + "\n")
+    return 0

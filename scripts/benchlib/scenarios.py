@@ -1,0 +1,683 @@
+"""The benchmark scenarios: each starts a fresh server, drives it from
+separate worker processes and returns result dicts (one JSON line each).
+
+Measurement window of a load phase: from the first trigger sent to the end
+of the drain (all expected frames counted, no progress for ``stall``
+seconds, or ``max_drain`` seconds after the last trigger).  CPU figures are
+deltas of ``/proc/<pid>/stat`` over that window, in percent of one core.
+"""
+
+import os
+import shutil
+import sys
+import time
+
+from . import procs
+from . import servers
+from . import stats
+
+#: a generator process above this share of one core is the bottleneck
+GENERATOR_BOUND_PCT = 90.0
+#: sampled subscribers (JSON parsed, latency and loss) per fan-out run
+SAMPLED = 20
+
+PROFILES = {
+    "default": {
+        "duration": 10.0,
+        "warmup": 2.0,
+        "fanout_sizes": [1000, 5000],
+        "fanout_inflight": 4,
+        "channels": 2000,
+        "connections": 5000,
+        "persist_stored": [1000, 100000],
+        "max_drain": 30.0,
+        "preload_time": 120.0,
+    },
+    "quick": {
+        "duration": 3.0,
+        "warmup": 1.0,
+        "fanout_sizes": [200, 1000],
+        "fanout_inflight": 4,
+        "channels": 500,
+        "connections": 1000,
+        "persist_stored": [1000, 10000],
+        "max_drain": 6.0,
+        "preload_time": 40.0,
+    },
+}
+
+#: bound on frames one phase may ask for (the time bound usually hits first)
+MAX_DELIVERIES = 3_000_000
+#: a server using less than this share of a core counts as idle
+IDLE_SHARE = 0.05
+
+
+def log(message):
+    """Progress goes to stderr; stdout carries only results."""
+    sys.stderr.write("[bench] %s\n" % message)
+    sys.stderr.flush()
+
+
+def machine_busy_seconds():
+    """Busy CPU seconds of the whole machine since boot (all cores)."""
+    with open("/proc/stat") as file:
+        fields = [int(value) for value in file.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / stats.CLOCK_TICKS
+
+
+class Meter:
+    """CPU of the server tree, of each generator process, of this process
+    and of the whole machine over one measurement window."""
+
+    def __init__(self, server_pid, generators):
+        self.server_pid = server_pid
+        self.generators = generators
+        self.t0 = time.monotonic()
+        self.server0 = stats.tree_cpu_seconds(server_pid)
+        self.gen0 = [worker.cpu() for worker in generators]
+        self.self0 = stats.cpu_seconds(os.getpid())
+        self.machine0 = machine_busy_seconds()
+
+    def stop(self):
+        """Returns the CPU figures of the window."""
+        wall = max(1e-9, time.monotonic() - self.t0)
+        server = stats.tree_cpu_seconds(self.server_pid) - self.server0
+        gens = [
+            worker.cpu() - start for worker, start in zip(self.generators, self.gen0)
+        ]
+        own = stats.cpu_seconds(os.getpid()) - self.self0
+        machine = machine_busy_seconds() - self.machine0
+        gen_max = max(gens) if gens else 0.0
+        return {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": server,
+            "server_cpu_pct": round(100 * server / wall, 1),
+            "generator_cpu_pct": round(100 * sum(gens) / wall, 1),
+            "generator_cpu_pct_by_process": [round(100 * g / wall, 1) for g in gens],
+            "generator_bound": 100 * gen_max / wall > GENERATOR_BOUND_PCT,
+            "machine_cpu_pct": round(100 * machine / wall, 1),
+            "other_cpu_pct": round(
+                100 * max(0.0, machine - server - sum(gens) - own) / wall, 1
+            ),
+        }
+
+
+class Session:
+    """One server instance with its worker processes."""
+
+    def __init__(self, server_name, sub_workers, keep=False):
+        classes = dict(servers.SERVERS, blaster=servers.BlasterServer)
+        self.server = classes[server_name](servers.make_workdir(server_name))
+        self.subs = [procs.WorkerProc("subscriber") for _ in range(sub_workers)]
+        self.trigger = procs.WorkerProc("trigger")
+        self.keep = keep
+        self.leftover = 0
+        self.backlog = False
+
+    def __enter__(self):
+        log("starting %s" % self.server.name)
+        try:
+            self.server.start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        log(
+            "%s up: pid %s, http %s, ws %s"
+            % (
+                self.server.name,
+                self.server.pid,
+                self.server.http_port,
+                self.server.ws_port,
+            )
+        )
+        return self
+
+    def __exit__(self, *exc_info):
+        for worker in self.subs + [self.trigger]:
+            worker.stop()
+        self.server.stop()
+        if not self.keep:
+            shutil.rmtree(self.server.workdir, ignore_errors=True)
+        return False
+
+    @property
+    def generators(self):
+        """Every load process."""
+        return self.subs + [self.trigger]
+
+    def connect(self, n, channel=None, prefix=None, sample=0, subscribe=True):
+        """Opens ``n`` subscribers split over the subscriber workers."""
+        shares = split(n, len(self.subs))
+        samples = split(sample, len(self.subs)) if sample != "all" else None
+        offset = 0
+        for index, (worker, share) in enumerate(zip(self.subs, shares)):
+            cmd = {
+                "cmd": "connect",
+                "port": self.server.ws_port,
+                "path": self.server.ws_path(),
+                "n": share,
+                "subscribe": subscribe,
+                "sample": "all" if samples is None else samples[index],
+                "timeout": 120,
+            }
+            if channel is not None:
+                cmd["channel"] = channel
+            else:
+                cmd["channel_prefix"] = prefix
+                cmd["offset"] = offset
+            offset += share
+            worker.send(cmd)
+        answers = [worker.recv(180) for worker in self.subs]
+        ready = sum(a["ready"] for a in answers)
+        failed = sum(a["failed"] for a in answers)
+        errors = {}
+        for answer in answers:
+            for key, value in answer["errors"].items():
+                errors[key] = errors.get(key, 0) + value
+        t_start = min(a["t_start"] for a in answers)
+        t_end = max(a["t_end"] for a in answers)
+        return {
+            "ready": ready,
+            "failed": failed,
+            "errors": errors,
+            "elapsed": max(1e-9, t_end - t_start),
+        }
+
+    def reset(self, ping=True):
+        """Zeroes the subscriber counters (pinging first, where the server
+        takes ``pusher:ping``: keeps activity timeouts from firing)."""
+        ping = ping and self.server.accepts_ping
+        self.leftover, self.backlog = self.quiesce()
+        for worker in self.subs:
+            worker.send({"cmd": "reset", "ping": ping, "settle": 0.5})
+        for worker in self.subs:
+            worker.recv(30)
+
+    def sub_stats(self):
+        """Sum of the subscribers' counters."""
+        answers = [worker.call({"cmd": "stats"}, 30) for worker in self.subs]
+        return {
+            "frames": sum(a["frames"] for a in answers),
+            "last_t": max(a["last_t"] for a in answers),
+            "open": sum(a["open"] for a in answers),
+            "unexpected_closes": sum(a["unexpected_closes"] for a in answers),
+        }
+
+    def samples(self):
+        """Everything the sampled subscribers saw."""
+        subs = []
+        for worker in self.subs:
+            subs.extend(worker.call({"cmd": "samples"}, 60)["subs"])
+        return subs
+
+    def trigger_phase(
+        self,
+        channels,
+        inflight,
+        duration,
+        rate=None,
+        max_count=None,
+        persist=False,
+        expected_per_trigger=1,
+        max_drain=15.0,
+        stall=3.0,
+        seq_start=1,
+    ):
+        """Runs one trigger loop, then waits for the deliveries.
+
+        Returns ``(trigger_answer, delivery_stats, meter_figures)``."""
+        cmd = dict(self.server.trigger_spec(persist=persist))
+        cmd.update(
+            cmd="trigger",
+            channels=channels,
+            inflight=inflight,
+            duration=duration,
+            rate=rate,
+            max_count=max_count or 10**9,
+            seq_start=seq_start,
+        )
+        meter = Meter(self.server.pid, self.generators)
+        answer = self.trigger.call(cmd, duration + 120)
+        expected = answer["ok"] * expected_per_trigger
+        delivery = self.drain(expected, max_drain, stall)
+        figures = meter.stop()
+        return answer, delivery, figures
+
+    def drain(self, expected, max_drain, stall):
+        """Polls the subscribers until ``expected`` frames were counted, or
+        nothing arrived for ``stall`` seconds while the server was idle
+        (a busy server may still be building a large batch), or
+        ``max_drain`` passes."""
+        start = time.monotonic()
+        last_frames = -1
+        last_change = start
+        cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+        while True:
+            current = self.sub_stats()
+            now = time.monotonic()
+            if current["frames"] >= expected:
+                break
+            if current["frames"] != last_frames:
+                last_frames = current["frames"]
+                last_change = now
+                cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+            elif now - last_change > stall:
+                busy = stats.tree_cpu_seconds(self.server.pid) - cpu_at_change
+                if busy < IDLE_SHARE * (now - last_change):
+                    break
+            if now - start > max_drain:
+                break
+            time.sleep(0.1)
+        current["drain_s"] = round(time.monotonic() - start, 2)
+        current["expected"] = expected
+        current["t_end"] = time.monotonic()
+        return current
+
+    def quiesce(self, quiet=1.0, max_wait=30.0):
+        """Waits until no frame arrived for ``quiet`` seconds and the server
+        is idle, so that a backlog of the previous phase does not count in
+        the next one.  Returns the frames that arrived meanwhile."""
+        start = time.monotonic()
+        first = last = self.sub_stats()["frames"]
+        last_change = start
+        cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+        while time.monotonic() - start < max_wait:
+            time.sleep(0.2)
+            frames = self.sub_stats()["frames"]
+            now = time.monotonic()
+            if frames != last:
+                last = frames
+                last_change = now
+                cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+            elif now - last_change >= quiet:
+                busy = stats.tree_cpu_seconds(self.server.pid) - cpu_at_change
+                if busy < IDLE_SHARE * (now - last_change):
+                    return last - first, False
+        return last - first, True
+
+
+def split(total, parts):
+    """Splits ``total`` into ``parts`` near-equal integers."""
+    base, extra = divmod(int(total), parts)
+    return [base + (1 if index < extra else 0) for index in range(parts)]
+
+
+def loss_figures(samples, accepted):
+    """Lost, duplicate and extra messages over the sampled subscribers, plus
+    their delivery latencies (ms summary)."""
+    lost = duplicates = extra = 0
+    lats = []
+    accepted_sets = {channel: set(seqs) for channel, seqs in accepted.items()}
+    for sub in samples:
+        seen = sub["seqs"]
+        seen_set = set(seen)
+        wanted = accepted_sets.get(sub["channel"], set())
+        lost += len(wanted - seen_set)
+        extra += len(seen_set - wanted)
+        duplicates += len(seen) - len(seen_set)
+        lats.extend(sub["lats"])
+    return {
+        "sampled_subscribers": len(samples),
+        "lost": lost,
+        "duplicates": duplicates,
+        "unexpected": extra,
+        "latency_ms": stats.summarize(lats),
+    }
+
+
+def base_result(session, scenario, variant, **fields):
+    """The common head of a result line."""
+    result = {
+        "scenario": scenario,
+        "variant": variant,
+        "server": session.server.name,
+        "server_version": session.server.version,
+    }
+    result.update(fields)
+    return result
+
+
+def phase_result(session, scenario, variant, answer, delivery, figures, n_subs):
+    """Builds the result of a trigger-plus-delivery phase."""
+    samples = session.samples()
+    loss = loss_figures(samples, answer["accepted"])
+    delivered = delivery["frames"]
+    # complete: up to the last frame; incomplete: over the whole window, so
+    # that a server that stops delivering is not credited with its early rate
+    end = delivery["last_t"] if delivered >= delivery["expected"] else delivery["t_end"]
+    span = max(1e-9, end - answer["t0"])
+    result = base_result(
+        session,
+        scenario,
+        variant,
+        subscribers=n_subs,
+        triggers_sent=answer["sent"],
+        triggers_ok=answer["ok"],
+        trigger_statuses=answer["statuses"],
+        trigger_errors=answer["errors"],
+        triggers_per_s=round(answer["ok"] / answer["elapsed"], 1),
+        http_latency_ms=answer["latency_ms"],
+        delivered=delivered,
+        expected=delivery["expected"],
+        undelivered=max(0, delivery["expected"] - delivered),
+        msgs_per_s=round(delivered / span, 1) if delivered else 0.0,
+        drain_s=delivery["drain_s"],
+        lost_sampled=loss["lost"],
+        duplicates_sampled=loss["duplicates"],
+        unexpected_sampled=loss["unexpected"],
+        sampled_subscribers=loss["sampled_subscribers"],
+        latency_ms=loss["latency_ms"],
+        unexpected_closes=delivery["unexpected_closes"],
+        leftover_frames_before=session.leftover,
+    )
+    if session.backlog:
+        # the previous phase was still being delivered when this one began
+        result["previous_backlog"] = True
+    if answer.get("first_error_body"):
+        result["first_error_body"] = answer["first_error_body"]
+    if answer.get("late"):
+        result["late_ticks"] = answer["late"]
+    result.update(figures)
+    result["server_cpu_us_per_delivery"] = (
+        round(1e6 * figures["server_cpu_s"] / delivered, 2) if delivered else None
+    )
+    return result
+
+
+def sub_workers_for(n, option):
+    """Subscriber worker processes for ``n`` sockets."""
+    if option:
+        return option
+    return 1 if n <= 1000 else 2
+
+
+def fanout(server_name, profile, options):
+    """N subscribers on one channel: serial, several in flight, fixed rate."""
+    results = []
+    for n in profile["fanout_sizes"]:
+        with Session(server_name, sub_workers_for(n, options.workers)) as session:
+            conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
+            log("fanout %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
+            if conn["ready"] < n:
+                results.append(
+                    base_result(
+                        session,
+                        "fanout",
+                        "setup",
+                        subscribers=n,
+                        error="only %d of %d subscribers ready: %s"
+                        % (conn["ready"], n, conn["errors"]),
+                    )
+                )
+                continue
+            max_count = max(1, MAX_DELIVERIES // n)
+            seq = 1
+            # warm-up (JIT, caches, allocator), not reported
+            session.reset()
+            answer, _d, _f = session.trigger_phase(
+                ["fanout"],
+                1,
+                profile["warmup"],
+                max_count=max_count,
+                expected_per_trigger=n,
+                max_drain=profile["max_drain"],
+                seq_start=seq,
+            )
+            seq += answer["sent"] + 1
+            capacity = None
+            variants = [
+                ("a-serial", 1, None),
+                (
+                    "b-inflight%d" % profile["fanout_inflight"],
+                    profile["fanout_inflight"],
+                    None,
+                ),
+                ("c-rate", 16, "half"),
+            ]
+            for variant, inflight, rate in variants:
+                if rate == "half":
+                    if not capacity:
+                        results.append(
+                            base_result(
+                                session,
+                                "fanout",
+                                variant,
+                                subscribers=n,
+                                skipped="no capacity measured in a-serial",
+                            )
+                        )
+                        continue
+                    rate = max(0.1, 0.5 * capacity / n)
+                session.reset()
+                answer, delivery, figures = session.trigger_phase(
+                    ["fanout"],
+                    inflight,
+                    profile["duration"],
+                    rate=rate,
+                    max_count=max_count,
+                    expected_per_trigger=n,
+                    max_drain=profile["max_drain"],
+                    seq_start=seq,
+                )
+                seq += answer["sent"] + 1
+                result = phase_result(
+                    session, "fanout", variant, answer, delivery, figures, n
+                )
+                result["inflight"] = inflight
+                if rate:
+                    result["target_triggers_per_s"] = round(rate, 1)
+                    result["target_msgs_per_s"] = round(rate * n, 1)
+                if variant == "a-serial":
+                    capacity = result["msgs_per_s"]
+                results.append(result)
+                emit_progress(result)
+    return results
+
+
+def trigger(server_name, profile, options):
+    """1 subscriber, 8 requests in flight: HTTP trigger throughput."""
+    with Session(server_name, 1) as session:
+        session.connect(1, channel="trigger", sample=1)
+        session.reset()
+        session.trigger_phase(["trigger"], 8, profile["warmup"], max_drain=5)
+        session.reset()
+        answer, delivery, figures = session.trigger_phase(
+            ["trigger"],
+            8,
+            profile["duration"],
+            max_drain=profile["max_drain"],
+            seq_start=10**7,
+        )
+        result = phase_result(
+            session, "trigger", "inflight8", answer, delivery, figures, 1
+        )
+        result["inflight"] = 8
+        emit_progress(result)
+        return [result]
+
+
+def channels(server_name, profile, options):
+    """Sockets each on their own channel, triggers to random channels."""
+    n = profile["channels"]
+    with Session(server_name, 1) as session:
+        conn = session.connect(n, prefix="ch-", sample="all")
+        log("channels %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
+        names = ["ch-%d" % index for index in range(n)]
+        session.reset()
+        session.trigger_phase(names, 8, profile["warmup"], max_drain=5)
+        session.reset()
+        answer, delivery, figures = session.trigger_phase(
+            names,
+            8,
+            profile["duration"],
+            max_drain=profile["max_drain"],
+            seq_start=10**7,
+        )
+        result = phase_result(
+            session, "channels", "random-inflight8", answer, delivery, figures, n
+        )
+        result["channels"] = n
+        result["inflight"] = 8
+        emit_progress(result)
+        return [result]
+
+
+def connect(server_name, profile, options):
+    """Opens N idle connections: rate and server RSS per connection."""
+    n = profile["connections"]
+    with Session(server_name, sub_workers_for(n, options.workers)) as session:
+        time.sleep(1.0)
+        rss_before = stats.tree_rss_bytes(session.server.pid)
+        meter = Meter(session.server.pid, session.generators)
+        conn = session.connect(n, subscribe=False, channel="none")
+        figures = meter.stop()
+        time.sleep(1.0)
+        rss_after = stats.tree_rss_bytes(session.server.pid)
+        ready = conn["ready"]
+        result = base_result(
+            session,
+            "connect",
+            "idle",
+            connections=n,
+            ready=ready,
+            failed=conn["failed"],
+            errors=conn["errors"],
+            connect_s=round(conn["elapsed"], 3),
+            connections_per_s=round(ready / conn["elapsed"], 1),
+            rss_before_kb=rss_before // 1024,
+            rss_after_kb=rss_after // 1024,
+            rss_per_connection_kb=(
+                round((rss_after - rss_before) / 1024 / ready, 2) if ready else None
+            ),
+            server_cpu_us_per_connection=(
+                round(1e6 * figures["server_cpu_s"] / ready, 1) if ready else None
+            ),
+        )
+        result.update(figures)
+        emit_progress(result)
+        return [result]
+
+
+def persist(server_name, profile, options):
+    """Persisted triggers/s with some events already stored (Pushi only)."""
+    server_class = servers.SERVERS[server_name]
+    if not server_class.supports_persist:
+        return []
+    results = []
+    for stored in profile["persist_stored"]:
+        session = Session(server_name, 1)
+        session.server.preload = (stored, "persist")
+        with session:
+            session.connect(1, channel="persist", sample=1)
+            preloaded = getattr(session.server, "preloaded", 0)
+            how = "store"
+            if preloaded < stored:
+                how = "http"
+                log("persist: preloading %d events over HTTP" % stored)
+                pre, _d, _f = session.trigger_phase(
+                    ["persist"],
+                    16,
+                    profile["preload_time"],
+                    max_count=stored - preloaded,
+                    persist=True,
+                    max_drain=5,
+                    stall=1.0,
+                )
+                preloaded += pre["ok"]
+                if preloaded < stored:
+                    log("persist: only %d of %d preloaded" % (preloaded, stored))
+            session.reset()
+            answer, delivery, figures = session.trigger_phase(
+                ["persist"],
+                8,
+                profile["duration"],
+                persist=True,
+                max_drain=profile["max_drain"],
+                seq_start=10**8,
+            )
+            result = phase_result(
+                session, "persist", "stored%d" % stored, answer, delivery, figures, 1
+            )
+            result["stored_before"] = preloaded
+            result["preloaded_through"] = how
+            result["inflight"] = 8
+            results.append(result)
+            emit_progress(result)
+    return results
+
+
+def generator(server_name, profile, options):
+    """The generator's own ceiling: a stand-in server (``blaster``) writes
+    messages as fast as it can to N counting subscribers, one frame per
+    write and then 16 frames per write."""
+    n = profile["fanout_sizes"][0] if options.quick else 1000
+    results = []
+    for workers in sorted({1, 2}):
+        with Session("blaster", workers) as session:
+            conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
+            log("generator %d: %d ready" % (n, conn["ready"]))
+            for batch in (1, 16):
+                session.reset()
+                meter = Meter(session.server.pid, session.generators)
+                answer = session.server.blast(
+                    duration=profile["duration"], batch=batch, count=MAX_DELIVERIES // n
+                )
+                delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
+                figures = meter.stop()
+                answer.update(
+                    sent=answer["messages"],
+                    ok=answer["messages"],
+                    statuses={},
+                    errors={},
+                    latency_ms={},
+                )
+                result = phase_result(
+                    session,
+                    "generator",
+                    "batch%d-workers%d" % (batch, workers),
+                    answer,
+                    delivery,
+                    figures,
+                    n,
+                )
+                for key in ("triggers_sent", "triggers_ok", "trigger_statuses"):
+                    result.pop(key, None)
+                for key in ("trigger_errors", "triggers_per_s", "http_latency_ms"):
+                    result.pop(key, None)
+                result["frames_per_write"] = batch
+                result["subscriber_workers"] = workers
+                results.append(result)
+                emit_progress(result)
+    return results
+
+
+def emit_progress(result):
+    """A one-line summary on stderr while the run goes on."""
+    keys = ("msgs_per_s", "triggers_per_s", "connections_per_s")
+    figures = ", ".join("%s=%s" % (k, result[k]) for k in keys if k in result)
+    log(
+        "%s %s %s: %s, server %s%%, generator %s%%, other %s%%%s"
+        % (
+            result["server"],
+            result["scenario"],
+            result["variant"],
+            figures,
+            result.get("server_cpu_pct"),
+            result.get("generator_cpu_pct"),
+            result.get("other_cpu_pct"),
+            " GENERATOR-BOUND" if result.get("generator_bound") else "",
+        )
+    )
+
+
+SCENARIOS = {
+    "fanout": fanout,
+    "trigger": trigger,
+    "channels": channels,
+    "connect": connect,
+    "persist": persist,
+}
+
+#: scenarios that measure the bench itself, run once and not per server
+SELF_SCENARIOS = {"generator": generator}

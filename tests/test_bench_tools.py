@@ -1,0 +1,135 @@
+"""Tests of the pure parts of the benchmark harness (``scripts/benchlib``):
+the Pusher API signer, the WebSocket frame-header counter and percentiles.
+No timing assertions."""
+
+import os
+import struct
+import sys
+
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"
+    ),
+)
+
+from benchlib import signer  # noqa: E402
+from benchlib import stats  # noqa: E402
+from benchlib import wsproto  # noqa: E402
+
+KEY = "278d425bdf160c739803"
+SECRET = "7ad3773142a6692b25b8"
+BODY = '{"name":"foo","channels":["project-3"],"data":"{\\"some\\":\\"data\\"}"}'
+
+
+def test_signer_worked_example():
+    """The worked example of PROTOCOL.md section 6."""
+    params = signer.signed_params(
+        KEY, SECRET, "POST", "/apps/3/events", BODY, timestamp=1353088179
+    )
+    assert params["body_md5"] == "ec365a775a4cd0599faeb73354201b6f"
+    assert params["auth_signature"] == (
+        "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+    )
+    assert params["auth_version"] == "1.0"
+    assert params["auth_key"] == KEY
+
+
+def test_signer_string_to_sign_sorts_and_lowercases():
+    """Keys lower-cased and sorted, joined unescaped."""
+    text = signer.string_to_sign("post", "/p", {"B": "2", "a": "1=x"})
+    assert text == "POST\n/p\na=1=x&b=2"
+
+
+def test_signed_query_has_every_parameter():
+    """The query carries the signature and the body digest."""
+    query = signer.signed_query(KEY, SECRET, "POST", "/apps/3/events", BODY, 1353088179)
+    assert "auth_signature=da454824c97ba181" in query
+    assert "body_md5=ec365a775a4cd0599faeb73354201b6f" in query
+
+
+def server_frame(payload, opcode=wsproto.OP_TEXT, fin=True):
+    """An unmasked server frame."""
+    length = len(payload)
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head = first + bytes([length])
+    elif length < 65536:
+        head = first + bytes([126]) + struct.pack("!H", length)
+    else:
+        head = first + bytes([127]) + struct.pack("!Q", length)
+    return head + payload
+
+
+def test_counter_counts_whole_frames():
+    """Small, 16-bit and 64-bit lengths in one chunk."""
+    data = (
+        server_frame(b"a" * 5)
+        + server_frame(b"b" * 300)
+        + server_frame(b"c" * 70000)
+        + server_frame(b"")
+    )
+    counter = wsproto.FrameCounter()
+    assert counter.feed(data) == 4
+    assert counter.skip == 0 and counter.partial == b""
+
+
+def test_counter_handles_any_split():
+    """The count does not depend on where the stream is cut."""
+    data = b"".join(server_frame(bytes([65 + i]) * (i * 37)) for i in range(12))
+    for cut in range(1, 40):
+        counter = wsproto.FrameCounter()
+        total = sum(counter.feed(data[i : i + cut]) for i in range(0, len(data), cut))
+        assert total == 12, cut
+
+
+def test_counter_split_inside_header():
+    """A header cut between its length bytes."""
+    frame = server_frame(b"x" * 1000)
+    counter = wsproto.FrameCounter()
+    assert counter.feed(frame[:3]) == 0
+    assert counter.feed(frame[3:10]) == 1
+    assert counter.feed(frame[10:]) == 0
+    assert counter.feed(frame) == 1
+
+
+def test_counter_control_and_fragments():
+    """Pings are kept apart; only the final fragment counts as a message."""
+    data = (
+        server_frame(b"par", wsproto.OP_TEXT, fin=False)
+        + server_frame(b"ping!", wsproto.OP_PING)
+        + server_frame(b"t", wsproto.OP_CONT, fin=True)
+        + server_frame(b"{}")
+    )
+    counter = wsproto.FrameCounter()
+    assert counter.feed(data) == 2
+    assert counter.controls == 1
+    assert counter.pings == [b"ping!"]
+
+
+def test_parse_frames_and_client_masking():
+    """A masked client frame parses back to its payload; partial frames wait."""
+    frame = wsproto.encode_frame('{"event":"x"}', mask=b"\x01\x02\x03\x04")
+    assert frame[1] & 0x80
+    frames, used = wsproto.parse_frames(frame + frame[:3])
+    assert used == len(frame)
+    assert frames == [(True, wsproto.OP_TEXT, b'{"event":"x"}')]
+
+
+def test_percentile_nearest_rank():
+    """Nearest-rank percentiles on known data."""
+    values = list(range(1, 101))
+    assert stats.percentile(values, 0.5) == 50
+    assert stats.percentile(values, 0.95) == 95
+    assert stats.percentile(values, 0.99) == 99
+    assert stats.percentile(values, 1.0) == 100
+    assert stats.percentile([7], 0.99) == 7
+    assert stats.percentile([], 0.5) is None
+    assert stats.percentile([3, 1, 2], 0.5) == 2
+
+
+def test_summarize_scales_to_milliseconds():
+    """Seconds in, milliseconds out."""
+    summary = stats.summarize([0.001, 0.002, 0.003, 0.004])
+    assert summary == {"n": 4, "p50": 2.0, "p95": 4.0, "p99": 4.0, "max": 4.0}
+    assert stats.summarize([])["p50"] is None
