@@ -29,11 +29,12 @@ ROUTE = re.compile(r"^/apps/([^/]+)/(events|batch_events)/?$")
 _SOCKET_ID = re.compile(r"^\d+\.\d+$")
 
 
-def json_answer(start_response, status, body):
+def json_answer(start_response, status, body, headers=()):
     data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     start_response(
         "%d %s" % (status, _REASONS.get(status, "Error")),
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        + list(headers),
     )
     return [data]
 
@@ -62,6 +63,7 @@ _REASONS = {
     405: "Method Not Allowed",
     413: "Payload Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -103,12 +105,17 @@ class Publisher:
                 events = [self.check(app, payload)]
             else:
                 events = self.check_batch(app, payload)
+            if self.state.broker.busy:
+                raise errors.HttpError(503, "Server busy delivering: retry shortly")
             stored, deliveries, answers, queries = self.plan(app, events)
         except errors.HttpError as error:
-            return json_answer(start_response, error.status, error_body(error.status, error.message))
+            headers = [("Retry-After", "1")] if error.status == 503 else []
+            return json_answer(
+                start_response, error.status, error_body(error.status, error.message), headers
+            )
 
-        def finish():
-            self.deliver(app, deliveries, answers, queries)
+        def respond():
+            self.complete(app, answers, queries)
             if route == "events":
                 answer = answers[0]
             else:
@@ -116,36 +123,47 @@ class Publisher:
                 answer = {"batch": items} if any(items) else {}
             return json_answer(start_response, 200, answer)
 
-        if not stored:
-            return finish()
         loop = getattr(self.app, "_server", None)
-        if not hasattr(loop, "delay_s") or not hasattr(loop, "build_future"):
-            # a WSGI server without netius's futures: store, then answer
-            self.state.store.add_events(stored)
-            return finish()
-        return self._after_commit(loop, stored, finish, start_response)
+        if not hasattr(loop, "delay_s"):
+            # a WSGI server without netius's futures: store, hand over, answer
+            if stored:
+                self.state.store.add_events(stored)
+            self.deliver(app, deliveries)
+            return respond()
+        return self._answer_later(loop, app, stored, deliveries, respond, start_response)
 
-    def _after_commit(self, loop, stored, finish, start_response):
-        """The answer as a netius WSGI iterator: it yields a future that the
-        commit resolves (on the HTTP loop), so the loop serves other
-        requests meanwhile; the events are delivered once stored."""
-        committed = netius.Future()
+    def _answer_later(self, loop, app, stored, deliveries, respond, start_response):
+        """The answer as a netius WSGI iterator.  It yields futures that the
+        commit (when something is stored) and then the delivery resolve on
+        the HTTP loop, which serves other requests meanwhile.  Answering
+        once the event is written to every subscriber keeps a publisher
+        from getting ahead of the fan-out: requests in flight bound what
+        waits for the WebSocket loop."""
 
-        def done(write):
-            error = write.exception()
-            loop.delay_s(lambda: committed.set_result(error))
+        def later():
+            future = netius.Future()
 
-        self.writers.submit(self.state.store.add_events, stored).add_done_callback(done)
+            def resolve(value=None):
+                loop.delay_s(lambda: future.set_result(value))
+
+            return future, resolve
 
         def answer():
-            yield committed
-            error = committed.result()
-            if error is not None:
-                logger.error("storing events failed: %s", error)
-                for part in json_answer(start_response, 503, error_body(503, "Store unavailable")):
-                    yield part
-                return
-            for part in finish():
+            if stored:
+                committed, resolve = later()
+                write = self.writers.submit(self.state.store.add_events, stored)
+                write.add_done_callback(lambda write: resolve(write.exception()))
+                yield committed
+                if committed.result() is not None:
+                    logger.error("storing events failed: %s", committed.result())
+                    body = error_body(503, "Store unavailable")
+                    for part in json_answer(start_response, 503, body, [("Retry-After", "1")]):
+                        yield part
+                    return
+            delivered, resolve = later()
+            self.deliver(app, deliveries, resolve)
+            yield delivered
+            for part in respond():
                 yield part
 
         return answer()
@@ -252,11 +270,16 @@ class Publisher:
             queries.append((names, info))
         return stored, deliveries, answers, queries
 
-    def deliver(self, app, deliveries, answers, queries):
-        """Hands the deliveries to the loop, then fills the ``info`` asked
-        for in the answers."""
-        for names, name, data, socket_id, extra in deliveries:
-            self.state.publish(app.app_id, names, name, data, socket_id, extra)
+    def deliver(self, app, deliveries, done=None):
+        """Hands the deliveries to the loop; ``done()`` runs (on the loop)
+        once the last of them is written."""
+        last = len(deliveries) - 1
+        for index, (names, name, data, socket_id, extra) in enumerate(deliveries):
+            event = (app.app_id, names, name, data, socket_id, extra)
+            self.state.broker.publish(event, done if index == last else None)
+
+    def complete(self, app, answers, queries):
+        """Fills the ``info`` asked for in the answers."""
         for answer, (names, info) in zip(answers, queries):
             if info:
                 answer["channels"] = self.state.call_in_loop(self._info, app.app_id, names, info)

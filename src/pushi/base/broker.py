@@ -4,25 +4,38 @@ the sockets.
 ``LocalBroker`` serves one process: ``publish`` may be called from any
 thread; it queues the event and wakes the loop once, and the loop drains
 every queued event in one turn, so frames for one socket written in that
-turn go out in one write.  A broker for several processes (Redis) would
-publish to the bus here and call ``deliver`` from its listener instead.
+turn go out in one write; then it runs the ``done`` callbacks of those
+events.
+The queue is bounded by admission: while ``max_pending`` events wait,
+``busy`` is True and the publisher refuses new ones, so a server that cannot
+keep up says so instead of growing without limit.  A
+broker for several processes (Redis) would publish to the bus here and call
+``deliver`` from its listener instead.
 """
 
 import collections
 
 
 class LocalBroker:
-    """In-process broker: a queue drained on the loop thread."""
+    """In-process broker: a bounded queue drained on the loop thread."""
 
-    def __init__(self, call_soon, deliver):
+    def __init__(self, call_soon, deliver, flush, max_pending=1000):
         self._call_soon = call_soon
         self._deliver = deliver
+        self._flush = flush
+        self._max_pending = max_pending
         self._queue = collections.deque()
         self._scheduled = False
 
-    def publish(self, event):
-        """Queues ``event`` (a tuple of ``deliver``'s arguments); thread-safe."""
-        self._queue.append(event)
+    @property
+    def busy(self):
+        """True while ``max_pending`` events wait for the loop."""
+        return len(self._queue) >= self._max_pending
+
+    def publish(self, event, done=None):
+        """Queues ``event`` (a tuple of ``deliver``'s arguments); thread-safe.
+        ``done()`` runs on the loop once the event is written."""
+        self._queue.append((event, done))
         if not self._scheduled:
             self._scheduled = True
             self._call_soon(self._drain)
@@ -33,5 +46,12 @@ class LocalBroker:
         self._scheduled = False
         queue = self._queue
         deliver = self._deliver
+        finished = []
         while queue:
-            deliver(*queue.popleft())
+            event, done = queue.popleft()
+            deliver(*event)
+            if done is not None:
+                finished.append(done)
+        self._flush()
+        for done in finished:
+            done()

@@ -34,6 +34,7 @@ class Config:
         ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, int),
         ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, int),
         ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, float),
+        ("max_pending", "PUSHI_MAX_PENDING", 1000, int),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, int),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", str),
     )

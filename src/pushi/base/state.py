@@ -59,7 +59,12 @@ class State:
             console=self.console,
             level=logging.WARNING,
         )
-        self.broker = LocalBroker(self.call_soon, self._deliver)
+        self.broker = LocalBroker(
+            self.call_soon,
+            self.engine.publish,
+            self.server.flush,
+            max_pending=self.config.max_pending,
+        )
         self.webhooks = Webhooks(
             self.apps,
             emit=lambda app_id, kind, details: self.call_soon(
@@ -109,15 +114,6 @@ class State:
             self.call_soon(then, result)
 
         self.workers.submit(work).add_done_callback(done)
-
-    # publishing
-
-    def publish(self, app_id, channels, name, data, exclude=None, extra=None):
-        """Delivers an event to channels of an app; from any thread."""
-        self.broker.publish((app_id, channels, name, data, exclude, extra))
-
-    def _deliver(self, app_id, channels, name, data, exclude, extra):
-        self.engine.publish(app_id, channels, name, data, exclude, extra)
 
     # apps
 
