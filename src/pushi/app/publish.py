@@ -151,8 +151,7 @@ class Publisher:
         def answer():
             if stored:
                 committed, resolve = later()
-                write = self.writers.submit(self.state.store.add_events, stored)
-                write.add_done_callback(lambda write: resolve(write.exception()))
+                self.state.store.add_events_then(stored, resolve, self.writers)
                 yield committed
                 if committed.result() is not None:
                     logger.error("storing events failed: %s", committed.result())

@@ -57,6 +57,15 @@ class Store(abc.ABC):
         share one commit.  An event whose ``mid`` is already stored for its
         app is skipped, so retrying a batch is harmless."""
 
+    def add_events_then(self, events, callback, executor):
+        """``add_events`` without blocking the caller: ``callback(error)``
+        runs once the events are stored (``error`` None) or failed.  This
+        default waits on a thread of ``executor``; a backend with its own
+        writer calls back from it instead."""
+        executor.submit(self.add_events, events).add_done_callback(
+            lambda write: callback(write.exception())
+        )
+
     @abc.abstractmethod
     def get_events(self, app_id, channels, skip=0, count=10):
         """Returns the stored events of ``app_id`` on any of ``channels`` (a

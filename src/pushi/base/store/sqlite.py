@@ -122,19 +122,22 @@ class _Ticket:
     than an Event, and exactly one caller waits on a ticket).
     """
 
-    __slots__ = ("rows", "job", "result", "error", "_done")
+    __slots__ = ("rows", "job", "result", "error", "callback", "_done")
 
-    def __init__(self, rows=None, job=None):
+    def __init__(self, rows=None, job=None, callback=None):
         self.rows = rows
         self.job = job
         self.result = None
         self.error = None
+        self.callback = callback
         self._done = threading.Lock()
         self._done.acquire()
 
     def finish(self):
         """Called by the writer once the ticket's transaction is over."""
         self._done.release()
+        if self.callback is not None:
+            self.callback(self.error)
 
     def wait(self):
         """Blocks until the writer has finished this ticket; returns the
@@ -230,12 +233,12 @@ class SQLiteStore(base.Store):
 
     # the writer
 
-    def _submit(self, ticket):
+    def _submit(self, ticket, wait=True):
         with self._queue_lock:
             if self._closed:
                 raise StoreClosedError("store is closed")
             self._queue.put(ticket)
-        return ticket.wait()
+        return ticket.wait() if wait else None
 
     def _write(self, job):
         """Runs ``job(connection)`` on the writer thread inside a committed
@@ -443,9 +446,25 @@ class SQLiteStore(base.Store):
     # events
 
     def add_events(self, events):
+        rows = self._event_rows(events)
+        if rows:
+            self._submit(_Ticket(rows=rows))
+
+    def add_events_then(self, events, callback, executor=None):
+        """``add_events`` without waiting: ``callback(error)`` runs on the
+        writer thread once the batch holding these events is committed
+        (``error`` None) or failed."""
+        rows = self._event_rows(events)
+        if rows:
+            self._submit(_Ticket(rows=rows, callback=callback), wait=False)
+        else:
+            callback(None)
+
+    @staticmethod
+    def _event_rows(events):
         # Turned into rows here, on the caller's thread, so that a malformed
         # record fails for its caller only and the writer does less work.
-        rows = [
+        return [
             (
                 str(event["mid"]),
                 str(event["app_id"]),
@@ -457,8 +476,6 @@ class SQLiteStore(base.Store):
             )
             for event in events
         ]
-        if rows:
-            self._submit(_Ticket(rows=rows))
 
     @staticmethod
     def _event_record(row):
