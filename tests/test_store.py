@@ -310,6 +310,23 @@ def test_events_newest_first_with_skip_and_count_across_channels(store):
     assert store.get_events("1", ["news"], count=0) == []
 
 
+def test_add_events_then_calls_back_once_stored(store):
+    import concurrent.futures
+    import queue
+
+    results = queue.Queue()
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        store.add_events_then([make_event("1", "later", 1.0, mid="a")], results.put, executor)
+        assert results.get(timeout=10) is None
+        assert [event["mid"] for event in store.get_events("1", ["later"])] == ["a"]
+        if isinstance(store, SQLiteStore):
+            # a row the schema refuses reaches the callback as an error
+            bad = dict(make_event("1", "later", 2.0, mid="b"), data=None)
+            store.add_events_then([bad], results.put, executor)
+            assert results.get(timeout=10) is not None
+    assert [event["mid"] for event in store.get_events("1", ["later"])] == ["a"]
+
+
 def test_equal_timestamps_come_newest_added_first(store):
     for index in range(5):
         store.add_events([make_event("1", "tied", 500.0, mid="tie-%d" % index)])
