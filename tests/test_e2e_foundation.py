@@ -312,3 +312,49 @@ def test_tls_on_both_ports(certificate):
         client.close()
     finally:
         instance.stop()
+
+
+def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
+    """Past PUSHI_MAX_BUFFER queued bytes a socket that does not read is
+    closed (4100: reconnect with back-off); the others get every event."""
+    instance = PushiServer(env={"PUSHI_MAX_BUFFER": "65536"}).start()
+    try:
+        app = instance.create_app("slow")
+        reader = instance.connect(app)
+        reader.subscribe("firehose")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", instance.server_port))
+        stalled.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
+        _read_until(stalled, b"connection_established")
+        stalled.sendall(_masked(json.dumps({"event": "pusher:subscribe", "data": {"channel": "firehose"}})))
+        _read_until(stalled, b"subscription_succeeded")
+        # from here on the stalled socket never reads
+        proxy = instance.client(app)
+        payload = "x" * 8000
+        # more than the kernel's socket buffers can hold on loopback
+        count = 1000
+        for index in range(count):
+            proxy.trigger_event(channel="firehose", data="%d %s" % (index, payload), event="e", persist=False)
+            assert reader.recv_event("e")["data"].startswith("%d " % index)
+        token = instance.token_headers(app)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            sockets = instance.request("GET", "apps/%s/sockets" % app["app_id"], headers=token)[1]["sockets"]
+            if len(sockets) == 1:
+                break
+            time.sleep(0.2)
+        assert [entry["socket_id"] for entry in sockets] == [reader.socket_id]
+        reader.close()
+        stalled.close()
+    finally:
+        instance.stop()
+
+
+def _masked(text, mask=b"\x01\x02\x03\x04"):
+    """A client text frame (masked, as clients must send)."""
+    from pushi.proto.websocket import unmask
+
+    payload = text.encode()
+    header = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else None
+    return header + mask + unmask(payload, mask)
