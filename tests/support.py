@@ -145,14 +145,20 @@ class PushiServer:
 
     def request(self, method, path, body=None, headers=None, raw=None, context=None):
         """``(status, json)`` of a REST call."""
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        data = (
+            raw
+            if raw is not None
+            else (json.dumps(body).encode() if body is not None else None)
+        )
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=15, context=context) as response:
+            with urllib.request.urlopen(
+                request, timeout=15, context=context
+            ) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             payload = error.read()
@@ -166,7 +172,11 @@ class PushiServer:
         status, login = self.request(
             "POST",
             "login",
-            {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
+            {
+                "app_id": app["app_id"],
+                "app_key": app["key"],
+                "app_secret": app["secret"],
+            },
         )
         assert status == 200, login
         return {"Authorization": "Bearer " + login["token"]}
@@ -175,11 +185,18 @@ class PushiServer:
         import pushi
 
         return pushi.Pushi(
-            app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"], base_url=self.base_url
+            app_id=app["app_id"],
+            app_key=app["key"],
+            app_secret=app["secret"],
+            base_url=self.base_url,
         )
 
     def connect(self, app, dialect="pusher", **kwargs):
-        path = "app/%s?protocol=7&client=test&version=1.0" % app["key"] if dialect == "pusher" else app["key"]
+        path = (
+            "app/%s?protocol=7&client=test&version=1.0" % app["key"]
+            if dialect == "pusher"
+            else app["key"]
+        )
         return Client(self.ws_url + path, **kwargs)
 
 

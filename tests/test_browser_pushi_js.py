@@ -568,8 +568,7 @@ def test_latest_times_out_without_an_answer(unit):
 
 
 def test_subscribe_twice_asks_once(unit):
-    result = unit.evaluate(
-        """async () => {
+    result = unit.evaluate("""async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const socket = FakeSocket.last();
         socket.handshake();
@@ -579,8 +578,7 @@ def test_subscribe_twice_asks_once(unit):
             data: {type: "LimitReached", error: "full", status: 403}});
         pushi.subscribe("news");
         return {same: first === second, sent: socket.sent.length};
-    }"""
-    )
+    }""")
     assert result == {"same": True, "sent": 2}
 
 

@@ -11,7 +11,12 @@ ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
 
 
 def proxy(server, app):
-    return pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"], base_url=server.base_url)
+    return pushi.Pushi(
+        app_id=app["app_id"],
+        app_key=app["key"],
+        app_secret=app["secret"],
+        base_url=server.base_url,
+    )
 
 
 def member(user_id, **info):
@@ -30,9 +35,16 @@ def test_private_channel_needs_this_apps_signature(server, app, dialect):
     assert client.subscribe("private-room")["data"]["status"] == 401
     other = server.create_app("other")
     forged = proxy(server, other).authenticate("private-room", client.socket_id)["auth"]
-    assert client.subscribe("private-room", forged)["event"] == "pusher:subscription_error"
-    assert join(client, server, app, "private-room")["event"] == "pusher_internal:subscription_succeeded"
-    proxy(server, app).trigger_event(channel="private-room", data="secret", event="e", persist=False)
+    assert (
+        client.subscribe("private-room", forged)["event"] == "pusher:subscription_error"
+    )
+    assert (
+        join(client, server, app, "private-room")["event"]
+        == "pusher_internal:subscription_succeeded"
+    )
+    proxy(server, app).trigger_event(
+        channel="private-room", data="secret", event="e", persist=False
+    )
     assert client.recv_event("e")["data"] == "secret"
     client.close()
 
@@ -49,16 +61,27 @@ def test_presence_members_across_dialects_and_tabs(server, app):
     alice_tab2 = server.connect(app, "pushi")
     bob = server.connect(app, "pushi")
     carol = server.connect(app, "pusher")
-    first = join(alice_tab1, server, app, "presence-team", member("alice", name="Alice"))
-    assert json.loads(first["data"])["presence"] == {"ids": ["alice"], "hash": {"alice": {"name": "Alice"}}, "count": 1}
+    first = join(
+        alice_tab1, server, app, "presence-team", member("alice", name="Alice")
+    )
+    assert json.loads(first["data"])["presence"] == {
+        "ids": ["alice"],
+        "hash": {"alice": {"name": "Alice"}},
+        "count": 1,
+    }
     join(bob, server, app, "presence-team", member(42, name="Bob"))
     added = alice_tab1.recv_event("pusher_internal:member_added")
     assert json.loads(added["data"]) == {"user_id": "42", "user_info": {"name": "Bob"}}
-    joined = join(alice_tab2, server, app, "presence-team", member("alice", name="Alice"))
+    joined = join(
+        alice_tab2, server, app, "presence-team", member("alice", name="Alice")
+    )
     state = json.loads(joined["data"])
     assert state["presence"]["count"] == 2 and set(state["members"]) == {"alice", "42"}
     join(carol, server, app, "presence-team", member("carol"))
-    for client, event in ((alice_tab1, "pusher_internal:member_added"), (bob, "pusher:member_added")):
+    for client, event in (
+        (alice_tab1, "pusher_internal:member_added"),
+        (bob, "pusher:member_added"),
+    ):
         message = client.recv_event(event)
         assert json.loads(message["data"])["user_id"] == "carol"
     # a second tab joining told nobody; the first tab leaving tells nobody
@@ -66,25 +89,35 @@ def test_presence_members_across_dialects_and_tabs(server, app):
     carol.send({"event": "pusher:ping", "data": {}})
     assert carol.recv()["event"] == "pusher:pong"
     status, users = server.request(
-        "GET", "apps/%s/channels/presence-team/users" % app["app_id"], headers=server.token_headers(app)
+        "GET",
+        "apps/%s/channels/presence-team/users" % app["app_id"],
+        headers=server.token_headers(app),
     )
-    assert status == 200 and sorted(user["id"] for user in users["users"]) == ["42", "alice", "carol"]
+    assert status == 200 and sorted(user["id"] for user in users["users"]) == [
+        "42",
+        "alice",
+        "carol",
+    ]
     alice_tab2.close()
     removed = bob.recv_event("pusher:member_removed")
     assert json.loads(removed["member"]) == {"user_id": "alice"}
-    assert json.loads(carol.recv_event("pusher_internal:member_removed")["data"]) == {"user_id": "alice"}
+    assert json.loads(carol.recv_event("pusher_internal:member_removed")["data"]) == {
+        "user_id": "alice"
+    }
     bob.close()
     carol.close()
 
 
-
-
 def test_spoofed_presence_user_id_is_refused(server, app):
     client = server.connect(app)
-    signed = proxy(server, app).authenticate("presence-team", client.socket_id, member("guest"))
+    signed = proxy(server, app).authenticate(
+        "presence-team", client.socket_id, member("guest")
+    )
     spoofed = json.dumps(member("admin"))
     error = client.subscribe("presence-team", signed["auth"], spoofed)
-    assert error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
+    assert (
+        error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
+    )
     assert client.subscribe("presence-team", signed["auth"])["data"]["status"] == 400
     client.close()
 
@@ -100,7 +133,10 @@ def test_presence_limits_per_app(server):
     join(clients[0], server, created, "presence-x", member("1"))
     join(clients[1], server, created, "presence-x", member("2"))
     full = join(clients[2], server, created, "presence-x", member("3"))
-    assert full["event"] == "pusher:subscription_error" and full["data"]["type"] == "LimitReached"
+    assert (
+        full["event"] == "pusher:subscription_error"
+        and full["data"]["type"] == "LimitReached"
+    )
     big = join(clients[2], server, created, "presence-y", member("3", bio="x" * 100))
     assert big["data"]["status"] == 413
     for client in clients:
@@ -115,7 +151,9 @@ def test_client_events_and_their_refusals(server, app, dialect):
         join(client, server, app, "presence-chat", member(user))
         join(client, server, app, "private-chat")
     sender.subscribe("public-chat")
-    sender.send({"event": "client-typing", "channel": "presence-chat", "data": {"on": True}})
+    sender.send(
+        {"event": "client-typing", "channel": "presence-chat", "data": {"on": True}}
+    )
     message = receiver.recv_event("client-typing")
     assert message["data"] == {"on": True} and message["user_id"] == "s"
     sender.send({"event": "client-typing", "channel": "private-chat", "data": "x"})
@@ -145,7 +183,9 @@ def test_client_events_and_their_refusals(server, app, dialect):
 def test_encrypted_channels_take_no_client_events(server, app):
     client = server.connect(app)
     join(client, server, app, "private-encrypted-vault")
-    client.send({"event": "client-x", "channel": "private-encrypted-vault", "data": "x"})
+    client.send(
+        {"event": "client-x", "channel": "private-encrypted-vault", "data": "x"}
+    )
     assert client.recv_event("pusher:error")["data"]["code"] == 4303
     client.close()
 
@@ -156,7 +196,12 @@ def test_client_events_off_until_the_app_allows_them(server):
     join(client, server, plain, "private-c")
     client.send({"event": "client-x", "channel": "private-c", "data": 1})
     assert client.recv_event("pusher:error")["data"]["code"] == 4303
-    status, _ = server.request("PUT", "apps/%s" % plain["app_id"], {"client_events": True}, server.token_headers(plain))
+    status, _ = server.request(
+        "PUT",
+        "apps/%s" % plain["app_id"],
+        {"client_events": True},
+        server.token_headers(plain),
+    )
     assert status == 200
     peer = server.connect(plain)
     join(peer, server, plain, "private-c")
@@ -171,13 +216,23 @@ def test_pushi_send_follows_the_same_rules(server, app):
     listener = server.connect(app, "pushi")
     sender.subscribe("open")
     listener.subscribe("open")
-    sender.send({"event": "chat", "channel": "open", "data": "anyone?", "persist": False})
+    sender.send(
+        {"event": "chat", "channel": "open", "data": "anyone?", "persist": False}
+    )
     assert sender.recv_event("pusher:error")["data"]["code"] == 4303
     sender.send({"event": "chat", "channel": "private-nope", "data": "x"})
     assert sender.recv_event("pusher:error")["data"]["code"] == 4303
     join(sender, server, app, "private-room")
     join(listener, server, app, "private-room")
-    sender.send({"event": "chat", "channel": "private-room", "data": "hi", "echo": True, "persist": False})
+    sender.send(
+        {
+            "event": "chat",
+            "channel": "private-room",
+            "data": "hi",
+            "echo": True,
+            "persist": False,
+        }
+    )
     assert listener.recv_event("chat")["data"] == "hi"
     assert sender.recv_event("chat")["data"] == "hi"
     sender.close()
@@ -188,20 +243,29 @@ def test_many_joins_and_leaves_leave_nothing_behind(server):
     fresh = server.create_app("churn")
     token = server.token_headers(fresh)
     for round_ in range(3):
-        clients = [server.connect(fresh, "pusher" if index % 2 else "pushi") for index in range(20)]
+        clients = [
+            server.connect(fresh, "pusher" if index % 2 else "pushi")
+            for index in range(20)
+        ]
         for index, client in enumerate(clients):
             client.subscribe("c%d" % (index % 3))
             join(client, server, fresh, "presence-p", member(str(index % 5)))
         for index, client in enumerate(clients):
             if index % 2:
-                client.send({"event": "pusher:unsubscribe", "data": {"channel": "presence-p"}})
+                client.send(
+                    {"event": "pusher:unsubscribe", "data": {"channel": "presence-p"}}
+                )
             client.close()
     import time
 
     deadline = time.time() + 10
     while time.time() < deadline:
-        _status, channels = server.request("GET", "apps/%s/channels" % fresh["app_id"], headers=token)
-        _status, sockets = server.request("GET", "apps/%s/sockets" % fresh["app_id"], headers=token)
+        _status, channels = server.request(
+            "GET", "apps/%s/channels" % fresh["app_id"], headers=token
+        )
+        _status, sockets = server.request(
+            "GET", "apps/%s/sockets" % fresh["app_id"], headers=token
+        )
         if not channels["channels"] and not sockets["sockets"]:
             break
         time.sleep(0.1)

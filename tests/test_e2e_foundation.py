@@ -27,7 +27,10 @@ class TestConnection:
         for dialect in ("pusher", "pushi"):
             client = server.connect(app, dialect)
             assert client.established["activity_timeout"] > 0
-            assert client.socket_id.replace(".", "").isdigit() and client.socket_id.count(".") == 1
+            assert (
+                client.socket_id.replace(".", "").isdigit()
+                and client.socket_id.count(".") == 1
+            )
             client.close()
 
     def test_unknown_key_is_4001(self, server):
@@ -40,7 +43,9 @@ class TestConnection:
         client = Client(server.ws_url + "a/b/c", expect_established=False)
         assert client.recv()["data"]["code"] == 4005
         assert close_code(client) == 4005
-        client = Client(server.ws_url + "app/%s?protocol=99" % app["key"], expect_established=False)
+        client = Client(
+            server.ws_url + "app/%s?protocol=99" % app["key"], expect_established=False
+        )
         assert client.recv()["data"]["code"] == 4007
         assert close_code(client) == 4007
 
@@ -65,12 +70,17 @@ class TestConnection:
         assert client.recv()["data"]["code"] == 4300
         client.send({"event": "pusher:subscribe", "data": {"channel": "bad name!"}})
         error = client.recv()
-        assert error["event"] == "pusher:subscription_error" and error["data"]["status"] == 400
+        assert (
+            error["event"] == "pusher:subscription_error"
+            and error["data"]["status"] == 400
+        )
         client.ws.send(b"\x00binary")
         assert client.recv()["data"]["code"] == 4300
         client.send({"event": "big", "data": "x" * 70000})
         assert close_code(client) == 1009
-        server.client(app).trigger_event(channel="calm", data="still here", event="e", persist=False)
+        server.client(app).trigger_event(
+            channel="calm", data="still here", event="e", persist=False
+        )
         assert bystander.recv_event("e")["data"] == "still here"
         bystander.close()
 
@@ -93,7 +103,11 @@ class TestConnection:
 
     def test_oversized_handshake_is_431(self, server, app):
         raw = socket.create_connection(("127.0.0.1", server.server_port))
-        raw.sendall(_upgrade("/app/%s?protocol=7" % app["key"], b"X-Big: " + b"a" * 9000 + b"\r\n"))
+        raw.sendall(
+            _upgrade(
+                "/app/%s?protocol=7" % app["key"], b"X-Big: " + b"a" * 9000 + b"\r\n"
+            )
+        )
         assert _read_until(raw, b"\r\n").startswith(b"HTTP/1.1 431")
         raw.close()
 
@@ -122,16 +136,30 @@ class TestPublishing:
         pusher = server.connect(app, "pusher")
         pushi = server.connect(app, "pushi")
         for client in (pusher, pushi):
-            assert client.subscribe("global")["event"] == "pusher_internal:subscription_succeeded"
+            assert (
+                client.subscribe("global")["event"]
+                == "pusher_internal:subscription_succeeded"
+            )
         status, login = server.request(
-            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
+            "POST",
+            "login",
+            {
+                "app_id": app["app_id"],
+                "app_key": app["key"],
+                "app_secret": app["secret"],
+            },
         )
         assert status == 200
         headers = {"Authorization": "Bearer " + login["token"]}
         status, answer = server.request(
             "POST",
             "apps/%s/events" % app["app_id"],
-            {"event": "message", "channel": "global", "data": "hello world", "persist": False},
+            {
+                "event": "message",
+                "channel": "global",
+                "data": "hello world",
+                "persist": False,
+            },
             headers,
         )
         assert status == 200, answer
@@ -142,12 +170,20 @@ class TestPublishing:
 
     def test_login_refuses_wrong_secret_and_token_is_per_app(self, server, app):
         status, answer = server.request(
-            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": "wrong"}
+            "POST",
+            "login",
+            {"app_id": app["app_id"], "app_key": app["key"], "app_secret": "wrong"},
         )
         assert status == 401 and answer["message"]
         other = server.create_app("other")
         _status, login = server.request(
-            "POST", "login", {"app_id": other["app_id"], "app_key": other["key"], "app_secret": other["secret"]}
+            "POST",
+            "login",
+            {
+                "app_id": other["app_id"],
+                "app_key": other["key"],
+                "app_secret": other["secret"],
+            },
         )
         status, answer = server.request(
             "POST",
@@ -163,7 +199,10 @@ class TestPublishing:
         client = server.connect(app, "pushi")
         client.subscribe("global")
         proxy = pushi.Pushi(
-            app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"], base_url=server.base_url
+            app_id=app["app_id"],
+            app_key=app["key"],
+            app_secret=app["secret"],
+            base_url=server.base_url,
         )
         proxy.trigger_event(channel="global", data="hello world", event="message")
         assert client.recv_event("message")["data"] == "hello world"
@@ -174,21 +213,30 @@ class TestPublishing:
 
         os.environ["PUSHI_URL"] = server.base_url
         try:
-            proxy = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"])
+            proxy = pushi.Pushi(
+                app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
+            )
         finally:
             del os.environ["PUSHI_URL"]
         assert proxy.base_url == server.base_url
         with pytest.raises(pushi.PushiError) as error:
-            pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret="bad", base_url=server.base_url).trigger_event(
-                channel="global", data="x"
-            )
+            pushi.Pushi(
+                app_id=app["app_id"],
+                app_key=app["key"],
+                app_secret="bad",
+                base_url=server.base_url,
+            ).trigger_event(channel="global", data="x")
         assert error.value.status == 401
 
     def test_unauthenticated_and_bad_requests(self, server, app):
         path = "apps/%s/events" % app["app_id"]
-        status, answer = server.request("POST", path, {"name": "e", "channel": "c", "data": "d"})
+        status, answer = server.request(
+            "POST", path, {"name": "e", "channel": "c", "data": "d"}
+        )
         assert status == 401 and "message" in answer
-        status, _ = server.request("POST", "apps/99999/events", {"name": "e", "channel": "c", "data": "d"})
+        status, _ = server.request(
+            "POST", "apps/99999/events", {"name": "e", "channel": "c", "data": "d"}
+        )
         assert status == 404
         proxy = server.client(app)
         for body, code in (
@@ -196,7 +244,10 @@ class TestPublishing:
             ({"name": "e", "channel": "bad name", "data": "d"}, 400),
             ({"name": "e", "channel": "c", "data": {"not": "a string"}}, 400),
             ({"name": "e", "channel": "c", "data": "x" * 10241}, 413),
-            ({"name": "e", "channels": ["c%d" % i for i in range(101)], "data": "d"}, 400),
+            (
+                {"name": "e", "channels": ["c%d" % i for i in range(101)], "data": "d"},
+                400,
+            ),
         ):
             with pytest.raises(Exception) as error:
                 proxy._request("POST", path, body=body)
@@ -214,9 +265,15 @@ class TestOperations:
 
     def test_app_created_by_cli_while_running_is_usable_at_once(self, server):
         created = server.create_app("fresh")
-        assert created["app_id"].isdigit() and len(created["key"]) >= 32 and len(created["secret"]) >= 32
+        assert (
+            created["app_id"].isdigit()
+            and len(created["key"]) >= 32
+            and len(created["secret"]) >= 32
+        )
         client = server.connect(created)
-        assert client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        assert (
+            client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        )
         client.close()
         listing = json.loads(server.cli("app", "list", "--json"))
         assert created["app_id"] in [entry["app_id"] for entry in listing]
@@ -224,9 +281,16 @@ class TestOperations:
 
     def test_rest_app_management_needs_the_admin_secret(self, server):
         assert server.request("GET", "apps")[0] == 401
-        assert server.request("POST", "apps", {"name": "x"}, {"Authorization": "Bearer wrong"})[0] == 401
+        assert (
+            server.request(
+                "POST", "apps", {"name": "x"}, {"Authorization": "Bearer wrong"}
+            )[0]
+            == 401
+        )
         admin = {"Authorization": "Bearer " + ADMIN_SECRET}
-        status, created = server.request("POST", "apps", {"name": "rest", "client_events": True}, admin)
+        status, created = server.request(
+            "POST", "apps", {"name": "rest", "client_events": True}, admin
+        )
         assert status == 200 and created["client_events"] is True
         status, listing = server.request("GET", "apps", headers=admin)
         assert created["app_id"] in [entry["app_id"] for entry in listing["apps"]]
@@ -238,7 +302,9 @@ class TestOperations:
 def test_rest_app_management_is_off_without_admin_secret():
     instance = PushiServer(env={"PUSHI_ADMIN_SECRET": ""}).start()
     try:
-        status, answer = instance.request("GET", "apps", headers={"Authorization": "Bearer x"})
+        status, answer = instance.request(
+            "GET", "apps", headers={"Authorization": "Bearer x"}
+        )
         assert status == 403 and "PUSHI_ADMIN_SECRET" in answer["message"]
     finally:
         instance.stop()
@@ -254,7 +320,9 @@ def test_apps_survive_a_restart_and_shutdown_says_4200():
         instance.stop()
         instance.start()
         client = instance.connect(app)
-        assert client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        assert (
+            client.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
+        )
         client.close()
     finally:
         instance.stop()
@@ -267,9 +335,22 @@ def certificate(tmp_path_factory):
     key, cer = str(folder / "key.pem"), str(folder / "cer.pem")
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", key, "-out", cer,
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            key,
+            "-out",
+            cer,
         ],
         check=True,
         capture_output=True,
@@ -281,8 +362,12 @@ def test_tls_on_both_ports(certificate):
     key, cer = certificate
     instance = PushiServer(
         env={
-            "APP_SSL": "1", "APP_SSL_KEY": key, "APP_SSL_CER": cer,
-            "SERVER_SSL": "1", "SERVER_SSL_KEY": key, "SERVER_SSL_CER": cer,
+            "APP_SSL": "1",
+            "APP_SSL_KEY": key,
+            "APP_SSL_CER": cer,
+            "SERVER_SSL": "1",
+            "SERVER_SSL_KEY": key,
+            "SERVER_SSL_CER": cer,
         }
     )
     context = ssl.create_default_context(cafile=cer)
@@ -298,7 +383,13 @@ def test_tls_on_both_ports(certificate):
         client = Client(instance.ws_url + "app/%s?protocol=7" % app["key"], ssl=context)
         client.subscribe("secure")
         status, login = instance.request(
-            "POST", "login", {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]}
+            "POST",
+            "login",
+            {
+                "app_id": app["app_id"],
+                "app_key": app["key"],
+                "app_secret": app["secret"],
+            },
         )
         assert status == 200
         status, _ = instance.request(
@@ -327,7 +418,13 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
         stalled.connect(("127.0.0.1", instance.server_port))
         stalled.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
         _read_until(stalled, b"connection_established")
-        stalled.sendall(_masked(json.dumps({"event": "pusher:subscribe", "data": {"channel": "firehose"}})))
+        stalled.sendall(
+            _masked(
+                json.dumps(
+                    {"event": "pusher:subscribe", "data": {"channel": "firehose"}}
+                )
+            )
+        )
         _read_until(stalled, b"subscription_succeeded")
         # from here on the stalled socket never reads
         proxy = instance.client(app)
@@ -335,12 +432,19 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
         # more than the kernel's socket buffers can hold on loopback
         count = 1000
         for index in range(count):
-            proxy.trigger_event(channel="firehose", data="%d %s" % (index, payload), event="e", persist=False)
+            proxy.trigger_event(
+                channel="firehose",
+                data="%d %s" % (index, payload),
+                event="e",
+                persist=False,
+            )
             assert reader.recv_event("e")["data"].startswith("%d " % index)
         token = instance.token_headers(app)
         deadline = time.time() + 15
         while time.time() < deadline:
-            sockets = instance.request("GET", "apps/%s/sockets" % app["app_id"], headers=token)[1]["sockets"]
+            sockets = instance.request(
+                "GET", "apps/%s/sockets" % app["app_id"], headers=token
+            )[1]["sockets"]
             if len(sockets) == 1:
                 break
             time.sleep(0.2)

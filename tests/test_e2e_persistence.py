@@ -17,7 +17,9 @@ from support import SRC, PushiServer, env_with_src
 
 
 def presence_data(user_id, peer=False):
-    return json.dumps({"user_id": user_id, "user_info": {"name": user_id}, "peer": peer})
+    return json.dumps(
+        {"user_id": user_id, "user_info": {"name": user_id}, "peer": peer}
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "mongo-emulator", "mongo-real"])
@@ -31,7 +33,9 @@ def backend(request):
             pytest.skip("MONGO_URL is not set: no real MongoDB to test against")
         return {"MONGO_URL": url.rstrip("/") + "/pushi_e2e_" + uuid.uuid4().hex[:8]}
     emulator = request.getfixturevalue("store_mongo_emulator")
-    return {"MONGO_URL": emulator.url.rstrip("/") + "/pushi_e2e_" + uuid.uuid4().hex[:8]}
+    return {
+        "MONGO_URL": emulator.url.rstrip("/") + "/pushi_e2e_" + uuid.uuid4().hex[:8]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,9 @@ def app(server):
 def signed(client, app, channel, channel_data=None):
     import pushi
 
-    proxy = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"])
+    proxy = pushi.Pushi(
+        app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
+    )
     return proxy.authenticate(channel, client.socket_id, channel_data)
 
 
@@ -57,14 +63,21 @@ def test_history_newest_first_and_delivery_carries_mid(server, app):
     proxy = server.client(app)
     listener = server.connect(app, "pushi")
     listener.subscribe("news")
-    answers = [proxy.trigger_event(channel="news", data="n%d" % index, event="tick") for index in range(5)]
+    answers = [
+        proxy.trigger_event(channel="news", data="n%d" % index, event="tick")
+        for index in range(5)
+    ]
     assert all(answer["mid"] and answer["timestamp"] for answer in answers)
     delivered = [listener.recv_event("tick") for _ in range(5)]
-    assert [message["mid"] for message in delivered] == [answer["mid"] for answer in answers]
+    assert [message["mid"] for message in delivered] == [
+        answer["mid"] for answer in answers
+    ]
     history = proxy.get_events("news", skip=1, count=3)["events"]
     assert [event["data"] for event in history] == ["n3", "n2", "n1"]
     assert history[0]["mid"] == answers[3]["mid"]
-    status, _ = server.request("GET", "apps/%s/events?channel=news&count=-1" % app["app_id"])
+    status, _ = server.request(
+        "GET", "apps/%s/events?channel=news&count=-1" % app["app_id"]
+    )
     assert status == 401
     listener.close()
 
@@ -85,11 +98,18 @@ def test_subscription_routes(server, app):
     proxy.subscribe("u2", "news")
     assert proxy.subscribe("u1", "news")["user_id"] == "u1"
     _status, listing = server.request(
-        "GET", "apps/%s/subscriptions?user_id=u1" % app["app_id"], headers=server.token_headers(app)
+        "GET",
+        "apps/%s/subscriptions?user_id=u1" % app["app_id"],
+        headers=server.token_headers(app),
     )
-    assert sorted(entry["event"] for entry in listing["subscriptions"]) == ["news", "sports"]
+    assert sorted(entry["event"] for entry in listing["subscriptions"]) == [
+        "news",
+        "sports",
+    ]
     status, by_get = server.request(
-        "GET", "apps/%s/unsubscribe?user_id=u1&event=sports" % app["app_id"], headers=server.token_headers(app)
+        "GET",
+        "apps/%s/unsubscribe?user_id=u1&event=sports" % app["app_id"],
+        headers=server.token_headers(app),
     )
     assert status == 200 and by_get["removed"] is True
     assert proxy.unsubscribe("u1", "sports")["removed"] is False
@@ -97,8 +117,6 @@ def test_subscription_routes(server, app):
         with pytest.raises(Exception) as error:
             proxy.subscribe(user_id, event)
         assert error.value.status == 400
-
-
 
 
 def test_personal_channel_catch_up_and_live(server, app):
@@ -115,7 +133,12 @@ def test_personal_channel_catch_up_and_live(server, app):
     assert answer["event"] == "pusher_internal:subscription_succeeded"
     data = json.loads(answer["data"])
     assert sorted(data["subscriptions"]) == ["news", "private-alerts"]
-    assert [event["data"] for event in data["events"]] == ["alert", "missed 2", "missed 1", "missed 0"]
+    assert [event["data"] for event in data["events"]] == [
+        "alert",
+        "missed 2",
+        "missed 1",
+        "missed 0",
+    ]
     proxy.trigger_event(channel="news", data="live", event="story")
     assert client.recv_event("story")["data"] == "live"
     # a subscription added while connected reaches the open socket at once
@@ -144,7 +167,13 @@ def test_peer_channels_pair_and_unpair(server, app):
     lurker = server.connect(app, "pushi")
     a.subscribe(base, **signed(a, app, base, presence_data("a", peer=True)))
     lurker.subscribe(base, **signed(lurker, app, base, presence_data("c", peer=False)))
-    b.send({"event": "pusher:subscribe", "data": signed(b, app, base, presence_data("b", peer=True)) | {"channel": base}})
+    b.send(
+        {
+            "event": "pusher:subscribe",
+            "data": signed(b, app, base, presence_data("b", peer=True))
+            | {"channel": base},
+        }
+    )
     joined_b = b.recv_event("pusher_internal:subscription_succeeded")
     assert joined_b["channel"] == base
     assert b.recv_event("pusher_internal:subscription_succeeded")["channel"] == peer
@@ -157,10 +186,15 @@ def test_peer_channels_pair_and_unpair(server, app):
     assert a.recv_event("chat")["data"] == "hi a"
     assert b.recv_event("chat")["data"] == "hi a"
     time.sleep(0.3)
-    a.send({"event": "pusher:latest", "data": {"channel": peer, "skip": 0, "count": 10}})
+    a.send(
+        {"event": "pusher:latest", "data": {"channel": peer, "skip": 0, "count": 10}}
+    )
     latest = a.recv_event("pusher_internal:latest")
     events = json.loads(latest["data"])["events"]
-    assert [(event["data"], event["user_id"]) for event in events] == [("hi a", "b"), ("hi b", "a")]
+    assert [(event["data"], event["user_id"]) for event in events] == [
+        ("hi a", "b"),
+        ("hi b", "a"),
+    ]
     # a non-peer member cannot reach the peer channel
     lurker.send({"event": "pusher:subscribe", "data": {"channel": peer}})
     assert lurker.recv_event("pusher:subscription_error")["data"]["status"] == 403
@@ -198,7 +232,9 @@ def test_events_survive_a_restart(backend):
         app = instance.create_app("restart")
         instance.client(app).trigger_event(channel="kept", data="before", event="e")
         instance.restart()
-        assert [event["data"] for event in instance.client(app).get_events("kept")["events"]] == ["before"]
+        assert [
+            event["data"] for event in instance.client(app).get_events("kept")["events"]
+        ] == ["before"]
     finally:
         instance.stop()
 
@@ -218,7 +254,15 @@ def test_acknowledged_events_survive_kill_9(backend):
             "    print(i, flush=True)\n"
         )
         writer = subprocess.Popen(
-            [sys.executable, "-c", script, app["app_id"], app["key"], app["secret"], instance.base_url],
+            [
+                sys.executable,
+                "-c",
+                script,
+                app["app_id"],
+                app["key"],
+                app["secret"],
+                instance.base_url,
+            ],
             env=env_with_src(),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -240,7 +284,9 @@ def test_acknowledged_events_survive_kill_9(backend):
         instance.start()
         stored = {
             int(event["data"])
-            for event in instance.client(app).get_events("crash", count=100000)["events"]
+            for event in instance.client(app).get_events("crash", count=100000)[
+                "events"
+            ]
         }
         assert len(acked) >= 200
         assert set(acked) <= stored

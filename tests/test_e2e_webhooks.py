@@ -49,7 +49,9 @@ class Receiver:
         while len(events) < count:
             headers, body = self.posts.get(timeout=max(0.1, deadline - time.time()))
             assert headers["X-Pusher-Key"] == app["key"]
-            expected = hmac.new(app["secret"].encode(), body, hashlib.sha256).hexdigest()
+            expected = hmac.new(
+                app["secret"].encode(), body, hashlib.sha256
+            ).hexdigest()
             assert hmac.compare_digest(headers["X-Pusher-Signature"], expected)
             payload = json.loads(body)
             assert payload["time_ms"] > 0
@@ -79,16 +81,19 @@ def hooked_app(server, url, events=None):
     if events:
         hook["events"] = events
     status, app = server.request(
-        "POST", "apps", {"name": "hooked", "client_events": True, "settings": {"webhooks": [hook]}}, ADMIN
+        "POST",
+        "apps",
+        {"name": "hooked", "client_events": True, "settings": {"webhooks": [hook]}},
+        ADMIN,
     )
     assert status == 200, app
     return app
 
 
 def join(client, app, channel, data=None):
-    answer = pushi.Pushi(app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]).authenticate(
-        channel, client.socket_id, data
-    )
+    answer = pushi.Pushi(
+        app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
+    ).authenticate(channel, client.socket_id, data)
     return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
 
 
@@ -106,10 +111,16 @@ def test_occupied_vacated_and_the_linger_window(server, receiver):
 
 
 def test_members_client_events_and_cache_miss(server, receiver):
-    app = hooked_app(server, receiver.url, ["member_added", "member_removed", "client_event", "cache_miss"])
+    app = hooked_app(
+        server,
+        receiver.url,
+        ["member_added", "member_removed", "client_event", "cache_miss"],
+    )
     alice, bob = server.connect(app), server.connect(app)
     join(alice, app, "presence-room", {"user_id": "alice"})
-    assert receiver.events(app, 1) == [{"name": "member_added", "channel": "presence-room", "user_id": "alice"}]
+    assert receiver.events(app, 1) == [
+        {"name": "member_added", "channel": "presence-room", "user_id": "alice"}
+    ]
     join(bob, app, "presence-room", {"user_id": "bob"})
     receiver.events(app, 1)
     alice.send({"event": "client-wave", "channel": "presence-room", "data": {"hi": 1}})
@@ -123,9 +134,13 @@ def test_members_client_events_and_cache_miss(server, receiver):
         "user_id": "alice",
     }
     bob.subscribe("cache-prices")
-    assert receiver.events(app, 1) == [{"name": "cache_miss", "channel": "cache-prices"}]
+    assert receiver.events(app, 1) == [
+        {"name": "cache_miss", "channel": "cache-prices"}
+    ]
     alice.close()
-    assert receiver.events(app, 1) == [{"name": "member_removed", "channel": "presence-room", "user_id": "alice"}]
+    assert receiver.events(app, 1) == [
+        {"name": "member_removed", "channel": "presence-room", "user_id": "alice"}
+    ]
     bob.close()
 
 
@@ -135,7 +150,9 @@ def test_failed_posts_are_retried(server):
         app = hooked_app(server, failing.url, ["channel_occupied"])
         client = server.connect(app)
         client.subscribe("retry")
-        assert failing.events(app, 1, timeout=20) == [{"name": "channel_occupied", "channel": "retry"}]
+        assert failing.events(app, 1, timeout=20) == [
+            {"name": "channel_occupied", "channel": "retry"}
+        ]
         assert failing.fail == 0
         client.close()
     finally:
@@ -143,6 +160,13 @@ def test_failed_posts_are_retried(server):
 
 
 def test_invalid_webhook_settings_are_refused(server):
-    for hooks in ("x", [{"url": "ftp://x"}], [{"url": "http://x", "events": ["nope"]}], [{"uri": "http://x"}]):
-        status, answer = server.request("POST", "apps", {"name": "bad", "settings": {"webhooks": hooks}}, ADMIN)
+    for hooks in (
+        "x",
+        [{"url": "ftp://x"}],
+        [{"url": "http://x", "events": ["nope"]}],
+        [{"uri": "http://x"}],
+    ):
+        status, answer = server.request(
+            "POST", "apps", {"name": "bad", "settings": {"webhooks": hooks}}, ADMIN
+        )
         assert status == 400, hooks

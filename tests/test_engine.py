@@ -35,7 +35,13 @@ class Transport:
 
 
 def make_app(app_id="1", **fields):
-    record = {"app_id": app_id, "key": KEY + app_id, "secret": SECRET, "name": "a", "client_events": True}
+    record = {
+        "app_id": app_id,
+        "key": KEY + app_id,
+        "secret": SECRET,
+        "name": "a",
+        "client_events": True,
+    }
     record.update(fields)
     return App(record)
 
@@ -64,7 +70,12 @@ def presence(engine, session, app, channel, user_id, info=None, peer=None):
         member["peer"] = peer
     data = json.dumps(member)
     token = auth.channel_auth(app.key, app.secret, session.socket_id, channel, data)
-    send(engine, session, "pusher:subscribe", {"channel": channel, "auth": token, "channel_data": data})
+    send(
+        engine,
+        session,
+        "pusher:subscribe",
+        {"channel": channel, "auth": token, "channel_data": data},
+    )
 
 
 def test_public_subscribe_and_delivery(engine):
@@ -93,7 +104,9 @@ def test_private_needs_a_valid_signature_of_this_socket(engine):
     b, _tb = connect(engine, app)
     send(engine, a, "pusher:subscribe", {"channel": "private-x"})
     error = ta.messages()[0]
-    assert error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
+    assert (
+        error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
+    )
     stolen = auth.channel_auth(app.key, app.secret, b.socket_id, "private-x")
     send(engine, a, "pusher:subscribe", {"channel": "private-x", "auth": stolen})
     assert ta.messages()[0]["event"] == "pusher:subscription_error"
@@ -149,7 +162,16 @@ def test_spoofed_channel_data_is_refused(engine):
     a, ta = connect(engine, app)
     signed = json.dumps({"user_id": "1"})
     token = auth.channel_auth(app.key, app.secret, a.socket_id, "presence-r", signed)
-    send(engine, a, "pusher:subscribe", {"channel": "presence-r", "auth": token, "channel_data": json.dumps({"user_id": "admin"})})
+    send(
+        engine,
+        a,
+        "pusher:subscribe",
+        {
+            "channel": "presence-r",
+            "auth": token,
+            "channel_data": json.dumps({"user_id": "admin"}),
+        },
+    )
     assert ta.messages()[0]["event"] == "pusher:subscription_error"
 
 
@@ -159,10 +181,14 @@ def test_client_events_rules(engine):
     b, tb = connect(engine, app)
     for session in (a, b):
         token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
-        send(engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token})
+        send(
+            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
+        )
     ta.messages(), tb.messages()
     send(engine, a, "client-typing", {"x": 1}, channel="private-c")
-    assert tb.messages() == [{"event": "client-typing", "channel": "private-c", "data": {"x": 1}}]
+    assert tb.messages() == [
+        {"event": "client-typing", "channel": "private-c", "data": {"x": 1}}
+    ]
     assert ta.messages() == []
     send(engine, a, "typing", {}, channel="private-c")
     assert ta.messages()[0]["data"]["code"] == 4303
@@ -211,7 +237,9 @@ def test_leaves_no_entry_behind(engine):
             send(engine, session, "pusher:unsubscribe", {"channel": "presence-p"})
         engine.closed(session)
     registry = engine.registry
-    assert registry.apps == {} and registry.sessions == {} and registry.app_sessions == {}
+    assert (
+        registry.apps == {} and registry.sessions == {} and registry.app_sessions == {}
+    )
     assert registry.count() == (0, 0)
 
 

@@ -34,7 +34,9 @@ def test_verify_token_checks_key_prefix_and_signature():
     assert auth.verify_token(KEY, SECRET, string, good)
     assert not auth.verify_token(KEY, SECRET, string, "other" + good[len(KEY) :])
     assert not auth.verify_token(KEY, SECRET, string, good[:-1] + "0")
-    assert not auth.verify_token(KEY, SECRET, auth.channel_string("1.3", "private-a"), good)
+    assert not auth.verify_token(
+        KEY, SECRET, auth.channel_string("1.3", "private-a"), good
+    )
     assert not auth.verify_token(KEY, SECRET, string, None)
     assert not auth.verify_token(KEY, SECRET, string, 12)
 
@@ -80,6 +82,6 @@ def test_stale_timestamp_is_refused():
 
 
 def test_api_string_lowercases_and_sorts_keys():
-    assert auth.api_string("get", "/p", {"B": "2", "a": "1", "auth_signature": "x"}) == (
-        "GET\n/p\na=1&b=2"
-    )
+    assert auth.api_string(
+        "get", "/p", {"B": "2", "a": "1", "auth_signature": "x"}
+    ) == ("GET\n/p\na=1&b=2")

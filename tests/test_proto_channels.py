@@ -40,7 +40,12 @@ def test_check_raises_subscription_error():
 
 
 def test_cache_variants():
-    for name in ("cache-a", "private-cache-a", "presence-cache-a", "private-encrypted-cache-a"):
+    for name in (
+        "cache-a",
+        "private-cache-a",
+        "presence-cache-a",
+        "private-encrypted-cache-a",
+    ):
         assert channels.is_cache(name)
     assert not channels.is_cache("private-a")
 

@@ -6,7 +6,16 @@ from pushi.proto import errors, messages
 
 
 @pytest.mark.parametrize(
-    "text", ["not json", "[1]", '"x"', "{}", '{"event": 5}', '{"event": ""}', '{"event":"a","channel":3}']
+    "text",
+    [
+        "not json",
+        "[1]",
+        '"x"',
+        "{}",
+        '{"event": 5}',
+        '{"event": ""}',
+        '{"event":"a","channel":3}',
+    ],
 )
 def test_bad_messages_are_4300(text):
     with pytest.raises(errors.ProtocolError) as error:
@@ -26,7 +35,9 @@ def test_deeply_nested_json_is_refused_not_crashing():
 
 
 def test_protocol_event_data_given_as_string_is_decoded():
-    message = messages.parse('{"event":"pusher:subscribe","data":"{\\"channel\\":\\"a\\"}"}')
+    message = messages.parse(
+        '{"event":"pusher:subscribe","data":"{\\"channel\\":\\"a\\"}"}'
+    )
     assert message["data"] == {"channel": "a"}
 
 
@@ -36,7 +47,9 @@ def test_connection_established_data_is_a_json_string():
 
 
 def test_member_events_per_dialect():
-    pusher = json.loads(messages.member_added("presence-a", "1", {"n": 1}, messages.PUSHER))
+    pusher = json.loads(
+        messages.member_added("presence-a", "1", {"n": 1}, messages.PUSHER)
+    )
     assert pusher["event"] == "pusher_internal:member_added"
     assert json.loads(pusher["data"]) == {"user_id": "1", "user_info": {"n": 1}}
     pushi = json.loads(messages.member_removed("presence-a", "1", messages.PUSHI))
@@ -47,7 +60,10 @@ def test_member_events_per_dialect():
 def test_error_codes_and_closing():
     assert errors.ProtocolError(4001, "x").closes
     assert not errors.ProtocolError(4301, "x").closes
-    assert json.loads(messages.error(4301, "slow"))["data"] == {"code": 4301, "message": "slow"}
+    assert json.loads(messages.error(4301, "slow"))["data"] == {
+        "code": 4301,
+        "message": "slow",
+    }
 
 
 def test_event_extra_fields_skip_none():

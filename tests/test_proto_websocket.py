@@ -100,7 +100,9 @@ class TestHandshake:
 class TestFrames:
     def test_text_message_in_one_frame(self):
         reader = ws.FrameReader()
-        assert reader.feed(masked(ws.OP_TEXT, "héllo €".encode())) == [(ws.OP_TEXT, "héllo €")]
+        assert reader.feed(masked(ws.OP_TEXT, "héllo €".encode())) == [
+            (ws.OP_TEXT, "héllo €")
+        ]
 
     def test_byte_by_byte(self):
         reader = ws.FrameReader()
@@ -112,7 +114,9 @@ class TestFrames:
 
     def test_64_bit_length(self):
         reader = ws.FrameReader(max_message=100000)
-        assert reader.feed(masked(ws.OP_BINARY, b"y" * 70000)) == [(ws.OP_BINARY, b"y" * 70000)]
+        assert reader.feed(masked(ws.OP_BINARY, b"y" * 70000)) == [
+            (ws.OP_BINARY, b"y" * 70000)
+        ]
 
     def test_fragments_with_a_ping_between(self):
         reader = ws.FrameReader()

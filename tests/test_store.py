@@ -316,7 +316,9 @@ def test_add_events_then_calls_back_once_stored(store):
 
     results = queue.Queue()
     with concurrent.futures.ThreadPoolExecutor(2) as executor:
-        store.add_events_then([make_event("1", "later", 1.0, mid="a")], results.put, executor)
+        store.add_events_then(
+            [make_event("1", "later", 1.0, mid="a")], results.put, executor
+        )
         assert results.get(timeout=10) is None
         assert [event["mid"] for event in store.get_events("1", ["later"])] == ["a"]
         if isinstance(store, SQLiteStore):

@@ -23,7 +23,9 @@ def main(argv=None):
     create = app.add_parser("create", help="create an app and print its credentials")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print JSON")
-    create.add_argument("--client-events", action="store_true", help="allow client events")
+    create.add_argument(
+        "--client-events", action="store_true", help="allow client events"
+    )
     listing = app.add_parser("list", help="list apps")
     listing.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)

@@ -40,7 +40,9 @@ class Pushi:
             self.base_url += "/"
         self.timeout = timeout
 
-    def trigger_event(self, channel, data, event="message", persist=None, socket_id=None):
+    def trigger_event(
+        self, channel, data, event="message", persist=None, socket_id=None
+    ):
         """Sends ``event`` with ``data`` to ``channel`` (a name or a list).
 
         ``data`` goes as it is (a string, or any JSON value); ``persist``

@@ -24,14 +24,22 @@ class Access:
 
     def app(self, app_id):
         """The app, or ``HttpError`` 404."""
-        app = self.apps.load_id(app_id) if isinstance(app_id, str) and app_id.isdigit() else None
+        app = (
+            self.apps.load_id(app_id)
+            if isinstance(app_id, str) and app_id.isdigit()
+            else None
+        )
         if app is None:
             raise errors.HttpError(404, "Unknown app")
         return app
 
     def login(self, app_id, key, secret):
         """A session token for an app's credentials (``POST /login``)."""
-        app = self.apps.load_id(app_id) if isinstance(app_id, str) and app_id.isdigit() else None
+        app = (
+            self.apps.load_id(app_id)
+            if isinstance(app_id, str) and app_id.isdigit()
+            else None
+        )
         if app is None and isinstance(key, str):
             app = self.apps.load_key(key)
         valid = (
@@ -107,7 +115,8 @@ class Access:
                 pass
             elif not self.is_admin(header):
                 raise errors.HttpError(
-                    401, "Sign the request or send Authorization: Bearer <token from /login>"
+                    401,
+                    "Sign the request or send Authorization: Bearer <token from /login>",
                 )
         if not app.enabled:
             raise errors.HttpError(403, "App disabled")

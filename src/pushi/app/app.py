@@ -45,11 +45,20 @@ class PushiApp(appier.APIApp):
         environ[AUTHORIZATION] = environ.pop("HTTP_AUTHORIZATION", None)
         return appier.APIApp.application(self, environ, start_response)
 
-    def serve_netius(self, host, port, ipv6=False, ssl=False, key_file=None, cer_file=None, **kwargs):
+    def serve_netius(
+        self, host, port, ipv6=False, ssl=False, key_file=None, cer_file=None, **kwargs
+    ):
         # Appier's serve(conf=False) passes the certificate path as ipv6:
         # the address family follows the host instead
         return appier.APIApp.serve_netius(
-            self, host, port, ipv6=":" in host, ssl=ssl, key_file=key_file, cer_file=cer_file, **kwargs
+            self,
+            host,
+            port,
+            ipv6=":" in host,
+            ssl=ssl,
+            key_file=key_file,
+            cer_file=cer_file,
+            **kwargs
         )
 
     def log_error(self, exception, message=None):

@@ -85,7 +85,9 @@ class Publisher:
             app_id, route = match.group(1), match.group(2)
             body = self._body(environ)
             params = dict(
-                urllib.parse.parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+                urllib.parse.parse_qsl(
+                    environ.get("QUERY_STRING", ""), keep_blank_values=True
+                )
             )
             app = self.access.authorize(
                 app_id,
@@ -111,7 +113,10 @@ class Publisher:
         except errors.HttpError as error:
             headers = [("Retry-After", "1")] if error.status == 503 else []
             return json_answer(
-                start_response, error.status, error_body(error.status, error.message), headers
+                start_response,
+                error.status,
+                error_body(error.status, error.message),
+                headers,
             )
 
         def respond():
@@ -130,7 +135,9 @@ class Publisher:
                 self.state.store.add_events(stored)
             self.deliver(app, deliveries)
             return respond()
-        return self._answer_later(loop, app, stored, deliveries, respond, start_response)
+        return self._answer_later(
+            loop, app, stored, deliveries, respond, start_response
+        )
 
     def _answer_later(self, loop, app, stored, deliveries, respond, start_response):
         """The answer as a netius WSGI iterator.  It yields futures that the
@@ -156,7 +163,9 @@ class Publisher:
                 if committed.result() is not None:
                     logger.error("storing events failed: %s", committed.result())
                     body = error_body(503, "Store unavailable")
-                    for part in json_answer(start_response, 503, body, [("Retry-After", "1")]):
+                    for part in json_answer(
+                        start_response, 503, body, [("Retry-After", "1")]
+                    ):
                         yield part
                     return
             delivered, resolve = later()
@@ -182,7 +191,9 @@ class Publisher:
         if not isinstance(batch, list) or not batch:
             raise errors.HttpError(400, "batch must be a non-empty list")
         if len(batch) > app.limits["max_batch"]:
-            raise errors.HttpError(400, "Batch over %d events" % app.limits["max_batch"])
+            raise errors.HttpError(
+                400, "Batch over %d events" % app.limits["max_batch"]
+            )
         return [self.check(app, item, batch=True) for item in batch]
 
     def check(self, app, payload, batch=False):
@@ -195,7 +206,9 @@ class Publisher:
         if not isinstance(name, str) or not name:
             raise errors.HttpError(400, "Missing event name (name)")
         if len(name) > app.limits["max_event_name"]:
-            raise errors.HttpError(400, "Event name over %d characters" % app.limits["max_event_name"])
+            raise errors.HttpError(
+                400, "Event name over %d characters" % app.limits["max_event_name"]
+            )
         if "channels" in payload and not batch:
             names = payload["channels"]
             if not isinstance(names, list) or not names:
@@ -219,7 +232,9 @@ class Publisher:
             raise errors.HttpError(400, "data must be a string")
         size = len(data.encode("utf-8"))
         if size > app.limits["max_event_data"]:
-            raise errors.HttpError(413, "Event data over %d bytes" % app.limits["max_event_data"])
+            raise errors.HttpError(
+                413, "Event data over %d bytes" % app.limits["max_event_data"]
+            )
         socket_id = payload.get("socket_id")
         if socket_id is not None and (
             not isinstance(socket_id, str) or not _SOCKET_ID.match(socket_id)
@@ -281,7 +296,9 @@ class Publisher:
         """Fills the ``info`` asked for in the answers."""
         for answer, (names, info) in zip(answers, queries):
             if info:
-                answer["channels"] = self.state.call_in_loop(self._info, app.app_id, names, info)
+                answer["channels"] = self.state.call_in_loop(
+                    self._info, app.app_id, names, info
+                )
 
     def _info(self, app_id, names, info):
         engine = self.state.engine

@@ -26,7 +26,11 @@ class AppDirectory:
     def put(self, app):
         """Records a new or changed app; returns it."""
         by_id = dict(self._by_id)
-        by_key = {key: known for key, known in self._by_key.items() if known.app_id != app.app_id}
+        by_key = {
+            key: known
+            for key, known in self._by_key.items()
+            if known.app_id != app.app_id
+        }
         by_id[app.app_id] = app
         by_key[app.key] = app
         self._by_id, self._by_key = by_id, by_key

@@ -168,7 +168,10 @@ class Engine:
         if name in session.channels:
             if session.channels[name] is registry.VIA_PERSONAL:
                 session.channels[name] = None
-            self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
+            self._send(
+                session,
+                messages.subscription_succeeded(name, self._state_of(app, name)),
+            )
             return
         if kind == channels.PRESENCE:
             self._join_presence(session, name, channel_data)
@@ -233,7 +236,9 @@ class Engine:
         new = self.registry.add_member(
             channel, session, user_id, user_info, peer=member.get("peer") is True
         )
-        self._send(session, messages.subscription_succeeded(name, self._state_of(app, name)))
+        self._send(
+            session, messages.subscription_succeeded(name, self._state_of(app, name))
+        )
         if channel.members[user_id].peer:
             self._pair(session, channel, user_id, new)
         if new:
@@ -256,7 +261,9 @@ class Engine:
         if channel is None or not channels.kind(name) == channels.PRESENCE:
             return {}
         ids = list(channel.members)
-        hash = {user_id: member.user_info for user_id, member in channel.members.items()}
+        hash = {
+            user_id: member.user_info for user_id, member in channel.members.items()
+        }
         return {
             "presence": {"ids": ids, "hash": hash, "count": len(ids)},
             "members": hash,
@@ -289,7 +296,9 @@ class Engine:
         if channel is None:
             return
         app_id = session.app.app_id
-        if isinstance(user_id, str) and self.registry.remove_member(channel, session, user_id):
+        if isinstance(user_id, str) and self.registry.remove_member(
+            channel, session, user_id
+        ):
             frames = {}
             for other in channel.sessions:
                 frame = frames.get(other.dialect)
@@ -311,7 +320,10 @@ class Engine:
         """Tells a channel's subscribers how many they are, when the app
         asks for it (``subscription_count_events``).  Each change costs one
         frame per subscriber: meant for channels of modest size."""
-        if not app.limits["subscription_count_events"] or channels.kind(name) == channels.USER:
+        if (
+            not app.limits["subscription_count_events"]
+            or channels.kind(name) == channels.USER
+        ):
             return
         channel = self.registry.channel(app.app_id, name)
         if channel is None:
@@ -351,7 +363,9 @@ class Engine:
             if users is None or user_id not in users:
                 continue
             peer_channel = self.registry.channel(session.app.app_id, name)
-            leaving = list(peer_channel.sessions) if last and peer_channel else [session]
+            leaving = (
+                list(peer_channel.sessions) if last and peer_channel else [session]
+            )
             for peer_session in leaving:
                 self._leave(peer_session, name)
                 if peer_session.dialect == messages.PUSHI:
@@ -382,7 +396,9 @@ class Engine:
             if result is None:
                 self._send(
                     session,
-                    messages.subscription_error(name, "StoreError", "Store unavailable", 503),
+                    messages.subscription_error(
+                        name, "StoreError", "Store unavailable", 503
+                    ),
                 )
                 return
             names, events = result
@@ -425,7 +441,9 @@ class Engine:
             )
         skip, count = data.get("skip", 0), data.get("count", 10)
         if not all(isinstance(value, int) and 0 <= value for value in (skip, count)):
-            raise errors.ProtocolError(errors.INVALID_MESSAGE, "skip and count are counts")
+            raise errors.ProtocolError(
+                errors.INVALID_MESSAGE, "skip and count are counts"
+            )
         count = min(count, 100)
         app_id = session.app.app_id
         store = self.store
@@ -458,7 +476,9 @@ class Engine:
     def _cached(self, app_id, name, now=None):
         """``(frame, expires)`` of a cache channel's last event, if fresh."""
         cached = self.cache.get((app_id, name))
-        if cached is not None and cached[1] <= (time.monotonic() if now is None else now):
+        if cached is not None and cached[1] <= (
+            time.monotonic() if now is None else now
+        ):
             del self.cache[(app_id, name)]
             return None
         return cached
@@ -555,7 +575,9 @@ class Engine:
                 errors.CLIENT_EVENT_REJECTED, "Not subscribed to that channel"
             )
         kind = channels.kind(channel_name)
-        pushi_send = session.dialect == messages.PUSHI and not name.startswith("client-")
+        pushi_send = session.dialect == messages.PUSHI and not name.startswith(
+            "client-"
+        )
         if not pushi_send and not name.startswith("client-"):
             raise errors.ProtocolError(
                 errors.CLIENT_EVENT_REJECTED, "Client event names start with client-"
@@ -584,10 +606,18 @@ class Engine:
             )
         # the sender's presence id: of the channel, or for a peer channel
         # of the presence channel that paired it
-        presence_name = channels.peer_presence(channel_name) if kind == channels.PEER else channel_name
+        presence_name = (
+            channels.peer_presence(channel_name)
+            if kind == channels.PEER
+            else channel_name
+        )
         user_id = session.channels.get(presence_name) or None
         extra = {}
-        if pushi_send and message.get("persist", True) is True and self.store is not None:
+        if (
+            pushi_send
+            and message.get("persist", True) is True
+            and self.store is not None
+        ):
             extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
             stored_data = data if isinstance(data, str) else messages.dumps(data)
             self._store(
@@ -602,7 +632,9 @@ class Engine:
             )
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
-        self.deliver(app.app_id, channel_name, text, None if echo else session.socket_id)
+        self.deliver(
+            app.app_id, channel_name, text, None if echo else session.socket_id
+        )
         if self.observers:
             self.emit(
                 app.app_id,
@@ -643,20 +675,30 @@ class Engine:
                 exclude,
             )
         if self.observers:
-            self.emit(app_id, "api_message", channels=list(channel_names), event=name, data=data)
+            self.emit(
+                app_id,
+                "api_message",
+                channels=list(channel_names),
+                event=name,
+                data=data,
+            )
 
     # liveness
 
     def sweep(self, now=None):
         """Pings silent sockets and closes those that never answered."""
         now = time.monotonic() if now is None else now
-        for app_id, name in [key for key, cached in self.cache.items() if cached[1] <= now]:
+        for app_id, name in [
+            key for key, cached in self.cache.items() if cached[1] <= now
+        ]:
             del self.cache[(app_id, name)]
         idle = self.config.activity_timeout
         for session in list(self.registry.sessions.values()):
             if session.ping_sent is not None:
                 if now - session.ping_sent > self.config.pong_timeout:
-                    session.transport.close(errors.PONG_TIMEOUT, "Pong reply not received")
+                    session.transport.close(
+                        errors.PONG_TIMEOUT, "Pong reply not received"
+                    )
             elif now - session.last_seen > idle:
                 session.ping_sent = now
                 self._send(session, messages.ping())
@@ -679,7 +721,9 @@ class Engine:
             now = time.monotonic()
             cached = self._cached(app_id, name, now)
             if cached is not None:
-                result["cache"] = dict(_frame_event(cached[0]), ttl=int(cached[1] - now))
+                result["cache"] = dict(
+                    _frame_event(cached[0]), ttl=int(cached[1] - now)
+                )
         return result
 
     def list_channels(self, app_id, prefix="", info=()):
@@ -703,7 +747,9 @@ class Engine:
         sessions = self.registry.user_sessions(app_id, user_id)
         for session in sessions:
             # like every connection-level error: pusher:error, then the close
-            self._send(session, messages.error(errors.UNAUTHORIZED, "Connections terminated"))
+            self._send(
+                session, messages.error(errors.UNAUTHORIZED, "Connections terminated")
+            )
             session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
         return len(sessions)
 

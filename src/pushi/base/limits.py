@@ -30,7 +30,16 @@ DEFAULTS = {
 class App:
     """An app as the server uses it: credentials, switches and limits."""
 
-    __slots__ = ("app_id", "name", "key", "secret", "enabled", "client_events", "limits", "record")
+    __slots__ = (
+        "app_id",
+        "name",
+        "key",
+        "secret",
+        "enabled",
+        "client_events",
+        "limits",
+        "record",
+    )
 
     def __init__(self, record):
         self.record = record

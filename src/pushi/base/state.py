@@ -17,7 +17,9 @@ import sys
 import threading
 
 if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    sys.path.insert(
+        0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    )
 
 from pushi.app.access import Access  # noqa: E402
 from pushi.base.apps import AppDirectory  # noqa: E402
@@ -41,7 +43,9 @@ class State:
             data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
         )
         self.apps = AppDirectory(self.store)
-        self.workers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="pushi-worker")
+        self.workers = concurrent.futures.ThreadPoolExecutor(
+            4, thread_name_prefix="pushi-worker"
+        )
         self.engine = Engine(self.config, store=self.store, offload=self.offload)
         self.access = Access(self.apps, self.config.admin_secret)
         self.console = ConsoleHub(
@@ -168,9 +172,13 @@ class State:
                 cer_file=config.server_ssl_cer,
             )
 
-        self._loop_thread = threading.Thread(target=serve, name="pushi-loop", daemon=True)
+        self._loop_thread = threading.Thread(
+            target=serve, name="pushi-loop", daemon=True
+        )
         self._loop_thread.start()
-        threading.Thread(target=self._retain, name="pushi-retention", daemon=True).start()
+        threading.Thread(
+            target=self._retain, name="pushi-retention", daemon=True
+        ).start()
         if not self._ready.wait(30):
             raise RuntimeError("WebSocket server did not start")
         logger.info(
@@ -191,7 +199,9 @@ class State:
                 if not (max_count or max_age):
                     continue
                 try:
-                    self.store.trim_events(app.app_id, max_count or None, max_age or None)
+                    self.store.trim_events(
+                        app.app_id, max_count or None, max_age or None
+                    )
                 except Exception:
                     logger.exception("retention of app %s failed", app.app_id)
 

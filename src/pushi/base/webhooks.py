@@ -73,7 +73,9 @@ class Webhooks:
         self._counter = 0
         self._condition = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="pushi-webhooks", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="pushi-webhooks", daemon=True
+        )
         self._thread.start()
 
     # the engine side (loop thread)
@@ -89,15 +91,28 @@ class Webhooks:
                 return
             self._add(app, {"name": "channel_occupied", "channel": channel})
         elif kind == "vacated":
-            self._linger((app_id, channel), app, {"name": "channel_vacated", "channel": channel})
+            self._linger(
+                (app_id, channel), app, {"name": "channel_vacated", "channel": channel}
+            )
         elif kind == "member_added":
             key = (app_id, channel, details["user_id"])
             if self._cancel(key):
                 return
-            self._add(app, {"name": "member_added", "channel": channel, "user_id": details["user_id"]})
+            self._add(
+                app,
+                {
+                    "name": "member_added",
+                    "channel": channel,
+                    "user_id": details["user_id"],
+                },
+            )
         elif kind == "member_removed":
             key = (app_id, channel, details["user_id"])
-            event = {"name": "member_removed", "channel": channel, "user_id": details["user_id"]}
+            event = {
+                "name": "member_removed",
+                "channel": channel,
+                "user_id": details["user_id"],
+            }
             self._linger(key, app, event)
         elif kind == "client_event":
             event = {
@@ -116,7 +131,13 @@ class Webhooks:
     def _linger(self, key, app, event):
         with self._condition:
             self._counter += 1
-            entry = [time.monotonic() + self.linger, self._counter, app.app_id, event, True]
+            entry = [
+                time.monotonic() + self.linger,
+                self._counter,
+                app.app_id,
+                event,
+                True,
+            ]
             self._pending[key] = entry
             heapq.heappush(self._queue, entry)
             self._condition.notify()
@@ -174,11 +195,15 @@ class Webhooks:
                 self._post(app, hook["url"], chosen, first=time.monotonic())
 
     def _post(self, app, url, events, first, attempt=0):
-        body = json.dumps({"time_ms": int(time.time() * 1000), "events": events}).encode()
+        body = json.dumps(
+            {"time_ms": int(time.time() * 1000), "events": events}
+        ).encode()
         request = urllib.request.Request(url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
         request.add_header("X-Pusher-Key", app.key)
-        request.add_header("X-Pusher-Signature", auth.webhook_signature(app.secret, body))
+        request.add_header(
+            "X-Pusher-Signature", auth.webhook_signature(app.secret, body)
+        )
         error = None
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
@@ -188,15 +213,35 @@ class Webhooks:
         except Exception as failure:
             status, error = None, failure.__class__.__name__
         if error is None and 200 <= status < 300:
-            self._report(app.app_id, "webhook_sent", url=url, events=len(events), status=status)
+            self._report(
+                app.app_id, "webhook_sent", url=url, events=len(events), status=status
+            )
             return
         delay = min(2.0**attempt, 60.0)
         if time.monotonic() + delay - first > self.retry_for:
-            logger.warning("webhook to app %s dropped after retries: %s", app.app_id, error)
-            self._report(app.app_id, "webhook_failed", url=url, events=len(events), error=error, final=True)
+            logger.warning(
+                "webhook to app %s dropped after retries: %s", app.app_id, error
+            )
+            self._report(
+                app.app_id,
+                "webhook_failed",
+                url=url,
+                events=len(events),
+                error=error,
+                final=True,
+            )
             return
-        self._report(app.app_id, "webhook_failed", url=url, events=len(events), error=error, final=False)
-        timer = threading.Timer(delay, self._post, (app, url, events, first, attempt + 1))
+        self._report(
+            app.app_id,
+            "webhook_failed",
+            url=url,
+            events=len(events),
+            error=error,
+            final=False,
+        )
+        timer = threading.Timer(
+            delay, self._post, (app, url, events, first, attempt + 1)
+        )
         timer.daemon = True
         timer.start()
 

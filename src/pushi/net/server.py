@@ -210,13 +210,17 @@ class Link:
                     self.close(error.code, error.reason)
                     return
                 logger.debug(
-                    "client closed %s with %d", self.session and self.session.socket_id, code
+                    "client closed %s with %d",
+                    self.session and self.session.socket_id,
+                    code,
                 )
                 self.close(None if code == ws.CLOSE_NO_STATUS else code)
             else:
                 self.write(
                     ws.text_frame(
-                        messages.error(errors.INVALID_MESSAGE, "Binary messages are not supported")
+                        messages.error(
+                            errors.INVALID_MESSAGE, "Binary messages are not supported"
+                        )
                     )
                 )
 
@@ -257,7 +261,8 @@ class Link:
                 logger.info("slow console of app %s dropped", self.watcher.app_id)
             else:
                 logger.info(
-                    "slow consumer %s disconnected", self.session and self.session.socket_id
+                    "slow consumer %s disconnected",
+                    self.session and self.session.socket_id,
                 )
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
             self.server.delay(connection.close, timeout=5)
@@ -292,7 +297,9 @@ class WebSocketServer(netius.StreamServer):
             callback()
 
     def build_connection(self, socket, address, ssl=False):
-        connection = netius.StreamServer.build_connection(self, socket, address, ssl=ssl)
+        connection = netius.StreamServer.build_connection(
+            self, socket, address, ssl=ssl
+        )
         link = connection.link = Link(self, connection)
         self.delay(lambda: self._handshake_deadline(link), timeout=HANDSHAKE_TIMEOUT)
         return connection

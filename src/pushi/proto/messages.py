@@ -30,7 +30,9 @@ def parse(text, max_event_name=MAX_EVENT_NAME):
     except (ValueError, RecursionError):
         raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not valid JSON")
     if not isinstance(message, dict):
-        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not a JSON object")
+        raise errors.ProtocolError(
+            errors.INVALID_MESSAGE, "Message is not a JSON object"
+        )
     event = message.get("event")
     if not isinstance(event, str) or not event:
         raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message has no event name")
@@ -119,18 +121,32 @@ def member_added(channel, user_id, user_info, dialect):
     member = dumps({"user_id": user_id, "user_info": user_info})
     if dialect == PUSHI:
         return dumps(
-            {"event": "pusher:member_added", "channel": channel, "member": member, "data": member}
+            {
+                "event": "pusher:member_added",
+                "channel": channel,
+                "member": member,
+                "data": member,
+            }
         )
-    return dumps({"event": "pusher_internal:member_added", "channel": channel, "data": member})
+    return dumps(
+        {"event": "pusher_internal:member_added", "channel": channel, "data": member}
+    )
 
 
 def member_removed(channel, user_id, dialect):
     member = dumps({"user_id": user_id})
     if dialect == PUSHI:
         return dumps(
-            {"event": "pusher:member_removed", "channel": channel, "member": member, "data": member}
+            {
+                "event": "pusher:member_removed",
+                "channel": channel,
+                "member": member,
+                "data": member,
+            }
         )
-    return dumps({"event": "pusher_internal:member_removed", "channel": channel, "data": member})
+    return dumps(
+        {"event": "pusher_internal:member_removed", "channel": channel, "data": member}
+    )
 
 
 def signin_success(user_data):
@@ -162,5 +178,9 @@ def subscription_count(channel, count):
 def watchlist_events(events):
     """``pusher_internal:watchlist_events`` with ``events`` a list of
     ``(name, user_ids)``, name ``online`` or ``offline``."""
-    data = {"events": [{"name": name, "user_ids": list(user_ids)} for name, user_ids in events]}
+    data = {
+        "events": [
+            {"name": name, "user_ids": list(user_ids)} for name, user_ids in events
+        ]
+    }
     return dumps({"event": "pusher_internal:watchlist_events", "data": dumps(data)})

@@ -109,7 +109,9 @@ def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
         headers[name] = headers[name] + ", " + value if name in headers else value
     if "websocket" not in headers.get("upgrade", "").lower():
         raise HandshakeError(426, "WebSocket upgrade required")
-    connection = [token.strip() for token in headers.get("connection", "").lower().split(",")]
+    connection = [
+        token.strip() for token in headers.get("connection", "").lower().split(",")
+    ]
     if "upgrade" not in connection:
         raise HandshakeError(400, "Connection: Upgrade required")
     if headers.get("sec-websocket-version") != "13":
@@ -233,7 +235,9 @@ class FrameReader:
             if first & 0x70:
                 raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Reserved bits set")
             if not second & 0x80:
-                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Client frames must be masked")
+                raise WebSocketError(
+                    CLOSE_PROTOCOL_ERROR, "Client frames must be masked"
+                )
             length = second & 0x7F
             header = 2
             if length == 126:
@@ -249,16 +253,24 @@ class FrameReader:
             control = opcode & 0x8
             if control:
                 if opcode not in (OP_CLOSE, OP_PING, OP_PONG):
-                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode)
+                    raise WebSocketError(
+                        CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode
+                    )
                 if length > 125 or not fin:
                     raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Invalid control frame")
             else:
                 if opcode not in (OP_CONTINUATION, OP_TEXT, OP_BINARY):
-                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode)
+                    raise WebSocketError(
+                        CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode
+                    )
                 if opcode == OP_CONTINUATION and self._fragments is None:
-                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Unexpected continuation")
+                    raise WebSocketError(
+                        CLOSE_PROTOCOL_ERROR, "Unexpected continuation"
+                    )
                 if opcode != OP_CONTINUATION and self._fragments is not None:
-                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "Expected a continuation")
+                    raise WebSocketError(
+                        CLOSE_PROTOCOL_ERROR, "Expected a continuation"
+                    )
                 total = length + (self._size if opcode == OP_CONTINUATION else 0)
                 if total > self.max_message:
                     raise WebSocketError(

@@ -25,7 +25,9 @@ class AppsController(PushiController):
             raise errors.HttpError(400, "name is required")
         settings = _settings(body.get("settings"))
         record = self.state.store.create_app(
-            name.strip(), client_events=body.get("client_events") is True, settings=settings
+            name.strip(),
+            client_events=body.get("client_events") is True,
+            settings=settings,
         )
         self.state.app_changed(App(record))
         return record
@@ -71,9 +73,15 @@ def _settings(settings):
             problem = check_hooks(value)
             if problem:
                 raise errors.HttpError(400, problem)
-        if name == "allowed_origins" and not all(isinstance(item, str) for item in value):
+        if name == "allowed_origins" and not all(
+            isinstance(item, str) for item in value
+        ):
             raise errors.HttpError(400, "allowed_origins is a list of origins")
         expected = type(DEFAULTS[name])
-        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            raise errors.HttpError(400, "Setting %s must be a %s" % (name, expected.__name__))
+        if not isinstance(value, expected) or isinstance(value, bool) != (
+            expected is bool
+        ):
+            raise errors.HttpError(
+                400, "Setting %s must be a %s" % (name, expected.__name__)
+            )
     return settings

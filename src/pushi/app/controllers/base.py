@@ -8,7 +8,9 @@ from .common import PushiController
 class BaseController(PushiController):
     @appier.route("/health", "GET", json=True)
     def health(self):
-        connections, channels = self.state.call_in_loop(self.state.engine.registry.count)
+        connections, channels = self.state.call_in_loop(
+            self.state.engine.registry.count
+        )
         return {
             "status": "ok",
             "connections": connections,

@@ -17,7 +17,9 @@ class ChannelsController(PushiController):
         prefix = self.field("filter_by_prefix", "") or ""
         info = _info(self.field("info", ""))
         if "user_count" in info and not prefix.startswith("presence-"):
-            raise errors.HttpError(400, "info=user_count needs filter_by_prefix=presence-")
+            raise errors.HttpError(
+                400, "info=user_count needs filter_by_prefix=presence-"
+            )
         channels = self.state.call_in_loop(
             self.state.engine.list_channels, app.app_id, prefix, info
         )
@@ -30,7 +32,9 @@ class ChannelsController(PushiController):
         info = _info(self.field("info", ""))
         if "user_count" in info and channel_names.kind(name) != channel_names.PRESENCE:
             raise errors.HttpError(400, "user_count is for presence channels only")
-        return self.state.call_in_loop(self.state.engine.channel_info, app.app_id, name, info)
+        return self.state.call_in_loop(
+            self.state.engine.channel_info, app.app_id, name, info
+        )
 
     @appier.route("/apps/%s/channels/%s/users" % (APP, CHANNEL), "GET", json=True)
     def users(self, app_id, name):
@@ -38,7 +42,9 @@ class ChannelsController(PushiController):
         _check(name)
         if channel_names.kind(name) != channel_names.PRESENCE:
             raise errors.HttpError(400, "Users are listed for presence channels only")
-        users = self.state.call_in_loop(self.state.engine.channel_users, app.app_id, name)
+        users = self.state.call_in_loop(
+            self.state.engine.channel_users, app.app_id, name
+        )
         return {"users": users}
 
     @appier.route(
@@ -73,7 +79,9 @@ class ChannelsController(PushiController):
     @appier.route("/apps/%s/sockets" % APP, "GET", json=True)
     def sockets(self, app_id):
         app = self.authorize(app_id)
-        return {"sockets": self.state.call_in_loop(self.state.engine.sockets, app.app_id)}
+        return {
+            "sockets": self.state.call_in_loop(self.state.engine.sockets, app.app_id)
+        }
 
     @appier.route("/apps/%s/ping" % APP, "GET", json=True)
     def ping(self, app_id):

@@ -7,7 +7,6 @@ import appier
 
 from pushi.proto import errors
 
-
 APP = "<regex('[0-9]+'):app_id>"
 """ The route part of an app id (numeric, as Pusher SDKs require) """
 
@@ -25,7 +24,9 @@ class PushiController(appier.Controller):
 
     def params(self):
         """The decoded query, one value per name (what a signature covers)."""
-        return dict(urllib.parse.parse_qsl(self.request.query or "", keep_blank_values=True))
+        return dict(
+            urllib.parse.parse_qsl(self.request.query or "", keep_blank_values=True)
+        )
 
     def authorize(self, app_id):
         """The app this request may act on (signature, token or admin)."""

@@ -14,26 +14,42 @@ class SubscriptionsController(PushiController):
         app = self.authorize(app_id)
         user_id, event = self._subscription()
         record = self.state.store.subscribe(app.app_id, user_id, event)
-        self.state.call_soon(self.state.engine.personal_changed, app.app_id, user_id, event, True)
-        return {"app_id": record["app_id"], "user_id": record["user_id"], "event": record["event"]}
+        self.state.call_soon(
+            self.state.engine.personal_changed, app.app_id, user_id, event, True
+        )
+        return {
+            "app_id": record["app_id"],
+            "user_id": record["user_id"],
+            "event": record["event"],
+        }
 
     @appier.route("/apps/%s/unsubscribe" % APP, ("GET", "POST"), json=True)
     def unsubscribe(self, app_id):
         app = self.authorize(app_id)
         user_id, event = self._subscription()
         removed = self.state.store.unsubscribe(app.app_id, user_id, event)
-        self.state.call_soon(self.state.engine.personal_changed, app.app_id, user_id, event, False)
-        return {"app_id": app.app_id, "user_id": user_id, "event": event, "removed": removed}
+        self.state.call_soon(
+            self.state.engine.personal_changed, app.app_id, user_id, event, False
+        )
+        return {
+            "app_id": app.app_id,
+            "user_id": user_id,
+            "event": event,
+            "removed": removed,
+        }
 
     @appier.route("/apps/%s/subscriptions" % APP, "GET", json=True)
     def list(self, app_id):
         app = self.authorize(app_id)
         user_id = self.field("user_id") or None
         event = self.field("event") or None
-        records = self.state.store.list_subscriptions(app.app_id, user_id=user_id, event=event)
+        records = self.state.store.list_subscriptions(
+            app.app_id, user_id=user_id, event=event
+        )
         return {
             "subscriptions": [
-                {"user_id": record["user_id"], "event": record["event"]} for record in records
+                {"user_id": record["user_id"], "event": record["event"]}
+                for record in records
             ]
         }
 
@@ -46,7 +62,9 @@ class SubscriptionsController(PushiController):
         if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
             raise errors.HttpError(400, "user_id is required (at most 128 characters)")
         if not channel_names.is_valid("personal-" + user_id):
-            raise errors.HttpError(400, "user_id has characters a channel name cannot hold")
+            raise errors.HttpError(
+                400, "user_id has characters a channel name cannot hold"
+            )
         if not channel_names.is_valid(event):
             raise errors.HttpError(400, "event must be a valid channel name")
         if channel_names.kind(event) not in (
