@@ -5,8 +5,10 @@ ports of 127.0.0.1 with a fresh data dir, exactly as a user would, and
 creates apps with the ``pushi`` CLI against that data dir.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -200,6 +202,27 @@ class PushiServer:
         return Client(self.ws_url + path, **kwargs)
 
 
+class RecordingTransport:
+    """What the engine (or the console hub) writes to one socket, and the
+    close it asked for: the in-memory twin of a network link."""
+
+    def __init__(self):
+        self.frames = []
+        self.closed = None
+
+    def write(self, frame):
+        self.frames.append(frame)
+
+    def close(self, code, reason=""):
+        self.closed = code
+
+    def messages(self):
+        """The JSON messages written since the last call."""
+        out = [json.loads(frame[2 if frame[1] < 126 else 4 :]) for frame in self.frames]
+        self.frames = []
+        return out
+
+
 class Client:
     """A blocking WebSocket client speaking JSON messages."""
 
@@ -247,3 +270,72 @@ class Client:
 
     def close(self):
         self.ws.close()
+
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# a quiet, self-contained headless run of Debian's chromium
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def browser_unavailable(reason):
+    """Skips a browser test outside CI; with CI set a missing browser is a
+    failure (the browser tests must run there)."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(reason + " (CI is set: the browser tests must run)")
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def chromium(viewport):
+    """Debian's chromium driven by playwright, in a new empty profile
+    (playwright never downloads a browser of its own here)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        browser_unavailable(
+            "the playwright package is not installed (pip install -r requirements-dev.txt)"
+        )
+    path = next(
+        (
+            candidate
+            for candidate in (
+                os.environ.get("PUSHI_CHROMIUM"),
+                shutil.which("chromium"),
+                "/usr/bin/chromium",
+            )
+            if candidate and os.path.exists(candidate)
+        ),
+        None,
+    )
+    if path is None:
+        browser_unavailable(
+            "Debian chromium is not installed (apt-get install chromium)"
+        )
+    profile = tempfile.mkdtemp(prefix="pushi-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=path,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport=viewport,
+            )
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)

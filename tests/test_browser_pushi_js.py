@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -32,75 +31,22 @@ import urllib.request
 
 import pytest
 
+from support import chromium
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JS_DIR = os.path.join(ROOT, "extra", "js")
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 ARTIFACTS_DIR = os.path.join(ROOT, "artifacts")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-# flags for a quiet, self-contained headless run of Debian's chromium
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # origin of the pages of the server-less tests (answered by page.route)
 UNIT_ORIGIN = "http://pushi.test"
 
 
-def unavailable(reason):
-    """Skips the test outside CI; in CI a missing browser is a failure."""
-    if IN_CI:
-        pytest.fail(reason + " (CI is set: the browser tests must run)")
-    pytest.skip(reason)
-
-
-def chromium_path():
-    for candidate in (
-        os.environ.get("PUSHI_CHROMIUM"),
-        shutil.which("chromium"),
-        "/usr/bin/chromium",
-    ):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
     """One Chromium with a new empty profile for the whole module."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable(
-            "the playwright Python package is not installed "
-            "(pip install playwright; it drives Debian's chromium)"
-        )
-    path = chromium_path()
-    if not path:
-        unavailable("Debian chromium is not installed (apt-get install chromium)")
-    profile = tempfile.mkdtemp(prefix="pushi-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=path,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1000, "height": 760},
-            )
-            try:
-                yield context
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with chromium({"width": 1000, "height": 760}) as context:
+        yield context
 
 
 def read_text(*parts):

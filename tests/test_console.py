@@ -21,34 +21,11 @@ from pushi.base.config import Config
 from pushi.base.console import ConsoleHub, MinuteCounter
 from pushi.base.engine import Engine
 from pushi.base.limits import App
-from support import ADMIN_SECRET, Client, PushiServer
+from support import ADMIN_SECRET, Client, PushiServer, RecordingTransport
 
 # ---------------------------------------------------------------------------
 # the hub on its own: an engine, a recording link, no socket
 # ---------------------------------------------------------------------------
-
-
-class Link:
-    """Records what the hub writes to a console socket."""
-
-    def __init__(self):
-        self.frames = []
-        self.closed = None
-
-    def write(self, frame):
-        self.frames.append(frame)
-
-    def close(self, code, reason=""):
-        self.closed = code
-
-    def messages(self):
-        out = [json.loads(frame[2 if frame[1] < 126 else 4 :]) for frame in self.frames]
-        self.frames = []
-        return out
-
-
-class Transport(Link):
-    """A client socket's transport (same shape)."""
 
 
 def make_hub(apps):
@@ -77,7 +54,7 @@ def make_app(app_id):
 
 
 def watch(hub, app_id, token=None):
-    link = Link()
+    link = RecordingTransport()
     watcher = hub.connect(link)
     message = {
         "event": "console:watch",
@@ -108,7 +85,7 @@ class TestHub:
         assert link.closed == 4009
         _watcher, link = watch(hub, "1", token="good-2")
         assert link.closed == 4009
-        watcher = hub.connect(Link())
+        watcher = hub.connect(RecordingTransport())
         watcher.receive("not json")
         assert watcher.link.closed == 4009
         assert engine.observers == []
@@ -120,7 +97,7 @@ class TestHub:
         _watcher, link_two = watch(hub, "2")
         assert link_one.messages()[0]["data"]["name"] == "app 1"
         link_two.messages()
-        session = engine.open(Transport(), apps["2"], "pusher")
+        session = engine.open(RecordingTransport(), apps["2"], "pusher")
         engine.subscribe(session, {"channel": "secret-of-two"})
         engine.publish("2", ["secret-of-two"], "e", "two's data")
         assert link_one.messages() == []
@@ -129,7 +106,7 @@ class TestHub:
 
     def test_sign_in_deadline_closes_a_silent_console(self):
         _engine, hub, timers = make_hub({})
-        link = Link()
+        link = RecordingTransport()
         hub.connect(link)
         assert len(timers) == 1
         timers.pop()()

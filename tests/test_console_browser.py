@@ -13,47 +13,14 @@ they fail (``scripts/install`` installs both).
 
 import json
 import os
-import shutil
-import tempfile
 
 import pytest
 
-from support import ADMIN_SECRET
+from support import ADMIN_SECRET, chromium
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "artifacts")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-# a quiet, self-contained headless run of Debian's chromium
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT = 15000
-
-
-def unavailable(reason):
-    """Skips outside CI; with CI set a missing browser is a failure."""
-    if IN_CI:
-        pytest.fail(reason + " (CI is set: the console's browser tests must run)")
-    pytest.skip(reason)
-
-
-def chromium_path():
-    for candidate in (
-        os.environ.get("PUSHI_CHROMIUM"),
-        shutil.which("chromium"),
-        "/usr/bin/chromium",
-    ):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
 
 
 class Page:
@@ -144,35 +111,10 @@ class Page:
 
 @pytest.fixture(scope="module")
 def page():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable(
-            "the playwright package is not installed (pip install -r requirements-dev.txt)"
-        )
-    chromium = chromium_path()
-    if chromium is None:
-        unavailable("Debian chromium is not installed (apt-get install chromium)")
-    profile = tempfile.mkdtemp(prefix="pushi-console-chromium-")
-    try:
-        with sync_playwright() as playwright:
-            context = playwright.chromium.launch_persistent_context(
-                profile,
-                executable_path=chromium,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 900},
-            )
-            try:
-                instance = Page(
-                    context.pages[0] if context.pages else context.new_page()
-                )
-                yield instance
-                assert instance.errors == []
-            finally:
-                context.close()
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with chromium({"width": 1280, "height": 900}) as context:
+        instance = Page(context.pages[0] if context.pages else context.new_page())
+        yield instance
+        assert instance.errors == []
 
 
 @pytest.fixture(scope="module")

@@ -140,17 +140,7 @@ class TestPublishing:
                 client.subscribe("global")["event"]
                 == "pusher_internal:subscription_succeeded"
             )
-        status, login = server.request(
-            "POST",
-            "login",
-            {
-                "app_id": app["app_id"],
-                "app_key": app["key"],
-                "app_secret": app["secret"],
-            },
-        )
-        assert status == 200
-        headers = {"Authorization": "Bearer " + login["token"]}
+        headers = server.token_headers(app)
         status, answer = server.request(
             "POST",
             "apps/%s/events" % app["app_id"],
@@ -176,20 +166,11 @@ class TestPublishing:
         )
         assert status == 401 and answer["message"]
         other = server.create_app("other")
-        _status, login = server.request(
-            "POST",
-            "login",
-            {
-                "app_id": other["app_id"],
-                "app_key": other["key"],
-                "app_secret": other["secret"],
-            },
-        )
         status, answer = server.request(
             "POST",
             "apps/%s/events" % app["app_id"],
             {"event": "m", "channel": "global", "data": "x"},
-            {"Authorization": "Bearer " + login["token"]},
+            server.token_headers(other),
         )
         assert status == 401
 
@@ -382,21 +363,11 @@ def test_tls_on_both_ports(certificate):
         app = instance.create_app("tls")
         client = Client(instance.ws_url + "app/%s?protocol=7" % app["key"], ssl=context)
         client.subscribe("secure")
-        status, login = instance.request(
-            "POST",
-            "login",
-            {
-                "app_id": app["app_id"],
-                "app_key": app["key"],
-                "app_secret": app["secret"],
-            },
-        )
-        assert status == 200
         status, _ = instance.request(
             "POST",
             "apps/%s/events" % app["app_id"],
             {"event": "e", "channel": "secure", "data": "over tls", "persist": False},
-            {"Authorization": "Bearer " + login["token"]},
+            instance.token_headers(app),
         )
         assert status == 200
         assert client.recv_event("e")["data"] == "over tls"

@@ -8,30 +8,9 @@ from pushi.base.config import Config
 from pushi.base.engine import Engine
 from pushi.base.limits import App
 from pushi.proto import auth
+from support import RecordingTransport
 
 KEY, SECRET = "k" * 32, "s" * 64
-
-
-class Transport:
-    """Records what the engine writes and whether it closed the socket."""
-
-    def __init__(self):
-        self.frames = []
-        self.closed = None
-
-    def write(self, frame):
-        self.frames.append(frame)
-
-    def close(self, code, reason=""):
-        self.closed = code
-
-    def messages(self):
-        out = []
-        for frame in self.frames:
-            start = 2 if frame[1] < 126 else 4
-            out.append(json.loads(frame[start:].decode()))
-        self.frames = []
-        return out
 
 
 def make_app(app_id="1", **fields):
@@ -52,7 +31,7 @@ def engine():
 
 
 def connect(engine, app, dialect="pusher"):
-    transport = Transport()
+    transport = RecordingTransport()
     session = engine.open(transport, app, dialect)
     transport.messages()
     return session, transport
@@ -276,7 +255,7 @@ def test_signin_and_user_channel(engine):
     assert ta.messages()[0]["event"] == "pusher:signin_success"
     send(engine, a, "pusher:subscribe", {"channel": "#server-to-user-7"})
     assert ta.messages()[0]["event"] == "pusher_internal:subscription_succeeded"
-    engine.send_to_user("1", "7", "note", "hi")
+    engine.publish("1", ["#server-to-user-7"], "note", "hi")
     assert ta.messages()[0]["channel"] == "#server-to-user-7"
     b, tb = connect(engine, app)
     send(engine, b, "pusher:signin", {"auth": token, "user_data": user_data})

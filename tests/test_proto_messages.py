@@ -69,3 +69,9 @@ def test_error_codes_and_closing():
 def test_event_extra_fields_skip_none():
     message = json.loads(messages.event("e", "c", "d", user_id=None, mid="m"))
     assert message == {"event": "e", "channel": "c", "data": "d", "mid": "m"}
+
+
+def test_message_ids_are_unique_and_grow_with_time():
+    ids = [messages.message_id(1000.0 + index / 1000) for index in range(100)]
+    assert len(set(ids)) == 100 and ids == sorted(ids)
+    assert all(len(mid) == 28 and int(mid, 16) >= 0 for mid in ids)

@@ -14,12 +14,11 @@ import logging
 import re
 import time
 import urllib.parse
-import uuid
 
 import netius
 
 from pushi.proto import channels as channel_names
-from pushi.proto import errors
+from pushi.proto import errors, messages
 
 logger = logging.getLogger("pushi.app")
 
@@ -74,8 +73,8 @@ class Publisher:
         self.state = state
         self.access = access
         self.app = app
-        # persisted publishes wait for their commit here, so that requests
-        # in flight together share one commit of the store
+        # where a persisted publish waits for its commit when the store has
+        # no writer of its own to call back from (MongoDB)
         self.writers = concurrent.futures.ThreadPoolExecutor(
             16, thread_name_prefix="pushi-store"
         )
@@ -263,7 +262,7 @@ class Publisher:
             else:
                 timestamp = time.time()
                 for channel in names:
-                    mid = uuid.uuid4().hex
+                    mid = messages.message_id(timestamp)
                     stored.append(
                         {
                             "mid": mid,

@@ -2,7 +2,7 @@
 
 Ownership: every method runs on the WebSocket loop thread (see
 ``registry``).  The network layer calls ``open``, ``receive`` and
-``closed``; the broker calls ``deliver``; the REST side reaches the queries
+``closed``; the broker calls ``publish``; the REST side reaches the queries
 through ``State.call_in_loop``.  Work that may block (the store) goes
 through ``offload`` and comes back to the loop with its result.
 """
@@ -10,7 +10,6 @@ through ``offload`` and comes back to the loop with its result.
 import json
 import logging
 import time
-import uuid
 
 from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
@@ -618,7 +617,8 @@ class Engine:
             and message.get("persist", True) is True
             and self.store is not None
         ):
-            extra = {"mid": uuid.uuid4().hex, "timestamp": time.time()}
+            now = time.time()
+            extra = {"mid": messages.message_id(now), "timestamp": now}
             stored_data = data if isinstance(data, str) else messages.dumps(data)
             self._store(
                 dict(
@@ -650,19 +650,16 @@ class Engine:
 
     def deliver(self, app_id, channel_name, text, exclude=None):
         """Writes one event to every socket of a channel but ``exclude``
-        (a socket id); the frame is built once.  Returns the count."""
+        (a socket id); the frame is built once."""
         frame = text_frame(text)
         if channels.is_cache(channel_name):
             self.cache[(app_id, channel_name)] = (frame, time.monotonic() + CACHE_TTL)
         channel = self.registry.channel(app_id, channel_name)
         if channel is None:
-            return 0
-        count = 0
+            return
         for session in channel.sessions:
             if session.socket_id != exclude:
                 session.transport.write(frame)
-                count += 1
-        return count
 
     def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
         """Delivers an API event to channels (loop thread)."""
@@ -752,12 +749,6 @@ class Engine:
             )
             session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
         return len(sessions)
-
-    def send_to_user(self, app_id, user_id, name, data):
-        text = messages.event(name, channels.USER_PREFIX + user_id, data)
-        frame = text_frame(text)
-        for session in self.registry.user_sessions(app_id, user_id):
-            session.transport.write(frame)
 
     def update_app(self, app):
         """Points the sockets of an app at its new settings."""

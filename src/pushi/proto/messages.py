@@ -7,6 +7,8 @@ once by the caller.
 """
 
 import json
+import secrets
+import time
 
 from . import errors
 
@@ -16,6 +18,14 @@ PUSHI = "pushi"
 PUSHER = "pusher"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def message_id(now=None):
+    """A stored event's ``mid``: 12 hex digits of milliseconds, then 64
+    random bits.  Ids grow with time, so a store's unique index on them
+    takes each new one at its end instead of at a random page."""
+    milliseconds = int((time.time() if now is None else now) * 1000)
+    return "%012x%s" % (milliseconds, secrets.token_hex(8))
 
 
 def dumps(value):
