@@ -149,3 +149,20 @@ class NodeAgent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def python_sdk(server, app, **options):
+    """The ``pusher`` PyPI SDK pointed at a Pushi server's REST port, as
+    the "Switching from Pusher" section of the README sets it up."""
+    import pusher
+
+    settings = dict(
+        app_id=app["app_id"],
+        key=app["key"],
+        secret=app["secret"],
+        host="127.0.0.1",
+        port=server.app_port,
+        ssl=False,
+    )
+    settings.update(options)
+    return pusher.Pusher(**settings)

@@ -4,10 +4,9 @@ other's events and presence."""
 
 import json
 
-import pusher
 import pytest
 
-from interop_support import NodeAgent
+from interop_support import NodeAgent, python_sdk
 
 
 @pytest.fixture
@@ -20,14 +19,7 @@ def agent(server, app):
 @pytest.fixture
 def signer(server, app):
     """The PyPI SDK, as the Pushi-dialect socket's auth endpoint."""
-    return pusher.Pusher(
-        app_id=app["app_id"],
-        key=app["key"],
-        secret=app["secret"],
-        host="127.0.0.1",
-        port=server.app_port,
-        ssl=False,
-    )
+    return python_sdk(server, app)
 
 
 def test_public_channel_events_reach_both(server, app, agent):

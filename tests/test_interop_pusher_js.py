@@ -10,10 +10,9 @@ authenticator are the npm SDK's ``authorizeChannel`` and
 import json
 import os
 
-import pusher
 import pytest
 
-from interop_support import INTEROP, MASTER_KEY, NodeAgent
+from interop_support import INTEROP, MASTER_KEY, NodeAgent, python_sdk
 from support import ADMIN_SECRET
 
 
@@ -22,19 +21,6 @@ def agent(server, app):
     instance = NodeAgent(server, app)
     yield instance
     instance.close()
-
-
-def python_sdk(server, app):
-    """The PyPI SDK on the same app (for what crosses languages)."""
-    return pusher.Pusher(
-        app_id=app["app_id"],
-        key=app["key"],
-        secret=app["secret"],
-        host="127.0.0.1",
-        port=server.app_port,
-        ssl=False,
-        encryption_master_key_base64=MASTER_KEY,
-    )
 
 
 def set_settings(server, app, **settings):
@@ -208,7 +194,9 @@ class TestUsers:
         agent.call("signin", client="b")
         answer = agent.sdk("sendToUser", "u1", "note", {"from": "npm"})
         assert answer == {"status": 200, "body": {}}
-        python_sdk(server, app).send_to_user("u1", "note", {"from": "pypi"})
+        python_sdk(server, app, encryption_master_key_base64=MASTER_KEY).send_to_user(
+            "u1", "note", {"from": "pypi"}
+        )
         assert (
             agent.wait(type="user_event", client="a", data={"from": "npm"})["event"]
             == "note"
@@ -223,7 +211,12 @@ class TestUsers:
         agent.wait(type="state", client="a", current="disconnected")
         assert agent.call("state", client="b")["connection"] == "connected"
         # the PyPI SDK calls /users/<id>/terminate_connections (no /apps/<id>)
-        assert python_sdk(server, app).terminate_user_connections("u2") == {}
+        assert (
+            python_sdk(
+                server, app, encryption_master_key_base64=MASTER_KEY
+            ).terminate_user_connections("u2")
+            == {}
+        )
         assert agent.wait(type="error", client="b")["error"]["code"] == 4009
 
     def test_bad_signin_is_refused(self, agent):
@@ -276,7 +269,9 @@ class TestEncryptedAndCache:
         agent.call("connect", client="a")
         assert agent.call("subscribe", client="a", channel=channel)["succeeded"]
         agent.sdk("trigger", channel, "secret", {"code": 42})
-        python_sdk(server, app).trigger(channel, "secret", {"code": 43})
+        python_sdk(server, app, encryption_master_key_base64=MASTER_KEY).trigger(
+            channel, "secret", {"code": 43}
+        )
         assert agent.wait(type="event", client="a", event="secret", data={"code": 42})
         assert agent.wait(type="event", client="a", event="secret", data={"code": 43})
         # what travelled is ciphertext: the server never sees the plain data
@@ -293,7 +288,7 @@ class TestEncryptedAndCache:
             assert "42" not in json.dumps(message) and "43" not in json.dumps(message)
 
     def test_encrypted_channel_refuses_client_events(self, server, app):
-        sdk = python_sdk(server, app)
+        sdk = python_sdk(server, app, encryption_master_key_base64=MASTER_KEY)
         raw = server.connect(app)
         channel = "private-encrypted-vault"
         token = sdk.authenticate(channel=channel, socket_id=raw.socket_id)["auth"]

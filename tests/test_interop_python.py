@@ -14,18 +14,12 @@ import pusher.errors
 import pysher
 import pytest
 
+from interop_support import python_sdk
 from support import ADMIN_SECRET
 
 
 def sdk_for(server, app, secret=None):
-    return pusher.Pusher(
-        app_id=app["app_id"],
-        key=app["key"],
-        secret=secret or app["secret"],
-        host="127.0.0.1",
-        port=server.app_port,
-        ssl=False,
-    )
+    return python_sdk(server, app, secret=secret or app["secret"])
 
 
 @pytest.fixture

@@ -218,27 +218,20 @@ class Webhooks:
             )
             return
         delay = min(2.0**attempt, 60.0)
-        if time.monotonic() + delay - first > self.retry_for:
-            logger.warning(
-                "webhook to app %s dropped after retries: %s", app.app_id, error
-            )
-            self._report(
-                app.app_id,
-                "webhook_failed",
-                url=url,
-                events=len(events),
-                error=error,
-                final=True,
-            )
-            return
+        final = time.monotonic() + delay - first > self.retry_for
         self._report(
             app.app_id,
             "webhook_failed",
             url=url,
             events=len(events),
             error=error,
-            final=False,
+            final=final,
         )
+        if final:
+            logger.warning(
+                "webhook to app %s dropped after retries: %s", app.app_id, error
+            )
+            return
         timer = threading.Timer(
             delay, self._post, (app, url, events, first, attempt + 1)
         )
