@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from support import SRC, PushiServer, env_with_src
+from support import PushiServer, env_with_src
 
 
 def presence_data(user_id, peer=False):
