@@ -2,6 +2,7 @@
 both dialects (issue: signed access)."""
 
 import json
+import socket
 
 import pytest
 
@@ -270,3 +271,25 @@ def test_many_joins_and_leaves_leave_nothing_behind(server):
             break
         time.sleep(0.1)
     assert channels["channels"] == {} and sockets["sockets"] == []
+
+
+def test_a_socket_that_vanishes_without_a_close_frame_is_forgotten(server, app):
+    """A dropped TCP connection (no close frame) leaves the presence
+    channel like a clean close: the others hear member_removed, and the
+    socket is no longer listed."""
+    watcher = server.connect(app)
+    join(watcher, server, app, "presence-drop", member("stays"))
+    leaver = server.connect(app)
+    join(leaver, server, app, "presence-drop", member("vanishes"))
+    watcher.recv_event("pusher_internal:member_added")
+    # close the TCP socket under the client: no WebSocket close frame
+    leaver.ws.socket.shutdown(socket.SHUT_RDWR)
+    leaver.ws.socket.close()
+    removed = watcher.recv_event("pusher_internal:member_removed")
+    assert json.loads(removed["data"]) == {"user_id": "vanishes"}
+    token = server.token_headers(app)
+    sockets = server.request("GET", "apps/%s/sockets" % app["app_id"], headers=token)
+    assert [entry["socket_id"] for entry in sockets[1]["sockets"]] == [
+        watcher.socket_id
+    ]
+    watcher.close()

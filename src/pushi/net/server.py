@@ -268,6 +268,13 @@ class Link:
             self.server.delay(connection.close, timeout=5)
 
 
+class _Connection(netius.Connection):
+    """A netius connection of ours.  Netius calls a server's own
+    ``on_connection_d`` only for connections of a subclass (for a plain
+    ``Connection`` it calls the base hook), and that hook is where a socket
+    that vanished without a close frame is forgotten."""
+
+
 class WebSocketServer(netius.StreamServer):
     """Netius stream server speaking WebSocket to the engine.
 
@@ -297,9 +304,7 @@ class WebSocketServer(netius.StreamServer):
             callback()
 
     def build_connection(self, socket, address, ssl=False):
-        connection = netius.StreamServer.build_connection(
-            self, socket, address, ssl=ssl
-        )
+        connection = _Connection(owner=self, socket=socket, address=address, ssl=ssl)
         link = connection.link = Link(self, connection)
         self.delay(lambda: self._handshake_deadline(link), timeout=HANDSHAKE_TIMEOUT)
         return connection
