@@ -28,8 +28,16 @@ class PushiApp(appier.APIApp):
             state.apps, state.config.admin_secret
         )
         self.publisher = Publisher(state, self.access, self)
+        # service=False: none of Appier's own routes (/info, /versions,
+        # /log, /debug, /login, /logout): no open admin endpoint, and /login
+        # is Pushi's
         appier.APIApp.__init__(
-            self, name="pushi", session_c=appier.MemorySession, *args, **kwargs
+            self,
+            name="pushi",
+            service=False,
+            session_c=appier.MemorySession,
+            *args,
+            **kwargs
         )
         # Appier logs each failing request with its traceback; a 4xx is a
         # client's mistake, answered in JSON, not a server problem
