@@ -183,6 +183,20 @@ class PushiServer:
         assert status == 200, login
         return {"Authorization": "Bearer " + login["token"]}
 
+    def socket_ids(self, app, expected=None, timeout=15):
+        """The ids of an app's open sockets (``GET /apps/<id>/sockets``);
+        with ``expected``, waits up to ``timeout`` for that many."""
+        headers = self.token_headers(app)
+        deadline = time.time() + timeout
+        while True:
+            _status, answer = self.request(
+                "GET", "apps/%s/sockets" % app["app_id"], headers=headers
+            )
+            ids = [entry["socket_id"] for entry in answer["sockets"]]
+            if expected is None or len(ids) == expected or time.time() > deadline:
+                return ids
+            time.sleep(0.2)
+
     def client(self, app):
         import pushi
 

@@ -287,9 +287,5 @@ def test_a_socket_that_vanishes_without_a_close_frame_is_forgotten(server, app):
     leaver.ws.socket.close()
     removed = watcher.recv_event("pusher_internal:member_removed")
     assert json.loads(removed["data"]) == {"user_id": "vanishes"}
-    token = server.token_headers(app)
-    sockets = server.request("GET", "apps/%s/sockets" % app["app_id"], headers=token)
-    assert [entry["socket_id"] for entry in sockets[1]["sockets"]] == [
-        watcher.socket_id
-    ]
+    assert server.socket_ids(app, expected=1) == [watcher.socket_id]
     watcher.close()

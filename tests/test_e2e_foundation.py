@@ -410,16 +410,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
                 persist=False,
             )
             assert reader.recv_event("e")["data"].startswith("%d " % index)
-        token = instance.token_headers(app)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            sockets = instance.request(
-                "GET", "apps/%s/sockets" % app["app_id"], headers=token
-            )[1]["sockets"]
-            if len(sockets) == 1:
-                break
-            time.sleep(0.2)
-        assert [entry["socket_id"] for entry in sockets] == [reader.socket_id]
+        assert instance.socket_ids(app, expected=1) == [reader.socket_id]
         reader.close()
         stalled.close()
     finally:
