@@ -424,3 +424,24 @@ def _masked(text, mask=b"\x01\x02\x03\x04"):
     payload = text.encode()
     header = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else None
     return header + mask + unmask(payload, mask)
+
+
+def test_another_wsgi_server_for_the_rest_api():
+    """APP_SERVER picks the WSGI server Appier runs on; with one that has no
+    netius futures (the standard library's), publishing takes the blocking
+    path: stored, handed over, answered."""
+    instance = PushiServer(env={"APP_SERVER": "legacy"}).start()
+    try:
+        app = instance.create_app("legacy")
+        client = instance.connect(app, "pushi")
+        client.subscribe("plain")
+        proxy = instance.client(app)
+        answer = proxy.trigger_event(channel="plain", data="kept", event="e")
+        assert answer["mid"]
+        assert client.recv_event("e")["mid"] == answer["mid"]
+        assert [event["data"] for event in proxy.get_events("plain")["events"]] == [
+            "kept"
+        ]
+        client.close()
+    finally:
+        instance.stop()
