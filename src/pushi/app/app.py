@@ -12,7 +12,6 @@ import appier
 
 from pushi.proto import errors
 
-from .access import Access
 from .publish import ROUTE, Publisher
 
 AUTHORIZATION = "pushi.authorization"
@@ -24,9 +23,7 @@ class PushiApp(appier.APIApp):
 
     def __init__(self, state, *args, **kwargs):
         self.state = state
-        self.access = getattr(state, "access", None) or Access(
-            state.apps, state.config.admin_secret
-        )
+        self.access = state.access
         self.publisher = Publisher(state, self.access, self)
         # service=False: none of Appier's own routes (/info, /versions,
         # /log, /debug, /login, /logout): no open admin endpoint, and /login

@@ -21,7 +21,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
         0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     )
 
-from pushi.app.access import Access  # noqa: E402
+from pushi.base.access import Access  # noqa: E402
 from pushi.base.apps import AppDirectory  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config  # noqa: E402

@@ -1,6 +1,7 @@
-"""Who may call the REST API: signed Pusher requests, Pushi session
-tokens, and the admin secret.  Shared by the Appier controllers and the
-lean publish handler, so both check requests the same way.
+"""Who may act on an app: signed Pusher requests, Pushi session tokens,
+and the admin secret.  One ``Access`` per process (built by ``State``) is
+shared by the Appier controllers, the lean publish handler and the debug
+console's stream, so all check credentials the same way.
 """
 
 import hmac
