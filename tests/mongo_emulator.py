@@ -507,81 +507,82 @@ class MongoEmulator:
         code = getattr(error, "code", None) or BAD_VALUE
         return {"index": index, "code": code, "errmsg": str(error)}
 
-    def _insert(self, database, name, command):
-        collection = database[command[name]]
+    def _each_write(self, command, key, apply):
+        """Runs ``apply(index, item)`` for every item of a write command,
+        collecting write errors as MongoDB does: an ordered command stops
+        at its first error, an unordered one goes on."""
         ordered = command.get("ordered", True)
-        inserted, write_errors = 0, []
-        for index, document in enumerate(command.get("documents", [])):
+        write_errors = []
+        for index, item in enumerate(command.get(key, [])):
             try:
-                collection.insert_one(document)
-                inserted += 1
+                apply(index, item)
             except (errors.PyMongoError, mongomock.WriteError) as error:
                 write_errors.append(self._write_error(index, error))
                 if ordered:
                     break
-        reply = {"n": inserted, "ok": 1}
+        return write_errors
+
+    @staticmethod
+    def _write_reply(reply, write_errors):
         if write_errors:
             reply["writeErrors"] = write_errors
         return reply
+
+    def _insert(self, database, name, command):
+        collection = database[command[name]]
+        inserted = []
+        write_errors = self._each_write(
+            command,
+            "documents",
+            lambda index, document: inserted.append(collection.insert_one(document)),
+        )
+        return self._write_reply({"n": len(inserted), "ok": 1}, write_errors)
 
     def _update(self, database, name, command):
         collection = database[command[name]]
-        ordered = command.get("ordered", True)
-        matched, modified, upserted, write_errors = 0, 0, [], []
-        for index, update in enumerate(command.get("updates", [])):
+        counts = {"n": 0, "nModified": 0}
+        upserted = []
+
+        def apply(index, update):
             query, change = update.get("q") or {}, update["u"]
             options = {"upsert": bool(update.get("upsert"))}
-            try:
-                if isinstance(change, list) or any(
-                    key.startswith("$") for key in change
-                ):
-                    if update.get("arrayFilters"):
-                        options["array_filters"] = update["arrayFilters"]
-                    method = (
-                        collection.update_many
-                        if update.get("multi")
-                        else collection.update_one
-                    )
-                    result = method(query, change, **options)
-                else:
-                    result = collection.replace_one(query, change, **options)
-            except (errors.PyMongoError, mongomock.WriteError) as error:
-                write_errors.append(self._write_error(index, error))
-                if ordered:
-                    break
-                continue
+            if isinstance(change, list) or any(key.startswith("$") for key in change):
+                if update.get("arrayFilters"):
+                    options["array_filters"] = update["arrayFilters"]
+                method = (
+                    collection.update_many
+                    if update.get("multi")
+                    else collection.update_one
+                )
+                result = method(query, change, **options)
+            else:
+                result = collection.replace_one(query, change, **options)
             if result.upserted_id is not None:
-                matched += 1
+                counts["n"] += 1
                 upserted.append({"index": index, "_id": result.upserted_id})
             else:
-                matched += result.matched_count
-                modified += result.modified_count
-        reply = {"n": matched, "nModified": modified, "ok": 1}
+                counts["n"] += result.matched_count
+                counts["nModified"] += result.modified_count
+
+        write_errors = self._each_write(command, "updates", apply)
+        reply = dict(counts, ok=1)
         if upserted:
             reply["upserted"] = upserted
-        if write_errors:
-            reply["writeErrors"] = write_errors
-        return reply
+        return self._write_reply(reply, write_errors)
 
     def _delete(self, database, name, command):
         collection = database[command[name]]
-        ordered = command.get("ordered", True)
-        deleted, write_errors = 0, []
-        for index, delete in enumerate(command.get("deletes", [])):
-            try:
-                if delete.get("limit") == 1:
-                    result = collection.delete_one(delete.get("q") or {})
-                else:
-                    result = collection.delete_many(delete.get("q") or {})
-                deleted += result.deleted_count
-            except (errors.PyMongoError, mongomock.WriteError) as error:
-                write_errors.append(self._write_error(index, error))
-                if ordered:
-                    break
-        reply = {"n": deleted, "ok": 1}
-        if write_errors:
-            reply["writeErrors"] = write_errors
-        return reply
+        deleted = []
+
+        def apply(_index, delete):
+            query = delete.get("q") or {}
+            if delete.get("limit") == 1:
+                deleted.append(collection.delete_one(query).deleted_count)
+            else:
+                deleted.append(collection.delete_many(query).deleted_count)
+
+        write_errors = self._each_write(command, "deletes", apply)
+        return self._write_reply({"n": sum(deleted), "ok": 1}, write_errors)
 
     def _find_and_modify(self, database, name, command):
         collection = database[command[name]]
