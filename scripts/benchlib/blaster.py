@@ -21,6 +21,7 @@ import sys
 import time
 
 from . import wsproto
+from .worker import read_commands
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -169,19 +170,10 @@ class Blaster:
 
     def on_control(self):
         """Reads commands."""
-        try:
-            data = os.read(self.control, 65536)
-        except BlockingIOError:
-            return
-        if not data:
-            self.running = False
-            return
-        self.control_buf += data
-        while b"\n" in self.control_buf:
-            line, self.control_buf = self.control_buf.split(b"\n", 1)
-            if not line.strip():
-                continue
-            cmd = json.loads(line)
+        commands, self.control_buf, self.running = read_commands(
+            self.control, self.control_buf
+        )
+        for cmd in commands:
             if cmd["cmd"] == "blast":
                 self.blast(cmd)
             elif cmd["cmd"] == "port":

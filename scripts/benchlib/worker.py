@@ -37,6 +37,25 @@ from . import signer
 from . import stats
 from . import wsproto
 
+
+def read_commands(fd, buffer):
+    """Reads what the parent wrote on ``fd`` (one JSON command a line).
+    Returns ``(commands, rest of the buffer, still open)``."""
+    try:
+        data = os.read(fd, 65536)
+    except BlockingIOError:
+        return [], buffer, True
+    if not data:
+        return [], buffer, False
+    buffer += data
+    commands = []
+    while b"\n" in buffer:
+        line, buffer = buffer.split(b"\n", 1)
+        if line.strip():
+            commands.append(json.loads(line))
+    return commands, buffer, True
+
+
 RECV_SIZE = 262144
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -755,18 +774,11 @@ class Worker:
 
     def on_control(self):
         """Reads command lines from the parent."""
-        try:
-            data = os.read(self.control_fd, 65536)
-        except BlockingIOError:
-            return
-        if not data:
-            self.running = False
-            return
-        self.control_buf += data
-        while b"\n" in self.control_buf:
-            line, self.control_buf = self.control_buf.split(b"\n", 1)
-            if line.strip():
-                self.command(json.loads(line))
+        commands, self.control_buf, self.running = read_commands(
+            self.control_fd, self.control_buf
+        )
+        for cmd in commands:
+            self.command(cmd)
 
     def command(self, cmd):
         """Runs one command."""
