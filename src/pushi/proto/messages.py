@@ -128,35 +128,26 @@ def event(name, channel, data, **extra):
 
 def member_added(channel, user_id, user_info, dialect):
     """Member joined, in the words of each dialect."""
-    member = dumps({"user_id": user_id, "user_info": user_info})
-    if dialect == PUSHI:
-        return dumps(
-            {
-                "event": "pusher:member_added",
-                "channel": channel,
-                "member": member,
-                "data": member,
-            }
-        )
-    return dumps(
-        {"event": "pusher_internal:member_added", "channel": channel, "data": member}
-    )
+    member = {"user_id": user_id, "user_info": user_info}
+    return _member("member_added", channel, member, dialect)
 
 
 def member_removed(channel, user_id, dialect):
-    member = dumps({"user_id": user_id})
+    """Member left (its last socket on the channel), in each dialect."""
+    return _member("member_removed", channel, {"user_id": user_id}, dialect)
+
+
+def _member(name, channel, member, dialect):
+    """Pusher clients read ``pusher_internal:<name>`` with the member as a
+    JSON string in ``data``; Pushi clients read ``pusher:<name>`` with it
+    in ``member`` (and ``data``)."""
+    member = dumps(member)
     if dialect == PUSHI:
-        return dumps(
-            {
-                "event": "pusher:member_removed",
-                "channel": channel,
-                "member": member,
-                "data": member,
-            }
-        )
-    return dumps(
-        {"event": "pusher_internal:member_removed", "channel": channel, "data": member}
-    )
+        message = {"event": "pusher:" + name, "member": member}
+    else:
+        message = {"event": "pusher_internal:" + name}
+    message.update(channel=channel, data=member)
+    return dumps(message)
 
 
 def signin_success(user_data):
