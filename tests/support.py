@@ -183,6 +183,17 @@ class PushiServer:
         assert status == 200, login
         return {"Authorization": "Bearer " + login["token"]}
 
+    def update_app(self, app, **fields):
+        """``PUT /apps/<id>`` with the admin secret; returns the record."""
+        status, body = self.request(
+            "PUT",
+            "apps/%s" % app["app_id"],
+            fields,
+            {"Authorization": "Bearer " + ADMIN_SECRET},
+        )
+        assert status == 200, body
+        return body
+
     def socket_ids(self, app, expected=None, timeout=15):
         """The ids of an app's open sockets (``GET /apps/<id>/sockets``);
         with ``expected``, waits up to ``timeout`` for that many."""

@@ -209,11 +209,7 @@ def test_peer_channels_pair_and_unpair(server, app):
 
 def test_retention_by_count(server):
     app = server.create_app("retained")
-    admin = {"Authorization": "Bearer " + "test-admin-secret-0123456789abcdef"}
-    status, _ = server.request(
-        "PUT", "apps/%s" % app["app_id"], {"settings": {"retention_count": 3}}, admin
-    )
-    assert status == 200
+    server.update_app(app, settings={"retention_count": 3})
     proxy = server.client(app)
     for index in range(8):
         proxy.trigger_event(channel="log", data=str(index), event="line")

@@ -13,7 +13,6 @@ import os
 import pytest
 
 from interop_support import INTEROP, MASTER_KEY, NodeAgent, python_sdk
-from support import ADMIN_SECRET
 
 
 @pytest.fixture
@@ -21,16 +20,6 @@ def agent(server, app):
     instance = NodeAgent(server, app)
     yield instance
     instance.close()
-
-
-def set_settings(server, app, **settings):
-    status, body = server.request(
-        "PUT",
-        "apps/%s" % app["app_id"],
-        {"settings": settings},
-        headers={"Authorization": "Bearer " + ADMIN_SECRET},
-    )
-    assert status == 200, body
 
 
 def sync(agent, client, channel):
@@ -226,7 +215,7 @@ class TestUsers:
         agent.wait(type="state", client="a", current="disconnected")
 
     def test_watchlist_online_and_offline(self, server, app, agent):
-        set_settings(server, app, watchlist_events=True)
+        server.update_app(app, settings=dict(watchlist_events=True))
         agent.call("connect", client="early", user={"id": "y"})
         agent.call("signin", client="early")
         agent.call(
@@ -245,7 +234,7 @@ class TestUsers:
     def test_watchlist_over_the_limit_is_4302_and_the_socket_stays(
         self, server, app, agent
     ):
-        set_settings(server, app, watchlist_events=True, max_watchlist=3)
+        server.update_app(app, settings=dict(watchlist_events=True, max_watchlist=3))
         agent.call(
             "connect", client="a", user={"id": "a", "watchlist": ["1", "2", "3", "4"]}
         )
@@ -329,7 +318,7 @@ class TestEncryptedAndCache:
 
 class TestSubscriptionCount:
     def test_counts_reach_pusher_js_when_enabled(self, server, app, agent):
-        set_settings(server, app, subscription_count_events=True)
+        server.update_app(app, settings=dict(subscription_count_events=True))
         for name in ("a", "b"):
             agent.call("connect", client=name)
         count = dict(type="event", client="a", event="pusher:subscription_count")
@@ -447,11 +436,5 @@ class TestServerSdk:
             "get", {"path": "/channels", "params": {"info": "user_count"}}
         )
         assert user_count["status"] == 400
-        status, body = server.request(
-            "PUT",
-            "apps/%s" % app["app_id"],
-            {"enabled": False},
-            headers={"Authorization": "Bearer " + ADMIN_SECRET},
-        )
-        assert status == 200, body
+        server.update_app(app, enabled=False)
         assert agent.sdk("trigger", "news", "e", "x")["status"] == 403

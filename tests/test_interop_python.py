@@ -15,7 +15,6 @@ import pysher
 import pytest
 
 from interop_support import python_sdk
-from support import ADMIN_SECRET
 
 
 def sdk_for(server, app, secret=None):
@@ -124,13 +123,7 @@ class TestPusherSdk:
         with pytest.raises(pusher.errors.PusherBadStatus) as missing:
             sdk_for(server, unknown).trigger("c", "e", "x")
         assert str(missing.value).startswith("404")
-        status, body = server.request(
-            "PUT",
-            "apps/%s" % app["app_id"],
-            {"enabled": False},
-            headers={"Authorization": "Bearer " + ADMIN_SECRET},
-        )
-        assert status == 200, body
+        server.update_app(app, enabled=False)
         with pytest.raises(pusher.errors.PusherForbidden):
             sdk.trigger("c", "e", "x")
 

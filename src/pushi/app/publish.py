@@ -38,6 +38,17 @@ def json_answer(start_response, status, body, headers=()):
     return [data]
 
 
+def json_object(body):
+    """A request body (bytes) as a JSON object; ``HttpError`` 400 if not."""
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        raise errors.HttpError(400, "Body is not valid JSON")
+    if not isinstance(payload, dict):
+        raise errors.HttpError(400, "Body is not a JSON object")
+    return payload
+
+
 def error_body(status, message):
     """The JSON body of every REST error (Appier's shape)."""
     return {"result": "error", "code": status, "message": message}
@@ -96,12 +107,7 @@ class Publisher:
                 body,
                 environ.get("HTTP_AUTHORIZATION"),
             )
-            try:
-                payload = json.loads(body or b"{}")
-            except ValueError:
-                raise errors.HttpError(400, "Body is not valid JSON")
-            if not isinstance(payload, dict):
-                raise errors.HttpError(400, "Body is not a JSON object")
+            payload = json_object(body)
             if route == "events":
                 events = [self.check(app, payload)]
             else:

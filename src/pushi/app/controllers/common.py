@@ -1,11 +1,10 @@
 """What every controller needs: the state and request authorization."""
 
-import json
 import urllib.parse
 
 import appier
 
-from pushi.proto import errors
+from pushi.app.publish import json_object
 
 APP = "<regex('[0-9]+'):app_id>"
 """ The route part of an app id (numeric, as Pusher SDKs require) """
@@ -49,11 +48,5 @@ class PushiController(appier.Controller):
         data = self.request.get_data() or b""
         content_type = self.request.get_header("Content-Type") or ""
         if "json" in content_type or data[:1] == b"{":
-            try:
-                payload = json.loads(data or b"{}")
-            except ValueError:
-                raise errors.HttpError(400, "Body is not valid JSON")
-            if not isinstance(payload, dict):
-                raise errors.HttpError(400, "Body is not a JSON object")
-            return payload
+            return json_object(data)
         return {name: values[0] for name, values in self.request.post.items() if values}
