@@ -4,15 +4,24 @@ Controllers live in ``controllers/`` (one resource per file) and reach the
 engine only through the ``State`` (``publish``, ``call_in_loop``).  The two
 publish routes are answered by ``publish.Publisher`` before Appier's
 pipeline; everything else is an ordinary Appier route.
+
+On the REST port's own server (``net/httpd``, the default) the entry is
+``serve_request``: publishing is done on the loop, and every other request runs
+through Appier on one worker thread (Appier serves one request at a time,
+as under its own servers), its answer written back from the loop.
 """
 
+import concurrent.futures
 import logging
 
 import appier
 
+from pushi.net import httpd
 from pushi.proto import errors
 
-from .publish import ROUTE, Publisher
+from .publish import ROUTE, Publisher, error_response
+
+logger = logging.getLogger("pushi.app")
 
 AUTHORIZATION = "pushi.authorization"
 """ Where the Authorization header waits in the WSGI environ """
@@ -24,7 +33,10 @@ class PushiApp(appier.APIApp):
     def __init__(self, state, *args, **kwargs):
         self.state = state
         self.access = state.access
-        self.publisher = Publisher(state, self.access, self)
+        self.publisher = Publisher(state, self.access)
+        self.worker = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="pushi-rest"
+        )
         # service=False: none of Appier's own routes (/info, /versions,
         # /log, /debug, /login, /logout): no open admin endpoint, and /login
         # is Pushi's
@@ -40,6 +52,29 @@ class PushiApp(appier.APIApp):
         # client's mistake, answered in JSON, not a server problem
         self.logger.setLevel(max(self.logger.level, logging.INFO))
 
+    def serve_request(self, request, answer):
+        """The HTTP server's handler (loop thread): see the module doc."""
+        if request.method == "POST":
+            match = ROUTE.match(request.path)
+            if match is not None and self.publisher.handle(request, match, answer):
+                return
+        self.worker.submit(self._run, request, answer)
+
+    def _run(self, request, answer):
+        config = self.state.config
+        try:
+            result = httpd.call_wsgi(
+                self.application,
+                request,
+                config.app_host,
+                config.app_port,
+                "https" if config.app_ssl else "http",
+            )
+        except Exception:
+            logger.exception("unexpected error answering %s", request.path)
+            result = error_response(errors.HttpError(500, "Internal error"))
+        self.state.call_soon(answer, *result)
+
     def application(self, environ, start_response):
         if environ.get("REQUEST_METHOD") == "POST":
             match = ROUTE.match(environ.get("PATH_INFO", ""))
@@ -49,22 +84,6 @@ class PushiApp(appier.APIApp):
         # token: the header is kept aside for Pushi's own checks
         environ[AUTHORIZATION] = environ.pop("HTTP_AUTHORIZATION", None)
         return appier.APIApp.application(self, environ, start_response)
-
-    def serve_netius(
-        self, host, port, ipv6=False, ssl=False, key_file=None, cer_file=None, **kwargs
-    ):
-        # Appier's serve(conf=False) passes the certificate path as ipv6:
-        # the address family follows the host instead
-        return appier.APIApp.serve_netius(
-            self,
-            host,
-            port,
-            ipv6=":" in host,
-            ssl=ssl,
-            key_file=key_file,
-            cer_file=cer_file,
-            **kwargs
-        )
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):

@@ -1,9 +1,13 @@
-"""The publish routes as plain WSGI, in front of the Appier app.
+"""The publish routes, ahead of the Appier app.
 
 ``POST /apps/<id>/events`` and ``POST /apps/<id>/batch_events`` are the hot
-path of a push server; Appier's pipeline costs more than the HTTP server
-under it, so these two routes are parsed, checked and handed to the loop
-here, with the same ``Access`` rules as every other route.  Both bodies
+path of a push server.  On the REST port's own HTTP server (``net/httpd``)
+they are answered on the loop that owns the sockets (``handle``): parsed,
+checked with the same ``Access`` rules as every other route, handed to the
+broker, and answered once the event is written to every subscriber (after
+its commit, when it is stored), so a publisher cannot outrun the fan-out.
+Under another WSGI server, and for an app not yet in memory, the WSGI entry
+(``__call__``) does the same from a worker thread, blocking.  Both bodies
 are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
 ``socket_id``, ``info``) and Pushi's (``event``, ``channel``, ``persist``).
 """
@@ -12,30 +16,21 @@ import concurrent.futures
 import json
 import logging
 import re
+import threading
 import time
 import urllib.parse
 
-import netius
-
+from pushi.net.httpd import MAX_BODY, json_response
 from pushi.proto import channels as channel_names
 from pushi.proto import errors, messages
 
 logger = logging.getLogger("pushi.app")
 
-MAX_BODY = 262144
-
 ROUTE = re.compile(r"^/apps/([^/]+)/(events|batch_events)/?$")
 _SOCKET_ID = re.compile(r"^\d+\.\d+$")
 
-
-def json_answer(start_response, status, body, headers=()):
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    start_response(
-        "%d %s" % (status, _REASONS.get(status, "Error")),
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
-        + list(headers),
-    )
-    return [data]
+DELIVERY_TIMEOUT = 30
+""" Seconds a blocking publish waits for its delivery before answering """
 
 
 def json_object(body):
@@ -49,9 +44,10 @@ def json_object(body):
     return payload
 
 
-def error_body(status, message):
-    """The JSON body of every REST error (Appier's shape)."""
-    return {"result": "error", "code": status, "message": message}
+def error_response(error):
+    """The answer to an ``HttpError``: a 503 says when to retry."""
+    headers = [("Retry-After", "1")] if error.status == 503 else []
+    return json_response(error.status, error.body, headers)
 
 
 def _batch_item(answer):
@@ -64,132 +60,117 @@ def _batch_item(answer):
     return answer
 
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+def _call(work, *args):
+    return work(*args)
 
 
 class Publisher:
-    """WSGI handler of the publish routes."""
+    """The publish routes, on the loop (``handle``) or as WSGI."""
 
-    def __init__(self, state, access, app=None):
+    def __init__(self, state, access):
         self.state = state
         self.access = access
-        self.app = app
         # where a persisted publish waits for its commit when the store has
         # no writer of its own to call back from (MongoDB)
         self.writers = concurrent.futures.ThreadPoolExecutor(
             16, thread_name_prefix="pushi-store"
         )
 
-    def __call__(self, environ, start_response, match):
+    def handle(self, request, match, answer):
+        """Publishes an ``httpd.Request`` on the loop thread and calls
+        ``answer(status, headers, body)`` there once it is delivered;
+        False (nothing done) for an app that is not in memory yet, which
+        must be read from the store off the loop."""
+        if self.state.apps.by_id(match.group(1)) is None:
+            return False
         try:
-            app_id, route = match.group(1), match.group(2)
-            body = self._body(environ)
-            params = dict(
-                urllib.parse.parse_qsl(
-                    environ.get("QUERY_STRING", ""), keep_blank_values=True
-                )
+            app, route, stored, deliveries, answers, queries = self.prepare(
+                match,
+                request.path,
+                request.query,
+                request.body,
+                request.headers.get("authorization"),
             )
-            app = self.access.authorize(
-                app_id,
-                "POST",
+        except errors.HttpError as error:
+            answer(*error_response(error))
+            return True
+
+        def respond():
+            self.complete(app, answers, queries, _call)
+            answer(*json_response(200, self.answer(route, answers)))
+
+        def committed(error):
+            # on the store's writer thread
+            if error is None:
+                self.deliver(app, deliveries, respond)
+                return
+            logger.error("storing events failed: %s", error)
+            failure = errors.HttpError(503, "Store unavailable")
+            self.state.call_soon(answer, *error_response(failure))
+
+        if stored:
+            self.state.store.add_events_then(stored, committed, self.writers)
+        else:
+            self.deliver(app, deliveries, respond)
+        return True
+
+    def __call__(self, environ, start_response, match):
+        """The WSGI entry: blocks until the events are stored and written."""
+        try:
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                raise errors.HttpError(400, "Invalid Content-Length")
+            if length > MAX_BODY:
+                raise errors.HttpError(413, "Body over %d bytes" % MAX_BODY)
+            body = environ["wsgi.input"].read(length) if length > 0 else b""
+            app, route, stored, deliveries, answers, queries = self.prepare(
+                match,
                 environ.get("PATH_INFO", ""),
-                params,
+                environ.get("QUERY_STRING", ""),
                 body,
                 environ.get("HTTP_AUTHORIZATION"),
             )
-            payload = json_object(body)
-            if route == "events":
-                events = [self.check(app, payload)]
-            else:
-                events = self.check_batch(app, payload)
-            if self.state.broker.busy:
-                raise errors.HttpError(503, "Server busy delivering: retry shortly")
-            stored, deliveries, answers, queries = self.plan(app, events)
+            if stored:
+                try:
+                    self.state.store.add_events(stored)
+                except Exception as error:
+                    logger.error("storing events failed: %s", error)
+                    raise errors.HttpError(503, "Store unavailable")
         except errors.HttpError as error:
-            headers = [("Retry-After", "1")] if error.status == 503 else []
-            return json_answer(
-                start_response,
-                error.status,
-                error_body(error.status, error.message),
-                headers,
-            )
+            status, headers, data = error_response(error)
+            start_response(status, headers)
+            return [data]
+        delivered = threading.Event()
+        self.deliver(app, deliveries, delivered.set)
+        delivered.wait(DELIVERY_TIMEOUT)
+        self.complete(app, answers, queries, self.state.call_in_loop)
+        status, headers, data = json_response(200, self.answer(route, answers))
+        start_response(status, headers)
+        return [data]
 
-        def respond():
-            self.complete(app, answers, queries)
-            if route == "events":
-                answer = answers[0]
-            else:
-                items = [_batch_item(answer) for answer in answers]
-                answer = {"batch": items} if any(items) else {}
-            return json_answer(start_response, 200, answer)
-
-        loop = getattr(self.app, "_server", None)
-        if not hasattr(loop, "delay_s"):
-            # a WSGI server without netius's futures: store, hand over, answer
-            if stored:
-                self.state.store.add_events(stored)
-            self.deliver(app, deliveries)
-            return respond()
-        return self._answer_later(
-            loop, app, stored, deliveries, respond, start_response
-        )
-
-    def _answer_later(self, loop, app, stored, deliveries, respond, start_response):
-        """The answer as a netius WSGI iterator.  It yields futures that the
-        commit (when something is stored) and then the delivery resolve on
-        the HTTP loop, which serves other requests meanwhile.  Answering
-        once the event is written to every subscriber keeps a publisher
-        from getting ahead of the fan-out: requests in flight bound what
-        waits for the WebSocket loop."""
-
-        def later():
-            future = netius.Future()
-
-            def resolve(value=None):
-                loop.delay_s(lambda: future.set_result(value))
-
-            return future, resolve
-
-        def answer():
-            if stored:
-                committed, resolve = later()
-                self.state.store.add_events_then(stored, resolve, self.writers)
-                yield committed
-                if committed.result() is not None:
-                    logger.error("storing events failed: %s", committed.result())
-                    body = error_body(503, "Store unavailable")
-                    for part in json_answer(
-                        start_response, 503, body, [("Retry-After", "1")]
-                    ):
-                        yield part
-                    return
-            delivered, resolve = later()
-            self.deliver(app, deliveries, resolve)
-            yield delivered
-            for part in respond():
-                yield part
-
-        return answer()
+    def prepare(self, match, path, query, body, authorization):
+        """Authorizes and checks a publish request; returns ``(app, route,
+        stored, deliveries, answers, queries)`` (see ``plan``) or raises
+        ``HttpError``."""
+        app_id, route = match.group(1), match.group(2)
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        app = self.access.authorize(app_id, "POST", path, params, body, authorization)
+        payload = json_object(body)
+        if route == "events":
+            events = [self.check(app, payload)]
+        else:
+            events = self.check_batch(app, payload)
+        if self.state.broker.busy:
+            raise errors.HttpError(503, "Server busy delivering: retry shortly")
+        return (app, route) + self.plan(app, events)
 
     @staticmethod
-    def _body(environ):
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise errors.HttpError(400, "Invalid Content-Length")
-        if length > MAX_BODY:
-            raise errors.HttpError(413, "Body over %d bytes" % MAX_BODY)
-        return environ["wsgi.input"].read(length) if length > 0 else b""
+    def answer(route, answers):
+        if route == "events":
+            return answers[0]
+        items = [_batch_item(answer) for answer in answers]
+        return {"batch": items} if any(items) else {}
 
     def check_batch(self, app, payload):
         batch = payload.get("batch")
@@ -297,13 +278,12 @@ class Publisher:
             event = (app.app_id, names, name, data, socket_id, extra)
             self.state.broker.publish(event, done if index == last else None)
 
-    def complete(self, app, answers, queries):
-        """Fills the ``info`` asked for in the answers."""
+    def complete(self, app, answers, queries, call):
+        """Fills the ``info`` asked for in the answers; ``call(work,
+        *args)`` runs ``work`` on the loop (directly when already there)."""
         for answer, (names, info) in zip(answers, queries):
             if info:
-                answer["channels"] = self.state.call_in_loop(
-                    self._info, app.app_id, names, info
-                )
+                answer["channels"] = call(self._info, app.app_id, names, info)
 
     def _info(self, app_id, names, info):
         engine = self.state.engine

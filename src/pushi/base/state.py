@@ -1,10 +1,13 @@
 """The composition root: one ``State`` wires engine, servers and store.
 
-Threads: the WebSocket loop (netius) owns the live state; the REST app
-(Appier on ``APP_SERVER``) runs in the main thread; a small worker pool
-runs blocking store calls.  Other threads reach the loop only through
-``call_soon`` / ``call_in_loop`` (netius ``delay_s``: a locked list and a
-wake-up of the poll).
+Threads: the netius loop owns the live state and serves both ports: the
+WebSocket server and, with ``APP_SERVER=netius`` (the default), the REST
+port's HTTP server, which publishes on the loop and runs every other
+request through the Appier app on one worker thread.  With another
+``APP_SERVER`` Appier serves the REST port itself from the main thread.  A
+small worker pool runs blocking store calls.  Other threads reach the loop
+only through ``call_soon`` / ``call_in_loop`` (netius ``delay_s``: a locked
+list and a wake-up of the poll).
 
 Run it: ``python src/pushi/base/state.py`` (or ``python -m pushi``).
 """
@@ -29,6 +32,7 @@ from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
+from pushi.net.httpd import HttpServer  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 
 logger = logging.getLogger("pushi")
@@ -75,8 +79,11 @@ class State:
                 lambda: self.engine.emit(app_id, kind, **details)
             ),
         )
+        self.http = None
         self._loop_thread = None
+        self._start_error = None
         self._ready = threading.Event()
+        self._loop_ended = threading.Event()
         self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
         self._app = None
@@ -150,27 +157,53 @@ class State:
         return self._app
 
     def _on_loop_start(self):
-        self._watch_webhooks()
-        self._ready.set()
+        try:
+            if self.http is not None:
+                config = self.config
+                # joins the loop that is starting: bound now, polled by it
+                self.http.poll = self.server.poll
+                self.http.serve(
+                    host=config.app_host,
+                    port=config.app_port,
+                    ipv6=":" in config.app_host,
+                    ssl=config.app_ssl,
+                    key_file=config.app_ssl_key,
+                    cer_file=config.app_ssl_cer,
+                    start=False,
+                )
+            self._watch_webhooks()
+        except Exception as error:
+            self._start_error = error
+            raise
+        finally:
+            self._ready.set()
         self._tick()
 
     def _tick(self):
         self.server.run(self.engine.sweep)
         self.server.delay(self._tick, timeout=min(5, self.config.activity_timeout))
 
-    def start_server(self):
-        """Starts the WebSocket loop in its thread; returns when it listens."""
+    def start_server(self, http=False):
+        """Starts the loop in its thread with the WebSocket server, and the
+        REST port's HTTP server when ``http``; returns when they listen."""
         self.apps.refresh()
         config = self.config
+        if http:
+            self.app.start()
+            self.http = HttpServer(self.app.serve_request, level=logging.WARNING)
+            self.server.add_base(self.http)
 
         def serve():
-            self.server.serve(
-                host=config.server_host,
-                port=config.server_port,
-                ssl=config.server_ssl,
-                key_file=config.server_ssl_key,
-                cer_file=config.server_ssl_cer,
-            )
+            try:
+                self.server.serve(
+                    host=config.server_host,
+                    port=config.server_port,
+                    ssl=config.server_ssl,
+                    key_file=config.server_ssl_key,
+                    cer_file=config.server_ssl_cer,
+                )
+            finally:
+                self._loop_ended.set()
 
         self._loop_thread = threading.Thread(
             target=serve, name="pushi-loop", daemon=True
@@ -181,6 +214,8 @@ class State:
         ).start()
         if not self._ready.wait(30):
             raise RuntimeError("WebSocket server did not start")
+        if self._start_error is not None:
+            raise self._start_error
         logger.info(
             "WebSocket server on %s://%s:%d",
             "wss" if config.server_ssl else "ws",
@@ -207,8 +242,9 @@ class State:
 
     def serve(self):
         """Runs both servers until interrupted (the launcher's entry)."""
-        self.start_server()
         config = self.config
+        own_http = config.app_server == "netius"
+        self.start_server(http=own_http)
         logger.info(
             "REST API on %s://%s:%d",
             "https" if config.app_ssl else "http",
@@ -216,6 +252,12 @@ class State:
             config.app_port,
         )
         try:
+            if own_http:
+                # an Event, not Thread.join: a join that a signal interrupts
+                # can leave the thread marked as ended (CPython < 3.13)
+                while not self._loop_ended.wait(1):
+                    pass
+                return
             self.app.serve(
                 server=config.app_server,
                 host=config.app_host,
@@ -231,13 +273,15 @@ class State:
     def stop(self):
         """Closes every socket with 4200 and stops the loop and the store."""
         self._stopping.set()
-        if self._loop_thread is not None and self._loop_thread.is_alive():
+        if self._loop_thread is not None and not self._loop_ended.is_set():
             try:
                 self.call_in_loop(self.engine.shutdown, timeout=5)
             except Exception:
                 pass
             self.server.delay_s(self.server.stop)
             self._loop_thread.join(5)
+        if self.http is not None:
+            self.app.stop()
         self.workers.shutdown(wait=False)
         self.webhooks.stop()
         self.store.close()

@@ -275,8 +275,10 @@ class _Connection(netius.Connection):
     that vanished without a close frame is forgotten."""
 
 
-class WebSocketServer(netius.StreamServer):
-    """Netius stream server speaking WebSocket to the engine.
+class WebSocketServer(netius.ContainerServer):
+    """Netius stream server speaking WebSocket to the engine; the owner of
+    the loop, which other servers join with ``add_base`` (the REST port's
+    ``httpd.HttpServer``).
 
     ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
     store off the loop); ``offload(work, then)`` runs ``work`` on a worker
@@ -287,7 +289,7 @@ class WebSocketServer(netius.StreamServer):
     def __init__(
         self, engine, apps, offload, max_buffer=1048576, console=None, *args, **kwargs
     ):
-        netius.StreamServer.__init__(self, *args, **kwargs)
+        netius.ContainerServer.__init__(self, *args, **kwargs)
         self.engine = engine
         self.console = console
         self.apps = apps
@@ -298,7 +300,7 @@ class WebSocketServer(netius.StreamServer):
         self.start_callbacks = []
 
     def on_serve(self):
-        netius.StreamServer.on_serve(self)
+        netius.ContainerServer.on_serve(self)
         self.nensure()
         for callback in self.start_callbacks:
             callback()
@@ -315,7 +317,7 @@ class WebSocketServer(netius.StreamServer):
             link.connection.close()
 
     def on_connection_d(self, connection):
-        netius.StreamServer.on_connection_d(self, connection)
+        netius.ContainerServer.on_connection_d(self, connection)
         link = getattr(connection, "link", None)
         if link is not None:
             link._forget()
@@ -323,7 +325,7 @@ class WebSocketServer(netius.StreamServer):
             self.flush()
 
     def on_data(self, connection, data):
-        netius.StreamServer.on_data(self, connection, data)
+        netius.ContainerServer.on_data(self, connection, data)
         try:
             connection.link.feed(data)
         except Exception:

@@ -67,3 +67,8 @@ class HttpError(PushiError):
     def code(self):
         """The HTTP status, under the name Appier's error handler reads."""
         return self.status
+
+    @property
+    def body(self):
+        """The JSON body of the answer (Appier's shape for every error)."""
+        return {"result": "error", "code": self.status, "message": self.message}

@@ -1,0 +1,324 @@
+"""The REST port's HTTP/1.1 server, on the WebSocket server's netius loop.
+
+A lean parser (request line, headers, ``Content-Length`` bodies,
+keep-alive, pipelining answered in order, ``Expect: 100-continue``) turns
+bytes into ``Request`` objects and hands each to ``handler(request,
+answer)``; ``answer(status, headers, body)`` may be called at once or
+later, from the loop thread.  Publishing is a push server's hot path:
+answering it on the loop that owns the sockets, with no thread hop and no
+generic HTTP machinery, is what lets one process keep up with its
+publishers.  ``call_wsgi`` runs any other request through a WSGI app (the
+Appier app, on a thread of the caller's choosing).
+
+Limits: an 8 KB head (431), a body of ``max_body`` bytes (413), no chunked
+bodies (411); a request whose head is not complete within
+``HEAD_TIMEOUT`` seconds, or a keep-alive socket idle for
+``IDLE_TIMEOUT``, is closed.  Every refusal is a JSON answer with a reason.
+"""
+
+import http
+import io
+import json
+import logging
+import sys
+import time
+import urllib.parse
+
+import netius
+
+from pushi.proto import errors
+
+logger = logging.getLogger("pushi.http")
+
+MAX_HEAD = 8192
+MAX_BODY = 262144
+HEAD_TIMEOUT = 10
+IDLE_TIMEOUT = 75
+MAX_OUTPUT = 1048576
+""" Bytes of answers a client may leave unread before it is cut off """
+
+_HOP_BY_HOP = frozenset(("connection", "content-length", "transfer-encoding"))
+
+
+class Request:
+    """One parsed request; ``headers`` has lower-case names."""
+
+    __slots__ = ("method", "path", "query", "version", "headers", "body", "remote")
+
+    def __init__(self, method, path, query, version, headers, body, remote):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.remote = remote
+
+    @property
+    def keep_alive(self):
+        tokens = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
+
+
+def status_line(status):
+    """``"404 Not Found"`` for ``404``."""
+    try:
+        return "%d %s" % (status, http.HTTPStatus(status).phrase)
+    except ValueError:
+        return "%d Error" % status
+
+
+def json_response(status, body, headers=()):
+    """``(status, headers, bytes)`` of a JSON answer."""
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return (
+        status_line(status),
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        + list(headers),
+        data,
+    )
+
+
+class _Peer:
+    """Parsing state of one connection."""
+
+    __slots__ = ("connection", "buffer", "waiting", "since", "continued", "closed")
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.buffer = b""
+        self.waiting = False  # a request is being answered: parsing waits
+        self.since = time.monotonic()  # last request finished (or connect)
+        self.continued = False  # "100 Continue" sent for the current request
+        self.closed = False
+
+
+class _Connection(netius.Connection):
+    """Netius calls a server's own ``on_connection_d`` only for a subclass."""
+
+
+class HttpServer(netius.StreamServer):
+    """HTTP/1.1 to ``handler(request, answer)``; joins the loop of a netius
+    container (``WebSocketServer.add_base``) and is bound with ``serve(...,
+    start=False)`` once that loop runs."""
+
+    def __init__(self, handler, max_body=MAX_BODY, *args, **kwargs):
+        netius.StreamServer.__init__(self, *args, **kwargs)
+        self.handler = handler
+        self.max_body = max_body
+
+    def on_serve(self):
+        netius.StreamServer.on_serve(self)
+        self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
+
+    def build_connection(self, socket, address, ssl=False):
+        connection = _Connection(owner=self, socket=socket, address=address, ssl=ssl)
+        connection.peer = _Peer(connection)
+        return connection
+
+    def on_connection_d(self, connection):
+        netius.StreamServer.on_connection_d(self, connection)
+        peer = getattr(connection, "peer", None)
+        if peer is not None:
+            peer.closed = True
+
+    def on_data(self, connection, data):
+        netius.StreamServer.on_data(self, connection, data)
+        peer = connection.peer
+        if peer.closed:
+            return
+        if not peer.buffer:
+            peer.since = time.monotonic()
+        peer.buffer += data
+        if peer.waiting:
+            # pipelined requests wait their turn, within bounds
+            if len(peer.buffer) > MAX_HEAD + self.max_body:
+                connection.close()
+            return
+        try:
+            self._advance(peer)
+        except Exception:
+            logger.exception("unexpected error on an HTTP connection; closing it")
+            connection.close()
+
+    def _advance(self, peer):
+        """Parses and dispatches requests until one is left waiting."""
+        while not peer.waiting and not peer.closed and peer.buffer:
+            try:
+                request = self._parse(peer)
+            except errors.HttpError as error:
+                self._refuse(peer, error)
+                return
+            if request is None:
+                return
+            peer.waiting = True
+            self.handler(request, self._answerer(peer, request))
+
+    def _parse(self, peer):
+        buffer = peer.buffer
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                raise errors.HttpError(431, "Request head over %d bytes" % MAX_HEAD)
+            return None
+        lines = buffer[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+            raise errors.HttpError(400, "Malformed request line")
+        method, target, version = parts
+        if not method.isalpha() or not target.startswith("/"):
+            raise errors.HttpError(400, "Malformed request line")
+        headers = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip():
+                raise errors.HttpError(400, "Malformed header line")
+            name = name.lower()
+            value = value.strip()
+            if name in headers:
+                if name == "content-length" and headers[name] != value:
+                    raise errors.HttpError(400, "Conflicting Content-Length")
+                if name != "content-length":
+                    headers[name] += ", " + value
+            else:
+                headers[name] = value
+        if "transfer-encoding" in headers:
+            raise errors.HttpError(411, "Send the body with a Content-Length")
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            raise errors.HttpError(400, "Invalid Content-Length")
+        length = int(length)
+        if length > self.max_body:
+            raise errors.HttpError(413, "Body over %d bytes" % self.max_body)
+        start = end + 4
+        if len(buffer) < start + length:
+            expect = headers.get("expect", "").lower()
+            if expect == "100-continue" and not peer.continued:
+                peer.continued = True
+                self._send(peer, b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        peer.buffer = buffer[start + length :]
+        peer.continued = False
+        path, _, query = target.partition("?")
+        remote = peer.connection.address
+        return Request(
+            method,
+            path,
+            query,
+            version,
+            headers,
+            buffer[start : start + length],
+            remote[0] if isinstance(remote, tuple) else "",
+        )
+
+    def _answerer(self, peer, request):
+        def answer(status, headers, body):
+            head_only = request.method == "HEAD"
+            self._answer(peer, status, headers, body, request.keep_alive, head_only)
+
+        return answer
+
+    def _answer(self, peer, status, headers, body, keep_alive, head_only=False):
+        if peer.closed or not peer.waiting:
+            return
+        lines = ["HTTP/1.1 " + status]
+        for name, value in headers:
+            if name.lower() not in _HOP_BY_HOP:
+                lines.append("%s: %s" % (name, value))
+        lines.append("Content-Length: %d" % len(body))
+        lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._send(peer, head if head_only else head + body)
+        peer.waiting = False
+        peer.since = time.monotonic()
+        connection = peer.connection
+        if not keep_alive:
+            peer.closed = True
+            connection.close(flush=True)
+        elif connection.pending_s > MAX_OUTPUT:
+            logger.info("HTTP client %s stopped reading; closing", connection.address)
+            peer.closed = True
+            connection.close()
+        elif peer.buffer:
+            self._advance(peer)
+
+    def _refuse(self, peer, error):
+        status, headers, body = json_response(error.status, error.body)
+        peer.waiting = True
+        self._answer(peer, status, headers, body, False)
+
+    def _send(self, peer, data):
+        connection = peer.connection
+        if connection.status != netius.OPEN:
+            return
+        if not connection.pending and not connection.ssl:
+            try:
+                sent = connection.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                connection.close()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        connection.send(data, delay=False)
+
+    def _sweep(self):
+        """Closes sockets stuck mid-request or idle past keep-alive."""
+        now = time.monotonic()
+        for connection in list(self.connections):
+            peer = getattr(connection, "peer", None)
+            if peer is None or peer.waiting:
+                continue
+            limit = HEAD_TIMEOUT if peer.buffer else IDLE_TIMEOUT
+            if now - peer.since > limit:
+                connection.close()
+        self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
+
+
+def call_wsgi(app, request, host, port, scheme):
+    """Runs ``request`` through the WSGI callable ``app``; returns
+    ``(status, headers, body)`` (blocking: call it off the loop)."""
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": urllib.parse.unquote_to_bytes(request.path).decode("latin-1"),
+        "QUERY_STRING": request.query,
+        "SERVER_NAME": host,
+        "SERVER_PORT": str(port),
+        "SERVER_PROTOCOL": request.version,
+        "REMOTE_ADDR": request.remote,
+        "CONTENT_LENGTH": str(len(request.body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in request.headers.items():
+        # "X_Token" would pass for "X-Token": such names are left out
+        key = name.upper().replace("-", "_")
+        if "_" in name or key == "CONTENT_LENGTH":
+            continue
+        environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
+    started = []
+    chunks = []
+
+    def start_response(status, headers, exc_info=None):
+        started[:] = [status, headers]
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            chunks.append(chunk)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    status, headers = started
+    return status, headers, b"".join(chunks)
