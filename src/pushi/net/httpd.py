@@ -283,7 +283,8 @@ def call_wsgi(app, request, host, port, scheme):
     """Runs ``request`` through the WSGI callable ``app``; returns
     ``(status, headers, body)`` (blocking: call it off the loop)."""
     environ = {
-        "REQUEST_METHOD": request.method,
+        # HEAD is GET without the body (dropped when answering)
+        "REQUEST_METHOD": "GET" if request.method == "HEAD" else request.method,
         "SCRIPT_NAME": "",
         "PATH_INFO": urllib.parse.unquote_to_bytes(request.path).decode("latin-1"),
         "QUERY_STRING": request.query,

@@ -1,0 +1,239 @@
+"""The REST port's own HTTP/1.1 server (``net/httpd``), over raw sockets:
+keep-alive, pipelining in order, 100-continue, HEAD, HTTP/1.0, every
+limit answered in JSON, sockets that stall, and a publish for an app the
+server has not loaded yet (answered through the Appier worker)."""
+
+import json
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+from pushi.proto import auth
+
+
+class Conn:
+    """A raw socket to the REST port and the bytes read past the last
+    response."""
+
+    def __init__(self, server):
+        self.sock = socket.create_connection(("127.0.0.1", server.app_port), 10)
+        self.sock.settimeout(10)
+        self.pending = b""
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+    def recv(self, size):
+        if self.pending:
+            data, self.pending = self.pending[:size], self.pending[size:]
+            return data
+        return self.sock.recv(size)
+
+    def close(self):
+        self.sock.close()
+
+
+def read_response(sock, head_only=False):
+    """``(status, headers, body)`` of one response read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a response: %r" % data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = 0 if head_only else int(headers.get("content-length", 0))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk
+        rest += chunk
+    sock.pending = rest[length:]
+    return status, headers, rest[:length]
+
+
+def open_socket(server):
+    return Conn(server)
+
+
+def is_closed(conn, timeout=10):
+    assert not conn.pending
+    conn.sock.settimeout(timeout)
+    try:
+        return conn.sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def request_bytes(method, path, body=b"", headers=None, version="HTTP/1.1"):
+    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1"]
+    for name, value in (headers or {}).items():
+        lines.append("%s: %s" % (name, value))
+    if body:
+        lines.append("Content-Length: %d" % len(body))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def publish_bytes(app, channel, data, headers=None):
+    body = json.dumps({"name": "greet", "channel": channel, "data": data}).encode()
+    path = "/apps/%s/events" % app["app_id"]
+    params = auth.signed_params(app["key"], app["secret"], "POST", path, body=body)
+    return request_bytes(
+        "POST",
+        path + "?" + urllib.parse.urlencode(params),
+        body,
+        dict({"Content-Type": "application/json"}, **(headers or {})),
+    )
+
+
+def test_keep_alive_serves_several_requests_on_one_socket(server):
+    sock = open_socket(server)
+    try:
+        for _ in range(3):
+            sock.sendall(request_bytes("GET", "/health"))
+            status, headers, body = read_response(sock)
+            assert status == 200 and json.loads(body)["status"] == "ok"
+            assert headers["connection"] == "keep-alive"
+    finally:
+        sock.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server, app):
+    client = server.connect(app)
+    client.subscribe("pipes")
+    sock = open_socket(server)
+    try:
+        sock.sendall(
+            publish_bytes(app, "pipes", "one")
+            + request_bytes("GET", "/health")
+            + publish_bytes(app, "pipes", "two")
+            + request_bytes("GET", "/nowhere")
+        )
+        statuses = []
+        for _ in range(4):
+            status, _headers, body = read_response(sock)
+            statuses.append((status, json.loads(body)))
+        assert [status for status, _ in statuses] == [200, 200, 200, 404]
+        assert statuses[1][1]["status"] == "ok"
+        received = [client.recv_event("greet")["data"] for _ in range(2)]
+        assert received == ["one", "two"]
+    finally:
+        sock.close()
+        client.close()
+
+
+def test_expect_100_continue_gets_its_interim_answer(server, app):
+    client = server.connect(app)
+    client.subscribe("expect")
+    data = publish_bytes(app, "expect", "x" * 2000, {"Expect": "100-continue"})
+    head, _, body = data.partition(b"\r\n\r\n")
+    sock = open_socket(server)
+    try:
+        sock.sendall(head + b"\r\n\r\n")
+        interim = sock.recv(64)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        status, _headers, _body = read_response(sock)
+        assert status == 200
+        assert client.recv_event("greet")["data"] == "x" * 2000
+    finally:
+        sock.close()
+        client.close()
+
+
+def test_head_has_the_length_and_no_body(server):
+    sock = open_socket(server)
+    try:
+        sock.sendall(request_bytes("HEAD", "/health") + request_bytes("GET", "/health"))
+        status, headers, body = read_response(sock, head_only=True)
+        assert status == 200 and int(headers["content-length"]) > 0 and body == b""
+        # no body bytes followed the HEAD answer: the next one parses whole
+        status, _headers, body = read_response(sock)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        sock.close()
+
+
+def test_http_1_0_closes_after_the_answer(server):
+    sock = open_socket(server)
+    try:
+        sock.sendall(request_bytes("GET", "/health", version="HTTP/1.0"))
+        status, headers, _body = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert is_closed(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000, 431),
+        (
+            request_bytes(
+                "POST", "/apps/1/events", headers={"Content-Length": "999999"}
+            ),
+            413,
+        ),
+        (request_bytes("POST", "/x", headers={"Transfer-Encoding": "chunked"}), 411),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /health HTTP/2.0\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (
+            b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+    ],
+)
+def test_refusals_are_json_and_close_the_socket(server, data, status):
+    sock = open_socket(server)
+    try:
+        sock.sendall(data)
+        answer, headers, body = read_response(sock)
+        assert answer == status
+        reason = json.loads(body)
+        assert reason["code"] == status and reason["message"]
+        assert headers["connection"] == "close"
+        assert is_closed(sock)
+    finally:
+        sock.close()
+    # the server is unharmed
+    assert server.request("GET", "health")[0] == 200
+
+
+def test_a_request_head_that_stalls_is_cut_off(server):
+    sock = open_socket(server)
+    try:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.time()
+        assert is_closed(sock, timeout=30)
+        assert time.time() - started >= 5
+    finally:
+        sock.close()
+
+
+def test_publish_for_an_app_created_while_running(server):
+    # the CLI writes the app to the store and nothing has loaded it: the
+    # signed publish reads it off the loop (through Appier's worker)
+    app = server.create_app("late")
+    sock = open_socket(server)
+    try:
+        sock.sendall(publish_bytes(app, "late", "first"))
+        status, _headers, body = read_response(sock)
+        assert status == 200 and json.loads(body) == {}
+        client = server.connect(app)
+        client.subscribe("late")
+        sock.sendall(publish_bytes(app, "late", "second"))
+        assert read_response(sock)[0] == 200
+        assert client.recv_event("greet")["data"] == "second"
+        client.close()
+    finally:
+        sock.close()
