@@ -4,8 +4,9 @@
 path of a push server.  On the REST port's own HTTP server (``net/httpd``)
 they are answered on the loop that owns the sockets (``handle``): parsed,
 checked with the same ``Access`` rules as every other route, handed to the
-broker, and answered once the event is written to every subscriber (after
-its commit, when it is stored), so a publisher cannot outrun the fan-out.
+broker, and answered in the loop turn that writes the event to every
+subscriber (after its commit, when it is stored), so a publisher cannot
+outrun the fan-out.
 Under another WSGI server, and for an app not yet in memory, the WSGI entry
 (``__call__``) does the same from a worker thread, blocking.  Both bodies
 are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
@@ -272,7 +273,8 @@ class Publisher:
 
     def deliver(self, app, deliveries, done=None):
         """Hands the deliveries to the loop; ``done()`` runs (on the loop)
-        once the last of them is written."""
+        once the last of them is queued on its sockets, in the turn that
+        writes it."""
         last = len(deliveries) - 1
         for index, (names, name, data, socket_id, extra) in enumerate(deliveries):
             event = (app.app_id, names, name, data, socket_id, extra)

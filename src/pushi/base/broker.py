@@ -4,8 +4,8 @@ the sockets.
 ``LocalBroker`` serves one process: ``publish`` may be called from any
 thread; it queues the event and wakes the loop once, and the loop drains
 every queued event in one turn, so frames for one socket written in that
-turn go out in one write; then it runs the ``done`` callbacks of those
-events.
+turn go out in one write; it runs the ``done`` callbacks of those events
+just before that write, in the same turn.
 The queue is bounded by admission: while ``max_pending`` events wait,
 ``busy`` is True and the publisher refuses new ones, so a server that cannot
 keep up says so instead of growing without limit.  A
@@ -34,7 +34,8 @@ class LocalBroker:
 
     def publish(self, event, done=None):
         """Queues ``event`` (a tuple of ``deliver``'s arguments); thread-safe.
-        ``done()`` runs on the loop once the event is written."""
+        ``done()`` runs on the loop once the event's frames are queued on
+        every socket, right before the turn's write."""
         self._queue.append((event, done))
         if not self._scheduled:
             self._scheduled = True
@@ -52,6 +53,10 @@ class LocalBroker:
             deliver(*event)
             if done is not None:
                 finished.append(done)
-        self._flush()
+        # the publishers hear first, then the turn's frames are written:
+        # their next events arrive while this write runs and share the next
+        # one; none can get ahead of it, since this loop reads them only
+        # after the flush
         for done in finished:
             done()
+        self._flush()
