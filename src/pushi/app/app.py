@@ -6,9 +6,9 @@ publish routes are answered by ``publish.Publisher`` before Appier's
 pipeline; everything else is an ordinary Appier route.
 
 On the REST port's own server (``net/httpd``, the default) the entry is
-``serve_request``: publishing is done on the loop, and every other request runs
-through Appier on one worker thread (Appier serves one request at a time,
-as under its own servers), its answer written back from the loop.
+``serve_request``: publishing is done on the loop, and every other request
+runs through Appier on one worker thread (Appier serves one request at a
+time, as under its own servers), its answer written back from the loop.
 """
 
 import concurrent.futures
