@@ -11,9 +11,9 @@ publishers.  ``call_wsgi`` runs any other request through a WSGI app (the
 Appier app, on a thread of the caller's choosing).
 
 Limits: an 8 KB head (431), a body of ``max_body`` bytes (413), no chunked
-bodies (411); a request whose head is not complete within
-``HEAD_TIMEOUT`` seconds, or a keep-alive socket idle for
-``IDLE_TIMEOUT``, is closed.  Every refusal is a JSON answer with a reason.
+bodies (411); a socket is closed when a request takes over
+``HEAD_TIMEOUT`` seconds to arrive whole, or when it idles between
+requests for ``IDLE_TIMEOUT``.  Every refusal is a JSON answer with a reason.
 """
 
 import http
@@ -27,6 +27,8 @@ import urllib.parse
 import netius
 
 from pushi.proto import errors
+
+from . import wire
 
 logger = logging.getLogger("pushi.http")
 
@@ -90,13 +92,9 @@ class _Peer:
         self.connection = connection
         self.buffer = b""
         self.waiting = False  # a request is being answered: parsing waits
-        self.since = time.monotonic()  # last request finished (or connect)
+        self.since = time.monotonic()  # current request began / last answer
         self.continued = False  # "100 Continue" sent for the current request
         self.closed = False
-
-
-class _Connection(netius.Connection):
-    """Netius calls a server's own ``on_connection_d`` only for a subclass."""
 
 
 class HttpServer(netius.StreamServer):
@@ -114,7 +112,9 @@ class HttpServer(netius.StreamServer):
         self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
 
     def build_connection(self, socket, address, ssl=False):
-        connection = _Connection(owner=self, socket=socket, address=address, ssl=ssl)
+        connection = wire.Connection(
+            owner=self, socket=socket, address=address, ssl=ssl
+        )
         connection.peer = _Peer(connection)
         return connection
 
@@ -249,22 +249,9 @@ class HttpServer(netius.StreamServer):
         peer.waiting = True
         self._answer(peer, status, headers, body, False)
 
-    def _send(self, peer, data):
-        connection = peer.connection
-        if connection.status != netius.OPEN:
-            return
-        if not connection.pending and not connection.ssl:
-            try:
-                sent = connection.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                connection.close()
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-        connection.send(data, delay=False)
+    @staticmethod
+    def _send(peer, data):
+        wire.send(peer.connection, data)
 
     def _sweep(self):
         """Closes sockets stuck mid-request or idle past keep-alive."""

@@ -26,6 +26,8 @@ import netius
 from pushi.proto import errors, messages
 from pushi.proto import websocket as ws
 
+from . import wire
+
 logger = logging.getLogger("pushi.net")
 
 _PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?$")
@@ -240,20 +242,8 @@ class Link:
 
     def send_now(self, data):
         connection = self.connection
-        if connection.status != netius.OPEN:
+        if not wire.send(connection, data):
             return
-        if not connection.pending and not connection.ssl:
-            try:
-                sent = connection.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                connection.close()
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
-        connection.send(data, delay=False)
         if connection.pending_s > self.max_buffer and self.phase != CLOSING:
             # the close frame queues behind what is pending: the client sees
             # 4100 if it ever reads again, and is cut off after a grace time
@@ -266,13 +256,6 @@ class Link:
                 )
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
             self.server.delay(connection.close, timeout=5)
-
-
-class _Connection(netius.Connection):
-    """A netius connection of ours.  Netius calls a server's own
-    ``on_connection_d`` only for connections of a subclass (for a plain
-    ``Connection`` it calls the base hook), and that hook is where a socket
-    that vanished without a close frame is forgotten."""
 
 
 class WebSocketServer(netius.ContainerServer):
@@ -306,7 +289,9 @@ class WebSocketServer(netius.ContainerServer):
             callback()
 
     def build_connection(self, socket, address, ssl=False):
-        connection = _Connection(owner=self, socket=socket, address=address, ssl=ssl)
+        connection = wire.Connection(
+            owner=self, socket=socket, address=address, ssl=ssl
+        )
         link = connection.link = Link(self, connection)
         self.delay(lambda: self._handshake_deadline(link), timeout=HANDSHAKE_TIMEOUT)
         return connection

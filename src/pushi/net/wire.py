@@ -1,0 +1,33 @@
+"""What both servers of the loop need of a netius connection: a class of
+their own, and a write that skips netius's per-write machinery."""
+
+import netius
+
+
+class Connection(netius.Connection):
+    """A netius connection of ours.  Netius calls a server's own
+    ``on_connection_d`` only for connections of a subclass (for a plain
+    ``Connection`` it calls the base hook), and that hook is where a socket
+    that vanished without a goodbye is forgotten."""
+
+
+def send(connection, data):
+    """Writes ``data``: straight to the socket when nothing is queued before
+    it, through netius's queue (which writes when the socket is ready) for
+    what a short write leaves and on TLS.  False if the connection is
+    closed or fails."""
+    if connection.status != netius.OPEN:
+        return False
+    if not connection.pending and not connection.ssl:
+        try:
+            sent = connection.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            connection.close()
+            return False
+        if sent == len(data):
+            return True
+        data = data[sent:]
+    connection.send(data, delay=False)
+    return True
