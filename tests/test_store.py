@@ -690,6 +690,24 @@ def test_sqlite_bad_event_fails_only_its_own_caller(sqlite_store):
     ]
 
 
+def test_sqlite_events_writer_process_is_replaced_when_it_dies(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    try:
+        store.add_events([make_event("1", "c", 1.0, mid="before")])
+        child = store._events._process
+        assert child is not None and child.poll() is None
+        child.kill()
+        child.wait(10)
+        store.add_events([make_event("1", "c", 2.0, mid="after")])
+        assert store._events._process is not child
+        assert mids(all_events(store, "1", ["c"])) == ["after", "before"]
+    finally:
+        store.close()
+    # closing the store ends its writer process
+    assert child.poll() is not None
+    assert store._events._process is None
+
+
 def test_sqlite_event_queries_use_indexes(sqlite_store):
     sqlite_store.add_events(
         [make_event("1", "c%d" % (n % 3), float(n)) for n in range(50)]

@@ -4,12 +4,18 @@ Ownership and threading (read this before touching the code):
 
 * **One writer thread** owns every write.  Callers of ``add_events`` (and of
   the other writing methods) put a *ticket* on the writer's queue and block
-  on it.  The writer drains whatever is queued, runs every ticket inside its
-  own SAVEPOINT of ONE transaction, commits once, and only then wakes every
-  caller of that batch.  So a caller returns only after its events are
-  committed and synced, while concurrent callers share the cost of one
-  commit (group commit).  A ticket that fails is rolled back to its
-  savepoint and gets the error; the others of its batch are unaffected.
+  on it.  The writer drains whatever is queued and runs the batch as ONE
+  transaction, commits once, and only then wakes every caller of that
+  batch.  So a caller returns only after its events are committed and
+  synced, while concurrent callers share the cost of one commit (group
+  commit).  A ticket that fails is rolled back to its savepoint and gets
+  the error; the others of its batch are unaffected.
+* **Events are written by a child process** (``sqlite_events``): the
+  writer thread sends it the batch's event rows and waits, with the GIL
+  released, for its answer after the commit.  SQLite work inside the
+  server's process would hold the GIL against the loop thread that serves
+  every socket.  Other writes (apps, subscriptions, retention) are rare and
+  run on the writer thread's own connection.
 * **Reads use one connection per thread** in autocommit mode, so every read
   starts a fresh WAL snapshot and sees everything committed before it, by
   this process or by another one (the ``pushi app create`` CLI opens the
@@ -51,6 +57,7 @@ import threading
 import time
 
 from . import base
+from .sqlite_events import EventsProcess
 
 DATABASE_NAME = "pushi.sqlite3"
 """File name of the database inside the data dir."""
@@ -107,6 +114,49 @@ CREATE INDEX IF NOT EXISTS subscriptions_by_event
 APP_COLUMNS = "app_id, name, key, secret, enabled, client_events, settings"
 EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
 EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
+
+
+def connect(path, synchronous):
+    """A connection as every user of the file opens it (WAL, ``synchronous``,
+    autocommit, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock)."""
+    connection = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT_MS / 1000.0,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = %s" % synchronous)
+    connection.execute("PRAGMA foreign_keys = OFF")
+    return connection
+
+
+def insert_events(connection, rows):
+    """Inserts event rows and counts them per channel (the events writer
+    runs it).  A duplicate mid (a retried batch) is ignored, so adding is
+    idempotent; any other constraint (NOT NULL) still fails, which "INSERT
+    OR IGNORE" would silently skip.  The per-channel counts assume every
+    row was new: an over-count only makes the next trim look at the
+    channel (and fix its count), whereas an under-count could skip a
+    needed trim."""
+    connection.executemany(
+        "INSERT INTO events"
+        " (mid, app_id, channel, event, data, timestamp, user_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (app_id, mid) DO NOTHING",
+        rows,
+    )
+    added = {}
+    for row in rows:
+        channel_key = (row[1], row[2])
+        added[channel_key] = added.get(channel_key, 0) + 1
+    connection.executemany(
+        "INSERT INTO channels (app_id, channel, count) VALUES (?, ?, ?)"
+        " ON CONFLICT (app_id, channel) DO UPDATE"
+        " SET count = count + excluded.count",
+        [(app_id, channel, n) for (app_id, channel), n in added.items()],
+    )
 
 
 class StoreClosedError(RuntimeError):
@@ -176,6 +226,8 @@ class SQLiteStore(base.Store):
         # 32 MB (instead of 2 MB) keeps their hot pages of a large store.
         self._writer_connection.execute("PRAGMA cache_size = -32768")
         self._create_schema(self._writer_connection)
+        # started on the first events to store: the CLI never needs it
+        self._events = EventsProcess(self.path, self.synchronous)
         self._writer = threading.Thread(
             target=self._write_loop, name="pushi-sqlite-writer", daemon=True
         )
@@ -184,17 +236,7 @@ class SQLiteStore(base.Store):
     # connections
 
     def _connect(self):
-        connection = sqlite3.connect(
-            self.path,
-            timeout=BUSY_TIMEOUT_MS / 1000.0,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = %s" % self.synchronous)
-        connection.execute("PRAGMA foreign_keys = OFF")
-        return connection
+        return connect(self.path, self.synchronous)
 
     def _create_schema(self, connection):
         connection.execute("BEGIN IMMEDIATE")
@@ -260,24 +302,29 @@ class SQLiteStore(base.Store):
                 batch = [ticket for ticket in batch if ticket is not _STOP]
             if batch:
                 self._run_batch(connection, batch)
+        self._events.close()
         connection.close()
 
     def _run_batch(self, connection, batch):
-        """Runs every ticket of ``batch`` in one transaction, commits, then
-        wakes the callers.
+        """Runs the tickets of ``batch`` and wakes their callers: the event
+        tickets as one transaction of the events writer process, whose
+        callers are woken as soon as it is committed; every other job in
+        its own savepoint of one transaction here.
 
         The tickets of a batch are concurrent (every caller is still
-        waiting), so their order inside the transaction is free: all event
-        rows go first in one ``executemany``; only if that fails are the
-        event tickets retried one savepoint each, so the failure lands on
-        its own caller.  Other jobs (rare) each get a savepoint."""
+        waiting), so their order is free; a ticket that fails fails alone."""
         event_tickets = [ticket for ticket in batch if ticket.rows is not None]
         job_tickets = [ticket for ticket in batch if ticket.rows is None]
+        if event_tickets:
+            errors = self._events.store([ticket.rows for ticket in event_tickets])
+            for ticket, error in zip(event_tickets, errors):
+                ticket.error = error
+                ticket.finish()
+        if not job_tickets:
+            return
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                if event_tickets:
-                    self._run_event_tickets(connection, event_tickets)
                 for ticket in job_tickets:
                     self._in_savepoint(
                         connection, ticket, lambda: ticket.job(connection)
@@ -288,25 +335,10 @@ class SQLiteStore(base.Store):
                     connection.execute("ROLLBACK")
                 raise
         except Exception as error:
-            for ticket in batch:
+            for ticket in job_tickets:
                 ticket.error = ticket.error or error
-        for ticket in batch:
+        for ticket in job_tickets:
             ticket.finish()
-
-    def _run_event_tickets(self, connection, tickets):
-        rows = [row for ticket in tickets for row in ticket.rows]
-        connection.execute("SAVEPOINT events")
-        try:
-            self._insert_events(connection, rows)
-        except sqlite3.Error:
-            connection.execute("ROLLBACK TO events")
-            for ticket in tickets:
-                self._in_savepoint(
-                    connection,
-                    ticket,
-                    lambda: self._insert_events(connection, ticket.rows),
-                )
-        connection.execute("RELEASE events")
 
     @staticmethod
     def _in_savepoint(connection, ticket, work):
@@ -319,31 +351,6 @@ class SQLiteStore(base.Store):
             connection.execute("ROLLBACK TO ticket")
             ticket.error = error
         connection.execute("RELEASE ticket")
-
-    @staticmethod
-    def _insert_events(connection, rows):
-        # A duplicate mid (a retried batch) is ignored, so adding is
-        # idempotent; any other constraint (NOT NULL) still fails, which
-        # "INSERT OR IGNORE" would silently skip.  The per-channel counts assume every row was new: an
-        # over-count only makes the next trim look at the channel (and fix
-        # its count), whereas an under-count could skip a needed trim.
-        connection.executemany(
-            "INSERT INTO events"
-            " (mid, app_id, channel, event, data, timestamp, user_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (app_id, mid) DO NOTHING",
-            rows,
-        )
-        added = {}
-        for row in rows:
-            channel_key = (row[1], row[2])
-            added[channel_key] = added.get(channel_key, 0) + 1
-        connection.executemany(
-            "INSERT INTO channels (app_id, channel, count) VALUES (?, ?, ?)"
-            " ON CONFLICT (app_id, channel) DO UPDATE"
-            " SET count = count + excluded.count",
-            [(app_id, channel, n) for (app_id, channel), n in added.items()],
-        )
 
     # apps
 
