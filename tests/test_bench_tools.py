@@ -1,5 +1,6 @@
 """Tests of the pure parts of the benchmark harness (``scripts/benchlib``):
-the Pusher API signer, the WebSocket frame-header counter and percentiles.
+the Pusher API signer, the WebSocket frame-header counter, percentiles and
+the markdown table.
 No timing assertions."""
 
 import os
@@ -133,3 +134,34 @@ def test_summarize_scales_to_milliseconds():
     summary = stats.summarize([0.001, 0.002, 0.003, 0.004])
     assert summary == {"n": 4, "p50": 2.0, "p95": 4.0, "p99": 4.0, "max": 4.0}
     assert stats.summarize([])["p50"] is None
+
+
+def test_markdown_puts_a_failed_scenario_in_its_rows():
+    from benchlib import cli
+
+    info = dict(nproc=2, cpu_model="x", python="3", node="20", kernel="6")
+    ok = dict(
+        scenario="trigger",
+        variant="inflight8",
+        subscribers=1,
+        triggers_per_s=5000.0,
+        http_latency_ms={"p50": 1.0, "p99": 2.0},
+        server_cpu_pct=90.0,
+        generator_cpu_pct=70.0,
+    )
+    results = [
+        dict(ok, server="pushi"),
+        dict(
+            scenario="trigger",
+            variant="error",
+            server="original",
+            error="RuntimeError: did not start:\n  Traceback",
+        ),
+        dict(scenario="connect", variant="error", server="soketi", error="boom"),
+    ]
+    lines = cli.markdown(results, info, ["pushi", "original", "soketi"]).split("\n")
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[1].startswith("| triggers, 1 sub, 8 in flight | 5,000 req/s")
+    assert "error: RuntimeError: did not start: Traceback" in rows[1]
+    assert rows[2] == "| connect (error) | - | - | error: boom |"
+    assert len(rows) == 3

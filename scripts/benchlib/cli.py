@@ -181,11 +181,23 @@ def markdown(results, info, names):
     names = list(names) + sorted({result["server"] for result in results} - set(names))
     by_key = {}
     order = []
+    failed = [result for result in results if "error" in result]
     for result in results:
+        if "error" in result:
+            continue
         key = result_key(result)
         if key not in by_key:
             order.append(key)
         by_key.setdefault(key, {})[result["server"]] = result
+    for result in failed:
+        # a scenario that failed as a whole fills that server's cells of
+        # the scenario's rows (its own row when no server ran it)
+        rows = [key for key in order if key.split("/")[0] == result["scenario"]]
+        if not rows:
+            rows = [result_key(result)]
+            order.append(rows[0])
+        for key in rows:
+            by_key.setdefault(key, {}).setdefault(result["server"], result)
     lines = [
         "Machine: %s cores, %s, Python %s, Node %s, Linux %s; server and load "
         "generator share the cores over loopback."
@@ -220,6 +232,8 @@ def markdown(results, info, names):
 def label(key):
     """The row label of a result key."""
     scenario, variant, size = key.split("/")
+    if not size:
+        return "%s (%s)" % (scenario, variant)
     names = {
         "fanout": "fan-out to %s subs, %s" % (fmt(int(size)), variant),
         "trigger": "triggers, 1 sub, 8 in flight",
@@ -234,7 +248,7 @@ def label(key):
 def cell(result):
     """One table cell."""
     if "error" in result:
-        return "error: %s" % result["error"][:60]
+        return "error: %s" % " ".join(result["error"].split())[:60]
     if "skipped" in result:
         return "skipped: %s" % result["skipped"]
     scenario = result["scenario"]

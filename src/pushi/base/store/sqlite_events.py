@@ -24,6 +24,7 @@ Run by the store: ``python -m pushi.base.store.sqlite_events <path>
 
 import os
 import pickle
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -83,6 +84,10 @@ def store_batch(connection, row_lists, insert):
 def main(argv=None):
     from pushi.base.store import sqlite
 
+    # Ctrl-C in a terminal reaches the whole process group: the server
+    # stops gracefully and closes this child's input, which ends it after
+    # its last commit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
     connection = sqlite.connect(path, synchronous)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
