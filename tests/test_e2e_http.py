@@ -128,6 +128,25 @@ def test_pipelined_requests_are_answered_in_order(server, app):
         client.close()
 
 
+def test_a_long_pipeline_of_quick_refusals_is_answered_whole(server, app):
+    # unsigned publishes are refused at once, on the loop: 1,500 of them in
+    # one write are answered in order on the same socket
+    count = 1500
+    refused = request_bytes(
+        "POST", "/apps/%s/events" % app["app_id"], b'{"name":"x","channel":"c"}'
+    )
+    sock = open_socket(server)
+    try:
+        sock.sendall(refused * count + request_bytes("GET", "/health"))
+        for _ in range(count):
+            status, headers, _body = read_response(sock)
+            assert status == 401 and headers["connection"] == "keep-alive"
+        status, _headers, body = read_response(sock)
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    finally:
+        sock.close()
+
+
 def test_expect_100_continue_gets_its_interim_answer(server, app):
     client = server.connect(app)
     client.subscribe("expect")

@@ -86,12 +86,21 @@ def json_response(status, body, headers=()):
 class _Peer:
     """Parsing state of one connection."""
 
-    __slots__ = ("connection", "buffer", "waiting", "since", "continued", "closed")
+    __slots__ = (
+        "connection",
+        "buffer",
+        "waiting",
+        "advancing",
+        "since",
+        "continued",
+        "closed",
+    )
 
     def __init__(self, connection):
         self.connection = connection
         self.buffer = b""
         self.waiting = False  # a request is being answered: parsing waits
+        self.advancing = False  # _advance is on the stack
         self.since = time.monotonic()  # current request began / last answer
         self.continued = False  # "100 Continue" sent for the current request
         self.closed = False
@@ -144,17 +153,23 @@ class HttpServer(netius.StreamServer):
             connection.close()
 
     def _advance(self, peer):
-        """Parses and dispatches requests until one is left waiting."""
-        while not peer.waiting and not peer.closed and peer.buffer:
-            try:
-                request = self._parse(peer)
-            except errors.HttpError as error:
-                self._refuse(peer, error)
-                return
-            if request is None:
-                return
-            peer.waiting = True
-            self.handler(request, self._answerer(peer, request))
+        """Parses and dispatches requests until one is left waiting (a loop,
+        not a recursion through answers given at once: a long pipeline of
+        those would otherwise go as deep as it is long)."""
+        peer.advancing = True
+        try:
+            while not peer.waiting and not peer.closed and peer.buffer:
+                try:
+                    request = self._parse(peer)
+                except errors.HttpError as error:
+                    self._refuse(peer, error)
+                    return
+                if request is None:
+                    return
+                peer.waiting = True
+                self.handler(request, self._answerer(peer, request))
+        finally:
+            peer.advancing = False
 
     def _parse(self, peer):
         buffer = peer.buffer
@@ -241,7 +256,7 @@ class HttpServer(netius.StreamServer):
             logger.info("HTTP client %s stopped reading; closing", connection.address)
             peer.closed = True
             connection.close()
-        elif peer.buffer:
+        elif peer.buffer and not peer.advancing:
             self._advance(peer)
 
     def _refuse(self, peer, error):
