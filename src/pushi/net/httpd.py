@@ -13,7 +13,10 @@ Appier app, on a thread of the caller's choosing).
 Limits: an 8 KB head (431), a body of ``max_body`` bytes (413), no chunked
 bodies (411); a socket is closed when a request takes over
 ``HEAD_TIMEOUT`` seconds to arrive whole, or when it idles between
-requests for ``IDLE_TIMEOUT``.  Every refusal is a JSON answer with a reason.
+requests for ``IDLE_TIMEOUT``.  Every refusal is a JSON answer with a reason,
+but one: a client that pipelines more than a whole request's worth of bytes
+ahead of the answer it waits for is cut off (an answer cannot be slipped in
+out of order).
 """
 
 import http
