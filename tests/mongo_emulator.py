@@ -605,24 +605,23 @@ class MongoEmulator:
         upsert = bool(command.get("upsert"))
         return_new = bool(command.get("new"))
         try:
-            if isinstance(update, list) or any(key.startswith("$") for key in update):
-                value = collection.find_one_and_update(
-                    query,
-                    update,
-                    projection=projection,
-                    sort=sort,
-                    upsert=upsert,
-                    return_document=return_new,
-                )
-            else:
-                value = collection.find_one_and_replace(
-                    query,
-                    update,
-                    projection=projection,
-                    sort=sort,
-                    upsert=upsert,
-                    return_document=return_new,
-                )
+            # operators (or a pipeline) update; a plain document replaces
+            operators = isinstance(update, list) or any(
+                key.startswith("$") for key in update
+            )
+            modify = (
+                collection.find_one_and_update
+                if operators
+                else collection.find_one_and_replace
+            )
+            value = modify(
+                query,
+                update,
+                projection=projection,
+                sort=sort,
+                upsert=upsert,
+                return_document=return_new,
+            )
         except mongomock.DuplicateKeyError as error:
             raise CommandError(str(error), DUPLICATE_KEY, "DuplicateKey")
         last_error = {"n": int(existing is not None), "updatedExisting": False}

@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
+import websockets.exceptions
 import websockets.sync.client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -283,6 +284,19 @@ class Client:
         except TimeoutError:
             return True
         raise AssertionError("unexpected message: %s" % message)
+
+    def close_code(self, timeout=10):
+        """Reads until the server closes; returns the close code it sent
+        (None without a close frame).  Fails if it stays open."""
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                self.ws.recv(max(0.01, deadline - time.time()))
+        except websockets.exceptions.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
+            pass
+        raise AssertionError("still open after %s s" % timeout)
 
     def subscribe(self, channel, auth=None, channel_data=None):
         data = {"channel": channel}

@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 
-import pytest
 
 from pushi.base.config import Config
 from pushi.base.console import ConsoleHub, MinuteCounter
@@ -172,16 +171,6 @@ def entries(client, count):
     return found
 
 
-def close_code(client, timeout=10):
-    import websockets.exceptions
-
-    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            client.ws.recv(timeout)
-    return closed.value.rcvd.code if closed.value.rcvd else None
-
-
 class TestPage:
     def test_console_page_and_its_files_are_served(self, server):
         with urllib.request.urlopen(
@@ -201,17 +190,17 @@ class TestSignIn:
     def test_bad_token_and_no_token_are_refused_with_4009(self, server, app):
         client, answer = console(server, app["app_id"], "not-a-token")
         assert answer["event"] == "console:error" and answer["data"]["code"] == 4009
-        assert close_code(client) == 4009
+        assert client.close_code() == 4009
         client = Client(server.ws_url + "console", expect_established=False)
         client.send({"event": "pusher:subscribe", "data": {"channel": "x"}})
         assert client.recv()["event"] == "console:error"
-        assert close_code(client) == 4009
+        assert client.close_code() == 4009
 
     def test_a_token_watches_only_its_own_app(self, server, app):
         other = server.create_app("other")
         client, answer = console(server, other["app_id"], login(server, app))
         assert answer["event"] == "console:error"
-        assert close_code(client) == 4009
+        assert client.close_code() == 4009
 
     def test_admin_secret_gets_a_token_for_any_app(self, server, app):
         status, answer = server.request(
@@ -237,7 +226,7 @@ class TestSignIn:
     def test_the_admin_secret_itself_is_not_a_stream_token(self, server, app):
         client, answer = console(server, app["app_id"], ADMIN_SECRET)
         assert answer["event"] == "console:error"
-        assert close_code(client) == 4009
+        assert client.close_code() == 4009
 
 
 class TestStream:

@@ -6,18 +6,9 @@ import socket
 
 import pytest
 
-import pushi
+from support import ADMIN_SECRET
 
-ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
-
-
-def proxy(server, app):
-    return pushi.Pushi(
-        app_id=app["app_id"],
-        app_key=app["key"],
-        app_secret=app["secret"],
-        base_url=server.base_url,
-    )
+ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 
 
 def member(user_id, **info):
@@ -26,7 +17,7 @@ def member(user_id, **info):
 
 def join(client, server, app, channel, channel_data=None):
     """Subscribes with what the app's auth endpoint would answer."""
-    answer = proxy(server, app).authenticate(channel, client.socket_id, channel_data)
+    answer = server.client(app).authenticate(channel, client.socket_id, channel_data)
     return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
 
 
@@ -35,7 +26,7 @@ def test_private_channel_needs_this_apps_signature(server, app, dialect):
     client = server.connect(app, dialect)
     assert client.subscribe("private-room")["data"]["status"] == 401
     other = server.create_app("other")
-    forged = proxy(server, other).authenticate("private-room", client.socket_id)["auth"]
+    forged = server.client(other).authenticate("private-room", client.socket_id)["auth"]
     assert (
         client.subscribe("private-room", forged)["event"] == "pusher:subscription_error"
     )
@@ -43,7 +34,7 @@ def test_private_channel_needs_this_apps_signature(server, app, dialect):
         join(client, server, app, "private-room")["event"]
         == "pusher_internal:subscription_succeeded"
     )
-    proxy(server, app).trigger_event(
+    server.client(app).trigger_event(
         channel="private-room", data="secret", event="e", persist=False
     )
     assert client.recv_event("e")["data"] == "secret"
@@ -51,10 +42,10 @@ def test_private_channel_needs_this_apps_signature(server, app, dialect):
 
 
 def test_authenticate_answers_like_an_auth_endpoint(server, app):
-    answer = proxy(server, app).authenticate("presence-x", "1.2", member("7"))
+    answer = server.client(app).authenticate("presence-x", "1.2", member("7"))
     assert answer["channel_data"] == '{"user_id":"7","user_info":{}}'
     assert answer["auth"].startswith(app["key"] + ":")
-    assert set(proxy(server, app).authenticate("private-x", "1.2")) == {"auth"}
+    assert set(server.client(app).authenticate("private-x", "1.2")) == {"auth"}
 
 
 def test_presence_members_across_dialects_and_tabs(server, app):
@@ -111,7 +102,7 @@ def test_presence_members_across_dialects_and_tabs(server, app):
 
 def test_spoofed_presence_user_id_is_refused(server, app):
     client = server.connect(app)
-    signed = proxy(server, app).authenticate(
+    signed = server.client(app).authenticate(
         "presence-team", client.socket_id, member("guest")
     )
     spoofed = json.dumps(member("admin"))

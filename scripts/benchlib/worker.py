@@ -66,6 +66,23 @@ CONNECTING, HANDSHAKE, WAIT_ESTABLISHED, SUBSCRIBING, READY, CLOSED = range(6)
 monotonic = time.monotonic
 
 
+def receive(sock, lost, closed):
+    """What a non-blocking ``sock`` has to read, or None: when nothing has
+    arrived yet, or when the socket is gone, after ``lost(reason)`` (with
+    ``closed`` as the reason of an orderly close)."""
+    try:
+        data = sock.recv(RECV_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError as exception:
+        lost("recv: %s" % exception)
+        return None
+    if not data:
+        lost(closed)
+        return None
+    return data
+
+
 def raise_nofile():
     """Raises the open-files soft limit to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -127,15 +144,8 @@ class Sub:
             self.state = HANDSHAKE
             self.worker.ep.modify(self.fd, EPOLLIN)
             return
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exception:
-            self.fail("recv: %s" % exception)
-            return
-        if not data:
-            self.fail("closed during setup")
+        data = receive(self.sock, self.fail, "closed during setup")
+        if data is None:
             return
         self.buf += data
         if self.state == HANDSHAKE:
@@ -201,15 +211,8 @@ class Sub:
 
     def on_ready(self):
         """Hot path: counts frames, or parses them for a sampled socket."""
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exception:
-            self.close("recv: %s" % exception)
-            return
-        if not data:
-            self.close("closed by server")
+        data = receive(self.sock, self.close, "closed by server")
+        if data is None:
             return
         worker = self.worker
         if self.sampled:
@@ -447,15 +450,12 @@ class HttpConn:
             self.task.worker.ep.modify(self.fd, EPOLLIN)
             self.task.on_idle(self)
             return
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exception:
-            self.task.on_broken(self, "recv: %s" % exception)
-            return
-        if not data:
-            self.task.on_broken(self, "closed by server")
+        data = receive(
+            self.sock,
+            lambda reason: self.task.on_broken(self, reason),
+            "closed by server",
+        )
+        if data is None:
             return
         self.buf += data
         self.parse()

@@ -45,6 +45,18 @@ class Config:
         if values:
             raise TypeError("Unknown settings: %s" % ", ".join(sorted(values)))
 
+    def listen(self, side):
+        """Where one port listens, as netius and Appier take it: ``host``,
+        ``port``, ``ssl``, ``key_file`` and ``cer_file`` of ``"app"`` (the
+        REST port) or ``"server"`` (the WebSocket port)."""
+        return dict(
+            host=getattr(self, side + "_host"),
+            port=getattr(self, side + "_port"),
+            ssl=getattr(self, side + "_ssl"),
+            key_file=getattr(self, side + "_ssl_key"),
+            cer_file=getattr(self, side + "_ssl_cer"),
+        )
+
     @classmethod
     def from_env(cls, environ=None):
         environ = os.environ if environ is None else environ

@@ -159,18 +159,10 @@ class State:
     def _on_loop_start(self):
         try:
             if self.http is not None:
-                config = self.config
                 # joins the loop that is starting: bound now, polled by it
                 self.http.poll = self.server.poll
-                self.http.serve(
-                    host=config.app_host,
-                    port=config.app_port,
-                    ipv6=":" in config.app_host,
-                    ssl=config.app_ssl,
-                    key_file=config.app_ssl_key,
-                    cer_file=config.app_ssl_cer,
-                    start=False,
-                )
+                listen = self.config.listen("app")
+                self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
             self._watch_webhooks()
         except Exception as error:
             self._start_error = error
@@ -195,13 +187,7 @@ class State:
 
         def serve():
             try:
-                self.server.serve(
-                    host=config.server_host,
-                    port=config.server_port,
-                    ssl=config.server_ssl,
-                    key_file=config.server_ssl_key,
-                    cer_file=config.server_ssl_cer,
-                )
+                self.server.serve(**config.listen("server"))
             finally:
                 self._loop_ended.set()
 
@@ -258,15 +244,7 @@ class State:
                 while not self._loop_ended.wait(1):
                     pass
                 return
-            self.app.serve(
-                server=config.app_server,
-                host=config.app_host,
-                port=config.app_port,
-                ssl=config.app_ssl,
-                key_file=config.app_ssl_key,
-                cer_file=config.app_ssl_cer,
-                conf=False,
-            )
+            self.app.serve(server=config.app_server, conf=False, **config.listen("app"))
         finally:
             self.stop()
 

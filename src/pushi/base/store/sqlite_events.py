@@ -29,7 +29,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 
 _LENGTH = struct.Struct("!I")
 
@@ -110,13 +109,13 @@ def main(argv=None):
 
 
 class EventsProcess:
-    """The parent's handle on the events writer (one thread uses it)."""
+    """The parent's handle on the events writer (the store's writer thread
+    is its one user)."""
 
     def __init__(self, path, synchronous):
         self.path = path
         self.synchronous = synchronous
         self._process = None
-        self._lock = threading.Lock()
 
     def _start(self):
         import pushi
@@ -136,27 +135,23 @@ class EventsProcess:
     def store(self, row_lists):
         """Stores the row lists; returns one error (or None) per list, once
         committed.  Blocks (with the GIL released while it waits)."""
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._start()
-            try:
-                _write_frame(self._process.stdin, row_lists)
-                answer = _read_frame(self._process.stdout)
-            except OSError:
-                answer = None
-            if answer is None:
-                # the child died: its batch may or may not be committed, so
-                # the callers hear an error; the next batch starts a new one
-                self._stop()
-                error = sqlite3.OperationalError("events writer process failed")
-                return [error] * len(row_lists)
+        if self._process is None or self._process.poll() is not None:
+            self._start()
+        try:
+            _write_frame(self._process.stdin, row_lists)
+            answer = _read_frame(self._process.stdout)
+        except OSError:
+            answer = None
+        if answer is None:
+            # the child died: its batch may or may not be committed, so the
+            # callers hear an error; the next batch starts a new child
+            self.close()
+            error = sqlite3.OperationalError("events writer process failed")
+            return [error] * len(row_lists)
         return [None if failure is None else _error(*failure) for failure in answer]
 
     def close(self):
-        with self._lock:
-            self._stop()
-
-    def _stop(self):
+        """Ends the child once it has committed what it was sent."""
         process, self._process = self._process, None
         if process is None:
             return
