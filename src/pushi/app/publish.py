@@ -79,7 +79,7 @@ class Publisher:
 
     def handle(self, request, match, answer):
         """Publishes an ``httpd.Request`` on the loop thread and calls
-        ``answer(status, headers, body)`` there once it is delivered;
+        ``answer(status, headers, body)`` there in the turn that writes it;
         False (nothing done) for an app that is not in memory yet, which
         must be read from the store off the loop."""
         if self.state.apps.by_id(match.group(1)) is None:
