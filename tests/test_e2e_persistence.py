@@ -288,3 +288,67 @@ def test_acknowledged_events_survive_kill_9(backend):
         assert set(acked) <= stored
     finally:
         instance.stop()
+
+
+def events_writers(server_pid):
+    """Pids of the server's events writer processes (SQLite backend)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open("/proc/%s/cmdline" % entry, "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and b"sqlite_events" in command:
+            pids.append(int(entry))
+    return pids
+
+
+def test_loop_replaces_a_dead_events_writer(backend):
+    if backend:
+        pytest.skip("the events writer process is the SQLite backend's")
+    instance = PushiServer().start()
+    server_pid = instance.process.pid
+    try:
+        app = instance.create_app("writer", client_events=True)
+        proxy = instance.client(app)
+        proxy.trigger_event(channel="private-kept", data="first", event="e")
+        (writer,) = events_writers(server_pid)
+        os.kill(writer, signal.SIGKILL)
+        deadline = time.time() + 10
+        while writer in events_writers(server_pid):
+            assert time.time() < deadline, "the dead writer was not reaped"
+            time.sleep(0.05)
+        proxy.trigger_event(channel="private-kept", data="second", event="e")
+        (replacement,) = events_writers(server_pid)
+        assert replacement != writer
+        # a socket's persisted event is stored from a worker thread, which
+        # hands it to the loop's group commit and waits for it
+        client = instance.connect(app, "pushi")
+        client.subscribe("private-kept", **signed(client, app, "private-kept"))
+        client.send(
+            {
+                "event": "chat",
+                "channel": "private-kept",
+                "data": "third",
+                "persist": True,
+            }
+        )
+        deadline = time.time() + 10
+        while True:
+            stored = [
+                event["data"] for event in proxy.get_events("private-kept")["events"]
+            ]
+            if stored == ["third", "second", "first"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert stored == ["third", "second", "first"]
+        client.close()
+    finally:
+        instance.stop()
+    # the writer ended with the server (its children are re-parented)
+    assert not os.path.exists("/proc/%d" % replacement)

@@ -708,6 +708,122 @@ def test_sqlite_events_writer_process_is_replaced_when_it_dies(tmp_path):
     assert store._events._process is None
 
 
+class SelectorLoop:
+    """A small event loop (``selectors``) on this thread, with what a store
+    bound to a loop uses; the server's is netius."""
+
+    def __init__(self):
+        import selectors
+
+        self.selector = selectors.DefaultSelector()
+        self.turn = []
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def soon(self, work):
+        self.turn.append(work)
+
+    def call_soon(self, work, *args):
+        with self.lock:
+            self.calls.append(lambda: work(*args))
+
+    def watch_read(self, sock, work):
+        import selectors
+
+        self.selector.register(sock, selectors.EVENT_READ, work)
+
+    def unwatch_read(self, sock):
+        self.selector.unregister(sock)
+
+    def run_until(self, done, timeout=10):
+        deadline = time.time() + timeout
+        while not done():
+            assert time.time() < deadline, "the loop timed out"
+            with self.lock:
+                calls, self.calls = self.calls, []
+            turn, self.turn = self.turn, []
+            for work in calls + turn:
+                work()
+            for key, _events in self.selector.select(0.01):
+                key.data()
+
+
+def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    try:
+        store.bind_loop(loop)
+        batches = []
+        process = store._group.process
+        send = process.send
+        process.send = lambda row_lists: (
+            batches.append(len(row_lists)),
+            send(row_lists),
+        )
+        results = []
+        # three adds in one turn leave together; two added while that batch
+        # commits wait and leave together in the next one
+        for n in range(3):
+            store.add_events_then(
+                [make_event("1", "c", float(n), mid="a%d" % n)], results.append
+            )
+        loop.run_until(lambda: batches)
+        for n in range(2):
+            store.add_events_then(
+                [make_event("1", "c", 10.0 + n, mid="b%d" % n)], results.append
+            )
+        loop.run_until(lambda: len(results) == 5)
+        assert batches == [3, 2] and results == [None] * 5
+        # another thread's add_events crosses into the loop and waits for it
+        other = threading.Thread(
+            target=store.add_events, args=([make_event("1", "c", 20.0, mid="t")],)
+        )
+        other.start()
+        loop.run_until(lambda: not other.is_alive())
+        assert batches == [3, 2, 1]
+        assert mids(all_events(store, "1", ["c"])) == [
+            "t",
+            "b1",
+            "b0",
+            "a2",
+            "a1",
+            "a0",
+        ]
+        # a duplicate mid is skipped, a bad row fails only its own caller
+        failures = []
+        store.add_events_then([make_event("1", "c", 30.0, mid="t")], failures.append)
+        store.add_events_then(
+            [dict(make_event("1", "c", 31.0), event=None)], failures.append
+        )
+        loop.run_until(lambda: len(failures) == 2)
+        assert failures[0] is None and failures[1] is not None
+        # a child that died while idle is replaced by the next batch
+        process._process.kill()
+        process._process.wait(10)
+        store.add_events_then(
+            [make_event("1", "c", 40.0, mid="after")], failures.append
+        )
+        loop.run_until(lambda: len(failures) == 3)
+        assert failures[2] is None
+        assert mids(all_events(store, "1", ["c"]))[0] == "after"
+        # a child that dies holding a batch fails that batch's callers
+        child = process._process
+        child.send_signal(signal.SIGSTOP)
+        store.add_events_then([make_event("1", "c", 50.0, mid="lost")], failures.append)
+        loop.run_until(lambda: len(batches) == 6)
+        child.kill()
+        loop.run_until(lambda: len(failures) == 4)
+        assert isinstance(failures[3], Exception)
+        store.add_events_then(
+            [make_event("1", "c", 60.0, mid="later")], failures.append
+        )
+        loop.run_until(lambda: len(failures) == 5)
+        assert failures[4] is None and process._process is not child
+    finally:
+        store.close()
+    assert store._group.process._process is None
+
+
 def test_sqlite_event_queries_use_indexes(sqlite_store):
     sqlite_store.add_events(
         [make_event("1", "c%d" % (n % 3), float(n)) for n in range(50)]

@@ -112,6 +112,22 @@ class State:
         """Runs ``work()`` on the loop in ``seconds`` (loop thread only)."""
         self.server.delay(lambda: self.server.run(work), timeout=seconds)
 
+    # what a store bound to the loop uses (loop thread only)
+
+    def soon(self, work):
+        """Runs ``work()`` on the loop after the current turn."""
+        self.server.delay(lambda: self.server.run(work))
+
+    def watch_read(self, socket, work):
+        """Runs ``work()`` on the loop whenever ``socket`` (not a client's)
+        becomes readable (edge-triggered: ``work`` reads all there is)."""
+        self.server.sub_read(socket)
+        self.server.add_callback(socket, lambda _event, _socket: self.server.run(work))
+
+    def unwatch_read(self, socket):
+        self.server.unsub_read(socket)
+        self.server.callbacks_m.pop(socket, None)
+
     def offload(self, work, then):
         """Runs blocking ``work()`` on a worker, then ``then(result)`` on
         the loop (``then(None)`` if ``work`` failed, which is logged)."""
@@ -163,6 +179,7 @@ class State:
                 self.http.poll = self.server.poll
                 listen = self.config.listen("app")
                 self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
+            self.store.bind_loop(self)
             self._watch_webhooks()
         except Exception as error:
             self._start_error = error

@@ -66,6 +66,11 @@ class Store(abc.ABC):
             lambda write: callback(write.exception())
         )
 
+    def bind_loop(self, loop):
+        """Lets a backend drive its writes from the server's loop (State
+        calls it on the loop thread as the loop starts; see
+        ``State.watch_read``).  The default does not."""
+
     @abc.abstractmethod
     def get_events(self, app_id, channels, skip=0, count=10):
         """Returns the stored events of ``app_id`` on any of ``channels`` (a

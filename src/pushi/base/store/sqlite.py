@@ -10,12 +10,15 @@ Ownership and threading (read this before touching the code):
   synced, while concurrent callers share the cost of one commit (group
   commit).  A ticket that fails is rolled back to its savepoint and gets
   the error; the others of its batch are unaffected.
-* **Events are written by a child process** (``sqlite_events``): the
-  writer thread sends it the batch's event rows and waits, with the GIL
-  released, for its answer after the commit.  SQLite work inside the
-  server's process would hold the GIL against the loop thread that serves
-  every socket.  Other writes (apps, subscriptions, retention) are rare and
-  run on the writer thread's own connection.
+* **Events are written by a child process** (``sqlite_events``): SQLite
+  work inside the server's process would hold the GIL against the loop
+  thread that serves every socket.  In a server (``bind_loop``) the loop
+  itself sends it batches and reads its answers (``GroupCommit``: the same
+  group commit, with no thread hand-off), and other threads' ``add_events``
+  cross into the loop; without a loop the writer thread sends the batch's
+  event rows and waits, with the GIL released, for the answer after the
+  commit.  Other writes (apps, subscriptions, retention) are rare and run
+  on the writer thread's own connection.
 * **Reads use one connection per thread** in autocommit mode, so every read
   starts a fresh WAL snapshot and sees everything committed before it, by
   this process or by another one (the ``pushi app create`` CLI opens the
@@ -57,7 +60,7 @@ import threading
 import time
 
 from . import base
-from .sqlite_events import EventsProcess
+from .sqlite_events import EventsProcess, GroupCommit
 
 DATABASE_NAME = "pushi.sqlite3"
 """File name of the database inside the data dir."""
@@ -70,6 +73,9 @@ BUSY_TIMEOUT_MS = 30000
 
 MAX_BATCH_TICKETS = 1024
 """Most tickets the writer folds into one transaction."""
+
+EVENTS_TIMEOUT = 60
+"""How long a thread's ``add_events`` waits for a bound store's loop."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -228,6 +234,9 @@ class SQLiteStore(base.Store):
         self._create_schema(self._writer_connection)
         # started on the first events to store: the CLI never needs it
         self._events = EventsProcess(self.path, self.synchronous)
+        # the events of a server: committed by a group commit on its loop
+        self._loop = None
+        self._group = None
         self._writer = threading.Thread(
             target=self._write_loop, name="pushi-sqlite-writer", daemon=True
         )
@@ -454,18 +463,45 @@ class SQLiteStore(base.Store):
 
     def add_events(self, events):
         rows = self._event_rows(events)
-        if rows:
+        if not rows:
+            return
+        if self._group is None:
             self._submit(_Ticket(rows=rows))
+            return
+        finished = threading.Event()
+        errors = []
+
+        def done(error):
+            errors.append(error)
+            finished.set()
+
+        self._loop.call_soon(self._group.add, rows, done)
+        if not finished.wait(EVENTS_TIMEOUT):
+            raise sqlite3.OperationalError("events writer did not answer")
+        if errors[0] is not None:
+            raise errors[0]
 
     def add_events_then(self, events, callback, executor=None):
-        """``add_events`` without waiting: ``callback(error)`` runs on the
-        writer thread once the batch holding these events is committed
-        (``error`` None) or failed."""
+        """``add_events`` without waiting: ``callback(error)`` runs once the
+        batch holding these events is committed (``error`` None) or failed;
+        on the loop, where a bound store must be called, else on the writer
+        thread."""
         rows = self._event_rows(events)
-        if rows:
-            self._submit(_Ticket(rows=rows, callback=callback), wait=False)
-        else:
+        if not rows:
             callback(None)
+        elif self._group is not None:
+            self._group.add(rows, callback)
+        else:
+            self._submit(_Ticket(rows=rows, callback=callback), wait=False)
+
+    def bind_loop(self, loop):
+        """From now on events are committed by a group commit that ``loop``
+        drives (see ``GroupCommit``): no thread hand-off between the loop
+        that publishes and the child that commits."""
+        self._group = GroupCommit(
+            EventsProcess(self.path, self.synchronous), loop, MAX_BATCH_TICKETS
+        )
+        self._loop = loop
 
     @staticmethod
     def _event_rows(events):
@@ -650,6 +686,8 @@ class SQLiteStore(base.Store):
             self._closed = True
             self._queue.put(_STOP)
         self._writer.join()
+        if self._group is not None:
+            self._group.close()
         with self._readers_lock:
             for connection in self._readers.values():
                 connection.close()
