@@ -165,3 +165,50 @@ def test_markdown_puts_a_failed_scenario_in_its_rows():
     assert "error: RuntimeError: did not start: Traceback" in rows[1]
     assert rows[2] == "| connect (error) | - | - | error: boom |"
     assert len(rows) == 3
+
+
+def test_medians_keep_the_median_run_whole():
+    from benchlib import cli
+
+    def run(server, rate, p99):
+        return dict(
+            scenario="trigger",
+            variant="inflight8",
+            subscribers=1,
+            server=server,
+            triggers_per_s=rate,
+            http_latency_ms={"p50": 1.0, "p99": p99},
+        )
+
+    error = dict(scenario="connect", variant="error", server="soketi", error="boom")
+    results = [
+        run("pushi", 5000.0, 3.0),
+        run("soketi", 3000.0, 9.0),
+        error,
+        run("pushi", 4000.0, 2.0),
+        run("soketi", 3100.0, 8.0),
+        dict(error, server="pushi"),
+        run("pushi", 6000.0, 1.0),
+        run("soketi", 2900.0, 7.0),
+        dict(
+            scenario="connect",
+            variant="idle",
+            connections=10,
+            server="pushi",
+            connections_per_s=900.0,
+            rss_per_connection_kb=6.0,
+        ),
+    ]
+    chosen = {(r["scenario"], r["server"]): r for r in cli.medians(results)}
+    # the median rate's run, with its own latency, and every run's rate
+    assert chosen["trigger", "pushi"]["triggers_per_s"] == 5000.0
+    assert chosen["trigger", "pushi"]["http_latency_ms"]["p99"] == 3.0
+    assert chosen["trigger", "pushi"]["runs"] == [5000.0, 4000.0, 6000.0]
+    assert chosen["trigger", "soketi"]["triggers_per_s"] == 3000.0
+    # an error stays only where no run of that scenario succeeded
+    assert chosen["connect", "soketi"] == error
+    assert chosen["connect", "pushi"]["connections_per_s"] == 900.0
+    assert len(chosen) == 4
+    info = dict(nproc=2, cpu_model="x", python="3", node="20", kernel="6")
+    table = cli.markdown(cli.medians(results), info, ["pushi", "soketi"])
+    assert "median headline figure of 3 runs" in table

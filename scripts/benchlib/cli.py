@@ -73,6 +73,13 @@ def parse_args(argv):
         default=None,
         help="comma-separated fan-out sizes (default 1000,5000; quick 200,1000)",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything N times, servers alternated, and report for each "
+        "row the run with the median headline figure (default 1)",
+    )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
@@ -132,6 +139,34 @@ def result_key(result):
     """What makes two results comparable across servers."""
     size = result.get("subscribers") or result.get("connections") or ""
     return "%s/%s/%s" % (result["scenario"], result["variant"], size)
+
+
+def medians(results):
+    """One result per row and server from repeated runs: the run whose
+    headline figure is the median (lower middle of an even count), so that
+    every figure of a cell comes from one run; ``runs`` lists each run's
+    headline.  A scenario that failed in some runs keeps its successes; an
+    error is kept only where nothing succeeded."""
+    groups = {}
+    for result in results:
+        groups.setdefault((result_key(result), result["server"]), []).append(result)
+    succeeded = {
+        (result["scenario"], result["server"])
+        for result in results
+        if "error" not in result
+    }
+    chosen = []
+    for (_key, server), runs in groups.items():
+        if "error" in runs[0]:
+            if (runs[0]["scenario"], server) not in succeeded:
+                chosen.append(runs[0])
+            continue
+        metric = HEADLINE.get(runs[0]["scenario"], ("msgs_per_s", True))[0]
+        values = [run.get(metric) or 0 for run in runs]
+        ranked = sorted(range(len(runs)), key=lambda index: values[index])
+        median = dict(runs[ranked[(len(runs) - 1) // 2]], runs=values)
+        chosen.append(median)
+    return chosen
 
 
 def ratios(results):
@@ -219,6 +254,12 @@ def markdown(results, info, names):
             cells.append(cell(result) if result else "-")
         lines.append("| %s | %s |" % (label(key), " | ".join(cells)))
     lines.append("")
+    repeats = max((len(result.get("runs", ())) for result in results), default=0)
+    if repeats > 1:
+        lines.append(
+            "Each cell is the run with the median headline figure of %d runs "
+            "(servers alternated)." % repeats
+        )
     lines.append(
         "Cells: headline figure; latency p50/p99 from the payload timestamp; "
         "server CPU% / generator CPU% (of one core); us = server CPU per "
@@ -309,6 +350,38 @@ def on_signal(signum, _frame):
     raise KeyboardInterrupt("signal %d" % signum)
 
 
+def run_once(chosen, names, profile, options):
+    """Runs each chosen scenario on each server once; returns the results
+    (also emitted as they come)."""
+    results = []
+    for scenario in chosen:
+        if scenario in scenarios.SELF_SCENARIOS:
+            log("scenario %s (the load generator itself)" % scenario)
+            for line in scenarios.SELF_SCENARIOS[scenario]("blaster", profile, options):
+                emit(line, options.out)
+                results.append(line)
+            continue
+        for name in names:
+            log("scenario %s on %s" % (scenario, name))
+            try:
+                lines = scenarios.SCENARIOS[scenario](name, profile, options)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exception:  # report and go on
+                lines = [
+                    {
+                        "scenario": scenario,
+                        "variant": "error",
+                        "server": name,
+                        "error": "%s: %s" % (type(exception).__name__, exception),
+                    }
+                ]
+            for line in lines:
+                emit(line, options.out)
+                results.append(line)
+    return results
+
+
 def main(argv=None):
     """Runs the bench; returns the process exit code."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
@@ -343,36 +416,17 @@ def main(argv=None):
     results = []
     started = time.monotonic()
     try:
-        for scenario in chosen:
-            if scenario in scenarios.SELF_SCENARIOS:
-                log("scenario %s (the load generator itself)" % scenario)
-                for line in scenarios.SELF_SCENARIOS[scenario](
-                    "blaster", profile, options
-                ):
-                    emit(line, options.out)
-                    results.append(line)
-                continue
-            for name in names:
-                log("scenario %s on %s" % (scenario, name))
-                try:
-                    lines = scenarios.SCENARIOS[scenario](name, profile, options)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exception:  # report and go on
-                    lines = [
-                        {
-                            "scenario": scenario,
-                            "variant": "error",
-                            "server": name,
-                            "error": "%s: %s" % (type(exception).__name__, exception),
-                        }
-                    ]
-                for line in lines:
-                    emit(line, options.out)
-                    results.append(line)
+        for attempt in range(options.repeat):
+            if options.repeat > 1:
+                log("run %d of %d" % (attempt + 1, options.repeat))
+            results += run_once(chosen, names, profile, options)
     except KeyboardInterrupt:
         log("interrupted: children stopped")
         return 130
+    if options.repeat > 1:
+        results = medians(results)
+        for line in results:
+            emit(dict(line, median_of=options.repeat), options.out)
     for line in ratios(results):
         emit(line, options.out)
     log("done in %.0f s" % (time.monotonic() - started))
