@@ -717,11 +717,15 @@ class SelectorLoop:
 
         self.selector = selectors.DefaultSelector()
         self.turn = []
+        self.timers = []
         self.calls = []
         self.lock = threading.Lock()
 
-    def soon(self, work):
-        self.turn.append(work)
+    def schedule(self, work, seconds=0):
+        if seconds:
+            self.timers.append((time.monotonic() + seconds, work))
+        else:
+            self.turn.append(work)
 
     def call_soon(self, work, *args):
         with self.lock:
@@ -735,17 +739,25 @@ class SelectorLoop:
     def unwatch_read(self, sock):
         self.selector.unregister(sock)
 
+    def run_once(self, wait=0.0, timers=False):
+        """One turn; timers fire only when asked (a test's turns run at
+        its own pace, which a timer must not race)."""
+        with self.lock:
+            calls, self.calls = self.calls, []
+        turn, self.turn = self.turn, []
+        now = time.monotonic() if timers else float("-inf")
+        due = [timer for timer in self.timers if timer[0] <= now]
+        self.timers = [timer for timer in self.timers if timer[0] > now]
+        for work in calls + turn + [work for _at, work in due]:
+            work()
+        for key, _events in self.selector.select(wait):
+            key.data()
+
     def run_until(self, done, timeout=10):
         deadline = time.time() + timeout
         while not done():
             assert time.time() < deadline, "the loop timed out"
-            with self.lock:
-                calls, self.calls = self.calls, []
-            turn, self.turn = self.turn, []
-            for work in calls + turn:
-                work()
-            for key, _events in self.selector.select(0.01):
-                key.data()
+            self.run_once(0.01, timers=True)
 
 
 def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
@@ -761,28 +773,37 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
             send(row_lists),
         )
         results = []
-        # three adds in one turn leave together; two added while that batch
-        # commits wait and leave together in the next one
+        # three adds in one turn leave together
         for n in range(3):
             store.add_events_then(
                 [make_event("1", "c", float(n), mid="a%d" % n)], results.append
             )
-        loop.run_until(lambda: batches)
-        for n in range(2):
+        loop.run_until(lambda: len(results) == 3)
+        assert batches == [3]
+        # fewer than the last batch carried wait for more, at most as long
+        # as a commit takes: a third arriving sends them at once
+        for n in range(3):
             store.add_events_then(
                 [make_event("1", "c", 10.0 + n, mid="b%d" % n)], results.append
             )
-        loop.run_until(lambda: len(results) == 5)
-        assert batches == [3, 2] and results == [None] * 5
+            loop.run_once()
+            assert batches == ([3] if n < 2 else [3, 3])
+        loop.run_until(lambda: len(results) == 6)
+        # ... and fewer leave when the wait is over
+        store.add_events_then([make_event("1", "c", 15.0, mid="c")], results.append)
+        loop.run_until(lambda: len(results) == 7)
+        assert batches == [3, 3, 1] and results == [None] * 7
         # another thread's add_events crosses into the loop and waits for it
         other = threading.Thread(
             target=store.add_events, args=([make_event("1", "c", 20.0, mid="t")],)
         )
         other.start()
         loop.run_until(lambda: not other.is_alive())
-        assert batches == [3, 2, 1]
+        assert batches == [3, 3, 1, 1]
         assert mids(all_events(store, "1", ["c"])) == [
             "t",
+            "c",
+            "b2",
             "b1",
             "b0",
             "a2",
@@ -810,7 +831,7 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
         child = process._process
         child.send_signal(signal.SIGSTOP)
         store.add_events_then([make_event("1", "c", 50.0, mid="lost")], failures.append)
-        loop.run_until(lambda: len(batches) == 6)
+        loop.run_until(lambda: len(batches) == 7)
         child.kill()
         loop.run_until(lambda: len(failures) == 4)
         assert isinstance(failures[3], Exception)

@@ -56,7 +56,7 @@ class State:
             self.engine,
             self.access.session_app,
             self.offload,
-            self._schedule,
+            self.schedule,
             max_buffer=self.config.console_max_buffer,
         )
         self.server = WebSocketServer(
@@ -108,15 +108,15 @@ class State:
         self.call_soon(run)
         return future.result(timeout)
 
-    def _schedule(self, work, seconds):
-        """Runs ``work()`` on the loop in ``seconds`` (loop thread only)."""
-        self.server.delay(lambda: self.server.run(work), timeout=seconds)
+    def schedule(self, work, seconds=0):
+        """Runs ``work()`` on the loop in ``seconds``, or after the current
+        turn (loop thread only)."""
+        if seconds:
+            self.server.delay(lambda: self.server.run(work), timeout=seconds)
+        else:
+            self.server.delay(lambda: self.server.run(work))
 
-    # what a store bound to the loop uses (loop thread only)
-
-    def soon(self, work):
-        """Runs ``work()`` on the loop after the current turn."""
-        self.server.delay(lambda: self.server.run(work))
+    # what a store bound to the loop uses besides ``schedule`` (loop thread)
 
     def watch_read(self, socket, work):
         """Runs ``work()`` on the loop whenever ``socket`` (not a client's)
