@@ -101,7 +101,7 @@ class Publisher:
             answer(*json_response(200, self.answer(route, answers)))
 
         def committed(error):
-            # on the loop, or on the store's writer thread
+            # on the loop, or on a store thread
             if error is None:
                 self.deliver(app, deliveries, respond)
                 return

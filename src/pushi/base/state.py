@@ -111,10 +111,7 @@ class State:
     def schedule(self, work, seconds=0):
         """Runs ``work()`` on the loop in ``seconds``, or after the current
         turn (loop thread only)."""
-        if seconds:
-            self.server.delay(lambda: self.server.run(work), timeout=seconds)
-        else:
-            self.server.delay(lambda: self.server.run(work))
+        self.server.delay(lambda: self.server.run(work), timeout=seconds or None)
 
     # what a store bound to the loop uses besides ``schedule`` (loop thread)
 

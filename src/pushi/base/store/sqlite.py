@@ -49,6 +49,7 @@ Schema (all queries are index-backed, none scans a table):
   ``(app_id, event)``.
 """
 
+import concurrent.futures
 import heapq
 import itertools
 import json
@@ -138,33 +139,6 @@ def connect(path, synchronous):
     return connection
 
 
-def insert_events(connection, rows):
-    """Inserts event rows and counts them per channel (the events writer
-    runs it).  A duplicate mid (a retried batch) is ignored, so adding is
-    idempotent; any other constraint (NOT NULL) still fails, which "INSERT
-    OR IGNORE" would silently skip.  The per-channel counts assume every
-    row was new: an over-count only makes the next trim look at the
-    channel (and fix its count), whereas an under-count could skip a
-    needed trim."""
-    connection.executemany(
-        "INSERT INTO events"
-        " (mid, app_id, channel, event, data, timestamp, user_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (app_id, mid) DO NOTHING",
-        rows,
-    )
-    added = {}
-    for row in rows:
-        channel_key = (row[1], row[2])
-        added[channel_key] = added.get(channel_key, 0) + 1
-    connection.executemany(
-        "INSERT INTO channels (app_id, channel, count) VALUES (?, ?, ?)"
-        " ON CONFLICT (app_id, channel) DO UPDATE"
-        " SET count = count + excluded.count",
-        [(app_id, channel, n) for (app_id, channel), n in added.items()],
-    )
-
-
 class StoreClosedError(RuntimeError):
     """Raised when a closed store is used."""
 
@@ -235,7 +209,6 @@ class SQLiteStore(base.Store):
         # started on the first events to store: the CLI never needs it
         self._events = EventsProcess(self.path, self.synchronous)
         # the events of a server: committed by a group commit on its loop
-        self._loop = None
         self._group = None
         self._writer = threading.Thread(
             target=self._write_loop, name="pushi-sqlite-writer", daemon=True
@@ -468,18 +441,14 @@ class SQLiteStore(base.Store):
         if self._group is None:
             self._submit(_Ticket(rows=rows))
             return
-        finished = threading.Event()
-        errors = []
-
-        def done(error):
-            errors.append(error)
-            finished.set()
-
-        self._loop.call_soon(self._group.add, rows, done)
-        if not finished.wait(EVENTS_TIMEOUT):
+        answered = concurrent.futures.Future()
+        self._group.loop.call_soon(self._group.add, rows, answered.set_result)
+        try:
+            error = answered.result(EVENTS_TIMEOUT)
+        except concurrent.futures.TimeoutError:
             raise sqlite3.OperationalError("events writer did not answer")
-        if errors[0] is not None:
-            raise errors[0]
+        if error is not None:
+            raise error
 
     def add_events_then(self, events, callback, executor=None):
         """``add_events`` without waiting: ``callback(error)`` runs once the
@@ -501,7 +470,6 @@ class SQLiteStore(base.Store):
         self._group = GroupCommit(
             EventsProcess(self.path, self.synchronous), loop, MAX_BATCH_TICKETS
         )
-        self._loop = loop
 
     @staticmethod
     def _event_rows(events):

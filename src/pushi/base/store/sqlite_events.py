@@ -57,29 +57,59 @@ def _read_frame(stream):
     return pickle.loads(data)
 
 
-def _write_frame(stream, value):
+def _frame(value):
     data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _write_frame(stream, value):
+    stream.write(_frame(value))
     stream.flush()
 
 
-def store_batch(connection, row_lists, insert):
-    """Inserts each row list with ``insert(connection, rows)`` in ONE
-    transaction: all together first; if that fails, each in a savepoint
-    of its own, so a failure lands on its list only.  Returns the errors
-    (None for a list that is stored); raises if the commit itself fails."""
+def insert_events(connection, rows):
+    """Inserts event rows and counts them per channel.  A duplicate mid (a
+    retried batch) is ignored, so adding is idempotent; any other constraint
+    (NOT NULL) still fails, which "INSERT OR IGNORE" would silently skip.
+    The per-channel counts assume every row was new: an over-count only
+    makes the next trim look at the channel (and fix its count), whereas an
+    under-count could skip a needed trim."""
+    connection.executemany(
+        "INSERT INTO events"
+        " (mid, app_id, channel, event, data, timestamp, user_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (app_id, mid) DO NOTHING",
+        rows,
+    )
+    added = {}
+    for row in rows:
+        channel_key = (row[1], row[2])
+        added[channel_key] = added.get(channel_key, 0) + 1
+    connection.executemany(
+        "INSERT INTO channels (app_id, channel, count) VALUES (?, ?, ?)"
+        " ON CONFLICT (app_id, channel) DO UPDATE"
+        " SET count = count + excluded.count",
+        [(app_id, channel, n) for (app_id, channel), n in added.items()],
+    )
+
+
+def store_batch(connection, row_lists):
+    """Inserts the row lists in ONE transaction: all together first; if that
+    fails, each in a savepoint of its own, so a failure lands on its list
+    only.  Returns the errors (None for a list that is stored); raises if
+    the commit itself fails."""
     results = [None] * len(row_lists)
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute("SAVEPOINT events")
         try:
-            insert(connection, [row for rows in row_lists for row in rows])
+            insert_events(connection, [row for rows in row_lists for row in rows])
         except sqlite3.Error:
             connection.execute("ROLLBACK TO events")
             for index, rows in enumerate(row_lists):
                 connection.execute("SAVEPOINT list")
                 try:
-                    insert(connection, rows)
+                    insert_events(connection, rows)
                 except sqlite3.Error as error:
                     connection.execute("ROLLBACK TO list")
                     results[index] = error
@@ -94,21 +124,21 @@ def store_batch(connection, row_lists, insert):
 
 
 def main(argv=None):
-    from pushi.base.store import sqlite
+    from pushi.base.store.sqlite import connect
 
     # Ctrl-C in a terminal reaches the whole process group: the server
     # stops gracefully and closes this child's input, which ends it after
     # its last commit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
-    connection = sqlite.connect(path, synchronous)
+    connection = connect(path, synchronous)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         row_lists = _read_frame(source)
         if row_lists is None:
             break
         try:
-            errors = store_batch(connection, row_lists, sqlite.insert_events)
+            errors = store_batch(connection, row_lists)
         except Exception as error:
             errors = [error] * len(row_lists)
         _write_frame(
@@ -170,8 +200,7 @@ class EventsProcess:
     def send(self, row_lists):
         """Sends a batch (the child must have answered the previous one, so
         its end is reading and the write cannot wait on a commit)."""
-        data = pickle.dumps(row_lists, pickle.HIGHEST_PROTOCOL)
-        self.start().sendall(_LENGTH.pack(len(data)) + data)
+        self.start().sendall(_frame(row_lists))
 
     def receive(self, wait=False):
         """Returns the answers that have arrived, each a list with one error
