@@ -131,9 +131,12 @@ class Blaster:
 
     def blast(self, cmd):
         """Writes ``count`` messages to every ready socket, ``batch`` frames
-        per write, for at most ``duration`` seconds."""
+        per write, for at most ``duration`` seconds: as fast as it can, or
+        with a ``rate`` (messages per second) one message at a time when
+        due, which is the cheapest a server can publish at that rate."""
         count = int(cmd.get("count", 10**6))
         batch = max(1, int(cmd.get("batch", 1)))
+        rate = cmd.get("rate")
         deadline = time.monotonic() + float(cmd.get("duration", 5))
         socks = list(self.ready)
         for sock in socks:
@@ -144,6 +147,11 @@ class Blaster:
         try:
             while sent < count and time.monotonic() < deadline:
                 now = time.monotonic()
+                if rate:
+                    due = t0 + sent / rate
+                    if due > now:
+                        time.sleep(due - now)
+                        continue
                 frames = []
                 for _index in range(min(batch, count - sent)):
                     data = '{"s":%d,"t":%.6f}' % (seq, now)

@@ -80,6 +80,15 @@ def parse_args(argv):
         help="run everything N times, servers alternated, and report for each "
         "row the run with the median headline figure (default 1)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="with --scenario generator: also deliver this many msgs/s from "
+        "the stand-in server to each --subscribers size, one frame per "
+        "subscriber per event (the latency floor of this machine and "
+        "generator at a server's c-rate)",
+    )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"

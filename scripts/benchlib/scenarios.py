@@ -7,6 +7,7 @@ seconds, or ``max_drain`` seconds after the last trigger).  CPU figures are
 deltas of ``/proc/<pid>/stat`` over that window, in percent of one core.
 """
 
+import itertools
 import os
 import shutil
 import sys
@@ -396,7 +397,9 @@ def fanout(server_name, profile, options):
     """N subscribers on one channel: serial, several in flight, fixed rate."""
     results = []
     for n in profile["fanout_sizes"]:
-        with Session(server_name, sub_workers_for(n, options.workers)) as session:
+        with Session(
+            server_name, sub_workers_for(n, options.workers), options.keep
+        ) as session:
             conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
             log("fanout %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
             if conn["ready"] < n:
@@ -477,7 +480,7 @@ def fanout(server_name, profile, options):
 
 def trigger(server_name, profile, options):
     """1 subscriber, 8 requests in flight: HTTP trigger throughput."""
-    with Session(server_name, 1) as session:
+    with Session(server_name, 1, options.keep) as session:
         session.connect(1, channel="trigger", sample=1)
         session.reset()
         session.trigger_phase(["trigger"], 8, profile["warmup"], max_drain=5)
@@ -500,7 +503,7 @@ def trigger(server_name, profile, options):
 def channels(server_name, profile, options):
     """Sockets each on their own channel, triggers to random channels."""
     n = profile["channels"]
-    with Session(server_name, 1) as session:
+    with Session(server_name, 1, options.keep) as session:
         conn = session.connect(n, prefix="ch-", sample="all")
         log("channels %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
         names = ["ch-%d" % index for index in range(n)]
@@ -526,7 +529,9 @@ def channels(server_name, profile, options):
 def connect(server_name, profile, options):
     """Opens N idle connections: rate and server RSS per connection."""
     n = profile["connections"]
-    with Session(server_name, sub_workers_for(n, options.workers)) as session:
+    with Session(
+        server_name, sub_workers_for(n, options.workers), options.keep
+    ) as session:
         time.sleep(1.0)
         rss_before = stats.tree_rss_bytes(session.server.pid)
         meter = Meter(session.server.pid, session.generators)
@@ -566,7 +571,7 @@ def persist(server_name, profile, options):
         return []
     results = []
     for stored in profile["persist_stored"]:
-        session = Session(server_name, 1)
+        session = Session(server_name, 1, options.keep)
         session.server.preload = (stored, "persist")
         with session:
             session.connect(1, channel="persist", sample=1)
@@ -610,18 +615,31 @@ def persist(server_name, profile, options):
 def generator(server_name, profile, options):
     """The generator's own ceiling: a stand-in server (``blaster``) writes
     messages as fast as it can to N counting subscribers, one frame per
-    write and then 16 frames per write."""
+    write and then 16 frames per write.  With ``--rate``, also the latency
+    floor at that many delivered messages/s: the blaster fans events out,
+    one frame per subscriber, to each size of ``--subscribers`` with as many
+    subscriber workers as ``fanout`` uses (compare with a server's
+    ``c-rate`` at the same ``target_msgs_per_s``)."""
     n = profile["fanout_sizes"][0] if options.quick else 1000
+    phases = [(n, workers, batch, None) for workers in (1, 2) for batch in (1, 16)]
+    if options.rate:
+        phases += [
+            (size, sub_workers_for(size, options.workers), 1, options.rate / size)
+            for size in profile["fanout_sizes"]
+        ]
     results = []
-    for workers in sorted({1, 2}):
-        with Session("blaster", workers) as session:
+    for (n, workers), group in itertools.groupby(phases, lambda phase: phase[:2]):
+        with Session("blaster", workers, options.keep) as session:
             conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
             log("generator %d: %d ready" % (n, conn["ready"]))
-            for batch in (1, 16):
+            for _n, _workers, batch, rate in group:
                 session.reset()
                 meter = Meter(session.server.pid, session.generators)
                 answer = session.server.blast(
-                    duration=profile["duration"], batch=batch, count=MAX_DELIVERIES // n
+                    duration=profile["duration"],
+                    batch=batch,
+                    count=MAX_DELIVERIES // n,
+                    rate=rate,
                 )
                 delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
                 figures = meter.stop()
@@ -635,7 +653,11 @@ def generator(server_name, profile, options):
                 result = phase_result(
                     session,
                     "generator",
-                    "batch%d-workers%d" % (batch, workers),
+                    (
+                        "rate%g-workers%d" % (rate * n, workers)
+                        if rate
+                        else "batch%d-workers%d" % (batch, workers)
+                    ),
                     answer,
                     delivery,
                     figures,
@@ -647,6 +669,9 @@ def generator(server_name, profile, options):
                     result.pop(key, None)
                 result["frames_per_write"] = batch
                 result["subscriber_workers"] = workers
+                if rate:
+                    result["target_triggers_per_s"] = round(rate, 1)
+                    result["target_msgs_per_s"] = round(rate * n, 1)
                 results.append(result)
                 emit_progress(result)
     return results
