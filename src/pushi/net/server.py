@@ -261,7 +261,7 @@ class Link:
             self.server.delay(connection.close, timeout=5)
 
 
-class WebSocketServer(netius.ContainerServer):
+class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
     """Netius stream server speaking WebSocket to the engine; the owner of
     the loop, which other servers join with ``add_base`` (the REST port's
     ``httpd.HttpServer``).
