@@ -4,7 +4,9 @@ keeps serving, logs no traceback, and forgets every socket that left."""
 import os
 import random
 import socket
+import time
 
+from pushi.net.server import HANDSHAKE_TIMEOUT
 from support import PushiServer
 
 UPGRADE = (
@@ -151,3 +153,24 @@ def test_garbage_on_both_ports_harms_nothing():
         assert "Traceback" not in instance.read_log()
     finally:
         instance.stop()
+
+
+def test_a_socket_that_never_upgrades_is_closed_and_others_are_kept(server):
+    app = server.create_app("slow")
+    started = time.monotonic()
+    silent = socket.create_connection(("127.0.0.1", server.server_port))
+    partial = socket.create_connection(("127.0.0.1", server.server_port))
+    partial.sendall((UPGRADE % app["key"]).encode()[:40])
+    client = server.connect(app)
+    for sock in (silent, partial):
+        sock.settimeout(HANDSHAKE_TIMEOUT + 10)
+        # the server ends it: an orderly close (b"") or a reset
+        try:
+            assert sock.recv(65536) == b""
+        except ConnectionResetError:
+            pass
+        sock.close()
+    assert time.monotonic() - started >= HANDSHAKE_TIMEOUT
+    # the socket that upgraded in time is still served
+    assert client.subscribe("kept")["event"] == "pusher_internal:subscription_succeeded"
+    client.close()

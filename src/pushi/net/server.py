@@ -17,6 +17,7 @@ dropped long before it costs the app's clients anything.
 Ownership: runs on the loop thread only, like the engine it drives.
 """
 
+import collections
 import logging
 import re
 import time
@@ -283,11 +284,15 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
         self.max_buffer = max_buffer
         self.dirty = []
         self.closing = []
+        # (deadline, link) of each socket accepted in the last
+        # HANDSHAKE_TIMEOUT seconds, oldest first
+        self.handshakes = collections.deque()
         self.start_callbacks = []
 
     def on_serve(self):
         netius.ContainerServer.on_serve(self)
         self.nensure()
+        self._handshake_deadlines()
         for callback in self.start_callbacks:
             callback()
 
@@ -296,13 +301,22 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
             owner=self, socket=socket, address=address, ssl=ssl
         )
         link = connection.link = Link(self, connection)
-        self.delay(lambda: self._handshake_deadline(link), timeout=HANDSHAKE_TIMEOUT)
+        # every socket gets the same time, so the queue is in deadline order
+        # (a netius timer each, in its heap of Python-compared entries, cost
+        # a connect storm several percent of its CPU)
+        self.handshakes.append((time.monotonic() + HANDSHAKE_TIMEOUT, link))
         return connection
 
-    def _handshake_deadline(self, link):
-        # a socket that never completes its upgrade is not kept open
-        if link.phase in (HANDSHAKE, WAITING) and not link.connection.is_closed():
-            link.connection.close()
+    def _handshake_deadlines(self):
+        """Closes the sockets that have not completed their upgrade in
+        time; runs every second."""
+        now = time.monotonic()
+        handshakes = self.handshakes
+        while handshakes and handshakes[0][0] <= now:
+            _deadline, link = handshakes.popleft()
+            if link.phase in (HANDSHAKE, WAITING) and not link.connection.is_closed():
+                link.connection.close()
+        self.delay(self._handshake_deadlines, timeout=1)
 
     def on_connection_d(self, connection):
         netius.ContainerServer.on_connection_d(self, connection)
