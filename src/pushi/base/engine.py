@@ -657,9 +657,13 @@ class Engine:
         channel = self.registry.channel(app_id, channel_name)
         if channel is None:
             return
-        for session in channel.sessions:
-            if session.socket_id != exclude:
-                session.transport.write(frame)
+        if exclude is None:
+            for write in channel.sessions.values():
+                write(frame)
+        else:
+            for session, write in channel.sessions.items():
+                if session.socket_id != exclude:
+                    write(frame)
 
     def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
         """Delivers an API event to channels (loop thread)."""

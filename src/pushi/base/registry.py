@@ -67,7 +67,9 @@ class Member:
 
 
 class Channel:
-    """Subscribers of one channel of one app (``sessions`` keeps order)."""
+    """Subscribers of one channel of one app: ``sessions`` maps each
+    session to its transport's ``write`` (bound once, for the fan-out),
+    in the order they subscribed."""
 
     __slots__ = ("name", "sessions", "members")
 
@@ -144,7 +146,7 @@ class Registry:
         occupied = channel is None
         if occupied:
             channel = channels[name] = Channel(name)
-        channel.sessions[session] = None
+        channel.sessions[session] = session.transport.write
         session.channels[name] = user_id
         return channel, occupied
 
