@@ -620,8 +620,10 @@ def generator(server_name, profile, options):
     one frame per subscriber, to each size of ``--subscribers`` with as many
     subscriber workers as ``fanout`` uses (compare with a server's
     ``c-rate`` at the same ``target_msgs_per_s``)."""
-    n = profile["fanout_sizes"][0] if options.quick else 1000
-    phases = [(n, workers, batch, None) for workers in (1, 2) for batch in (1, 16)]
+    ceiling_n = profile["fanout_sizes"][0] if options.quick else 1000
+    phases = [
+        (ceiling_n, workers, batch, None) for workers in (1, 2) for batch in (1, 16)
+    ]
     if options.rate:
         phases += [
             (size, sub_workers_for(size, options.workers), 1, options.rate / size)
