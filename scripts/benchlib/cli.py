@@ -276,6 +276,12 @@ def markdown(results, info, names):
         "other load = CPU used outside the bench during the measurement "
         "(other processes, unattributed kernel work)."
     )
+    if any(result["server"] == "floor" for result in results):
+        lines.append(
+            "floor = a stand-in server that only writes pre-built frames, at "
+            "Pushi's c-rate, to the same subscriber processes: the least "
+            "latency this machine and load generator allow at that rate."
+        )
     return "\n".join(lines)
 
 

@@ -394,9 +394,11 @@ def sub_workers_for(n, option):
 
 
 def fanout(server_name, profile, options):
-    """N subscribers on one channel: serial, several in flight, fixed rate."""
+    """N subscribers on one channel: serial, several in flight, fixed rate;
+    after Pushi's, the latency floor at its fixed rate (``floor``)."""
     results = []
     for n in profile["fanout_sizes"]:
+        capacity = None
         with Session(
             server_name, sub_workers_for(n, options.workers), options.keep
         ) as session:
@@ -428,7 +430,6 @@ def fanout(server_name, profile, options):
                 seq_start=seq,
             )
             seq += answer["sent"] + 1
-            capacity = None
             variants = [
                 ("a-serial", 1, None),
                 (
@@ -475,6 +476,8 @@ def fanout(server_name, profile, options):
                     capacity = result["msgs_per_s"]
                 results.append(result)
                 emit_progress(result)
+        if server_name == "pushi" and capacity:
+            results.append(floor(n, max(0.1, 0.5 * capacity / n), profile, options))
     return results
 
 
@@ -616,10 +619,8 @@ def generator(server_name, profile, options):
     """The generator's own ceiling: a stand-in server (``blaster``) writes
     messages as fast as it can to N counting subscribers, one frame per
     write and then 16 frames per write.  With ``--rate``, also the latency
-    floor at that many delivered messages/s: the blaster fans events out,
-    one frame per subscriber, to each size of ``--subscribers`` with as many
-    subscriber workers as ``fanout`` uses (compare with a server's
-    ``c-rate`` at the same ``target_msgs_per_s``)."""
+    floor at that many delivered messages/s to each size of
+    ``--subscribers`` (see ``blast``)."""
     ceiling_n = profile["fanout_sizes"][0] if options.quick else 1000
     phases = [
         (ceiling_n, workers, batch, None) for workers in (1, 2) for batch in (1, 16)
@@ -635,48 +636,72 @@ def generator(server_name, profile, options):
             conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
             log("generator %d: %d ready" % (n, conn["ready"]))
             for _n, _workers, batch, rate in group:
-                session.reset()
-                meter = Meter(session.server.pid, session.generators)
-                answer = session.server.blast(
-                    duration=profile["duration"],
-                    batch=batch,
-                    count=MAX_DELIVERIES // n,
-                    rate=rate,
-                )
-                delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
-                figures = meter.stop()
-                answer.update(
-                    sent=answer["messages"],
-                    ok=answer["messages"],
-                    statuses={},
-                    errors={},
-                    latency_ms={},
-                )
-                result = phase_result(
-                    session,
-                    "generator",
-                    (
-                        "rate%g-workers%d" % (rate * n, workers)
-                        if rate
-                        else "batch%d-workers%d" % (batch, workers)
-                    ),
-                    answer,
-                    delivery,
-                    figures,
-                    n,
-                )
-                for key in ("triggers_sent", "triggers_ok", "trigger_statuses"):
-                    result.pop(key, None)
-                for key in ("trigger_errors", "triggers_per_s", "http_latency_ms"):
-                    result.pop(key, None)
-                result["frames_per_write"] = batch
-                result["subscriber_workers"] = workers
-                if rate:
-                    result["target_triggers_per_s"] = round(rate, 1)
-                    result["target_msgs_per_s"] = round(rate * n, 1)
+                result = blast(session, n, batch, rate, profile)
                 results.append(result)
                 emit_progress(result)
     return results
+
+
+def blast(session, n, batch, rate, profile, scenario="generator", variant=None):
+    """One phase of the stand-in server: ``batch`` frames per write as fast
+    as it can, or with ``rate`` (events/s) one frame per subscriber per
+    event, when due: the cheapest a server can publish at that rate, so the
+    latency its subscribers see is the floor of this machine and generator
+    for a server's ``c-rate`` at the same ``target_msgs_per_s``."""
+    workers = len(session.subs)
+    session.reset()
+    meter = Meter(session.server.pid, session.generators)
+    answer = session.server.blast(
+        duration=profile["duration"],
+        batch=batch,
+        count=MAX_DELIVERIES // n,
+        rate=rate,
+    )
+    delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
+    figures = meter.stop()
+    answer.update(
+        sent=answer["messages"], ok=answer["messages"], statuses={}, errors={}
+    )
+    answer.update(latency_ms={})
+    if variant is None:
+        variant = (
+            "rate%g-workers%d" % (rate * n, workers)
+            if rate
+            else "batch%d-workers%d" % (batch, workers)
+        )
+    result = phase_result(session, scenario, variant, answer, delivery, figures, n)
+    for key in ("triggers_sent", "triggers_ok", "trigger_statuses"):
+        result.pop(key, None)
+    for key in ("trigger_errors", "triggers_per_s", "http_latency_ms"):
+        result.pop(key, None)
+    result["frames_per_write"] = batch
+    result["subscriber_workers"] = workers
+    if rate:
+        result["target_triggers_per_s"] = round(rate, 1)
+        result["target_msgs_per_s"] = round(rate * n, 1)
+    return result
+
+
+def floor(n, target, profile, options):
+    """The ``floor`` cell of a fan-out's c-rate row: the stand-in server at
+    Pushi's c-rate ``target`` (events/s) to ``n`` subscribers."""
+    with Session(
+        "blaster", sub_workers_for(n, options.workers), options.keep
+    ) as session:
+        conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
+        if conn["ready"] < n:
+            result = base_result(
+                session,
+                "fanout",
+                "c-rate",
+                subscribers=n,
+                error="only %d of %d subscribers ready" % (conn["ready"], n),
+            )
+        else:
+            result = blast(session, n, 1, target, profile, "fanout", "c-rate")
+    result.update(server="floor", server_version="stand-in")
+    emit_progress(result)
+    return result
 
 
 def emit_progress(result):
