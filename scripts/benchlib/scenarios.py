@@ -660,9 +660,12 @@ def blast(session, n, batch, rate, profile, scenario="generator", variant=None):
     delivery = session.drain(answer["frames"], profile["max_drain"], 2.0)
     figures = meter.stop()
     answer.update(
-        sent=answer["messages"], ok=answer["messages"], statuses={}, errors={}
+        sent=answer["messages"],
+        ok=answer["messages"],
+        statuses={},
+        errors={},
+        latency_ms={},
     )
-    answer.update(latency_ms={})
     if variant is None:
         variant = (
             "rate%g-workers%d" % (rate * n, workers)
