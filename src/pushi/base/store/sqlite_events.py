@@ -198,9 +198,10 @@ class EventsProcess:
         return parent
 
     def send(self, row_lists):
-        """Sends a batch (the child must have answered the previous one, so
-        its end is reading and the write cannot wait on a commit)."""
-        self.start().sendall(_frame(row_lists))
+        """Sends a batch to the started child (which must have answered the
+        previous one, so its end is reading and the write cannot wait on a
+        commit)."""
+        self.socket.sendall(_frame(row_lists))
 
     def receive(self, wait=False):
         """Returns the answers that have arrived, each a list with one error
@@ -238,6 +239,7 @@ class EventsProcess:
         """Stores the row lists; returns one error (or None) per list, once
         committed.  Blocks (with the GIL released while it waits)."""
         try:
+            self.start()
             self.send(row_lists)
             answers = self.receive(wait=True)
         except OSError:
@@ -332,10 +334,13 @@ class GroupCommit:
         self._sent_at = time.monotonic()
         self._committing = [callback for _rows, callback in batch]
         try:
-            if not self.process.running:
+            # one look at the child per batch (a waitpid on the loop)
+            if self.process.running:
+                connection = self.process.socket
+            else:
                 # before start() closes the old socket
                 self._unwatch()
-            connection = self.process.start()
+                connection = self.process.start()
             if self._watched is None:
                 self._watched = connection
                 self.loop.watch_read(connection, self._readable)
