@@ -398,7 +398,7 @@ def fanout(server_name, profile, options):
     after Pushi's, the latency floor at its fixed rate (``floor``)."""
     results = []
     for n in profile["fanout_sizes"]:
-        capacity = None
+        capacity = half_rate = None
         with Session(
             server_name, sub_workers_for(n, options.workers), options.keep
         ) as session:
@@ -452,7 +452,7 @@ def fanout(server_name, profile, options):
                             )
                         )
                         continue
-                    rate = max(0.1, 0.5 * capacity / n)
+                    rate = half_rate = max(0.1, 0.5 * capacity / n)
                 session.reset()
                 answer, delivery, figures = session.trigger_phase(
                     ["fanout"],
@@ -476,8 +476,8 @@ def fanout(server_name, profile, options):
                     capacity = result["msgs_per_s"]
                 results.append(result)
                 emit_progress(result)
-        if server_name == "pushi" and capacity:
-            results.append(floor(n, max(0.1, 0.5 * capacity / n), profile, options))
+        if server_name == "pushi" and half_rate:
+            results.append(floor(n, half_rate, profile, options))
     return results
 
 
