@@ -276,7 +276,10 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
     def __init__(
         self, engine, apps, offload, max_buffer=1048576, console=None, *args, **kwargs
     ):
-        netius.ContainerServer.__init__(self, *args, **kwargs)
+        # what netius.ContainerServer.__init__ does, with our loop
+        netius.StreamServer.__init__(self, *args, **kwargs)
+        self.container = wire.Loop(*args, **kwargs)
+        self.add_base(self)
         self.engine = engine
         self.console = console
         self.apps = apps

@@ -1,8 +1,9 @@
-"""What both servers of the loop need of netius: a connection class of
-their own, a write that skips netius's per-write machinery, and debug
-records dropped before they are built."""
+"""What both servers of the loop need of netius: a loop whose timers are
+on time, a connection class of their own, a write that skips netius's
+per-write machinery, and debug records dropped before they are built."""
 
 import logging
+import time
 
 import netius
 
@@ -16,6 +17,36 @@ class QuietDebug:
     def debug(self, object, *args, **kwargs):
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
             super().debug(object, *args, **kwargs)
+
+
+class Loop(netius.Container):
+    """Netius's loop (each turn: its bases' ticks, which run the delays
+    that are due, then one poll), with a poll that wakes for the next
+    delay.  Netius polls with a fixed timeout (a quarter second), so a
+    delay due in a millisecond waited for the next socket event or that
+    timeout: a lone persisted publish, held for its group commit after a
+    burst, took 250 ms to answer."""
+
+    def ticks(self):
+        netius.Container.ticks(self)
+        self.poll.timeout = self.next_timeout()
+
+    def next_timeout(self):
+        """Seconds until the earliest delay of any base is due (0 when one
+        waits for the next turn), at most the poll's usual timeout."""
+        timeout = self.poll_timeout
+        now = time.time()
+        for base in self.bases:
+            if base._notified or base._delayed_n:
+                return 0
+            if base._delayed:
+                # the heap's head: the earliest target; 0, -1 or None for
+                # the next turn, else a time.time()
+                target = base._delayed[0][0]
+                if not target or target <= now:
+                    return 0
+                timeout = min(timeout, target - now)
+        return timeout
 
 
 class Connection(netius.Connection):
