@@ -332,6 +332,14 @@ def cell(result):
                     result.get("duplicates_sampled"),
                 )
             )
+    if scenario == "persist" and result.get("ratio_to_plain") is not None:
+        parts.append(
+            "%sx plain (%s req/s)"
+            % (
+                result["ratio_to_plain"],
+                " / ".join(fmt(rate) for rate in result["plain_triggers_per_s"]),
+            )
+        )
     if result.get("server_cpu_us_per_delivery") is not None and scenario in (
         "fanout",
         "channels",

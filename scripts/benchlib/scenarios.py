@@ -595,17 +595,35 @@ def persist(server_name, profile, options):
                 preloaded += pre["ok"]
                 if preloaded < stored:
                     log("persist: only %d of %d preloaded" % (preloaded, stored))
-            session.reset()
-            answer, delivery, figures = session.trigger_phase(
-                ["persist"],
-                8,
-                profile["duration"],
-                persist=True,
-                max_drain=profile["max_drain"],
-                seq_start=10**8,
-            )
+
+            # the same triggers unpersisted just before and just after, on
+            # this server: the ratio to their mean holds while the machine's
+            # speed drifts (it moves more between scenarios than within one)
+            def phase(persist, seq_start):
+                session.reset()
+                return session.trigger_phase(
+                    ["persist"],
+                    8,
+                    profile["duration"],
+                    persist=persist,
+                    max_drain=profile["max_drain"],
+                    seq_start=seq_start,
+                )
+
+            before = phase(False, 10**8)[0]
+            # the samples are read before the next phase resets them
             result = phase_result(
-                session, "persist", "stored%d" % stored, answer, delivery, figures, 1
+                session,
+                "persist",
+                "stored%d" % stored,
+                *phase(True, 2 * 10**8),
+                1,
+            )
+            after = phase(False, 3 * 10**8)[0]
+            plain = [answer["ok"] / answer["elapsed"] for answer in (before, after)]
+            result["plain_triggers_per_s"] = [round(rate, 1) for rate in plain]
+            result["ratio_to_plain"] = round(
+                result["triggers_per_s"] * 2 / sum(plain), 3
             )
             result["stored_before"] = preloaded
             result["preloaded_through"] = how
@@ -709,7 +727,7 @@ def floor(n, target, profile, options):
 
 def emit_progress(result):
     """A one-line summary on stderr while the run goes on."""
-    keys = ("msgs_per_s", "triggers_per_s", "connections_per_s")
+    keys = ("msgs_per_s", "triggers_per_s", "connections_per_s", "ratio_to_plain")
     figures = ", ".join("%s=%s" % (k, result[k]) for k in keys if k in result)
     log(
         "%s %s %s: %s, server %s%%, generator %s%%, other %s%%%s"
