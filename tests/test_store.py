@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -780,26 +781,34 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
             )
         loop.run_until(lambda: len(results) == 3)
         assert batches == [3]
-        # fewer than the last batch carried wait for more, at most as long
-        # as a commit takes: a third arriving sends them at once
-        for n in range(3):
+        # a lone add leaves at the next turn; adds in later turns, while
+        # its batch commits (held here by another writer's lock), wait and
+        # leave together when it is answered
+        blocker = sqlite3.connect(str(tmp_path / "data" / "pushi.sqlite3"))
+        blocker.execute("BEGIN IMMEDIATE")
+        store.add_events_then([make_event("1", "c", 9.0, mid="b0")], results.append)
+        loop.run_once()
+        assert batches == [3, 1]
+        for n in (1, 2):
             store.add_events_then(
                 [make_event("1", "c", 10.0 + n, mid="b%d" % n)], results.append
             )
-            loop.run_once()
-            assert batches == ([3] if n < 2 else [3, 3])
+            loop.run_once(0.05)
+        assert batches == [3, 1] and len(results) == 3
+        blocker.rollback()
+        blocker.close()
         loop.run_until(lambda: len(results) == 6)
-        # ... and fewer leave when the wait is over
+        assert batches == [3, 1, 2]
         store.add_events_then([make_event("1", "c", 15.0, mid="c")], results.append)
         loop.run_until(lambda: len(results) == 7)
-        assert batches == [3, 3, 1] and results == [None] * 7
+        assert batches == [3, 1, 2, 1] and results == [None] * 7
         # another thread's add_events crosses into the loop and waits for it
         other = threading.Thread(
             target=store.add_events, args=([make_event("1", "c", 20.0, mid="t")],)
         )
         other.start()
         loop.run_until(lambda: not other.is_alive())
-        assert batches == [3, 3, 1, 1]
+        assert batches == [3, 1, 2, 1, 1]
         assert mids(all_events(store, "1", ["c"])) == [
             "t",
             "c",

@@ -35,15 +35,11 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import time
 
 logger = logging.getLogger("pushi")
 
 _LENGTH = struct.Struct("!I")
 _CHILD = "from %s import main; main()" % __name__
-
-MAX_HOLD = 0.002
-"""Longest a batch waits for more callers (seconds), however slow commits are."""
 
 
 def _read_frame(stream):
@@ -282,17 +278,12 @@ class GroupCommit:
     loop thread: while the child commits a batch, newer rows wait and go
     together in the next one; rows added in one loop turn leave together.
 
-    A batch also waits, at most as long as the last commit took, until as
-    many callers wait as the last batch carried: callers who were just
-    answered usually come straight back (a publisher with several requests
-    in flight).  Without the wait, a fixed set of such callers splits into
-    uneven groups that alternate (1 and 7 of 8 as often as 4 and 4), and a
-    small group pays a whole commit: measured with 8 in flight, persisted
-    triggers/s rose ~20%.  A lone caller (last batch of one) never waits.
+    Holding a batch back for more callers measured no better (0.45x plain
+    triggers with or without, 14 alternated runs each).
 
-    ``loop`` runs everything here on its thread: ``schedule(work,
-    seconds=0)`` later or after the current turn, ``watch_read(socket,
-    work)`` whenever ``socket`` is readable, ``unwatch_read(socket)``."""
+    ``loop`` runs everything here on its thread: ``schedule(work)`` after
+    the current turn, ``watch_read(socket, work)`` whenever ``socket`` is
+    readable, ``unwatch_read(socket)``."""
 
     def __init__(self, process, loop, max_lists):
         self.process = process
@@ -302,10 +293,6 @@ class GroupCommit:
         self._committing = None
         self._scheduled = False
         self._watched = None
-        self._expected = 1
-        self._hold = None
-        self._sent_at = 0.0
-        self._commit_time = 0.0
 
     def add(self, rows, callback):
         """Queues ``rows``; ``callback(error)`` runs on the loop once they
@@ -315,23 +302,12 @@ class GroupCommit:
             self._scheduled = True
             self.loop.schedule(self._send)
 
-    def _send(self, hold=True):
+    def _send(self):
         self._scheduled = False
         if self._committing is not None or not self._waiting:
             return
-        if hold and len(self._waiting) < self._expected:
-            if self._hold is None:
-                token = self._hold = object()
-                self.loop.schedule(
-                    lambda: self._hold is token and self._send(hold=False),
-                    min(self._commit_time, MAX_HOLD),
-                )
-            return
-        self._hold = None
         batch = self._waiting[: self.max_lists]
         del self._waiting[: self.max_lists]
-        self._expected = len(batch)
-        self._sent_at = time.monotonic()
         self._committing = [callback for _rows, callback in batch]
         try:
             # one look at the child per batch (a waitpid on the loop)
@@ -351,7 +327,6 @@ class GroupCommit:
 
     def _readable(self):
         for answer in self.process.receive():
-            self._commit_time = time.monotonic() - self._sent_at
             callbacks, self._committing = self._committing or [], None
             self._finish(callbacks, answer)
         if self.process.ended:
