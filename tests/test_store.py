@@ -783,10 +783,16 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
         assert batches == [3]
         # a lone add leaves at the next turn; adds in later turns, while
         # its batch commits (held here by another writer's lock), wait and
-        # leave together when it is answered
+        # leave together when it is answered, before its caller hears
         blocker = sqlite3.connect(str(tmp_path / "data" / "pushi.sqlite3"))
         blocker.execute("BEGIN IMMEDIATE")
-        store.add_events_then([make_event("1", "c", 9.0, mid="b0")], results.append)
+        sent_when_answered = []
+
+        def answered(error):
+            sent_when_answered.append(list(batches))
+            results.append(error)
+
+        store.add_events_then([make_event("1", "c", 9.0, mid="b0")], answered)
         loop.run_once()
         assert batches == [3, 1]
         for n in (1, 2):
@@ -798,7 +804,7 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
         blocker.rollback()
         blocker.close()
         loop.run_until(lambda: len(results) == 6)
-        assert batches == [3, 1, 2]
+        assert batches == [3, 1, 2] and sent_when_answered == [[3, 1, 2]]
         store.add_events_then([make_event("1", "c", 15.0, mid="c")], results.append)
         loop.run_until(lambda: len(results) == 7)
         assert batches == [3, 1, 2, 1] and results == [None] * 7

@@ -276,7 +276,9 @@ def died():
 class GroupCommit:
     """Event rows committed by the events writer in batches, driven by one
     loop thread: while the child commits a batch, newer rows wait and go
-    together in the next one; rows added in one loop turn leave together.
+    together in the next one, which leaves as soon as the child answers,
+    before that answer's callbacks run; rows added in one loop turn leave
+    together.
 
     Holding a batch back for more callers measured no better (0.45x plain
     triggers with or without, 14 alternated runs each).
@@ -328,6 +330,10 @@ class GroupCommit:
     def _readable(self):
         for answer in self.process.receive():
             callbacks, self._committing = self._committing or [], None
+            if self._waiting and not self.process.ended:
+                # the next batch leaves first: the child commits it while
+                # the loop delivers and answers this one
+                self._send()
             self._finish(callbacks, answer)
         if self.process.ended:
             self._lost()
