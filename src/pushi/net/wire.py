@@ -24,8 +24,8 @@ class Loop(netius.Container):
     that are due, then one poll), with a poll that wakes for the next
     delay.  Netius polls with a fixed timeout (a quarter second), so a
     delay due in a millisecond waited for the next socket event or that
-    timeout: a lone persisted publish, held for its group commit after a
-    burst, took 250 ms to answer."""
+    timeout (the group commit once held a batch on such a timer: a lone
+    persisted publish after a burst took 250 ms to answer)."""
 
     def ticks(self):
         netius.Container.ticks(self)
