@@ -6,8 +6,8 @@ port's HTTP server, which publishes on the loop and runs every other
 request through the Appier app on one worker thread.  With another
 ``APP_SERVER`` Appier serves the REST port itself from the main thread.  A
 small worker pool runs blocking store calls.  Other threads reach the loop
-only through ``call_soon`` / ``call_in_loop`` (netius ``delay_s``: a locked
-list and a wake-up of the poll).
+only through ``call_soon`` / ``call_in_loop`` (the loop's ``soon`` deque
+and a wake-up of its poll, ``net.wire.Loop``).
 
 Run it: ``python src/pushi/base/state.py`` (or ``python -m pushi``).
 """
@@ -92,7 +92,9 @@ class State:
 
     def call_soon(self, work, *args):
         """Runs ``work(*args)`` on the loop thread, soon; from any thread."""
-        self.server.delay_s(lambda: self.server.run(work, *args))
+        self.server.container.soon.append(lambda: self.server.run(work, *args))
+        # a no-op on the loop's thread
+        self.server.wakeup()
 
     def call_in_loop(self, work, *args, timeout=10):
         """Runs ``work(*args)`` on the loop and returns its result (blocks
@@ -111,7 +113,10 @@ class State:
     def schedule(self, work, seconds=0):
         """Runs ``work()`` on the loop in ``seconds``, or after the current
         turn (loop thread only)."""
-        self.server.delay(lambda: self.server.run(work), timeout=seconds or None)
+        if seconds:
+            self.server.delay(lambda: self.server.run(work), timeout=seconds)
+        else:
+            self.server.container.soon.append(lambda: self.server.run(work))
 
     # what a store bound to the loop uses besides ``schedule`` (loop thread)
 

@@ -2,10 +2,13 @@
 on time, a connection class of their own, a write that skips netius's
 per-write machinery, and debug records dropped before they are built."""
 
+import collections
 import logging
 import time
 
 import netius
+
+logger = logging.getLogger("pushi.net")
 
 
 class QuietDebug:
@@ -21,15 +24,35 @@ class QuietDebug:
 
 class Loop(netius.Container):
     """Netius's loop (each turn: its bases' ticks, which run the delays
-    that are due, then one poll), with a poll that wakes for the next
-    delay.  Netius polls with a fixed timeout (a quarter second), so a
-    delay due in a millisecond waited for the next socket event or that
-    timeout (the group commit once held a batch on such a timer: a lone
-    persisted publish after a burst took 250 ms to answer)."""
+    that are due, then one poll), with two changes.
+
+    The poll wakes for the next delay.  Netius polls with a fixed timeout
+    (a quarter second), so a delay due in a millisecond waited for the next
+    socket event or that timeout (the group commit once held a batch on
+    such a timer: a lone persisted publish after a burst took 250 ms).
+
+    Work for the next turn (``soon``) skips netius's delays: each of those
+    is merged from a locked list and pushed on two heaps of Python-compared
+    entries; a turn that runs one piece of work cost 18-23 us of CPU that
+    way, 11 us this way (measured).  ``soon`` is a deque, drained after the
+    delays, that any thread may append to (then wake the poll with the
+    owner's netius ``wakeup``)."""
+
+    def __init__(self, *args, **kwargs):
+        netius.Container.__init__(self, *args, **kwargs)
+        self.soon = collections.deque()
 
     def ticks(self):
         netius.Container.ticks(self)
-        self.poll.timeout = self.next_timeout()
+        soon = self.soon
+        # what is added meanwhile waits for the next turn
+        for _ in range(len(soon)):
+            work = soon.popleft()
+            try:
+                work()
+            except Exception:
+                logger.exception("loop work failed")
+        self.poll.timeout = 0 if soon else self.next_timeout()
 
     def next_timeout(self):
         """Seconds until the earliest delay of any base is due (0 when one
