@@ -1,10 +1,11 @@
-"""The loop's timers, in process: a State on an ephemeral port, no traffic.
+"""The loop, in process: a State on an ephemeral port, no traffic.
 
 Netius polls with a fixed timeout of a quarter second and runs due delays
-only between polls; ``net.wire.Loop`` makes the poll wake for the next one.
-The margin here is ten times what the timer asks for and still below the
-quarter second it took before, so the test checks that the loop wakes, not
-how fast it is.
+only between polls; ``net.wire.Loop`` makes the poll wake for the next one,
+and runs work handed over with ``call_soon`` / ``schedule(work)`` from a
+deque of its own.  The margins here are far above what the work asks for
+and still below the quarter second a missed wake-up costs, so the tests
+check that the loop wakes, not how fast it is.
 """
 
 import threading
@@ -46,3 +47,33 @@ def _scheduled(state, seconds):
 def test_a_timer_fires_when_due_with_no_socket_traffic(state):
     elapsed = _scheduled(state, 0.02)
     assert 0.02 <= elapsed < 0.2
+
+
+def test_work_from_another_thread_wakes_the_loop(state):
+    ran = threading.Event()
+    time.sleep(0.05)  # the loop is in its poll
+    started = time.monotonic()
+    state.call_soon(ran.set)
+    assert ran.wait(5)
+    assert time.monotonic() - started < 0.2
+
+
+def test_work_runs_in_order_and_a_failure_stops_nothing(state):
+    done = threading.Event()
+    order = []
+
+    def fail():
+        order.append("fail")
+        raise RuntimeError("work that fails")
+
+    def queue():
+        state.call_soon(order.append, 1)
+        state.schedule(fail)
+        state.call_soon(order.append, 2)
+        state.schedule(done.set)
+
+    state.call_in_loop(queue)
+    assert done.wait(5)
+    assert order == [1, "fail", 2]
+    # the loop still runs
+    assert state.call_in_loop(lambda: "alive") == "alive"
