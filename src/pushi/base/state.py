@@ -92,9 +92,7 @@ class State:
 
     def call_soon(self, work, *args):
         """Runs ``work(*args)`` on the loop thread, soon; from any thread."""
-        self.server.container.soon.append(lambda: self.server.run(work, *args))
-        # a no-op on the loop's thread
-        self.server.wakeup()
+        self.server.soon(work, *args)
 
     def call_in_loop(self, work, *args, timeout=10):
         """Runs ``work(*args)`` on the loop and returns its result (blocks
@@ -116,7 +114,7 @@ class State:
         if seconds:
             self.server.delay(lambda: self.server.run(work), timeout=seconds)
         else:
-            self.server.container.soon.append(lambda: self.server.run(work))
+            self.server.soon(work)
 
     # what a store bound to the loop uses besides ``schedule`` (loop thread)
 

@@ -372,3 +372,10 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
             return work(*args)
         finally:
             self.flush()
+
+    def soon(self, work, *args):
+        """Runs ``work(*args)`` as an entry point at the loop's next turn;
+        from any thread (the loop's ``soon`` deque, then a wake-up of its
+        poll, a no-op on the loop's own thread)."""
+        self.container.soon.append(lambda: self.run(work, *args))
+        self.wakeup()

@@ -34,7 +34,7 @@ class Loop(netius.Container):
     Work for the next turn (``soon``) skips netius's delays: each of those
     is merged from a locked list and pushed on two heaps of Python-compared
     entries; a turn that runs one piece of work cost 18-23 us of CPU that
-    way, 11 us this way (measured).  ``soon`` is a deque, drained after the
+    way, 11-13 us this way (measured).  ``soon`` is a deque, drained after the
     delays, that any thread may append to (then wake the poll with the
     owner's netius ``wakeup``)."""
 
