@@ -8,6 +8,7 @@ and still below the quarter second a missed wake-up costs, so the tests
 check that the loop wakes, not how fast it is.
 """
 
+import socket
 import threading
 import time
 
@@ -77,3 +78,34 @@ def test_work_runs_in_order_and_a_failure_stops_nothing(state):
     assert order == [1, "fail", 2]
     # the loop still runs
     assert state.call_in_loop(lambda: "alive") == "alive"
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_watch_read_runs_work_only_when_readable(state):
+    """Netius polls every socket for writability too; ``watch_read``'s
+    work runs when its socket has something to read, not each time the
+    other end reads and makes it writable again.  And ``unwatch_read``
+    lets go of the socket entirely: the loop stops cleanly once it is
+    closed."""
+    watched, other = socket.socketpair()
+    runs = []
+    readable = threading.Event()
+
+    def work():
+        runs.append(watched.recv(4096, socket.MSG_DONTWAIT))
+        readable.set()
+
+    try:
+        state.call_in_loop(state.watch_read, watched, work)
+        for _ in range(3):
+            watched.send(b"x" * 1000)
+            assert other.recv(4096) == b"x" * 1000
+            time.sleep(0.05)  # the loop sees the socket writable again
+        assert runs == []
+        other.send(b"answer")
+        assert readable.wait(5)
+        assert runs == [b"answer"]
+    finally:
+        state.call_in_loop(state.unwatch_read, watched)
+        watched.close()
+        other.close()

@@ -122,10 +122,21 @@ class State:
         """Runs ``work()`` on the loop whenever ``socket`` (not a client's)
         becomes readable (edge-triggered: ``work`` reads all there is)."""
         self.server.sub_read(socket)
-        self.server.add_callback(socket, lambda _event, _socket: self.server.run(work))
+
+        def readable(event, _socket):
+            # netius polls every socket for writability too, and calls back
+            # for that as well: a socket pair is writable again each time
+            # the other end reads
+            if event == "read":
+                self.server.run(work)
+
+        self.server.add_callback(socket, readable)
 
     def unwatch_read(self, socket):
-        self.server.unsub_read(socket)
+        # all of it: netius's unsub_read leaves the socket registered for
+        # writability, and its poll unregisters that (by then closed)
+        # descriptor again when the loop stops
+        self.server.unsub_all(socket)
         self.server.callbacks_m.pop(socket, None)
 
     def offload(self, work, then):
