@@ -79,6 +79,14 @@ def test_history_newest_first_and_delivery_carries_mid(server, app):
         "GET", "apps/%s/events?channel=news&count=-1" % app["app_id"]
     )
     assert status == 401
+    # skipping more than any store's integers hold finds nothing, calmly
+    assert proxy.get_events("news", skip=10**30)["events"] == []
+    listener.send(
+        {"event": "pusher:latest", "data": {"channel": "news", "skip": 10**30}}
+    )
+    latest = listener.recv_event("pusher_internal:latest")
+    assert json.loads(latest["data"])["events"] == []
+    assert "background work failed" not in server.read_log()
     listener.close()
 
 

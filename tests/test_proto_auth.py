@@ -81,6 +81,17 @@ def test_stale_timestamp_is_refused():
     assert "expired" in error.value.message
 
 
+def test_a_timestamp_that_is_no_number_of_seconds_is_refused():
+    """Not a number, or an integer too large to compare with the clock
+    (Python's float conversion overflows): 401, not a server error."""
+    for timestamp in ("", "soon", "1" + "0" * 400):
+        params = {"auth_key": KEY, "auth_timestamp": timestamp}
+        with pytest.raises(errors.HttpError) as error:
+            auth.verify_api(KEY, SECRET, "GET", "/apps/3/channels", params, b"")
+        assert error.value.status == 401
+        assert "auth_timestamp" in error.value.message
+
+
 def test_api_string_lowercases_and_sorts_keys():
     assert auth.api_string(
         "get", "/p", {"B": "2", "a": "1", "auth_signature": "x"}

@@ -15,6 +15,7 @@ from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 from . import registry
+from .store.base import MAX_SKIP
 from .watchlist import Watchlists
 
 logger = logging.getLogger("pushi.engine")
@@ -443,7 +444,7 @@ class Engine:
             raise errors.ProtocolError(
                 errors.INVALID_MESSAGE, "skip and count are counts"
             )
-        count = min(count, 100)
+        skip, count = min(skip, MAX_SKIP), min(count, 100)
         app_id = session.app.app_id
         store = self.store
 

@@ -98,12 +98,13 @@ def verify_api(key, secret, method, path, params, body, now=None):
     """
     if params.get("auth_key") != key:
         raise errors.HttpError(401, "Unknown auth_key")
-    try:
-        timestamp = int(params.get("auth_timestamp", ""))
-    except ValueError:
-        raise errors.HttpError(401, "Missing or invalid auth_timestamp")
     now = time.time() if now is None else now
-    if abs(now - timestamp) > API_TIMESTAMP_WINDOW:
+    try:
+        skew = abs(now - int(params.get("auth_timestamp", "")))
+    except (ValueError, OverflowError):
+        # OverflowError: an integer too large for the float it meets
+        raise errors.HttpError(401, "Missing or invalid auth_timestamp")
+    if skew > API_TIMESTAMP_WINDOW:
         raise errors.HttpError(
             401, "Timestamp expired: not within 600 s of server time"
         )

@@ -3,6 +3,7 @@
 import appier
 
 from pushi.base.engine import public_event
+from pushi.base.store.base import MAX_SKIP
 from pushi.proto import channels as channel_names
 from pushi.proto import errors
 
@@ -17,7 +18,7 @@ class EventsController(PushiController):
         channel = self.field("channel")
         if not channel_names.is_valid(channel):
             raise errors.HttpError(400, "A valid channel is required")
-        skip = _count(self.field("skip", "0"), "skip")
+        skip = min(_count(self.field("skip", "0"), "skip"), MAX_SKIP)
         count = min(_count(self.field("count", "10"), "count"), 1000)
         events = self.state.store.get_events(app.app_id, [channel], skip, count)
         return {"channel": channel, "events": [public_event(event) for event in events]}

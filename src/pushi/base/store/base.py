@@ -20,6 +20,11 @@ Records are plain dicts:
 
 import abc
 
+MAX_SKIP = 2**31 - 1
+"""The most events a read skips: more than any channel holds, and within
+what both backends take (a larger number overflows their integers); a
+caller clamps ``skip`` to it, since skipping more finds nothing either way."""
+
 
 class Store(abc.ABC):
     """Interface of a persistence backend (see the module docstring)."""
