@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,26 @@ def env_with_src(extra=None):
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
+
+
+def server_frames(data):
+    """``(opcode, payload)`` of the unmasked frames in ``data`` (bytes that
+    start at a frame boundary; an incomplete last frame is left out)."""
+    frames, index = [], 0
+    while index + 2 <= len(data):
+        length = data[index + 1] & 0x7F
+        start = index + 2
+        if length == 126:
+            length = struct.unpack(">H", data[start : start + 2])[0]
+            start += 2
+        elif length == 127:
+            length = struct.unpack(">Q", data[start : start + 8])[0]
+            start += 8
+        if start + length > len(data):
+            break
+        frames.append((data[index] & 0x0F, data[start : start + length]))
+        index = start + length
+    return frames
 
 
 class PushiServer:

@@ -20,7 +20,13 @@ from pushi.base.config import Config
 from pushi.base.console import ConsoleHub, MinuteCounter
 from pushi.base.engine import Engine
 from pushi.base.limits import App
-from support import ADMIN_SECRET, Client, PushiServer, RecordingTransport
+from support import (
+    ADMIN_SECRET,
+    Client,
+    PushiServer,
+    RecordingTransport,
+    server_frames,
+)
 
 # ---------------------------------------------------------------------------
 # the hub on its own: an engine, a recording link, no socket
@@ -365,23 +371,6 @@ def raw_console(server, app_id, token):
     )
     raw.sendall(header + mask + masked)
     return raw
-
-
-def server_frames(data):
-    """``(opcode, payload)`` of the unmasked frames in ``data``."""
-    frames = []
-    while len(data) >= 2:
-        length = data[1] & 0x7F
-        start = 2
-        if length == 126:
-            length, start = struct.unpack(">H", data[2:4])[0], 4
-        elif length == 127:
-            length, start = struct.unpack(">Q", data[2:10])[0], 10
-        if len(data) < start + length:
-            break
-        frames.append((data[0] & 0x0F, data[start : start + length]))
-        data = data[start + length :]
-    return frames
 
 
 class TestSlowConsole:

@@ -4,11 +4,13 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
+import time
 
 import pytest
 
-from support import ADMIN_SECRET, Client, PushiServer
+from support import ADMIN_SECRET, Client, PushiServer, server_frames
 
 
 class TestConnection:
@@ -404,6 +406,111 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
         stalled.close()
     finally:
         instance.stop()
+
+
+def test_a_dropped_slow_consumer_reads_its_4100_if_it_reads_again_in_time():
+    """The close frame queues behind what the socket has not taken yet:
+    a client that reads again within the grace time gets its frames, then
+    4100 (reconnect), then the end of the stream."""
+    instance = PushiServer(env={"PUSHI_MAX_BUFFER": "65536"}).start()
+    try:
+        app = instance.create_app("slow")
+        stalled = _stalled_subscriber(instance, app, "firehose")
+        proxy = instance.client(app)
+        payload = "x" * 8000
+        for index in range(1000):
+            proxy.trigger_event(
+                channel="firehose",
+                data="%d %s" % (index, payload),
+                event="e",
+                persist=False,
+            )
+            if "slow consumer" in instance.read_log():
+                break
+        assert "slow consumer" in instance.read_log()
+        assert _close_codes(stalled) == [4100]
+        stalled.close()
+    finally:
+        instance.stop()
+
+
+def test_a_closed_socket_that_stopped_reading_is_let_go_after_the_grace_time():
+    """A socket the engine closes (here: no pong) while bytes still wait
+    for it is cut off after the grace time, not held for as long as its
+    client's TCP stack answers."""
+    instance = PushiServer(
+        env={
+            "PUSHI_MAX_BUFFER": str(64 << 20),
+            "PUSHI_ACTIVITY_TIMEOUT": "1",
+            "PUSHI_PONG_TIMEOUT": "1",
+        }
+    ).start()
+    try:
+        app = instance.create_app("stuck")
+        stalled = _stalled_subscriber(instance, app, "firehose")
+        port = stalled.getsockname()[1]
+        proxy = instance.client(app)
+        payload = "x" * 8000
+        # more than the kernel's loopback buffers hold: netius queues the rest
+        for index in range(700):
+            proxy.trigger_event(
+                channel="firehose", data=payload, event="e", persist=False
+            )
+        assert instance.socket_ids(app, expected=0) == []
+        assert _server_side_open(instance.server_port, port)
+        deadline = time.time() + 10  # CLOSE_GRACE (5 s) and a margin
+        while _server_side_open(instance.server_port, port):
+            assert time.time() < deadline, "still open past the grace time"
+            time.sleep(0.2)
+        stalled.close()
+    finally:
+        instance.stop()
+
+
+def _server_side_open(server_port, client_port):
+    """True while the server's end of a loopback connection is ESTABLISHED
+    (read from /proc/net/tcp: the socket is closed once it leaves it)."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (
+                int(local.split(":")[1], 16) == server_port
+                and int(remote.split(":")[1], 16) == client_port
+            ):
+                return state == "01"
+    return False
+
+
+def _stalled_subscriber(instance, app, channel):
+    """A raw socket subscribed to ``channel`` with a small receive buffer;
+    the caller decides when (if ever) it reads again."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", instance.server_port))
+    stalled.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
+    _read_until(stalled, b"connection_established")
+    stalled.sendall(
+        _masked(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+    )
+    _read_until(stalled, b"subscription_succeeded")
+    return stalled
+
+
+def _close_codes(stalled, timeout=10):
+    """Reads to the end of the stream; the close frames' codes."""
+    stalled.settimeout(timeout)
+    data = b""
+    while True:
+        chunk = stalled.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    return [
+        struct.unpack(">H", payload[:2])[0]
+        for opcode, payload in server_frames(data)
+        if opcode == 8
+    ]
 
 
 def _masked(text, mask=b"\x01\x02\x03\x04"):

@@ -109,3 +109,72 @@ def test_watch_read_runs_work_only_when_readable(state):
         state.call_in_loop(state.unwatch_read, watched)
         watched.close()
         other.close()
+
+
+def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, caplog):
+    """Each of the loop's entry points (here a watched socket's work) logs
+    its failure and lets the loop go on."""
+    watched, other = socket.socketpair()
+    runs = []
+    ran = threading.Event()
+
+    def work():
+        runs.append(watched.recv(4096, socket.MSG_DONTWAIT))
+        ran.set()
+        if len(runs) == 1:
+            raise RuntimeError("work that fails")
+
+    try:
+        state.call_in_loop(state.watch_read, watched, work)
+        for message in (b"first", b"second"):
+            ran.clear()
+            other.send(message)
+            assert ran.wait(5)
+        assert runs == [b"first", b"second"]
+        assert state.call_in_loop(lambda: "alive", timeout=5) == "alive"
+        assert "work that fails" in caplog.text
+    finally:
+        state.call_in_loop(state.unwatch_read, watched)
+        watched.close()
+        other.close()
+
+
+def test_a_pipelined_request_that_fails_closes_its_connection(tmp_path):
+    """A pipelined request is parsed when its predecessor's answer is
+    written, which may come from another thread a turn later; if handling
+    it fails, the connection closes (it would otherwise wait forever)."""
+    state = State(
+        Config(server_port=free_port(), app_port=free_port(), data_dir=str(tmp_path))
+    )
+    state.start_server(http=True)
+    serve = state.http.handler
+
+    def handler(request, answer):
+        if request.path == "/later":
+            # answered from another thread, as the WSGI routes are
+            threading.Timer(
+                0.05, state.call_soon, (answer, "200 OK", [], b"later")
+            ).start()
+        elif request.path == "/fails":
+            raise RuntimeError("a handler that fails")
+        else:
+            serve(request, answer)
+
+    state.http.handler = handler
+    try:
+        client = socket.create_connection(("127.0.0.1", state.config.app_port))
+        client.settimeout(5)
+        client.sendall(
+            b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        data = b""
+        while True:
+            chunk = client.recv(4096)  # a timeout fails the test
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"later")
+        client.close()
+    finally:
+        state.stop()

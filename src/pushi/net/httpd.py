@@ -149,16 +149,15 @@ class HttpServer(wire.QuietDebug, netius.StreamServer):
             if len(peer.buffer) > MAX_HEAD + self.max_body:
                 connection.close()
             return
-        try:
-            self._advance(peer)
-        except Exception:
-            logger.exception("unexpected error on an HTTP connection; closing it")
-            connection.close()
+        self._advance(peer)
 
     def _advance(self, peer):
         """Parses and dispatches requests until one is left waiting (a loop,
         not a recursion through answers given at once: a long pipeline of
-        those would otherwise go as deep as it is long)."""
+        those would otherwise go as deep as it is long).  Runs as data
+        arrives and as a pipelined request's predecessor is answered (maybe
+        from another thread's answer, a turn later); a failure closes the
+        connection, which would otherwise wait for an answer forever."""
         peer.advancing = True
         try:
             while not peer.waiting and not peer.closed and peer.buffer:
@@ -171,6 +170,10 @@ class HttpServer(wire.QuietDebug, netius.StreamServer):
                     return
                 peer.waiting = True
                 self.handler(request, self._answerer(peer, request))
+        except Exception:
+            logger.exception("unexpected error on an HTTP connection; closing it")
+            peer.closed = True
+            peer.connection.close()
         finally:
             peer.advancing = False
 
@@ -273,6 +276,8 @@ class HttpServer(wire.QuietDebug, netius.StreamServer):
 
     def _sweep(self):
         """Closes sockets stuck mid-request or idle past keep-alive."""
+        # the next sweep first: a failure below must not end them
+        self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
         now = time.monotonic()
         for connection in list(self.connections):
             peer = getattr(connection, "peer", None)
@@ -281,7 +286,6 @@ class HttpServer(wire.QuietDebug, netius.StreamServer):
             limit = HEAD_TIMEOUT if peer.buffer else IDLE_TIMEOUT
             if now - peer.since > limit:
                 connection.close()
-        self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
 
 
 def call_wsgi(app, request, host, port, scheme):

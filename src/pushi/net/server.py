@@ -40,6 +40,9 @@ HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
 HANDSHAKE_TIMEOUT = 10
 """ Seconds a new connection has to complete its WebSocket upgrade """
 
+CLOSE_GRACE = 5
+""" Seconds a closed link's last bytes (its close frame) have to go out """
+
 
 class Link:
     """One connection: handshake, then frames to and from the engine."""
@@ -85,7 +88,8 @@ class Link:
             outbox.append(frame)
 
     def close(self, code, reason=""):
-        """Sends a close frame with ``code`` and closes once it is out."""
+        """Sends a close frame with ``code`` and closes once it is out
+        (``CLOSE_GRACE`` seconds at most)."""
         if self.phase == CLOSING:
             return
         self.write(ws.close_frame(code, reason))
@@ -250,7 +254,7 @@ class Link:
             return
         if connection.pending_s > self.max_buffer and self.phase != CLOSING:
             # the close frame queues behind what is pending: the client sees
-            # 4100 if it ever reads again, and is cut off after a grace time
+            # 4100 if it reads again within the close's grace time
             if self.watcher is not None:
                 logger.info("slow console of app %s dropped", self.watcher.app_id)
             else:
@@ -259,7 +263,6 @@ class Link:
                     self.session and self.session.socket_id,
                 )
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
-            self.server.delay(connection.close, timeout=5)
 
 
 class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
@@ -313,13 +316,14 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
     def _handshake_deadlines(self):
         """Closes the sockets that have not completed their upgrade in
         time; runs every second."""
+        # the next run first: a failure below must not end them
+        self.delay(self._handshake_deadlines, timeout=1)
         now = time.monotonic()
         handshakes = self.handshakes
         while handshakes and handshakes[0][0] <= now:
             _deadline, link = handshakes.popleft()
             if link.phase in (HANDSHAKE, WAITING) and not link.connection.is_closed():
                 link.connection.close()
-        self.delay(self._handshake_deadlines, timeout=1)
 
     def on_connection_d(self, connection):
         netius.ContainerServer.on_connection_d(self, connection)
@@ -340,9 +344,12 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
 
     def flush(self):
         """Writes what every link collected this turn, then closes the
-        links that asked to, once their last bytes are queued."""
-        dirty = self.dirty
-        if dirty:
+        links that asked to, once their last bytes are out (or after
+        ``CLOSE_GRACE`` seconds, for a client that stopped reading)."""
+        # a link closed while its frames go out (a slow consumer) is dirty
+        # again with its close frame, which goes before the close
+        while self.dirty:
+            dirty = self.dirty
             self.dirty = []
             for link in dirty:
                 outbox = link.outbox
@@ -364,12 +371,19 @@ class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
         if closing:
             self.closing = []
             for link in closing:
-                link.connection.close(flush=True)
+                connection = link.connection
+                connection.close(flush=True)
+                if connection.status == netius.OPEN:
+                    # bytes still queued behind which netius waits to close
+                    self.delay(connection.close, timeout=CLOSE_GRACE)
 
     def run(self, work, *args):
-        """Runs ``work`` on the loop as an entry point (then flushes)."""
+        """Runs ``work`` on the loop as an entry point, then flushes; a
+        failure is logged, and the loop goes on."""
         try:
             return work(*args)
+        except Exception:
+            logger.exception("loop work failed")
         finally:
             self.flush()
 
