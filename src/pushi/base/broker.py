@@ -5,7 +5,8 @@ the sockets.
 thread; it queues the event and wakes the loop once, and the loop drains
 every queued event in one turn, so frames for one socket written in that
 turn go out in one write; it runs the ``done`` callbacks of those events
-just before that write, in the same turn.
+just before that write, in the same turn (an event that fails to deliver
+is logged: the others still go, and every publisher hears back).
 The queue is bounded by admission: while ``max_pending`` events wait,
 ``busy`` is True and the publisher refuses new ones, so a server that cannot
 keep up says so instead of growing without limit.  A
@@ -14,6 +15,9 @@ broker for several processes (Redis) would publish to the bus here and call
 """
 
 import collections
+import logging
+
+logger = logging.getLogger("pushi")
 
 
 class LocalBroker:
@@ -50,7 +54,11 @@ class LocalBroker:
         finished = []
         while queue:
             event, done = queue.popleft()
-            deliver(*event)
+            try:
+                deliver(*event)
+            except Exception:
+                # the others still go, and every publisher hears back
+                logger.exception("delivering an event failed")
             if done is not None:
                 finished.append(done)
         # the publishers hear first, then the turn's frames are written:
@@ -58,5 +66,8 @@ class LocalBroker:
         # one; none can get ahead of it, since this loop reads them only
         # after the flush
         for done in finished:
-            done()
+            try:
+                done()
+            except Exception:
+                logger.exception("a publisher's callback failed")
         self._flush()

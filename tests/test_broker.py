@@ -1,0 +1,75 @@
+"""The local broker alone: events queued from any thread, drained on the
+loop in one turn, publishers told before the turn's write."""
+
+import logging
+
+from pushi.base.broker import LocalBroker
+
+
+class Loop:
+    """Stands in for the loop's ``call_soon``: runs the queued work when
+    the test says a turn comes."""
+
+    def __init__(self):
+        self.queued = []
+
+    def call_soon(self, work):
+        self.queued.append(work)
+
+    def turn(self):
+        queued, self.queued = self.queued, []
+        for work in queued:
+            work()
+
+
+def test_a_turn_delivers_every_queued_event_then_tells_then_writes():
+    loop, log = Loop(), []
+    broker = LocalBroker(
+        loop.call_soon,
+        lambda name: log.append(("deliver", name)),
+        lambda: log.append("flush"),
+    )
+    broker.publish(("a",), lambda: log.append(("done", "a")))
+    broker.publish(("b",))
+    broker.publish(("c",), lambda: log.append(("done", "c")))
+    assert len(loop.queued) == 1  # one wake-up for the three
+    loop.turn()
+    assert log == [
+        ("deliver", "a"),
+        ("deliver", "b"),
+        ("deliver", "c"),
+        ("done", "a"),
+        ("done", "c"),
+        "flush",
+    ]
+
+
+def test_an_event_that_fails_to_deliver_holds_back_no_other(caplog):
+    loop, log = Loop(), []
+
+    def deliver(name):
+        if name == "bad":
+            raise RuntimeError("a delivery that fails")
+        log.append(("deliver", name))
+
+    def done(name):
+        if name == "bad done":
+            raise RuntimeError("a callback that fails")
+        log.append(("done", name))
+
+    broker = LocalBroker(loop.call_soon, deliver, lambda: log.append("flush"))
+    broker.publish(("bad",), lambda: done("bad"))
+    broker.publish(("good",), lambda: done("bad done"))
+    broker.publish(("last",), lambda: done("last"))
+    with caplog.at_level(logging.ERROR):
+        loop.turn()
+    assert log == [
+        ("deliver", "good"),
+        ("deliver", "last"),
+        ("done", "bad"),
+        ("done", "last"),
+        "flush",
+    ]
+    assert "a delivery that fails" in caplog.text
+    assert "a callback that fails" in caplog.text
+    assert not broker.busy and loop.queued == []
