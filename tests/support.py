@@ -7,6 +7,7 @@ creates apps with the ``pushi`` CLI against that data dir.
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -37,6 +38,24 @@ def env_with_src(extra=None):
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra or {})
     return env
+
+
+@contextlib.contextmanager
+def logged_failures(name="pushi"):
+    """The messages of the exceptions logged under ``name`` meanwhile (a
+    handler of its own: once an Appier app has run in this process, its
+    logger no longer hands records up to pytest's)."""
+    failures = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: failures.append(
+        str(record.exc_info[1]) if record.exc_info else record.getMessage()
+    )
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield failures
+    finally:
+        logger.removeHandler(handler)
 
 
 def server_frames(data):

@@ -375,19 +375,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
         app = instance.create_app("slow")
         reader = instance.connect(app)
         reader.subscribe("firehose")
-        stalled = socket.socket()
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.connect(("127.0.0.1", instance.server_port))
-        stalled.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
-        _read_until(stalled, b"connection_established")
-        stalled.sendall(
-            _masked(
-                json.dumps(
-                    {"event": "pusher:subscribe", "data": {"channel": "firehose"}}
-                )
-            )
-        )
-        _read_until(stalled, b"subscription_succeeded")
+        stalled = _stalled_subscriber(instance, app, "firehose")
         # from here on the stalled socket never reads
         proxy = instance.client(app)
         payload = "x" * 8000

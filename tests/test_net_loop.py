@@ -16,7 +16,7 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.state import State
-from support import free_port
+from support import free_port, logged_failures
 
 
 @pytest.fixture
@@ -25,6 +25,17 @@ def state(tmp_path):
     state.start_server()
     yield state
     state.stop()
+
+
+@pytest.fixture
+def pair(state):
+    """A socket pair: the first end for ``watch_read``, let go of at the
+    end; the other end plays the peer."""
+    watched, other = socket.socketpair()
+    yield watched, other
+    state.call_in_loop(state.unwatch_read, watched)
+    watched.close()
+    other.close()
 
 
 def _scheduled(state, seconds):
@@ -81,13 +92,13 @@ def test_work_runs_in_order_and_a_failure_stops_nothing(state):
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
-def test_watch_read_runs_work_only_when_readable(state):
+def test_watch_read_runs_work_only_when_readable(state, pair):
     """Netius polls every socket for writability too; ``watch_read``'s
     work runs when its socket has something to read, not each time the
     other end reads and makes it writable again.  And ``unwatch_read``
     lets go of the socket entirely: the loop stops cleanly once it is
     closed."""
-    watched, other = socket.socketpair()
+    watched, other = pair
     runs = []
     readable = threading.Event()
 
@@ -95,26 +106,21 @@ def test_watch_read_runs_work_only_when_readable(state):
         runs.append(watched.recv(4096, socket.MSG_DONTWAIT))
         readable.set()
 
-    try:
-        state.call_in_loop(state.watch_read, watched, work)
-        for _ in range(3):
-            watched.send(b"x" * 1000)
-            assert other.recv(4096) == b"x" * 1000
-            time.sleep(0.05)  # the loop sees the socket writable again
-        assert runs == []
-        other.send(b"answer")
-        assert readable.wait(5)
-        assert runs == [b"answer"]
-    finally:
-        state.call_in_loop(state.unwatch_read, watched)
-        watched.close()
-        other.close()
+    state.call_in_loop(state.watch_read, watched, work)
+    for _ in range(3):
+        watched.send(b"x" * 1000)
+        assert other.recv(4096) == b"x" * 1000
+        time.sleep(0.05)  # the loop sees the socket writable again
+    assert runs == []
+    other.send(b"answer")
+    assert readable.wait(5)
+    assert runs == [b"answer"]
 
 
-def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, caplog):
+def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, pair):
     """Each of the loop's entry points (here a watched socket's work) logs
     its failure and lets the loop go on."""
-    watched, other = socket.socketpair()
+    watched, other = pair
     runs = []
     ran = threading.Event()
 
@@ -124,19 +130,15 @@ def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, caplog):
         if len(runs) == 1:
             raise RuntimeError("work that fails")
 
-    try:
-        state.call_in_loop(state.watch_read, watched, work)
+    state.call_in_loop(state.watch_read, watched, work)
+    with logged_failures() as failures:
         for message in (b"first", b"second"):
             ran.clear()
             other.send(message)
             assert ran.wait(5)
         assert runs == [b"first", b"second"]
         assert state.call_in_loop(lambda: "alive", timeout=5) == "alive"
-        assert "work that fails" in caplog.text
-    finally:
-        state.call_in_loop(state.unwatch_read, watched)
-        watched.close()
-        other.close()
+    assert failures == ["work that fails"]
 
 
 def test_a_pipelined_request_that_fails_closes_its_connection(tmp_path):
