@@ -58,6 +58,55 @@ def logged_failures(name="pushi"):
         logger.removeHandler(handler)
 
 
+def upgrade_request(path, extra=b""):
+    """A WebSocket upgrade request for ``path`` (bytes, as a raw socket
+    sends it)."""
+    return (
+        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+
+
+def read_until(raw, marker, timeout=5):
+    """Reads ``raw`` until ``marker`` has arrived (or the stream ends)."""
+    raw.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def masked_frame(text, mask=b"\x01\x02\x03\x04"):
+    """A client text frame (masked, as clients must send)."""
+    from pushi.proto.websocket import unmask
+
+    payload = text.encode()
+    header = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else None
+    return header + mask + unmask(payload, mask)
+
+
+def stalled_subscriber(port, key, channel):
+    """A raw socket subscribed to ``channel`` of the app with ``key``, with
+    a small receive buffer; the caller decides when (if ever) it reads
+    again."""
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(upgrade_request("/app/%s?protocol=7" % key))
+    read_until(stalled, b"connection_established")
+    stalled.sendall(
+        masked_frame(
+            json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}})
+        )
+    )
+    read_until(stalled, b"subscription_succeeded")
+    return stalled
+
+
 def server_frames(data):
     """``(opcode, payload)`` of the unmasked frames in ``data`` (bytes that
     start at a frame boundary; an incomplete last frame is left out)."""

@@ -10,7 +10,16 @@ import time
 
 import pytest
 
-from support import ADMIN_SECRET, Client, PushiServer, server_frames
+from support import (
+    ADMIN_SECRET,
+    Client,
+    PushiServer,
+    masked_frame,
+    read_until,
+    server_frames,
+    stalled_subscriber,
+    upgrade_request,
+)
 
 
 class TestConnection:
@@ -77,11 +86,11 @@ class TestConnection:
 
     def test_unmasked_frame_is_closed_with_1002(self, server, app):
         raw = socket.create_connection(("127.0.0.1", server.server_port))
-        raw.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
-        answer = _read_until(raw, b"connection_established")
+        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+        answer = read_until(raw, b"connection_established")
         assert answer.startswith(b"HTTP/1.1 101")
         raw.sendall(b"\x81\x05hello")
-        data = _read_until(raw, b"\x88")
+        data = read_until(raw, b"\x88")
         assert data[data.index(b"\x88") + 2 : data.index(b"\x88") + 4] == b"\x03\xea"
         raw.close()
 
@@ -95,31 +104,12 @@ class TestConnection:
     def test_oversized_handshake_is_431(self, server, app):
         raw = socket.create_connection(("127.0.0.1", server.server_port))
         raw.sendall(
-            _upgrade(
+            upgrade_request(
                 "/app/%s?protocol=7" % app["key"], b"X-Big: " + b"a" * 9000 + b"\r\n"
             )
         )
-        assert _read_until(raw, b"\r\n").startswith(b"HTTP/1.1 431")
+        assert read_until(raw, b"\r\n").startswith(b"HTTP/1.1 431")
         raw.close()
-
-
-def _upgrade(path, extra=b""):
-    return (
-        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
-    )
-
-
-def _read_until(raw, marker, timeout=5):
-    raw.settimeout(timeout)
-    data = b""
-    while marker not in data:
-        chunk = raw.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class TestPublishing:
@@ -375,7 +365,7 @@ def test_a_subscriber_that_stops_reading_is_closed_and_slows_nobody():
         app = instance.create_app("slow")
         reader = instance.connect(app)
         reader.subscribe("firehose")
-        stalled = _stalled_subscriber(instance, app, "firehose")
+        stalled = stalled_subscriber(instance.server_port, app["key"], "firehose")
         # from here on the stalled socket never reads
         proxy = instance.client(app)
         payload = "x" * 8000
@@ -403,7 +393,7 @@ def test_a_dropped_slow_consumer_reads_its_4100_if_it_reads_again_in_time():
     instance = PushiServer(env={"PUSHI_MAX_BUFFER": "65536"}).start()
     try:
         app = instance.create_app("slow")
-        stalled = _stalled_subscriber(instance, app, "firehose")
+        stalled = stalled_subscriber(instance.server_port, app["key"], "firehose")
         proxy = instance.client(app)
         payload = "x" * 8000
         for index in range(1000):
@@ -435,7 +425,7 @@ def test_a_closed_socket_that_stopped_reading_is_let_go_after_the_grace_time():
     ).start()
     try:
         app = instance.create_app("stuck")
-        stalled = _stalled_subscriber(instance, app, "firehose")
+        stalled = stalled_subscriber(instance.server_port, app["key"], "firehose")
         port = stalled.getsockname()[1]
         proxy = instance.client(app)
         payload = "x" * 8000
@@ -470,21 +460,6 @@ def _server_side_open(server_port, client_port):
     return False
 
 
-def _stalled_subscriber(instance, app, channel):
-    """A raw socket subscribed to ``channel`` with a small receive buffer;
-    the caller decides when (if ever) it reads again."""
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", instance.server_port))
-    stalled.sendall(_upgrade("/app/%s?protocol=7" % app["key"]))
-    _read_until(stalled, b"connection_established")
-    stalled.sendall(
-        _masked(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
-    )
-    _read_until(stalled, b"subscription_succeeded")
-    return stalled
-
-
 def _close_codes(stalled, timeout=10):
     """Reads to the end of the stream; the close frames' codes."""
     stalled.settimeout(timeout)
@@ -499,15 +474,6 @@ def _close_codes(stalled, timeout=10):
         for opcode, payload in server_frames(data)
         if opcode == 8
     ]
-
-
-def _masked(text, mask=b"\x01\x02\x03\x04"):
-    """A client text frame (masked, as clients must send)."""
-    from pushi.proto.websocket import unmask
-
-    payload = text.encode()
-    header = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else None
-    return header + mask + unmask(payload, mask)
 
 
 def test_another_wsgi_server_for_the_rest_api():

@@ -16,7 +16,7 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.state import State
-from support import free_port, logged_failures
+from support import Client, free_port, logged_failures, stalled_subscriber
 
 
 @pytest.fixture
@@ -178,5 +178,50 @@ def test_a_pipelined_request_that_fails_closes_its_connection(tmp_path):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"later")
         client.close()
+    finally:
+        state.stop()
+
+
+def test_a_failure_while_dropping_a_slow_consumer_holds_back_no_other(tmp_path):
+    """The engine failing to forget a socket dropped in the middle of a
+    turn's writes (a bug there) costs that socket only: the sockets written
+    after it in the same turn keep getting their events."""
+    state = State(
+        Config(server_port=free_port(), data_dir=str(tmp_path), max_buffer=65536)
+    )
+    state.start_server()
+    try:
+        app = state.store.create_app("slow")
+        port = state.config.server_port
+        # subscribed first: written first in each turn
+        stalled = stalled_subscriber(port, app["key"], "firehose")
+        reader = Client("ws://127.0.0.1:%d/app/%s?protocol=7" % (port, app["key"]))
+        reader.send({"event": "pusher:subscribe", "data": {"channel": "firehose"}})
+        reader.recv_event("pusher_internal:subscription_succeeded")
+        forget, forgotten = state.engine.closed, []
+
+        def closed(session):
+            if session.socket_id != reader.socket_id:
+                forgotten.append(session.socket_id)
+                raise RuntimeError("a bug in the engine")
+            forget(session)
+
+        state.engine.closed = closed
+        payload = "x" * 8000
+        with logged_failures() as failures:
+            for index in range(1000):
+                state.call_in_loop(
+                    state.engine.publish,
+                    app["app_id"],
+                    ["firehose"],
+                    "e",
+                    str(index) + payload,
+                )
+                assert reader.recv_event("e")["data"].startswith(str(index))
+                if forgotten and index > 20 + len(forgotten):
+                    break
+        assert forgotten and "a bug in the engine" in failures
+        reader.ws.close()
+        stalled.close()
     finally:
         state.stop()

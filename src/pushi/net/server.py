@@ -98,10 +98,17 @@ class Link:
         self.server.closing.append(self)
 
     def _forget(self):
-        if self.session is not None:
-            self.server.engine.closed(self.session)
-        elif self.watcher is not None:
-            self.watcher.closed()
+        """Tells the engine (or the console) that the socket is gone; a
+        failure there is logged, and the writes and closes under way go on
+        (a flush that stopped halfway would leave the links after this one
+        holding frames no flush would ever send)."""
+        try:
+            if self.session is not None:
+                self.server.engine.closed(self.session)
+            elif self.watcher is not None:
+                self.watcher.closed()
+        except Exception:
+            logger.exception("forgetting a closed connection failed")
 
     # bytes from the socket
 
