@@ -1,4 +1,4 @@
-"""The loop, in process: a State on an ephemeral port, no traffic.
+"""The loop, in process: a State on ephemeral ports, driven from the test.
 
 Netius polls with a fixed timeout of a quarter second and runs due delays
 only between polls; ``net.wire.Loop`` makes the poll wake for the next one,
@@ -20,11 +20,26 @@ from support import Client, free_port, logged_failures, stalled_subscriber
 
 
 @pytest.fixture
-def state(tmp_path):
-    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
-    state.start_server()
-    yield state
-    state.stop()
+def start(tmp_path):
+    """Starts a State with these settings (and the REST port with
+    ``http``); each is stopped after the test."""
+    started = []
+
+    def start(http=False, **settings):
+        config = Config(server_port=free_port(), data_dir=str(tmp_path), **settings)
+        state = State(config)
+        state.start_server(http=http)
+        started.append(state)
+        return state
+
+    yield start
+    for state in started:
+        state.stop()
+
+
+@pytest.fixture
+def state(start):
+    return start()
 
 
 @pytest.fixture
@@ -141,14 +156,11 @@ def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, pair):
     assert failures == ["work that fails"]
 
 
-def test_a_pipelined_request_that_fails_closes_its_connection(tmp_path):
+def test_a_pipelined_request_that_fails_closes_its_connection(start):
     """A pipelined request is parsed when its predecessor's answer is
     written, which may come from another thread a turn later; if handling
     it fails, the connection closes (it would otherwise wait forever)."""
-    state = State(
-        Config(server_port=free_port(), app_port=free_port(), data_dir=str(tmp_path))
-    )
-    state.start_server(http=True)
+    state = start(http=True, app_port=free_port())
     serve = state.http.handler
 
     def handler(request, answer):
@@ -163,65 +175,57 @@ def test_a_pipelined_request_that_fails_closes_its_connection(tmp_path):
             serve(request, answer)
 
     state.http.handler = handler
-    try:
-        client = socket.create_connection(("127.0.0.1", state.config.app_port))
-        client.settimeout(5)
-        client.sendall(
-            b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
-        data = b""
-        while True:
-            chunk = client.recv(4096)  # a timeout fails the test
-            if not chunk:
-                break
-            data += chunk
-        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"later")
-        client.close()
-    finally:
-        state.stop()
+    client = socket.create_connection(("127.0.0.1", state.config.app_port))
+    client.settimeout(5)
+    client.sendall(
+        b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    data = b""
+    while True:
+        chunk = client.recv(4096)  # a timeout fails the test
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"later")
+    client.close()
 
 
-def test_a_failure_while_dropping_a_slow_consumer_holds_back_no_other(tmp_path):
+def test_a_failure_while_dropping_a_slow_consumer_holds_back_no_other(start):
     """The engine failing to forget a socket dropped in the middle of a
     turn's writes (a bug there) costs that socket only: the sockets written
     after it in the same turn keep getting their events."""
-    state = State(
-        Config(server_port=free_port(), data_dir=str(tmp_path), max_buffer=65536)
-    )
-    state.start_server()
-    try:
-        app = state.store.create_app("slow")
-        port = state.config.server_port
-        # subscribed first: written first in each turn
-        stalled = stalled_subscriber(port, app["key"], "firehose")
-        reader = Client("ws://127.0.0.1:%d/app/%s?protocol=7" % (port, app["key"]))
-        reader.send({"event": "pusher:subscribe", "data": {"channel": "firehose"}})
-        reader.recv_event("pusher_internal:subscription_succeeded")
-        forget, forgotten = state.engine.closed, []
+    state = start(max_buffer=65536)
+    app = state.store.create_app("slow")
+    port = state.config.server_port
+    # subscribed first: written first in each turn
+    stalled = stalled_subscriber(port, app["key"], "firehose")
+    reader = Client("ws://127.0.0.1:%d/app/%s?protocol=7" % (port, app["key"]))
+    reader.send({"event": "pusher:subscribe", "data": {"channel": "firehose"}})
+    reader.recv_event("pusher_internal:subscription_succeeded")
+    forget, forgotten = state.engine.closed, []
 
-        def closed(session):
-            if session.socket_id != reader.socket_id:
-                forgotten.append(session.socket_id)
-                raise RuntimeError("a bug in the engine")
-            forget(session)
+    def closed(session):
+        if session.socket_id != reader.socket_id:
+            forgotten.append(session.socket_id)
+            raise RuntimeError("a bug in the engine")
+        forget(session)
 
-        state.engine.closed = closed
-        payload = "x" * 8000
-        with logged_failures() as failures:
-            for index in range(1000):
-                state.call_in_loop(
-                    state.engine.publish,
-                    app["app_id"],
-                    ["firehose"],
-                    "e",
-                    str(index) + payload,
-                )
-                assert reader.recv_event("e")["data"].startswith(str(index))
-                if forgotten and index > 20 + len(forgotten):
-                    break
-        assert forgotten and "a bug in the engine" in failures
-        reader.ws.close()
-        stalled.close()
-    finally:
-        state.stop()
+    def publish_and_receive(index):
+        data = "%d %s" % (index, "x" * 8000)
+        state.call_in_loop(state.engine.publish, app["app_id"], ["firehose"], "e", data)
+        assert reader.recv_event("e")["data"] == data
+
+    state.engine.closed = closed
+    with logged_failures() as failures:
+        # until the stalled socket is dropped (more than the kernel's
+        # buffers hold), then some more
+        index = 0
+        while not forgotten and index < 1000:
+            publish_and_receive(index)
+            index += 1
+        for index in range(index, index + 20):
+            publish_and_receive(index)
+    assert forgotten and "a bug in the engine" in failures
+    reader.ws.close()
+    stalled.close()
