@@ -206,6 +206,9 @@ def test_http_1_0_closes_after_the_answer(server):
         (b"GET /health HTTP/2.0\r\n\r\n", 400),
         (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400),
         (b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        # a digit to isdigit(), not to int()
+        (b"GET /health HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),
+        (b"GET /health HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),
         (
             b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             400,

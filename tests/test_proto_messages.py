@@ -75,3 +75,28 @@ def test_message_ids_are_unique_and_grow_with_time():
     ids = [messages.message_id(1000.0 + index / 1000) for index in range(100)]
     assert len(set(ids)) == 100 and ids == sorted(ids)
     assert all(len(mid) == 28 and int(mid, 16) >= 0 for mid in ids)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"\\ud800"',
+        '{"a":["x\\udfff"]}',
+        '{"\\udc00":1}',
+        "NaN",
+        "[-Infinity]",
+        "1e400",
+        pytest.param("[" * 100000 + "]" * 100000, id="deep"),
+        b'"\xed\xa0\x80"',
+        b'"\xff"',
+    ],
+)
+def test_loads_refuses_what_json_cannot_carry(text):
+    with pytest.raises(ValueError):
+        messages.loads(text)
+
+
+def test_loads_takes_surrogate_pairs_and_escaped_backslashes():
+    assert messages.loads('"\\ud83d\\ude00"') == "\U0001f600"
+    assert messages.loads('"\\\\ud800"') == "\\ud800"
+    assert messages.loads(b'{"a":1.5e3}') == {"a": 1500.0}

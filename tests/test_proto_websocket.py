@@ -1,5 +1,6 @@
 """RFC 6455 codec, by section, on byte literals (no socket)."""
 
+import json
 import struct
 
 import pytest
@@ -94,7 +95,13 @@ class TestHandshake:
         assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer
         refused = ws.reject_response(431, "Too large")
         assert refused.startswith(b"HTTP/1.1 431 Too large\r\n")
-        assert refused.endswith(b"\r\n\r\nToo large")
+        head, _, body = refused.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/json\r\n" in head
+        assert json.loads(body) == {
+            "result": "error",
+            "code": 431,
+            "message": "Too large",
+        }
 
 
 class TestFrames:

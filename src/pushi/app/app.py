@@ -80,10 +80,36 @@ class PushiApp(appier.APIApp):
             match = ROUTE.match(environ.get("PATH_INFO", ""))
             if match is not None:
                 return self.publisher(environ, start_response, match)
+        try:
+            # WSGI gives the path's bytes as latin-1; Appier decodes them
+            # as UTF-8 and fails with a 500 on anything else
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            status, headers, body = error_response(
+                errors.HttpError(400, "Path is not UTF-8")
+            )
+            start_response(status, headers)
+            return [body]
         # Appier reads Authorization as HTTP Basic and fails on a Bearer
         # token: the header is kept aside for Pushi's own checks
         environ[AUTHORIZATION] = environ.pop("HTTP_AUTHORIZATION", None)
         return appier.APIApp.application(self, environ, start_response)
+
+    def route(self):
+        # Appier runs a route once per item of a JSON body's "payload"
+        # list (thousands of logins from one body); Pushi's routes read
+        # their bodies themselves (``PushiController.body``)
+        self.request.data_j = None
+        return appier.APIApp.route(self)
+
+    def handle_error(self, exception):
+        """Appier's JSON error answer, but a server error says no more than
+        "Internal error": its text and class are for the log only."""
+        result = appier.APIApp.handle_error(self, exception)
+        if isinstance(result, dict) and not _is_client_error(exception):
+            self.request.set_code(500)
+            result = errors.HttpError(500, "Internal error").body
+        return result
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):

@@ -14,7 +14,6 @@ are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
 """
 
 import concurrent.futures
-import json
 import logging
 import re
 import threading
@@ -27,8 +26,8 @@ from pushi.proto import errors, messages
 
 logger = logging.getLogger("pushi.app")
 
-ROUTE = re.compile(r"^/apps/([^/]+)/(events|batch_events)/?$")
-_SOCKET_ID = re.compile(r"^\d+\.\d+$")
+ROUTE = re.compile(r"^/apps/([^/]+)/(events|batch_events)/?\Z")
+_SOCKET_ID = re.compile(r"^[0-9]+\.[0-9]+\Z")
 
 DELIVERY_TIMEOUT = 30
 """ Seconds a blocking publish waits for its delivery before answering """
@@ -37,7 +36,7 @@ DELIVERY_TIMEOUT = 30
 def json_object(body):
     """A request body (bytes) as a JSON object; ``HttpError`` 400 if not."""
     try:
-        payload = json.loads(body or b"{}")
+        payload = messages.loads(body or b"{}")
     except ValueError:
         raise errors.HttpError(400, "Body is not valid JSON")
     if not isinstance(payload, dict):
@@ -214,7 +213,7 @@ class Publisher:
         data = payload.get("data")
         if pushi_body and not isinstance(data, str):
             # events carry their data as a string, as on Pusher
-            data = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            data = messages.dumps(data)
         if not isinstance(data, str):
             raise errors.HttpError(400, "data must be a string")
         size = len(data.encode("utf-8"))

@@ -35,6 +35,7 @@ import json
 import logging
 import time
 
+from pushi.proto import messages
 from pushi.proto.websocket import text_frame
 
 logger = logging.getLogger("pushi.console")
@@ -105,7 +106,7 @@ class Watcher:
         if self.app_id is not None or self.pending:
             return
         try:
-            message = json.loads(text)
+            message = messages.loads(text)
         except ValueError:
             message = None
         data = message.get("data") if isinstance(message, dict) else None

@@ -199,7 +199,7 @@ class Engine:
     def _join_presence(self, session, name, channel_data):
         app = session.app
         try:
-            member = json.loads(channel_data)
+            member = messages.loads(channel_data)
         except ValueError:
             raise errors.SubscriptionError(name, "channel_data is not JSON", status=400)
         if not isinstance(member, dict) or member.get("user_id") in (None, ""):
@@ -490,7 +490,7 @@ class Engine:
         user_data = data.get("user_data")
         presented = data.get("auth")
         try:
-            user = json.loads(user_data) if isinstance(user_data, str) else None
+            user = messages.loads(user_data) if isinstance(user_data, str) else None
         except ValueError:
             user = None
         valid = (

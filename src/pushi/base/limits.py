@@ -26,6 +26,9 @@ DEFAULTS = {
     "max_watchlist": 100,
 }
 
+MAX_SETTING = 2**31 - 1
+""" The largest value of a number setting (0 is the least) """
+
 
 class App:
     """An app as the server uses it: credentials, switches and limits."""

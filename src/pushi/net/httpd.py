@@ -208,7 +208,8 @@ class HttpServer(wire.QuietDebug, netius.StreamServer):
         if "transfer-encoding" in headers:
             raise errors.HttpError(411, "Send the body with a Content-Length")
         length = headers.get("content-length", "0")
-        if not length.isdigit():
+        # isdigit() alone takes any Unicode digit ("\u00b2") and any length
+        if not (length.isascii() and length.isdigit() and len(length) <= 18):
             raise errors.HttpError(400, "Invalid Content-Length")
         length = int(length)
         if length > self.max_body:

@@ -31,9 +31,9 @@ from . import wire
 
 logger = logging.getLogger("pushi.net")
 
-_PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?$")
-_PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?$")
-_CONSOLE_PATH = re.compile(r"^/console/?$")
+_PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?\Z")
+_PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?\Z")
+_CONSOLE_PATH = re.compile(r"^/console/?\Z")
 
 HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
 

@@ -21,9 +21,9 @@ USER = "user"
 
 USER_PREFIX = "#server-to-user-"
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_\-=@,.;]+$")
+_PLAIN = re.compile(r"^[A-Za-z0-9_\-=@,.;]+\Z")
 _PEER = re.compile(
-    r"^peer-([A-Za-z0-9_\-=@,.;]+):([A-Za-z0-9_\-=@,.;]+)&([A-Za-z0-9_\-=@,.;]+)$"
+    r"^peer-([A-Za-z0-9_\-=@,.;]+):([A-Za-z0-9_\-=@,.;]+)&([A-Za-z0-9_\-=@,.;]+)\Z"
 )
 
 

@@ -7,6 +7,8 @@ once by the caller.
 """
 
 import json
+import math
+import re
 import secrets
 import time
 
@@ -33,11 +35,44 @@ def dumps(value):
     return _dumps(value)
 
 
+def _finite(text):
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("Number out of range: %.32s" % text)
+    return value
+
+
+def _constant(name):
+    raise ValueError("Not a JSON value: %s" % name)
+
+
+_strict = json.JSONDecoder(parse_float=_finite, parse_constant=_constant).decode
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads(text):
+    """Parses JSON from a client: ``text`` a str, or bytes that must be
+    UTF-8.  Raises ``ValueError`` for what the standard refuses but Python
+    accepts (NaN, Infinity, a number out of a float's range, an escaped
+    surrogate that pairs with nothing, which no UTF-8 text can carry) and
+    for nesting too deep to parse."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        value = _strict(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply")
+    # pairs decode to one character: only a lone half fails to encode
+    if _SURROGATE.search(text) is not None:
+        _dumps(value).encode("utf-8")
+    return value
+
+
 def parse(text, max_event_name=MAX_EVENT_NAME):
     """Parses one client message; raises ``ProtocolError`` (4300) if bad."""
     try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
+        message = loads(text)
+    except ValueError:
         raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not valid JSON")
     if not isinstance(message, dict):
         raise errors.ProtocolError(
@@ -58,7 +93,7 @@ def parse(text, max_event_name=MAX_EVENT_NAME):
     # send it as a JSON string: accept both for the protocol's own events
     if event.startswith("pusher:") and isinstance(data, str) and data[:1] == "{":
         try:
-            data = json.loads(data)
+            data = loads(data)
         except ValueError:
             pass
     message["data"] = data

@@ -10,6 +10,7 @@ unmasked frames a server sends.  Nothing here touches a socket.
 
 import base64
 import hashlib
+import json
 import struct
 import urllib.parse
 
@@ -141,11 +142,13 @@ def accept_response(handshake):
 
 
 def reject_response(status, reason):
-    """An HTTP error answer to a refused handshake (connection closes)."""
-    body = reason.encode("utf-8")
+    """An HTTP error answer to a refused handshake (connection closes), with
+    the REST API's JSON error body."""
+    body = json.dumps({"result": "error", "code": status, "message": reason})
+    body = body.encode("utf-8")
     return (
         "HTTP/1.1 %d %s\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
+        "Content-Type: application/json\r\n"
         "Content-Length: %d\r\n"
         "Connection: close\r\n\r\n" % (status, reason, len(body))
     ).encode("latin-1") + body

@@ -2,7 +2,7 @@
 
 import appier
 
-from pushi.base.limits import DEFAULTS, App
+from pushi.base.limits import DEFAULTS, MAX_SETTING, App
 from pushi.base.webhooks import check_hooks
 from pushi.proto import errors
 
@@ -73,10 +73,6 @@ def _settings(settings):
             problem = check_hooks(value)
             if problem:
                 raise errors.HttpError(400, problem)
-        if name == "allowed_origins" and not all(
-            isinstance(item, str) for item in value
-        ):
-            raise errors.HttpError(400, "allowed_origins is a list of origins")
         expected = type(DEFAULTS[name])
         if not isinstance(value, expected) or isinstance(value, bool) != (
             expected is bool
@@ -84,4 +80,12 @@ def _settings(settings):
             raise errors.HttpError(
                 400, "Setting %s must be a %s" % (name, expected.__name__)
             )
+        if expected is int and not 0 <= value <= MAX_SETTING:
+            raise errors.HttpError(
+                400, "Setting %s must be from 0 to %d" % (name, MAX_SETTING)
+            )
+        if name == "allowed_origins" and not all(
+            isinstance(item, str) for item in value
+        ):
+            raise errors.HttpError(400, "allowed_origins is a list of origins")
     return settings

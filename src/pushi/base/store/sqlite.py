@@ -356,7 +356,10 @@ class SQLiteStore(base.Store):
         """Returns ``app_id`` as an int, or None when it is not numeric (no
         such app can exist)."""
         app_id = str(app_id)
-        return int(app_id) if app_id.isdigit() else None
+        # ASCII digits only, within SQLite's 64-bit INTEGER
+        if app_id.isascii() and app_id.isdigit() and len(app_id) <= 18:
+            return int(app_id)
+        return None
 
     def create_app(self, name, client_events=False, settings=None):
         key = secrets.token_hex(16)
