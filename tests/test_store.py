@@ -656,9 +656,17 @@ def test_sqlite_uses_wal_and_full_sync(sqlite_store):
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_sqlite_bad_event_fails_only_its_own_caller(sqlite_store):
-    # ``data`` None breaks a NOT NULL constraint inside the writer, in a
-    # batch it may share with good events from other threads.
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        # a NOT NULL constraint breaks inside the writer
+        (None, "IntegrityError"),
+        # SQLite binds text as UTF-8, which a lone surrogate is not
+        ("\ud800", "Error"),
+    ],
+)
+def test_sqlite_bad_event_fails_only_its_own_caller(sqlite_store, data, error):
+    # in a batch it may share with good events from other threads
     results = {}
     barrier = threading.Barrier(9)
 
@@ -677,14 +685,14 @@ def test_sqlite_bad_event_fails_only_its_own_caller(sqlite_store):
         for n in range(8)
     ]
     bad = make_event("1", "c", 99.0, mid="bad")
-    bad["data"] = None
+    bad["data"] = data
     workers.append(threading.Thread(target=add, args=("bad", bad)))
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
 
-    assert results.pop("bad") == "IntegrityError"
+    assert results.pop("bad") == error
     assert results == {n: "ok" for n in range(8)}
     assert sorted(mids(all_events(sqlite_store, "1", ["c"]))) == [
         "m%d" % n for n in range(8)

@@ -91,8 +91,8 @@ def insert_events(connection, rows):
 
 def store_batch(connection, row_lists):
     """Inserts the row lists in ONE transaction: all together first; if that
-    fails, each in a savepoint of its own, so a failure lands on its list
-    only.  Returns the errors (None for a list that is stored); raises if
+    fails, each in a savepoint of its own, so a failure (a constraint, or a
+    string SQLite cannot take as UTF-8) lands on its list only.  Returns the errors (None for a list that is stored); raises if
     the commit itself fails."""
     results = [None] * len(row_lists)
     connection.execute("BEGIN IMMEDIATE")
@@ -100,13 +100,13 @@ def store_batch(connection, row_lists):
         connection.execute("SAVEPOINT events")
         try:
             insert_events(connection, [row for rows in row_lists for row in rows])
-        except sqlite3.Error:
+        except (sqlite3.Error, ValueError):
             connection.execute("ROLLBACK TO events")
             for index, rows in enumerate(row_lists):
                 connection.execute("SAVEPOINT list")
                 try:
                     insert_events(connection, rows)
-                except sqlite3.Error as error:
+                except (sqlite3.Error, ValueError) as error:
                     connection.execute("ROLLBACK TO list")
                     results[index] = error
                 connection.execute("RELEASE list")
