@@ -92,8 +92,9 @@ def insert_events(connection, rows):
 def store_batch(connection, row_lists):
     """Inserts the row lists in ONE transaction: all together first; if that
     fails, each in a savepoint of its own, so a failure (a constraint, or a
-    string SQLite cannot take as UTF-8) lands on its list only.  Returns the errors (None for a list that is stored); raises if
-    the commit itself fails."""
+    string SQLite cannot take as UTF-8) lands on its list only.  Returns
+    the errors (None for a list that is stored); raises if the commit
+    itself fails."""
     results = [None] * len(row_lists)
     connection.execute("BEGIN IMMEDIATE")
     try:
