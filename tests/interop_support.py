@@ -1,9 +1,9 @@
 """Support of the interoperability tests: the Node agent and the SDK set-up.
 
-``NodeAgent`` runs ``tests/interop/agent.js`` (the unmodified ``pusher-js``
-and ``pusher`` npm packages, installed by ``scripts/install``) and talks to
-it one JSON line at a time; everything its clients see arrives as
-``events``, which the tests wait on with ``wait``.
+``NodeAgent`` runs ``tests/interop/agent.js`` (the unmodified ``pusher-js``,
+``pusher`` and ``laravel-echo`` npm packages, installed by
+``scripts/install``) and talks to it one JSON line at a time; everything its
+clients see arrives as ``events``, which the tests wait on with ``wait``.
 """
 
 import base64
@@ -26,8 +26,8 @@ MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 def check_node():
     """Raises with the fix when Node or the npm packages are missing."""
     if shutil.which("node") is None:
-        raise RuntimeError("node is not installed: the interop tests need Node 18+")
-    for package in ("pusher-js", "pusher"):
+        raise RuntimeError("node is not installed: the interop tests need Node 20.19+")
+    for package in ("pusher-js", "pusher", "laravel-echo"):
         if not os.path.isdir(os.path.join(INTEROP, "node_modules", package)):
             raise RuntimeError(
                 "npm package %s is missing: run scripts/install "

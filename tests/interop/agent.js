@@ -13,12 +13,23 @@
  * and, unsolicited, one line per thing a client saw:
  *   {"type": "event" | "message" | "state" | "error" | "user_event" | "watchlist", "client": "a", ...}
  *
+ * The `echo_*` operations drive Laravel Echo (`laravel-echo`, unmodified,
+ * with its Pusher broadcaster over the same pusher-js): each Echo client is
+ * a client like the others, whose Echo callbacks report as
+ *   {"type": "echo" | "echo_all" | "here" | "joining" | "leaving", "client": "a", ...}
+ * Echo clients authorize channels with Echo's `authorizer` option, or with
+ * its `authEndpoint` and `bearerToken` against a small auth endpoint served
+ * here on 127.0.0.1, as a Laravel app's /broadcasting/auth would.
+ *
  * Settings come from the environment: PUSHI_WS_PORT, PUSHI_APP_PORT,
  * PUSHI_APP_ID, PUSHI_KEY, PUSHI_SECRET, PUSHI_MASTER_KEY (base64, 32 bytes).
  */
 
 "use strict";
 
+const fs = require("fs");
+const http = require("http");
+const path = require("path");
 const readline = require("readline");
 const PusherJS = require("pusher-js");
 const PusherSDK = require("pusher");
@@ -94,6 +105,20 @@ function connect(args) {
   });
   entry.pusher = pusher;
   clients[name] = entry;
+  watch(name, pusher);
+  pusher.user.bind_global((event, data) =>
+    emit({ type: "user_event", client: name, event: event, data: data })
+  );
+  for (const kind of ["online", "offline"]) {
+    pusher.user.watchlist.bind(kind, (event) =>
+      emit({ type: "watchlist", client: name, name: event.name, user_ids: event.user_ids })
+    );
+  }
+  return connected(name, pusher);
+}
+
+/** Reports what a client's connection sees: states, errors, every message. */
+function watch(name, pusher) {
   pusher.connection.bind("state_change", (states) =>
     emit({ type: "state", client: name, previous: states.previous, current: states.current })
   );
@@ -103,14 +128,9 @@ function connect(args) {
   pusher.connection.bind("message", (message) =>
     emit({ type: "message", client: name, message: message })
   );
-  pusher.user.bind_global((event, data) =>
-    emit({ type: "user_event", client: name, event: event, data: data })
-  );
-  for (const kind of ["online", "offline"]) {
-    pusher.user.watchlist.bind(kind, (event) =>
-      emit({ type: "watchlist", client: name, name: event.name, user_ids: event.user_ids })
-    );
-  }
+}
+
+function connected(name, pusher) {
   return withTimeout(
     new Promise((resolve, reject) => {
       pusher.connection.bind("connected", () =>
@@ -226,7 +246,195 @@ async function callSdk(args) {
   }
 }
 
+/* Laravel Echo */
+
+let Echo = null;
+let authServer = null;
+const tokens = {};
+
+/** laravel-echo is an ES module: its `require` entry loads as an empty
+ * module under Node 20, so it comes in through import(). */
+async function loadEcho() {
+  if (!Echo) {
+    Echo = (await import("laravel-echo")).default;
+  }
+  return Echo;
+}
+
+/** A Laravel-style channel auth endpoint (POST, form body, bearer token),
+ * signing with the npm SDK; answers its URL. */
+function authEndpoint() {
+  if (!authServer) {
+    authServer = new Promise((resolve, reject) => {
+      const server = http.createServer((request, response) => {
+        let body = "";
+        request.on("data", (chunk) => (body += chunk));
+        request.on("end", () => {
+          const form = new URLSearchParams(body);
+          const header = request.headers.authorization || "";
+          const token = header.startsWith("Bearer ") ? header.substring(7) : null;
+          const channel = form.get("channel_name");
+          emit({ type: "auth_request", token: token, channel: channel, socket_id: form.get("socket_id") });
+          const user = tokens[token];
+          if (request.method !== "POST" || !user) {
+            response.writeHead(403, { "Content-Type": "application/json" });
+            response.end(JSON.stringify({ message: "Forbidden" }));
+            return;
+          }
+          const presence = channel.startsWith("presence-") ? user.presence : undefined;
+          const answer = user.signer.authorizeChannel(form.get("socket_id"), channel, presence);
+          response.writeHead(200, { "Content-Type": "application/json" });
+          response.end(JSON.stringify(answer));
+        });
+      });
+      server.on("error", reject);
+      server.listen(0, "127.0.0.1", () => {
+        server.unref();
+        resolve("http://127.0.0.1:" + server.address().port + "/broadcasting/auth");
+      });
+    });
+  }
+  return authServer;
+}
+
+/** An Echo client with the Pusher broadcaster, set up as the README's
+ * "Switching from Pusher" says; `presence` is its channel_data. */
+async function echoConnect(args) {
+  const EchoClass = await loadEcho();
+  const name = args.client;
+  const signer = args.badSecret ? makeSdk(args.badSecret) : sdk;
+  const options = {
+    broadcaster: "pusher",
+    key: settings.key,
+    cluster: "local",
+    wsHost: "127.0.0.1",
+    wsPort: settings.wsPort,
+    forceTLS: false,
+    enabledTransports: ["ws"],
+    disableStats: true,
+    Pusher: PusherJS,
+  };
+  if (args.namespace !== undefined) {
+    options.namespace = args.namespace;
+  }
+  if (args.token !== undefined) {
+    // Echo's authEndpoint and bearerToken, against the endpoint above
+    options.authEndpoint = await authEndpoint();
+    options.bearerToken = args.token;
+    // Echo writes the token into its default `auth.headers`, one object
+    // shared by every Echo instance: each client brings its own
+    options.auth = { headers: {} };
+    options.userAuthentication = { endpoint: "/broadcasting/user-auth", headers: {} };
+    if (args.registerToken !== false) {
+      tokens[args.token] = { presence: args.presence, signer: signer };
+    }
+  } else {
+    // Echo's authorizer option, calling the npm SDK as an app's endpoint would
+    options.authorizer = (channel) => ({
+      authorize: (socketId, callback) => {
+        try {
+          const presence = channel.name.startsWith("presence-") ? args.presence : undefined;
+          callback(null, signer.authorizeChannel(socketId, channel.name, presence));
+        } catch (error) {
+          callback(error, null);
+        }
+      },
+    });
+  }
+  const echo = new EchoClass(options);
+  const pusher = echo.connector.pusher;
+  clients[name] = { echo: echo, pusher: pusher };
+  watch(name, pusher);
+  await connected(name, pusher);
+  return { socket_id: echo.socketId() };
+}
+
+function echo(args) {
+  const entry = clients[args.client];
+  if (!entry || !entry.echo) {
+    throw new Error("no Echo client " + args.client);
+  }
+  return entry.echo;
+}
+
+/** Echo.channel(name), Echo.private(name) or Echo.join(name). */
+function echoChannel(args) {
+  const kinds = { channel: "channel", private: "private", join: "join" };
+  if (!kinds[args.kind]) {
+    throw new Error("unknown Echo channel kind " + args.kind);
+  }
+  return echo(args)[kinds[args.kind]](args.name);
+}
+
+/** Subscribes through Echo (with here/joining/leaving on a join); answers
+ * once Echo's subscribed() or error() callback runs. */
+function echoSubscribe(args) {
+  const channel = echoChannel(args);
+  const report = (type, fields) =>
+    emit(Object.assign({ type: type, client: args.client, channel: channel.name }, fields));
+  if (args.kind === "join") {
+    channel
+      .here((members) => report("here", { members: members }))
+      .joining((member) => report("joining", { member: member }))
+      .leaving((member) => report("leaving", { member: member }));
+  }
+  return withTimeout(
+    new Promise((resolve) => {
+      channel
+        .subscribed(() => resolve({ succeeded: true, name: channel.name }))
+        .error((error) => resolve({ succeeded: false, name: channel.name, error: error }));
+    }),
+    "Echo subscribe " + args.name
+  );
+}
+
+/** channel.listen(event, cb), or channel.listenForWhisper(event, cb). */
+function echoListen(args) {
+  const channel = echoChannel(args);
+  const callback = (data, metadata) =>
+    emit({
+      type: "echo",
+      client: args.client,
+      channel: channel.name,
+      listen: args.event,
+      whisper: Boolean(args.whisper),
+      data: data,
+      metadata: metadata || null,
+    });
+  if (args.whisper) {
+    channel.listenForWhisper(args.event, callback);
+  } else {
+    channel.listen(args.event, callback);
+  }
+  return true;
+}
+
 const operations = {
+  echo_connect: echoConnect,
+  echo_subscribe: echoSubscribe,
+  echo_listen: echoListen,
+  echo_listen_all: (args) => {
+    const channel = echoChannel(args);
+    channel.listenToAll((event, data) =>
+      emit({ type: "echo_all", client: args.client, channel: channel.name, event: event, data: data })
+    );
+    return true;
+  },
+  echo_whisper: (args) => {
+    echoChannel(args).whisper(args.event, args.data);
+    return true;
+  },
+  // Echo.leave(name) / Echo.leaveChannel(fullName): answers the channels Echo still holds
+  echo_leave: (args) => {
+    const instance = echo(args);
+    if (args.full) {
+      instance.leaveChannel(args.name);
+    } else {
+      instance.leave(args.name);
+    }
+    return Object.keys(instance.connector.channels).sort();
+  },
+  echo_socket_id: (args) => echo(args).socketId(),
   connect: connect,
   subscribe: subscribe,
   bind: bind,
@@ -254,6 +462,10 @@ const operations = {
     "pusher-js": require("pusher-js/package.json").version,
     pusher: require("pusher/package.json").version,
     tweetnacl: require("tweetnacl/package.json").version,
+    // (its "exports" hide package.json from require)
+    "laravel-echo": JSON.parse(
+      fs.readFileSync(path.join(__dirname, "node_modules", "laravel-echo", "package.json"), "utf8")
+    ).version,
     node: process.version,
   }),
 };
