@@ -58,7 +58,11 @@ class PushiApp(appier.APIApp):
             match = ROUTE.match(request.path)
             if match is not None and self.publisher.handle(request, match, answer):
                 return
-        self.worker.submit(self._run, request, answer)
+        try:
+            self.worker.submit(self._run, request, answer)
+        except RuntimeError:
+            # shut down: the server is stopping (``State.stop``)
+            answer(*error_response(errors.HttpError(503, "Server stopping")))
 
     def _run(self, request, answer):
         config = self.state.config

@@ -105,7 +105,9 @@ class Access:
 
     def authorize(self, app_id, method, path, params, body, header):
         """The app a request may act on, by Pusher signature, session
-        token or admin secret; raises ``HttpError`` 401/403/404."""
+        token or admin secret; raises ``HttpError`` 401/403/404.  A
+        disabled app answers to the admin secret only (who may enable it
+        again)."""
         app = self.app(app_id)
         if "auth_signature" in params or "auth_key" in params:
             auth.verify_api(app.key, app.secret, method, path, params, body)
@@ -119,6 +121,6 @@ class Access:
                     401,
                     "Sign the request or send Authorization: Bearer <token from /login>",
                 )
-        if not app.enabled:
+        if not app.enabled and not self.is_admin(header):
             raise errors.HttpError(403, "App disabled")
         return app

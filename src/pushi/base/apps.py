@@ -1,10 +1,15 @@
 """The app directory: the store's apps as ``App`` objects in memory.
 
 Read from any thread without a lock: the two maps are replaced whole,
-never changed in place.  A key or id that is not in memory yet (an app the
-CLI created while the server runs) is loaded from the store on demand,
-off the loop.
+never changed in place.  Writers (the REST thread that changes an app, the
+workers that load one) take turns under a lock, so that none replaces the
+maps with a copy older than another's change.  A key or id that is not in
+memory yet (an app the CLI created while the server runs) is loaded from
+the store on demand, off the loop; an app that arrived in the meantime is
+kept, being at least as new.
 """
+
+import threading
 
 from .limits import App
 
@@ -16,15 +21,22 @@ class AppDirectory:
         self.store = store
         self._by_key = {}
         self._by_id = {}
+        self._lock = threading.Lock()
 
     def refresh(self):
-        """Reloads every app from the store (blocking)."""
-        apps = [App(record) for record in self.store.list_apps()]
-        self._by_id = {app.app_id: app for app in apps}
-        self._by_key = {app.key: app for app in apps}
+        """Reloads every app from the store (blocking; a change recorded
+        meanwhile waits, then lands on the fresh maps)."""
+        with self._lock:
+            apps = [App(record) for record in self.store.list_apps()]
+            self._by_id = {app.app_id: app for app in apps}
+            self._by_key = {app.key: app for app in apps}
 
     def put(self, app):
         """Records a new or changed app; returns it."""
+        with self._lock:
+            return self._put(app)
+
+    def _put(self, app):
         by_id = dict(self._by_id)
         by_key = {
             key: known
@@ -47,7 +59,7 @@ class AppDirectory:
         app = self._by_key.get(key)
         if app is None:
             record = self.store.get_app_by_key(key)
-            app = self.put(App(record)) if record else None
+            app = self._loaded(App(record)) if record else None
         return app
 
     def load_id(self, app_id):
@@ -55,8 +67,13 @@ class AppDirectory:
         app = self._by_id.get(app_id)
         if app is None:
             record = self.store.get_app(app_id)
-            app = self.put(App(record)) if record else None
+            app = self._loaded(App(record)) if record else None
         return app
+
+    def _loaded(self, app):
+        with self._lock:
+            known = self._by_id.get(app.app_id)
+            return known if known is not None else self._put(app)
 
     def all(self):
         return sorted(self._by_id.values(), key=lambda app: int(app.app_id))

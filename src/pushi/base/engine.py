@@ -35,6 +35,8 @@ class Engine:
         self.observers = []
         self.cache = {}
         self.watchlists = Watchlists()
+        # (app_id, user_id) -> [personal loads in flight, changes meanwhile]
+        self._personal_loads = {}
 
     # observers (debug console, metrics): nothing is built when none listens
 
@@ -381,6 +383,10 @@ class Engine:
         user_id = channels.personal_user(name)
         count = app.limits["latest_count"]
         store = self.store
+        key = (app.app_id, user_id)
+        loads = self._personal_loads.setdefault(key, [0, 0])
+        loads[0] += 1
+        changes = loads[1]
 
         def load():
             names = [
@@ -391,7 +397,15 @@ class Engine:
             return names, events
 
         def loaded(result):
+            loads[0] -= 1
+            if not loads[0]:
+                del self._personal_loads[key]
             if session.closed or name in session.channels:
+                return
+            if loads[1] != changes:
+                # a subscription changed during the load, which may have
+                # read the store before it
+                self._join_personal(session, name)
                 return
             if result is None:
                 self._send(
@@ -418,7 +432,11 @@ class Engine:
 
     def personal_changed(self, app_id, user_id, name, subscribed):
         """A persisted subscription was added or removed over REST: the
-        user's open personal channels follow at once."""
+        user's open personal channels follow at once, and those still
+        loading load again."""
+        loads = self._personal_loads.get((app_id, user_id))
+        if loads is not None:
+            loads[1] += 1
         personal = self.registry.channel(app_id, "personal-" + user_id)
         for session in list(personal.sessions) if personal else ():
             if session.personal is None:
@@ -756,10 +774,18 @@ class Engine:
         return len(sessions)
 
     def update_app(self, app):
-        """Points the sockets of an app at its new settings."""
-        for session in self.registry.sessions.values():
-            if session.app.app_id == app.app_id:
-                session.app = app
+        """Points the sockets of an app at its new settings, or closes them
+        (4003) when it is disabled."""
+        sessions = [
+            session
+            for session in self.registry.sessions.values()
+            if session.app.app_id == app.app_id
+        ]
+        for session in sessions:
+            session.app = app
+            if not app.enabled:
+                self._send(session, messages.error(errors.APP_DISABLED, "App disabled"))
+                session.transport.close(errors.APP_DISABLED, "App disabled")
 
     def sockets(self, app_id):
         return [

@@ -34,8 +34,17 @@ from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net.httpd import HttpServer  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
+from pushi.proto import errors  # noqa: E402
 
 logger = logging.getLogger("pushi")
+
+
+class LoopStopped(errors.HttpError):
+    """Work handed to a loop that has ended: the server is stopping (a
+    REST request that meets it is answered 503)."""
+
+    def __init__(self):
+        errors.HttpError.__init__(self, 503, "Server stopping")
 
 
 class State:
@@ -84,6 +93,8 @@ class State:
         self._start_error = None
         self._ready = threading.Event()
         self._loop_ended = threading.Event()
+        self._waiting = set()
+        self._waiting_lock = threading.Lock()
         self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
         self._app = None
@@ -91,12 +102,16 @@ class State:
     # crossing into the loop
 
     def call_soon(self, work, *args):
-        """Runs ``work(*args)`` on the loop thread, soon; from any thread."""
+        """Runs ``work(*args)`` on the loop thread, soon; from any thread.
+        Raises ``LoopStopped`` once the loop has ended."""
+        if self._loop_ended.is_set():
+            raise LoopStopped()
         self.server.soon(work, *args)
 
     def call_in_loop(self, work, *args, timeout=10):
         """Runs ``work(*args)`` on the loop and returns its result (blocks
-        the calling thread, which must not be the loop)."""
+        the calling thread, which must not be the loop).  Raises
+        ``LoopStopped`` if the loop ends first."""
         future = concurrent.futures.Future()
 
         def run():
@@ -105,8 +120,24 @@ class State:
             except BaseException as exception:
                 future.set_exception(exception)
 
-        self.call_soon(run)
-        return future.result(timeout)
+        with self._waiting_lock:
+            if self._loop_ended.is_set():
+                raise LoopStopped()
+            self._waiting.add(future)
+        try:
+            self.call_soon(run)
+            return future.result(timeout)
+        finally:
+            with self._waiting_lock:
+                self._waiting.discard(future)
+
+    def _loop_end(self):
+        """The loop has ended: whoever waits for it hears so now."""
+        with self._waiting_lock:
+            self._loop_ended.set()
+            waiting = [future for future in self._waiting if not future.done()]
+        for future in waiting:
+            future.set_exception(LoopStopped())
 
     def schedule(self, work, seconds=0):
         """Runs ``work()`` on the loop in ``seconds``, or after the current
@@ -217,7 +248,7 @@ class State:
             try:
                 self.server.serve(**config.listen("server"))
             finally:
-                self._loop_ended.set()
+                self._loop_end()
 
         self._loop_thread = threading.Thread(
             target=serve, name="pushi-loop", daemon=True
@@ -279,6 +310,10 @@ class State:
     def stop(self):
         """Closes every socket with 4200 and stops the loop and the store."""
         self._stopping.set()
+        if self.http is not None:
+            # REST requests not started yet are dropped: their sockets
+            # close with the loop
+            self.app.worker.shutdown(wait=False, cancel_futures=True)
         if self._loop_thread is not None and not self._loop_ended.is_set():
             try:
                 self.call_in_loop(self.engine.shutdown, timeout=5)

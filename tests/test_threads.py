@@ -1,0 +1,195 @@
+"""Work that crosses threads: the app directory's writers, a personal
+channel that loads while its subscriptions change, disabling an app with
+sockets open, and stopping while REST requests are in flight.  Each race
+is set up step by step (a store that holds a reader at the point where
+the race happens), so a test fails every time the guard is missing."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from pushi.base.apps import AppDirectory
+from pushi.base.config import Config
+from pushi.base.engine import Engine
+from pushi.base.limits import App
+from pushi.base.state import LoopStopped, State
+from pushi.base.store.sqlite import SQLiteStore
+from pushi.proto import auth
+from support import ADMIN_SECRET, PushiServer, RecordingTransport, free_port
+from test_engine import connect, send
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    yield store
+    store.close()
+
+
+class Held:
+    """Wraps one store method: it reads, then waits for ``release``."""
+
+    def __init__(self, store, name):
+        self.read = threading.Event()
+        self.release = threading.Event()
+        method = getattr(store, name)
+
+        def held(*args):
+            result = method(*args)
+            self.read.set()
+            assert self.release.wait(10)
+            return result
+
+        setattr(store, name, held)
+
+
+def in_thread(work, *args):
+    thread = threading.Thread(target=work, args=args)
+    thread.start()
+    return thread
+
+
+def test_a_refresh_does_not_undo_a_change_made_while_it_reads(store):
+    record = store.create_app("a")
+    directory = AppDirectory(store)
+    directory.refresh()
+    held = Held(store, "list_apps")
+    refresh = in_thread(directory.refresh)
+    assert held.read.wait(10)
+    # the app is disabled while the refresh holds the old list
+    change = in_thread(
+        directory.put, App(store.update_app(record["app_id"], enabled=False))
+    )
+    time.sleep(0.2)
+    held.release.set()
+    refresh.join(10)
+    change.join(10)
+    assert directory.by_id(record["app_id"]).enabled is False
+
+
+def test_a_load_on_a_miss_keeps_a_newer_copy(store):
+    record = store.create_app("a")
+    directory = AppDirectory(store)
+    held = Held(store, "get_app_by_key")
+    load = in_thread(directory.load_key, record["key"])
+    assert held.read.wait(10)
+    directory.put(App(store.update_app(record["app_id"], enabled=False)))
+    held.release.set()
+    load.join(10)
+    assert directory.by_key(record["key"]).enabled is False
+    assert directory.by_id(record["app_id"]).enabled is False
+
+
+def test_a_personal_channel_loading_hears_of_a_subscription_added_meanwhile(
+    store,
+):
+    app = App(store.create_app("a"))
+    offloaded = []
+    engine = Engine(
+        Config(), store=store, offload=lambda work, then: offloaded.append((work, then))
+    )
+    store.subscribe(app.app_id, "u1", "old")
+    session, transport = connect(engine, app)
+    token = auth.channel_auth(app.key, app.secret, session.socket_id, "personal-u1")
+    send(engine, session, "pusher:subscribe", {"channel": "personal-u1", "auth": token})
+    work, then = offloaded.pop()
+    read_before = work()
+    # added over REST while the load is off the loop, after it read
+    store.subscribe(app.app_id, "u1", "new")
+    engine.personal_changed(app.app_id, "u1", "new", True)
+    then(read_before)
+    while offloaded:
+        work, then = offloaded.pop()
+        then(work())
+    assert {"personal-u1", "old", "new"} <= set(session.channels)
+    succeeded = [
+        message
+        for message in transport.messages()
+        if message["event"] == "pusher_internal:subscription_succeeded"
+    ]
+    assert len(succeeded) == 1
+
+
+def test_disabling_an_app_closes_its_sockets_with_4003():
+    engine = Engine(Config())
+    record = {"app_id": "1", "key": "k" * 32, "secret": "s" * 64, "name": "a"}
+    other = App(dict(record, app_id="2", key="o" * 32))
+    session, transport = connect(engine, App(record))
+    bystander, bystander_transport = connect(engine, other)
+    engine.update_app(App(dict(record, enabled=False)))
+    assert transport.messages() == [
+        {"event": "pusher:error", "data": {"code": 4003, "message": "App disabled"}}
+    ]
+    assert transport.closed == 4003
+    assert bystander_transport.closed is None
+
+
+def test_a_disabled_app_answers_its_admin_only(server, app):
+    admin = {"Authorization": "Bearer " + ADMIN_SECRET}
+    own = server.token_headers(app)
+    client = server.connect(app)
+    try:
+        server.update_app(app, enabled=False)
+        assert client.recv()["data"]["code"] == 4003
+        assert client.close_code() == 4003
+        path = "apps/%s" % app["app_id"]
+        assert server.request("GET", path, headers=own)[0] == 403
+        status, answer = server.request("GET", path, headers=admin)
+        assert status == 200 and answer["enabled"] is False
+        assert server.update_app(app, enabled=True)["enabled"] is True
+        server.connect(app).close()
+    finally:
+        client.close()
+
+
+def test_after_the_loop_has_ended_calls_into_it_fail_at_once(tmp_path):
+    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
+    state.start_server()
+    state.stop()
+    started = time.monotonic()
+    with pytest.raises(LoopStopped):
+        state.call_in_loop(lambda: None)
+    with pytest.raises(LoopStopped):
+        state.call_soon(lambda: None)
+    assert time.monotonic() - started < 5
+
+
+def test_stopping_with_rest_requests_in_flight_fails_nothing():
+    """Keep-alive clients ask for what only the loop knows while the
+    server stops: queued requests are dropped, none waits for a loop that
+    is gone or fails on it."""
+    instance = PushiServer().start()
+    app = instance.create_app("stop")
+    path = "/apps/%s/channels" % app["app_id"]
+    token = instance.token_headers(app)["Authorization"]
+    request = (
+        "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n" % (path, token)
+    ).encode()
+    answered = []
+
+    def ask():
+        sock = socket.create_connection(("127.0.0.1", instance.app_port), 10)
+        sock.settimeout(20)
+        try:
+            while True:
+                sock.sendall(request)
+                if not sock.recv(65536):
+                    return
+                answered.append(1)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    threads = [in_thread(ask) for _ in range(8)]
+    while len(answered) < 200:
+        time.sleep(0.05)
+    process = instance.process
+    instance.stop()
+    for thread in threads:
+        thread.join(20)
+    assert process.returncode == 0
+    log = instance.read_log()
+    assert "Traceback" not in log and "ERROR" not in log, log
