@@ -16,6 +16,7 @@ from pushi.base.engine import Engine
 from pushi.base.limits import App
 from pushi.base.state import LoopStopped, State
 from pushi.base.store.sqlite import SQLiteStore
+from pushi.base.webhooks import Webhooks
 from pushi.proto import auth
 from support import ADMIN_SECRET, PushiServer, RecordingTransport, free_port
 from test_engine import connect, send
@@ -193,3 +194,13 @@ def test_stopping_with_rest_requests_in_flight_fails_nothing():
     assert process.returncode == 0
     log = instance.read_log()
     assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def test_a_webhook_retry_due_after_stop_is_not_sent():
+    reported = []
+    webhooks = Webhooks(None, emit=lambda *args: reported.append(args))
+    app = App({"app_id": "1", "key": "k" * 32, "secret": "s" * 64, "name": "a"})
+    webhooks.stop()
+    # the retry of a post to a port nothing listens on
+    webhooks._post(app, "http://127.0.0.1:%d/" % free_port(), [{}], time.monotonic())
+    assert reported == []

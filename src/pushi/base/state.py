@@ -82,12 +82,7 @@ class State:
             self.server.flush,
             max_pending=self.config.max_pending,
         )
-        self.webhooks = Webhooks(
-            self.apps,
-            emit=lambda app_id, kind, details: self.call_soon(
-                lambda: self.engine.emit(app_id, kind, **details)
-            ),
-        )
+        self.webhooks = Webhooks(self.apps, emit=self._webhook_done)
         self.http = None
         self._loop_thread = None
         self._start_error = None
@@ -183,6 +178,13 @@ class State:
             self.call_soon(then, result)
 
         self.workers.submit(work).add_done_callback(done)
+
+    def _webhook_done(self, app_id, kind, details):
+        """A webhook's fate, for the debug console (webhooks thread)."""
+        try:
+            self.call_soon(lambda: self.engine.emit(app_id, kind, **details))
+        except LoopStopped:
+            pass
 
     # apps
 

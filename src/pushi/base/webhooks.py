@@ -195,6 +195,9 @@ class Webhooks:
                 self._post(app, hook["url"], chosen, first=time.monotonic())
 
     def _post(self, app, url, events, first, attempt=0):
+        if self._stopped:
+            # a retry's timer that fires while the server stops
+            return
         body = json.dumps(
             {"time_ms": int(time.time() * 1000), "events": events}
         ).encode()
