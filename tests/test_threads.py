@@ -18,7 +18,14 @@ from pushi.base.state import LoopStopped, State
 from pushi.base.store.sqlite import SQLiteStore
 from pushi.base.webhooks import Webhooks
 from pushi.proto import auth
-from support import ADMIN_SECRET, PushiServer, RecordingTransport, free_port
+from support import (
+    ADMIN_SECRET,
+    PushiServer,
+    RecordingTransport,
+    free_port,
+    read_until,
+    upgrade_request,
+)
 from test_engine import connect, send
 
 
@@ -30,12 +37,13 @@ def store(tmp_path):
 
 
 class Held:
-    """Wraps one store method: it reads, then waits for ``release``."""
+    """Wraps one method of an object (a store): it reads, then waits for
+    ``release``."""
 
-    def __init__(self, store, name):
+    def __init__(self, owner, name):
         self.read = threading.Event()
         self.release = threading.Event()
-        method = getattr(store, name)
+        method = getattr(owner, name)
 
         def held(*args):
             result = method(*args)
@@ -43,7 +51,7 @@ class Held:
             assert self.release.wait(10)
             return result
 
-        setattr(store, name, held)
+        setattr(owner, name, held)
 
 
 def in_thread(work, *args):
@@ -204,3 +212,30 @@ def test_a_webhook_retry_due_after_stop_is_not_sent():
     # the retry of a post to a port nothing listens on
     webhooks._post(app, "http://127.0.0.1:%d/" % free_port(), [{}], time.monotonic())
     assert reported == []
+
+
+def test_a_socket_whose_app_loads_while_it_changes_gets_the_change(tmp_path):
+    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
+    state.start_server()
+    try:
+        # created after the start: not in memory, loaded off the loop; the
+        # change lands after the load, before the loop opens the socket
+        record = state.store.create_app("late")
+        held = Held(state.apps, "load_key")
+        sock = socket.create_connection(("127.0.0.1", state.config.server_port), 10)
+        sock.sendall(upgrade_request("/app/%s?protocol=7" % record["key"]))
+        assert held.read.wait(10)
+        changed = state.store.update_app(record["app_id"], client_events=True)
+        state.app_changed(App(changed))
+        held.release.set()
+        read_until(sock, b"pusher:connection_established")
+
+        def client_events():
+            return [
+                s.app.client_events for s in state.engine.registry.sessions.values()
+            ]
+
+        assert state.call_in_loop(client_events) == [True]
+        sock.close()
+    finally:
+        state.stop()

@@ -168,6 +168,9 @@ class Link:
         if app is None:
             self._reject(errors.UNKNOWN_APP, "App key not in this cluster")
             return
+        # an app loaded off the loop may have changed since: the directory
+        # holds the newest
+        app = self.server.apps.by_id(app.app_id) or app
         if not app.enabled:
             self._reject(errors.APP_DISABLED, "App disabled")
             return
