@@ -44,6 +44,17 @@ def json_object(body):
     return payload
 
 
+def query_params(query):
+    """A query string as a dict, one value per name; ``HttpError`` 400 if a
+    name repeats.  A signature covers one value per name: with two, the
+    route could read another value than the one that was signed."""
+    pairs = urllib.parse.parse_qsl(query or "", keep_blank_values=True)
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        raise errors.HttpError(400, "Repeated query parameter")
+    return params
+
+
 def error_response(error):
     """The answer to an ``HttpError``: a 503 says when to retry."""
     headers = [("Retry-After", "1")] if error.status == 503 else []
@@ -154,7 +165,7 @@ class Publisher:
         stored, deliveries, answers, queries)`` (see ``plan``) or raises
         ``HttpError``."""
         app_id, route = match.group(1), match.group(2)
-        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        params = query_params(query)
         app = self.access.authorize(app_id, "POST", path, params, body, authorization)
         payload = json_object(body)
         if route == "events":

@@ -175,6 +175,18 @@ class Engine:
                 messages.subscription_succeeded(name, self._state_of(app, name)),
             )
             return
+        limit = app.limits["max_socket_channels"]
+        if (
+            limit
+            and len(session.channels) >= limit
+            and self._own_count(session) >= limit
+        ):
+            raise errors.SubscriptionError(
+                name,
+                "Over %d channels on this socket" % limit,
+                status=429,
+                type="LimitReached",
+            )
         if kind == channels.PRESENCE:
             self._join_presence(session, name, channel_data)
         elif kind == channels.PERSONAL:
@@ -184,6 +196,14 @@ class Engine:
             self._send(session, messages.subscription_succeeded(name, {}))
         self._replay_cache(session, name)
         self._count_changed(app, name)
+
+    @staticmethod
+    def _own_count(session):
+        """The channels a socket subscribed to itself: those its personal
+        channel covers are the back end's choice, and do not count."""
+        return sum(
+            via is not registry.VIA_PERSONAL for via in session.channels.values()
+        )
 
     def _join(self, session, name, user_id=None):
         channel, occupied = self.registry.join(session, name, user_id)
@@ -462,11 +482,19 @@ class Engine:
             raise errors.ProtocolError(
                 errors.INVALID_MESSAGE, "skip and count are counts"
             )
+        if session.reading:
+            # each read may scan a long history: a socket waits for its
+            # answer before it asks again
+            raise errors.ProtocolError(
+                errors.RATE_LIMITED, "One pusher:latest at a time"
+            )
         skip, count = min(skip, MAX_SKIP), min(count, 100)
         app_id = session.app.app_id
         store = self.store
+        session.reading = True
 
         def answer(events):
+            session.reading = False
             if not session.closed:
                 events = [public_event(event) for event in events or ()]
                 self._send(session, messages.latest(name, events))

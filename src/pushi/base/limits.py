@@ -11,6 +11,7 @@ DEFAULTS = {
     "max_batch": 10,
     "max_event_name": 200,
     "max_channel_name": 164,
+    "max_socket_channels": 1000,
     "max_presence_members": 100,
     "max_user_info": 1024,
     "max_user_id": 128,
@@ -28,6 +29,13 @@ DEFAULTS = {
 
 MAX_SETTING = 2**31 - 1
 """ The largest value of a number setting (0 is the least) """
+
+OPERATOR_SETTINGS = frozenset(
+    [name for name in DEFAULTS if name.startswith("max_")]
+    + ["client_event_rate", "retention_count", "retention_age", "webhooks"]
+)
+""" The settings only the admin secret changes: the limits an app's
+tenant must not lift, and webhooks, whose URLs the server itself calls """
 
 
 class App:

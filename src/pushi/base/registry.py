@@ -36,6 +36,7 @@ class Session:
         "event_window",
         "event_count",
         "personal",
+        "reading",
         "closed",
     )
 
@@ -52,6 +53,7 @@ class Session:
         self.event_window = 0
         self.event_count = 0
         self.personal = None
+        self.reading = False
         self.closed = False
 
 

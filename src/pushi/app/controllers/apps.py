@@ -2,7 +2,7 @@
 
 import appier
 
-from pushi.base.limits import DEFAULTS, MAX_SETTING, App
+from pushi.base.limits import DEFAULTS, MAX_SETTING, OPERATOR_SETTINGS, App
 from pushi.base.webhooks import check_hooks
 from pushi.proto import errors
 
@@ -38,7 +38,7 @@ class AppsController(PushiController):
 
     @appier.route("/apps/%s" % APP, ("PUT", "POST"), json=True)
     def update(self, app_id):
-        self.authorize(app_id)
+        app = self.authorize(app_id)
         body = self.body()
         fields = {}
         if "name" in body:
@@ -51,7 +51,16 @@ class AppsController(PushiController):
                     raise errors.HttpError(400, "%s must be true or false" % flag)
                 fields[flag] = body[flag]
         if "settings" in body:
-            fields["settings"] = _settings(body["settings"])
+            settings = _settings(body["settings"])
+            if not self.access.is_admin(self.authorization()):
+                # settings are replaced whole: one left out returns to its
+                # default, which must not lift a limit either
+                for name in sorted(OPERATOR_SETTINGS):
+                    if settings.get(name, DEFAULTS[name]) != app.limits[name]:
+                        raise errors.HttpError(
+                            403, "Setting %s needs the admin secret" % name
+                        )
+            fields["settings"] = settings
         record = self.state.store.update_app(app_id, **fields)
         if record is None:
             raise errors.HttpError(404, "Unknown app")

@@ -14,8 +14,8 @@ class ChannelsController(PushiController):
     @appier.route("/apps/%s/channels" % APP, "GET", json=True)
     def list(self, app_id):
         app = self.authorize(app_id)
-        prefix = self.field("filter_by_prefix", "") or ""
-        info = _info(self.field("info", ""))
+        prefix = self.param("filter_by_prefix", "") or ""
+        info = _info(self.param("info", ""))
         if "user_count" in info and not prefix.startswith("presence-"):
             raise errors.HttpError(
                 400, "info=user_count needs filter_by_prefix=presence-"
@@ -29,7 +29,7 @@ class ChannelsController(PushiController):
     def show(self, app_id, name):
         app = self.authorize(app_id)
         _check(name)
-        info = _info(self.field("info", ""))
+        info = _info(self.param("info", ""))
         if "user_count" in info and channel_names.kind(name) != channel_names.PRESENCE:
             raise errors.HttpError(400, "user_count is for presence channels only")
         return self.state.call_in_loop(

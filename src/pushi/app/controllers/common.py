@@ -1,10 +1,8 @@
 """What every controller needs: the state and request authorization."""
 
-import urllib.parse
-
 import appier
 
-from pushi.app.publish import json_object
+from pushi.app.publish import json_object, query_params
 
 APP = "<regex('[0-9]+'):app_id>"
 """ The route part of an app id (numeric, as Pusher SDKs require) """
@@ -22,10 +20,14 @@ class PushiController(appier.Controller):
         return self.owner.access
 
     def params(self):
-        """The decoded query, one value per name (what a signature covers)."""
-        return dict(
-            urllib.parse.parse_qsl(self.request.query or "", keep_blank_values=True)
-        )
+        """The decoded query, one value per name (what a signature covers;
+        400 if a name repeats)."""
+        return query_params(self.request.query)
+
+    def param(self, name, default=None):
+        """One query value, as signed (never Appier's ``field``, which also
+        reads form bodies and takes the first of repeated names)."""
+        return self.params().get(name, default)
 
     def authorize(self, app_id):
         """The app this request may act on (signature, token or admin)."""

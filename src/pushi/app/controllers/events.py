@@ -15,11 +15,11 @@ class EventsController(PushiController):
     def history(self, app_id):
         """``?channel=&skip=&count=``: stored events, newest first."""
         app = self.authorize(app_id)
-        channel = self.field("channel")
+        channel = self.param("channel")
         if not channel_names.is_valid(channel):
             raise errors.HttpError(400, "A valid channel is required")
-        skip = min(_count(self.field("skip", "0"), "skip"), MAX_SKIP)
-        count = min(_count(self.field("count", "10"), "count"), 1000)
+        skip = min(_count(self.param("skip", "0"), "skip"), MAX_SKIP)
+        count = min(_count(self.param("count", "10"), "count"), 1000)
         events = self.state.store.get_events(app.app_id, [channel], skip, count)
         return {"channel": channel, "events": [public_event(event) for event in events]}
 

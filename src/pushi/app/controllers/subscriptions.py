@@ -41,8 +41,8 @@ class SubscriptionsController(PushiController):
     @appier.route("/apps/%s/subscriptions" % APP, "GET", json=True)
     def list(self, app_id):
         app = self.authorize(app_id)
-        user_id = self.field("user_id") or None
-        event = self.field("event") or None
+        user_id = self.param("user_id") or None
+        event = self.param("event") or None
         records = self.state.store.list_subscriptions(
             app.app_id, user_id=user_id, event=event
         )
@@ -55,8 +55,8 @@ class SubscriptionsController(PushiController):
 
     def _subscription(self):
         body = self.body() if self.request.method == "POST" else {}
-        user_id = body.get("user_id", self.field("user_id"))
-        event = body.get("event", self.field("event"))
+        user_id = body.get("user_id", self.param("user_id"))
+        event = body.get("event", self.param("event"))
         if isinstance(user_id, int) and not isinstance(user_id, bool):
             user_id = str(user_id)
         if not isinstance(user_id, str) or not user_id or len(user_id) > 128:
