@@ -11,6 +11,9 @@ import time
 import pytest
 
 import pushi
+from pushi.base import webhooks as webhooks_module
+from pushi.base.apps import AppDirectory
+from pushi.base.store.sqlite import SQLiteStore
 
 ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
 
@@ -170,3 +173,63 @@ def test_invalid_webhook_settings_are_refused(server):
             "POST", "apps", {"name": "bad", "settings": {"webhooks": hooks}}, ADMIN
         )
         assert status == 400, hooks
+
+
+def test_an_app_whose_server_hangs_delays_only_its_own_webhooks(
+    tmp_path, receiver, monkeypatch
+):
+    """In process: one app's endpoint holds its post open for as long as
+    the test wants (the post's timeout raised past it); another app's
+    webhooks still arrive meanwhile, and the held app's next ones follow
+    it in order."""
+    monkeypatch.setattr(webhooks_module, "TIMEOUT", 60)
+    held = threading.Event()
+    release = threading.Event()
+
+    class Hanging(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            held.set()
+            release.wait(30)
+            hanging.posts.put((dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hanging = Receiver()
+    hanging.httpd.shutdown()
+    hanging.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=hanging.httpd.serve_forever, daemon=True).start()
+    hanging.url = "http://127.0.0.1:%d/hook" % hanging.httpd.server_address[1]
+    store = SQLiteStore(str(tmp_path / "data"))
+    webhooks = None
+    try:
+        slow, fast = (
+            store.create_app(name, settings={"webhooks": [{"url": url}]})
+            for name, url in (("slow", hanging.url), ("fast", receiver.url))
+        )
+        directory = AppDirectory(store)
+        directory.refresh()
+        webhooks = webhooks_module.Webhooks(directory)
+        webhooks.observe(slow["app_id"], "occupied", {"channel": "first"})
+        assert held.wait(10)
+        webhooks.observe(slow["app_id"], "occupied", {"channel": "second"})
+        webhooks.observe(fast["app_id"], "occupied", {"channel": "news"})
+        try:
+            assert receiver.events(fast, 1, timeout=10) == [
+                {"name": "channel_occupied", "channel": "news"}
+            ]
+        finally:
+            release.set()
+        assert hanging.events(slow, 2) == [
+            {"name": "channel_occupied", "channel": "first"},
+            {"name": "channel_occupied", "channel": "second"},
+        ]
+    finally:
+        release.set()
+        if webhooks is not None:
+            webhooks.stop()
+        hanging.close()
+        store.close()

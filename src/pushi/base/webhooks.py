@@ -9,14 +9,18 @@ An app lists its hooks in its settings::
 ``Webhooks.observe`` is an engine observer (loop thread): it turns engine
 events into Pusher webhook events and queues them; ``channel_vacated`` and
 ``member_removed`` wait 3 s and are dropped, with the event that undoes
-them, when the channel or member comes back in that window.  One sender
-thread posts ``{"time_ms", "events"}`` with ``X-Pusher-Key`` and
-``X-Pusher-Signature`` (HMAC-SHA256 of the body with the app secret) and
-retries a failed post with exponential back-off for 5 minutes.  Nothing
-here ever blocks the loop.
+them, when the channel or member comes back in that window.  One thread
+takes the events that are due and hands each app's to that app's lane:
+a pool of senders posts ``{"time_ms", "events"}`` with ``X-Pusher-Key``
+and ``X-Pusher-Signature`` (HMAC-SHA256 of the body with the app secret),
+one post at a time per app (in order), so an app whose server is slow to
+answer delays its own webhooks only (up to ``SENDERS`` such apps at
+once).  A failed post is retried with exponential back-off for 5 minutes.
+Nothing here ever blocks the loop.
 """
 
 import collections
+import concurrent.futures
 import heapq
 import json
 import logging
@@ -42,6 +46,7 @@ EVENTS = (
 LINGER = 3.0
 RETRY_FOR = 300.0
 TIMEOUT = 5.0
+SENDERS = 8
 
 
 def check_hooks(hooks):
@@ -61,7 +66,7 @@ def check_hooks(hooks):
 
 
 class Webhooks:
-    """Queues engine events as webhooks and posts them from one thread."""
+    """Queues engine events as webhooks and posts them, per app in order."""
 
     def __init__(self, apps, emit=None, linger=LINGER, retry_for=RETRY_FOR):
         self.apps = apps
@@ -73,6 +78,11 @@ class Webhooks:
         self._counter = 0
         self._condition = threading.Condition()
         self._stopped = False
+        # app id -> batches waiting while one of the app's is being posted
+        self._lanes = {}
+        self._senders = concurrent.futures.ThreadPoolExecutor(
+            SENDERS, thread_name_prefix="pushi-webhook"
+        )
         self._thread = threading.Thread(
             target=self._run, name="pushi-webhooks", daemon=True
         )
@@ -182,7 +192,33 @@ class Webhooks:
                         self._pending.pop(key, None)
                     ready.setdefault(app_id, []).append(event)
             for app_id, events in ready.items():
+                self._queue_post(app_id, events)
+
+    def _queue_post(self, app_id, events):
+        with self._condition:
+            lane = self._lanes.get(app_id)
+            if lane is not None:
+                lane.append(events)
+                return
+            self._lanes[app_id] = collections.deque()
+        try:
+            self._senders.submit(self._send_lane, app_id, events)
+        except RuntimeError:
+            pass  # stopped meanwhile: the senders are gone
+
+    def _send_lane(self, app_id, events):
+        """Posts an app's batches one after the other (a sender thread)."""
+        while True:
+            try:
                 self._deliver(app_id, events)
+            except Exception:
+                logger.exception("webhooks of app %s failed", app_id)
+            with self._condition:
+                lane = self._lanes[app_id]
+                if not lane or self._stopped:
+                    del self._lanes[app_id]
+                    return
+                events = lane.popleft()
 
     def _deliver(self, app_id, events):
         app = self.apps.by_id(app_id)
@@ -249,6 +285,7 @@ class Webhooks:
         with self._condition:
             self._stopped = True
             self._condition.notify()
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
 
 def _text(data):
