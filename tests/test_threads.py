@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import pushi
 from pushi.base.apps import AppDirectory
 from pushi.base.config import Config
 from pushi.base.engine import Engine
@@ -144,11 +145,16 @@ def test_a_disabled_app_answers_its_admin_only(server, app):
         assert client.recv()["data"]["code"] == 4003
         assert client.close_code() == 4003
         path = "apps/%s" % app["app_id"]
-        assert server.request("GET", path, headers=own)[0] == 403
+        with pytest.raises(pushi.PushiError) as refused:
+            server.client(app).get_events("news")
+        assert refused.value.status == 403
+        # its session tokens ended with it, for good
+        assert server.request("GET", path, headers=own)[0] == 401
         status, answer = server.request("GET", path, headers=admin)
         assert status == 200 and answer["enabled"] is False
         assert server.update_app(app, enabled=True)["enabled"] is True
         server.connect(app).close()
+        assert server.request("GET", path, headers=own)[0] == 401
     finally:
         client.close()
 

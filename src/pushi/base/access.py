@@ -73,6 +73,15 @@ class Access:
             self._tokens[token] = (app.app_id, now + TOKEN_LIFETIME)
         return token
 
+    def revoke(self, app_id):
+        """Ends every session token of an app (it was disabled)."""
+        with self._lock:
+            self._tokens = {
+                known: entry
+                for known, entry in self._tokens.items()
+                if entry[0] != app_id
+            }
+
     def session_app(self, token, app_id):
         """The app a live session token was issued for, when that is
         ``app_id``; else None (blocking: may read the store)."""

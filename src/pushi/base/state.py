@@ -191,8 +191,11 @@ class State:
     def app_changed(self, app):
         """Takes a new or updated app into use: the directory, the sockets
         already open, and the webhook observer (on only while some app
-        has webhooks, so none costs anything otherwise)."""
+        has webhooks, so none costs anything otherwise); disabling an app
+        ends its session tokens."""
         self.apps.put(app)
+        if not app.enabled:
+            self.access.revoke(app.app_id)
         if self._loop_thread is not None:
             self.call_in_loop(self.engine.update_app, app)
             self.call_in_loop(self._watch_webhooks)
