@@ -601,6 +601,7 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
         const auths = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 40, maxReconnectDelay: 160, reconnectJitter: 0,
+            stableAfter: 100,
             authorizer: (name, socketId, data, callback) => {
                 auths.push(socketId); callback(null, {auth: "key:" + socketId}); }});
         const log = recordPushi(pushi);
@@ -622,7 +623,11 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
         await until(() => FakeSocket.instances.length === 5, 2000);
         FakeSocket.last().handshake("2.2");
         const resent = FakeSocket.last().sentMessages();
-        return {subscribedBefore, subscribedDuring, resent, auths, attempt: pushi.attempt,
+        const attemptConnected = pushi.attempt;
+        // the back-off starts afresh once the connection has held
+        await until(() => pushi.attempt === 0, 2000);
+        return {subscribedBefore, subscribedDuring, resent, auths, attemptConnected,
+                attempt: pushi.attempt,
                 delays: log.filter(e => e.kind === "reconnecting").map(e => e.data.delay),
                 state: pushi.state};
     }""")
@@ -637,8 +642,68 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
         },
     ]
     assert result["auths"] == ["1.1", "2.2"]
+    assert result["attemptConnected"] == 4
     assert result["attempt"] == 0
     assert result["state"] == "connected"
+
+
+def test_a_server_closing_each_new_socket_at_once_meets_a_growing_backoff(unit):
+    result = unit.evaluate("""async () => {
+        FakeSocket.reset();
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
+            minReconnectDelay: 40, maxReconnectDelay: 160, reconnectJitter: 0});
+        const log = recordPushi(pushi);
+        for (let count = 1; count <= 4; count++) {
+            await until(() => FakeSocket.instances.length === count, 2000);
+            FakeSocket.last().handshake(count + ".1");
+            FakeSocket.last().serverClose(4200, "going away");
+        }
+        pushi.disconnect();
+        return log.filter(e => e.kind === "reconnecting").map(e => e.data.delay);
+    }""")
+    # "reconnect now" once; then a draining server is not hammered
+    assert result == [0, 80, 160, 160]
+
+
+def test_a_channel_asked_for_on_connected_is_asked_for_once(unit):
+    result = unit.evaluate("""async () => {
+        FakeSocket.reset();
+        const auths = [];
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
+            minReconnectDelay: 10, reconnectJitter: 0,
+            authorizer: (name, socketId, data, callback) => {
+                auths.push(socketId); callback(null, {auth: "key:" + socketId}); }});
+        pushi.bind("connected", () => pushi.subscribe("private-x"));
+        FakeSocket.last().handshake("1.1");
+        const first = FakeSocket.last().sentMessages();
+        FakeSocket.last().serverClose(1006);
+        await until(() => FakeSocket.instances.length === 2, 2000);
+        FakeSocket.last().handshake("2.2");
+        return {first, second: FakeSocket.last().sentMessages(), auths};
+    }""")
+    for socket_id, sent in (("1.1", result["first"]), ("2.2", result["second"])):
+        assert sent == [
+            {
+                "event": "pusher:subscribe",
+                "data": {"channel": "private-x", "auth": "key:" + socket_id},
+            }
+        ]
+    assert result["auths"] == ["1.1", "2.2"]
+
+
+def test_a_late_answer_for_a_channel_left_is_ignored(unit):
+    result = unit.evaluate("""() => {
+        FakeSocket.reset();
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
+        const log = recordPushi(pushi);
+        FakeSocket.last().handshake();
+        pushi.subscribe("news");
+        pushi.unsubscribe("news");
+        FakeSocket.last().serverSend({event: "pusher_internal:subscription_succeeded",
+            channel: "news", data: "{}"});
+        return {subscribes: countOf(log, "subscribe"), known: !!pushi.channel("news")};
+    }""")
+    assert result == {"subscribes": 0, "known": False}
 
 
 def test_close_codes_decide_reconnection(unit):

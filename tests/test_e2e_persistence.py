@@ -360,3 +360,20 @@ def test_loop_replaces_a_dead_events_writer(backend):
         instance.stop()
     # the writer ended with the server (its children are re-parented)
     assert not os.path.exists("/proc/%d" % replacement)
+
+
+def test_the_python_client_triggers_any_data_to_several_channels(server, app):
+    proxy = server.client(app)
+    listener = server.connect(app, "pushi")
+    for name in ("north", "south"):
+        listener.subscribe(name)
+    proxy.trigger_event(channel=["north", "south"], data={"temp": 21}, event="w")
+    received = {}
+    for _ in range(2):
+        message = listener.recv_event("w")
+        received[message["channel"]] = json.loads(message["data"])
+    assert received == {"north": {"temp": 21}, "south": {"temp": 21}}
+    # stored, as a single channel's trigger is by default
+    for name in ("north", "south"):
+        assert [event["event"] for event in proxy.get_events(name)["events"]] == ["w"]
+    listener.close()

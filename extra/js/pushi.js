@@ -48,6 +48,10 @@
  *   minReconnectDelay, maxReconnectDelay  back-off bounds in ms (1000, 30000)
  *   reconnectJitter  fraction of the delay taken off at random (0.5)
  *   maxReconnectAttempts  give up after that many failed attempts (Infinity)
+ *   stableAfter      ms a connection must last before the back-off starts
+ *                    afresh (10000): a server that closes every new socket at
+ *                    once, even with 42xx ("reconnect now"), meets a growing
+ *                    back-off, not a tight loop
  *   autoConnect      connect from the constructor (true)
  *   decodeData       JSON-decode event data strings holding an object or an
  *                    array (true)
@@ -89,12 +93,14 @@
             maxReconnectDelay: 30000,
             reconnectJitter: 0.5,
             maxReconnectAttempts: Infinity,
+            stableAfter: 10000,
             autoConnect: true,
             decodeData: true
         };
 
         // activity timeout used until the handshake tells the server's one
         var DEFAULT_ACTIVITY_TIMEOUT = 120000;
+
 
         // ------------------------------------------------------------------
         // small helpers
@@ -960,7 +966,10 @@
             this._clearTimer("connect");
             this.socketId = data.socket_id || null;
             this.activityTimeout = data.activity_timeout ? data.activity_timeout * 1000 : null;
-            this.attempt = 0;
+            var self = this;
+            this._setTimer("stable", this.options.stableAfter, function () {
+                self.attempt = 0;
+            });
             this._setState("connected");
             this._activity();
             this._emitPair("connected", "connect", data);
@@ -969,7 +978,8 @@
                 if (this.state !== "connected") {
                     break;
                 }
-                if (channel._wanted && !channel.subscribed) {
+                // not those a "connected" listener has just asked for
+                if (channel._wanted && !channel.subscribed && channel._asked !== this.socketId) {
                     this._subscribe(channel);
                 }
             }
@@ -1051,7 +1061,11 @@
             }
             var channel = this.channels[name];
             if (!channel) {
-                // a channel the server joined this socket to (peer channels)
+                if (channelKind(name) !== "peer") {
+                    // the late answer to a channel left before it came
+                    return;
+                }
+                // a channel the server joined this socket to
                 channel = new Channel(this, name, {});
                 channel.server = true;
                 this.channels[name] = channel;

@@ -52,7 +52,6 @@ class Pushi:
         body = {"event": event, "data": data}
         if isinstance(channel, (list, tuple)):
             body["channels"] = list(channel)
-            body["name"] = body.pop("event")
         else:
             body["channel"] = channel
         if persist is not None:
