@@ -101,7 +101,6 @@
         // activity timeout used until the handshake tells the server's one
         var DEFAULT_ACTIVITY_TIMEOUT = 120000;
 
-
         // ------------------------------------------------------------------
         // small helpers
         // ------------------------------------------------------------------
