@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+import pushi
+
 from support import (
     ADMIN_SECRET,
     Client,
@@ -352,6 +354,16 @@ def test_tls_on_both_ports(certificate):
         )
         assert status == 200
         assert client.recv_event("e")["data"] == "over tls"
+        # the Python client, checking the certificate
+        proxy = pushi.Pushi(
+            app_id=app["app_id"],
+            app_key=app["key"],
+            app_secret=app["secret"],
+            base_url=instance.base_url,
+            ssl_context=context,
+        )
+        proxy.trigger_event(channel="secure", data="from python", persist=False)
+        assert client.recv_event("message")["data"] == "from python"
         client.close()
     finally:
         instance.stop()

@@ -31,7 +31,11 @@ class PushiError(Exception):
 class Pushi:
     """A proxy to one app of a Pushi server."""
 
-    def __init__(self, app_id, app_key, app_secret, base_url=None, timeout=30):
+    def __init__(
+        self, app_id, app_key, app_secret, base_url=None, timeout=30, ssl_context=None
+    ):
+        """``ssl_context`` (an ``ssl.SSLContext``) checks an ``https://``
+        server, e.g. one with a certificate of your own CA."""
         self.app_id = str(app_id)
         self.app_key = app_key
         self.app_secret = app_secret
@@ -39,6 +43,7 @@ class Pushi:
         if not self.base_url.endswith("/"):
             self.base_url += "/"
         self.timeout = timeout
+        self.ssl_context = ssl_context
 
     def trigger_event(
         self, channel, data, event="message", persist=None, socket_id=None
@@ -122,7 +127,9 @@ class Pushi:
         if data:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self.ssl_context
+            ) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as error:
             try:
