@@ -17,10 +17,13 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import websockets.exceptions
 import websockets.sync.client
+
+from pushi.proto import auth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
@@ -56,6 +59,13 @@ def logged_failures(name="pushi"):
         yield failures
     finally:
         logger.removeHandler(handler)
+
+
+def signed_path(app, method, path, params=None, body=None):
+    """``path?query`` (``path`` from its leading slash) signed for an app's
+    credentials as a Pusher SDK signs it, with ``params`` in the query."""
+    signed = auth.signed_params(app["key"], app["secret"], method, path, params, body)
+    return path + "?" + urllib.parse.urlencode(signed)
 
 
 def upgrade_request(path, extra=b""):

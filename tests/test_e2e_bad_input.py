@@ -9,14 +9,13 @@ a server error's text in its answer."""
 
 import json
 import socket
-import urllib.parse
 
 import pytest
 
 from pushi.base.config import Config
 from pushi.base.state import State
 from pushi.proto import auth
-from support import ADMIN_SECRET, free_port
+from support import ADMIN_SECRET, free_port, signed_path
 
 LONE = "\\ud800"
 """ A JSON escape of half a surrogate pair, as a client can send it """
@@ -110,11 +109,8 @@ def test_signin_user_data_json_cannot_carry_is_refused(server, client, app, user
 
 def publish(server, app, body):
     """``(status, answer)`` of a signed publish of raw ``body`` bytes."""
-    path = "/apps/%s/events" % app["app_id"]
-    params = auth.signed_params(app["key"], app["secret"], "POST", path, body=body)
-    return server.request(
-        "POST", path[1:] + "?" + urllib.parse.urlencode(params), raw=body
-    )
+    path = signed_path(app, "POST", "/apps/%s/events" % app["app_id"], body=body)
+    return server.request("POST", path[1:], raw=body)
 
 
 @pytest.mark.parametrize(
@@ -236,14 +232,10 @@ def test_a_server_error_answers_no_detail(tmp_path, monkeypatch):
             raise RuntimeError("a detail for the log only")
 
         monkeypatch.setattr(state.store, "list_subscriptions", fails)
-        path = "/apps/%s/subscriptions" % record["app_id"]
-        params = auth.signed_params(record["key"], record["secret"], "GET", path)
+        path = signed_path(record, "GET", "/apps/%s/subscriptions" % record["app_id"])
         sock = socket.create_connection(("127.0.0.1", state.config.app_port), 10)
         sock.sendall(
-            (
-                "GET %s?%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                % (path, urllib.parse.urlencode(params))
-            ).encode()
+            ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path).encode()
         )
         data = b""
         while True:

@@ -6,11 +6,10 @@ server has not loaded yet (answered through the Appier worker)."""
 import json
 import socket
 import time
-import urllib.parse
 
 import pytest
 
-from pushi.proto import auth
+from support import signed_path
 
 
 class Conn:
@@ -82,11 +81,9 @@ def request_bytes(method, path, body=b"", headers=None, version="HTTP/1.1"):
 
 def publish_bytes(app, channel, data, headers=None):
     body = json.dumps({"name": "greet", "channel": channel, "data": data}).encode()
-    path = "/apps/%s/events" % app["app_id"]
-    params = auth.signed_params(app["key"], app["secret"], "POST", path, body=body)
     return request_bytes(
         "POST",
-        path + "?" + urllib.parse.urlencode(params),
+        signed_path(app, "POST", "/apps/%s/events" % app["app_id"], body=body),
         body,
         dict({"Content-Type": "application/json"}, **(headers or {})),
     )

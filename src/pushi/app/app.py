@@ -61,8 +61,13 @@ class PushiApp(appier.APIApp):
         try:
             self.worker.submit(self._run, request, answer)
         except RuntimeError:
-            # shut down: the server is stopping (``State.stop``)
+            # after ``drop_queued``
             answer(*error_response(errors.HttpError(503, "Server stopping")))
+
+    def drop_queued(self):
+        """The server stops: requests not started yet are dropped (their
+        sockets close with the loop), later ones answered 503."""
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, request, answer):
         config = self.state.config

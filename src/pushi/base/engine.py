@@ -106,9 +106,10 @@ class Engine:
                 ),
             )
         except errors.ProtocolError as error:
-            self._send(session, messages.error(error.code, error.message))
             if error.closes:
-                session.transport.close(error.code, error.message)
+                self._drop(session, error.code, error.message)
+            else:
+                self._send(session, messages.error(error.code, error.message))
 
     def _dispatch(self, session, message):
         event = message["event"]
@@ -135,6 +136,12 @@ class Engine:
 
     def _send(self, session, text):
         session.transport.write(text_frame(text))
+
+    def _drop(self, session, code, message):
+        """Closes a socket as every connection-level error does: a
+        ``pusher:error``, then the close with the same code."""
+        self._send(session, messages.error(code, message))
+        session.transport.close(code, message)
 
     # subscriptions
 
@@ -794,11 +801,7 @@ class Engine:
     def terminate_user(self, app_id, user_id):
         sessions = self.registry.user_sessions(app_id, user_id)
         for session in sessions:
-            # like every connection-level error: pusher:error, then the close
-            self._send(
-                session, messages.error(errors.UNAUTHORIZED, "Connections terminated")
-            )
-            session.transport.close(errors.UNAUTHORIZED, "Connections terminated")
+            self._drop(session, errors.UNAUTHORIZED, "Connections terminated")
         return len(sessions)
 
     def update_app(self, app):
@@ -812,8 +815,7 @@ class Engine:
         for session in sessions:
             session.app = app
             if not app.enabled:
-                self._send(session, messages.error(errors.APP_DISABLED, "App disabled"))
-                session.transport.close(errors.APP_DISABLED, "App disabled")
+                self._drop(session, errors.APP_DISABLED, "App disabled")
 
     def sockets(self, app_id):
         return [

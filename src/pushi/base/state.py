@@ -316,9 +316,7 @@ class State:
         """Closes every socket with 4200 and stops the loop and the store."""
         self._stopping.set()
         if self.http is not None:
-            # REST requests not started yet are dropped: their sockets
-            # close with the loop
-            self.app.worker.shutdown(wait=False, cancel_futures=True)
+            self.app.drop_queued()
         if self._loop_thread is not None and not self._loop_ended.is_set():
             try:
                 self.call_in_loop(self.engine.shutdown, timeout=5)
