@@ -6,6 +6,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from support import (
     ADMIN_SECRET,
     Client,
     PushiServer,
+    free_port,
     masked_frame,
     read_until,
     server_frames,
@@ -191,6 +193,47 @@ class TestPublishing:
                 base_url=server.base_url,
             ).trigger_event(channel="global", data="x")
         assert error.value.status == 401
+
+    def test_python_client_failures_without_an_answer_are_pushi_errors(self):
+        """No server, a server that never answers, one that hangs up, and
+        one that answers something else than JSON: each a PushiError (the
+        first three with no status), none with the signed query in it."""
+
+        def answering(reply):
+            listener = socket.create_server(("127.0.0.1", 0))
+
+            def serve():
+                connection, _ = listener.accept()
+                connection.recv(65536)
+                if reply is not None:
+                    connection.sendall(reply)
+                    connection.close()
+                else:
+                    time.sleep(2)
+                listener.close()
+
+            threading.Thread(target=serve, daemon=True).start()
+            return listener.getsockname()[1]
+
+        refused = free_port()
+        silent = answering(None)
+        hangs_up = answering(b"")
+        html = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>")
+        for port, status in (
+            (refused, None),
+            (silent, None),
+            (hangs_up, None),
+            (html, 200),
+        ):
+            proxy = pushi.Pushi(
+                "1", "key", "secret", "http://127.0.0.1:%d/" % port, timeout=0.5
+            )
+            with pytest.raises(pushi.PushiError) as error:
+                proxy.trigger_event(channel="c", data="x")
+            assert error.value.status == status, (port, error.value)
+            assert "auth_signature" not in str(error.value)
+            if status is None:
+                assert "127.0.0.1:%d/apps/1/events" % port in str(error.value)
 
     def test_unauthenticated_and_bad_requests(self, server, app):
         path = "apps/%s/events" % app["app_id"]

@@ -8,6 +8,7 @@ signature), so the secret itself never travels.
     proxy.trigger_event(channel="global", data="hello world", event="message")
 """
 
+import http.client
 import json
 import os
 import urllib.error
@@ -20,10 +21,14 @@ DEFAULT_URL = "http://127.0.0.1:8080/"
 
 
 class PushiError(Exception):
-    """A REST call that the server refused: ``status`` and ``message``."""
+    """A REST call that failed: ``status`` is the server's HTTP status and
+    ``message`` its reason, or ``status`` is None when no answer came (the
+    server unreachable, a timeout, a broken connection or TLS check)."""
 
     def __init__(self, status, message):
-        Exception.__init__(self, "%d: %s" % (status, message))
+        Exception.__init__(
+            self, message if status is None else "%d: %s" % (status, message)
+        )
         self.status = status
         self.message = message
 
@@ -130,10 +135,21 @@ class Pushi:
             with urllib.request.urlopen(
                 request, timeout=self.timeout, context=self.ssl_context
             ) as response:
-                return json.loads(response.read() or b"{}")
+                status, answer = response.status, response.read()
         except urllib.error.HTTPError as error:
             try:
                 message = json.loads(error.read()).get("message", error.reason)
             except Exception:
                 message = error.reason
-            raise PushiError(error.code, message)
+            raise PushiError(error.code, message) from None
+        except (OSError, http.client.HTTPException) as error:
+            # URLError (refused, unknown host, TLS), timeouts, resets, and a
+            # malformed answer; the query is left out of the message
+            reason = getattr(error, "reason", None) or error
+            raise PushiError(
+                None, "%s %s%s failed: %s" % (method, self.base_url, path, reason)
+            ) from error
+        try:
+            return json.loads(answer or b"{}")
+        except ValueError:
+            raise PushiError(status, "the answer is not JSON") from None
