@@ -6,6 +6,10 @@ the resulting object, so tests build a ``Config`` directly.
 
 import os
 
+MIN_ADMIN_SECRET = 16
+"""The admin secret reaches every app and is the operator's choice (app
+secrets are generated): a short one could be guessed over the REST port."""
+
 
 def _flag(value):
     return str(value).strip().lower() in ("1", "true", "yes", "on")
@@ -68,4 +72,10 @@ class Config:
                     values[name] = cast(raw)
                 except ValueError:
                     raise SystemExit("Invalid value for %s: %r" % (variable, raw))
+        if len(values.get("admin_secret", "x" * MIN_ADMIN_SECRET)) < MIN_ADMIN_SECRET:
+            raise SystemExit(
+                "PUSHI_ADMIN_SECRET must have at least %d characters (it reaches"
+                " every app); e.g. python -c 'import secrets;"
+                " print(secrets.token_hex(32))'" % MIN_ADMIN_SECRET
+            )
         return cls(**values)
