@@ -41,6 +41,7 @@ def make_hub(apps):
     hub = ConsoleHub(
         engine,
         lambda token, app_id: apps.get(app_id) if token == "good-" + app_id else None,
+        lambda token, app_id: token == "good-" + app_id,
         lambda work, then: then(work()),
         lambda work, seconds: timers.append(work),
     )
@@ -232,6 +233,45 @@ class TestSignIn:
     def test_the_admin_secret_itself_is_not_a_stream_token(self, server, app):
         client, answer = console(server, app["app_id"], ADMIN_SECRET)
         assert answer["event"] == "console:error"
+        assert client.close_code() == 4009
+
+    def test_logout_ends_the_token_and_the_streams_it_opened(self, server, app):
+        token = login(server, app)
+        other = login(server, app)
+        client, watching = console(server, app["app_id"], token)
+        kept, _ = console(server, app["app_id"], other)
+        assert watching["event"] == "console:watching"
+        bearer = {"Authorization": "Bearer " + token}
+        assert server.request("POST", "logout", headers=bearer) == (
+            200,
+            {"result": "ok"},
+        )
+        ended = client.recv()
+        assert ended["event"] == "console:error"
+        assert ended["data"]["message"] == "Session ended"
+        assert client.close_code() == 4009
+        path = "apps/%s" % app["app_id"]
+        assert server.request("GET", path, headers=bearer)[0] == 401
+        assert server.request("POST", "logout", headers=bearer)[0] == 200
+        assert server.request("POST", "logout")[0] == 401
+        # the other token of the same app, and its stream, live on
+        auth = {"Authorization": "Bearer " + other}
+        assert server.request("GET", path, headers=auth)[0] == 200
+        server.request(
+            "POST",
+            "apps/%s/events" % app["app_id"],
+            {"event": "e", "channel": "c", "data": "d", "persist": False},
+            auth,
+        )
+        assert entries(kept, 1)[0]["type"] == "api_message"
+        kept.close()
+
+    def test_disabling_an_app_ends_its_console_streams(self, server):
+        app = server.create_app("disabled")
+        client, watching = console(server, app["app_id"], login(server, app))
+        assert watching["event"] == "console:watching"
+        server.update_app(app, enabled=False)
+        assert client.recv()["data"]["message"] == "Session ended"
         assert client.close_code() == 4009
 
 

@@ -13,6 +13,7 @@ they fail (``scripts/install`` installs both).
 
 import json
 import os
+import time
 
 import pytest
 
@@ -306,10 +307,19 @@ def test_admin_sign_in_picks_an_app(page, server, apps):
     )
     trigger(server, shop, "orders", "seen-by-admin", "x")
     page.wait_row("api_message", "seen-by-admin")
-    # signing out closes the stream and hides everything
+    # signing out closes the stream, hides everything and ends the token
+    token = json.loads(
+        page.call("evaluate", expression="sessionStorage.getItem('pushi.console')")
+    )["token"]
+    headers = {"Authorization": "Bearer " + token}
+    assert server.request("GET", "apps/" + shop["app_id"], headers=headers)[0] == 200
     page.call("click", selector="#signout")
     assert not page.call("visible", selector="#console")
     assert page.rows() == []
+    deadline = time.time() + 10
+    while server.request("GET", "apps/" + shop["app_id"], headers=headers)[0] != 401:
+        assert time.time() < deadline, "the token outlived the sign-out"
+        time.sleep(0.1)
 
 
 def test_screenshot_with_traffic(page, server, apps):

@@ -4,6 +4,7 @@ point the server's webhooks anywhere, queue unbounded store reads or hold
 unbounded channels from one anonymous socket."""
 
 import json
+import types
 
 import pytest
 
@@ -95,3 +96,39 @@ def test_an_apps_own_credentials_cannot_lift_its_limits(server, app, settings):
     # and the admin may change anything
     changed = server.update_app(app, settings=settings)["settings"]
     assert {name: changed[name] for name in settings} == settings
+
+
+def test_an_apps_session_tokens_are_bounded_and_expire(monkeypatch):
+    """Logins of one app keep at most ``MAX_TOKENS`` live tokens (a new one
+    ends its oldest) and none past its expiry, with no other app's touched:
+    each login does a few steps, however many came before."""
+    from pushi.base import access as access_module
+    from pushi.base.limits import App
+
+    apps = {
+        app_id: App(dict(app_id=app_id, key="k" + app_id, secret="s" + app_id))
+        for app_id in ("1", "2")
+    }
+
+    class Apps:
+        load_id = staticmethod(apps.get)
+
+    access = access_module.Access(Apps())
+    monkeypatch.setattr(access_module, "MAX_TOKENS", 5)
+    other = access.login("2", "k2", "s2")[1]
+    tokens = [access.login("1", "k1", "s1")[1] for _ in range(7)]
+    live = [token for token in tokens if access.is_live(token, "1")]
+    assert live == tokens[2:] and access.is_live(other, "2")
+    assert len(access._tokens) == 6
+    assert access.logout(tokens[-1]) and not access.logout(tokens[-1])
+    assert not access.is_live(tokens[-1], "1")
+    # a day later the next login finds the app's old tokens gone
+    now = access_module.time.time()
+    later = now + access_module.TOKEN_LIFETIME + 1
+    monkeypatch.setattr(
+        access_module, "time", types.SimpleNamespace(time=lambda: later)
+    )
+    fresh = access.login("1", "k1", "s1")[1]
+    assert set(access._tokens) == {fresh, other}
+    access.revoke("2")
+    assert set(access._tokens) == {fresh}

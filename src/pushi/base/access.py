@@ -12,6 +12,8 @@ import time
 from pushi.proto import auth, errors
 
 TOKEN_LIFETIME = 86400
+MAX_TOKENS = 1000
+"""Live session tokens per app; a new one past it ends the app's oldest."""
 
 
 class Access:
@@ -20,7 +22,8 @@ class Access:
     def __init__(self, apps, admin_secret=None):
         self.apps = apps
         self.admin_secret = admin_secret
-        self._tokens = {}
+        self._tokens = {}  # token: (app_id, expires)
+        self._by_app = {}  # app_id: its tokens, oldest (first to expire) first
         self._lock = threading.Lock()
 
     def app(self, app_id):
@@ -67,28 +70,43 @@ class Access:
         token = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
-            self._tokens = {
-                known: entry for known, entry in self._tokens.items() if entry[1] > now
-            }
+            # all live as long, so the oldest expire first: a few steps per
+            # login keep an app's tokens bounded and none kept past expiry
+            mine = self._by_app.setdefault(app.app_id, {})
+            while mine:
+                oldest = next(iter(mine))
+                if len(mine) < MAX_TOKENS and self._tokens[oldest][1] > now:
+                    break
+                del mine[oldest], self._tokens[oldest]
+            mine[token] = None
             self._tokens[token] = (app.app_id, now + TOKEN_LIFETIME)
         return token
 
     def revoke(self, app_id):
         """Ends every session token of an app (it was disabled)."""
         with self._lock:
-            self._tokens = {
-                known: entry
-                for known, entry in self._tokens.items()
-                if entry[0] != app_id
-            }
+            for token in self._by_app.pop(app_id, ()):
+                del self._tokens[token]
+
+    def logout(self, token):
+        """Ends one session token (``POST /logout``); True if it was live."""
+        with self._lock:
+            entry = self._tokens.pop(token, None)
+            if entry is None:
+                return False
+            del self._by_app[entry[0]][token]
+            return entry[1] > time.time()
+
+    def is_live(self, token, app_id):
+        """Whether ``token`` is a live session token of ``app_id`` (memory
+        only: safe on the loop)."""
+        entry = self._tokens.get(token) if isinstance(token, str) else None
+        return entry is not None and entry[1] > time.time() and entry[0] == app_id
 
     def session_app(self, token, app_id):
         """The app a live session token was issued for, when that is
         ``app_id``; else None (blocking: may read the store)."""
-        entry = self._tokens.get(token) if isinstance(token, str) else None
-        if entry is None or entry[1] <= time.time() or entry[0] != app_id:
-            return None
-        return self.apps.load_id(app_id)
+        return self.apps.load_id(app_id) if self.is_live(token, app_id) else None
 
     def bearer(self, header):
         """The token of an ``Authorization: Bearer`` header, or None."""
@@ -120,12 +138,8 @@ class Access:
         app = self.app(app_id)
         if "auth_signature" in params or "auth_key" in params:
             auth.verify_api(app.key, app.secret, method, path, params, body)
-        else:
-            token = self.bearer(header)
-            entry = self._tokens.get(token) if token else None
-            if entry is not None and entry[1] > time.time() and entry[0] == app.app_id:
-                pass
-            elif not self.is_admin(header):
+        elif not self.is_live(self.bearer(header), app.app_id):
+            if not self.is_admin(header):
                 raise errors.HttpError(
                     401,
                     "Sign the request or send Authorization: Bearer <token from /login>",

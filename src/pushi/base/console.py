@@ -92,12 +92,13 @@ class Watcher:
     reason)``, like a session's transport.
     """
 
-    __slots__ = ("hub", "link", "app_id", "pending", "gone")
+    __slots__ = ("hub", "link", "app_id", "token", "pending", "gone")
 
     def __init__(self, hub, link):
         self.hub = hub
         self.link = link
         self.app_id = None
+        self.token = None
         self.pending = False
         self.gone = False
 
@@ -119,7 +120,8 @@ class Watcher:
             self.refuse("Send console:watch with app_id and token first")
             return
         self.pending = True
-        self.hub.sign_in(self, data["app_id"], data["token"])
+        self.token = data["token"]
+        self.hub.sign_in(self, data["app_id"], self.token)
 
     def refuse(self, reason):
         self.link.write(encode("console:error", {"code": REFUSED, "message": reason}))
@@ -135,14 +137,19 @@ class ConsoleHub:
     """Watchers by app, and the engine observer that feeds them.
 
     ``authenticate(token, app_id)`` returns the app a session token may
-    watch, or None (blocking: run through ``offload``); ``offload(work,
-    then)`` runs ``work`` on a worker and ``then(result)`` on the loop;
-    ``schedule(work, seconds)`` runs ``work`` on the loop later.
+    watch, or None (blocking: run through ``offload``); ``is_live(token,
+    app_id)`` tells whether that token still holds (from memory);
+    ``offload(work, then)`` runs ``work`` on a worker and ``then(result)``
+    on the loop; ``schedule(work, seconds)`` runs ``work`` on the loop
+    later.
     """
 
-    def __init__(self, engine, authenticate, offload, schedule, max_buffer=262144):
+    def __init__(
+        self, engine, authenticate, is_live, offload, schedule, max_buffer=262144
+    ):
         self.engine = engine
         self.authenticate = authenticate
+        self.is_live = is_live
         self.offload = offload
         self.schedule = schedule
         self.max_buffer = max_buffer
@@ -202,6 +209,14 @@ class ConsoleHub:
         if not self._ticking:
             self._ticking = True
             self.schedule(self._tick, STATS_EVERY)
+
+    def recheck(self):
+        """Ends the streams whose token no longer holds (signed out, or
+        its app disabled)."""
+        for app_id, watchers in list(self.watchers.items()):
+            for watcher in list(watchers):
+                if not self.is_live(watcher.token, app_id):
+                    watcher.refuse("Session ended")
 
     def detach(self, watcher):
         """Stops streaming to a watcher; the last one unhooks the hub."""

@@ -64,6 +64,7 @@ class State:
         self.console = ConsoleHub(
             self.engine,
             self.access.session_app,
+            self.access.is_live,
             self.offload,
             self.schedule,
             max_buffer=self.config.console_max_buffer,
@@ -199,6 +200,13 @@ class State:
         if self._loop_thread is not None:
             self.call_in_loop(self.engine.update_app, app)
             self.call_in_loop(self._watch_webhooks)
+            if not app.enabled:
+                self.call_in_loop(self.console.recheck)
+
+    def logout(self, token):
+        """Ends a session token and the console streams it opened."""
+        if self.access.logout(token) and self._loop_thread is not None:
+            self.call_in_loop(self.console.recheck)
 
     def _watch_webhooks(self):
         wanted = any(app.limits["webhooks"] for app in self.apps.all())

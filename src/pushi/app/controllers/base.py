@@ -1,6 +1,8 @@
-"""Health and session login."""
+"""Health, and session login and logout."""
 
 import appier
+
+from pushi.proto import errors
 
 from .common import PushiController
 
@@ -33,3 +35,14 @@ class BaseController(PushiController):
                 app_id, body.get("app_key"), body.get("app_secret")
             )
         return {"token": token, "app_id": app.app_id, "expires_in": 86400}
+
+    @appier.route("/logout", "POST", json=True)
+    def logout(self):
+        """Ends the session token sent as ``Authorization: Bearer`` (and
+        the console streams opened with it); an unknown or expired token
+        has nothing left to end, so the answer is the same."""
+        token = self.access.bearer(self.authorization())
+        if not token:
+            raise errors.HttpError(401, "Send Authorization: Bearer <token>")
+        self.state.logout(token)
+        return {"result": "ok"}

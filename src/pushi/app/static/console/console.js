@@ -153,6 +153,8 @@
     });
 
     $("signout").addEventListener("click", function () {
+        // the token ends on the server too, not only in this tab
+        if (session) request("POST", "/logout", undefined, session.token).catch(function () {});
         signOut("");
     });
 
