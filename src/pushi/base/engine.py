@@ -348,10 +348,12 @@ class Engine:
     def _count_changed(self, app, name):
         """Tells a channel's subscribers how many they are, when the app
         asks for it (``subscription_count_events``).  Each change costs one
-        frame per subscriber: meant for channels of modest size."""
-        if (
-            not app.limits["subscription_count_events"]
-            or channels.kind(name) == channels.USER
+        frame per subscriber: meant for channels of modest size.  As on
+        Pusher, presence channels have none: their members say who is
+        there."""
+        if not app.limits["subscription_count_events"] or channels.kind(name) in (
+            channels.USER,
+            channels.PRESENCE,
         ):
             return
         channel = self.registry.channel(app.app_id, name)
