@@ -79,14 +79,18 @@ def receiver():
     instance.close()
 
 
-def hooked_app(server, url, events=None):
+def hooked_app(server, url, events=None, **settings):
     hook = {"url": url}
     if events:
         hook["events"] = events
     status, app = server.request(
         "POST",
         "apps",
-        {"name": "hooked", "client_events": True, "settings": {"webhooks": [hook]}},
+        {
+            "name": "hooked",
+            "client_events": True,
+            "settings": dict(settings, webhooks=[hook]),
+        },
         ADMIN,
     )
     assert status == 200, app
@@ -144,6 +148,37 @@ def test_members_client_events_and_cache_miss(server, receiver):
     assert receiver.events(app, 1) == [
         {"name": "member_removed", "channel": "presence-room", "user_id": "alice"}
     ]
+    bob.close()
+
+
+def test_subscription_count_when_the_app_counts(server, receiver):
+    """Pusher's subscription_count webhook: the channel's connections after
+    each change, on every kind of channel but presence, once the app turns
+    subscription counts on."""
+    quiet = hooked_app(server, receiver.url, ["subscription_count"])
+    client = server.connect(quiet)
+    client.subscribe("room")
+    assert receiver.quiet(1)
+    client.close()
+    app = hooked_app(
+        server, receiver.url, ["subscription_count"], subscription_count_events=True
+    )
+    alice, bob = server.connect(app), server.connect(app)
+    alice.subscribe("room")
+    assert receiver.events(app, 1) == [
+        {"name": "subscription_count", "channel": "room", "subscription_count": 1}
+    ]
+    bob.subscribe("room")
+    assert receiver.events(app, 1) == [
+        {"name": "subscription_count", "channel": "room", "subscription_count": 2}
+    ]
+    bob.send({"event": "pusher:unsubscribe", "data": {"channel": "room"}})
+    assert receiver.events(app, 1) == [
+        {"name": "subscription_count", "channel": "room", "subscription_count": 1}
+    ]
+    join(bob, app, "presence-room", {"user_id": "bob"})
+    assert receiver.quiet(1)
+    alice.close()
     bob.close()
 
 

@@ -346,8 +346,9 @@ class Engine:
             self._count_changed(session.app, name)
 
     def _count_changed(self, app, name):
-        """Tells a channel's subscribers how many they are, when the app
-        asks for it (``subscription_count_events``).  Each change costs one
+        """Tells a channel's subscribers (and the observers: webhooks) how
+        many they are, when the app asks for it
+        (``subscription_count_events``).  Each change costs one
         frame per subscriber: meant for channels of modest size.  As on
         Pusher, presence channels have none: their members say who is
         there."""
@@ -359,9 +360,14 @@ class Engine:
         channel = self.registry.channel(app.app_id, name)
         if channel is None:
             return
-        frame = text_frame(messages.subscription_count(name, len(channel.sessions)))
+        count = len(channel.sessions)
+        frame = text_frame(messages.subscription_count(name, count))
         for other in channel.sessions:
             other.transport.write(frame)
+        if self.observers:
+            self.emit(
+                app.app_id, "subscription_count", channel=name, subscription_count=count
+            )
 
     # peer channels: every pair of presence members that set "peer"
 

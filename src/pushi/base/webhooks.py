@@ -4,7 +4,8 @@ An app lists its hooks in its settings::
 
     {"webhooks": [{"url": "https://example.com/pusher", "events":
         ["channel_occupied", "channel_vacated", "member_added",
-         "member_removed", "client_event", "cache_miss"]}]}
+         "member_removed", "client_event", "cache_miss",
+         "subscription_count"]}]}
 
 ``Webhooks.observe`` is an engine observer (loop thread): it turns engine
 events into Pusher webhook events and queues them; ``channel_vacated`` and
@@ -40,8 +41,10 @@ EVENTS = (
     "member_removed",
     "client_event",
     "cache_miss",
+    "subscription_count",
 )
-""" The webhook events an app may ask for """
+""" The webhook events an app may ask for (``subscription_count`` comes
+only while the app's ``subscription_count_events`` is on, as on Pusher) """
 
 LINGER = 3.0
 RETRY_FOR = 300.0
@@ -137,6 +140,15 @@ class Webhooks:
             self._add(app, event)
         elif kind == "cache_miss":
             self._add(app, {"name": "cache_miss", "channel": channel})
+        elif kind == "subscription_count":
+            self._add(
+                app,
+                {
+                    "name": "subscription_count",
+                    "channel": channel,
+                    "subscription_count": details["subscription_count"],
+                },
+            )
 
     def _linger(self, key, app, event):
         with self._condition:
