@@ -24,6 +24,7 @@ class Receiver:
     def __init__(self, fail=0):
         self.posts = queue.Queue()
         self.fail = fail
+        self.refused = []
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,6 +32,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if receiver.fail > 0:
                     receiver.fail -= 1
+                    receiver.refused.append(body)
                     self.send_response(500)
                     self.end_headers()
                     return
@@ -56,6 +58,7 @@ class Receiver:
                 app["secret"].encode(), body, hashlib.sha256
             ).hexdigest()
             assert hmac.compare_digest(headers["X-Pusher-Signature"], expected)
+            self.last = body
             payload = json.loads(body)
             assert payload["time_ms"] > 0
             events += payload["events"]
@@ -192,6 +195,10 @@ def test_failed_posts_are_retried(server):
             {"name": "channel_occupied", "channel": "retry"}
         ]
         assert failing.fail == 0
+        # a retry is the same webhook: its time_ms still says when it was
+        # made, so that the consumer can tell how late it comes
+        retried = failing.refused + [failing.last]
+        assert len({body for body in retried}) == 1
         client.close()
     finally:
         failing.close()

@@ -216,7 +216,8 @@ def test_a_webhook_retry_due_after_stop_is_not_sent():
     app = App({"app_id": "1", "key": "k" * 32, "secret": "s" * 64, "name": "a"})
     webhooks.stop()
     # the retry of a post to a port nothing listens on
-    webhooks._post(app, "http://127.0.0.1:%d/" % free_port(), [{}], time.monotonic())
+    url = "http://127.0.0.1:%d/" % free_port()
+    webhooks._post(app, url, b'{"time_ms":1,"events":[{}]}', 1, time.monotonic())
     assert reported == []
 
 

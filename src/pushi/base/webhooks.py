@@ -236,19 +236,20 @@ class Webhooks:
         app = self.apps.by_id(app_id)
         if app is None:
             return
+        # when the webhook was made: its retries keep it, so that the
+        # consumer can tell how late one comes (Pusher's time_ms)
+        time_ms = int(time.time() * 1000)
         for hook in app.limits.get("webhooks") or ():
             wanted = hook.get("events") or EVENTS
             chosen = [event for event in events if event["name"] in wanted]
             if chosen:
-                self._post(app, hook["url"], chosen, first=time.monotonic())
+                body = json.dumps({"time_ms": time_ms, "events": chosen}).encode()
+                self._post(app, hook["url"], body, len(chosen), time.monotonic())
 
-    def _post(self, app, url, events, first, attempt=0):
+    def _post(self, app, url, body, count, first, attempt=0):
         if self._stopped:
             # a retry's timer that fires while the server stops
             return
-        body = json.dumps(
-            {"time_ms": int(time.time() * 1000), "events": events}
-        ).encode()
         request = urllib.request.Request(url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
         request.add_header("X-Pusher-Key", app.key)
@@ -265,7 +266,7 @@ class Webhooks:
             status, error = None, failure.__class__.__name__
         if error is None and 200 <= status < 300:
             self._report(
-                app.app_id, "webhook_sent", url=url, events=len(events), status=status
+                app.app_id, "webhook_sent", url=url, events=count, status=status
             )
             return
         delay = min(2.0**attempt, 60.0)
@@ -274,7 +275,7 @@ class Webhooks:
             app.app_id,
             "webhook_failed",
             url=url,
-            events=len(events),
+            events=count,
             error=error,
             final=final,
         )
@@ -284,7 +285,7 @@ class Webhooks:
             )
             return
         timer = threading.Timer(
-            delay, self._post, (app, url, events, first, attempt + 1)
+            delay, self._post, (app, url, body, count, first, attempt + 1)
         )
         timer.daemon = True
         timer.start()
