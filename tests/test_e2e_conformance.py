@@ -5,12 +5,21 @@ import json
 
 import pushi
 
+from support import signed_path
+
 
 def join(client, app, channel, data=None):
     answer = pushi.Pushi(
         app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
     ).authenticate(channel, client.socket_id, data)
     return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
+
+
+def publish(server, app, event):
+    """``(status, answer)`` of a Pusher SDK's signed ``POST events``."""
+    body = json.dumps(event).encode()
+    path = signed_path(app, "POST", "/apps/%s/events" % app["app_id"], None, body)
+    return server.request("POST", path[1:], raw=body)
 
 
 def received(client, timeout=0.5):
@@ -41,3 +50,18 @@ def test_no_subscription_counts_on_presence_channels(server, app):
     assert json.loads(counts[0]["data"]) == {"subscription_count": 1}
     alice.close()
     bob.close()
+
+
+def test_a_public_channel_may_start_with_peer(server, app):
+    """Pushi's peer channels are ``peer-<base>:<a>&<b>``, names no Pusher
+    channel can have (``:`` and ``&`` are not in Pusher's grammar); any
+    other name that starts with ``peer-`` is a public channel, as on
+    Pusher."""
+    client = server.connect(app)
+    answer = client.subscribe("peer-review")
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    assert publish(
+        server, app, {"name": "note", "channel": "peer-review", "data": "hello"}
+    ) == (200, {})
+    assert client.recv() == {"event": "note", "channel": "peer-review", "data": "hello"}
+    client.close()

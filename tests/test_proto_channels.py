@@ -12,6 +12,7 @@ from pushi.proto import channels, errors
         ("presence-a", channels.PRESENCE),
         ("personal-42", channels.PERSONAL),
         ("peer-room:1&2", channels.PEER),
+        ("peer-review", channels.PUBLIC),
         ("#server-to-user-7", channels.USER),
         ("a-private-b", channels.PUBLIC),
         ("cache-a", channels.PUBLIC),
@@ -31,6 +32,7 @@ def test_grammar():
     assert not channels.is_valid("#server-to-user-")
     assert channels.is_valid("peer-room:a&b")
     assert not channels.is_valid("peer-room:a")
+    assert channels.is_valid("peer-review")
 
 
 def test_check_raises_subscription_error():

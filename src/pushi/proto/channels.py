@@ -3,6 +3,8 @@
 The kind of a channel is read from the start of its name only.  Pusher's
 grammar ``[A-Za-z0-9_\\-=@,.;]`` applies to every name; ``#`` is allowed only
 in ``#server-to-user-<id>`` and ``:``/``&`` only in ``peer-<base>:<a>&<b>``.
+A name such as ``peer-review``, which Pusher's grammar allows and no peer
+channel can have, is a public channel, as on Pusher.
 """
 
 import re
@@ -37,7 +39,7 @@ def kind(name):
         return PRESENCE
     if name.startswith("personal-"):
         return PERSONAL
-    if name.startswith("peer-"):
+    if name.startswith("peer-") and _PEER.match(name):
         return PEER
     if name.startswith(USER_PREFIX):
         return USER
@@ -65,9 +67,7 @@ def is_valid(name, max_length=MAX_NAME):
         return False
     if name.startswith(USER_PREFIX):
         return bool(_PLAIN.match(name[len(USER_PREFIX) :]))
-    if name.startswith("peer-"):
-        return bool(_PEER.match(name))
-    return bool(_PLAIN.match(name))
+    return bool(_PLAIN.match(name) or _PEER.match(name))
 
 
 def check(name, max_length=MAX_NAME):
