@@ -717,6 +717,38 @@ def test_sqlite_events_writer_process_is_replaced_when_it_dies(tmp_path):
     assert store._events._process is None
 
 
+def test_sqlite_refuses_writes_once_its_file_is_removed_or_replaced(tmp_path):
+    # an open connection would go on committing to the removed file, which
+    # no restart reads again: those writes must fail, not be acknowledged
+    store = SQLiteStore(str(tmp_path / "data"))
+    try:
+        store.add_events([make_event("1", "c", 1.0, mid="before")])
+        app = store.create_app("kept")
+        saved = str(tmp_path / "saved.sqlite3")
+        with sqlite3.connect(saved) as copy:
+            sqlite3.connect(store.path).backup(copy)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(store.path + suffix):
+                os.remove(store.path + suffix)
+        with pytest.raises(sqlite3.OperationalError):
+            store.add_events([make_event("1", "c", 2.0, mid="lost")])
+        with pytest.raises(sqlite3.OperationalError):
+            store.create_app("lost")
+        # still gone: never created empty behind the operator's back
+        with pytest.raises(sqlite3.OperationalError):
+            store.add_events([make_event("1", "c", 2.0, mid="lost")])
+        assert not os.path.exists(store.path)
+        # a restored file (another inode) is taken into use
+        os.replace(saved, store.path)
+        store.add_events([make_event("1", "c", 3.0, mid="after")])
+        assert store.create_app("after")["app_id"] == str(int(app["app_id"]) + 1)
+    finally:
+        store.close()
+    with sqlite3.connect(store.path) as check:
+        stored = [row[0] for row in check.execute("SELECT mid FROM events")]
+    assert sorted(stored) == ["after", "before"]
+
+
 class SelectorLoop:
     """A small event loop (``selectors``) on this thread, with what a store
     bound to a loop uses; the server's is netius."""

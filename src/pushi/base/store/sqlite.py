@@ -28,6 +28,10 @@ Ownership and threading (read this before touching the code):
   ``busy_timeout`` for it, so app ids (SQLite ``AUTOINCREMENT`` rowids) are
   allocated sequentially without duplicates across processes.
 
+Writers check after each commit that the database file is still the one
+at the data dir's path (``MovedDatabase``): committing to a removed file
+would acknowledge writes that no restart finds.
+
 Durability: WAL mode with ``synchronous=FULL``.  A commit returns only after
 the WAL has been fsync'ed, so a committed event survives ``kill -9`` of the
 process and also a power loss or OS crash.  (``NORMAL`` in WAL mode would
@@ -59,6 +63,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from . import base
 from .sqlite_events import EventsProcess, GroupCommit
@@ -123,20 +128,69 @@ EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
 EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
 
 
-def connect(path, synchronous):
+def connect(path, synchronous, create=True):
     """A connection as every user of the file opens it (WAL, ``synchronous``,
-    autocommit, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock)."""
+    autocommit, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock);
+    without ``create``, fails when there is no file at ``path``."""
     connection = sqlite3.connect(
-        path,
+        path if create else "file:%s?mode=rw" % urllib.parse.quote(path),
         timeout=BUSY_TIMEOUT_MS / 1000.0,
         isolation_level=None,
         check_same_thread=False,
+        uri=not create,
     )
     connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = %s" % synchronous)
     connection.execute("PRAGMA foreign_keys = OFF")
     return connection
+
+
+def file_identity(path):
+    """``(device, inode)`` of the file at ``path``, None if there is none."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+class MovedDatabase:
+    """A writer's connection that notices when its database file is removed
+    or replaced while it runs (an operator's ``rm``, a restored backup).
+
+    An open connection keeps writing to the file it opened, even once no
+    path leads to it: its commits succeed but a restart finds none of them.
+    So after each commit ``check`` compares the file at ``path`` with the
+    one opened, and a writer reports failure instead; the next ``get``
+    opens whatever file is at ``path`` then (never creating one)."""
+
+    def __init__(self, path, synchronous, connection=None):
+        self.path = path
+        self.synchronous = synchronous
+        self.connection = connection
+        self.identity = file_identity(path) if connection is not None else None
+
+    def get(self):
+        """The connection, reopened if the file was found moved."""
+        if self.connection is None:
+            connection = connect(self.path, self.synchronous, create=False)
+            self.connection, self.identity = connection, file_identity(self.path)
+        return self.connection
+
+    def check(self):
+        """Raises (and drops the connection) if the file at ``path`` is not
+        the one committed to."""
+        if file_identity(self.path) != self.identity:
+            self.close()
+            raise sqlite3.OperationalError(
+                "%s was removed or replaced while in use" % self.path
+            )
+
+    def close(self):
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
 
 
 class StoreClosedError(RuntimeError):
@@ -201,11 +255,12 @@ class SQLiteStore(base.Store):
         # be queued behind the writer's stop marker and wait forever.
         self._queue_lock = threading.Lock()
 
-        self._writer_connection = self._connect()
+        writer_connection = self._connect()
         # The writer touches every index of every insert: a page cache of
         # 32 MB (instead of 2 MB) keeps their hot pages of a large store.
-        self._writer_connection.execute("PRAGMA cache_size = -32768")
-        self._create_schema(self._writer_connection)
+        writer_connection.execute("PRAGMA cache_size = -32768")
+        self._create_schema(writer_connection)
+        self._database = MovedDatabase(self.path, synchronous, writer_connection)
         # started on the first events to store: the CLI never needs it
         self._events = EventsProcess(self.path, self.synchronous)
         # the events of a server: committed by a group commit on its loop
@@ -270,7 +325,6 @@ class SQLiteStore(base.Store):
         return self._submit(_Ticket(job=job))
 
     def _write_loop(self):
-        connection = self._writer_connection
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
@@ -283,11 +337,11 @@ class SQLiteStore(base.Store):
                 stopping = True
                 batch = [ticket for ticket in batch if ticket is not _STOP]
             if batch:
-                self._run_batch(connection, batch)
+                self._run_batch(batch)
         self._events.close()
-        connection.close()
+        self._database.close()
 
-    def _run_batch(self, connection, batch):
+    def _run_batch(self, batch):
         """Runs the tickets of ``batch`` and wakes their callers: the event
         tickets as one transaction of the events writer process, whose
         callers are woken as soon as it is committed; every other job in
@@ -305,6 +359,7 @@ class SQLiteStore(base.Store):
         if not job_tickets:
             return
         try:
+            connection = self._database.get()
             connection.execute("BEGIN IMMEDIATE")
             try:
                 for ticket in job_tickets:
@@ -316,6 +371,7 @@ class SQLiteStore(base.Store):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+            self._database.check()
         except Exception as error:
             for ticket in job_tickets:
                 ticket.error = ticket.error or error

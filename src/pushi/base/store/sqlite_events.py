@@ -121,21 +121,23 @@ def store_batch(connection, row_lists):
 
 
 def main(argv=None):
-    from pushi.base.store.sqlite import connect
+    from pushi.base.store.sqlite import MovedDatabase
 
     # Ctrl-C in a terminal reaches the whole process group: the server
     # stops gracefully and closes this child's input, which ends it after
     # its last commit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
-    connection = connect(path, synchronous)
+    database = MovedDatabase(path, synchronous)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         row_lists = _read_frame(source)
         if row_lists is None:
             break
         try:
-            errors = store_batch(connection, row_lists)
+            errors = store_batch(database.get(), row_lists)
+            # committed to a file no path leads to any more: lost
+            database.check()
         except Exception as error:
             errors = [error] * len(row_lists)
         _write_frame(
@@ -145,7 +147,7 @@ def main(argv=None):
                 for error in errors
             ],
         )
-    connection.close()
+    database.close()
 
 
 class EventsProcess:
