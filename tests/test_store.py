@@ -623,6 +623,26 @@ def test_events_survive_sigkill_of_the_writing_process(store_backend):
     assert set(acked) <= stored
 
 
+def test_mongo_bounds_every_operation_and_lets_the_url_decide(store_mongo_emulator):
+    base_url = store_mongo_emulator.url + "pushi_options"
+    store = MongoStore(base_url)
+    try:
+        # a server that stops answering cannot hold a caller for ever
+        assert store.client.options.timeout == 10
+        assert store.client.options.server_selection_timeout == 10
+    finally:
+        store.close()
+    store = MongoStore(
+        base_url + "?serverSelectionTimeoutMS=1500&timeoutMS=0&w=majority&journal=true"
+    )
+    try:
+        assert store.client.options.server_selection_timeout == 1.5
+        assert store.client.options.timeout == 0
+        assert store.events.write_concern.document == {"w": "majority", "j": True}
+    finally:
+        store.close()
+
+
 # SQLite specifics
 
 

@@ -23,10 +23,16 @@ or a few single-document or bulk operations, which is also what the test
 emulator (``tests/mongo_emulator.py``) supports.  Durability is whatever
 write concern the URL asks for (``?w=majority&journal=true``); pymongo's
 default is acknowledged by the primary.
+
+Every operation gives up after ``timeoutMS`` (pymongo's client-side
+operation timeout, 10 s unless the URL says otherwise): without it a server
+that accepts connections but stops answering would hold a publish, and the
+one thread that serves the other REST routes, for ever.
 """
 
 import secrets
 import time
+import urllib.parse
 
 import pymongo
 from pymongo import errors
@@ -34,6 +40,8 @@ from pymongo import errors
 from . import base
 
 DEFAULT_DATABASE = "pushi"
+DEFAULT_OPTIONS = {"serverSelectionTimeoutMS": 10000, "timeoutMS": 10000}
+"""Client options used unless the URL (or the caller) gives them."""
 DUPLICATE_KEY = 11000
 
 APP_FIELDS = ("app_id", "name", "key", "secret", "enabled", "client_events")
@@ -45,7 +53,14 @@ class MongoStore(base.Store):
     """Persistence in MongoDB at ``url`` (see the module docstring)."""
 
     def __init__(self, url, database=None, **client_options):
-        client_options.setdefault("serverSelectionTimeoutMS", 10000)
+        # a keyword argument would override the URL's own option
+        in_url = {
+            name.lower()
+            for name, _value in urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)
+        }
+        for name, value in DEFAULT_OPTIONS.items():
+            if name.lower() not in in_url:
+                client_options.setdefault(name, value)
         self.client = pymongo.MongoClient(url, **client_options)
         if database is None:
             default = self.client.get_default_database(default=DEFAULT_DATABASE)
