@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from support import PushiServer, env_with_src
+from support import PushiServer, env_with_src, signed_path
 
 
 def presence_data(user_id, peer=False):
@@ -377,3 +377,46 @@ def test_the_python_client_triggers_any_data_to_several_channels(server, app):
     for name in ("north", "south"):
         assert [event["event"] for event in proxy.get_events(name)["events"]] == ["w"]
     listener.close()
+
+
+def test_a_store_that_goes_away_is_answered_and_comes_back():
+    from mongo_emulator import MongoEmulator
+
+    emulator = MongoEmulator().start()
+    port = emulator.port
+    # short timeouts (the URL's own options win) keep the test quick
+    url = emulator.url + "pushi_away?serverSelectionTimeoutMS=500&timeoutMS=2000"
+    instance = PushiServer(env={"MONGO_URL": url}).start()
+    try:
+        app = instance.create_app("away")
+        body = json.dumps({"event": "e", "channel": "news", "data": "x"}).encode()
+        publish = signed_path(app, "POST", "/apps/%s/events" % app["app_id"], body=body)
+        history = signed_path(
+            app, "GET", "/apps/%s/events" % app["app_id"], {"channel": "news"}
+        )
+        assert instance.request("POST", publish[1:], raw=body)[0] == 200
+        client = instance.connect(app, "pushi")
+        client.subscribe("news")
+        emulator.stop()
+        unavailable = {"result": "error", "code": 503, "message": "Store unavailable"}
+        assert instance.request("POST", publish[1:], raw=body) == (503, unavailable)
+        assert instance.request("GET", history[1:]) == (503, unavailable)
+        # no history is not what the store said
+        client.send({"event": "pusher:latest", "data": {"channel": "news"}})
+        error = client.recv_event("pusher:error")["data"]
+        assert error == {"code": 4305, "message": "Store unavailable"}
+        assert instance.process.poll() is None
+        # back (empty: the emulator's data lived in memory)
+        emulator = MongoEmulator(port=port).start()
+        deadline = time.time() + 15
+        while instance.request("POST", publish[1:], raw=body)[0] != 200:
+            assert time.time() < deadline, "the store did not come back"
+            time.sleep(0.2)
+        status, answer = instance.request("GET", history[1:])
+        assert status == 200 and [e["data"] for e in answer["events"]] == ["x"]
+        client.send({"event": "pusher:latest", "data": {"channel": "news"}})
+        assert client.recv_event("pusher_internal:latest")
+        client.close()
+    finally:
+        instance.stop()
+        emulator.stop()

@@ -16,6 +16,7 @@ import logging
 
 import appier
 
+from pushi.base import store as stores
 from pushi.net import httpd
 from pushi.proto import errors
 
@@ -115,7 +116,12 @@ class PushiApp(appier.APIApp):
         """Appier's JSON error answer, but a server error says no more than
         "Internal error": its text and class are for the log only."""
         result = appier.APIApp.handle_error(self, exception)
-        if isinstance(result, dict) and not _is_client_error(exception):
+        if isinstance(result, dict) and stores.is_store_error(exception):
+            # the store failing is no bug here: the client may retry
+            self.request.set_code(503)
+            self.request.set_header("Retry-After", "1")
+            result = errors.HttpError(503, "Store unavailable").body
+        elif isinstance(result, dict) and not _is_client_error(exception):
             self.request.set_code(500)
             result = errors.HttpError(500, "Internal error").body
         return result
@@ -123,6 +129,8 @@ class PushiApp(appier.APIApp):
     def log_error(self, exception, message=None):
         if _is_client_error(exception):
             return self.logger.debug("client error: %s", exception)
+        if stores.is_store_error(exception):
+            return logger.error("store failed: %s", exception)
         return appier.APIApp.log_error(self, exception, message)
 
     def log_warning(self, exception, message=None):

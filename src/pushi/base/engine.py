@@ -510,9 +510,15 @@ class Engine:
 
         def answer(events):
             session.reading = False
-            if not session.closed:
-                events = [public_event(event) for event in events or ()]
-                self._send(session, messages.latest(name, events))
+            if session.closed:
+                return
+            if events is None:
+                # the read failed: no history is not what the store said
+                error = messages.error(errors.STORE_UNAVAILABLE, "Store unavailable")
+                self._send(session, error)
+                return
+            events = [public_event(event) for event in events]
+            self._send(session, messages.latest(name, events))
 
         self.offload(lambda: store.get_events(app_id, [name], skip, count), answer)
 

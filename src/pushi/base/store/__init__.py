@@ -4,6 +4,9 @@
 is given, else the embedded SQLite store under the data dir.
 """
 
+import sqlite3
+import sys
+
 from .base import Store
 from .sqlite import SQLiteStore, StoreClosedError
 
@@ -22,6 +25,17 @@ def open_store(data_dir=None, mongo_url=None):
     return SQLiteStore(data_dir or DEFAULT_DATA_DIR)
 
 
+def is_store_error(exception):
+    """True when ``exception`` is the store failing (unreachable, full,
+    corrupt, timed out, closed), which a caller answers with "Store
+    unavailable" rather than as a bug."""
+    if isinstance(exception, (sqlite3.Error, StoreClosedError)):
+        return True
+    # pymongo is imported only with the MongoDB store
+    mongo_errors = sys.modules.get("pymongo.errors")
+    return mongo_errors is not None and isinstance(exception, mongo_errors.PyMongoError)
+
+
 def __getattr__(name):
     # MongoStore is imported lazily so that the embedded store does not
     # need pymongo installed.
@@ -32,4 +46,11 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Store", "SQLiteStore", "MongoStore", "StoreClosedError", "open_store"]
+__all__ = [
+    "Store",
+    "SQLiteStore",
+    "MongoStore",
+    "StoreClosedError",
+    "is_store_error",
+    "open_store",
+]
