@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from support import PushiServer, env_with_src, signed_path
+from support import SRC, PushiServer, env_with_src, free_port, signed_path
 
 
 def presence_data(user_id, peer=False):
@@ -420,3 +420,34 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
     finally:
         instance.stop()
         emulator.stop()
+
+
+@pytest.mark.parametrize("store", ["mongo-closed-port", "sqlite-not-a-database"])
+def test_a_store_that_cannot_be_opened_is_one_line_at_start(store):
+    instance = PushiServer()
+    env = instance.env()
+    if store == "mongo-closed-port":
+        env["MONGO_URL"] = "mongodb://user:hidden@127.0.0.1:%d/pushi?%s" % (
+            free_port(),
+            "serverSelectionTimeoutMS=300",
+        )
+        reason = "Connection refused"
+    else:
+        with open(os.path.join(instance.data_dir, "pushi.sqlite3"), "wb") as file:
+            file.write(b"not SQLite" * 100)
+        reason = "file is not a database"
+    launcher = os.path.join(SRC, "pushi", "base", "state.py")
+    # the server, and the CLI on the same store
+    for command in ([launcher], ["-m", "pushi", "app", "list"]):
+        result = subprocess.run(
+            [sys.executable] + command,
+            env=env,
+            cwd=instance.data_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("pushi: cannot open ") and reason in line
+        assert "hidden" not in line

@@ -35,10 +35,13 @@ def main(argv=None):
 
         return serve()
     if args.command == "app" and args.action:
-        from pushi.base.store import open_store
+        from pushi.base.store import StoreOpenError, open_store
 
         config = Config.from_env()
-        store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)
+        try:
+            store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)
+        except StoreOpenError as error:
+            raise SystemExit("pushi: %s" % error)
         try:
             if args.action == "create":
                 record = store.create_app(args.name, client_events=args.client_events)

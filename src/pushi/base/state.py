@@ -354,7 +354,10 @@ def main():
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, terminate)
-    state = State(config)
+    try:
+        state = State(config)
+    except stores.StoreOpenError as error:
+        raise SystemExit("pushi: %s" % error)
     try:
         state.serve()
     except KeyboardInterrupt:

@@ -4,8 +4,11 @@
 is given, else the embedded SQLite store under the data dir.
 """
 
+import os
+import re
 import sqlite3
 import sys
+import urllib.parse
 
 from .base import Store
 from .sqlite import SQLiteStore, StoreClosedError
@@ -15,14 +18,34 @@ DEFAULT_DATA_DIR = "data"
 working directory)."""
 
 
+class StoreOpenError(RuntimeError):
+    """The configured store cannot be used at all; the message is one line
+    for the operator (the launcher and the CLI print it and exit)."""
+
+
 def open_store(data_dir=None, mongo_url=None):
     """Opens the configured store: ``MongoStore(mongo_url)`` when
-    ``mongo_url`` is given, else ``SQLiteStore(data_dir)``."""
-    if mongo_url:
-        from .mongo import MongoStore
+    ``mongo_url`` is given, else ``SQLiteStore(data_dir)``.  Raises
+    ``StoreOpenError`` when it cannot be reached, read or written."""
+    data_dir = data_dir or DEFAULT_DATA_DIR
+    try:
+        if mongo_url:
+            from .mongo import MongoStore
 
-        return MongoStore(mongo_url)
-    return SQLiteStore(data_dir or DEFAULT_DATA_DIR)
+            return MongoStore(mongo_url)
+        return SQLiteStore(data_dir)
+    except Exception as error:
+        if not (is_store_error(error) or isinstance(error, OSError)):
+            raise
+        if mongo_url:
+            # the hosts only: the URL may hold a password
+            hosts = urllib.parse.urlsplit(mongo_url).netloc.rpartition("@")[2]
+            where = "MongoDB at %s" % hosts
+        else:
+            where = "the SQLite store in %s" % os.path.abspath(data_dir)
+        # pymongo appends its timeouts and whole topology to the reason
+        reason = re.split(r" \(configured timeouts|, Timeout: ", str(error))[0]
+        raise StoreOpenError("cannot open %s: %s" % (where, reason.strip())) from error
 
 
 def is_store_error(exception):
@@ -51,6 +74,7 @@ __all__ = [
     "SQLiteStore",
     "MongoStore",
     "StoreClosedError",
+    "StoreOpenError",
     "is_store_error",
     "open_store",
 ]

@@ -70,7 +70,11 @@ class MongoStore(base.Store):
         self.counters = self.database["counters"]
         self.events = self.database["events"]
         self.subscriptions = self.database["subscriptions"]
-        self._create_indexes()
+        try:
+            self._create_indexes()
+        except BaseException:
+            self.client.close()
+            raise
 
     def _create_indexes(self):
         self.apps.create_index("app_id", unique=True, name="app_id")
