@@ -388,7 +388,7 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
     url = emulator.url + "pushi_away?serverSelectionTimeoutMS=500&timeoutMS=2000"
     instance = PushiServer(env={"MONGO_URL": url}).start()
     try:
-        app = instance.create_app("away")
+        app = instance.create_app("away", client_events=True)
         body = json.dumps({"event": "e", "channel": "news", "data": "x"}).encode()
         publish = signed_path(app, "POST", "/apps/%s/events" % app["app_id"], body=body)
         history = signed_path(
@@ -397,6 +397,7 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
         assert instance.request("POST", publish[1:], raw=body)[0] == 200
         client = instance.connect(app, "pushi")
         client.subscribe("news")
+        client.subscribe("private-room", **signed(client, app, "private-room"))
         emulator.stop()
         unavailable = {"result": "error", "code": 503, "message": "Store unavailable"}
         assert instance.request("POST", publish[1:], raw=body) == (503, unavailable)
@@ -405,6 +406,10 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
         client.send({"event": "pusher:latest", "data": {"channel": "news"}})
         error = client.recv_event("pusher:error")["data"]
         assert error == {"code": 4305, "message": "Store unavailable"}
+        # a send from a socket is delivered, and its sender told it is not kept
+        client.send({"event": "chat", "channel": "private-room", "data": "hi"})
+        error = client.recv_event("pusher:error")["data"]
+        assert error == {"code": 4305, "message": "Store unavailable: not stored"}
         assert instance.process.poll() is None
         # back (empty: the emulator's data lived in memory)
         emulator = MongoEmulator(port=port).start()

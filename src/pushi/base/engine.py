@@ -522,10 +522,22 @@ class Engine:
 
         self.offload(lambda: store.get_events(app_id, [name], skip, count), answer)
 
-    def _store(self, event):
-        """Stores an event from a socket, off the loop (no one awaits it)."""
+    def _store(self, event, session):
+        """Stores an event from a socket, off the loop; the sender hears
+        (``pusher:error`` 4305) if it could not be stored, since its
+        delivery already carries a ``mid`` that says it was."""
         store = self.store
-        self.offload(lambda: store.add_events([event]), lambda _result: None)
+
+        def stored(result):
+            if result is None and not session.closed:
+                self._send(
+                    session,
+                    messages.error(
+                        errors.STORE_UNAVAILABLE, "Store unavailable: not stored"
+                    ),
+                )
+
+        self.offload(lambda: store.add_events([event]) or True, stored)
 
     # cache channels: the last event of each is kept and replayed
 
@@ -696,7 +708,8 @@ class Engine:
                     event=name,
                     data=stored_data,
                     user_id=user_id,
-                )
+                ),
+                session,
             )
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
