@@ -459,6 +459,8 @@ def test_send_and_latest(unit):
         const got = [];
         channel.latest(5, 3, (events, data) => got.push([events, data.channel]));
         const promise = channel.latest();
+        // the server reads one at a time per socket: the second waits
+        const before = socket.sentMessages().length;
         socket.serverSend({event: "pusher_internal:latest", channel: "news",
             data: JSON.stringify({channel: "news", events: [{event: "a"}]})});
         socket.serverSend({event: "pusher_internal:latest",
@@ -469,7 +471,8 @@ def test_send_and_latest(unit):
         const pending = channel.latest().catch(error => { failure = error.message; });
         pushi.disconnect();
         await pending;
-        return {offline, sent: socket.sentMessages().slice(1), got, second, failure};
+        return {offline, sent: socket.sentMessages().slice(1), before, got, second,
+            failure};
     }""")
     assert result["offline"] is False
     assert result["sent"] == [
@@ -490,11 +493,73 @@ def test_send_and_latest(unit):
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 5, "count": 3}},
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 0, "count": 10}},
         {"event": "pusher:latest", "data": {"channel": "news", "skip": 0, "count": 1}},
-        {"event": "pusher:latest", "data": {"channel": "news", "skip": 0, "count": 10}},
     ]
+    assert result["before"] == 4
     assert result["got"] == [[[{"event": "a"}], "news"]]
     assert result["second"] == [{"event": "b"}, {"event": "c"}]
     assert result["failure"] == "connection lost"
+
+
+def test_latest_one_at_a_time_and_its_refusals(unit):
+    """Requests wait for the one in flight; a pusher:error naming the
+    channel of the one in flight fails it (with the code) and sends the
+    next; one without a channel does not; leaving a channel fails its
+    waiting requests; a request timed out in flight still holds the next
+    until its answer comes."""
+    result = unit.evaluate("""async () => {
+        const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
+            latestTimeout: 80});
+        const news = pushi.subscribe("news");
+        const other = pushi.subscribe("other");
+        const socket = FakeSocket.last();
+        socket.handshake();
+        const asked = () => socket.sentMessages()
+            .filter(message => message.event === "pusher:latest")
+            .map(message => message.data.channel + "/" + message.data.skip);
+        const outcome = promise => promise.then(
+            events => "events " + events.length,
+            failure => failure.message + " " + failure.status);
+        const first = outcome(news.latest(1));
+        const second = outcome(other.latest(2));
+        const third = outcome(news.latest(3));
+        const queued = outcome(other.latest(4));
+        const steps = [asked()];
+        socket.serverSend({event: "pusher:error",
+            data: {code: 4301, message: "Rate limited"}});
+        steps.push(asked());
+        socket.serverSend({event: "pusher:error", channel: "news",
+            data: {code: 4305, message: "Store unavailable"}});
+        steps.push(asked());
+        socket.serverSend({event: "pusher:latest",
+            data: {channel: "other", events: [{event: "x"}]}});
+        steps.push(asked());
+        pushi.unsubscribe("other");
+        const results = [await first, await second, await queued];
+        // news/3 in flight times out, and holds the next until answered
+        const late = outcome(news.latest(5));
+        const timedOut = await third;
+        steps.push(asked());
+        socket.serverSend({event: "pusher:latest", data: {channel: "news", events: []}});
+        steps.push(asked());
+        socket.serverSend({event: "pusher:latest", data: {channel: "news", events: []}});
+        results.push(timedOut, await late);
+        return {steps, results};
+    }""")
+    assert result["steps"] == [
+        ["news/1"],
+        ["news/1"],
+        ["news/1", "other/2"],
+        ["news/1", "other/2", "news/3"],
+        ["news/1", "other/2", "news/3"],
+        ["news/1", "other/2", "news/3", "news/5"],
+    ]
+    assert result["results"] == [
+        "Store unavailable 4305",
+        "events 1",
+        "unsubscribed 0",
+        "latest timed out 0",
+        "events 0",
+    ]
 
 
 def test_latest_times_out_without_an_answer(unit):

@@ -404,8 +404,9 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
         assert instance.request("GET", history[1:]) == (503, unavailable)
         # no history is not what the store said
         client.send({"event": "pusher:latest", "data": {"channel": "news"}})
-        error = client.recv_event("pusher:error")["data"]
-        assert error == {"code": 4305, "message": "Store unavailable"}
+        error = client.recv_event("pusher:error")
+        assert error["data"] == {"code": 4305, "message": "Store unavailable"}
+        assert error["channel"] == "news"
         # a send from a socket is delivered, and its sender told it is not kept
         client.send({"event": "chat", "channel": "private-room", "data": "hi"})
         error = client.recv_event("pusher:error")["data"]

@@ -41,8 +41,15 @@ def test_one_pusher_latest_at_a_time_per_socket(server, app):
     client.subscribe("news")
     for _ in range(20):
         client.send({"event": "pusher:latest", "data": {"channel": "news"}})
-    answers = [client.recv()["event"] for _ in range(20)]
+    messages = [client.recv() for _ in range(20)]
+    answers = [message["event"] for message in messages]
     assert "pusher_internal:latest" in answers
+    # a refusal names the channel of the request it answers
+    assert {
+        message.get("channel")
+        for message in messages
+        if message["event"] == "pusher:error"
+    } == {"news"}
     refused = answers.count("pusher:error")
     assert refused and refused + answers.count("pusher_internal:latest") == 20
     # once answered, the socket may ask again

@@ -572,7 +572,10 @@
             this.lastClose = null;
             this._wanted = false;
             this._timers = {};
-            this._pendingLatest = {};
+            // Channel.latest requests: the server reads one at a time per
+            // socket, so the others wait here, oldest first
+            this._latestQueue = [];
+            this._latestSent = null;
             if (callback) {
                 this.bind("connected", callback, true);
             }
@@ -650,7 +653,7 @@
                 return this;
             }
             delete this.channels[name];
-            delete this._pendingLatest[name];
+            this._failLatest(name, error("unsubscribed", 0));
             channel._wanted = false;
             var wasSubscribed = channel.subscribed;
             channel.subscribed = false;
@@ -822,14 +825,8 @@
             for (var name in this.channels) {
                 this.channels[name].subscribed = false;
             }
-            var pending = this._pendingLatest;
-            this._pendingLatest = {};
-            for (name in pending) {
-                for (var index = 0; index < pending[name].length; index++) {
-                    clearTimeout(pending[name][index].timer);
-                    pending[name][index].callback(null, error("connection lost", 0));
-                }
-            }
+            this._failLatest(null, error("connection lost", 0));
+            this._latestSent = null;
         };
 
         Pushi.prototype._setState = function (state) {
@@ -919,7 +916,17 @@
                 case "pusher:pong":
                     return;
                 case "pusher:error":
-                    this._emit("error", ["error", parseJson(message.data), null, null]);
+                    var failure = parseJson(message.data) || {};
+                    // a refused Channel.latest names its channel
+                    var sent = this._latestSent;
+                    if (sent && message.channel === sent.name) {
+                        this._latestDone(
+                            sent,
+                            null,
+                            error(String(failure.message || "latest refused"), failure.code || 0)
+                        );
+                    }
+                    this._emit("error", ["error", failure, null, null]);
                     return;
                 case "pusher_internal:subscription_succeeded":
                     this._subscriptionSucceeded(message.channel, parseJson(message.data));
@@ -1117,32 +1124,84 @@
         };
 
         Pushi.prototype._latest = function (channel, skip, count, callback) {
-            var request = {
-                event: "pusher:latest",
-                data: { channel: channel.name, skip: skip, count: count }
+            var self = this;
+            var entry = {
+                name: channel.name,
+                request: {
+                    event: "pusher:latest",
+                    data: { channel: channel.name, skip: skip, count: count }
+                },
+                callback: callback || function () {},
+                timer: null,
+                done: false
             };
-            callback = callback || function () {};
-            if (!this._send(request)) {
+            if (this.state !== "connected") {
                 setTimeout(function () {
-                    callback(null, error("not connected", 0));
+                    entry.callback(null, error("not connected", 0));
                 }, 0);
                 return;
             }
-            var pending = this._pendingLatest;
-            var queue = pending[channel.name] || (pending[channel.name] = []);
-            var entry = { callback: callback, timer: null };
+            // the time-out counts from the call, waiting in the queue included
             entry.timer = setTimeout(function () {
-                var index = queue.indexOf(entry);
-                if (index < 0) {
-                    return;
+                var index = self._latestQueue.indexOf(entry);
+                if (index >= 0) {
+                    self._latestQueue.splice(index, 1);
                 }
-                queue.splice(index, 1);
-                if (!queue.length && pending[channel.name] === queue) {
-                    delete pending[channel.name];
-                }
-                callback(null, error("latest timed out", 0));
+                // one already sent stays in flight (its answer will come
+                // and be dropped): the next waits for it, as the server does
+                self._finish(entry, null, error("latest timed out", 0));
             }, this.options.latestTimeout);
-            queue.push(entry);
+            this._latestQueue.push(entry);
+            this._nextLatest();
+        };
+
+        /** Sends the oldest waiting Channel.latest once none is in flight. */
+        Pushi.prototype._nextLatest = function () {
+            while (!this._latestSent && this._latestQueue.length) {
+                var entry = this._latestQueue.shift();
+                if (this._send(entry.request)) {
+                    this._latestSent = entry;
+                } else {
+                    this._finish(entry, null, error("not connected", 0));
+                }
+            }
+        };
+
+        /** Fails the waiting requests of a channel (all when name is null). */
+        Pushi.prototype._failLatest = function (name, failure) {
+            var queue = this._latestQueue;
+            this._latestQueue = [];
+            for (var index = 0; index < queue.length; index++) {
+                if (name === null || queue[index].name === name) {
+                    this._finish(queue[index], null, failure);
+                } else {
+                    this._latestQueue.push(queue[index]);
+                }
+            }
+            var sent = this._latestSent;
+            if (sent && (name === null || sent.name === name)) {
+                this._finish(sent, null, failure);
+            }
+        };
+
+        /** The answer (or refusal) of the request in flight: the next goes. */
+        Pushi.prototype._latestDone = function (entry, events, data) {
+            this._latestSent = null;
+            this._finish(entry, events, data);
+            this._nextLatest();
+        };
+
+        Pushi.prototype._finish = function (entry, events, data) {
+            if (entry.done) {
+                return;
+            }
+            entry.done = true;
+            clearTimeout(entry.timer);
+            try {
+                entry.callback(events, data);
+            } catch (failure) {
+                rethrowLater(failure);
+            }
         };
 
         Pushi.prototype._latestAnswer = function (message) {
@@ -1153,20 +1212,11 @@
             var name = data.channel || message.channel;
             var events = parseJson(data.events);
             events = events instanceof Array ? events : [];
+            var sent = this._latestSent;
+            if (sent && sent.name === name) {
+                this._latestDone(sent, events, data);
+            }
             var channel = this.channels[name];
-            var queue = this._pendingLatest[name];
-            var entry = queue && queue.shift();
-            if (queue && !queue.length) {
-                delete this._pendingLatest[name];
-            }
-            if (entry) {
-                clearTimeout(entry.timer);
-                try {
-                    entry.callback(events, data);
-                } catch (failure) {
-                    rethrowLater(failure);
-                }
-            }
             if (channel) {
                 channel._lifecycle("latest", events);
             } else {

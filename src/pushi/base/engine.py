@@ -109,7 +109,9 @@ class Engine:
             if error.closes:
                 self._drop(session, error.code, error.message)
             else:
-                self._send(session, messages.error(error.code, error.message))
+                self._send(
+                    session, messages.error(error.code, error.message, error.channel)
+                )
 
     def _dispatch(self, session, message):
         event = message["event"]
@@ -487,21 +489,24 @@ class Engine:
 
     def latest(self, session, data):
         """``pusher:latest``: stored events of a channel the socket is on."""
+        # each refusal names the channel: the client knows what it answers
         name = data.get("channel")
         if not isinstance(name, str) or name not in session.channels:
             raise errors.ProtocolError(
-                errors.INVALID_MESSAGE, "pusher:latest needs a channel you are on"
+                errors.INVALID_MESSAGE,
+                "pusher:latest needs a channel you are on",
+                name if isinstance(name, str) else None,
             )
         skip, count = data.get("skip", 0), data.get("count", 10)
         if not all(isinstance(value, int) and 0 <= value for value in (skip, count)):
             raise errors.ProtocolError(
-                errors.INVALID_MESSAGE, "skip and count are counts"
+                errors.INVALID_MESSAGE, "skip and count are counts", name
             )
         if session.reading:
             # each read may scan a long history: a socket waits for its
             # answer before it asks again
             raise errors.ProtocolError(
-                errors.RATE_LIMITED, "One pusher:latest at a time"
+                errors.RATE_LIMITED, "One pusher:latest at a time", name
             )
         skip, count = min(skip, MAX_SKIP), min(count, 100)
         app_id = session.app.app_id
@@ -514,7 +519,9 @@ class Engine:
                 return
             if events is None:
                 # the read failed: no history is not what the store said
-                error = messages.error(errors.STORE_UNAVAILABLE, "Store unavailable")
+                error = messages.error(
+                    errors.STORE_UNAVAILABLE, "Store unavailable", name
+                )
                 self._send(session, error)
                 return
             events = [public_event(event) for event in events]

@@ -36,11 +36,14 @@ class PushiError(Exception):
 
 
 class ProtocolError(PushiError):
-    """A ``pusher:error`` with ``code``; codes below 4300 also close."""
+    """A ``pusher:error`` with ``code``; codes below 4300 also close.  A
+    ``channel`` names the channel of the request refused (``pusher:latest``),
+    so that a client can tell which of its requests it answers."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, channel=None):
         PushiError.__init__(self, message)
         self.code = code
+        self.channel = channel
 
     @property
     def closes(self):

@@ -107,9 +107,13 @@ def connection_established(socket_id, activity_timeout):
     return dumps({"event": "pusher:connection_established", "data": data})
 
 
-def error(code, message):
-    """``pusher:error`` with ``{code, message}`` data."""
-    return dumps({"event": "pusher:error", "data": {"code": code, "message": message}})
+def error(code, message, channel=None):
+    """``pusher:error`` with ``{code, message}`` data (and the ``channel``
+    of the request it refuses, when there is one)."""
+    error = {"event": "pusher:error", "data": {"code": code, "message": message}}
+    if channel is not None:
+        error["channel"] = channel
+    return dumps(error)
 
 
 def pong():
