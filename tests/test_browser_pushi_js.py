@@ -429,10 +429,17 @@ def test_peer_channel_is_created_when_the_server_joins_it(unit):
         const sent = peer.send("client-hi", "back", true, false);
         socket.serverSend({event: "pusher_internal:unsubscription_succeeded",
             channel: "peer-room:a&b", data: "{}"});
-        return {joined, received, sent, messages: socket.sentMessages(),
+        const messages = socket.sentMessages();
+        const review = pushi.subscribe("peer-review");
+        return {joined, received, sent, review: [review.kind, socket.sentMessages().pop()],
+                messages,
                 subscribedBefore: peer.subscribed === false, gone: !pushi.channel("peer-room:a&b")};
     }""")
     assert result["joined"] == [["peer-room:a&b", "peer"]]
+    assert result["review"] == [
+        "public",
+        {"event": "pusher:subscribe", "data": {"channel": "peer-review"}},
+    ]
     assert result["received"] == ["yo"]
     assert result["sent"] is True
     assert result["messages"] == [

@@ -257,7 +257,9 @@
             if (startsWith(name, "personal-")) {
                 return "personal";
             }
-            if (startsWith(name, "peer-")) {
+            // peer-<base>:<a>&<b> only: ":" and "&" are in no other name,
+            // so "peer-review" is a public channel, as on the server
+            if (/^peer-[^:&]+:[^:&]+&[^:&]+$/.test(name)) {
                 return "peer";
             }
             return "public";
