@@ -24,6 +24,7 @@
         "api_message",
         "client_event",
         "cache_miss",
+        "subscription_count",
         "webhook_sent",
         "webhook_failed"
     ];
