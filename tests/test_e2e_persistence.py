@@ -455,5 +455,5 @@ def test_a_store_that_cannot_be_opened_is_one_line_at_start(store):
         )
         assert result.returncode == 1
         (line,) = result.stderr.splitlines()
-        assert line.startswith("pushi: cannot open ") and reason in line
+        assert line.startswith("Cannot open ") and reason in line
         assert "hidden" not in line

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from pushi.base.config import Config
+from pushi.base.config import Config, ConfigError
 
 
 def main(argv=None):
@@ -35,13 +35,13 @@ def main(argv=None):
 
         return serve()
     if args.command == "app" and args.action:
-        from pushi.base.store import StoreOpenError, open_store
+        from pushi.base.store import open_store
 
         config = Config.from_env()
         try:
             store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)
-        except StoreOpenError as error:
-            raise SystemExit("pushi: %s" % error)
+        except ConfigError as error:
+            raise SystemExit(str(error))
         try:
             if args.action == "create":
                 record = store.create_app(args.name, client_events=args.client_events)

@@ -11,8 +11,21 @@ MIN_ADMIN_SECRET = 16
 secrets are generated): a short one could be guessed over the REST port."""
 
 
+class ConfigError(Exception):
+    """A setting this process cannot run with (a port in use, a data dir it
+    cannot write, a TLS file missing): the launcher and the ``pushi``
+    command say it in one line and exit with 1."""
+
+
 def _flag(value):
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _port(value):
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range")
+    return port
 
 
 class Config:
@@ -21,13 +34,13 @@ class Config:
     FIELDS = (
         # name, environment variable, default, cast
         ("app_host", "APP_HOST", "127.0.0.1", str),
-        ("app_port", "APP_PORT", 8080, int),
+        ("app_port", "APP_PORT", 8080, _port),
         ("app_server", "APP_SERVER", "netius", str),
         ("app_ssl", "APP_SSL", False, _flag),
         ("app_ssl_key", "APP_SSL_KEY", None, str),
         ("app_ssl_cer", "APP_SSL_CER", None, str),
         ("server_host", "SERVER_HOST", "127.0.0.1", str),
-        ("server_port", "SERVER_PORT", 9090, int),
+        ("server_port", "SERVER_PORT", 9090, _port),
         ("server_ssl", "SERVER_SSL", False, _flag),
         ("server_ssl_key", "SERVER_SSL_KEY", None, str),
         ("server_ssl_cer", "SERVER_SSL_CER", None, str),

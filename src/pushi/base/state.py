@@ -27,7 +27,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 from pushi.base.access import Access  # noqa: E402
 from pushi.base.apps import AppDirectory  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
-from pushi.base.config import Config  # noqa: E402
+from pushi.base.config import Config, ConfigError  # noqa: E402
 from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
@@ -233,7 +233,10 @@ class State:
                 # joins the loop that is starting: bound now, polled by it
                 self.http.poll = self.server.poll
                 listen = self.config.listen("app")
-                self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
+                try:
+                    self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
+                except OSError as error:
+                    raise _listen_error("REST API", "APP", listen, error)
             self.store.bind_loop(self)
             self._watch_webhooks()
         except Exception as error:
@@ -249,7 +252,8 @@ class State:
 
     def start_server(self, http=False):
         """Starts the loop in its thread with the WebSocket server, and the
-        REST port's HTTP server when ``http``; returns when they listen."""
+        REST port's HTTP server when ``http``; returns when they listen.
+        Raises ``ConfigError`` when a port cannot be listened on."""
         self.apps.refresh()
         config = self.config
         if http:
@@ -258,8 +262,20 @@ class State:
             self.server.add_base(self.http)
 
         def serve():
+            listen = config.listen("server")
             try:
-                self.server.serve(**config.listen("server"))
+                self.server.serve(**listen)
+            except Exception as error:
+                if self._ready.is_set() and self._start_error is None:
+                    raise
+                # a start that failed: the starting thread reports it
+                if self._start_error is None:
+                    self._start_error = (
+                        _listen_error("WebSocket server", "SERVER", listen, error)
+                        if isinstance(error, OSError)
+                        else error
+                    )
+                self._ready.set()
             finally:
                 self._loop_end()
 
@@ -302,21 +318,27 @@ class State:
         """Runs both servers until interrupted (the launcher's entry)."""
         config = self.config
         own_http = config.app_server == "netius"
-        self.start_server(http=own_http)
-        logger.info(
-            "REST API on %s://%s:%d",
-            "https" if config.app_ssl else "http",
-            config.app_host,
-            config.app_port,
-        )
         try:
+            if not own_http and not hasattr(self.app, "serve_" + config.app_server):
+                raise ConfigError("Unknown APP_SERVER: %r" % config.app_server)
+            self.start_server(http=own_http)
+            logger.info(
+                "REST API on %s://%s:%d",
+                "https" if config.app_ssl else "http",
+                config.app_host,
+                config.app_port,
+            )
             if own_http:
                 # an Event, not Thread.join: a join that a signal interrupts
                 # can leave the thread marked as ended (CPython < 3.13)
                 while not self._loop_ended.wait(1):
                     pass
                 return
-            self.app.serve(server=config.app_server, conf=False, **config.listen("app"))
+            listen = config.listen("app")
+            try:
+                self.app.serve(server=config.app_server, conf=False, **listen)
+            except OSError as error:
+                raise _listen_error("REST API", "APP", listen, error)
         finally:
             self.stop()
 
@@ -339,6 +361,20 @@ class State:
         self.store.close()
 
 
+def _listen_error(what, prefix, listen, error):
+    return ConfigError(
+        "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"
+        % (
+            what,
+            listen["host"],
+            listen["port"],
+            prefix,
+            prefix,
+            getattr(error, "strerror", None) or error,
+        )
+    )
+
+
 def configure_logging(level):
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.INFO),
@@ -355,13 +391,11 @@ def main():
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        state = State(config)
-    except stores.StoreOpenError as error:
-        raise SystemExit("pushi: %s" % error)
-    try:
-        state.serve()
+        State(config).serve()
     except KeyboardInterrupt:
         pass
+    except ConfigError as error:
+        raise SystemExit(str(error))
 
 
 if __name__ == "__main__":

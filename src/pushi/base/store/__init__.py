@@ -10,6 +10,8 @@ import sqlite3
 import sys
 import urllib.parse
 
+from pushi.base.config import ConfigError
+
 from .base import Store
 from .sqlite import SQLiteStore, StoreClosedError
 
@@ -18,7 +20,7 @@ DEFAULT_DATA_DIR = "data"
 working directory)."""
 
 
-class StoreOpenError(RuntimeError):
+class StoreOpenError(ConfigError):
     """The configured store cannot be used at all; the message is one line
     for the operator (the launcher and the CLI print it and exit)."""
 
@@ -40,12 +42,15 @@ def open_store(data_dir=None, mongo_url=None):
         if mongo_url:
             # the hosts only: the URL may hold a password
             hosts = urllib.parse.urlsplit(mongo_url).netloc.rpartition("@")[2]
-            where = "MongoDB at %s" % hosts
+            where = "MongoDB at %s (MONGO_URL)" % hosts
         else:
-            where = "the SQLite store in %s" % os.path.abspath(data_dir)
+            where = "the store in PUSHI_DATA_DIR (%s)" % os.path.abspath(data_dir)
         # pymongo appends its timeouts and whole topology to the reason
-        reason = re.split(r" \(configured timeouts|, Timeout: ", str(error))[0]
-        raise StoreOpenError("cannot open %s: %s" % (where, reason.strip())) from error
+        reason = (
+            getattr(error, "strerror", None)
+            or re.split(r" \(configured timeouts|, Timeout: ", str(error))[0]
+        )
+        raise StoreOpenError("Cannot open %s: %s" % (where, reason.strip())) from error
 
 
 def is_store_error(exception):

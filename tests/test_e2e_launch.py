@@ -1,0 +1,95 @@
+"""The launcher as an operator meets it: ``python src/pushi/base/state.py``
+and the ``pushi`` command, with settings that cannot work, a second server
+on the same ports, and signals."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from support import SRC, PushiServer
+
+
+def launch(env, args=None, timeout=20):
+    """``(returncode, output)`` of the launcher (or of ``python -m pushi
+    args``) run with ``env`` on top of a fresh server's settings, once it
+    ends by itself within ``timeout`` seconds."""
+    instance = PushiServer(env=env)
+    command = (
+        [sys.executable, "-m", "pushi"] + list(args)
+        if args
+        else [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")]
+    )
+    result = subprocess.run(
+        command,
+        env=instance.env(),
+        cwd=instance.data_dir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def assert_one_line_error(returncode, output, message):
+    assert returncode == 1, output
+    assert "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == message, output
+
+
+@pytest.fixture
+def held_port():
+    """A port of 127.0.0.1 that another program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("not a folder")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SERVER_PORT": "99999"}, "Invalid value for SERVER_PORT: '99999'"),
+        ({"APP_PORT": "-1"}, "Invalid value for APP_PORT: '-1'"),
+        ({"APP_SERVER": "bogus"}, "Unknown APP_SERVER: 'bogus'"),
+    ],
+)
+def test_a_setting_that_cannot_work_is_one_line_and_exit_1(env, message):
+    assert_one_line_error(*launch(env), message)
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_and_exit_1(a_file):
+    message = "Cannot open the store in PUSHI_DATA_DIR (%s): Not a directory" % (
+        os.path.join(a_file, "data")
+    )
+    env = {"PUSHI_DATA_DIR": os.path.join(a_file, "data")}
+    assert_one_line_error(*launch(env), message)
+    assert_one_line_error(*launch(env, ["app", "create", "x"]), message)
+
+
+def test_a_websocket_port_in_use_is_one_line_and_exit_1_at_once(held_port):
+    returncode, output = launch({"SERVER_PORT": str(held_port)})
+    message = (
+        "WebSocket server cannot listen on 127.0.0.1:%d (SERVER_HOST, SERVER_PORT):"
+        " Address already in use" % held_port
+    )
+    assert_one_line_error(returncode, output, message)
+
+
+def test_a_rest_port_in_use_is_one_line_and_exit_1(held_port):
+    for server in ("netius", "legacy"):
+        returncode, output = launch({"APP_PORT": str(held_port), "APP_SERVER": server})
+        message = (
+            "REST API cannot listen on 127.0.0.1:%d (APP_HOST, APP_PORT):"
+            " Address already in use" % held_port
+        )
+        assert returncode == 1 and output.strip().endswith(message), output
