@@ -53,6 +53,7 @@ Schema (all queries are index-backed, none scans a table):
   ``(app_id, event)``.
 """
 
+import collections
 import concurrent.futures
 import heapq
 import itertools
@@ -126,6 +127,10 @@ CREATE INDEX IF NOT EXISTS subscriptions_by_event
 APP_COLUMNS = "app_id, name, key, secret, enabled, client_events, settings"
 EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
 EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
+TRIM_CHUNK = 1000
+"""Rows one retention transaction deletes at most: the events writer commits
+between two (one transaction of a million rows held every persisted
+publish, of every app, for 7 s)."""
 
 
 def connect(path, synchronous, create=True):
@@ -598,45 +603,63 @@ class SQLiteStore(base.Store):
         def trim(connection):
             removed = 0
             if max_age is not None:
-                removed += self._trim_by_age(connection, app_id, cutoff)
-            if max_count is not None:
-                removed += self._trim_by_count(connection, app_id, max_count)
+                removed += self._trim_by_age(connection, app_id, cutoff, TRIM_CHUNK)
+            if max_count is not None and removed < TRIM_CHUNK:
+                removed += self._trim_by_count(
+                    connection, app_id, max_count, TRIM_CHUNK - removed
+                )
             return removed
 
-        return self._write(trim)
+        # a transaction per chunk, then as long again without: SQLite's
+        # busy handler polls, so the events writer must find the lock free
+        # for a while to take it between two
+        total = 0
+        while True:
+            started = time.monotonic()
+            removed = self._write(trim)
+            total += removed
+            if removed < TRIM_CHUNK:
+                return total
+            time.sleep(time.monotonic() - started)
 
     @staticmethod
-    def _trim_by_age(connection, app_id, cutoff):
-        # Walks only the expired part of the (app_id, timestamp) index.
-        expired = connection.execute(
-            "SELECT channel, COUNT(*) FROM events INDEXED BY events_by_age"
-            " WHERE app_id = ? AND timestamp < ? GROUP BY channel",
-            (app_id, cutoff),
-        ).fetchall()
-        if not expired:
-            return 0
-        connection.execute(
-            "DELETE FROM events WHERE app_id = ? AND timestamp < ?",
-            (app_id, cutoff),
+    def _delete_rows(connection, app_id, rows):
+        """Deletes ``(seq, channel)`` rows and takes them off their
+        channels' counts."""
+        connection.executemany(
+            "DELETE FROM events WHERE seq = ?", [(seq,) for seq, _channel in rows]
         )
+        counts = collections.Counter(channel for _seq, channel in rows)
         connection.executemany(
             "UPDATE channels SET count = max(count - ?, 0)"
             " WHERE app_id = ? AND channel = ?",
-            [(n, app_id, channel) for channel, n in expired],
+            [(n, app_id, channel) for channel, n in counts.items()],
         )
         connection.execute(
             "DELETE FROM channels WHERE app_id = ? AND count = 0", (app_id,)
         )
-        return sum(n for _channel, n in expired)
 
-    @staticmethod
-    def _trim_by_count(connection, app_id, max_count):
+    @classmethod
+    def _trim_by_age(cls, connection, app_id, cutoff, limit):
+        # Walks only the expired part of the (app_id, timestamp) index.
+        expired = connection.execute(
+            "SELECT seq, channel FROM events INDEXED BY events_by_age"
+            " WHERE app_id = ? AND timestamp < ? LIMIT ?",
+            (app_id, cutoff, limit),
+        ).fetchall()
+        cls._delete_rows(connection, app_id, expired)
+        return len(expired)
+
+    @classmethod
+    def _trim_by_count(cls, connection, app_id, max_count, limit):
         removed = 0
         crowded = connection.execute(
             "SELECT channel FROM channels WHERE app_id = ? AND count > ?",
             (app_id, max_count),
         ).fetchall()
         for (channel,) in crowded:
+            if removed >= limit:
+                break
             # The newest row beyond the limit: it and everything older goes.
             boundary = connection.execute(
                 "SELECT timestamp, seq FROM events WHERE app_id = ?"
@@ -645,22 +668,26 @@ class SQLiteStore(base.Store):
             ).fetchone()
             if boundary is not None:
                 timestamp, seq = boundary
-                cursor = connection.execute(
-                    "DELETE FROM events WHERE app_id = ? AND channel = ?"
-                    " AND timestamp <= ? AND (timestamp < ? OR seq <= ?)",
-                    (app_id, channel, timestamp, timestamp, seq),
-                )
-                removed += cursor.rowcount
+                beyond = connection.execute(
+                    "SELECT seq, channel FROM events WHERE app_id = ? AND channel = ?"
+                    " AND timestamp <= ? AND (timestamp < ? OR seq <= ?) LIMIT ?",
+                    (app_id, channel, timestamp, timestamp, seq, limit - removed),
+                ).fetchall()
+                cls._delete_rows(connection, app_id, beyond)
+                removed += len(beyond)
             # Now exact whatever the count was (it may have drifted if
-            # another process wrote events): at most max_count rows remain.
+            # another process wrote events): at most max_count rows remain
+            # once no chunk is left.
             remaining = connection.execute(
                 "SELECT COUNT(*) FROM events WHERE app_id = ? AND channel = ?",
                 (app_id, channel),
             ).fetchone()[0]
-            connection.execute(
-                "UPDATE channels SET count = ? WHERE app_id = ? AND channel = ?",
-                (remaining, app_id, channel),
-            )
+            if remaining:
+                connection.execute(
+                    "INSERT OR REPLACE INTO channels (app_id, channel, count)"
+                    " VALUES (?, ?, ?)",
+                    (app_id, channel, remaining),
+                )
         return removed
 
     # persisted subscriptions
