@@ -60,6 +60,14 @@ def a_file(tmp_path):
     [
         ({"SERVER_PORT": "99999"}, "Invalid value for SERVER_PORT: '99999'"),
         ({"APP_PORT": "-1"}, "Invalid value for APP_PORT: '-1'"),
+        (
+            {"SERVER_SSL": "1"},
+            "SERVER_SSL=1 needs SERVER_SSL_KEY and SERVER_SSL_CER (PEM files)",
+        ),
+        (
+            {"APP_SSL": "1", "APP_SSL_KEY": "/nonexistent/key.pem"},
+            "Cannot read APP_SSL_KEY (/nonexistent/key.pem): No such file or directory",
+        ),
         ({"APP_SERVER": "bogus"}, "Unknown APP_SERVER: 'bogus'"),
     ],
 )

@@ -74,6 +74,29 @@ class Config:
             cer_file=getattr(self, side + "_ssl_cer"),
         )
 
+    def check_tls(self):
+        """Raises ``ConfigError`` when a port with TLS on lacks a key or a
+        certificate file it can read (netius would otherwise serve with the
+        test key it ships, which anyone can read)."""
+        for side in ("app", "server"):
+            if not getattr(self, side + "_ssl"):
+                continue
+            prefix = side.upper() + "_SSL"
+            for name in (prefix + "_KEY", prefix + "_CER"):
+                path = getattr(self, name.lower())
+                if not path:
+                    raise ConfigError(
+                        "%s=1 needs %s_KEY and %s_CER (PEM files)"
+                        % (prefix, prefix, prefix)
+                    )
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as error:
+                    raise ConfigError(
+                        "Cannot read %s (%s): %s" % (name, path, error.strerror)
+                    )
+
     @classmethod
     def from_env(cls, environ=None):
         environ = os.environ if environ is None else environ

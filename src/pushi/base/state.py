@@ -253,9 +253,11 @@ class State:
     def start_server(self, http=False):
         """Starts the loop in its thread with the WebSocket server, and the
         REST port's HTTP server when ``http``; returns when they listen.
-        Raises ``ConfigError`` when a port cannot be listened on."""
-        self.apps.refresh()
+        Raises ``ConfigError`` when a port cannot be listened on or lacks
+        its TLS files."""
         config = self.config
+        config.check_tls()
+        self.apps.refresh()
         if http:
             self.app.start()
             self.http = HttpServer(self.app.serve_request, level=logging.WARNING)
