@@ -101,3 +101,27 @@ def test_a_rest_port_in_use_is_one_line_and_exit_1(held_port):
             " Address already in use" % held_port
         )
         assert returncode == 1 and output.strip().endswith(message), output
+
+
+def test_a_second_server_on_the_same_ports_is_refused():
+    first = PushiServer().start()
+    try:
+        second = {
+            "APP_PORT": str(first.app_port),
+            "SERVER_PORT": str(first.server_port),
+        }
+        message = (
+            "WebSocket server cannot listen on 127.0.0.1:%d (SERVER_HOST,"
+            " SERVER_PORT): Address already in use" % first.server_port
+        )
+        assert_one_line_error(*launch(second), message)
+        # the REST port alone as well
+        second["SERVER_PORT"] = "0"
+        message = (
+            "REST API cannot listen on 127.0.0.1:%d (APP_HOST, APP_PORT):"
+            " Address already in use" % first.app_port
+        )
+        assert_one_line_error(*launch(second), message)
+        assert first.request("GET", "health")[0] == 200
+    finally:
+        first.stop()

@@ -109,7 +109,7 @@ class _Peer:
         self.closed = False
 
 
-class HttpServer(wire.QuietDebug, netius.StreamServer):
+class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
     """HTTP/1.1 to ``handler(request, answer)``; joins the loop of a netius
     container (``WebSocketServer.add_base``) and is bound with ``serve(...,
     start=False)`` once that loop runs."""

@@ -275,7 +275,7 @@ class Link:
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
 
 
-class WebSocketServer(wire.QuietDebug, netius.ContainerServer):
+class WebSocketServer(wire.OwnPort, wire.QuietDebug, netius.ContainerServer):
     """Netius stream server speaking WebSocket to the engine; the owner of
     the loop, which other servers join with ``add_base`` (the REST port's
     ``httpd.HttpServer``).

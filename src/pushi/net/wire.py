@@ -1,9 +1,11 @@
-"""What both servers of the loop need of netius: a loop whose timers are
-on time, a connection class of their own, a write that skips netius's
-per-write machinery, and debug records dropped before they are built."""
+"""What both servers of the loop need of netius: ports of their own, a loop
+whose timers are on time, a connection class of their own, a write that
+skips netius's per-write machinery, and debug records dropped before they
+are built."""
 
 import collections
 import logging
+import socket
 import time
 
 import netius
@@ -18,6 +20,21 @@ class QuietDebug:
     def debug(self, object, *args, **kwargs):
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
             super().debug(object, *args, **kwargs)
+
+
+class OwnPort:
+    """A netius server mixin.  Netius sets ``SO_REUSEPORT`` on the sockets
+    it listens on, so a second Pushi started on ports already served bound
+    them too, and the kernel split the new connections between two
+    processes that know nothing of each other's sockets: a publish to one
+    missed the subscribers of the other.  Cleared here, the second one
+    fails to bind (address in use)."""
+
+    def socket_tcp(self, *args, **kwargs):
+        _socket = super().socket_tcp(*args, **kwargs)
+        if hasattr(socket, "SO_REUSEPORT"):
+            _socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+        return _socket
 
 
 class Loop(netius.Container):
