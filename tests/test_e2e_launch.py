@@ -69,6 +69,7 @@ def a_file(tmp_path):
             "Cannot read APP_SSL_KEY (/nonexistent/key.pem): No such file or directory",
         ),
         ({"APP_SERVER": "bogus"}, "Unknown APP_SERVER: 'bogus'"),
+        ({"PUSHI_LOG_LEVEL": "loud"}, "Invalid value for PUSHI_LOG_LEVEL: 'loud'"),
     ],
 )
 def test_a_setting_that_cannot_work_is_one_line_and_exit_1(env, message):
@@ -125,3 +126,25 @@ def test_a_second_server_on_the_same_ports_is_refused():
         assert first.request("GET", "health")[0] == 200
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize(
+    "level, logged, not_logged",
+    [
+        ("WARNING", [], ["WebSocket server on"]),
+        ("INFO", ["WebSocket server on"], ["open "]),
+        ("debug", ["WebSocket server on", "open "], []),
+    ],
+)
+def test_log_level(level, logged, not_logged):
+    instance = PushiServer(env={"PUSHI_LOG_LEVEL": level}).start()
+    try:
+        client = instance.connect(instance.create_app())
+        client.close()
+    finally:
+        instance.stop()
+    log = instance.read_log()
+    for text in logged:
+        assert text in log, log
+    for text in not_logged:
+        assert text not in log, log

@@ -46,12 +46,12 @@ class PushiApp(appier.APIApp):
             name="pushi",
             service=False,
             session_c=appier.MemorySession,
+            # Appier sets the level of its logger ("pushi", Pushi's too) and
+            # of the root logger: PUSHI_LOG_LEVEL, not Appier's LEVEL
+            level=logging.getLevelName(str(state.config.log_level).upper()),
             *args,
             **kwargs
         )
-        # Appier logs each failing request with its traceback; a 4xx is a
-        # client's mistake, answered in JSON, not a server problem
-        self.logger.setLevel(max(self.logger.level, logging.INFO))
 
     def serve_request(self, request, answer):
         """The HTTP server's handler (loop thread): see the module doc."""

@@ -4,6 +4,7 @@
 the resulting object, so tests build a ``Config`` directly.
 """
 
+import logging
 import os
 
 MIN_ADMIN_SECRET = 16
@@ -26,6 +27,13 @@ def _port(value):
     if not 0 <= port <= 65535:
         raise ValueError("port out of range")
     return port
+
+
+def _level(value):
+    name = str(value).strip().upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise ValueError("unknown logging level")
+    return name
 
 
 class Config:
@@ -53,7 +61,7 @@ class Config:
         ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, float),
         ("max_pending", "PUSHI_MAX_PENDING", 1000, int),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, int),
-        ("log_level", "PUSHI_LOG_LEVEL", "INFO", str),
+        ("log_level", "PUSHI_LOG_LEVEL", "INFO", _level),
     )
 
     def __init__(self, **values):
