@@ -70,6 +70,16 @@ def a_file(tmp_path):
         ),
         ({"APP_SERVER": "bogus"}, "Unknown APP_SERVER: 'bogus'"),
         ({"PUSHI_LOG_LEVEL": "loud"}, "Invalid value for PUSHI_LOG_LEVEL: 'loud'"),
+        # 0 spun the loop (and the retention thread) at full CPU
+        (
+            {"PUSHI_ACTIVITY_TIMEOUT": "0"},
+            "Invalid value for PUSHI_ACTIVITY_TIMEOUT: '0'",
+        ),
+        (
+            {"PUSHI_RETENTION_INTERVAL": "nan"},
+            "Invalid value for PUSHI_RETENTION_INTERVAL: 'nan'",
+        ),
+        ({"PUSHI_MAX_PENDING": "-1"}, "Invalid value for PUSHI_MAX_PENDING: '-1'"),
     ],
 )
 def test_a_setting_that_cannot_work_is_one_line_and_exit_1(env, message):

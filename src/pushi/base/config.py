@@ -29,6 +29,19 @@ def _port(value):
     return port
 
 
+def _positive(cast):
+    """A cast to a number above 0 (a timeout, an interval or a bound of 0
+    would spin a loop or refuse everything)."""
+
+    def positive(value):
+        number = cast(value)
+        if not 0 < number < float("inf"):
+            raise ValueError("not above 0")
+        return number
+
+    return positive
+
+
 def _level(value):
     name = str(value).strip().upper()
     if not isinstance(logging.getLevelName(name), int):
@@ -55,12 +68,12 @@ class Config:
         ("data_dir", "PUSHI_DATA_DIR", "data", str),
         ("mongo_url", "MONGO_URL", None, str),
         ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
-        ("activity_timeout", "PUSHI_ACTIVITY_TIMEOUT", 120, int),
-        ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, int),
-        ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, int),
-        ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, float),
-        ("max_pending", "PUSHI_MAX_PENDING", 1000, int),
-        ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, int),
+        ("activity_timeout", "PUSHI_ACTIVITY_TIMEOUT", 120, _positive(int)),
+        ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, _positive(int)),
+        ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, _positive(int)),
+        ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, _positive(float)),
+        ("max_pending", "PUSHI_MAX_PENDING", 1000, _positive(int)),
+        ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, _positive(int)),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", _level),
     )
 
