@@ -2,10 +2,12 @@
 and the ``pushi`` command, with settings that cannot work, a second server
 on the same ports, and signals."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -158,3 +160,31 @@ def test_log_level(level, logged, not_logged):
         assert text in log, log
     for text in not_logged:
         assert text not in log, log
+
+
+def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(tmp_path):
+    env = dict(PushiServer(data_dir=str(tmp_path)).env(), APP_PORT="0", SERVER_PORT="0")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
+        env=env,
+        cwd=str(tmp_path),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        listening = {}
+        for line in process.stderr:
+            for name in ("WebSocket server on ", "REST API on "):
+                if name in line:
+                    listening[name.split()[0]] = line.split(name)[1].strip()
+            if len(listening) == 2:
+                break
+        ws_url, rest_url = listening["WebSocket"], listening["REST"]
+        assert not ws_url.endswith(":0") and not rest_url.endswith(":0"), listening
+        with urllib.request.urlopen(rest_url + "/health", timeout=10) as answer:
+            assert json.load(answer)["status"] == "ok"
+        host, port = ws_url.split("//")[1].split(":")
+        socket.create_connection((host, int(port)), 5).close()
+    finally:
+        process.terminate()
+        process.wait(15)

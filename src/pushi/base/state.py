@@ -296,7 +296,7 @@ class State:
             "WebSocket server on %s://%s:%d",
             "wss" if config.server_ssl else "ws",
             config.server_host,
-            config.server_port,
+            self.server.port,  # the one the system chose for port 0
         )
 
     def _retain(self):
@@ -328,7 +328,7 @@ class State:
                 "REST API on %s://%s:%d",
                 "https" if config.app_ssl else "http",
                 config.app_host,
-                config.app_port,
+                self.http.port if own_http else config.app_port,
             )
             if own_http:
                 # an Event, not Thread.join: a join that a signal interrupts
