@@ -188,3 +188,9 @@ def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(tmp_path):
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_pushi_app_without_an_action_shows_the_app_commands_and_exits_2():
+    returncode, output = launch({}, ["app"])
+    assert returncode == 2, output
+    assert "usage: pushi app" in output and "create" in output, output

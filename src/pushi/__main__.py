@@ -1,3 +1,5 @@
+import sys
+
 from pushi.cli import main
 
-main()
+sys.exit(main())

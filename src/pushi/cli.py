@@ -16,10 +16,16 @@ from pushi.base.config import Config, ConfigError
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="pushi", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pushi",
+        description="Run the Pushi server (the default), manage apps.",
+        epilog="Settings are environment variables (PUSHI_DATA_DIR, MONGO_URL,"
+        " APP_PORT, SERVER_PORT, ...: see the README).",
+    )
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the server (the default)")
-    app = commands.add_parser("app", help="manage apps").add_subparsers(dest="action")
+    app_parser = commands.add_parser("app", help="manage apps")
+    app = app_parser.add_subparsers(dest="action")
     create = app.add_parser("create", help="create an app and print its credentials")
     create.add_argument("name")
     create.add_argument("--json", action="store_true", help="print JSON")
@@ -60,7 +66,7 @@ def main(argv=None):
         finally:
             store.close()
         return 0
-    parser.print_help()
+    app_parser.print_help(sys.stderr)
     return 2
 
 
