@@ -1,0 +1,114 @@
+"""Pushi as a user installs it: a source distribution built from this tree,
+a wheel built from that, installed into a virtualenv (Pushi's dependencies
+come from this interpreter's site-packages), then run from a folder that
+is not the source tree."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import zipfile
+
+import pytest
+
+from support import ROOT, PushiServer
+
+IGNORED = shutil.ignore_patterns(
+    ".git",
+    "data",
+    "artifacts",
+    "node_modules",
+    ".bench",
+    "build",
+    "dist",
+    "__pycache__",
+    "*.egg-info",
+)
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The ``bin`` folder of a virtualenv with Pushi installed from a wheel
+    built from the sdist."""
+    folder = tmp_path_factory.mktemp("package")
+    tree = folder / "tree"
+    shutil.copytree(ROOT, tree, ignore=IGNORED, symlinks=True)
+    run([sys.executable, "setup.py", "-q", "sdist", "-d", str(folder)], cwd=tree)
+    (sdist,) = folder.glob("pushi-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        archive.extractall(folder / "unpacked")
+    (unpacked,) = (folder / "unpacked").iterdir()
+    run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
+        + ["-w", str(folder / "wheels"), str(unpacked)]
+    )
+    (wheel,) = (folder / "wheels").glob("pushi-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    for name in (
+        "pushi/app/static/pushi.js",
+        "pushi/app/static/example.html",
+        "pushi/app/static/console/index.html",
+        "pushi/app/static/console/console.js",
+        "pushi/app/static/console/console.css",
+    ):
+        assert name in names, names
+    venv = folder / "venv"
+    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    bin_dir = venv / "bin"
+    run([str(bin_dir / "pip"), "install", "-q", "--no-deps", str(wheel)])
+    return bin_dir
+
+
+def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
+    instance = PushiServer(data_dir=str(tmp_path))
+    env = dict(instance.env())
+    env.pop("PYTHONPATH")
+    created = json.loads(
+        run([str(installed / "pushi"), "app", "create", "x", "--json"], env=env)
+    )
+    assert created["app_id"] == "1"
+    process = subprocess.Popen(
+        [str(installed / "pushi")],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(instance, process)
+        for path in ("static/pushi.js", "static/example.html", "console"):
+            with urllib.request.urlopen(instance.base_url + path, timeout=10) as page:
+                assert page.status == 200 and page.read(), path
+        instance.connect(created).close()
+        # the package came from the venv, not from the source tree
+        location = run(
+            [str(installed / "python"), "-c", "import pushi; print(pushi.__file__)"],
+            env=env,
+            cwd=str(tmp_path),
+        )
+        assert not location.startswith(ROOT), location
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0
+
+
+def wait_until_serving(instance, process, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "the installed pushi exited"
+        try:
+            return instance.request("GET", "health")
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the installed pushi did not start")
