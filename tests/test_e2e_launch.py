@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -162,8 +163,15 @@ def test_log_level(level, logged, not_logged):
         assert text not in log, log
 
 
-def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(tmp_path):
-    env = dict(PushiServer(data_dir=str(tmp_path)).env(), APP_PORT="0", SERVER_PORT="0")
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(host, tmp_path):
+    env = dict(
+        PushiServer(data_dir=str(tmp_path)).env(),
+        APP_HOST=host,
+        SERVER_HOST=host,
+        APP_PORT="0",
+        SERVER_PORT="0",
+    )
     process = subprocess.Popen(
         [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
         env=env,
@@ -183,8 +191,9 @@ def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(tmp_path):
         assert not ws_url.endswith(":0") and not rest_url.endswith(":0"), listening
         with urllib.request.urlopen(rest_url + "/health", timeout=10) as answer:
             assert json.load(answer)["status"] == "ok"
-        host, port = ws_url.split("//")[1].split(":")
-        socket.create_connection((host, int(port)), 5).close()
+        url = urllib.parse.urlsplit(ws_url)
+        assert url.hostname == host, listening
+        socket.create_connection((url.hostname, url.port), 5).close()
     finally:
         process.terminate()
         process.wait(15)

@@ -266,7 +266,7 @@ class State:
         def serve():
             listen = config.listen("server")
             try:
-                self.server.serve(**listen)
+                self.server.serve(ipv6=":" in listen["host"], **listen)
             except Exception as error:
                 if self._ready.is_set() and self._start_error is None:
                     raise
@@ -295,7 +295,7 @@ class State:
         logger.info(
             "WebSocket server on %s://%s:%d",
             "wss" if config.server_ssl else "ws",
-            config.server_host,
+            _url_host(config.server_host),
             self.server.port,  # the one the system chose for port 0
         )
 
@@ -327,7 +327,7 @@ class State:
             logger.info(
                 "REST API on %s://%s:%d",
                 "https" if config.app_ssl else "http",
-                config.app_host,
+                _url_host(config.app_host),
                 self.http.port if own_http else config.app_port,
             )
             if own_http:
@@ -363,12 +363,17 @@ class State:
         self.store.close()
 
 
+def _url_host(host):
+    """``host`` as a URL has it (an IPv6 address in brackets)."""
+    return "[%s]" % host if ":" in host else host
+
+
 def _listen_error(what, prefix, listen, error):
     return ConfigError(
         "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"
         % (
             what,
-            listen["host"],
+            _url_host(listen["host"]),
             listen["port"],
             prefix,
             prefix,
