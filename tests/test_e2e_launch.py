@@ -4,6 +4,7 @@ on the same ports, and signals."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -203,3 +204,21 @@ def test_pushi_app_without_an_action_shows_the_app_commands_and_exits_2():
     returncode, output = launch({}, ["app"])
     assert returncode == 2, output
     assert "usage: pushi app" in output and "create" in output, output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_it_cleanly_and_frees_its_ports(signum):
+    instance = PushiServer().start()
+    client = instance.connect(instance.create_app())
+    instance.process.send_signal(signum)
+    assert client.close_code() == 4200
+    assert instance.process.wait(15) == 0
+    instance.process = None
+    instance.log.close()
+    assert "Traceback" not in instance.read_log(), instance.read_log()
+    for port in (instance.app_port, instance.server_port):
+        with socket.socket() as probe:
+            # as a server restarting binds: past connections in TIME_WAIT
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
