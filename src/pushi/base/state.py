@@ -13,6 +13,7 @@ Run it: ``python src/pushi/base/state.py`` (or ``python -m pushi``).
 """
 
 import concurrent.futures
+import importlib.util
 import logging
 import os
 import signal
@@ -321,8 +322,8 @@ class State:
         config = self.config
         own_http = config.app_server == "netius"
         try:
-            if not own_http and not hasattr(self.app, "serve_" + config.app_server):
-                raise ConfigError("Unknown APP_SERVER: %r" % config.app_server)
+            if not own_http:
+                _check_app_server(config.app_server)
             self.start_server(http=own_http)
             logger.info(
                 "REST API on %s://%s:%d",
@@ -361,6 +362,33 @@ class State:
         self.workers.shutdown(wait=False)
         self.webhooks.stop()
         self.store.close()
+
+
+APP_SERVERS = {
+    "legacy": None,
+    "waitress": "waitress",
+    "tornado": "tornado",
+    "cherry": "cherrypy",
+    "gunicorn": "gunicorn",
+}
+"""The Appier servers ``APP_SERVER`` may name besides ``netius`` (Pushi's
+own), with the module each needs."""
+
+
+def _check_app_server(name):
+    """Raises ``ConfigError`` for an ``APP_SERVER`` that Appier cannot serve
+    with what is installed: Appier would otherwise pip-install the missing
+    package into the running interpreter."""
+    if name not in APP_SERVERS:
+        raise ConfigError(
+            "Unknown APP_SERVER: %r (netius, %s)" % (name, ", ".join(APP_SERVERS))
+        )
+    module = APP_SERVERS[name]
+    if module and importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            "APP_SERVER=%s needs the Python package %s: pip install %s"
+            % (name, module, module)
+        )
 
 
 def _url_host(host):
