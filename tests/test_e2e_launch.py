@@ -218,15 +218,17 @@ def test_pushi_app_without_an_action_shows_the_app_commands_and_exits_2():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_it_cleanly_and_frees_its_ports(signum):
-    instance = PushiServer().start()
+@pytest.mark.parametrize("app_server", ["netius", "legacy"])
+def test_a_signal_stops_it_cleanly_and_frees_its_ports(app_server, signum):
+    instance = PushiServer(env={"APP_SERVER": app_server}).start()
     client = instance.connect(instance.create_app())
     instance.process.send_signal(signum)
     assert client.close_code() == 4200
     assert instance.process.wait(15) == 0
     instance.process = None
     instance.log.close()
-    assert "Traceback" not in instance.read_log(), instance.read_log()
+    log = instance.read_log()
+    assert "Traceback" not in log and "Unhandled" not in log, log
     for port in (instance.app_port, instance.server_port):
         with socket.socket() as probe:
             # as a server restarting binds: past connections in TIME_WAIT

@@ -65,6 +65,20 @@ class PushiApp(appier.APIApp):
             # after ``drop_queued``
             answer(*error_response(errors.HttpError(503, "Server stopping")))
 
+    def serve_final(self, server, method, host, port, kwargs):
+        """Under another ``APP_SERVER``: the KeyboardInterrupt that stops
+        the process (Ctrl-C, or SIGTERM in ``state.main``) ends the server
+        as its return would, where Appier logs every exception as
+        "Unhandled", with its traceback."""
+
+        def serve(**kwargs):
+            try:
+                return method(**kwargs)
+            except KeyboardInterrupt:
+                return None
+
+        return appier.APIApp.serve_final(self, server, serve, host, port, kwargs)
+
     def drop_queued(self):
         """The server stops: requests not started yet are dropped (their
         sockets close with the loop), later ones answered 503."""
