@@ -315,6 +315,8 @@ class State:
                         app.app_id, max_count or None, max_age or None
                     )
                 except Exception:
+                    if self._stopping.is_set():
+                        return  # the store closed under a long trim
                     logger.exception("retention of app %s failed", app.app_id)
 
     def serve(self):
