@@ -256,3 +256,24 @@ def test_publish_for_an_app_created_while_running(server):
         client.close()
     finally:
         sock.close()
+
+
+def test_every_error_body_has_the_apis_shape(server, app):
+    """Appier's own refusals (no such route, a route without this method)
+    and Pushi's say ``result``, ``code`` and ``message``, and nothing of
+    Appier's (``name``, ``uid``, ``session``)."""
+    for method, path in (
+        ("GET", "no/such/route"),
+        ("OPTIONS", "apps"),
+        ("DELETE", "health"),
+        ("GET", "apps/%s" % app["app_id"]),
+        ("GET", "apps"),
+    ):
+        status, answer = server.request(method, path)
+        assert 400 <= status < 500, (method, path, status)
+        assert answer == {
+            "result": "error",
+            "code": status,
+            "message": answer["message"],
+        }
+        assert isinstance(answer["message"], str) and answer["message"]

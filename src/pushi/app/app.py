@@ -127,18 +127,22 @@ class PushiApp(appier.APIApp):
         return appier.APIApp.route(self)
 
     def handle_error(self, exception):
-        """Appier's JSON error answer, but a server error says no more than
-        "Internal error": its text and class are for the log only."""
+        """Appier's JSON error answer in the API's shape (``result``,
+        ``code``, ``message``: not Appier's ``name``, ``uid`` or
+        ``session``), and a server error says no more than "Internal
+        error": its text and class are for the log only."""
         result = appier.APIApp.handle_error(self, exception)
-        if isinstance(result, dict) and stores.is_store_error(exception):
+        if not isinstance(result, dict):
+            return result
+        if stores.is_store_error(exception):
             # the store failing is no bug here: the client may retry
             self.request.set_code(503)
             self.request.set_header("Retry-After", "1")
-            result = errors.HttpError(503, "Store unavailable").body
-        elif isinstance(result, dict) and not _is_client_error(exception):
+            return errors.HttpError(503, "Store unavailable").body
+        if not _is_client_error(exception):
             self.request.set_code(500)
-            result = errors.HttpError(500, "Internal error").body
-        return result
+            return errors.HttpError(500, "Internal error").body
+        return errors.HttpError(result["code"], result["message"]).body
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):
