@@ -14,6 +14,8 @@ import urllib.request
 
 import pytest
 
+import pushi
+
 from support import SRC, PushiServer
 
 
@@ -192,13 +194,19 @@ def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(host, tmp_
         text=True,
     )
     try:
-        listening = {}
+        listening, lines = {}, []
         for line in process.stderr:
+            lines.append(line)
             for name in ("WebSocket server on ", "REST API on "):
                 if name in line:
                     listening[name.split()[0]] = line.split(name)[1].strip()
-            if len(listening) == 2:
+            if "Store: " in line:
                 break
+        # what runs, and which store: not Appier's own (unused) MongoAdapter
+        log = "".join(lines)
+        assert "Pushi %s (appier " % pushi.__version__ in log, log
+        assert "Store: SQLiteStore(%r)" % str(tmp_path) in log, log
+        assert "MongoAdapter" not in log, log
         ws_url, rest_url = listening["WebSocket"], listening["REST"]
         assert not ws_url.endswith(":0") and not rest_url.endswith(":0"), listening
         with urllib.request.urlopen(rest_url + "/health", timeout=10) as answer:

@@ -13,8 +13,12 @@ time, as under its own servers), its answer written back from the loop.
 
 import concurrent.futures
 import logging
+import platform
 
 import appier
+import netius
+
+import pushi
 
 from pushi.base import store as stores
 from pushi.net import httpd
@@ -51,6 +55,17 @@ class PushiApp(appier.APIApp):
             level=logging.getLevelName(str(state.config.log_level).upper()),
             *args,
             **kwargs
+        )
+
+    def _print_welcome(self):
+        # Appier's names its session, data adapter and manager classes: its
+        # "MongoAdapter" is not Pushi's store, which State logs itself
+        self.logger.info(
+            "Pushi %s (appier %s, netius %s, Python %s)",
+            pushi.__version__,
+            appier.VERSION,
+            netius.VERSION,
+            platform.python_version(),
         )
 
     def serve_request(self, request, answer):

@@ -333,6 +333,7 @@ class State:
                 _url_host(config.app_host),
                 self.http.port if own_http else config.app_port,
             )
+            logger.info("Store: %r", self.store)
             if own_http:
                 # an Event, not Thread.join: a join that a signal interrupts
                 # can leave the thread marked as ended (CPython < 3.13)
