@@ -200,13 +200,8 @@ def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(host, tmp_
             for name in ("WebSocket server on ", "REST API on "):
                 if name in line:
                     listening[name.split()[0]] = line.split(name)[1].strip()
-            if "Store: " in line:
+            if len(listening) == 2:
                 break
-        # what runs, and which store: not Appier's own (unused) MongoAdapter
-        log = "".join(lines)
-        assert "Pushi %s (appier " % pushi.__version__ in log, log
-        assert "Store: SQLiteStore(%r)" % str(tmp_path) in log, log
-        assert "MongoAdapter" not in log, log
         ws_url, rest_url = listening["WebSocket"], listening["REST"]
         assert not ws_url.endswith(":0") and not rest_url.endswith(":0"), listening
         with urllib.request.urlopen(rest_url + "/health", timeout=10) as answer:
@@ -214,6 +209,12 @@ def test_the_log_says_where_it_listens_also_on_ports_the_system_chose(host, tmp_
         url = urllib.parse.urlsplit(ws_url)
         assert url.hostname == host, listening
         socket.create_connection((url.hostname, url.port), 5).close()
+        process.terminate()
+        # what runs, and which store: not Appier's own (unused) MongoAdapter
+        log = "".join(lines) + process.communicate(timeout=15)[1]
+        assert "Pushi %s (appier " % pushi.__version__ in log, log
+        assert "Store: SQLiteStore(%r)" % str(tmp_path) in log, log
+        assert "MongoAdapter" not in log, log
     finally:
         process.terminate()
         process.wait(15)

@@ -323,6 +323,7 @@ class State:
         """Runs both servers until interrupted (the launcher's entry)."""
         config = self.config
         own_http = config.app_server == "netius"
+        logger.info("Store: %r", self.store)
         try:
             if not own_http:
                 _check_app_server(config.app_server)
@@ -333,7 +334,6 @@ class State:
                 _url_host(config.app_host),
                 self.http.port if own_http else config.app_port,
             )
-            logger.info("Store: %r", self.store)
             if own_http:
                 # an Event, not Thread.join: a join that a signal interrupts
                 # can leave the thread marked as ended (CPython < 3.13)
