@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import logging
 import queue
 import threading
 import time
@@ -275,3 +276,199 @@ def test_an_app_whose_server_hangs_delays_only_its_own_webhooks(
             webhooks.stop()
         hanging.close()
         store.close()
+
+
+class Scripted(Receiver):
+    """A receiver whose answer to each post ``answer(body)`` picks: a
+    status, or None to hold the post until ``release`` is set."""
+
+    def __init__(self, answer):
+        Receiver.__init__(self)
+        self.httpd.shutdown()
+        self.answer = answer
+        self.release = threading.Event()
+        self.seen = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.seen.append(body)
+                status = receiver.answer(body)
+                if status is None:
+                    receiver.release.wait(30)
+                    status = 200
+                if status == 200:
+                    receiver.posts.put((dict(self.headers), body))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = "http://127.0.0.1:%d/hook" % self.httpd.server_address[1]
+
+    def close(self):
+        self.release.set()
+        Receiver.close(self)
+
+
+@pytest.fixture
+def in_process(tmp_path):
+    """``hooked(*urls)``: an app with those hooks, its directory and a
+    running ``Webhooks`` (reports in ``.reports``), all in this process."""
+    store = SQLiteStore(str(tmp_path / "data"))
+    made = []
+
+    def hooked(*urls):
+        app = store.create_app(
+            "hooked", settings={"webhooks": [{"url": url} for url in urls]}
+        )
+        directory = AppDirectory(store)
+        directory.refresh()
+        reports = []
+        webhooks = webhooks_module.Webhooks(
+            directory, emit=lambda *report: reports.append(report)
+        )
+        webhooks.reports = reports
+        made.append(webhooks)
+        return app, directory, webhooks
+
+    hooked.store = store
+    yield hooked
+    for webhooks in made:
+        webhooks.stop()
+    store.close()
+
+
+def channels(events):
+    return [event["channel"] for event in events]
+
+
+def test_a_failed_batch_holds_back_the_later_ones(in_process):
+    """A retry keeps its place: the batches after it wait for it, so that
+    the consumer gets each app's events in order, each once."""
+    failing = Scripted(
+        lambda body: 500 if b'"first"' in body and not failing.seen[1:] else 200
+    )
+    try:
+        app, _directory, webhooks = in_process(failing.url)
+        webhooks.observe(app["app_id"], "occupied", {"channel": "first"})
+        deadline = time.time() + 5
+        while not failing.seen and time.time() < deadline:
+            time.sleep(0.01)
+        webhooks.observe(app["app_id"], "occupied", {"channel": "second"})
+        assert channels(failing.events(app, 2)) == ["first", "second"]
+        assert failing.quiet(2.5)
+    finally:
+        failing.close()
+
+
+def delivered(receiver, app, quiet=2):
+    """Every event the receiver accepts until it has been quiet for
+    ``quiet`` seconds (signatures checked)."""
+    events = []
+    while True:
+        try:
+            events += receiver.events(app, 1, timeout=quiet)
+        except queue.Empty:
+            return events
+
+
+def test_an_endpoint_that_fails_costs_no_thread_per_retry_and_a_bounded_queue(
+    in_process, monkeypatch
+):
+    """While an endpoint answers 500 the events wait in the hook's lane
+    (no timer thread each), at most ``MAX_QUEUED`` of them; those that do
+    not fit are dropped, logged and reported, and the rest follow in
+    order once the endpoint is back."""
+    monkeypatch.setattr(webhooks_module, "MAX_QUEUED", 20)
+    down = threading.Event()
+    down.set()
+    failing = Scripted(lambda body: 500 if down.is_set() else 200)
+    try:
+        app, _directory, webhooks = in_process(failing.url)
+        threads = threading.active_count()
+        warnings = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: warnings.append(record.getMessage())
+        logging.getLogger("pushi.webhooks").addHandler(handler)
+        try:
+            for index in range(120):
+                webhooks.observe(
+                    app["app_id"], "occupied", {"channel": "c%03d" % index}
+                )
+                time.sleep(0.005)
+            time.sleep(1.5)
+            assert threading.active_count() <= threads + webhooks_module.SENDERS + 1
+        finally:
+            logging.getLogger("pushi.webhooks").removeHandler(handler)
+        assert any("dropping" in warning for warning in warnings)
+        down.clear()
+        events = channels(delivered(failing, app, quiet=4))
+        assert events == sorted(events) and len(set(events)) == len(events)
+        assert 20 <= len(events) < 120
+        dropped = [
+            details["events"]
+            for _app_id, kind, details in webhooks.reports
+            if kind == "webhook_dropped"
+        ]
+        assert sum(dropped) == 120 - len(events)
+    finally:
+        failing.close()
+
+
+def test_a_batch_has_a_bounded_size(in_process):
+    """However many events wait at once, a post carries ``MAX_BATCH`` of
+    them at most, in order."""
+    receiver = Scripted(lambda body: 200)
+    try:
+        app, _directory, webhooks = in_process(receiver.url)
+        with webhooks._condition:
+            for index in range(250):
+                webhooks.observe(
+                    app["app_id"], "occupied", {"channel": "c%03d" % index}
+                )
+        events = channels(delivered(receiver, app))
+        assert events == ["c%03d" % index for index in range(250)]
+        sizes = [len(json.loads(body)["events"]) for body in receiver.seen]
+        assert max(sizes) <= 100  # webhooks_module.MAX_BATCH
+    finally:
+        receiver.close()
+
+
+def test_a_slow_hook_does_not_delay_its_app_s_other_hook(in_process, monkeypatch):
+    monkeypatch.setattr(webhooks_module, "TIMEOUT", 60)
+    slow, fast = Scripted(lambda body: None), Scripted(lambda body: 200)
+    try:
+        app, _directory, webhooks = in_process(slow.url, fast.url)
+        for channel in ("a", "b"):
+            webhooks.observe(app["app_id"], "occupied", {"channel": channel})
+            time.sleep(0.2)
+        assert channels(fast.events(app, 2, timeout=3)) == ["a", "b"]
+        slow.release.set()
+        assert channels(slow.events(app, 2)) == ["a", "b"]
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_removing_a_hook_or_disabling_the_app_stops_its_retries(in_process):
+    for change in ({"settings": {"webhooks": []}}, {"enabled": False}):
+        failing = Scripted(lambda body: 500)
+        try:
+            app, directory, webhooks = in_process(failing.url)
+            webhooks.observe(app["app_id"], "occupied", {"channel": "c"})
+            deadline = time.time() + 5
+            while not failing.seen and time.time() < deadline:
+                time.sleep(0.01)
+            in_process.store.update_app(app["app_id"], **change)
+            directory.refresh()
+            time.sleep(0.2)
+            tried = len(failing.seen)
+            time.sleep(3.5)
+            assert len(failing.seen) == tried, change
+        finally:
+            failing.close()

@@ -11,13 +11,19 @@ An app lists its hooks in its settings::
 events into Pusher webhook events and queues them; ``channel_vacated`` and
 ``member_removed`` wait 3 s and are dropped, with the event that undoes
 them, when the channel or member comes back in that window.  One thread
-takes the events that are due and hands each app's to that app's lane:
-a pool of senders posts ``{"time_ms", "events"}`` with ``X-Pusher-Key``
-and ``X-Pusher-Signature`` (HMAC-SHA256 of the body with the app secret),
-one post at a time per app (in order), so an app whose server is slow to
-answer delays its own webhooks only (up to ``SENDERS`` such apps at
-once).  A failed post is retried with exponential back-off for 5 minutes.
-Nothing here ever blocks the loop.
+takes the events that are due and puts each in the lane of each hook
+that wants it (at most ``MAX_QUEUED`` events wait per hook: the ones
+past that are dropped, logged and reported to the console as
+``webhook_dropped``).  A pool of senders posts a lane's events in
+batches (``{"time_ms", "events"}``, up to ``MAX_BATCH`` events and about
+``MAX_BATCH_BYTES``) with ``X-Pusher-Key`` and ``X-Pusher-Signature``
+(HMAC-SHA256 of the body with the app secret), one batch at a time per
+hook, so that a hook whose server is slow to answer delays only its
+own webhooks.  A failed batch is retried with exponential back-off for
+5 minutes, and the hook's later batches wait for it (in order, each
+once); the retry holds no thread meanwhile, and stops when the hook is
+removed or its app disabled or deleted.  Nothing here ever blocks the
+loop.
 """
 
 import collections
@@ -50,6 +56,9 @@ LINGER = 3.0
 RETRY_FOR = 300.0
 TIMEOUT = 5.0
 SENDERS = 8
+MAX_BATCH = 100
+MAX_BATCH_BYTES = 262144
+MAX_QUEUED = 10000
 
 
 def check_hooks(hooks):
@@ -81,8 +90,10 @@ class Webhooks:
         self._counter = 0
         self._condition = threading.Condition()
         self._stopped = False
-        # app id -> batches waiting while one of the app's is being posted
+        # (app id, url) -> the lane of events waiting for that hook
         self._lanes = {}
+        # [due, counter, lane] of the lanes whose batch failed
+        self._retries = []
         self._senders = concurrent.futures.ThreadPoolExecutor(
             SENDERS, thread_name_prefix="pushi-webhook"
         )
@@ -179,20 +190,20 @@ class Webhooks:
             heapq.heappush(self._queue, [0.0, self._counter, app.app_id, event, True])
             self._condition.notify()
 
-    # the sender thread
+    # the scheduler thread
 
     def _run(self):
         while True:
             with self._condition:
                 while not self._stopped:
                     now = time.monotonic()
-                    if self._queue and self._queue[0][0] <= now:
+                    due = [heap[0][0] for heap in (self._queue, self._retries) if heap]
+                    if due and min(due) <= now:
                         break
-                    timeout = self._queue[0][0] - now if self._queue else None
-                    self._condition.wait(timeout)
+                    self._condition.wait(min(due) - now if due else None)
                 if self._stopped:
                     return
-                ready = collections.OrderedDict()
+                ready = []
                 while self._queue and self._queue[0][0] <= now:
                     _due, _counter, app_id, event, live = heapq.heappop(self._queue)
                     if not live:
@@ -202,93 +213,134 @@ class Webhooks:
                             (event["user_id"],) if "user_id" in event else ()
                         )
                         self._pending.pop(key, None)
-                    ready.setdefault(app_id, []).append(event)
-            for app_id, events in ready.items():
-                self._queue_post(app_id, events)
+                    ready.extend(self._enqueue(app_id, event))
+                while self._retries and self._retries[0][0] <= now:
+                    ready.append(heapq.heappop(self._retries)[2])
+            for lane in ready:
+                self._submit(lane)
 
-    def _queue_post(self, app_id, events):
-        with self._condition:
-            lane = self._lanes.get(app_id)
-            if lane is not None:
-                lane.append(events)
-                return
-            self._lanes[app_id] = collections.deque()
+    def _enqueue(self, app_id, event):
+        """Puts an event in the lane of each of its app's hooks that wants
+        it; returns the lanes that now need a sender (lock held)."""
+        app = self.apps.by_id(app_id)
+        idle = []
+        for hook in (app.limits.get("webhooks") or ()) if app else ():
+            if event["name"] not in (hook.get("events") or EVENTS):
+                continue
+            key = (app_id, hook["url"])
+            lane = self._lanes.get(key)
+            if lane is None:
+                lane = self._lanes[key] = _Lane(app_id, hook["url"])
+            if len(lane.events) >= MAX_QUEUED:
+                if not lane.dropped:
+                    logger.warning(
+                        "webhooks of app %s to %s: %d events wait, dropping new ones",
+                        app_id,
+                        lane.url,
+                        MAX_QUEUED,
+                    )
+                lane.dropped += 1
+                continue
+            lane.events.append(event)
+            if not lane.busy:
+                lane.busy = True
+                idle.append(lane)
+        return idle
+
+    def _submit(self, lane):
         try:
-            self._senders.submit(self._send_lane, app_id, events)
+            self._senders.submit(self._send, lane)
         except RuntimeError:
             pass  # stopped meanwhile: the senders are gone
 
-    def _send_lane(self, app_id, events):
-        """Posts an app's batches one after the other (a sender thread)."""
-        while True:
-            try:
-                self._deliver(app_id, events)
-            except Exception:
-                logger.exception("webhooks of app %s failed", app_id)
-            with self._condition:
-                lane = self._lanes[app_id]
-                if not lane or self._stopped:
-                    del self._lanes[app_id]
-                    return
-                events = lane.popleft()
+    # the senders
 
-    def _deliver(self, app_id, events):
-        app = self.apps.by_id(app_id)
-        if app is None:
-            return
-        # when the webhook was made: its retries keep it, so that the
-        # consumer can tell how late one comes (Pusher's time_ms)
-        time_ms = int(time.time() * 1000)
-        for hook in app.limits.get("webhooks") or ():
-            wanted = hook.get("events") or EVENTS
-            chosen = [event for event in events if event["name"] in wanted]
-            if chosen:
-                body = json.dumps({"time_ms": time_ms, "events": chosen}).encode()
-                self._post(app, hook["url"], body, len(chosen), time.monotonic())
+    def _send(self, lane):
+        """Posts a lane's next batch, or retries its current one (a sender
+        thread); the lane is busy until its batch is through, so that its
+        events go out in order and each batch once."""
+        with self._condition:
+            if self._stopped:
+                return
+            app = self.apps.by_id(lane.app_id)
+            if not _wants(app, lane.url):
+                # the hook or its app is gone (or disabled): so are its
+                # events and retries
+                self._lanes.pop((lane.app_id, lane.url), None)
+                lane.busy = False
+                return
+            dropped, lane.dropped = lane.dropped, 0
+            if lane.batch is None:
+                lane.batch = _Batch(lane.events)
+            batch = lane.batch
+        if dropped:
+            self._report(lane.app_id, "webhook_dropped", url=lane.url, events=dropped)
+        status, error = self._post(app, lane.url, batch.body)
+        with self._condition:
+            if error is None:
+                lane.batch = None
+                again = bool(lane.events)
+            else:
+                delay = min(2.0**batch.attempt, 60.0)
+                batch.attempt += 1
+                final = time.monotonic() + delay - batch.first > self.retry_for
+                if final:
+                    lane.batch = None
+                    again = bool(lane.events)
+                else:
+                    self._counter += 1
+                    heapq.heappush(
+                        self._retries, [time.monotonic() + delay, self._counter, lane]
+                    )
+                    self._condition.notify()
+                    again = None
+            if again is False:
+                lane.busy = False
+                self._lanes.pop((lane.app_id, lane.url), None)
+        if error is None:
+            self._report(
+                lane.app_id,
+                "webhook_sent",
+                url=lane.url,
+                events=batch.count,
+                status=status,
+            )
+        else:
+            self._report(
+                lane.app_id,
+                "webhook_failed",
+                url=lane.url,
+                events=batch.count,
+                error=error,
+                final=final,
+            )
+            if final:
+                logger.warning(
+                    "webhook to app %s dropped after retries: %s", lane.app_id, error
+                )
+        if again:
+            # behind the other lanes' turns: one busy hook does not hold a
+            # sender for good
+            self._submit(lane)
 
-    def _post(self, app, url, body, count, first, attempt=0):
-        if self._stopped:
-            # a retry's timer that fires while the server stops
-            return
+    def _post(self, app, url, body):
+        """``(status, error)`` of one post; ``error`` None for a 2xx."""
         request = urllib.request.Request(url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
         request.add_header("X-Pusher-Key", app.key)
         request.add_header(
             "X-Pusher-Signature", auth.webhook_signature(app.secret, body)
         )
-        error = None
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 status = response.status
         except urllib.error.HTTPError as failure:
-            status, error = failure.code, "HTTP %d" % failure.code
+            return failure.code, "HTTP %d" % failure.code
         except Exception as failure:
-            status, error = None, failure.__class__.__name__
-        if error is None and 200 <= status < 300:
-            self._report(
-                app.app_id, "webhook_sent", url=url, events=count, status=status
-            )
-            return
-        delay = min(2.0**attempt, 60.0)
-        final = time.monotonic() + delay - first > self.retry_for
-        self._report(
-            app.app_id,
-            "webhook_failed",
-            url=url,
-            events=count,
-            error=error,
-            final=final,
-        )
-        if final:
-            logger.warning(
-                "webhook to app %s dropped after retries: %s", app.app_id, error
-            )
-            return
-        timer = threading.Timer(
-            delay, self._post, (app, url, body, count, first, attempt + 1)
-        )
-        timer.daemon = True
-        timer.start()
+            return None, failure.__class__.__name__
+        if 200 <= status < 300:
+            return status, None
+        return status, "HTTP %d" % status
 
     def _report(self, app_id, kind, **details):
         if self.emit is not None:
@@ -299,6 +351,53 @@ class Webhooks:
             self._stopped = True
             self._condition.notify()
         self._senders.shutdown(wait=False, cancel_futures=True)
+
+
+class _Lane:
+    """The events waiting for one hook of one app, and the batch being
+    posted (or waiting for its retry)."""
+
+    __slots__ = ("app_id", "url", "events", "batch", "busy", "dropped")
+
+    def __init__(self, app_id, url):
+        self.app_id = app_id
+        self.url = url
+        self.events = collections.deque()
+        self.batch = None
+        self.busy = False
+        self.dropped = 0
+
+
+class _Batch:
+    """The body of one post: up to ``MAX_BATCH`` events, and no more than
+    ``MAX_BATCH_BYTES`` unless a single event is larger, taken from the
+    head of ``events``; its retries post the same body."""
+
+    def __init__(self, events):
+        # when the webhook was made: its retries keep it, so that the
+        # consumer can tell how late one comes (Pusher's time_ms)
+        head = '{"time_ms": %d, "events": [' % int(time.time() * 1000)
+        parts, size = [], len(head) + 2
+        while events and len(parts) < MAX_BATCH:
+            part = json.dumps(events[0])
+            if parts and size + len(part) + 2 > MAX_BATCH_BYTES:
+                break
+            events.popleft()
+            parts.append(part)
+            size += len(part) + 2
+        self.body = (head + ", ".join(parts) + "]}").encode()
+        self.count = len(parts)
+        self.first = time.monotonic()
+        self.attempt = 0
+
+
+def _wants(app, url):
+    """Whether ``app`` still posts to ``url``."""
+    return bool(
+        app
+        and app.enabled
+        and any(hook["url"] == url for hook in app.limits.get("webhooks") or ())
+    )
 
 
 def _text(data):

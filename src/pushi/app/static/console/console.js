@@ -26,7 +26,8 @@
         "cache_miss",
         "subscription_count",
         "webhook_sent",
-        "webhook_failed"
+        "webhook_failed",
+        "webhook_dropped"
     ];
     var STORAGE = "pushi.console";
 
