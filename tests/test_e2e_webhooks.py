@@ -6,6 +6,8 @@ import http.server
 import json
 import logging
 import queue
+import ssl
+import subprocess
 import threading
 import time
 
@@ -15,6 +17,7 @@ import pushi
 from pushi.base import webhooks as webhooks_module
 from pushi.base.apps import AppDirectory
 from pushi.base.store.sqlite import SQLiteStore
+from support import PushiServer
 
 ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
 
@@ -472,3 +475,140 @@ def test_removing_a_hook_or_disabling_the_app_stops_its_retries(in_process):
             assert len(failing.seen) == tried, change
         finally:
             failing.close()
+
+
+class Odd(Receiver):
+    """A receiver that answers each post with ``answer(handler)``."""
+
+    def __init__(self, answer, tls=None):
+        Receiver.__init__(self)
+        self.httpd.shutdown()
+        self.done = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                receiver.posts.put((self.command, self.path))
+                answer(self)
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[1], tls[0])
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = "%s://127.0.0.1:%d/hook" % (scheme, self.httpd.server_address[1])
+
+    def drip(self, handler):
+        """A 200 whose headers come one every 0.2 s, for 30 s."""
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        for _ in range(150):
+            if self.done.wait(0.2):
+                return
+            try:
+                handler.wfile.write(b"X-Drip: 1\r\n")
+                handler.wfile.flush()
+            except OSError:
+                return
+
+    def close(self):
+        self.done.set()
+        Receiver.close(self)
+
+
+def failures(webhooks, timeout):
+    """The ``webhook_failed`` reports once there is one (or ``timeout``)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [d for _a, kind, d in webhooks.reports if kind == "webhook_failed"]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def test_a_redirect_is_not_followed(server):
+    """A 3xx is a failed post (retried), not a GET that the receiver's
+    server sends elsewhere with the app's key: the admin chose the URL,
+    the receiver does not choose another."""
+    elsewhere = Odd(lambda handler: handler.send_response(200) or handler.end_headers())
+
+    def redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", elsewhere.url)
+        handler.end_headers()
+
+    redirecting = Odd(redirect)
+    try:
+        app = hooked_app(server, redirecting.url, ["channel_occupied"])
+        client = server.connect(app)
+        client.subscribe("moved")
+        assert redirecting.posts.get(timeout=10) == ("POST", "/hook")
+        assert redirecting.posts.get(timeout=5) == ("POST", "/hook")  # the retry
+        assert elsewhere.quiet(1)
+        client.close()
+    finally:
+        redirecting.close()
+        elsewhere.close()
+
+
+def test_an_answer_dripped_past_the_timeout_is_cut(in_process, monkeypatch):
+    """``TIMEOUT`` bounds the whole post, not each read: a server that
+    drips its answer fails it (and is retried) in that time."""
+    monkeypatch.setattr(webhooks_module, "TIMEOUT", 1.0)
+    dripping = Odd(lambda handler: dripping.drip(handler))
+    try:
+        app, _directory, webhooks = in_process(dripping.url)
+        webhooks.observe(app["app_id"], "occupied", {"channel": "c"})
+        assert [d["error"] for d in failures(webhooks, 3)] == ["timed out"]
+    finally:
+        dripping.close()
+
+
+def test_a_receiver_s_bad_certificate_is_reported(in_process, tmp_path):
+    key, cer = str(tmp_path / "key.pem"), str(tmp_path / "cer.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", key, "-out", cer],
+        check=True,
+        capture_output=True,
+    )
+    secure = Odd(
+        lambda handler: handler.send_response(200) or handler.end_headers(), (key, cer)
+    )
+    try:
+        app, _directory, webhooks = in_process(secure.url)
+        webhooks.observe(app["app_id"], "occupied", {"channel": "c"})
+        (failure,) = failures(webhooks, 5)
+        assert failure["error"] == "TLS: self-signed certificate"
+        assert secure.posts.empty()
+    finally:
+        secure.close()
+
+
+def test_a_post_under_way_does_not_hold_up_a_stop(tmp_path):
+    """SIGTERM while a receiver drips its answer: the server exits at
+    once, cutting the post."""
+    dripping = Odd(lambda handler: dripping.drip(handler))
+    instance = PushiServer(data_dir=str(tmp_path)).start()
+    try:
+        app = hooked_app(instance, dripping.url, ["channel_occupied"])
+        client = instance.connect(app)
+        client.subscribe("slow")
+        assert dripping.posts.get(timeout=10) == ("POST", "/hook")
+        started = time.time()
+        instance.process.terminate()
+        instance.process.wait(20)
+        assert time.time() - started < 4
+    finally:
+        instance.stop(kill=True)
+        dripping.close()

@@ -22,19 +22,23 @@ hook, so that a hook whose server is slow to answer delays only its
 own webhooks.  A failed batch is retried with exponential back-off for
 5 minutes, and the hook's later batches wait for it (in order, each
 once); the retry holds no thread meanwhile, and stops when the hook is
-removed or its app disabled or deleted.  Nothing here ever blocks the
-loop.
+removed or its app disabled or deleted.  A post has ``TIMEOUT`` seconds
+in all (the scheduler thread cuts it then, and ``stop`` cuts every post
+under way), follows no redirect and verifies TLS certificates.  Nothing
+here ever blocks the loop.
 """
 
 import collections
 import concurrent.futures
 import heapq
+import http.client
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 from pushi.proto import auth
 
@@ -94,6 +98,8 @@ class Webhooks:
         self._lanes = {}
         # [due, counter, lane] of the lanes whose batch failed
         self._retries = []
+        # the posts under way
+        self._flights = set()
         self._senders = concurrent.futures.ThreadPoolExecutor(
             SENDERS, thread_name_prefix="pushi-webhook"
         )
@@ -197,10 +203,12 @@ class Webhooks:
             with self._condition:
                 while not self._stopped:
                     now = time.monotonic()
+                    self._cut(now)
                     due = [heap[0][0] for heap in (self._queue, self._retries) if heap]
                     if due and min(due) <= now:
                         break
-                    self._condition.wait(min(due) - now if due else None)
+                    due += [f.deadline for f in self._flights if f.deadline]
+                    self._condition.wait(max(0.0, min(due) - now) if due else None)
                 if self._stopped:
                     return
                 ready = []
@@ -324,23 +332,76 @@ class Webhooks:
             self._submit(lane)
 
     def _post(self, app, url, body):
-        """``(status, error)`` of one post; ``error`` None for a 2xx."""
-        request = urllib.request.Request(url, data=body, method="POST")
-        request.add_header("Content-Type", "application/json")
-        request.add_header("X-Pusher-Key", app.key)
-        request.add_header(
-            "X-Pusher-Signature", auth.webhook_signature(app.secret, body)
-        )
+        """``(status, error)`` of one post; ``error`` None for a 2xx.  The
+        post has ``TIMEOUT`` seconds in all (the scheduler cuts one that
+        a server drips its answer into); redirects are not followed: the
+        receiver's server does not choose where this one posts."""
+        flight = _Flight(time.monotonic() + TIMEOUT)
+        with self._condition:
+            if self._stopped:
+                return None, "stopped"
+            self._flights.add(flight)
+            self._condition.notify()
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                status = response.status
-        except urllib.error.HTTPError as failure:
-            return failure.code, "HTTP %d" % failure.code
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    parts.hostname,
+                    parts.port,
+                    timeout=TIMEOUT,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    parts.hostname, parts.port, timeout=TIMEOUT
+                )
+            flight.connection = connection
+            connection.request(
+                "POST",
+                (parts.path or "/") + ("?" + parts.query if parts.query else ""),
+                body,
+                {
+                    "Content-Type": "application/json",
+                    "X-Pusher-Key": app.key,
+                    "X-Pusher-Signature": auth.webhook_signature(app.secret, body),
+                },
+            )
+            status = connection.getresponse().status
+            if flight.deadline is None:
+                # cut: what came of the answer ends where the socket did
+                return None, "timed out"
+        except ssl.SSLCertVerificationError as failure:
+            return None, "TLS: %s" % failure.verify_message
         except Exception as failure:
-            return None, failure.__class__.__name__
+            if flight.deadline is None:
+                return None, "timed out"
+            return None, "%s: %s" % (failure.__class__.__name__, failure)
+        finally:
+            with self._condition:
+                self._flights.remove(flight)
+            if flight.connection is not None:
+                flight.connection.close()
         if 200 <= status < 300:
             return status, None
         return status, "HTTP %d" % status
+
+    def _cut(self, now=None):
+        """Ends the posts past their time (all of them without ``now``):
+        their sockets shut, their senders fail at once (lock held)."""
+        for flight in self._flights:
+            if flight.deadline is None or (now is not None and flight.deadline > now):
+                continue
+            connection = flight.connection
+            sock = connection.sock if connection is not None else None
+            if sock is None and now is not None:
+                # still connecting (which has its own timeout): next time
+                flight.deadline = now + 0.1
+                continue
+            flight.deadline = None
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
 
     def _report(self, app_id, kind, **details):
         if self.emit is not None:
@@ -349,6 +410,7 @@ class Webhooks:
     def stop(self):
         with self._condition:
             self._stopped = True
+            self._cut()
             self._condition.notify()
         self._senders.shutdown(wait=False, cancel_futures=True)
 
@@ -389,6 +451,17 @@ class _Batch:
         self.count = len(parts)
         self.first = time.monotonic()
         self.attempt = 0
+
+
+class _Flight:
+    """A post under way: when it must end (None once cut), and its
+    connection once made."""
+
+    __slots__ = ("deadline", "connection")
+
+    def __init__(self, deadline):
+        self.deadline = deadline
+        self.connection = None
 
 
 def _wants(app, url):
