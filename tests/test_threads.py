@@ -17,12 +17,11 @@ from pushi.base.engine import Engine
 from pushi.base.limits import App
 from pushi.base.state import LoopStopped, State
 from pushi.base.store.sqlite import SQLiteStore
-from pushi.base.webhooks import Webhooks
+from pushi.base.webhooks import Webhooks, _Lane
 from pushi.proto import auth
 from support import (
     ADMIN_SECRET,
     PushiServer,
-    RecordingTransport,
     free_port,
     read_until,
     upgrade_request,
@@ -215,9 +214,13 @@ def test_a_webhook_retry_due_after_stop_is_not_sent():
     webhooks = Webhooks(None, emit=lambda *args: reported.append(args))
     app = App({"app_id": "1", "key": "k" * 32, "secret": "s" * 64, "name": "a"})
     webhooks.stop()
-    # the retry of a post to a port nothing listens on
+    # a retry's turn, and a post, to a port nothing listens on
     url = "http://127.0.0.1:%d/" % free_port()
-    webhooks._post(app, url, b'{"time_ms":1,"events":[{}]}', 1, time.monotonic())
+    webhooks._send(_Lane(app.app_id, url))
+    assert webhooks._post(app, url, b'{"time_ms":1,"events":[{}]}') == (
+        None,
+        "stopped",
+    )
     assert reported == []
 
 
