@@ -24,7 +24,7 @@ BODY = '{"name":"foo","channels":["project-3"],"data":"{\\"some\\":\\"data\\"}"}
 
 
 def test_signer_worked_example():
-    """The worked example of PROTOCOL.md section 6."""
+    """The worked example of Pusher's HTTP API documentation."""
     params = signer.signed_params(
         KEY, SECRET, "POST", "/apps/3/events", BODY, timestamp=1353088179
     )

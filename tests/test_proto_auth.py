@@ -1,4 +1,5 @@
-"""Signatures: the test vectors of PROTOCOL.md section 3 and 6."""
+"""Signatures: the test vectors of Pusher's documentation (channel
+authorization, user authentication, the HTTP API)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Per-app settings and limits, with the defaults of PROTOCOL.md section 8.
+"""Per-app settings and limits, and their defaults.
 
 An app record's ``settings`` dict overrides any of ``DEFAULTS``; ``App`` is
 the immutable in-memory view of an app that the loop and the REST side
