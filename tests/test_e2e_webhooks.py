@@ -252,6 +252,7 @@ def test_invalid_webhook_settings_are_refused(server):
         "x",
         [{"url": "ftp://x"}],
         [{"url": "http://x", "events": ["nope"]}],
+        [{"url": "http://x", "events": []}],
         [{"uri": "http://x"}],
     ):
         status, answer = server.request(

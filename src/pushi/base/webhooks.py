@@ -78,6 +78,9 @@ def check_hooks(hooks):
         events = hook.get("events", list(EVENTS))
         if not isinstance(events, list) or any(event not in EVENTS for event in events):
             return "webhook events are among: %s" % ", ".join(EVENTS)
+        if not events:
+            # an empty list would read as all of them
+            return "webhook events: at least one (leave events out for all)"
     return None
 
 
