@@ -668,16 +668,18 @@ class SQLiteStore(base.Store):
             ).fetchone()
             if boundary is not None:
                 timestamp, seq = boundary
+                budget = limit - removed
                 beyond = connection.execute(
                     "SELECT seq, channel FROM events WHERE app_id = ? AND channel = ?"
                     " AND timestamp <= ? AND (timestamp < ? OR seq <= ?) LIMIT ?",
-                    (app_id, channel, timestamp, timestamp, seq, limit - removed),
+                    (app_id, channel, timestamp, timestamp, seq, budget),
                 ).fetchall()
                 cls._delete_rows(connection, app_id, beyond)
                 removed += len(beyond)
-            # Now exact whatever the count was (it may have drifted if
-            # another process wrote events): at most max_count rows remain
-            # once no chunk is left.
+                if len(beyond) == budget:
+                    continue  # more of this channel in the next chunk
+            # Once the channel is done, its count is made exact whatever it
+            # was (it may have drifted if another process wrote events).
             remaining = connection.execute(
                 "SELECT COUNT(*) FROM events WHERE app_id = ? AND channel = ?",
                 (app_id, channel),
