@@ -13,8 +13,11 @@ already stored), ``--threads`` threads each add single events (one
 ``get_events_ms`` is the mean time of a newest-first page of 10 on a busy
 channel afterwards, to show reads stay flat as the store grows;
 ``trim_first_ms`` the time of a first retention pass down to 100 events per
-channel (one big delete) and ``trim_steady_ms`` of the next pass, after
-100 new events (what running retention every few seconds costs).
+channel (a big delete, in chunks) and ``trim_steady_ms`` of the next pass,
+after 100 new events (what running retention every few seconds costs);
+``publish_during_trim_ms`` the median and longest ``add_events`` of another
+app storing an event every 10 ms during the first pass (what a trim costs
+the other publishers).
 
     python scripts/bench_store.py                 # SQLite
     python scripts/bench_store.py --mongo         # + the MongoDB emulator
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from pushi.base.store import SQLiteStore  # noqa: E402
+from pushi.proto import messages  # noqa: E402
 
 PREFILL_BATCH = 1000
 
@@ -43,7 +47,7 @@ PREFILL_BATCH = 1000
 def make_event(app_id, channel, timestamp=None):
     """Returns an event record like the engine persists."""
     return dict(
-        mid=uuid.uuid4().hex,
+        mid=messages.message_id(),
         app_id=app_id,
         channel=channel,
         event="bench",
@@ -95,24 +99,44 @@ def time_reads(store, app_id, rounds=200):
     return (time.perf_counter() - started) / rounds * 1000.0
 
 
-def time_trims(store, app_id, keep=100):
+def time_trims(store, app_id, other_app_id, keep=100):
     """Times a first count trim (down to ``keep`` per channel, a big delete)
-    and then a steady-state one (after 100 new events, as when retention
-    runs every few seconds); returns both in milliseconds."""
+    while another app stores an event every 10 ms, then a steady-state one
+    (after 100 new events, as when retention runs every few seconds);
+    returns both in milliseconds, and the other app's waits."""
+    waits = []
+    trimming = threading.Event()
+    trimming.set()
+
+    def publish():
+        while trimming.is_set():
+            started = time.perf_counter()
+            store.add_events([make_event(other_app_id, "other")])
+            waits.append((time.perf_counter() - started) * 1000.0)
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
     started = time.perf_counter()
-    store.trim_events(app_id, max_count=keep)
-    first = time.perf_counter() - started
+    try:
+        store.trim_events(app_id, max_count=keep)
+    finally:
+        first = time.perf_counter() - started
+        trimming.clear()
+        publisher.join()
     prefill(store, app_id, 100)
     started = time.perf_counter()
     store.trim_events(app_id, max_count=keep, max_age=3600)
     steady = time.perf_counter() - started
-    return first * 1000.0, steady * 1000.0
+    waits.sort()
+    return first * 1000.0, steady * 1000.0, waits
 
 
 def run_case(backend, open_store, stored, threads, seconds):
     store = open_store()
     try:
         app_id = store.create_app("bench")["app_id"]
+        other_app_id = store.create_app("other")["app_id"]
         prefill(store, app_id, stored)
         events, elapsed = measure(store, app_id, threads, seconds)
         line = dict(
@@ -124,10 +148,15 @@ def run_case(backend, open_store, stored, threads, seconds):
             events_per_s=round(events / elapsed, 1),
             get_events_ms=round(time_reads(store, app_id), 3),
         )
-        trim_first_ms, trim_steady_ms = time_trims(store, app_id)
+        trim_first_ms, trim_steady_ms, waits = time_trims(store, app_id, other_app_id)
         line.update(
             trim_first_ms=round(trim_first_ms, 1),
             trim_steady_ms=round(trim_steady_ms, 1),
+            publish_during_trim_ms=dict(
+                n=len(waits),
+                p50=round(waits[len(waits) // 2], 2),
+                max=round(waits[-1], 2),
+            ),
         )
         print(json.dumps(line), flush=True)
     finally:
