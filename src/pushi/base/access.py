@@ -138,12 +138,13 @@ class Access:
         app = self.app(app_id)
         if "auth_signature" in params or "auth_key" in params:
             auth.verify_api(app.key, app.secret, method, path, params, body)
-        elif not self.is_live(self.bearer(header), app.app_id):
-            if not self.is_admin(header):
-                raise errors.HttpError(
-                    401,
-                    "Sign the request or send Authorization: Bearer <token from /login>",
-                )
+        elif not (
+            self.is_live(self.bearer(header), app.app_id) or self.is_admin(header)
+        ):
+            raise errors.HttpError(
+                401,
+                "Sign the request or send Authorization: Bearer <token from /login>",
+            )
         if not app.enabled and not self.is_admin(header):
             raise errors.HttpError(403, "App disabled")
         return app

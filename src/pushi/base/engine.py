@@ -544,6 +544,7 @@ class Engine:
                     ),
                 )
 
+        # offload hands ``stored`` None for a failure: a success is True
         self.offload(lambda: store.add_events([event]) or True, stored)
 
     # cache channels: the last event of each is kept and replayed

@@ -626,6 +626,8 @@ class SQLiteStore(base.Store):
     def _delete_rows(connection, app_id, rows):
         """Deletes ``(seq, channel)`` rows and takes them off their
         channels' counts."""
+        if not rows:
+            return
         connection.executemany(
             "DELETE FROM events WHERE seq = ?", [(seq,) for seq, _channel in rows]
         )
