@@ -341,6 +341,9 @@ class RecordingTransport:
     def close(self, code, reason=""):
         self.closed = code
 
+    def pinged(self):
+        return True
+
     def messages(self):
         """The JSON messages written since the last call."""
         out = [json.loads(frame[2 if frame[1] < 126 else 4 :]) for frame in self.frames]

@@ -144,6 +144,29 @@ def test_a_long_pipeline_of_quick_refusals_is_answered_whole(server, app):
         sock.close()
 
 
+def test_a_large_answer_arrives_whole_and_what_waits_behind_it_too(server, app):
+    # 1,000 stored events of 10 KB: one history answer of 10 MB, far over
+    # what a client may leave unread; the second request waits behind it
+    proxy = server.client(app)
+    for index in range(1000):
+        proxy.trigger_event(channel="archive", data="x" * 10000, persist=True)
+    path = signed_path(
+        app,
+        "GET",
+        "/apps/%s/events" % app["app_id"],
+        {"channel": "archive", "count": "1000"},
+    )
+    sock = open_socket(server)
+    try:
+        sock.sendall(request_bytes("GET", path) * 2)
+        for _ in range(2):
+            status, _headers, body = read_response(sock)
+            assert status == 200
+            assert len(json.loads(body)["events"]) == 1000
+    finally:
+        sock.close()
+
+
 def test_expect_100_continue_gets_its_interim_answer(server, app):
     client = server.connect(app)
     client.subscribe("expect")

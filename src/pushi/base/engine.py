@@ -117,7 +117,9 @@ class Engine:
         event = message["event"]
         data = message["data"]
         if event == "pusher:ping":
-            self._send(session, messages.pong())
+            # the transport meters pings of both kinds (it may close)
+            if session.transport.pinged():
+                self._send(session, messages.pong())
         elif event == "pusher:pong":
             pass
         elif event == "pusher:subscribe":

@@ -20,7 +20,9 @@ class Session:
     ``user_id`` it joined with (None elsewhere, ``VIA_PERSONAL`` for a
     channel it is on only through its ``personal-<user_id>`` channel).
     ``personal`` is the set of channels its personal channel covers.
-    ``transport`` is what the network layer gave: ``write(frame)`` and ``close(code, reason)``.
+    ``transport`` is what the network layer gave: ``write(frame)``,
+    ``close(code, reason)`` and ``pinged()`` (False once the socket pings
+    too often, which closes it).
     """
 
     __slots__ = (

@@ -13,10 +13,14 @@ Appier app, on a thread of the caller's choosing).
 Limits: an 8 KB head (431), a body of ``max_body`` bytes (413), no chunked
 bodies (411); a socket is closed when a request takes over
 ``HEAD_TIMEOUT`` seconds to arrive whole, or when it idles between
-requests for ``IDLE_TIMEOUT``.  Every refusal is a JSON answer with a reason,
-but one: a client that pipelines more than a whole request's worth of bytes
-ahead of the answer it waits for is cut off (an answer cannot be slipped in
-out of order).
+requests for ``IDLE_TIMEOUT``.  Every refusal is a JSON answer with a reason.
+
+A connection is read for its fair share of each loop turn
+(``wire.FairReads``: ``quota`` requests at most), and not at all while its
+client has a request's worth of bytes pipelined behind the answer it waits
+for, or more than ``MAX_OUTPUT`` bytes of answers left unread: one answer
+of any size goes out whole to a client that reads, and what it pipelined
+behind waits in the kernel until it has.
 """
 
 import http
@@ -40,7 +44,8 @@ MAX_BODY = 262144
 HEAD_TIMEOUT = 10
 IDLE_TIMEOUT = 75
 MAX_OUTPUT = 1048576
-""" Bytes of answers a client may leave unread before it is cut off """
+""" Bytes of answers a client may leave unread before its connection is
+no longer read (until it has read them) """
 
 _HOP_BY_HOP = frozenset(("connection", "content-length", "transfer-encoding"))
 
@@ -109,10 +114,12 @@ class _Peer:
         self.closed = False
 
 
-class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
+class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamServer):
     """HTTP/1.1 to ``handler(request, answer)``; joins the loop of a netius
     container (``WebSocketServer.add_base``) and is bound with ``serve(...,
     start=False)`` once that loop runs."""
+
+    quota = 16
 
     def __init__(self, handler, max_body=MAX_BODY, *args, **kwargs):
         netius.StreamServer.__init__(self, *args, **kwargs)
@@ -147,9 +154,14 @@ class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
         if peer.waiting:
             # pipelined requests wait their turn, within bounds
             if len(peer.buffer) > MAX_HEAD + self.max_body:
-                connection.close()
+                self.hold(connection)
             return
         self._advance(peer)
+
+    def on_resume(self, connection):
+        peer = connection.peer
+        if peer.buffer and not peer.closed:
+            self._advance(peer)
 
     def _advance(self, peer):
         """Parses and dispatches requests until one is left waiting (a loop,
@@ -170,6 +182,8 @@ class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
                     return
                 peer.waiting = True
                 self.handler(request, self._answerer(peer, request))
+                if not self.spend(peer.connection, 1):
+                    return
         except Exception:
             logger.exception("unexpected error on an HTTP connection; closing it")
             peer.closed = True
@@ -260,11 +274,18 @@ class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
             peer.closed = True
             connection.close(flush=True)
         elif connection.pending_s > MAX_OUTPUT:
-            logger.info("HTTP client %s stopped reading; closing", connection.address)
-            peer.closed = True
-            connection.close()
-        elif peer.buffer and not peer.advancing:
-            self._advance(peer)
+            # the rest once the client has read it all
+            self.hold(connection)
+            connection.send(b"", delay=False, callback=lambda _c: self._drained(peer))
+        else:
+            self.release(connection)
+            if peer.buffer and not peer.advancing:
+                self._advance(peer)
+
+    def _drained(self, peer):
+        if not peer.closed:
+            peer.since = time.monotonic()
+            self.release(peer.connection)
 
     def _refuse(self, peer, error):
         status, headers, body = json_response(error.status, error.body)
@@ -284,7 +305,10 @@ class HttpServer(wire.OwnPort, wire.QuietDebug, netius.StreamServer):
             peer = getattr(connection, "peer", None)
             if peer is None or peer.waiting:
                 continue
-            limit = HEAD_TIMEOUT if peer.buffer else IDLE_TIMEOUT
+            # a held client has sent what it may, but not read its answers
+            limit = (
+                HEAD_TIMEOUT if peer.buffer and not connection.held else IDLE_TIMEOUT
+            )
             if now - peer.since > limit:
                 connection.close()
 

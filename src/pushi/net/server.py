@@ -14,6 +14,11 @@ such a link carries a ``watcher`` instead of a session, and its budget is
 the console's much smaller one, so a console that cannot keep up is
 dropped long before it costs the app's clients anything.
 
+A socket that keeps its buffer full gets its fair share of the loop
+(``wire.FairReads``: bytes and messages per turn), and pings, of either
+kind, are limited to ``PING_RATE`` a second per socket: past it, a
+``pusher:error`` and a close with 4100 (reconnect with back-off).
+
 Ownership: runs on the loop thread only, like the engine it drives.
 """
 
@@ -43,6 +48,11 @@ HANDSHAKE_TIMEOUT = 10
 CLOSE_GRACE = 5
 """ Seconds a closed link's last bytes (its close frame) have to go out """
 
+PING_RATE = 10
+""" Pings a socket may send in a second: WebSocket ping frames and
+``pusher:ping`` messages together (clients ping after a silence, seconds
+or minutes apart) """
+
 
 class Link:
     """One connection: handshake, then frames to and from the engine."""
@@ -58,6 +68,8 @@ class Link:
         "watcher",
         "max_buffer",
         "raw_send",
+        "ping_second",
+        "pings",
     )
 
     def __init__(self, server, connection):
@@ -72,6 +84,8 @@ class Link:
         self.max_buffer = server.max_buffer
         # the socket's own send, for the flush's fast path (not under TLS)
         self.raw_send = None if connection.ssl else connection.socket.send
+        self.ping_second = 0
+        self.pings = 0
 
     # the transport the engine writes to
 
@@ -94,8 +108,26 @@ class Link:
             return
         self.write(ws.close_frame(code, reason))
         self.phase = CLOSING
+        # nothing it sends now is read: its bytes wait in the kernel
+        self.server.hold(self.connection)
         self._forget()
         self.server.closing.append(self)
+
+    def pinged(self):
+        """Counts a ping (a WebSocket ping frame or a ``pusher:ping``); past
+        ``PING_RATE`` this second, closes the socket and answers False."""
+        second = int(time.monotonic())
+        if second != self.ping_second:
+            self.ping_second = second
+            self.pings = 0
+        self.pings += 1
+        if self.pings <= PING_RATE:
+            return True
+        reason = "Over %d pings a second: reconnect later" % PING_RATE
+        if self.session is not None:
+            self.write(ws.text_frame(messages.error(errors.TOO_MANY_PINGS, reason)))
+        self.close(errors.TOO_MANY_PINGS, reason)
+        return False
 
     def _forget(self):
         """Tells the engine (or the console) that the socket is gone; a
@@ -200,13 +232,18 @@ class Link:
             self._frames(data)
 
     def _frames(self, data):
+        """Handles the messages in ``data`` and those held back, as many as
+        the turn's quota allows (the rest wait in the reader for
+        ``resume``)."""
+        server = self.server
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.feed(data, self.connection.quota)
         except ws.WebSocketError as error:
             logger.debug("protocol violation: %s", error.reason)
             self.close(error.code, error.reason)
             return
-        engine = self.server.engine
+        server.spend(self.connection, len(frames))
+        engine = server.engine
         for opcode, payload in frames:
             if self.phase != OPEN:
                 return
@@ -216,6 +253,8 @@ class Link:
                 else:
                     engine.receive(self.session, payload)
             elif opcode == ws.OP_PING:
+                if not self.pinged():
+                    return
                 self.write(ws.encode_frame(ws.OP_PONG, payload))
                 if self.session is not None:
                     self.session.last_seen = time.monotonic()
@@ -251,6 +290,7 @@ class Link:
     def _refuse(self, status, reason):
         self._raw(ws.reject_response(status, reason))
         self.phase = CLOSING
+        self.server.hold(self.connection)
         self.server.closing.append(self)
 
     def _raw(self, data):
@@ -275,7 +315,9 @@ class Link:
             self.close(errors.SLOW_CONSUMER, "Slow consumer: reconnect")
 
 
-class WebSocketServer(wire.OwnPort, wire.QuietDebug, netius.ContainerServer):
+class WebSocketServer(
+    wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.ContainerServer
+):
     """Netius stream server speaking WebSocket to the engine; the owner of
     the loop, which other servers join with ``add_base`` (the REST port's
     ``httpd.HttpServer``).
@@ -345,11 +387,19 @@ class WebSocketServer(wire.OwnPort, wire.QuietDebug, netius.ContainerServer):
 
     def on_data(self, connection, data):
         netius.ContainerServer.on_data(self, connection, data)
+        self._feed(connection.link, data)
+
+    def on_resume(self, connection):
+        link = connection.link
+        if link.phase == OPEN:
+            self._feed(link, b"")
+
+    def _feed(self, link, data):
         try:
-            connection.link.feed(data)
+            link.feed(data)
         except Exception:
             logger.exception("unexpected error on a connection; closing it")
-            connection.link.close(ws.CLOSE_INTERNAL_ERROR, "Internal error")
+            link.close(ws.CLOSE_INTERNAL_ERROR, "Internal error")
         self.flush()
 
     def flush(self):

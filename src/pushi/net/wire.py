@@ -1,9 +1,10 @@
 """What both servers of the loop need of netius: ports of their own, a loop
-whose timers are on time, a connection class of their own, a write that
-skips netius's per-write machinery, and debug records dropped before they
-are built."""
+whose timers are on time, a connection class of their own, reads shared
+fairly between sockets, a write that skips netius's per-write machinery,
+and debug records dropped before they are built."""
 
 import collections
+import errno
 import logging
 import socket
 import time
@@ -84,11 +85,110 @@ class Loop(netius.Container):
         return timeout
 
 
+READ_BUDGET = 65536
+""" Bytes read from one socket in one loop turn (a whole WebSocket message
+of the largest size, or a REST request with a 64 KB body) """
+
+
 class Connection(netius.Connection):
     """A netius connection of ours.  Netius calls a server's own
     ``on_connection_d`` only for connections of a subclass (for a plain
     ``Connection`` it calls the base hook), and that hook is where a socket
-    that vanished without a goodbye is forgotten."""
+    that vanished without a goodbye is forgotten.
+
+    Its reads are metered for ``FairReads``: ``budget`` bytes may still be
+    read this turn, ``quota`` messages (or requests) may still be handled;
+    ``held`` stops reading until the protocol above releases it, and
+    ``resuming`` says a read of it is scheduled for the next turn."""
+
+    budget = READ_BUDGET
+    quota = 0
+    held = False
+    resuming = False
+
+    def recv(self, *args, **kwargs):
+        if self.held or self.budget <= 0:
+            # what netius's read loop takes for an empty socket
+            if not self.held:
+                self.owner.resume(self)
+            raise BlockingIOError(errno.EAGAIN, "read budget spent")
+        data = netius.Connection.recv(self, *args, **kwargs)
+        self.budget -= len(data)
+        return data
+
+
+class FairReads:
+    """A netius stream server mixin: each loop turn, each socket is read
+    for at most ``READ_BUDGET`` bytes and handled for at most ``quota``
+    messages, so a socket that keeps its buffer full gets its share of
+    the loop, not all of it, while timers, other sockets and the other
+    port go on.
+
+    Netius reads a readable socket until it is empty, and its poll is
+    edge-triggered: a socket left with bytes unread is not reported
+    again.  So a socket cut short (its byte budget or its message quota
+    spent) is read again at the next turn by ``resume``, which also runs
+    the protocol's ``on_resume(connection)`` first, to work off the
+    messages it held back.  A protocol stops reading a socket with
+    ``hold`` (the peer waits for an answer, or is being closed) and starts
+    again with ``release``."""
+
+    quota = 64
+    """ Messages (or requests) handled per socket per loop turn """
+
+    def on_read(self, _socket):
+        connection = self.connections_m.get(_socket, None)
+        if connection is not None:
+            if connection.held or connection.resuming:
+                # the edge is noted: a release or the resume reads it all
+                return
+            connection.budget = READ_BUDGET
+            connection.quota = self.quota
+        super().on_read(_socket)
+
+    def resume(self, connection):
+        """Reads ``connection`` again at the next turn (once, however
+        often it is asked this turn)."""
+        if connection.resuming or connection.status != netius.OPEN:
+            return
+        connection.resuming = True
+        # at the next turn: netius runs "immediately" delays added while it
+        # runs its delays in the same turn, which would never end
+        self.delay(lambda: self._resumed(connection))
+
+    def _resumed(self, connection):
+        connection.resuming = False
+        if connection.status != netius.OPEN:
+            return
+        connection.budget = READ_BUDGET
+        connection.quota = self.quota
+        self.on_resume(connection)
+        if not connection.held and connection.budget > 0:
+            self.on_read(connection.socket)
+
+    def on_resume(self, connection):
+        """The protocol's turn to handle what it held back from the last
+        one (it may spend the quota again, then it is resumed again)."""
+
+    def spend(self, connection, count):
+        """Counts ``count`` messages handled; False once the turn's quota
+        is spent (then nothing more is read this turn, and the connection
+        is resumed at the next)."""
+        connection.quota -= count
+        if connection.quota > 0:
+            return True
+        connection.budget = 0
+        self.resume(connection)
+        return False
+
+    def hold(self, connection):
+        """Reads nothing more from ``connection`` until ``release``."""
+        connection.held = True
+
+    def release(self, connection):
+        if connection.held:
+            connection.held = False
+            self.resume(connection)
 
 
 def send(connection, data):

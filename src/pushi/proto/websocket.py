@@ -212,8 +212,10 @@ class FrameReader:
     ``feed(data)`` returns a list of ``(opcode, payload)``: whole text or
     binary messages (fragments joined, text decoded to ``str``) and control
     frames (``OP_PING``, ``OP_PONG``, ``OP_CLOSE`` with raw payload) in
-    arrival order.  A message larger than ``max_message`` bytes raises
-    ``WebSocketError(1009)`` as soon as its header says so.
+    arrival order, at most ``limit`` of them per call (the bytes of the
+    others wait for the next call, which may bring no new data).  A message
+    larger than ``max_message`` bytes raises ``WebSocketError(1009)`` as
+    soon as its header says so.
     """
 
     __slots__ = ("max_message", "_buffer", "_fragments", "_fragment_opcode", "_size")
@@ -225,12 +227,13 @@ class FrameReader:
         self._fragment_opcode = None
         self._size = 0
 
-    def feed(self, data):
+    def feed(self, data, limit=1 << 30):
         buffer = self._buffer + data if self._buffer else data
         messages = []
         offset = 0
         size = len(buffer)
-        while size - offset >= 2:
+        # past ``limit`` messages, the rest waits for the next call
+        while size - offset >= 2 and len(messages) < limit:
             first = buffer[offset]
             second = buffer[offset + 1]
             fin = first & 0x80
