@@ -219,9 +219,9 @@ def test_the_console_sign_in_deadline_fires_during_a_flood(server):
         console.close()
 
 
-def ping_frame(payload=b"hi", mask=b"\x01\x02\x03\x04"):
+def control_frame(opcode, payload=b"hi", mask=b"\x01\x02\x03\x04"):
     masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    return bytes([0x89, 0x80 | len(payload)]) + mask + masked
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
 
 def close_after_pings(raw, block):
@@ -235,10 +235,22 @@ def close_after_pings(raw, block):
 def test_websocket_pings_past_the_rate_close_the_socket(server, app):
     raw = connect_raw(server, "/app/%s?protocol=7" % app["key"])
     try:
-        frames = close_after_pings(raw, ping_frame() * 50)
+        frames = close_after_pings(raw, control_frame(0x9) * 50)
         pongs = [frame for frame in frames if frame[0] == 0xA]
         # ten a second: a second's boundary may fall within the burst
         assert 10 <= len(pongs) <= 20
+        error = json.loads(frames[-2][1])
+        assert error["event"] == "pusher:error"
+        assert error["data"]["code"] == 4100
+        assert frames[-1][1][:2] == (4100).to_bytes(2, "big")
+    finally:
+        raw.close()
+
+
+def test_unasked_pongs_past_the_rate_close_the_socket(server, app):
+    raw = connect_raw(server, "/app/%s?protocol=7" % app["key"])
+    try:
+        frames = close_after_pings(raw, control_frame(0xA) * 50)
         error = json.loads(frames[-2][1])
         assert error["event"] == "pusher:error"
         assert error["data"]["code"] == 4100

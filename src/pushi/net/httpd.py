@@ -172,7 +172,13 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
         connection, which would otherwise wait for an answer forever."""
         peer.advancing = True
         try:
-            while not peer.waiting and not peer.closed and peer.buffer:
+            connection = peer.connection
+            while (
+                not peer.waiting
+                and not peer.closed
+                and peer.buffer
+                and not connection.held
+            ):
                 try:
                     request = self._parse(peer)
                 except errors.HttpError as error:
@@ -182,7 +188,7 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
                     return
                 peer.waiting = True
                 self.handler(request, self._answerer(peer, request))
-                if not self.spend(peer.connection, 1):
+                if not self.spend(connection, 1):
                     return
         except Exception:
             logger.exception("unexpected error on an HTTP connection; closing it")

@@ -16,8 +16,9 @@ dropped long before it costs the app's clients anything.
 
 A socket that keeps its buffer full gets its fair share of the loop
 (``wire.FairReads``: bytes and messages per turn), and pings, of either
-kind, are limited to ``PING_RATE`` a second per socket: past it, a
-``pusher:error`` and a close with 4100 (reconnect with back-off).
+kind, and WebSocket pongs are limited to ``PING_RATE`` a second per
+socket: past it, a ``pusher:error`` and a close with 4100 (reconnect with
+back-off).
 
 Ownership: runs on the loop thread only, like the engine it drives.
 """
@@ -49,9 +50,9 @@ CLOSE_GRACE = 5
 """ Seconds a closed link's last bytes (its close frame) have to go out """
 
 PING_RATE = 10
-""" Pings a socket may send in a second: WebSocket ping frames and
-``pusher:ping`` messages together (clients ping after a silence, seconds
-or minutes apart) """
+""" Pings a socket may send in a second: WebSocket ping and pong frames
+and ``pusher:ping`` messages together (clients ping after a silence,
+seconds or minutes apart, and pong only when pinged) """
 
 
 class Link:
@@ -114,8 +115,9 @@ class Link:
         self.server.closing.append(self)
 
     def pinged(self):
-        """Counts a ping (a WebSocket ping frame or a ``pusher:ping``); past
-        ``PING_RATE`` this second, closes the socket and answers False."""
+        """Counts a ping (a WebSocket ping or pong frame, or a
+        ``pusher:ping``); past ``PING_RATE`` this second, closes the socket
+        and answers False."""
         second = int(time.monotonic())
         if second != self.ping_second:
             self.ping_second = second
@@ -259,6 +261,8 @@ class Link:
                 if self.session is not None:
                     self.session.last_seen = time.monotonic()
             elif opcode == ws.OP_PONG:
+                if not self.pinged():
+                    return
                 if self.session is not None:
                     self.session.last_seen = time.monotonic()
                     self.session.ping_sent = None
