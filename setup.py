@@ -21,7 +21,7 @@ setuptools.setup(
     package_dir={"": "src"},
     packages=setuptools.find_packages("src"),
     package_data={"pushi.app": ["static/*", "static/*/*"]},
-    python_requires=">=3.9",
+    python_requires=">=3.11",
     install_requires=read_requirements(),
     entry_points={"console_scripts": ["pushi = pushi.cli:main"]},
 )

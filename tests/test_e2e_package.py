@@ -1,13 +1,16 @@
 """Pushi as a user installs it: a source distribution built from this tree,
 a wheel built from that, installed into a virtualenv (Pushi's dependencies
-come from this interpreter's site-packages), then run from a folder that
-is not the source tree."""
+come from the site-packages of the interpreter running the tests, itself
+maybe in a virtualenv), then run from a folder that is not the source
+tree."""
 
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import urllib.request
@@ -64,8 +67,23 @@ def installed(tmp_path_factory):
     ):
         assert name in names, names
     venv = folder / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    # not --system-site-packages: that is the base interpreter's, not the
+    # packages of a virtualenv the tests may run in.  A path in a .pth file
+    # adds the folder only (its own .pth files, such as this tree's editable
+    # install, are not read): the dependencies, not this source tree
+    run([sys.executable, "-m", "venv", str(venv)])
     bin_dir = venv / "bin"
+    purelib = run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        ]
+    ).strip()
+    outer = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    outer.update(site.getsitepackages())
+    with open(os.path.join(purelib, "outer-packages.pth"), "w") as file:
+        file.write("\n".join(sorted(path for path in outer if os.path.isdir(path))))
     run([str(bin_dir / "pip"), "install", "-q", "--no-deps", str(wheel)])
     return bin_dir
 
@@ -78,15 +96,16 @@ def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
         run([str(installed / "pushi"), "app", "create", "x", "--json"], env=env)
     )
     assert created["app_id"] == "1"
+    log = open(tmp_path / "pushi.log", "w+")
     process = subprocess.Popen(
         [str(installed / "pushi")],
         env=env,
         cwd=str(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
-        wait_until_serving(instance, process)
+        wait_until_serving(instance, process, log)
         for path in ("static/pushi.js", "static/example.html", "console"):
             with urllib.request.urlopen(instance.base_url + path, timeout=10) as page:
                 assert page.status == 200 and page.read(), path
@@ -101,12 +120,15 @@ def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
     finally:
         process.terminate()
         assert process.wait(15) == 0
+        log.close()
 
 
-def wait_until_serving(instance, process, timeout=30):
+def wait_until_serving(instance, process, log, timeout=30):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert process.poll() is None, "the installed pushi exited"
+        if process.poll() is not None:
+            log.seek(0)
+            raise AssertionError("the installed pushi exited:\n" + log.read())
         try:
             return instance.request("GET", "health")
         except OSError:
