@@ -21,6 +21,7 @@ HEADLINE = {
     "channels": ("msgs_per_s", True),
     "connect": ("connections_per_s", True),
     "persist": ("triggers_per_s", True),
+    "abuse": ("victim_p99_ms", False),
 }
 #: CPU used by processes outside the bench above this (% of one core) is
 #: flagged: the figures of that row were measured on a busy machine
@@ -46,9 +47,16 @@ def parse_args(argv):
     parser.add_argument(
         "--scenario",
         default=None,
-        help="comma-separated: %s (default: all of these), or generator "
-        "(the load generator's own ceiling, against a stand-in server)"
-        % ",".join(scenarios.SCENARIOS),
+        help="comma-separated: %s (default: all of these), or %s, or "
+        "generator (the load generator's own ceiling, against a stand-in "
+        "server)" % (",".join(default_scenarios()), ",".join(sorted(scenarios.OPT_IN))),
+    )
+    parser.add_argument(
+        "--attacks",
+        default=None,
+        help="with --scenario abuse: comma-separated, some of %s (default: "
+        "all; --duration sets the seconds of each, default 10, quick 5)"
+        % ",".join(scenarios.ATTACKS),
     )
     parser.add_argument("--quick", action="store_true", help="small N, ~1-2 minutes")
     parser.add_argument(
@@ -94,6 +102,11 @@ def parse_args(argv):
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
     )
     return parser.parse_args(argv)
+
+
+def default_scenarios():
+    """The scenarios run when none is named."""
+    return [name for name in scenarios.SCENARIOS if name not in scenarios.OPT_IN]
 
 
 def machine():
@@ -358,6 +371,53 @@ def cell(result):
     return "<br>".join(parts)
 
 
+def abuse_table(results):
+    """The table of ``--scenario abuse``: one row per attack."""
+    lines = [
+        "Victim: one subscriber of its own app, %g publishes/s over REST with "
+        "that app's credentials; latency from each publish's due time to its "
+        "delivery; goal: p99 under %g ms during every attack."
+        % (scenarios.VICTIM_RATE, scenarios.VICTIM_GOAL_MS),
+        "",
+        "| attack | victim p50 | p99 | max | delivered/expected (lost) | "
+        "server RSS before / peak | attacker sent | attacker cut off | goal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        attack = result["variant"]
+        what, unit = scenarios.ATTACKS.get(attack, ("no attack", ""))
+        name = "%s: %s" % (attack, what)
+        if "error" in result:
+            error = " ".join(result["error"].split())[:100]
+            lines.append("| %s | error: %s |" % (name, error) + " |" * 7)
+            continue
+        latency = result["latency_ms"]
+        cells = [name]
+        for key in ("p50", "p99", "max"):
+            value = latency.get(key)
+            cells.append("-" if value is None else "%s ms" % fmt(value, 1))
+        cells.append(
+            "%s/%s (%s)"
+            % (fmt(result["delivered"]), fmt(result["expected"]), fmt(result["lost"]))
+        )
+        cells.append(
+            "%s / %s MB"
+            % (fmt(result["rss_before_kb"] / 1024), fmt(result["rss_peak_kb"] / 1024))
+        )
+        attacker = result.get("attacker")
+        if attacker:
+            cells.append(
+                "%s %s in %s s"
+                % (fmt(attacker["units_sent"]), unit, result["attack_s"])
+            )
+            cells.append("%s times" % fmt(attacker["cut_offs"]))
+        else:
+            cells += ["-", "-"]
+        cells.append("ok" if result["victim_goal_met"] else "MISSED")
+        lines.append("| %s |" % " | ".join(cells))
+    return "\n".join(lines)
+
+
 def emit(line, out):
     """Prints one JSON line (and appends it to ``out``)."""
     text = json.dumps(line, sort_keys=False)
@@ -420,12 +480,15 @@ def main(argv=None):
             if not server.available():
                 server.install(log)
     names = select_servers(options.server)
-    chosen = (
-        options.scenario.split(",") if options.scenario else list(scenarios.SCENARIOS)
-    )
+    chosen = options.scenario.split(",") if options.scenario else default_scenarios()
     for name in chosen:
         if name not in scenarios.SCENARIOS and name not in scenarios.SELF_SCENARIOS:
             raise SystemExit("unknown scenario %r" % name)
+    for name in options.attacks.split(",") if options.attacks else ():
+        if name not in scenarios.ATTACKS:
+            raise SystemExit(
+                "unknown attack %r (have %s)" % (name, ",".join(scenarios.ATTACKS))
+            )
     profile = dict(scenarios.PROFILES["quick" if options.quick else "default"])
     if options.duration:
         profile["duration"] = options.duration
@@ -453,6 +516,10 @@ def main(argv=None):
     for line in ratios(results):
         emit(line, options.out)
     log("done in %.0f s" % (time.monotonic() - started))
-    if options.markdown:
+    abused = [result for result in results if result["scenario"] == "abuse"]
+    results = [result for result in results if result["scenario"] != "abuse"]
+    if options.markdown and results:
         sys.stdout.write("\n" + markdown(results, info, names) + "\n")
+    if abused:
+        sys.stdout.write("\n" + abuse_table(abused) + "\n")
     return 0

@@ -8,13 +8,19 @@ deltas of ``/proc/<pid>/stat`` over that window, in percent of one core.
 """
 
 import itertools
+import json
+import math
 import os
+import resource
+import secrets
 import shutil
 import sys
+import threading
 import time
 
 from . import procs
 from . import servers
+from . import signer
 from . import stats
 
 #: a generator process above this share of one core is the bottleneck
@@ -33,6 +39,9 @@ PROFILES = {
         "persist_stored": [1000, 100000],
         "max_drain": 30.0,
         "preload_time": 120.0,
+        "abuse_duration": 10.0,
+        "abuse_drain": 10.0,
+        "personal_stored": 100000,
     },
     "quick": {
         "duration": 3.0,
@@ -44,6 +53,9 @@ PROFILES = {
         "persist_stored": [1000, 10000],
         "max_drain": 6.0,
         "preload_time": 40.0,
+        "abuse_duration": 5.0,
+        "abuse_drain": 5.0,
+        "personal_stored": 20000,
     },
 }
 
@@ -750,13 +762,296 @@ def emit_progress(result):
     )
 
 
+#: the attacks of ``--scenario abuse`` in the order they run, with what
+#: each sends (the unit of its count)
+ATTACKS = {
+    "console": ("text frames on /console before any sign-in", "frames"),
+    "ping": ("WebSocket ping frames on one socket", "pings"),
+    "pusher-ping": ("pusher:ping messages on one socket", "messages"),
+    "rest-pipeline": ("unsigned POSTs pipelined on one REST connection", "requests"),
+    "cache": (
+        "10 KB publishes to 100 cache- channels, as fast as answered",
+        "publishes",
+    ),
+    "personal": (
+        "personal-channel subscribe/unsubscribe, large stored history",
+        "messages",
+    ),
+    "join-storm": ("2,000 joins of one channel, subscription_count_events on", "joins"),
+    "continuation": ("empty continuation frames of one message", "frames"),
+    "conn-flood": ("connections up to the fd limit", "connections"),
+}
+#: publishes per second of the victim app
+VICTIM_RATE = 50.0
+#: the victim's p99 (ms) that every attack should leave it under
+VICTIM_GOAL_MS = 100.0
+#: channels of one cache publish, and the size of its data
+CACHE_CHANNELS = 100
+CACHE_PAD = 10000
+#: sockets of the join storm
+STORM_JOINS = 2000
+#: channels the abusive user keeps (the first holds the stored history)
+PERSONAL_CHANNELS = 50
+
+
+class RssSampler:
+    """Samples a process's RSS (``VmRSS`` of ``/proc/<pid>/status``) on a
+    thread of this process until stopped; keeps the peak."""
+
+    def __init__(self, pid, every=0.05):
+        self.pid = pid
+        self.every = every
+        self.before = self.peak = stats.status_kb(pid)
+        self.end = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        """Samples until stopped."""
+        while not self.stopped.wait(self.every):
+            self.peak = max(self.peak, stats.status_kb(self.pid))
+
+    def stop(self):
+        """Stops sampling; records the RSS at the end."""
+        self.stopped.set()
+        self.thread.join()
+        self.end = stats.status_kb(self.pid)
+        self.peak = max(self.peak, self.end)
+
+
+def rest(server, method, path, body=None, app=None, admin=False):
+    """One request to the server's REST port, signed with ``app``'s
+    credentials or carrying the admin secret; returns the JSON answer and
+    raises on anything but 2xx."""
+    data = json.dumps(body) if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    target = path
+    if admin:
+        headers["Authorization"] = "Bearer %s" % server.admin_secret
+    else:
+        query = signer.signed_query(app["key"], app["secret"], method, path, data)
+        target = "%s?%s" % (path, query)
+    status, answer = servers.http(
+        method,
+        "http://%s:%d%s" % (servers.HOST, server.http_port, target),
+        data,
+        headers,
+    )
+    if not 200 <= status < 300:
+        raise RuntimeError("%s %s: %d %s" % (method, path, status, answer[:200]))
+    return json.loads(answer or b"{}")
+
+
+def attack_command(attack, server, app, duration, profile):
+    """Sets the attacker app up for ``attack`` and returns the command of
+    its attacker process: ``(module, command)``."""
+    if attack == "cache":
+        command = dict(
+            server.trigger_spec(),
+            cmd="trigger",
+            app_id=app["app_id"],
+            key=app["key"],
+            secret=app["secret"],
+            channels=["cache-abuse-%d" % index for index in range(CACHE_CHANNELS)],
+            per_request=CACHE_CHANNELS,
+            pad=CACHE_PAD,
+            inflight=1,
+            duration=duration,
+            request_timeout=10,
+        )
+        return "benchlib.worker", command
+    command = {
+        "cmd": "attack",
+        "attack": attack,
+        "duration": duration,
+        "ws_port": server.ws_port,
+        "http_port": server.http_port,
+        "app_id": app["app_id"],
+        "key": app["key"],
+        "secret": app["secret"],
+    }
+    if attack == "personal":
+        server.preload_store(profile["personal_stored"], "history", app["app_id"])
+        for index in range(PERSONAL_CHANNELS):
+            event = "history-%d" % index if index else "history"
+            rest(
+                server,
+                "POST",
+                "/apps/%s/subscribe" % app["app_id"],
+                {"user_id": "abuser", "event": event},
+                app=app,
+            )
+        command["user_id"] = "abuser"
+    elif attack == "join-storm":
+        rest(
+            server,
+            "PUT",
+            "/apps/%s" % app["app_id"],
+            {"settings": {"subscription_count_events": True}},
+            admin=True,
+        )
+        command.update(channel="storm", connections=STORM_JOINS)
+    elif attack == "conn-flood":
+        # the server inherits this process's limit: reach it, and stop at
+        # the attacker's own (it needs a few descriptors of its own)
+        command["connections"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64
+    return "benchlib.attacker", command
+
+
+def abuse(server_name, profile, options):
+    """A victim app's subscriber and publisher while another app's client
+    attacks the server, one attack at a time, each on a fresh server (and a
+    baseline with no attack): the victim's publish-to-delivery latency and
+    losses, the server's RSS, how often the server cut the attacker off.
+    Pushi only: the attacks use its console, admin secret and personal
+    channels."""
+    if server_name != "pushi":
+        log("abuse: Pushi only, skipping %s" % server_name)
+        return []
+    attacks = getattr(options, "attacks", None)
+    attacks = attacks.split(",") if attacks else list(ATTACKS)
+    duration = options.duration or profile["abuse_duration"]
+    results = []
+    for attack in ["baseline"] + attacks:
+        log("abuse: %s for %g s" % (attack, duration))
+        try:
+            result = abuse_row(attack, duration, profile, options)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exception:  # report and go on
+            result = {
+                "scenario": "abuse",
+                "variant": attack,
+                "server": server_name,
+                "error": "%s: %s" % (type(exception).__name__, exception),
+            }
+        results.append(result)
+        if "error" in result:
+            log("abuse %s: %s" % (attack, result["error"]))
+        else:
+            log(
+                "abuse %s: victim p50 %s p99 %s ms, %d/%d delivered, RSS %d -> %d KB, "
+                "attacker cut off %s times"
+                % (
+                    attack,
+                    result["latency_ms"]["p50"],
+                    result["latency_ms"]["p99"],
+                    result["delivered"],
+                    result["expected"],
+                    result["rss_before_kb"],
+                    result["rss_peak_kb"],
+                    result.get("cut_offs"),
+                )
+            )
+    return results
+
+
+def abuse_row(attack, duration, profile, options):
+    """One row of ``abuse``: a fresh server, the victim subscribed, the
+    attack started, the victim publishing at ``VICTIM_RATE`` from shortly
+    after until the attack ends, then its deliveries drained."""
+    session = Session("pushi", 1, options.keep)
+    session.server.admin_secret = secrets.token_hex(32)
+    with session:
+        server = session.server
+        app = server.create_app("attacker")
+        module = command = None
+        if attack != "baseline":
+            module, command = attack_command(attack, server, app, duration, profile)
+        conn = session.connect(1, channel="victim", sample="all")
+        if conn["ready"] < 1:
+            raise RuntimeError("the victim could not subscribe: %s" % conn["errors"])
+        session.reset()
+        attacker = procs.WorkerProc("attacker", module) if module else None
+        sampler = RssSampler(server.pid)
+        try:
+            generators = session.generators + ([attacker] if attacker else [])
+            meter = Meter(server.pid, generators)
+            if attacker:
+                attacker.send(command)
+            # the attack is under way before the first publish
+            lead = min(0.5, duration / 4)
+            time.sleep(lead)
+            publishing = duration - lead
+            trigger = dict(
+                server.trigger_spec(),
+                cmd="trigger",
+                channels=["victim"],
+                inflight=16,
+                rate=VICTIM_RATE,
+                stamp="due",
+                duration=publishing,
+                request_timeout=10,
+            )
+            answer = session.trigger.call(trigger, publishing + 60)
+            delivery = session.drain(answer["ok"], profile["abuse_drain"], 2.0)
+            report = attacker.recv(duration + 60) if attacker else {}
+            figures = meter.stop()
+        finally:
+            sampler.stop()
+            if attacker:
+                attacker.stop()
+        if "error" in report:
+            raise RuntimeError("attacker: %s" % report["error"])
+        seen = set()
+        lats = []
+        for sub in session.samples():
+            seen.update(sub["seqs"])
+            lats.extend(sub["lats"])
+        # every publish due in the window, answered or not
+        expected = int(math.ceil(publishing * VICTIM_RATE - 1e-9))
+        latency = stats.summarize(lats)
+        result = base_result(
+            session,
+            "abuse",
+            attack,
+            attack_s=duration,
+            victim_rate=VICTIM_RATE,
+            expected=expected,
+            delivered=len(seen),
+            lost=max(0, expected - len(seen)),
+            latency_ms=latency,
+            victim_p99_ms=latency["p99"],
+            victim_goal_met=latency["p99"] is not None
+            and latency["p99"] < VICTIM_GOAL_MS,
+            publishes_sent=answer["sent"],
+            publish_statuses=answer["statuses"],
+            publish_errors=answer["errors"],
+            publish_latency_ms=answer["latency_ms"],
+            victim_closes=delivery["unexpected_closes"],
+            rss_before_kb=sampler.before,
+            rss_peak_kb=sampler.peak,
+            rss_end_kb=sampler.end,
+        )
+        if attack == "cache":
+            report = {
+                "units_sent": report["sent"],
+                "answered": report["ok"],
+                "statuses": report["statuses"],
+                "cut_offs": report["reconnects"],
+                "errors": report["errors"],
+            }
+        elif attack in ("join-storm", "conn-flood"):
+            report["units_sent"] = report["connected"]
+        if attacker:
+            result["cut_offs"] = report["cut_offs"]
+            result["attacker"] = report
+        result.update(figures)
+        return result
+
+
 SCENARIOS = {
     "fanout": fanout,
     "trigger": trigger,
     "channels": channels,
     "connect": connect,
     "persist": persist,
+    "abuse": abuse,
 }
+
+#: scenarios that run only when named (not in the default run)
+OPT_IN = {"abuse"}
 
 #: scenarios that measure the bench itself, run once and not per server
 SELF_SCENARIOS = {"generator": generator}

@@ -191,13 +191,16 @@ class PushiServer(Server):
     supports_persist = True
     #: ``(count, channel)``: events to write into the store before start
     preload = None
+    #: ``PUSHI_ADMIN_SECRET`` of the server (unset: none)
+    admin_secret = None
 
-    def preload_store(self, count, channel):
-        """Writes ``count`` event records through the store interface
-        (``add_events`` in batches) before the server starts: far faster
-        than persisted triggers.  Returns how many were written, 0 when the
-        store interface is not what this expects (the caller then preloads
-        over HTTP)."""
+    def preload_store(self, count, channel, app_id=None):
+        """Writes ``count`` event records of the app (the bench app unless
+        ``app_id``) through the store interface (``add_events`` in batches),
+        usually before the server starts: far faster than persisted
+        triggers.  Returns how many were written, 0 when the store
+        interface is not what this expects (the caller then preloads over
+        HTTP)."""
         code = (
             "import sys, time\n"
             "from pushi.base.config import Config\n"
@@ -215,7 +218,14 @@ class PushiServer(Server):
             "print(count)\n"
         )
         output = subprocess.run(
-            [sys.executable, "-c", code, self.app["app_id"], channel, str(count)],
+            [
+                sys.executable,
+                "-c",
+                code,
+                app_id or self.app["app_id"],
+                channel,
+                str(count),
+            ],
             env=self.env(),
             cwd=self.workdir,
             capture_output=True,
@@ -247,16 +257,15 @@ class PushiServer(Server):
             SERVER_HOST=HOST,
             SERVER_PORT=str(self.ws_port),
         )
+        if self.admin_secret:
+            env["PUSHI_ADMIN_SECRET"] = self.admin_secret
         return env
 
-    def start(self):
-        """Creates the app with the CLI, then starts the server."""
-        self.http_port, self.ws_port = free_port(), free_port()
-        os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
-        self.log_path = os.path.join(self.workdir, "pushi.log")
-        self.version = git_describe()
+    def create_app(self, name):
+        """Creates an app with the CLI (also while the server runs) and
+        returns its credentials (``app_id``, ``key``, ``secret``...)."""
         output = subprocess.run(
-            [sys.executable, "-m", "pushi", "app", "create", "bench", "--json"],
+            [sys.executable, "-m", "pushi", "app", "create", name, "--json"],
             env=self.env(),
             cwd=self.workdir,
             capture_output=True,
@@ -265,8 +274,17 @@ class PushiServer(Server):
         )
         if output.returncode != 0:
             raise RuntimeError("pushi app create failed: %s" % output.stderr[-2000:])
-        self.app = json.loads(output.stdout.strip().splitlines()[-1])
-        self.app["app_id"] = str(self.app["app_id"])
+        app = json.loads(output.stdout.strip().splitlines()[-1])
+        app["app_id"] = str(app["app_id"])
+        return app
+
+    def start(self):
+        """Creates the app with the CLI, then starts the server."""
+        self.http_port, self.ws_port = free_port(), free_port()
+        os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
+        self.log_path = os.path.join(self.workdir, "pushi.log")
+        self.version = git_describe()
+        self.app = self.create_app("bench")
         self.preloaded = 0
         if self.preload:
             self.preloaded = self.preload_store(*self.preload)

@@ -4,6 +4,7 @@
 ``METHOD\\nPATH\\nQUERY`` where QUERY holds every query parameter except the
 signature, keys lower-cased and sorted, joined as ``k=v`` with ``&`` and not
 URL-escaped.  ``body_md5`` is the hex MD5 of the raw body whenever there is one.
+A private or personal channel's subscription carries ``channel_auth``.
 """
 
 import hashlib
@@ -54,3 +55,13 @@ def signed_query(key, secret, method, path, body=None, timestamp=None):
     are hex, digits or the key, so no escaping is needed."""
     params = signed_params(key, secret, method, path, body, timestamp)
     return "&".join("%s=%s" % (k, v) for k, v in params.items())
+
+
+def channel_auth(key, secret, socket_id, channel):
+    """Returns the ``auth`` of a private or personal channel subscription:
+    ``<key>:`` and the hex HMAC-SHA256 of ``<socket_id>:<channel>``."""
+    message = "%s:%s" % (socket_id, channel)
+    digest = hmac.new(
+        secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+    return "%s:%s" % (key, digest)

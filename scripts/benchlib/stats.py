@@ -1,4 +1,4 @@
-"""Percentiles and readers of process CPU time and RSS from ``/proc``."""
+"""Percentiles and readers of process CPU time and memory from ``/proc``."""
 
 import os
 
@@ -71,6 +71,19 @@ def rss_bytes(pid):
             return int(file.read().split()[1]) * PAGE_SIZE
     except OSError:
         return 0
+
+
+def status_kb(pid, field="VmRSS"):
+    """Returns a memory ``field`` of ``/proc/<pid>/status`` (``VmRSS``,
+    ``VmHWM``...) in KB, 0 if the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as file:
+            for line in file:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def tree_rss_bytes(pid):

@@ -16,7 +16,10 @@ answer a line on stdout.  Commands:
 * ``trigger``: run a bounded trigger loop over keep-alive HTTP/1.1
   connections (closed loop with ``inflight`` requests, or open loop at
   ``rate`` per second) and answer with counts, latencies and accepted
-  sequence numbers per channel.
+  sequence numbers per channel.  ``per_request`` channels in each request
+  (Pusher's ``channels``), and ``stamp: "due"`` for an open loop's payload
+  time set to when the request was due rather than when it left (a
+  publisher held up by the server is then seen in the latency).
 * ``close``, ``exit``.
 
 Everything stops by itself: each command has a time bound, and the process
@@ -540,6 +543,8 @@ class TriggerTask:
         self.secret = cmd.get("secret")
         self.sid = cmd.get("sid")
         self.channels = cmd.get("channels") or [cmd.get("channel", "bench")]
+        self.per_request = int(cmd.get("per_request", 1))
+        self.stamp_due = cmd.get("stamp") == "due" and bool(cmd.get("rate"))
         self.inflight = int(cmd.get("inflight", 1))
         self.rate = cmd.get("rate")
         self.max_count = int(cmd.get("max_count", 10**9))
@@ -580,12 +585,17 @@ class TriggerTask:
 
     def build(self, channel, seq):
         """Returns the request bytes for one trigger."""
+        stamp = self.t0 + self.sent / self.rate if self.stamp_due else monotonic()
         data = '{"s":%d,"t":%.6f%s}' % (
             seq,
-            monotonic(),
+            stamp,
             ',"p":"%s"' % self.pad if self.pad else "",
         )
-        if self.style == "pusher":
+        if self.style == "pusher" and self.per_request > 1:
+            start = self.random.randrange(len(self.channels))
+            names = (self.channels * 2)[start : start + self.per_request]
+            body = {"name": "bench", "channels": names, "data": data}
+        elif self.style == "pusher":
             body = {"name": "bench", "channel": channel, "data": data}
         else:
             body = {

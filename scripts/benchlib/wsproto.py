@@ -32,14 +32,15 @@ def handshake_request(host, port, path):
     ).encode("ascii")
 
 
-def encode_frame(payload, opcode=OP_TEXT, mask=None):
-    """Encodes one final client frame; clients must mask, ``mask`` (4 bytes)
-    defaults to random bytes."""
+def encode_frame(payload, opcode=OP_TEXT, mask=None, fin=True):
+    """Encodes one client frame, final unless ``fin`` is false (a fragment
+    of a message); clients must mask, ``mask`` (4 bytes) defaults to random
+    bytes."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     mask = os.urandom(4) if mask is None else mask
     length = len(payload)
-    head = bytes([0x80 | opcode])
+    head = bytes([(0x80 if fin else 0) | opcode])
     if length < 126:
         head += bytes([0x80 | length])
     elif length < 65536:
