@@ -375,8 +375,12 @@ def abuse_table(results):
     """The table of ``--scenario abuse``: one row per attack."""
     lines = [
         "Victim: one subscriber of its own app, %g publishes/s over REST with "
-        "that app's credentials; latency from each publish's due time to its "
-        "delivery; goal: p99 under %g ms during every attack."
+        "that app's credentials (16 connections) while another client "
+        "attacks, each attack on a fresh server; expected: the publishes due "
+        "while the attack lasts, each sent when due or, when the server held "
+        "the connections up, as soon as one is free; latency from when it "
+        "was due to its delivery; lost: not delivered by the end of the "
+        "drain. Goal: p99 under %g ms and nothing lost during every attack."
         % (scenarios.VICTIM_RATE, scenarios.VICTIM_GOAL_MS),
         "",
         "| attack | victim p50 | p99 | max | delivered/expected (lost) | "

@@ -17,7 +17,8 @@ answer a line on stdout.  Commands:
   connections (closed loop with ``inflight`` requests, or open loop at
   ``rate`` per second) and answer with counts, latencies and accepted
   sequence numbers per channel.  ``per_request`` channels in each request
-  (Pusher's ``channels``), and ``stamp: "due"`` for an open loop's payload
+  (Pusher's ``channels``, the next ones of ``channels`` in turn), and
+  ``stamp: "due"`` for an open loop's payload
   time set to when the request was due rather than when it left (a
   publisher held up by the server is then seen in the latency).
 * ``close``, ``exit``.
@@ -592,7 +593,8 @@ class TriggerTask:
             ',"p":"%s"' % self.pad if self.pad else "",
         )
         if self.style == "pusher" and self.per_request > 1:
-            start = self.random.randrange(len(self.channels))
+            # the channels in turn, so that every one of them gets events
+            start = self.sent * self.per_request % len(self.channels)
             names = (self.channels * 2)[start : start + self.per_request]
             body = {"name": "bench", "channels": names, "data": data}
         elif self.style == "pusher":
