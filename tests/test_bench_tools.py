@@ -212,3 +212,93 @@ def test_medians_keep_the_median_run_whole():
     info = dict(nproc=2, cpu_model="x", python="3", node="20", kernel="6")
     table = cli.markdown(cli.medians(results), info, ["pushi", "soketi"])
     assert "median headline figure of 3 runs" in table
+
+
+def test_channel_auth_test_vector():
+    """The private-channel vector of the protocol reference."""
+    auth = signer.channel_auth(KEY, SECRET, "1234.1234", "private-foobar")
+    assert auth == (
+        KEY + ":58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+    )
+
+
+def test_encode_frame_fragment():
+    """A frame that is not the last of its message has FIN clear."""
+    frame = wsproto.encode_frame(b"", wsproto.OP_CONT, mask=b"\0\0\0\0", fin=False)
+    assert frame == b"\x00\x80\0\0\0\0"
+    frames, _used = wsproto.parse_frames(wsproto.encode_frame("{", fin=False))
+    assert frames == [(False, wsproto.OP_TEXT, b"{")]
+
+
+def test_abuse_scenario_prints_a_row_per_attack():
+    """``--scenario abuse`` against the real server, a second per attack:
+    a table row for the baseline and each attack asked for (no figure is
+    checked: they depend on the machine and on the server's defences)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    attacks = ["console", "rest-pipeline", "cache"]
+    output = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "scripts", "bench"),
+            "--quick",
+            "--server",
+            "pushi",
+            "--scenario",
+            "abuse",
+            "--attacks",
+            ",".join(attacks),
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert output.returncode == 0, output.stderr[-3000:]
+    lines = output.stdout.splitlines()
+    header = lines.index(
+        "| attack | victim p50 | p99 | max | delivered/expected (lost) | "
+        "server RSS before / peak | attacker sent | attacker cut off | goal |"
+    )
+    rows = [line for line in lines[header + 2 :] if line.startswith("| ")]
+    assert [row.split(":")[0] for row in rows] == ["| baseline"] + [
+        "| " + attack for attack in attacks
+    ]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == 9, row
+        assert "error" not in row, row
+        assert cells[-1] in ("ok", "MISSED"), row
+    for row in rows[1:]:
+        assert row.split("|")[7].strip().endswith(" s"), row
+        assert row.split("|")[8].strip().endswith(" times"), row
+
+
+def test_abuse_table_shows_an_error_in_its_row():
+    from benchlib import cli
+
+    ok = dict(
+        scenario="abuse",
+        variant="ping",
+        server="pushi",
+        latency_ms={"p50": 1.0, "p99": 2.5, "max": 3.0},
+        delivered=50,
+        expected=50,
+        lost=0,
+        rss_before_kb=40960,
+        rss_peak_kb=51200,
+        attack_s=1.0,
+        attacker={"units_sent": 1000, "cut_offs": 3},
+        victim_goal_met=True,
+    )
+    failed = dict(scenario="abuse", variant="cache", server="pushi", error="boom")
+    lines = cli.abuse_table([ok, failed]).split("\n")
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line]
+    assert rows[1] == (
+        "| ping: WebSocket ping frames on one socket | 1.0 ms | 2.5 ms | 3.0 ms "
+        "| 50/50 (0) | 40 / 50 MB | 1,000 pings in 1.0 s | 3 times | ok |"
+    )
+    assert rows[2].startswith("| cache: ") and "error: boom" in rows[2]
+    assert rows[2].count("|") == rows[1].count("|")
