@@ -713,9 +713,11 @@ class TriggerTask:
 
     def next_wakeup(self):
         """Seconds until this task wants a tick."""
-        if self.rate:
+        if self.rate and self.idle:
             due_at = self.t0 + self.sent / self.rate
             return max(0.0, min(0.05, due_at - monotonic()))
+        # with every connection busy an answer wakes the loop: a request
+        # that is overdue meanwhile must not make it spin
         return 0.05
 
     def finish(self):
