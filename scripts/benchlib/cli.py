@@ -47,9 +47,10 @@ def parse_args(argv):
     parser.add_argument(
         "--scenario",
         default=None,
-        help="comma-separated: %s (default: all of these), or %s, or "
-        "generator (the load generator's own ceiling, against a stand-in "
-        "server)" % (",".join(default_scenarios()), ",".join(sorted(scenarios.OPT_IN))),
+        help="comma-separated: %s (default: all of these), or abuse (a "
+        "victim's latency while another client attacks Pushi: see --attacks), "
+        "or generator (the load generator's own ceiling, against a stand-in "
+        "server)" % ",".join(default_scenarios()),
     )
     parser.add_argument(
         "--attacks",
