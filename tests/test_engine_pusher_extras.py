@@ -44,16 +44,60 @@ def test_subscription_counts_only_when_enabled(engine):
     b, tb = connect(engine, app)
     send(engine, a, "pusher:subscribe", {"channel": "room"})
     send(engine, b, "pusher:subscribe", {"channel": "room"})
+    engine.sweep(now=time.monotonic() + 2)  # the end of the interval
     counts = [
         json.loads(m["data"]) for m in events(ta, "pusher_internal:subscription_count")
     ]
     assert counts == [{"subscription_count": 1}, {"subscription_count": 2}]
     send(engine, b, "pusher:unsubscribe", {"channel": "room"})
     engine.closed(b)
+    engine.sweep(now=time.monotonic() + 2)
     (left,) = events(ta, "pusher_internal:subscription_count")
     assert left["channel"] == "room" and json.loads(left["data"]) == {
         "subscription_count": 1
     }
+
+
+def counts_of(transport):
+    return [
+        json.loads(m["data"])["subscription_count"]
+        for m in events(transport, "pusher_internal:subscription_count")
+    ]
+
+
+def test_subscription_counts_of_a_storm_are_coalesced_to_the_latest():
+    timers = []
+    engine = Engine(Config(), schedule=lambda work, seconds: timers.append(work))
+    app = make_app(settings={"subscription_count_events": True})
+    first, tf = connect(engine, app)
+    send(engine, first, "pusher:subscribe", {"channel": "room"})
+    assert counts_of(tf) == [1]
+    others = [connect(engine, app) for _ in range(50)]
+    for session, _transport in others:
+        send(engine, session, "pusher:subscribe", {"channel": "room"})
+    engine.closed(others[0][0])
+    # held until the interval ends, once, whatever the number of joins
+    assert counts_of(tf) == [] and len(timers) == 1
+    timers.pop()()
+    assert counts_of(tf) == [50]
+    assert [counts_of(transport) for _session, transport in others[1:3]] == [
+        [50],
+        [50],
+    ]
+    # nothing held: a timer that comes late sends nothing more
+    engine.sweep(now=time.monotonic() + 10)
+    assert counts_of(tf) == []
+
+
+def test_a_held_count_goes_out_with_the_sweep_without_a_scheduler(engine):
+    app = make_app(settings={"subscription_count_events": True})
+    a, ta = connect(engine, app)
+    b, _ = connect(engine, app)
+    send(engine, a, "pusher:subscribe", {"channel": "room"})
+    send(engine, b, "pusher:subscribe", {"channel": "room"})
+    assert counts_of(ta) == [1]
+    engine.sweep(now=time.monotonic() + 2)
+    assert counts_of(ta) == [2]
 
 
 def test_watchlist_online_offline_and_nothing_left_behind(engine):
@@ -124,7 +168,11 @@ def test_cache_expires_after_its_ttl(engine):
         engine_module.CACHE_TTL - 2 <= info["cache"]["ttl"] <= engine_module.CACHE_TTL
     )
     engine.sweep(now=time.monotonic() + engine_module.CACHE_TTL + 1)
-    assert engine.cache == {}
+    assert engine.cache.stats(app.app_id) == {
+        "entries": 0,
+        "bytes": 0,
+        "evictions": 0,
+    }
     session, transport = connect(engine, app)
     send(engine, session, "pusher:subscribe", {"channel": "cache-a"})
     assert [m["event"] for m in transport.messages()] == [
@@ -148,3 +196,56 @@ def test_batch_answers_carry_channel_attributes_directly():
     answer = {"channels": {"a": {"subscription_count": 2, "user_count": 1}}}
     assert _batch_item(answer) == {"subscription_count": 2, "user_count": 1}
     assert _batch_item({}) == {}
+
+
+def test_cache_is_bounded_per_app_oldest_evicted_first():
+    small = make_app("1", settings={"max_cache_bytes": 50000})
+    other = make_app("2")
+
+    class Apps:
+        def by_id(self, app_id):
+            return {"1": small, "2": other}.get(app_id)
+
+    engine = Engine(Config(), apps=Apps())
+    data = "x" * 10000
+    for index in range(20):
+        engine.publish("1", ["cache-%d" % index], "state", data)
+    engine.publish("2", ["cache-0"], "state", data)
+    stats = engine.cache.stats("1")
+    assert stats["bytes"] <= 50000 and stats["evictions"] == 20 - stats["entries"]
+    assert 0 < stats["entries"] < 20
+    kept = ["cache-%d" % index for index in range(20 - stats["entries"], 20)]
+    assert list(engine.cache.apps["1"].entries) == kept
+    # an evicted channel is one with nothing cached; another app keeps its own
+    session, transport = connect(engine, small)
+    send(engine, session, "pusher:subscribe", {"channel": "cache-0"})
+    send(engine, session, "pusher:subscribe", {"channel": kept[-1]})
+    assert [m["event"] for m in transport.messages()] == [
+        "pusher_internal:subscription_succeeded",
+        "pusher:cache_miss",
+        "pusher_internal:subscription_succeeded",
+        "state",
+    ]
+    assert engine.cache.stats("2")["entries"] == 1
+
+
+def test_one_publish_to_many_cache_channels_holds_its_event_once(engine):
+    app = make_app()
+    names = ["cache-%d" % index for index in range(100)]
+    engine.publish(app.app_id, names, "state", "x" * 10000, extra={"mid": "m1"})
+    stats = engine.cache.stats(app.app_id)
+    assert stats["entries"] == 100 and stats["bytes"] < 2 * 10000 + 100 * 300
+    session, transport = connect(engine, app)
+    send(engine, session, "pusher:subscribe", {"channel": "cache-7"})
+    replayed = transport.messages()[-1]
+    assert replayed == {
+        "event": "state",
+        "channel": "cache-7",
+        "data": "x" * 10000,
+        "mid": "m1",
+    }
+    info = engine.channel_info(app.app_id, "cache-7", ("cache",))
+    assert info["cache"]["event"] == "state" and info["cache"]["data"] == "x" * 10000
+    # rewriting every channel lets the first event go
+    engine.publish(app.app_id, names, "state", "y")
+    assert engine.cache.stats(app.app_id)["bytes"] < 100 * 300

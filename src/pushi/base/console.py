@@ -12,7 +12,8 @@ app and receives, as JSON text messages:
   occupied, vacated, member_added, member_removed, api_message,
   client_event, and whatever else the engine emits later, e.g. webhooks),
 * ``console:stats`` every ``STATS_EVERY`` seconds: open connections,
-  occupied channels, messages in the last minute,
+  occupied channels, messages in the last minute, and the app's cache
+  channels: entries, bytes held, evictions,
 * ``console:error`` then a close (4009) when the sign-in is refused.
 
 Why a WebSocket on the loop: the facts are born on the loop thread, so
@@ -249,10 +250,14 @@ class ConsoleHub:
     def stats(self, app_id):
         registry = self.engine.registry
         counter = self.counters.get(app_id)
+        cache = self.engine.cache.stats(app_id)
         return {
             "connections": registry.app_count(app_id),
             "channels": len(registry.channels(app_id)),
             "messages_last_minute": counter.total(time.time()) if counter else 0,
+            "cache_entries": cache["entries"],
+            "cache_bytes": cache["bytes"],
+            "cache_evictions": cache["evictions"],
         }
 
     def _tick(self):

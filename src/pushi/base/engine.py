@@ -7,7 +7,6 @@ through ``State.call_in_loop``.  Work that may block (the store) goes
 through ``offload`` and comes back to the loop with its result.
 """
 
-import json
 import logging
 import time
 
@@ -15,25 +14,37 @@ from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 from . import registry
+from .cache import TTL as CACHE_TTL, Cache, Cached
+from .limits import DEFAULTS
 from .store.base import MAX_SKIP
 from .watchlist import Watchlists
 
 logger = logging.getLogger("pushi.engine")
 
-CACHE_TTL = 1800
-""" Seconds a cache channel keeps its last event (Pusher's 30 minutes) """
+COUNT_INTERVAL = 1.0
+""" Seconds between two subscription counts of one channel: a join storm
+costs one count per subscriber per interval, not one per join """
 
 
 class Engine:
     """Channel logic over a ``Registry`` for the sockets of this process."""
 
-    def __init__(self, config, store=None, offload=None):
+    def __init__(self, config, store=None, offload=None, schedule=None, apps=None):
         self.config = config
         self.registry = registry.Registry()
         self.store = store
         self.offload = offload
+        # schedule(work, seconds) runs work on the loop later; without one,
+        # the counts held back are sent by the next sweep
+        self.schedule = schedule
+        # apps.by_id(app_id): the app's limits for a publish (from memory)
+        self.apps = apps
         self.observers = []
-        self.cache = {}
+        self.cache = Cache()
+        # (app_id, channel) -> when its last subscription count went out
+        self._counted = {}
+        # the channels whose count waits for the end of their interval
+        self._counts_due = set()
         self.watchlists = Watchlists()
         # (app_id, user_id) -> [personal loads in flight, changes meanwhile]
         self._personal_loads = {}
@@ -352,25 +363,55 @@ class Engine:
     def _count_changed(self, app, name):
         """Tells a channel's subscribers (and the observers: webhooks) how
         many they are, when the app asks for it
-        (``subscription_count_events``).  Each change costs one
-        frame per subscriber: meant for channels of modest size.  As on
-        Pusher, presence channels have none: their members say who is
-        there."""
+        (``subscription_count_events``).  A count costs one frame per
+        subscriber, so a channel gets at most one per ``COUNT_INTERVAL``:
+        the first change is told at once, later ones in that interval
+        are held and told, with the count of that moment, when it ends.
+        As on Pusher, presence channels have none: their members say who
+        is there."""
         if not app.limits["subscription_count_events"] or channels.kind(name) in (
             channels.USER,
             channels.PRESENCE,
         ):
             return
-        channel = self.registry.channel(app.app_id, name)
-        if channel is None:
+        key = (app.app_id, name)
+        if key in self._counts_due:
             return
+        now = time.monotonic()
+        last = self._counted.get(key)
+        if last is None or now - last >= COUNT_INTERVAL:
+            self._send_count(key, now)
+            return
+        self._counts_due.add(key)
+        if self.schedule is not None:
+            self.schedule(
+                lambda: self._count_due(key), last + COUNT_INTERVAL - now + 0.001
+            )
+
+    def _count_due(self, key):
+        """Sends a held count (if it is still held: a sweep may have)."""
+        if key in self._counts_due:
+            self._counts_due.discard(key)
+            self._send_count(key, time.monotonic())
+
+    def _send_count(self, key, now):
+        app_id, name = key
+        channel = self.registry.channel(app_id, name)
+        if channel is None:
+            # vacated meanwhile: nobody to tell, and no count after a vacate
+            self._counted.pop(key, None)
+            return
+        app = next(iter(channel.sessions)).app
+        if not app.limits["subscription_count_events"]:
+            return
+        self._counted[key] = now
         count = len(channel.sessions)
         frame = text_frame(messages.subscription_count(name, count))
-        for other in channel.sessions:
-            other.transport.write(frame)
+        for write in channel.sessions.values():
+            write(frame)
         if self.observers:
             self.emit(
-                app.app_id, "subscription_count", channel=name, subscription_count=count
+                app_id, "subscription_count", channel=name, subscription_count=count
             )
 
     # peer channels: every pair of presence members that set "peer"
@@ -554,23 +595,17 @@ class Engine:
     def _replay_cache(self, session, name):
         if not channels.is_cache(name):
             return
-        cached = self._cached(session.app.app_id, name)
+        cached = self.cache.get(session.app.app_id, name, time.monotonic())
         if cached is not None:
-            session.transport.write(cached[0])
+            session.transport.write(cached[0].frame_for(name))
         else:
             self._send(session, messages.event("pusher:cache_miss", name, "{}"))
             if self.observers:
                 self.emit(session.app.app_id, "cache_miss", channel=name)
 
-    def _cached(self, app_id, name, now=None):
-        """``(frame, expires)`` of a cache channel's last event, if fresh."""
-        cached = self.cache.get((app_id, name))
-        if cached is not None and cached[1] <= (
-            time.monotonic() if now is None else now
-        ):
-            del self.cache[(app_id, name)]
-            return None
-        return cached
+    def _max_cache_bytes(self, app_id):
+        app = self.apps.by_id(app_id) if self.apps is not None else None
+        return (app.limits if app else DEFAULTS)["max_cache_bytes"]
 
     # sign-in (Pusher user authentication)
 
@@ -724,7 +759,11 @@ class Engine:
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
         self.deliver(
-            app.app_id, channel_name, text, None if echo else session.socket_id
+            app.app_id,
+            channel_name,
+            text,
+            None if echo else session.socket_id,
+            max_cache_bytes=app.limits["max_cache_bytes"],
         )
         if self.observers:
             self.emit(
@@ -739,12 +778,22 @@ class Engine:
 
     # delivery (the hot path)
 
-    def deliver(self, app_id, channel_name, text, exclude=None):
+    def deliver(
+        self, app_id, channel_name, text, exclude=None, cached=None, max_cache_bytes=0
+    ):
         """Writes one event to every socket of a channel but ``exclude``
-        (a socket id); the frame is built once."""
+        (a socket id); the frame is built once.  A cache channel keeps it:
+        as ``cached`` (an event shared by the channels of one publish)
+        when given, else as this frame."""
         frame = text_frame(text)
         if channels.is_cache(channel_name):
-            self.cache[(app_id, channel_name)] = (frame, time.monotonic() + CACHE_TTL)
+            self.cache.put(
+                app_id,
+                channel_name,
+                cached if cached is not None else Cached(frame=frame),
+                max_cache_bytes,
+                time.monotonic(),
+            )
         channel = self.registry.channel(app_id, channel_name)
         if channel is None:
             return
@@ -759,12 +808,18 @@ class Engine:
     def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
         """Delivers an API event to channels (loop thread)."""
         extra = extra or {}
+        cached = max_cache_bytes = None
         for channel_name in channel_names:
+            if cached is None and channels.is_cache(channel_name):
+                cached = Cached(name, data, extra)
+                max_cache_bytes = self._max_cache_bytes(app_id)
             self.deliver(
                 app_id,
                 channel_name,
                 messages.event(name, channel_name, data, **extra),
                 exclude,
+                cached,
+                max_cache_bytes,
             )
         if self.observers:
             self.emit(
@@ -780,10 +835,15 @@ class Engine:
     def sweep(self, now=None):
         """Pings silent sockets and closes those that never answered."""
         now = time.monotonic() if now is None else now
-        for app_id, name in [
-            key for key, cached in self.cache.items() if cached[1] <= now
-        ]:
-            del self.cache[(app_id, name)]
+        self.cache.expire(now)
+        for key in list(self._counts_due):
+            if now - self._counted.get(key, 0) >= COUNT_INTERVAL:
+                self._count_due(key)
+        self._counted = {
+            key: sent
+            for key, sent in self._counted.items()
+            if now - sent < COUNT_INTERVAL
+        }
         idle = self.config.activity_timeout
         for session in list(self.registry.sessions.values()):
             if session.ping_sent is not None:
@@ -811,12 +871,22 @@ class Engine:
             result["user_count"] = len(channel.members) if channel else 0
         if "cache" in info and channels.is_cache(name):
             now = time.monotonic()
-            cached = self._cached(app_id, name, now)
+            cached = self.cache.get(app_id, name, now)
             if cached is not None:
-                result["cache"] = dict(
-                    _frame_event(cached[0]), ttl=int(cached[1] - now)
-                )
+                result["cache"] = dict(cached[0].event(), ttl=int(cached[1] - now))
         return result
+
+    def app_stats(self, app_id):
+        """An app's counters: open connections, occupied channels, and
+        what its cache channels hold (entries, bytes, the bound) and have
+        evicted to stay within it."""
+        cache = self.cache.stats(app_id)
+        cache["max_bytes"] = self._max_cache_bytes(app_id)
+        return {
+            "connections": self.registry.app_count(app_id),
+            "channels": len(self.registry.channels(app_id)),
+            "cache": cache,
+        }
 
     def list_channels(self, app_id, prefix="", info=()):
         result = {}
@@ -849,6 +919,7 @@ class Engine:
             for session in self.registry.sessions.values()
             if session.app.app_id == app.app_id
         ]
+        self.cache.trim(app.app_id, app.limits["max_cache_bytes"])
         for session in sessions:
             session.app = app
             if not app.enabled:
@@ -877,11 +948,3 @@ def public_event(event):
         "timestamp": event["timestamp"],
         "user_id": event.get("user_id"),
     }
-
-
-def _frame_event(frame):
-    """The event dict inside one of our own unmasked text frames."""
-    length = frame[1] & 0x7F
-    start = 2 if length < 126 else 4 if length == 126 else 10
-    message = json.loads(frame[start:].decode("utf-8"))
-    return {"event": message.get("event"), "data": message.get("data")}

@@ -25,6 +25,7 @@ DEFAULTS = {
     "subscription_count_events": False,
     "watchlist_events": False,
     "max_watchlist": 100,
+    "max_cache_bytes": 1048576,
 }
 
 MAX_SETTING = 2**31 - 1
@@ -32,10 +33,17 @@ MAX_SETTING = 2**31 - 1
 
 OPERATOR_SETTINGS = frozenset(
     [name for name in DEFAULTS if name.startswith("max_")]
-    + ["client_event_rate", "retention_count", "retention_age", "webhooks"]
+    + [
+        "client_event_rate",
+        "retention_count",
+        "retention_age",
+        "webhooks",
+        "subscription_count_events",
+    ]
 )
 """ The settings only the admin secret changes: the limits an app's
-tenant must not lift, and webhooks, whose URLs the server itself calls """
+tenant must not lift, webhooks, whose URLs the server itself calls, and
+subscription counts, which cost a frame per subscriber of a channel """
 
 
 class App:

@@ -60,7 +60,13 @@ class State:
         self.workers = concurrent.futures.ThreadPoolExecutor(
             4, thread_name_prefix="pushi-worker"
         )
-        self.engine = Engine(self.config, store=self.store, offload=self.offload)
+        self.engine = Engine(
+            self.config,
+            store=self.store,
+            offload=self.offload,
+            schedule=self.schedule,
+            apps=self.apps,
+        )
         self.access = Access(self.apps, self.config.admin_secret)
         self.console = ConsoleHub(
             self.engine,

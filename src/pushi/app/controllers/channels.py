@@ -83,6 +83,12 @@ class ChannelsController(PushiController):
             "sockets": self.state.call_in_loop(self.state.engine.sockets, app.app_id)
         }
 
+    @appier.route("/apps/%s/stats" % APP, "GET", json=True)
+    def stats(self, app_id):
+        """The app's counters, cache evictions among them."""
+        app = self.authorize(app_id)
+        return self.state.call_in_loop(self.state.engine.app_stats, app.app_id)
+
     @appier.route("/apps/%s/ping" % APP, "GET", json=True)
     def ping(self, app_id):
         self.authorize(app_id)

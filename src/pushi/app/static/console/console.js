@@ -241,6 +241,7 @@
         $("count-connections").textContent = data.connections;
         $("count-channels").textContent = data.channels;
         $("count-messages").textContent = data.messages_last_minute;
+        $("count-evictions").textContent = data.cache_evictions;
     }
 
     // the log
