@@ -249,3 +249,41 @@ def test_one_publish_to_many_cache_channels_holds_its_event_once(engine):
     # rewriting every channel lets the first event go
     engine.publish(app.app_id, names, "state", "y")
     assert engine.cache.stats(app.app_id)["bytes"] < 100 * 300
+
+
+def test_a_client_event_on_a_private_cache_channel_is_cached_within_the_bound():
+    roomy, tight = make_app("1"), make_app("2", settings={"max_cache_bytes": 100})
+
+    class Apps:
+        def by_id(self, app_id):
+            return {"1": roomy, "2": tight}.get(app_id)
+
+    engine = Engine(Config(), apps=Apps())
+    for app, expected in ((roomy, "client-state"), (tight, "pusher:cache_miss")):
+        sender, _ = connect(engine, app)
+        token = auth.channel_auth(
+            app.key, app.secret, sender.socket_id, "private-cache-x"
+        )
+        send(
+            engine,
+            sender,
+            "pusher:subscribe",
+            {"channel": "private-cache-x", "auth": token},
+        )
+        send(engine, sender, "client-state", {"v": 1}, channel="private-cache-x")
+        late, transport = connect(engine, app)
+        token = auth.channel_auth(
+            app.key, app.secret, late.socket_id, "private-cache-x"
+        )
+        send(
+            engine,
+            late,
+            "pusher:subscribe",
+            {"channel": "private-cache-x", "auth": token},
+        )
+        assert transport.messages()[-1]["event"] == expected
+    assert engine.cache.stats("1")["evictions"] == 0
+    assert engine.cache.stats("2") == {"entries": 0, "bytes": 0, "evictions": 1}
+    info = engine.channel_info("1", "private-cache-x", ("cache",))
+    assert info["cache"]["event"] == "client-state"
+    assert info["cache"]["data"] == {"v": 1}

@@ -604,6 +604,8 @@ class Engine:
                 self.emit(session.app.app_id, "cache_miss", channel=name)
 
     def _max_cache_bytes(self, app_id):
+        """The app's bound on what its cache channels hold (the default for
+        an app the directory does not know)."""
         app = self.apps.by_id(app_id) if self.apps is not None else None
         return (app.limits if app else DEFAULTS)["max_cache_bytes"]
 
@@ -759,11 +761,7 @@ class Engine:
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
         self.deliver(
-            app.app_id,
-            channel_name,
-            text,
-            None if echo else session.socket_id,
-            max_cache_bytes=app.limits["max_cache_bytes"],
+            app.app_id, channel_name, text, None if echo else session.socket_id
         )
         if self.observers:
             self.emit(
@@ -779,14 +777,23 @@ class Engine:
     # delivery (the hot path)
 
     def deliver(
-        self, app_id, channel_name, text, exclude=None, cached=None, max_cache_bytes=0
+        self,
+        app_id,
+        channel_name,
+        text,
+        exclude=None,
+        cached=None,
+        max_cache_bytes=None,
     ):
         """Writes one event to every socket of a channel but ``exclude``
-        (a socket id); the frame is built once.  A cache channel keeps it:
-        as ``cached`` (an event shared by the channels of one publish)
-        when given, else as this frame."""
+        (a socket id); the frame is built once.  A cache channel keeps it,
+        within the app's ``max_cache_bytes``: as ``cached`` (an event
+        shared by the channels of one publish) when given, else as this
+        frame."""
         frame = text_frame(text)
         if channels.is_cache(channel_name):
+            if max_cache_bytes is None:
+                max_cache_bytes = self._max_cache_bytes(app_id)
             self.cache.put(
                 app_id,
                 channel_name,
