@@ -5,6 +5,7 @@ app's cache bound, and a join storm on a channel with subscription
 counts on costs a few counts per subscriber, not one per join."""
 
 import json
+import queue
 import selectors
 import socket
 import threading
@@ -20,6 +21,7 @@ from support import (
     signed_path,
     upgrade_request,
 )
+from test_e2e_webhooks import Receiver, hooked_app
 
 
 @pytest.fixture
@@ -27,6 +29,13 @@ def server():
     server = PushiServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
 
 
 def publish(server, app, channels, name, data):
@@ -59,11 +68,13 @@ CHANNELS = 100
 DATA = 10000
 
 
-def test_cache_channels_stay_within_the_apps_bound(server):
+def test_cache_channels_stay_within_the_apps_bound(server, receiver):
     """200 publishes of 10 KB to 100 new cache channels each would keep
     20,000 frames of 10 KB (200 MB); the app's default bound (1 MB)
-    keeps the newest and evicts the oldest, counted."""
-    app, other = server.create_app("flood"), server.create_app("other")
+    keeps the newest and evicts the oldest, counted; an evicted channel
+    is a cache miss, for its subscriber and the webhook."""
+    app = hooked_app(server, receiver.url, ["cache_miss"])
+    other = server.create_app("other")
     victim = server.connect(other)
     victim.subscribe("news")
     before = rss_kb(server)
@@ -93,6 +104,7 @@ def test_cache_channels_stay_within_the_apps_bound(server):
     )
     miss = client.recv()
     assert miss["event"] == "pusher:cache_miss" and miss["channel"] == oldest
+    assert receiver.events(app, 1) == [{"name": "cache_miss", "channel": oldest}]
 
     status, stats = server.request(
         "GET", "apps/%s/stats" % app["app_id"], headers=server.token_headers(app)
@@ -160,12 +172,15 @@ def drain(sockets, received, quiet=3.0):
     selector.close()
 
 
-def test_a_join_storm_costs_a_few_counts_per_subscriber(server):
+def test_a_join_storm_costs_a_few_counts_per_subscriber(server, receiver):
     """2,000 joins of one channel with subscription counts on: another
     app is answered meanwhile, every subscriber ends with the right count,
-    and each got a handful of counts, not one per later join."""
-    app, other = server.create_app("storm"), server.create_app("other")
-    server.update_app(app, settings={"subscription_count_events": True})
+    and each got a handful of counts, not one per later join; so does
+    the webhook."""
+    app = hooked_app(
+        server, receiver.url, ["subscription_count"], subscription_count_events=True
+    )
+    other = server.create_app("other")
     victim = server.connect(other)
     victim.subscribe("news")
     sockets = [raw_subscriber(server.server_port, app["key"]) for _ in range(JOINS)]
@@ -221,6 +236,14 @@ def test_a_join_storm_costs_a_few_counts_per_subscriber(server):
         counts_seen.append(len(counts))
     # one per join would be up to 2,000 for the first subscriber
     assert max(counts_seen) <= 60, max(counts_seen)
+    hooked = []
+    while True:
+        try:
+            hooked += receiver.events(app, 1, timeout=3)
+        except queue.Empty:
+            break
+    hooked = [event["subscription_count"] for event in hooked]
+    assert hooked and hooked[-1] == JOINS and len(hooked) <= 60, hooked
     for raw in sockets:
         raw.close()
     victim.close()
