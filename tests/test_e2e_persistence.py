@@ -215,6 +215,36 @@ def test_peer_channels_pair_and_unpair(server, app):
     lurker.close()
 
 
+def test_a_socket_send_is_readable_once_delivered(server, app):
+    """Stored means readable: a receiver that asks for the history as soon
+    as a stored socket send reaches it finds that send in it, every time."""
+    server.update_app(app, settings={"client_event_rate": 1000})
+    sender = server.connect(app, "pushi")
+    receiver = server.connect(app, "pushi")
+    for client in (sender, receiver):
+        client.subscribe("private-room", **signed(client, app, "private-room"))
+    for index in range(200):
+        sender.send(
+            {
+                "event": "chat",
+                "channel": "private-room",
+                "data": "m%d" % index,
+                "persist": True,
+            }
+        )
+        delivered = receiver.recv_event("chat")
+        assert delivered["data"] == "m%d" % index and delivered["mid"]
+        receiver.send(
+            {"event": "pusher:latest", "data": {"channel": "private-room", "count": 1}}
+        )
+        latest = json.loads(receiver.recv_event("pusher_internal:latest")["data"])
+        assert [event["mid"] for event in latest["events"]] == [delivered["mid"]], (
+            "send %d was delivered before it was readable" % index
+        )
+    sender.close()
+    receiver.close()
+
+
 def test_retention_by_count(server):
     app = server.create_app("retained")
     server.update_app(app, settings={"retention_count": 3})
@@ -410,10 +440,17 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
         error = client.recv_event("pusher:error")
         assert error["data"] == {"code": 4305, "message": "Store unavailable"}
         assert error["channel"] == "news"
-        # a send from a socket is delivered, and its sender told it is not kept
-        client.send({"event": "chat", "channel": "private-room", "data": "hi"})
-        error = client.recv_event("pusher:error")["data"]
-        assert error == {"code": 4305, "message": "Store unavailable: not stored"}
+        # a send from a socket that cannot be stored is not delivered (it
+        # would carry a mid that no history holds), and its sender hears so
+        client.send(
+            {"event": "chat", "channel": "private-room", "data": "hi", "echo": True}
+        )
+        error = client.recv()
+        assert error["event"] == "pusher:error" and error["data"] == {
+            "code": 4305,
+            "message": "Store unavailable: not stored",
+        }
+        assert client.nothing(0.5)
         assert instance.process.poll() is None
         # back (empty: the emulator's data lived in memory)
         emulator = MongoEmulator(port=port).start()

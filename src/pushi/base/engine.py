@@ -4,9 +4,12 @@ Ownership: every method runs on the WebSocket loop thread (see
 ``registry``).  The network layer calls ``open``, ``receive`` and
 ``closed``; the broker calls ``publish``; the REST side reaches the queries
 through ``State.call_in_loop``.  Work that may block (the store) goes
-through ``offload`` and comes back to the loop with its result.
+through ``offload`` and comes back to the loop with its result; events a
+socket stores go through ``persist(events, then)``, whose ``then(error)``
+runs on the loop once they are stored or failed.
 """
 
+import collections
 import logging
 import time
 
@@ -16,6 +19,7 @@ from pushi.proto.websocket import text_frame
 from . import registry
 from .cache import TTL as CACHE_TTL, Cache, Cached
 from .limits import DEFAULTS
+from .limits import MAX_LATEST
 from .store.base import MAX_SKIP
 from .watchlist import Watchlists
 
@@ -25,11 +29,23 @@ COUNT_INTERVAL = 1.0
 """ Seconds between two subscription counts of one channel: a join storm
 costs one count per subscriber per interval, not one per join """
 
+MAX_SENDING = 100
+""" A socket's sends waiting for the store (and those queued behind them)
+before it is told to slow down (4301) """
+
+HISTORY_BYTES = 512 * 1024
+""" The most bytes of stored events one answer on a socket carries
+(``pusher:latest``, a personal channel's subscription data), newest kept;
+at most half of ``PUSHI_MAX_BUFFER``, so that the answer alone never makes
+its socket a slow consumer """
+
 
 class Engine:
     """Channel logic over a ``Registry`` for the sockets of this process."""
 
-    def __init__(self, config, store=None, offload=None, schedule=None, apps=None):
+    def __init__(
+        self, config, store=None, offload=None, schedule=None, apps=None, persist=None
+    ):
         self.config = config
         self.registry = registry.Registry()
         self.store = store
@@ -39,6 +55,8 @@ class Engine:
         self.schedule = schedule
         # apps.by_id(app_id): the app's limits for a publish (from memory)
         self.apps = apps
+        self.persist = persist or self._persist_offloaded
+        self.history_bytes = min(HISTORY_BYTES, config.max_buffer // 2)
         self.observers = []
         self.cache = Cache()
         # (app_id, channel) -> when its last subscription count went out
@@ -212,6 +230,17 @@ class Engine:
         if kind == channels.PRESENCE:
             self._join_presence(session, name, channel_data)
         elif kind == channels.PERSONAL:
+            if session.loading == name:
+                return  # the answer to the first one is on its way
+            if session.loading is not None:
+                # each load reads the store: a socket waits for one before
+                # it asks for another
+                raise errors.SubscriptionError(
+                    name,
+                    "One personal channel load at a time",
+                    status=429,
+                    type="LimitReached",
+                )
             self._join_personal(session, name)
         else:
             self._join(session, name)
@@ -457,16 +486,18 @@ class Engine:
 
     def _join_personal(self, session, name):
         """Subscribes to ``personal-<user_id>``: loads the user's persisted
-        subscriptions and last events off the loop, then joins the socket
-        to every subscribed channel and answers with those events."""
+        subscriptions and last events and encodes the answer off the loop,
+        then joins the socket to every subscribed channel and sends it."""
         app = session.app
         user_id = channels.personal_user(name)
-        count = app.limits["latest_count"]
+        count = min(app.limits["latest_count"], MAX_LATEST)
+        max_bytes = self.history_bytes
         store = self.store
         key = (app.app_id, user_id)
         loads = self._personal_loads.setdefault(key, [0, 0])
         loads[0] += 1
         changes = loads[1]
+        session.loading = name
 
         def load():
             names = [
@@ -474,12 +505,14 @@ class Engine:
                 for record in store.list_subscriptions(app.app_id, user_id=user_id)
             ]
             events = store.get_events(app.app_id, names, 0, count) if names else []
-            return names, events
+            data = {"subscriptions": names, "events": bounded(events, max_bytes)}
+            return names, text_frame(messages.subscription_succeeded(name, data))
 
         def loaded(result):
             loads[0] -= 1
             if not loads[0]:
                 del self._personal_loads[key]
+            session.loading = None
             if session.closed or name in session.channels:
                 return
             if loads[1] != changes:
@@ -495,13 +528,12 @@ class Engine:
                     ),
                 )
                 return
-            names, events = result
+            names, frame = result
             self._join(session, name)
             session.personal = set()
             for covered in names:
                 self._cover(session, covered)
-            data = {"subscriptions": names, "events": [public_event(e) for e in events]}
-            self._send(session, messages.subscription_succeeded(name, data))
+            session.transport.write(frame)
 
         self.offload(load, loaded)
 
@@ -551,44 +583,83 @@ class Engine:
             raise errors.ProtocolError(
                 errors.RATE_LIMITED, "One pusher:latest at a time", name
             )
-        skip, count = min(skip, MAX_SKIP), min(count, 100)
+        skip, count = min(skip, MAX_SKIP), min(count, MAX_LATEST)
         app_id = session.app.app_id
         store = self.store
+        max_bytes = self.history_bytes
         session.reading = True
 
-        def answer(events):
+        def read():
+            events = store.get_events(app_id, [name], skip, count)
+            return text_frame(messages.latest(name, bounded(events, max_bytes)))
+
+        def answer(frame):
             session.reading = False
             if session.closed:
                 return
-            if events is None:
+            if frame is None:
                 # the read failed: no history is not what the store said
                 error = messages.error(
                     errors.STORE_UNAVAILABLE, "Store unavailable", name
                 )
                 self._send(session, error)
                 return
-            events = [public_event(event) for event in events]
-            self._send(session, messages.latest(name, events))
+            session.transport.write(frame)
 
-        self.offload(lambda: store.get_events(app_id, [name], skip, count), answer)
+        self.offload(read, answer)
 
-    def _store(self, event, session):
-        """Stores an event from a socket, off the loop; the sender hears
-        (``pusher:error`` 4305) if it could not be stored, since its
-        delivery already carries a ``mid`` that says it was."""
+    def _store_then(self, session, event, deliver):
+        """Stores an event a socket sent, then ``deliver()``s it: whoever it
+        reaches with its ``mid`` finds it in any history read after (as a
+        REST publish is delivered after its commit).  An event that cannot
+        be stored is not delivered, and its sender hears ``pusher:error``
+        4305.  A socket's events keep their order: those it sends meanwhile
+        wait in ``session.sending`` behind it."""
+        if session.sending is None:
+            session.sending = collections.deque()
+        elif len(session.sending) >= MAX_SENDING:
+            raise errors.ProtocolError(
+                errors.RATE_LIMITED,
+                "Over %d sends waiting for the store" % MAX_SENDING,
+            )
+        waiting = [False, deliver]
+        session.sending.append(waiting)
+
+        def stored(error):
+            if error is not None:
+                logger.error("storing a socket's event failed: %s", error)
+                waiting[1] = lambda: self._not_stored(session)
+            waiting[0] = True
+            sending = session.sending
+            while sending and sending[0][0]:
+                sending.popleft()[1]()
+            if not sending:
+                session.sending = None
+
+        try:
+            self.persist([event], stored)
+        except Exception as error:
+            stored(error)
+
+    def _not_stored(self, session):
+        if not session.closed:
+            self._send(
+                session,
+                messages.error(
+                    errors.STORE_UNAVAILABLE, "Store unavailable: not stored"
+                ),
+            )
+
+    def _persist_offloaded(self, events, then):
+        """Stores ``events`` on a worker, then ``then(error)`` on the loop:
+        for an engine made without a ``persist`` of its server's."""
         store = self.store
 
-        def stored(result):
-            if result is None and not session.closed:
-                self._send(
-                    session,
-                    messages.error(
-                        errors.STORE_UNAVAILABLE, "Store unavailable: not stored"
-                    ),
-                )
+        def done(result):
+            then(None if result else RuntimeError("events not stored"))
 
-        # offload hands ``stored`` None for a failure: a success is True
-        self.offload(lambda: store.add_events([event]) or True, stored)
+        # offload hands ``done`` None for a failure: a success is True
+        self.offload(lambda: store.add_events(events) or True, done)
 
     # cache channels: the last event of each is kept and replayed
 
@@ -739,6 +810,7 @@ class Engine:
         )
         user_id = session.channels.get(presence_name) or None
         extra = {}
+        record = None
         if (
             pushi_send
             and message.get("persist", True) is True
@@ -747,32 +819,39 @@ class Engine:
             now = time.time()
             extra = {"mid": messages.message_id(now), "timestamp": now}
             stored_data = data if isinstance(data, str) else messages.dumps(data)
-            self._store(
-                dict(
-                    extra,
-                    app_id=app.app_id,
-                    channel=channel_name,
-                    event=name,
-                    data=stored_data,
-                    user_id=user_id,
-                ),
-                session,
+            record = dict(
+                extra,
+                app_id=app.app_id,
+                channel=channel_name,
+                event=name,
+                data=stored_data,
+                user_id=user_id,
             )
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
-        self.deliver(
-            app.app_id, channel_name, text, None if echo else session.socket_id
-        )
-        if self.observers:
-            self.emit(
-                app.app_id,
-                "client_event",
-                channel=channel_name,
-                event=name,
-                data=data,
-                socket_id=session.socket_id,
-                user_id=user_id,
+
+        def deliver():
+            self.deliver(
+                app.app_id, channel_name, text, None if echo else session.socket_id
             )
+            if self.observers:
+                self.emit(
+                    app.app_id,
+                    "client_event",
+                    channel=channel_name,
+                    event=name,
+                    data=data,
+                    socket_id=session.socket_id,
+                    user_id=user_id,
+                )
+
+        if record is not None:
+            self._store_then(session, record, deliver)
+        elif session.sending:
+            # behind this socket's sends that wait for the store
+            session.sending.append([True, deliver])
+        else:
+            deliver()
 
     # delivery (the hot path)
 
@@ -955,3 +1034,19 @@ def public_event(event):
         "timestamp": event["timestamp"],
         "user_id": event.get("user_id"),
     }
+
+
+def bounded(events, max_bytes):
+    """Stored events (newest first) as clients see them, as many as fit in
+    ``max_bytes`` of the message that carries them: the newest always,
+    then older ones while they fit.  Runs off the loop."""
+    kept = []
+    size = 0
+    for event in events:
+        event = public_event(event)
+        # the event as the message holds it: inside the data string
+        size += len(messages.dumps(messages.dumps(event)).encode("utf-8"))
+        if kept and size > max_bytes:
+            break
+        kept.append(event)
+    return kept

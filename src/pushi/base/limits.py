@@ -31,10 +31,21 @@ DEFAULTS = {
 MAX_SETTING = 2**31 - 1
 """ The largest value of a number setting (0 is the least) """
 
+MAX_LATEST = 100
+""" The most stored events one read on a socket returns (``pusher:latest``,
+and a personal channel's subscription data): at the default event size
+(10 KB) that is about 1 MB, read and encoded in milliseconds; older events
+are paged with ``skip`` """
+
+SETTING_MAX = {"latest_count": MAX_LATEST}
+""" Number settings with a hard cap below ``MAX_SETTING``, even for the
+admin secret """
+
 OPERATOR_SETTINGS = frozenset(
     [name for name in DEFAULTS if name.startswith("max_")]
     + [
         "client_event_rate",
+        "latest_count",
         "retention_count",
         "retention_age",
         "webhooks",

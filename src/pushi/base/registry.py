@@ -20,6 +20,9 @@ class Session:
     ``user_id`` it joined with (None elsewhere, ``VIA_PERSONAL`` for a
     channel it is on only through its ``personal-<user_id>`` channel).
     ``personal`` is the set of channels its personal channel covers.
+    ``reading`` is true while its ``pusher:latest`` is read, ``loading``
+    the personal channel it is loading, ``sending`` its sends waiting for
+    the store (with those queued behind them, see ``Engine.client_event``).
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)`` and ``pinged()`` (False once the socket pings
     too often, which closes it).
@@ -39,6 +42,8 @@ class Session:
         "event_count",
         "personal",
         "reading",
+        "loading",
+        "sending",
         "closed",
     )
 
@@ -56,6 +61,8 @@ class Session:
         self.event_count = 0
         self.personal = None
         self.reading = False
+        self.loading = None
+        self.sending = None
         self.closed = False
 
 

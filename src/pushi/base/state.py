@@ -66,6 +66,7 @@ class State:
             offload=self.offload,
             schedule=self.schedule,
             apps=self.apps,
+            persist=self.persist,
         )
         self.access = Access(self.apps, self.config.admin_secret)
         self.console = ConsoleHub(
@@ -186,6 +187,23 @@ class State:
             self.call_soon(then, result)
 
         self.workers.submit(work).add_done_callback(done)
+
+    def persist(self, events, then):
+        """Stores events without blocking the loop (loop thread): then
+        ``then(error)`` runs on the loop, ``error`` None once they are
+        committed.  A store bound to the loop calls back on it; another
+        calls back from the worker that waited."""
+
+        def done(error):
+            if threading.current_thread() is self._loop_thread:
+                then(error)
+                return
+            try:
+                self.call_soon(then, error)
+            except LoopStopped:
+                pass
+
+        self.store.add_events_then(events, done, self.workers)
 
     def _webhook_done(self, app_id, kind, details):
         """A webhook's fate, for the debug console (webhooks thread)."""

@@ -2,7 +2,13 @@
 
 import appier
 
-from pushi.base.limits import DEFAULTS, MAX_SETTING, OPERATOR_SETTINGS, App
+from pushi.base.limits import (
+    DEFAULTS,
+    MAX_SETTING,
+    OPERATOR_SETTINGS,
+    SETTING_MAX,
+    App,
+)
 from pushi.base.webhooks import check_hooks
 from pushi.proto import errors
 
@@ -89,9 +95,10 @@ def _settings(settings):
             raise errors.HttpError(
                 400, "Setting %s must be a %s" % (name, expected.__name__)
             )
-        if expected is int and not 0 <= value <= MAX_SETTING:
+        most = SETTING_MAX.get(name, MAX_SETTING)
+        if expected is int and not 0 <= value <= most:
             raise errors.HttpError(
-                400, "Setting %s must be from 0 to %d" % (name, MAX_SETTING)
+                400, "Setting %s must be from 0 to %d" % (name, most)
             )
         if name == "allowed_origins" and not all(
             isinstance(item, str) for item in value
