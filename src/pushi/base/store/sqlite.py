@@ -580,11 +580,12 @@ class SQLiteStore(base.Store):
             rows = connection.execute(query, (app_id, channels[0], count, skip))
             return [self._event_record(row) for row in rows]
         # One indexed range per channel, each already newest first, merged
-        # here: reads at most skip + count rows per channel, never sorts a
-        # whole channel (an IN list would make SQLite sort every match).
+        # here as the rows are stepped: reads skip + count rows and one more
+        # per channel, never sorts a whole channel (an IN list would make
+        # SQLite sort every match), and holds no channel's rows in memory.
         wanted = skip + count
         per_channel = [
-            connection.execute(query, (app_id, channel, wanted, 0)).fetchall()
+            connection.execute(query, (app_id, channel, wanted, 0))
             for channel in channels
         ]
         merged = heapq.merge(*per_channel, key=lambda row: (-row[6], -row[0]))
