@@ -80,6 +80,8 @@ def test_channels_per_socket_are_bounded(server, app):
         {"allowed_origins": []},
         {"max_connections": 5, "client_event_rate": 1000},
         {"max_connections": 5, "webhooks": [{"url": "http://127.0.0.1:1/"}]},
+        # how much history one subscribe reads
+        {"max_connections": 5, "latest_count": 100},
     ],
 )
 def test_an_apps_own_credentials_cannot_lift_its_limits(server, app, settings):

@@ -203,6 +203,47 @@ def test_pushi_send_with_echo(engine):
     assert ta.messages()[0]["event"] == "chat"
 
 
+def test_a_stored_send_is_delivered_once_stored_and_in_order(tmp_path):
+    """A Pushi send to store reaches the channel when the store says it is
+    stored (the engine's ``persist`` hand-off, held here to pick the order
+    of the answers); what the socket sends meanwhile waits behind it; one
+    that cannot be stored is never delivered and its sender hears 4305."""
+    from pushi.base.store.sqlite import SQLiteStore
+
+    waiting = []
+    store = SQLiteStore(str(tmp_path))
+    engine = Engine(
+        Config(), store=store, persist=lambda events, then: waiting.append(then)
+    )
+    app = make_app()
+    a, ta = connect(engine, app, "pushi")
+    b, tb = connect(engine, app, "pushi")
+    for session in (a, b):
+        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
+        send(
+            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
+        )
+    ta.messages(), tb.messages()
+    send(engine, a, "chat", "first", channel="private-c")
+    send(engine, a, "chat", "quick", channel="private-c", persist=False)
+    send(engine, a, "chat", "third", channel="private-c")
+    assert len(waiting) == 2 and tb.messages() == []
+    waiting[1](None)
+    assert tb.messages() == []
+    waiting[0](OSError("disk full"))
+    assert [message["data"] for message in tb.messages()] == ["quick", "third"]
+    assert ta.messages() == [
+        {
+            "event": "pusher:error",
+            "data": {"code": 4305, "message": "Store unavailable: not stored"},
+        }
+    ]
+    assert a.sending is None
+    send(engine, a, "chat", "later", channel="private-c", persist=False)
+    assert [message["data"] for message in tb.messages()] == ["later"]
+    store.close()
+
+
 def test_leaves_no_entry_behind(engine):
     app = make_app()
     sessions = []
