@@ -37,6 +37,8 @@ def json_object(body):
     """A request body (bytes) as a JSON object; ``HttpError`` 400 if not."""
     try:
         payload = messages.loads(body or b"{}")
+    except messages.TooDeep as error:
+        raise errors.HttpError(400, str(error))
     except ValueError:
         raise errors.HttpError(400, "Body is not valid JSON")
     if not isinstance(payload, dict):

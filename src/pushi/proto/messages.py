@@ -16,6 +16,11 @@ from . import errors
 
 MAX_EVENT_NAME = 200
 
+MAX_DEPTH = 100
+""" Arrays and objects a client's JSON may nest: every later encoding of
+it (the size check, the delivery, the webhooks, the console) recurses as
+deep """
+
 PUSHI = "pushi"
 PUSHER = "pusher"
 
@@ -50,28 +55,57 @@ _strict = json.JSONDecoder(parse_float=_finite, parse_constant=_constant).decode
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+class TooDeep(ValueError):
+    """JSON nested over ``MAX_DEPTH`` arrays and objects."""
+
+    def __init__(self):
+        ValueError.__init__(self, "JSON nested over %d levels" % MAX_DEPTH)
+
+
 def loads(text):
     """Parses JSON from a client: ``text`` a str, or bytes that must be
     UTF-8.  Raises ``ValueError`` for what the standard refuses but Python
     accepts (NaN, Infinity, a number out of a float's range, an escaped
-    surrogate that pairs with nothing, which no UTF-8 text can carry) and
-    for nesting too deep to parse."""
+    surrogate that pairs with nothing, which no UTF-8 text can carry), and
+    ``TooDeep`` for nesting over ``MAX_DEPTH``."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     try:
         value = _strict(text)
     except RecursionError:
-        raise ValueError("JSON nested too deeply")
+        raise TooDeep()
+    # nesting needs as many opening brackets: most messages skip the walk
+    if text.count("[") + text.count("{") > MAX_DEPTH and _deeper(value, MAX_DEPTH):
+        raise TooDeep()
     # pairs decode to one character: only a lone half fails to encode
     if _SURROGATE.search(text) is not None:
         _dumps(value).encode("utf-8")
     return value
 
 
+def _deeper(value, limit):
+    """Whether ``value`` nests over ``limit`` arrays and objects (walked
+    without recursion, so that any depth can be measured)."""
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def parse(text, max_event_name=MAX_EVENT_NAME):
     """Parses one client message; raises ``ProtocolError`` (4300) if bad."""
     try:
         message = loads(text)
+    except TooDeep as error:
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, str(error))
     except ValueError:
         raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not valid JSON")
     if not isinstance(message, dict):
