@@ -13,7 +13,9 @@ time, as under its own servers), its answer written back from the loop.
 
 import concurrent.futures
 import logging
+import os
 import platform
+import sys
 
 import appier
 import netius
@@ -30,6 +32,18 @@ logger = logging.getLogger("pushi.app")
 
 AUTHORIZATION = "pushi.authorization"
 """ Where the Authorization header waits in the WSGI environ """
+
+_STATIC = ("/static/", "/appier/static/")
+""" Where Appier serves files: an error there says no more than 404 """
+
+_INSTALL_PATHS = tuple(
+    {
+        os.path.dirname(os.path.dirname(os.path.abspath(pushi.__file__))),
+        os.path.dirname(os.path.abspath(appier.__file__)),
+        sys.prefix,
+    }
+)
+""" Where the code runs from: never named in an answer """
 
 
 class PushiApp(appier.APIApp):
@@ -56,6 +70,9 @@ class PushiApp(appier.APIApp):
             *args,
             **kwargs
         )
+        # Appier names its header X-Content-Type-Option, which no browser
+        # reads: ``after_request`` sends the real one
+        self.content_options = None
 
     def _print_welcome(self):
         # Appier's names its session, data adapter and manager classes: its
@@ -141,6 +158,19 @@ class PushiApp(appier.APIApp):
         self.request.data_j = None
         return appier.APIApp.route(self)
 
+    def after_request(self):
+        """Headers every answer carries, and the debug console's tight
+        Content-Security-Policy on its copies under ``/static/console/``
+        (the ``/console`` route sets its own)."""
+        appier.APIApp.after_request(self)
+        self.request.set_header("X-Content-Type-Options", "nosniff")
+        if self.request.path.startswith("/static/console/"):
+            from .controllers.console import content_security
+
+            self.request.set_header(
+                "Content-Security-Policy", content_security(self.state.config)
+            )
+
     def handle_error(self, exception):
         """Appier's JSON error answer in the API's shape (``result``,
         ``code``, ``message``: not Appier's ``name``, ``uid`` or
@@ -157,7 +187,16 @@ class PushiApp(appier.APIApp):
         if not _is_client_error(exception):
             self.request.set_code(500)
             return errors.HttpError(500, "Internal error").body
-        return errors.HttpError(result["code"], result["message"]).body
+        code, message = result["code"], result["message"]
+        if not isinstance(exception, errors.PushiError):
+            # Appier's file errors name the file, and a directory by its
+            # full path: a file that cannot be served is a plain 404
+            if self.request.path.startswith(_STATIC):
+                self.request.set_code(404)
+                return errors.HttpError(404, "Not found").body
+            if any(path in str(message) for path in _INSTALL_PATHS):
+                message = "Request refused"
+        return errors.HttpError(code, message).body
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):

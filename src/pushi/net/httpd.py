@@ -85,7 +85,11 @@ def json_response(status, body, headers=()):
     data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     return (
         status_line(status),
-        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
         + list(headers),
         data,
     )

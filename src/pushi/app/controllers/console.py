@@ -21,6 +21,18 @@ PAGE = os.path.join(
 )
 
 
+def content_security(config):
+    """The console page's Content-Security-Policy: its own script and
+    style files only, no inline code, its requests to this origin and its
+    stream to the WebSocket port, and no framing."""
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        "img-src 'self'; connect-src 'self' %s://*:%d; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+        % ("wss" if config.server_ssl else "ws", int(config.server_port))
+    )
+
+
 class ConsoleController(PushiController):
     @appier.route("/console", "GET")
     def console(self):
@@ -31,4 +43,5 @@ class ConsoleController(PushiController):
         page = page.replace("{{ws_scheme}}", "wss" if config.server_ssl else "ws")
         self.request.set_header("Cache-Control", "no-store")
         self.request.set_header("X-Frame-Options", "DENY")
+        self.request.set_header("Content-Security-Policy", content_security(config))
         return self.html(page, content_type="text/html; charset=utf-8")
