@@ -19,9 +19,10 @@ MAX_TOKENS = 1000
 class Access:
     """Checks credentials against the app directory and the admin secret."""
 
-    def __init__(self, apps, admin_secret=None):
+    def __init__(self, apps, admin_secret=None, token_lifetime=TOKEN_LIFETIME):
         self.apps = apps
         self.admin_secret = admin_secret
+        self.token_lifetime = token_lifetime
         self._tokens = {}  # token: (app_id, expires)
         self._by_app = {}  # app_id: its tokens, oldest (first to expire) first
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class Access:
                     break
                 del mine[oldest], self._tokens[oldest]
             mine[token] = None
-            self._tokens[token] = (app.app_id, now + TOKEN_LIFETIME)
+            self._tokens[token] = (app.app_id, now + self.token_lifetime)
         return token
 
     def revoke(self, app_id):

@@ -74,6 +74,7 @@ class Config:
         ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, _positive(float)),
         ("max_pending", "PUSHI_MAX_PENDING", 1000, _positive(int)),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, _positive(int)),
+        ("token_lifetime", "PUSHI_TOKEN_LIFETIME", 86400, _positive(int)),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", _level),
     )
 

@@ -14,7 +14,10 @@ app and receives, as JSON text messages:
 * ``console:stats`` every ``STATS_EVERY`` seconds: open connections,
   occupied channels, messages in the last minute, and the app's cache
   channels: entries, bytes held, evictions,
-* ``console:error`` then a close (4009) when the sign-in is refused.
+* ``console:error`` then a close (4009) when the sign-in is refused, and
+  when the token stops being valid while it streams (expired, ended by
+  ``/logout``, by newer logins of the app or by disabling it): checked at
+  every stats tick and at once on a logout or a disable.
 
 Why a WebSocket on the loop: the facts are born on the loop thread, so
 the stream is written there with no hand-off, and the REST server (one
@@ -180,7 +183,8 @@ class ConsoleHub:
         watcher.pending = False
         if watcher.gone:
             return
-        if app is None:
+        # the token may have ended while the worker loaded the app
+        if app is None or not self.is_live(watcher.token, app.app_id):
             watcher.refuse("Invalid or expired token for this app")
             return
         self.attach(watcher, app)
@@ -212,11 +216,13 @@ class ConsoleHub:
             self.schedule(self._tick, STATS_EVERY)
 
     def recheck(self):
-        """Ends the streams whose token no longer holds (signed out, or
-        its app disabled)."""
+        """Ends the streams whose token no longer holds (expired, signed
+        out, ended by newer logins, or its app disabled)."""
         for app_id, watchers in list(self.watchers.items()):
             for watcher in list(watchers):
                 if not self.is_live(watcher.token, app_id):
+                    # no more entries while the link closes
+                    self.detach(watcher)
                     watcher.refuse("Session ended")
 
     def detach(self, watcher):
@@ -261,6 +267,9 @@ class ConsoleHub:
         }
 
     def _tick(self):
+        # a token can stop holding with no event to tell (it expires, or
+        # newer logins push it out): every tick looks
+        self.recheck()
         if not self.watchers:
             self._ticking = False
             return

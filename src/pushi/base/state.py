@@ -68,7 +68,11 @@ class State:
             apps=self.apps,
             persist=self.persist,
         )
-        self.access = Access(self.apps, self.config.admin_secret)
+        self.access = Access(
+            self.apps,
+            self.config.admin_secret,
+            token_lifetime=self.config.token_lifetime,
+        )
         self.console = ConsoleHub(
             self.engine,
             self.access.session_app,
@@ -229,8 +233,11 @@ class State:
                 self.call_in_loop(self.console.recheck)
 
     def logout(self, token):
-        """Ends a session token and the console streams it opened."""
-        if self.access.logout(token) and self._loop_thread is not None:
+        """Ends a session token and the console streams it opened (also
+        when the token had expired: its streams end now, not at the next
+        stats tick)."""
+        self.access.logout(token)
+        if self._loop_thread is not None:
             self.call_in_loop(self.console.recheck)
 
     def _watch_webhooks(self):

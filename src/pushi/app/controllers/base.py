@@ -34,7 +34,11 @@ class BaseController(PushiController):
             app, token = self.access.login(
                 app_id, body.get("app_key"), body.get("app_secret")
             )
-        return {"token": token, "app_id": app.app_id, "expires_in": 86400}
+        return {
+            "token": token,
+            "app_id": app.app_id,
+            "expires_in": self.access.token_lifetime,
+        }
 
     @appier.route("/logout", "POST", json=True)
     def logout(self):
