@@ -128,11 +128,17 @@ class Engine:
             message = messages.parse(text, session.app.limits["max_event_name"])
             self._dispatch(session, message)
         except errors.SubscriptionError as error:
+            # the channel-level event is what pusher-js and pushi.js bind on
+            # the channel; Pusher itself answers with a pusher:error, which
+            # clients written to its documentation listen for
             self._send(
                 session,
                 messages.subscription_error(
                     error.channel, error.type, error.message, error.status
                 ),
+            )
+            self._send(
+                session, messages.error(errors.SUBSCRIPTION_REFUSED, error.message)
             )
         except errors.ProtocolError as error:
             if error.closes:
@@ -191,7 +197,11 @@ class Engine:
                 type="AccessDenied",
             )
         if kind == channels.USER:
-            if channels.USER_PREFIX + str(session.user_id) != name:
+            # only a signed-in socket has a user channel ("None" is no id)
+            if (
+                session.user_id is None
+                or channels.USER_PREFIX + session.user_id != name
+            ):
                 raise errors.SubscriptionError(
                     name, "Sign in as this user first", status=403, type="AccessDenied"
                 )
@@ -949,17 +959,26 @@ class Engine:
     # queries for the HTTP API (loop thread, through State.call_in_loop)
 
     def channel_info(self, app_id, name, info=()):
+        """The ``info`` attributes a channel has: ``user_count`` for
+        presence channels, ``subscription_count`` for the others (presence
+        channels count users, as on Pusher), ``cache`` for cache channels;
+        an attribute the channel does not have is left out."""
         channel = self.registry.channel(app_id, name)
+        kind = channels.kind(name)
         result = {"occupied": channel is not None}
-        if "subscription_count" in info:
+        if "subscription_count" in info and kind != channels.PRESENCE:
             result["subscription_count"] = len(channel.sessions) if channel else 0
-        if "user_count" in info and channels.kind(name) == channels.PRESENCE:
+        if "user_count" in info and kind == channels.PRESENCE:
             result["user_count"] = len(channel.members) if channel else 0
         if "cache" in info and channels.is_cache(name):
             now = time.monotonic()
             cached = self.cache.get(app_id, name, now)
-            if cached is not None:
-                result["cache"] = dict(cached[0].event(), ttl=int(cached[1] - now))
+            # asked and nothing cached: present as null, as Pusher answers
+            result["cache"] = (
+                None
+                if cached is None
+                else dict(cached[0].event(), ttl=int(cached[1] - now))
+            )
         return result
 
     def app_stats(self, app_id):
@@ -980,9 +999,10 @@ class Engine:
             if not name.startswith(prefix):
                 continue
             entry = {}
-            if "user_count" in info and channels.kind(name) == channels.PRESENCE:
+            presence = channels.kind(name) == channels.PRESENCE
+            if "user_count" in info and presence:
                 entry["user_count"] = len(channel.members)
-            if "subscription_count" in info:
+            if "subscription_count" in info and not presence:
                 entry["subscription_count"] = len(channel.sessions)
             result[name] = entry
         return result

@@ -26,6 +26,7 @@ WATCHLIST_LIMIT = 4302
 CLIENT_EVENT_REJECTED = 4303
 UNKNOWN_EVENT = 4304
 STORE_UNAVAILABLE = 4305
+SUBSCRIPTION_REFUSED = 4306
 
 
 class PushiError(Exception):
@@ -52,7 +53,9 @@ class ProtocolError(PushiError):
 
 
 class SubscriptionError(PushiError):
-    """A ``pusher:subscription_error`` for ``channel``; the socket stays."""
+    """A ``pusher:subscription_error`` for ``channel``, then a
+    ``pusher:error`` (``SUBSCRIPTION_REFUSED``) with the same message; the
+    socket stays."""
 
     def __init__(self, channel, message, status=401, type="AuthError"):
         PushiError.__init__(self, message)

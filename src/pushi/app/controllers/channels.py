@@ -30,8 +30,16 @@ class ChannelsController(PushiController):
         app = self.authorize(app_id)
         _check(name)
         info = _info(self.param("info", ""))
-        if "user_count" in info and channel_names.kind(name) != channel_names.PRESENCE:
+        presence = channel_names.kind(name) == channel_names.PRESENCE
+        # an attribute the channel does not have is a bad request (Pusher)
+        if "user_count" in info and not presence:
             raise errors.HttpError(400, "user_count is for presence channels only")
+        if "subscription_count" in info and presence:
+            raise errors.HttpError(
+                400, "subscription_count is not for presence channels: use user_count"
+            )
+        if "cache" in info and not channel_names.is_cache(name):
+            raise errors.HttpError(400, "cache is for cache channels only")
         return self.state.call_in_loop(
             self.state.engine.channel_info, app.app_id, name, info
         )
