@@ -98,9 +98,6 @@ def verify_api(key, secret, method, path, params, body, now=None):
     """
     if params.get("auth_key") != key:
         raise errors.HttpError(401, "Unknown auth_key")
-    # the only version whose signing rules these are
-    if params.get("auth_version") != "1.0":
-        raise errors.HttpError(401, "auth_version must be 1.0")
     now = time.time() if now is None else now
     try:
         skew = abs(now - int(params.get("auth_timestamp", "")))
@@ -111,6 +108,9 @@ def verify_api(key, secret, method, path, params, body, now=None):
         raise errors.HttpError(
             401, "Timestamp expired: not within 600 s of server time"
         )
+    # the only version whose signing rules these are
+    if params.get("auth_version") != "1.0":
+        raise errors.HttpError(401, "auth_version must be 1.0")
     if body:
         presented = params.get("body_md5", "")
         if not hmac.compare_digest(body_md5(body).encode(), presented.encode()):
