@@ -25,11 +25,14 @@ def join(client, server, app, channel, channel_data=None):
 def test_private_channel_needs_this_apps_signature(server, app, dialect):
     client = server.connect(app, dialect)
     assert client.subscribe("private-room")["data"]["status"] == 401
+    # and Pusher's own answer to a bad signature
+    assert client.recv()["data"]["code"] == 4306
     other = server.create_app("other")
     forged = server.client(other).authenticate("private-room", client.socket_id)["auth"]
     assert (
         client.subscribe("private-room", forged)["event"] == "pusher:subscription_error"
     )
+    assert client.recv()["event"] == "pusher:error"
     assert (
         join(client, server, app, "private-room")["event"]
         == "pusher_internal:subscription_succeeded"
@@ -110,6 +113,7 @@ def test_spoofed_presence_user_id_is_refused(server, app):
     assert (
         error["event"] == "pusher:subscription_error" and error["data"]["status"] == 401
     )
+    assert client.recv()["event"] == "pusher:error"
     assert client.subscribe("presence-team", signed["auth"])["data"]["status"] == 400
     client.close()
 

@@ -146,6 +146,7 @@ def test_personal_channel_catch_up_and_live(server, app):
     client = server.connect(app, "pushi")
     unsigned = client.subscribe("personal-alice")
     assert unsigned["event"] == "pusher:subscription_error"
+    assert client.recv()["event"] == "pusher:error"
     answer = client.subscribe("personal-alice", **signed(client, app, "personal-alice"))
     assert answer["event"] == "pusher_internal:subscription_succeeded"
     data = json.loads(answer["data"])

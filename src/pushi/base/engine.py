@@ -129,17 +129,19 @@ class Engine:
             self._dispatch(session, message)
         except errors.SubscriptionError as error:
             # the channel-level event is what pusher-js and pushi.js bind on
-            # the channel; Pusher itself answers with a pusher:error, which
-            # clients written to its documentation listen for
+            # the channel; Pusher itself answers a bad signature with a
+            # pusher:error, which clients written to its documentation expect
             self._send(
                 session,
                 messages.subscription_error(
                     error.channel, error.type, error.message, error.status
                 ),
             )
-            self._send(
-                session, messages.error(errors.SUBSCRIPTION_REFUSED, error.message)
-            )
+            if error.pusher_error:
+                self._send(
+                    session,
+                    messages.error(errors.SUBSCRIPTION_REFUSED, error.message),
+                )
         except errors.ProtocolError as error:
             if error.closes:
                 self._drop(session, error.code, error.message)
@@ -216,7 +218,9 @@ class Engine:
             else:
                 signed = auth.channel_string(session.socket_id, name)
             if not auth.verify_token(app.key, app.secret, signed, data.get("auth")):
-                raise errors.SubscriptionError(name, "Invalid signature", status=401)
+                raise errors.SubscriptionError(
+                    name, "Invalid signature", status=401, pusher_error=True
+                )
         if name in session.channels:
             if session.channels[name] is registry.VIA_PERSONAL:
                 session.channels[name] = None

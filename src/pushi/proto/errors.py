@@ -53,15 +53,18 @@ class ProtocolError(PushiError):
 
 
 class SubscriptionError(PushiError):
-    """A ``pusher:subscription_error`` for ``channel``, then a
-    ``pusher:error`` (``SUBSCRIPTION_REFUSED``) with the same message; the
-    socket stays."""
+    """A ``pusher:subscription_error`` for ``channel``; the socket stays.
+    With ``pusher_error``, a ``pusher:error`` (``SUBSCRIPTION_REFUSED``)
+    with the same message follows: Pusher's answer to a bad signature."""
 
-    def __init__(self, channel, message, status=401, type="AuthError"):
+    def __init__(
+        self, channel, message, status=401, type="AuthError", pusher_error=False
+    ):
         PushiError.__init__(self, message)
         self.channel = channel
         self.status = status
         self.type = type
+        self.pusher_error = pusher_error
 
 
 class HttpError(PushiError):
