@@ -97,3 +97,18 @@ def test_api_string_lowercases_and_sorts_keys():
     assert auth.api_string(
         "get", "/p", {"B": "2", "a": "1", "auth_signature": "x"}
     ) == ("GET\n/p\na=1&b=2")
+
+
+def test_only_auth_version_1_0_is_verified():
+    for version in ("2.0", "1", ""):
+        params = auth.signed_params(
+            KEY, SECRET, "GET", "/apps/3/channels", {"auth_version": version}
+        )
+        params["auth_version"] = version
+        params["auth_signature"] = auth.sign_api(
+            SECRET, "GET", "/apps/3/channels", params
+        )
+        with pytest.raises(errors.HttpError) as error:
+            auth.verify_api(KEY, SECRET, "GET", "/apps/3/channels", params, b"")
+        assert error.value.status == 401
+        assert "auth_version" in error.value.message

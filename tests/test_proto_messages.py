@@ -34,6 +34,22 @@ def test_deeply_nested_json_is_refused_not_crashing():
         messages.parse('{"event":"a","data":' + "[" * 100000 + "]" * 100000 + "}")
 
 
+def test_nesting_is_bounded_where_json_is_parsed():
+    """Depths the parser takes but later encodings could not (a size
+    check, a delivery) are refused here; brackets inside strings do not
+    count."""
+    within = "[" * messages.MAX_DEPTH + "]" * messages.MAX_DEPTH
+    assert messages.loads(within)
+    assert messages.loads(json.dumps({"a": "[" * 5000}))
+    for depth in (messages.MAX_DEPTH + 1, 976):
+        text = '{"event":"a","data":' + "[" * depth + "]" * depth + "}"
+        with pytest.raises(messages.TooDeep):
+            messages.loads(text)
+        with pytest.raises(errors.ProtocolError) as error:
+            messages.parse(text)
+        assert error.value.code == errors.INVALID_MESSAGE
+
+
 def test_protocol_event_data_given_as_string_is_decoded():
     message = messages.parse(
         '{"event":"pusher:subscribe","data":"{\\"channel\\":\\"a\\"}"}'

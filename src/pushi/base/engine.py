@@ -977,7 +977,7 @@ class Engine:
         if "cache" in info and channels.is_cache(name):
             now = time.monotonic()
             cached = self.cache.get(app_id, name, now)
-            # asked and nothing cached: present as null, as Pusher answers
+            # asked and nothing cached: present, as null
             result["cache"] = (
                 None
                 if cached is None
