@@ -82,11 +82,15 @@ class TestPusherSdk:
         assert sdk.channels_info("presence-", ["user_count"]) == {
             "channels": {"presence-team": {"user_count": 1}}
         }
-        assert sdk.channel_info(
-            "presence-team", ["user_count", "subscription_count"]
-        ) == {
+        assert sdk.channel_info("presence-team", ["user_count"]) == {
             "occupied": True,
             "user_count": 1,
+        }
+        # presence channels count users, not subscriptions (Pusher): 400
+        with pytest.raises(pusher.errors.PusherBadRequest):
+            sdk.channel_info("presence-team", ["user_count", "subscription_count"])
+        assert sdk.channel_info("open", ["subscription_count"]) == {
+            "occupied": True,
             "subscription_count": 1,
         }
         assert sdk.channel_info("empty") == {"occupied": False}
