@@ -88,6 +88,35 @@ class TestHandshake:
         with pytest.raises(ws.HandshakeError):
             ws.parse_handshake(bad_key)
 
+    def test_missing_or_repeated_host_is_400(self):
+        """RFC 6455 4.2.1 (1): the request has a Host header, just one."""
+        without_host = request().replace(b"Host: example.com\r\n", b"")
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(without_host)
+        assert error.value.status == 400
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(request(Host="other.com"))
+        assert error.value.status == 400
+
+    def test_unsupported_version_is_426_naming_13(self):
+        """RFC 6455 4.2.2: the refusal of a version names the one served,
+        and a 426 carries Upgrade (RFC 9110 15.5.22) with Connection:
+        upgrade (RFC 9110 7.8)."""
+        bad_version = request().replace(b"Version: 13", b"Version: 8")
+        with pytest.raises(ws.HandshakeError) as error:
+            ws.parse_handshake(bad_version)
+        assert error.value.status == 426
+        head = ws.reject_response(426, error.value.reason).partition(b"\r\n\r\n")[0]
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 426 ")
+        assert b"Sec-WebSocket-Version: 13" in lines
+        assert b"Upgrade: websocket" in lines
+        assert b"Connection: Upgrade, close" in lines
+        # other refusals name no upgrade
+        assert (
+            b"Upgrade" not in ws.reject_response(400, "Bad").partition(b"\r\n\r\n")[0]
+        )
+
     def test_responses(self):
         handshake, _ = ws.parse_handshake(request())
         answer = ws.accept_response(handshake)

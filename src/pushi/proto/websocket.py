@@ -107,7 +107,11 @@ def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
             raise HandshakeError(400, "Malformed header line")
         name = name.lower()
         value = value.strip()
+        if name == "host" and name in headers:
+            raise HandshakeError(400, "More than one Host header")
         headers[name] = headers[name] + ", " + value if name in headers else value
+    if not headers.get("host"):
+        raise HandshakeError(400, "Host header required")
     if "websocket" not in headers.get("upgrade", "").lower():
         raise HandshakeError(426, "WebSocket upgrade required")
     connection = [
@@ -143,14 +147,24 @@ def accept_response(handshake):
 
 def reject_response(status, reason):
     """An HTTP error answer to a refused handshake (connection closes), with
-    the REST API's JSON error body."""
+    the REST API's JSON error body.  A 426 names what to upgrade to, as
+    HTTP requires (``Upgrade``, listed in ``Connection``), and the one
+    WebSocket version served (RFC 6455 4.2.2)."""
     body = json.dumps({"result": "error", "code": status, "message": reason})
     body = body.encode("utf-8")
+    if status == 426:
+        upgrade = (
+            "Upgrade: websocket\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            "Connection: Upgrade, close\r\n"
+        )
+    else:
+        upgrade = "Connection: close\r\n"
     return (
         "HTTP/1.1 %d %s\r\n"
         "Content-Type: application/json\r\n"
         "Content-Length: %d\r\n"
-        "Connection: close\r\n\r\n" % (status, reason, len(body))
+        "%s\r\n" % (status, reason, len(body), upgrade)
     ).encode("latin-1") + body
 
 
