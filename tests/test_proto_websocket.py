@@ -208,6 +208,73 @@ class TestFrames:
             reader.feed(masked(ws.OP_CONTINUATION, b"123456"))
         assert error.value.code == 1009
 
+    def test_continuation_headers_count_toward_the_limit(self):
+        """A continuation's header and mask (6 to 14 bytes) count with its
+        payload: endless empty continuations reach the limit as any data
+        does (close 1009) instead of growing the message's bookkeeping."""
+        reader = ws.FrameReader(max_message=20)
+        assert reader.feed(masked(ws.OP_TEXT, b"0123456789", fin=False)) == []
+        # 10 + (6 + 4) = 20: at the limit
+        assert reader.feed(masked(ws.OP_CONTINUATION, b"abcd")) == [
+            (ws.OP_TEXT, "0123456789abcd")
+        ]
+        reader.feed(masked(ws.OP_TEXT, b"0123456789", fin=False))
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(masked(ws.OP_CONTINUATION, b"abcde"))
+        assert error.value.code == 1009
+
+    def test_empty_continuations_end_at_the_limit(self):
+        reader = ws.FrameReader(max_message=65536)
+        reader.feed(masked(ws.OP_TEXT, b"a", fin=False))
+        empty = masked(ws.OP_CONTINUATION, b"", fin=False)
+        # 1 + 6 * 10922 = 65533 bytes counted: still in
+        assert reader.feed(empty * 10922) == []
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(empty)
+        assert error.value.code == 1009
+
+    def test_one_frame_message_may_use_the_whole_limit(self):
+        reader = ws.FrameReader(max_message=100)
+        assert reader.feed(masked(ws.OP_TEXT, b"x" * 100)) == [(ws.OP_TEXT, "x" * 100)]
+
+    def test_invalid_utf8_in_a_first_fragment_is_1007_at_once(self):
+        """RFC 6455 8.1: fail fast, at the fragment with the bad bytes."""
+        reader = ws.FrameReader()
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(masked(ws.OP_TEXT, b'{"a":"\xff', fin=False))
+        assert error.value.code == 1007
+
+    def test_invalid_utf8_in_a_later_fragment_is_1007_there(self):
+        reader = ws.FrameReader()
+        reader.feed(masked(ws.OP_TEXT, b"ok", fin=False))
+        # the start of a code point past U+10FFFF: no byte can follow it
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(masked(ws.OP_CONTINUATION, b"\xf4\x90", fin=False))
+        assert error.value.code == 1007
+
+    def test_a_character_split_across_fragments_is_text(self):
+        reader = ws.FrameReader()
+        data = (
+            masked(ws.OP_TEXT, b"\xe2", fin=False)
+            + masked(ws.OP_CONTINUATION, b"\x82", fin=False)
+            + masked(ws.OP_CONTINUATION, b"\xac!")
+        )
+        assert reader.feed(data) == [(ws.OP_TEXT, "€!")]
+
+    def test_a_character_cut_by_the_last_fragment_is_1007(self):
+        reader = ws.FrameReader()
+        reader.feed(masked(ws.OP_TEXT, b"a", fin=False))
+        with pytest.raises(ws.WebSocketError) as error:
+            reader.feed(masked(ws.OP_CONTINUATION, b"\xe2\x82"))
+        assert error.value.code == 1007
+
+    def test_fragmented_binary_message(self):
+        reader = ws.FrameReader()
+        data = masked(ws.OP_BINARY, b"\xff", fin=False) + masked(
+            ws.OP_CONTINUATION, b"\xfe"
+        )
+        assert reader.feed(data) == [(ws.OP_BINARY, b"\xff\xfe")]
+
     def test_invalid_utf8_is_1007(self):
         with pytest.raises(ws.WebSocketError) as error:
             ws.FrameReader().feed(masked(ws.OP_TEXT, b"\xff\xfe"))

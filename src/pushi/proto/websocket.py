@@ -9,6 +9,7 @@ unmasked frames a server sends.  Nothing here touches a socket.
 """
 
 import base64
+import codecs
 import hashlib
 import json
 import struct
@@ -229,15 +230,28 @@ class FrameReader:
     arrival order, at most ``limit`` of them per call (the bytes of the
     others wait for the next call, which may bring no new data).  A message
     larger than ``max_message`` bytes raises ``WebSocketError(1009)`` as
-    soon as its header says so.
+    soon as a header says so; a fragmented message's continuations count
+    their header and mask too, so no number of (empty) fragments gets past
+    the limit.  Text that is not UTF-8 raises ``WebSocketError(1007)`` at
+    the fragment where it goes wrong.
     """
 
-    __slots__ = ("max_message", "_buffer", "_fragments", "_fragment_opcode", "_size")
+    __slots__ = (
+        "max_message",
+        "_buffer",
+        "_message",
+        "_decoder",
+        "_fragment_opcode",
+        "_size",
+    )
 
     def __init__(self, max_message=MAX_MESSAGE):
         self.max_message = max_message
         self._buffer = b""
-        self._fragments = None
+        # the fragments so far of an unfinished message, and for text the
+        # decoder that checks them as they come
+        self._message = None
+        self._decoder = None
         self._fragment_opcode = None
         self._size = 0
 
@@ -283,15 +297,17 @@ class FrameReader:
                     raise WebSocketError(
                         CLOSE_PROTOCOL_ERROR, "Unknown opcode %d" % opcode
                     )
-                if opcode == OP_CONTINUATION and self._fragments is None:
+                if opcode == OP_CONTINUATION and self._message is None:
                     raise WebSocketError(
                         CLOSE_PROTOCOL_ERROR, "Unexpected continuation"
                     )
-                if opcode != OP_CONTINUATION and self._fragments is not None:
+                if opcode != OP_CONTINUATION and self._message is not None:
                     raise WebSocketError(
                         CLOSE_PROTOCOL_ERROR, "Expected a continuation"
                     )
-                total = length + (self._size if opcode == OP_CONTINUATION else 0)
+                total = length
+                if opcode == OP_CONTINUATION:
+                    total += self._size + header + 4
                 if total > self.max_message:
                     raise WebSocketError(
                         CLOSE_TOO_BIG, "Message over %d bytes" % self.max_message
@@ -307,21 +323,39 @@ class FrameReader:
             elif fin and opcode != OP_CONTINUATION:
                 messages.append((opcode, self._decode(opcode, payload)))
             elif opcode != OP_CONTINUATION:
-                self._fragments = [payload]
                 self._fragment_opcode = opcode
                 self._size = length
+                if opcode == OP_TEXT:
+                    self._decoder = codecs.getincrementaldecoder("utf-8")()
+                    self._check(payload, False)
+                self._message = bytearray(payload)
             else:
-                self._fragments.append(payload)
-                self._size += length
+                self._size = total
+                if self._decoder is not None:
+                    self._check(payload, fin)
+                self._message += payload
                 if fin:
                     opcode = self._fragment_opcode
-                    payload = b"".join(self._fragments)
-                    self._fragments = None
+                    message = self._message
+                    self._message = None
+                    self._decoder = None
                     self._fragment_opcode = None
                     self._size = 0
-                    messages.append((opcode, self._decode(opcode, payload)))
+                    if opcode == OP_TEXT:
+                        messages.append((opcode, message.decode("utf-8")))
+                    else:
+                        messages.append((opcode, bytes(message)))
         self._buffer = buffer[offset:] if offset < size else b""
         return messages
+
+    def _check(self, payload, final):
+        """Checks a text fragment with the message's decoder: an invalid
+        sequence fails here, a character cut between fragments waits for
+        the next one (or fails at the last)."""
+        try:
+            self._decoder.decode(payload, final)
+        except UnicodeDecodeError:
+            raise WebSocketError(CLOSE_INVALID_DATA, "Text message is not UTF-8")
 
     @staticmethod
     def _decode(opcode, payload):
