@@ -1,15 +1,16 @@
 """RFC 6455 over real sockets against the real server: the opening
 handshake's refusals, UTF-8 checked fragment by fragment, and the bounds on
-a message that a client keeps unfinished (its size, frame headers
-counted)."""
+a message that a client keeps unfinished (its size, frame headers counted,
+and its age)."""
 
 import socket
 import struct
+import time
 
-from pushi.proto.websocket import MAX_MESSAGE
+from pushi.proto.websocket import MAX_MESSAGE, MESSAGE_TIMEOUT
 from support import read_until, server_frames, upgrade_request
 
-OP_CONTINUATION, OP_TEXT, OP_CLOSE = 0x0, 0x1, 0x8
+OP_CONTINUATION, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA
 
 
 def frame(opcode, payload, fin=True, mask=b"\x01\x02\x03\x04"):
@@ -144,3 +145,35 @@ def test_a_flood_of_empty_continuations_costs_the_server_no_memory(server, app):
     raw.close()
     assert still_served(server, app)
     assert rss(server.process.pid) - before < 8 * 1024 * 1024
+
+
+def test_an_unfinished_message_is_closed_after_its_deadline(server, app):
+    """A client that begins a message and never ends it is closed with
+    1008 once the message is ``MESSAGE_TIMEOUT`` seconds old, although it
+    answers and sends pings all the while."""
+    raw = opened(server, app)
+    started = time.monotonic()
+    raw.sendall(frame(OP_TEXT, b'{"event":', fin=False))
+    raw.settimeout(0.5)
+    data, pongs, code, next_ping = b"", 0, None, started
+    while code is None and time.monotonic() - started < MESSAGE_TIMEOUT + 15:
+        try:
+            if time.monotonic() >= next_ping:
+                raw.sendall(frame(OP_PING, b"alive"))
+                next_ping += 1
+            chunk = raw.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        frames = server_frames(data)
+        pongs = sum(1 for opcode, _ in frames if opcode == OP_PONG)
+        code = close_code(frames)
+    raw.close()
+    assert code == 1008
+    assert time.monotonic() - started >= MESSAGE_TIMEOUT
+    assert pongs >= MESSAGE_TIMEOUT // 2
+    assert still_served(server, app)

@@ -280,6 +280,44 @@ class TestFrames:
             ws.FrameReader().feed(masked(ws.OP_TEXT, b"\xff\xfe"))
         assert error.value.code == 1007
 
+    def test_started_is_when_the_unfinished_message_began(self):
+        """``started`` dates the message the reader holds unfinished (a
+        partial frame, or fragments) from its first byte, and control
+        frames between fragments do not make it younger: the server closes
+        a socket whose message is not whole ``MESSAGE_TIMEOUT`` seconds
+        after it began."""
+        reader = ws.FrameReader()
+        assert reader.started is None
+        first = masked(ws.OP_TEXT, b"ab", fin=False)
+        reader.feed(first[:3], now=1.0)
+        assert reader.started == 1.0
+        reader.feed(first[3:], now=2.0)
+        assert reader.started == 1.0
+        assert reader.feed(masked(ws.OP_PING, b"p"), now=3.0) == [(ws.OP_PING, b"p")]
+        reader.feed(masked(ws.OP_CONTINUATION, b"cd", fin=False), now=4.0)
+        assert reader.started == 1.0
+        assert reader.feed(masked(ws.OP_CONTINUATION, b"ef"), now=5.0) == [
+            (ws.OP_TEXT, "abcdef")
+        ]
+        assert reader.started is None
+
+    def test_started_follows_a_busy_stream(self):
+        """Reads that end inside a frame of ever new messages date each
+        unfinished one from the read where it began."""
+        reader = ws.FrameReader()
+        message = masked(ws.OP_TEXT, b"hello")
+        reader.feed(message[:4], now=1.0)
+        assert reader.started == 1.0
+        assert reader.feed(message[4:] + message[:4], now=2.0) == [
+            (ws.OP_TEXT, "hello")
+        ]
+        assert reader.started == 2.0
+        reader.feed(message[4:], now=3.0)
+        assert reader.started is None
+        # a lone ping leaves nothing behind
+        reader.feed(masked(ws.OP_PING, b""), now=4.0)
+        assert reader.started is None
+
     def test_close_payloads(self):
         assert ws.parse_close(b"") == (1005, "")
         assert ws.parse_close(struct.pack("!H", 4001) + b"bye") == (4001, "bye")

@@ -245,6 +245,8 @@ class Link:
             self.close(error.code, error.reason)
             return
         server.spend(self.connection, len(frames))
+        if self.reader.started is not None:
+            server.unfinished.add(self)
         engine = server.engine
         for opcode, payload in frames:
             if self.phase != OPEN:
@@ -349,12 +351,15 @@ class WebSocketServer(
         # (deadline, link) of each socket accepted in the last
         # HANDSHAKE_TIMEOUT seconds, oldest first
         self.handshakes = collections.deque()
+        # the links whose reader may hold an unfinished message
+        self.unfinished = set()
         self.start_callbacks = []
 
     def on_serve(self):
         netius.ContainerServer.on_serve(self)
         self.nensure()
         self._handshake_deadlines()
+        self._message_deadlines()
         for callback in self.start_callbacks:
             callback()
 
@@ -380,6 +385,25 @@ class WebSocketServer(
             _deadline, link = handshakes.popleft()
             if link.phase in (HANDSHAKE, WAITING) and not link.connection.is_closed():
                 link.connection.close()
+
+    def _message_deadlines(self):
+        """Closes with 1008 the sockets whose unfinished message began more
+        than ``MESSAGE_TIMEOUT`` seconds ago (a client that answers pings
+        between fragments would hold its partial message forever); runs
+        every second over the few links that hold one."""
+        self.delay(self._message_deadlines, timeout=1)
+        if not self.unfinished:
+            return
+        oldest = time.monotonic() - ws.MESSAGE_TIMEOUT
+        for link in list(self.unfinished):
+            started = link.reader.started
+            if started is None or link.phase != OPEN:
+                self.unfinished.discard(link)
+            elif started <= oldest:
+                self.unfinished.discard(link)
+                logger.debug("message not finished in time")
+                link.close(ws.CLOSE_POLICY_VIOLATION, "Message not finished in time")
+        self.flush()
 
     def on_connection_d(self, connection):
         netius.ContainerServer.on_connection_d(self, connection)

@@ -5,7 +5,10 @@
 status to answer).  ``FrameReader`` turns client bytes into whole messages,
 reassembling fragments, unmasking, and enforcing the limits; a violation
 raises ``WebSocketError`` carrying the close code.  The encoders build the
-unmasked frames a server sends.  Nothing here touches a socket.
+unmasked frames a server sends.  Nothing here touches a socket, nor keeps
+a timer: the reader dates the message it holds unfinished (``started``)
+and the server closes a socket whose message is older than
+``MESSAGE_TIMEOUT``.
 """
 
 import base64
@@ -13,12 +16,17 @@ import codecs
 import hashlib
 import json
 import struct
+import time
 import urllib.parse
 
 MAGIC = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 MAX_HANDSHAKE = 8192
 MAX_MESSAGE = 65536
+
+MESSAGE_TIMEOUT = 15
+""" Seconds a message has to arrive whole from its first byte (fragments
+and control frames between them included) """
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -33,6 +41,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED = 1003
 CLOSE_NO_STATUS = 1005
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -234,10 +243,16 @@ class FrameReader:
     their header and mask too, so no number of (empty) fragments gets past
     the limit.  Text that is not UTF-8 raises ``WebSocketError(1007)`` at
     the fragment where it goes wrong.
+
+    ``started`` is the time (``time.monotonic``, or the ``now`` given to
+    ``feed``) at which the message the reader holds unfinished (a partial
+    frame, or fragments) began to arrive, None when it holds nothing;
+    control frames between fragments do not make it younger.
     """
 
     __slots__ = (
         "max_message",
+        "started",
         "_buffer",
         "_message",
         "_decoder",
@@ -247,6 +262,7 @@ class FrameReader:
 
     def __init__(self, max_message=MAX_MESSAGE):
         self.max_message = max_message
+        self.started = None
         self._buffer = b""
         # the fragments so far of an unfinished message, and for text the
         # decoder that checks them as they come
@@ -255,11 +271,14 @@ class FrameReader:
         self._fragment_opcode = None
         self._size = 0
 
-    def feed(self, data, limit=1 << 30):
+    def feed(self, data, limit=1 << 30, now=None):
         buffer = self._buffer + data if self._buffer else data
         messages = []
         offset = 0
         size = len(buffer)
+        # whether a message or a control frame outside a message ended
+        # here: what the reader holds now began in this feed
+        ended = False
         # past ``limit`` messages, the rest waits for the next call
         while size - offset >= 2 and len(messages) < limit:
             first = buffer[offset]
@@ -320,8 +339,10 @@ class FrameReader:
             offset = end
             if control:
                 messages.append((opcode, payload))
+                ended = ended or self._message is None
             elif fin and opcode != OP_CONTINUATION:
                 messages.append((opcode, self._decode(opcode, payload)))
+                ended = True
             elif opcode != OP_CONTINUATION:
                 self._fragment_opcode = opcode
                 self._size = length
@@ -345,7 +366,12 @@ class FrameReader:
                         messages.append((opcode, message.decode("utf-8")))
                     else:
                         messages.append((opcode, bytes(message)))
+                    ended = True
         self._buffer = buffer[offset:] if offset < size else b""
+        if self._message is None and not self._buffer:
+            self.started = None
+        elif ended or self.started is None:
+            self.started = time.monotonic() if now is None else now
         return messages
 
     def _check(self, payload, final):
