@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import struct
@@ -140,8 +141,10 @@ def server_frames(data):
 class PushiServer:
     """A Pushi server process for one test module (or one test)."""
 
-    def __init__(self, data_dir=None, env=None):
+    def __init__(self, data_dir=None, env=None, fd_limit=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="pushi-test-")
+        # the open-files limit (soft and hard) the server process starts with
+        self.fd_limit = fd_limit
         self.app_port = free_port()
         self.server_port = free_port()
         self.extra_env = dict(env or {})
@@ -187,6 +190,7 @@ class PushiServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
+            preexec_fn=self._limit_files if self.fd_limit else None,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -199,6 +203,10 @@ class PushiServer:
             except Exception:
                 time.sleep(0.1)
         raise RuntimeError("server did not start: %s" % self.read_log())
+
+    def _limit_files(self):
+        # in the child between fork and exec: no import, no lock
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
 
     def stop(self, kill=False):
         if self.process is None:

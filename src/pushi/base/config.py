@@ -75,6 +75,14 @@ class Config:
         ("max_pending", "PUSHI_MAX_PENDING", 1000, _positive(int)),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, _positive(int)),
         ("token_lifetime", "PUSHI_TOKEN_LIFETIME", 86400, _positive(int)),
+        # None: as many as the open-files limit allows (net/capacity.py)
+        ("max_connections", "PUSHI_MAX_CONNECTIONS", None, _positive(int)),
+        (
+            "max_connections_per_ip",
+            "PUSHI_MAX_CONNECTIONS_PER_IP",
+            None,
+            _positive(int),
+        ),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", _level),
     )
 

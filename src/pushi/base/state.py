@@ -33,6 +33,7 @@ from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
+from pushi.net import capacity  # noqa: E402
 from pushi.net.httpd import HttpServer  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 from pushi.proto import errors  # noqa: E402
@@ -294,6 +295,7 @@ class State:
             self.app.start()
             self.http = HttpServer(self.app.serve_request, level=logging.WARNING)
             self.server.add_base(self.http)
+        self._limit_connections()
 
         def serve():
             listen = config.listen("server")
@@ -331,6 +333,31 @@ class State:
             self.server.port,  # the one the system chose for port 0
         )
 
+    def _limit_connections(self):
+        """Caps both ports' sockets to what the open-files limit allows
+        (``net/capacity.py``), lowered by ``PUSHI_MAX_CONNECTIONS`` and
+        ``PUSHI_MAX_CONNECTIONS_PER_IP``."""
+        config = self.config
+        plan = capacity.plan(
+            capacity.fd_limit(), config.max_connections, config.max_connections_per_ip
+        )
+        if plan.clamped:
+            logger.warning(
+                "PUSHI_MAX_CONNECTIONS=%d is over what %d open files allow: %d",
+                config.max_connections,
+                plan.fd_limit,
+                plan.max_connections,
+            )
+        self.server.limit(plan.max_connections, plan.max_refusing, plan.max_per_address)
+        if self.http is not None:
+            self.http.limit(plan.http_max_connections, plan.http_max_refusing)
+        logger.info(
+            "WebSocket port: at most %d connections%s; REST port: at most %d",
+            plan.max_connections,
+            (", %d per address" % plan.max_per_address if plan.max_per_address else ""),
+            plan.http_max_connections,
+        )
+
     def _retain(self):
         """Enforces each app's retention settings, continuously, off the
         loop: at most ``retention_count`` events per channel, none older
@@ -355,6 +382,7 @@ class State:
         config = self.config
         own_http = config.app_server == "netius"
         logger.info("Store: %r", self.store)
+        capacity.raise_fd_limit()
         try:
             if not own_http:
                 _check_app_server(config.app_server)

@@ -35,7 +35,7 @@ import netius
 
 from pushi.proto import errors
 
-from . import wire
+from . import capacity, wire
 
 logger = logging.getLogger("pushi.http")
 
@@ -106,6 +106,7 @@ class _Peer:
         "since",
         "continued",
         "closed",
+        "refusal",
     )
 
     def __init__(self, connection):
@@ -116,12 +117,21 @@ class _Peer:
         self.since = time.monotonic()  # current request began / last answer
         self.continued = False  # "100 Continue" sent for the current request
         self.closed = False
+        self.refusal = None  # over the port's cap: the 503's reason
 
 
-class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamServer):
+class HttpServer(
+    capacity.Admission,
+    wire.FairReads,
+    wire.OwnPort,
+    wire.QuietDebug,
+    netius.StreamServer,
+):
     """HTTP/1.1 to ``handler(request, answer)``; joins the loop of a netius
     container (``WebSocketServer.add_base``) and is bound with ``serve(...,
-    start=False)`` once that loop runs."""
+    start=False)`` once that loop runs.  Its sockets are capped
+    (``capacity.Admission``, set with ``limit``): a request on one over the
+    cap is answered 503."""
 
     quota = 16
 
@@ -129,6 +139,7 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
         netius.StreamServer.__init__(self, *args, **kwargs)
         self.handler = handler
         self.max_body = max_body
+        self.port_name = "REST port"
 
     def on_serve(self):
         netius.StreamServer.on_serve(self)
@@ -139,10 +150,12 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
             owner=self, socket=socket, address=address, ssl=ssl
         )
         connection.peer = _Peer(connection)
+        connection.peer.refusal = self.admit(connection)
         return connection
 
     def on_connection_d(self, connection):
         netius.StreamServer.on_connection_d(self, connection)
+        self.release(connection)
         peer = getattr(connection, "peer", None)
         if peer is not None:
             peer.closed = True
@@ -158,7 +171,7 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
         if peer.waiting:
             # pipelined requests wait their turn, within bounds
             if len(peer.buffer) > MAX_HEAD + self.max_body:
-                self.hold(connection)
+                self.hold_reads(connection)
             return
         self._advance(peer)
 
@@ -189,6 +202,9 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
                     self._refuse(peer, error)
                     return
                 if request is None:
+                    return
+                if peer.refusal is not None:
+                    self._refuse(peer, errors.HttpError(503, peer.refusal))
                     return
                 peer.waiting = True
                 self.handler(request, self._answerer(peer, request))
@@ -285,17 +301,17 @@ class HttpServer(wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.StreamSer
             connection.close(flush=True)
         elif connection.pending_s > MAX_OUTPUT:
             # the rest once the client has read it all
-            self.hold(connection)
-            connection.send(b"", delay=False, callback=lambda _c: self._drained(peer))
+            self.hold_reads(connection)
+            connection.send(b"", delay=False, callback=lambda _c: self._read_up(peer))
         else:
-            self.release(connection)
+            self.release_reads(connection)
             if peer.buffer and not peer.advancing:
                 self._advance(peer)
 
-    def _drained(self, peer):
+    def _read_up(self, peer):
         if not peer.closed:
             peer.since = time.monotonic()
-            self.release(peer.connection)
+            self.release_reads(peer.connection)
 
     def _refuse(self, peer, error):
         status, headers, body = json_response(error.status, error.body)

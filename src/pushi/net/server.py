@@ -33,7 +33,7 @@ import netius
 from pushi.proto import errors, messages
 from pushi.proto import websocket as ws
 
-from . import wire
+from . import capacity, wire
 
 logger = logging.getLogger("pushi.net")
 
@@ -71,6 +71,7 @@ class Link:
         "raw_send",
         "ping_second",
         "pings",
+        "refusal",
     )
 
     def __init__(self, server, connection):
@@ -87,6 +88,8 @@ class Link:
         self.raw_send = None if connection.ssl else connection.socket.send
         self.ping_second = 0
         self.pings = 0
+        # why the server turns this socket away once it has upgraded it
+        self.refusal = None
 
     # the transport the engine writes to
 
@@ -110,7 +113,7 @@ class Link:
         self.write(ws.close_frame(code, reason))
         self.phase = CLOSING
         # nothing it sends now is read: its bytes wait in the kernel
-        self.server.hold(self.connection)
+        self.server.hold_reads(self.connection)
         self._forget()
         self.server.closing.append(self)
 
@@ -166,6 +169,12 @@ class Link:
         if handshake is None:
             return
         self.buffer = self.buffer[consumed:]
+        if self.refusal is not None:
+            self.phase = WAITING
+            self._raw(ws.accept_response(handshake))
+            self.reader = ws.FrameReader()
+            self._reject(errors.OVER_CAPACITY, self.refusal)
+            return
         if self.server.console is not None and _CONSOLE_PATH.match(handshake.path):
             self._watch(handshake)
             return
@@ -296,7 +305,7 @@ class Link:
     def _refuse(self, status, reason):
         self._raw(ws.reject_response(status, reason))
         self.phase = CLOSING
-        self.server.hold(self.connection)
+        self.server.hold_reads(self.connection)
         self.server.closing.append(self)
 
     def _raw(self, data):
@@ -322,11 +331,17 @@ class Link:
 
 
 class WebSocketServer(
-    wire.FairReads, wire.OwnPort, wire.QuietDebug, netius.ContainerServer
+    capacity.Admission,
+    wire.FairReads,
+    wire.OwnPort,
+    wire.QuietDebug,
+    netius.ContainerServer,
 ):
     """Netius stream server speaking WebSocket to the engine; the owner of
     the loop, which other servers join with ``add_base`` (the REST port's
-    ``httpd.HttpServer``).
+    ``httpd.HttpServer``).  Its sockets are capped (``capacity.Admission``,
+    set with ``limit``): one over the cap is upgraded, then closed with
+    4100.
 
     ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
     store off the loop); ``offload(work, then)`` runs ``work`` on a worker
@@ -354,6 +369,7 @@ class WebSocketServer(
         # the links whose reader may hold an unfinished message
         self.unfinished = set()
         self.start_callbacks = []
+        self.port_name = "WebSocket port"
 
     def on_serve(self):
         netius.ContainerServer.on_serve(self)
@@ -368,6 +384,7 @@ class WebSocketServer(
             owner=self, socket=socket, address=address, ssl=ssl
         )
         link = connection.link = Link(self, connection)
+        link.refusal = self.admit(connection)
         # every socket gets the same time, so the queue is in deadline order
         # (a netius timer each, in its heap of Python-compared entries, cost
         # a connect storm several percent of its CPU)
@@ -407,6 +424,7 @@ class WebSocketServer(
 
     def on_connection_d(self, connection):
         netius.ContainerServer.on_connection_d(self, connection)
+        self.release(connection)
         link = getattr(connection, "link", None)
         if link is not None:
             link._forget()

@@ -130,8 +130,8 @@ class FairReads:
     spent) is read again at the next turn by ``resume``, which also runs
     the protocol's ``on_resume(connection)`` first, to work off the
     messages it held back.  A protocol stops reading a socket with
-    ``hold`` (the peer waits for an answer, or is being closed) and starts
-    again with ``release``."""
+    ``hold_reads`` (the peer waits for an answer, or is being closed) and
+    starts again with ``release_reads``."""
 
     quota = 64
     """ Messages (or requests) handled per socket per loop turn """
@@ -181,11 +181,11 @@ class FairReads:
         self.resume(connection)
         return False
 
-    def hold(self, connection):
-        """Reads nothing more from ``connection`` until ``release``."""
+    def hold_reads(self, connection):
+        """Reads nothing more from ``connection`` until ``release_reads``."""
         connection.held = True
 
-    def release(self, connection):
+    def release_reads(self, connection):
         if connection.held:
             connection.held = False
             self.resume(connection)

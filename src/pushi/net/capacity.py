@@ -1,0 +1,289 @@
+"""How many sockets each port may hold, and what happens beyond.
+
+Every socket costs a file descriptor, and a process out of descriptors can
+accept nothing: not a WebSocket, not a REST request (``/health``, a
+publish), not a file of the store.  So the descriptors are shared out
+(``plan``): the WebSocket port admits at most ``max_connections`` sockets
+(and, optionally, ``max_per_address`` from one client address), the REST
+port a share of the reserve, and the rest of the reserve stays for the
+store, the log, webhooks and the loop itself.
+
+Beyond its cap a port still accepts a few sockets (``max_refusing``) to say
+why it turns them away: a WebSocket gets its upgrade answered, then
+``pusher:error`` 4100 and a close with 4100 (reconnect with back-off), a
+REST request a 503.  When those are all in use, or the system says the
+descriptors are exhausted, the port stops accepting (``Admission``): the
+clients wait in the kernel's backlog until a socket of the port closes, and
+one warning says so for the whole episode, not one per socket.
+
+Ownership: the counts are the loop thread's, like the sockets they count.
+"""
+
+import errno
+import logging
+import resource
+import ssl
+
+import netius.base.common
+
+logger = logging.getLogger("pushi.net")
+
+RESERVE = 64
+""" Descriptors kept out of the WebSocket port's share at least (or a
+tenth of the limit, if more) """
+
+RETRY = 1.0
+""" Seconds between tries to accept again once the system said the
+descriptors are exhausted (they may be freed by anything in the process) """
+
+UNLIMITED = 1048576
+""" What an unlimited descriptor limit is taken for """
+
+_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+# a client that left while it waited in the backlog: the next one may not
+_GONE = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM))
+
+
+def raise_fd_limit():
+    """Raises this process's soft limit of open files to its hard limit
+    (what the system allows without privileges); returns ``(soft,
+    hard)`` as they are afterwards, and logs them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            # an unlimited hard limit that the system will not give (macOS)
+            try:
+                wanted = (
+                    max(soft, UNLIMITED) if soft != resource.RLIM_INFINITY else soft
+                )
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            except (ValueError, OSError):
+                pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    logger.info(
+        "Open files: soft limit %s, hard limit %s", _number(soft), _number(hard)
+    )
+    return soft, hard
+
+
+def fd_limit():
+    """The soft limit of open files now (an unlimited one as ``UNLIMITED``)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return UNLIMITED if soft == resource.RLIM_INFINITY else soft
+
+
+def _number(limit):
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
+
+
+class Plan:
+    """The caps of both ports for a descriptor limit (see ``plan``)."""
+
+    __slots__ = (
+        "fd_limit",
+        "reserve",
+        "max_connections",
+        "max_refusing",
+        "max_per_address",
+        "http_max_connections",
+        "http_max_refusing",
+        "clamped",
+    )
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values[name])
+
+
+def plan(limit, max_connections=None, max_per_address=None):
+    """Shares ``limit`` descriptors out: a reserve (``RESERVE``, or a
+    tenth of the limit if more; half of a tiny limit) for the REST port,
+    the store, the log and the loop; the rest to the WebSocket port,
+    ``max_refusing`` of it for sockets being refused.  ``max_connections``
+    (the operator's) lowers the WebSocket cap, never raises it past what
+    the descriptors allow (``clamped`` then says so).  The REST port gets
+    a quarter of the reserve, an eighth of that again to refuse with."""
+    reserve = min(max(RESERVE, limit // 10), limit // 2)
+    budget = limit - reserve
+    refusing = max(2, min(1024, budget // 16))
+    derived = max(1, budget - refusing)
+    clamped = max_connections is not None and max_connections > derived
+    http_max = max(4, reserve // 4)
+    return Plan(
+        fd_limit=limit,
+        reserve=reserve,
+        max_connections=(
+            derived if max_connections is None else min(max_connections, derived)
+        ),
+        max_refusing=refusing,
+        max_per_address=max_per_address,
+        http_max_connections=http_max,
+        http_max_refusing=max(2, http_max // 8),
+        clamped=clamped,
+    )
+
+
+class Admission:
+    """A netius stream server mixin: an accept loop that admits at most
+    ``max_connections`` sockets (``max_per_address`` from one address),
+    accepts ``max_refusing`` more to refuse them, and then stops accepting
+    until one of its sockets closes; exhausted descriptors (``EMFILE``)
+    stop it too, tried again every ``RETRY`` seconds.
+
+    Netius's own loop accepts until ``accept`` fails: at ``EMFILE`` it
+    logs a failure and, its poll being edge-triggered, leaves the clients
+    in the backlog until another one connects.
+
+    The server calls ``admit(connection)`` as it builds a connection (the
+    reason to refuse it, or None) and ``release(connection)`` once it is
+    closed.  With no ``limit`` call every socket is admitted."""
+
+    max_connections = None
+    max_refusing = 0
+    max_per_address = None
+    admitted = 0
+    refusing = 0
+    accept_paused = False
+    # a warning went out for the clients now waiting; cleared once the
+    # backlog is drained
+    crowded = False
+    retrying = False
+    by_address = None
+    port_name = "port"
+
+    def limit(self, max_connections, max_refusing, max_per_address=None):
+        """Sets the caps (before the port accepts its first socket)."""
+        self.max_connections = max_connections
+        self.max_refusing = max_refusing
+        self.max_per_address = max_per_address
+        self.by_address = {}
+
+    def admit(self, connection):
+        """Counts a new socket in; returns why it is refused (None if it is
+        admitted).  A refused socket is answered, then closed."""
+        if self.max_connections is None:
+            connection.admitted = None
+            return None
+        address = connection.address
+        host = address[0] if isinstance(address, tuple) else ""
+        if self.admitted >= self.max_connections:
+            reason = "Over capacity"
+        elif (
+            self.max_per_address
+            and self.by_address.get(host, 0) >= self.max_per_address
+        ):
+            reason = "Over capacity: too many connections from this address"
+        else:
+            self.admitted += 1
+            self.by_address[host] = self.by_address.get(host, 0) + 1
+            connection.admitted = host
+            return None
+        self.refusing += 1
+        connection.admitted = False
+        return reason
+
+    def release(self, connection):
+        """Counts a closed socket out (once), and lets the port accept
+        again if it had stopped."""
+        host = getattr(connection, "admitted", None)
+        if host is None:
+            return
+        connection.admitted = None
+        if host is False:
+            self.refusing -= 1
+        else:
+            self.admitted -= 1
+            count = self.by_address[host] - 1
+            if count:
+                self.by_address[host] = count
+            else:
+                del self.by_address[host]
+        if self.accept_paused:
+            # not from inside the close: the accept loop runs on its own
+            self.delay(self._resume)
+
+    def _full(self):
+        return (
+            self.max_connections is not None
+            and self.admitted + self.refusing
+            >= self.max_connections + self.max_refusing
+        )
+
+    def on_read_s(self, _socket):
+        if self.accept_paused:
+            return
+        while True:
+            if self._full():
+                self._pause(
+                    "%d sockets open, %d of them being refused"
+                    % (self.admitted + self.refusing, self.refusing)
+                )
+                return
+            try:
+                socket_c, address = _socket.accept()
+            except (BlockingIOError, InterruptedError):
+                self._drained()
+                return
+            except OSError as error:
+                if error.errno in _GONE:
+                    continue
+                if error.errno in _EXHAUSTED:
+                    self._pause(error.strerror or str(error), retry=True)
+                    return
+                self.on_exception_s(error)
+                return
+            try:
+                self.on_socket_c(socket_c, address)
+            except Exception as exception:
+                socket_c.close()
+                self._failed(exception)
+
+    def _failed(self, exception):
+        """A socket that failed as it was taken in, logged as netius logs
+        it (a TLS client that hung up is expected)."""
+        if isinstance(exception, ssl.SSLError):
+            code = exception.args[0] if exception.args else None
+            if code in netius.base.common.SSL_VALID_ERRORS:
+                return
+            if code in netius.base.common.SSL_SILENT_ERRORS:
+                self.on_expected_s(exception)
+                return
+        self.on_exception_s(exception)
+
+    def _pause(self, why, retry=False):
+        self.accept_paused = True
+        self.unsub_read(self.socket)
+        if not self.crowded:
+            self.crowded = True
+            logger.warning(
+                "%s stopped accepting (%s); clients wait in the backlog"
+                " until sockets close",
+                self.port_name,
+                why,
+            )
+        if retry and not self.retrying:
+            self.retrying = True
+            self.delay(self._retry, timeout=RETRY)
+
+    def _retry(self):
+        self.retrying = False
+        self._resume()
+
+    def _resume(self):
+        if not self.accept_paused or self.socket is None:
+            return
+        self.accept_paused = False
+        self.sub_read(self.socket)
+        # what waited meanwhile raised no new event (edge-triggered poll)
+        self.on_read_s(self.socket)
+
+    def _drained(self):
+        if self.crowded:
+            self.crowded = False
+            logger.warning(
+                "%s accepting again (%d sockets open)",
+                self.port_name,
+                self.admitted + self.refusing,
+            )

@@ -1,0 +1,206 @@
+"""Connection caps end to end: a crowd of clients on one public key, under
+a low open-files limit, costs the others nothing (issue #22, fault 7)."""
+
+import json
+import resource
+import socket
+import time
+
+import pytest
+
+from support import PushiServer, server_frames, upgrade_request
+
+
+def open_raw(server, app, source="127.0.0.1", timeout=5):
+    """A raw socket from ``source`` upgraded on ``app``'s key: ``(socket,
+    first message)``; a refused one is read to its end, and its close code
+    is the message's ``close`` (``None`` if nothing answered in time)."""
+    raw = socket.socket()
+    raw.bind((source, 0))
+    raw.settimeout(timeout)
+    raw.connect(("127.0.0.1", server.server_port))
+    raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+    data = b""
+    try:
+        while b"connection_established" not in data:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        raw.close()
+        return None, None
+    frames = server_frames(data[data.find(b"\r\n\r\n") + 4 :])
+    message = json.loads(frames[0][1])
+    closes = [payload for opcode, payload in frames if opcode == 0x8]
+    message["close"] = int.from_bytes(closes[0][:2], "big") if closes else None
+    return raw, message
+
+
+def established(message):
+    return message is not None and message["event"] == "pusher:connection_established"
+
+
+def refused_4100(message):
+    return (
+        message is not None
+        and message["event"] == "pusher:error"
+        and message["data"]["code"] == 4100
+        and message["close"] == 4100
+    )
+
+
+def eventually(check, timeout=15):
+    deadline = time.time() + timeout
+    while True:
+        result = check()
+        if result or time.time() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def close_all(sockets):
+    for raw in sockets:
+        raw.close()
+
+
+def test_a_crowd_under_a_low_fd_limit_gets_4100_and_rest_keeps_answering():
+    server = PushiServer(fd_limit=256).start()
+    try:
+        crowded = server.create_app("crowded")
+        other = server.create_app("other")
+        listener = server.connect(other)
+        listener.subscribe("news")
+        crowd, refused = [], 0
+        try:
+            for _ in range(300):
+                raw, message = open_raw(server, crowded)
+                assert message is not None, "no answer to client %d" % len(crowd)
+                if established(message):
+                    crowd.append(raw)
+                else:
+                    assert refused_4100(message), message
+                    assert message["data"]["message"] == "Over capacity"
+                    raw.close()
+                    refused += 1
+            # the cap keeps room for everything else the process opens
+            assert 100 < len(crowd) < 256 - 32 and refused == 300 - len(crowd)
+            status, health = server.request("GET", "health")
+            assert status == 200 and health["connections"] == len(crowd) + 1
+            server.client(other).trigger_event(channel="news", data="still here")
+            assert listener.recv_event("message")["data"] == "still here"
+            # sockets that leave make room again
+            close_all(crowd[:10])
+            del crowd[:10]
+            for _ in range(3):
+                raw, message = eventually(lambda: _admitted(server, crowded))
+                assert established(message), message
+                crowd.append(raw)
+            assert "Traceback" not in server.read_log()
+        finally:
+            close_all(crowd)
+            listener.close()
+    finally:
+        server.stop()
+
+
+def _admitted(server, app):
+    raw, message = open_raw(server, app)
+    if established(message):
+        return raw, message
+    if raw is not None:
+        raw.close()
+    return None
+
+
+def test_explicit_and_per_address_caps():
+    server = PushiServer(
+        env={"PUSHI_MAX_CONNECTIONS": "5", "PUSHI_MAX_CONNECTIONS_PER_IP": "3"}
+    ).start()
+    sockets = []
+    try:
+        app = server.create_app()
+        for _ in range(3):
+            raw, message = open_raw(server, app)
+            assert established(message), message
+            sockets.append(raw)
+        raw, message = open_raw(server, app)
+        assert refused_4100(message), message
+        assert "this address" in message["data"]["message"]
+        raw.close()
+        # another address is not held to the first one's count
+        for _ in range(2):
+            raw, message = open_raw(server, app, source="127.0.0.2")
+            assert established(message), message
+            sockets.append(raw)
+        # the server-wide cap
+        raw, message = open_raw(server, app, source="127.0.0.3")
+        assert refused_4100(message) and message["data"]["message"] == "Over capacity"
+        raw.close()
+        sockets.pop(0).close()
+        raw, message = eventually(lambda: _admitted(server, app))
+        assert established(message)
+        sockets.append(raw)
+    finally:
+        close_all(sockets)
+        server.stop()
+
+
+def test_the_rest_port_over_its_cap_answers_503():
+    # 256 open files leave the REST port 16 sockets
+    server = PushiServer(fd_limit=256).start()
+    idle = []
+    try:
+        for _ in range(16):
+            idle.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+        status, body = server.request("GET", "health")
+        assert status == 503 and body == {
+            "result": "error",
+            "code": 503,
+            "message": "Over capacity",
+        }
+        close_all(idle)
+        idle = []
+        assert eventually(lambda: server.request("GET", "health")[0] == 200)
+    finally:
+        close_all(idle)
+        server.stop()
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit")
+def test_out_of_files_pauses_accepting_with_one_warning_and_resumes():
+    """Descriptors exhausted by anything (here the limit lowered under the
+    running server): accepting stops with one warning, the waiting clients
+    are answered once descriptors are back."""
+    server = PushiServer(fd_limit=256).start()
+    app = server.create_app()
+    # the app in the server's memory: its key needs no file to look up
+    server.connect(app).close()
+    pid = server.process.pid
+    sockets = []
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (48, 256))
+        for _ in range(60):
+            raw = socket.create_connection(("127.0.0.1", server.server_port), 5)
+            raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+            sockets.append(raw)
+        answered, waiting = 0, []
+        for raw in sockets:
+            raw.settimeout(0.2 if waiting else 3)
+            try:
+                answered += b"connection_established" in raw.recv(65536)
+            except socket.timeout:
+                waiting.append(raw)
+        assert answered > 10 and len(waiting) > 10
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))
+        for raw in waiting:
+            raw.settimeout(10)
+            assert b"connection_established" in raw.recv(65536)
+        log = eventually(
+            lambda: "accepting again" in server.read_log() and server.read_log()
+        )
+        assert log.count("WebSocket port stopped accepting") == 1
+        assert "Traceback" not in log
+    finally:
+        close_all(sockets)
+        server.stop()
