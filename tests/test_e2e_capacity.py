@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from pushi.net import capacity
 from support import PushiServer, server_frames, upgrade_request
 
 
@@ -146,25 +147,54 @@ def test_explicit_and_per_address_caps():
         server.stop()
 
 
-def test_the_rest_port_over_its_cap_answers_503():
+def test_the_rest_port_at_its_cap_closes_an_idle_socket_or_answers_503():
     # 256 open files leave the REST port 16 sockets
     server = PushiServer(fd_limit=256).start()
-    idle = []
+    held = []
     try:
         for _ in range(16):
-            idle.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+            held.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+        # idle sockets make room
+        status, health = server.request("GET", "health")
+        assert status == 200, health
+        held[0].settimeout(5)
+        assert held.pop(0).recv(1) == b""
+        # sockets with a request under way do not (the "100 Continue" says
+        # the server has read the head)
+        held.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+        for raw in held:
+            raw.sendall(
+                b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            raw.settimeout(5)
+            assert raw.recv(65536).startswith(b"HTTP/1.1 100 ")
         status, body = server.request("GET", "health")
         assert status == 503 and body == {
             "result": "error",
             "code": 503,
             "message": "Over capacity",
         }
-        close_all(idle)
-        idle = []
+        for raw in held:
+            raw.sendall(b"{}")
+            assert raw.recv(65536).startswith(b"HTTP/1.1 ")
+        close_all(held)
+        held = []
         assert eventually(lambda: server.request("GET", "health")[0] == 200)
     finally:
-        close_all(idle)
+        close_all(held)
         server.stop()
+
+
+def test_the_plan_of_a_limit():
+    plan = capacity.plan(256)
+    assert (plan.reserve, plan.max_connections, plan.max_refusing) == (64, 180, 12)
+    assert (plan.http_max_connections, plan.http_max_refusing) == (16, 2)
+    assert not plan.clamped
+    plan = capacity.plan(1048576, max_connections=1000, max_per_address=10)
+    assert (plan.max_connections, plan.max_per_address) == (1000, 10)
+    plan = capacity.plan(1024, max_connections=5000)
+    assert plan.clamped and plan.max_connections < 1024 - 64
 
 
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit")

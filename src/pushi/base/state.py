@@ -352,10 +352,14 @@ class State:
         if self.http is not None:
             self.http.limit(plan.http_max_connections, plan.http_max_refusing)
         logger.info(
-            "WebSocket port: at most %d connections%s; REST port: at most %d",
+            "WebSocket port: at most %d connections%s%s",
             plan.max_connections,
             (", %d per address" % plan.max_per_address if plan.max_per_address else ""),
-            plan.http_max_connections,
+            (
+                "; REST port: at most %d" % plan.http_max_connections
+                if self.http is not None
+                else ""
+            ),
         )
 
     def _retain(self):

@@ -41,7 +41,9 @@ UNLIMITED = 1048576
 
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # a client that left while it waited in the backlog: the next one may not
-_GONE = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM))
+_GONE = frozenset(
+    (errno.ECONNABORTED, errno.ECONNRESET, errno.ENOTCONN, errno.EPROTO, errno.EPERM)
+)
 
 
 def raise_fd_limit():
@@ -104,13 +106,14 @@ def plan(limit, max_connections=None, max_per_address=None):
     ``max_refusing`` of it for sockets being refused.  ``max_connections``
     (the operator's) lowers the WebSocket cap, never raises it past what
     the descriptors allow (``clamped`` then says so).  The REST port gets
-    a quarter of the reserve, an eighth of that again to refuse with."""
+    a quarter of the reserve (16 at least), an eighth of that again to
+    refuse with."""
     reserve = min(max(RESERVE, limit // 10), limit // 2)
     budget = limit - reserve
     refusing = max(2, min(1024, budget // 16))
     derived = max(1, budget - refusing)
     clamped = max_connections is not None and max_connections > derived
-    http_max = max(4, reserve // 4)
+    http_max = min(max(16, reserve // 4), reserve // 2)
     return Plan(
         fd_limit=limit,
         reserve=reserve,
@@ -204,6 +207,12 @@ class Admission:
             # not from inside the close: the accept loop runs on its own
             self.delay(self._resume)
 
+    def at_cap(self):
+        """True when the next socket would be refused."""
+        return self.max_connections is not None and (
+            self.admitted >= self.max_connections
+        )
+
     def _full(self):
         return (
             self.max_connections is not None
@@ -218,7 +227,7 @@ class Admission:
             if self._full():
                 self._pause(
                     "%d sockets open, %d of them being refused"
-                    % (self.admitted + self.refusing, self.refusing)
+                    % (len(self.connections), self.refusing)
                 )
                 return
             try:
@@ -229,10 +238,11 @@ class Admission:
             except OSError as error:
                 if error.errno in _GONE:
                     continue
-                if error.errno in _EXHAUSTED:
-                    self._pause(error.strerror or str(error), retry=True)
-                    return
-                self.on_exception_s(error)
+                if error.errno not in _EXHAUSTED:
+                    self.on_exception_s(error)
+                # tried again later: clients may be waiting (and the poll
+                # is edge-triggered: it says so only once)
+                self._pause(error.strerror or str(error), retry=True)
                 return
             try:
                 self.on_socket_c(socket_c, address)
@@ -254,7 +264,10 @@ class Admission:
 
     def _pause(self, why, retry=False):
         self.accept_paused = True
-        self.unsub_read(self.socket)
+        try:
+            self.unsub_read(self.socket)
+        except (OSError, ValueError):
+            pass  # the port is closing
         if not self.crowded:
             self.crowded = True
             logger.warning(
@@ -275,7 +288,10 @@ class Admission:
         if not self.accept_paused or self.socket is None:
             return
         self.accept_paused = False
-        self.sub_read(self.socket)
+        try:
+            self.sub_read(self.socket)
+        except (OSError, ValueError):
+            return  # the port is closing
         # what waited meanwhile raised no new event (edge-triggered poll)
         self.on_read_s(self.socket)
 
@@ -285,5 +301,5 @@ class Admission:
             logger.warning(
                 "%s accepting again (%d sockets open)",
                 self.port_name,
-                self.admitted + self.refusing,
+                len(self.connections),
             )

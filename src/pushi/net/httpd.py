@@ -130,8 +130,9 @@ class HttpServer(
     """HTTP/1.1 to ``handler(request, answer)``; joins the loop of a netius
     container (``WebSocketServer.add_base``) and is bound with ``serve(...,
     start=False)`` once that loop runs.  Its sockets are capped
-    (``capacity.Admission``, set with ``limit``): a request on one over the
-    cap is answered 503."""
+    (``capacity.Admission``, set with ``limit``): at the cap a new socket
+    takes the place of the one idle the longest, and when none is idle its
+    request is answered 503."""
 
     quota = 16
 
@@ -150,8 +151,26 @@ class HttpServer(
             owner=self, socket=socket, address=address, ssl=ssl
         )
         connection.peer = _Peer(connection)
+        if self.at_cap():
+            self._close_idlest()
         connection.peer.refusal = self.admit(connection)
         return connection
+
+    def _close_idlest(self):
+        """Makes room for a new socket at the cap: closes the one idle the
+        longest between requests (HTTP lets a server close an idle
+        keep-alive connection at any time; clients open a new one).  A
+        socket with a request under way is never closed this way."""
+        idlest = None
+        for connection in self.connections:
+            peer = getattr(connection, "peer", None)
+            if peer is None or peer.waiting or peer.buffer or peer.closed:
+                continue
+            if peer.refusal is None and (idlest is None or peer.since < idlest.since):
+                idlest = peer
+        if idlest is not None:
+            idlest.closed = True
+            idlest.connection.close()
 
     def on_connection_d(self, connection):
         netius.StreamServer.on_connection_d(self, connection)
