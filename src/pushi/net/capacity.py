@@ -24,7 +24,7 @@ import logging
 import resource
 import ssl
 
-import netius.base.common
+from netius.base.common import SSL_SILENT_ERRORS, SSL_VALID_ERRORS
 
 logger = logging.getLogger("pushi.net")
 
@@ -223,6 +223,13 @@ class Admission:
     def on_read_s(self, _socket):
         if self.accept_paused:
             return
+        try:
+            self._accept(_socket)
+        except Exception as exception:
+            # never out of the loop: that would end it
+            self.on_exception_s(exception)
+
+    def _accept(self, _socket):
         while True:
             if self._full():
                 self._pause(
@@ -255,9 +262,9 @@ class Admission:
         it (a TLS client that hung up is expected)."""
         if isinstance(exception, ssl.SSLError):
             code = exception.args[0] if exception.args else None
-            if code in netius.base.common.SSL_VALID_ERRORS:
+            if code in SSL_VALID_ERRORS:
                 return
-            if code in netius.base.common.SSL_SILENT_ERRORS:
+            if code in SSL_SILENT_ERRORS:
                 self.on_expected_s(exception)
                 return
         self.on_exception_s(exception)
