@@ -154,7 +154,8 @@ def test_the_rest_port_at_its_cap_closes_an_idle_socket_or_answers_503():
     try:
         for _ in range(16):
             held.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
-        # idle sockets make room
+        # sockets idle for a second make room
+        time.sleep(1.5)
         status, health = server.request("GET", "health")
         assert status == 200, health
         held[0].settimeout(5)

@@ -46,6 +46,9 @@ IDLE_TIMEOUT = 75
 MAX_OUTPUT = 1048576
 """ Bytes of answers a client may leave unread before its connection is
 no longer read (until it has read them) """
+IDLE_CLOSABLE = 1
+""" Seconds a socket has been idle before it may be closed to make room at
+the cap (one that has just connected may have its request on the way) """
 
 _HOP_BY_HOP = frozenset(("connection", "content-length", "transfer-encoding"))
 
@@ -162,12 +165,13 @@ class HttpServer(
         keep-alive connection at any time; clients open a new one).  A
         socket with a request under way is never closed this way."""
         idlest = None
+        since = time.monotonic() - IDLE_CLOSABLE
         for connection in self.connections:
             peer = getattr(connection, "peer", None)
             if peer is None or peer.waiting or peer.buffer or peer.closed:
                 continue
-            if peer.refusal is None and (idlest is None or peer.since < idlest.since):
-                idlest = peer
+            if peer.refusal is None and peer.since < since:
+                idlest, since = peer, peer.since
         if idlest is not None:
             idlest.closed = True
             idlest.connection.close()
