@@ -235,3 +235,42 @@ def test_out_of_files_pauses_accepting_with_one_warning_and_resumes():
     finally:
         close_all(sockets)
         server.stop()
+
+
+def test_sockets_over_the_cap_that_say_nothing_pause_accepting_not_others():
+    """Past the cap the port accepts only a few sockets to refuse (12 for
+    256 open files); sockets that hold those slots without a word stop the
+    port, with one warning, until they leave."""
+    server = PushiServer(fd_limit=256, env={"PUSHI_MAX_CONNECTIONS": "2"}).start()
+    app = server.create_app()
+    sockets = []
+    try:
+        for _ in range(2):
+            raw, message = open_raw(server, app)
+            assert established(message), message
+            sockets.append(raw)
+        silent = [
+            socket.create_connection(("127.0.0.1", server.server_port), 5)
+            for _ in range(20)
+        ]
+        sockets.extend(silent)
+        assert eventually(lambda: "stopped accepting" in server.read_log())
+        # the REST port is not held up by it
+        assert server.request("GET", "health")[0] == 200
+        close_all(silent[:12])
+        for raw in silent[12:]:
+            raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+            raw.settimeout(10)
+            data = b""
+            while b"\x88" not in data:
+                chunk = raw.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert b'"code":4100' in data
+        log = eventually(
+            lambda: "accepting again" in server.read_log() and server.read_log()
+        )
+        assert log.count("WebSocket port stopped accepting") == 1, log
+    finally:
+        close_all(sockets)
+        server.stop()
