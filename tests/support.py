@@ -277,8 +277,8 @@ class PushiServer:
             except ValueError:
                 return error.code, payload.decode("utf-8", "replace")
 
-    def token_headers(self, app):
-        """``Authorization`` for an app, with a token from ``/login``."""
+    def login(self, app):
+        """A session token for an app, from ``/login``."""
         status, login = self.request(
             "POST",
             "login",
@@ -289,7 +289,11 @@ class PushiServer:
             },
         )
         assert status == 200, login
-        return {"Authorization": "Bearer " + login["token"]}
+        return login["token"]
+
+    def token_headers(self, app):
+        """``Authorization`` for an app, with a token from ``/login``."""
+        return {"Authorization": "Bearer " + self.login(app)}
 
     def update_app(self, app, **fields):
         """``PUT /apps/<id>`` with the admin secret; returns the record."""

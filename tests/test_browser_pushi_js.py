@@ -118,7 +118,8 @@ def unit(browser):
 
 
 def test_backoff_is_exponential_capped_and_jittered(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         const o = {minReconnectDelay: 100, maxReconnectDelay: 1000, reconnectJitter: 0.5};
         const attempts = [0, 1, 2, 3, 4, 5, 40];
         return {
@@ -127,7 +128,8 @@ def test_backoff_is_exponential_capped_and_jittered(unit):
             random: Array.from({length: 200}, () => Pushi.backoff(3, o)),
             first: Pushi.backoff(0),
         };
-    }""")
+    }"""
+    )
     assert result["longest"] == [100, 200, 400, 800, 1000, 1000, 1000]
     assert result["shortest"] == [50, 100, 200, 400, 500, 500, 500]
     assert all(400 <= delay <= 800 for delay in result["random"])
@@ -136,14 +138,16 @@ def test_backoff_is_exponential_capped_and_jittered(unit):
 
 
 def test_urls_from_base_url_host_port_and_tls(unit):
-    result = unit.evaluate("""() => ({
+    result = unit.evaluate(
+        """() => ({
         quickStart: new Pushi("YOU_APP_KEY", {baseUrl: "ws://127.0.0.1:9090/", autoConnect: false}).url,
         noSlash: Pushi.buildUrl("k", {baseUrl: "ws://h:1"}),
         tlsBase: Pushi.buildUrl("k", {baseUrl: "ws://h:1/", tls: true}),
         httpsBase: Pushi.buildUrl("k", {baseUrl: "https://h/"}),
         hostPort: Pushi.buildUrl("k", {host: "push.example.com", port: 443, tls: true}),
         pageHost: Pushi.buildUrl("k", {}),
-    })""")
+    })"""
+    )
     assert result == {
         "quickStart": "ws://127.0.0.1:9090/YOU_APP_KEY",
         "noSlash": "ws://h:1/k",
@@ -177,7 +181,8 @@ def test_channel_kinds(unit):
 
 
 def test_quick_start_verbatim_receives_messages(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         window.WebSocket = FakeSocket;
         var pushi = new Pushi("YOU_APP_KEY", { baseUrl: "ws://127.0.0.1:9090/" });
         pushi.bind("message", function(event, data) { document.body.append(data); });
@@ -186,7 +191,8 @@ def test_quick_start_verbatim_receives_messages(unit):
         socket.serverSend({event: "hello", channel: "global", data: "world"});
         return {url: socket.url, state: pushi.state, socketId: pushi.socketId,
                 appended: document.body.lastChild.nodeValue};
-    }""")
+    }"""
+    )
     assert result == {
         "url": "ws://127.0.0.1:9090/YOU_APP_KEY",
         "state": "connected",
@@ -196,7 +202,8 @@ def test_quick_start_verbatim_receives_messages(unit):
 
 
 def test_events_reach_channel_and_global_listeners(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const global = [], own = [], all = [];
         pushi.bind("message", (event, data, channel, object) =>
@@ -218,7 +225,8 @@ def test_events_reach_channel_and_global_listeners(unit):
         return {beforeHandshake, sent: socket.sentMessages(), global, own, all,
                 subscribed: news.subscribed, events: news.events,
                 same: pushi.subscribe("news") === news};
-    }""")
+    }"""
+    )
     assert result["beforeHandshake"] == 0
     assert result["sent"] == [
         {"event": "pusher:subscribe", "data": {"channel": "news"}}
@@ -237,7 +245,8 @@ def test_events_reach_channel_and_global_listeners(unit):
 
 
 def test_connection_states_and_events(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 20, maxReconnectDelay: 40});
         const log = recordPushi(pushi);
@@ -252,7 +261,8 @@ def test_connection_states_and_events(unit):
         return {initial, timeout, afterLoss, final: pushi.state,
                 states: log.filter(e => e.kind === "state_change").map(e => e.data.current),
                 kinds: log.filter(e => e.kind !== "state_change").map(e => e.kind)};
-    }""")
+    }"""
+    )
     assert result["initial"] == "connecting"
     assert result["timeout"] == 60000
     assert result["afterLoss"] == "reconnecting"
@@ -274,7 +284,8 @@ def test_connection_states_and_events(unit):
 
 def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
     unit.auth.answer = {"auth": "key:abc"}
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth", authHeaders: {"X-Csrf": "t"}, authParams: {extra: "1"}});
         const socket = FakeSocket.last();
@@ -282,7 +293,8 @@ def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
         pushi.subscribe("private-orders");
         await until(() => socket.sent.length === 1);
         return socket.sentMessages();
-    }""")
+    }"""
+    )
     assert result == [
         {
             "event": "pusher:subscribe",
@@ -303,7 +315,8 @@ def test_private_subscription_posts_a_form_to_the_auth_endpoint(unit):
 def test_presence_subscription_json_auth_channel_data_and_members(unit):
     signed = json.dumps({"user_id": "u1", "user_info": {"name": "Ann"}})
     unit.auth.answer = {"auth": "key:def", "channel_data": signed}
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth", authTransport: "json"});
         const log = recordPushi(pushi);
@@ -325,7 +338,8 @@ def test_presence_subscription_json_auth_channel_data_and_members(unit):
         return {sent: socket.sentMessages(), first, members: room.members, me: room.me,
                 count: room.memberCount(), roomLog,
                 global: log.filter(e => e.kind.startsWith("member_")).map(e => [e.kind, e.channel])};
-    }""")
+    }"""
+    )
     assert result["sent"] == [
         {
             "event": "pusher:subscribe",
@@ -355,18 +369,21 @@ def test_presence_subscription_json_auth_channel_data_and_members(unit):
 
 
 def test_pushi_members_shape_is_read_too(unit):
-    members = unit.evaluate("""() => [
+    members = unit.evaluate(
+        """() => [
         Pushi.readMembers({members: {a: {user_id: "a", user_info: {n: 1}}, b: null}}),
         Pushi.readMembers({members: [{user_id: 7, user_info: "x"}, "z"]}),
         Pushi.readMembers({}),
-    ]""")
+    ]"""
+    )
     assert members == [{"a": {"n": 1}, "b": None}, {"7": "x", "z": None}, {}]
 
 
 def test_auth_failure_is_a_subscription_error(unit):
     unit.auth.status = 403
     unit.auth.answer = {"error": "no"}
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authEndpoint: "/auth"});
         const log = recordPushi(pushi);
@@ -376,7 +393,8 @@ def test_auth_failure_is_a_subscription_error(unit):
         const error = log.find(e => e.kind === "subscription_error");
         return {sent: FakeSocket.last().sent.length, error: error.data, channel: error.channel,
                 subscribed: channel.subscribed};
-    }""")
+    }"""
+    )
     assert result["sent"] == 0
     assert result["channel"] == "private-secret"
     assert result["error"]["type"] == "AuthError"
@@ -385,7 +403,8 @@ def test_auth_failure_is_a_subscription_error(unit):
 
 
 def test_custom_authorizer_and_server_subscription_error(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         const calls = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             authorizer: (name, socketId, channelData, callback) => {
@@ -400,7 +419,8 @@ def test_custom_authorizer_and_server_subscription_error(unit):
             data: {type: "AuthError", error: "bad", status: 401}});
         return {calls, sent: socket.sentMessages(),
                 errors: log.filter(e => e.kind === "subscription_error").map(e => e.data.status)};
-    }""")
+    }"""
+    )
     assert result["calls"] == [["personal-42", "1.1"]]
     assert result["sent"] == [
         {
@@ -412,7 +432,8 @@ def test_custom_authorizer_and_server_subscription_error(unit):
 
 
 def test_peer_channel_is_created_when_the_server_joins_it(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const received = [];
         const joined = [];
@@ -434,7 +455,8 @@ def test_peer_channel_is_created_when_the_server_joins_it(unit):
         return {joined, received, sent, review: [review.kind, socket.sentMessages().pop()],
                 messages,
                 subscribedBefore: peer.subscribed === false, gone: !pushi.channel("peer-room:a&b")};
-    }""")
+    }"""
+    )
     assert result["joined"] == [["peer-room:a&b", "peer"]]
     assert result["review"] == [
         "public",
@@ -455,7 +477,8 @@ def test_peer_channel_is_created_when_the_server_joins_it(unit):
 
 
 def test_send_and_latest(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const channel = pushi.subscribe("news");
         const offline = channel.send("chat", "early");
@@ -480,7 +503,8 @@ def test_send_and_latest(unit):
         await pending;
         return {offline, sent: socket.sentMessages().slice(1), before, got, second,
             failure};
-    }""")
+    }"""
+    )
     assert result["offline"] is False
     assert result["sent"] == [
         {
@@ -513,7 +537,8 @@ def test_latest_one_at_a_time_and_its_refusals(unit):
     next; one without a channel does not; leaving a channel fails its
     waiting requests; a request timed out in flight still holds the next
     until its answer comes."""
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             latestTimeout: 80});
         const news = pushi.subscribe("news");
@@ -551,7 +576,8 @@ def test_latest_one_at_a_time_and_its_refusals(unit):
         socket.serverSend({event: "pusher:latest", data: {channel: "news", events: []}});
         results.push(timedOut, await late);
         return {steps, results};
-    }""")
+    }"""
+    )
     assert result["steps"] == [
         ["news/1"],
         ["news/1"],
@@ -570,7 +596,8 @@ def test_latest_one_at_a_time_and_its_refusals(unit):
 
 
 def test_latest_times_out_without_an_answer(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             latestTimeout: 50});
         const channel = pushi.subscribe("news");
@@ -581,12 +608,14 @@ def test_latest_times_out_without_an_answer(unit):
         FakeSocket.last().serverSend({event: "pusher_internal:latest",
             data: {channel: "news", events: []}});
         return {message, waited: Date.now() - started >= 40};
-    }""")
+    }"""
+    )
     assert result == {"message": "latest timed out", "waited": True}
 
 
 def test_subscribe_twice_asks_once(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const socket = FakeSocket.last();
         socket.handshake();
@@ -596,12 +625,14 @@ def test_subscribe_twice_asks_once(unit):
             data: {type: "LimitReached", error: "full", status: 403}});
         pushi.subscribe("news");
         return {same: first === second, sent: socket.sent.length};
-    }""")
+    }"""
+    )
     assert result == {"same": True, "sent": 2}
 
 
 def test_unsubscribe(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const log = recordPushi(pushi);
         const channel = pushi.subscribe("news");
@@ -613,7 +644,8 @@ def test_unsubscribe(unit):
         socket.serverSend({event: "update", channel: "news", data: "x"});
         return {sent: socket.sentMessages(), known: !!pushi.channel("news"),
                 unsubscribes: countOf(log, "unsubscribe"), subscribed: channel.subscribed};
-    }""")
+    }"""
+    )
     assert result["sent"][-1] == {
         "event": "pusher:unsubscribe",
         "data": {"channel": "news"},
@@ -624,7 +656,8 @@ def test_unsubscribe(unit):
 
 
 def test_answers_pings_and_pings_when_idle(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             activityTimeout: 150, pongTimeout: 200});
         const socket = FakeSocket.last();
@@ -641,7 +674,8 @@ def test_answers_pings_and_pings_when_idle(unit):
         await until(() => FakeSocket.instances.length === 2, 2000);
         return {answered, pinged, stillThere, third: socket.sentMessages()[2],
                 closed: socket.closedByClient, state: pushi.state};
-    }""")
+    }"""
+    )
     assert result["answered"] == [{"event": "pusher:pong", "data": {}}]
     assert result["pinged"] == {"event": "pusher:ping", "data": {}}
     assert result["stillThere"] is True
@@ -651,7 +685,8 @@ def test_answers_pings_and_pings_when_idle(unit):
 
 
 def test_idle_ping_uses_the_handshake_activity_timeout(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const socket = FakeSocket.last();
         socket.handshake("1.1", 1);
@@ -660,7 +695,8 @@ def test_idle_ping_uses_the_handshake_activity_timeout(unit):
         await until(() => socket.sent.length === 1, 3000);
         pushi.disconnect();
         return {early, timeout: pushi.activityTimeout, ping: socket.sentMessages()[0]};
-    }""")
+    }"""
+    )
     assert result == {
         "early": 0,
         "timeout": 1000,
@@ -669,7 +705,8 @@ def test_idle_ping_uses_the_handshake_activity_timeout(unit):
 
 
 def test_reconnects_with_backoff_and_resubscribes(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const auths = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 40, maxReconnectDelay: 160, reconnectJitter: 0,
@@ -702,7 +739,8 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
                 attempt: pushi.attempt,
                 delays: log.filter(e => e.kind === "reconnecting").map(e => e.data.delay),
                 state: pushi.state};
-    }""")
+    }"""
+    )
     assert result["subscribedBefore"] is True
     assert result["subscribedDuring"] is False
     assert result["delays"] == [40, 80, 160, 160]
@@ -720,7 +758,8 @@ def test_reconnects_with_backoff_and_resubscribes(unit):
 
 
 def test_a_server_closing_each_new_socket_at_once_meets_a_growing_backoff(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         FakeSocket.reset();
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 40, maxReconnectDelay: 160, reconnectJitter: 0});
@@ -732,13 +771,15 @@ def test_a_server_closing_each_new_socket_at_once_meets_a_growing_backoff(unit):
         }
         pushi.disconnect();
         return log.filter(e => e.kind === "reconnecting").map(e => e.data.delay);
-    }""")
+    }"""
+    )
     # "reconnect now" once; then a draining server is not hammered
     assert result == [0, 80, 160, 160]
 
 
 def test_a_channel_asked_for_on_connected_is_asked_for_once(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         FakeSocket.reset();
         const auths = [];
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
@@ -752,7 +793,8 @@ def test_a_channel_asked_for_on_connected_is_asked_for_once(unit):
         await until(() => FakeSocket.instances.length === 2, 2000);
         FakeSocket.last().handshake("2.2");
         return {first, second: FakeSocket.last().sentMessages(), auths};
-    }""")
+    }"""
+    )
     for socket_id, sent in (("1.1", result["first"]), ("2.2", result["second"])):
         assert sent == [
             {
@@ -764,7 +806,8 @@ def test_a_channel_asked_for_on_connected_is_asked_for_once(unit):
 
 
 def test_a_late_answer_for_a_channel_left_is_ignored(unit):
-    result = unit.evaluate("""() => {
+    result = unit.evaluate(
+        """() => {
         FakeSocket.reset();
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket});
         const log = recordPushi(pushi);
@@ -774,12 +817,14 @@ def test_a_late_answer_for_a_channel_left_is_ignored(unit):
         FakeSocket.last().serverSend({event: "pusher_internal:subscription_succeeded",
             channel: "news", data: "{}"});
         return {subscribes: countOf(log, "subscribe"), known: !!pushi.channel("news")};
-    }""")
+    }"""
+    )
     assert result == {"subscribes": 0, "known": False}
 
 
 def test_close_codes_decide_reconnection(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const make = () => new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 5000});
         FakeSocket.reset();
@@ -801,7 +846,8 @@ def test_close_codes_decide_reconnection(unit):
             nowDelay: nowLog.find(e => e.kind === "reconnecting").data.delay,
             nowSockets: FakeSocket.instances.length,
         };
-    }""")
+    }"""
+    )
     assert result["refusedState"] == "disconnected"
     assert result["refusedError"] == {"code": 4001, "message": "unknown app"}
     assert result["refusedRetries"] == 0
@@ -810,7 +856,8 @@ def test_close_codes_decide_reconnection(unit):
 
 
 def test_network_back_online_retries_at_once(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             minReconnectDelay: 60000});
         FakeSocket.last().handshake();
@@ -821,18 +868,21 @@ def test_network_back_online_retries_at_once(unit):
         const after = FakeSocket.instances.length;
         pushi.disconnect();
         return {before, after};
-    }""")
+    }"""
+    )
     assert result["after"] == result["before"] + 1
 
 
 def test_connect_timeout_retries(unit):
-    result = unit.evaluate("""async () => {
+    result = unit.evaluate(
+        """async () => {
         const pushi = new Pushi("key", {baseUrl: "ws://x/", WebSocket: FakeSocket,
             connectTimeout: 50, minReconnectDelay: 10, maxReconnectDelay: 10});
         await until(() => FakeSocket.instances.length === 2, 2000);
         pushi.disconnect();
         return {first: FakeSocket.instances[0].closedByClient, state: pushi.state};
-    }""")
+    }"""
+    )
     assert result == {"first": 1000, "state": "disconnected"}
 
 
@@ -1174,11 +1224,13 @@ def test_e2e_persisted_send_and_latest(live, pages):
     connect(page, live, user="carol", latestTimeout=3000)
     page.evaluate("() => client.subscribe('private-history')")
     wait_subscribed(page, "private-history")
-    page.evaluate("""() => {
+    page.evaluate(
+        """() => {
         const channel = client.channel('private-history');
         channel.send('note', 'first', false, true);
         channel.send('note', 'second', false, true);
-    }""")
+    }"""
+    )
     fetch = """() => client.channel('private-history').latest(0, 10)
         .then(events => ({events}), error => ({error: error.message}))"""
     answer = page.evaluate(fetch)

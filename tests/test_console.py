@@ -150,16 +150,6 @@ class TestHub:
 # ---------------------------------------------------------------------------
 
 
-def login(server, app):
-    status, answer = server.request(
-        "POST",
-        "login",
-        {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
-    )
-    assert status == 200, answer
-    return answer["token"]
-
-
 def console(server, app_id, token):
     """A console stream signed in for ``app_id``; returns it and its
     ``console:watching`` answer (or the refusal)."""
@@ -205,7 +195,7 @@ class TestSignIn:
 
     def test_a_token_watches_only_its_own_app(self, server, app):
         other = server.create_app("other")
-        client, answer = console(server, other["app_id"], login(server, app))
+        client, answer = console(server, other["app_id"], server.login(app))
         assert answer["event"] == "console:error"
         assert client.close_code() == 4009
 
@@ -236,8 +226,8 @@ class TestSignIn:
         assert client.close_code() == 4009
 
     def test_logout_ends_the_token_and_the_streams_it_opened(self, server, app):
-        token = login(server, app)
-        other = login(server, app)
+        token = server.login(app)
+        other = server.login(app)
         client, watching = console(server, app["app_id"], token)
         kept, _ = console(server, app["app_id"], other)
         assert watching["event"] == "console:watching"
@@ -268,7 +258,7 @@ class TestSignIn:
 
     def test_disabling_an_app_ends_its_console_streams(self, server):
         app = server.create_app("disabled")
-        client, watching = console(server, app["app_id"], login(server, app))
+        client, watching = console(server, app["app_id"], server.login(app))
         assert watching["event"] == "console:watching"
         server.update_app(app, enabled=False)
         assert client.recv()["data"]["message"] == "Session ended"
@@ -277,7 +267,7 @@ class TestSignIn:
 
 class TestStream:
     def test_traffic_of_the_app_in_order(self, server, app):
-        token = login(server, app)
+        token = server.login(app)
         watcher, watching = console(server, app["app_id"], token)
         assert watching["event"] == "console:watching"
         assert watching["data"]["app_id"] == app["app_id"]
@@ -310,7 +300,7 @@ class TestStream:
     def test_presence_and_client_events(self, server, app):
         import pushi.proto.auth as auth
 
-        watcher, _ = console(server, app["app_id"], login(server, app))
+        watcher, _ = console(server, app["app_id"], server.login(app))
         client = server.connect(app)
         channel_data = json.dumps({"user_id": "ann", "user_info": {}})
         signature = auth.channel_auth(
@@ -334,7 +324,7 @@ class TestStream:
 
     def test_another_apps_traffic_never_appears(self, server, app):
         other = server.create_app("other")
-        watcher, _ = console(server, app["app_id"], login(server, app))
+        watcher, _ = console(server, app["app_id"], server.login(app))
         stranger = server.connect(other)
         stranger.subscribe("news")
         server.client(other).trigger_event(
@@ -352,7 +342,7 @@ class TestStream:
         watcher.close()
 
     def test_counters_follow_the_app(self, server, app):
-        watcher, watching = console(server, app["app_id"], login(server, app))
+        watcher, watching = console(server, app["app_id"], server.login(app))
         assert watching["data"]["connections"] == 0
         client = server.connect(app)
         client.subscribe("one")
@@ -361,7 +351,7 @@ class TestStream:
             "POST",
             "apps/%s/events" % app["app_id"],
             {"name": "e", "channels": ["one", "two"], "data": "x"},
-            headers={"Authorization": "Bearer " + login(server, app)},
+            headers={"Authorization": "Bearer " + server.login(app)},
         )
         assert status == 200
         while True:
@@ -377,7 +367,7 @@ class TestStream:
         watcher.close()
 
     def test_no_token_or_secret_in_the_server_log(self, server, app):
-        token = login(server, app)
+        token = server.login(app)
         watcher, _ = console(server, app["app_id"], token)
         watcher.close()
         log = server.read_log()
@@ -418,7 +408,7 @@ class TestSlowConsole:
         server = PushiServer(env={"PUSHI_CONSOLE_MAX_BUFFER": "65536"}).start()
         try:
             app = server.create_app("busy")
-            token = login(server, app)
+            token = server.login(app)
             raw = raw_console(server, app["app_id"], token)
             # a client of the app that reads everything, in its own thread
             client = server.connect(app)

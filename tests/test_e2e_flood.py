@@ -16,6 +16,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from support import (
     masked_frame,
     read_until,
@@ -224,37 +226,26 @@ def control_frame(opcode, payload=b"hi", mask=b"\x01\x02\x03\x04"):
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
 
-def close_after_pings(raw, block):
+def closed_for_pinging(raw, block):
+    """Sends ``block`` and reads until the server closes: a ``pusher:error``
+    4100, then the close with 4100; returns the frames read."""
     raw.sendall(block)
     data = read_until(raw, b"\x88", timeout=PATIENCE)
     frames = server_frames(data[data.index(b"\r\n\r\n") + 4 :])
-    assert frames[-1][0] == 0x8
+    error = json.loads(frames[-2][1])
+    assert error["event"] == "pusher:error" and error["data"]["code"] == 4100
+    assert frames[-1][0] == 0x8 and frames[-1][1][:2] == (4100).to_bytes(2, "big")
     return frames
 
 
-def test_websocket_pings_past_the_rate_close_the_socket(server, app):
+@pytest.mark.parametrize("opcode", [0x9, 0xA], ids=["pings", "unasked pongs"])
+def test_websocket_control_frames_past_the_rate_close_the_socket(server, app, opcode):
     raw = connect_raw(server, "/app/%s?protocol=7" % app["key"])
     try:
-        frames = close_after_pings(raw, control_frame(0x9) * 50)
+        frames = closed_for_pinging(raw, control_frame(opcode) * 50)
         pongs = [frame for frame in frames if frame[0] == 0xA]
         # ten a second: a second's boundary may fall within the burst
-        assert 10 <= len(pongs) <= 20
-        error = json.loads(frames[-2][1])
-        assert error["event"] == "pusher:error"
-        assert error["data"]["code"] == 4100
-        assert frames[-1][1][:2] == (4100).to_bytes(2, "big")
-    finally:
-        raw.close()
-
-
-def test_unasked_pongs_past_the_rate_close_the_socket(server, app):
-    raw = connect_raw(server, "/app/%s?protocol=7" % app["key"])
-    try:
-        frames = close_after_pings(raw, control_frame(0xA) * 50)
-        error = json.loads(frames[-2][1])
-        assert error["event"] == "pusher:error"
-        assert error["data"]["code"] == 4100
-        assert frames[-1][1][:2] == (4100).to_bytes(2, "big")
+        assert 10 <= len(pongs) <= 20 if opcode == 0x9 else not pongs
     finally:
         raw.close()
 
@@ -263,13 +254,10 @@ def test_pusher_pings_past_the_rate_close_the_socket(server, app):
     raw = connect_raw(server, "/%s" % app["key"])
     try:
         ping = masked_frame(json.dumps({"event": "pusher:ping", "data": {}}))
-        frames = close_after_pings(raw, ping * 50)
+        frames = closed_for_pinging(raw, ping * 50)
         texts = [json.loads(payload) for opcode, payload in frames if opcode == 0x1]
         pongs = [text for text in texts if text["event"] == "pusher:pong"]
         assert 10 <= len(pongs) <= 20
-        assert texts[-1]["event"] == "pusher:error"
-        assert texts[-1]["data"]["code"] == 4100
-        assert frames[-1][1][:2] == (4100).to_bytes(2, "big")
     finally:
         raw.close()
 

@@ -50,16 +50,6 @@ def get(server, app, path, params=None):
     return server.request("GET", signed[1:])
 
 
-def login(server, app):
-    status, answer = server.request(
-        "POST",
-        "login",
-        {"app_id": app["app_id"], "app_key": app["key"], "app_secret": app["secret"]},
-    )
-    assert status == 200, answer
-    return answer["token"]
-
-
 def console(server, app_id, token):
     client = Client(server.ws_url + "console", expect_established=False)
     client.send({"event": "console:watch", "data": {"app_id": app_id, "token": token}})
@@ -114,7 +104,7 @@ class TestConsoleTokens:
     def test_a_token_pushed_out_by_newer_logins_ends_its_stream(self, server, app):
         from pushi.base.access import MAX_TOKENS
 
-        client = console(server, app["app_id"], login(server, app))
+        client = console(server, app["app_id"], server.login(app))
         kept_token = None
         body = json.dumps(
             {
