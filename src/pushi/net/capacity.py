@@ -32,6 +32,10 @@ RESERVE = 64
 """ Descriptors kept out of the WebSocket port's share at least (or a
 tenth of the limit, if more) """
 
+ACCEPTS = 64
+""" Sockets a port accepts in one loop turn: a storm of connections is
+taken in at that pace, while the sockets already open are served """
+
 RETRY = 1.0
 """ Seconds between tries to accept again once the system said the
 descriptors are exhausted (they may be freed by anything in the process) """
@@ -149,6 +153,7 @@ class Admission:
     admitted = 0
     refusing = 0
     accept_paused = False
+    accept_resuming = False
     # a warning went out for the clients now waiting; cleared once the
     # backlog is drained
     crowded = False
@@ -221,7 +226,7 @@ class Admission:
         )
 
     def on_read_s(self, _socket):
-        if self.accept_paused:
+        if self.accept_paused or self.accept_resuming:
             return
         try:
             self._accept(_socket)
@@ -229,8 +234,13 @@ class Admission:
             # never out of the loop: that would end it
             self.on_exception_s(exception)
 
+    def _accept_again(self):
+        self.accept_resuming = False
+        if self.socket is not None:
+            self.on_read_s(self.socket)
+
     def _accept(self, _socket):
-        while True:
+        for _ in range(ACCEPTS):
             if self._full():
                 self._pause(
                     "%d sockets open, %d of them being refused"
@@ -256,6 +266,11 @@ class Admission:
             except Exception as exception:
                 socket_c.close()
                 self._failed(exception)
+        else:
+            # the backlog may hold more, and the poll is edge-triggered:
+            # the rest at the next turn
+            self.accept_resuming = True
+            self.delay(self._accept_again)
 
     def _failed(self, exception):
         """A socket that failed as it was taken in, logged as netius logs
