@@ -153,7 +153,7 @@ class NodeAgent:
 
 def python_sdk(server, app, **options):
     """The ``pusher`` PyPI SDK pointed at a Pushi server's REST port, as
-    the "Switching from Pusher" section of the README sets it up."""
+    docs/from-pusher.md sets it up."""
     import pusher
 
     settings = dict(

@@ -1,15 +1,15 @@
 """pusher-js's web build in a real browser against the real server.
 
 The unmodified ``pusher.min.js`` of the ``pusher-js`` npm package
-(``tests/interop``, installed by ``scripts/install``) runs in headless Debian
-Chromium driven by Playwright, on a page served by a small app back end that
-this test process runs: it renders the page with the README's pusher-js
-settings and has the two auth endpoints of a Pusher app, ``POST /pusher/auth``
-(channel authorization, signed with the Python client's ``authenticate``) and
-``POST /pusher/user-auth`` (``authenticate_user``, for ``pusher.signin()``).
-pusher-js calls them with its default XHR transport. Events come from the
-server's REST API (the Python client, and the ``pusher`` PyPI SDK for
-``send_to_user``).
+(``tests/interop``, installed by ``scripts/install``) runs in headless
+Debian Chromium driven by Playwright, on a page served by a small app back
+end that this test process runs: it renders the page with the pusher-js
+settings of docs/from-pusher.md and has the two auth endpoints of a Pusher
+app, ``POST /pusher/auth`` (channel authorization, signed with the Python
+client's ``authenticate``) and ``POST /pusher/user-auth``
+(``authenticate_user``, for ``pusher.signin()``). pusher-js calls them with
+its default XHR transport. Events come from the server's REST API (the
+Python client, and the ``pusher`` PyPI SDK for ``send_to_user``).
 
 Covered: the connection and its ``socket_id``, public channels with JSON
 data, private channels authorized by the endpoint and a 403 refusal,
@@ -42,7 +42,7 @@ PUSHER_JS = os.path.join(
     INTEROP, "node_modules", "pusher-js", "dist", "web", "pusher.min.js"
 )
 
-# The app's own script: pusher-js set up as the README says, and a log of
+# The app's own script: pusher-js set up as docs/from-pusher.md says, and a log of
 # everything pusher-js tells its listeners, for the tests to wait on.
 APP_JS = """
 window.log = [];

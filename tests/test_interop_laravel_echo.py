@@ -2,13 +2,12 @@
 
 Every Echo client is the unmodified ``laravel-echo`` npm package over the
 pinned ``pusher-js`` Node build (``tests/interop``, installed by
-``scripts/install``), configured as the README's "Switching from Pusher"
-section says. Channels are authorized either by Echo's ``authorizer``
-option or by its ``authEndpoint`` and ``bearerToken`` against an endpoint
-the agent serves on 127.0.0.1, both signing with the npm SDK's
-``authorizeChannel``, as a Laravel app's ``/broadcasting/auth`` would.
-Events come from the npm SDK or Pushi's Python client, named as Laravel's
-broadcaster names them.
+``scripts/install``), configured as docs/from-pusher.md says. Channels are
+authorized either by Echo's ``authorizer`` option or by its ``authEndpoint``
+and ``bearerToken`` against an endpoint the agent serves on 127.0.0.1, both
+signing with the npm SDK's ``authorizeChannel``, as a Laravel app's
+``/broadcasting/auth`` would. Events come from the npm SDK or Pushi's Python
+client, named as Laravel's broadcaster names them.
 """
 
 import json

@@ -1,8 +1,8 @@
 """pusher-js (Node build) and the pusher npm SDK against the real server.
 
 Every client here is the unmodified npm package (``tests/interop``,
-installed by ``scripts/install``), configured as the README's "Switching
-from Pusher" section says; the channel authorizer and the user
+installed by ``scripts/install``), configured as docs/from-pusher.md
+says; the channel authorizer and the user
 authenticator are the npm SDK's ``authorizeChannel`` and
 ``authenticateUser``, as an app's auth endpoint would call them.
 """

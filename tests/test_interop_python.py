@@ -1,7 +1,7 @@
 """The pusher PyPI SDK and pysher against the real server.
 
 Both are the unmodified packages from PyPI (``requirements-dev.txt``),
-configured as the README's "Switching from Pusher" section says; raw
+configured as docs/from-pusher.md says; raw
 WebSocket clients (``support.Client``) watch what the server sends.
 """
 

@@ -50,7 +50,7 @@ def _level(value):
 
 
 class Config:
-    """Settings of one Pushi process (see the README's table)."""
+    """Settings of one Pushi process (see docs/configuration.md)."""
 
     FIELDS = (
         # name, environment variable, default, cast

@@ -15,8 +15,8 @@ import netius
 class QuietDebug:
     """A netius server mixin.  Netius builds and routes every debug record
     (four per connection: created, counted, deleted, counted) before its
-    logger drops it; measured, about a tenth of the loop's CPU in a storm of
-    connections.  Here the level is checked first."""
+    logger drops it, a real share of the loop's CPU when many sockets
+    connect at once.  Here the level is checked first."""
 
     def debug(self, object, *args, **kwargs):
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
@@ -25,11 +25,11 @@ class QuietDebug:
 
 class OwnPort:
     """A netius server mixin.  Netius sets ``SO_REUSEPORT`` on the sockets
-    it listens on, so a second Pushi started on ports already served bound
-    them too, and the kernel split the new connections between two
-    processes that know nothing of each other's sockets: a publish to one
-    missed the subscribers of the other.  Cleared here, the second one
-    fails to bind (address in use)."""
+    it listens on, so a second Pushi started on ports already served would
+    bind them too, and the kernel would split the new connections between
+    two processes that know nothing of each other's sockets: a publish to
+    one would miss the subscribers of the other.  Cleared here, the second
+    one fails to bind (address in use)."""
 
     def socket_tcp(self, *args, **kwargs):
         _socket = super().socket_tcp(*args, **kwargs)
@@ -43,14 +43,13 @@ class Loop(netius.Container):
     that are due, then one poll), with two changes.
 
     The poll wakes for the next delay.  Netius polls with a fixed timeout
-    (a quarter second), so a delay due in a millisecond waited for the next
-    socket event or that timeout (the group commit once held a batch on
-    such a timer: a lone persisted publish after a burst took 250 ms).
+    (a quarter second), so a delay due in a millisecond would wait for the
+    next socket event or that timeout.
 
     Work for the next turn (``soon``) skips netius's delays: each of those
     is merged from a locked list and pushed on two heaps of Python-compared
-    entries; a turn that runs one piece of work cost 18-23 us of CPU that
-    way, 11-13 us this way (measured).  ``soon`` is a deque, drained after the
+    entries, which makes a turn that runs one piece of work markedly
+    dearer (see docs/benchmarks.md).  ``soon`` is a deque, drained after the
     delays, that any thread may append to (then wake the poll with the
     owner's netius ``wakeup``); its work handles its own failures (the
     owner's ``run``)."""

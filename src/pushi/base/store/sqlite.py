@@ -129,8 +129,8 @@ EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
 EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
 TRIM_CHUNK = 1000
 """Rows one retention transaction deletes at most: the events writer commits
-between two (one transaction of a million rows held every persisted
-publish, of every app, for 7 s)."""
+between two, so a large trim never holds every app's persisted publishes
+for long."""
 
 
 def connect(path, synchronous, create=True):

@@ -2,18 +2,15 @@
 
 SQLite work done in the server's process holds Python's GIL for much of
 its time (binding, stepping between C calls, commit bookkeeping), and the
-loop thread that serves every socket then waits for it: measured, every
-loop function ran about 1.7x slower while a writer thread was busy, and
-persisted publishing reached half of what the same pipeline did with the
-store taken out.  In a process of its own, that work runs on another core
-under another GIL.
+loop thread that serves every socket then waits for it (see
+docs/benchmarks.md).  In a process of its own, that work runs on another
+core under another GIL.
 
 Two drivers use it.  A server's store is bound to the loop, and
 ``GroupCommit`` sends batches from the loop thread and reads the answers
 when the loop sees the socket readable: no thread between the publish and
-the commit (a writer thread in between cost ~0.4 ms per batch in hand-offs,
-measured).  A store with no loop (the CLI, a script) has its writer thread
-call the blocking ``EventsProcess.store``.
+the commit, so no hand-offs per batch.  A store with no loop (the CLI, a
+script) has its writer thread call the blocking ``EventsProcess.store``.
 
 Protocol (trusted: parent and child are the same program), over a socket
 pair that is the child's stdin and stdout: frames of a 4-byte big-endian
@@ -283,8 +280,7 @@ class GroupCommit:
     before that answer's callbacks run; rows added in one loop turn leave
     together.
 
-    Holding a batch back for more callers measured no better (0.45x plain
-    triggers with or without, 14 alternated runs each).
+    A batch is not held back for more callers: that gained nothing.
 
     ``loop`` runs everything here on its thread: ``schedule(work)`` after
     the current turn, ``watch_read(socket, work)`` whenever ``socket`` is
