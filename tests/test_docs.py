@@ -96,6 +96,16 @@ def test_every_environment_variable_is_documented_with_its_default():
             ), "%s: default %s not in its row" % (variable, default)
 
 
+def test_every_variable_config_py_reads_is_named_in_the_docs():
+    """Beside ``Config.FIELDS``, what ``config.py`` reads by name (such as
+    the XDG folder the data dir defaults to) is named in the page too."""
+    source = read(os.path.join(SRC, "pushi", "base", "config.py"))
+    text = read(os.path.join(DOCS, "configuration.md"))
+    names = re.findall(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""", source)
+    for name in names:
+        assert name in text, "%s is read by config.py but not in the docs" % name
+
+
 def test_no_documented_variable_is_gone_from_the_code():
     text = read(os.path.join(DOCS, "configuration.md"))
     documented = set(table_rows(section(text, "Environment variables")))
