@@ -188,6 +188,8 @@ class PushiApp(appier.APIApp):
             self.request.set_code(500)
             return errors.HttpError(500, "Internal error").body
         code, message = result["code"], result["message"]
+        if getattr(exception, "retry_after", None):
+            self.request.set_header("Retry-After", str(exception.retry_after))
         if not isinstance(exception, errors.PushiError):
             # Appier's file errors name the file, and a directory by its
             # full path: a file that cannot be served is a plain 404

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 
+from pushi.base import rates
 from pushi.net.httpd import MAX_BODY, json_response
 from pushi.proto import channels as channel_names
 from pushi.proto import errors, messages
@@ -58,8 +59,9 @@ def query_params(query):
 
 
 def error_response(error):
-    """The answer to an ``HttpError``: a 503 says when to retry."""
-    headers = [("Retry-After", "1")] if error.status == 503 else []
+    """The answer to an ``HttpError``: a 503 or a 429 says when to retry."""
+    retry_after = error.retry_after
+    headers = [("Retry-After", str(retry_after))] if retry_after else []
     return json_response(error.status, error.body, headers)
 
 
@@ -176,6 +178,9 @@ class Publisher:
             events = self.check_batch(app, payload)
         if self.state.broker.busy:
             raise errors.HttpError(503, "Server busy delivering: retry shortly")
+        # one per channel an event goes to, as soketi counts
+        cost = sum(len(names) for _name, names, *_rest in events)
+        self.access.admit(app, rates.PUBLISHES, authorization, cost)
         return (app, route) + self.plan(app, events)
 
     @staticmethod

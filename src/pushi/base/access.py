@@ -1,7 +1,8 @@
 """Who may act on an app: signed Pusher requests, Pushi session tokens,
 and the admin secret.  One ``Access`` per process (built by ``State``) is
 shared by the Appier controllers, the lean publish handler and the debug
-console's stream, so all check credentials the same way.
+console's stream, so all check credentials the same way; its ``rates``
+(shared with the WebSocket server) keep each app to its per-second limits.
 """
 
 import hmac
@@ -10,6 +11,8 @@ import threading
 import time
 
 from pushi.proto import auth, errors
+
+from .rates import Rates
 
 TOKEN_LIFETIME = 86400
 MAX_TOKENS = 1000
@@ -26,6 +29,7 @@ class Access:
         self._tokens = {}  # token: (app_id, expires)
         self._by_app = {}  # app_id: its tokens, oldest (first to expire) first
         self._lock = threading.Lock()
+        self.rates = Rates()
 
     def app(self, app_id):
         """The app, or ``HttpError`` 404."""
@@ -149,3 +153,19 @@ class Access:
         if not app.enabled and not self.is_admin(header):
             raise errors.HttpError(403, "App disabled")
         return app
+
+    def admit(self, app, setting, header, cost=1):
+        """Counts an authorized request of ``app`` against its per-second
+        ``setting`` (``rates``); past it, ``HttpError`` 429 with the
+        seconds to wait.  The admin secret's requests are the operator's,
+        never counted: a tenant at its limit does not lock the operator out."""
+        if self.is_admin(header):
+            return
+        wait = self.rates.take(app, setting, cost)
+        if wait:
+            raise errors.HttpError(
+                429,
+                "App over its %s (%d a second): retry in %d s"
+                % (setting, app.limits[setting], wait),
+                retry_after=wait,
+            )

@@ -88,6 +88,7 @@ class State:
             self.offload,
             max_buffer=self.config.max_buffer,
             console=self.console,
+            rates=self.access.rates,
             level=logging.WARNING,
         )
         self.broker = LocalBroker(

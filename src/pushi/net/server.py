@@ -225,6 +225,13 @@ class Link:
         if quota and self.server.engine.registry.app_count(app.app_id) >= quota:
             self._reject(errors.OVER_QUOTA, "App over its connection quota")
             return
+        rates = self.server.rates
+        if rates is not None and rates.take(app, "max_connections_per_second"):
+            self._reject(
+                errors.OVER_CONNECTION_RATE,
+                "App over its new connections a second: reconnect later",
+            )
+            return
         self.phase = OPEN
         self.session = self.server.engine.open(self, app, dialect, origin)
         if self.buffer:
@@ -346,11 +353,22 @@ class WebSocketServer(
     ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
     store off the loop); ``offload(work, then)`` runs ``work`` on a worker
     thread and ``then(result)`` back on the loop; ``console`` (a
-    ``ConsoleHub``, optional) serves the ``/console`` path.
+    ``ConsoleHub``, optional) serves the ``/console`` path; ``rates`` (a
+    ``base.rates.Rates``, optional) counts each app's new connections
+    against its ``max_connections_per_second``: one over it is upgraded,
+    then closed with 4100.
     """
 
     def __init__(
-        self, engine, apps, offload, max_buffer=1048576, console=None, *args, **kwargs
+        self,
+        engine,
+        apps,
+        offload,
+        max_buffer=1048576,
+        console=None,
+        rates=None,
+        *args,
+        **kwargs
     ):
         # what netius.ContainerServer.__init__ does, with our loop
         netius.StreamServer.__init__(self, *args, **kwargs)
@@ -358,6 +376,7 @@ class WebSocketServer(
         self.add_base(self)
         self.engine = engine
         self.console = console
+        self.rates = rates
         self.apps = apps
         self.offload = offload
         self.max_buffer = max_buffer

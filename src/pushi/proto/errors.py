@@ -16,6 +16,7 @@ UNAUTHORIZED = 4009
 OVER_CAPACITY = 4100
 SLOW_CONSUMER = 4100
 TOO_MANY_PINGS = 4100
+OVER_CONNECTION_RATE = 4100
 GOING_AWAY = 4200
 PONG_TIMEOUT = 4201
 
@@ -68,11 +69,16 @@ class SubscriptionError(PushiError):
 
 
 class HttpError(PushiError):
-    """A JSON error answer of the REST API with HTTP ``status``."""
+    """A JSON error answer of the REST API with HTTP ``status``;
+    ``retry_after`` (seconds) goes out as ``Retry-After`` (a 503 says 1
+    without it)."""
 
-    def __init__(self, status, message):
+    def __init__(self, status, message, retry_after=None):
         PushiError.__init__(self, message)
         self.status = status
+        if retry_after is None and status == 503:
+            retry_after = 1
+        self.retry_after = retry_after
 
     @property
     def code(self):

@@ -3,6 +3,7 @@
 import appier
 
 from pushi.app.publish import json_object, query_params
+from pushi.base import rates
 
 APP = "<regex('[0-9]+'):app_id>"
 """ The route part of an app id (numeric, as Pusher SDKs require) """
@@ -30,9 +31,10 @@ class PushiController(appier.Controller):
         return self.params().get(name, default)
 
     def authorize(self, app_id):
-        """The app this request may act on (signature, token or admin)."""
+        """The app this request may act on (signature, token or admin); a
+        read (``GET``) counts against the app's read rate (429 past it)."""
         request = self.request
-        return self.access.authorize(
+        app = self.access.authorize(
             app_id,
             request.method,
             request.path,
@@ -40,6 +42,9 @@ class PushiController(appier.Controller):
             request.get_data() or b"",
             self.authorization(),
         )
+        if request.method == "GET":
+            self.access.admit(app, rates.READS, self.authorization())
+        return app
 
     def authorization(self):
         """The request's Authorization header (see ``PushiApp.application``)."""
