@@ -237,7 +237,7 @@ def test_abuse_scenario_prints_a_row_per_attack():
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    attacks = ["console", "rest-pipeline", "cache"]
+    attacks = ["console", "rest-pipeline", "cache", "publish-flood"]
     output = subprocess.run(
         [
             sys.executable,

@@ -781,6 +781,11 @@ ATTACKS = {
     "join-storm": ("2,000 joins of one channel, subscription_count_events on", "joins"),
     "continuation": ("empty continuation frames of one message", "frames"),
     "conn-flood": ("connections up to the fd limit", "connections"),
+    "publish-flood": (
+        "the attacker app's own signed publishes as fast as answered (4 at "
+        "once), with max_backend_events_per_second set",
+        "publishes",
+    ),
 }
 #: publishes per second of the victim app
 VICTIM_RATE = 50.0
@@ -791,6 +796,10 @@ VICTIM_GOAL_MS = 100.0
 CACHE_CHANNELS = 20000
 CACHE_PER_PUBLISH = 100
 CACHE_PAD = 10000
+#: the attacker's max_backend_events_per_second in the publish flood, and
+#: its publishes in flight
+FLOOD_RATE = 100
+FLOOD_INFLIGHT = 4
 #: sockets of the join storm
 STORM_JOINS = 2000
 #: channels the abusive user keeps (the first holds the stored history)
@@ -860,6 +869,26 @@ def attack_command(attack, server, app, duration, profile):
             per_request=CACHE_PER_PUBLISH,
             pad=CACHE_PAD,
             inflight=1,
+            duration=duration,
+            request_timeout=10,
+        )
+        return "benchlib.worker", command
+    if attack == "publish-flood":
+        rest(
+            server,
+            "PUT",
+            "/apps/%s" % app["app_id"],
+            {"settings": {"max_backend_events_per_second": FLOOD_RATE}},
+            admin=True,
+        )
+        command = dict(
+            server.trigger_spec(),
+            cmd="trigger",
+            app_id=app["app_id"],
+            key=app["key"],
+            secret=app["secret"],
+            channels=["flood"],
+            inflight=FLOOD_INFLIGHT,
             duration=duration,
             request_timeout=10,
         )
@@ -1031,7 +1060,7 @@ def abuse_row(attack, duration, profile, options):
             rss_peak_kb=sampler.peak,
             rss_end_kb=sampler.end,
         )
-        if attack == "cache":
+        if attack in ("cache", "publish-flood"):
             report = {
                 "units_sent": report["sent"],
                 "answered": report["ok"],
@@ -1039,6 +1068,9 @@ def abuse_row(attack, duration, profile, options):
                 "cut_offs": report["reconnects"],
                 "errors": report["errors"],
             }
+            if attack == "publish-flood":
+                # the server's defence here is the 429, not a cut connection
+                report["cut_offs"] = report["statuses"].get("429", 0)
         elif attack in ("join-storm", "conn-flood"):
             report["units_sent"] = report["connected"]
         if attacker:
