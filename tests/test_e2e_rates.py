@@ -14,7 +14,7 @@ import json
 import threading
 import time
 
-from support import ADMIN_SECRET, signed_path
+from support import ADMIN_SECRET, PushiServer, signed_path
 
 PATIENCE = 4
 """ Seconds the victim waits for an answer or an event """
@@ -57,6 +57,11 @@ def assert_429(status, retry_after, answer, setting):
     assert int(retry_after) >= 1
     assert answer["result"] == "error" and answer["code"] == 429
     assert setting in answer["message"]
+
+
+def first_429(answers):
+    """The first answer refused with 429 (the last answer when none is)."""
+    return next((answer for answer in answers if answer[0] == 429), answers[-1])
 
 
 def test_the_rates_are_operator_settings(server):
@@ -254,3 +259,30 @@ def test_connections_past_the_rate_get_4100_after_the_upgrade(server):
     finally:
         for client in kept + others:
             client.close()
+
+
+def test_under_another_wsgi_server_the_rates_hold_too():
+    """With APP_SERVER=legacy, publishes take the blocking WSGI path and
+    reads Appier's own server: the same 429 with Retry-After."""
+    instance = PushiServer(env={"APP_SERVER": "legacy"}).start()
+    try:
+        app = instance.create_app("legacy")
+        set_settings(
+            instance,
+            app,
+            max_backend_events_per_second=2,
+            max_read_requests_per_second=2,
+        )
+        connection = rest(instance)
+        try:
+            answers = [publish(connection, app) for _ in range(10)]
+            assert [answer[0] for answer in answers[:2]] == [200, 200]
+            assert_429(*first_429(answers), "max_backend_events_per_second")
+            path = "/apps/%s/channels" % app["app_id"]
+            answers = [request(connection, app, "GET", path) for _ in range(10)]
+            assert [answer[0] for answer in answers[:2]] == [200, 200]
+            assert_429(*first_429(answers), "max_read_requests_per_second")
+        finally:
+            connection.close()
+    finally:
+        instance.stop()
