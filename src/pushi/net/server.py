@@ -229,7 +229,7 @@ class Link:
         if rates is not None and rates.take(app, "max_connections_per_second"):
             self._reject(
                 errors.OVER_CONNECTION_RATE,
-                "App over its new connections a second: reconnect later",
+                "App over its max_connections_per_second: reconnect later",
             )
             return
         self.phase = OPEN
