@@ -4,8 +4,10 @@
 the resulting object, so tests build a ``Config`` directly.
 """
 
+import ipaddress
 import logging
 import os
+import urllib.parse
 
 MIN_ADMIN_SECRET = 16
 """The admin secret reaches every app and is the operator's choice (app
@@ -40,6 +42,28 @@ def _positive(cast):
         return number
 
     return positive
+
+
+def _networks(value):
+    """Comma-separated addresses or CIDRs (``10.0.0.0/8, ::1``) as a tuple
+    of ``ipaddress`` networks."""
+    return tuple(
+        ipaddress.ip_network(item.strip(), strict=False)
+        for item in str(value).split(",")
+        if item.strip()
+    )
+
+
+def _ws_url(value):
+    """A ``ws://`` or ``wss://`` URL with a host and nothing after its path,
+    kept without its trailing slash."""
+    parts = urllib.parse.urlsplit(str(value).strip())
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError("not a ws:// or wss:// URL")
+    # it goes into the console's HTML and its Content-Security-Policy
+    if parts.query or parts.fragment or any(c in value for c in "@ ;,\"'<>\\"):
+        raise ValueError("a URL with a host and a path only")
+    return urllib.parse.urlunsplit(parts[:3] + ("", "")).rstrip("/")
 
 
 def _level(value):
@@ -84,6 +108,11 @@ class Config:
             _positive(int),
         ),
         ("log_level", "PUSHI_LOG_LEVEL", "INFO", _level),
+        # the proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
+        ("trusted_proxies", "PUSHI_TRUSTED_PROXIES", (), _networks),
+        # the WebSocket port as browsers reach it (behind a proxy): the
+        # console page streams from there
+        ("public_ws_url", "PUSHI_PUBLIC_WS_URL", None, _ws_url),
     )
 
     def __init__(self, **values):

@@ -75,14 +75,16 @@ class Engine:
 
     # connection life
 
-    def open(self, transport, app, dialect, origin=None):
-        """Registers a new socket and greets it."""
+    def open(self, transport, app, dialect, origin=None, address=None):
+        """Registers a new socket and greets it; ``address`` is its client's
+        (a trusted proxy's client, see ``net/forwarded``)."""
         session = registry.Session(
             self.registry.new_socket_id(),
             app,
             dialect,
             transport,
             origin=origin,
+            address=address,
             now=time.monotonic(),
         )
         self.registry.add_session(session)
@@ -93,7 +95,9 @@ class Engine:
                 )
             )
         )
-        logger.debug("open %s %s app %s", session.socket_id, dialect, app.app_id)
+        logger.debug(
+            "open %s %s app %s from %s", session.socket_id, dialect, app.app_id, address
+        )
         if self.observers:
             self.emit(
                 app.app_id,
@@ -101,6 +105,7 @@ class Engine:
                 socket_id=session.socket_id,
                 dialect=dialect,
                 origin=origin,
+                address=address,
             )
         return session
 
@@ -1040,6 +1045,7 @@ class Engine:
             {
                 "socket_id": session.socket_id,
                 "dialect": session.dialect,
+                "address": session.address,
                 "channels": list(session.channels),
                 "user_id": session.user_id,
             }

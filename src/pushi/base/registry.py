@@ -36,6 +36,7 @@ class Session:
         "channels",
         "user_id",
         "origin",
+        "address",
         "last_seen",
         "ping_sent",
         "event_window",
@@ -47,7 +48,9 @@ class Session:
         "closed",
     )
 
-    def __init__(self, socket_id, app, dialect, transport, origin=None, now=0.0):
+    def __init__(
+        self, socket_id, app, dialect, transport, origin=None, address=None, now=0.0
+    ):
         self.socket_id = socket_id
         self.app = app
         self.dialect = dialect
@@ -55,6 +58,7 @@ class Session:
         self.channels = {}
         self.user_id = None
         self.origin = origin
+        self.address = address
         self.last_seen = now
         self.ping_sent = None
         self.event_window = 0

@@ -296,6 +296,13 @@ class State:
             self.app.start()
             self.http = HttpServer(self.app.serve_request, level=logging.WARNING)
             self.server.add_base(self.http)
+            self.http.trusted_proxies = config.trusted_proxies
+        self.server.trusted_proxies = config.trusted_proxies
+        if config.trusted_proxies:
+            logger.info(
+                "X-Forwarded-For and X-Forwarded-Proto believed from %s",
+                ", ".join(str(network) for network in config.trusted_proxies),
+            )
         self._limit_connections()
 
         def serve():

@@ -26,6 +26,8 @@ import ssl
 
 from netius.base.common import SSL_SILENT_ERRORS, SSL_VALID_ERRORS
 
+from . import forwarded
+
 logger = logging.getLogger("pushi.net")
 
 RESERVE = 64
@@ -36,12 +38,18 @@ ACCEPTS = 64
 """ Sockets a port accepts in one loop turn: a storm of connections is
 taken in at that pace, while the sockets already open are served """
 
+PER_ADDRESS = "Over capacity: too many connections from this address"
+
 RETRY = 1.0
 """ Seconds between tries to accept again once the system said the
 descriptors are exhausted (they may be freed by anything in the process) """
 
 UNLIMITED = 1048576
 """ What an unlimited descriptor limit is taken for """
+
+_PROXIED = object()
+""" What an admitted socket from a trusted proxy is counted under until its
+upgrade names the client (``readmit``) """
 
 _EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # a client that left while it waited in the backlog: the next one may not
@@ -145,7 +153,13 @@ class Admission:
 
     The server calls ``admit(connection)`` as it builds a connection (the
     reason to refuse it, or None) and ``release(connection)`` once it is
-    closed.  With no ``limit`` call every socket is admitted."""
+    closed.  With no ``limit`` call every socket is admitted.
+
+    A socket from a trusted proxy (``trusted_proxies``) is admitted by the
+    overall cap only: its client is named by the request's headers, which
+    have not arrived yet, so the server calls ``readmit(connection,
+    client)`` once they have and it is counted against ``max_per_address``
+    for that client then."""
 
     max_connections = None
     max_refusing = 0
@@ -159,6 +173,7 @@ class Admission:
     crowded = False
     retrying = False
     by_address = None
+    trusted_proxies = ()
     port_name = "port"
 
     def limit(self, max_connections, max_refusing, max_per_address=None):
@@ -178,11 +193,15 @@ class Admission:
         host = address[0] if isinstance(address, tuple) else ""
         if self.admitted >= self.max_connections:
             reason = "Over capacity"
+        elif self.max_per_address and forwarded.trusted(host, self.trusted_proxies):
+            self.admitted += 1
+            connection.admitted = _PROXIED
+            return None
         elif (
             self.max_per_address
             and self.by_address.get(host, 0) >= self.max_per_address
         ):
-            reason = "Over capacity: too many connections from this address"
+            reason = PER_ADDRESS
         else:
             self.admitted += 1
             self.by_address[host] = self.by_address.get(host, 0) + 1
@@ -191,6 +210,21 @@ class Admission:
         self.refusing += 1
         connection.admitted = False
         return reason
+
+    def readmit(self, connection, client):
+        """Counts a socket from a trusted proxy against ``max_per_address``
+        for its ``client`` (the address the proxy named); returns why it is
+        refused (None if it stays admitted)."""
+        if connection.admitted is not _PROXIED:
+            return None
+        if self.by_address.get(client, 0) >= self.max_per_address:
+            self.admitted -= 1
+            self.refusing += 1
+            connection.admitted = False
+            return PER_ADDRESS
+        self.by_address[client] = self.by_address.get(client, 0) + 1
+        connection.admitted = client
+        return None
 
     def release(self, connection):
         """Counts a closed socket out (once), and lets the port accept
@@ -201,6 +235,8 @@ class Admission:
         connection.admitted = None
         if host is False:
             self.refusing -= 1
+        elif host is _PROXIED:
+            self.admitted -= 1
         else:
             self.admitted -= 1
             count = self.by_address[host] - 1

@@ -35,7 +35,7 @@ import netius
 
 from pushi.proto import errors
 
-from . import capacity, wire
+from . import capacity, forwarded, wire
 
 logger = logging.getLogger("pushi.http")
 
@@ -54,11 +54,24 @@ _HOP_BY_HOP = frozenset(("connection", "content-length", "transfer-encoding"))
 
 
 class Request:
-    """One parsed request; ``headers`` has lower-case names."""
+    """One parsed request; ``headers`` has lower-case names, ``remote`` is
+    the client's address and ``scheme`` the one it used (None: this port's),
+    as a trusted proxy says them (``forwarded``)."""
 
-    __slots__ = ("method", "path", "query", "version", "headers", "body", "remote")
+    __slots__ = (
+        "method",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "body",
+        "remote",
+        "scheme",
+    )
 
-    def __init__(self, method, path, query, version, headers, body, remote):
+    def __init__(
+        self, method, path, query, version, headers, body, remote, scheme=None
+    ):
         self.method = method
         self.path = path
         self.query = query
@@ -66,6 +79,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.remote = remote
+        self.scheme = scheme
 
     @property
     def keep_alive(self):
@@ -138,6 +152,8 @@ class HttpServer(
     request is answered 503."""
 
     quota = 16
+    # the proxies whose X-Forwarded-* headers are believed (``forwarded``)
+    trusted_proxies = ()
 
     def __init__(self, handler, max_body=MAX_BODY, *args, **kwargs):
         netius.StreamServer.__init__(self, *args, **kwargs)
@@ -288,6 +304,8 @@ class HttpServer(
         peer.continued = False
         path, _, query = target.partition("?")
         remote = peer.connection.address
+        remote = remote[0] if isinstance(remote, tuple) else ""
+        proxies = self.trusted_proxies
         return Request(
             method,
             path,
@@ -295,7 +313,8 @@ class HttpServer(
             version,
             headers,
             buffer[start : start + length],
-            remote[0] if isinstance(remote, tuple) else "",
+            forwarded.client_address(remote, headers.get("x-forwarded-for"), proxies),
+            forwarded.scheme(remote, headers.get("x-forwarded-proto"), proxies, None),
         )
 
     def _answerer(self, peer, request):
@@ -377,7 +396,7 @@ def call_wsgi(app, request, host, port, scheme):
         "REMOTE_ADDR": request.remote,
         "CONTENT_LENGTH": str(len(request.body)),
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": scheme,
+        "wsgi.url_scheme": request.scheme or scheme,
         "wsgi.input": io.BytesIO(request.body),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,

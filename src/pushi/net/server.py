@@ -33,7 +33,7 @@ import netius
 from pushi.proto import errors, messages
 from pushi.proto import websocket as ws
 
-from . import capacity, wire
+from . import capacity, forwarded, wire
 
 logger = logging.getLogger("pushi.net")
 
@@ -169,6 +169,9 @@ class Link:
         if handshake is None:
             return
         self.buffer = self.buffer[consumed:]
+        address = self.server.client_address(self.connection, handshake.headers)
+        if self.refusal is None:
+            self.refusal = self.server.readmit(self.connection, address)
         if self.refusal is not None:
             self.phase = WAITING
             self._raw(ws.accept_response(handshake))
@@ -198,14 +201,14 @@ class Link:
         origin = handshake.headers.get("origin")
         app = self.server.apps.by_key(key)
         if app is not None:
-            self._start(app, dialect, origin)
+            self._start(app, dialect, origin, address)
         else:
             self.server.offload(
                 lambda: self.server.apps.load_key(key),
-                lambda app: self._start(app, dialect, origin),
+                lambda app: self._start(app, dialect, origin, address),
             )
 
-    def _start(self, app, dialect, origin):
+    def _start(self, app, dialect, origin, address=None):
         if self.phase != WAITING or self.connection.is_closed():
             return
         if app is None:
@@ -233,7 +236,7 @@ class Link:
             )
             return
         self.phase = OPEN
-        self.session = self.server.engine.open(self, app, dialect, origin)
+        self.session = self.server.engine.open(self, app, dialect, origin, address)
         if self.buffer:
             data, self.buffer = self.buffer, b""
             self._frames(data)
@@ -389,6 +392,15 @@ class WebSocketServer(
         self.unfinished = set()
         self.start_callbacks = []
         self.port_name = "WebSocket port"
+
+    def client_address(self, connection, headers):
+        """The address of a socket's client: the peer's, or the one a
+        trusted proxy names in ``X-Forwarded-For`` (``forwarded``)."""
+        address = connection.address
+        peer = address[0] if isinstance(address, tuple) else ""
+        return forwarded.client_address(
+            peer, headers.get("x-forwarded-for"), self.trusted_proxies
+        )
 
     def on_serve(self):
         netius.ContainerServer.on_serve(self)
