@@ -366,9 +366,17 @@ class RecordingTransport:
 class Client:
     """A blocking WebSocket client speaking JSON messages."""
 
-    def __init__(self, url, ssl=None, expect_established=True):
+    def __init__(self, url, ssl=None, expect_established=True, **options):
+        # ``options``: more of websockets' ``connect`` (additional_headers,
+        # source_address)
         self.ws = websockets.sync.client.connect(
-            url, ssl=ssl, open_timeout=10, close_timeout=5, max_size=2**22, legacy=True
+            url,
+            ssl=ssl,
+            open_timeout=10,
+            close_timeout=5,
+            max_size=2**22,
+            legacy=True,
+            **options
         )
         self.socket_id = None
         if expect_established:
@@ -451,9 +459,10 @@ def browser_unavailable(reason):
 
 
 @contextlib.contextmanager
-def chromium(viewport):
+def chromium(viewport, **options):
     """Debian's chromium driven by playwright, in a new empty profile
-    (playwright never downloads a browser of its own here)."""
+    (playwright never downloads a browser of its own here); ``options``
+    go to its browser context (``ignore_https_errors``)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -485,6 +494,7 @@ def chromium(viewport):
                 headless=True,
                 args=CHROMIUM_ARGS,
                 viewport=viewport,
+                **options
             )
             try:
                 yield context

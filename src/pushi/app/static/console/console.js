@@ -168,6 +168,9 @@
             var value = element ? element.getAttribute("content") : "";
             return value.indexOf("{{") === 0 ? "" : value;
         };
+        // behind a proxy: the WebSocket server as browsers reach it
+        var url = meta("pushi-ws-url");
+        if (url) return url + "/console";
         var scheme = meta("pushi-ws-scheme") || (location.protocol === "https:" ? "wss" : "ws");
         var port = meta("pushi-ws-port") || "9090";
         var host = location.hostname.indexOf(":") >= 0 ? "[" + location.hostname + "]" : location.hostname;
