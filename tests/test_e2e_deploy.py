@@ -357,6 +357,8 @@ def test_the_console_page_streams_through_nginx(certificate):
                 and not message.text.startswith("Failed to load resource")
                 and errors.append(message.text),
             )
+            streams = []
+            page.on("websocket", lambda socket: streams.append(socket.url))
             page.goto(proxy.base_url + "console")
             page.fill("#app-id", app["app_id"])
             page.fill("#app-key", app["key"])
@@ -371,6 +373,9 @@ def test_the_console_page_streams_through_nginx(certificate):
                 '#log tr.entry[data-type="connection"]', has_text=client.socket_id
             ).filter(has_text="127.0.0.2").first.wait_for(timeout=15000)
             client.close()
+        # the page's own origin (a browser may reach a loopback port
+        # directly, one behind a proxy would not)
+        assert streams == [proxy.ws_url + "console"]
         assert errors == []
 
 
