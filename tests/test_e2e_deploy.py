@@ -14,9 +14,11 @@ Without nginx the tests skip, unless CI is set, where they fail
 """
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -422,3 +424,49 @@ def test_the_systemd_unit_verifies(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).strip() == ""
+
+
+def test_the_rest_port_takes_the_client_from_a_trusted_proxy_only(tmp_path):
+    """The REST port's WSGI environ (what Appier's routes read) has the
+    client's address in REMOTE_ADDR and its scheme in wsgi.url_scheme as a
+    trusted proxy names them, and the socket's own otherwise."""
+    from pushi.base.config import Config
+    from pushi.base.state import State
+
+    config = Config(
+        app_port=free_port(),
+        server_port=free_port(),
+        data_dir=str(tmp_path),
+        trusted_proxies=(ipaddress.ip_network("127.0.0.1/32"),),
+    )
+    state = State(config)
+    state.start_server(http=True)
+    seen = []
+    application = state.app.application
+
+    def recording(environ, start_response):
+        seen.append((environ["REMOTE_ADDR"], environ["wsgi.url_scheme"]))
+        return application(environ, start_response)
+
+    state.app.application = recording
+    try:
+        for source in ("127.0.0.1", "127.0.0.2"):
+            client = socket.create_connection(
+                ("127.0.0.1", config.app_port), 5, (source, 0)
+            )
+            client.sendall(
+                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"X-Forwarded-For: 6.6.6.6, 10.9.8.7\r\n"
+                b"X-Forwarded-Proto: https\r\n\r\n"
+            )
+            answer = b""
+            while True:
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            client.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        state.stop()
+    assert seen == [("10.9.8.7", "https"), ("127.0.0.2", "http")]
