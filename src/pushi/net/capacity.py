@@ -39,6 +39,7 @@ ACCEPTS = 64
 taken in at that pace, while the sockets already open are served """
 
 PER_ADDRESS = "Over capacity: too many connections from this address"
+""" Why a socket over ``max_per_address`` is refused (4100) """
 
 RETRY = 1.0
 """ Seconds between tries to accept again once the system said the

@@ -4,8 +4,8 @@ The page is static HTML, CSS and JavaScript under ``static/console/``; this
 route serves its HTML with the WebSocket port and scheme filled in, so the
 page can open its stream on the WebSocket server (``/console`` there, see
 ``pushi.base.console``), or with ``PUSHI_PUBLIC_WS_URL`` when browsers reach
-that server elsewhere (behind a proxy, on the page's own origin).  Nothing secret is in the page: the visitor signs
-in on it with ``POST /login``.
+that server elsewhere (behind a proxy, on the page's own origin).  Nothing
+secret is in the page: the visitor signs in on it with ``POST /login``.
 """
 
 import html
