@@ -27,7 +27,13 @@ import uuid
 
 import pytest
 
-from pushi.base.store import MongoStore, SQLiteStore, StoreClosedError, open_store
+from pushi.base.store import (
+    MongoStore,
+    SQLiteStore,
+    StoreClosedError,
+    is_store_error,
+    open_store,
+)
 from pushi.base.store import sqlite as sqlite_module
 
 MONGO_URL = os.environ.get("MONGO_URL")
@@ -236,6 +242,61 @@ def test_update_app(store):
     assert store.update_app("99", name="ghost") is None
     with pytest.raises(ValueError):
         store.update_app(app["app_id"], key="f" * 32)
+
+
+def put_record(app_id, key, **fields):
+    record = dict(
+        app_id=app_id,
+        name="declared",
+        key=key,
+        secret="s" * 32 + app_id,
+        enabled=True,
+        client_events=False,
+        settings={},
+    )
+    record.update(fields)
+    return record
+
+
+def test_put_app_creates_with_its_id_then_replaces_and_ids_go_on(store):
+    created = store.put_app(put_record("7", "declared-key"))
+
+    assert created == put_record("7", "declared-key")
+    assert store.get_app("7") == created
+    assert store.get_app_by_key("declared-key") == created
+    # create_app hands out ids after the largest put
+    assert store.create_app("next")["app_id"] == "8"
+    changed = put_record(
+        "7",
+        "new-key",
+        name="renamed",
+        secret="t" * 40,
+        enabled=False,
+        client_events=True,
+        settings={"max_batch": 3},
+    )
+    assert store.put_app(changed) == changed
+    assert store.get_app("7") == changed
+    assert store.get_app_by_key("declared-key") is None
+    assert store.get_app_by_key("new-key") == changed
+    assert [app["app_id"] for app in store.list_apps()] == ["7", "8"]
+    # a smaller id is created where it says, and ids still go on after 8
+    assert store.put_app(put_record("2", "two"))["app_id"] == "2"
+    assert store.create_app("after")["app_id"] == "9"
+
+
+def test_put_app_with_another_apps_key_fails_and_changes_nothing(store):
+    first = store.create_app("first")
+    second = store.put_app(put_record("5", "five"))
+
+    for record in (put_record("5", first["key"]), put_record("6", first["key"])):
+        with pytest.raises(Exception) as raised:
+            store.put_app(record)
+        # the store's unique key refused it (what the caller reports)
+        assert is_store_error(raised.value), raised.value
+    assert store.get_app("5") == second
+    assert store.get_app("6") is None
+    assert store.get_app_by_key(first["key"]) == first
 
 
 def test_app_ids_shared_by_two_instances(store_backend):

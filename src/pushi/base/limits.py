@@ -5,6 +5,8 @@ the immutable in-memory view of an app that the loop and the REST side
 share (replaced, never mutated, when the app changes).
 """
 
+from .webhooks import check_hooks
+
 DEFAULTS = {
     "max_event_data": 10240,
     "max_publish_channels": 100,
@@ -58,6 +60,37 @@ OPERATOR_SETTINGS = frozenset(
 """ The settings only the admin secret changes: the limits an app's
 tenant must not lift, webhooks, whose URLs the server itself calls, and
 subscription counts, which cost a frame per subscriber of a channel """
+
+
+def check_settings(settings):
+    """Validates per-app settings against the known limits: returns them
+    (``{}`` for None), or raises ``ValueError`` saying what is wrong.  The
+    REST API (``PUT /apps/<id>``) and the apps file (``PUSHI_APPS_FILE``)
+    both validate with it."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise ValueError("settings must be an object")
+    for name, value in settings.items():
+        if name not in DEFAULTS:
+            raise ValueError("Unknown setting %.64r" % name)
+        if name == "webhooks":
+            problem = check_hooks(value)
+            if problem:
+                raise ValueError(problem)
+        expected = type(DEFAULTS[name])
+        if not isinstance(value, expected) or isinstance(value, bool) != (
+            expected is bool
+        ):
+            raise ValueError("Setting %s must be a %s" % (name, expected.__name__))
+        most = SETTING_MAX.get(name, MAX_SETTING)
+        if expected is int and not 0 <= value <= most:
+            raise ValueError("Setting %s must be from 0 to %d" % (name, most))
+        if name == "allowed_origins" and not all(
+            isinstance(item, str) for item in value
+        ):
+            raise ValueError("allowed_origins is a list of origins")
+    return settings
 
 
 class App:

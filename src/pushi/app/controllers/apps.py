@@ -2,14 +2,7 @@
 
 import appier
 
-from pushi.base.limits import (
-    DEFAULTS,
-    MAX_SETTING,
-    OPERATOR_SETTINGS,
-    SETTING_MAX,
-    App,
-)
-from pushi.base.webhooks import check_hooks
+from pushi.base.limits import DEFAULTS, OPERATOR_SETTINGS, App, check_settings
 from pushi.proto import errors
 
 from .common import APP, PushiController
@@ -76,32 +69,9 @@ class AppsController(PushiController):
 
 
 def _settings(settings):
-    """Validates per-app settings against the known limits."""
-    if settings is None:
-        return {}
-    if not isinstance(settings, dict):
-        raise errors.HttpError(400, "settings must be an object")
-    for name, value in settings.items():
-        if name not in DEFAULTS:
-            raise errors.HttpError(400, "Unknown setting %.64r" % name)
-        if name == "webhooks":
-            problem = check_hooks(value)
-            if problem:
-                raise errors.HttpError(400, problem)
-        expected = type(DEFAULTS[name])
-        if not isinstance(value, expected) or isinstance(value, bool) != (
-            expected is bool
-        ):
-            raise errors.HttpError(
-                400, "Setting %s must be a %s" % (name, expected.__name__)
-            )
-        most = SETTING_MAX.get(name, MAX_SETTING)
-        if expected is int and not 0 <= value <= most:
-            raise errors.HttpError(
-                400, "Setting %s must be from 0 to %d" % (name, most)
-            )
-        if name == "allowed_origins" and not all(
-            isinstance(item, str) for item in value
-        ):
-            raise errors.HttpError(400, "allowed_origins is a list of origins")
-    return settings
+    """Validates per-app settings (``limits.check_settings``) for a request:
+    a setting that cannot be is a 400."""
+    try:
+        return check_settings(settings)
+    except ValueError as error:
+        raise errors.HttpError(400, str(error))

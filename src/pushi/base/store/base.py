@@ -53,6 +53,14 @@ class Store(abc.ABC):
         """Updates ``name``, ``enabled``, ``client_events`` or ``settings``
         of an app and returns the new record (None if it does not exist)."""
 
+    @abc.abstractmethod
+    def put_app(self, record):
+        """Creates the app of a full record with the id, key and secret it
+        names, or replaces every field of the app with that id; returns the
+        stored record.  Ids ``create_app`` hands out later come after it.
+        A key that another app holds fails (the store's unique key), and
+        leaves both apps as they were."""
+
     # events
 
     @abc.abstractmethod

@@ -130,6 +130,25 @@ class MongoStore(base.Store):
         self.apps.insert_one(document)
         return self._app_record(document)
 
+    def put_app(self, record):
+        number = int(record["app_id"])
+        # create_app's next id comes after this one
+        self.counters.update_one(
+            {"_id": "app_id"}, {"$max": {"value": number}}, upsert=True
+        )
+        document = {
+            "_id": number,
+            "app_id": str(number),
+            "name": record["name"],
+            "key": record["key"],
+            "secret": record["secret"],
+            "enabled": bool(record["enabled"]),
+            "client_events": bool(record["client_events"]),
+            "settings": dict(record["settings"] or {}),
+        }
+        self.apps.replace_one({"_id": number}, document, upsert=True)
+        return self._app_record(document)
+
     def get_app(self, app_id):
         return self._app_record(self.apps.find_one({"app_id": str(app_id)}))
 

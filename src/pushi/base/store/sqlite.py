@@ -438,6 +438,35 @@ class SQLiteStore(base.Store):
         app_id = self._write(insert)
         return self.get_app(str(app_id))
 
+    def put_app(self, record):
+        numeric_id = self._numeric_id(record["app_id"])
+        if numeric_id is None:
+            raise ValueError("app_id must be numeric")
+        row = (
+            numeric_id,
+            record["name"],
+            record["key"],
+            record["secret"],
+            int(bool(record["enabled"])),
+            int(bool(record["client_events"])),
+            json.dumps(record["settings"] or {}),
+        )
+
+        def upsert(connection):
+            # an explicit id above the AUTOINCREMENT sequence moves it on
+            connection.execute(
+                "INSERT INTO apps (%s) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (app_id) DO UPDATE SET name = excluded.name,"
+                " key = excluded.key, secret = excluded.secret,"
+                " enabled = excluded.enabled,"
+                " client_events = excluded.client_events,"
+                " settings = excluded.settings" % APP_COLUMNS,
+                row,
+            )
+
+        self._write(upsert)
+        return self.get_app(str(numeric_id))
+
     def get_app(self, app_id):
         numeric_id = self._numeric_id(app_id)
         if numeric_id is None:
