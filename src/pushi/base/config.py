@@ -92,6 +92,8 @@ class Config:
         ("data_dir", "PUSHI_DATA_DIR", "data", str),
         ("mongo_url", "MONGO_URL", None, str),
         ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
+        # apps created or updated at start (base/appsfile.py)
+        ("apps_file", "PUSHI_APPS_FILE", None, str),
         ("activity_timeout", "PUSHI_ACTIVITY_TIMEOUT", 120, _positive(int)),
         ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, _positive(int)),
         ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, _positive(int)),

@@ -27,6 +27,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
 
 from pushi.base.access import Access  # noqa: E402
 from pushi.base.apps import AppDirectory  # noqa: E402
+from pushi.base.appsfile import apply_file  # noqa: E402
 from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config, ConfigError  # noqa: E402
 from pushi.base.console import ConsoleHub  # noqa: E402
@@ -287,10 +288,13 @@ class State:
     def start_server(self, http=False):
         """Starts the loop in its thread with the WebSocket server, and the
         REST port's HTTP server when ``http``; returns when they listen.
-        Raises ``ConfigError`` when a port cannot be listened on or lacks
-        its TLS files."""
+        Creates or updates the apps of ``PUSHI_APPS_FILE`` first.  Raises
+        ``ConfigError`` when a port cannot be listened on or lacks its TLS
+        files, or the apps file cannot be applied."""
         config = self.config
         config.check_tls()
+        if config.apps_file:
+            apply_file(self.store, config.apps_file)
         self.apps.refresh()
         if http:
             self.app.start()
