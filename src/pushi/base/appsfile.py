@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import tomllib
 
 from .config import MIN_ADMIN_SECRET, ConfigError
 from .limits import check_settings
@@ -81,7 +82,7 @@ def read_apps(path, environ=None):
         try:
             if not isinstance(entry, dict):
                 raise _EntryError(None, "an app is a table of fields")
-            record = _record(entry, environ, label, ids, keys)
+            record = _record(entry, environ, ids, keys)
         except _EntryError as error:
             if isinstance(entry, dict) and _APP_ID.match(str(entry.get("app_id"))):
                 label += " (app_id %s)" % entry["app_id"]
@@ -89,7 +90,7 @@ def read_apps(path, environ=None):
             raise AppsFileError(
                 "Invalid PUSHI_APPS_FILE (%s): %s%s: %s"
                 % (path, label, field, error.message)
-            )
+            ) from None
         ids[record["app_id"]] = label
         keys[record["key"]] = "%s (app_id %s)" % (label, record["app_id"])
         records.append(record)
@@ -189,11 +190,9 @@ def apply_file(store, path, environ=None):
 
 
 def _parse(path):
-    if path.endswith(".json"):
+    if path.lower().endswith(".json"):
         parse, errors = json.loads, ValueError
-    elif path.endswith(".toml"):
-        import tomllib
-
+    elif path.lower().endswith(".toml"):
         parse, errors = tomllib.loads, tomllib.TOMLDecodeError
     else:
         raise AppsFileError(
@@ -214,7 +213,7 @@ def _parse(path):
         raise AppsFileError("Invalid PUSHI_APPS_FILE (%s): %s" % (path, error))
 
 
-def _record(entry, environ, label, ids, keys):
+def _record(entry, environ, ids, keys):
     """The store record of one entry, or ``_EntryError``."""
     for field in entry:
         if field not in FIELDS:
