@@ -35,6 +35,7 @@ from pushi.base.store import (
     open_store,
 )
 from pushi.base.store import sqlite as sqlite_module
+from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
 
 MONGO_URL = os.environ.get("MONGO_URL")
 SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "src"))
@@ -297,6 +298,102 @@ def test_put_app_with_another_apps_key_fails_and_changes_nothing(store):
     assert store.get_app("5") == second
     assert store.get_app("6") is None
     assert store.get_app_by_key(first["key"]) == first
+
+
+def test_app_key_pairs_add_revoke_and_lookup(store_backend):
+    store = store_backend.open()
+    other_instance = store_backend.open()
+    app = store.create_app("chat")
+    first = {"key": app["key"], "secret": app["secret"], "created": None}
+    assert app["keys"] == [first]
+    version = store.apps_version()
+
+    added = store.add_app_key(app["app_id"])
+
+    assert re.fullmatch("[0-9a-f]{32}", added["key"])
+    assert re.fullmatch("[0-9a-f]{64}", added["secret"])
+    assert added["created"] > 0
+    assert store.apps_version() != version
+    record = other_instance.get_app(app["app_id"])
+    assert record["keys"] == [first, added]
+    assert (record["key"], record["secret"]) == (app["key"], app["secret"])
+    assert other_instance.get_app_by_key(added["key"]) == record
+    assert other_instance.get_app_by_key(app["key"]) == record
+    assert other_instance.list_apps() == [record]
+    assert store.add_app_key("99") is None
+
+    # revoking the first pair makes the next one first
+    version = store.apps_version()
+    revoked = store.revoke_app_key(app["app_id"], app["key"])
+
+    assert revoked["keys"] == [added]
+    assert (revoked["key"], revoked["secret"]) == (added["key"], added["secret"])
+    assert other_instance.get_app_by_key(app["key"]) is None
+    assert other_instance.get_app_by_key(added["key"]) == revoked
+    assert other_instance.apps_version() != version
+    assert store.revoke_app_key(app["app_id"], app["key"]) is None
+    assert store.revoke_app_key("99", added["key"]) is None
+    with pytest.raises(AppKeysError):
+        store.revoke_app_key(app["app_id"], added["key"])
+    assert store.get_app(app["app_id"])["keys"] == [added]
+
+    # a later pair is revoked in place
+    third = store.add_app_key(app["app_id"])
+    fourth = store.add_app_key(app["app_id"])
+    assert store.revoke_app_key(app["app_id"], third["key"])["keys"] == [
+        added,
+        fourth,
+    ]
+    assert store.get_app_by_key(third["key"]) is None
+
+
+def test_sqlite_app_of_schema_1_keeps_its_pair_and_gains_more(tmp_path):
+    # a data dir written before key pairs existed
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    connection = sqlite3.connect(str(data_dir / sqlite_module.DATABASE_NAME))
+    connection.executescript(
+        "CREATE TABLE apps (app_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " name TEXT NOT NULL, key TEXT NOT NULL UNIQUE, secret TEXT NOT NULL,"
+        " enabled INTEGER NOT NULL DEFAULT 1,"
+        " client_events INTEGER NOT NULL DEFAULT 0,"
+        " settings TEXT NOT NULL DEFAULT '{}');"
+        " INSERT INTO apps (name, key, secret) VALUES ('old', 'k1', 's1');"
+        " PRAGMA user_version = 1;"
+    )
+    connection.close()
+    store = SQLiteStore(str(data_dir))
+    try:
+        app = store.get_app("1")
+        assert (app["key"], app["secret"]) == ("k1", "s1")
+        assert app["keys"] == [{"key": "k1", "secret": "s1", "created": None}]
+        added = store.add_app_key("1")
+        assert store.get_app_by_key(added["key"])["app_id"] == "1"
+        assert store.revoke_app_key("1", "k1")["keys"] == [added]
+    finally:
+        store.close()
+
+
+def test_app_key_pairs_are_bounded(store):
+    app = store.create_app("chat")
+    for _ in range(MAX_APP_KEYS - 1):
+        store.add_app_key(app["app_id"])
+
+    with pytest.raises(AppKeysError):
+        store.add_app_key(app["app_id"])
+    assert len(store.get_app(app["app_id"])["keys"]) == MAX_APP_KEYS
+
+
+def test_apps_version_moves_on_every_app_change(store):
+    before = store.apps_version()
+    app = store.create_app("chat")
+    created = store.apps_version()
+    store.update_app(app["app_id"], name="renamed")
+
+    assert before != created != store.apps_version()
+    unchanged = store.apps_version()
+    store.add_events([make_event(app["app_id"], "c", time.time())])
+    assert store.apps_version() == unchanged
 
 
 def test_app_ids_shared_by_two_instances(store_backend):

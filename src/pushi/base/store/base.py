@@ -8,9 +8,15 @@ loop hands store work to a worker and resumes with the answer).
 Records are plain dicts:
 
 * app: ``{"app_id": "1", "name": str, "key": str, "secret": str,
-  "enabled": bool, "client_events": bool, "settings": dict}`` where
-  ``app_id`` is a numeric string (Pusher SDKs require it) and ``settings``
-  holds per-app limits and options (see ``pushi.base.limits``).
+  "enabled": bool, "client_events": bool, "settings": dict, "keys": list}``
+  where ``app_id`` is a numeric string (Pusher SDKs require it),
+  ``settings`` holds per-app limits and options (see
+  ``pushi.base.limits``) and ``keys`` every live key/secret pair, oldest
+  first, as ``{"key": str, "secret": str, "created": float | None}``.
+  ``key`` and ``secret`` are the first of them (the app's only pair until
+  another is added; ``created``, a Unix time, is None for the pair made
+  with the app).
+  Revoking a pair deletes it; revoking the first makes the next one first.
 * event: ``{"mid": str, "app_id": str, "channel": str, "event": str,
   "data": str, "timestamp": float, "user_id": str | None}`` where ``mid``
   is unique per app and ``data`` is the exact string delivered.
@@ -20,10 +26,20 @@ Records are plain dicts:
 
 import abc
 
+MAX_APP_KEYS = 10
+"""The most live key/secret pairs an app holds: enough to rotate (the old
+pair and the new) with room to spare, and a bounded set to check a
+signature against."""
+
 MAX_SKIP = 2**31 - 1
 """The most events a read skips: more than any channel holds, and within
 what both backends take (a larger number overflows their integers); a
 caller clamps ``skip`` to it, since skipping more finds nothing either way."""
+
+
+class AppKeysError(ValueError):
+    """A key change the store refuses: the app would hold more than
+    ``MAX_APP_KEYS`` pairs, or none (revoking its last pair)."""
 
 
 class Store(abc.ABC):
@@ -60,6 +76,24 @@ class Store(abc.ABC):
         stored record.  Ids ``create_app`` hands out later come after it.
         A key that another app holds fails (the store's unique key), and
         leaves both apps as they were."""
+
+    @abc.abstractmethod
+    def add_app_key(self, app_id):
+        """Adds a new random key/secret pair to an app and returns it
+        (``{"key", "secret", "created"}``), or None if there is no such
+        app.  Raises ``AppKeysError`` at ``MAX_APP_KEYS`` pairs."""
+
+    @abc.abstractmethod
+    def revoke_app_key(self, app_id, key):
+        """Deletes one pair of an app and returns the app's new record, or
+        None when the app or that key of it does not exist.  Raises
+        ``AppKeysError`` when it is the app's last pair."""
+
+    @abc.abstractmethod
+    def apps_version(self):
+        """A value that changes whenever any app record changes, by this
+        process or another (the CLI): a running server polls it, cheaply,
+        to learn of app changes it did not make."""
 
     # events
 

@@ -4,11 +4,17 @@ Collections of the database (``database`` argument, else the one named in
 the URL, else ``pushi``):
 
 * ``apps``: ``_id`` is the numeric id as an int (so ``list_apps`` sorts
-  numerically), ``app_id`` the same as a string; unique indexes on
-  ``app_id`` and ``key``.
+  numerically), ``app_id`` the same as a string; ``key`` and ``secret`` the
+  first key/secret pair (added at ``key_created``, missing for the pair
+  made with the app), ``other_keys`` the others (``{key, secret,
+  created}``, oldest first); unique indexes on ``app_id`` and ``key``, an
+  index on ``other_keys.key``.  A key change rewrites the pairs with a
+  filter on the ones read (compare and set), so two concurrent changes
+  never lose one another.
 * ``counters``: ``{"_id": "app_id", "value": n}``, bumped with a ``$inc``
   upsert in ``find_one_and_update`` so ids are sequential and never handed
-  out twice, whichever process creates the app.
+  out twice, whichever process creates the app; ``{"_id": "apps_version"}``
+  is bumped after every change of an app (``apps_version``).
 * ``events``: the event records; ``_id`` is an ObjectId made by pymongo at
   insert, which breaks ties between equal timestamps in insertion order.
   Indexes: ``(app_id, channel, timestamp desc, _id desc)`` for newest-first
@@ -79,6 +85,7 @@ class MongoStore(base.Store):
     def _create_indexes(self):
         self.apps.create_index("app_id", unique=True, name="app_id")
         self.apps.create_index("key", unique=True, name="key")
+        self.apps.create_index("other_keys.key", name="other_keys")
         self.events.create_index(
             [("app_id", 1), ("channel", 1), ("timestamp", -1), ("_id", -1)],
             name="app_channel_newest",
@@ -104,6 +111,16 @@ class MongoStore(base.Store):
         record["enabled"] = bool(record["enabled"])
         record["client_events"] = bool(record["client_events"])
         record["settings"] = dict(document.get("settings") or {})
+        record["keys"] = [
+            dict(
+                key=record["key"],
+                secret=record["secret"],
+                created=document.get("key_created"),
+            )
+        ] + [
+            dict(key=pair["key"], secret=pair["secret"], created=pair["created"])
+            for pair in document.get("other_keys") or ()
+        ]
         return record
 
     def _next_app_id(self):
@@ -128,6 +145,7 @@ class MongoStore(base.Store):
             "settings": dict(settings or {}),
         }
         self.apps.insert_one(document)
+        self._changed()
         return self._app_record(document)
 
     def put_app(self, record):
@@ -153,7 +171,11 @@ class MongoStore(base.Store):
         return self._app_record(self.apps.find_one({"app_id": str(app_id)}))
 
     def get_app_by_key(self, key):
-        return self._app_record(self.apps.find_one({"key": key}))
+        if not isinstance(key, str):
+            return None
+        return self._app_record(
+            self.apps.find_one({"$or": [{"key": key}, {"other_keys.key": key}]})
+        )
 
     def list_apps(self):
         return [self._app_record(document) for document in self.apps.find().sort("_id")]
@@ -175,7 +197,74 @@ class MongoStore(base.Store):
             {"$set": values},
             return_document=pymongo.ReturnDocument.AFTER,
         )
+        if document is not None:
+            self._changed()
         return self._app_record(document)
+
+    def add_app_key(self, app_id):
+        pair = dict(
+            key=secrets.token_hex(16), secret=secrets.token_hex(32), created=time.time()
+        )
+
+        def add(document):
+            others = list(document.get("other_keys") or ())
+            if len(others) + 1 >= base.MAX_APP_KEYS:
+                raise base.AppKeysError(
+                    "An app holds at most %d key pairs" % base.MAX_APP_KEYS
+                )
+            return {"other_keys": others + [pair]}
+
+        return pair if self._change_keys(app_id, add) else None
+
+    def revoke_app_key(self, app_id, key):
+        def revoke(document):
+            others = list(document.get("other_keys") or ())
+            if key == document["key"]:
+                if not others:
+                    raise base.AppKeysError("Cannot revoke the app's last key pair")
+                # the first pair: the oldest other one takes its place
+                successor = others.pop(0)
+                return {
+                    "key": successor["key"],
+                    "secret": successor["secret"],
+                    "key_created": successor["created"],
+                    "other_keys": others,
+                }
+            kept = [pair for pair in others if pair["key"] != key]
+            return {"other_keys": kept} if len(kept) < len(others) else None
+
+        return self.get_app(app_id) if self._change_keys(app_id, revoke) else None
+
+    def _change_keys(self, app_id, change):
+        """Applies ``change(document) -> fields to set (None: nothing to
+        do)`` to an app's pairs, again on a fresh read whenever another
+        change landed in between; True once set, False if no such app or
+        nothing to do."""
+        while True:
+            document = self.apps.find_one({"app_id": str(app_id)})
+            if document is None:
+                return False
+            values = change(document)
+            if values is None:
+                return False
+            # a missing ``other_keys`` is matched by null
+            current = {
+                "app_id": str(app_id),
+                "key": document["key"],
+                "other_keys": document.get("other_keys"),
+            }
+            if self.apps.update_one(current, {"$set": values}).matched_count:
+                self._changed()
+                return True
+
+    def _changed(self):
+        self.counters.update_one(
+            {"_id": "apps_version"}, {"$inc": {"value": 1}}, upsert=True
+        )
+
+    def apps_version(self):
+        counter = self.counters.find_one({"_id": "apps_version"})
+        return counter["value"] if counter else 0
 
     # events
 

@@ -41,7 +41,14 @@ makes FULL cheap enough that we keep the stronger promise of ``add_events``.)
 
 Schema (all queries are index-backed, none scans a table):
 
-* ``apps``: ``app_id INTEGER PRIMARY KEY AUTOINCREMENT``, unique ``key``.
+* ``apps``: ``app_id INTEGER PRIMARY KEY AUTOINCREMENT``, unique ``key``
+  (the app's first key/secret pair, added at ``key_created``, NULL for the
+  pair made with the app).
+* ``app_keys``: the app's other live pairs, ``key`` the primary key, an
+  index on ``app_id``; the rowid keeps the order they were added in.
+  Revoking the first pair moves the oldest of these into ``apps``.
+* ``apps_version``: one row whose ``version`` triggers on ``apps`` and
+  ``app_keys`` bump on every change, whoever makes it (``apps_version``).
 * ``events``: rowid ``seq`` (commit order) plus the record fields; indexes
   ``(app_id, channel, timestamp)`` (the rowid is the implicit last column,
   so it serves "newest first" on ``timestamp DESC, seq DESC`` without a
@@ -54,6 +61,7 @@ Schema (all queries are index-backed, none scans a table):
 """
 
 import collections
+import contextlib
 import concurrent.futures
 import heapq
 import itertools
@@ -72,7 +80,7 @@ from .sqlite_events import EventsProcess, GroupCommit
 DATABASE_NAME = "pushi.sqlite3"
 """File name of the database inside the data dir."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``; bump with a migration when it changes."""
 
 BUSY_TIMEOUT_MS = 30000
@@ -92,7 +100,8 @@ CREATE TABLE IF NOT EXISTS apps (
     secret TEXT NOT NULL,
     enabled INTEGER NOT NULL DEFAULT 1,
     client_events INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL DEFAULT '{}'
+    settings TEXT NOT NULL DEFAULT '{}',
+    key_created REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -122,9 +131,31 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS subscriptions_by_event
     ON subscriptions (app_id, event);
+CREATE TABLE IF NOT EXISTS app_keys (
+    key TEXT PRIMARY KEY,
+    app_id INTEGER NOT NULL,
+    secret TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS app_keys_by_app ON app_keys (app_id);
+CREATE TABLE IF NOT EXISTS apps_version (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO apps_version (id, version) VALUES (0, 0);
 """
 
-APP_COLUMNS = "app_id, name, key, secret, enabled, client_events, settings"
+TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS %s_%s AFTER %s ON %s BEGIN"
+    " UPDATE apps_version SET version = version + 1 WHERE id = 0; END"
+    % (table, change.lower(), change, table)
+    for table in ("apps", "app_keys")
+    for change in ("INSERT", "UPDATE", "DELETE")
+]
+"""Every change to an app record bumps ``apps_version`` (statements of
+their own: a trigger's body holds a ``;``)."""
+
+APP_COLUMNS = "app_id, name, key, secret, enabled, client_events, settings, key_created"
 EVENT_COLUMNS = "seq, mid, app_id, channel, event, data, timestamp, user_id"
 EVENT_ORDER = "ORDER BY timestamp DESC, seq DESC"
 TRIM_CHUNK = 1000
@@ -292,6 +323,12 @@ class SQLiteStore(base.Store):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
+            columns = [row[1] for row in connection.execute("PRAGMA table_info(apps)")]
+            if "key_created" not in columns:
+                # version 1: when the first pair was added (None: with the app)
+                connection.execute("ALTER TABLE apps ADD COLUMN key_created REAL")
+            for statement in TRIGGERS:
+                connection.execute(statement)
             connection.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
             connection.execute("COMMIT")
         except BaseException:
@@ -397,11 +434,23 @@ class SQLiteStore(base.Store):
 
     # apps
 
-    @staticmethod
-    def _app_record(row):
+    def _app_record(self, row, others=None):
+        """The record of an ``apps`` row; ``others`` its ``app_keys`` rows
+        (read here when not given)."""
         if row is None:
             return None
-        app_id, name, key, secret, enabled, client_events, settings = row
+        app_id, name, key, secret, enabled, client_events, settings, created = row
+        if others is None:
+            others = self._reader().execute(
+                "SELECT key, secret, created FROM app_keys WHERE app_id = ?"
+                " ORDER BY rowid",
+                (app_id,),
+            )
+        keys = [dict(key=key, secret=secret, created=created)]
+        keys += [
+            dict(key=other, secret=other_secret, created=created)
+            for other, other_secret, created in others
+        ]
         return dict(
             app_id=str(app_id),
             name=name,
@@ -410,6 +459,7 @@ class SQLiteStore(base.Store):
             enabled=bool(enabled),
             client_events=bool(client_events),
             settings=json.loads(settings),
+            keys=keys,
         )
 
     @staticmethod
@@ -471,30 +521,47 @@ class SQLiteStore(base.Store):
         numeric_id = self._numeric_id(app_id)
         if numeric_id is None:
             return None
-        row = (
-            self._reader()
-            .execute(
+        with self._snapshot() as reader:
+            row = reader.execute(
                 "SELECT %s FROM apps WHERE app_id = ?" % APP_COLUMNS, (numeric_id,)
-            )
-            .fetchone()
-        )
-        return self._app_record(row)
+            ).fetchone()
+            return self._app_record(row)
 
     def get_app_by_key(self, key):
-        row = (
-            self._reader()
-            .execute("SELECT %s FROM apps WHERE key = ?" % APP_COLUMNS, (key,))
-            .fetchone()
-        )
-        return self._app_record(row)
+        with self._snapshot() as reader:
+            row = reader.execute(
+                "SELECT %s FROM apps WHERE key = ?" % APP_COLUMNS, (key,)
+            ).fetchone()
+            if row is None:
+                row = reader.execute(
+                    "SELECT %s FROM apps WHERE app_id ="
+                    " (SELECT app_id FROM app_keys WHERE key = ?)" % APP_COLUMNS,
+                    (key,),
+                ).fetchone()
+            return self._app_record(row)
+
+    @contextlib.contextmanager
+    def _snapshot(self):
+        """This thread's reader inside one read transaction: an app row and
+        its other keys read from the same commit."""
+        reader = self._reader()
+        reader.execute("BEGIN")
+        try:
+            yield reader
+        finally:
+            reader.execute("COMMIT")
 
     def list_apps(self):
-        rows = (
-            self._reader()
-            .execute("SELECT %s FROM apps ORDER BY app_id" % APP_COLUMNS)
-            .fetchall()
-        )
-        return [self._app_record(row) for row in rows]
+        with self._snapshot() as reader:
+            rows = reader.execute(
+                "SELECT %s FROM apps ORDER BY app_id" % APP_COLUMNS
+            ).fetchall()
+            others = collections.defaultdict(list)
+            for app_id, key, secret, created in reader.execute(
+                "SELECT app_id, key, secret, created FROM app_keys ORDER BY rowid"
+            ):
+                others[app_id].append((key, secret, created))
+            return [self._app_record(row, others.get(row[0], ())) for row in rows]
 
     def update_app(self, app_id, **fields):
         unknown = set(fields) - {"name", "enabled", "client_events", "settings"}
@@ -524,6 +591,80 @@ class SQLiteStore(base.Store):
 
         self._write(update)
         return self.get_app(app_id)
+
+    def add_app_key(self, app_id):
+        numeric_id = self._numeric_id(app_id)
+        if numeric_id is None:
+            return None
+        pair = dict(
+            key=secrets.token_hex(16), secret=secrets.token_hex(32), created=time.time()
+        )
+
+        def insert(connection):
+            if not connection.execute(
+                "SELECT 1 FROM apps WHERE app_id = ?", (numeric_id,)
+            ).fetchone():
+                return None
+            (others,) = connection.execute(
+                "SELECT count(*) FROM app_keys WHERE app_id = ?", (numeric_id,)
+            ).fetchone()
+            if others + 1 >= base.MAX_APP_KEYS:
+                raise base.AppKeysError(
+                    "An app holds at most %d key pairs" % base.MAX_APP_KEYS
+                )
+            connection.execute(
+                "INSERT INTO app_keys (key, app_id, secret, created)"
+                " VALUES (?, ?, ?, ?)",
+                (pair["key"], numeric_id, pair["secret"], pair["created"]),
+            )
+            return pair
+
+        return self._write(insert)
+
+    def revoke_app_key(self, app_id, key):
+        numeric_id = self._numeric_id(app_id)
+        if numeric_id is None or not isinstance(key, str):
+            return None
+
+        def revoke(connection):
+            row = connection.execute(
+                "SELECT key FROM apps WHERE app_id = ?", (numeric_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            if row[0] != key:
+                return (
+                    connection.execute(
+                        "DELETE FROM app_keys WHERE app_id = ? AND key = ?",
+                        (numeric_id, key),
+                    ).rowcount
+                    > 0
+                )
+            # the first pair: the oldest other one takes its place
+            successor = connection.execute(
+                "SELECT key, secret, created FROM app_keys WHERE app_id = ?"
+                " ORDER BY rowid LIMIT 1",
+                (numeric_id,),
+            ).fetchone()
+            if successor is None:
+                raise base.AppKeysError("Cannot revoke the app's last key pair")
+            connection.execute("DELETE FROM app_keys WHERE key = ?", (successor[0],))
+            connection.execute(
+                "UPDATE apps SET key = ?, secret = ?, key_created = ?"
+                " WHERE app_id = ?",
+                successor + (numeric_id,),
+            )
+            return True
+
+        return self.get_app(app_id) if self._write(revoke) else None
+
+    def apps_version(self):
+        row = (
+            self._reader()
+            .execute("SELECT version FROM apps_version WHERE id = 0")
+            .fetchone()
+        )
+        return row[0] if row else 0
 
     # events
 
