@@ -3,16 +3,24 @@
     pushi                      runs the server (same as ``pushi serve``)
     pushi app create NAME [--json] [--client-events]
     pushi app list [--json]
+    pushi app keys add APP_ID [--json]      adds a key/secret pair, prints it
+    pushi app keys list APP_ID [--json]     the app's keys (no secrets)
+    pushi app keys revoke APP_ID KEY        revokes a pair (not the last one)
 
 App commands work on the configured store (``PUSHI_DATA_DIR`` or
-``MONGO_URL``) directly, also while a server runs on it.
+``MONGO_URL``) directly, also while a server runs on it: the server
+takes in a change within ``PUSHI_APPS_POLL_INTERVAL`` seconds (a revoked
+key's sockets are closed then).
 """
 
 import argparse
 import json
 import sys
+import time
 
 from pushi.base.config import Config, ConfigError
+from pushi.base.limits import public_keys
+from pushi.base.store.base import AppKeysError
 
 
 def main(argv=None):
@@ -34,7 +42,21 @@ def main(argv=None):
     )
     listing = app.add_parser("list", help="list apps")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    keys_parser = app.add_parser("keys", help="rotate an app's key/secret pairs")
+    keys = keys_parser.add_subparsers(dest="keys_action")
+    add = keys.add_parser("add", help="add a key/secret pair and print it")
+    add.add_argument("app_id")
+    add.add_argument("--json", action="store_true", help="print JSON")
+    keys_list = keys.add_parser("list", help="list an app's keys (no secrets)")
+    keys_list.add_argument("app_id")
+    keys_list.add_argument("--json", action="store_true", help="print JSON")
+    revoke = keys.add_parser("revoke", help="revoke a key/secret pair")
+    revoke.add_argument("app_id")
+    revoke.add_argument("key")
     args = parser.parse_args(argv)
+    if args.command == "app" and args.action == "keys" and not args.keys_action:
+        keys_parser.print_help(sys.stderr)
+        return 2
 
     if args.command in (None, "serve"):
         from pushi.base.state import main as serve
@@ -52,10 +74,19 @@ def main(argv=None):
             if args.action == "create":
                 record = store.create_app(args.name, client_events=args.client_events)
                 _print_app(record, args.json)
+            elif args.action == "keys":
+                return _keys(store, args)
             else:
                 # secrets are shown once, at creation, never in listings
                 records = [
-                    {name: value for name, value in record.items() if name != "secret"}
+                    dict(
+                        {
+                            name: value
+                            for name, value in record.items()
+                            if name != "secret"
+                        },
+                        keys=public_keys(record["keys"]),
+                    )
                     for record in store.list_apps()
                 ]
                 if args.json:
@@ -68,6 +99,58 @@ def main(argv=None):
         return 0
     app_parser.print_help(sys.stderr)
     return 2
+
+
+def _keys(store, args):
+    """``pushi app keys add|list|revoke``: 0, or 1 with the reason on
+    stderr."""
+    try:
+        if args.keys_action == "add":
+            pair = store.add_app_key(args.app_id)
+            if pair is None:
+                return _fail("Unknown app %s" % args.app_id)
+            if args.json:
+                print(json.dumps(dict(pair, app_id=args.app_id)))
+            else:
+                print("key:           %s" % pair["key"])
+                print("secret:        %s" % pair["secret"])
+            return 0
+        if args.keys_action == "revoke":
+            record = store.revoke_app_key(args.app_id, args.key)
+            if record is None:
+                return _fail("No key %s in app %s" % (args.key, args.app_id))
+            print(
+                "revoked %s; live keys: %s"
+                % (args.key, " ".join(pair["key"] for pair in record["keys"]))
+            )
+            return 0
+    except AppKeysError as error:
+        return _fail(str(error))
+    record = store.get_app(args.app_id)
+    if record is None:
+        return _fail("Unknown app %s" % args.app_id)
+    keys = public_keys(record["keys"])
+    if args.json:
+        print(json.dumps(keys))
+    for pair in [] if args.json else keys:
+        created = pair["created"]
+        print(
+            "%s  %s"
+            % (
+                pair["key"],
+                (
+                    "created with the app"
+                    if created is None
+                    else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+                ),
+            )
+        )
+    return 0
+
+
+def _fail(message):
+    print(message, file=sys.stderr)
+    return 1
 
 
 def _print_app(record, as_json):

@@ -21,6 +21,7 @@ import time
 import urllib.parse
 
 from pushi.base import rates
+from pushi.base.access import NeedsStore
 from pushi.net.httpd import MAX_BODY, json_response
 from pushi.proto import channels as channel_names
 from pushi.proto import errors, messages
@@ -105,10 +106,13 @@ class Publisher:
                 request.query,
                 request.body,
                 request.headers.get("authorization"),
+                blocking=False,
             )
         except errors.HttpError as error:
             answer(*error_response(error))
             return True
+        except NeedsStore:
+            return False
 
         def respond():
             self.complete(app, answers, queries, _call)
@@ -164,13 +168,16 @@ class Publisher:
         start_response(status, headers)
         return [data]
 
-    def prepare(self, match, path, query, body, authorization):
+    def prepare(self, match, path, query, body, authorization, blocking=True):
         """Authorizes and checks a publish request; returns ``(app, route,
         stored, deliveries, answers, queries)`` (see ``plan``) or raises
-        ``HttpError``."""
+        ``HttpError`` (``NeedsStore`` when not ``blocking``: see
+        ``Access.authorize``)."""
         app_id, route = match.group(1), match.group(2)
         params = query_params(query)
-        app = self.access.authorize(app_id, "POST", path, params, body, authorization)
+        app = self.access.authorize(
+            app_id, "POST", path, params, body, authorization, blocking=blocking
+        )
         payload = json_object(body)
         if route == "events":
             events = [self.check(app, payload)]

@@ -19,6 +19,12 @@ MAX_TOKENS = 1000
 """Live session tokens per app; a new one past it ends the app's oldest."""
 
 
+class NeedsStore(Exception):
+    """A check on the loop thread needs the store: the request names a key
+    the app in memory does not hold (one another process may have added),
+    so it is answered off the loop instead."""
+
+
 class Access:
     """Checks credentials against the app directory and the admin secret."""
 
@@ -26,7 +32,7 @@ class Access:
         self.apps = apps
         self.admin_secret = admin_secret
         self.token_lifetime = token_lifetime
-        self._tokens = {}  # token: (app_id, expires)
+        self._tokens = {}  # token: (app_id, expires, key logged in with or None)
         self._by_app = {}  # app_id: its tokens, oldest (first to expire) first
         self._lock = threading.Lock()
         self.rates = Rates()
@@ -43,7 +49,9 @@ class Access:
         return app
 
     def login(self, app_id, key, secret):
-        """A session token for an app's credentials (``POST /login``)."""
+        """A session token for an app's credentials (``POST /login``): its
+        id or any live key, with that key's secret.  The token ends when
+        that pair is revoked."""
         app = (
             self.apps.load_id(app_id)
             if isinstance(app_id, str) and app_id.isdigit()
@@ -51,16 +59,17 @@ class Access:
         )
         if app is None and isinstance(key, str):
             app = self.apps.load_key(key)
+        if app is not None and isinstance(key, str):
+            app = self.apps.fresh(app, key)
+        expected = app.secrets.get(key) if app is not None else None
         valid = (
-            app is not None
-            and isinstance(key, str)
+            expected is not None
             and isinstance(secret, str)
-            and hmac.compare_digest(app.key.encode(), key.encode())
-            and hmac.compare_digest(app.secret.encode(), secret.encode())
+            and hmac.compare_digest(expected.encode(), secret.encode())
         )
         if not valid:
             raise errors.HttpError(401, "Invalid app credentials")
-        return app, self._issue(app)
+        return app, self._issue(app, key)
 
     def admin_login(self, app_id, header):
         """A session token for any app, to the admin secret (``POST /login``
@@ -71,7 +80,7 @@ class Access:
         app = self.app(app_id)
         return app, self._issue(app)
 
-    def _issue(self, app):
+    def _issue(self, app, key=None):
         token = secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
@@ -84,7 +93,7 @@ class Access:
                     break
                 del mine[oldest], self._tokens[oldest]
             mine[token] = None
-            self._tokens[token] = (app.app_id, now + self.token_lifetime)
+            self._tokens[token] = (app.app_id, now + self.token_lifetime, key)
         return token
 
     def revoke(self, app_id):
@@ -92,6 +101,16 @@ class Access:
         with self._lock:
             for token in self._by_app.pop(app_id, ()):
                 del self._tokens[token]
+
+    def revoke_keys(self, app):
+        """Ends the session tokens of an app logged in with a key it no
+        longer holds (the admin's tokens have no key and stay)."""
+        with self._lock:
+            mine = self._by_app.get(app.app_id, {})
+            for token in list(mine):
+                key = self._tokens[token][2]
+                if key is not None and key not in app.secrets:
+                    del mine[token], self._tokens[token]
 
     def logout(self, token):
         """Ends one session token (``POST /logout``); True if it was live."""
@@ -135,14 +154,25 @@ class Access:
         if not self.is_admin(header):
             raise errors.HttpError(401, "Admin secret required (Authorization: Bearer)")
 
-    def authorize(self, app_id, method, path, params, body, header):
-        """The app a request may act on, by Pusher signature, session
-        token or admin secret; raises ``HttpError`` 401/403/404.  A
-        disabled app answers to the admin secret only (who may enable it
-        again)."""
+    def authorize(self, app_id, method, path, params, body, header, blocking=True):
+        """The app a request may act on, by Pusher signature (with any of
+        the app's live pairs), session token or admin secret; raises
+        ``HttpError`` 401/403/404.  A disabled app answers to the admin
+        secret only (who may enable it again).  Not ``blocking`` (on the
+        loop, for an app in memory): raises ``NeedsStore`` rather than
+        read the store."""
         app = self.app(app_id)
         if "auth_signature" in params or "auth_key" in params:
-            auth.verify_api(app.key, app.secret, method, path, params, body)
+            # the pair the request names; an unknown key fails as before
+            key = params.get("auth_key")
+            if isinstance(key, str) and key not in app.secrets:
+                if not blocking:
+                    raise NeedsStore()
+                app = self.apps.fresh(app, key)
+            secret = app.secrets.get(key) if isinstance(key, str) else None
+            if secret is None:
+                key, secret = app.key, app.secret
+            auth.verify_api(key, secret, method, path, params, body)
         elif not (
             self.is_live(self.bearer(header), app.app_id) or self.is_admin(header)
         ):

@@ -1,4 +1,5 @@
-"""The app directory: the store's apps as ``App`` objects in memory.
+"""The app directory: the store's apps as ``App`` objects in memory, by id
+and by every live key of each.
 
 Read from any thread without a lock: the two maps are replaced whole,
 never changed in place.  Writers (the REST thread that changes an app, the
@@ -19,6 +20,9 @@ class AppDirectory:
 
     def __init__(self, store):
         self.store = store
+        # ``sync(app_id)``: takes the store's record of a known app into
+        # use and returns it (State.sync_app); set by the server
+        self.sync = None
         self._by_key = {}
         self._by_id = {}
         self._lock = threading.Lock()
@@ -29,7 +33,7 @@ class AppDirectory:
         with self._lock:
             apps = [App(record) for record in self.store.list_apps()]
             self._by_id = {app.app_id: app for app in apps}
-            self._by_key = {app.key: app for app in apps}
+            self._by_key = {key: app for app in apps for key in app.secrets}
 
     def put(self, app):
         """Records a new or changed app; returns it."""
@@ -44,7 +48,7 @@ class AppDirectory:
             if known.app_id != app.app_id
         }
         by_id[app.app_id] = app
-        by_key[app.key] = app
+        by_key.update(dict.fromkeys(app.secrets, app))
         self._by_id, self._by_key = by_id, by_key
         return app
 
@@ -55,12 +59,22 @@ class AppDirectory:
         return self._by_id.get(app_id)
 
     def load_key(self, key):
-        """``by_key``, asking the store on a miss (blocking)."""
+        """``by_key``, asking the store on a miss (blocking).  A key added
+        to a known app by another process makes that app sync now."""
         app = self._by_key.get(key)
         if app is None:
             record = self.store.get_app_by_key(key)
             app = self._loaded(App(record)) if record else None
+            if app is not None and key not in app.secrets:
+                app = self.fresh(app, key)
         return app
+
+    def fresh(self, app, key):
+        """``app``, synced with the store when it lacks ``key`` (one that
+        another process may have added; blocking)."""
+        if key in app.secrets or self.sync is None:
+            return app
+        return self.sync(app.app_id) or app
 
     def load_id(self, app_id):
         """``by_id``, asking the store on a miss (blocking)."""

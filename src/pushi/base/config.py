@@ -98,6 +98,7 @@ class Config:
         ("pong_timeout", "PUSHI_PONG_TIMEOUT", 30, _positive(int)),
         ("max_buffer", "PUSHI_MAX_BUFFER", 1048576, _positive(int)),
         ("retention_interval", "PUSHI_RETENTION_INTERVAL", 10, _positive(float)),
+        ("apps_poll_interval", "PUSHI_APPS_POLL_INTERVAL", 2, _positive(float)),
         ("max_pending", "PUSHI_MAX_PENDING", 1000, _positive(int)),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, _positive(int)),
         ("token_lifetime", "PUSHI_TOKEN_LIFETIME", 86400, _positive(int)),

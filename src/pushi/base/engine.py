@@ -75,9 +75,10 @@ class Engine:
 
     # connection life
 
-    def open(self, transport, app, dialect, origin=None, address=None):
-        """Registers a new socket and greets it; ``address`` is its client's
-        (a trusted proxy's client, see ``net/forwarded``)."""
+    def open(self, transport, app, dialect, origin=None, address=None, key=None):
+        """Registers a new socket (connected with ``key``, the app's first
+        key when None) and greets it; ``address`` is its client's (a
+        trusted proxy's client, see ``net/forwarded``)."""
         session = registry.Session(
             self.registry.new_socket_id(),
             app,
@@ -86,6 +87,7 @@ class Engine:
             origin=origin,
             address=address,
             now=time.monotonic(),
+            key=key,
         )
         self.registry.add_session(session)
         transport.write(
@@ -222,10 +224,12 @@ class Engine:
                 signed = auth.channel_string(session.socket_id, name, channel_data)
             else:
                 signed = auth.channel_string(session.socket_id, name)
-            if not auth.verify_token(app.key, app.secret, signed, data.get("auth")):
+            key = auth.verify_any(app.secrets, signed, data.get("auth"))
+            if key is None:
                 raise errors.SubscriptionError(
                     name, "Invalid signature", status=401, pusher_error=True
                 )
+            session.keys.add(key)
         if name in session.channels:
             if session.channels[name] is registry.VIA_PERSONAL:
                 session.channels[name] = None
@@ -709,19 +713,18 @@ class Engine:
             user = messages.loads(user_data) if isinstance(user_data, str) else None
         except ValueError:
             user = None
-        valid = (
-            isinstance(user, dict)
+        key = (
+            auth.verify_any(
+                app.secrets, auth.user_string(session.socket_id, user_data), presented
+            )
+            if isinstance(user, dict)
             and isinstance(user.get("id"), str)
             and user["id"] != ""
-            and auth.verify_token(
-                app.key,
-                app.secret,
-                auth.user_string(session.socket_id, user_data),
-                presented,
-            )
+            else None
         )
-        if not valid:
+        if key is None:
             raise errors.ProtocolError(errors.UNAUTHORIZED, "Invalid sign-in")
+        session.keys.add(key)
         user_id = user["id"]
         previous = session.user_id
         arrived = not self.registry.user_sessions(app.app_id, user_id)
@@ -1028,7 +1031,8 @@ class Engine:
 
     def update_app(self, app):
         """Points the sockets of an app at its new settings, or closes them
-        (4003) when it is disabled."""
+        (4003) when it is disabled, and (4009) those that rely on a key the
+        app no longer holds."""
         sessions = [
             session
             for session in self.registry.sessions.values()
@@ -1039,6 +1043,8 @@ class Engine:
             session.app = app
             if not app.enabled:
                 self._drop(session, errors.APP_DISABLED, "App disabled")
+            elif not session.keys.issubset(app.secrets):
+                self._drop(session, errors.UNAUTHORIZED, "App key revoked")
 
     def sockets(self, app_id):
         return [

@@ -101,6 +101,7 @@ class App:
         "name",
         "key",
         "secret",
+        "secrets",
         "enabled",
         "client_events",
         "limits",
@@ -113,15 +114,34 @@ class App:
         self.name = record.get("name", "")
         self.key = record["key"]
         self.secret = record["secret"]
+        # every live pair, oldest first; a record without ``keys`` is an
+        # app with its one pair
+        self.secrets = {
+            pair["key"]: pair["secret"] for pair in record.get("keys") or [record]
+        }
         self.enabled = record.get("enabled", True)
         self.client_events = record.get("client_events", False)
         limits = dict(DEFAULTS)
         limits.update(record.get("settings") or {})
         self.limits = limits
 
+    @property
+    def signing_key(self):
+        """The newest live key, and its secret: what signs the webhooks.
+        While keys rotate, the newest is the pair back ends are moving to
+        and the one left once the old pair is revoked."""
+        key = next(reversed(self.secrets))
+        return key, self.secrets[key]
+
     def public(self):
-        """The record without the secret, for listings."""
+        """The record without any secret, for listings."""
         record = dict(self.record)
         record.pop("secret", None)
+        record["keys"] = public_keys(record.get("keys") or [record])
         record["settings"] = dict(self.limits)
         return record
+
+
+def public_keys(pairs):
+    """An app's key pairs without their secrets."""
+    return [{"key": pair["key"], "created": pair.get("created")} for pair in pairs]

@@ -25,12 +25,15 @@ class Session:
     the store (with those queued behind them, see ``Engine.client_event``).
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)`` and ``pinged()`` (False once the socket pings
-    too often, which closes it).
+    too often, which closes it).  ``keys`` are the app keys the socket
+    relies on: the one it connected with and those that signed its
+    subscriptions and sign-in; revoking any of them closes it.
     """
 
     __slots__ = (
         "socket_id",
         "app",
+        "keys",
         "dialect",
         "transport",
         "channels",
@@ -49,10 +52,19 @@ class Session:
     )
 
     def __init__(
-        self, socket_id, app, dialect, transport, origin=None, address=None, now=0.0
+        self,
+        socket_id,
+        app,
+        dialect,
+        transport,
+        origin=None,
+        address=None,
+        now=0.0,
+        key=None,
     ):
         self.socket_id = socket_id
         self.app = app
+        self.keys = {app.key if key is None else key}
         self.dialect = dialect
         self.transport = transport
         self.channels = {}

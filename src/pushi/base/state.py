@@ -32,6 +32,7 @@ from pushi.base.broker import LocalBroker  # noqa: E402
 from pushi.base.config import Config, ConfigError  # noqa: E402
 from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
+from pushi.base.limits import App  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net import capacity  # noqa: E402
@@ -59,6 +60,12 @@ class State:
             data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
         )
         self.apps = AppDirectory(self.store)
+        # held while an app change is taken into use, and while the apps
+        # are compared with the store's: neither applies an older record
+        # over a newer one
+        self._apps_lock = threading.RLock()
+        self._apps_version = None
+        self.apps.sync = self.sync_app
         self.workers = concurrent.futures.ThreadPoolExecutor(
             4, thread_name_prefix="pushi-worker"
         )
@@ -225,15 +232,60 @@ class State:
         """Takes a new or updated app into use: the directory, the sockets
         already open, and the webhook observer (on only while some app
         has webhooks, so none costs anything otherwise); disabling an app
-        ends its session tokens."""
-        self.apps.put(app)
-        if not app.enabled:
-            self.access.revoke(app.app_id)
-        if self._loop_thread is not None:
-            self.call_in_loop(self.engine.update_app, app)
-            self.call_in_loop(self._watch_webhooks)
+        ends its session tokens, revoking a key the sockets and session
+        tokens that rely on it.  Call it after the store has the change."""
+        with self._apps_lock:
+            self.apps.put(app)
             if not app.enabled:
+                self.access.revoke(app.app_id)
+            self.access.revoke_keys(app)
+            if self._loop_thread is not None:
+                self.call_in_loop(self.engine.update_app, app)
+                self.call_in_loop(self._watch_webhooks)
                 self.call_in_loop(self.console.recheck)
+
+    def reload_apps(self):
+        """Takes into use every app change made outside this process (the
+        ``pushi app`` CLI, another server on the same MongoDB) since the
+        last reload: each app whose record differs from the one in use is
+        applied as ``app_changed``, and apps not seen yet are added."""
+        with self._apps_lock:
+            self._apps_version = self.store.apps_version()
+            for record in self.store.list_apps():
+                known = self.apps.by_id(str(record["app_id"]))
+                if known is None or known.record != record:
+                    self.app_changed(App(record))
+
+    def sync_app(self, app_id):
+        """The app as the store has it now, taken into use first if it
+        changed (after a change made here to the store); None if it does
+        not exist."""
+        with self._apps_lock:
+            record = self.store.get_app(app_id)
+            if record is None:
+                return None
+            known = self.apps.by_id(str(record["app_id"]))
+            if known is not None and known.record == record:
+                return known
+            app = App(record)
+            self.app_changed(app)
+            return app
+
+    def _watch_apps(self):
+        """Polls the store's ``apps_version`` (one small read) every
+        ``PUSHI_APPS_POLL_INTERVAL`` seconds, and reloads the apps when it
+        moved: a key revoked with the CLI closes its sockets within that
+        time."""
+        while not self._stopping.wait(self.config.apps_poll_interval):
+            try:
+                if self.store.apps_version() != self._apps_version:
+                    self.reload_apps()
+            except LoopStopped:
+                return
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                logger.exception("reloading the apps failed")
 
     def logout(self, token):
         """Ends a session token and the console streams it opened (also
@@ -295,6 +347,8 @@ class State:
         config.check_tls()
         if config.apps_file:
             apply_file(self.store, config.apps_file)
+        # read first: a change made during the refresh is seen at the next poll
+        self._apps_version = self.store.apps_version()
         self.apps.refresh()
         if http:
             self.app.start()
@@ -333,6 +387,9 @@ class State:
         self._loop_thread.start()
         threading.Thread(
             target=self._retain, name="pushi-retention", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._watch_apps, name="pushi-apps", daemon=True
         ).start()
         if not self._ready.wait(30):
             raise RuntimeError("WebSocket server did not start")

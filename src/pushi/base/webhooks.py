@@ -17,7 +17,8 @@ past that are dropped, logged and reported to the console as
 ``webhook_dropped``).  A pool of senders posts a lane's events in
 batches (``{"time_ms", "events"}``, up to ``MAX_BATCH`` events and about
 ``MAX_BATCH_BYTES``) with ``X-Pusher-Key`` and ``X-Pusher-Signature``
-(HMAC-SHA256 of the body with the app secret), one batch at a time per
+(HMAC-SHA256 of the body with the secret of the app's newest live key,
+the one ``X-Pusher-Key`` names), one batch at a time per
 hook, so that a hook whose server is slow to answer delays only its
 own webhooks.  A failed batch is retried with exponential back-off for
 5 minutes, and the hook's later batches wait for it (in order, each
@@ -339,6 +340,8 @@ class Webhooks:
         post has ``TIMEOUT`` seconds in all (the scheduler cuts one that
         a server drips its answer into); redirects are not followed: the
         receiver's server does not choose where this one posts."""
+        # the newest live pair: see ``App.signing_key``
+        key, secret = app.signing_key
         flight = _Flight(time.monotonic() + TIMEOUT)
         with self._condition:
             if self._stopped:
@@ -365,8 +368,8 @@ class Webhooks:
                 body,
                 {
                     "Content-Type": "application/json",
-                    "X-Pusher-Key": app.key,
-                    "X-Pusher-Signature": auth.webhook_signature(app.secret, body),
+                    "X-Pusher-Key": key,
+                    "X-Pusher-Signature": auth.webhook_signature(secret, body),
                 },
             )
             status = connection.getresponse().status

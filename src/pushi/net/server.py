@@ -201,22 +201,23 @@ class Link:
         origin = handshake.headers.get("origin")
         app = self.server.apps.by_key(key)
         if app is not None:
-            self._start(app, dialect, origin, address)
+            self._start(app, dialect, origin, address, key)
         else:
             self.server.offload(
                 lambda: self.server.apps.load_key(key),
-                lambda app: self._start(app, dialect, origin, address),
+                lambda app: self._start(app, dialect, origin, address, key),
             )
 
-    def _start(self, app, dialect, origin, address=None):
+    def _start(self, app, dialect, origin, address, key):
         if self.phase != WAITING or self.connection.is_closed():
             return
-        if app is None:
+        # an app loaded off the loop may have changed since (a key revoked
+        # meanwhile): the directory holds the newest
+        if app is not None:
+            app = self.server.apps.by_id(app.app_id) or app
+        if app is None or key not in app.secrets:
             self._reject(errors.UNKNOWN_APP, "App key not in this cluster")
             return
-        # an app loaded off the loop may have changed since: the directory
-        # holds the newest
-        app = self.server.apps.by_id(app.app_id) or app
         if not app.enabled:
             self._reject(errors.APP_DISABLED, "App disabled")
             return
@@ -236,7 +237,7 @@ class Link:
             )
             return
         self.phase = OPEN
-        self.session = self.server.engine.open(self, app, dialect, origin, address)
+        self.session = self.server.engine.open(self, app, dialect, origin, address, key)
         if self.buffer:
             data, self.buffer = self.buffer, b""
             self._frames(data)

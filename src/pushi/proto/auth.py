@@ -54,6 +54,20 @@ def verify_token(key, secret, string_to_sign, presented):
     return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
 
 
+def verify_any(secrets, string_to_sign, presented):
+    """The key of ``secrets`` (key: secret, an app's live pairs) whose
+    pair signed ``presented`` (``<key>:<hex>``), or None.  The pair is the
+    one the token names: keys are public, only the signature is compared
+    (in constant time)."""
+    if not isinstance(presented, str):
+        return None
+    key = presented.partition(":")[0]
+    secret = secrets.get(key)
+    if secret is None or not verify_token(key, secret, string_to_sign, presented):
+        return None
+    return key
+
+
 def body_md5(body):
     """Hex MD5 of a raw request body (bytes)."""
     return hashlib.md5(body).hexdigest()

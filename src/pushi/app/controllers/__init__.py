@@ -1,5 +1,6 @@
 from .base import BaseController
 from .apps import AppsController
+from .keys import KeysController
 from .channels import ChannelsController
 from .events import EventsController
 from .subscriptions import SubscriptionsController

@@ -12,7 +12,7 @@ class AppsController(PushiController):
     @appier.route("/apps", "GET", json=True)
     def list(self):
         self.access.require_admin(self.authorization())
-        self.state.apps.refresh()
+        self.state.reload_apps()
         return {"apps": [app.public() for app in self.state.apps.all()]}
 
     @appier.route("/apps", "POST", json=True)
