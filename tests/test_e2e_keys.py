@@ -266,3 +266,27 @@ def test_a_pair_count_is_bounded(server):
     )
     assert status == 400 and "at most 10" in body["message"], body
     assert len(listed(server, app, app)) == 10
+
+
+def test_a_pair_added_with_the_cli_works_at_once():
+    # polling too slowly to help: the first use of the new key syncs the app
+    instance = PushiServer(env={"PUSHI_APPS_POLL_INTERVAL": "600"}).start()
+    try:
+        app = instance.create_app("first-use")
+        old_socket = private(instance, app, "private-now")
+        new = json.loads(instance.cli("app", "keys", "add", app["app_id"], "--json"))
+        rotated = with_pair(app, new)
+        assert instance.login(rotated)
+        python_sdk(instance, rotated).trigger("private-now", "rest", {"n": 1})
+        assert published(old_socket, "private-now", "rest") == {"n": 1}
+        new_socket = private(instance, rotated, "private-now")
+        # the socket open before the pair was added takes it too
+        token = instance.client(rotated).authenticate(
+            "private-too", old_socket.socket_id
+        )
+        answer = old_socket.subscribe("private-too", auth=token["auth"])
+        assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+        new_socket.close()
+        old_socket.close()
+    finally:
+        instance.stop()
