@@ -59,7 +59,7 @@ class Access:
         )
         if app is None and isinstance(key, str):
             app = self.apps.load_key(key)
-        if app is not None and isinstance(key, str):
+        if app is not None and isinstance(key, str) and key not in app.secrets:
             app = self.apps.fresh(app, key)
         expected = app.secrets.get(key) if app is not None else None
         valid = (
