@@ -112,3 +112,23 @@ def test_only_auth_version_1_0_is_verified():
             auth.verify_api(KEY, SECRET, "GET", "/apps/3/channels", params, b"")
         assert error.value.status == 401
         assert "auth_version" in error.value.message
+
+
+def test_verify_any_names_the_pair_that_signed():
+    other_key, other_secret = "f" * 32, "e" * 64
+    pairs = {KEY: SECRET, other_key: other_secret}
+    string = auth.channel_string("1234.1234", "private-foobar")
+
+    assert auth.verify_any(pairs, string, auth.token(KEY, SECRET, string)) == KEY
+    token = auth.token(other_key, other_secret, string)
+    assert auth.verify_any(pairs, string, token) == other_key
+    # a pair's signature under another pair's key, a revoked key, no token
+    assert auth.verify_any(pairs, string, auth.token(KEY, other_secret, string)) is None
+    assert (
+        auth.verify_any(
+            {other_key: other_secret}, string, auth.token(KEY, SECRET, string)
+        )
+        is None
+    )
+    assert auth.verify_any(pairs, string, None) is None
+    assert auth.verify_any(pairs, string, "no-colon") is None

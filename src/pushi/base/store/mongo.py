@@ -49,6 +49,9 @@ DEFAULT_DATABASE = "pushi"
 DEFAULT_OPTIONS = {"serverSelectionTimeoutMS": 10000, "timeoutMS": 10000}
 """Client options used unless the URL (or the caller) gives them."""
 DUPLICATE_KEY = 11000
+CHANGE_ATTEMPTS = 100
+"""Reads and compare-and-sets of one key change before it gives up (only
+as many other changes landing in between would need them)."""
 
 APP_FIELDS = ("app_id", "name", "key", "secret", "enabled", "client_events")
 EVENT_FIELDS = ("mid", "app_id", "channel", "event", "data", "timestamp", "user_id")
@@ -256,6 +259,9 @@ class MongoStore(base.Store):
             if self.apps.update_one(current, {"$set": values}).matched_count:
                 self._changed()
                 return True
+        raise errors.OperationFailure(
+            "App %s keys changed too often to update" % app_id
+        )
 
     def _changed(self):
         self.counters.update_one(
