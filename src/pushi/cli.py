@@ -161,6 +161,8 @@ def _print_app(record, as_json):
     print("app_id:        %s" % record["app_id"])
     print("name:          %s" % record["name"])
     print("key:           %s" % record["key"])
+    for pair in record.get("keys", [])[1:]:
+        print("also key:      %s" % pair["key"])
     if "secret" in record:
         print("secret:        %s" % record["secret"])
     print("client events: %s" % ("on" if record.get("client_events") else "off"))
