@@ -276,16 +276,24 @@ class State:
         ``PUSHI_APPS_POLL_INTERVAL`` seconds, and reloads the apps when it
         moved: a key revoked with the CLI closes its sockets within that
         time."""
+        failing = False
         while not self._stopping.wait(self.config.apps_poll_interval):
             try:
                 if self.store.apps_version() != self._apps_version:
                     self.reload_apps()
+                failing = False
             except LoopStopped:
                 return
-            except Exception:
+            except Exception as error:
                 if self._stopping.is_set():
                     return
-                logger.exception("reloading the apps failed")
+                if not stores.is_store_error(error):
+                    logger.exception("reloading the apps failed")
+                elif not failing:
+                    # the store is down or the process out of files: one
+                    # line per outage, polled again at the next interval
+                    logger.warning("cannot read the apps from the store: %s", error)
+                failing = True
 
     def logout(self, token):
         """Ends a session token and the console streams it opened (also
