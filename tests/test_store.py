@@ -259,10 +259,18 @@ def put_record(app_id, key, **fields):
     return record
 
 
+def without_keys(record):
+    """A stored record less its ``keys`` (its pairs, checked apart)."""
+    return {name: value for name, value in record.items() if name != "keys"}
+
+
 def test_put_app_creates_with_its_id_then_replaces_and_ids_go_on(store):
     created = store.put_app(put_record("7", "declared-key"))
 
-    assert created == put_record("7", "declared-key")
+    assert without_keys(created) == put_record("7", "declared-key")
+    assert created["keys"] == [
+        {"key": "declared-key", "secret": created["secret"], "created": None}
+    ]
     assert store.get_app("7") == created
     assert store.get_app_by_key("declared-key") == created
     # create_app hands out ids after the largest put
@@ -276,10 +284,17 @@ def test_put_app_creates_with_its_id_then_replaces_and_ids_go_on(store):
         client_events=True,
         settings={"max_batch": 3},
     )
-    assert store.put_app(changed) == changed
-    assert store.get_app("7") == changed
+    # the put pair replaces every pair the app had
+    store.add_app_key("7")
+    stored = store.put_app(changed)
+    assert without_keys(stored) == changed
+    assert [(pair["key"], pair["secret"]) for pair in stored["keys"]] == [
+        ("new-key", "t" * 40)
+    ]
+    assert stored["keys"][0]["created"] > 0
+    assert store.get_app("7") == stored
     assert store.get_app_by_key("declared-key") is None
-    assert store.get_app_by_key("new-key") == changed
+    assert store.get_app_by_key("new-key") == stored
     assert [app["app_id"] for app in store.list_apps()] == ["7", "8"]
     # a smaller id is created where it says, and ids still go on after 8
     assert store.put_app(put_record("2", "two"))["app_id"] == "2"

@@ -97,6 +97,16 @@ def read_apps(path, environ=None):
     return records
 
 
+def _matches(stored, record):
+    """Whether the stored app is already what the file says: its fields,
+    and the file's key/secret as its only pair (``put_app`` drops others)."""
+    if stored is None:
+        return False
+    pairs = [(pair["key"], pair["secret"]) for pair in stored.get("keys") or ()]
+    fields = {name: value for name, value in stored.items() if name != "keys"}
+    return fields == record and pairs == [(record["key"], record["secret"])]
+
+
 def apply_apps(store, records, path):
     """Creates or updates the store's apps to match ``records`` (from
     ``read_apps(path)``); returns how many were ``created``, ``updated``
@@ -106,7 +116,11 @@ def apply_apps(store, records, path):
         current = {
             record["app_id"]: store.get_app(record["app_id"]) for record in records
         }
-        changes = [record for record in records if current[record["app_id"]] != record]
+        changes = [
+            record
+            for record in records
+            if not _matches(current[record["app_id"]], record)
+        ]
         for record in changes:
             _check_key(store, record, records, current, path)
         for record in _key_order(changes, current, records, path):

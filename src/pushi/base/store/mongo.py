@@ -167,7 +167,16 @@ class MongoStore(base.Store):
             "client_events": bool(record["client_events"]),
             "settings": dict(record["settings"] or {}),
         }
+        # the record's pair becomes the app's only one (other pairs go); a
+        # key kept keeps when it was added
+        old = self.apps.find_one({"_id": number}) or {}
+        if old.get("key") == record["key"]:
+            if "key_created" in old:
+                document["key_created"] = old["key_created"]
+        elif old:
+            document["key_created"] = time.time()
         self.apps.replace_one({"_id": number}, document, upsert=True)
+        self._changed()
         return self._app_record(document)
 
     def get_app(self, app_id):

@@ -500,19 +500,25 @@ class SQLiteStore(base.Store):
             int(bool(record["enabled"])),
             int(bool(record["client_events"])),
             json.dumps(record["settings"] or {}),
+            None,
         )
 
         def upsert(connection):
-            # an explicit id above the AUTOINCREMENT sequence moves it on
+            # an explicit id above the AUTOINCREMENT sequence moves it on;
+            # the record's pair becomes the app's only one (other pairs go),
+            # and a key kept keeps when it was added
             connection.execute(
-                "INSERT INTO apps (%s) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO apps (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (app_id) DO UPDATE SET name = excluded.name,"
+                " key_created = CASE WHEN apps.key = excluded.key"
+                " THEN apps.key_created ELSE ? END,"
                 " key = excluded.key, secret = excluded.secret,"
                 " enabled = excluded.enabled,"
                 " client_events = excluded.client_events,"
                 " settings = excluded.settings" % APP_COLUMNS,
-                row,
+                row + (time.time(),),
             )
+            connection.execute("DELETE FROM app_keys WHERE app_id = ?", (numeric_id,))
 
         self._write(upsert)
         return self.get_app(str(numeric_id))
