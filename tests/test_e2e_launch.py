@@ -262,3 +262,85 @@ def test_an_app_server_that_is_not_installed_is_not_installed_at_run_time(tmp_pa
         "APP_SERVER=gunicorn needs the Python package gunicorn: pip install gunicorn"
     )
     assert_one_line_error(*launch(env), message)
+
+
+@pytest.mark.parametrize("variable", ["HOME", "XDG_DATA_HOME"])
+def test_without_a_data_dir_the_cli_and_the_server_share_one_store(variable, tmp_path):
+    """``PUSHI_DATA_DIR`` unset: the ``pushi`` command run in one folder
+    and the server started in another use the same store (``./data`` made
+    a second, empty one, whose ``app_id 1`` the server refused)."""
+    folder = tmp_path / "user"
+    expected = (
+        folder / ".local" / "share" / "pushi"
+        if variable == "HOME"
+        else folder / "pushi"
+    )
+    env = {"PUSHI_DATA_DIR": "", "XDG_DATA_HOME": "", variable: str(folder)}
+    instance = PushiServer(env=env)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pushi", "app", "create", "x", "--json"],
+        env=instance.env(),
+        cwd=str(elsewhere),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # stdout is the answer alone, stderr names the store
+    created = json.loads(result.stdout)
+    assert result.stderr.strip() == "Store: SQLiteStore(%r)" % str(expected)
+    instance.start()
+    try:
+        instance.connect(created).close()
+        assert instance.request("GET", "health")[1]["apps"] == 1
+    finally:
+        instance.stop()
+    assert "Store: SQLiteStore(%r)" % str(expected) in instance.read_log()
+    assert not (elsewhere / "data").exists()
+    assert not os.path.exists(os.path.join(instance.data_dir, "data"))
+
+
+def test_a_store_left_in_the_old_data_dir_is_refused_in_one_line(tmp_path):
+    """An old install's folder holds its store in ``./data``: started
+    there with ``PUSHI_DATA_DIR`` unset, the server and the command say
+    how to keep using it rather than start on an empty store."""
+    old_install = tmp_path / "old-install"
+    old_install.mkdir()
+    PushiServer(data_dir=str(old_install / "data")).create_app()
+    home = tmp_path / "home"
+    instance = PushiServer(
+        data_dir=str(old_install),
+        env={"PUSHI_DATA_DIR": "", "XDG_DATA_HOME": "", "HOME": str(home)},
+    )
+    message = (
+        "./data holds a Pushi store, but the default data dir is now %s:"
+        " set PUSHI_DATA_DIR=./data to keep using it"
+        % os.path.join(str(home), ".local", "share", "pushi")
+    )
+    for args in (
+        [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
+        [sys.executable, "-m", "pushi", "app", "list"],
+    ):
+        result = subprocess.run(
+            args,
+            env=instance.env(),
+            cwd=str(old_install),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert_one_line_error(result.returncode, result.stdout + result.stderr, message)
+    assert not home.exists()
+    # as it says: with PUSHI_DATA_DIR=./data the old store is served
+    env = dict(instance.env(), PUSHI_DATA_DIR="./data")
+    listed = subprocess.run(
+        [sys.executable, "-m", "pushi", "app", "list", "--json"],
+        env=env,
+        cwd=str(old_install),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert [app["app_id"] for app in json.loads(listed.stdout)] == ["1"], listed

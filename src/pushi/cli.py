@@ -10,7 +10,8 @@
 App commands work on the configured store (``PUSHI_DATA_DIR`` or
 ``MONGO_URL``) directly, also while a server runs on it: the server
 takes in a change within ``PUSHI_APPS_POLL_INTERVAL`` seconds (a revoked
-key's sockets are closed then).
+key's sockets are closed then).  Each says on stderr which store it used
+(stdout stays the command's answer alone).
 """
 
 import argparse
@@ -70,6 +71,8 @@ def main(argv=None):
             store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)
         except ConfigError as error:
             raise SystemExit(str(error))
+        # as the server's start log names it: the store both must share
+        print("Store: %r" % store, file=sys.stderr)
         try:
             if args.action == "create":
                 record = store.create_app(args.name, client_events=args.client_events)

@@ -14,6 +14,26 @@ MIN_ADMIN_SECRET = 16
 secrets are generated): a short one could be guessed over the REST port."""
 
 
+OLD_DATA_DIR = "data"
+"""The data dir before it moved out of the working directory (relative to
+it): a store found there and not at the default is refused, never used or
+replaced silently."""
+
+
+def default_data_dir(environ=None):
+    """Where the embedded store lives when ``PUSHI_DATA_DIR`` is unset:
+    ``$XDG_DATA_HOME/pushi``, else ``~/.local/share/pushi``; the same
+    whatever the working directory, so that the ``pushi`` command and the
+    server find one store."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME")
+    # the XDG spec: a relative path is invalid and ignored
+    if not base or not os.path.isabs(base):
+        home = environ.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "share")
+    return os.path.join(base, "pushi")
+
+
 class ConfigError(Exception):
     """A setting this process cannot run with (a port in use, a data dir it
     cannot write, a TLS file missing): the launcher and the ``pushi``
@@ -89,7 +109,8 @@ class Config:
         ("server_ssl", "SERVER_SSL", False, _flag),
         ("server_ssl_key", "SERVER_SSL_KEY", None, str),
         ("server_ssl_cer", "SERVER_SSL_CER", None, str),
-        ("data_dir", "PUSHI_DATA_DIR", "data", str),
+        # None: default_data_dir()
+        ("data_dir", "PUSHI_DATA_DIR", None, str),
         ("mongo_url", "MONGO_URL", None, str),
         ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
         # apps created or updated at start (base/appsfile.py)
@@ -176,4 +197,24 @@ class Config:
                 " every app); e.g. python -c 'import secrets;"
                 " print(secrets.token_hex(32))'" % MIN_ADMIN_SECRET
             )
+        if "data_dir" not in values and "mongo_url" not in values:
+            values["data_dir"] = default_data_dir(environ)
+            _refuse_old_data_dir(values["data_dir"])
         return cls(**values)
+
+
+def _refuse_old_data_dir(data_dir):
+    """Raises ``SystemExit`` (one line) when the default data dir holds no
+    store but ``./data`` holds one: a server started from an old install's
+    folder would otherwise start empty, its apps still there but unused."""
+    from pushi.base.store.sqlite import DATABASE_NAME
+
+    old = os.path.join(OLD_DATA_DIR, DATABASE_NAME)
+    if os.path.isfile(old) and not os.path.exists(
+        os.path.join(data_dir, DATABASE_NAME)
+    ):
+        raise SystemExit(
+            "./%s holds a Pushi store, but the default data dir is now %s:"
+            " set PUSHI_DATA_DIR=./%s to keep using it"
+            % (OLD_DATA_DIR, data_dir, OLD_DATA_DIR)
+        )

@@ -10,14 +10,10 @@ import sqlite3
 import sys
 import urllib.parse
 
-from pushi.base.config import ConfigError
+from pushi.base.config import ConfigError, default_data_dir
 
 from .base import Store
 from .sqlite import SQLiteStore, StoreClosedError
-
-DEFAULT_DATA_DIR = "data"
-"""Data dir of the embedded store when none is configured (relative to the
-working directory)."""
 
 
 class StoreOpenError(ConfigError):
@@ -27,9 +23,10 @@ class StoreOpenError(ConfigError):
 
 def open_store(data_dir=None, mongo_url=None):
     """Opens the configured store: ``MongoStore(mongo_url)`` when
-    ``mongo_url`` is given, else ``SQLiteStore(data_dir)``.  Raises
-    ``StoreOpenError`` when it cannot be reached, read or written."""
-    data_dir = data_dir or DEFAULT_DATA_DIR
+    ``mongo_url`` is given, else ``SQLiteStore(data_dir)`` (by default in
+    ``config.default_data_dir()``).  Raises ``StoreOpenError`` when it
+    cannot be reached, read or written."""
+    data_dir = data_dir or default_data_dir()
     try:
         if mongo_url:
             from .mongo import MongoStore
