@@ -5,6 +5,7 @@ on the same ports, and signals."""
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,9 +42,10 @@ def launch(env, args=None, timeout=20):
 
 
 def assert_one_line_error(returncode, output, message):
+    """A refused start says why in one line, and nothing else (not where
+    the store is, nor Appier's "Finishing" line)."""
     assert returncode == 1, output
-    assert "Traceback" not in output, output
-    assert output.strip().splitlines()[-1] == message, output
+    assert output.strip().splitlines() == [message], output
 
 
 @pytest.fixture
@@ -128,7 +130,7 @@ def test_a_rest_port_in_use_is_one_line_and_exit_1(held_port):
             "REST API cannot listen on 127.0.0.1:%d (APP_HOST, APP_PORT):"
             " Address already in use" % held_port
         )
-        assert returncode == 1 and output.strip().endswith(message), output
+        assert_one_line_error(returncode, output, message)
 
 
 def test_a_second_server_on_the_same_ports_is_refused():
@@ -175,6 +177,31 @@ def test_log_level(level, logged, not_logged):
         assert text in log, log
     for text in not_logged:
         assert text not in log, log
+
+
+LOG_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)"
+    r" (pushi|pushi\.[a-z.]+|netius) \S"
+)
+
+
+def test_the_log_has_one_format_for_pushi_appier_and_netius():
+    """Appier's records (its welcome and "Finishing" lines) came as
+    ``<time> [INFO] <message>`` among Pushi's ``<time> INFO <logger>
+    <message>``.  (``APP_SERVER=legacy`` adds wsgiref's access lines, its
+    own format on stderr.)"""
+    instance = PushiServer(env={"PUSHI_LOG_LEVEL": "DEBUG"}).start()
+    try:
+        client = instance.connect(instance.create_app())
+        client.close()
+        assert instance.request("GET", "nowhere")[0] == 404
+    finally:
+        instance.stop()
+    log = instance.read_log()
+    assert "Pushi %s (appier " % pushi.__version__ in log, log
+    assert "Finishing appier" in log, log
+    for line in log.splitlines():
+        assert LOG_LINE.match(line), line
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])

@@ -74,6 +74,20 @@ class PushiApp(appier.APIApp):
         # reads: ``after_request`` sends the real one
         self.content_options = None
 
+    def _load_logging(self, *args, **kwargs):
+        # Appier's logger ("pushi", Pushi's too) hands its records to the
+        # root logger again, whose handler the launcher set: one format
+        appier.APIApp._load_logging(self, *args, **kwargs)
+        self.logger.parent = logging.getLogger()
+
+    def _load_handlers(self, handlers=None, set_default=True):
+        # none of Appier's handlers (a stream in its own format, which it
+        # also puts in place of the root logger's, and an in-memory log
+        # for its /log route, which is off)
+        self.handlers = []
+        self.handler_info = self.handler_error = None
+        self.handler_stream = self.handler_syslog = self.handler_memory = None
+
     def _print_welcome(self):
         # Appier's names its session, data adapter and manager classes: its
         # "MongoAdapter" is not Pushi's store, which State logs itself

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -35,7 +36,7 @@ from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.limits import App  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
-from pushi.net import capacity  # noqa: E402
+from pushi.net import capacity, wire  # noqa: E402
 from pushi.net.httpd import HttpServer  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 from pushi.proto import errors  # noqa: E402
@@ -458,8 +459,11 @@ class State:
                         return  # the store closed under a long trim
                     logger.exception("retention of app %s failed", app.app_id)
 
-    def serve(self):
-        """Runs both servers until interrupted (the launcher's entry)."""
+    def serve(self, started=None):
+        """Runs both servers until interrupted (the launcher's entry);
+        ``started()`` is called once both ports listen (with another
+        ``APP_SERVER``: once its port was found free, before Appier binds
+        it)."""
         config = self.config
         own_http = config.app_server == "netius"
         logger.info("Store: %r", self.store)
@@ -468,19 +472,23 @@ class State:
             if not own_http:
                 _check_app_server(config.app_server)
             self.start_server(http=own_http)
+            listen = config.listen("app")
+            if not own_http:
+                _probe_port("REST API", "APP", listen)
             logger.info(
                 "REST API on %s://%s:%d",
                 "https" if config.app_ssl else "http",
                 _url_host(config.app_host),
                 self.http.port if own_http else config.app_port,
             )
+            if started is not None:
+                started()
             if own_http:
                 # an Event, not Thread.join: a join that a signal interrupts
                 # can leave the thread marked as ended (CPython < 3.13)
                 while not self._loop_ended.wait(1):
                     pass
                 return
-            listen = config.listen("app")
             try:
                 self.app.serve(server=config.app_server, conf=False, **listen)
             except OSError as error:
@@ -539,6 +547,20 @@ def _url_host(host):
     return "[%s]" % host if ":" in host else host
 
 
+def _probe_port(what, prefix, listen):
+    """Raises the ``ConfigError`` of a port in use before another
+    ``APP_SERVER`` binds it, where the failure would come after the start's
+    log lines."""
+    family = socket.AF_INET6 if ":" in listen["host"] else socket.AF_INET
+    with socket.socket(family) as probe:
+        # as those servers bind: past connections in TIME_WAIT do not count
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((listen["host"], listen["port"]))
+        except OSError as error:
+            raise _listen_error(what, prefix, listen, error)
+
+
 def _listen_error(what, prefix, listen, error):
     return ConfigError(
         "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"
@@ -553,27 +575,85 @@ def _listen_error(what, prefix, listen, error):
     )
 
 
+class StartLog(logging.Handler):
+    """The launcher's log handler: it holds the records of a start until
+    both ports listen (``started``), then writes them and every later one
+    to ``target``.  A start that fails is refused in one line, its reason:
+    ``failed`` discards what it held (where the store is, what the open-files
+    limit is, Appier's "Finishing" line)."""
+
+    MAX_HELD = 1000
+    """Records held at most (a start logs a handful): past it they are
+    written."""
+
+    def __init__(self, target):
+        logging.Handler.__init__(self)
+        self.target = target
+        self.held = []
+        self.dropped = False
+
+    def emit(self, record):
+        if self.dropped:
+            return
+        if self.held is None:
+            self.target.handle(record)
+            return
+        self.held.append(record)
+        if len(self.held) > self.MAX_HELD:
+            self._write_held()
+
+    def started(self):
+        """The start went well: what was held is written, and from now
+        on every record as it comes."""
+        with self.lock:
+            if not self.dropped:
+                self._write_held()
+
+    def failed(self):
+        """The start failed: nothing held nor later is written."""
+        with self.lock:
+            self.dropped = True
+            self.held = None
+
+    def _write_held(self):
+        held, self.held = self.held or (), None
+        for record in held:
+            self.target.handle(record)
+
+
 def configure_logging(level):
-    logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    """The process's one log handler (``StartLog`` on stderr in
+    ``wire.LOG_FORMAT``), which Appier's and netius's records share; the
+    handler is returned for the launcher to ``started`` or ``failed``."""
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter(wire.LOG_FORMAT))
+    handler = StartLog(stream)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    return handler
 
 
 def main():
     config = Config.from_env()
-    configure_logging(config.log_level)
+    log = configure_logging(config.log_level)
 
     def terminate(_signum, _frame):
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        State(config).serve()
+        State(config).serve(started=log.started)
     except KeyboardInterrupt:
         pass
     except ConfigError as error:
+        log.failed()
         raise SystemExit(str(error))
+    finally:
+        # an interrupted start, or a bug: what was held helps
+        log.started()
 
 
 if __name__ == "__main__":

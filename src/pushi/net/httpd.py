@@ -141,6 +141,7 @@ class HttpServer(
     capacity.Admission,
     wire.FairReads,
     wire.OwnPort,
+    wire.OneLogFormat,
     wire.QuietDebug,
     netius.StreamServer,
 ):

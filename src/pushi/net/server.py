@@ -345,6 +345,7 @@ class WebSocketServer(
     capacity.Admission,
     wire.FairReads,
     wire.OwnPort,
+    wire.OneLogFormat,
     wire.QuietDebug,
     netius.ContainerServer,
 ):

@@ -11,6 +11,19 @@ import time
 
 import netius
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+"""The one format of the process's log lines: Pushi's, Appier's (logger
+``pushi``) and netius's (named ``netius``: its loggers' own names end in a
+random id)."""
+
+
+class OneLogFormat:
+    """A netius server mixin: its own log handler (netius's loggers do not
+    reach the root logger) writes in ``LOG_FORMAT``, not netius's."""
+
+    def load_logging(self, level=logging.DEBUG, format=None, unique=False):
+        super().load_logging(level, LOG_FORMAT.replace("%(name)s", "netius"), unique)
+
 
 class QuietDebug:
     """A netius server mixin.  Netius builds and routes every debug record
