@@ -284,3 +284,54 @@ def test_a_socket_that_vanishes_without_a_close_frame_is_forgotten(server, app):
     assert json.loads(removed["data"]) == {"user_id": "vanishes"}
     assert server.socket_ids(app, expected=1) == [watcher.socket_id]
     watcher.close()
+
+
+def test_each_refused_bearer_token_says_what_is_wrong(server, app):
+    """An unknown token, another app's token and the app's secret sent as
+    a token were all "Sign the request or send Authorization: Bearer
+    <token from /login>": each says what it is now, and no answer holds
+    what was sent, a secret, or the other app's id."""
+    other = server.create_app("other")
+    other_token = server.login(other)
+    own_token = server.login(app)
+    path = "apps/%s/channels" % app["app_id"]
+    sent = {
+        "nothing": None,
+        "an unknown token": "no-such-token-0123456789",
+        "another app's token": other_token,
+        "the app's secret": app["secret"],
+        "the app's key": app["key"],
+    }
+    messages = {}
+    for what, token in sent.items():
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        status, answer = server.request("GET", path, headers=headers)
+        assert status == 401, (what, answer)
+        messages[what] = answer["message"]
+    assert len(set(messages.values())) == len(messages), messages
+    assert "Sign the request" in messages["nothing"]
+    assert "Unknown or expired token" in messages["an unknown token"]
+    assert "another app" in messages["another app's token"]
+    assert "app's secret" in messages["the app's secret"]
+    assert "app's key" in messages["the app's key"]
+    for message in messages.values():
+        for secret in (other_token, own_token, app["secret"], other["secret"]):
+            assert secret not in message, message
+        assert "app %s " % other["app_id"] not in message, message
+        assert ADMIN_SECRET not in message, message
+    # the admin routes: a session token or a wrong secret are told apart
+    admin = {}
+    for what, token in (
+        ("nothing", None),
+        ("a session token", own_token),
+        ("a wrong secret", "not-the-admin-secret-0123456789"),
+    ):
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        status, answer = server.request("GET", "apps", headers=headers)
+        assert status == 401, (what, answer)
+        admin[what] = answer["message"]
+    assert len(set(admin.values())) == 3, admin
+    assert "PUSHI_ADMIN_SECRET" in admin["a session token"], admin
+    # the token still works where it belongs
+    bearer = {"Authorization": "Bearer " + own_token}
+    assert server.request("GET", path, headers=bearer)[0] == 200

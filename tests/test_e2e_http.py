@@ -6,6 +6,8 @@ server has not loaded yet (answered through the Appier worker)."""
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -300,3 +302,58 @@ def test_every_error_body_has_the_apis_shape(server, app):
             "message": answer["message"],
         }
         assert isinstance(answer["message"], str) and answer["message"]
+
+
+def test_every_error_body_is_compact_json_whichever_path_answers(server, app):
+    """Appier's error handler answered ``{"result": "error", ...}`` and the
+    lean publish path and the HTTP server ``{"result":"error",...}``: one
+    spacing now, the compact one, also on the WebSocket port's refusals."""
+    unknown = {"Authorization": "Bearer unknown"}
+    answers = [
+        # Appier: no such route, a controller's refusal, a bad body
+        urllib_answer(server.base_url + "no/such/route"),
+        urllib_answer(server.base_url + "apps/%s/channels" % app["app_id"]),
+        urllib_answer(server.base_url + "apps", "GET", headers=unknown),
+        urllib_answer(server.base_url + "login", "POST", b"{bad"),
+        # the lean publish path
+        urllib_answer(
+            server.base_url + "apps/%s/events" % app["app_id"], "POST", b"{}", unknown
+        ),
+        # the HTTP server itself: a body over its limit
+        raw_answer(
+            server,
+            request_bytes(
+                "POST", "/apps/1/events", headers={"Content-Length": "999999"}
+            ),
+        ),
+        # the WebSocket port, asked for no upgrade
+        urllib_answer(server.ws_url.replace("ws://", "http://") + app["key"]),
+    ]
+    for status, body in answers:
+        assert 400 <= status < 500, (status, body)
+        decoded = json.loads(body)
+        assert decoded["result"] == "error" and decoded["code"] == status, body
+        assert body == json.dumps(decoded, separators=(",", ":")).encode(), body
+
+
+def raw_answer(server, data):
+    """``(status, body bytes)`` of ``data`` sent on a raw socket."""
+    sock = open_socket(server)
+    try:
+        sock.sendall(data)
+        status, _headers, body = read_response(sock)
+        return status, body
+    finally:
+        sock.close()
+
+
+def urllib_answer(url, method="GET", data=None, headers=None):
+    """``(status, body bytes)`` of one HTTP request."""
+    request = urllib.request.Request(url, data=data, method=method)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

@@ -189,30 +189,36 @@ class PushiApp(appier.APIApp):
         """Appier's JSON error answer in the API's shape (``result``,
         ``code``, ``message``: not Appier's ``name``, ``uid`` or
         ``session``), and a server error says no more than "Internal
-        error": its text and class are for the log only."""
+        error": its text and class are for the log only.  The body is
+        compact JSON, as every other error answer."""
         result = appier.APIApp.handle_error(self, exception)
         if not isinstance(result, dict):
             return result
+        error = self._error(exception, result["code"], result["message"])
+        self.request.set_code(error.status)
+        # a 429 says when (the limiter's error), a 503 a second
+        retry_after = getattr(exception, "retry_after", None) or error.retry_after
+        if retry_after:
+            self.request.set_header("Retry-After", str(retry_after))
+        self.request.set_content_type("application/json")
+        return httpd.json_bytes(error.body)
+
+    def _error(self, exception, code, message):
+        """The ``HttpError`` that answers ``exception`` (Appier's
+        ``code`` and ``message`` for it)."""
         if stores.is_store_error(exception):
             # the store failing is no bug here: the client may retry
-            self.request.set_code(503)
-            self.request.set_header("Retry-After", "1")
-            return errors.HttpError(503, "Store unavailable").body
+            return errors.HttpError(503, "Store unavailable")
         if not _is_client_error(exception):
-            self.request.set_code(500)
-            return errors.HttpError(500, "Internal error").body
-        code, message = result["code"], result["message"]
-        if getattr(exception, "retry_after", None):
-            self.request.set_header("Retry-After", str(exception.retry_after))
+            return errors.HttpError(500, "Internal error")
         if not isinstance(exception, errors.PushiError):
             # Appier's file errors name the file, and a directory by its
             # full path: a file that cannot be served is a plain 404
             if self.request.path.startswith(_STATIC):
-                self.request.set_code(404)
-                return errors.HttpError(404, "Not found").body
+                return errors.HttpError(404, "Not found")
             if any(path in str(message) for path in _INSTALL_PATHS):
                 message = "Request refused"
-        return errors.HttpError(code, message).body
+        return errors.HttpError(code, message)
 
     def log_error(self, exception, message=None):
         if _is_client_error(exception):

@@ -151,8 +151,50 @@ class Access:
             raise errors.HttpError(
                 403, "App management over REST is off: set PUSHI_ADMIN_SECRET"
             )
-        if not self.is_admin(header):
-            raise errors.HttpError(401, "Admin secret required (Authorization: Bearer)")
+        if self.is_admin(header):
+            return
+        token = self.bearer(header)
+        if not token:
+            message = "Admin secret required (Authorization: Bearer <admin secret>)"
+        elif self._issued(token):
+            message = (
+                "A session token reaches its app only: managing apps needs the"
+                " admin secret (PUSHI_ADMIN_SECRET) as Authorization: Bearer"
+            )
+        else:
+            message = "Not the admin secret (PUSHI_ADMIN_SECRET)"
+        raise errors.HttpError(401, message)
+
+    def _issued(self, token):
+        """The app id of a live session token, or None."""
+        with self._lock:
+            entry = self._tokens.get(token)
+        return entry[0] if entry is not None and entry[1] > time.time() else None
+
+    def _refusal(self, app, token):
+        """Why ``token`` (a bearer token that is no live token of ``app``
+        nor the admin secret) is refused, in words that help its sender
+        and tell nothing they do not hold: the app's own secret or key sent
+        as a token, another app's token, or a token unknown here (never
+        issued, expired, ended, or issued before a restart)."""
+        if not token:
+            return "Sign the request or send Authorization: Bearer <token from /login>"
+        if hmac.compare_digest(app.secret.encode(), token.encode()):
+            return (
+                "That is the app's secret, not a token: sign the request with"
+                " it, or exchange it for a token at POST /login"
+            )
+        if hmac.compare_digest(app.key.encode(), token.encode()):
+            return "That is the app's key, not a token: POST /login for a token"
+        if self._issued(token) is not None:
+            return (
+                "Token of another app: log in to app %s (POST /login) for one"
+                " of its own" % app.app_id
+            )
+        return (
+            "Unknown or expired token (tokens last %d s and end at a restart):"
+            " POST /login for a new one" % self.token_lifetime
+        )
 
     def authorize(self, app_id, method, path, params, body, header, blocking=True):
         """The app a request may act on, by Pusher signature (with any of
@@ -176,10 +218,7 @@ class Access:
         elif not (
             self.is_live(self.bearer(header), app.app_id) or self.is_admin(header)
         ):
-            raise errors.HttpError(
-                401,
-                "Sign the request or send Authorization: Bearer <token from /login>",
-            )
+            raise errors.HttpError(401, self._refusal(app, self.bearer(header)))
         if not app.enabled and not self.is_admin(header):
             raise errors.HttpError(403, "App disabled")
         return app

@@ -97,9 +97,14 @@ def status_line(status):
         return "%d Error" % status
 
 
+def json_bytes(body):
+    """``body`` as the API's JSON: compact, whichever path answers."""
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
 def json_response(status, body, headers=()):
     """``(status, headers, bytes)`` of a JSON answer."""
-    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+    data = json_bytes(body)
     return (
         status_line(status),
         [

@@ -160,7 +160,9 @@ def reject_response(status, reason):
     the REST API's JSON error body.  A 426 names what to upgrade to, as
     HTTP requires (``Upgrade``, listed in ``Connection``), and the one
     WebSocket version served (RFC 6455 4.2.2)."""
-    body = json.dumps({"result": "error", "code": status, "message": reason})
+    body = json.dumps(
+        {"result": "error", "code": status, "message": reason}, separators=(",", ":")
+    )
     body = body.encode("utf-8")
     if status == 426:
         upgrade = (
