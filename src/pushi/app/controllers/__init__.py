@@ -5,3 +5,4 @@ from .channels import ChannelsController
 from .events import EventsController
 from .subscriptions import SubscriptionsController
 from .console import ConsoleController
+from .home import HomeController
