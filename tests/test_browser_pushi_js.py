@@ -1105,6 +1105,7 @@ def test_e2e_example_page_connects_receives_and_sends(live, pages):
     page.wait_for_function(
         "() => window.pushi.channel('private-example').subscribed", timeout=15000
     )
+    page.fill("#send-channel", "private-example")
     page.fill("#event", "chat")
     page.fill("#data", "hello from the page")
     page.click("#send")
@@ -1119,6 +1120,108 @@ def test_e2e_example_page_connects_receives_and_sends(live, pages):
     path = os.path.join(ARTIFACTS_DIR, "pushi-js-example.png")
     page.screenshot(path=path, full_page=True)
     assert os.path.getsize(path) > 1000
+
+
+def log_lines(page, kind):
+    return page.eval_on_selector_all(
+        "#log li." + kind, "items => items.map(item => item.textContent)"
+    )
+
+
+def test_e2e_example_page_subscribes_shows_refusals_and_fits_1280(live, pages):
+    """``connect=1`` alone subscribed to nothing; Send defaulted to a public
+    channel and said "sent" next to the server's refusal; Disconnect
+    wrapped to a line of its own at 1280 px."""
+    page = pages(live.example_url(connect="1"))
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.wait_for_function(
+        "() => window.pushi && window.pushi.channel('my-channel')"
+        " && window.pushi.channel('my-channel').subscribed",
+        timeout=15000,
+    )
+    live.trigger("my-channel", "hello", "from REST")
+    page.wait_for_function(
+        "() => document.querySelector('#log').textContent"
+        ".includes('my-channel / hello: from REST')",
+        timeout=15000,
+    )
+
+    # each row of fields and buttons is one line at 1280 px
+    for first, last in (("#key", "#disconnect"), ("#channel", "#unsubscribe")):
+        top, bottom = (
+            page.locator(first).bounding_box(),
+            page.locator(last).bounding_box(),
+        )
+        assert (
+            abs((top["y"] + top["height"] / 2) - (bottom["y"] + bottom["height"] / 2))
+            < 4
+        ), (first, top, last, bottom)
+    top, bottom = (
+        page.locator("#send-channel").bounding_box(),
+        page.locator("#send").bounding_box(),
+    )
+    assert (
+        abs((top["y"] + top["height"] / 2) - (bottom["y"] + bottom["height"] / 2)) < 4
+    )
+
+    # no auth endpoint: the page says what sending needs, and sends nothing
+    assert page.input_value("#send-channel").startswith("private-")
+    page.click("#send")
+    page.wait_for_function(
+        "() => document.querySelectorAll('#log li.refused').length === 1"
+    )
+    assert "needs an Auth endpoint" in log_lines(page, "refused")[0]
+    assert log_lines(page, "sent") == []
+
+    # an app with client events off: the server's refusal, not "sent"
+    quiet = live.server.create_app("quiet")
+    quiet_auth = AuthEndpoint(live.server.client(quiet))
+    try:
+        params = {
+            "key": quiet["key"],
+            "url": live.ws_base,
+            "auth": quiet_auth.url("bob"),
+            "connect": "1",
+        }
+        refused = pages(
+            live.http_base + "/static/example.html?" + urllib.parse.urlencode(params)
+        )
+        refused.wait_for_function(
+            "() => window.pushi && window.pushi.state === 'connected'", timeout=15000
+        )
+        refused.click("#send")
+        refused.wait_for_function(
+            "() => document.querySelector('#log li.refused')", timeout=15000
+        )
+        (line,) = log_lines(refused, "refused")
+        assert "Client events are off for this app" in line, line
+        time.sleep(2)  # past the page's wait for a refusal: still no "sent"
+        assert log_lines(refused, "sent") == [], log_lines(refused, "sent")
+    finally:
+        quiet_auth.close()
+
+    # client events on and an auth endpoint: the default channel sends
+    page.fill("#auth", live.auth.url("alice"))
+    page.click("#connect")
+    page.wait_for_function("() => window.pushi.state === 'connected'", timeout=15000)
+    page.fill("#data", "hello from the page")
+    page.click("#send")
+    page.wait_for_function(
+        "() => document.querySelector('#log li.sent')", timeout=15000
+    )
+    # Connect subscribed to the Subscribe channel again
+    assert page.evaluate("() => window.pushi.channel('my-channel').subscribed")
+    (sent,) = log_lines(page, "sent")
+    assert "private-my-channel / chat: hello from the page" in sent, sent
+    assert "echoed back" in sent, sent
+
+    os.makedirs(ARTIFACTS_DIR, exist_ok=True)
+    path = os.path.join(ARTIFACTS_DIR, "pushi-js-example-1280.png")
+    page.screenshot(path=path, full_page=True)
+    refused.screenshot(
+        path=os.path.join(ARTIFACTS_DIR, "pushi-js-example-refused.png"),
+        full_page=True,
+    )
 
 
 def test_e2e_private_and_presence_channels_with_member_events(live, pages):
