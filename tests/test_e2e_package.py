@@ -92,10 +92,22 @@ def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
     instance = PushiServer(data_dir=str(tmp_path))
     env = dict(instance.env())
     env.pop("PYTHONPATH")
+    # the default data dir, as a user without PUSHI_DATA_DIR has it: the
+    # command run in one folder, the server in another, share it
+    home = tmp_path / "home"
+    env.pop("PUSHI_DATA_DIR")
+    env.update(HOME=str(home), XDG_DATA_HOME="")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     created = json.loads(
-        run([str(installed / "pushi"), "app", "create", "x", "--json"], env=env)
+        run(
+            [str(installed / "pushi"), "app", "create", "x", "--json"],
+            env=env,
+            cwd=str(elsewhere),
+        )
     )
     assert created["app_id"] == "1"
+    assert (home / ".local" / "share" / "pushi" / "pushi.sqlite3").is_file()
     log = open(tmp_path / "pushi.log", "w+")
     process = subprocess.Popen(
         [str(installed / "pushi")],
