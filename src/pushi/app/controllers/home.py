@@ -76,7 +76,7 @@ class HomeController(PushiController):
             admin=(
                 "set (apps can be managed over REST)"
                 if admin
-                else "not set (PUSHI_ADMIN_SECRET; app management over REST" " is off)"
+                else "not set (PUSHI_ADMIN_SECRET: app management over REST is off)"
             ),
             rest=" or <code>POST /apps</code> with the admin secret" if admin else "",
         )
