@@ -87,6 +87,12 @@ class PushiApp(appier.APIApp):
         self.handlers = []
         self.handler_info = self.handler_error = None
         self.handler_stream = self.handler_syslog = self.handler_memory = None
+        # Appier gives pymongo's logger (the MongoDB store's) a handler in
+        # a format of its own, and keeps its records from the root's
+        pymongo_logger = logging.getLogger("pymongo")
+        for handler in list(pymongo_logger.handlers):
+            pymongo_logger.removeHandler(handler)
+        pymongo_logger.propagate = True
 
     def _print_welcome(self):
         # Appier's names its session, data adapter and manager classes: its
