@@ -114,13 +114,18 @@ class Publisher:
         except NeedsStore:
             return False
 
+        metrics = self.state.metrics
+        started = time.monotonic()
+
         def respond():
             self.complete(app, answers, queries, _call)
             answer(*json_response(200, self.answer(route, answers)))
+            metrics.publish_answered(request.received)
 
         def committed(error):
             # on the loop, or on a store thread
             if error is None:
+                metrics.store_commit.observe(time.monotonic() - started)
                 self.deliver(app, deliveries, respond)
                 return
             logger.error("storing events failed: %s", error)
@@ -151,11 +156,13 @@ class Publisher:
                 environ.get("HTTP_AUTHORIZATION"),
             )
             if stored:
+                started = time.monotonic()
                 try:
                     self.state.store.add_events(stored)
                 except Exception as error:
                     logger.error("storing events failed: %s", error)
                     raise errors.HttpError(503, "Store unavailable")
+                self.state.metrics.store_commit.observe(time.monotonic() - started)
         except errors.HttpError as error:
             status, headers, data = error_response(error)
             start_response(status, headers)

@@ -86,6 +86,14 @@ def _ws_url(value):
     return urllib.parse.urlunsplit(parts[:3] + ("", "")).rstrip("/")
 
 
+def _not_negative(value):
+    """Seconds, 0 included (0: none)."""
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError("below 0")
+    return number
+
+
 def _level(value):
     name = str(value).strip().upper()
     if not isinstance(logging.getLevelName(name), int):
@@ -137,6 +145,11 @@ class Config:
         # the WebSocket port as browsers reach it (behind a proxy): the
         # console page streams from there
         ("public_ws_url", "PUSHI_PUBLIC_WS_URL", None, _ws_url),
+        # None: GET /metrics on the REST port only, with the admin secret
+        ("metrics_port", "PUSHI_METRICS_PORT", None, _port),
+        ("metrics_host", "PUSHI_METRICS_HOST", "127.0.0.1", str),
+        # seconds a stop keeps serving with /ready at 503 before closing
+        ("drain_seconds", "PUSHI_DRAIN_SECONDS", 0, _not_negative),
     )
 
     def __init__(self, **values):

@@ -20,6 +20,7 @@ from . import registry
 from .cache import TTL as CACHE_TTL, Cache, Cached
 from .limits import DEFAULTS
 from .limits import MAX_LATEST
+from .metrics import Metrics
 from .store.base import MAX_SKIP
 from .watchlist import Watchlists
 
@@ -44,9 +45,18 @@ class Engine:
     """Channel logic over a ``Registry`` for the sockets of this process."""
 
     def __init__(
-        self, config, store=None, offload=None, schedule=None, apps=None, persist=None
+        self,
+        config,
+        store=None,
+        offload=None,
+        schedule=None,
+        apps=None,
+        persist=None,
+        metrics=None,
     ):
         self.config = config
+        # counted on the loop, read by scrapes (``base/metrics``)
+        self.metrics = metrics if metrics is not None else Metrics()
         self.registry = registry.Registry()
         self.store = store
         self.offload = offload
@@ -90,6 +100,7 @@ class Engine:
             key=key,
         )
         self.registry.add_session(session)
+        self.metrics.opened[(app.app_id, dialect)] += 1
         transport.write(
             text_frame(
                 messages.connection_established(
@@ -120,6 +131,7 @@ class Engine:
             self._leave(session, name)
         user_id = session.user_id
         self.registry.remove_session(session)
+        self.metrics.closed[(session.app.app_id, session.dialect)] += 1
         self.watchlists.forget(session)
         if user_id is not None:
             self._user_left(session.app, user_id)
@@ -135,6 +147,7 @@ class Engine:
             message = messages.parse(text, session.app.limits["max_event_name"])
             self._dispatch(session, message)
         except errors.SubscriptionError as error:
+            self.metrics.reject("subscription", error.status)
             # the channel-level event is what pusher-js and pushi.js bind on
             # the channel; Pusher itself answers a bad signature with a
             # pusher:error, which clients written to its documentation expect
@@ -151,8 +164,10 @@ class Engine:
                 )
         except errors.ProtocolError as error:
             if error.closes:
+                # counted as the transport closes
                 self._drop(session, error.code, error.message)
             else:
+                self.metrics.reject("socket", error.code)
                 self._send(
                     session, messages.error(error.code, error.message, error.channel)
                 )
@@ -281,6 +296,7 @@ class Engine:
 
     def _join(self, session, name, user_id=None):
         channel, occupied = self.registry.join(session, name, user_id)
+        self.metrics.subscribes[session.app.app_id] += 1
         if self.observers:
             if occupied:
                 self.emit(session.app.app_id, "occupied", channel=name)
@@ -622,6 +638,7 @@ class Engine:
                 return
             if frame is None:
                 # the read failed: no history is not what the store said
+                self.metrics.reject("socket", errors.STORE_UNAVAILABLE)
                 error = messages.error(
                     errors.STORE_UNAVAILABLE, "Store unavailable", name
                 )
@@ -666,6 +683,7 @@ class Engine:
 
     def _not_stored(self, session):
         if not session.closed:
+            self.metrics.reject("socket", errors.STORE_UNAVAILABLE)
             self._send(
                 session,
                 messages.error(
@@ -851,6 +869,7 @@ class Engine:
             )
         text = messages.event(name, channel_name, data, user_id=user_id, **extra)
         echo = pushi_send and message.get("echo") is True
+        self.metrics.client_events[app.app_id] += 1
 
         def deliver():
             self.deliver(
@@ -905,11 +924,15 @@ class Engine:
         channel = self.registry.channel(app_id, channel_name)
         if channel is None:
             return
+        sessions = channel.sessions
         if exclude is None:
-            for write in channel.sessions.values():
+            self.metrics.delivered[app_id] += len(sessions)
+            for write in sessions.values():
                 write(frame)
         else:
-            for session, write in channel.sessions.items():
+            excluded = self.registry.sessions.get(exclude)
+            self.metrics.delivered[app_id] += len(sessions) - (excluded in sessions)
+            for session, write in sessions.items():
                 if session.socket_id != exclude:
                     write(frame)
 
@@ -917,6 +940,7 @@ class Engine:
         """Delivers an API event to channels (loop thread)."""
         extra = extra or {}
         cached = max_cache_bytes = None
+        self.metrics.published[app_id] += len(channel_names)
         for channel_name in channel_names:
             if cached is None and channels.is_cache(channel_name):
                 cached = Cached(name, data, extra)

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 if __name__ == "__main__" and __package__ in (None, ""):
     sys.path.insert(
@@ -34,6 +35,7 @@ from pushi.base.config import Config, ConfigError  # noqa: E402
 from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.limits import App  # noqa: E402
+from pushi.base.metrics import Metrics  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net import capacity, wire  # noqa: E402
@@ -42,6 +44,9 @@ from pushi.net.server import WebSocketServer  # noqa: E402
 from pushi.proto import errors  # noqa: E402
 
 logger = logging.getLogger("pushi")
+
+LAG_INTERVAL = 1
+""" Seconds between two measures of the loop's lag """
 
 
 class LoopStopped(errors.HttpError):
@@ -67,6 +72,7 @@ class State:
         self._apps_lock = threading.RLock()
         self._apps_version = None
         self.apps.sync = self.sync_app
+        self.metrics = Metrics()
         self.workers = concurrent.futures.ThreadPoolExecutor(
             4, thread_name_prefix="pushi-worker"
         )
@@ -77,6 +83,7 @@ class State:
             schedule=self.schedule,
             apps=self.apps,
             persist=self.persist,
+            metrics=self.metrics,
         )
         self.access = Access(
             self.apps,
@@ -103,7 +110,7 @@ class State:
         self.broker = LocalBroker(
             self.call_soon,
             self.engine.publish,
-            self.server.flush,
+            self._flush,
             max_pending=self.config.max_pending,
         )
         self.webhooks = Webhooks(self.apps, emit=self._webhook_done)
@@ -117,6 +124,10 @@ class State:
         self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
         self._app = None
+        self.metrics.snapshot = self._snapshot
+        self.metrics.servers["websocket"] = self.server
+        self.metrics.health["store"] = self.store.ping
+        self.metrics_server = None
 
     # crossing into the loop
 
@@ -149,6 +160,17 @@ class State:
         finally:
             with self._waiting_lock:
                 self._waiting.discard(future)
+
+    def _flush(self):
+        """The broker's write at the end of a turn: the publishes answered
+        in it are measured once their frames are out."""
+        self.server.flush()
+        if self.metrics.answered:
+            self.metrics.written(time.monotonic())
+
+    def _snapshot(self):
+        """What a scrape reads of the loop (``Metrics.live``)."""
+        return self.call_in_loop(self.metrics.live, self.engine.registry, timeout=5)
 
     def _loop_end(self):
         """The loop has ended: whoever waits for it hears so now."""
@@ -208,8 +230,11 @@ class State:
         ``then(error)`` runs on the loop, ``error`` None once they are
         committed.  A store bound to the loop calls back on it; another
         calls back from the worker that waited."""
+        started = time.monotonic()
 
         def done(error):
+            if error is None:
+                self.metrics.store_commit.observe(time.monotonic() - started)
             if threading.current_thread() is self._loop_thread:
                 then(error)
                 return
@@ -221,7 +246,13 @@ class State:
         self.store.add_events_then(events, done, self.workers)
 
     def _webhook_done(self, app_id, kind, details):
-        """A webhook's fate, for the debug console (webhooks thread)."""
+        """A webhook's fate, for the metrics and the debug console
+        (webhooks thread)."""
+        if kind == "webhook_sent":
+            self.metrics.webhook_posts.labels(app_id, "sent").inc()
+        elif kind == "webhook_failed":
+            result = "failed" if details.get("final") else "retry"
+            self.metrics.webhook_posts.labels(app_id, result).inc()
         try:
             self.call_soon(lambda: self.engine.emit(app_id, kind, **details))
         except LoopStopped:
@@ -341,6 +372,16 @@ class State:
         finally:
             self._ready.set()
         self._tick()
+        self._measure_lag(None)
+
+    def _measure_lag(self, expected):
+        """Observes how late the loop runs this timer (``expected`` is when
+        it was due, by ``time.monotonic``), and sets the next one."""
+        now = time.monotonic()
+        if expected is not None:
+            self.metrics.loop_lag.observe(max(0.0, now - expected))
+        due = now + LAG_INTERVAL
+        self.server.delay(lambda: self._measure_lag(due), timeout=LAG_INTERVAL)
 
     def _tick(self):
         self.server.run(self.engine.sweep)
@@ -361,7 +402,10 @@ class State:
         self.apps.refresh()
         if http:
             self.app.start()
-            self.http = HttpServer(self.app.serve_request, level=logging.WARNING)
+            self.http = HttpServer(
+                self.app.serve_request, metrics=self.metrics, level=logging.WARNING
+            )
+            self.metrics.servers["rest"] = self.http
             self.server.add_base(self.http)
             self.http.trusted_proxies = config.trusted_proxies
         self.server.trusted_proxies = config.trusted_proxies
@@ -410,6 +454,39 @@ class State:
             _url_host(config.server_host),
             self.server.port,  # the one the system chose for port 0
         )
+        if config.metrics_port is not None:
+            self._serve_metrics()
+
+    def _serve_metrics(self):
+        """``PUSHI_METRICS_PORT``: the metrics without authentication, on
+        their own port (of ``PUSHI_METRICS_HOST``, the loopback by
+        default), served by prometheus_client's threads."""
+        from prometheus_client import start_http_server
+
+        config = self.config
+        listen = dict(host=config.metrics_host, port=config.metrics_port)
+        try:
+            self.metrics_server, _thread = start_http_server(
+                config.metrics_port, config.metrics_host, self.metrics.registry
+            )
+        except OSError as error:
+            raise _listen_error("Metrics", "PUSHI_METRICS", listen, error)
+        logger.info(
+            "Metrics on http://%s:%d/metrics",
+            _url_host(config.metrics_host),
+            self.metrics_server.server_port,
+        )
+
+    def unready(self):
+        """Why this process takes no traffic now (``GET /ready``): None
+        once it serves, until a stop begins."""
+        if self._stopping.is_set():
+            return "Server stopping"
+        if self._loop_ended.is_set():
+            return "Server stopped"
+        if not self._ready.is_set() or self._start_error is not None:
+            return "Server starting"
+        return None
 
     def _limit_connections(self):
         """Caps both ports' sockets to what the open-files limit allows
@@ -497,8 +574,21 @@ class State:
             self.stop()
 
     def stop(self):
-        """Closes every socket with 4200 and stops the loop and the store."""
+        """Closes every socket with 4200 and stops the loop and the store;
+        with ``PUSHI_DRAIN_SECONDS``, goes on serving that long first, with
+        ``GET /ready`` answering 503, so that a load balancer sends no new
+        clients (a second SIGTERM or Ctrl-C cuts it short)."""
         self._stopping.set()
+        if (
+            self.config.drain_seconds
+            and self._loop_thread is not None
+            and not self._loop_ended.is_set()
+        ):
+            logger.info("Draining for %g s", self.config.drain_seconds)
+            try:
+                self._loop_ended.wait(self.config.drain_seconds)
+            except KeyboardInterrupt:
+                pass
         if self.http is not None:
             self.app.drop_queued()
         if self._loop_thread is not None and not self._loop_ended.is_set():
@@ -510,6 +600,10 @@ class State:
             self._loop_thread.join(5)
         if self.http is not None:
             self.app.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        self.metrics.stop()
         self.workers.shutdown(wait=False)
         self.webhooks.stop()
         self.store.close()

@@ -56,7 +56,8 @@ _HOP_BY_HOP = frozenset(("connection", "content-length", "transfer-encoding"))
 class Request:
     """One parsed request; ``headers`` has lower-case names, ``remote`` is
     the client's address and ``scheme`` the one it used (None: this port's),
-    as a trusted proxy says them (``forwarded``)."""
+    as a trusted proxy says them (``forwarded``); ``received`` is when it had
+    arrived whole (``time.monotonic``)."""
 
     __slots__ = (
         "method",
@@ -67,6 +68,7 @@ class Request:
         "body",
         "remote",
         "scheme",
+        "received",
     )
 
     def __init__(
@@ -80,6 +82,7 @@ class Request:
         self.body = body
         self.remote = remote
         self.scheme = scheme
+        self.received = time.monotonic()
 
     @property
     def keep_alive(self):
@@ -155,17 +158,23 @@ class HttpServer(
     start=False)`` once that loop runs.  Its sockets are capped
     (``capacity.Admission``, set with ``limit``): at the cap a new socket
     takes the place of the one idle the longest, and when none is idle its
-    request is answered 503."""
+    request is answered 503.  Every answer passes through ``_answer``,
+    where ``metrics`` (a ``base.metrics.Metrics``, optional) counts those
+    of a 4xx or 5xx status as refusals."""
 
     quota = 16
     # the proxies whose X-Forwarded-* headers are believed (``forwarded``)
     trusted_proxies = ()
 
-    def __init__(self, handler, max_body=MAX_BODY, *args, **kwargs):
+    def __init__(self, handler, max_body=MAX_BODY, metrics=None, *args, **kwargs):
         netius.StreamServer.__init__(self, *args, **kwargs)
         self.handler = handler
         self.max_body = max_body
+        self.metrics = metrics
         self.port_name = "REST port"
+        # read by scrapes (``base/metrics``)
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     def on_serve(self):
         netius.StreamServer.on_serve(self)
@@ -333,6 +342,8 @@ class HttpServer(
     def _answer(self, peer, status, headers, body, keep_alive, head_only=False):
         if peer.closed or not peer.waiting:
             return
+        if status[0] in "45" and self.metrics is not None:
+            self.metrics.reject("rest", status[:3])
         lines = ["HTTP/1.1 " + status]
         for name, value in headers:
             if name.lower() not in _HOP_BY_HOP:
@@ -366,8 +377,8 @@ class HttpServer(
         peer.waiting = True
         self._answer(peer, status, headers, body, False)
 
-    @staticmethod
-    def _send(peer, data):
+    def _send(self, peer, data):
+        self.bytes_sent += len(data)
         wire.send(peer.connection, data)
 
     def _sweep(self):

@@ -107,7 +107,16 @@ class Link:
 
     def close(self, code, reason=""):
         """Sends a close frame with ``code`` and closes once it is out
-        (``CLOSE_GRACE`` seconds at most)."""
+        (``CLOSE_GRACE`` seconds at most).  Every close the server starts
+        passes here, and is counted as a refusal with its code (but the
+        4200 of a stop)."""
+        if self.phase == CLOSING:
+            return
+        if code is not None and code != errors.GOING_AWAY:
+            self.server.engine.metrics.reject("socket", code)
+        self._close(code, reason)
+
+    def _close(self, code, reason=""):
         if self.phase == CLOSING:
             return
         self.write(ws.close_frame(code, reason))
@@ -299,7 +308,8 @@ class Link:
                     self.session and self.session.socket_id,
                     code,
                 )
-                self.close(None if code == ws.CLOSE_NO_STATUS else code)
+                # the client's close, answered: no refusal
+                self._close(None if code == ws.CLOSE_NO_STATUS else code)
             else:
                 self.write(
                     ws.text_frame(
@@ -314,6 +324,7 @@ class Link:
         self.close(code, message)
 
     def _refuse(self, status, reason):
+        self.server.engine.metrics.reject("handshake", status)
         self._raw(ws.reject_response(status, reason))
         self.phase = CLOSING
         self.server.hold_reads(self.connection)
@@ -334,6 +345,7 @@ class Link:
             if self.watcher is not None:
                 logger.info("slow console of app %s dropped", self.watcher.app_id)
             else:
+                self.server.engine.metrics.slow_consumers += 1
                 logger.info(
                     "slow consumer %s disconnected",
                     self.session and self.session.socket_id,
@@ -394,6 +406,9 @@ class WebSocketServer(
         self.unfinished = set()
         self.start_callbacks = []
         self.port_name = "WebSocket port"
+        # read by scrapes (``base/metrics``)
+        self.bytes_received = 0
+        self.bytes_sent = 0
 
     def client_address(self, connection, headers):
         """The address of a socket's client: the peer's, or the one a
@@ -487,6 +502,7 @@ class WebSocketServer(
         ``CLOSE_GRACE`` seconds, for a client that stopped reading)."""
         # a link closed while its frames go out (a slow consumer) is dirty
         # again with its close frame, which goes before the close
+        written = 0
         while self.dirty:
             dirty = self.dirty
             self.dirty = []
@@ -494,6 +510,7 @@ class WebSocketServer(
                 outbox = link.outbox
                 link.outbox = None
                 data = outbox if outbox.__class__ is bytes else b"".join(outbox)
+                written += len(data)
                 # the common case inline (a fan-out's cost per socket is
                 # this loop plus the kernel's send): nothing queued before
                 # it, and the whole frame taken at once
@@ -506,6 +523,8 @@ class WebSocketServer(
                     sent = 0
                 if sent != len(data):
                     link.send_now(data[sent:])
+        if written:
+            self.bytes_sent += written
         closing = self.closing
         if closing:
             self.closing = []

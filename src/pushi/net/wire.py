@@ -111,7 +111,8 @@ class Connection(netius.Connection):
     Its reads are metered for ``FairReads``: ``budget`` bytes may still be
     read this turn, ``quota`` messages (or requests) may still be handled;
     ``held`` stops reading until the protocol above releases it, and
-    ``resuming`` says a read of it is scheduled for the next turn."""
+    ``resuming`` says a read of it is scheduled for the next turn.  The
+    bytes read are added to the server's ``bytes_received``."""
 
     budget = READ_BUDGET
     quota = 0
@@ -126,6 +127,7 @@ class Connection(netius.Connection):
             raise BlockingIOError(errno.EAGAIN, "read budget spent")
         data = netius.Connection.recv(self, *args, **kwargs)
         self.budget -= len(data)
+        self.owner.bytes_received += len(data)
         return data
 
 

@@ -2,6 +2,7 @@
 
 import appier
 
+from pushi.base.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from pushi.proto import errors
 
 from .common import PushiController
@@ -19,6 +20,25 @@ class BaseController(PushiController):
             "channels": channels,
             "apps": len(self.state.apps.all()),
         }
+
+    @appier.route("/ready", "GET", json=True)
+    def ready(self):
+        """For load balancers: 200 once this process takes traffic, 503
+        with the reason from the moment a stop begins (``/health`` says
+        what it holds, whatever its state)."""
+        reason = self.state.unready()
+        if reason is not None:
+            raise errors.HttpError(503, reason)
+        return {"status": "ready"}
+
+    @appier.route("/metrics", "GET")
+    def metrics(self):
+        """Prometheus' text format, with the admin secret as
+        ``Authorization: Bearer`` (``PUSHI_METRICS_PORT`` serves it
+        without, on a port of its own)."""
+        self.access.require_admin(self.authorization())
+        self.request.set_content_type(METRICS_CONTENT_TYPE)
+        return self.state.metrics.exposition()
 
     @appier.route("/login", "POST", json=True)
     def login(self):

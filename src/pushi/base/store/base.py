@@ -148,5 +148,10 @@ class Store(abc.ABC):
 
     # lifecycle
 
+    def ping(self):
+        """Raises when the store cannot answer now (the health a scrape of
+        ``GET /metrics`` reports): a read that reaches it."""
+        self.get_app("0")
+
     def close(self):
         """Releases connections and threads; the store is unusable after."""

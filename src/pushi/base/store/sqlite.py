@@ -914,6 +914,17 @@ class SQLiteStore(base.Store):
 
     # lifecycle
 
+    def ping(self):
+        """Also fails once the writer has stopped, or when the database
+        file was removed or replaced (its commits would reach no file)."""
+        if self._closed or not self._writer.is_alive():
+            raise StoreClosedError("store is closed")
+        if file_identity(self.path) != self._database.identity:
+            raise sqlite3.OperationalError(
+                "%s was removed or replaced while in use" % self.path
+            )
+        base.Store.ping(self)
+
     def close(self):
         with self._queue_lock:
             if self._closed:
