@@ -73,6 +73,10 @@ class PushiApp(appier.APIApp):
         # Appier names its header X-Content-Type-Option, which no browser
         # reads: ``after_request`` sends the real one
         self.content_options = None
+        # under another APP_SERVER every answer passes ``application``,
+        # which counts the refusals (the REST port's own server counts
+        # them where it writes answers)
+        self.counts_answers = False
 
     def _load_logging(self, *args, **kwargs):
         # Appier's logger ("pushi", Pushi's too) hands its records to the
@@ -152,6 +156,8 @@ class PushiApp(appier.APIApp):
         self.state.call_soon(answer, *result)
 
     def application(self, environ, start_response):
+        if self.counts_answers:
+            start_response = self._counted(start_response)
         if environ.get("REQUEST_METHOD") == "POST":
             match = ROUTE.match(environ.get("PATH_INFO", ""))
             if match is not None:
@@ -170,6 +176,17 @@ class PushiApp(appier.APIApp):
         # token: the header is kept aside for Pushi's own checks
         environ[AUTHORIZATION] = environ.pop("HTTP_AUTHORIZATION", None)
         return appier.APIApp.application(self, environ, start_response)
+
+    def _counted(self, start_response):
+        def counted(status, headers, exc_info=None):
+            if status[:1] in ("4", "5"):
+                try:
+                    self.state.call_soon(self.state.metrics.reject, "rest", status[:3])
+                except errors.HttpError:
+                    pass  # the loop has ended
+            return start_response(status, headers, exc_info)
+
+        return counted
 
     def route(self):
         # Appier runs a route once per item of a JSON body's "payload"

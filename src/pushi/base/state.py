@@ -566,6 +566,7 @@ class State:
                 while not self._loop_ended.wait(1):
                     pass
                 return
+            self.app.counts_answers = True
             try:
                 self.app.serve(server=config.app_server, conf=False, **listen)
             except OSError as error:
