@@ -140,6 +140,7 @@ class Publisher:
 
     def __call__(self, environ, start_response, match):
         """The WSGI entry: blocks until the events are stored and written."""
+        received = time.monotonic()
         try:
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -169,7 +170,8 @@ class Publisher:
             return [data]
         delivered = threading.Event()
         self.deliver(app, deliveries, delivered.set)
-        delivered.wait(DELIVERY_TIMEOUT)
+        if delivered.wait(DELIVERY_TIMEOUT):
+            self.state.metrics.publish_latency.observe(time.monotonic() - received)
         self.complete(app, answers, queries, self.state.call_in_loop)
         status, headers, data = json_response(200, self.answer(route, answers))
         start_response(status, headers)

@@ -925,13 +925,17 @@ class Engine:
         if channel is None:
             return
         sessions = channel.sessions
+        # counted once per event, not per socket
+        count = len(sessions)
+        if exclude is not None:
+            count -= self.registry.sessions.get(exclude) in sessions
+        metrics = self.metrics
+        metrics.delivered[app_id] += count
+        metrics.fan_out_bytes += len(frame) * count
         if exclude is None:
-            self.metrics.delivered[app_id] += len(sessions)
             for write in sessions.values():
                 write(frame)
         else:
-            excluded = self.registry.sessions.get(exclude)
-            self.metrics.delivered[app_id] += len(sessions) - (excluded in sessions)
             for session, write in sessions.items():
                 if session.socket_id != exclude:
                     write(frame)

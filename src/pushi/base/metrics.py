@@ -74,6 +74,9 @@ class Metrics:
         self.subscribes = collections.defaultdict(int)  # app_id
         self.rejected = collections.defaultdict(int)  # (kind, code)
         self.slow_consumers = 0
+        # bytes of the frames the fan-out wrote (the WebSocket port's other
+        # bytes are its server's ``bytes_sent``)
+        self.fan_out_bytes = 0
         # publishes answered this loop turn: when each request came in
         self.answered = []
         # set by the State: () -> the loop's snapshot (``live``), and the
@@ -165,7 +168,11 @@ class Metrics:
             "rejected": dict(self.rejected),
             "slow_consumers": self.slow_consumers,
             "bytes": {
-                port: (server.bytes_received, server.bytes_sent)
+                port: (
+                    server.bytes_received,
+                    server.bytes_sent
+                    + (self.fan_out_bytes if port == "websocket" else 0),
+                )
                 for port, server in self.servers.items()
             },
         }

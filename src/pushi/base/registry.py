@@ -95,8 +95,9 @@ class Member:
 
 class Channel:
     """Subscribers of one channel of one app: ``sessions`` maps each
-    session to its transport's ``write`` (bound once, for the fan-out),
-    in the order they subscribed."""
+    session to its transport's ``write`` (bound once, for the fan-out; a
+    transport's own ``fan_out`` when it has one), in the order they
+    subscribed."""
 
     __slots__ = ("name", "sessions", "members")
 
@@ -173,7 +174,8 @@ class Registry:
         occupied = channel is None
         if occupied:
             channel = channels[name] = Channel(name)
-        channel.sessions[session] = session.transport.write
+        transport = session.transport
+        channel.sessions[session] = getattr(transport, "fan_out", transport.write)
         session.channels[name] = user_id
         return channel, occupied
 

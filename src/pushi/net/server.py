@@ -94,6 +94,14 @@ class Link:
     # the transport the engine writes to
 
     def write(self, frame):
+        """Queues a frame for this turn's write; its bytes are counted."""
+        if self.phase != CLOSING:
+            self.server.bytes_sent += len(frame)
+        self.fan_out(frame)
+
+    def fan_out(self, frame):
+        """``write`` for the fan-out, which counts its bytes once per
+        event (``Engine.deliver``), not once per socket."""
         outbox = self.outbox
         if outbox is None:
             if self.phase == CLOSING:
@@ -406,7 +414,8 @@ class WebSocketServer(
         self.unfinished = set()
         self.start_callbacks = []
         self.port_name = "WebSocket port"
-        # read by scrapes (``base/metrics``)
+        # read by scrapes (``base/metrics``); the fan-out's bytes are the
+        # engine's (``Metrics.fan_out_bytes``)
         self.bytes_received = 0
         self.bytes_sent = 0
 
@@ -502,7 +511,6 @@ class WebSocketServer(
         ``CLOSE_GRACE`` seconds, for a client that stopped reading)."""
         # a link closed while its frames go out (a slow consumer) is dirty
         # again with its close frame, which goes before the close
-        written = 0
         while self.dirty:
             dirty = self.dirty
             self.dirty = []
@@ -510,7 +518,6 @@ class WebSocketServer(
                 outbox = link.outbox
                 link.outbox = None
                 data = outbox if outbox.__class__ is bytes else b"".join(outbox)
-                written += len(data)
                 # the common case inline (a fan-out's cost per socket is
                 # this loop plus the kernel's send): nothing queued before
                 # it, and the whole frame taken at once
@@ -523,8 +530,6 @@ class WebSocketServer(
                     sent = 0
                 if sent != len(data):
                     link.send_now(data[sent:])
-        if written:
-            self.bytes_sent += written
         closing = self.closing
         if closing:
             self.closing = []
