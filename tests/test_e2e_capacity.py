@@ -274,3 +274,24 @@ def test_sockets_over_the_cap_that_say_nothing_pause_accepting_not_others():
     finally:
         close_all(sockets)
         server.stop()
+
+
+def test_a_burst_of_silent_sockets_does_not_stop_the_rest_port():
+    """Silent sockets that fill the REST port and its refusing slots in
+    one burst stop it accepting, but not for their whole keep-alive time:
+    once they have idled a second, the port closes them to make room."""
+    # 256 open files leave the REST port 16 sockets and 2 to refuse with
+    server = PushiServer(fd_limit=256).start()
+    silent = []
+    try:
+        for _ in range(18):
+            silent.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+        assert eventually(lambda: "REST port stopped accepting" in server.read_log())
+        raw = socket.create_connection(("127.0.0.1", server.app_port), 5)
+        silent.append(raw)
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.settimeout(15)
+        assert raw.recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        close_all(silent)
+        server.stop()

@@ -145,8 +145,10 @@ class Admission:
     """A netius stream server mixin: an accept loop that admits at most
     ``max_connections`` sockets (``max_per_address`` from one address),
     accepts ``max_refusing`` more to refuse them, and then stops accepting
-    until one of its sockets closes; exhausted descriptors (``EMFILE``)
-    stop it too, tried again every ``RETRY`` seconds.
+    until one of its sockets closes, or the server can close one to make
+    room (``make_room``, tried every ``RETRY`` seconds where
+    ``makes_room``); exhausted descriptors (``EMFILE``) stop it too, tried
+    again every ``RETRY`` seconds.
 
     Netius's own loop accepts until ``accept`` fails: at ``EMFILE`` it
     logs a failure and, its poll being edge-triggered, leaves the clients
@@ -176,6 +178,10 @@ class Admission:
     by_address = None
     trusted_proxies = ()
     port_name = "port"
+    # whether ``make_room`` may free a slot later: then a stopped port
+    # tries again every ``RETRY`` seconds (its sockets may become closable
+    # without any closing)
+    makes_room = False
 
     def limit(self, max_connections, max_refusing, max_per_address=None):
         """Sets the caps (before the port accepts its first socket)."""
@@ -255,6 +261,11 @@ class Admission:
             self.admitted >= self.max_connections
         )
 
+    def make_room(self):
+        """At the port's full count, closes a socket the server may close
+        to make room for the next one; True if it did.  Here, none."""
+        return False
+
     def _full(self):
         return (
             self.max_connections is not None
@@ -278,10 +289,11 @@ class Admission:
 
     def _accept(self, _socket):
         for _ in range(ACCEPTS):
-            if self._full():
+            if self._full() and not (self.make_room() and not self._full()):
                 self._pause(
                     "%d sockets open, %d of them being refused"
-                    % (len(self.connections), self.refusing)
+                    % (len(self.connections), self.refusing),
+                    retry=self.makes_room,
                 )
                 return
             try:

@@ -165,6 +165,7 @@ class HttpServer(
     quota = 16
     # the proxies whose X-Forwarded-* headers are believed (``forwarded``)
     trusted_proxies = ()
+    makes_room = True
 
     def __init__(self, handler, max_body=MAX_BODY, metrics=None, *args, **kwargs):
         netius.StreamServer.__init__(self, *args, **kwargs)
@@ -190,11 +191,17 @@ class HttpServer(
         connection.peer.refusal = self.admit(connection)
         return connection
 
+    def make_room(self):
+        # the sockets that filled the port in a burst idle past
+        # IDLE_CLOSABLE while it has stopped accepting: they make room then
+        return self._close_idlest()
+
     def _close_idlest(self):
         """Makes room for a new socket at the cap: closes the one idle the
         longest between requests (HTTP lets a server close an idle
-        keep-alive connection at any time; clients open a new one).  A
-        socket with a request under way is never closed this way."""
+        keep-alive connection at any time; clients open a new one), and
+        says whether it found one.  A socket with a request under way is
+        never closed this way."""
         idlest = None
         since = time.monotonic() - IDLE_CLOSABLE
         for connection in self.connections:
@@ -203,9 +210,11 @@ class HttpServer(
                 continue
             if peer.refusal is None and peer.since < since:
                 idlest, since = peer, peer.since
-        if idlest is not None:
-            idlest.closed = True
-            idlest.connection.close()
+        if idlest is None:
+            return False
+        idlest.closed = True
+        idlest.connection.close()
+        return True
 
     def on_connection_d(self, connection):
         netius.StreamServer.on_connection_d(self, connection)
