@@ -229,3 +229,42 @@ def test_a_failure_while_dropping_a_slow_consumer_holds_back_no_other(start):
     assert forgotten and "a bug in the engine" in failures
     reader.ws.close()
     stalled.close()
+
+
+def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
+    """The mixins of both servers (wire, capacity) and the servers
+    themselves replace netius methods only where they mean to: a method of
+    ours named like one of netius's loop (``resume``, ``on_resume``, which
+    netius's ``start`` calls on a paused loop) would be called by netius
+    with its arguments, not ours."""
+    import netius
+
+    from pushi.net.httpd import HttpServer
+    from pushi.net.server import WebSocketServer
+
+    hooks = {
+        "build_connection",
+        "debug",
+        "on_connection_d",
+        "on_data",
+        "on_read",
+        "on_read_s",
+        "on_serve",
+        "socket_tcp",
+    }
+    for server in (WebSocketServer, HttpServer):
+        ours = [k for k in server.__mro__ if k.__module__.startswith("pushi.")]
+        theirs = [k for k in server.__mro__ if k.__module__.startswith("netius.")]
+        for klass in ours:
+            for name in vars(klass):
+                if name.startswith("__") or name in hooks:
+                    continue
+                clash = [k.__name__ for k in theirs if name in vars(k)]
+                assert not clash, "%s.%s replaces netius's %s.%s" % (
+                    klass.__name__,
+                    name,
+                    clash[0],
+                    name,
+                )
+    # netius's own resume still runs its loop's hook, with no argument
+    assert WebSocketServer.resume is netius.Base.resume

@@ -238,7 +238,7 @@ class HttpServer(
             return
         self._advance(peer)
 
-    def on_resume(self, connection):
+    def on_reads_resumed(self, connection):
         peer = connection.peer
         if peer.buffer and not peer.closed:
             self._advance(peer)

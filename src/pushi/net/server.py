@@ -273,7 +273,7 @@ class Link:
     def _frames(self, data):
         """Handles the messages in ``data`` and those held back, as many as
         the turn's quota allows (the rest wait in the reader for
-        ``resume``)."""
+        ``resume_reads``)."""
         server = self.server
         try:
             frames = self.reader.feed(data, self.connection.quota)
@@ -492,7 +492,7 @@ class WebSocketServer(
         netius.ContainerServer.on_data(self, connection, data)
         self._feed(connection.link, data)
 
-    def on_resume(self, connection):
+    def on_reads_resumed(self, connection):
         link = connection.link
         if link.phase == OPEN:
             self._feed(link, b"")

@@ -123,7 +123,7 @@ class Connection(netius.Connection):
         if self.held or self.budget <= 0:
             # what netius's read loop takes for an empty socket
             if not self.held:
-                self.owner.resume(self)
+                self.owner.resume_reads(self)
             raise BlockingIOError(errno.EAGAIN, "read budget spent")
         data = netius.Connection.recv(self, *args, **kwargs)
         self.budget -= len(data)
@@ -141,9 +141,10 @@ class FairReads:
     Netius reads a readable socket until it is empty, and its poll is
     edge-triggered: a socket left with bytes unread is not reported
     again.  So a socket cut short (its byte budget or its message quota
-    spent) is read again at the next turn by ``resume``, which also runs
-    the protocol's ``on_resume(connection)`` first, to work off the
-    messages it held back.  A protocol stops reading a socket with
+    spent) is read again at the next turn by ``resume_reads``, which also
+    runs the protocol's ``on_reads_resumed(connection)`` first, to work off
+    the messages it held back.  (Netius's own ``resume`` and ``on_resume``
+    are its loop's, hence these names.)  A protocol stops reading a socket with
     ``hold_reads`` (the peer waits for an answer, or is being closed) and
     starts again with ``release_reads``."""
 
@@ -160,7 +161,7 @@ class FairReads:
             connection.quota = self.quota
         super().on_read(_socket)
 
-    def resume(self, connection):
+    def resume_reads(self, connection):
         """Reads ``connection`` again at the next turn (once, however
         often it is asked this turn)."""
         if connection.resuming or connection.status != netius.OPEN:
@@ -176,11 +177,11 @@ class FairReads:
             return
         connection.budget = READ_BUDGET
         connection.quota = self.quota
-        self.on_resume(connection)
+        self.on_reads_resumed(connection)
         if not connection.held and connection.budget > 0:
             self.on_read(connection.socket)
 
-    def on_resume(self, connection):
+    def on_reads_resumed(self, connection):
         """The protocol's turn to handle what it held back from the last
         one (it may spend the quota again, then it is resumed again)."""
 
@@ -192,7 +193,7 @@ class FairReads:
         if connection.quota > 0:
             return True
         connection.budget = 0
-        self.resume(connection)
+        self.resume_reads(connection)
         return False
 
     def hold_reads(self, connection):
@@ -202,7 +203,7 @@ class FairReads:
     def release_reads(self, connection):
         if connection.held:
             connection.held = False
-            self.resume(connection)
+            self.resume_reads(connection)
 
 
 def send(connection, data):
