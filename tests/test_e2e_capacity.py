@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pushi.net import capacity
-from support import PushiServer, server_frames, upgrade_request
+from support import PushiServer, read_until, server_frames, upgrade_request
 
 
 def open_raw(server, app, source="127.0.0.1", timeout=5):
@@ -294,4 +294,79 @@ def test_a_burst_of_silent_sockets_does_not_stop_the_rest_port():
         assert raw.recv(65536).startswith(b"HTTP/1.1 200 ")
     finally:
         close_all(silent)
+        server.stop()
+
+
+def _kernel_takes(rcvbuf):
+    """Bytes the kernel takes from a sender over loopback before the
+    receiver (``rcvbuf``, reading nothing) makes it wait."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    receiver = socket.socket()
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    receiver.connect(listener.getsockname())
+    sender, _ = listener.accept()
+    sender.setblocking(False)
+    taken = 0
+    for _ in range(50):
+        try:
+            while True:
+                taken += sender.send(b"x" * 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+    for raw in (sender, receiver, listener):
+        raw.close()
+    return taken
+
+
+def test_the_rest_port_at_its_cap_never_cuts_an_answer_short():
+    """A socket whose answers are still going out (its client reads them
+    slowly) is not idle: a new socket at the cap does not take its place,
+    which would cut its answers short."""
+    server = PushiServer(fd_limit=256).start()
+    app = server.create_app()
+    server.connect(app).close()
+    request = (
+        "POST /apps/%s/events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        % app["app_id"]
+    ).encode()
+    sockets = []
+    try:
+        # unsigned: a 401 answered on the loop, its size known
+        probe = socket.create_connection(("127.0.0.1", server.app_port), 5)
+        sockets.append(probe)
+        probe.sendall(request)
+        probe.settimeout(5)
+        size = len(read_until(probe, b'"}'))
+        probe.sendall(b"GET / HTTP/1.1\r\n")
+        # answers past what the kernel holds for a client that does not
+        # read: half a megabyte of them waits in the server, under the
+        # bound past which the server stops reading the socket
+        count = (_kernel_takes(4096) + 524288) // size
+        slow = socket.socket()
+        sockets.append(slow)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", server.app_port))
+        slow.sendall(request * count)
+        time.sleep(3)
+        # the 14 other sockets (with the probe) have a request under way
+        for _ in range(14):
+            raw = socket.create_connection(("127.0.0.1", server.app_port), 5)
+            raw.sendall(b"GET / HTTP/1.1\r\n")
+            sockets.append(raw)
+        time.sleep(1.5)
+        sockets.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
+        time.sleep(0.5)
+        slow.settimeout(5)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < count:
+            chunk = slow.recv(1 << 20)
+            assert chunk, "cut after %d answers of %d" % (
+                data.count(b"HTTP/1.1 "),
+                count,
+            )
+            data += chunk
+    finally:
+        close_all(sockets)
         server.stop()

@@ -200,13 +200,16 @@ class HttpServer(
         """Makes room for a new socket at the cap: closes the one idle the
         longest between requests (HTTP lets a server close an idle
         keep-alive connection at any time; clients open a new one), and
-        says whether it found one.  A socket with a request under way is
-        never closed this way."""
+        says whether it found one.  A socket with a request under way, or
+        with its last answer still going out, is never closed this way."""
         idlest = None
         since = time.monotonic() - IDLE_CLOSABLE
         for connection in self.connections:
             peer = getattr(connection, "peer", None)
             if peer is None or peer.waiting or peer.buffer or peer.closed:
+                continue
+            if connection.pending:
+                # closing would cut the answer short
                 continue
             if peer.refusal is None and peer.since < since:
                 idlest, since = peer, peer.since
