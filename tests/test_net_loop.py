@@ -8,6 +8,7 @@ and still below the quarter second a missed wake-up costs, so the tests
 check that the loop wakes, not how fast it is.
 """
 
+import json
 import socket
 import threading
 import time
@@ -16,7 +17,15 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.state import State
-from support import Client, free_port, logged_failures, stalled_subscriber
+from pushi.proto.errors import SLOW_CONSUMER
+from pushi.proto.websocket import close_frame
+from support import (
+    Client,
+    free_port,
+    logged_failures,
+    masked_frame,
+    stalled_subscriber,
+)
 
 
 @pytest.fixture
@@ -268,3 +277,37 @@ def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
                 )
     # netius's own resume still runs its loop's hook, with no argument
     assert WebSocketServer.resume is netius.Base.resume
+
+
+def test_a_slow_consumer_that_still_sends_reads_its_4100_to_the_end(start):
+    """A socket closed while its client still sends (a pong, a ping) is not
+    read again, and a socket closed with bytes unread is reset by the
+    kernel, which then drops what it had not sent yet: the frames before
+    the close and the close itself (4100).  The close reads them away
+    first."""
+    state = start(max_buffer=65536)
+    app = state.store.create_app("slow")
+    port = state.config.server_port
+    stalled = stalled_subscriber(port, app["key"], "firehose")
+    data = "x" * 8000
+    # more than the kernel's buffers hold: the socket is a slow consumer
+    for _ in range(600):
+        state.call_in_loop(state.engine.publish, app["app_id"], ["firehose"], "e", data)
+    # the client speaks after the server has decided to close it
+    stalled.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
+    time.sleep(0.5)
+    stalled.settimeout(10)
+    received = b""
+    while True:
+        try:
+            chunk = stalled.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    stalled.close()
+    close = close_frame(SLOW_CONSUMER, "Slow consumer: reconnect")
+    assert received.endswith(close), "no 4100 close at the end of %d bytes" % len(
+        received
+    )

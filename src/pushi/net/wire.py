@@ -102,6 +102,11 @@ READ_BUDGET = 65536
 of the largest size, or a REST request with a 64 KB body) """
 
 
+DISCARD_CHUNKS = 16
+""" Chunks of ``READ_BUDGET`` bytes a closing socket reads away at most
+(a peer that sends more than that meanwhile is reset) """
+
+
 class Connection(netius.Connection):
     """A netius connection of ours.  Netius calls a server's own
     ``on_connection_d`` only for connections of a subclass (for a plain
@@ -112,7 +117,8 @@ class Connection(netius.Connection):
     read this turn, ``quota`` messages (or requests) may still be handled;
     ``held`` stops reading until the protocol above releases it, and
     ``resuming`` says a read of it is scheduled for the next turn.  The
-    bytes read are added to the server's ``bytes_received``."""
+    bytes read are added to the server's ``bytes_received``.  It reads away
+    what is left unread as it closes (see ``_discard_unread``)."""
 
     budget = READ_BUDGET
     quota = 0
@@ -129,6 +135,23 @@ class Connection(netius.Connection):
         self.budget -= len(data)
         self.owner.bytes_received += len(data)
         return data
+
+    def close(self, flush=False, *args, **kwargs):
+        if self.status == netius.OPEN and not flush:
+            self._discard_unread()
+        return netius.Connection.close(self, flush, *args, **kwargs)
+
+    def _discard_unread(self):
+        """Reads away what the peer sent and nobody read (a held socket's
+        bytes wait in the kernel): a socket closed with bytes unread is
+        reset, and the kernel drops what it has not sent yet, the last
+        frames and the close frame among them."""
+        for _ in range(DISCARD_CHUNKS):
+            try:
+                if not self.socket.recv(READ_BUDGET):
+                    return
+            except OSError:
+                return
 
 
 class FairReads:
