@@ -24,7 +24,9 @@ from support import (
     free_port,
     logged_failures,
     masked_frame,
+    read_until,
     stalled_subscriber,
+    upgrade_request,
 )
 
 
@@ -311,3 +313,50 @@ def test_a_slow_consumer_that_still_sends_reads_its_4100_to_the_end(start):
     assert received.endswith(close), "no 4100 close at the end of %d bytes" % len(
         received
     )
+
+
+def test_a_socket_that_keeps_sending_gets_at_most_64_messages_a_turn(state):
+    """A turn that works off a socket's messages held back from the last
+    one and then reads it again hands the engine 64 of its messages at
+    most, in all (the fair share), not 64 of each."""
+    app = state.store.create_app("flood")
+    port = state.config.server_port
+    raw = socket.create_connection(("127.0.0.1", port), 5)
+    raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+    read_until(raw, b"connection_established")
+    server, receive, turns = state.server, state.engine.receive, {}
+
+    def counted(session, text):
+        turns[server._lid] = turns.get(server._lid, 0) + 1
+        return receive(session, text)
+
+    state.engine.receive = counted
+    frame = masked_frame(json.dumps({"event": "client-x", "data": {}}))
+    stop = threading.Event()
+
+    def drain():
+        raw.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                if not raw.recv(65536):
+                    return
+            except socket.timeout:
+                pass
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        # batches that do not end on a turn's share: each turn has some
+        # held back, and more to read
+        for _ in range(200):
+            raw.sendall(frame * 100)
+            time.sleep(0.002)
+        deadline = time.time() + 10
+        while sum(turns.values()) < 20000 and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        reader.join()
+        raw.close()
+    assert sum(turns.values()) == 20000
+    assert max(turns.values()) <= 64, max(turns.values())

@@ -122,6 +122,8 @@ class Connection(netius.Connection):
 
     budget = READ_BUDGET
     quota = 0
+    # the loop turn (its server's ``_lid``) the budget and quota are for
+    turn = -1
     held = False
     resuming = False
 
@@ -180,9 +182,16 @@ class FairReads:
             if connection.held or connection.resuming:
                 # the edge is noted: a release or the resume reads it all
                 return
+            self._new_turn(connection)
+        super().on_read(_socket)
+
+    def _new_turn(self, connection):
+        """A new turn's budget and quota, once a turn: a turn that resumed
+        a socket may also see it readable."""
+        if connection.turn != self._lid:
+            connection.turn = self._lid
             connection.budget = READ_BUDGET
             connection.quota = self.quota
-        super().on_read(_socket)
 
     def resume_reads(self, connection):
         """Reads ``connection`` again at the next turn (once, however
@@ -198,8 +207,7 @@ class FairReads:
         connection.resuming = False
         if connection.status != netius.OPEN:
             return
-        connection.budget = READ_BUDGET
-        connection.quota = self.quota
+        self._new_turn(connection)
         self.on_reads_resumed(connection)
         if not connection.held and connection.budget > 0:
             self.on_read(connection.socket)
