@@ -244,6 +244,38 @@ def test_a_stored_send_is_delivered_once_stored_and_in_order(tmp_path):
     store.close()
 
 
+def test_sends_behind_a_stored_one_are_bounded_too(tmp_path):
+    """While a socket's stored send waits for the store, what it sends
+    behind it waits too, stored or not, and at most ``MAX_SENDING`` in all:
+    past that the socket hears 4301 (a store that stalls costs each
+    socket a bounded queue)."""
+    from pushi.base.engine import MAX_SENDING
+    from pushi.base.store.sqlite import SQLiteStore
+
+    waiting = []
+    store = SQLiteStore(str(tmp_path))
+    engine = Engine(
+        Config(), store=store, persist=lambda events, then: waiting.append(then)
+    )
+    app = make_app(settings={"client_event_rate": 1000})
+    a, ta = connect(engine, app, "pushi")
+    b, tb = connect(engine, app, "pushi")
+    for session in (a, b):
+        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
+        send(
+            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
+        )
+    ta.messages(), tb.messages()
+    send(engine, a, "chat", "stored", channel="private-c")
+    for index in range(MAX_SENDING + 20):
+        send(engine, a, "chat", str(index), channel="private-c", persist=False)
+    assert len(a.sending) == MAX_SENDING
+    assert [message["data"]["code"] for message in ta.messages()] == [4301] * 21
+    waiting[0](None)
+    assert len(tb.messages()) == MAX_SENDING and a.sending is None
+    store.close()
+
+
 def test_leaves_no_entry_behind(engine):
     app = make_app()
     sessions = []

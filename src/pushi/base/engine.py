@@ -657,13 +657,8 @@ class Engine:
         wait in ``session.sending`` behind it."""
         if session.sending is None:
             session.sending = collections.deque()
-        elif len(session.sending) >= MAX_SENDING:
-            raise errors.ProtocolError(
-                errors.RATE_LIMITED,
-                "Over %d sends waiting for the store" % MAX_SENDING,
-            )
         waiting = [False, deliver]
-        session.sending.append(waiting)
+        self._wait_behind(session, waiting)
 
         def stored(error):
             if error is not None:
@@ -680,6 +675,18 @@ class Engine:
             self.persist([event], stored)
         except Exception as error:
             stored(error)
+
+    @staticmethod
+    def _wait_behind(session, entry):
+        """Queues ``entry`` (``[ready, deliver]``) behind the socket's sends
+        that wait for the store; past ``MAX_SENDING`` of them the socket is
+        told to slow down (4301), whether it stores this one or not."""
+        if len(session.sending) >= MAX_SENDING:
+            raise errors.ProtocolError(
+                errors.RATE_LIMITED,
+                "Over %d sends waiting for the store" % MAX_SENDING,
+            )
+        session.sending.append(entry)
 
     def _not_stored(self, session):
         if not session.closed:
@@ -890,7 +897,7 @@ class Engine:
             self._store_then(session, record, deliver)
         elif session.sending:
             # behind this socket's sends that wait for the store
-            session.sending.append([True, deliver])
+            self._wait_behind(session, [True, deliver])
         else:
             deliver()
 
