@@ -152,7 +152,8 @@ class Connection(netius.Connection):
             try:
                 if not self.socket.recv(READ_BUDGET):
                     return
-            except OSError:
+            except (OSError, ValueError):
+                # nothing more now, or a socket (or TLS layer) already down
                 return
 
 
