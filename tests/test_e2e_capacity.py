@@ -370,3 +370,39 @@ def test_the_rest_port_at_its_cap_never_cuts_an_answer_short():
     finally:
         close_all(sockets)
         server.stop()
+
+
+def test_one_address_over_its_cap_cannot_stop_the_port_for_others():
+    """With a cap per address, an address that opens many sockets and says
+    nothing gets as many refused (4100) as it is admitted, and the rest
+    closed at once: the port's refusing slots stay for everyone else, and
+    another address is answered at once."""
+    server = PushiServer(
+        fd_limit=256, env={"PUSHI_MAX_CONNECTIONS_PER_IP": "2"}
+    ).start()
+    app = server.create_app()
+    server.connect(app).close()
+    sockets = []
+    try:
+        for _ in range(200):
+            raw = socket.socket()
+            raw.bind(("127.0.0.1", 0))
+            raw.connect(("127.0.0.1", server.server_port))
+            sockets.append(raw)
+        # the 3rd and 4th are refused with a reason, the 5th is closed
+        for raw in sockets[2:4]:
+            raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+            raw.settimeout(5)
+            assert b'"code":4100' in read_until(raw, b"\x88")
+        sockets[4].settimeout(5)
+        try:
+            assert sockets[4].recv(65536) == b""
+        except ConnectionResetError:
+            pass
+        raw, message = open_raw(server, app, source="127.0.0.2", timeout=3)
+        sockets.append(raw)
+        assert established(message), message
+        assert "stopped accepting" not in server.read_log()
+    finally:
+        close_all(sockets)
+        server.stop()

@@ -8,8 +8,9 @@ publish), not a file of the store.  So the descriptors are shared out
 port a share of the reserve, and the rest of the reserve stays for the
 store, the log, webhooks and the loop itself.
 
-Beyond its cap a port still accepts a few sockets (``max_refusing``) to say
-why it turns them away: a WebSocket gets its upgrade answered, then
+Beyond its cap a port still accepts a few sockets (``max_refusing``; with
+a cap per address, at most as many from one address at a time as it admits
+from it, the others closed unanswered) to say why it turns them away: a WebSocket gets its upgrade answered, then
 ``pusher:error`` 4100 and a close with 4100 (reconnect with back-off), a
 REST request a 503.  When those are all in use, or the system says the
 descriptors are exhausted, the port stops accepting (``Admission``): the
@@ -145,7 +146,9 @@ def plan(limit, max_connections=None, max_per_address=None):
 class Admission:
     """A netius stream server mixin: an accept loop that admits at most
     ``max_connections`` sockets (``max_per_address`` from one address),
-    accepts ``max_refusing`` more to refuse them, and then stops accepting
+    accepts ``max_refusing`` more to refuse them (of those, as many as
+    ``max_per_address`` from one address at a time: its sockets past that
+    are closed at once, unanswered), and then stops accepting
     until one of its sockets closes, or the server can close one to make
     room (``make_room``, tried every ``RETRY`` seconds where
     ``makes_room``); exhausted descriptors (``EMFILE``) stop it too, tried
@@ -178,6 +181,7 @@ class Admission:
     retrying = False
     by_address = None
     trusted_proxies = ()
+    refused_by_address = None
     port_name = "port"
     # whether ``make_room`` may free a slot later: then a stopped port
     # tries again every ``RETRY`` seconds (its sockets may become closable
@@ -190,6 +194,7 @@ class Admission:
         self.max_refusing = max_refusing
         self.max_per_address = max_per_address
         self.by_address = {}
+        self.refused_by_address = {}
 
     def admit(self, connection):
         """Counts a new socket in; returns why it is refused (None if it is
@@ -215,9 +220,15 @@ class Admission:
             self.by_address[host] = self.by_address.get(host, 0) + 1
             connection.admitted = host
             return None
+        self._refusing(connection, host)
+        return reason
+
+    def _refusing(self, connection, host):
+        """Counts ``connection``, from ``host``, among those refused."""
         self.refusing += 1
         connection.admitted = False
-        return reason
+        connection.refused_from = host
+        self.refused_by_address[host] = self.refused_by_address.get(host, 0) + 1
 
     def readmit(self, connection, client):
         """Counts a socket from a trusted proxy against ``max_per_address``
@@ -227,8 +238,7 @@ class Admission:
             return None
         if self.by_address.get(client, 0) >= self.max_per_address:
             self.admitted -= 1
-            self.refusing += 1
-            connection.admitted = False
+            self._refusing(connection, client)
             return PER_ADDRESS
         self.by_address[client] = self.by_address.get(client, 0) + 1
         connection.admitted = client
@@ -243,6 +253,12 @@ class Admission:
         connection.admitted = None
         if host is False:
             self.refusing -= 1
+            host = connection.refused_from
+            count = self.refused_by_address[host] - 1
+            if count:
+                self.refused_by_address[host] = count
+            else:
+                del self.refused_by_address[host]
         elif host is _PROXIED:
             self.admitted -= 1
         else:
@@ -255,6 +271,19 @@ class Admission:
         if self.accept_paused:
             # not from inside the close: the accept loop runs on its own
             self.delay(self._resume)
+
+    def _crowding(self, address):
+        """Whether ``address`` already has its ``max_per_address`` sockets
+        admitted and as many again being refused: its next ones are closed
+        unanswered, so that one address cannot take the port's refusing
+        slots (and descriptors) from everyone else."""
+        if not self.max_per_address:
+            return False
+        host = address[0] if isinstance(address, tuple) else ""
+        return (
+            self.by_address.get(host, 0) >= self.max_per_address
+            and self.refused_by_address.get(host, 0) >= self.max_per_address
+        )
 
     def at_cap(self):
         """True when the next socket would be refused."""
@@ -311,6 +340,9 @@ class Admission:
                 # is edge-triggered: it says so only once)
                 self._pause(error.strerror or str(error), retry=True)
                 return
+            if self._crowding(address):
+                socket_c.close()
+                continue
             try:
                 self.on_socket_c(socket_c, address)
             except Exception as exception:
