@@ -121,6 +121,33 @@ def test_a_personal_channel_loading_hears_of_a_subscription_added_meanwhile(
     assert len(succeeded) == 1
 
 
+def test_a_personal_channel_left_while_it_loads_is_not_joined(store):
+    """An unsubscribe that comes while the personal channel loads stands:
+    the load's answer is dropped, and the socket is on none of the
+    channels it covers."""
+    app = App(store.create_app("a"))
+    offloaded = []
+    engine = Engine(
+        Config(), store=store, offload=lambda work, then: offloaded.append((work, then))
+    )
+    store.subscribe(app.app_id, "u1", "news")
+    session, transport = connect(engine, app)
+    token = auth.channel_auth(app.key, app.secret, session.socket_id, "personal-u1")
+    send(engine, session, "pusher:subscribe", {"channel": "personal-u1", "auth": token})
+    send(engine, session, "pusher:unsubscribe", {"channel": "personal-u1"})
+    while offloaded:
+        work, then = offloaded.pop()
+        then(work())
+    assert session.channels == {} and session.loading is None
+    assert transport.messages() == []
+    # and it may subscribe again
+    send(engine, session, "pusher:subscribe", {"channel": "personal-u1", "auth": token})
+    while offloaded:
+        work, then = offloaded.pop()
+        then(work())
+    assert {"personal-u1", "news"} <= set(session.channels)
+
+
 def test_disabling_an_app_closes_its_sockets_with_4003():
     engine = Engine(Config())
     record = {"app_id": "1", "key": "k" * 32, "secret": "s" * 64, "name": "a"}

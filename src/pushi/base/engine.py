@@ -382,6 +382,12 @@ class Engine:
         }
 
     def unsubscribe(self, session, name):
+        if isinstance(name, str) and name == session.loading:
+            # not joined yet: the load's answer is dropped when it comes
+            session.loading = None
+            if session.dialect == messages.PUSHI:
+                self._send(session, messages.unsubscription_succeeded(name))
+            return
         if not isinstance(name, str) or name not in session.channels:
             return
         if channels.kind(name) == channels.PEER:
@@ -551,6 +557,8 @@ class Engine:
             loads[0] -= 1
             if not loads[0]:
                 del self._personal_loads[key]
+            if session.loading != name:
+                return  # unsubscribed meanwhile
             session.loading = None
             if session.closed or name in session.channels:
                 return
