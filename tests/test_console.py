@@ -17,7 +17,7 @@ import urllib.request
 
 
 from pushi.base.config import Config
-from pushi.base.console import ConsoleHub, MinuteCounter
+from pushi.base.console import ConsoleHub, History, MinuteCounter
 from pushi.base.engine import Engine
 from pushi.base.limits import App
 from support import (
@@ -133,6 +133,42 @@ class TestHub:
         watcher.closed()
         timers.pop()()
         assert timers == [] and not hub._ticking
+
+    def test_history_samples_each_apps_connections_and_messages(self):
+        apps = {"1": make_app("1"), "2": make_app("2")}
+        engine = Engine(Config())
+        history = History(engine, every=10, size=3)
+        session = engine.open(RecordingTransport(), apps["1"], "pusher")
+        engine.subscribe(session, {"channel": "a"})
+        history.sample(1000)
+        assert history.of("1") == [[1000000, 1, 0, 0]]
+        assert history.of("2") == []
+        engine.publish("1", ["a", "b"], "e", "data")
+        history.sample(1010)
+        assert history.of("1")[-1] == [1010000, 1, 2, 1]
+        history.sample(1020)
+        history.sample(1030)
+        # bounded: the oldest sample went
+        assert [point[0] for point in history.of("1")] == [1010000, 1020000, 1030000]
+        assert history.last("1") == [1030000, 1, 0, 0]
+        engine.closed(session)
+        for second in (1040, 1050, 1060):
+            history.sample(second)
+        # no connection and no traffic over the whole window: forgotten
+        assert history.of("1") == [] and history.samples == {}
+
+    def test_history_goes_to_a_console_when_it_signs_in(self):
+        apps = {"1": make_app("1")}
+        engine, hub, _timers = make_hub(apps)
+        engine.open(RecordingTransport(), apps["1"], "pusher")
+        hub.history.sample(1000)
+        _watcher, link = watch(hub, "1")
+        watching = link.messages()[0]
+        assert watching["event"] == "console:watching"
+        assert watching["data"]["history"]["samples"] == [[1000000, 1, 0, 0]]
+        assert watching["data"]["history"]["every"] == 10.0
+        hub._tick()
+        assert link.messages()[-1]["data"]["sample"] == [1000000, 1, 0, 0]
 
     def test_minute_counter_forgets_old_seconds(self):
         counter = MinuteCounter()
@@ -365,6 +401,47 @@ class TestStream:
         assert message["data"]["channels"] == 2
         client.close()
         watcher.close()
+
+    def test_history_on_sign_in_then_live_samples(self):
+        server = PushiServer(env={"PUSHI_CONSOLE_HISTORY_EVERY": "0.5"}).start()
+        try:
+            app = server.create_app("history")
+            client = server.connect(app)
+            client.subscribe("one")
+            status, _ = server.request(
+                "POST",
+                "apps/%s/events" % app["app_id"],
+                {"name": "e", "channels": ["one", "two"], "data": "x"},
+                headers={"Authorization": "Bearer " + server.login(app)},
+            )
+            assert status == 200
+            assert client.recv()["event"] == "e"
+            # the samples are taken whether a console watches or not
+            deadline = time.time() + 15
+            while True:
+                watcher, watching = console(server, app["app_id"], server.login(app))
+                assert watching["event"] == "console:watching"
+                history = watching["data"]["history"]
+                samples = history["samples"]
+                if sum(sample[2] for sample in samples) == 2:
+                    break
+                watcher.close()
+                assert time.time() < deadline, samples
+                time.sleep(0.5)
+            assert history["every"] == 0.5
+            assert sum(sample[3] for sample in samples) == 1
+            assert samples[-1][1] == 1
+            # console:stats carries the newest sample: it moves on
+            seen = set()
+            while len(seen) < 2:
+                message = watcher.recv()
+                if message["event"] == "console:stats":
+                    seen.add(message["data"]["sample"][0])
+            assert min(seen) >= samples[-1][0]
+            watcher.close()
+            client.close()
+        finally:
+            server.stop()
 
     def test_no_token_or_secret_in_the_server_log(self, server, app):
         token = server.login(app)

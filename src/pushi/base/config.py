@@ -130,6 +130,12 @@ class Config:
         ("apps_poll_interval", "PUSHI_APPS_POLL_INTERVAL", 2, _positive(float)),
         ("max_pending", "PUSHI_MAX_PENDING", 1000, _positive(int)),
         ("console_max_buffer", "PUSHI_CONSOLE_MAX_BUFFER", 262144, _positive(int)),
+        (
+            "console_history_every",
+            "PUSHI_CONSOLE_HISTORY_EVERY",
+            10,
+            _positive(float),
+        ),
         ("token_lifetime", "PUSHI_TOKEN_LIFETIME", 86400, _positive(int)),
         # None: as many as the open-files limit allows (net/capacity.py)
         ("max_connections", "PUSHI_MAX_CONNECTIONS", None, _positive(int)),

@@ -6,14 +6,16 @@ names an app and carries a session token from ``POST /login``; once the
 token is checked (off the loop), the socket becomes a ``Watcher`` of that
 app and receives, as JSON text messages:
 
-* ``console:watching`` once: the app and the counters at that moment,
+* ``console:watching`` once: the app, the counters at that moment and
+  ``history``: the app's samples of the last hour (``History``),
 * ``console:entry`` for every engine fact of that app (``type`` is the
   engine's kind: connection, disconnection, subscribed, unsubscribed,
   occupied, vacated, member_added, member_removed, api_message,
   client_event, and whatever else the engine emits later, e.g. webhooks),
 * ``console:stats`` every ``STATS_EVERY`` seconds: open connections,
   occupied channels, messages in the last minute, and the app's cache
-  channels: entries, bytes held, evictions,
+  channels: entries, bytes held, evictions, and ``sample``: the app's
+  newest history sample (the page appends it when it is new),
 * ``console:error`` then a close (4009) when the sign-in is refused, and
   when the token stops being valid while it streams (expired, ended by
   ``/logout``, by newer logins of the app or by disabling it): checked at
@@ -35,6 +37,7 @@ Ownership: every method runs on the WebSocket loop thread, except the
 ``authenticate`` callable, which runs on a worker (it may read the store).
 """
 
+import collections
 import json
 import logging
 import time
@@ -54,6 +57,12 @@ REFUSED = 4009
 """ Close code of a refused sign-in (Pusher's "unauthorized": do not retry) """
 
 _COUNTED = {"api_message", "client_event"}
+
+HISTORY_EVERY = 10.0
+""" Seconds between two history samples (``PUSHI_CONSOLE_HISTORY_EVERY``) """
+
+HISTORY_SIZE = 360
+""" Samples kept per app: an hour at the default interval """
 
 
 def encode(event, data):
@@ -87,6 +96,77 @@ class MinuteCounter:
             for count, stamp in zip(self.counts, self.seconds)
             if 0 <= second - stamp < 60
         )
+
+
+class History:
+    """The last hour of every app, one sample per ``every`` seconds.
+
+    A sample is ``[time_ms, connections, published, delivered]``: the
+    app's open connections at that moment, and the messages published
+    (REST events per channel, plus client events) and delivered (event
+    frames written) since the sample before.  It reads the counters that
+    ``Metrics`` keeps on the loop, so it runs whether or not a console
+    watches: a console that signs in sees the hour before it.  Bounded:
+    ``size`` samples per app; an app with no connection and no traffic
+    over its whole window is forgotten.
+
+    Loop thread only.
+    """
+
+    def __init__(self, engine, every=HISTORY_EVERY, size=HISTORY_SIZE):
+        self.engine = engine
+        self.every = every
+        self.size = size
+        self.samples = {}
+        # counter totals by app at the sample before
+        self._totals = {}
+
+    def _counts(self):
+        metrics = self.engine.metrics
+        totals = {}
+        for app_id, count in metrics.published.items():
+            totals[app_id] = [count, 0]
+        for app_id, count in metrics.client_events.items():
+            totals.setdefault(app_id, [0, 0])[0] += count
+        for app_id, count in metrics.delivered.items():
+            totals.setdefault(app_id, [0, 0])[1] += count
+        return totals
+
+    def sample(self, now=None):
+        """Takes one sample of every app with connections or traffic."""
+        now = time.time() if now is None else now
+        stamp = int(now * 1000)
+        registry = self.engine.registry
+        totals = self._counts()
+        before = self._totals
+        self._totals = totals
+        app_ids = set(self.samples) | set(registry.app_sessions)
+        app_ids.update(
+            app_id for app_id, counts in totals.items() if counts != before.get(app_id)
+        )
+        for app_id in app_ids:
+            published, delivered = totals.get(app_id, (0, 0))
+            last_published, last_delivered = before.get(app_id, (0, 0))
+            point = [
+                stamp,
+                registry.app_count(app_id),
+                max(published - last_published, 0),
+                max(delivered - last_delivered, 0),
+            ]
+            samples = self.samples.get(app_id)
+            if samples is None:
+                samples = self.samples[app_id] = collections.deque(maxlen=self.size)
+            samples.append(point)
+            if not any(sample[1] or sample[2] or sample[3] for sample in samples):
+                del self.samples[app_id]
+
+    def of(self, app_id):
+        """An app's samples, oldest first."""
+        return list(self.samples.get(app_id, ()))
+
+    def last(self, app_id):
+        samples = self.samples.get(app_id)
+        return samples[-1] if samples else None
 
 
 class Watcher:
@@ -149,7 +229,14 @@ class ConsoleHub:
     """
 
     def __init__(
-        self, engine, authenticate, is_live, offload, schedule, max_buffer=262144
+        self,
+        engine,
+        authenticate,
+        is_live,
+        offload,
+        schedule,
+        max_buffer=262144,
+        history_every=HISTORY_EVERY,
     ):
         self.engine = engine
         self.authenticate = authenticate
@@ -159,7 +246,9 @@ class ConsoleHub:
         self.max_buffer = max_buffer
         self.watchers = {}
         self.counters = {}
+        self.history = History(engine, every=history_every)
         self._ticking = False
+        self._sampling = False
 
     # sign-in
 
@@ -208,6 +297,11 @@ class ConsoleHub:
                     app_id=app_id,
                     name=app.name,
                     stats_every=STATS_EVERY,
+                    history={
+                        "every": self.history.every,
+                        "size": self.history.size,
+                        "samples": self.history.of(app_id),
+                    },
                 ),
             )
         )
@@ -264,7 +358,18 @@ class ConsoleHub:
             "cache_entries": cache["entries"],
             "cache_bytes": cache["bytes"],
             "cache_evictions": cache["evictions"],
+            "sample": self.history.last(app_id),
         }
+
+    def start_history(self):
+        """Starts sampling (loop thread, once the loop runs)."""
+        if not self._sampling:
+            self._sampling = True
+            self.schedule(self._sample, self.history.every)
+
+    def _sample(self):
+        self.history.sample()
+        self.schedule(self._sample, self.history.every)
 
     def _tick(self):
         # a token can stop holding with no event to tell (it expires, or

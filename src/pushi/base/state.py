@@ -97,6 +97,7 @@ class State:
             self.offload,
             self.schedule,
             max_buffer=self.config.console_max_buffer,
+            history_every=self.config.console_history_every,
         )
         self.server = WebSocketServer(
             self.engine,
@@ -366,6 +367,7 @@ class State:
                     raise _listen_error("REST API", "APP", listen, error)
             self.store.bind_loop(self)
             self._watch_webhooks()
+            self.console.start_history()
         except Exception as error:
             self._start_error = error
             raise
