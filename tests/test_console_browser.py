@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support import ADMIN_SECRET, chromium
+from support import ADMIN_SECRET, PushiServer, chromium
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "artifacts")
@@ -116,6 +116,14 @@ def page():
         instance = Page(context.pages[0] if context.pages else context.new_page())
         yield instance
         assert instance.errors == []
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The real server, sampling its history every second (the charts)."""
+    instance = PushiServer(env={"PUSHI_CONSOLE_HISTORY_EVERY": "1"}).start()
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture(scope="module")
@@ -320,6 +328,47 @@ def test_admin_sign_in_picks_an_app(page, server, apps):
     while server.request("GET", "apps/" + shop["app_id"], headers=headers)[0] != 401:
         assert time.time() < deadline, "the token outlived the sign-out"
         time.sleep(0.1)
+
+
+def chart_points(page, chart, series):
+    """The ``[x, y]`` points of one series of a chart's SVG."""
+    points = page.call(
+        "evaluate",
+        expression="document.querySelector('#%s polyline[data-series=\"%s\"]')"
+        ".getAttribute('points')" % (chart, series),
+    )
+    return [[float(value) for value in pair.split(",")] for pair in points.split()]
+
+
+def test_charts_draw_the_history_and_grow_live(page, server, apps):
+    shop = apps[0]
+    client = server.connect(shop)
+    client.subscribe("charted")
+    for number in range(5):
+        trigger(server, shop, "charted", "chart-%d" % number, "x")
+    client.recv_event("chart-4")
+    # signed in after the traffic: the history shows it
+    time.sleep(1.5)
+    sign_in(page, server, shop)
+    page.page.wait_for_function(
+        "() => document.querySelector('#chart-messages')"
+        ".getAttribute('data-points') > 0",
+        timeout=TIMEOUT,
+    )
+    baseline = 170 - 22  # the chart's y of zero
+    published = chart_points(page, "chart-messages", "published")
+    assert any(y < baseline for _x, y in published), published
+    assert any(
+        y < baseline for _x, y in chart_points(page, "chart-connections", "connections")
+    )
+    # console:stats brings new samples: the line grows while the page is open
+    count = len(published)
+    page.page.wait_for_function(
+        "() => document.querySelector('#chart-connections polyline')"
+        ".getAttribute('points').split(' ').length > %d" % (count + 1),
+        timeout=TIMEOUT,
+    )
+    client.close()
 
 
 def test_screenshot_with_traffic(page, server, apps):

@@ -2,6 +2,8 @@
  * Pushi debug console: signs in with POST /login, streams one app's live
  * traffic over a WebSocket to /console on the WebSocket server, filters it,
  * and triggers events through POST /apps/<id>/events (the REST API's path).
+ * Charts the app's last hour (the server's history samples, drawn as inline
+ * SVG by this file: no library).
  *
  * The session token is kept in sessionStorage (this tab only) and travels in
  * the stream's first message and in an Authorization header, never in a URL.
@@ -71,6 +73,7 @@
             closing.close(1000);
         }
         clearLog();
+        setHistory(null);
         setPaused(false);
         $("console").hidden = true;
         $("who").hidden = true;
@@ -208,7 +211,9 @@
                 receive(payload.data);
             } else if (payload.event === "console:stats") {
                 counters(payload.data);
+                extendHistory(payload.data.sample);
             } else if (payload.event === "console:watching") {
+                setHistory(payload.data.history);
                 retry = 0;
                 if (payload.data.name) {
                     session.name = payload.data.name;
@@ -245,6 +250,137 @@
         $("count-channels").textContent = data.channels;
         $("count-messages").textContent = data.messages_last_minute;
         $("count-evictions").textContent = data.cache_evictions;
+    }
+
+    // charts: [time_ms, connections, published, delivered] samples, one per
+    // history.every seconds, oldest first
+
+    var SVG = "http://www.w3.org/2000/svg";
+    var WIDTH = 600;
+    var HEIGHT = 170;
+    var PAD = { left: 40, right: 8, top: 8, bottom: 22 };
+    var history = { every: 10, size: 360, samples: [] };
+
+    function setHistory(value) {
+        history = {
+            every: (value && value.every) || 10,
+            size: (value && value.size) || 360,
+            samples: ((value && value.samples) || []).slice()
+        };
+        draw();
+    }
+
+    function extendHistory(sample) {
+        var samples = history.samples;
+        if (!sample || (samples.length && samples[samples.length - 1][0] >= sample[0])) return;
+        samples.push(sample);
+        while (samples.length > history.size) samples.shift();
+        draw();
+    }
+
+    function svg(name, attributes, parent) {
+        var element = document.createElementNS(SVG, name);
+        Object.keys(attributes).forEach(function (key) {
+            element.setAttribute(key, attributes[key]);
+        });
+        if (parent) parent.appendChild(element);
+        return element;
+    }
+
+    // the smallest of 1, 2, 5 times a power of ten at or above the value
+    function ceiling(value) {
+        if (value <= 0) return 1;
+        var power = Math.pow(10, Math.floor(Math.log(value) / Math.LN10));
+        var steps = [1, 2, 5, 10];
+        for (var index = 0; index < steps.length; index++) {
+            if (steps[index] * power >= value) return steps[index] * power;
+        }
+        return 10 * power;
+    }
+
+    function number(value) {
+        if (value >= 1000) return (value / 1000).toFixed(value >= 10000 ? 0 : 1) + "k";
+        return Math.round(value * 100) / 100 + "";
+    }
+
+    function chart(element, series, end) {
+        element.textContent = "";
+        var span = history.every * history.size * 1000;
+        var start = end - span;
+        var inner = { width: WIDTH - PAD.left - PAD.right, height: HEIGHT - PAD.top - PAD.bottom };
+        var top = 0;
+        series.forEach(function (line) {
+            line.values.forEach(function (point) {
+                top = Math.max(top, point[1]);
+            });
+        });
+        top = ceiling(top);
+        var x = function (time) {
+            return PAD.left + ((time - start) / span) * inner.width;
+        };
+        var y = function (value) {
+            return PAD.top + inner.height - (value / top) * inner.height;
+        };
+        for (var step = 0; step <= 4; step++) {
+            var value = (top * step) / 4;
+            svg("line", { class: "grid", x1: PAD.left, x2: WIDTH - PAD.right, y1: y(value), y2: y(value) }, element);
+            svg("text", { x: PAD.left - 4, y: y(value) + 4, "text-anchor": "end" }, element).textContent = number(value);
+        }
+        svg("line", { class: "axis", x1: PAD.left, x2: PAD.left, y1: PAD.top, y2: HEIGHT - PAD.bottom }, element);
+        svg("line", { class: "axis", x1: PAD.left, x2: WIDTH - PAD.right, y1: y(0), y2: y(0) }, element);
+        var minutes = span / 60000;
+        [1, 0.75, 0.5, 0.25, 0].forEach(function (fraction) {
+            var label = fraction ? "-" + Math.round(minutes * fraction) + " min" : "now";
+            svg("text", {
+                x: PAD.left + (1 - fraction) * inner.width,
+                y: HEIGHT - 6,
+                "text-anchor": fraction === 1 ? "start" : fraction ? "middle" : "end"
+            }, element).textContent = label;
+        });
+        var drawn = 0;
+        series.forEach(function (line) {
+            var points = line.values
+                .filter(function (point) {
+                    return point[0] >= start;
+                })
+                .map(function (point) {
+                    return x(point[0]).toFixed(1) + "," + y(point[1]).toFixed(1);
+                });
+            drawn += points.length;
+            if (points.length === 1) {
+                svg("circle", { class: "line " + line.name, cx: points[0].split(",")[0], cy: points[0].split(",")[1], r: 2 }, element);
+            }
+            svg("polyline", { class: "line " + line.name, points: points.join(" "), "data-series": line.name }, element);
+        });
+        element.setAttribute("data-points", drawn);
+        if (!drawn) {
+            svg("text", { class: "empty", x: WIDTH / 2, y: HEIGHT / 2, "text-anchor": "middle" }, element).textContent =
+                "no samples yet: one every " + history.every + " s";
+        }
+    }
+
+    function draw() {
+        var samples = history.samples;
+        var end = samples.length ? Math.max(Date.now(), samples[samples.length - 1][0]) : Date.now();
+        var seconds = history.every;
+        var minutes = Math.round((history.every * history.size) / 60);
+        $("chart-span").textContent = minutes >= 60 && minutes % 60 === 0
+            ? "last " + (minutes === 60 ? "hour" : minutes / 60 + " hours")
+            : "last " + minutes + " min";
+        chart($("chart-connections"), [{
+            name: "connections",
+            values: samples.map(function (sample) {
+                return [sample[0], sample[1]];
+            })
+        }], end);
+        chart($("chart-messages"), ["published", "delivered"].map(function (name, index) {
+            return {
+                name: name,
+                values: samples.map(function (sample) {
+                    return [sample[0], sample[2 + index] / seconds];
+                })
+            };
+        }), end);
     }
 
     // the log
