@@ -491,6 +491,43 @@ def failures(webhooks, timeout):
     return []
 
 
+def test_the_test_route_posts_one_signed_test_webhook(server, receiver):
+    """``POST /apps/<id>/webhooks/test``: one signed post of a
+    ``pushi_test`` event, its outcome in the answer; the admin secret only."""
+    app = server.create_app("tested")
+    path = "apps/%s/webhooks/test" % app["app_id"]
+    status, answer = server.request("POST", path, {"url": receiver.url}, ADMIN)
+    assert status == 200, answer
+    assert answer == {"url": receiver.url, "sent": True, "status": 200, "error": None}
+    assert receiver.events(app, 1) == [{"name": "pushi_test"}]
+    # a receiver that fails: the answer says so, and nothing is retried
+    receiver.fail = 1
+    status, answer = server.request("POST", path, {"url": receiver.url}, ADMIN)
+    assert status == 200
+    assert answer["sent"] is False and answer["status"] == 500
+    assert answer["error"] == "HTTP 500"
+    assert receiver.quiet(1.5) and len(receiver.seen) == 2
+    # nobody listening
+    closed = Receiver()
+    closed.close()
+    closed.httpd.server_close()
+    status, answer = server.request("POST", path, {"url": closed.url}, ADMIN)
+    assert status == 200 and answer["sent"] is False and answer["status"] is None
+    assert "Connection" in answer["error"], answer
+    # refusals
+    status, answer = server.request("POST", path, {"url": "ftp://x"}, ADMIN)
+    assert status == 400 and answer["result"] == "error"
+    status, answer = server.request(
+        "POST", path, {"url": receiver.url}, server.token_headers(app)
+    )
+    assert status in (401, 403) and answer["result"] == "error"
+    status, answer = server.request(
+        "POST", "apps/999999/webhooks/test", {"url": receiver.url}, ADMIN
+    )
+    assert status == 404
+    assert receiver.quiet(0.5) and len(receiver.seen) == 2
+
+
 def test_a_redirect_is_not_followed(server):
     """A 3xx is a failed post (retried), not a GET that the receiver's
     server sends elsewhere with the app's key: the admin chose the URL,

@@ -57,6 +57,10 @@ EVENTS = (
 """ The webhook events an app may ask for (``subscription_count`` comes
 only while the app's ``subscription_count_events`` is on, as on Pusher) """
 
+TEST_EVENT = "pushi_test"
+""" The name of the one event of a test webhook (``Webhooks.test``): not
+one of Pusher's, prefixed so that none of theirs ever clashes with it """
+
 LINGER = 3.0
 RETRY_FOR = 300.0
 TIMEOUT = 5.0
@@ -390,6 +394,17 @@ class Webhooks:
         if 200 <= status < 300:
             return status, None
         return status, "HTTP %d" % status
+
+    def test(self, app, url):
+        """Posts one test webhook, ``{"time_ms", "events": [{"name":
+        TEST_EVENT}]}``, signed as the app's webhooks are, to ``url`` now
+        (blocking, at most ``TIMEOUT`` seconds; never on the loop): returns
+        ``(status, error)``, ``error`` None for a 2xx.  Not queued, not
+        retried, not counted with the app's webhooks."""
+        body = json.dumps(
+            {"time_ms": int(time.time() * 1000), "events": [{"name": TEST_EVENT}]}
+        ).encode()
+        return self._post(app, url, body)
 
     def _cut(self, now=None):
         """Ends the posts past their time (all of them without ``now``):

@@ -3,6 +3,7 @@
 import appier
 
 from pushi.base.limits import DEFAULTS, OPERATOR_SETTINGS, App, check_settings
+from pushi.base.webhooks import check_hooks
 from pushi.proto import errors
 
 from .common import APP, PushiController
@@ -66,6 +67,20 @@ class AppsController(PushiController):
         app = App(record)
         self.state.app_changed(app)
         return app.public()
+
+    @appier.route("/apps/%s/webhooks/test" % APP, "POST", json=True)
+    def test_webhook(self, app_id):
+        """Posts one test webhook (admin secret): ``{"url": ...}``, any
+        http(s) URL, saved as a hook or not yet.  The answer tells how the
+        receiver answered: ``sent`` (a 2xx), its ``status``, the ``error``."""
+        self.access.require_admin(self.authorization())
+        app = self.authorize(app_id)
+        url = self.body().get("url")
+        error = check_hooks([{"url": url}])
+        if error is not None:
+            raise errors.HttpError(400, error)
+        status, error = self.state.webhooks.test(app, url)
+        return {"url": url, "sent": error is None, "status": status, "error": error}
 
 
 def _settings(settings):
