@@ -330,6 +330,103 @@ def test_admin_sign_in_picks_an_app(page, server, apps):
         time.sleep(0.1)
 
 
+def test_admin_creates_an_app_configures_it_and_sees_its_first_event(
+    page, server, apps
+):
+    """The newcomer's path, all in the page: the admin secret, a new app,
+    its settings, a webhook tested, a key added and one revoked, then its
+    first event through the event creator."""
+    from test_e2e_webhooks import Receiver
+
+    admin = {"Authorization": "Bearer " + ADMIN_SECRET}
+    receiver = Receiver()
+    try:
+        open_console(page, server)
+        page.call("fill", selector="#admin-secret", value=ADMIN_SECRET)
+        page.call("click", selector="#admin-load")
+        page.call("wait", selector="#apps-list tr", text="shop")
+        assert page.call("visible", selector="#admin")
+        # create: the secret is shown once
+        page.call("fill", selector="#create-name", value="newcomer")
+        page.call("click", selector="#create-button")
+        page.call("wait", selector="#admin-result", text="Created newcomer")
+        app_id = page.call("texts", selector="#created-id")[0]["text"]
+        first_key = page.call("texts", selector="#created-key")[0]["text"]
+        status, record = server.request("GET", "apps/" + app_id, headers=admin)
+        assert status == 200 and record["name"] == "newcomer"
+        assert record["key"] == first_key
+        secret = page.call("texts", selector="#created-secret")[0]["text"]
+        assert len(secret) >= 32 and "secret" not in record
+        row = '#apps-list tr[data-app-id="%s"]' % app_id
+        page.call("wait", selector=row, text="newcomer")
+        # settings: client events on, a limit changed, a webhook tested
+        page.call("click", selector=row + ' button[data-action="manage"]')
+        page.call("wait", selector="#manage-name", text="newcomer")
+        page.call("check", selector="#set-client-events", checked=True)
+        page.call("fill", selector="#limit-max_event_data", value="2048")
+        page.call("click", selector="#add-hook")
+        page.call("fill", selector="#set-hooks .hook-url", value=receiver.url)
+        page.call("click", selector='#set-hooks button[data-action="test"]')
+        page.call(
+            "wait", selector="#set-hooks .hook-result", text="Test sent: HTTP 200"
+        )
+        headers, body = receiver.posts.get(timeout=10)
+        assert json.loads(body)["events"] == [{"name": "pushi_test"}]
+        assert headers["X-Pusher-Key"] == first_key
+        page.call("click", selector="#save-settings")
+        page.call("wait", selector="#settings-result", text="Saved")
+        status, record = server.request("GET", "apps/" + app_id, headers=admin)
+        assert record["client_events"] is True
+        assert record["settings"]["max_event_data"] == 2048
+        assert record["settings"]["webhooks"] == [{"url": receiver.url}]
+        # keys: add one (its secret shown once), revoke the first
+        page.call("wait", selector="#keys-list tr", text=first_key)
+        page.call("click", selector="#add-key")
+        page.call("wait", selector="#keys-result", text="Added")
+        new_key = page.call("texts", selector="#new-key-key")[0]["text"]
+        assert len(page.call("texts", selector="#new-key-secret")[0]["text"]) >= 32
+        page.call("wait", selector="#keys-list tr", text=new_key)
+        page.call(
+            "click",
+            selector='#keys-list tr[data-key="%s"] button[data-action="revoke"]'
+            % first_key,
+        )
+        page.call("wait", selector="#keys-result", text="Revoked " + first_key)
+        status, answer = server.request("GET", "apps/%s/keys" % app_id, headers=admin)
+        assert [pair["key"] for pair in answer["keys"]] == [new_key]
+        # disable, enable
+        page.call("click", selector=row + ' button[data-action="toggle"]')
+        page.call("wait", selector=row, text="disabled")
+        assert (
+            server.request("GET", "apps/" + app_id, headers=admin)[1]["enabled"]
+            is False
+        )
+        page.call("click", selector=row + ' button[data-action="toggle"]')
+        page.call("wait", selector=row, text="enabled")
+        # watch it, and its first event, sent from the page
+        page.call("click", selector=row + ' button[data-action="watch"]')
+        page.call("waitText", selector="#status", value="live")
+        page.call("wait", selector="#app-name", text="newcomer")
+        page.call("fill", selector="#send-channel", value="welcome")
+        page.call("fill", selector="#send-event", value="first-event")
+        page.call("fill", selector="#send-data", value='{"hello": "newcomer"}')
+        page.call("click", selector="#send-button")
+        page.wait_row("api_message", "first-event")
+        assert (
+            "admin"
+            not in page.call(
+                "evaluate", expression="JSON.stringify(sessionStorage)"
+            ).lower()
+        )
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.call("screenshot", path=os.path.join(ARTIFACTS, "console-admin.png"))
+        page.call("click", selector="#signout")
+        page.call("click", selector="#admin-forget")
+        assert not page.call("visible", selector="#admin")
+    finally:
+        receiver.close()
+
+
 def chart_points(page, chart, series):
     """The ``[x, y]`` points of one series of a chart's SVG."""
     points = page.call(

@@ -45,6 +45,9 @@
     var entries = []; // oldest first: {entry, row}
     var held = []; // entries received while paused
     var seen = 0; // entries received since sign-in, for tests and the title
+    var admin = null; // the admin secret, while the admin panel is open
+    var appList = []; // the apps as GET /apps lists them
+    var managed = null; // the app whose settings and keys are shown
 
     // sign-in
 
@@ -123,39 +126,59 @@
     });
 
     $("admin-load").addEventListener("click", function () {
-        request("GET", "/apps", undefined, $("admin-secret").value.trim())
+        var secret = $("admin-secret").value.trim();
+        request("GET", "/apps", undefined, secret)
             .then(function (answer) {
-                var select = $("admin-app");
-                select.textContent = "";
-                (answer.apps || []).forEach(function (app) {
-                    var option = document.createElement("option");
-                    option.value = app.app_id;
-                    option.textContent = app.app_id + " - " + app.name;
-                    option.dataset.name = app.name;
-                    select.appendChild(option);
-                });
-                select.disabled = !select.options.length;
-                $("admin-watch").disabled = !select.options.length;
-                $("signin-error").textContent = select.options.length ? "" : "No apps yet";
+                // held for the admin panel, in this closure only
+                admin = secret;
+                $("admin").hidden = false;
+                showApps(answer.apps || []);
+                $("signin-error").textContent = appList.length ? "" : "No apps yet: create one below";
             })
             .catch(function (error) {
                 $("signin-error").textContent = "Admin secret refused: " + error.message;
             });
     });
 
+    function fillSelect() {
+        var select = $("admin-app");
+        var chosen = select.value;
+        select.textContent = "";
+        appList.forEach(function (app) {
+            var option = document.createElement("option");
+            option.value = app.app_id;
+            option.textContent = app.app_id + " - " + app.name;
+            option.dataset.name = app.name;
+            select.appendChild(option);
+        });
+        if (chosen) select.value = chosen;
+        select.disabled = !select.options.length;
+        $("admin-watch").disabled = !select.options.length;
+    }
+
     $("signin-admin").addEventListener("submit", function (event) {
         event.preventDefault();
         var select = $("admin-app");
         var option = select.options[select.selectedIndex];
         if (!option) return;
-        request("POST", "/login", { app_id: option.value }, $("admin-secret").value.trim())
+        watchAsAdmin(option.value, option.dataset.name);
+    });
+
+    function watchAsAdmin(appId, name) {
+        var secret = admin || $("admin-secret").value.trim();
+        if (session) {
+            // another app: this one's token ends first
+            request("POST", "/logout", undefined, session.token).catch(function () {});
+            signOut("");
+        }
+        return request("POST", "/login", { app_id: appId }, secret)
             .then(function (answer) {
-                signedIn({ app_id: answer.app_id, token: answer.token, name: option.dataset.name });
+                signedIn({ app_id: answer.app_id, token: answer.token, name: name });
             })
             .catch(function (error) {
                 $("signin-error").textContent = "Sign-in refused: " + error.message;
             });
-    });
+    }
 
     $("signout").addEventListener("click", function () {
         // the token ends on the server too, not only in this tab
@@ -613,6 +636,331 @@
             .catch(function (error) {
                 result.className = "result failed";
                 result.textContent = "Not sent: " + error.message;
+            });
+    });
+
+    // the admin panel: GET/POST /apps, PUT /apps/<id>, the keys routes and
+    // POST /apps/<id>/webhooks/test, each with the admin secret
+
+    var HOOK_EVENTS = [
+        "channel_occupied",
+        "channel_vacated",
+        "member_added",
+        "member_removed",
+        "client_event",
+        "cache_miss",
+        "subscription_count"
+    ];
+
+    function adminRequest(method, path, body) {
+        return request(method, path, body, admin);
+    }
+
+    function appPath(appId, rest) {
+        return "/apps/" + encodeURIComponent(appId) + (rest || "");
+    }
+
+    function say(id, text, failed) {
+        var element = $(id);
+        element.className = "result" + (failed === undefined ? "" : failed ? " failed" : " sent");
+        element.textContent = text;
+    }
+
+    function button(text, action, parent) {
+        var element = document.createElement("button");
+        element.type = "button";
+        element.textContent = text;
+        element.dataset.action = action;
+        parent.appendChild(element);
+        return element;
+    }
+
+    function showApps(apps) {
+        appList = apps;
+        fillSelect();
+        var body = $("apps-list");
+        body.textContent = "";
+        apps.forEach(function (app) {
+            var row = document.createElement("tr");
+            row.dataset.appId = app.app_id;
+            if (managed && managed.app_id === app.app_id) row.className = "selected";
+            cell(row, "id", app.app_id);
+            cell(row, "name", app.name);
+            cell(row, app.enabled ? "state" : "state off", app.enabled ? "enabled" : "disabled");
+            cell(row, "client-events", app.client_events ? "on" : "off");
+            var actions = cell(row, "actions");
+            button("Watch", "watch", actions).addEventListener("click", function () {
+                watchAsAdmin(app.app_id, app.name);
+            });
+            button(app.enabled ? "Disable" : "Enable", "toggle", actions).addEventListener("click", function () {
+                adminRequest("PUT", appPath(app.app_id), { enabled: !app.enabled })
+                    .then(function (changed) {
+                        say("admin-result", (changed.enabled ? "Enabled " : "Disabled ") + changed.name, false);
+                        if (managed && managed.app_id === changed.app_id) manage(changed);
+                        return reloadApps();
+                    })
+                    .catch(function (error) {
+                        say("admin-result", "Not changed: " + error.message, true);
+                    });
+            });
+            button("Settings and keys", "manage", actions).addEventListener("click", function () {
+                manage(app);
+                showApps(appList);
+            });
+            body.appendChild(row);
+        });
+    }
+
+    function reloadApps() {
+        return adminRequest("GET", "/apps").then(function (answer) {
+            showApps(answer.apps || []);
+        });
+    }
+
+    $("create-app").addEventListener("submit", function (event) {
+        event.preventDefault();
+        var name = $("create-name").value.trim();
+        adminRequest("POST", "/apps", { name: name, client_events: $("create-client-events").checked })
+            .then(function (record) {
+                // the one time the secret is shown
+                $("created-id").textContent = record.app_id;
+                $("created-key").textContent = record.key;
+                $("created-secret").textContent = record.secret;
+                $("created").hidden = false;
+                $("create-name").value = "";
+                say("admin-result", "Created " + record.name + ": watch it, then send it an event", false);
+                return reloadApps();
+            })
+            .catch(function (error) {
+                say("admin-result", "Not created: " + error.message, true);
+            });
+    });
+
+    $("admin-forget").addEventListener("click", forgetAdmin);
+
+    function forgetAdmin() {
+        admin = null;
+        managed = null;
+        appList = [];
+        $("admin").hidden = true;
+        $("manage").hidden = true;
+        $("created").hidden = true;
+        $("new-key").hidden = true;
+        $("apps-list").textContent = "";
+        fillSelect();
+    }
+
+    function limitInput(name, value) {
+        var label = document.createElement("label");
+        var input = document.createElement("input");
+        input.id = "limit-" + name;
+        input.dataset.setting = name;
+        if (typeof value === "boolean") {
+            label.className = "check";
+            input.type = "checkbox";
+            input.checked = value;
+            input.dataset.kind = "boolean";
+            label.appendChild(input);
+            label.appendChild(document.createTextNode(name));
+        } else {
+            label.appendChild(document.createTextNode(name));
+            if (typeof value === "number") {
+                input.type = "number";
+                input.min = "0";
+                input.step = "1";
+                input.value = value;
+                input.dataset.kind = "number";
+            } else {
+                // a list of strings (allowed_origins)
+                input.value = (value || []).join(", ");
+                input.placeholder = "comma separated";
+                input.dataset.kind = "list";
+            }
+            label.appendChild(input);
+        }
+        return label;
+    }
+
+    function hookRow(hook) {
+        var row = document.createElement("div");
+        row.className = "hook";
+        var label = document.createElement("label");
+        label.className = "url";
+        label.appendChild(document.createTextNode("URL"));
+        var url = document.createElement("input");
+        url.className = "hook-url";
+        url.placeholder = "https://example.com/pusher/webhooks";
+        url.value = hook.url || "";
+        label.appendChild(url);
+        row.appendChild(label);
+        var result = document.createElement("span");
+        result.className = "result hook-result";
+        button("Test", "test", row).addEventListener("click", function () {
+            result.className = "result hook-result";
+            result.textContent = "posting a test webhook...";
+            adminRequest("POST", appPath(managed.app_id, "/webhooks/test"), { url: url.value.trim() })
+                .then(function (answer) {
+                    result.className = "result hook-result " + (answer.sent ? "sent" : "failed");
+                    result.textContent = answer.sent
+                        ? "Test sent: HTTP " + answer.status
+                        : "Test failed: " + answer.error;
+                })
+                .catch(function (error) {
+                    result.className = "result hook-result failed";
+                    result.textContent = "Test refused: " + error.message;
+                });
+        });
+        button("Remove", "remove", row).addEventListener("click", function () {
+            row.remove();
+        });
+        row.appendChild(result);
+        var events = document.createElement("div");
+        events.className = "events";
+        var wanted = hook.events || HOOK_EVENTS;
+        HOOK_EVENTS.forEach(function (name) {
+            var box = document.createElement("input");
+            box.type = "checkbox";
+            box.value = name;
+            box.checked = wanted.indexOf(name) >= 0;
+            var item = document.createElement("label");
+            item.className = "check";
+            item.appendChild(box);
+            item.appendChild(document.createTextNode(name));
+            events.appendChild(item);
+        });
+        row.appendChild(events);
+        return row;
+    }
+
+    function manage(app) {
+        managed = app;
+        $("manage").hidden = false;
+        $("new-key").hidden = true;
+        $("manage-name").textContent = app.name;
+        $("manage-id").textContent = app.app_id;
+        $("set-enabled").checked = app.enabled;
+        $("set-client-events").checked = app.client_events;
+        say("settings-result", "");
+        say("keys-result", "");
+        var limits = $("set-limits");
+        limits.querySelectorAll("label").forEach(function (label) {
+            label.remove();
+        });
+        var settings = app.settings || {};
+        Object.keys(settings)
+            .sort()
+            .forEach(function (name) {
+                if (name !== "webhooks") limits.appendChild(limitInput(name, settings[name]));
+            });
+        var hooks = $("set-hooks");
+        hooks.textContent = "";
+        (settings.webhooks || []).forEach(function (hook) {
+            hooks.appendChild(hookRow(hook));
+        });
+        loadKeys();
+    }
+
+    $("add-hook").addEventListener("click", function () {
+        $("set-hooks").appendChild(hookRow({}));
+    });
+
+    function readSettings() {
+        var settings = {};
+        document.querySelectorAll("#set-limits input").forEach(function (input) {
+            var name = input.dataset.setting;
+            if (input.dataset.kind === "boolean") settings[name] = input.checked;
+            else if (input.dataset.kind === "number") settings[name] = parseInt(input.value, 10) || 0;
+            else {
+                settings[name] = input.value
+                    .split(",")
+                    .map(function (item) {
+                        return item.trim();
+                    })
+                    .filter(Boolean);
+            }
+        });
+        settings.webhooks = [];
+        document.querySelectorAll("#set-hooks .hook").forEach(function (row) {
+            var url = row.querySelector(".hook-url").value.trim();
+            if (!url) return;
+            var events = [];
+            row.querySelectorAll(".events input").forEach(function (box) {
+                if (box.checked) events.push(box.value);
+            });
+            var hook = { url: url };
+            if (events.length < HOOK_EVENTS.length) hook.events = events;
+            settings.webhooks.push(hook);
+        });
+        return settings;
+    }
+
+    $("settings-form").addEventListener("submit", function (event) {
+        event.preventDefault();
+        if (!managed) return;
+        adminRequest("PUT", appPath(managed.app_id), {
+            enabled: $("set-enabled").checked,
+            client_events: $("set-client-events").checked,
+            settings: readSettings()
+        })
+            .then(function (app) {
+                manage(app);
+                say("settings-result", "Saved", false);
+                return reloadApps();
+            })
+            .catch(function (error) {
+                say("settings-result", "Not saved: " + error.message, true);
+            });
+    });
+
+    function when(seconds) {
+        return seconds ? new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 19) : "at creation";
+    }
+
+    function showKeys(keys) {
+        var body = $("keys-list");
+        body.textContent = "";
+        keys.forEach(function (pair) {
+            var row = document.createElement("tr");
+            row.dataset.key = pair.key;
+            cell(row, "key", pair.key);
+            cell(row, "key-created", when(pair.created));
+            var actions = cell(row, "actions");
+            button("Revoke", "revoke", actions).addEventListener("click", function () {
+                adminRequest("DELETE", appPath(managed.app_id, "/keys/" + encodeURIComponent(pair.key)))
+                    .then(function (answer) {
+                        say("keys-result", "Revoked " + pair.key, false);
+                        showKeys(answer.keys || []);
+                    })
+                    .catch(function (error) {
+                        say("keys-result", "Not revoked: " + error.message, true);
+                    });
+            });
+            body.appendChild(row);
+        });
+    }
+
+    function loadKeys() {
+        var appId = managed.app_id;
+        adminRequest("GET", appPath(appId, "/keys"))
+            .then(function (answer) {
+                if (managed && managed.app_id === appId) showKeys(answer.keys || []);
+            })
+            .catch(function (error) {
+                say("keys-result", "Keys not listed: " + error.message, true);
+            });
+    }
+
+    $("add-key").addEventListener("click", function () {
+        adminRequest("POST", appPath(managed.app_id, "/keys"))
+            .then(function (pair) {
+                $("new-key-key").textContent = pair.key;
+                $("new-key-secret").textContent = pair.secret;
+                $("new-key").hidden = false;
+                say("keys-result", "Added " + pair.key, false);
+                loadKeys();
+            })
+            .catch(function (error) {
+                say("keys-result", "Not added: " + error.message, true);
             });
     });
 
