@@ -384,7 +384,9 @@
 
     function draw() {
         var samples = history.samples;
-        var end = samples.length ? Math.max(Date.now(), samples[samples.length - 1][0]) : Date.now();
+        // the server's clock: the newest sample is "now", whatever this
+        // machine's clock says
+        var end = samples.length ? samples[samples.length - 1][0] : Date.now();
         var seconds = history.every;
         var minutes = Math.round((history.every * history.size) / 60);
         $("chart-span").textContent = minutes >= 60 && minutes % 60 === 0
