@@ -871,7 +871,11 @@
         document.querySelectorAll("#set-limits input").forEach(function (input) {
             var name = input.dataset.setting;
             if (input.dataset.kind === "boolean") settings[name] = input.checked;
-            else if (input.dataset.kind === "number") settings[name] = parseInt(input.value, 10) || 0;
+            else if (input.dataset.kind === "number") {
+                // an emptied field keeps the value it had
+                var value = parseInt(input.value, 10);
+                settings[name] = isNaN(value) ? managed.settings[name] : value;
+            }
             else {
                 settings[name] = input.value
                     .split(",")
