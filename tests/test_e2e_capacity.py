@@ -196,6 +196,13 @@ def test_the_plan_of_a_limit():
     assert (plan.max_connections, plan.max_per_address) == (1000, 10)
     plan = capacity.plan(1024, max_connections=5000)
     assert plan.clamped and plan.max_connections < 1024 - 64
+    # what the rest of the process opens does not grow with the limit
+    plan = capacity.plan(20000)
+    assert (plan.reserve, plan.max_refusing) == (1024, 256)
+    assert plan.max_connections == 20000 - 1024 - 256
+    assert (plan.http_max_connections, plan.http_max_refusing) == (256, 32)
+    plan = capacity.plan(1048576)
+    assert (plan.reserve, plan.max_refusing) == (1024, 256)
 
 
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs prlimit")

@@ -34,7 +34,18 @@ logger = logging.getLogger("pushi.net")
 
 RESERVE = 64
 """ Descriptors kept out of the WebSocket port's share at least (or a
-tenth of the limit, if more) """
+tenth of the limit, if more, up to ``MAX_RESERVE``) """
+
+MAX_RESERVE = 1024
+""" The reserve's ceiling: what the rest of the process opens (the REST
+port's share, the store, the log, webhooks, Redis) does not grow with the
+number of WebSocket sockets, so past ten thousand descriptors a tenth
+would only take sockets away from the WebSocket port """
+
+MAX_REFUSING = 256
+""" Sockets a port holds at most to refuse them: each lives only until its
+refusal is written, so a few hundred answer a storm at the pace it can be
+answered, the rest waiting in the backlog """
 
 ACCEPTS = 64
 """ Sockets a port accepts in one loop turn: a storm of connections is
@@ -115,17 +126,18 @@ class Plan:
 
 
 def plan(limit, max_connections=None, max_per_address=None):
-    """Shares ``limit`` descriptors out: a reserve (``RESERVE``, or a
-    tenth of the limit if more; half of a tiny limit) for the REST port,
-    the store, the log and the loop; the rest to the WebSocket port,
-    ``max_refusing`` of it for sockets being refused.  ``max_connections``
-    (the operator's) lowers the WebSocket cap, never raises it past what
-    the descriptors allow (``clamped`` then says so).  The REST port gets
-    a quarter of the reserve (16 at least), an eighth of that again to
-    refuse with."""
-    reserve = min(max(RESERVE, limit // 10), limit // 2)
+    """Shares ``limit`` descriptors out: a reserve (a tenth of the limit,
+    ``RESERVE`` at least and ``MAX_RESERVE`` at most; half of a tiny
+    limit) for the REST port, the store, the log and the loop; the rest to
+    the WebSocket port, ``max_refusing`` of it (a sixteenth,
+    ``MAX_REFUSING`` at most) for sockets being refused.
+    ``max_connections`` (the operator's) lowers the WebSocket cap, never
+    raises it past what the descriptors allow (``clamped`` then says so).
+    The REST port gets a quarter of the reserve (16 at least), an eighth
+    of that again to refuse with."""
+    reserve = min(max(RESERVE, min(MAX_RESERVE, limit // 10)), limit // 2)
     budget = limit - reserve
-    refusing = max(2, min(1024, budget // 16))
+    refusing = max(2, min(MAX_REFUSING, budget // 16))
     derived = max(1, budget - refusing)
     clamped = max_connections is not None and max_connections > derived
     http_max = min(max(16, reserve // 4), reserve // 2)
