@@ -20,6 +20,7 @@ HEADLINE = {
     "trigger": ("triggers_per_s", True),
     "channels": ("msgs_per_s", True),
     "connect": ("connections_per_s", True),
+    "broadcast": ("last_delivery_ms", False),
     "persist": ("triggers_per_s", True),
     "abuse": ("victim_p99_ms", False),
 }
@@ -30,6 +31,7 @@ SECONDARY = {
     "fanout": ("server_cpu_us_per_delivery", False),
     "channels": ("server_cpu_us_per_delivery", False),
     "connect": ("rss_per_connection_kb", False),
+    "broadcast": ("p99_ms", False),
 }
 
 
@@ -49,6 +51,8 @@ def parse_args(argv):
         default=None,
         help="comma-separated: %s (default: all of these), or abuse (a "
         "victim's latency while another client attacks Pushi: see --attacks), "
+        "or broadcast (N subscribers on one channel: single events to all, "
+        "then a steady --rate of them), "
         "or generator (the load generator's own ceiling, against a stand-in "
         "server)" % ",".join(default_scenarios()),
     )
@@ -78,6 +82,21 @@ def parse_args(argv):
         help="subscriber worker processes (default: 1 up to 1,000 sockets, else 2)",
     )
     parser.add_argument(
+        "--connections",
+        default=None,
+        help="with --scenario connect or broadcast: comma-separated "
+        "connection counts (default 5,000; quick 1,000), up to the server's "
+        "cap (Pushi's at a 20,000 open-files limit: 18,720)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=None,
+        help="with --scenario connect: seconds of idle connections pinging as "
+        "pusher-js does, the server's CPU measured (default 60, quick 10; 0: "
+        "none)",
+    )
+    parser.add_argument(
         "--subscribers",
         default=None,
         help="comma-separated fan-out sizes (default 1000,5000; quick 200,1000)",
@@ -93,7 +112,9 @@ def parse_args(argv):
         "--rate",
         type=float,
         default=None,
-        help="with --scenario generator: also deliver this many msgs/s from "
+        help="with --scenario broadcast: broadcasts per second in the steady "
+        "phase (default 1, quick 2); with --scenario generator: also deliver "
+        "this many msgs/s from "
         "the stand-in server to each --subscribers size, one frame per "
         "subscriber per event (the latency floor of this machine and "
         "generator at a server's c-rate)",

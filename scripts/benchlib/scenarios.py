@@ -36,6 +36,9 @@ PROFILES = {
         "fanout_inflight": 4,
         "channels": 2000,
         "connections": 5000,
+        "idle": 60.0,
+        "broadcast": 5000,
+        "broadcast_rate": 1.0,
         "persist_stored": [1000, 100000],
         "max_drain": 30.0,
         "preload_time": 120.0,
@@ -50,6 +53,9 @@ PROFILES = {
         "fanout_inflight": 4,
         "channels": 500,
         "connections": 1000,
+        "idle": 10.0,
+        "broadcast": 1000,
+        "broadcast_rate": 2.0,
         "persist_stored": [1000, 10000],
         "max_drain": 6.0,
         "preload_time": 40.0,
@@ -127,6 +133,8 @@ class Session:
         self.keep = keep
         self.leftover = 0
         self.backlog = False
+        # source addresses handed out so far (``source_address``)
+        self.sources = 0
 
     def __enter__(self):
         log("starting %s" % self.server.name)
@@ -173,7 +181,13 @@ class Session:
                 "subscribe": subscribe,
                 "sample": "all" if samples is None else samples[index],
                 "timeout": 120,
+                "sources": [
+                    source_address(self.sources + offset)
+                    for offset in range(-(-share // PER_SOURCE))
+                ],
+                "per_source": PER_SOURCE,
             }
+            self.sources += len(cmd["sources"])
             if channel is not None:
                 cmd["channel"] = channel
             else:
@@ -541,42 +555,221 @@ def channels(server_name, profile, options):
         return [result]
 
 
+#: connections per load process (each is capped at the machine's open
+#: files, and one Python loop sets up a few thousand a second)
+PER_GENERATOR = 5000
+#: connections per source address in 127.0.0.0/8: the kernel's search for
+#: a free local port stays short
+PER_SOURCE = 2000
+#: steps a ``connect`` run opens its connections in (RSS after each)
+CONNECT_STEPS = 4
+#: sampled subscribers of a ``broadcast`` run (latency and loss)
+BROADCAST_SAMPLED = 1000
+#: single broadcasts of a ``broadcast`` run (each waited for in full)
+SINGLE_BROADCASTS = 3
+
+
+def source_address(index):
+    """The ``index``-th source address in 127.0.0.0/8 from 127.0.0.2 on,
+    skipping host parts 0 and 255."""
+    index += 2
+    block, host = divmod(index, 254)
+    host += 1
+    middle, third = divmod(block, 256)
+    return "127.%d.%d.%d" % (middle % 256, third, host)
+
+
+def connection_sizes(profile, options, key):
+    """The connection counts of a run: ``--connections`` (comma-separated)
+    or the profile's."""
+    if options.connections:
+        return [int(size) for size in str(options.connections).split(",")]
+    return [profile[key]]
+
+
+def generators_for(n, option):
+    """Load processes for ``n`` sockets: ``PER_GENERATOR`` each at most."""
+    return max(sub_workers_for(n, option), -(-n // PER_GENERATOR))
+
+
+def slope(points):
+    """The least-squares slope of ``(x, y)`` points (None for fewer than
+    two distinct x)."""
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _y in points) / len(points)
+    mean_y = sum(y for _x, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _y in points)
+    if not spread:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
 def connect(server_name, profile, options):
-    """Opens N idle connections: rate and server RSS per connection."""
-    n = profile["connections"]
-    with Session(
-        server_name, sub_workers_for(n, options.workers), options.keep
-    ) as session:
-        time.sleep(1.0)
-        rss_before = stats.tree_rss_bytes(session.server.pid)
-        meter = Meter(session.server.pid, session.generators)
-        conn = session.connect(n, subscribe=False, channel="none")
-        figures = meter.stop()
-        time.sleep(1.0)
-        rss_after = stats.tree_rss_bytes(session.server.pid)
-        ready = conn["ready"]
-        result = base_result(
-            session,
-            "connect",
-            "idle",
-            connections=n,
-            ready=ready,
-            failed=conn["failed"],
-            errors=conn["errors"],
-            connect_s=round(conn["elapsed"], 3),
-            connections_per_s=round(ready / conn["elapsed"], 1),
-            rss_before_kb=rss_before // 1024,
-            rss_after_kb=rss_after // 1024,
-            rss_per_connection_kb=(
-                round((rss_after - rss_before) / 1024 / ready, 2) if ready else None
-            ),
-            server_cpu_us_per_connection=(
-                round(1e6 * figures["server_cpu_s"] / ready, 1) if ready else None
-            ),
-        )
-        result.update(figures)
-        emit_progress(result)
-        return [result]
+    """Opens N idle connections in ``CONNECT_STEPS`` steps from several
+    load processes and source addresses: the rate of each step, the
+    server's RSS after each (memory per connection is the slope, not
+    counting the process's start), then the server's CPU over ``idle``
+    seconds of the connections pinging as pusher-js does."""
+    results = []
+    for n in connection_sizes(profile, options, "connections"):
+        workers = generators_for(n, options.workers)
+        with Session(server_name, workers, options.keep) as session:
+            time.sleep(1.0)
+            rss_before = stats.tree_rss_bytes(session.server.pid)
+            points = [(0, rss_before)]
+            steps, ready, failed, errors, elapsed = [], 0, 0, {}, 0.0
+            meter = Meter(session.server.pid, session.generators)
+            for share in split(n, CONNECT_STEPS):
+                conn = session.connect(share, subscribe=False, channel="none")
+                ready += conn["ready"]
+                failed += conn["failed"]
+                elapsed += conn["elapsed"]
+                for key, value in conn["errors"].items():
+                    errors[key] = errors.get(key, 0) + value
+                time.sleep(1.0)
+                rss = stats.tree_rss_bytes(session.server.pid)
+                points.append((ready, rss))
+                steps.append(
+                    {
+                        "connections": ready,
+                        "connections_per_s": round(conn["ready"] / conn["elapsed"]),
+                        "rss_kb": rss // 1024,
+                    }
+                )
+                log(
+                    "connect %d: %d open, %d/s, RSS %d MB"
+                    % (n, ready, steps[-1]["connections_per_s"], rss >> 20)
+                )
+            figures = meter.stop()
+            per_connection = slope(points)
+            result = base_result(
+                session,
+                "connect",
+                "idle",
+                connections=n,
+                ready=ready,
+                failed=failed,
+                errors=errors,
+                generators=workers,
+                connect_s=round(elapsed, 3),
+                connections_per_s=round(ready / max(1e-9, elapsed), 1),
+                steps=steps,
+                rss_before_kb=rss_before // 1024,
+                rss_after_kb=points[-1][1] // 1024,
+                rss_per_connection_kb=(
+                    round(per_connection / 1024, 2) if per_connection else None
+                ),
+                server_cpu_us_per_connection=(
+                    round(1e6 * figures["server_cpu_s"] / ready, 1) if ready else None
+                ),
+            )
+            result.update(figures)
+            idle = options.idle if options.idle is not None else profile["idle"]
+            if idle and ready:
+                result.update(idle_figures(session, idle, ready))
+            results.append(result)
+            emit_progress(result)
+    return results
+
+
+def idle_figures(session, duration, ready):
+    """The server's CPU while ``ready`` connections sit idle for
+    ``duration`` seconds, pinging as pusher-js does."""
+    log("idle: %d connections for %ss" % (ready, duration))
+    meter = Meter(session.server.pid, session.generators)
+    for worker in session.subs:
+        worker.send({"cmd": "idle", "duration": duration})
+    answers = [worker.recv(duration + 60) for worker in session.subs]
+    figures = meter.stop()
+    still_open = sum(answer["open"] for answer in answers)
+    reasons = {}
+    for answer in answers:
+        for key, value in answer["close_reasons"].items():
+            reasons[key] = reasons.get(key, 0) + value
+    return {
+        "idle_s": figures["wall_s"],
+        "idle_pings": sum(answer["pings"] for answer in answers),
+        "idle_ping_interval_s": answers[0]["interval"],
+        "idle_server_cpu_pct": figures["server_cpu_pct"],
+        "idle_server_cpu_pct_per_20k": round(
+            figures["server_cpu_pct"] * 20000 / ready, 2
+        ),
+        "idle_open_after": still_open,
+        "idle_close_reasons": reasons,
+    }
+
+
+def broadcast(server_name, profile, options):
+    """N subscribers on one channel: single events to all of them, each
+    waited for in full (publish to the last delivery, none lost), then a
+    steady rate of such broadcasts (latency percentiles over
+    ``BROADCAST_SAMPLED`` subscribers, loss over all)."""
+    results = []
+    for n in connection_sizes(profile, options, "broadcast"):
+        workers = generators_for(n, options.workers)
+        with Session(server_name, workers, options.keep) as session:
+            conn = session.connect(
+                n, channel="broadcast", sample=min(BROADCAST_SAMPLED, n)
+            )
+            log(
+                "broadcast %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"])
+            )
+            ready = conn["ready"]
+            singles = []
+            for index in range(SINGLE_BROADCASTS):
+                session.reset(ping=False)
+                answer, delivery, _f = session.trigger_phase(
+                    ["broadcast"],
+                    1,
+                    10.0,
+                    max_count=1,
+                    expected_per_trigger=ready,
+                    max_drain=profile["max_drain"],
+                    stall=3.0,
+                    seq_start=10**6 + index,
+                )
+                single = {
+                    "delivered": delivery["frames"],
+                    "lost": max(0, ready * answer["ok"] - delivery["frames"]),
+                    "publish_ok": answer["ok"],
+                    "last_delivery_ms": (
+                        round(1000 * (delivery["last_t"] - answer["t0"]), 1)
+                        if delivery["frames"]
+                        else None
+                    ),
+                }
+                singles.append(single)
+                log("broadcast %d: single %s" % (n, single))
+            rate = options.rate or profile["broadcast_rate"]
+            session.reset(ping=False)
+            answer, delivery, figures = session.trigger_phase(
+                ["broadcast"],
+                4,
+                options.duration or profile["duration"],
+                rate=rate,
+                expected_per_trigger=ready,
+                max_drain=profile["max_drain"],
+                seq_start=2 * 10**6,
+            )
+            result = phase_result(
+                session, "broadcast", "one-channel", answer, delivery, figures, n
+            )
+            timed = [s["last_delivery_ms"] for s in singles if s["publish_ok"]]
+            result.update(
+                connections=n,
+                ready=ready,
+                failed=conn["failed"],
+                generators=workers,
+                singles=singles,
+                last_delivery_ms=max(timed) if None not in timed and timed else None,
+                single_lost=sum(s["lost"] for s in singles),
+                p99_ms=result["latency_ms"]["p99"],
+                rate_per_s=rate,
+            )
+            results.append(result)
+            emit_progress(result)
+    return results
 
 
 def persist(server_name, profile, options):
@@ -1085,12 +1278,13 @@ SCENARIOS = {
     "trigger": trigger,
     "channels": channels,
     "connect": connect,
+    "broadcast": broadcast,
     "persist": persist,
     "abuse": abuse,
 }
 
 #: scenarios that run only when named (not in the default run)
-OPT_IN = {"abuse"}
+OPT_IN = {"abuse", "broadcast"}
 
 #: scenarios that measure the bench itself, run once and not per server
 SELF_SCENARIOS = {"generator": generator}

@@ -6,11 +6,16 @@ answer a line on stdout.  Commands:
 
 * ``connect``: open ``n`` WebSocket connections (at most ``concurrency``
   handshakes at once), optionally subscribe each, answer when all are ready
-  or failed or ``timeout`` passed.  ``sample`` of them parse every message as
+  or failed or ``timeout`` passed.  With ``sources``, the connections are
+  bound to those local addresses in turn, ``per_source`` on each (the
+  kernel's search for a free port stays short).  ``sample`` of them parse every message as
   JSON (latency from the payload timestamp, sequence numbers for loss and
   duplicates); the others only count frames from their headers.
 * ``reset``: optionally send ``pusher:ping`` on every socket (keeps servers
   with an activity timeout happy), wait ``settle`` seconds, zero counters.
+* ``idle``: for ``duration`` seconds, every open socket sends
+  ``pusher:ping`` every ``interval`` seconds as pusher-js does after a
+  silence, at phases spread over the interval; answers with the pings sent.
 * ``stats``: frames counted so far, time of the last one, sockets open.
 * ``samples``: what the sampled subscribers saw.
 * ``trigger``: run a bounded trigger loop over keep-alive HTTP/1.1
@@ -69,6 +74,9 @@ CONNECTING, HANDSHAKE, WAIT_ESTABLISHED, SUBSCRIBING, READY, CLOSED = range(6)
 
 monotonic = time.monotonic
 
+#: Linux's IP_BIND_ADDRESS_NO_PORT (not named by Python's socket module)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
 
 def receive(sock, lost, closed):
     """What a non-blocking ``sock`` has to read, or None: when nothing has
@@ -111,9 +119,10 @@ class Sub:
         "lats",
         "task",
         "error",
+        "activity_timeout",
     )
 
-    def __init__(self, worker, task, channel, subscribe, sampled):
+    def __init__(self, worker, task, channel, subscribe, sampled, source=None):
         self.worker = worker
         self.task = task
         self.channel = channel
@@ -125,13 +134,22 @@ class Sub:
         self.seqs = []
         self.lats = []
         self.error = None
+        self.activity_timeout = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.fd = self.sock.fileno()
-        code = self.sock.connect_ex((task.host, task.port))
-        if code not in (0, errno.EINPROGRESS):
-            raise OSError(code, os.strerror(code))
+        try:
+            self.sock.setblocking(False)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source is not None:
+                # the port is chosen at connect, for this destination only
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                self.sock.bind((source, 0))
+            self.fd = self.sock.fileno()
+            code = self.sock.connect_ex((task.host, task.port))
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+        except OSError:
+            self.sock.close()
+            raise
         worker.register(self, EPOLLOUT)
 
     def on_event(self, events):
@@ -177,7 +195,8 @@ class Sub:
                     return
                 continue
             try:
-                event = json.loads(payload).get("event")
+                message = json.loads(payload)
+                event = message.get("event")
             except ValueError:
                 continue
             if event == "pusher:error":
@@ -186,6 +205,12 @@ class Sub:
             if self.state == WAIT_ESTABLISHED and event == (
                 "pusher:connection_established"
             ):
+                data = message.get("data")
+                try:
+                    data = json.loads(data) if isinstance(data, str) else data
+                    self.activity_timeout = float(data["activity_timeout"])
+                except (ValueError, TypeError, KeyError):
+                    pass
                 if self.subscribe:
                     message = json.dumps(
                         {"event": "pusher:subscribe", "data": {"channel": self.channel}}
@@ -299,6 +324,8 @@ class ConnectTask:
         self.handshake = wsproto.handshake_request(self.host, self.port, cmd["path"])
         self.n = int(cmd["n"])
         self.concurrency = int(cmd.get("concurrency", 64))
+        self.sources = cmd.get("sources") or [None]
+        self.per_source = int(cmd.get("per_source", 2000))
         self.subscribe = bool(cmd.get("subscribe", True))
         sample = cmd.get("sample", 0)
         self.sample_all = sample == "all"
@@ -335,6 +362,7 @@ class ConnectTask:
                     self.channel_for(index),
                     self.subscribe,
                     index in self.sampled,
+                    self.sources[index // self.per_source % len(self.sources)],
                 )
             except OSError as exception:
                 self.count_error("socket: %s" % exception)
@@ -420,6 +448,65 @@ class ResetTask:
     def next_wakeup(self):
         """Seconds until this task wants a tick."""
         return min(0.05, max(0.0, self.settled - monotonic()))
+
+
+class IdleTask:
+    """Keeps the sockets open and pinging as pusher-js does: each sends
+    ``pusher:ping`` every ``interval`` seconds (by default pusher-js's:
+    the ``activity_timeout`` its server announced, 120 at most, a tenth
+    less so that the server never pings first), the first at a phase
+    spread over the interval (sockets opened together do not ping
+    together)."""
+
+    def __init__(self, worker, cmd):
+        self.worker = worker
+        timeouts = [sub.activity_timeout for sub in worker.subs if sub.activity_timeout]
+        announced = min(timeouts) if timeouts else 120.0
+        self.interval = float(cmd.get("interval") or 0.9 * min(announced, 120.0))
+        now = monotonic()
+        self.deadline = now + float(cmd.get("duration", 60))
+        self.frame = wsproto.encode_frame('{"event":"pusher:ping","data":{}}')
+        subs = [sub for sub in worker.subs if sub.state == READY]
+        rng = random.Random(cmd.get("seed", 1))
+        self.due = sorted(
+            (now + rng.random() * self.interval, index) for index in range(len(subs))
+        )
+        self.subs = subs
+        self.next = 0
+        self.pings = 0
+        self.done = False
+
+    def tick(self, now):
+        """Sends the pings that are due; answers at the deadline."""
+        if self.done:
+            return
+        while self.next < len(self.due) and self.due[self.next][0] <= now:
+            sub = self.subs[self.due[self.next][1]]
+            if sub.state == READY:
+                sub.send_quiet(self.frame)
+                self.pings += 1
+            self.next += 1
+            if self.next == len(self.due):
+                # the next round, same phases
+                self.due = [(due + self.interval, i) for due, i in self.due]
+                self.next = 0
+        if now >= self.deadline:
+            self.done = True
+            self.worker.reply(
+                {
+                    "pings": self.pings,
+                    "interval": self.interval,
+                    "open": sum(1 for sub in self.worker.subs if sub.state == READY),
+                    "unexpected_closes": self.worker.unexpected_closes,
+                    "close_reasons": self.worker.close_reasons,
+                }
+            )
+
+    def next_wakeup(self):
+        """Seconds until this task wants a tick."""
+        if self.next < len(self.due):
+            return max(0.0, min(0.1, self.due[self.next][0] - monotonic()))
+        return 0.1
 
 
 class HttpConn:
@@ -803,6 +890,8 @@ class Worker:
             self.task = ResetTask(self, cmd)
         elif name == "trigger":
             self.task = TriggerTask(self, cmd)
+        elif name == "idle":
+            self.task = IdleTask(self, cmd)
         elif name == "stats":
             self.reply(
                 {
