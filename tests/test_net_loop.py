@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
 
 import pytest
 
@@ -361,3 +362,44 @@ def test_a_socket_that_keeps_sending_gets_at_most_64_messages_a_turn(state):
         raw.close()
     assert sum(turns.values()) == 20000
     assert max(turns.values()) <= 64, max(turns.values())
+
+
+def test_an_idle_connection_costs_a_few_kilobytes_of_the_heap(start):
+    """What the server allocates for an open, idle connection (its netius
+    connection, link and session, traced by tracemalloc) stays small: the
+    figure that decides how many sockets a process can hold.  Netius's
+    connection makes three queues of 64 slots each that most sockets
+    never use; they are made on their first write."""
+    state = start()
+    app = state.store.create_app("idle")
+    port = state.config.server_port
+    count = 200
+
+    def open_idle():
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+        assert b"connection_established" in read_until(raw, b"established")
+        return raw
+
+    warm = [open_idle() for _ in range(20)]
+    tracemalloc.start(32)
+    try:
+        before = state.call_in_loop(tracemalloc.take_snapshot)
+        sockets = [open_idle() for _ in range(count)]
+        # the loop has taken in every socket once each has its answer
+        after = state.call_in_loop(tracemalloc.take_snapshot)
+    finally:
+        tracemalloc.stop()
+    server_side = [
+        tracemalloc.Filter(True, "*netius*", all_frames=True),
+        tracemalloc.Filter(True, "*pushi*", all_frames=True),
+    ]
+    growth = sum(
+        stat.size_diff
+        for stat in after.filter_traces(server_side).compare_to(
+            before.filter_traces(server_side), "filename"
+        )
+    )
+    assert growth / count < 4096, "%d bytes per idle connection" % (growth / count)
+    for raw in warm + sockets:
+        raw.close()

@@ -107,6 +107,63 @@ DISCARD_CHUNKS = 16
 (a peer that sends more than that meanwhile is reset) """
 
 
+class _NoQueue:
+    """What a connection's queue reads as until something is queued: empty
+    (the reads of an empty ``deque`` work on it, the writes go through the
+    connection's methods, which make the queue first)."""
+
+    __slots__ = ()
+
+    def __bool__(self):
+        return False
+
+    def __len__(self):
+        return 0
+
+    def __iter__(self):
+        return iter(())
+
+    def clear(self):
+        pass
+
+    def pop(self):
+        raise IndexError("pop from an empty deque")
+
+    popleft = pop
+
+    def remove(self, value):
+        raise ValueError("deque.remove(x): x not in deque")
+
+
+_NO_QUEUE = _NoQueue()
+
+
+class _Queue:
+    """One of netius's per-connection queues, made on its first write:
+    each ``deque`` takes a block of 64 slots when made, and most sockets
+    never queue anything (writes go straight to the socket, reads are not
+    restored, plain sockets have no starter).  Kept in the instance's
+    ``__dict__`` under its own name once made."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        return instance.__dict__.get(self.name, _NO_QUEUE)
+
+    def __set__(self, instance, value):
+        if value or self.name in instance.__dict__:
+            instance.__dict__[self.name] = value
+
+    def make(self, instance):
+        queue = instance.__dict__.get(self.name)
+        if queue is None:
+            queue = instance.__dict__[self.name] = collections.deque()
+        return queue
+
+
 class Connection(netius.Connection):
     """A netius connection of ours.  Netius calls a server's own
     ``on_connection_d`` only for connections of a subclass (for a plain
@@ -118,7 +175,10 @@ class Connection(netius.Connection):
     ``held`` stops reading until the protocol above releases it, and
     ``resuming`` says a read of it is scheduled for the next turn.  The
     bytes read are added to the server's ``bytes_received``.  It reads away
-    what is left unread as it closes (see ``_discard_unread``)."""
+    what is left unread as it closes (see ``_discard_unread``).
+
+    Its three queues (data to send, data to read again, starters) are made
+    on their first write (``_Queue``): the memory of an idle socket."""
 
     budget = READ_BUDGET
     quota = 0
@@ -126,6 +186,22 @@ class Connection(netius.Connection):
     turn = -1
     held = False
     resuming = False
+
+    pending = _Queue("pending")
+    restored = _Queue("restored")
+    starters = _Queue("starters")
+
+    def pend(self, data, back=True):
+        Connection.pending.make(self)
+        netius.Connection.pend(self, data, back=back)
+
+    def restore(self, data, back=True):
+        Connection.restored.make(self)
+        netius.Connection.restore(self, data, back=back)
+
+    def add_starter(self, starter, back=True):
+        Connection.starters.make(self)
+        netius.Connection.add_starter(self, starter, back=back)
 
     def recv(self, *args, **kwargs):
         if self.held or self.budget <= 0:
