@@ -302,3 +302,29 @@ def test_abuse_table_shows_an_error_in_its_row():
     )
     assert rows[2].startswith("| cache: ") and "error: boom" in rows[2]
     assert rows[2].count("|") == rows[1].count("|")
+
+
+def test_source_addresses_are_distinct_loopback_hosts():
+    """The load generator's source addresses: in 127.0.0.0/8, from
+    127.0.0.2 on, never a host part of 0 or 255, never twice."""
+    from benchlib import scenarios
+
+    addresses = [scenarios.source_address(index) for index in range(600)]
+    assert addresses[:2] == ["127.0.0.2", "127.0.0.3"]
+    assert len(set(addresses)) == len(addresses)
+    for address in addresses:
+        octets = [int(part) for part in address.split(".")]
+        assert octets[0] == 127 and 0 < octets[3] < 255
+
+
+def test_generators_and_slope():
+    """One load process per ``PER_GENERATOR`` sockets; memory per
+    connection is the least-squares slope of RSS over the count."""
+    from benchlib import scenarios
+
+    assert scenarios.generators_for(18000, None) == 4
+    assert scenarios.generators_for(500, None) == 1
+    assert scenarios.generators_for(18000, 6) == 6
+    points = [(0, 1000), (100, 1400), (200, 1800), (300, 2200)]
+    assert scenarios.slope(points) == 4.0
+    assert scenarios.slope([(5, 1)]) is None

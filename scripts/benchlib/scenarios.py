@@ -572,7 +572,7 @@ SINGLE_BROADCASTS = 3
 def source_address(index):
     """The ``index``-th source address in 127.0.0.0/8 from 127.0.0.2 on,
     skipping host parts 0 and 255."""
-    index += 2
+    index += 1
     block, host = divmod(index, 254)
     host += 1
     middle, third = divmod(block, 256)
