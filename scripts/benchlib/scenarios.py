@@ -621,7 +621,9 @@ def connect(server_name, profile, options):
             steps, ready, failed, errors, elapsed = [], 0, 0, {}, 0.0
             meter = Meter(session.server.pid, session.generators)
             for share in split(n, CONNECT_STEPS):
+                cpu_before = stats.tree_cpu_seconds(session.server.pid)
                 conn = session.connect(share, subscribe=False, channel="none")
+                cpu = stats.tree_cpu_seconds(session.server.pid) - cpu_before
                 ready += conn["ready"]
                 failed += conn["failed"]
                 elapsed += conn["elapsed"]
@@ -634,12 +636,25 @@ def connect(server_name, profile, options):
                     {
                         "connections": ready,
                         "connections_per_s": round(conn["ready"] / conn["elapsed"]),
+                        # the server's own cost: the rate also depends on
+                        # what else the machine runs
+                        "server_cpu_us_per_connection": (
+                            round(1e6 * cpu / conn["ready"], 1)
+                            if conn["ready"]
+                            else None
+                        ),
                         "rss_kb": rss // 1024,
                     }
                 )
                 log(
-                    "connect %d: %d open, %d/s, RSS %d MB"
-                    % (n, ready, steps[-1]["connections_per_s"], rss >> 20)
+                    "connect %d: %d open, %d/s, %s us of server CPU each, RSS %d MB"
+                    % (
+                        n,
+                        ready,
+                        steps[-1]["connections_per_s"],
+                        steps[-1]["server_cpu_us_per_connection"],
+                        rss >> 20,
+                    )
                 )
             figures = meter.stop()
             per_connection = slope(points)
