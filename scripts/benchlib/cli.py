@@ -330,6 +330,7 @@ def label(key):
         "trigger": "triggers, 1 sub, 8 in flight",
         "channels": "%s sockets, own channel each, random triggers" % fmt(int(size)),
         "connect": "%s idle connections" % fmt(int(size)),
+        "broadcast": "broadcast to %s subs on one channel" % fmt(int(size)),
         "persist": "persisted triggers, %s" % variant,
         "generator": "generator self-test, %s subs, %s" % (fmt(int(size)), variant),
     }
@@ -351,7 +352,20 @@ def cell(result):
     if scenario == "connect":
         parts.append("%s conn/s" % fmt(result["connections_per_s"]))
         parts.append("%s KB/conn" % fmt(result["rss_per_connection_kb"], 1))
+        if result.get("idle_server_cpu_pct") is not None:
+            parts.append(
+                "idle %s%% (%s%% per 20k)"
+                % (
+                    result["idle_server_cpu_pct"],
+                    result["idle_server_cpu_pct_per_20k"],
+                )
+            )
     else:
+        if scenario == "broadcast" and result.get("last_delivery_ms") is not None:
+            parts.append(
+                "last of one in %s ms, lost %s"
+                % (fmt(result["last_delivery_ms"]), result["single_lost"])
+            )
         latency = result.get("latency_ms") or {}
         if scenario in ("trigger", "persist"):
             latency = result.get("http_latency_ms") or latency
