@@ -61,9 +61,20 @@ def test_public_subscribe_and_delivery(engine):
     app = make_app()
     a, ta = connect(engine, app)
     send(engine, a, "pusher:subscribe", {"channel": "news"})
-    assert ta.messages()[0]["event"] == "pusher_internal:subscription_succeeded"
+    succeeded = ta.messages()[0]
+    assert succeeded["event"] == "pusher_internal:subscription_succeeded"
+    epoch = json.loads(succeeded["data"])["epoch"]
+    assert json.loads(succeeded["data"]) == {"epoch": epoch, "offset": 0}
     engine.publish(app.app_id, ["news"], "hello", "world")
-    assert ta.messages() == [{"event": "hello", "channel": "news", "data": "world"}]
+    assert ta.messages() == [
+        {
+            "event": "hello",
+            "channel": "news",
+            "data": "world",
+            "offset": 1,
+            "epoch": epoch,
+        }
+    ]
 
 
 def test_apps_are_isolated(engine):
@@ -165,7 +176,12 @@ def test_client_events_rules(engine):
         )
     ta.messages(), tb.messages()
     send(engine, a, "client-typing", {"x": 1}, channel="private-c")
-    assert tb.messages() == [
+    received = tb.messages()
+    assert [(message.pop("offset"), "epoch" in message) for message in received] == [
+        (1, True)
+    ]
+    del received[0]["epoch"]
+    assert received == [
         {"event": "client-typing", "channel": "private-c", "data": {"x": 1}}
     ]
     assert ta.messages() == []

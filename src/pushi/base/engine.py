@@ -17,6 +17,7 @@ from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 from . import registry
+from .history import MemoryHistory, frame_message, since_of
 from .cache import TTL as CACHE_TTL, Cache, Cached
 from .limits import DEFAULTS
 from .limits import MAX_LATEST
@@ -29,6 +30,10 @@ logger = logging.getLogger("pushi.engine")
 COUNT_INTERVAL = 1.0
 """ Seconds between two subscription counts of one channel: a join storm
 costs one count per subscriber per interval, not one per join """
+
+MAX_RECOVERING = 10
+""" A socket's recoveries reading the store at once; past them a recovery
+says what it cannot recover without reading the store """
 
 MAX_SENDING = 100
 """ A socket's sends waiting for the store (and those queued behind them)
@@ -53,6 +58,7 @@ class Engine:
         apps=None,
         persist=None,
         metrics=None,
+        history=None,
     ):
         self.config = config
         # counted on the loop, read by scrapes (``base/metrics``)
@@ -69,6 +75,8 @@ class Engine:
         self.history_bytes = min(HISTORY_BYTES, config.max_buffer // 2)
         self.observers = []
         self.cache = Cache()
+        # the channels' recent events and positions, for recovery
+        self.history = history if history is not None else MemoryHistory()
         # (app_id, channel) -> when its last subscription count went out
         self._counted = {}
         # the channels whose count waits for the end of their interval
@@ -245,14 +253,20 @@ class Engine:
                     name, "Invalid signature", status=401, pusher_error=True
                 )
             session.keys.add(key)
+        try:
+            since = since_of(data)
+        except ValueError as error:
+            raise errors.SubscriptionError(name, str(error), status=400)
         if name in session.channels:
             if session.channels[name] is registry.VIA_PERSONAL:
                 session.channels[name] = None
-            self._send(
-                session,
-                messages.subscription_succeeded(name, self._state_of(app, name)),
-            )
+            state = self._state_of(app, name)
+            if kind != channels.PERSONAL:
+                state.update(self._recovery(session, name, None)[0])
+            self._send(session, messages.subscription_succeeded(name, state))
             return
+        if session.recovering and name in session.recovering:
+            return  # the answer to the first one is on its way
         limit = app.limits["max_socket_channels"]
         if (
             limit
@@ -265,26 +279,147 @@ class Engine:
                 status=429,
                 type="LimitReached",
             )
-        if kind == channels.PRESENCE:
-            self._join_presence(session, name, channel_data)
-        elif kind == channels.PERSONAL:
-            if session.loading == name:
-                return  # the answer to the first one is on its way
-            if session.loading is not None:
-                # each load reads the store: a socket waits for one before
-                # it asks for another
-                raise errors.SubscriptionError(
-                    name,
-                    "One personal channel load at a time",
-                    status=429,
-                    type="LimitReached",
-                )
-            self._join_personal(session, name)
-        else:
-            self._join(session, name)
-            self._send(session, messages.subscription_succeeded(name, {}))
+        if kind != channels.PERSONAL:
+            recovery = self._recovery(session, name, since, channel_data)
+            if recovery is None:
+                # the store is read first (see _recover_from_store)
+                return
+            self._join_recovered(session, name, channel_data, recovery)
+            return
+        if session.loading == name:
+            return  # the answer to the first one is on its way
+        if session.loading is not None:
+            # each load reads the store: a socket waits for one before
+            # it asks for another
+            raise errors.SubscriptionError(
+                name,
+                "One personal channel load at a time",
+                status=429,
+                type="LimitReached",
+            )
+        self._join_personal(session, name)
         self._replay_cache(session, name)
         self._count_changed(app, name)
+
+    def _join_recovered(self, session, name, channel_data, recovery):
+        """Joins a channel that is not personal, then sends its subscription
+        data with the channel's position and, when it recovers, the events
+        the socket missed, before any live one."""
+        position, frames = recovery
+        if channels.kind(name) == channels.PRESENCE:
+            self._join_presence(session, name, channel_data, position, frames)
+        else:
+            self._join(session, name)
+            self._send(session, messages.subscription_succeeded(name, position))
+            for frame in frames:
+                session.transport.write(frame)
+        if not position.get("recovered"):
+            self._replay_cache(session, name)
+        self._count_changed(session.app, name)
+
+    # recovery: what a socket missed on a channel (see ``history``)
+
+    def _recovery(self, session, name, since, channel_data=None):
+        """``(position, frames)``: the channel's position for its
+        subscription data (none when the app keeps no history) and, for a
+        ``since`` (epoch, offset, mid), whether the events after it are
+        recovered (``recovered``, else a ``reason``) and their frames.
+        None when what the history lacks is read from the store first, by
+        ``mid``: the socket then joins when the read is done."""
+        app = session.app
+        limits = app.limits
+        now = time.monotonic()
+        current = self.history.position(app.app_id, name, limits, now)
+        position = (
+            {} if current is None else {"epoch": current[0], "offset": current[1]}
+        )
+        if since is None:
+            return position, ()
+        epoch, offset, mid = since
+        recovered, frames = self.history.recover(
+            app.app_id, name, epoch, offset, limits, now
+        )
+        if recovered:
+            position["recovered"] = True
+            return position, frames
+        position["recovered"] = False
+        position["reason"] = frames
+        if (
+            mid is None
+            or self.store is None
+            or self.offload is None
+            or len(session.recovering or ()) >= MAX_RECOVERING
+        ):
+            return position, ()
+        self._recover_from_store(session, name, mid, position, channel_data)
+        return None
+
+    def _recover_from_store(self, session, name, mid, position, channel_data):
+        """Reads the stored events of a channel after ``mid`` off the loop,
+        then joins the socket and sends them (``"store": true`` in the
+        subscription data), followed by those delivered during the read,
+        which the history kept after the position of its start (each
+        once: a stored one read from the store is not sent again)."""
+        app_id = session.app.app_id
+        store = self.store
+        if session.recovering is None:
+            session.recovering = set()
+        session.recovering.add(name)
+
+        def read():
+            events = store.get_events(app_id, [name], 0, MAX_LATEST)
+            return [event for event in reversed(events) if event["mid"] > mid]
+
+        def answer(events):
+            session.recovering.discard(name)
+            if session.closed or name in session.channels:
+                return
+            frames = []
+            mids = set()
+            if events is not None:
+                position["store"] = True
+                for event in events:
+                    mids.add(event["mid"])
+                    frames.append(
+                        text_frame(
+                            messages.event(
+                                event["event"],
+                                name,
+                                event["data"],
+                                mid=event["mid"],
+                                timestamp=event["timestamp"],
+                                user_id=event.get("user_id"),
+                            )
+                        )
+                    )
+            if "epoch" in position:
+                limits = session.app.limits
+                recovered, later = self.history.recover(
+                    app_id,
+                    name,
+                    position["epoch"],
+                    position["offset"],
+                    limits,
+                    time.monotonic(),
+                )
+                if recovered:
+                    for frame in later:
+                        if frame_message(frame).get("mid") not in mids:
+                            frames.append(frame)
+                current = self.history.position(app_id, name, limits, time.monotonic())
+                if current is not None:
+                    position["epoch"], position["offset"] = current
+            try:
+                self._join_recovered(session, name, channel_data, (position, frames))
+            except errors.SubscriptionError as error:
+                self._send(
+                    session,
+                    messages.subscription_error(
+                        error.channel, error.type, error.message, error.status
+                    ),
+                )
+
+        self.offload(read, answer)
 
     @staticmethod
     def _own_count(session):
@@ -308,7 +443,10 @@ class Engine:
             )
         return channel
 
-    def _join_presence(self, session, name, channel_data):
+    def _join_presence(self, session, name, channel_data, position=None, frames=()):
+        """Joins a presence channel as the member ``channel_data`` names;
+        its subscription data carries ``position`` (see ``_recovery``),
+        then the recovered ``frames`` follow."""
         app = session.app
         try:
             member = messages.loads(channel_data)
@@ -348,9 +486,12 @@ class Engine:
         new = self.registry.add_member(
             channel, session, user_id, user_info, peer=member.get("peer") is True
         )
-        self._send(
-            session, messages.subscription_succeeded(name, self._state_of(app, name))
-        )
+        state = self._state_of(app, name)
+        if position:
+            state.update(position)
+        self._send(session, messages.subscription_succeeded(name, state))
+        for frame in frames:
+            session.transport.write(frame)
         if channel.members[user_id].peer:
             self._pair(session, channel, user_id, new)
         if new:
@@ -919,13 +1060,14 @@ class Engine:
         exclude=None,
         cached=None,
         max_cache_bytes=None,
+        limits=None,
     ):
         """Writes one event to every socket of a channel but ``exclude``
         (a socket id); the frame is built once.  A cache channel keeps it,
         within the app's ``max_cache_bytes``: as ``cached`` (an event
         shared by the channels of one publish) when given, else as this
-        frame."""
-        frame = text_frame(text)
+        frame; ``limits`` are the app's (looked up when not given)."""
+        frame = self._framed(app_id, channel_name, text, limits)
         if channels.is_cache(channel_name):
             if max_cache_bytes is None:
                 max_cache_bytes = self._max_cache_bytes(app_id)
@@ -955,9 +1097,32 @@ class Engine:
                 if session.socket_id != exclude:
                     write(frame)
 
+    def _framed(self, app_id, channel_name, text, limits):
+        """The frame of an event on a channel: with the channel's next
+        position (``offset`` and ``epoch``) and kept for recovery, when the
+        app keeps a history; assigned once per channel, whoever receives
+        it."""
+        if limits is None:
+            limits = self._limits(app_id)
+        entry = self.history.append(
+            app_id, channel_name, text, limits, time.monotonic()
+        )
+        if entry is None:
+            return text_frame(text)
+        frame = text_frame(entry.text)
+        self.history.keep(app_id, entry, frame, limits)
+        return frame
+
+    def _limits(self, app_id):
+        """An app's limits (the defaults for an app the directory does not
+        know)."""
+        app = self.apps.by_id(app_id) if self.apps is not None else None
+        return app.limits if app else DEFAULTS
+
     def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
         """Delivers an API event to channels (loop thread)."""
         extra = extra or {}
+        limits = self._limits(app_id)
         cached = max_cache_bytes = None
         self.metrics.published[app_id] += len(channel_names)
         for channel_name in channel_names:
@@ -971,6 +1136,7 @@ class Engine:
                 exclude,
                 cached,
                 max_cache_bytes,
+                limits,
             )
         if self.observers:
             self.emit(
@@ -987,6 +1153,7 @@ class Engine:
         """Pings silent sockets and closes those that never answered."""
         now = time.monotonic() if now is None else now
         self.cache.expire(now)
+        self.history.expire(now)
         for key in list(self._counts_due):
             if now - self._counted.get(key, 0) >= COUNT_INTERVAL:
                 self._count_due(key)
@@ -1042,10 +1209,13 @@ class Engine:
         evicted to stay within it."""
         cache = self.cache.stats(app_id)
         cache["max_bytes"] = self._max_cache_bytes(app_id)
+        recovery = self.history.stats(app_id)
+        recovery["max_bytes"] = self._limits(app_id)["max_recovery_bytes"]
         return {
             "connections": self.registry.app_count(app_id),
             "channels": len(self.registry.channels(app_id)),
             "cache": cache,
+            "recovery": recovery,
         }
 
     def list_channels(self, app_id, prefix="", info=()):
@@ -1082,6 +1252,7 @@ class Engine:
             if session.app.app_id == app.app_id
         ]
         self.cache.trim(app.app_id, app.limits["max_cache_bytes"])
+        self.history.trim(app.app_id, app.limits)
         for session in sessions:
             session.app = app
             if not app.enabled:

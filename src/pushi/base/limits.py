@@ -31,6 +31,9 @@ DEFAULTS = {
     "watchlist_events": False,
     "max_watchlist": 100,
     "max_cache_bytes": 1048576,
+    "recovery_history": 100,
+    "recovery_ttl": 300,
+    "max_recovery_bytes": 4194304,
 }
 
 MAX_SETTING = 2**31 - 1
@@ -42,7 +45,17 @@ and a personal channel's subscription data): at the default event size
 (10 KB) that is about 1 MB, read and encoded in milliseconds; older events
 are paged with ``skip`` """
 
-SETTING_MAX = {"latest_count": MAX_LATEST}
+MAX_RECOVERY_HISTORY = 10000
+""" The most events one channel keeps for recovery """
+
+MAX_RECOVERY_TTL = 86400
+""" The most seconds an event is kept for recovery """
+
+SETTING_MAX = {
+    "latest_count": MAX_LATEST,
+    "recovery_history": MAX_RECOVERY_HISTORY,
+    "recovery_ttl": MAX_RECOVERY_TTL,
+}
 """ Number settings with a hard cap below ``MAX_SETTING``, even for the
 admin secret """
 

@@ -21,7 +21,8 @@ class Session:
     channel it is on only through its ``personal-<user_id>`` channel).
     ``personal`` is the set of channels its personal channel covers.
     ``reading`` is true while its ``pusher:latest`` is read, ``loading``
-    the personal channel it is loading, ``sending`` its sends waiting for
+    the personal channel it is loading, ``recovering`` the channels whose
+    recovery reads the store, ``sending`` its sends waiting for
     the store (with those queued behind them, see ``Engine.client_event``).
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)`` and ``pinged()`` (False once the socket pings
@@ -47,6 +48,7 @@ class Session:
         "personal",
         "reading",
         "loading",
+        "recovering",
         "sending",
         "closed",
     )
@@ -78,6 +80,7 @@ class Session:
         self.personal = None
         self.reading = False
         self.loading = None
+        self.recovering = None
         self.sending = None
         self.closed = False
 

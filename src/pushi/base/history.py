@@ -1,0 +1,348 @@
+"""Recovery history: each channel's recent events with their positions,
+so that a client that reconnects gets what it missed.
+
+Every event delivered on a channel takes the next ``offset`` of that
+channel's stream; ``epoch`` names the stream.  A stream begins at offset 1
+with a new epoch when it is created (the first event or subscription of a
+channel, or after the stream was forgotten), so a position from before a
+restart or from a forgotten stream is never mistaken for one of this
+stream.  An epoch begins with this process's ``boot`` token: a position of
+another epoch is told apart as from before a restart (``new_epoch``) or
+from a stream of this process that was forgotten (``expired``).
+
+The seam, as centrifuge's ``Broker`` keeps a stream per channel: the
+engine asks ``append`` (assign the next position to an event and keep its
+frame), ``position`` (a channel's epoch and top offset, for its
+subscription data) and ``recover`` (the frames after a position, or why
+not).  ``MemoryHistory`` is the in-process implementation; one kept in
+Redis (a stream and a meta hash per channel, positions assigned by the
+publish script) would take the same three calls.
+
+What is kept, per app (the app's ``limits``):
+
+* ``recovery_history`` events per channel (0: none, and events carry no
+  position), each for ``recovery_ttl`` seconds;
+* at most ``max_recovery_bytes`` for all the app's channels together (0:
+  no bound): past it the app's oldest events are evicted first, and then
+  the streams that hold no event (their positions), least recently used
+  first.  Each event counts its frame and ``ENTRY_COST``, each stream
+  ``STREAM_COST`` and its name;
+* a stream with no event left is forgotten ``STREAM_TTL`` seconds after
+  its last use (an event or a subscription).
+
+Ownership: loop thread only (the engine's).
+"""
+
+import collections
+import secrets
+
+from pushi.proto import messages
+
+ENTRY_COST = 120
+""" Bytes an event kept costs beside its frame: its record and its slots in
+the stream's and the app's deques """
+
+STREAM_COST = 400
+""" Bytes a stream costs beside its name: its record, deque and dict slot """
+
+STREAM_TTL = 3600
+""" Seconds a stream with no event left keeps its position after its last
+use: a client of a quiet channel that comes back within it is told it
+missed nothing """
+
+# why a position cannot be recovered (the ``reason`` of ``recovered: false``)
+OFF = "history_off"
+NEW_EPOCH = "new_epoch"
+EXPIRED = "expired"
+TOO_FAR = "too_far_behind"
+UNKNOWN = "unknown_position"
+
+
+def with_position(text, offset, epoch):
+    """An event message's JSON text with ``offset`` and ``epoch`` added as
+    top-level fields (the text is an object built by ``messages.event``,
+    so it ends with its closing brace)."""
+    return '%s,"offset":%d,"epoch":"%s"}' % (text[:-1], offset, epoch)
+
+
+class Entry:
+    """One event kept: its offset, frame, size and when it was kept."""
+
+    __slots__ = ("offset", "text", "frame", "size", "time", "stream")
+
+    def __init__(self, offset, text, time, stream):
+        self.offset = offset
+        self.text = text
+        self.frame = None
+        self.size = ENTRY_COST
+        self.time = time
+        self.stream = stream
+
+
+class Stream:
+    """A channel's position and its events kept, oldest first."""
+
+    __slots__ = ("name", "epoch", "top", "entries", "used", "lost")
+
+    def __init__(self, name, epoch, now):
+        self.name = name
+        self.epoch = epoch
+        self.top = 0
+        self.entries = collections.deque()
+        self.used = now
+        # why the events before the first kept one are gone
+        self.lost = TOO_FAR
+
+
+class AppHistory:
+    """The streams of one app (least recently used first), every event they
+    keep in the order kept, and what they hold."""
+
+    __slots__ = ("streams", "entries", "bytes", "ttl", "dead", "evictions")
+
+    def __init__(self):
+        self.streams = collections.OrderedDict()
+        self.entries = collections.deque()
+        self.bytes = 0
+        self.ttl = 0
+        # entries of ``entries`` already dropped from their stream (by the
+        # per-channel count): skipped, and compacted when they pile up
+        self.dead = 0
+        self.evictions = 0
+
+
+class MemoryHistory:
+    """Recovery history of every app in this process's memory."""
+
+    def __init__(self, boot=None):
+        self.boot = boot or secrets.token_hex(4)
+        self._streams_made = 0
+        self.apps = {}
+
+    # the seam
+
+    def append(self, app_id, channel, text, limits, now):
+        """Gives the event ``text`` on ``channel`` the channel's next
+        position and keeps it: returns the ``Entry``, whose ``text`` is the
+        event with its position (the caller frames it once and hands the
+        frame to ``keep``), or None when the app keeps no history."""
+        count = limits["recovery_history"]
+        if not count:
+            return None
+        app = self._app(app_id, limits)
+        stream = self._stream(app, channel, now)
+        stream.top += 1
+        entry = Entry(
+            stream.top, with_position(text, stream.top, stream.epoch), now, stream
+        )
+        stream.entries.append(entry)
+        app.entries.append(entry)
+        if len(stream.entries) > count:
+            dropped = stream.entries.popleft()
+            dropped.stream = None
+            stream.lost = TOO_FAR
+            app.bytes -= dropped.size
+            app.dead += 1
+            self._compact(app)
+        return entry
+
+    def keep(self, app_id, entry, frame, limits):
+        """Records the frame of an ``append``ed entry, and evicts the app's
+        oldest while it holds more than its bound."""
+        entry.frame = frame
+        entry.text = None
+        entry.size = ENTRY_COST + len(frame)
+        app = self.apps[app_id]
+        if entry.stream is not None:
+            app.bytes += entry.size
+        self._trim(app, limits["max_recovery_bytes"])
+
+    def position(self, app_id, channel, limits, now):
+        """``(epoch, offset)`` of a channel's last event (offset 0 before
+        its first), its stream made if it has none; None when the app
+        keeps no history."""
+        if not limits["recovery_history"]:
+            return None
+        app = self._app(app_id, limits)
+        stream = self._stream(app, channel, now)
+        self._trim(app, limits["max_recovery_bytes"])
+        return stream.epoch, stream.top
+
+    def recover(self, app_id, channel, epoch, offset, limits, now):
+        """The frames of ``channel`` after ``offset`` of ``epoch``, oldest
+        first: ``(True, frames)``, or ``(False, reason)`` when some of them
+        are not kept (``reason`` one of this module's)."""
+        if not limits["recovery_history"]:
+            return False, OFF
+        app = self.apps.get(app_id)
+        stream = app.streams.get(channel) if app is not None else None
+        if stream is None or stream.epoch != epoch:
+            if epoch.startswith(self.boot + "-"):
+                return False, EXPIRED
+            return False, NEW_EPOCH
+        if offset > stream.top:
+            return False, UNKNOWN
+        if offset == stream.top:
+            return True, []
+        entries = stream.entries
+        ttl = limits["recovery_ttl"]
+        # the entries past their time are gone, though the sweep may not
+        # have dropped them yet
+        while entries and entries[0].time + ttl <= now:
+            dropped = entries.popleft()
+            dropped.stream = None
+            stream.lost = EXPIRED
+            app.bytes -= dropped.size
+            app.dead += 1
+        if not entries or entries[0].offset > offset + 1:
+            return False, stream.lost
+        first = offset + 1 - entries[0].offset
+        return True, [entries[index].frame for index in range(first, len(entries))]
+
+    # upkeep
+
+    def expire(self, now):
+        """Drops the events past their app's ``recovery_ttl`` and the
+        streams unused for ``STREAM_TTL`` with no event left."""
+        for app_id in list(self.apps):
+            app = self.apps[app_id]
+            entries = app.entries
+            while entries and entries[0].time + app.ttl <= now:
+                self._drop_oldest(app, EXPIRED)
+            streams = app.streams
+            while streams:
+                stream = next(iter(streams.values()))
+                if stream.used + STREAM_TTL > now or stream.entries:
+                    break
+                self._forget(app, stream)
+            if not streams and not entries:
+                del self.apps[app_id]
+
+    def stats(self, app_id):
+        """An app's counters: streams, events and bytes held, evictions."""
+        app = self.apps.get(app_id)
+        if app is None:
+            return {"streams": 0, "events": 0, "bytes": 0, "evictions": 0}
+        return {
+            "streams": len(app.streams),
+            "events": len(app.entries) - app.dead,
+            "bytes": app.bytes,
+            "evictions": app.evictions,
+        }
+
+    def trim(self, app_id, limits):
+        """Applies an app's new limits to what it holds."""
+        app = self.apps.get(app_id)
+        if app is None:
+            return
+        if not limits["recovery_history"]:
+            del self.apps[app_id]
+            return
+        app.ttl = limits["recovery_ttl"]
+        count = limits["recovery_history"]
+        for stream in app.streams.values():
+            while len(stream.entries) > count:
+                entry = stream.entries.popleft()
+                entry.stream = None
+                stream.lost = TOO_FAR
+                app.bytes -= entry.size
+                app.dead += 1
+        self._compact(app)
+        self._trim(app, limits["max_recovery_bytes"])
+
+    # inside
+
+    def _app(self, app_id, limits):
+        app = self.apps.get(app_id)
+        if app is None:
+            app = self.apps[app_id] = AppHistory()
+        app.ttl = limits["recovery_ttl"]
+        return app
+
+    def _stream(self, app, channel, now):
+        stream = app.streams.get(channel)
+        if stream is None:
+            self._streams_made += 1
+            epoch = "%s-%x" % (self.boot, self._streams_made)
+            stream = app.streams[channel] = Stream(channel, epoch, now)
+            app.bytes += STREAM_COST + len(channel)
+        else:
+            app.streams.move_to_end(channel)
+            stream.used = now
+        return stream
+
+    def _trim(self, app, max_bytes):
+        if not max_bytes:
+            return
+        while app.bytes > max_bytes:
+            if len(app.entries) > app.dead:
+                self._drop_oldest(app, TOO_FAR)
+                app.evictions += 1
+            elif app.streams:
+                stream = next(iter(app.streams.values()))
+                self._forget(app, stream)
+                app.evictions += 1
+            else:
+                break
+
+    def _drop_oldest(self, app, why):
+        """Drops the app's oldest event kept (skipping those its stream
+        dropped already)."""
+        entries = app.entries
+        while entries:
+            entry = entries.popleft()
+            stream = entry.stream
+            if stream is None:
+                app.dead -= 1
+                continue
+            # an app's oldest event is its stream's oldest too
+            stream.entries.popleft()
+            entry.stream = None
+            stream.lost = why
+            app.bytes -= entry.size
+            return
+        app.dead = 0
+
+    def _forget(self, app, stream):
+        del app.streams[stream.name]
+        app.bytes -= STREAM_COST + len(stream.name)
+        for entry in stream.entries:
+            entry.stream = None
+            app.bytes -= entry.size
+            app.dead += 1
+        stream.entries.clear()
+        self._compact(app)
+
+    def _compact(self, app):
+        """Rebuilds the app's deque without the dropped entries once they
+        are most of it."""
+        if app.dead > 64 and app.dead * 2 > len(app.entries):
+            app.entries = collections.deque(
+                entry for entry in app.entries if entry.stream is not None
+            )
+            app.dead = 0
+
+
+def since_of(data):
+    """The ``since`` of a subscribe: ``(epoch, offset, mid)``, None when it
+    has none; raises ``ValueError`` when it is not a position."""
+    since = data.get("since")
+    if since is None:
+        return None
+    if not isinstance(since, dict):
+        raise ValueError("since must be an object")
+    epoch, offset, mid = since.get("epoch"), since.get("offset"), since.get("mid")
+    if not isinstance(epoch, str) or len(epoch) > 64:
+        raise ValueError("since.epoch must be a string")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError("since.offset must be a count")
+    if mid is not None and (not isinstance(mid, str) or len(mid) > 64):
+        raise ValueError("since.mid must be a string")
+    return epoch, offset, mid
+
+
+def frame_message(frame):
+    """The message inside one of our own unmasked text frames."""
+    length = frame[1] & 0x7F
+    start = 2 if length < 126 else 4 if length == 126 else 10
+    return messages.loads(frame[start:])
