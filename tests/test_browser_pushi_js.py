@@ -1387,6 +1387,162 @@ def test_e2e_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
         live.close()
 
 
+class CuttableProxy:
+    """A TCP relay to the server's WebSocket port that the test can cut:
+    ``down()`` drops every relayed connection and refuses new ones (a
+    network gone), ``up()`` lets them through again."""
+
+    def __init__(self, port):
+        import socket
+
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = []
+        self.passing = True
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if not self.passing:
+                    client.close()
+                    continue
+                try:
+                    upstream = socket.create_connection(self.target, timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+                self.open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(
+                    target=self.pump, args=(source, sink), daemon=True
+                ).start()
+
+    @staticmethod
+    def pump(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+    def down(self):
+        import socket
+
+        with self.lock:
+            self.passing = False
+            for end in self.open:
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                    end.close()
+                except OSError:
+                    pass
+            self.open = []
+
+    def up(self):
+        with self.lock:
+            self.passing = True
+
+    def close(self):
+        self.down()
+        self.listener.close()
+
+
+def test_e2e_recovers_missed_events_after_a_dropped_connection_and_a_restart(
+    browser, pages
+):
+    """The page subscribes once and only listens: when its connection drops,
+    the events published meanwhile still reach it, once each and in order
+    (``recovered`` true); after a server restart (a new epoch) the stored
+    ones are sent from the store and the channel says ``recovered`` false
+    with the reason."""
+    live = Live("recovery")
+    proxy = CuttableProxy(live.server.server_port)
+    try:
+        page = pages(live.http_base + "/static/example.html")
+        page.evaluate(
+            """([key, options]) => {
+            window.client = new Pushi(key, options);
+            window.log = recordPushi(window.client);
+            window.client.subscribe('news');
+        }""",
+            [
+                live.app["key"],
+                {
+                    "baseUrl": "ws://127.0.0.1:%d/" % proxy.port,
+                    "minReconnectDelay": 200,
+                    "maxReconnectDelay": 500,
+                },
+            ],
+        )
+        wait_subscribed(page, "news")
+        received = (
+            "() => log.filter(e => e.kind === 'message' && e.channel === 'news')"
+            ".map(e => e.data)"
+        )
+
+        def wait_for(count):
+            try:
+                page.wait_for_function(
+                    "() => (%s)().length >= %d" % (received, count), timeout=20000
+                )
+            except Exception:
+                raise AssertionError(page.evaluate("() => log"))
+
+        for number in range(1, 4):
+            live.trigger("news", "said", str(number))
+        wait_for(3)
+
+        # a dropped connection: the page reconnects and recovers by itself
+        proxy.down()
+        page.wait_for_function("() => client.state !== 'connected'", timeout=15000)
+        for number in range(4, 9):
+            live.trigger("news", "said", str(number))
+        proxy.up()
+        wait_for(8)
+        page.wait_for_function("() => client.channel('news').subscribed")
+        assert page.evaluate("() => client.channel('news').recovered") is True
+        recovered = page.evaluate(
+            "() => log.filter(e => e.kind === 'subscribe').map(e => e.data.recovered)"
+        )
+        assert recovered[-1] is True
+
+        # a restart: a new epoch, the stored events come from the store
+        proxy.down()
+        live.server.restart()
+        for number in range(9, 12):
+            live.trigger("news", "said", str(number))
+        proxy.up()
+        wait_for(11)
+        page.wait_for_function("() => client.channel('news').subscribed")
+        data = page.evaluate("() => client.channel('news').data")
+        assert data["recovered"] is False and data["reason"] == "new_epoch"
+        assert data["store"] is True
+        live.trigger("news", "said", "12")
+        wait_for(12)
+        time.sleep(0.5)
+        assert page.evaluate(received) == [str(number) for number in range(1, 13)]
+    finally:
+        proxy.close()
+        live.close()
+
+
 def test_commonjs_module_under_node():
     """pushi.js also loads with require() (options.WebSocket outside a browser)."""
     node = shutil.which("node")

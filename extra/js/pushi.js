@@ -5,6 +5,9 @@
  * public, private, presence, personal and peer channels, client messages with
  * echo and persistence, the last persisted events of a channel, presence
  * members, pings both ways and reconnection with exponential back-off.
+ * After a reconnection every channel is subscribed again from where it
+ * stopped: the server sends the events missed meanwhile, or says it cannot
+ * (`recovered` false on the channel's "subscribe" event: reload its state).
  *
  * No dependency, ES5 syntax, works as a plain <script> (global `Pushi`) and as
  * a CommonJS module (`module.exports`, pass `options.WebSocket` outside a
@@ -440,7 +443,12 @@
          * Exposes `name`, `kind`, `subscribed`, `data` (the subscription data
          * object), `members` (user id -> user info, presence channels),
          * `events` (the last persisted events sent on subscription),
-         * `presence` and `me` (the channel data this socket subscribed with).
+         * `presence` and `me` (the channel data this socket subscribed with),
+         * `position` (`{epoch, offset, mid}` of the last event received, what
+         * a resubscription recovers from) and `recovered` (after a
+         * resubscription: true when the missed events were sent, false when
+         * they could not be, with the server's `reason` in `data`; null on a
+         * first subscription).
          */
         function Channel(pushi, name, options) {
             this.pushi = pushi;
@@ -453,6 +461,8 @@
             this.events = [];
             this.presence = null;
             this.me = null;
+            this.position = null;
+            this.recovered = null;
             this._wanted = true;
             this._asked = null;
         }
@@ -534,10 +544,42 @@
             this.pushi._emit(event, args);
         };
 
+        /**
+         * Moves a channel's position to an event's; false for an event at or
+         * before it (already received: dropped).
+         */
+        Channel.prototype._advance = function (message) {
+            var position = this.position;
+            if (typeof message.offset === "number" && typeof message.epoch === "string") {
+                if (position && position.epoch === message.epoch && message.offset <= position.offset) {
+                    return false;
+                }
+                position = this.position = {
+                    epoch: message.epoch,
+                    offset: message.offset,
+                    mid: position ? position.mid : undefined
+                };
+            }
+            if (position && typeof message.mid === "string") {
+                position.mid = message.mid;
+            }
+            return true;
+        };
+
         Channel.prototype._succeeded = function (data) {
             this._asked = null;
             this.subscribed = true;
             this.data = data;
+            this.recovered = typeof data.recovered === "boolean" ? data.recovered : null;
+            // recovered: the missed events follow and move the position;
+            // else the client goes on from the channel's current position
+            if (data.recovered !== true && typeof data.epoch === "string") {
+                this.position = {
+                    epoch: data.epoch,
+                    offset: data.offset,
+                    mid: this.position ? this.position.mid : undefined
+                };
+            }
             this.members = readMembers(data);
             this.presence = (data && data.presence) || null;
             var events = data && parseJson(data.events);
@@ -957,9 +999,12 @@
                 this._emit(event, [event, parseJson(message.data), message.channel || null, null]);
                 return;
             }
-            var data = this.options.decodeData ? decodeEventData(message.data) : message.data;
             var name = message.channel === undefined ? null : message.channel;
             var channel = name === null ? undefined : this.channels[name];
+            if (channel && !channel._advance(message)) {
+                return;
+            }
+            var data = this.options.decodeData ? decodeEventData(message.data) : message.data;
             var args = [event, data, name, channel];
             if (channel) {
                 channel._dispatch(event, data);
@@ -1003,7 +1048,7 @@
             // asked once per socket: a second subscribe() waits for the answer
             channel._asked = socketId;
             if (!needsAuth(channel.kind)) {
-                this._send({ event: "pusher:subscribe", data: { channel: channel.name } });
+                this._send({ event: "pusher:subscribe", data: this._since(channel, { channel: channel.name }) });
                 return;
             }
             var channelData = channel.options.channelData;
@@ -1049,7 +1094,7 @@
                     data.channel_data = signed;
                     channel.me = parseJson(signed);
                 }
-                self._send({ event: "pusher:subscribe", data: data });
+                self._send({ event: "pusher:subscribe", data: self._since(channel, data) });
             };
             var authorizer = this.options.authorizer;
             try {
@@ -1061,6 +1106,18 @@
             } catch (failure) {
                 done(failure);
             }
+        };
+
+        /** Subscribe data with where the channel stopped, when it has been on. */
+        Pushi.prototype._since = function (channel, data) {
+            var position = channel.position;
+            if (position && channel.kind !== "personal") {
+                data.since = { epoch: position.epoch, offset: position.offset };
+                if (position.mid) {
+                    data.since.mid = position.mid;
+                }
+            }
+            return data;
         };
 
         Pushi.prototype._subscriptionSucceeded = function (name, data) {
