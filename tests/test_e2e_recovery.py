@@ -284,3 +284,50 @@ def test_history_stays_within_the_apps_bound(server):
     assert recovery["max_bytes"] == bound
     assert 0 < recovery["bytes"] <= bound and recovery["evictions"] > 0
     assert recovery["events"] < 200
+
+
+def test_store_recovery_racing_publishes_loses_and_repeats_nothing(server):
+    """Recoveries from the store again and again while stored events keep
+    coming: each gets every event after its ``mid`` once, in order, those
+    published while the store was read included."""
+    app = server.create_app()
+    server.update_app(app, settings={"recovery_history": 3})
+    api = server.client(app)
+    client = server.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    publish(api, "news", 1, 10)
+    last = events(client, 10)[-1]
+    client.close()
+    publish(api, "news", 11, 20)
+    since = dict(position(last), mid=last["mid"])
+    total = 95
+
+    def publisher():
+        for number in range(21, total + 1):
+            api.trigger_event("news", str(number), event="said")
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    recoveries = 0
+    try:
+        while thread.is_alive() or recoveries < 3:
+            client = server.connect(app, dialect="pushi")
+            state = subscribe(client, "news", since=since)
+            assert state["recovered"] is False and state["store"] is True, state
+            seen = []
+            deadline = time.time() + 0.15
+            while time.time() < deadline:
+                try:
+                    message = client.recv(max(0.01, deadline - time.time()))
+                except TimeoutError:
+                    break
+                if message.get("event") == "said":
+                    seen.append(int(message["data"]))
+            client.close()
+            assert seen == list(range(11, 11 + len(seen))), seen
+            assert len(seen) >= 10
+            recoveries += 1
+    finally:
+        thread.join(60)
+    assert recoveries >= 5

@@ -346,6 +346,7 @@ class Engine:
         position["reason"] = frames
         if (
             mid is None
+            or not position
             or self.store is None
             or self.offload is None
             or len(session.recovering or ()) >= MAX_RECOVERING
@@ -357,21 +358,23 @@ class Engine:
     def _recover_from_store(self, session, name, mid, position, channel_data):
         """Reads the stored events of a channel after ``mid`` off the loop,
         then joins the socket and sends them (``"store": true`` in the
-        subscription data), followed by those delivered during the read,
-        which the history kept after the position of its start (each
-        once: a stored one read from the store is not sent again)."""
-        app_id = session.app.app_id
+        subscription data), followed by those delivered during the read
+        (each once: a stored one the read found is not sent again)."""
+        app = session.app
         store = self.store
         if session.recovering is None:
             session.recovering = set()
         session.recovering.add(name)
+        # what the channel delivers from now on, whatever the history drops
+        tapped = self.history.tap(app.app_id, name, app.limits)
 
         def read():
-            events = store.get_events(app_id, [name], 0, MAX_LATEST)
+            events = store.get_events(app.app_id, [name], 0, MAX_LATEST)
             return [event for event in reversed(events) if event["mid"] > mid]
 
         def answer(events):
             session.recovering.discard(name)
+            self.history.untap(app.app_id, name, tapped)
             if session.closed or name in session.channels:
                 return
             frames = []
@@ -392,23 +395,15 @@ class Engine:
                             )
                         )
                     )
-            if "epoch" in position:
-                limits = session.app.limits
-                recovered, later = self.history.recover(
-                    app_id,
-                    name,
-                    position["epoch"],
-                    position["offset"],
-                    limits,
-                    time.monotonic(),
-                )
-                if recovered:
-                    for frame in later:
-                        if frame_message(frame).get("mid") not in mids:
-                            frames.append(frame)
-                current = self.history.position(app_id, name, limits, time.monotonic())
-                if current is not None:
-                    position["epoch"], position["offset"] = current
+            for entry in tapped:
+                if not mids or frame_message(entry.frame).get("mid") not in mids:
+                    frames.append(entry.frame)
+            # the events delivered until now are all in ``tapped``
+            current = self.history.position(
+                app.app_id, name, session.app.limits, time.monotonic()
+            )
+            if current is not None:
+                position["epoch"], position["offset"] = current
             try:
                 self._join_recovered(session, name, channel_data, (position, frames))
             except errors.SubscriptionError as error:

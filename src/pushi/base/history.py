@@ -98,7 +98,7 @@ class AppHistory:
     """The streams of one app (least recently used first), every event they
     keep in the order kept, and what they hold."""
 
-    __slots__ = ("streams", "entries", "bytes", "ttl", "dead", "evictions")
+    __slots__ = ("streams", "entries", "bytes", "ttl", "dead", "evictions", "taps")
 
     def __init__(self):
         self.streams = collections.OrderedDict()
@@ -109,6 +109,8 @@ class AppHistory:
         # per-channel count): skipped, and compacted when they pile up
         self.dead = 0
         self.evictions = 0
+        # channel -> the lists that receive its next entries (see ``tap``)
+        self.taps = {}
 
 
 class MemoryHistory:
@@ -137,6 +139,9 @@ class MemoryHistory:
         )
         stream.entries.append(entry)
         app.entries.append(entry)
+        if app.taps:
+            for tapped in app.taps.get(channel, ()):
+                tapped.append(entry)
         if len(stream.entries) > count:
             dropped = stream.entries.popleft()
             dropped.stream = None
@@ -199,6 +204,25 @@ class MemoryHistory:
         first = offset + 1 - entries[0].offset
         return True, [entries[index].frame for index in range(first, len(entries))]
 
+    def tap(self, app_id, channel, limits):
+        """A list that receives every entry ``append``ed to ``channel`` from
+        now until ``untap``, whatever the history drops meanwhile: what a
+        recovery that reads elsewhere (the store) must send after what it
+        read.  None when the app keeps no history."""
+        if not limits["recovery_history"]:
+            return None
+        tapped = []
+        self._app(app_id, limits).taps.setdefault(channel, []).append(tapped)
+        return tapped
+
+    def untap(self, app_id, channel, tapped):
+        app = self.apps.get(app_id)
+        taps = app.taps.get(channel) if app is not None else None
+        if taps and tapped in taps:
+            taps.remove(tapped)
+            if not taps:
+                del app.taps[channel]
+
     # upkeep
 
     def expire(self, now):
@@ -215,7 +239,7 @@ class MemoryHistory:
                 if stream.used + STREAM_TTL > now or stream.entries:
                     break
                 self._forget(app, stream)
-            if not streams and not entries:
+            if not streams and not entries and not app.taps:
                 del self.apps[app_id]
 
     def stats(self, app_id):
