@@ -23,6 +23,7 @@ HEADLINE = {
     "broadcast": ("last_delivery_ms", False),
     "persist": ("triggers_per_s", True),
     "abuse": ("victim_p99_ms", False),
+    "recover": ("recover_p50_ms", False),
 }
 #: CPU used by processes outside the bench above this (% of one core) is
 #: flagged: the figures of that row were measured on a busy machine
@@ -118,6 +119,14 @@ def parse_args(argv):
         "the stand-in server to each --subscribers size, one frame per "
         "subscriber per event (the latency floor of this machine and "
         "generator at a server's c-rate)",
+    )
+    parser.add_argument(
+        "--recovery",
+        default=None,
+        help="comma-separated on,off: run the %s scenarios once per mode, "
+        "Pushi's app with its recovery history on (recovery_history 100) "
+        "or off (0); default: once, with the server's defaults"
+        % ",".join(scenarios.RECOVERY_SCENARIOS),
     )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
@@ -323,6 +332,11 @@ def markdown(results, info, names):
 def label(key):
     """The row label of a result key."""
     scenario, variant, size = key.split("/")
+    if " recovery-" in variant:
+        variant, mode = variant.split(" recovery-")
+        return "%s, recovery %s" % (label("/".join([scenario, variant, size])), mode)
+    if scenario == "recover":
+        return "recovery of %s missed events" % variant.split("-")[0]
     if not size:
         return "%s (%s)" % (scenario, variant)
     names = {
@@ -349,6 +363,14 @@ def cell(result):
         parts.append("%s msgs/s" % fmt(result["msgs_per_s"]))
     elif scenario in ("trigger", "persist"):
         parts.append("%s req/s" % fmt(result["triggers_per_s"]))
+    if scenario == "recover":
+        timing = result["recover_ms"]
+        return "p50 %s / p99 %s ms<br>%d of %d rounds recovered" % (
+            timing["p50"],
+            timing["p99"],
+            result["recovered_rounds"],
+            result["rounds"],
+        )
     if scenario == "connect":
         parts.append("%s conn/s" % fmt(result["connections_per_s"]))
         parts.append("%s KB/conn" % fmt(result["rss_per_connection_kb"], 1))
@@ -485,24 +507,46 @@ def run_once(chosen, names, profile, options):
                 results.append(line)
             continue
         for name in names:
-            log("scenario %s on %s" % (scenario, name))
-            try:
-                lines = scenarios.SCENARIOS[scenario](name, profile, options)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exception:  # report and go on
-                lines = [
-                    {
-                        "scenario": scenario,
-                        "variant": "error",
-                        "server": name,
-                        "error": "%s: %s" % (type(exception).__name__, exception),
-                    }
-                ]
-            for line in lines:
-                emit(line, options.out)
-                results.append(line)
+            for mode in recovery_modes(scenario, name, options):
+                options.recovery_mode = mode
+                log(
+                    "scenario %s on %s%s"
+                    % (scenario, name, " recovery %s" % mode if mode else "")
+                )
+                try:
+                    lines = scenarios.SCENARIOS[scenario](name, profile, options)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exception:  # report and go on
+                    lines = [
+                        {
+                            "scenario": scenario,
+                            "variant": "error",
+                            "server": name,
+                            "error": "%s: %s" % (type(exception).__name__, exception),
+                        }
+                    ]
+                for line in lines:
+                    if mode and line.get("server") == name:
+                        # a row per mode
+                        line["recovery"] = mode
+                        line["variant"] = "%s recovery-%s" % (line["variant"], mode)
+                    emit(line, options.out)
+                    results.append(line)
+            options.recovery_mode = None
     return results
+
+
+def recovery_modes(scenario, name, options):
+    """The ``--recovery`` modes a scenario runs in on a server: each named
+    one for Pushi's fan-out and trigger scenarios, else one run (None)."""
+    if (
+        not options.recovery
+        or name != "pushi"
+        or scenario not in scenarios.RECOVERY_SCENARIOS
+    ):
+        return [None]
+    return options.recovery.split(",")
 
 
 def main(argv=None):
@@ -524,6 +568,9 @@ def main(argv=None):
     for name in chosen:
         if name not in scenarios.SCENARIOS and name not in scenarios.SELF_SCENARIOS:
             raise SystemExit("unknown scenario %r" % name)
+    for mode in options.recovery.split(",") if options.recovery else ():
+        if mode not in scenarios.RECOVERY_MODES:
+            raise SystemExit("unknown --recovery mode %r (on, off)" % mode)
     for name in options.attacks.split(",") if options.attacks else ():
         if name not in scenarios.ATTACKS:
             raise SystemExit(

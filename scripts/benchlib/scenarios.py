@@ -14,6 +14,7 @@ import os
 import resource
 import secrets
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from . import procs
 from . import servers
 from . import signer
 from . import stats
+from . import wsproto
 
 #: a generator process above this share of one core is the bottleneck
 GENERATOR_BOUND_PCT = 90.0
@@ -45,6 +47,7 @@ PROFILES = {
         "abuse_duration": 10.0,
         "abuse_drain": 10.0,
         "personal_stored": 100000,
+        "recover_rounds": 20,
     },
     "quick": {
         "duration": 3.0,
@@ -62,6 +65,7 @@ PROFILES = {
         "abuse_duration": 5.0,
         "abuse_drain": 5.0,
         "personal_stored": 20000,
+        "recover_rounds": 5,
     },
 }
 
@@ -125,9 +129,13 @@ class Meter:
 class Session:
     """One server instance with its worker processes."""
 
-    def __init__(self, server_name, sub_workers, keep=False):
+    def __init__(self, server_name, sub_workers, keep=False, settings=None):
         classes = dict(servers.SERVERS, blaster=servers.BlasterServer)
         self.server = classes[server_name](servers.make_workdir(server_name))
+        # the app's settings (Pushi: set with the admin secret once it runs)
+        self.settings = settings
+        if settings:
+            self.server.admin_secret = secrets.token_hex(32)
         self.subs = [procs.WorkerProc("subscriber") for _ in range(sub_workers)]
         self.trigger = procs.WorkerProc("trigger")
         self.keep = keep
@@ -140,6 +148,14 @@ class Session:
         log("starting %s" % self.server.name)
         try:
             self.server.start()
+            if self.settings:
+                rest(
+                    self.server,
+                    "PUT",
+                    "/apps/%s" % self.server.app["app_id"],
+                    {"settings": self.settings},
+                    admin=True,
+                )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -426,7 +442,10 @@ def fanout(server_name, profile, options):
     for n in profile["fanout_sizes"]:
         capacity = half_rate = None
         with Session(
-            server_name, sub_workers_for(n, options.workers), options.keep
+            server_name,
+            sub_workers_for(n, options.workers),
+            options.keep,
+            app_settings(server_name, options),
         ) as session:
             conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
             log("fanout %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
@@ -509,7 +528,9 @@ def fanout(server_name, profile, options):
 
 def trigger(server_name, profile, options):
     """1 subscriber, 8 requests in flight: HTTP trigger throughput."""
-    with Session(server_name, 1, options.keep) as session:
+    with Session(
+        server_name, 1, options.keep, app_settings(server_name, options)
+    ) as session:
         session.connect(1, channel="trigger", sample=1)
         session.reset()
         session.trigger_phase(["trigger"], 8, profile["warmup"], max_drain=5)
@@ -1288,6 +1309,137 @@ def abuse_row(attack, duration, profile, options):
         return result
 
 
+#: ``--recovery``: the app settings of each mode (Pushi's recovery history)
+RECOVERY_MODES = {"on": {"recovery_history": 100}, "off": {"recovery_history": 0}}
+
+#: the scenarios ``--recovery`` runs once per mode
+RECOVERY_SCENARIOS = ("fanout", "trigger")
+
+
+def app_settings(server_name, options):
+    """The bench app's settings for this run (``options.recovery_mode``,
+    set per mode by the command line): Pushi only."""
+    mode = getattr(options, "recovery_mode", None)
+    if server_name != "pushi" or mode is None:
+        return None
+    return RECOVERY_MODES[mode]
+
+
+class JsonSocket:
+    """A blocking WebSocket client of JSON messages (the recovery scenario's
+    subscriber: one socket, every message read)."""
+
+    def __init__(self, port, path, timeout=30):
+        self.sock = socket.create_connection((servers.HOST, port), timeout=timeout)
+        self.sock.sendall(wsproto.handshake_request(servers.HOST, port, path))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.sock.recv(4096)
+            if not data:
+                raise ConnectionError("closed during the upgrade")
+            head += data
+        self.buffer = bytearray(head.split(b"\r\n\r\n", 1)[1])
+        self.pending = []
+
+    def send(self, message):
+        self.sock.sendall(wsproto.encode_frame(json.dumps(message)))
+
+    def recv(self):
+        while not self.pending:
+            frames, used = wsproto.parse_frames(self.buffer)
+            del self.buffer[:used]
+            self.pending.extend(
+                json.loads(payload)
+                for _fin, opcode, payload in frames
+                if opcode == wsproto.OP_TEXT
+            )
+            if not self.pending:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                self.buffer += data
+        return self.pending.pop(0)
+
+    def subscribe(self, channel, since=None):
+        """Subscribes; returns the subscription data (a dict)."""
+        data = {"channel": channel}
+        if since is not None:
+            data["since"] = since
+        self.send({"event": "pusher:subscribe", "data": data})
+        while True:
+            message = self.recv()
+            if message.get("event") == "pusher_internal:subscription_succeeded":
+                return json.loads(message["data"])
+
+    def close(self):
+        self.sock.close()
+
+
+def recover(server_name, profile, options):
+    """The time a client that missed ``RECOVER_MISSED`` events takes to get
+    them back: subscribe, note the position, disconnect, the events
+    published, then from sending the subscribe with ``since`` to the last
+    missed event received.  Pushi only (its recovery)."""
+    if server_name != "pushi":
+        log("recover: Pushi only, skipping %s" % server_name)
+        return []
+    rounds = profile["recover_rounds"]
+    times = []
+    recovered = 0
+    with Session("pushi", 1, options.keep) as session:
+        server = session.server
+        app = server.app
+        path = "/apps/%s/batch_events" % app["app_id"]
+        for round_number in range(rounds):
+            client = JsonSocket(server.ws_port, server.ws_path())
+            client.recv()
+            state = client.subscribe("recover")
+            since = {"epoch": state["epoch"], "offset": state["offset"]}
+            client.close()
+            for first in range(0, RECOVER_MISSED, 10):
+                batch = [
+                    {"name": "missed", "channel": "recover", "data": str(number)}
+                    for number in range(first, min(first + 10, RECOVER_MISSED))
+                ]
+                rest(server, "POST", path, {"batch": batch}, app=app)
+            client = JsonSocket(server.ws_port, server.ws_path())
+            client.recv()
+            started = time.perf_counter()
+            state = client.subscribe("recover", since)
+            received = 0
+            while state.get("recovered") and received < RECOVER_MISSED:
+                if client.recv().get("event") == "missed":
+                    received += 1
+            times.append(time.perf_counter() - started)
+            recovered += received == RECOVER_MISSED
+            client.close()
+        result = base_result(
+            session,
+            "recover",
+            "%d-missed" % RECOVER_MISSED,
+            missed=RECOVER_MISSED,
+            rounds=rounds,
+            recovered_rounds=recovered,
+            recover_ms=stats.summarize(times),
+        )
+        result["recover_p50_ms"] = result["recover_ms"]["p50"]
+    log(
+        "recover %d missed: p50 %s ms, p99 %s ms, %d of %d rounds recovered"
+        % (
+            RECOVER_MISSED,
+            result["recover_ms"]["p50"],
+            result["recover_ms"]["p99"],
+            recovered,
+            rounds,
+        )
+    )
+    return [result]
+
+
+#: the events a client misses in the ``recover`` scenario
+RECOVER_MISSED = 100
+
+
 SCENARIOS = {
     "fanout": fanout,
     "trigger": trigger,
@@ -1295,6 +1447,7 @@ SCENARIOS = {
     "connect": connect,
     "broadcast": broadcast,
     "persist": persist,
+    "recover": recover,
     "abuse": abuse,
 }
 
