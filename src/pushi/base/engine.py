@@ -17,8 +17,8 @@ from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 from . import registry
-from .history import MemoryHistory, frame_message, since_of
 from .cache import TTL as CACHE_TTL, Cache, Cached
+from .history import MemoryHistory, frame_message, since_of
 from .limits import DEFAULTS
 from .limits import MAX_LATEST
 from .metrics import Metrics
@@ -346,7 +346,7 @@ class Engine:
         position["reason"] = frames
         if (
             mid is None
-            or not position
+            or "epoch" not in position
             or self.store is None
             or self.offload is None
             or len(session.recovering or ()) >= MAX_RECOVERING
