@@ -265,6 +265,7 @@ def test_a_bad_since_is_a_subscription_error(server):
         )
         error = client.recv_event("pusher:subscription_error")
         assert error["channel"] == "news" and error["data"]["status"] == 400
+        assert error["data"]["type"] == "InvalidSince"
     # the socket still works
     assert "epoch" in subscribe(client, "news")
     client.close()

@@ -256,7 +256,9 @@ class Engine:
         try:
             since = since_of(data)
         except ValueError as error:
-            raise errors.SubscriptionError(name, str(error), status=400)
+            raise errors.SubscriptionError(
+                name, str(error), status=400, type="InvalidSince"
+            )
         if name in session.channels:
             if session.channels[name] is registry.VIA_PERSONAL:
                 session.channels[name] = None
