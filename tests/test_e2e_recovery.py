@@ -337,3 +337,43 @@ def test_store_recovery_racing_publishes_loses_and_repeats_nothing(server):
     finally:
         thread.join(60)
     assert recoveries >= 5
+
+
+@pytest.mark.parametrize("channel", ["private-desk", "presence-room"])
+def test_private_and_presence_channels_recover_too(server, channel):
+    """The missed events follow the subscription data (with the presence
+    members, on a presence channel), from the store too."""
+    app = server.create_app()
+    server.update_app(app, settings={"recovery_history": 5})
+    api = server.client(app)
+
+    def join(since=None):
+        client = server.connect(app, dialect="pushi")
+        member = {"user_id": "ann", "user_info": {}}
+        signed = api.authenticate(
+            channel,
+            client.socket_id,
+            channel_data=member if channel.startswith("presence-") else None,
+        )
+        return client, subscribe(client, channel, since, **signed)
+
+    client, state = join()
+    publish(api, channel, 1, 3)
+    last = events(client, 3)[-1]
+    client.close()
+    publish(api, channel, 4, 6)
+    client, state = join(position(last))
+    assert state["recovered"] is True
+    if channel.startswith("presence-"):
+        assert state["presence"]["ids"] == ["ann"]
+    assert [event["data"] for event in events(client, 3)] == ["4", "5", "6"]
+    client.close()
+    # beyond the window (5), from the store by mid
+    publish(api, channel, 7, 14)
+    client, state = join(dict(position(last), mid=last["mid"]))
+    assert state["recovered"] is False and state["store"] is True
+    assert [event["data"] for event in events(client, 11)] == [
+        str(number) for number in range(4, 15)
+    ]
+    assert client.nothing()
+    client.close()
