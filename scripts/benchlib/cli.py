@@ -527,8 +527,8 @@ def run_once(chosen, names, profile, options):
                         }
                     ]
                 for line in lines:
-                    if mode and line.get("server") == name:
-                        # a row per mode
+                    if mode:
+                        # a row per mode (the floor measured after it too)
                         line["recovery"] = mode
                         line["variant"] = "%s recovery-%s" % (line["variant"], mode)
                     emit(line, options.out)

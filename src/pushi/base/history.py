@@ -160,7 +160,9 @@ class MemoryHistory:
         app = self.apps[app_id]
         if entry.stream is not None:
             app.bytes += entry.size
-        self._trim(app, limits["max_recovery_bytes"])
+        max_bytes = limits["max_recovery_bytes"]
+        if max_bytes and app.bytes > max_bytes:
+            self._trim(app, max_bytes)
 
     def position(self, app_id, channel, limits, now):
         """``(epoch, offset)`` of a channel's last event (offset 0 before
