@@ -182,10 +182,14 @@ class PushiServer:
             )
         )
 
+    def command(self):
+        """How the server is started: the launcher of the source tree."""
+        return [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")]
+
     def start(self, timeout=30):
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
+            self.command(),
             env=self.env(),
             stdout=self.log,
             stderr=subprocess.STDOUT,

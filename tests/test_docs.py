@@ -281,28 +281,10 @@ class ReadmeServer(PushiServer):
 
     def __init__(self, command):
         PushiServer.__init__(self)
-        self.command = command
+        self.command_line = command
 
-    def start(self, timeout=30):
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            pushi_command() + self.command[1:],
-            env=self.env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=self.data_dir,
-        )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("server exited: %s" % self.read_log())
-            try:
-                self.request("GET", "health")
-                with socket.create_connection(("127.0.0.1", self.server_port), 1):
-                    return self
-            except Exception:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start: %s" % self.read_log())
+    def command(self):
+        return pushi_command() + self.command_line[1:]
 
 
 def test_readme_quick_start_runs_as_written():

@@ -185,17 +185,8 @@ class Nginx:
             return error.code, json.loads(error.read() or b"null")
 
     def login(self, app):
-        status, login = self.request(
-            "POST",
-            "login",
-            {
-                "app_id": app["app_id"],
-                "app_key": app["key"],
-                "app_secret": app["secret"],
-            },
-        )
-        assert status == 200, login
-        return {"Authorization": "Bearer " + login["token"]}
+        """``Authorization`` with a session token, logged in through nginx."""
+        return {"Authorization": "Bearer " + PushiServer.login(self, app)}
 
     def connect(self, app, dialect="pusher", source="127.0.0.2", headers=None):
         """A WebSocket client through nginx over wss, from ``source``."""
