@@ -142,12 +142,7 @@ class MemoryHistory:
         if app.taps:
             for tapped in app.taps.get(channel, ()):
                 tapped.append(entry)
-        if len(stream.entries) > count:
-            dropped = stream.entries.popleft()
-            dropped.stream = None
-            stream.lost = TOO_FAR
-            app.bytes -= dropped.size
-            app.dead += 1
+        if self._cut(app, stream, count):
             self._compact(app)
         return entry
 
@@ -267,12 +262,7 @@ class MemoryHistory:
         app.ttl = limits["recovery_ttl"]
         count = limits["recovery_history"]
         for stream in app.streams.values():
-            while len(stream.entries) > count:
-                entry = stream.entries.popleft()
-                entry.stream = None
-                stream.lost = TOO_FAR
-                app.bytes -= entry.size
-                app.dead += 1
+            self._cut(app, stream, count)
         self._compact(app)
         self._trim(app, limits["max_recovery_bytes"])
 
@@ -310,6 +300,20 @@ class MemoryHistory:
                 app.evictions += 1
             else:
                 break
+
+    @staticmethod
+    def _cut(app, stream, count):
+        """Drops a stream's oldest events past ``count`` (they stay in the
+        app's deque, dead, until ``_compact``); whether any went."""
+        cut = False
+        while len(stream.entries) > count:
+            entry = stream.entries.popleft()
+            entry.stream = None
+            stream.lost = TOO_FAR
+            app.bytes -= entry.size
+            app.dead += 1
+            cut = True
+        return cut
 
     def _drop_oldest(self, app, why):
         """Drops the app's oldest event kept (skipping those its stream
