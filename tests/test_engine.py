@@ -219,11 +219,10 @@ def test_pushi_send_with_echo(engine):
     assert ta.messages()[0]["event"] == "chat"
 
 
-def test_a_stored_send_is_delivered_once_stored_and_in_order(tmp_path):
-    """A Pushi send to store reaches the channel when the store says it is
-    stored (the engine's ``persist`` hand-off, held here to pick the order
-    of the answers); what the socket sends meanwhile waits behind it; one
-    that cannot be stored is never delivered and its sender hears 4305."""
+def two_on_a_held_store(tmp_path, **settings):
+    """An engine whose store answers when the test says (``waiting``: the
+    ``then`` of each persist), and two Pushi-dialect sockets on
+    ``private-c``."""
     from pushi.base.store.sqlite import SQLiteStore
 
     waiting = []
@@ -231,15 +230,23 @@ def test_a_stored_send_is_delivered_once_stored_and_in_order(tmp_path):
     engine = Engine(
         Config(), store=store, persist=lambda events, then: waiting.append(then)
     )
-    app = make_app()
-    a, ta = connect(engine, app, "pushi")
-    b, tb = connect(engine, app, "pushi")
-    for session in (a, b):
+    app = make_app(settings=settings)
+    pairs = [connect(engine, app, "pushi") for _ in range(2)]
+    for session, transport in pairs:
         token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
         send(
             engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
         )
-    ta.messages(), tb.messages()
+        transport.messages()
+    return waiting, store, engine, pairs[0], pairs[1]
+
+
+def test_a_stored_send_is_delivered_once_stored_and_in_order(tmp_path):
+    """A Pushi send to store reaches the channel when the store says it is
+    stored (the engine's ``persist`` hand-off, held here to pick the order
+    of the answers); what the socket sends meanwhile waits behind it; one
+    that cannot be stored is never delivered and its sender hears 4305."""
+    waiting, store, engine, (a, ta), (b, tb) = two_on_a_held_store(tmp_path)
     send(engine, a, "chat", "first", channel="private-c")
     send(engine, a, "chat", "quick", channel="private-c", persist=False)
     send(engine, a, "chat", "third", channel="private-c")
@@ -266,22 +273,10 @@ def test_sends_behind_a_stored_one_are_bounded_too(tmp_path):
     past that the socket hears 4301 (a store that stalls costs each
     socket a bounded queue)."""
     from pushi.base.engine import MAX_SENDING
-    from pushi.base.store.sqlite import SQLiteStore
 
-    waiting = []
-    store = SQLiteStore(str(tmp_path))
-    engine = Engine(
-        Config(), store=store, persist=lambda events, then: waiting.append(then)
+    waiting, store, engine, (a, ta), (b, tb) = two_on_a_held_store(
+        tmp_path, client_event_rate=1000
     )
-    app = make_app(settings={"client_event_rate": 1000})
-    a, ta = connect(engine, app, "pushi")
-    b, tb = connect(engine, app, "pushi")
-    for session in (a, b):
-        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
-        send(
-            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
-        )
-    ta.messages(), tb.messages()
     send(engine, a, "chat", "stored", channel="private-c")
     for index in range(MAX_SENDING + 20):
         send(engine, a, "chat", str(index), channel="private-c", persist=False)
