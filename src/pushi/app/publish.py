@@ -21,6 +21,7 @@ import time
 import urllib.parse
 
 from pushi.base import rates
+from pushi.base.broker import Event
 from pushi.base.access import NeedsStore
 from pushi.net.httpd import MAX_BODY, json_response
 from pushi.proto import channels as channel_names
@@ -310,7 +311,7 @@ class Publisher:
         writes it."""
         last = len(deliveries) - 1
         for index, (names, name, data, socket_id, extra) in enumerate(deliveries):
-            event = (app.app_id, names, name, data, socket_id, extra)
+            event = Event(app.app_id, tuple(names), name, data, socket_id, extra)
             self.state.broker.publish(event, done if index == last else None)
 
     def complete(self, app, answers, queries, call):

@@ -1,5 +1,12 @@
-"""The fan-out seam: how a published event reaches the loop that owns
-the sockets.
+"""The broker seam: how a published event reaches every socket of its
+channels.
+
+Events come from two sides: the REST API publishes from its threads
+(``publish``, answered through ``done``) and the engine sends what its
+sockets and channels emit on the loop (``send``: client events, member
+events).  Either way the broker hands each ``Event`` to ``deliver`` on the
+loop of every process that has subscribers, so all subscribers of a
+channel see its events in one order.
 
 ``LocalBroker`` serves one process: ``publish`` may be called from any
 thread; it queues the event and wakes the loop once, and the loop drains
@@ -15,17 +22,49 @@ broker for several processes (Redis) would publish to the bus here and call
 """
 
 import collections
+import dataclasses
 import logging
+from typing import Any, Callable, Protocol
 
 logger = logging.getLogger("pushi")
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Event:
+    """One event on its way to the subscribers of ``channels``: ``data``
+    as clients get it (a string, or the member of a member event),
+    ``exclude`` the socket id it skips, ``extra`` the fields its message
+    carries besides (``mid``, ``timestamp``, ``user_id``)."""
+
+    app_id: str
+    channels: tuple[str, ...]
+    name: str
+    data: Any
+    exclude: str | None = None
+    extra: dict | None = None
+
+
+class Broker(Protocol):
+    @property
+    def busy(self) -> bool:
+        """True while the broker takes no more events from the REST API."""
+
+    def publish(self, event: Event, done: Callable[[], None] | None = None) -> None:
+        """Delivers ``event`` (from any thread); ``done()`` runs on the
+        loop once it is on its way to every subscriber."""
+
+    def send(self, event: Event) -> None:
+        """Delivers ``event`` emitted on the loop."""
 
 
 class LocalBroker:
     """In-process broker: a bounded queue drained on the loop thread."""
 
-    def __init__(self, call_soon, deliver, flush, max_pending=1000):
+    def __init__(self, call_soon, deliver, flush, max_pending=1000, announce=None):
         self._call_soon = call_soon
         self._deliver = deliver
+        # told of each published event once, before its delivery
+        self._announce = announce
         self._flush = flush
         self._max_pending = max_pending
         self._queue = collections.deque()
@@ -37,7 +76,7 @@ class LocalBroker:
         return len(self._queue) >= self._max_pending
 
     def publish(self, event, done=None):
-        """Queues ``event`` (a tuple of ``deliver``'s arguments); thread-safe.
+        """Queues ``event``; thread-safe.
         ``done()`` runs on the loop once the event's frames are queued on
         every socket, right before the turn's write."""
         self._queue.append((event, done))
@@ -45,17 +84,24 @@ class LocalBroker:
             self._scheduled = True
             self._call_soon(self._drain)
 
+    def send(self, event):
+        """Delivers ``event`` at once: the loop already runs."""
+        self._deliver(event)
+
     def _drain(self):
         # cleared before draining: an event queued from now on schedules a
         # new drain, so nothing waits behind a drain that has finished
         self._scheduled = False
         queue = self._queue
         deliver = self._deliver
+        announce = self._announce
         finished = []
         while queue:
             event, done = queue.popleft()
             try:
-                deliver(*event)
+                if announce is not None:
+                    announce(event)
+                deliver(event)
             except Exception:
                 # the others still go, and every publisher hears back
                 logger.exception("delivering an event failed")

@@ -10,8 +10,7 @@ An evicted channel is one with nothing cached (``pusher:cache_miss``).
 One publish to many channels caches its event once: the entries of its
 channels share one ``Cached`` (name, data, extra fields), and each
 channel's frame is built when it is replayed, since a frame names its
-channel.  A client event reaches one channel only and keeps the frame it
-was delivered in.  What an app holds counts each shared event once, plus
+channel.  What an app holds counts each shared event once, plus
 ``ENTRY_COST`` and the channel name per entry, so many small events on
 many channels are bounded too.
 
@@ -38,36 +37,25 @@ dict's slot and link, the key and the (event, expiry) pair """
 
 class Cached:
     """One cached event, shared by the entries of the channels it went to:
-    ``frame`` for a client event (one channel), else the parts a frame is
-    built from."""
+    the parts its frames are built from."""
 
-    __slots__ = ("name", "data", "extra", "frame", "size", "refs")
+    __slots__ = ("name", "data", "extra", "size", "refs")
 
-    def __init__(self, name=None, data=None, extra=None, frame=None):
+    def __init__(self, name, data, extra=None):
         self.name = name
         self.data = data
         self.extra = extra or {}
-        self.frame = frame
-        if frame is not None:
-            self.size = sys.getsizeof(frame)
-        else:
-            self.size = (
-                sys.getsizeof(data)
-                if isinstance(data, str)
-                else len(messages.dumps(data))
-            ) + len(messages.dumps(self.extra))
+        self.size = (
+            sys.getsizeof(data) if isinstance(data, str) else len(messages.dumps(data))
+        ) + len(messages.dumps(self.extra))
         self.refs = 0
 
     def frame_for(self, channel):
         """The frame that replays this event on ``channel``."""
-        if self.frame is not None:
-            return self.frame
         return text_frame(messages.event(self.name, channel, self.data, **self.extra))
 
     def event(self):
         """``event`` and ``data`` as ``info=cache`` reports them."""
-        if self.frame is not None:
-            return _frame_event(self.frame)
         return {"event": self.name, "data": self.data}
 
 
@@ -155,11 +143,3 @@ class Cache:
         cached.refs -= 1
         if not cached.refs:
             app.bytes -= cached.size
-
-
-def _frame_event(frame):
-    """The event dict inside one of our own unmasked text frames."""
-    length = frame[1] & 0x7F
-    start = 2 if length < 126 else 4 if length == 126 else 10
-    message = messages.loads(frame[start:])
-    return {"event": message.get("event"), "data": message.get("data")}

@@ -8,18 +8,15 @@ never touch these objects, so no lock guards them.
 
 import random
 
-VIA_PERSONAL = False
-""" Value in ``Session.channels`` of a channel joined only because the
-socket's personal channel covers it """
-
 
 class Session:
     """One open WebSocket: its app, dialect, channels and user.
 
-    ``channels`` maps every channel the socket is on to the presence
-    ``user_id`` it joined with (None elsewhere, ``VIA_PERSONAL`` for a
-    channel it is on only through its ``personal-<user_id>`` channel).
-    ``personal`` is the set of channels its personal channel covers.
+    ``channels`` holds every channel the socket is on, in the order it
+    joined them (a dict used as an ordered set); ``members`` the presence
+    ``user_id`` it joined each presence channel with; ``via_personal``
+    the channels it is on only through its ``personal-<user_id>`` channel,
+    and ``personal`` the set of channels that personal channel covers.
     ``reading`` is true while its ``pusher:latest`` is read, ``loading``
     the personal channel it is loading, ``recovering`` the channels whose
     recovery reads the store, ``sending`` its sends waiting for
@@ -38,6 +35,8 @@ class Session:
         "dialect",
         "transport",
         "channels",
+        "members",
+        "via_personal",
         "user_id",
         "origin",
         "address",
@@ -70,6 +69,8 @@ class Session:
         self.dialect = dialect
         self.transport = transport
         self.channels = {}
+        self.members = {}
+        self.via_personal = set()
         self.user_id = None
         self.origin = origin
         self.address = address
@@ -85,22 +86,12 @@ class Session:
         self.closed = False
 
 
-class Member:
-    """A presence user on one channel: its info and its sockets there."""
-
-    __slots__ = ("user_info", "sessions", "peer")
-
-    def __init__(self, user_info, peer=False):
-        self.user_info = user_info
-        self.sessions = []
-        self.peer = peer
-
-
 class Channel:
-    """Subscribers of one channel of one app: ``sessions`` maps each
-    session to its transport's ``write`` (bound once, for the fan-out; a
-    transport's own ``fan_out`` when it has one), in the order they
-    subscribed."""
+    """Subscribers of one channel of one app on this process: ``sessions``
+    maps each session to its transport's ``write`` (bound once, for the
+    fan-out; a transport's own ``fan_out`` when it has one), in the order
+    they subscribed; ``members`` each presence user's sessions here (the
+    members themselves are the ``Presence`` seam's)."""
 
     __slots__ = ("name", "sessions", "members")
 
@@ -169,60 +160,47 @@ class Registry:
     def channel(self, app_id, name):
         return self.apps.get(app_id, {}).get(name)
 
-    def join(self, session, name, user_id=None):
-        """Adds a session to a channel; returns ``(channel, occupied)``
-        where ``occupied`` is True when the channel had nobody before."""
+    def join(self, session, name):
+        """Adds a session to a channel; returns the channel."""
         channels = self.apps.setdefault(session.app.app_id, {})
         channel = channels.get(name)
-        occupied = channel is None
-        if occupied:
+        if channel is None:
             channel = channels[name] = Channel(name)
         transport = session.transport
         channel.sessions[session] = getattr(transport, "fan_out", transport.write)
-        session.channels[name] = user_id
-        return channel, occupied
+        session.channels[name] = None
+        return channel
 
     def leave(self, session, name):
-        """Removes a session from a channel; returns ``(channel, vacated)``
-        (channel None when the session was not on it)."""
+        """Removes a session from a channel (forgotten once empty);
+        returns the channel, None when the session was not on it."""
         if name not in session.channels:
-            return None, False
+            return None
         del session.channels[name]
         channels = self.apps.get(session.app.app_id, {})
         channel = channels.get(name)
         if channel is None:
-            return None, False
+            return None
         channel.sessions.pop(session, None)
-        vacated = not channel.sessions
-        if vacated:
+        if not channel.sessions:
             del channels[name]
             if not channels:
                 del self.apps[session.app.app_id]
-        return channel, vacated
+        return channel
 
     @staticmethod
-    def add_member(channel, session, user_id, user_info, peer=False):
-        """Adds a socket to a presence user; True when the user is new."""
-        member = channel.members.get(user_id)
-        new = member is None
-        if new:
-            member = channel.members[user_id] = Member(user_info, peer)
-        member.sessions.append(session)
-        return new
+    def add_member(channel, session, user_id):
+        """Records a session of a presence user on the channel."""
+        channel.members.setdefault(user_id, []).append(session)
 
     @staticmethod
     def remove_member(channel, session, user_id):
-        """Removes a socket from a presence user; True when it was the
-        user's last socket there (the member left)."""
-        member = channel.members.get(user_id)
-        if member is None:
-            return False
-        if session in member.sessions:
-            member.sessions.remove(session)
-        if member.sessions:
-            return False
-        del channel.members[user_id]
-        return True
+        """Forgets a session of a presence user on the channel."""
+        sessions = channel.members.get(user_id)
+        if sessions is not None and session in sessions:
+            sessions.remove(session)
+            if not sessions:
+                del channel.members[user_id]
 
     def count(self):
         """Open sockets and occupied channels, across apps."""

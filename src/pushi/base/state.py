@@ -108,11 +108,12 @@ class State:
             rates=self.access.rates,
             level=logging.WARNING,
         )
-        self.broker = LocalBroker(
+        self.broker = self.engine.broker = LocalBroker(
             self.call_soon,
-            self.engine.publish,
+            self.engine.deliver,
             self._flush,
             max_pending=self.config.max_pending,
+            announce=self.engine.announce,
         )
         self.webhooks = Webhooks(self.apps, emit=self._webhook_done)
         self.http = None

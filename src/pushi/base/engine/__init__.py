@@ -1,0 +1,498 @@
+"""The engine: what each client message does to the live state.
+
+``Engine`` is the facade the network layer, the broker and the REST side
+call; each concern lives in its module of this package (subscriptions
+and sockets here; ``presence``, ``personal``, ``recovery``, ``stored``,
+``counts``, ``signin``, ``client_events``, ``delivery``, ``queries``).
+What a cluster shares sits behind a seam with an in-process twin: the
+broker (``base/broker``), presence members (``base/presence``), channel
+occupancy and connection counts (``base/occupancy``), signed-in users
+(``base/users``), cache entries (``base/cache``) and recovery history
+(``base/history``).  The registry (``base/registry``) holds this
+process's sockets and whom they are on.
+
+Ownership: every method runs on the WebSocket loop thread (see
+``registry``).  The network layer calls ``open``, ``receive`` and
+``closed``; the broker calls ``deliver``; the REST side reaches the
+queries through ``State.call_in_loop``.  Work that may block (the store)
+goes through ``offload`` and comes back to the loop with its result;
+events a socket stores go through ``persist(events, then)``, whose
+``then(error)`` runs on the loop once they are stored or failed.  A seam
+answers through a continuation, which may run at once (the in-process
+twins) or on a later turn.
+"""
+
+import logging
+import time
+
+from pushi.proto import auth, channels, errors, messages
+from pushi.proto.websocket import text_frame
+
+from .. import registry
+from ..broker import Event, LocalBroker
+from ..cache import TTL as CACHE_TTL, Cache
+from ..history import MemoryHistory, since_of
+from ..limits import DEFAULTS
+from ..metrics import Metrics
+from ..occupancy import LocalOccupancy
+from ..presence import LocalPresence
+from ..users import LocalUsers
+from ..watchlist import Watchlists
+from .client_events import ClientEvents
+from .counts import SubscriptionCounts
+from .delivery import Delivery
+from .personal import PersonalChannels
+from .presence import PresenceChannels
+from .queries import Queries
+from .recovery import Recovery
+from .signin import SignIn
+from .stored import HISTORY_BYTES, MAX_SENDING, StoredEvents, bounded, public_event
+
+__all__ = [
+    "CACHE_TTL",
+    "Engine",
+    "MAX_SENDING",
+    "bounded",
+    "public_event",
+]
+
+logger = logging.getLogger("pushi.engine")
+
+
+class Engine:
+    """Channel logic over a ``Registry`` for the sockets of this process."""
+
+    def __init__(
+        self,
+        config,
+        store=None,
+        offload=None,
+        schedule=None,
+        apps=None,
+        persist=None,
+        metrics=None,
+        history=None,
+        broker=None,
+    ):
+        self.config = config
+        # counted on the loop, read by scrapes (``base/metrics``)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.registry = registry.Registry()
+        self.store = store
+        self.offload = offload
+        # schedule(work, seconds) runs work on the loop later; without one,
+        # the counts held back are sent by the next sweep
+        self.schedule = schedule
+        # apps.by_id(app_id): the app's limits for a publish (from memory)
+        self.apps = apps
+        self.history_bytes = min(HISTORY_BYTES, config.max_buffer // 2)
+        self.observers = []
+        # the seams, each with its in-process twin
+        self.broker = broker or LocalBroker(
+            _run_now, self.deliver, _nothing, announce=self.announce
+        )
+        self.presence = LocalPresence()
+        self.occupancy = LocalOccupancy(self.registry)
+        self.users = LocalUsers(self.registry)
+        self.cache = Cache()
+        # the channels' recent events and positions, for recovery
+        self.history = history if history is not None else MemoryHistory()
+        self.watchlists = Watchlists()
+        # the concerns
+        self.delivery = Delivery(self)
+        self.counts = SubscriptionCounts(self)
+        self.stored = StoredEvents(self, persist)
+        self.recovery = Recovery(self)
+        self.presence_channels = PresenceChannels(self)
+        self.personal = PersonalChannels(self)
+        self.signin = SignIn(self)
+        self.client_events = ClientEvents(self)
+        self.queries = Queries(self)
+        # what the REST side calls
+        self.channel_info = self.queries.channel_info
+        self.app_stats = self.queries.app_stats
+        self.list_channels = self.queries.list_channels
+        self.channel_users = self.queries.channel_users
+        self.terminate_user = self.queries.terminate_user
+        self.update_app = self.queries.update_app
+        self.sockets = self.queries.sockets
+        self.personal_changed = self.personal.changed
+
+    # observers (debug console, metrics, webhooks): nothing is built when
+    # none listens
+
+    def emit(self, app_id, kind, **details):
+        for observer in self.observers:
+            observer(app_id, kind, details)
+
+    def limits(self, app_id):
+        """An app's limits (the defaults for an app the directory does not
+        know)."""
+        app = self.apps.by_id(app_id) if self.apps is not None else None
+        return app.limits if app else DEFAULTS
+
+    # connection life
+
+    def open(self, transport, app, dialect, origin=None, address=None, key=None):
+        """Registers a new socket (connected with ``key``, the app's first
+        key when None) and greets it; ``address`` is its client's (a
+        trusted proxy's client, see ``net/forwarded``)."""
+        session = registry.Session(
+            self.registry.new_socket_id(),
+            app,
+            dialect,
+            transport,
+            origin=origin,
+            address=address,
+            now=time.monotonic(),
+            key=key,
+        )
+        self.registry.add_session(session)
+        self.metrics.opened[(app.app_id, dialect)] += 1
+        transport.write(
+            text_frame(
+                messages.connection_established(
+                    session.socket_id, self.config.activity_timeout
+                )
+            )
+        )
+        logger.debug(
+            "open %s %s app %s from %s", session.socket_id, dialect, app.app_id, address
+        )
+        if self.observers:
+            self.emit(
+                app.app_id,
+                "connection",
+                socket_id=session.socket_id,
+                dialect=dialect,
+                origin=origin,
+                address=address,
+            )
+        return session
+
+    def closed(self, session):
+        """Forgets a socket that is gone, leaving no entry behind."""
+        if session.closed:
+            return
+        session.closed = True
+        for name in list(session.channels):
+            self.leave(session, name)
+        user_id = session.user_id
+        self.registry.remove_session(session)
+        self.metrics.closed[(session.app.app_id, session.dialect)] += 1
+        self.watchlists.forget(session)
+        if user_id is not None:
+            self.signin.signed_out(session.app, user_id)
+        logger.debug("close %s", session.socket_id)
+        if self.observers:
+            self.emit(session.app.app_id, "disconnection", socket_id=session.socket_id)
+
+    def receive(self, session, text):
+        """Handles one text message; answers errors, never raises them."""
+        session.last_seen = time.monotonic()
+        session.ping_sent = None
+        try:
+            message = messages.parse(text, session.app.limits["max_event_name"])
+            self._dispatch(session, message)
+        except errors.SubscriptionError as error:
+            self.refuse(session, error)
+        except errors.ProtocolError as error:
+            if error.closes:
+                # counted as the transport closes
+                self.drop(session, error.code, error.message)
+            else:
+                self.metrics.reject("socket", error.code)
+                self.send(
+                    session, messages.error(error.code, error.message, error.channel)
+                )
+
+    def _dispatch(self, session, message):
+        event = message["event"]
+        data = message["data"]
+        if event == "pusher:ping":
+            # the transport meters pings of both kinds (it may close)
+            if session.transport.pinged():
+                self.send(session, messages.pong())
+        elif event == "pusher:pong":
+            pass
+        elif event == "pusher:subscribe":
+            self.subscribe(session, data if isinstance(data, dict) else {})
+        elif event == "pusher:unsubscribe":
+            name = data.get("channel") if isinstance(data, dict) else None
+            self.unsubscribe(session, name)
+        elif event == "pusher:signin":
+            self.signin.signin(session, data if isinstance(data, dict) else {})
+        elif event == "pusher:latest":
+            self.stored.latest(session, data if isinstance(data, dict) else {})
+        elif event.startswith("pusher:") or event.startswith("pusher_internal:"):
+            raise errors.ProtocolError(
+                errors.UNKNOWN_EVENT, "Unknown event %s" % event[:64]
+            )
+        else:
+            self.client_events.receive(session, message)
+
+    def send(self, session, text):
+        session.transport.write(text_frame(text))
+
+    def drop(self, session, code, message):
+        """Closes a socket as every connection-level error does: a
+        ``pusher:error``, then the close with the same code."""
+        self.send(session, messages.error(code, message))
+        session.transport.close(code, message)
+
+    def refuse(self, session, error):
+        """Answers a refused subscription (a ``SubscriptionError``)."""
+        self.metrics.reject("subscription", error.status)
+        # the channel-level event is what pusher-js and pushi.js bind on
+        # the channel; Pusher itself answers a bad signature with a
+        # pusher:error, which clients written to its documentation expect
+        self.send(
+            session,
+            messages.subscription_error(
+                error.channel, error.type, error.message, error.status
+            ),
+        )
+        if error.pusher_error:
+            self.send(
+                session, messages.error(errors.SUBSCRIPTION_REFUSED, error.message)
+            )
+
+    # subscriptions
+
+    def subscribe(self, session, data):
+        name = data.get("channel")
+        app = session.app
+        channels.check(name, app.limits["max_channel_name"])
+        kind = channels.kind(name)
+        if kind == channels.PEER:
+            raise errors.SubscriptionError(
+                name,
+                "Peer channels are joined by the server, not subscribed",
+                status=403,
+                type="AccessDenied",
+            )
+        if kind == channels.USER:
+            # only a signed-in socket has a user channel ("None" is no id)
+            if (
+                session.user_id is None
+                or channels.USER_PREFIX + session.user_id != name
+            ):
+                raise errors.SubscriptionError(
+                    name, "Sign in as this user first", status=403, type="AccessDenied"
+                )
+        channel_data = data.get("channel_data")
+        if channels.needs_auth(name):
+            if kind == channels.PRESENCE:
+                if not isinstance(channel_data, str):
+                    raise errors.SubscriptionError(
+                        name, "Presence channels need channel_data", status=400
+                    )
+                signed = auth.channel_string(session.socket_id, name, channel_data)
+            else:
+                signed = auth.channel_string(session.socket_id, name)
+            key = auth.verify_any(app.secrets, signed, data.get("auth"))
+            if key is None:
+                raise errors.SubscriptionError(
+                    name, "Invalid signature", status=401, pusher_error=True
+                )
+            session.keys.add(key)
+        try:
+            since = since_of(data)
+        except ValueError as error:
+            raise errors.SubscriptionError(
+                name, str(error), status=400, type="InvalidSince"
+            )
+        if name in session.channels:
+            # subscribed again: it answers with the channel's state now
+            session.via_personal.discard(name)
+            state = (
+                self.presence_channels.state(app.app_id, name)
+                if kind == channels.PRESENCE
+                else {}
+            )
+            if kind != channels.PERSONAL:
+                state.update(self.recovery.position(session, name))
+            self.send(session, messages.subscription_succeeded(name, state))
+            return
+        if session.recovering and name in session.recovering:
+            return  # the answer to the first one is on its way
+        limit = app.limits["max_socket_channels"]
+        if (
+            limit
+            and len(session.channels) >= limit
+            and len(session.channels) - len(session.via_personal) >= limit
+        ):
+            # the channels a personal channel covers are the back end's
+            # choice, and do not count
+            raise errors.SubscriptionError(
+                name,
+                "Over %d channels on this socket" % limit,
+                status=429,
+                type="LimitReached",
+            )
+        if kind != channels.PERSONAL:
+            self.recovery.recover(
+                session,
+                name,
+                since,
+                lambda position, frames: self._join_recovered(
+                    session, name, channel_data, position, frames
+                ),
+            )
+            return
+        if session.loading == name:
+            return  # the answer to the first one is on its way
+        if session.loading is not None:
+            # each load reads the store: a socket waits for one before
+            # it asks for another
+            raise errors.SubscriptionError(
+                name,
+                "One personal channel load at a time",
+                status=429,
+                type="LimitReached",
+            )
+        self.personal.join(session, name)
+
+    def _join_recovered(self, session, name, channel_data, position, frames):
+        """Joins a channel that is not personal, then sends its subscription
+        data with the channel's position and, when it recovers, the events
+        the socket missed, before any live one."""
+
+        def joined():
+            if not position.get("recovered"):
+                self.delivery.replay_cache(session, name)
+            self.counts.changed(session.app, name)
+
+        if channels.kind(name) == channels.PRESENCE:
+            self.presence_channels.join(
+                session, name, channel_data, position, frames, joined
+            )
+            return
+        self.join(session, name)
+        self.send(session, messages.subscription_succeeded(name, position))
+        for frame in frames:
+            session.transport.write(frame)
+        joined()
+
+    def join(self, session, name):
+        """Puts a socket on a channel (the occupancy hears of it)."""
+        app_id = session.app.app_id
+        channel = self.registry.join(session, name)
+        self.metrics.subscribes[app_id] += 1
+
+        def counted(_count, occupied):
+            if occupied:
+                self.emit(app_id, "occupied", channel=name)
+
+        if self.observers:
+            self.occupancy.joined(app_id, name, counted)
+            self.emit(app_id, "subscribed", channel=name, socket_id=session.socket_id)
+        else:
+            self.occupancy.joined(app_id, name, _ignore)
+        return channel
+
+    def unsubscribe(self, session, name):
+        if isinstance(name, str) and name == session.loading:
+            # not joined yet: the load's answer is dropped when it comes
+            session.loading = None
+            if session.dialect == messages.PUSHI:
+                self.send(session, messages.unsubscription_succeeded(name))
+            return
+        if not isinstance(name, str) or name not in session.channels:
+            return
+        if channels.kind(name) == channels.PEER:
+            return
+        if not self.personal.uncover(session, name):
+            # not covered by the personal channel, whose stream goes on
+            self.leave(session, name)
+        if session.dialect == messages.PUSHI:
+            self.send(session, messages.unsubscription_succeeded(name))
+
+    def leave(self, session, name):
+        """Takes a socket off a channel, with what that ends there."""
+        kind = channels.kind(name)
+        if kind == channels.PERSONAL and session.personal is not None:
+            self.personal.left(session)
+        elif kind == channels.PRESENCE and name in session.members:
+            self.presence_channels.unpair(session, name, session.members[name])
+        session.via_personal.discard(name)
+        channel = self.registry.leave(session, name)
+        if channel is None:
+            return
+        app_id = session.app.app_id
+        if name in session.members:
+            self.presence_channels.leave(session, name, channel)
+
+        def counted(_count, vacated):
+            if self.observers:
+                self.emit(
+                    app_id, "unsubscribed", channel=name, socket_id=session.socket_id
+                )
+                if vacated:
+                    self.emit(app_id, "vacated", channel=name)
+            if not vacated:
+                self.counts.changed(session.app, name)
+
+        self.occupancy.left(app_id, name, counted)
+
+    # delivery
+
+    def deliver(self, event):
+        """Writes an event (a broker ``Event``) to its channels' sockets
+        here: the broker calls it, on the loop."""
+        self.delivery.deliver(event)
+
+    def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
+        """Publishes an API event through the broker (loop thread)."""
+        self.broker.publish(
+            Event(app_id, tuple(channel_names), name, data, exclude, extra)
+        )
+
+    def announce(self, event):
+        """An event published over REST, once, wherever it is delivered:
+        counted and shown to the observers."""
+        self.metrics.published[event.app_id] += len(event.channels)
+        if self.observers:
+            self.emit(
+                event.app_id,
+                "api_message",
+                channels=list(event.channels),
+                event=event.name,
+                data=event.data,
+            )
+
+    # liveness
+
+    def sweep(self, now=None):
+        """Pings silent sockets and closes those that never answered."""
+        now = time.monotonic() if now is None else now
+        self.cache.expire(now)
+        self.history.expire(now)
+        self.counts.sweep(now)
+        idle = self.config.activity_timeout
+        for session in list(self.registry.sessions.values()):
+            if session.ping_sent is not None:
+                if now - session.ping_sent > self.config.pong_timeout:
+                    session.transport.close(
+                        errors.PONG_TIMEOUT, "Pong reply not received"
+                    )
+            elif now - session.last_seen > idle:
+                session.ping_sent = now
+                self.send(session, messages.ping())
+
+    def shutdown(self):
+        """Closes every socket with 4200 (reconnect now): a graceful stop."""
+        for session in list(self.registry.sessions.values()):
+            session.transport.close(errors.GOING_AWAY, "Server shutting down")
+
+
+def _run_now(work):
+    work()
+
+
+def _nothing():
+    pass
+
+
+def _ignore(*_answer):
+    pass

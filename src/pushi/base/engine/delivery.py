@@ -1,0 +1,129 @@
+"""Delivery, the hot path: an event written to every socket of its
+channels on this process, its frame built once per channel; cache
+channels keep it, and a channel with a recovery history gives it its
+position there."""
+
+import time
+
+from pushi.proto import channels, messages
+from pushi.proto.websocket import text_frame
+
+from ..cache import Cached
+
+
+class Delivery:
+    def __init__(self, engine):
+        self.engine = engine
+        self.metrics = engine.metrics
+        self.registry = engine.registry
+        self.cache = engine.cache
+        self.history = engine.history
+
+    def deliver(self, event):
+        """Writes ``event`` (a broker ``Event``) to the sockets of its
+        channels on this process."""
+        if event.name.startswith("pusher_internal:member_"):
+            self._member(event)
+            return
+        app_id, name, data, extra = event.app_id, event.name, event.data, event.extra
+        extra = extra or {}
+        limits = self.engine.limits(app_id)
+        cached = None
+        for channel_name in event.channels:
+            if cached is None and channels.is_cache(channel_name):
+                # one publish to many channels caches its event once
+                cached = Cached(name, data, extra)
+            self.write(
+                app_id,
+                channel_name,
+                messages.event(name, channel_name, data, **extra),
+                event.exclude,
+                cached,
+                limits,
+            )
+
+    def write(self, app_id, channel_name, text, exclude, cached, limits):
+        """Writes one event's ``text`` to every socket of a channel but
+        ``exclude`` (a socket id); a cache channel keeps it as ``cached``
+        (shared by the channels of one publish), within the app's
+        ``max_cache_bytes``."""
+        frame = self._framed(app_id, channel_name, text, limits)
+        if channels.is_cache(channel_name):
+            self.cache.put(
+                app_id,
+                channel_name,
+                cached,
+                limits["max_cache_bytes"],
+                time.monotonic(),
+            )
+        channel = self.registry.channel(app_id, channel_name)
+        if channel is None:
+            return
+        sessions = channel.sessions
+        # counted once per event, not per socket
+        count = len(sessions)
+        if exclude is not None:
+            count -= self.registry.sessions.get(exclude) in sessions
+        metrics = self.metrics
+        metrics.delivered[app_id] += count
+        metrics.fan_out_bytes += len(frame) * count
+        if exclude is None:
+            for write in sessions.values():
+                write(frame)
+        else:
+            for session, write in sessions.items():
+                if session.socket_id != exclude:
+                    write(frame)
+
+    def _framed(self, app_id, channel_name, text, limits):
+        """The frame of an event on a channel: with the channel's next
+        position (``offset`` and ``epoch``) and kept for recovery, when the
+        app keeps a history; assigned once per channel, whoever receives
+        it."""
+        entry = self.history.append(
+            app_id, channel_name, text, limits, time.monotonic()
+        )
+        if entry is None:
+            return text_frame(text)
+        frame = text_frame(entry.text)
+        self.history.keep(app_id, entry, frame, limits)
+        return frame
+
+    def _member(self, event):
+        """A member event, in each subscriber's dialect (no position: it
+        is the channel's state, not one of its events)."""
+        added = event.name == "pusher_internal:member_added"
+        member = event.data
+        for name in event.channels:
+            channel = self.registry.channel(event.app_id, name)
+            if channel is None:
+                continue
+            frames = {}
+            for other in channel.sessions:
+                if other.socket_id == event.exclude:
+                    continue
+                frame = frames.get(other.dialect)
+                if frame is None:
+                    text = (
+                        messages.member_added(
+                            name, member["user_id"], member["user_info"], other.dialect
+                        )
+                        if added
+                        else messages.member_removed(
+                            name, member["user_id"], other.dialect
+                        )
+                    )
+                    frame = frames[other.dialect] = text_frame(text)
+                other.transport.write(frame)
+
+    def replay_cache(self, session, name):
+        """A new subscriber of a cache channel gets its last event, or
+        ``pusher:cache_miss``."""
+        if not channels.is_cache(name):
+            return
+        cached = self.cache.get(session.app.app_id, name, time.monotonic())
+        if cached is not None:
+            session.transport.write(cached[0].frame_for(name))
+        else:
+            self.engine.send(session, messages.event("pusher:cache_miss", name, "{}"))
+            self.engine.emit(session.app.app_id, "cache_miss", channel=name)

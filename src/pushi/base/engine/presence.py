@@ -1,0 +1,180 @@
+"""Presence channels: members by user id (through the ``Presence`` seam),
+their member events, and the peer channels between members that set
+``peer``."""
+
+from pushi.proto import channels, errors, messages
+
+from ..broker import Event
+from ..presence import Member
+
+
+class PresenceChannels:
+    def __init__(self, engine):
+        self.engine = engine
+        self.registry = engine.registry
+        self.presence = engine.presence
+
+    def member_of(self, session, name, channel_data):
+        """The ``(user_id, Member)`` that ``channel_data`` names, or a
+        ``SubscriptionError``."""
+        limits = session.app.limits
+        try:
+            member = messages.loads(channel_data)
+        except ValueError:
+            raise errors.SubscriptionError(name, "channel_data is not JSON", status=400)
+        if not isinstance(member, dict) or member.get("user_id") in (None, ""):
+            raise errors.SubscriptionError(
+                name, "channel_data needs a user_id", status=400
+            )
+        user_id = member["user_id"]
+        if isinstance(user_id, bool) or not isinstance(user_id, (str, int, float)):
+            raise errors.SubscriptionError(name, "user_id must be a string", status=400)
+        user_id = str(user_id)
+        if len(user_id) > limits["max_user_id"]:
+            raise errors.SubscriptionError(name, "user_id is too long", status=400)
+        user_info = member.get("user_info")
+        if len(messages.dumps(user_info)) > limits["max_user_info"]:
+            raise errors.SubscriptionError(
+                name,
+                "user_info over %d bytes" % limits["max_user_info"],
+                status=413,
+                type="LimitReached",
+            )
+        return user_id, Member(user_info, member.get("peer") is True)
+
+    def join(self, session, name, channel_data, position=None, frames=(), then=None):
+        """Joins a presence channel as the member ``channel_data`` names;
+        its subscription data carries the members and ``position`` (see
+        ``Recovery``), then the recovered ``frames`` follow, then
+        ``then()`` runs.  A full channel refuses the socket."""
+        app = session.app
+        user_id, member = self.member_of(session, name, channel_data)
+        limit = app.limits["max_presence_members"]
+
+        def joined(answer):
+            engine = self.engine
+            if answer is None:
+                engine.refuse(
+                    session,
+                    errors.SubscriptionError(
+                        name,
+                        "Over %d members" % limit,
+                        status=403,
+                        type="LimitReached",
+                    ),
+                )
+                return
+            if session.closed or name in session.channels:
+                self.presence.leave(app.app_id, name, user_id, _ignore)
+                return
+            session.members[name] = user_id
+            channel = engine.join(session, name)
+            self.registry.add_member(channel, session, user_id)
+            state = self.state_of(answer.members)
+            if position:
+                state.update(position)
+            engine.send(session, messages.subscription_succeeded(name, state))
+            for frame in frames:
+                session.transport.write(frame)
+            if member.peer:
+                self._pair(session, answer.members, name, user_id, answer.new)
+            if answer.new:
+                engine.broker.send(
+                    Event(
+                        app.app_id,
+                        (name,),
+                        "pusher_internal:member_added",
+                        {"user_id": user_id, "user_info": member.user_info},
+                        exclude=session.socket_id,
+                    )
+                )
+                engine.emit(app.app_id, "member_added", channel=name, user_id=user_id)
+            if then is not None:
+                then()
+
+        self.presence.join(app.app_id, name, user_id, member, limit, joined)
+
+    def state(self, app_id, name):
+        """Subscription data of a presence channel (see ``state_of``)."""
+        return self.state_of(self.presence.members(app_id, name))
+
+    @staticmethod
+    def state_of(members):
+        """Subscription data: the members in Pusher's and Pushi's shapes."""
+        hash = {user_id: member.user_info for user_id, member in members.items()}
+        return {
+            "presence": {"ids": list(hash), "hash": hash, "count": len(hash)},
+            "members": hash,
+        }
+
+    def leave(self, session, name, channel):
+        """A socket left presence channel ``name`` (``channel``, its
+        registry entry): the member leaves with the user's last socket."""
+        app_id = session.app.app_id
+        user_id = session.members.pop(name)
+        self.registry.remove_member(channel, session, user_id)
+
+        def left(gone):
+            if not gone:
+                return
+            self.engine.broker.send(
+                Event(
+                    app_id,
+                    (name,),
+                    "pusher_internal:member_removed",
+                    {"user_id": user_id},
+                )
+            )
+            self.engine.emit(app_id, "member_removed", channel=name, user_id=user_id)
+
+        self.presence.leave(app_id, name, user_id, left)
+
+    # peer channels: every pair of presence members that set "peer"
+
+    def _pair(self, session, members, name, user_id, new):
+        """Joins a peer member's socket (and, for a new member, the other
+        peers' sockets here) to the ``peer-<base>:<a>&<b>`` channels."""
+        engine = self.engine
+        base = channels.presence_base(name)
+        local = self.registry.channel(session.app.app_id, name)
+        for other_id, other in members.items():
+            if other_id == user_id or not other.peer:
+                continue
+            peer_name = channels.peer_name(base, user_id, other_id)
+            if not channels.is_valid(peer_name, session.app.limits["max_channel_name"]):
+                continue
+            sockets = [session]
+            if new and local is not None:
+                sockets += local.members.get(other_id, ())
+            for peer_session in sockets:
+                if peer_name not in peer_session.channels:
+                    engine.join(peer_session, peer_name)
+                    engine.send(
+                        peer_session, messages.subscription_succeeded(peer_name, {})
+                    )
+
+    def unpair(self, session, presence_name, user_id):
+        """Takes a socket leaving a presence channel off its peer channels
+        there; when it was the user's last socket, the peer channels of
+        that user close for the other peers too."""
+        engine = self.engine
+        channel = self.registry.channel(session.app.app_id, presence_name)
+        sockets = channel.members.get(user_id, ()) if channel else ()
+        last = list(sockets) in ([], [session])
+        prefix = "peer-%s:" % channels.presence_base(presence_name)
+        for name in [name for name in session.channels if name.startswith(prefix)]:
+            users = channels.peer_users(name)
+            if users is None or user_id not in users:
+                continue
+            peer_channel = self.registry.channel(session.app.app_id, name)
+            leaving = (
+                list(peer_channel.sessions) if last and peer_channel else [session]
+            )
+            for peer_session in leaving:
+                engine.leave(peer_session, name)
+                if peer_session.dialect == messages.PUSHI:
+                    engine.send(peer_session, messages.unsubscription_succeeded(name))
+
+
+def _ignore(_answer):
+    pass

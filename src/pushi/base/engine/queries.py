@@ -1,0 +1,109 @@
+"""What the REST API asks of the live state, and what it changes there
+(loop thread, through ``State.call_in_loop``)."""
+
+import time
+
+from pushi.proto import channels, errors
+
+
+class Queries:
+    def __init__(self, engine):
+        self.engine = engine
+        self.registry = engine.registry
+        self.occupancy = engine.occupancy
+        self.presence = engine.presence
+
+    def channel_info(self, app_id, name, info=()):
+        """The ``info`` attributes a channel has: ``user_count`` for
+        presence channels, ``subscription_count`` for the others (presence
+        channels count users, as on Pusher), ``cache`` for cache channels;
+        an attribute the channel does not have is left out."""
+        count = self.occupancy.count(app_id, name)
+        kind = channels.kind(name)
+        result = {"occupied": count > 0}
+        if "subscription_count" in info and kind != channels.PRESENCE:
+            result["subscription_count"] = count
+        if "user_count" in info and kind == channels.PRESENCE:
+            result["user_count"] = len(self.presence.members(app_id, name))
+        if "cache" in info and channels.is_cache(name):
+            now = time.monotonic()
+            cached = self.engine.cache.get(app_id, name, now)
+            # asked and nothing cached: present, as null
+            result["cache"] = (
+                None
+                if cached is None
+                else dict(cached[0].event(), ttl=int(cached[1] - now))
+            )
+        return result
+
+    def app_stats(self, app_id):
+        """An app's counters: open connections, occupied channels, and
+        what its cache channels hold (entries, bytes, the bound) and have
+        evicted to stay within it."""
+        engine = self.engine
+        limits = engine.limits(app_id)
+        cache = engine.cache.stats(app_id)
+        cache["max_bytes"] = limits["max_cache_bytes"]
+        recovery = engine.history.stats(app_id)
+        recovery["max_bytes"] = limits["max_recovery_bytes"]
+        return {
+            "connections": self.occupancy.connections(app_id),
+            "channels": len(self.occupancy.channels(app_id)),
+            "cache": cache,
+            "recovery": recovery,
+        }
+
+    def list_channels(self, app_id, prefix="", info=()):
+        result = {}
+        for name, count in self.occupancy.channels(app_id).items():
+            if not name.startswith(prefix):
+                continue
+            entry = {}
+            presence = channels.kind(name) == channels.PRESENCE
+            if "user_count" in info and presence:
+                entry["user_count"] = len(self.presence.members(app_id, name))
+            if "subscription_count" in info and not presence:
+                entry["subscription_count"] = count
+            result[name] = entry
+        return result
+
+    def channel_users(self, app_id, name):
+        return [{"id": user_id} for user_id in self.presence.members(app_id, name)]
+
+    def terminate_user(self, app_id, user_id):
+        sessions = self.registry.user_sessions(app_id, user_id)
+        for session in sessions:
+            self.engine.drop(session, errors.UNAUTHORIZED, "Connections terminated")
+        return len(sessions)
+
+    def update_app(self, app):
+        """Points the sockets of an app at its new settings, or closes them
+        (4003) when it is disabled, and (4009) those that rely on a key the
+        app no longer holds."""
+        engine = self.engine
+        sessions = [
+            session
+            for session in self.registry.sessions.values()
+            if session.app.app_id == app.app_id
+        ]
+        engine.cache.trim(app.app_id, app.limits["max_cache_bytes"])
+        engine.history.trim(app.app_id, app.limits)
+        for session in sessions:
+            session.app = app
+            if not app.enabled:
+                engine.drop(session, errors.APP_DISABLED, "App disabled")
+            elif not session.keys.issubset(app.secrets):
+                engine.drop(session, errors.UNAUTHORIZED, "App key revoked")
+
+    def sockets(self, app_id):
+        return [
+            {
+                "socket_id": session.socket_id,
+                "dialect": session.dialect,
+                "address": session.address,
+                "channels": list(session.channels),
+                "user_id": session.user_id,
+            }
+            for session in self.registry.sessions.values()
+            if session.app.app_id == app_id
+        ]

@@ -1,0 +1,113 @@
+"""Recovery: what a socket that comes back missed on a channel, from the
+channel's history (see ``history``) or, by ``mid``, from the store."""
+
+import time
+
+from pushi.proto import errors, messages
+from pushi.proto.websocket import text_frame
+
+from ..history import frame_message
+from ..limits import MAX_LATEST
+
+MAX_RECOVERING = 10
+""" A socket's recoveries reading the store at once; past them a recovery
+says what it cannot recover without reading the store """
+
+
+class Recovery:
+    def __init__(self, engine):
+        self.engine = engine
+        self.history = engine.history
+
+    def position(self, session, name):
+        """The channel's position for its subscription data (none when the
+        app keeps no history)."""
+        app = session.app
+        current = self.history.position(app.app_id, name, app.limits, time.monotonic())
+        return {} if current is None else {"epoch": current[0], "offset": current[1]}
+
+    def recover(self, session, name, since, then):
+        """``then(position, frames)``: the channel's position and, for a
+        ``since`` (epoch, offset, mid), whether the events after it are
+        recovered (``recovered``, else a ``reason``) and their frames.
+        What the history lacks is read from the store first, by ``mid``:
+        ``then`` runs when the read is done."""
+        app = session.app
+        position = self.position(session, name)
+        if since is None:
+            then(position, ())
+            return
+        epoch, offset, mid = since
+        recovered, frames = self.history.recover(
+            app.app_id, name, epoch, offset, app.limits, time.monotonic()
+        )
+        if recovered:
+            position["recovered"] = True
+            then(position, frames)
+            return
+        position["recovered"] = False
+        position["reason"] = frames
+        engine = self.engine
+        if (
+            mid is None
+            or "epoch" not in position
+            or engine.store is None
+            or engine.offload is None
+            or len(session.recovering or ()) >= MAX_RECOVERING
+        ):
+            then(position, ())
+            return
+        self._from_store(session, name, mid, position, then)
+
+    def _from_store(self, session, name, mid, position, then):
+        """Reads the stored events of a channel after ``mid`` off the loop,
+        then hands them on (``"store": true`` in the subscription data),
+        followed by those delivered during the read (each once: a stored
+        one the read found is not sent again)."""
+        engine = self.engine
+        app = session.app
+        store = engine.store
+        if session.recovering is None:
+            session.recovering = set()
+        session.recovering.add(name)
+        # what the channel delivers from now on, whatever the history drops
+        tapped = self.history.tap(app.app_id, name, app.limits)
+
+        def read():
+            events = store.get_events(app.app_id, [name], 0, MAX_LATEST)
+            return [event for event in reversed(events) if event["mid"] > mid]
+
+        def answer(events):
+            session.recovering.discard(name)
+            self.history.untap(app.app_id, name, tapped)
+            if session.closed or name in session.channels:
+                return
+            frames = []
+            mids = set()
+            if events is not None:
+                position["store"] = True
+                for event in events:
+                    mids.add(event["mid"])
+                    frames.append(
+                        text_frame(
+                            messages.event(
+                                event["event"],
+                                name,
+                                event["data"],
+                                mid=event["mid"],
+                                timestamp=event["timestamp"],
+                                user_id=event.get("user_id"),
+                            )
+                        )
+                    )
+            for entry in tapped:
+                if not mids or frame_message(entry.frame).get("mid") not in mids:
+                    frames.append(entry.frame)
+            # the events delivered until now are all in ``tapped``
+            position.update(self.position(session, name))
+            try:
+                then(position, frames)
+            except errors.SubscriptionError as error:
+                engine.refuse(session, error)
+
+        engine.offload(read, answer)

@@ -1,0 +1,67 @@
+"""The occupancy seam: how many sockets are on each channel and each app.
+
+The engine tells it each socket that joins or leaves a channel and each
+that connects or goes; it answers with the new count and whether the
+channel became occupied (its first subscriber) or vacated (its last left),
+counted over every socket of the server.  Exactly one join sees a
+channel's ``occupied`` and one leave its ``vacated``, which is what fires
+their webhooks once.  Answers come to a continuation (``then``) so that a
+twin over shared state (Redis) may answer later, on the loop.
+
+``LocalOccupancy`` is the twin for one process: the registry already
+counts this process's sockets, so it reads them there.
+
+Ownership: loop thread only.
+"""
+
+from typing import Callable, Protocol
+
+
+class Occupancy(Protocol):
+    def joined(
+        self, app_id: str, channel: str, then: Callable[[int, bool], None]
+    ) -> None:
+        """A socket joined ``channel``: ``then(count, occupied)``."""
+
+    def left(
+        self, app_id: str, channel: str, then: Callable[[int, bool], None]
+    ) -> None:
+        """A socket left ``channel``: ``then(count, vacated)``."""
+
+    def count(self, app_id: str, channel: str) -> int:
+        """The sockets on a channel."""
+
+    def channels(self, app_id: str) -> dict[str, int]:
+        """The occupied channels of an app, with their counts."""
+
+    def connections(self, app_id: str) -> int:
+        """The open sockets of an app."""
+
+
+class LocalOccupancy:
+    """Occupancy of this process, read from its registry (which has
+    counted the join or leave before it is told)."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def joined(self, app_id, channel, then):
+        count = self.count(app_id, channel)
+        then(count, count == 1)
+
+    def left(self, app_id, channel, then):
+        count = self.count(app_id, channel)
+        then(count, count == 0)
+
+    def count(self, app_id, channel):
+        found = self.registry.channel(app_id, channel)
+        return len(found.sessions) if found is not None else 0
+
+    def channels(self, app_id):
+        return {
+            name: len(channel.sessions)
+            for name, channel in self.registry.channels(app_id).items()
+        }
+
+    def connections(self, app_id):
+        return self.registry.app_count(app_id)

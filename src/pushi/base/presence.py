@@ -1,0 +1,101 @@
+"""The presence seam: who is on each presence channel, one member per user.
+
+A presence channel has one member per ``user_id`` however many sockets
+the user has there (on this process or, in a cluster, on any node): the
+member arrives with the user's first socket and leaves with the last.
+``join`` and ``leave`` decide that, and whether a channel is full,
+atomically for every socket of the server; their answer comes to a
+continuation (``then``) so that a twin over shared state (Redis) may
+answer later, on the loop.  ``LocalPresence`` is the twin for one
+process: it answers at once.
+
+Which of this process's sockets belong to a member (for peer channels) is
+the registry's (``Channel.members``); this seam holds the members.
+
+Ownership: loop thread only.
+"""
+
+from typing import Any, Callable, NamedTuple, Protocol
+
+
+class Member(NamedTuple):
+    """A presence member as the channel knows it."""
+
+    user_info: Any
+    peer: bool
+
+
+class Joined(NamedTuple):
+    """The answer to a join: ``new`` when the user was not a member yet,
+    and the channel's members with it (user id to ``Member``)."""
+
+    new: bool
+    members: dict[str, Member]
+
+
+class Presence(Protocol):
+    def join(
+        self,
+        app_id: str,
+        channel: str,
+        user_id: str,
+        member: Member,
+        limit: int,
+        then: Callable[[Joined | None], None],
+    ) -> None:
+        """Adds one socket of ``user_id`` to ``channel``; ``then(None)``
+        when the user is not a member and the channel already has
+        ``limit`` members (0: no limit)."""
+
+    def leave(
+        self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
+    ) -> None:
+        """Takes one socket of ``user_id`` off ``channel``; ``then(True)``
+        when it was the user's last (the member left)."""
+
+    def members(self, app_id: str, channel: str) -> dict[str, Member]:
+        """The members of a channel, by user id."""
+
+
+class LocalPresence:
+    """The members of this process's presence channels."""
+
+    def __init__(self):
+        # (app_id, channel) -> user_id -> [Member, sockets]
+        self.channels: dict[tuple[str, str], dict[str, list]] = {}
+
+    def join(self, app_id, channel, user_id, member, limit, then):
+        members = self.channels.setdefault((app_id, channel), {})
+        entry = members.get(user_id)
+        if entry is None:
+            if limit and len(members) >= limit:
+                if not members:
+                    del self.channels[(app_id, channel)]
+                then(None)
+                return
+            entry = members[user_id] = [member, 0]
+        entry[1] += 1
+        then(Joined(entry[1] == 1, self._view(members)))
+
+    def leave(self, app_id, channel, user_id, then):
+        key = (app_id, channel)
+        members = self.channels.get(key, {})
+        entry = members.get(user_id)
+        if entry is None:
+            then(False)
+            return
+        entry[1] -= 1
+        if entry[1]:
+            then(False)
+            return
+        del members[user_id]
+        if not members:
+            del self.channels[key]
+        then(True)
+
+    def members(self, app_id, channel):
+        return self._view(self.channels.get((app_id, channel), {}))
+
+    @staticmethod
+    def _view(members):
+        return {user_id: entry[0] for user_id, entry in members.items()}
