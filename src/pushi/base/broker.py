@@ -56,6 +56,16 @@ class Broker(Protocol):
     def send(self, event: Event) -> None:
         """Delivers ``event`` emitted on the loop."""
 
+    def listen(
+        self, app_id: str, channel: str, then: Callable[[Exception | None], None]
+    ) -> None:
+        """Brings this process the events of ``channel`` from now on, for
+        its first subscriber here: ``then(None)`` once they come, or
+        ``then(error)`` (loop thread)."""
+
+    def unlisten(self, app_id: str, channel: str) -> None:
+        """The channel's last subscriber here left (loop thread)."""
+
 
 class LocalBroker:
     """In-process broker: a bounded queue drained on the loop thread."""
@@ -87,6 +97,15 @@ class LocalBroker:
     def send(self, event):
         """Delivers ``event`` at once: the loop already runs."""
         self._deliver(event)
+
+    @staticmethod
+    def listen(app_id, channel, then):
+        """Every event of this process comes here: at once."""
+        then(None)
+
+    @staticmethod
+    def unlisten(app_id, channel):
+        pass
 
     def _drain(self):
         # cleared before draining: an event queued from now on schedules a

@@ -48,6 +48,7 @@ class Session:
         "reading",
         "loading",
         "recovering",
+        "listening",
         "sending",
         "closed",
     )
@@ -82,6 +83,7 @@ class Session:
         self.reading = False
         self.loading = None
         self.recovering = None
+        self.listening = None
         self.sending = None
         self.closed = False
 

@@ -314,7 +314,9 @@ class Engine:
                 state.update(self.recovery.position(session, name))
             self.send(session, messages.subscription_succeeded(name, state))
             return
-        if session.recovering and name in session.recovering:
+        if (session.recovering and name in session.recovering) or (
+            session.listening and name in session.listening
+        ):
             return  # the answer to the first one is on its way
         limit = app.limits["max_socket_channels"]
         if (
@@ -331,14 +333,7 @@ class Engine:
                 type="LimitReached",
             )
         if kind != channels.PERSONAL:
-            self.recovery.recover(
-                session,
-                name,
-                since,
-                lambda position, frames: self._join_recovered(
-                    session, name, channel_data, position, frames
-                ),
-            )
+            self._listen(session, name, channel_data, since)
             return
         if session.loading == name:
             return  # the answer to the first one is on its way
@@ -352,6 +347,37 @@ class Engine:
                 type="LimitReached",
             )
         self.personal.join(session, name)
+
+    def _listen(self, session, name, channel_data, since):
+        """Has the broker bring this process the channel's events (at once
+        when it already does), then recovers what the socket missed and
+        joins it."""
+        if session.listening is None:
+            session.listening = set()
+        session.listening.add(name)
+
+        def listening(error):
+            session.listening.discard(name)
+            if session.closed or name in session.channels:
+                return
+            if error is not None:
+                self.refuse(
+                    session,
+                    errors.SubscriptionError(
+                        name, "Server unavailable: retry shortly", status=503
+                    ),
+                )
+                return
+            self.recovery.recover(
+                session,
+                name,
+                since,
+                lambda position, frames: self._join_recovered(
+                    session, name, channel_data, position, frames
+                ),
+            )
+
+        self.broker.listen(session.app.app_id, name, listening)
 
     def _join_recovered(self, session, name, channel_data, position, frames):
         """Joins a channel that is not personal, then sends its subscription
@@ -379,6 +405,9 @@ class Engine:
         app_id = session.app.app_id
         channel = self.registry.join(session, name)
         self.metrics.subscribes[app_id] += 1
+        if len(channel.sessions) == 1:
+            # the first socket here: the broker brings the channel's events
+            self.broker.listen(app_id, name, _ignore)
 
         def counted(_count, occupied):
             if occupied:
@@ -420,6 +449,8 @@ class Engine:
         if channel is None:
             return
         app_id = session.app.app_id
+        if not channel.sessions:
+            self.broker.unlisten(app_id, name)
         if name in session.members:
             self.presence_channels.leave(session, name, channel)
 
