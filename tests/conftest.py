@@ -34,3 +34,15 @@ def store_mongo_emulator():
 
     with MongoEmulator() as emulator:
         yield emulator
+
+
+@pytest.fixture
+def redis_server():
+    """A real ``redis-server`` (no persistence) on a free port for one
+    test, stopped after it; skipped without Redis unless CI is set."""
+    from redis_support import RedisServer, require_redis
+
+    require_redis()
+    instance = RedisServer().start()
+    yield instance
+    instance.close()
