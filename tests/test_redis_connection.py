@@ -60,7 +60,9 @@ class Hooks:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no %s within %ss; saw %r" % (name, timeout, self.seen))
+                raise AssertionError(
+                    "no %s within %ss; saw %r" % (name, timeout, self.seen)
+                )
             try:
                 event = self.events.get(timeout=left)
             except queue.Empty:
@@ -155,8 +157,11 @@ def test_a_thousand_pipelined_commands_are_answered_in_order(
     assert up[1] == redis_server.client().info("server")["run_id"]
     commands = [("INCR", "counter") for _ in range(1000)]
     commands[500] = ("SET", "other", "x")
+    writes = state.call_in_loop(lambda: client.writes)
     replies, returned = calls(state, client, *commands)
     assert all(returned)
+    # issued in one turn, sent in one write
+    assert state.call_in_loop(lambda: client.writes) == writes + 1
     expected = list(range(1, 1000))
     assert replies[:500] == expected[:500]
     assert replies[500] == b"OK"
@@ -437,7 +442,9 @@ def test_auth_with_the_password_works_and_a_wrong_one_says_so(state, clients):
 
 
 def test_select_picks_the_database(state, clients, redis_server):
-    client, hooks = clients(Redis, "redis://127.0.0.1:%d/3" % redis_server.port)
+    """(By a name: ``localhost`` may also be ::1, where Redis does not
+    listen; the next attempt takes the next address.)"""
+    client, hooks = clients(Redis, "redis://localhost:%d/3" % redis_server.port)
     hooks.wait("up")
     calls(state, client, ("SET", "in-three", "yes"))
     import redis

@@ -284,6 +284,10 @@ class _Link:
         self._closed = False
         self._reported = False
         self._generation = 0
+        self._attempts = -1
+        self.writes = 0
+        """ Writes (``send`` calls) so far: one per loop turn that has
+        commands, more only when the socket's buffer is full """
 
     # life cycle
 
@@ -305,15 +309,19 @@ class _Link:
         if self._closed:
             return
         self._generation += 1
+        self._attempts += 1
         generation = self._generation
         address = self.address
         try:
             if address["path"]:
                 family, target = socket.AF_UNIX, address["path"]
             else:
-                info = socket.getaddrinfo(
+                infos = socket.getaddrinfo(
                     address["host"], address["port"], type=socket.SOCK_STREAM
-                )[0]
+                )
+                # each attempt tries the next address (a name may have an
+                # IPv6 and an IPv4 one, Redis listening on one of them)
+                info = infos[self._attempts % len(infos)]
                 family, target = info[0], info[4]
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as error:
@@ -398,6 +406,8 @@ class _Link:
         self.up = True
         self.connections += 1
         self._backoff = self.backoff_min
+        # the next connection starts with this address
+        self._attempts -= 1
         self.last_error = None
         if self._reported:
             logger.warning(
@@ -483,6 +493,7 @@ class _Link:
         out = self._out
         while out:
             try:
+                self.writes += 1
                 sent = self._sock.send(out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
@@ -764,6 +775,10 @@ class Subscriber(_Link):
         channel = _bytes(channel)
         if self._channels.pop(channel, None) is None:
             return
+        if self._resubscribing is not None and channel in self._resubscribing:
+            self._resubscribing.discard(channel)
+            self._resubscribed.remove(channel)
+            self._resubscribe_done()
         for call in self._pending:
             if call.kind == "subscribe" and call.extra == channel and call.callback:
                 callback, call.callback = call.callback, None
