@@ -451,3 +451,22 @@ def test_select_picks_the_database(state, clients, redis_server):
 
     assert redis.Redis(port=redis_server.port, db=3).get("in-three") == b"yes"
     assert redis_server.client().get("in-three") is None
+
+
+def test_a_client_started_before_redis_reports_down_then_connects(state, clients):
+    """A node may start before its Redis: down at once (calls fail), up by
+    itself once Redis listens."""
+    require_redis()
+    server = RedisServer()
+    try:
+        client, hooks = clients(Redis, server.url)
+        down = hooks.wait("down")
+        assert isinstance(down[1], ConnectionDown)
+        assert "refused" in str(down[1]).lower()
+        replies, returned = calls(state, client, ("PING",))
+        assert returned == [False] and isinstance(replies[0], ConnectionDown)
+        server.start()
+        hooks.wait("up", timeout=15)
+        assert calls(state, client, ("PING",))[0] == [b"PONG"]
+    finally:
+        server.close()

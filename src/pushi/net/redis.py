@@ -335,8 +335,9 @@ class _Link:
         self._reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_NO_REPLY)
         self._connecting = True
         self._connect_deadline = time.monotonic() + self.timeout
-        self.loop.watch(sock, lambda event: self._on_event(generation, event))
         code = sock.connect_ex(target)
+        # watched once connecting: an unconnected socket reads as hung up
+        self.loop.watch(sock, lambda event: self._on_event(generation, event))
         if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
             self.loop.want_write(sock, True)
             self._arm()
