@@ -284,6 +284,7 @@ class _Link:
         self._closed = False
         self._reported = False
         self._generation = 0
+        self._last_seen = 0
         self._attempts = -1
         self.writes = 0
         """ Writes (``send`` calls) so far: one per loop turn that has
@@ -514,6 +515,7 @@ class _Link:
     # reads
 
     def _read(self):
+        self._last_seen = time.monotonic()
         budget = READ_BUDGET
         generation = self._generation
         while budget > 0:
@@ -739,7 +741,6 @@ class Subscriber(_Link):
         """ Probes that found the connection deaf (and reconnected it) """
         self._channels = {}
         # channel -> True once confirmed, False while awaited
-        self._last_seen = 0
         self._probe_timer = None
         self._probe_token = None
         self._probe_deadline = 0
@@ -839,7 +840,6 @@ class Subscriber(_Link):
             self._probe_timer = None
 
     def _reply(self, reply):
-        self._last_seen = time.monotonic()
         if isinstance(reply, list) and reply:
             kind = reply[0]
             if kind == b"message":
