@@ -470,3 +470,46 @@ def test_a_client_started_before_redis_reports_down_then_connects(state, clients
         assert calls(state, client, ("PING",))[0] == [b"PONG"]
     finally:
         server.close()
+
+
+def test_a_channel_let_go_while_subscriptions_are_made_again(
+    state, clients, redis_server
+):
+    """``on_resubscribed`` lists the channels made again, even when one
+    is unsubscribed before Redis confirmed it again (here from ``on_up``,
+    which runs before any confirmation can arrive)."""
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    holder = {}
+
+    class LetGo(Hooks):
+        def hook(self, name):
+            record = Hooks.hook(self, name)
+            if name != "up":
+                return record
+
+            def up(run_id):
+                if holder["subscriber"].connections > 1:
+                    holder["subscriber"].unsubscribe("a")
+                record(run_id)
+
+            return up
+
+    try:
+        hooks = LetGo()
+        subscriber, _ = clients(
+            Subscriber,
+            proxy.url(),
+            hooks=hooks,
+            on_message=hooks.hook("message"),
+            on_resubscribed=hooks.hook("resubscribed"),
+        )
+        holder["subscriber"] = subscriber
+        hooks.wait("up")
+        for channel in ("a", "b"):
+            state.call_in_loop(subscriber.subscribe, channel, hooks.hook("confirmed"))
+            hooks.wait("confirmed")
+        proxy.cut()
+        assert hooks.wait("resubscribed", timeout=15) == ("resubscribed", [b"b"])
+        assert state.call_in_loop(lambda: subscriber.channels) == [b"b"]
+    finally:
+        proxy.close()
