@@ -16,6 +16,9 @@ starts a reconnection with back-off.
 The hostname of a ``redis://`` URL is resolved with a blocking lookup at
 each connection attempt: give an address (or a name ``/etc/hosts``
 answers) where the loop must never wait on DNS.
+
+Loop thread only: another thread hands work over with the State's
+``call_soon``.  ``close()`` a client before its loop stops.
 """
 
 import collections
@@ -731,9 +734,9 @@ class Subscriber(_Link):
     ):
         _Link.__init__(self, url, loop, **kwargs)
         self.commands = commands
-        self.probe_channel = (
+        self.probe_channel = _bytes(
             probe_channel or "pushi:probe:%s" % os.urandom(8).hex()
-        ).encode()
+        )
         self.probe_interval = probe_interval
         self.on_message = on_message
         self.on_resubscribed = on_resubscribed
