@@ -18,9 +18,10 @@ class Session:
     the channels it is on only through its ``personal-<user_id>`` channel,
     and ``personal`` the set of channels that personal channel covers.
     ``reading`` is true while its ``pusher:latest`` is read, ``loading``
-    the personal channel it is loading, ``recovering`` the channels whose
-    recovery reads the store, ``sending`` its sends waiting for
-    the store (with those queued behind them, see ``Engine.client_event``).
+    the personal channel it is loading, ``listening`` the channels it
+    waits for the broker to bring, ``recovering`` the channels whose
+    recovery reads the store, ``sending`` its sends waiting for the store
+    (with those queued behind them, see ``engine/stored``).
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)`` and ``pinged()`` (False once the socket pings
     too often, which closes it).  ``keys`` are the app keys the socket
