@@ -73,6 +73,9 @@ class Engine:
         metrics=None,
         history=None,
         broker=None,
+        presence=None,
+        occupancy=None,
+        users=None,
     ):
         self.config = config
         # counted on the loop, read by scrapes (``base/metrics``)
@@ -91,9 +94,9 @@ class Engine:
         self.broker = broker or LocalBroker(
             _run_now, self.deliver, _nothing, announce=self.announce
         )
-        self.presence = LocalPresence()
-        self.occupancy = LocalOccupancy(self.registry)
-        self.users = LocalUsers(self.registry)
+        self.presence = presence or LocalPresence()
+        self.occupancy = occupancy or LocalOccupancy(self.registry)
+        self.users = users or LocalUsers(self.registry)
         self.cache = Cache()
         # the channels' recent events and positions, for recovery
         self.history = history if history is not None else MemoryHistory()
