@@ -5,36 +5,59 @@ the immutable in-memory view of an app that the loop and the REST side
 share (replaced, never mutated, when the app changes).
 """
 
+import dataclasses
+
 from .webhooks import check_hooks
 
-DEFAULTS = {
-    "max_event_data": 10240,
-    "max_publish_channels": 100,
-    "max_batch": 10,
-    "max_event_name": 200,
-    "max_channel_name": 164,
-    "max_socket_channels": 1000,
-    "max_presence_members": 100,
-    "max_user_info": 1024,
-    "max_user_id": 128,
-    "client_event_rate": 10,
-    "max_connections": 0,
-    "max_connections_per_second": 0,
-    "max_backend_events_per_second": 0,
-    "max_read_requests_per_second": 0,
-    "allowed_origins": [],
-    "latest_count": 10,
-    "retention_count": 0,
-    "retention_age": 0,
-    "webhooks": [],
-    "subscription_count_events": False,
-    "watchlist_events": False,
-    "max_watchlist": 100,
-    "max_cache_bytes": 1048576,
-    "recovery_history": 100,
-    "recovery_ttl": 300,
-    "max_recovery_bytes": 4194304,
-}
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """An app's settings: ``DEFAULTS`` overridden by its record's
+    ``settings`` (checked by ``check_settings``)."""
+
+    max_event_data: int = 10240
+    max_publish_channels: int = 100
+    max_batch: int = 10
+    max_event_name: int = 200
+    max_channel_name: int = 164
+    max_socket_channels: int = 1000
+    max_presence_members: int = 100
+    max_user_info: int = 1024
+    max_user_id: int = 128
+    client_event_rate: int = 10
+    max_connections: int = 0
+    max_connections_per_second: int = 0
+    max_backend_events_per_second: int = 0
+    max_read_requests_per_second: int = 0
+    allowed_origins: list = dataclasses.field(default_factory=list)
+    latest_count: int = 10
+    retention_count: int = 0
+    retention_age: int = 0
+    webhooks: list = dataclasses.field(default_factory=list)
+    subscription_count_events: bool = False
+    watchlist_events: bool = False
+    max_watchlist: int = 100
+    max_cache_bytes: int = 1048576
+    recovery_history: int = 100
+    recovery_ttl: int = 300
+    max_recovery_bytes: int = 4194304
+
+    def __getitem__(self, name):
+        return getattr(self, name)
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)
+
+    def settings(self):
+        """Every setting by name (a new dict)."""
+        return dataclasses.asdict(self)
+
+
+DEFAULT_LIMITS = Limits()
+""" The limits of an app whose record changes none """
+
+DEFAULTS = DEFAULT_LIMITS.settings()
+""" Every setting's default, by name """
 
 MAX_SETTING = 2**31 - 1
 """ The largest value of a number setting (0 is the least) """
@@ -134,9 +157,7 @@ class App:
         }
         self.enabled = record.get("enabled", True)
         self.client_events = record.get("client_events", False)
-        limits = dict(DEFAULTS)
-        limits.update(record.get("settings") or {})
-        self.limits = limits
+        self.limits = Limits(**(record.get("settings") or {}))
 
     @property
     def signing_key(self):
@@ -151,7 +172,7 @@ class App:
         record = dict(self.record)
         record.pop("secret", None)
         record["keys"] = public_keys(record.get("keys") or [record])
-        record["settings"] = dict(self.limits)
+        record["settings"] = self.limits.settings()
         return record
 
 

@@ -32,7 +32,7 @@ from .. import registry
 from ..broker import Event, LocalBroker
 from ..cache import TTL as CACHE_TTL, Cache
 from ..history import MemoryHistory, since_of
-from ..limits import DEFAULTS
+from ..limits import DEFAULT_LIMITS
 from ..metrics import Metrics
 from ..occupancy import LocalOccupancy
 from ..presence import LocalPresence
@@ -132,7 +132,7 @@ class Engine:
         """An app's limits (the defaults for an app the directory does not
         know)."""
         app = self.apps.by_id(app_id) if self.apps is not None else None
-        return app.limits if app else DEFAULTS
+        return app.limits if app else DEFAULT_LIMITS
 
     # connection life
 
