@@ -24,6 +24,7 @@ Ownership: runs on the loop thread only, like the engine it drives.
 """
 
 import collections
+import enum
 import logging
 import re
 import time
@@ -41,7 +42,18 @@ _PUSHER_PATH = re.compile(r"^/app/([A-Za-z0-9_\-.]+)/?\Z")
 _PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?\Z")
 _CONSOLE_PATH = re.compile(r"^/console/?\Z")
 
-HANDSHAKE, WAITING, OPEN, CLOSING = range(4)
+
+
+class Phase(enum.Enum):
+    """Where a connection is in its life."""
+
+    HANDSHAKE = "handshake"  # reading the upgrade request
+    WAITING = "waiting"  # upgraded: its app is looked up (or it is refused)
+    OPEN = "open"  # frames flow to and from the engine
+    CLOSING = "closing"  # the close is on its way; nothing more is read
+
+
+HANDSHAKE, WAITING, OPEN, CLOSING = Phase
 
 HANDSHAKE_TIMEOUT = 10
 """ Seconds a new connection has to complete its WebSocket upgrade """
