@@ -226,7 +226,7 @@ def _refuse_old_data_dir(data_dir):
     """Raises ``SystemExit`` (one line) when the default data dir holds no
     store but ``./data`` holds one: a server started from an old install's
     folder would otherwise start empty, its apps still there but unused."""
-    from pushi.base.store.sqlite import DATABASE_NAME
+    from pushi.base.store.sqlite_file import DATABASE_NAME
 
     old = os.path.join(OLD_DATA_DIR, DATABASE_NAME)
     if os.path.isfile(old) and not os.path.exists(

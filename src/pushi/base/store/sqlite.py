@@ -72,19 +72,13 @@ import secrets
 import sqlite3
 import threading
 import time
-import urllib.parse
 
 from . import base
 from .sqlite_events import EventsProcess, GroupCommit
-
-DATABASE_NAME = "pushi.sqlite3"
-"""File name of the database inside the data dir."""
+from .sqlite_file import DATABASE_NAME, MovedDatabase, connect, file_identity
 
 SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``; bump with a migration when it changes."""
-
-BUSY_TIMEOUT_MS = 30000
-"""How long a connection waits for another process's write lock."""
 
 MAX_BATCH_TICKETS = 1024
 """Most tickets the writer folds into one transaction."""
@@ -162,71 +156,6 @@ TRIM_CHUNK = 1000
 """Rows one retention transaction deletes at most: the events writer commits
 between two, so a large trim never holds every app's persisted publishes
 for long."""
-
-
-def connect(path, synchronous, create=True):
-    """A connection as every user of the file opens it (WAL, ``synchronous``,
-    autocommit, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock);
-    without ``create``, fails when there is no file at ``path``."""
-    connection = sqlite3.connect(
-        path if create else "file:%s?mode=rw" % urllib.parse.quote(path),
-        timeout=BUSY_TIMEOUT_MS / 1000.0,
-        isolation_level=None,
-        check_same_thread=False,
-        uri=not create,
-    )
-    connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = %s" % synchronous)
-    connection.execute("PRAGMA foreign_keys = OFF")
-    return connection
-
-
-def file_identity(path):
-    """``(device, inode)`` of the file at ``path``, None if there is none."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_dev, status.st_ino
-
-
-class MovedDatabase:
-    """A writer's connection that notices when its database file is removed
-    or replaced while it runs (an operator's ``rm``, a restored backup).
-
-    An open connection keeps writing to the file it opened, even once no
-    path leads to it: its commits succeed but a restart finds none of them.
-    So after each commit ``check`` compares the file at ``path`` with the
-    one opened, and a writer reports failure instead; the next ``get``
-    opens whatever file is at ``path`` then (never creating one)."""
-
-    def __init__(self, path, synchronous, connection=None):
-        self.path = path
-        self.synchronous = synchronous
-        self.connection = connection
-        self.identity = file_identity(path) if connection is not None else None
-
-    def get(self):
-        """The connection, reopened if the file was found moved."""
-        if self.connection is None:
-            connection = connect(self.path, self.synchronous, create=False)
-            self.connection, self.identity = connection, file_identity(self.path)
-        return self.connection
-
-    def check(self):
-        """Raises (and drops the connection) if the file at ``path`` is not
-        the one committed to."""
-        if file_identity(self.path) != self.identity:
-            self.close()
-            raise sqlite3.OperationalError(
-                "%s was removed or replaced while in use" % self.path
-            )
-
-    def close(self):
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.close()
 
 
 class StoreClosedError(RuntimeError):

@@ -33,6 +33,8 @@ import struct
 import subprocess
 import sys
 
+from .sqlite_file import MovedDatabase
+
 logger = logging.getLogger("pushi")
 
 _LENGTH = struct.Struct("!I")
@@ -118,8 +120,6 @@ def store_batch(connection, row_lists):
 
 
 def main(argv=None):
-    from pushi.base.store.sqlite import MovedDatabase
-
     # Ctrl-C in a terminal reaches the whole process group: the server
     # stops gracefully and closes this child's input, which ends it after
     # its last commit
