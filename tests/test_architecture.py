@@ -146,3 +146,31 @@ def test_store_module_imports_alone(module):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_each_exception_class_name_is_defined_once():
+    """Two unrelated classes of one name (a server error and the client's
+    error) make ``except`` clauses and tracebacks ambiguous."""
+    defined = {}
+    for module, path in module_files().items():
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                defined.setdefault(node.name, []).append(module)
+    twice = {name: where for name, where in defined.items() if len(where) > 1}
+    assert not twice, twice
+
+
+def test_the_client_error_is_the_public_one():
+    import pushi
+    from pushi.api import client
+
+    assert pushi.PushiError is client.PushiError
+    assert pushi.api.PushiError is client.PushiError
+    error = pushi.PushiError(404, "Not found")
+    assert (error.status, error.message, str(error)) == (
+        404,
+        "Not found",
+        "404: Not found",
+    )

@@ -234,7 +234,7 @@ class PushiApp(appier.APIApp):
             return errors.HttpError(503, "Store unavailable")
         if not _is_client_error(exception):
             return errors.HttpError(500, "Internal error")
-        if not isinstance(exception, errors.PushiError):
+        if not isinstance(exception, errors.AnswerError):
             # Appier's file errors name the file, and a directory by its
             # full path: a file that cannot be served is a plain 404
             if self.request.path.startswith(_STATIC):
@@ -258,6 +258,6 @@ class PushiApp(appier.APIApp):
 
 def _is_client_error(exception):
     code = getattr(exception, "code", None)
-    return isinstance(exception, errors.PushiError) or (
+    return isinstance(exception, errors.AnswerError) or (
         isinstance(code, int) and 400 <= code < 500
     )

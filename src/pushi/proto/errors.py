@@ -30,7 +30,7 @@ STORE_UNAVAILABLE = 4305
 SUBSCRIPTION_REFUSED = 4306
 
 
-class PushiError(Exception):
+class AnswerError(Exception):
     """Base of the errors that are answers to a client, never crashes."""
 
     def __init__(self, message):
@@ -38,13 +38,13 @@ class PushiError(Exception):
         self.message = message
 
 
-class ProtocolError(PushiError):
+class ProtocolError(AnswerError):
     """A ``pusher:error`` with ``code``; codes below 4300 also close.  A
     ``channel`` names the channel of the request refused (``pusher:latest``),
     so that a client can tell which of its requests it answers."""
 
     def __init__(self, code, message, channel=None):
-        PushiError.__init__(self, message)
+        AnswerError.__init__(self, message)
         self.code = code
         self.channel = channel
 
@@ -53,7 +53,7 @@ class ProtocolError(PushiError):
         return self.code < 4300
 
 
-class SubscriptionError(PushiError):
+class SubscriptionError(AnswerError):
     """A ``pusher:subscription_error`` for ``channel``; the socket stays.
     With ``pusher_error``, a ``pusher:error`` (``SUBSCRIPTION_REFUSED``)
     with the same message follows: Pusher's answer to a bad signature."""
@@ -61,20 +61,20 @@ class SubscriptionError(PushiError):
     def __init__(
         self, channel, message, status=401, type="AuthError", pusher_error=False
     ):
-        PushiError.__init__(self, message)
+        AnswerError.__init__(self, message)
         self.channel = channel
         self.status = status
         self.type = type
         self.pusher_error = pusher_error
 
 
-class HttpError(PushiError):
+class HttpError(AnswerError):
     """A JSON error answer of the REST API with HTTP ``status``;
     ``retry_after`` (seconds) goes out as ``Retry-After`` (a 503 says 1
     without it)."""
 
     def __init__(self, status, message, retry_after=None):
-        PushiError.__init__(self, message)
+        AnswerError.__init__(self, message)
         self.status = status
         if retry_after is None and status == 503:
             retry_after = 1
