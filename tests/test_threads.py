@@ -197,6 +197,45 @@ def test_after_the_loop_has_ended_calls_into_it_fail_at_once(tmp_path):
     assert time.monotonic() - started < 5
 
 
+POOL_THREADS = ("pushi-worker", "pushi-rest", "pushi-store", "pushi-health")
+
+
+def test_stop_joins_the_threads_of_every_pool(tmp_path):
+    """Work under way in the pools (an offloaded store call, a persisted
+    publish waiting for its commit, a health check) ends before ``stop``
+    returns: no pool thread outlives the State, and the store is closed
+    only after them."""
+    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
+    state.start_server()
+    finished = []
+
+    def slow(name):
+        time.sleep(1)
+        finished.append(name)
+
+    try:
+        state.offload(lambda: slow("worker"), lambda result: None)
+        state.app.publisher.writers.submit(slow, "store")
+        state.metrics.health["slow"] = lambda: slow("health")
+        in_thread(state.metrics.component_up, "slow")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(
+            any(thread.name.startswith(name) for thread in threading.enumerate())
+            for name in ("pushi-worker", "pushi-store", "pushi-health")
+        ):
+            time.sleep(0.01)
+    finally:
+        state.stop()
+    running = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread.name.startswith(POOL_THREADS)
+        or thread.name.startswith("pushi-webhook_")
+    ]
+    assert running == []
+    assert sorted(finished) == ["health", "store", "worker"]
+
+
 def test_stopping_with_rest_requests_in_flight_fails_nothing():
     """Keep-alive clients ask for what only the loop knows while the
     server stops: queued requests are dropped, none waits for a loop that

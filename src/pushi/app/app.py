@@ -11,7 +11,6 @@ runs through Appier on one worker thread (Appier serves one request at a
 time, as under its own servers), its answer written back from the loop.
 """
 
-import concurrent.futures
 import logging
 import os
 import platform
@@ -53,9 +52,7 @@ class PushiApp(appier.APIApp):
         self.state = state
         self.access = state.access
         self.publisher = Publisher(state, self.access)
-        self.worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="pushi-rest"
-        )
+        self.worker = state.threads.pool("rest")
         # service=False: none of Appier's own routes (/info, /versions,
         # /log, /debug, /login, /logout): no open admin endpoint, and /login
         # is Pushi's
@@ -138,7 +135,7 @@ class PushiApp(appier.APIApp):
     def drop_queued(self):
         """The server stops: requests not started yet are dropped (their
         sockets close with the loop), later ones answered 503."""
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.state.threads.stop("rest")
 
     def _run(self, request, answer):
         config = self.state.config

@@ -13,7 +13,6 @@ are accepted on ``events``: Pusher's (``name``, ``channel``/``channels``,
 ``socket_id``, ``info``) and Pushi's (``event``, ``channel``, ``persist``).
 """
 
-import concurrent.futures
 import logging
 import re
 import threading
@@ -89,9 +88,7 @@ class Publisher:
         self.access = access
         # where a persisted publish waits for its commit when the store has
         # no writer of its own to call back from (MongoDB)
-        self.writers = concurrent.futures.ThreadPoolExecutor(
-            16, thread_name_prefix="pushi-store"
-        )
+        self.writers = state.threads.pool("store")
 
     def handle(self, request, match, answer):
         """Publishes an ``httpd.Request`` on the loop thread and calls

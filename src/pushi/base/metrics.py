@@ -21,7 +21,6 @@ is built.
 """
 
 import collections
-import concurrent.futures
 import logging
 
 from prometheus_client import (
@@ -64,7 +63,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The counters of one process and the registry that exposes them."""
 
-    def __init__(self):
+    def __init__(self, checks=None):
         # written on the loop thread only (see the module doc)
         self.opened = collections.defaultdict(int)  # (app_id, dialect)
         self.closed = collections.defaultdict(int)  # (app_id, dialect)
@@ -84,9 +83,8 @@ class Metrics:
         self.snapshot = None
         self.servers = {}
         self.health = {}
-        self._checks = concurrent.futures.ThreadPoolExecutor(
-            2, thread_name_prefix="pushi-health"
-        )
+        # the pool the health checks run in (the State's)
+        self._checks = checks
         self._running = {}
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -191,17 +189,14 @@ class Metrics:
         if future is None or future.done():
             try:
                 future = self._running[name] = self._checks.submit(self.health[name])
-            except RuntimeError:
-                return False  # stopped
+            except (RuntimeError, AttributeError):
+                return False  # stopped, or no pool
         try:
             future.result(HEALTH_TIMEOUT)
             return True
         except Exception as error:
             logger.debug("health check of %s failed: %s", name, error)
             return False
-
-    def stop(self):
-        self._checks.shutdown(wait=False, cancel_futures=True)
 
 
 class _Collector:

@@ -5,9 +5,10 @@ WebSocket server and, with ``APP_SERVER=netius`` (the default), the REST
 port's HTTP server, which publishes on the loop and runs every other
 request through the Appier app on one worker thread.  With another
 ``APP_SERVER`` Appier serves the REST port itself from the main thread.  A
-small worker pool runs blocking store calls.  Other threads reach the loop
-only through ``call_soon`` / ``call_in_loop`` (the loop's ``soon`` deque
-and a wake-up of its poll, ``net.wire.Loop``).
+small worker pool runs blocking store calls (every pool is named and sized
+in ``base/threads.py``).  Other threads reach the loop only through
+``call_soon`` / ``call_in_loop`` (the loop's ``soon`` deque and a wake-up
+of its poll, ``net.wire.Loop``).
 
 Run it: ``python src/pushi/base/state.py`` (or ``python -m pushi``).
 """
@@ -36,6 +37,7 @@ from pushi.base.console import ConsoleHub  # noqa: E402
 from pushi.base.engine import Engine  # noqa: E402
 from pushi.base.limits import App  # noqa: E402
 from pushi.base.metrics import Metrics  # noqa: E402
+from pushi.base.threads import Threads  # noqa: E402
 from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net import capacity, wire  # noqa: E402
@@ -72,10 +74,10 @@ class State:
         self._apps_lock = threading.RLock()
         self._apps_version = None
         self.apps.sync = self.sync_app
-        self.metrics = Metrics()
-        self.workers = concurrent.futures.ThreadPoolExecutor(
-            4, thread_name_prefix="pushi-worker"
-        )
+        # every thread pool of the process, shut down by ``stop``
+        self.threads = Threads()
+        self.metrics = Metrics(checks=self.threads.pool("health"))
+        self.workers = self.threads.pool("worker")
         self.engine = Engine(
             self.config,
             store=self.store,
@@ -115,7 +117,9 @@ class State:
             max_pending=self.config.max_pending,
             announce=self.engine.announce,
         )
-        self.webhooks = Webhooks(self.apps, emit=self._webhook_done)
+        self.webhooks = Webhooks(
+            self.apps, emit=self._webhook_done, senders=self.threads.pool("webhook")
+        )
         self.http = None
         self._loop_thread = None
         self._start_error = None
@@ -607,9 +611,9 @@ class State:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
-        self.metrics.stop()
-        self.workers.shutdown(wait=False)
         self.webhooks.stop()
+        # before the store closes: queued work may still need it
+        self.threads.shutdown()
         self.store.close()
 
 

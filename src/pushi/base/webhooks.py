@@ -30,7 +30,6 @@ here ever blocks the loop.
 """
 
 import collections
-import concurrent.futures
 import heapq
 import http.client
 import json
@@ -41,6 +40,7 @@ import threading
 import time
 import urllib.parse
 
+from pushi.base import threads
 from pushi.proto import auth
 
 logger = logging.getLogger("pushi.webhooks")
@@ -64,7 +64,7 @@ one of Pusher's, prefixed so that none of theirs ever clashes with it """
 LINGER = 3.0
 RETRY_FOR = 300.0
 TIMEOUT = 5.0
-SENDERS = 8
+SENDERS = threads.POOLS["webhook"]
 MAX_BATCH = 100
 MAX_BATCH_BYTES = 262144
 MAX_QUEUED = 10000
@@ -92,7 +92,9 @@ def check_hooks(hooks):
 class Webhooks:
     """Queues engine events as webhooks and posts them, per app in order."""
 
-    def __init__(self, apps, emit=None, linger=LINGER, retry_for=RETRY_FOR):
+    def __init__(
+        self, apps, emit=None, linger=LINGER, retry_for=RETRY_FOR, senders=None
+    ):
         self.apps = apps
         self.emit = emit
         self.linger = linger
@@ -108,9 +110,9 @@ class Webhooks:
         self._retries = []
         # the posts under way
         self._flights = set()
-        self._senders = concurrent.futures.ThreadPoolExecutor(
-            SENDERS, thread_name_prefix="pushi-webhook"
-        )
+        # the State's pool, stopped by the State; else one of its own
+        self._own_senders = senders is None
+        self._senders = threads.new_pool("webhook") if senders is None else senders
         self._thread = threading.Thread(
             target=self._run, name="pushi-webhooks", daemon=True
         )
@@ -433,7 +435,8 @@ class Webhooks:
             self._stopped = True
             self._cut()
             self._condition.notify()
-        self._senders.shutdown(wait=False, cancel_futures=True)
+        if self._own_senders:
+            self._senders.shutdown(wait=False, cancel_futures=True)
 
 
 class _Lane:
