@@ -64,9 +64,9 @@ MAX_SETTING = 2**31 - 1
 
 MAX_LATEST = 100
 """ The most stored events one read on a socket returns (``pusher:latest``,
-and a personal channel's subscription data): at the default event size
-(10 KB) that is about 1 MB, read and encoded in milliseconds; older events
-are paged with ``skip`` """
+and a personal channel's subscription data): it bounds what one read
+costs the store and a worker (at the default event size, 10 KB, about
+1 MB); older events are paged with ``skip`` """
 
 MAX_RECOVERY_HISTORY = 10000
 """ The most events one channel keeps for recovery """

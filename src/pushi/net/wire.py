@@ -28,8 +28,8 @@ class OneLogFormat:
 class QuietDebug:
     """A netius server mixin.  Netius builds and routes every debug record
     (four per connection: created, counted, deleted, counted) before its
-    logger drops it, a real share of the loop's CPU when many sockets
-    connect at once.  Here the level is checked first."""
+    logger drops it: loop time spent on nothing, most of all when many
+    sockets connect at once.  Here the level is checked first."""
 
     def debug(self, object, *args, **kwargs):
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
