@@ -174,3 +174,22 @@ def test_the_client_error_is_the_public_one():
         "Not found",
         "404: Not found",
     )
+
+
+def test_no_module_edits_sys_path():
+    """The package is found the ordinary way (installed, or ``src`` on the
+    path); the file launcher re-executes itself as ``-m pushi.base.state``
+    rather than put its checkout on ``sys.path`` from inside."""
+    edits = []
+    for module, path in module_files().items():
+        with open(path, encoding="utf-8") as file:
+            tree = ast.parse(file.read(), path)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ):
+                edits.append("%s:%d" % (module, node.lineno))
+    assert edits == []

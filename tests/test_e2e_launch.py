@@ -371,3 +371,33 @@ def test_a_store_left_in_the_old_data_dir_is_refused_in_one_line(tmp_path):
         timeout=30,
     )
     assert [app["app_id"] for app in json.loads(listed.stdout)] == ["1"], listed
+
+
+class BareLauncher(PushiServer):
+    """The launcher file run with no ``PYTHONPATH`` (so no ``pushi`` on the
+    path unless installed) and with an interpreter flag of its own; the
+    ``pushi`` commands of the test keep theirs."""
+
+    def command(self):
+        # env(1) execs the interpreter: the pid started is still the server's
+        return ["env", "-u", "PYTHONPATH", sys.executable, "-X", "importtime"] + (
+            PushiServer.command(self)[1:]
+        )
+
+
+def test_the_launcher_file_runs_its_checkout_in_its_own_process_with_its_flags():
+    """``python src/pushi/base/state.py`` becomes ``python -m
+    pushi.base.state`` of its own checkout: found without ``PYTHONPATH``,
+    the interpreter's flags kept (``-X importtime`` reports its imports),
+    and the same process (the signal sent to the pid started stops it)."""
+    instance = BareLauncher().start()
+    client = instance.connect(instance.create_app())
+    instance.process.send_signal(signal.SIGTERM)
+    assert client.close_code() == 4200
+    assert instance.process.wait(15) == 0
+    instance.process = None
+    instance.log.close()
+    with open(instance.log_path, encoding="utf-8", errors="replace") as file:
+        log = file.read()
+    assert "Traceback" not in log, log[-4000:]
+    assert "import time:" in log and "pushi.base.engine" in log

@@ -23,9 +23,25 @@ import sys
 import threading
 import time
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    sys.path.insert(
-        0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__" and not __package__:
+    # Run as a file (``python src/pushi/base/state.py``): its folder heads
+    # the path, where the package's own modules would shadow others by name
+    # and ``pushi`` itself may not be found.  So the process becomes
+    # ``python -P -m pushi.base.state`` of this checkout (-P: the working
+    # directory stays off the path, as it is for a file), same pid and flags.
+    _flags = sys.orig_argv[1 : len(sys.orig_argv) - len(sys.argv)]
+    _src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    _path = os.environ.get("PYTHONPATH")
+    os.execve(
+        sys.executable,
+        # -I and -E would ignore the PYTHONPATH that finds this checkout
+        [sys.executable]
+        + [flag for flag in _flags if flag not in ("-I", "-E")]
+        + ["-P", "-m", "pushi.base.state"]
+        + sys.argv[1:],
+        dict(
+            os.environ, PYTHONPATH=os.pathsep.join([_src] + ([_path] if _path else []))
+        ),
     )
 
 from pushi.base.access import Access  # noqa: E402
