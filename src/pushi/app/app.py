@@ -22,10 +22,9 @@ import netius
 import pushi
 
 from pushi.base import store as stores
-from pushi.net import httpd
-from pushi.proto import errors
+from pushi.proto import errors, http
 
-from .publish import ROUTE, Publisher, error_response
+from .publish import ROUTE, Publisher
 
 logger = logging.getLogger("pushi.app")
 
@@ -116,7 +115,7 @@ class PushiApp(appier.APIApp):
             self.worker.submit(self._run, request, answer)
         except RuntimeError:
             # after ``drop_queued``
-            answer(*error_response(errors.HttpError(503, "Server stopping")))
+            answer(*http.error_response(errors.HttpError(503, "Server stopping")))
 
     def serve_final(self, server, method, host, port, kwargs):
         """Under another ``APP_SERVER``: the KeyboardInterrupt that stops
@@ -140,7 +139,7 @@ class PushiApp(appier.APIApp):
     def _run(self, request, answer):
         config = self.state.config
         try:
-            result = httpd.call_wsgi(
+            result = http.call_wsgi(
                 self.application,
                 request,
                 config.app_host,
@@ -149,7 +148,7 @@ class PushiApp(appier.APIApp):
             )
         except Exception:
             logger.exception("unexpected error answering %s", request.path)
-            result = error_response(errors.HttpError(500, "Internal error"))
+            result = http.error_response(errors.HttpError(500, "Internal error"))
         self.state.call_soon(answer, *result)
 
     def application(self, environ, start_response):
@@ -164,7 +163,7 @@ class PushiApp(appier.APIApp):
             # as UTF-8 and fails with a 500 on anything else
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
-            status, headers, body = error_response(
+            status, headers, body = http.error_response(
                 errors.HttpError(400, "Path is not UTF-8")
             )
             start_response(status, headers)
@@ -221,7 +220,7 @@ class PushiApp(appier.APIApp):
         if retry_after:
             self.request.set_header("Retry-After", str(retry_after))
         self.request.set_content_type("application/json")
-        return httpd.json_bytes(error.body)
+        return http.json_bytes(error.body)
 
     def _error(self, exception, code, message):
         """The ``HttpError`` that answers ``exception`` (Appier's

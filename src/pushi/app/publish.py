@@ -22,9 +22,9 @@ import urllib.parse
 from pushi.base import rates
 from pushi.base.broker import Event
 from pushi.base.access import NeedsStore
-from pushi.net.httpd import MAX_BODY, json_response
 from pushi.proto import channels as channel_names
 from pushi.proto import errors, messages
+from pushi.proto.http import MAX_BODY, error_response, json_response
 
 logger = logging.getLogger("pushi.app")
 
@@ -59,13 +59,6 @@ def query_params(query):
     return params
 
 
-def error_response(error):
-    """The answer to an ``HttpError``: a 503 or a 429 says when to retry."""
-    retry_after = error.retry_after
-    headers = [("Retry-After", str(retry_after))] if retry_after else []
-    return json_response(error.status, error.body, headers)
-
-
 def _batch_item(answer):
     """One event's answer in a batch: Pusher gives the ``info`` attributes
     of its (single) channel directly, ``{"subscription_count": 2}``, not
@@ -91,7 +84,7 @@ class Publisher:
         self.writers = state.threads.pool("store")
 
     def handle(self, request, match, answer):
-        """Publishes an ``httpd.Request`` on the loop thread and calls
+        """Publishes a ``proto.http.Request`` on the loop thread and calls
         ``answer(status, headers, body)`` there in the turn that writes it;
         False (nothing done) for an app that is not in memory yet, which
         must be read from the store off the loop."""
