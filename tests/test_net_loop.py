@@ -168,6 +168,86 @@ def test_a_failure_of_work_on_a_watched_socket_stops_nothing(state, pair):
     assert failures == ["work that fails"]
 
 
+def test_watch_write_sends_what_a_full_buffer_left_once_the_peer_reads(state, pair):
+    """A non-blocking socket whose send buffer is full: ``watch_write``'s
+    work runs at the next turn (the socket may be writable already) and
+    again each time the peer's reads make room, until it has sent all and
+    calls ``unwatch_write``.  Watching for reading goes on meanwhile, and
+    after."""
+    watched, other = pair
+    watched.setblocking(False)
+    backlog = bytearray()
+    chunk = b"y" * 65536
+    while True:
+        try:
+            watched.send(chunk)
+        except BlockingIOError:
+            break
+    backlog += b"z" * 200000  # what the buffer had no room for
+    total = len(backlog)
+    sent_all = threading.Event()
+    read = []
+    readable = threading.Event()
+    tries = []
+
+    def write():
+        tries.append(len(backlog))
+        while backlog:
+            try:
+                sent = watched.send(backlog)
+            except BlockingIOError:
+                return
+            del backlog[:sent]
+        state.unwatch_write(watched)
+        sent_all.set()
+
+    def on_read():
+        read.append(watched.recv(4096, socket.MSG_DONTWAIT))
+        readable.set()
+
+    def watch():
+        state.watch_read(watched, on_read)
+        state.watch_write(watched, write)
+
+    state.call_in_loop(watch)
+    time.sleep(0.2)
+    assert not sent_all.is_set() and tries  # tried once, had no room
+    received = 0
+    other.settimeout(5)
+    deadline = time.monotonic() + 30
+    while received < total or not sent_all.is_set():
+        data = other.recv(1048576)
+        assert data and time.monotonic() < deadline
+        received += data.count(b"z")
+    assert received == total and backlog == bytearray()
+    assert len(tries) > 1
+    # reading is still watched, writing is not
+    runs = len(tries)
+    other.send(b"still here")
+    assert readable.wait(5)
+    assert read == [b"still here"]
+    time.sleep(0.1)
+    assert len(tries) == runs
+
+
+def test_watch_write_alone_runs_at_once_on_a_writable_socket(state, pair):
+    """A socket watched for writing only (a client connection with
+    nothing to read yet) is polled all the same."""
+    watched, _other = pair
+    watched.setblocking(False)
+    ran = threading.Event()
+
+    def write():
+        watched.send(b"hello")
+        state.unwatch_write(watched)
+        ran.set()
+
+    state.call_in_loop(state.watch_write, watched, write)
+    assert ran.wait(5)
+    assert _other.recv(16) == b"hello"
+    assert state.call_in_loop(lambda: watched in state.server.callbacks_m) is False
+
+
 def test_a_pipelined_request_that_fails_closes_its_connection(start):
     """A pipelined request is parsed when its predecessor's answer is
     written, which may come from another thread a turn later; if handling

@@ -214,24 +214,21 @@ class State:
 
     def watch_read(self, socket, work):
         """Runs ``work()`` on the loop whenever ``socket`` (not a client's)
-        becomes readable (edge-triggered: ``work`` reads all there is)."""
-        self.server.sub_read(socket)
-
-        def readable(event, _socket):
-            # netius polls every socket for writability too, and calls back
-            # for that as well: a socket pair is writable again each time
-            # the other end reads
-            if event == "read":
-                self.server.run(work)
-
-        self.server.add_callback(socket, readable)
+        becomes readable (edge-triggered: ``work`` reads all there is);
+        see ``net.wire.watch_read``."""
+        wire.watch_read(self.server, socket, work)
 
     def unwatch_read(self, socket):
-        # all of it: netius's unsub_read leaves the socket registered for
-        # writability, and its poll unregisters that (by then closed)
-        # descriptor again when the loop stops
-        self.server.unsub_all(socket)
-        self.server.callbacks_m.pop(socket, None)
+        wire.unwatch_read(self.server, socket)
+
+    def watch_write(self, socket, work):
+        """Runs ``work()`` on the loop at its next turn, then whenever
+        ``socket`` (not a client's) becomes writable again, until
+        ``unwatch_write``; see ``net.wire.watch_write``."""
+        wire.watch_write(self.server, socket, work)
+
+    def unwatch_write(self, socket):
+        wire.unwatch_write(self.server, socket)
 
     def offload(self, work, then):
         """Runs blocking ``work()`` on a worker, then ``then(result)`` on

@@ -334,3 +334,90 @@ def send(connection, data):
         data = data[sent:]
     connection.send(data, delay=False)
     return True
+
+
+class _Watch:
+    """What the loop runs for one watched socket (not a client's): its
+    ``read`` work when it becomes readable, its ``write`` work when it
+    becomes writable; kept as the socket's netius callback."""
+
+    __slots__ = ("server", "read", "write")
+
+    def __init__(self, server):
+        self.server = server
+        self.read = None
+        self.write = None
+
+    def __call__(self, event, _socket):
+        # netius calls back for every event of the socket: with epoll a
+        # socket is always polled for writability too, and reported
+        # writable again each time its peer reads
+        work = (
+            self.read if event == "read" else self.write if event == "write" else None
+        )
+        if work is not None:
+            self.server.run(work)
+
+
+def _watch(server, socket):
+    for callback in server.callbacks_m.get(socket, ()):
+        if isinstance(callback, _Watch):
+            return callback
+    watch = _Watch(server)
+    server.add_callback(socket, watch)
+    return watch
+
+
+def _let_go(server, socket, watch):
+    if watch.read is None and watch.write is None:
+        # all of it: netius's unsub_read leaves the socket registered for
+        # writability, and its poll unregisters that (by then closed)
+        # descriptor again when the loop stops
+        server.unsub_all(socket)
+        server.callbacks_m.pop(socket, None)
+
+
+def watch_read(server, socket, work):
+    """Runs ``work()`` on ``server``'s loop (as an entry point: its
+    ``run``) whenever ``socket`` becomes readable.  ``socket`` is one of
+    the process's own (a store's pipe, a Redis connection), non-blocking;
+    the poll is edge-triggered, so ``work`` reads all there is.  Loop
+    thread only, like ``unwatch_read``."""
+    _watch(server, socket).read = work
+    server.sub_read(socket)
+
+
+def unwatch_read(server, socket):
+    """Stops ``watch_read``; the socket is let go of entirely (it may be
+    closed then) unless it is watched for writing."""
+    watch = _watch(server, socket)
+    watch.read = None
+    if watch.write is not None:
+        server.unsub_read(socket)
+    _let_go(server, socket, watch)
+
+
+def watch_write(server, socket, work):
+    """Runs ``work()`` on ``server``'s loop once at its next turn, then
+    whenever ``socket`` becomes writable again: for a non-blocking client
+    socket whose send buffer filled (a short ``send``), ``work`` sends the
+    rest and calls ``unwatch_write`` once nothing is left.  ``work`` may
+    run when the socket has no room yet (it sends what it can, and the
+    next edge calls it again).  Loop thread only."""
+    watch = _watch(server, socket)
+    watch.write = work
+    # epoll polls a registered socket for both; other polls need asking
+    server.sub_read(socket)
+    server.sub_write(socket)
+    # with an edge-triggered poll a socket already registered and
+    # writable is not reported again: the first try is this one
+    server.soon(lambda: watch.write is work and work())
+
+
+def unwatch_write(server, socket):
+    """Stops ``watch_write``; the socket is let go of entirely (it may be
+    closed then) unless it is watched for reading."""
+    watch = _watch(server, socket)
+    watch.write = None
+    server.unsub_write(socket)
+    _let_go(server, socket, watch)
