@@ -1,0 +1,191 @@
+"""What Pushi relies on of netius's (and Appier's) private parts, pinned:
+each exists and has the shape ``net/wire.py`` (or ``app/app.py``) uses, so
+a netius or Appier upgrade that changes one fails here first, by name,
+rather than somewhere downstream as a loop that no longer wakes on time or
+reads a socket unfairly.
+
+Every access to a netius underscore attribute lives in ``net/wire.py``
+behind a named function (``next_delay``, ``loop_turn``); a test below
+keeps it that way."""
+
+import os
+import re
+import ssl
+import threading
+import time
+
+import appier
+import netius
+import pytest
+
+from pushi.base.config import Config
+from pushi.base.state import State
+from pushi.net import wire
+from support import free_port
+
+SRC = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "pushi"
+)
+
+
+@pytest.fixture
+def base():
+    """A netius base that is not running: its delays wait, unrun."""
+    server = netius.StreamServer()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def start_state(tmp_path):
+    """A State running its loop on an ephemeral port."""
+    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
+    state.start_server(http=False)
+    yield state
+    state.stop()
+
+
+def noop():
+    pass
+
+
+# next_delay: _delayed, _delayed_n, _notified
+
+
+def test_a_base_with_nothing_waiting_has_no_next_delay(base):
+    assert isinstance(base._delayed, list) and base._delayed == []
+    assert isinstance(base._delayed_n, list) and base._delayed_n == []
+    assert isinstance(base._notified, list) and base._notified == []
+    assert wire.next_delay(base) is None
+
+
+def test_a_timed_delay_heads_the_heap_with_its_target_time(base):
+    """``_delayed`` is a heap whose entries start with their target, a
+    ``time.time()``: the earliest is at index 0."""
+    now = time.time()
+    base.delay(noop, timeout=30)
+    base.delay(noop, timeout=5)
+    assert now + 4 < base._delayed[0][0] < now + 6
+    assert now + 4 < wire.next_delay(base) < now + 6
+
+
+def test_a_delay_for_the_next_turn_is_due_now(base):
+    """Without a timeout a delay's target is 0 (-1 when ``immediately``):
+    due at the next turn."""
+    base.delay(noop, timeout=30)
+    base.delay(noop)
+    assert base._delayed[0][0] in (0, -1, None)
+    assert wire.next_delay(base) == 0
+    other = netius.StreamServer()
+    try:
+        other.delay(noop, immediately=True)
+        assert wire.next_delay(other) <= time.time()
+    finally:
+        other.cleanup()
+
+
+def test_a_delay_from_another_thread_waits_in_delayed_n(base):
+    """``delay_s`` (another thread's delay) is merged at the next turn:
+    until then it is only in ``_delayed_n``."""
+    thread = threading.Thread(target=lambda: base.delay_s(noop, wakeup=False))
+    thread.start()
+    thread.join()
+    assert len(base._delayed_n) == 1 and base._delayed == []
+    assert wire.next_delay(base) == 0
+
+
+def test_a_notified_event_waits_in_notified(base):
+    base._notified.append(("event", None))
+    assert wire.next_delay(base) == 0
+    del base._notified[:]
+    thread = threading.Thread(target=lambda: base.notify("event"))
+    thread.start()
+    thread.join()
+    assert base._notified == [("event", None)]
+
+
+# loop_turn: _lid
+
+
+def test_the_loop_turn_is_an_int_that_changes_each_turn(start_state):
+    """``_lid`` counts the loop's turns (``FairReads`` gives each socket a
+    new budget when it changes): two pieces of work run a turn apart see
+    two values, two in the same turn one."""
+    state = start_state
+    server = state.server
+    assert isinstance(wire.loop_turn(server), int)
+    seen = []
+    done = threading.Event()
+
+    def first():
+        seen.append(wire.loop_turn(server))
+        seen.append(wire.loop_turn(server))
+        state.schedule(second)
+
+    def second():
+        seen.append(wire.loop_turn(server))
+        done.set()
+
+    state.call_soon(first)
+    assert done.wait(5)
+    assert seen[0] == seen[1] != seen[2]
+
+
+# what else of netius's insides wire.py and capacity.py take as given
+
+
+def test_netius_keeps_its_ssl_error_lists_where_capacity_imports_them():
+    from netius.base.common import SSL_SILENT_ERRORS, SSL_VALID_ERRORS
+
+    assert ssl.SSL_ERROR_EOF in SSL_SILENT_ERRORS
+    assert ssl.SSL_ERROR_WANT_READ in SSL_VALID_ERRORS
+
+
+def test_netius_calls_a_watched_sockets_callbacks_with_the_event_name():
+    """``watch_read``/``watch_write`` keep their work as a callback in the
+    server's ``callbacks_m`` (``add_callback``); netius's stream server
+    calls it with ``"read"`` or ``"write"`` and the socket."""
+    import inspect
+
+    source = inspect.getsource(netius.StreamServer.on_read)
+    assert 'callback("read", _socket)' in source
+    source = inspect.getsource(netius.StreamServer.on_write)
+    assert 'callback("write", _socket)' in source
+    server = netius.StreamServer()
+    try:
+        server.add_callback("socket", noop)
+        assert server.callbacks_m["socket"] == [noop]
+    finally:
+        server.cleanup()
+
+
+def test_appier_still_calls_the_hooks_the_app_overrides():
+    """``PushiApp`` overrides Appier's ``_load_logging``,
+    ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
+    of Appier's, the welcome line): each is still Appier's to call."""
+    import inspect
+
+    from pushi.app.app import PushiApp
+
+    source = inspect.getsource(appier.App)
+    for name in ("_load_logging", "_load_handlers", "_print_welcome"):
+        assert callable(getattr(appier.App, name)), name
+        assert "self.%s(" % name in source, name
+        assert name in vars(PushiApp), name
+
+
+def test_netius_private_attributes_are_touched_in_wire_only():
+    """The netius attributes pinned here are read in ``net/wire.py``
+    only; anywhere else goes through its functions."""
+    private = re.compile(r"\._(lid|delayed|delayed_n|delayed_o|notified|did)\b")
+    offenders = []
+    for root, _dirs, files in os.walk(SRC):
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or os.path.samefile(path, wire.__file__):
+                continue
+            with open(path, encoding="utf-8") as file:
+                for number, line in enumerate(file, 1):
+                    if private.search(line):
+                        offenders.append("%s:%d" % (path, number))
+    assert offenders == []
