@@ -18,6 +18,7 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.state import State
+from pushi.net import wire
 from pushi.proto.errors import SLOW_CONSUMER
 from pushi.proto.websocket import close_frame
 from support import (
@@ -409,7 +410,8 @@ def test_a_socket_that_keeps_sending_gets_at_most_64_messages_a_turn(state):
     server, receive, turns = state.server, state.engine.receive, {}
 
     def counted(session, text):
-        turns[server._lid] = turns.get(server._lid, 0) + 1
+        turn = wire.loop_turn(server)
+        turns[turn] = turns.get(turn, 0) + 1
         return receive(session, text)
 
     state.engine.receive = counted

@@ -2,7 +2,8 @@
 and the admin secret.  One ``Access`` per process (built by ``State``) is
 shared by the Appier controllers, the lean publish handler and the debug
 console's stream, so all check credentials the same way; its ``rates``
-(shared with the WebSocket server) keep each app to its per-second limits.
+keep each app to its per-second limits.  The WebSocket server asks it too
+whether a socket may join an app (``admit_socket``).
 """
 
 import hmac
@@ -238,3 +239,28 @@ class Access:
                 % (setting, app.limits[setting], wait),
                 retry_after=wait,
             )
+
+    def admit_socket(self, app, key, origin, open_sockets):
+        """Whether a WebSocket opened with ``key`` (``app`` is the app
+        that holds it, None if none does) from ``origin`` (its ``Origin``
+        header, or None) may join the app: None if it may, and then it is
+        counted against the app's ``max_connections_per_second``; else the
+        ``(code, message)`` of the ``pusher:error`` that turns it away.
+        ``open_sockets(app_id)`` counts the app's open sockets.  Memory
+        only: safe on the loop."""
+        if app is None or key not in app.secrets:
+            return errors.UNKNOWN_APP, "App key not in this cluster"
+        if not app.enabled:
+            return errors.APP_DISABLED, "App disabled"
+        allowed = app.limits.get("allowed_origins")
+        if allowed and origin not in allowed:
+            return errors.UNAUTHORIZED, "Origin not allowed for this app"
+        quota = app.limits.get("max_connections")
+        if quota and open_sockets(app.app_id) >= quota:
+            return errors.OVER_QUOTA, "App over its connection quota"
+        if self.rates.take(app, "max_connections_per_second"):
+            return (
+                errors.OVER_CONNECTION_RATE,
+                "App over its max_connections_per_second: reconnect later",
+            )
+        return None

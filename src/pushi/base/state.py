@@ -121,9 +121,9 @@ class State:
             self.engine,
             self.apps,
             self.offload,
+            self._admit_app,
             max_buffer=self.config.max_buffer,
             console=self.console,
-            rates=self.access.rates,
             level=logging.WARNING,
         )
         self.broker = self.engine.broker = LocalBroker(
@@ -150,6 +150,13 @@ class State:
         self.metrics.servers["websocket"] = self.server
         self.metrics.health["store"] = self.store.ping
         self.metrics_server = None
+
+    def _admit_app(self, app, key, origin):
+        """Whether a WebSocket may join an app (``Access.admit_socket``),
+        against the sockets it has open (loop thread)."""
+        return self.access.admit_socket(
+            app, key, origin, self.engine.registry.app_count
+        )
 
     # crossing into the loop
 

@@ -244,26 +244,9 @@ class Link:
         # meanwhile): the directory holds the newest
         if app is not None:
             app = self.server.apps.by_id(app.app_id) or app
-        if app is None or key not in app.secrets:
-            self._reject(errors.UNKNOWN_APP, "App key not in this cluster")
-            return
-        if not app.enabled:
-            self._reject(errors.APP_DISABLED, "App disabled")
-            return
-        allowed = app.limits.get("allowed_origins")
-        if allowed and origin not in allowed:
-            self._reject(errors.UNAUTHORIZED, "Origin not allowed for this app")
-            return
-        quota = app.limits.get("max_connections")
-        if quota and self.server.engine.registry.app_count(app.app_id) >= quota:
-            self._reject(errors.OVER_QUOTA, "App over its connection quota")
-            return
-        rates = self.server.rates
-        if rates is not None and rates.take(app, "max_connections_per_second"):
-            self._reject(
-                errors.OVER_CONNECTION_RATE,
-                "App over its max_connections_per_second: reconnect later",
-            )
+        refusal = self.server.admit_app(app, key, origin)
+        if refusal is not None:
+            self._reject(*refusal)
             return
         self.phase = OPEN
         self.session = self.server.engine.open(self, app, dialect, origin, address, key)
@@ -389,11 +372,12 @@ class WebSocketServer(
 
     ``apps`` resolves keys (``by_key`` from memory, ``load_key`` from the
     store off the loop); ``offload(work, then)`` runs ``work`` on a worker
-    thread and ``then(result)`` back on the loop; ``console`` (a
-    ``ConsoleHub``, optional) serves the ``/console`` path; ``rates`` (a
-    ``base.rates.Rates``, optional) counts each app's new connections
-    against its ``max_connections_per_second``: one over it is upgraded,
-    then closed with 4100.
+    thread and ``then(result)`` back on the loop; ``admit_app(app, key,
+    origin)`` says whether an upgraded socket may join the app its key
+    names (``app``, None if none does): None if it may, else the ``(code,
+    message)`` it is closed with (the policy is ``base.access.Access``'s
+    ``admit_socket``); ``console`` (a ``ConsoleHub``, optional) serves the
+    ``/console`` path.
     """
 
     def __init__(
@@ -401,9 +385,9 @@ class WebSocketServer(
         engine,
         apps,
         offload,
+        admit_app,
         max_buffer=1048576,
         console=None,
-        rates=None,
         *args,
         **kwargs
     ):
@@ -413,7 +397,7 @@ class WebSocketServer(
         self.add_base(self)
         self.engine = engine
         self.console = console
-        self.rates = rates
+        self.admit_app = admit_app
         self.apps = apps
         self.offload = offload
         self.max_buffer = max_buffer

@@ -85,16 +85,38 @@ class Loop(netius.Container):
         timeout = self.poll_timeout
         now = time.time()
         for base in self.bases:
-            if base._notified or base._delayed_n:
-                return 0
-            if base._delayed:
-                # the heap's head: the earliest target; 0, -1 or None for
-                # the next turn, else a time.time()
-                target = base._delayed[0][0]
-                if not target or target <= now:
+            target = next_delay(base)
+            if target is not None:
+                if target <= now:
                     return 0
                 timeout = min(timeout, target - now)
         return timeout
+
+
+# What Pushi relies on of netius's private attributes, in one place: each
+# is pinned by tests/test_netius_pins.py, so that a netius upgrade that
+# changes one fails there first.
+
+
+def next_delay(base):
+    """When the earliest delay of the netius ``base`` is due, as a
+    ``time.time()`` (0 when work waits for the next turn), or None when
+    none waits.  Reads netius's ``_notified`` (events for the next turn),
+    ``_delayed_n`` (delays added from other threads, merged at the next
+    turn) and ``_delayed`` (the heap of ``(target, ...)`` entries, target
+    0, -1 or None for the next turn, else a ``time.time()``)."""
+    if base._notified or base._delayed_n:
+        return 0
+    if base._delayed:
+        return base._delayed[0][0] or 0
+    return None
+
+
+def loop_turn(base):
+    """The number of the netius ``base``'s current loop turn (its
+    ``_lid``, one more at each turn): what tells a new turn from the
+    current one."""
+    return base._lid
 
 
 READ_BUDGET = 65536
@@ -182,7 +204,7 @@ class Connection(netius.Connection):
 
     budget = READ_BUDGET
     quota = 0
-    # the loop turn (its server's ``_lid``) the budget and quota are for
+    # the loop turn (``loop_turn``) the budget and quota are for
     turn = -1
     held = False
     resuming = False
@@ -265,8 +287,9 @@ class FairReads:
     def _new_turn(self, connection):
         """A new turn's budget and quota, once a turn: a turn that resumed
         a socket may also see it readable."""
-        if connection.turn != self._lid:
-            connection.turn = self._lid
+        turn = loop_turn(self)
+        if connection.turn != turn:
+            connection.turn = turn
             connection.budget = READ_BUDGET
             connection.quota = self.quota
 
