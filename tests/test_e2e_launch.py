@@ -80,13 +80,13 @@ def a_file(tmp_path):
         (
             {"APP_SERVER": "bogus"},
             "Unknown APP_SERVER: 'bogus' (netius, legacy, waitress, tornado,"
-            " cherry, gunicorn)",
+            " cherry)",
         ),
         # Appier's method names are no servers
         (
             {"APP_SERVER": "final"},
             "Unknown APP_SERVER: 'final' (netius, legacy,"
-            " waitress, tornado, cherry, gunicorn)",
+            " waitress, tornado, cherry)",
         ),
         ({"PUSHI_LOG_LEVEL": "loud"}, "Invalid value for PUSHI_LOG_LEVEL: 'loud'"),
         # 0 spun the loop (and the retention thread) at full CPU
@@ -277,18 +277,27 @@ def test_an_app_server_that_is_not_installed_is_not_installed_at_run_time(tmp_pa
     """Appier pip-installs the package of a server it lacks, into the
     interpreter that runs Pushi; here pip may find nothing (no index, no
     links), so the test changes nothing even where that is not fixed."""
-    if importlib.util.find_spec("gunicorn") is not None:
-        pytest.skip("gunicorn is installed here")
+    if importlib.util.find_spec("waitress") is not None:
+        pytest.skip("waitress is installed here")
     env = {
-        "APP_SERVER": "gunicorn",
+        "APP_SERVER": "waitress",
         "PIP_NO_INDEX": "1",
         "PIP_FIND_LINKS": str(tmp_path),
         "PIP_CONFIG_FILE": os.devnull,
     }
     message = (
-        "APP_SERVER=gunicorn needs the Python package gunicorn: pip install gunicorn"
+        "APP_SERVER=waitress needs the Python package waitress: pip install waitress"
     )
     assert_one_line_error(*launch(env), message)
+
+
+def test_gunicorn_is_refused_for_it_cannot_serve_pushi():
+    """Its forked workers have no event loop: every publish would time out."""
+    message = (
+        "APP_SERVER=gunicorn cannot serve Pushi (its forked workers have no event"
+        " loop): use netius, the default"
+    )
+    assert_one_line_error(*launch({"APP_SERVER": "gunicorn"}), message)
 
 
 @pytest.mark.parametrize("variable", ["HOME", "XDG_DATA_HOME"])

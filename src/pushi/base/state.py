@@ -642,7 +642,6 @@ APP_SERVERS = {
     "waitress": "waitress",
     "tornado": "tornado",
     "cherry": "cherrypy",
-    "gunicorn": "gunicorn",
 }
 """The Appier servers ``APP_SERVER`` may name besides ``netius`` (Pushi's
 own), with the module each needs."""
@@ -652,6 +651,13 @@ def _check_app_server(name):
     """Raises ``ConfigError`` for an ``APP_SERVER`` that Appier cannot serve
     with what is installed: Appier would otherwise pip-install the missing
     package into the running interpreter."""
+    if name == "gunicorn":
+        # its workers are forked processes, without the loop that owns the
+        # sockets: publishes would wait for a loop that is not there
+        raise ConfigError(
+            "APP_SERVER=gunicorn cannot serve Pushi (its forked workers have"
+            " no event loop): use netius, the default"
+        )
     if name not in APP_SERVERS:
         raise ConfigError(
             "Unknown APP_SERVER: %r (netius, %s)" % (name, ", ".join(APP_SERVERS))
