@@ -29,7 +29,12 @@ class Occupancy(Protocol):
         """A socket left ``channel``: ``then(count, vacated)``."""
 
     def count(self, app_id: str, channel: str) -> int:
-        """The sockets on a channel."""
+        """The sockets on a channel (for the REST side)."""
+
+    def fetch_count(
+        self, app_id: str, channel: str, then: Callable[[int], None]
+    ) -> None:
+        """``then(count)``: the sockets on a channel (loop thread)."""
 
     def channels(self, app_id: str) -> dict[str, int]:
         """The occupied channels of an app, with their counts."""
@@ -40,7 +45,8 @@ class Occupancy(Protocol):
 
 class LocalOccupancy:
     """Occupancy of this process, read from its registry (which has
-    counted the join or leave before it is told)."""
+        counted the join or leave before it is told).  Its reads are the
+    loop's, like the registry: the REST side reads them through the loop."""
 
     def __init__(self, registry):
         self.registry = registry
@@ -56,6 +62,9 @@ class LocalOccupancy:
     def count(self, app_id, channel):
         found = self.registry.channel(app_id, channel)
         return len(found.sessions) if found is not None else 0
+
+    def fetch_count(self, app_id, channel, then):
+        then(self.count(app_id, channel))
 
     def channels(self, app_id):
         return {

@@ -7,7 +7,9 @@ member arrives with the user's first socket and leaves with the last.
 atomically for every socket of the server; their answer comes to a
 continuation (``then``) so that a twin over shared state (Redis) may
 answer later, on the loop.  ``LocalPresence`` is the twin for one
-process: it answers at once.
+process: it answers at once.  The reads are two: ``members`` for the
+REST side (on the loop for this twin, on a REST thread for a shared one)
+and ``fetch_members``, which answers on the loop.
 
 Which of this process's sockets belong to a member (for peer channels) is
 the registry's (``Channel.members``); this seam holds the members.
@@ -54,7 +56,12 @@ class Presence(Protocol):
         when it was the user's last (the member left)."""
 
     def members(self, app_id: str, channel: str) -> dict[str, Member]:
-        """The members of a channel, by user id."""
+        """The members of a channel, by user id (for the REST side)."""
+
+    def fetch_members(
+        self, app_id: str, channel: str, then: Callable[[dict[str, Member]], None]
+    ) -> None:
+        """``then(members)``: the members of a channel (loop thread)."""
 
 
 class LocalPresence:
@@ -95,6 +102,9 @@ class LocalPresence:
 
     def members(self, app_id, channel):
         return self._view(self.channels.get((app_id, channel), {}))
+
+    def fetch_members(self, app_id, channel, then):
+        then(self.members(app_id, channel))
 
     @staticmethod
     def _view(members):

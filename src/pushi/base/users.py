@@ -26,8 +26,11 @@ class Users(Protocol):
         """A socket of ``user_id`` went or changed user: ``then(True)``
         when it was the user's last (the user went offline)."""
 
-    def online(self, app_id: str, user_ids: Iterable[str]) -> list[str]:
-        """Those of ``user_ids`` that are online."""
+    def fetch_online(
+        self, app_id: str, user_ids: Iterable[str], then: Callable[[list[str]], None]
+    ) -> None:
+        """``then(online)``: those of ``user_ids`` that are online (loop
+        thread)."""
 
 
 class LocalUsers:
@@ -43,6 +46,6 @@ class LocalUsers:
     def signed_out(self, app_id, user_id, then):
         then((app_id, user_id) not in self.registry.users)
 
-    def online(self, app_id, user_ids):
+    def fetch_online(self, app_id, user_ids, then):
         users = self.registry.users
-        return [user_id for user_id in user_ids if (app_id, user_id) in users]
+        then([user_id for user_id in user_ids if (app_id, user_id) in users])

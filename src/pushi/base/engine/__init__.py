@@ -308,14 +308,17 @@ class Engine:
         if name in session.channels:
             # subscribed again: it answers with the channel's state now
             session.via_personal.discard(name)
-            state = (
-                self.presence_channels.state(app.app_id, name)
-                if kind == channels.PRESENCE
-                else {}
-            )
-            if kind != channels.PERSONAL:
-                state.update(self.recovery.position(session, name))
-            self.send(session, messages.subscription_succeeded(name, state))
+
+            def answer(state):
+                if kind != channels.PERSONAL:
+                    state.update(self.recovery.position(session, name))
+                if not session.closed:
+                    self.send(session, messages.subscription_succeeded(name, state))
+
+            if kind == channels.PRESENCE:
+                self.presence_channels.state(app.app_id, name, answer)
+            else:
+                answer({})
             return
         if (session.recovering and name in session.recovering) or (
             session.listening and name in session.listening

@@ -65,13 +65,19 @@ class SubscriptionCounts:
         if not app.limits["subscription_count_events"]:
             return
         self._counted[key] = now
-        count = engine.occupancy.count(app_id, name)
-        frame = text_frame(messages.subscription_count(name, count))
-        for write in channel.sessions.values():
-            write(frame)
-        engine.emit(
-            app_id, "subscription_count", channel=name, subscription_count=count
-        )
+
+        def counted(count):
+            channel = engine.registry.channel(app_id, name)
+            if channel is None:
+                return
+            frame = text_frame(messages.subscription_count(name, count))
+            for write in channel.sessions.values():
+                write(frame)
+            engine.emit(
+                app_id, "subscription_count", channel=name, subscription_count=count
+            )
+
+        engine.occupancy.fetch_count(app_id, name, counted)
 
     def sweep(self, now):
         """Sends the counts whose interval is over (without a scheduler)

@@ -94,9 +94,12 @@ class PresenceChannels:
 
         self.presence.join(app.app_id, name, user_id, member, limit, joined)
 
-    def state(self, app_id, name):
-        """Subscription data of a presence channel (see ``state_of``)."""
-        return self.state_of(self.presence.members(app_id, name))
+    def state(self, app_id, name, then):
+        """``then(data)``: the subscription data of a presence channel
+        (see ``state_of``)."""
+        self.presence.fetch_members(
+            app_id, name, lambda members: then(self.state_of(members))
+        )
 
     @staticmethod
     def state_of(members):

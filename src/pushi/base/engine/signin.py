@@ -78,9 +78,14 @@ class SignIn:
                 "watchlist must be a list of at most %d user ids" % limit,
             )
         self.watchlists.watch(session, watchlist)
-        online = self.users.online(app.app_id, self.watchlists.watched[session])
-        if online:
-            self.engine.send(session, messages.watchlist_events([("online", online)]))
+
+        def told(online):
+            if online and not session.closed:
+                self.engine.send(
+                    session, messages.watchlist_events([("online", online)])
+                )
+
+        self.users.fetch_online(app.app_id, self.watchlists.watched[session], told)
 
     def _tell_watchers(self, app_id, user_id, name):
         watchers = self.watchlists.watchers_of(app_id, user_id)
