@@ -8,6 +8,7 @@ channel can have, is a public channel, as on Pusher.
 """
 
 import re
+from typing import TypeGuard
 
 from . import errors
 
@@ -29,7 +30,7 @@ _PEER = re.compile(
 )
 
 
-def kind(name):
+def kind(name: str) -> str:
     """The kind of channel ``name`` (one of the constants above)."""
     if name.startswith("private-encrypted-"):
         return ENCRYPTED
@@ -46,7 +47,7 @@ def kind(name):
     return PUBLIC
 
 
-def is_cache(name):
+def is_cache(name: str) -> bool:
     """True for the ``cache-`` variants, whose last event is replayed."""
     return (
         name.startswith("cache-")
@@ -56,12 +57,12 @@ def is_cache(name):
     )
 
 
-def needs_auth(name):
+def needs_auth(name: str) -> bool:
     """True for every kind that a client subscribes to with a signature."""
     return kind(name) in (PRIVATE, ENCRYPTED, PRESENCE, PERSONAL)
 
 
-def is_valid(name, max_length=MAX_NAME):
+def is_valid(name: object, max_length: int = MAX_NAME) -> TypeGuard[str]:
     """True when ``name`` follows the grammar of its kind."""
     if not isinstance(name, str) or not name or len(name) > max_length:
         return False
@@ -70,7 +71,7 @@ def is_valid(name, max_length=MAX_NAME):
     return bool(_PLAIN.match(name) or _PEER.match(name))
 
 
-def check(name, max_length=MAX_NAME):
+def check(name: object, max_length: int = MAX_NAME) -> None:
     """Raises ``SubscriptionError`` (400) unless ``name`` is valid."""
     if not is_valid(name, max_length):
         raise errors.SubscriptionError(
@@ -82,29 +83,29 @@ def check(name, max_length=MAX_NAME):
         )
 
 
-def personal_user(name):
+def personal_user(name: str) -> str:
     """The user id of ``personal-<user_id>``."""
     return name[len("personal-") :]
 
 
-def presence_base(name):
+def presence_base(name: str) -> str:
     """``x`` for ``presence-x``: the base shared with its peer channels."""
     return name[len("presence-") :]
 
 
-def peer_name(base, user_a, user_b):
+def peer_name(base: str, user_a: str, user_b: str) -> str:
     """``peer-<base>:<a>&<b>`` with the two user ids sorted."""
     first, second = sorted((user_a, user_b))
     return "peer-%s:%s&%s" % (base, first, second)
 
 
-def peer_presence(name):
+def peer_presence(name: str) -> str | None:
     """``presence-<base>`` of a peer channel name, or None if not one."""
     match = _PEER.match(name)
     return "presence-" + match.group(1) if match else None
 
 
-def peer_users(name):
+def peer_users(name: str) -> tuple[str, str] | None:
     """The two user ids of a peer channel name, or None if not one."""
     match = _PEER.match(name)
     return (match.group(2), match.group(3)) if match else None

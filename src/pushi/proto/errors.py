@@ -6,6 +6,8 @@ codes, a close of the connection with the same code); a
 socket open; an ``HttpError`` becomes a JSON 4xx answer.
 """
 
+from typing import Any
+
 # connection level: pusher:error then close with the same code
 UNKNOWN_APP = 4001
 APP_DISABLED = 4003
@@ -33,7 +35,7 @@ SUBSCRIPTION_REFUSED = 4306
 class AnswerError(Exception):
     """Base of the errors that are answers to a client, never crashes."""
 
-    def __init__(self, message):
+    def __init__(self, message: str) -> None:
         Exception.__init__(self, message)
         self.message = message
 
@@ -43,13 +45,13 @@ class ProtocolError(AnswerError):
     ``channel`` names the channel of the request refused (``pusher:latest``),
     so that a client can tell which of its requests it answers."""
 
-    def __init__(self, code, message, channel=None):
+    def __init__(self, code: int, message: str, channel: str | None = None) -> None:
         AnswerError.__init__(self, message)
         self.code = code
         self.channel = channel
 
     @property
-    def closes(self):
+    def closes(self) -> bool:
         return self.code < 4300
 
 
@@ -59,8 +61,13 @@ class SubscriptionError(AnswerError):
     with the same message follows: Pusher's answer to a bad signature."""
 
     def __init__(
-        self, channel, message, status=401, type="AuthError", pusher_error=False
-    ):
+        self,
+        channel: str | None,
+        message: str,
+        status: int = 401,
+        type: str = "AuthError",
+        pusher_error: bool = False,
+    ) -> None:
         AnswerError.__init__(self, message)
         self.channel = channel
         self.status = status
@@ -73,7 +80,9 @@ class HttpError(AnswerError):
     ``retry_after`` (seconds) goes out as ``Retry-After`` (a 503 says 1
     without it)."""
 
-    def __init__(self, status, message, retry_after=None):
+    def __init__(
+        self, status: int, message: str, retry_after: int | None = None
+    ) -> None:
         AnswerError.__init__(self, message)
         self.status = status
         if retry_after is None and status == 503:
@@ -81,11 +90,11 @@ class HttpError(AnswerError):
         self.retry_after = retry_after
 
     @property
-    def code(self):
+    def code(self) -> int:
         """The HTTP status, under the name Appier's error handler reads."""
         return self.status
 
     @property
-    def body(self):
+    def body(self) -> dict[str, Any]:
         """The JSON body of the answer (Appier's shape for every error)."""
         return {"result": "error", "code": self.status, "message": self.message}
