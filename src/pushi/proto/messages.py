@@ -11,6 +11,8 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 from . import errors
 
@@ -27,7 +29,7 @@ PUSHER = "pusher"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def message_id(now=None):
+def message_id(now: float | None = None) -> str:
     """A stored event's ``mid``: 12 hex digits of milliseconds, then 64
     random bits.  Ids grow with time, so a store's unique index on them
     takes each new one at its end instead of at a random page."""
@@ -35,19 +37,19 @@ def message_id(now=None):
     return "%012x%s" % (milliseconds, secrets.token_hex(8))
 
 
-def dumps(value):
+def dumps(value: Any) -> str:
     """Compact JSON text, UTF-8 characters kept as they are."""
     return _dumps(value)
 
 
-def _finite(text):
+def _finite(text: str) -> float:
     value = float(text)
     if math.isinf(value):
         raise ValueError("Number out of range: %.32s" % text)
     return value
 
 
-def _constant(name):
+def _constant(name: str) -> NoReturn:
     raise ValueError("Not a JSON value: %s" % name)
 
 
@@ -58,11 +60,11 @@ _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 class TooDeep(ValueError):
     """JSON nested over ``MAX_DEPTH`` arrays and objects."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         ValueError.__init__(self, "JSON nested over %d levels" % MAX_DEPTH)
 
 
-def loads(text):
+def loads(text: str | bytes) -> Any:
     """Parses JSON from a client: ``text`` a str, or bytes that must be
     UTF-8.  Raises ``ValueError`` for what the standard refuses but Python
     accepts (NaN, Infinity, a number out of a float's range, an escaped
@@ -83,7 +85,7 @@ def loads(text):
     return value
 
 
-def _deeper(value, limit):
+def _deeper(value: Any, limit: int) -> bool:
     """Whether ``value`` nests over ``limit`` arrays and objects (walked
     without recursion, so that any depth can be measured)."""
     if not isinstance(value, (dict, list)):
@@ -100,7 +102,7 @@ def _deeper(value, limit):
     return False
 
 
-def parse(text, max_event_name=MAX_EVENT_NAME):
+def parse(text: str | bytes, max_event_name: int = MAX_EVENT_NAME) -> dict[str, Any]:
     """Parses one client message; raises ``ProtocolError`` (4300) if bad."""
     try:
         message = loads(text)
@@ -135,30 +137,33 @@ def parse(text, max_event_name=MAX_EVENT_NAME):
     return message
 
 
-def connection_established(socket_id, activity_timeout):
+def connection_established(socket_id: str, activity_timeout: int) -> str:
     """First message: ``data`` is a JSON string, as pysher expects."""
     data = dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
     return dumps({"event": "pusher:connection_established", "data": data})
 
 
-def error(code, message, channel=None):
+def error(code: int, message: str, channel: str | None = None) -> str:
     """``pusher:error`` with ``{code, message}`` data (and the ``channel``
     of the request it refuses, when there is one)."""
-    error = {"event": "pusher:error", "data": {"code": code, "message": message}}
+    error: dict[str, Any] = {
+        "event": "pusher:error",
+        "data": {"code": code, "message": message},
+    }
     if channel is not None:
         error["channel"] = channel
     return dumps(error)
 
 
-def pong():
+def pong() -> str:
     return '{"event":"pusher:pong","data":{}}'
 
 
-def ping():
+def ping() -> str:
     return '{"event":"pusher:ping","data":{}}'
 
 
-def subscription_succeeded(channel, data):
+def subscription_succeeded(channel: str, data: dict[str, Any]) -> str:
     """``data`` (a dict) travels as a JSON string."""
     return dumps(
         {
@@ -169,7 +174,9 @@ def subscription_succeeded(channel, data):
     )
 
 
-def subscription_error(channel, type, message, status):
+def subscription_error(
+    channel: str | None, type: str, message: str, status: int
+) -> str:
     return dumps(
         {
             "event": "pusher:subscription_error",
@@ -179,7 +186,7 @@ def subscription_error(channel, type, message, status):
     )
 
 
-def unsubscription_succeeded(channel):
+def unsubscription_succeeded(channel: str) -> str:
     return dumps(
         {
             "event": "pusher_internal:unsubscription_succeeded",
@@ -189,7 +196,7 @@ def unsubscription_succeeded(channel):
     )
 
 
-def event(name, channel, data, **extra):
+def event(name: str, channel: str, data: Any, **extra: Any) -> str:
     """A channel event; ``extra`` fields (``user_id``, ``mid``,
     ``timestamp``) ride at the top level, where pusher-js ignores them."""
     message = {"event": name, "channel": channel, "data": data}
@@ -199,35 +206,35 @@ def event(name, channel, data, **extra):
     return dumps(message)
 
 
-def member_added(channel, user_id, user_info, dialect):
+def member_added(channel: str, user_id: str, user_info: Any, dialect: str) -> str:
     """Member joined, in the words of each dialect."""
     member = {"user_id": user_id, "user_info": user_info}
     return _member("member_added", channel, member, dialect)
 
 
-def member_removed(channel, user_id, dialect):
+def member_removed(channel: str, user_id: str, dialect: str) -> str:
     """Member left (its last socket on the channel), in each dialect."""
     return _member("member_removed", channel, {"user_id": user_id}, dialect)
 
 
-def _member(name, channel, member, dialect):
+def _member(name: str, channel: str, member: dict[str, Any], dialect: str) -> str:
     """Pusher clients read ``pusher_internal:<name>`` with the member as a
     JSON string in ``data``; Pushi clients read ``pusher:<name>`` with it
     in ``member`` (and ``data``)."""
-    member = dumps(member)
+    text = dumps(member)
     if dialect == PUSHI:
-        message = {"event": "pusher:" + name, "member": member}
+        message = {"event": "pusher:" + name, "member": text}
     else:
         message = {"event": "pusher_internal:" + name}
-    message.update(channel=channel, data=member)
+    message.update(channel=channel, data=text)
     return dumps(message)
 
 
-def signin_success(user_data):
+def signin_success(user_data: str) -> str:
     return dumps({"event": "pusher:signin_success", "data": {"user_data": user_data}})
 
 
-def latest(channel, events):
+def latest(channel: str, events: list[Any]) -> str:
     return dumps(
         {
             "event": "pusher_internal:latest",
@@ -237,7 +244,7 @@ def latest(channel, events):
     )
 
 
-def subscription_count(channel, count):
+def subscription_count(channel: str, count: int) -> str:
     """``pusher_internal:subscription_count``: pusher-js keeps it in
     ``channel.subscriptionCount`` and emits ``pusher:subscription_count``."""
     return dumps(
@@ -249,7 +256,7 @@ def subscription_count(channel, count):
     )
 
 
-def watchlist_events(events):
+def watchlist_events(events: Iterable[tuple[str, Iterable[str]]]) -> str:
     """``pusher_internal:watchlist_events`` with ``events`` a list of
     ``(name, user_ids)``, name ``online`` or ``offline``."""
     data = {
