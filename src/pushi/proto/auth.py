@@ -144,7 +144,7 @@ def verify_api(
         skew = abs(now - int(params.get("auth_timestamp", "")))
     except (ValueError, OverflowError):
         # OverflowError: an integer too large for the float it meets
-        raise errors.HttpError(401, "Missing or invalid auth_timestamp")
+        raise errors.HttpError(401, "Missing or invalid auth_timestamp") from None
     if skew > API_TIMESTAMP_WINDOW:
         raise errors.HttpError(
             401, "Timestamp expired: not within 600 s of server time"

@@ -75,7 +75,7 @@ def loads(text: str | bytes) -> Any:
     try:
         value = _strict(text)
     except RecursionError:
-        raise TooDeep()
+        raise TooDeep() from None
     # nesting needs as many opening brackets: most messages skip the walk
     if text.count("[") + text.count("{") > MAX_DEPTH and _deeper(value, MAX_DEPTH):
         raise TooDeep()
@@ -107,9 +107,11 @@ def parse(text: str | bytes, max_event_name: int = MAX_EVENT_NAME) -> dict[str, 
     try:
         message = loads(text)
     except TooDeep as error:
-        raise errors.ProtocolError(errors.INVALID_MESSAGE, str(error))
+        raise errors.ProtocolError(errors.INVALID_MESSAGE, str(error)) from None
     except ValueError:
-        raise errors.ProtocolError(errors.INVALID_MESSAGE, "Message is not valid JSON")
+        raise errors.ProtocolError(
+            errors.INVALID_MESSAGE, "Message is not valid JSON"
+        ) from None
     if not isinstance(message, dict):
         raise errors.ProtocolError(
             errors.INVALID_MESSAGE, "Message is not a JSON object"

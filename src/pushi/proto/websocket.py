@@ -49,7 +49,7 @@ CLOSE_INTERNAL_ERROR = 1011
 class HandshakeError(Exception):
     """A refused upgrade request: answer with HTTP ``status``."""
 
-    def __init__(self, status, reason):
+    def __init__(self, status: int, reason: str) -> None:
         Exception.__init__(self, reason)
         self.status = status
         self.reason = reason
@@ -58,7 +58,7 @@ class HandshakeError(Exception):
 class WebSocketError(Exception):
     """A protocol violation by the client: close with ``code``."""
 
-    def __init__(self, code, reason):
+    def __init__(self, code: int, reason: str) -> None:
         Exception.__init__(self, reason)
         self.code = code
         self.reason = reason
@@ -70,20 +70,29 @@ class Handshake:
 
     __slots__ = ("path", "query", "headers", "accept")
 
-    def __init__(self, path, query, headers, accept):
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    accept: str
+
+    def __init__(
+        self, path: str, query: dict[str, str], headers: dict[str, str], accept: str
+    ) -> None:
         self.path = path
         self.query = query
         self.headers = headers
         self.accept = accept
 
 
-def accept_key(client_key):
+def accept_key(client_key: str) -> str:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``."""
     digest = hashlib.sha1(client_key.encode("ascii") + MAGIC).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
-def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
+def parse_handshake(
+    buffer: bytes, max_size: int = MAX_HANDSHAKE
+) -> tuple[Handshake | None, int]:
     """Parses an upgrade request at the start of ``buffer``.
 
     Returns ``(handshake, consumed)``, or ``(None, 0)`` while the headers
@@ -100,7 +109,7 @@ def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
     try:
         text = bytes(buffer[:end]).decode("latin-1")
     except Exception:
-        raise HandshakeError(400, "Malformed request")
+        raise HandshakeError(400, "Malformed request") from None
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -110,7 +119,7 @@ def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
         raise HandshakeError(405, "Only GET upgrades to a WebSocket")
     if version != "HTTP/1.1":
         raise HandshakeError(400, "HTTP/1.1 required")
-    headers = {}
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, separator, value = line.partition(":")
         if not separator or not name or name != name.strip():
@@ -136,16 +145,16 @@ def parse_handshake(buffer, max_size=MAX_HANDSHAKE):
         if len(base64.b64decode(client_key.encode("ascii"), validate=True)) != 16:
             raise ValueError(client_key)
     except Exception:
-        raise HandshakeError(400, "Invalid Sec-WebSocket-Key")
+        raise HandshakeError(400, "Invalid Sec-WebSocket-Key") from None
     url = urllib.parse.urlsplit(target)
-    query = {}
+    query: dict[str, str] = {}
     for name, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
         query.setdefault(name, value)
     handshake = Handshake(url.path, query, headers, accept_key(client_key))
     return handshake, end + 4
 
 
-def accept_response(handshake):
+def accept_response(handshake: Handshake) -> bytes:
     """The ``101 Switching Protocols`` answer to a valid handshake."""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
@@ -155,15 +164,14 @@ def accept_response(handshake):
     ).encode("ascii")
 
 
-def reject_response(status, reason):
+def reject_response(status: int, reason: str) -> bytes:
     """An HTTP error answer to a refused handshake (connection closes), with
     the REST API's JSON error body.  A 426 names what to upgrade to, as
     HTTP requires (``Upgrade``, listed in ``Connection``), and the one
     WebSocket version served (RFC 6455 4.2.2)."""
     body = json.dumps(
         {"result": "error", "code": status, "message": reason}, separators=(",", ":")
-    )
-    body = body.encode("utf-8")
+    ).encode("utf-8")
     if status == 426:
         upgrade = (
             "Upgrade: websocket\r\n"
@@ -180,7 +188,7 @@ def reject_response(status, reason):
     ).encode("latin-1") + body
 
 
-def unmask(payload, mask):
+def unmask(payload: bytes, mask: bytes) -> bytes:
     """XORs ``payload`` with the repeating 4-byte ``mask``."""
     length = len(payload)
     if not length:
@@ -190,7 +198,7 @@ def unmask(payload, mask):
     return value.to_bytes(length, "big")
 
 
-def encode_frame(opcode, payload, fin=True):
+def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """A server (unmasked) frame carrying ``payload`` (bytes)."""
     first = (0x80 if fin else 0) | opcode
     length = len(payload)
@@ -203,12 +211,12 @@ def encode_frame(opcode, payload, fin=True):
     return header + payload
 
 
-def text_frame(text):
+def text_frame(text: str) -> bytes:
     """A text frame for ``text`` (str), encoded as UTF-8."""
     return encode_frame(OP_TEXT, text.encode("utf-8"))
 
 
-def close_frame(code=CLOSE_NORMAL, reason=""):
+def close_frame(code: int | None = CLOSE_NORMAL, reason: str = "") -> bytes:
     """A close frame with ``code`` and a reason cut to fit 123 bytes."""
     if code is None:
         return encode_frame(OP_CLOSE, b"")
@@ -216,7 +224,7 @@ def close_frame(code=CLOSE_NORMAL, reason=""):
     return encode_frame(OP_CLOSE, struct.pack("!H", code) + data)
 
 
-def parse_close(payload):
+def parse_close(payload: bytes) -> tuple[int, str]:
     """``(code, reason)`` of a close frame's payload; validates both."""
     if not payload:
         return CLOSE_NO_STATUS, ""
@@ -228,7 +236,7 @@ def parse_close(payload):
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise WebSocketError(CLOSE_INVALID_DATA, "Close reason is not UTF-8")
+        raise WebSocketError(CLOSE_INVALID_DATA, "Close reason is not UTF-8") from None
     return code, reason
 
 
@@ -262,7 +270,15 @@ class FrameReader:
         "_size",
     )
 
-    def __init__(self, max_message=MAX_MESSAGE):
+    max_message: int
+    started: float | None
+    _buffer: bytes
+    _message: bytearray | None
+    _decoder: codecs.IncrementalDecoder | None
+    _fragment_opcode: int | None
+    _size: int
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
         self.max_message = max_message
         self.started = None
         self._buffer = b""
@@ -273,9 +289,11 @@ class FrameReader:
         self._fragment_opcode = None
         self._size = 0
 
-    def feed(self, data, limit=1 << 30, now=None):
+    def feed(
+        self, data: bytes, limit: int = 1 << 30, now: float | None = None
+    ) -> list[tuple[int, str | bytes]]:
         buffer = self._buffer + data if self._buffer else data
-        messages = []
+        messages: list[tuple[int, str | bytes]] = []
         offset = 0
         size = len(buffer)
         # whether a message or a control frame outside a message ended
@@ -349,25 +367,28 @@ class FrameReader:
                 self._fragment_opcode = opcode
                 self._size = length
                 if opcode == OP_TEXT:
-                    self._decoder = codecs.getincrementaldecoder("utf-8")()
-                    self._check(payload, False)
+                    decoder = codecs.getincrementaldecoder("utf-8")()
+                    self._decoder = decoder
+                    self._check(decoder, payload, False)
                 self._message = bytearray(payload)
             else:
+                # a continuation without a first fragment was refused above
+                message = self._message
+                assert message is not None
                 self._size = total
                 if self._decoder is not None:
-                    self._check(payload, fin)
-                self._message += payload
+                    self._check(self._decoder, payload, fin != 0)
+                message += payload
                 if fin:
-                    opcode = self._fragment_opcode
-                    message = self._message
+                    text = self._fragment_opcode == OP_TEXT
                     self._message = None
                     self._decoder = None
                     self._fragment_opcode = None
                     self._size = 0
-                    if opcode == OP_TEXT:
-                        messages.append((opcode, message.decode("utf-8")))
+                    if text:
+                        messages.append((OP_TEXT, message.decode("utf-8")))
                     else:
-                        messages.append((opcode, bytes(message)))
+                        messages.append((OP_BINARY, bytes(message)))
                     ended = True
         self._buffer = buffer[offset:] if offset < size else b""
         if self._message is None and not self._buffer:
@@ -376,20 +397,25 @@ class FrameReader:
             self.started = time.monotonic() if now is None else now
         return messages
 
-    def _check(self, payload, final):
+    @staticmethod
+    def _check(decoder: codecs.IncrementalDecoder, payload: bytes, final: bool) -> None:
         """Checks a text fragment with the message's decoder: an invalid
         sequence fails here, a character cut between fragments waits for
         the next one (or fails at the last)."""
         try:
-            self._decoder.decode(payload, final)
+            decoder.decode(payload, final)
         except UnicodeDecodeError:
-            raise WebSocketError(CLOSE_INVALID_DATA, "Text message is not UTF-8")
+            raise WebSocketError(
+                CLOSE_INVALID_DATA, "Text message is not UTF-8"
+            ) from None
 
     @staticmethod
-    def _decode(opcode, payload):
+    def _decode(opcode: int, payload: bytes) -> str | bytes:
         if opcode != OP_TEXT:
             return payload
         try:
             return payload.decode("utf-8")
         except UnicodeDecodeError:
-            raise WebSocketError(CLOSE_INVALID_DATA, "Text message is not UTF-8")
+            raise WebSocketError(
+                CLOSE_INVALID_DATA, "Text message is not UTF-8"
+            ) from None
