@@ -2,6 +2,8 @@
 
 from .api import Pushi, PushiError
 
+__all__ = ["Pushi", "PushiError"]
+
 __version__ = "1.0.0.dev0"
 
 

@@ -1,1 +1,3 @@
 from .client import Pushi, PushiError
+
+__all__ = ["Pushi", "PushiError"]

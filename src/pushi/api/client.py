@@ -11,9 +11,11 @@ signature), so the secret itself never travels.
 import http.client
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 from pushi.proto import auth
 
@@ -25,7 +27,7 @@ class PushiError(Exception):
     ``message`` its reason, or ``status`` is None when no answer came (the
     server unreachable, a timeout, a broken connection or TLS check)."""
 
-    def __init__(self, status, message):
+    def __init__(self, status: int | None, message: str) -> None:
         Exception.__init__(
             self, message if status is None else "%d: %s" % (status, message)
         )
@@ -37,8 +39,14 @@ class Pushi:
     """A proxy to one app of a Pushi server."""
 
     def __init__(
-        self, app_id, app_key, app_secret, base_url=None, timeout=30, ssl_context=None
-    ):
+        self,
+        app_id: str | int,
+        app_key: str,
+        app_secret: str,
+        base_url: str | None = None,
+        timeout: float = 30,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         """``ssl_context`` (an ``ssl.SSLContext``) checks an ``https://``
         server, e.g. one with a certificate of your own CA."""
         self.app_id = str(app_id)
@@ -51,15 +59,20 @@ class Pushi:
         self.ssl_context = ssl_context
 
     def trigger_event(
-        self, channel, data, event="message", persist=None, socket_id=None
-    ):
+        self,
+        channel: str | list[str] | tuple[str, ...],
+        data: Any,
+        event: str = "message",
+        persist: bool | None = None,
+        socket_id: str | None = None,
+    ) -> Any:
         """Sends ``event`` with ``data`` to ``channel`` (a name or a list).
 
         ``data`` goes as it is (a string, or any JSON value); ``persist``
         stores it (the server's default for this body is to store);
         ``socket_id`` excludes that socket from the delivery.
         """
-        body = {"event": event, "data": data}
+        body: dict[str, Any] = {"event": event, "data": data}
         if isinstance(channel, (list, tuple)):
             body["channels"] = list(channel)
         else:
@@ -70,7 +83,7 @@ class Pushi:
             body["socket_id"] = socket_id
         return self._request("POST", "apps/%s/events" % self.app_id, body=body)
 
-    def get_events(self, channel, skip=0, count=10):
+    def get_events(self, channel: str, skip: int = 0, count: int = 10) -> Any:
         """Stored events of ``channel``, newest first."""
         return self._request(
             "GET",
@@ -78,7 +91,7 @@ class Pushi:
             params={"channel": channel, "skip": str(skip), "count": str(count)},
         )
 
-    def subscribe(self, user_id, event):
+    def subscribe(self, user_id: str, event: str) -> Any:
         """Makes ``user_id`` keep a stream of channel ``event``."""
         return self._request(
             "POST",
@@ -86,14 +99,16 @@ class Pushi:
             body={"user_id": user_id, "event": event},
         )
 
-    def unsubscribe(self, user_id, event):
+    def unsubscribe(self, user_id: str, event: str) -> Any:
         return self._request(
             "POST",
             "apps/%s/unsubscribe" % self.app_id,
             body={"user_id": user_id, "event": event},
         )
 
-    def authenticate(self, channel, socket_id, channel_data=None):
+    def authenticate(
+        self, channel: str, socket_id: str, channel_data: Any = None
+    ) -> dict[str, str]:
         """What an app's auth endpoint answers for a private, presence or
         personal subscription: ``{"auth": ...}`` (plus ``channel_data``).
 
@@ -111,7 +126,7 @@ class Pushi:
             result["channel_data"] = channel_data
         return result
 
-    def authenticate_user(self, socket_id, user_data):
+    def authenticate_user(self, socket_id: str, user_data: Any) -> dict[str, str]:
         """What a user authentication endpoint answers for ``pusher:signin``."""
         if not isinstance(user_data, str):
             user_data = json.dumps(user_data, separators=(",", ":"))
@@ -122,7 +137,13 @@ class Pushi:
             "user_data": user_data,
         }
 
-    def _request(self, method, path, params=None, body=None):
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
         data = json.dumps(body).encode("utf-8") if body is not None else b""
         signed = auth.signed_params(
             self.app_key, self.app_secret, method, "/" + path, params, data
