@@ -14,7 +14,11 @@ counts this process's sockets, so it reads them there.
 Ownership: loop thread only.
 """
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pushi.base.registry import Registry
 
 
 class Occupancy(Protocol):
@@ -45,32 +49,38 @@ class Occupancy(Protocol):
 
 class LocalOccupancy:
     """Occupancy of this process, read from its registry (which has
-        counted the join or leave before it is told).  Its reads are the
+    counted the join or leave before it is told).  Its reads are the
     loop's, like the registry: the REST side reads them through the loop."""
 
-    def __init__(self, registry):
+    def __init__(self, registry: "Registry") -> None:
         self.registry = registry
 
-    def joined(self, app_id, channel, then):
+    def joined(
+        self, app_id: str, channel: str, then: Callable[[int, bool], None]
+    ) -> None:
         count = self.count(app_id, channel)
         then(count, count == 1)
 
-    def left(self, app_id, channel, then):
+    def left(
+        self, app_id: str, channel: str, then: Callable[[int, bool], None]
+    ) -> None:
         count = self.count(app_id, channel)
         then(count, count == 0)
 
-    def count(self, app_id, channel):
+    def count(self, app_id: str, channel: str) -> int:
         found = self.registry.channel(app_id, channel)
         return len(found.sessions) if found is not None else 0
 
-    def fetch_count(self, app_id, channel, then):
+    def fetch_count(
+        self, app_id: str, channel: str, then: Callable[[int], None]
+    ) -> None:
         then(self.count(app_id, channel))
 
-    def channels(self, app_id):
+    def channels(self, app_id: str) -> dict[str, int]:
         return {
             name: len(channel.sessions)
             for name, channel in self.registry.channels(app_id).items()
         }
 
-    def connections(self, app_id):
+    def connections(self, app_id: str) -> int:
         return self.registry.app_count(app_id)

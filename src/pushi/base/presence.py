@@ -17,7 +17,8 @@ the registry's (``Channel.members``); this seam holds the members.
 Ownership: loop thread only.
 """
 
-from typing import Any, Callable, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 
 class Member(NamedTuple):
@@ -67,11 +68,19 @@ class Presence(Protocol):
 class LocalPresence:
     """The members of this process's presence channels."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # (app_id, channel) -> user_id -> [Member, sockets]
         self.channels: dict[tuple[str, str], dict[str, list]] = {}
 
-    def join(self, app_id, channel, user_id, member, limit, then):
+    def join(
+        self,
+        app_id: str,
+        channel: str,
+        user_id: str,
+        member: Member,
+        limit: int,
+        then: Callable[[Joined | None], None],
+    ) -> None:
         members = self.channels.setdefault((app_id, channel), {})
         entry = members.get(user_id)
         if entry is None:
@@ -84,7 +93,9 @@ class LocalPresence:
         entry[1] += 1
         then(Joined(entry[1] == 1, self._view(members)))
 
-    def leave(self, app_id, channel, user_id, then):
+    def leave(
+        self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
+    ) -> None:
         key = (app_id, channel)
         members = self.channels.get(key, {})
         entry = members.get(user_id)
@@ -100,12 +111,14 @@ class LocalPresence:
             del self.channels[key]
         then(True)
 
-    def members(self, app_id, channel):
+    def members(self, app_id: str, channel: str) -> dict[str, Member]:
         return self._view(self.channels.get((app_id, channel), {}))
 
-    def fetch_members(self, app_id, channel, then):
+    def fetch_members(
+        self, app_id: str, channel: str, then: Callable[[dict[str, Member]], None]
+    ) -> None:
         then(self.members(app_id, channel))
 
     @staticmethod
-    def _view(members):
+    def _view(members: dict[str, list[Any]]) -> dict[str, Member]:
         return {user_id: entry[0] for user_id, entry in members.items()}

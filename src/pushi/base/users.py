@@ -10,7 +10,11 @@ the registry already knows its signed-in sockets, so it reads them there.
 Ownership: loop thread only.
 """
 
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from pushi.base.registry import Registry
 
 
 class Users(Protocol):
@@ -37,15 +41,21 @@ class LocalUsers:
     """Signed-in users of this process, read from its registry (which has
     recorded the sign-in or its end before it is told)."""
 
-    def __init__(self, registry):
+    def __init__(self, registry: "Registry") -> None:
         self.registry = registry
 
-    def signed_in(self, app_id, user_id, then):
+    def signed_in(
+        self, app_id: str, user_id: str, then: Callable[[bool], None]
+    ) -> None:
         then(len(self.registry.users.get((app_id, user_id), ())) == 1)
 
-    def signed_out(self, app_id, user_id, then):
+    def signed_out(
+        self, app_id: str, user_id: str, then: Callable[[bool], None]
+    ) -> None:
         then((app_id, user_id) not in self.registry.users)
 
-    def fetch_online(self, app_id, user_ids, then):
+    def fetch_online(
+        self, app_id: str, user_ids: Iterable[str], then: Callable[[list[str]], None]
+    ) -> None:
         users = self.registry.users
         then([user_id for user_id in user_ids if (app_id, user_id) in users])

@@ -30,6 +30,9 @@ import json
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.types import WSGIApplication
 
 from . import errors
 
@@ -65,8 +68,16 @@ class Request:
     )
 
     def __init__(
-        self, method, path, query, version, headers, body, remote="", scheme=None
-    ):
+        self,
+        method: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: dict[str, str],
+        body: bytes,
+        remote: str = "",
+        scheme: str | None = None,
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
@@ -78,7 +89,7 @@ class Request:
         self.received = time.monotonic()
 
     @property
-    def keep_alive(self):
+    def keep_alive(self) -> bool:
         tokens = self.headers.get("connection", "").lower()
         if self.version == "HTTP/1.0":
             return "keep-alive" in tokens
@@ -91,15 +102,15 @@ class RequestParser:
 
     __slots__ = ("buffer", "max_body", "continued")
 
-    def __init__(self, max_body=MAX_BODY):
+    def __init__(self, max_body: int = MAX_BODY) -> None:
         self.buffer = b""
         self.max_body = max_body
         self.continued = False  # CONTINUE given for the current request
 
-    def feed(self, data):
+    def feed(self, data: bytes) -> None:
         self.buffer += data
 
-    def next_request(self):
+    def next_request(self) -> Request | bytes | None:
         """The next whole request, None until it has arrived, or
         ``CONTINUE``; raises ``errors.HttpError`` for one that breaks the
         limits or the grammar (the connection is then unusable)."""
@@ -116,7 +127,7 @@ class RequestParser:
         method, target, version = parts
         if not method.isalpha() or not target.startswith("/"):
             raise errors.HttpError(400, "Malformed request line")
-        headers = {}
+        headers: dict[str, str] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(":")
             if not colon or not name or name != name.strip():
@@ -132,11 +143,11 @@ class RequestParser:
                 headers[name] = value
         if "transfer-encoding" in headers:
             raise errors.HttpError(411, "Send the body with a Content-Length")
-        length = headers.get("content-length", "0")
+        declared = headers.get("content-length", "0")
         # isdigit() alone takes any Unicode digit ("\u00b2") and any length
-        if not (length.isascii() and length.isdigit() and len(length) <= 18):
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
             raise errors.HttpError(400, "Invalid Content-Length")
-        length = int(length)
+        length = int(declared)
         if length > self.max_body:
             raise errors.HttpError(413, "Body over %d bytes" % self.max_body)
         start = end + 4
@@ -154,7 +165,7 @@ class RequestParser:
         )
 
 
-def status_line(status):
+def status_line(status: int) -> str:
     """``"404 Not Found"`` for ``404``."""
     try:
         return "%d %s" % (status, http.HTTPStatus(status).phrase)
@@ -162,12 +173,14 @@ def status_line(status):
         return "%d Error" % status
 
 
-def json_bytes(body):
+def json_bytes(body: Any) -> bytes:
     """``body`` as the API's JSON: compact, whichever path answers."""
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
-def json_response(status, body, headers=()):
+def json_response(
+    status: int, body: Any, headers: Iterable[tuple[str, str]] = ()
+) -> tuple[str, list[tuple[str, str]], bytes]:
     """``(status, headers, bytes)`` of a JSON answer."""
     data = json_bytes(body)
     return (
@@ -182,7 +195,9 @@ def json_response(status, body, headers=()):
     )
 
 
-def error_response(error):
+def error_response(
+    error: errors.HttpError,
+) -> tuple[str, list[tuple[str, str]], bytes]:
     """The answer to an ``errors.HttpError``: a 503 or a 429 says when to
     retry (``Retry-After``)."""
     retry_after = error.retry_after
@@ -190,7 +205,13 @@ def error_response(error):
     return json_response(error.status, error.body, headers)
 
 
-def response(status, headers, body, keep_alive, head_only=False):
+def response(
+    status: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    keep_alive: bool,
+    head_only: bool = False,
+) -> bytes:
     """The bytes of an answer: ``status`` is a status line's text (``"200
     OK"``), ``headers`` ``(name, value)`` pairs; the framing headers
     (``Content-Length``, ``Connection``) are this function's, whatever
@@ -206,10 +227,12 @@ def response(status, headers, body, keep_alive, head_only=False):
     return head if head_only else head + body
 
 
-def call_wsgi(app, request, host, port, scheme):
+def call_wsgi(
+    app: WSGIApplication, request: Request, host: str, port: int, scheme: str
+) -> tuple[str, list[tuple[str, str]], bytes]:
     """Runs ``request`` through the WSGI callable ``app``; returns
     ``(status, headers, body)`` (blocking: call it off the loop)."""
-    environ = {
+    environ: dict[str, Any] = {
         # HEAD is GET without the body (dropped when answering)
         "REQUEST_METHOD": "GET" if request.method == "HEAD" else request.method,
         "SCRIPT_NAME": "",
@@ -234,10 +257,12 @@ def call_wsgi(app, request, host, port, scheme):
         if "_" in name or key == "CONTENT_LENGTH":
             continue
         environ[key if key == "CONTENT_TYPE" else "HTTP_" + key] = value
-    started = []
-    chunks = []
+    started: list[Any] = []
+    chunks: list[bytes] = []
 
-    def start_response(status, headers, exc_info=None):
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
         started[:] = [status, headers]
         return chunks.append
 
