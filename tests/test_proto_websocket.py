@@ -332,3 +332,18 @@ class TestFrames:
         assert ws.close_frame(4001, "x") == b"\x88\x03\x0f\xa1x"
         assert ws.close_frame(None) == b"\x88\x00"
         assert len(ws.close_frame(1000, "r" * 300)) == 2 + 125
+
+    def test_client_frames_are_masked_and_read_back(self):
+        mask = b"\x01\x02\x03\x04"
+        frame = ws.encode_frame(ws.OP_TEXT, b"hi", mask=mask)
+        assert frame == b"\x81\x82\x01\x02\x03\x04" + bytes([0x69, 0x6B])
+        assert ws.encode_frame(ws.OP_TEXT, b"a" * 200, mask=mask)[:4] == (
+            b"\x81\xfe\x00\xc8"
+        )
+        assert ws.encode_frame(ws.OP_PING, b"", mask=mask) == b"\x89\x80" + mask
+        for size in (0, 5, 125, 126, 300, 70000):
+            payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+            fragment = ws.encode_frame(ws.OP_BINARY, payload, fin=False, mask=mask)
+            last = ws.encode_frame(ws.OP_CONTINUATION, b"!", mask=mask)
+            reader = ws.FrameReader(max_message=1 << 20)
+            assert reader.feed(fragment + last) == [(ws.OP_BINARY, payload + b"!")]

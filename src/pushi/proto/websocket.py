@@ -5,7 +5,8 @@
 status to answer).  ``FrameReader`` turns client bytes into whole messages,
 reassembling fragments, unmasking, and enforcing the limits; a violation
 raises ``WebSocketError`` carrying the close code.  The encoders build the
-unmasked frames a server sends.  Nothing here touches a socket, nor keeps
+unmasked frames a server sends (and, given a mask, the masked frames of a
+client such as a load generator).  Nothing here touches a socket, nor keeps
 a timer: the reader dates the message it holds unfinished (``started``)
 and the server closes a socket whose message is older than
 ``MESSAGE_TIMEOUT``.
@@ -198,17 +199,23 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
     return value.to_bytes(length, "big")
 
 
-def encode_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A server (unmasked) frame carrying ``payload`` (bytes)."""
+def encode_frame(
+    opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = None
+) -> bytes:
+    """A frame carrying ``payload`` (bytes): unmasked as a server sends it,
+    or with a 4-byte ``mask`` as a client must send it (RFC 6455 5.3)."""
     first = (0x80 if fin else 0) | opcode
+    masked = 0x80 if mask is not None else 0
     length = len(payload)
     if length < 126:
-        header = struct.pack("!BB", first, length)
+        header = struct.pack("!BB", first, masked | length)
     elif length < 65536:
-        header = struct.pack("!BBH", first, 126, length)
+        header = struct.pack("!BBH", first, masked | 126, length)
     else:
-        header = struct.pack("!BBQ", first, 127, length)
-    return header + payload
+        header = struct.pack("!BBQ", first, masked | 127, length)
+    if mask is None:
+        return header + payload
+    return header + mask + unmask(payload, mask)
 
 
 def text_frame(text: str) -> bytes:

@@ -9,7 +9,9 @@ import sys
 from . import servers
 from . import stats
 
-SCRIPTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+""" The repository: ``bench`` is imported from here, ``pushi.proto`` from
+its ``src`` """
 
 
 class WorkerError(RuntimeError):
@@ -19,16 +21,16 @@ class WorkerError(RuntimeError):
 class WorkerProc:
     """One load process, driven by JSON lines over its stdin and stdout."""
 
-    def __init__(self, role, module="benchlib.worker"):
+    def __init__(self, role, module="bench.worker"):
         self.role = role
         env = dict(os.environ)
-        env["PYTHONPATH"] = SCRIPTS
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "src")])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", module],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
-            cwd=SCRIPTS,
+            cwd=ROOT,
             preexec_fn=servers._die_with_parent,
         )
         self.buf = b""

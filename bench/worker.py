@@ -1,8 +1,8 @@
 """A load process: subscribers and/or a trigger client on one epoll loop.
 
-Run as ``python -m benchlib.worker`` (with ``scripts/`` on the path).  It is
-driven by its parent through JSON lines: one command a line on stdin, one
-answer a line on stdout.  Commands:
+Run as ``python -m bench.worker`` (with the repository and its ``src`` on
+the path).  It is driven by its parent through JSON lines: one command a
+line on stdin, one answer a line on stdout.  Commands:
 
 * ``connect``: open ``n`` WebSocket connections (at most ``concurrency``
   handshakes at once), optionally subscribe each, answer when all are ready
@@ -42,9 +42,10 @@ import socket
 import sys
 import time
 
-from . import signer
+from pushi.proto import websocket
+
+from . import wire
 from . import stats
-from . import wsproto
 
 
 def read_commands(fd, buffer):
@@ -130,7 +131,7 @@ class Sub:
         self.sampled = sampled
         self.state = CONNECTING
         self.buf = bytearray()
-        self.counter = wsproto.FrameCounter()
+        self.counter = wire.FrameCounter()
         self.seqs = []
         self.lats = []
         self.error = None
@@ -186,11 +187,11 @@ class Sub:
 
     def on_setup_frames(self):
         """Reads the setup messages (connection, subscription) in full."""
-        frames, used = wsproto.parse_frames(self.buf)
+        frames, used = wire.parse_frames(self.buf)
         del self.buf[:used]
         for index, (_fin, opcode, payload) in enumerate(frames):
-            if opcode != wsproto.OP_TEXT:
-                if opcode == wsproto.OP_CLOSE:
+            if opcode != websocket.OP_TEXT:
+                if opcode == websocket.OP_CLOSE:
                     self.fail("closed by server during setup")
                     return
                 continue
@@ -215,7 +216,7 @@ class Sub:
                     message = json.dumps(
                         {"event": "pusher:subscribe", "data": {"channel": self.channel}}
                     )
-                    self.sock.send(wsproto.encode_frame(message))
+                    self.sock.send(wire.encode_frame(message))
                     self.state = SUBSCRIBING
                 else:
                     self.state = READY
@@ -246,7 +247,7 @@ class Sub:
         worker = self.worker
         if self.sampled:
             self.buf += data
-            frames, used = wsproto.parse_frames(self.buf)
+            frames, used = wire.parse_frames(self.buf)
             del self.buf[:used]
             for _fin, opcode, payload in frames:
                 self.on_sample_frame(opcode, payload)
@@ -258,12 +259,12 @@ class Sub:
             worker.last_t = monotonic()
         if counter.pings:
             for payload in counter.pings:
-                self.send_quiet(wsproto.encode_frame(payload, wsproto.OP_PONG))
+                self.send_quiet(wire.encode_frame(payload, websocket.OP_PONG))
             counter.pings = []
 
     def on_sample_frame(self, opcode, payload):
         """Records sequence number and latency of one bench message."""
-        if opcode == wsproto.OP_TEXT:
+        if opcode == websocket.OP_TEXT:
             now = monotonic()
             try:
                 message = json.loads(payload)
@@ -278,9 +279,9 @@ class Sub:
             self.lats.append(now - data["t"])
             self.worker.frames += 1
             self.worker.last_t = now
-        elif opcode == wsproto.OP_PING:
-            self.send_quiet(wsproto.encode_frame(payload, wsproto.OP_PONG))
-        elif opcode == wsproto.OP_CLOSE:
+        elif opcode == websocket.OP_PING:
+            self.send_quiet(wire.encode_frame(payload, websocket.OP_PONG))
+        elif opcode == websocket.OP_CLOSE:
             self.close("close frame")
 
     def send_quiet(self, data):
@@ -321,7 +322,7 @@ class ConnectTask:
         self.cmd = cmd
         self.host = cmd.get("host", "127.0.0.1")
         self.port = int(cmd["port"])
-        self.handshake = wsproto.handshake_request(self.host, self.port, cmd["path"])
+        self.handshake = wire.handshake_request(self.host, self.port, cmd["path"])
         self.n = int(cmd["n"])
         self.concurrency = int(cmd.get("concurrency", 64))
         self.sources = cmd.get("sources") or [None]
@@ -421,7 +422,7 @@ class ResetTask:
         self.done = False
         self.until = worker.frames
         if cmd.get("ping"):
-            frame = wsproto.encode_frame('{"event":"pusher:ping","data":{}}')
+            frame = wire.encode_frame('{"event":"pusher:ping","data":{}}')
             for sub in worker.subs:
                 if sub.state == READY:
                     sub.send_quiet(frame)
@@ -465,7 +466,7 @@ class IdleTask:
         self.interval = float(cmd.get("interval") or 0.9 * min(announced, 120.0))
         now = monotonic()
         self.deadline = now + float(cmd.get("duration", 60))
-        self.frame = wsproto.encode_frame('{"event":"pusher:ping","data":{}}')
+        self.frame = wire.encode_frame('{"event":"pusher:ping","data":{}}')
         subs = [sub for sub in worker.subs if sub.state == READY]
         rng = random.Random(cmd.get("seed", 1))
         self.due = sorted(
@@ -698,7 +699,7 @@ class TriggerTask:
             target = "/events?sid=%s" % self.sid
         else:
             path = "/apps/%s/events" % self.app_id
-            query = signer.signed_query(self.key, self.secret, "POST", path, body)
+            query = wire.signed_query(self.key, self.secret, "POST", path, body)
             target = "%s?%s" % (path, query)
         head = (
             "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"

@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 
+from pushi.proto import websocket
+
+from . import wire
 from . import procs
 from . import servers
-from . import signer
 from . import stats
-from . import wsproto
 
 #: a generator process above this share of one core is the bottleneck
 GENERATOR_BOUND_PCT = 90.0
@@ -1071,7 +1072,7 @@ def rest(server, method, path, body=None, app=None, admin=False):
     if admin:
         headers["Authorization"] = "Bearer %s" % server.admin_secret
     else:
-        query = signer.signed_query(app["key"], app["secret"], method, path, data)
+        query = wire.signed_query(app["key"], app["secret"], method, path, data)
         target = "%s?%s" % (path, query)
     status, answer = servers.http(
         method,
@@ -1101,7 +1102,7 @@ def attack_command(attack, server, app, duration, profile):
             duration=duration,
             request_timeout=10,
         )
-        return "benchlib.worker", command
+        return "bench.worker", command
     if attack == "publish-flood":
         rest(
             server,
@@ -1121,7 +1122,7 @@ def attack_command(attack, server, app, duration, profile):
             duration=duration,
             request_timeout=10,
         )
-        return "benchlib.worker", command
+        return "bench.worker", command
     command = {
         "cmd": "attack",
         "attack": attack,
@@ -1157,7 +1158,7 @@ def attack_command(attack, server, app, duration, profile):
         # the server inherits this process's limit: reach it, and stop at
         # the attacker's own (it needs a few descriptors of its own)
         command["connections"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64
-    return "benchlib.attacker", command
+    return "bench.attacker", command
 
 
 def abuse(server_name, profile, options):
@@ -1331,7 +1332,7 @@ class JsonSocket:
 
     def __init__(self, port, path, timeout=30):
         self.sock = socket.create_connection((servers.HOST, port), timeout=timeout)
-        self.sock.sendall(wsproto.handshake_request(servers.HOST, port, path))
+        self.sock.sendall(wire.handshake_request(servers.HOST, port, path))
         head = b""
         while b"\r\n\r\n" not in head:
             data = self.sock.recv(4096)
@@ -1342,16 +1343,16 @@ class JsonSocket:
         self.pending = []
 
     def send(self, message):
-        self.sock.sendall(wsproto.encode_frame(json.dumps(message)))
+        self.sock.sendall(wire.encode_frame(json.dumps(message)))
 
     def recv(self):
         while not self.pending:
-            frames, used = wsproto.parse_frames(self.buffer)
+            frames, used = wire.parse_frames(self.buffer)
             del self.buffer[:used]
             self.pending.extend(
                 json.loads(payload)
                 for _fin, opcode, payload in frames
-                if opcode == wsproto.OP_TEXT
+                if opcode == websocket.OP_TEXT
             )
             if not self.pending:
                 data = self.sock.recv(65536)

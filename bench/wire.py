@@ -1,21 +1,30 @@
-"""Minimal WebSocket client framing for the load generator (RFC 6455).
+"""The client side of the protocol for the load generator, over
+:mod:`pushi.proto` (signatures, frame encoding and masking live there).
 
-Only what the generator needs: the upgrade request, masked client frames,
-a full frame parser for the few messages that are read as JSON, and
-:class:`FrameCounter`, which counts server frames from their headers alone so
-that most subscribers never touch the payload bytes.
+Only what the server's package has no use for: the query string of a
+signed HTTP API request, the WebSocket upgrade request, a parser of server
+frames for the few messages that are read as JSON, and
+:class:`FrameCounter`, which counts server frames from their headers alone
+so that most subscribers never touch the payload bytes.
 """
 
 import base64
 import os
-import struct
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+from pushi.proto import auth
+from pushi.proto import websocket
+from pushi.proto.websocket import OP_PING
+from pushi.proto.websocket import OP_TEXT
+
+
+def signed_query(key, secret, method, path, body=None, now=None):
+    """The query string (without ``?``) of a signed HTTP API request with
+    the raw ``body`` (bytes or str), at ``now`` (default: the time).
+    Values are hex, digits or the key, so no escaping is needed."""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    params = auth.signed_params(key, secret, method, path, body=body, now=now)
+    return "&".join("%s=%s" % item for item in params.items())
 
 
 def handshake_request(host, port, path):
@@ -33,22 +42,13 @@ def handshake_request(host, port, path):
 
 
 def encode_frame(payload, opcode=OP_TEXT, mask=None, fin=True):
-    """Encodes one client frame, final unless ``fin`` is false (a fragment
-    of a message); clients must mask, ``mask`` (4 bytes) defaults to random
+    """One client frame of ``payload`` (str or bytes), final unless ``fin``
+    is false; clients must mask, ``mask`` (4 bytes) defaults to random
     bytes."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     mask = os.urandom(4) if mask is None else mask
-    length = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if length < 126:
-        head += bytes([0x80 | length])
-    elif length < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-    masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
-    return head + mask + masked
+    return websocket.encode_frame(opcode, payload, fin, mask)
 
 
 def parse_frames(buffer):
@@ -85,7 +85,7 @@ def parse_frames(buffer):
         payload = bytes(buffer[pos + head : pos + head + length])
         if masked:
             mask = buffer[pos + head - 4 : pos + head]
-            payload = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+            payload = websocket.unmask(payload, mask)
         frames.append((bool(b0 & 0x80), b0 & 0x0F, payload))
         pos += head + length
     return frames, pos

@@ -1,14 +1,14 @@
 """An attacker process of ``--scenario abuse``: one abusive client of a
 server on 127.0.0.1, for a bounded time.
 
-Run as ``python -m benchlib.attacker`` (with ``scripts/`` on the path) and
-driven like ``benchlib.worker``: one JSON command a line on stdin, one
-answer a line on stdout, ``exit`` (or the end of stdin) to stop.  A command
-``{"cmd": "attack", "attack": NAME, "duration": s, ...}`` runs one attack of
-``ATTACKS`` and answers with what it sent and how often the server cut it
-off.  The publishes of 10 KB to cache channels are not here: they are the
-worker's trigger loop (``worker.TriggerTask``) with the attacker app's
-credentials.
+Run as ``python -m bench.attacker`` (with the repository and its ``src`` on
+the path) and driven like ``bench.worker``: one JSON command a line on
+stdin, one answer a line on stdout, ``exit`` (or the end of stdin) to
+stop.  A command ``{"cmd": "attack", "attack": NAME, "duration": s, ...}``
+runs one attack of ``ATTACKS`` and answers with what it sent and how often
+the server cut it off.  The publishes of 10 KB to cache channels are not
+here: they are the worker's trigger loop (``worker.TriggerTask``) with the
+attacker app's credentials.
 
 Every attack is bounded: it stops after ``duration`` seconds, opens at most
 ``max_connects`` connections in all, and only ever connects to 127.0.0.1.
@@ -28,8 +28,10 @@ import socket
 import sys
 import time
 
-from . import signer
-from . import wsproto
+from pushi.proto import auth
+from pushi.proto import websocket
+
+from . import wire
 from .worker import raise_nofile
 from .worker import receive
 
@@ -53,11 +55,11 @@ def repeat(unit, size=CHUNK):
     return unit * count, count
 
 
-def text(message, fin=True, opcode=wsproto.OP_TEXT):
+def text(message, fin=True, opcode=websocket.OP_TEXT):
     """A masked client frame of ``message`` (a str or a dict as JSON)."""
     if isinstance(message, dict):
         message = json.dumps(message, separators=(",", ":"))
-    return wsproto.encode_frame(message, opcode, mask=MASK, fin=fin)
+    return wire.encode_frame(message, opcode, mask=MASK, fin=fin)
 
 
 class Attack:
@@ -90,7 +92,7 @@ class Attack:
             self.chunk, self.units = repeat(text(message))
         elif name == "ping":
             self.chunk, self.units = repeat(
-                text(b"ping" * 4, opcode=wsproto.OP_PING), CHUNK
+                text(b"ping" * 4, opcode=websocket.OP_PING), CHUNK
             )
         elif name == "pusher-ping":
             message = {"event": "pusher:ping", "data": {}}
@@ -110,10 +112,10 @@ class Attack:
             secret = cmd["secret"]
 
             def greeting(socket_id):
-                auth = signer.channel_auth(key, secret, socket_id, channel)
+                token = auth.channel_auth(key, secret, socket_id, channel)
                 subscribe = {
                     "event": "pusher:subscribe",
-                    "data": {"channel": channel, "auth": auth},
+                    "data": {"channel": channel, "auth": token},
                 }
                 unsubscribe = {
                     "event": "pusher:unsubscribe",
@@ -137,7 +139,7 @@ class Attack:
             # a text message begun, then empty fragments that never end it
             self.greeting = lambda socket_id: text("{", fin=False)
             self.chunk, self.units = repeat(
-                text(b"", fin=False, opcode=wsproto.OP_CONT)
+                text(b"", fin=False, opcode=websocket.OP_CONTINUATION)
             )
         elif name == "conn-flood":
             self.established = False
@@ -145,7 +147,7 @@ class Attack:
         else:
             raise ValueError("unknown attack %r" % name)
         self.handshake = (
-            wsproto.handshake_request(HOST, self.port, self.path) if self.path else b""
+            wire.handshake_request(HOST, self.port, self.path) if self.path else b""
         )
 
 
@@ -218,13 +220,13 @@ class Conn:
 
     def on_established(self):
         """Waits for ``pusher:connection_established`` (its socket id)."""
-        frames, used = wsproto.parse_frames(self.buf)
+        frames, used = wire.parse_frames(self.buf)
         del self.buf[:used]
         for _fin, opcode, payload in frames:
-            if opcode == wsproto.OP_CLOSE:
+            if opcode == websocket.OP_CLOSE:
                 self.lost("closed during setup")
                 return
-            if opcode != wsproto.OP_TEXT:
+            if opcode != websocket.OP_TEXT:
                 continue
             try:
                 message = json.loads(payload)

@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 
 HOST = "127.0.0.1"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.path.join(ROOT, ".bench")
 
 SOKETI_VERSION = "1.6.1"
@@ -543,7 +543,7 @@ class BlasterServer(Server):
         """Starts the blaster process and asks for its port."""
         from .procs import WorkerProc
 
-        self.control = WorkerProc("blaster", module="benchlib.blaster")
+        self.control = WorkerProc("blaster", module="bench.blaster")
         self.proc = self.control.proc
         self.ws_port = self.control.call({"cmd": "port"}, 30)["port"]
         self.app = {"key": "blast"}

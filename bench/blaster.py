@@ -11,8 +11,6 @@ ceiling is what the subscribers count while their process is saturated.
 Binds 127.0.0.1 only; stops when its stdin closes.
 """
 
-import base64
-import hashlib
 import json
 import os
 import select
@@ -20,22 +18,9 @@ import socket
 import sys
 import time
 
-from . import wsproto
+from pushi.proto import websocket
+
 from .worker import read_commands
-
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def server_frame(payload):
-    """An unmasked final text frame."""
-    length = len(payload)
-    if length < 126:
-        head = bytes([0x81, length])
-    elif length < 65536:
-        head = bytes([0x81, 126]) + length.to_bytes(2, "big")
-    else:
-        head = bytes([0x81, 127]) + length.to_bytes(8, "big")
-    return head + payload
 
 
 def message(event, data, channel=None):
@@ -43,7 +28,7 @@ def message(event, data, channel=None):
     body = {"event": event, "data": data}
     if channel:
         body["channel"] = channel
-    return server_frame(json.dumps(body).encode("utf-8"))
+    return websocket.text_frame(json.dumps(body))
 
 
 class Blaster:
@@ -55,6 +40,7 @@ class Blaster:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(1024)
         self.listener.setblocking(False)
+        # a socket's bytes until its upgrade, then its frame reader
         self.clients = {}
         self.ready = []
         self.control = sys.stdin.fileno()
@@ -91,34 +77,22 @@ class Blaster:
                 self.ready.remove(sock)
             sock.close()
             return
-        buf = self.clients[sock]
-        buf += data
         if sock not in self.ready:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            pending = self.clients[sock]
+            pending += data
+            handshake, used = websocket.parse_handshake(pending)
+            if handshake is None:
                 return
-            key = ""
-            for line in bytes(buf[:end]).decode("latin-1").split("\r\n"):
-                name, _sep, value = line.partition(":")
-                if name.strip().lower() == "sec-websocket-key":
-                    key = value.strip()
-            accept = base64.b64encode(
-                hashlib.sha1((key + GUID).encode("ascii")).digest()
-            ).decode("ascii")
-            del buf[: end + 4]
-            answer = (
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % accept
-            ).encode("ascii")
+            data = bytes(pending[used:])
+            self.clients[sock] = websocket.FrameReader()
+            answer = websocket.accept_response(handshake)
             established = json.dumps({"socket_id": "1.%d" % sock.fileno()})
             sock.setblocking(True)
             sock.sendall(answer + message("pusher:connection_established", established))
             sock.setblocking(False)
             self.ready.append(sock)
-        frames, used = wsproto.parse_frames(buf)
-        del buf[:used]
-        for _fin, opcode, payload in frames:
-            if opcode != wsproto.OP_TEXT:
+        for opcode, payload in self.clients[sock].feed(data):
+            if opcode != websocket.OP_TEXT:
                 continue
             event = json.loads(payload)
             if event.get("event") == "pusher:subscribe":
