@@ -67,6 +67,11 @@ def read_commands(fd, buffer):
 
 
 RECV_SIZE = 262144
+#: what every socket of the process reads into (one thread): a fresh
+#: RECV_SIZE buffer per read, shrunk to what came, makes malloc give memory
+#: back and fault it in again on every read, depending on the heap's layout
+RECV_BUFFER = bytearray(RECV_SIZE)
+RECV_VIEW = memoryview(RECV_BUFFER)
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 ERRMASK = select.EPOLLERR | select.EPOLLHUP
@@ -84,16 +89,16 @@ def receive(sock, lost, closed):
     arrived yet, or when the socket is gone, after ``lost(reason)`` (with
     ``closed`` as the reason of an orderly close)."""
     try:
-        data = sock.recv(RECV_SIZE)
+        size = sock.recv_into(RECV_BUFFER)
     except (BlockingIOError, InterruptedError):
         return None
     except OSError as exception:
         lost("recv: %s" % exception)
         return None
-    if not data:
+    if not size:
         lost(closed)
         return None
-    return data
+    return RECV_VIEW[:size].tobytes()
 
 
 def raise_nofile():
