@@ -141,15 +141,22 @@ def server_frames(data):
 class PushiServer:
     """A Pushi server process for one test module (or one test)."""
 
-    def __init__(self, data_dir=None, env=None, fd_limit=None):
+    def __init__(self, data_dir=None, env=None, fd_limit=None, redis_url=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="pushi-test-")
         # the open-files limit (soft and hard) the server process starts with
         self.fd_limit = fd_limit
         self.app_port = free_port()
         self.server_port = free_port()
         self.extra_env = dict(env or {})
+        if redis_url is not None:
+            # a node of a cluster: nodes on one machine share the data dir
+            self.extra_env["PUSHI_REDIS_URL"] = redis_url
         self.process = None
-        self.log_path = os.path.join(self.data_dir, "server.log")
+        # one log per server: the nodes of a cluster share the data dir
+        self.log_path = os.path.join(
+            self.data_dir,
+            "server.log" if redis_url is None else "node-%d.log" % self.app_port,
+        )
 
     @property
     def scheme(self):

@@ -28,17 +28,17 @@ def test_a_turn_delivers_every_queued_event_then_tells_then_writes():
         lambda name: log.append(("deliver", name)),
         lambda: log.append("flush"),
     )
-    broker.publish("a", lambda: log.append(("done", "a")))
+    broker.publish("a", lambda error: log.append(("done", "a", error)))
     broker.publish("b")
-    broker.publish("c", lambda: log.append(("done", "c")))
+    broker.publish("c", lambda error: log.append(("done", "c", error)))
     assert len(loop.queued) == 1  # one wake-up for the three
     loop.turn()
     assert log == [
         ("deliver", "a"),
         ("deliver", "b"),
         ("deliver", "c"),
-        ("done", "a"),
-        ("done", "c"),
+        ("done", "a", None),
+        ("done", "c", None),
         "flush",
     ]
 
@@ -57,9 +57,9 @@ def test_an_event_that_fails_to_deliver_holds_back_no_other():
         log.append(("done", name))
 
     broker = LocalBroker(loop.call_soon, deliver, lambda: log.append("flush"))
-    broker.publish("bad", lambda: done("bad"))
-    broker.publish("good", lambda: done("bad done"))
-    broker.publish("last", lambda: done("last"))
+    broker.publish("bad", lambda _error: done("bad"))
+    broker.publish("good", lambda _error: done("bad done"))
+    broker.publish("last", lambda _error: done("last"))
     with logged_failures() as failures:
         loop.turn()
     assert log == [

@@ -73,6 +73,13 @@ def _call(work, *args):
     return work(*args)
 
 
+def _unavailable():
+    """The 503 of a publish the broker could not deliver (Redis down, too
+    slow or refusing; the broker logs why, once per outage): nothing was
+    queued, the publisher retries."""
+    return errors.HttpError(503, "Server unavailable: event not delivered")
+
+
 class Publisher:
     """The publish routes, on the loop (``handle``) or as WSGI."""
 
@@ -108,7 +115,10 @@ class Publisher:
         metrics = self.state.metrics
         started = time.monotonic()
 
-        def respond():
+        def respond(error):
+            if error is not None:
+                answer(*error_response(_unavailable()))
+                return
             self.complete(app, answers, queries, _call)
             answer(*json_response(200, self.answer(route, answers)))
             metrics.publish_answered(request.received)
@@ -160,8 +170,19 @@ class Publisher:
             start_response(status, headers)
             return [data]
         delivered = threading.Event()
-        self.deliver(app, deliveries, delivered.set)
+        failed = []
+
+        def done(error):
+            if error is not None:
+                failed.append(error)
+            delivered.set()
+
+        self.deliver(app, deliveries, done)
         if delivered.wait(DELIVERY_TIMEOUT):
+            if failed:
+                status, headers, data = error_response(_unavailable())
+                start_response(status, headers)
+                return [data]
             self.state.metrics.publish_latency.observe(time.monotonic() - received)
         self.complete(app, answers, queries, self.state.call_in_loop)
         status, headers, data = json_response(200, self.answer(route, answers))
@@ -296,13 +317,22 @@ class Publisher:
         return stored, deliveries, answers, queries
 
     def deliver(self, app, deliveries, done=None):
-        """Hands the deliveries to the loop; ``done()`` runs (on the loop)
-        once the last of them is queued on its sockets, in the turn that
-        writes it."""
-        last = len(deliveries) - 1
-        for index, (names, name, data, socket_id, extra) in enumerate(deliveries):
+        """Hands the deliveries to the broker; ``done(error)`` runs (on the
+        loop) once every one of them is on its way (queued on its sockets,
+        in the turn that writes the last one, with the local broker):
+        ``error`` None, or the first failure of the broker."""
+        left = [len(deliveries), None]
+
+        def delivered(error):
+            if error is not None and left[1] is None:
+                left[1] = error
+            left[0] -= 1
+            if not left[0] and done is not None:
+                done(left[1])
+
+        for names, name, data, socket_id, extra in deliveries:
             event = Event(app.app_id, tuple(names), name, data, socket_id, extra)
-            self.state.broker.publish(event, done if index == last else None)
+            self.state.broker.publish(event, delivered)
 
     def complete(self, app, answers, queries, call):
         """Fills the ``info`` asked for in the answers; ``call(work,

@@ -16,9 +16,9 @@ just before that write, in the same turn (an event that fails to deliver
 is logged: the others still go, and every publisher hears back).
 The queue is bounded by admission: while ``max_pending`` events wait,
 ``busy`` is True and the publisher refuses new ones, so a server that cannot
-keep up says so instead of growing without limit.  A
-broker for several processes (Redis) would publish to the bus here and call
-``deliver`` from its listener instead.
+keep up says so instead of growing without limit.  The broker of a
+cluster (``base/cluster/broker``) publishes to Redis instead and calls
+``deliver`` from its subscription, for every node alike.
 """
 
 import collections
@@ -34,7 +34,9 @@ class Event:
     """One event on its way to the subscribers of ``channels``: ``data``
     as clients get it (a string, or the member of a member event),
     ``exclude`` the socket id it skips, ``extra`` the fields its message
-    carries besides (``mid``, ``timestamp``, ``user_id``)."""
+    carries besides (``mid``, ``timestamp``, ``user_id``); ``position``
+    the ``(offset, epoch)`` a cluster's bus gave it on its one channel
+    (None: the process gives positions itself, see ``base/history``)."""
 
     app_id: str
     channels: tuple[str, ...]
@@ -42,6 +44,7 @@ class Event:
     data: Any
     exclude: str | None = None
     extra: dict | None = None
+    position: tuple[int, str] | None = None
 
 
 class Broker(Protocol):
@@ -49,9 +52,12 @@ class Broker(Protocol):
     def busy(self) -> bool:
         """True while the broker takes no more events from the REST API."""
 
-    def publish(self, event: Event, done: Callable[[], None] | None = None) -> None:
-        """Delivers ``event`` (from any thread); ``done()`` runs on the
-        loop once it is on its way to every subscriber."""
+    def publish(
+        self, event: Event, done: Callable[[Exception | None], None] | None = None
+    ) -> None:
+        """Delivers ``event`` (from any thread); ``done(None)`` runs on the
+        loop once it is on its way to every subscriber, ``done(error)``
+        when it could not be (the publisher answers 503)."""
 
     def send(self, event: Event) -> None:
         """Delivers ``event`` emitted on the loop."""
@@ -87,7 +93,7 @@ class LocalBroker:
 
     def publish(self, event, done=None):
         """Queues ``event``; thread-safe.
-        ``done()`` runs on the loop once the event's frames are queued on
+        ``done(None)`` runs on the loop once the event's frames are queued on
         every socket, right before the turn's write."""
         self._queue.append((event, done))
         if not self._scheduled:
@@ -132,7 +138,7 @@ class LocalBroker:
         # after the flush
         for done in finished:
             try:
-                done()
+                done(None)
             except Exception:
                 logger.exception("a publisher's callback failed")
         self._flush()

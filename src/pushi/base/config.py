@@ -94,6 +94,27 @@ def _not_negative(value):
     return number
 
 
+def _redis_url(value):
+    """A ``redis://`` or ``unix://`` URL (``net/redis.parse_url``)."""
+    from pushi.net.redis import parse_url
+
+    value = str(value).strip()
+    parse_url(value)
+    return value
+
+
+def _shown(variable, raw):
+    """A value as an error may show it: a URL without its password."""
+    if variable == "PUSHI_REDIS_URL":
+        from pushi.net.redis import redacted
+
+        try:
+            return redacted(raw)
+        except ValueError:
+            return "(not a URL)"
+    return raw
+
+
 def _level(value):
     name = str(value).strip().upper()
     if not isinstance(logging.getLevelName(name), int):
@@ -156,6 +177,8 @@ class Config:
         ("metrics_host", "PUSHI_METRICS_HOST", "127.0.0.1", str),
         # seconds a stop keeps serving with /ready at 503 before closing
         ("drain_seconds", "PUSHI_DRAIN_SECONDS", 0, _not_negative),
+        # None: one process; set: a node of the cluster on that Redis
+        ("redis_url", "PUSHI_REDIS_URL", None, _redis_url),
     )
 
     def __init__(self, **values):
@@ -209,7 +232,9 @@ class Config:
                 try:
                     values[name] = cast(raw)
                 except ValueError:
-                    raise SystemExit("Invalid value for %s: %r" % (variable, raw))
+                    raise SystemExit(
+                        "Invalid value for %s: %r" % (variable, _shown(variable, raw))
+                    )
         if len(values.get("admin_secret", "x" * MIN_ADMIN_SECRET)) < MIN_ADMIN_SECRET:
             raise SystemExit(
                 "PUSHI_ADMIN_SECRET must have at least %d characters (it reaches"

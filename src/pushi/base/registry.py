@@ -112,13 +112,15 @@ class Registry:
         self.sessions = {}
         self.users = {}
         self.app_sessions = {}
-        self._node = random.randint(1, 999999999)
+        # a cluster's node sets its id here (``base/cluster/node``)
+        self.node = random.randint(1, 999999999)
         self._counter = random.randint(1, 999999)
 
     def new_socket_id(self):
-        """``<node>.<n>``: a random node part makes ids unique across nodes."""
+        """``<node>.<n>``: the node part makes ids unique across nodes (a
+        random one, or the id a cluster gave this node)."""
         self._counter += 1
-        return "%d.%d" % (self._node, self._counter)
+        return "%d.%d" % (self.node, self._counter)
 
     def add_session(self, session):
         self.sessions[session.socket_id] = session

@@ -58,6 +58,7 @@ from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net import capacity, wire  # noqa: E402
 from pushi.net.httpd import HttpServer  # noqa: E402
+from pushi.net.redis import redacted  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 from pushi.proto import errors  # noqa: E402
 
@@ -65,6 +66,10 @@ logger = logging.getLogger("pushi")
 
 LAG_INTERVAL = 1
 """ Seconds between two measures of the loop's lag """
+
+NODE_WAIT = 5
+""" Seconds a cluster node's start waits for its registration in Redis
+before it serves without (503 for what needs Redis, until it answers) """
 
 
 class LoopStopped(errors.HttpError):
@@ -126,13 +131,33 @@ class State:
             console=self.console,
             level=logging.WARNING,
         )
-        self.broker = self.engine.broker = LocalBroker(
-            self.call_soon,
-            self.engine.deliver,
-            self._flush,
-            max_pending=self.config.max_pending,
-            announce=self.engine.announce,
-        )
+        # a node of a cluster with PUSHI_REDIS_URL (base/cluster), else
+        # one process
+        self.node = None
+        if self.config.redis_url:
+            from pushi.base.cluster.broker import RedisBroker
+            from pushi.base.cluster.node import Node
+            from pushi.net.redis import NetiusLoop
+
+            self.node = Node(
+                self.config.redis_url, NetiusLoop(self.server), self.engine
+            )
+            self.broker = self.engine.broker = RedisBroker(
+                self.node,
+                self.engine,
+                self.call_soon,
+                self.metrics,
+                max_pending=self.config.max_pending,
+            )
+            self.metrics.health["redis"] = self.node.check
+        else:
+            self.broker = self.engine.broker = LocalBroker(
+                self.call_soon,
+                self.engine.deliver,
+                self._flush,
+                max_pending=self.config.max_pending,
+                announce=self.engine.announce,
+            )
         self.webhooks = Webhooks(
             self.apps, emit=self._webhook_done, senders=self.threads.pool("webhook")
         )
@@ -391,6 +416,8 @@ class State:
                 except OSError as error:
                     raise _listen_error("REST API", "APP", listen, error)
             self.store.bind_loop(self)
+            if self.node is not None:
+                self.node.start()
             self._watch_webhooks()
             self.console.start_history()
         except Exception as error:
@@ -475,6 +502,12 @@ class State:
             raise RuntimeError("WebSocket server did not start")
         if self._start_error is not None:
             raise self._start_error
+        if self.node is not None and not self.node.registered.wait(NODE_WAIT):
+            logger.warning(
+                "Cluster: Redis %s unreachable: serving without it (503) until"
+                " it answers",
+                redacted(config.redis_url),
+            )
         logger.info(
             "WebSocket server on %s://%s:%d",
             "wss" if config.server_ssl else "ws",
@@ -513,6 +546,8 @@ class State:
             return "Server stopped"
         if not self._ready.is_set() or self._start_error is not None:
             return "Server starting"
+        if self.node is not None and self.node.fenced:
+            return "Cut off from the cluster's Redis"
         return None
 
     def _limit_connections(self):
@@ -543,6 +578,20 @@ class State:
                 else ""
             ),
         )
+
+    def _stop_node(self):
+        """Closes the node's Redis connections before the loop ends, once
+        what the closing sockets sent Redis is answered (a second at
+        most: the rest is the reaper's)."""
+        deadline = time.monotonic() + 1
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                if not self.call_in_loop(lambda: self.node.commands.pending, timeout=1):
+                    break
+            self.call_in_loop(self.node.close, timeout=5)
+        except Exception:
+            pass
 
     def _retain(self):
         """Enforces each app's retention settings, continuously, off the
@@ -624,6 +673,8 @@ class State:
                 self.call_in_loop(self.engine.shutdown, timeout=5)
             except Exception:
                 pass
+            if self.node is not None:
+                self._stop_node()
             self.server.delay_s(self.server.stop)
             self._loop_thread.join(5)
         if self.http is not None:

@@ -11,15 +11,27 @@ from .common import PushiController
 class BaseController(PushiController):
     @appier.route("/health", "GET", json=True)
     def health(self):
+        """What this process holds; ``status`` ``degraded`` while a
+        component (the store, a cluster's Redis) fails its health check,
+        named in ``down``."""
         connections, channels = self.state.call_in_loop(
             self.state.engine.registry.count
         )
-        return {
-            "status": "ok",
+        metrics = self.state.metrics
+        down = [
+            name for name in sorted(metrics.health) if not metrics.component_up(name)
+        ]
+        answer = {
+            "status": "degraded" if down else "ok",
             "connections": connections,
             "channels": channels,
             "apps": len(self.state.apps.all()),
         }
+        if down:
+            answer["down"] = down
+        if self.state.node is not None:
+            answer["node"] = self.state.node.id
+        return answer
 
     @appier.route("/ready", "GET", json=True)
     def ready(self):

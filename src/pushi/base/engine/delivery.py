@@ -9,6 +9,7 @@ from pushi.proto import channels, messages
 from pushi.proto.websocket import text_frame
 
 from ..cache import Cached
+from ..history import with_position
 
 
 class Delivery:
@@ -40,14 +41,19 @@ class Delivery:
                 event.exclude,
                 cached,
                 limits,
+                event.position,
             )
 
-    def write(self, app_id, channel_name, text, exclude, cached, limits):
+    def write(self, app_id, channel_name, text, exclude, cached, limits, position=None):
         """Writes one event's ``text`` to every socket of a channel but
         ``exclude`` (a socket id); a cache channel keeps it as ``cached``
         (shared by the channels of one publish), within the app's
-        ``max_cache_bytes``."""
-        frame = self._framed(app_id, channel_name, text, limits)
+        ``max_cache_bytes``.  ``position`` ``(offset, epoch)``: the one a
+        cluster's bus gave the event, which its frame carries."""
+        if position is None:
+            frame = self._framed(app_id, channel_name, text, limits)
+        else:
+            frame = text_frame(with_position(text, *position))
         if channels.is_cache(channel_name):
             self.cache.put(
                 app_id,

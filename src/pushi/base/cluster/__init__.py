@@ -1,0 +1,8 @@
+"""Pushi as one node of a cluster on one Redis (``PUSHI_REDIS_URL``).
+
+``node``: this process's registration (node id, heartbeat, fencing,
+health) and its two Redis connections; ``broker``: the broker seam over
+Redis (every event through one publish script and every node's
+subscription).  Without ``PUSHI_REDIS_URL`` none of this is built and the
+in-process twins serve one process.
+"""
