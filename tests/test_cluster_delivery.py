@@ -1,0 +1,313 @@
+"""Nodes delivering through one Redis: a real ``redis-server`` and Pushi
+nodes as subprocesses sharing one data dir, with real WebSocket clients
+spread over the nodes and REST publishes on any of them.
+
+Delivery (every subscriber on every node, once, in one order), socket_id
+exclusion and client events across nodes; and the faults: Redis killed
+(503 at once, sockets stay, ``/health`` degraded), Redis restarted empty
+(the nodes come back by themselves) and a node cut off from Redis (its
+sockets closed with 4200).
+"""
+
+import http.client
+import json
+import tempfile
+import threading
+import time
+
+import pytest
+
+from pushi.proto import auth
+from redis_support import TcpProxy
+from support import PushiServer, signed_path
+
+
+@pytest.fixture
+def cluster(redis_server):
+    """Starts nodes on ``redis_server`` (or the URL given) sharing one
+    data dir: ``cluster.node(url=None)``; ``cluster.app`` is an app every
+    node serves (created on the shared store)."""
+    made = []
+    data_dir = tempfile.mkdtemp(prefix="pushi-cluster-")
+
+    class Cluster:
+        app = None
+
+        def node(self, url=None):
+            node = PushiServer(data_dir=data_dir, redis_url=url or redis_server.url)
+            made.append(node)
+            node.start()
+            if Cluster.app is None:
+                Cluster.app = node.create_app("cluster", client_events=True)
+            return node
+
+    yield Cluster()
+    for node in made:
+        node.stop()
+
+
+class Publisher:
+    """Signed REST publishes to one node over a kept-alive connection."""
+
+    def __init__(self, node, app):
+        self.node = node
+        self.app = app
+        self.connection = http.client.HTTPConnection(
+            "127.0.0.1", node.app_port, timeout=15
+        )
+
+    def publish(self, channel, name, data, socket_id=None):
+        """``(status, answer, seconds it took)``."""
+        body = {"name": name, "channel": channel, "data": data}
+        if socket_id is not None:
+            body["socket_id"] = socket_id
+        raw = json.dumps(body).encode()
+        path = signed_path(
+            self.app, "POST", "/apps/%s/events" % self.app["app_id"], None, raw
+        )
+        started = time.monotonic()
+        self.connection.request("POST", path, raw, {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        answer = json.loads(response.read() or b"null")
+        return response.status, answer, time.monotonic() - started
+
+    def close(self):
+        self.connection.close()
+
+
+def subscribed(node, app, channel):
+    """A Pusher-dialect client of ``node`` subscribed to ``channel`` (a
+    private channel is signed with the app's secret)."""
+    client = node.connect(app)
+    signature = None
+    if channel.startswith("private-"):
+        signature = auth.channel_auth(
+            app["key"], app["secret"], client.socket_id, channel
+        )
+    answer = client.subscribe(channel, auth=signature)
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    return client
+
+
+def events(client, count, timeout=30):
+    """The next ``count`` events of ``client`` (``pusher`` messages
+    skipped) as ``(offset, data)``."""
+    received = []
+    deadline = time.time() + timeout
+    while len(received) < count:
+        message = client.recv(max(0.01, deadline - time.time()))
+        if message["event"].startswith("pusher"):
+            continue
+        received.append((message.get("offset"), message["data"]))
+    return received
+
+
+def data_of(message):
+    data = message["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def health(node):
+    status, answer = node.request("GET", "health")
+    assert status == 200, answer
+    return answer
+
+
+def wait_for(check, timeout=20, step=0.2):
+    """Polls ``check()`` until it returns a true value (returned)."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(step)
+
+
+def test_a_publish_on_one_node_reaches_every_node_once_in_order(cluster):
+    a, b, c = cluster.node(), cluster.node(), cluster.node()
+    app = cluster.app
+    subscribers = [subscribed(node, app, "orders") for node in (a, a, b, c)]
+    publisher = Publisher(b, app)
+    for index in range(1000):
+        status, answer, _took = publisher.publish("orders", "n", str(index))
+        assert status == 200, answer
+    expected = [str(index) for index in range(1000)]
+    for client in subscribers:
+        received = events(client, 1000)
+        assert [data for _offset, data in received] == expected
+        offsets = [offset for offset, _data in received]
+        assert offsets == list(range(offsets[0], offsets[0] + 1000))
+        assert client.nothing(0.5)
+    publisher.close()
+
+
+def test_concurrent_publishers_on_two_nodes_give_every_subscriber_one_order(
+    cluster,
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    subscribers = [subscribed(node, app, "race") for node in (a, a, b, b)]
+    failures = []
+
+    def publish(node, prefix):
+        publisher = Publisher(node, app)
+        for index in range(200):
+            status, answer, _took = publisher.publish("race", "n", prefix + str(index))
+            if status != 200:
+                failures.append(answer)
+        publisher.close()
+
+    threads = [
+        threading.Thread(target=publish, args=(node, prefix))
+        for node, prefix in ((a, "a"), (b, "b"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures
+    orders = [events(client, 400) for client in subscribers]
+    for order in orders[1:]:
+        assert order == orders[0]
+    offsets = [offset for offset, _data in orders[0]]
+    assert offsets == list(range(offsets[0], offsets[0] + 400))
+    # each publisher, waiting for its answers, sees its events in its order
+    for prefix in "ab":
+        own = [data for _offset, data in orders[0] if data.startswith(prefix)]
+        assert own == [prefix + str(index) for index in range(200)]
+
+
+def test_socket_id_exclusion_holds_across_nodes(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    on_a, on_b = subscribed(a, app, "news"), subscribed(b, app, "news")
+    # socket ids say their node, so none is the same on two nodes
+    assert on_a.socket_id.split(".")[0] == str(health(a)["node"])
+    assert on_b.socket_id.split(".")[0] == str(health(b)["node"])
+    status, _answer, _took = Publisher(a, app).publish(
+        "news", "n", "not for b", socket_id=on_b.socket_id
+    )
+    assert status == 200
+    status, _answer, _took = Publisher(b, app).publish(
+        "news", "n", "not for a", socket_id=on_a.socket_id
+    )
+    assert status == 200
+    assert [data for _offset, data in events(on_a, 1)] == ["not for b"]
+    assert [data for _offset, data in events(on_b, 1)] == ["not for a"]
+    assert on_a.nothing(0.5) and on_b.nothing(0.5)
+
+
+def test_client_events_reach_the_other_nodes_but_not_their_sender(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    sender = subscribed(a, app, "private-chat")
+    beside = subscribed(a, app, "private-chat")
+    elsewhere = subscribed(b, app, "private-chat")
+    # under the app's 10 client events a second
+    for index in range(8):
+        sender.send(
+            {"event": "client-say", "channel": "private-chat", "data": {"n": index}}
+        )
+    for client in (beside, elsewhere):
+        received = events(client, 8)
+        assert [data["n"] for _offset, data in received] == list(range(8))
+    assert sender.nothing(0.5)
+    assert elsewhere.nothing(0.2)
+
+
+def test_redis_killed_publishes_answer_503_at_once_and_sockets_stay(
+    cluster, redis_server
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    subscriber = subscribed(a, app, "news")
+    sender = subscribed(b, app, "private-chat")
+    publisher = Publisher(b, app)
+    assert publisher.publish("news", "n", "before")[0] == 200
+    assert events(subscriber, 1)[0][1] == "before"
+    redis_server.kill()
+    status, answer, took = publisher.publish("news", "n", "during")
+    assert status == 503, answer
+    assert answer["result"] == "error" and answer["code"] == 503
+    # no hang: answered within the command timeout (generous bound)
+    assert took < 5
+    assert all(publisher.publish("news", "n", "x")[0] == 503 for _ in range(5))
+    for node in (a, b):
+        state = health(node)
+        assert state["status"] == "degraded" and "redis" in state["down"]
+    # a new subscription needs Redis: refused with 503, the socket stays
+    answer = subscriber.subscribe("other")
+    assert answer["event"] == "pusher:subscription_error", answer
+    assert data_of(answer)["status"] == 503
+    # a client event Redis cannot take: its sender hears so
+    sender.send({"event": "client-say", "channel": "private-chat", "data": {}})
+    error = sender.recv_event("pusher:error")
+    assert data_of(error)["code"] == 4305
+    # the sockets are still open and served
+    for client in (subscriber, sender):
+        client.send({"event": "pusher:ping", "data": {}})
+        assert client.recv_event("pusher:pong")
+    publisher.close()
+
+
+def test_redis_restarted_empty_the_nodes_come_back_by_themselves(cluster, redis_server):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    subscriber = subscribed(a, app, "news")
+    ids = {health(a)["node"], health(b)["node"]}
+    publisher = Publisher(b, app)
+    assert publisher.publish("news", "n", "before")[0] == 200
+    assert events(subscriber, 1)[0][1] == "before"
+    redis_server.kill()
+    assert publisher.publish("news", "n", "during")[0] == 503
+    redis_server.start()  # empty: no persistence
+    assert wait_for(
+        lambda: all(health(node)["status"] == "ok" for node in (a, b)), timeout=6
+    )
+    # registered again with new ids, above those given before
+    new_ids = {health(a)["node"], health(b)["node"]}
+    assert len(new_ids) == 2 and min(new_ids) > max(ids)
+    # the subscription made before is made again: no operator action
+    assert wait_for(
+        lambda: publisher.publish("news", "n", "after")[0] == 200, timeout=5
+    )
+    assert events(subscriber, 1)[0][1] == "after"
+    # new subscriptions and publishes from the other side work too
+    other = subscribed(b, app, "fresh")
+    assert Publisher(a, app).publish("fresh", "n", "hello")[0] == 200
+    assert events(other, 1)[0][1] == "hello"
+    assert subscriber.nothing(0.3)
+    publisher.close()
+
+
+def test_a_node_cut_off_from_redis_closes_its_sockets_with_4200(cluster, redis_server):
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    try:
+        a = cluster.node(proxy.url())
+        b = cluster.node()
+        app = cluster.app
+        cut_off = subscribed(a, app, "news")
+        reachable = subscribed(b, app, "news")
+        proxy.blackhole()
+        started = time.monotonic()
+        assert cut_off.close_code(timeout=30) == 4200
+        # fenced after its heartbeat went unrefreshed, not at once
+        assert time.monotonic() - started > 3
+        status, answer = a.request("GET", "ready")
+        assert status == 503, answer
+        assert health(a)["status"] == "degraded"
+        # the other node serves on
+        publisher = Publisher(b, app)
+        assert publisher.publish("news", "n", "on b")[0] == 200
+        assert events(reachable, 1)[0][1] == "on b"
+        # healed: the node serves again by itself
+        proxy.forward()
+        assert wait_for(lambda: health(a)["status"] == "ok", timeout=20)
+        assert a.request("GET", "ready")[0] == 200
+        again = subscribed(a, app, "news")
+        assert publisher.publish("news", "n", "healed")[0] == 200
+        assert events(again, 1)[0][1] == "healed"
+        assert events(reachable, 1)[0][1] == "healed"
+        publisher.close()
+    finally:
+        proxy.close()
