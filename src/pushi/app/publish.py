@@ -73,10 +73,13 @@ def _call(work, *args):
     return work(*args)
 
 
-def _unavailable():
+def _unavailable(stored=False):
     """The 503 of a publish the broker could not deliver (Redis down, too
     slow or refusing; the broker logs why, once per outage): nothing was
-    queued, the publisher retries."""
+    queued, the publisher retries (a stored event is in the store
+    already: a retry stores it again)."""
+    if stored:
+        return errors.HttpError(503, "Server unavailable: event stored, not delivered")
     return errors.HttpError(503, "Server unavailable: event not delivered")
 
 
@@ -117,7 +120,7 @@ class Publisher:
 
         def respond(error):
             if error is not None:
-                answer(*error_response(_unavailable()))
+                answer(*error_response(_unavailable(bool(stored))))
                 return
             self.complete(app, answers, queries, _call)
             answer(*json_response(200, self.answer(route, answers)))
@@ -180,7 +183,7 @@ class Publisher:
         self.deliver(app, deliveries, done)
         if delivered.wait(DELIVERY_TIMEOUT):
             if failed:
-                status, headers, data = error_response(_unavailable())
+                status, headers, data = error_response(_unavailable(bool(stored)))
                 start_response(status, headers)
                 return [data]
             self.state.metrics.publish_latency.observe(time.monotonic() - received)

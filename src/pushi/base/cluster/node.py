@@ -124,6 +124,7 @@ class Node:
         self._run_id = None
         self._highest = 0
         self._registering = False
+        self._refused = False
         self._beating = False
         self._beat_sent = 0.0
         self._last_beat = time.monotonic()
@@ -191,8 +192,12 @@ class Node:
         def registered(reply):
             self._registering = False
             if isinstance(reply, Exception):
-                logger.warning("Cluster node registration failed: %s", reply)
+                if not self._refused:
+                    # once until it succeeds: the tick tries again each second
+                    self._refused = True
+                    logger.warning("Cluster node registration failed: %s", reply)
                 return
+            self._refused = False
             self._registered(int(reply), run_id, sent)
 
         self.commands.evalsha(registered, REGISTER, (NODE_SEQ, NODES), (self._highest,))
