@@ -14,12 +14,14 @@ import json
 import tempfile
 import threading
 import time
+import urllib.request
 
 import pytest
 
+from pushi.base.cluster.broker import PUBLISH_SCRIPT, bus, meta_key
 from pushi.proto import auth
 from redis_support import TcpProxy
-from support import PushiServer, signed_path
+from support import ADMIN_SECRET, PushiServer, signed_path
 
 
 @pytest.fixture
@@ -111,6 +113,19 @@ def health(node):
     status, answer = node.request("GET", "health")
     assert status == 200, answer
     return answer
+
+
+def metric(node, name):
+    """The value of a metric without labels on ``node`` (0 if absent)."""
+    request = urllib.request.Request(
+        node.base_url + "metrics",
+        headers={"Authorization": "Bearer " + ADMIN_SECRET},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0
 
 
 def wait_for(check, timeout=20, step=0.2):
@@ -336,3 +351,67 @@ def test_a_node_cut_off_from_redis_closes_its_sockets_with_4200(cluster, redis_s
         publisher.close()
     finally:
         proxy.close()
+
+
+def test_nodes_register_and_keep_their_heartbeat_in_redis(cluster, redis_server):
+    a, b = cluster.node(), cluster.node()
+    ids = {str(health(a)["node"]), str(health(b)["node"])}
+    redis = redis_server.client()
+    first = {
+        member.decode(): score
+        for member, score in redis.zrange("pushi:nodes", 0, -1, withscores=True)
+    }
+    assert set(first) == ids
+    assert int(redis.get("pushi:node_seq")) == max(int(node) for node in ids)
+    # refreshed every 2 s (scores are Redis's clock in ms)
+    assert wait_for(
+        lambda: all(
+            (redis.zscore("pushi:nodes", node) or 0) > first[node] for node in ids
+        ),
+        timeout=10,
+    )
+
+
+def test_a_dropped_subscription_is_reported_as_a_gap_never_skipped_silently(
+    cluster, redis_server
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    subscriber = subscribed(a, app, "news")
+    publisher = Publisher(b, app)
+    assert publisher.publish("news", "n", "first")[0] == 200
+    [(offset, _data)] = events(subscriber, 1)
+    # Redis drops the nodes' subscriptions (as it drops a slow consumer),
+    # and an event is published before they are made again
+    redis = redis_server.client()
+    pipe = redis.pipeline(transaction=False)
+    pipe.client_kill_filter(_type="pubsub")
+    body = json.dumps([app["app_id"], "news", "n", "missed", None, None])
+    pipe.eval(
+        PUBLISH_SCRIPT.lua,
+        1,
+        meta_key(app["app_id"], "news"),
+        bus(app["app_id"], "news"),
+        "unused",
+        body,
+        60,
+    )
+    killed, (missed_offset, _epoch) = pipe.execute()
+    assert killed >= 2 and missed_offset == offset + 1
+    # once subscribed again, delivery goes on and the gap is counted
+    received = []
+
+    def delivered():
+        assert publisher.publish("news", "n", "after")[0] == 200
+        try:
+            received.extend(events(subscriber, 1, timeout=1))
+        except TimeoutError:
+            pass
+        return received
+
+    assert wait_for(delivered, timeout=15)
+    assert "missed" not in [data for _offset, data in received]
+    assert received[0][0] > missed_offset
+    assert metric(a, "pushi_cluster_gaps_total") >= 1
+    assert "missed by this node's Redis subscription" in a.read_log()
+    publisher.close()
