@@ -415,3 +415,21 @@ def test_a_dropped_subscription_is_reported_as_a_gap_never_skipped_silently(
     assert metric(a, "pushi_cluster_gaps_total") >= 1
     assert "missed by this node's Redis subscription" in a.read_log()
     publisher.close()
+
+
+def test_a_node_missing_from_redis_registers_again_by_itself(cluster, redis_server):
+    a = cluster.node()
+    app = cluster.app
+    subscriber = subscribed(a, app, "news")
+    old = health(a)["node"]
+    redis = redis_server.client()
+    # as a reaper removes a node it took for dead
+    assert redis.zrem("pushi:nodes", old) == 1
+    assert wait_for(lambda: health(a)["node"] != old, timeout=10)
+    new = health(a)["node"]
+    assert new > old and redis.zscore("pushi:nodes", new) is not None
+    assert "registered again as node %d" % new in a.read_log()
+    # new sockets are named by the new id; the old one is served on
+    assert a.connect(app).socket_id.startswith("%d." % new)
+    assert Publisher(a, app).publish("news", "n", "still")[0] == 200
+    assert events(subscriber, 1)[0][1] == "still"
