@@ -19,8 +19,9 @@ import urllib.request
 import pytest
 
 from pushi.base.cluster.broker import PUBLISH_SCRIPT, bus, meta_key
+from pushi.base.config import Config
 from pushi.proto import auth
-from redis_support import TcpProxy
+from redis_support import RedisServer, TcpProxy, require_redis
 from support import ADMIN_SECRET, PushiServer, signed_path
 
 
@@ -433,3 +434,31 @@ def test_a_node_missing_from_redis_registers_again_by_itself(cluster, redis_serv
     assert a.connect(app).socket_id.startswith("%d." % new)
     assert Publisher(a, app).publish("news", "n", "still")[0] == 200
     assert events(subscriber, 1)[0][1] == "still"
+
+
+def test_a_bad_redis_url_is_refused_without_showing_its_password(tmp_path):
+    environ = {"PUSHI_DATA_DIR": str(tmp_path)}
+    assert Config.from_env(environ).redis_url is None
+    environ["PUSHI_REDIS_URL"] = "redis://:s3cret@127.0.0.1:6379/0"
+    assert Config.from_env(environ).redis_url == environ["PUSHI_REDIS_URL"]
+    for url in ("rediss://:s3cret@127.0.0.1:6379/0", "redis://:s3cret@x/zero"):
+        environ["PUSHI_REDIS_URL"] = url
+        with pytest.raises(SystemExit) as refused:
+            Config.from_env(environ)
+        assert "PUSHI_REDIS_URL" in str(refused.value)
+        assert "s3cret" not in str(refused.value)
+
+
+def test_a_node_logs_its_id_and_redis_without_the_password():
+    require_redis()
+    secured = RedisServer(password="pw-s3cret").start()
+    node = PushiServer(redis_url=secured.url)
+    try:
+        node.start()
+        assert health(node)["status"] == "ok"
+        log = node.read_log()
+        assert "Cluster node %d on Redis redis://:***@" % health(node)["node"] in log
+        assert "pw-s3cret" not in log
+    finally:
+        node.stop()
+        secured.close()
