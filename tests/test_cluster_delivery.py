@@ -462,3 +462,27 @@ def test_a_node_logs_its_id_and_redis_without_the_password():
     finally:
         node.stop()
         secured.close()
+
+
+def test_a_node_started_before_redis_serves_degraded_then_joins(tmp_path):
+    require_redis()
+    later = RedisServer()  # its port chosen, not started yet
+    node = PushiServer(data_dir=str(tmp_path), redis_url=later.url)
+    try:
+        node.start()
+        assert wait_for(lambda: "unreachable: serving without it" in node.read_log())
+        state = health(node)
+        assert state["status"] == "degraded" and state["node"] is None
+        app = node.create_app()
+        client = node.connect(app)
+        answer = client.subscribe("news")
+        assert answer["event"] == "pusher:subscription_error", answer
+        later.start()
+        assert wait_for(lambda: health(node)["status"] == "ok", timeout=15)
+        subscriber = subscribed(node, app, "news")
+        assert subscriber.socket_id.startswith("%d." % health(node)["node"])
+        assert Publisher(node, app).publish("news", "n", "joined")[0] == 200
+        assert events(subscriber, 1)[0][1] == "joined"
+    finally:
+        node.stop()
+        later.close()

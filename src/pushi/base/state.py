@@ -58,7 +58,6 @@ from pushi.base.webhooks import Webhooks  # noqa: E402
 from pushi.base import store as stores  # noqa: E402
 from pushi.net import capacity, wire  # noqa: E402
 from pushi.net.httpd import HttpServer  # noqa: E402
-from pushi.net.redis import redacted  # noqa: E402
 from pushi.net.server import WebSocketServer  # noqa: E402
 from pushi.proto import errors  # noqa: E402
 
@@ -503,6 +502,8 @@ class State:
         if self._start_error is not None:
             raise self._start_error
         if self.node is not None and not self.node.registered.wait(NODE_WAIT):
+            from pushi.net.redis import redacted
+
             logger.warning(
                 "Cluster: Redis %s unreachable: serving without it (503) until"
                 " it answers",
