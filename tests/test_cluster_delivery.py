@@ -486,3 +486,34 @@ def test_a_node_started_before_redis_serves_degraded_then_joins(tmp_path):
     finally:
         node.stop()
         later.close()
+
+
+def test_a_channel_the_server_joined_while_redis_was_down_hears_it_once_back(
+    cluster, redis_server
+):
+    import pushi
+
+    node = cluster.node()
+    app = cluster.app
+    proxy = pushi.Pushi(
+        app_id=app["app_id"],
+        app_key=app["key"],
+        app_secret=app["secret"],
+        base_url=node.base_url,
+    )
+    proxy.subscribe("alice", "news")
+    redis_server.kill()
+    # a personal channel needs the store only: the server joins the socket
+    # to "news" while Redis cannot subscribe it
+    client = node.connect(app, "pushi")
+    signature = proxy.authenticate("personal-alice", client.socket_id)
+    answer = client.subscribe("personal-alice", **signature)
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    redis_server.start()
+    assert wait_for(lambda: health(node)["status"] == "ok", timeout=6)
+    publisher = Publisher(node, app)
+    assert wait_for(
+        lambda: publisher.publish("news", "story", "back")[0] == 200, timeout=5
+    )
+    assert client.recv_event("story")["data"] == "back"
+    publisher.close()

@@ -34,7 +34,9 @@ Redis is down) is counted, logged once per outage, and its sender gets
 ``pusher:error`` 4305.
 
 ``listen`` subscribes the channel's bus and answers once Redis confirmed
-(or at once with the error while Redis is down: the engine answers 503);
+(or at once with the error while Redis is down: the engine answers 503; a
+channel that has sockets here all the same, which the server joined, is
+subscribed as the subscription connection comes back);
 ``unlisten`` unsubscribes after ``LINGER`` seconds unless the channel has
 subscribers here again by then (sockets that come and go do not churn the
 subscription).
@@ -100,6 +102,7 @@ class RedisBroker:
         self.subscriber = node.subscriber
         self.subscriber.on_message = self._message
         self.subscriber.on_resubscribed = self._resubscribed
+        self.subscriber.on_up = self._subscriber_up
         self._call_soon = call_soon
         self._max_pending = max_pending
         self._queue = collections.deque()
@@ -110,6 +113,9 @@ class RedisBroker:
         # (app_id, channel) -> listens awaiting Redis's confirmation
         self._listening = collections.defaultdict(int)
         self._lingering = {}
+        # channels whose subscription failed (Redis down): made again when
+        # the subscription is back, if they have subscribers here by then
+        self._deaf = set()
         self._epoch_prefix = os.urandom(4).hex()
         self._epochs = 0
         self._failing = False
@@ -265,6 +271,8 @@ class RedisBroker:
                 self._listening[key] = left
             else:
                 del self._listening[key]
+            if error is not None:
+                self._deaf.add(key)
             then(error)
 
         self.subscriber.subscribe(bus(app_id, channel), confirmed)
@@ -278,6 +286,16 @@ class RedisBroker:
         self._lingering[key] = self.node.loop.later(
             LINGER, lambda: self._unsubscribe(key)
         )
+
+    def _subscriber_up(self, _run_id):
+        """The subscription connection is up: the channels joined while it
+        was down (a socket the server put on a channel: personal and peer
+        channels) are subscribed now."""
+        deaf, self._deaf = self._deaf, set()
+        for key in deaf:
+            channel = self.engine.registry.channel(*key)
+            if channel is not None and channel.sessions:
+                self.listen(key[0], key[1], _ignore)
 
     def _unsubscribe(self, key):
         self._lingering.pop(key, None)
@@ -341,3 +359,7 @@ class RedisBroker:
         event of each channel tells whether some were missed meanwhile (a
         gap) or Redis restarted (a new epoch)."""
         self._gaps_logged.clear()
+
+
+def _ignore(_error):
+    pass
