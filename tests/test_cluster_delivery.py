@@ -517,3 +517,25 @@ def test_a_channel_the_server_joined_while_redis_was_down_hears_it_once_back(
     )
     assert client.recv_event("story")["data"] == "back"
     publisher.close()
+
+
+def test_a_channel_left_by_its_last_socket_here_is_unsubscribed_after_a_linger(
+    cluster, redis_server
+):
+    node = cluster.node()
+    app = cluster.app
+    redis = redis_server.client()
+    name = bus(app["app_id"], "news")
+
+    def subscribers():
+        return dict(redis.pubsub_numsub(name))[name.encode()]
+
+    client = subscribed(node, app, "news")
+    assert subscribers() == 1
+    client.send({"event": "pusher:unsubscribe", "data": {"channel": "news"}})
+    assert wait_for(lambda: subscribers() == 0, timeout=10)
+    # and subscribed again for the next socket
+    again = subscribed(node, app, "news")
+    assert subscribers() == 1
+    assert Publisher(node, app).publish("news", "n", "again")[0] == 200
+    assert events(again, 1)[0][1] == "again"
