@@ -305,9 +305,14 @@ def test_redis_restarted_empty_the_nodes_come_back_by_themselves(cluster, redis_
     assert wait_for(
         lambda: all(health(node)["status"] == "ok" for node in (a, b)), timeout=6
     )
-    # registered again with new ids, above those given before
-    new_ids = {health(a)["node"], health(b)["node"]}
-    assert len(new_ids) == 2 and min(new_ids) > max(ids)
+    # registered again, each with the id its sockets are named by
+    assert {health(a)["node"], health(b)["node"]} == ids
+    redis = redis_server.client()
+    assert {int(node) for node in redis.zrange("pushi:nodes", 0, -1)} == ids
+    assert int(redis.get("pushi:node_seq")) == max(ids)
+    assert "registered again as node %d (Redis restarted)" % health(a)["node"] in (
+        a.read_log()
+    )
     # the subscription made before is made again: no operator action
     assert wait_for(
         lambda: publisher.publish("news", "n", "after")[0] == 200, timeout=5

@@ -18,12 +18,14 @@ with back-off) and ``/ready`` answers 503.
 
 Registering again: when Redis comes back with another ``run_id`` (it
 restarted, empty, as a Redis without persistence does) or the heartbeat
-finds the node gone from ``pushi:nodes`` (it was reaped), the node takes a
-new id and runs the ``on_reregister`` hooks, where the parts that keep
-entries in Redis (presence, occupancy, users) write this node's entries
-again.  A new id is always above every id the node saw in use, so a node
-that registers again does not take the id of a socket still open
-elsewhere.
+finds the node gone from ``pushi:nodes`` (it was reaped), the node
+registers again and runs the ``on_reregister`` hooks, where the parts that
+keep entries in Redis (presence, occupancy, users) write this node's
+entries again.  On a restarted Redis it keeps its id when no node took it
+meanwhile (its sockets' ids stay its own); a reaped node takes a new one
+(a reaper may still be removing the old one's entries).  A new id is above
+every id the node saw in use (``pushi:node_seq``, read with each
+heartbeat), so it does not take the id of sockets still open elsewhere.
 
 Health: ``up`` (both connections ready, registered, not fenced) and
 ``check`` (raises while not: ``Metrics.health["redis"]``, which ``/health``
@@ -56,10 +58,15 @@ NODES = "pushi:nodes"
 
 REGISTER = Script(
     """
-local id = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[1])
-if id <= floor then
-  id = floor + 1
+local id = tonumber(ARGV[2])
+if id == 0 or redis.call('ZSCORE', KEYS[2], id) then
+  id = redis.call('INCR', KEYS[1])
+  local floor = tonumber(ARGV[1])
+  if id <= floor then
+    id = floor + 1
+  end
+end
+if id > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], id)
 end
 local now = redis.call('TIME')
@@ -68,7 +75,10 @@ return id
 """
 )
 """ KEYS: ``pushi:node_seq``, ``pushi:nodes``; ARGV: the highest node id
-this node saw in use.  Returns the new node id, already in ``pushi:nodes``. """
+this node saw in use, and the id it wants to keep (0: a new one).  The
+wanted id is kept when no node holds it in ``pushi:nodes``; otherwise a new
+id comes from ``INCR``, above the highest seen.  Returns the id, already in
+``pushi:nodes``. """
 
 HEARTBEAT_SCRIPT = Script(
     """
@@ -159,6 +169,8 @@ class Node:
             self.commands.up
             and self.subscriber.up
             and self.id is not None
+            # registered on this Redis (not one that restarted since)
+            and self.commands.run_id == self._run_id
             and not self.fenced
         )
 
@@ -174,7 +186,7 @@ class Node:
             raise ConnectionError(
                 "Redis unavailable: %s" % (link.last_error or "not connected")
             )
-        raise ConnectionError("not registered in the cluster yet")
+        raise ConnectionError("not registered in the cluster (yet, or again)")
 
     # registration
 
@@ -188,6 +200,10 @@ class Node:
         self._registering = True
         run_id = self.commands.run_id
         sent = time.monotonic()
+        # a Redis that restarted (empty) knows no node: this node keeps its
+        # id, so its sockets' ids stay its own; one that was reaped takes a
+        # new one (the reaper may still be removing the old one's entries)
+        keep = self.id if self.id is not None and run_id != self._run_id else 0
 
         def registered(reply):
             self._registering = False
@@ -200,7 +216,9 @@ class Node:
             self._refused = False
             self._registered(int(reply), run_id, sent)
 
-        self.commands.evalsha(registered, REGISTER, (NODE_SEQ, NODES), (self._highest,))
+        self.commands.evalsha(
+            registered, REGISTER, (NODE_SEQ, NODES), (self._highest, keep)
+        )
 
     def _registered(self, node_id, run_id, sent):
         old, previous = self.id, self._run_id
