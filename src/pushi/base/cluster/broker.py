@@ -163,7 +163,13 @@ class RedisBroker:
         while queue:
             event, done = queue.popleft()
             self._awaiting += 1
-            self._publish(event, self._published(event, done))
+            published = self._published(event, done)
+            try:
+                self._publish(event, published)
+            except Exception as error:
+                # the others still go, and every publisher hears back
+                logger.exception("publishing an event failed")
+                published(error)
 
     def _published(self, event, done):
         def published(error):
@@ -181,7 +187,10 @@ class RedisBroker:
     def send(self, event):
         """Publishes ``event`` emitted on the loop (client and member
         events)."""
-        self._publish(event, self._sent(event))
+        try:
+            self._publish(event, self._sent(event))
+        except Exception:
+            logger.exception("publishing an event failed")
 
     def _sent(self, event):
         def sent(error):
