@@ -98,6 +98,11 @@ class State:
         self.threads = Threads()
         self.metrics = Metrics(checks=self.threads.pool("health"))
         self.workers = self.threads.pool("worker")
+        history = None
+        if self.config.redis_url:
+            from pushi.base.cluster.broker import BusPositions
+
+            history = BusPositions()
         self.engine = Engine(
             self.config,
             store=self.store,
@@ -106,6 +111,7 @@ class State:
             apps=self.apps,
             persist=self.persist,
             metrics=self.metrics,
+            history=history,
         )
         self.access = Access(
             self.apps,

@@ -53,6 +53,7 @@ from pushi.net.redis import Script
 from pushi.proto import errors, messages
 
 from ..broker import Event
+from ..history import OFF, MemoryHistory
 
 logger = logging.getLogger("pushi")
 
@@ -372,3 +373,23 @@ class RedisBroker:
 
 def _ignore(_error):
     pass
+
+
+class BusPositions(MemoryHistory):
+    """A cluster node's recovery history until one lives in Redis: events
+    carry the positions of the bus (``Event.position``), this process keeps
+    none, so a socket that comes back is told it recovered nothing
+    (``history_off``) rather than given a position of one process, and
+    subscription data carries no position."""
+
+    def append(self, app_id, channel, text, limits, now):
+        return None
+
+    def position(self, app_id, channel, limits, now):
+        return None
+
+    def recover(self, app_id, channel, epoch, offset, limits, now):
+        return False, OFF
+
+    def tap(self, app_id, channel, limits):
+        return None
