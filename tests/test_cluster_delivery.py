@@ -569,3 +569,42 @@ def test_a_node_claims_no_recovery_it_cannot_make(cluster):
     assert data_of(answer)["recovered"] is False
     assert data_of(answer)["reason"] == "history_off"
     publisher.close()
+
+
+def test_pusher_sdks_on_two_nodes_see_one_pushi(cluster):
+    from interop_support import NodeAgent, python_sdk
+
+    a, b = cluster.node(), cluster.node()
+    app = cluster.app
+    on_a, on_b = NodeAgent(a, app), NodeAgent(b, app)
+    try:
+        on_a.call("connect", client="x")
+        y = on_b.call("connect", client="y")["socket_id"]
+        for agent, client in ((on_a, "x"), (on_b, "y")):
+            for channel in ("news", "private-chat"):
+                assert agent.call("subscribe", client=client, channel=channel)[
+                    "succeeded"
+                ]
+        # the npm SDK publishes on b: pusher-js on both nodes gets it
+        assert on_b.sdk("trigger", "news", "headline", {"n": 1})["status"] == 200
+        for agent, client in ((on_a, "x"), (on_b, "y")):
+            event = agent.wait(type="event", client=client, event="headline")
+            assert event["data"] == {"n": 1}
+        # the PyPI SDK publishes on a, excluding y (on b)
+        python_sdk(a, app).trigger("news", "headline", {"n": 2}, socket_id=y)
+        assert on_a.wait(type="event", client="x", event="headline", data={"n": 2})
+        # a client event from a reaches b, once
+        assert on_a.call(
+            "trigger", client="x", channel="private-chat", event="client-typing",
+            data={"n": 3},
+        )  # fmt: skip
+        typed = on_b.wait(type="event", client="y", event="client-typing")
+        assert typed["data"] == {"n": 3}
+        marker = on_b.sdk("trigger", "news", "marker", "m")
+        assert marker["status"] == 200
+        on_b.wait(type="event", client="y", event="marker")
+        assert not on_b.seen(type="event", client="y", data={"n": 2})
+        assert len(on_b.seen(type="event", client="y", event="client-typing")) == 1
+    finally:
+        on_a.close()
+        on_b.close()
