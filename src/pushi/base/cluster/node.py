@@ -24,8 +24,10 @@ keep entries in Redis (presence, occupancy, users) write this node's
 entries again.  On a restarted Redis it keeps its id when no node took it
 meanwhile (its sockets' ids stay its own); a reaped node takes a new one
 (a reaper may still be removing the old one's entries).  A new id is above
-every id the node saw in use (``pushi:node_seq``, read with each
-heartbeat), so it does not take the id of sockets still open elsewhere.
+every id the node saw given (``pushi:node_seq``, read with each
+heartbeat): after a restart of Redis it does not take the id of a node
+whose sockets are still open, unless that node registered in the last
+heartbeat before the restart.
 
 Health: ``up`` (both connections ready, registered, not fenced) and
 ``check`` (raises while not: ``Metrics.health["redis"]``, which ``/health``
