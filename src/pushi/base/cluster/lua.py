@@ -1,0 +1,430 @@
+"""The Lua scripts that keep a cluster's shared state in Redis: channel
+occupancy, app connections, presence members and signed-in users.
+
+Redis runs each script atomically, so a transition (a channel's first
+subscriber, a user's first socket on a presence channel, ...) is returned
+to exactly one caller, and a decision (a full presence channel) is taken
+on the same state it reports.
+
+Every count is kept per node too (``node`` below is the node id), and
+every entry a node creates is recorded in ``pushi:node:<node>:owned`` (a
+SET of JSON arrays: ``["sub", app, channel]``, ``["conn", app]``,
+``["pres", app, channel, user]``, ``["user", app, user]``) while the
+node's count for it is above 0: the reaper undoes a dead node's entries
+with the leave scripts called with ``all`` ("1": the node's whole count
+at once).  A leave for an entry the node does not hold (already reaped,
+or Redis restarted empty) changes nothing, which makes the reaper and a
+late leave safe to run twice.
+
+The ``*_SET`` scripts set the node's count of entries to what the node
+has (re-registration after Redis restarted empty or after the node was
+reaped): running one again changes nothing.
+
+Keys (``{a}`` is the app id as a Redis Cluster hash tag, ``<c>`` a
+channel): ``pushi:{a}:ch:<c>:nodes`` HASH node -> sockets;
+``pushi:{a}:counts`` HASH channel -> sockets; ``pushi:{a}:channels`` ZSET
+(score 0) of the occupied channels; ``pushi:{a}:conns`` HASH node ->
+sockets and ``pushi:{a}:connections`` the app's total;
+``pushi:{a}:ch:<c>:members`` HASH user -> member (JSON ``[user_info,
+peer]``); ``pushi:{a}:ch:<c>:mcount`` HASH user -> sockets;
+``pushi:{a}:ch:<c>:mnode`` HASH "node|user" -> sockets;
+``pushi:{a}:ucounts`` HASH channel -> members; ``pushi:{a}:users`` HASH
+user -> signed-in sockets; ``pushi:{a}:unode`` HASH "node|user" ->
+signed-in sockets.
+"""
+
+from pushi.net.redis import Script
+
+# KEYS: nodes, counts, channels, owned; ARGV: node, app, channel
+# -> {count, 1 when this join occupied the channel}
+OCCUPANCY_JOIN = Script(
+    """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
+  redis.call('SADD', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
+end
+local total = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+if total == 1 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[3])
+  return {1, 1}
+end
+return {total, 0}
+"""
+)
+
+# KEYS: nodes, counts, channels, owned; ARGV: node, app, channel, all
+# -> {count, 1 when this leave vacated the channel}
+OCCUPANCY_LEAVE = Script(
+    """
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if mine <= 0 then
+  return {tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0'), 0}
+end
+local k = 1
+if ARGV[4] == '1' then k = mine end
+if mine <= k then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
+else
+  redis.call('HINCRBY', KEYS[1], ARGV[1], -k)
+end
+local total = redis.call('HINCRBY', KEYS[2], ARGV[3], -k)
+if total <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return {0, 1}
+end
+return {total, 0}
+"""
+)
+
+# KEYS: counts, channels, owned, then one nodes key per channel;
+# ARGV: node, app, then channel, sockets pairs
+# -> per channel {count, 1 occupied / -1 vacated / 0}
+OCCUPANCY_SET = Script(
+    """
+local result = {}
+for i = 4, #KEYS do
+  local channel = ARGV[(i - 4) * 2 + 3]
+  local k = tonumber(ARGV[(i - 4) * 2 + 4])
+  local old = tonumber(redis.call('HGET', KEYS[i], ARGV[1]) or '0')
+  local entry = cjson.encode({'sub', ARGV[2], channel})
+  if k > 0 then
+    redis.call('HSET', KEYS[i], ARGV[1], k)
+    redis.call('SADD', KEYS[3], entry)
+  else
+    redis.call('HDEL', KEYS[i], ARGV[1])
+    redis.call('SREM', KEYS[3], entry)
+  end
+  local before = tonumber(redis.call('HGET', KEYS[1], channel) or '0')
+  local total = before
+  if k ~= old then total = redis.call('HINCRBY', KEYS[1], channel, k - old) end
+  local change = 0
+  if total <= 0 then
+    redis.call('HDEL', KEYS[1], channel)
+    redis.call('ZREM', KEYS[2], channel)
+    total = 0
+    if before > 0 then change = -1 end
+  else
+    redis.call('ZADD', KEYS[2], 0, channel)
+    if before <= 0 then change = 1 end
+  end
+  result[#result + 1] = {total, change}
+end
+return result
+"""
+)
+
+# KEYS: conns, connections, owned; ARGV: node, app, limit (0: none)
+# -> the app's connections with this one, or -1 when at the limit
+CONNECTION_OPEN = Script(
+    """
+local limit = tonumber(ARGV[3])
+if limit > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= limit then
+  return -1
+end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
+  redis.call('SADD', KEYS[3], cjson.encode({'conn', ARGV[2]}))
+end
+return redis.call('INCR', KEYS[2])
+"""
+)
+
+# KEYS: conns, connections, owned; ARGV: node, app, all
+# -> the app's connections left
+CONNECTION_CLOSE = Script(
+    """
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if mine <= 0 then
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+local k = 1
+if ARGV[3] == '1' then k = mine end
+if mine <= k then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[3], cjson.encode({'conn', ARGV[2]}))
+else
+  redis.call('HINCRBY', KEYS[1], ARGV[1], -k)
+end
+local total = redis.call('DECRBY', KEYS[2], k)
+if total <= 0 then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+return total
+"""
+)
+
+# KEYS: conns, connections, owned; ARGV: node, app, sockets
+# -> the app's connections
+CONNECTION_SET = Script(
+    """
+local k = tonumber(ARGV[3])
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local entry = cjson.encode({'conn', ARGV[2]})
+if k > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], k)
+  redis.call('SADD', KEYS[3], entry)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[3], entry)
+end
+local total = redis.call('INCRBY', KEYS[2], k - old)
+if total <= 0 then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+return total
+"""
+)
+
+# KEYS: members, mcount, mnode, ucounts, owned;
+# ARGV: node, app, channel, user, member, limit (0: none)
+# -> nil when the user is new and the channel full, else
+#    {1 when the user became a member, members (flat user, member list)}
+PRESENCE_JOIN = Script(
+    """
+local limit = tonumber(ARGV[6])
+if limit > 0 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0
+    and redis.call('HLEN', KEYS[1]) >= limit then
+  return false
+end
+if redis.call('HINCRBY', KEYS[3], ARGV[1] .. '|' .. ARGV[4], 1) == 1 then
+  redis.call('SADD', KEYS[5], cjson.encode({'pres', ARGV[2], ARGV[3], ARGV[4]}))
+end
+local new = 0
+if redis.call('HINCRBY', KEYS[2], ARGV[4], 1) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+  redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
+  new = 1
+end
+return {new, redis.call('HGETALL', KEYS[1])}
+"""
+)
+
+# KEYS: members, mcount, mnode, ucounts, owned;
+# ARGV: node, app, channel, user, all
+# -> 1 when the member left (the user's last socket anywhere)
+PRESENCE_LEAVE = Script(
+    """
+local field = ARGV[1] .. '|' .. ARGV[4]
+local mine = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+if mine <= 0 then
+  return 0
+end
+local k = 1
+if ARGV[5] == '1' then k = mine end
+if mine <= k then
+  redis.call('HDEL', KEYS[3], field)
+  redis.call('SREM', KEYS[5], cjson.encode({'pres', ARGV[2], ARGV[3], ARGV[4]}))
+else
+  redis.call('HINCRBY', KEYS[3], field, -k)
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[4], -k) > 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[2], ARGV[4])
+redis.call('HDEL', KEYS[1], ARGV[4])
+if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+end
+return 1
+"""
+)
+
+# KEYS: members, mcount, mnode, ucounts, owned;
+# ARGV: node, app, channel, then user, member, sockets triples
+# -> per user 1 (became a member), -1 (left) or 0
+PRESENCE_SET = Script(
+    """
+local result = {}
+for i = 4, #ARGV, 3 do
+  local user, member, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local field = ARGV[1] .. '|' .. user
+  local entry = cjson.encode({'pres', ARGV[2], ARGV[3], user})
+  local old = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+  if k > 0 then
+    redis.call('HSET', KEYS[3], field, k)
+    redis.call('SADD', KEYS[5], entry)
+  else
+    redis.call('HDEL', KEYS[3], field)
+    redis.call('SREM', KEYS[5], entry)
+  end
+  local before = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+  local after = before + k - old
+  local change = 0
+  if after > 0 then
+    redis.call('HSET', KEYS[2], user, after)
+    if before <= 0 then
+      redis.call('HSET', KEYS[1], user, member)
+      redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
+      change = 1
+    end
+  else
+    redis.call('HDEL', KEYS[2], user)
+    if before > 0 then
+      redis.call('HDEL', KEYS[1], user)
+      if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
+        redis.call('HDEL', KEYS[4], ARGV[3])
+      end
+      change = -1
+    end
+  end
+  result[#result + 1] = change
+end
+return result
+"""
+)
+
+# KEYS: users, unode, owned; ARGV: node, app, user
+# -> 1 when the user came online (its first signed-in socket anywhere)
+USER_IN = Script(
+    """
+if redis.call('HINCRBY', KEYS[2], ARGV[1] .. '|' .. ARGV[3], 1) == 1 then
+  redis.call('SADD', KEYS[3], cjson.encode({'user', ARGV[2], ARGV[3]}))
+end
+if redis.call('HINCRBY', KEYS[1], ARGV[3], 1) == 1 then
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: users, unode, owned; ARGV: node, app, user, all
+# -> 1 when the user went offline (its last signed-in socket anywhere)
+USER_OUT = Script(
+    """
+local field = ARGV[1] .. '|' .. ARGV[3]
+local mine = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+if mine <= 0 then
+  return 0
+end
+local k = 1
+if ARGV[4] == '1' then k = mine end
+if mine <= k then
+  redis.call('HDEL', KEYS[2], field)
+  redis.call('SREM', KEYS[3], cjson.encode({'user', ARGV[2], ARGV[3]}))
+else
+  redis.call('HINCRBY', KEYS[2], field, -k)
+end
+if redis.call('HINCRBY', KEYS[1], ARGV[3], -k) > 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[1], ARGV[3])
+return 1
+"""
+)
+
+# KEYS: users, unode, owned; ARGV: node, app, then user, sockets pairs
+# -> per user 1 (came online), -1 (went offline) or 0
+USER_SET = Script(
+    """
+local result = {}
+for i = 3, #ARGV, 2 do
+  local user, k = ARGV[i], tonumber(ARGV[i + 1])
+  local field = ARGV[1] .. '|' .. user
+  local entry = cjson.encode({'user', ARGV[2], user})
+  local old = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+  if k > 0 then
+    redis.call('HSET', KEYS[2], field, k)
+    redis.call('SADD', KEYS[3], entry)
+  else
+    redis.call('HDEL', KEYS[2], field)
+    redis.call('SREM', KEYS[3], entry)
+  end
+  local before = tonumber(redis.call('HGET', KEYS[1], user) or '0')
+  local after = before + k - old
+  local change = 0
+  if after > 0 then
+    redis.call('HSET', KEYS[1], user, after)
+    if before <= 0 then change = 1 end
+  else
+    redis.call('HDEL', KEYS[1], user)
+    if before > 0 then change = -1 end
+  end
+  result[#result + 1] = change
+end
+return result
+"""
+)
+
+# KEYS: nodes (pushi:nodes); ARGV: silence (ms)
+# -> the nodes whose last heartbeat is older than silence, by Redis's clock
+DEAD_NODES = Script(
+    """
+local now = redis.call('TIME')
+local cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local limit = string.format('%.0f', cutoff - tonumber(ARGV[1]))
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit)
+"""
+)
+
+# KEYS: nodes, owned; ARGV: node
+# -> 1 once the node is forgotten (its next heartbeat adds it again: its
+#    ZADD answers 1, which tells it to register again)
+FORGET_NODE = Script(
+    """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+)
+
+
+# the keys
+
+
+def app_key(app_id, name):
+    """``pushi:{<app>}:<name>``: an app's key (``counts``, ``channels``,
+    ``conns``, ``connections``, ``ucounts``, ``users``, ``unode``)."""
+    return "pushi:{%s}:%s" % (app_id, name)
+
+
+def channel_key(app_id, channel, name):
+    """``pushi:{<app>}:ch:<channel>:<name>``: a channel's key (``nodes``,
+    ``members``, ``mcount``, ``mnode``)."""
+    return "pushi:{%s}:ch:%s:%s" % (app_id, channel, name)
+
+
+def owned_key(node_id):
+    """``pushi:node:<node>:owned``: what a node registered."""
+    return "pushi:node:%s:owned" % node_id
+
+
+NODES = "pushi:nodes"
+""" ZSET node id -> last heartbeat (ms since the epoch) """
+
+
+def reap_key(node_id):
+    """``pushi:reap:<node>``: the lock of whoever reaps that node."""
+    return "pushi:reap:%s" % node_id
+
+
+def occupancy_keys(app_id, channel, node_id):
+    return (
+        channel_key(app_id, channel, "nodes"),
+        app_key(app_id, "counts"),
+        app_key(app_id, "channels"),
+        owned_key(node_id),
+    )
+
+
+def connection_keys(app_id, node_id):
+    return (
+        app_key(app_id, "conns"),
+        app_key(app_id, "connections"),
+        owned_key(node_id),
+    )
+
+
+def presence_keys(app_id, channel, node_id):
+    return (
+        channel_key(app_id, channel, "members"),
+        channel_key(app_id, channel, "mcount"),
+        channel_key(app_id, channel, "mnode"),
+        app_key(app_id, "ucounts"),
+        owned_key(node_id),
+    )
+
+
+def user_keys(app_id, node_id):
+    return (app_key(app_id, "users"), app_key(app_id, "unode"), owned_key(node_id))

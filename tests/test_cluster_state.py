@@ -1,0 +1,513 @@
+"""The Redis twins of the presence, occupancy and users seams, and the
+reaper, against a real ``redis-server``.
+
+Each "node" is a State's netius loop (on ephemeral ports) with its own
+Redis command connection and its own node id; the twins' changes run on
+that loop (handed over with ``call_in_loop``), their reads through the
+blocking client REST threads use.  Redis itself is checked through the
+test's own redis-py connection.
+"""
+
+import queue
+import threading
+import time
+
+import pytest
+
+from pushi.base.cluster import lua
+from pushi.base.cluster.reaper import Reaper
+from pushi.base.cluster.seams import (
+    RedisOccupancy,
+    RedisPresence,
+    RedisUsers,
+    blocking_client,
+)
+from pushi.base.config import Config
+from pushi.base.presence import Joined, Member
+from pushi.base.state import State
+from pushi.net.redis import ConnectionDown, NetiusLoop, Redis
+from support import free_port
+
+APP = "7"
+
+
+class Node:
+    """A loop with a Redis connection and the three twins of one node."""
+
+    def __init__(self, tmp_path, url, node_id):
+        self.node_id = node_id
+        config = Config(server_port=free_port(), data_dir=str(tmp_path / node_id))
+        self.state = State(config)
+        self.state.start_server(http=False)
+
+        def build():
+            client = Redis(url, NetiusLoop(self.state.server))
+            client.start()
+            return client
+
+        self.redis = self.state.call_in_loop(build)
+        self.wait_up()
+        self.reader = blocking_client(url)
+        self.presence = RedisPresence(self.redis, node_id, self.reader)
+        self.occupancy = RedisOccupancy(self.redis, node_id, self.reader)
+        self.users = RedisUsers(self.redis, node_id, self.reader)
+
+    def wait_up(self, connections=1, timeout=10):
+        """Waits for the connection to be up (made ``connections`` times)."""
+        deadline = time.monotonic() + timeout
+        while not self.state.call_in_loop(
+            lambda: self.redis.up and self.redis.connections >= connections
+        ):
+            assert time.monotonic() < deadline, "Redis connection not up"
+            time.sleep(0.02)
+
+    def ask(self, start, timeout=10):
+        """Runs ``start(answer)`` on the loop; returns what it answered
+        (``answer`` takes one value; an error given to ``failed`` too)."""
+        answers = queue.Queue()
+        self.state.call_in_loop(start, answers.put)
+        return answers.get(timeout=timeout)
+
+    def many(self, starts, timeout=10):
+        """Runs every ``start(answer)`` in one loop turn (one write to
+        Redis); returns the answers in the order they came."""
+        answers = queue.Queue()
+
+        def issue():
+            for start in starts:
+                start(answers.put)
+
+        self.state.call_in_loop(issue)
+        return [answers.get(timeout=timeout) for _ in starts]
+
+    # the twins' changes, answering one value
+
+    def join(self, channel, user_id, info=None, limit=0):
+        return lambda answer: self.presence.join(
+            APP, channel, user_id, Member(info, False), limit, answer, answer
+        )
+
+    def leave(self, channel, user_id):
+        return lambda answer: self.presence.leave(APP, channel, user_id, answer, answer)
+
+    def joined(self, channel):
+        return lambda answer: self.occupancy.joined(
+            APP, channel, lambda *args: answer(args), answer
+        )
+
+    def left(self, channel):
+        return lambda answer: self.occupancy.left(
+            APP, channel, lambda *args: answer(args), answer
+        )
+
+    def opened(self, limit=0):
+        return lambda answer: self.occupancy.opened(APP, limit, answer, answer)
+
+    def closed(self):
+        return lambda answer: self.occupancy.closed(APP, answer, answer)
+
+    def signed_in(self, user_id):
+        return lambda answer: self.users.signed_in(APP, user_id, answer, answer)
+
+    def signed_out(self, user_id):
+        return lambda answer: self.users.signed_out(APP, user_id, answer, answer)
+
+    def close(self):
+        try:
+            self.state.call_in_loop(self.redis.close)
+        except Exception:
+            pass
+        self.reader.close()
+        self.state.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path, redis_server):
+    """``nodes(n)``: n nodes with ids "1".."n" on one Redis."""
+    made = []
+
+    def make(count):
+        for index in range(count):
+            made.append(Node(tmp_path, redis_server.url, str(len(made) + 1)))
+        return made[-count:]
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def at_once(*batches):
+    """Fires each node's batch of changes (``(node, starts)``) on its own
+    loop at the same moment, without waiting between them; returns each
+    batch's answers."""
+    results = [None] * len(batches)
+    barrier = threading.Barrier(len(batches))
+
+    def run(index, node, starts):
+        barrier.wait()
+        results[index] = node.many(starts)
+
+    threads = [
+        threading.Thread(target=run, args=(index, node, starts))
+        for index, (node, starts) in enumerate(batches)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(result is not None for result in results)
+    return results
+
+
+def test_one_user_joining_and_leaving_on_two_nodes_is_one_member(nodes, redis_server):
+    a, b = nodes(2)
+    channel = "presence-room"
+    for round in range(100):
+        first = a.ask(a.join(channel, "u", {"name": "U"}))
+        second = b.ask(b.join(channel, "u", {"name": "other"}))
+        assert isinstance(first, Joined) and isinstance(second, Joined)
+        assert first.new and not second.new
+        assert first.members == {"u": Member({"name": "U"}, False)}
+        assert second.members == first.members
+        assert a.presence.members(APP, channel) == first.members
+        assert a.ask(a.leave(channel, "u")) is False
+        assert b.presence.members(APP, channel) == first.members
+        assert b.ask(b.leave(channel, "u")) is True
+        assert a.presence.members(APP, channel) == {}
+    # a hundred joins from each node at once: one new; then a hundred
+    # leaves from each at once: one gone, after which nobody is left
+    joins = at_once(
+        (a, [a.join(channel, "u") for _ in range(100)]),
+        (b, [b.join(channel, "u") for _ in range(100)]),
+    )
+    answers = joins[0] + joins[1]
+    assert sum(1 for answer in answers if answer.new) == 1
+    assert all(list(answer.members) == ["u"] for answer in answers)
+    assert b.presence.count(APP, channel) == 1
+    leaves = at_once(
+        (a, [a.leave(channel, "u") for _ in range(100)]),
+        (b, [b.leave(channel, "u") for _ in range(100)]),
+    )
+    assert (leaves[0] + leaves[1]).count(True) == 1
+    assert a.presence.members(APP, channel) == {}
+    assert a.presence.count(APP, channel) == 0
+    # nothing is left behind for the reaper either
+    client = redis_server.client()
+    assert client.smembers(lua.owned_key("1")) == set()
+    assert client.smembers(lua.owned_key("2")) == set()
+    assert [key for key in client.keys("pushi:*")] == []
+
+
+def test_a_member_limit_raced_from_two_nodes_admits_exactly_the_limit(nodes):
+    a, b = nodes(2)
+    channel = "presence-small"
+    limit = 5
+    answers = at_once(
+        (a, [a.join(channel, "a%d" % n, limit=limit) for n in range(20)]),
+        (b, [b.join(channel, "b%d" % n, limit=limit) for n in range(20)]),
+    )
+    admitted = [answer for answer in answers[0] + answers[1] if answer is not None]
+    assert len(admitted) == limit
+    assert all(answer.new for answer in admitted)
+    members = a.presence.members(APP, channel)
+    assert len(members) == limit
+    # the snapshot each admitted socket got holds itself and those before
+    assert max(len(answer.members) for answer in admitted) == limit
+    # a member's other socket is still let in when full; a new user not
+    inside = next(iter(members))
+    again = b.ask(b.join(channel, inside, limit=limit))
+    assert again is not None and not again.new
+    assert b.ask(b.join(channel, "late", limit=limit)) is None
+    assert len(b.presence.members(APP, channel)) == limit
+
+
+def test_occupancy_across_two_nodes_sees_one_occupied_and_one_vacated(nodes):
+    a, b = nodes(2)
+    assert a.ask(a.joined("chat")) == (1, True)
+    assert b.ask(b.joined("chat")) == (2, False)
+    assert a.occupancy.count(APP, "chat") == 2
+    assert b.occupancy.channels(APP) == {"chat": 2}
+    assert a.ask(a.left("chat")) == (1, False)
+    assert b.occupancy.count(APP, "chat") == 1
+    assert b.ask(b.left("chat")) == (0, True)
+    assert a.occupancy.count(APP, "chat") == 0
+    assert a.occupancy.channels(APP) == {}
+    # a leave of a socket this node does not count changes nothing
+    assert a.ask(a.left("chat")) == (0, False)
+    # raced: 50 sockets on each node come and go, one occupied, one vacated
+    joins = at_once(
+        (a, [a.joined("busy") for _ in range(50)]),
+        (b, [b.joined("busy") for _ in range(50)]),
+    )
+    assert sorted(count for count, _ in joins[0] + joins[1]) == list(range(1, 101))
+    assert [occupied for _, occupied in joins[0] + joins[1]].count(True) == 1
+    leaves = at_once(
+        (a, [a.left("busy") for _ in range(50)]),
+        (b, [b.left("busy") for _ in range(50)]),
+    )
+    assert [vacated for _, vacated in leaves[0] + leaves[1]].count(True) == 1
+    assert a.occupancy.channels(APP) == {}
+
+
+def test_the_connections_of_an_app_are_capped_across_nodes(nodes):
+    a, b = nodes(2)
+    answers = at_once(
+        (a, [a.opened(limit=7) for _ in range(10)]),
+        (b, [b.opened(limit=7) for _ in range(10)]),
+    )
+    counted = [answer for answer in answers[0] + answers[1] if answer is not None]
+    assert sorted(counted) == list(range(1, 8))
+    assert a.occupancy.connections(APP) == 7
+    # a node closes only sockets it counted
+    holder, other = (a, b) if any(answers[0]) else (b, a)
+    if not any(answers[0] if other is a else answers[1]):
+        assert other.ask(other.closed()) == 7
+    assert holder.ask(holder.closed()) == 6
+    assert other.ask(other.opened(limit=7)) == 7
+    assert other.ask(other.opened(limit=7)) is None
+    assert a.occupancy.connections(APP) == 7
+    assert other.ask(other.closed()) == 6
+
+
+def test_reads_on_any_node_agree_with_the_changes(nodes):
+    a, b = nodes(2)
+    a.many([a.joined("news"), a.joined("news-sport"), a.joined("other")])
+    b.many([b.joined("news"), b.joined("presence-x")])
+    a.ask(a.join("presence-x", "u1", {"n": 1}))
+    b.ask(b.join("presence-x", "u2", [1, 2]))
+    a.many([a.opened(), a.opened()])
+    b.ask(b.opened())
+    a.ask(a.signed_in("s1"))
+    b.ask(b.signed_in("s1"))
+    b.ask(b.signed_in("s2"))
+    for node in (a, b):
+        assert node.occupancy.channels(APP) == {
+            "news": 2,
+            "news-sport": 1,
+            "other": 1,
+            "presence-x": 1,
+        }
+        assert node.occupancy.channels(APP, prefix="news") == {
+            "news": 2,
+            "news-sport": 1,
+        }
+        assert node.occupancy.channels(APP, prefix="nope") == {}
+        assert node.occupancy.count(APP, "news") == 2
+        assert node.occupancy.count(APP, "missing") == 0
+        assert node.occupancy.connections(APP) == 3
+        assert node.occupancy.connections("other-app") == 0
+        assert node.presence.members(APP, "presence-x") == {
+            "u1": Member({"n": 1}, False),
+            "u2": Member([1, 2], False),
+        }
+        assert node.presence.count(APP, "presence-x") == 2
+        assert node.users.online(APP, ["s1", "s2", "s3"]) == ["s1", "s2"]
+    assert a.ask(a.signed_out("s1")) is False
+    assert b.ask(b.signed_out("s1")) is True
+    assert b.ask(b.signed_out("s1")) is False
+    assert a.users.online(APP, ["s1", "s2"]) == ["s2"]
+
+
+def occupy(node):
+    """A node holding a bit of everything; what it holds, for a check."""
+    node.many(
+        [
+            node.joined("only-here"),
+            node.joined("only-here"),
+            node.joined("shared"),
+            node.joined("presence-p"),
+            node.joined("presence-p"),
+            node.join("presence-p", "alone", {"who": "alone"}),
+            node.join("presence-p", "alone"),
+            node.join("presence-p", "both", {"who": "both"}),
+            node.opened(),
+            node.opened(),
+            node.signed_in("solo"),
+            node.signed_in("twice"),
+        ]
+    )
+
+
+def test_a_dead_node_is_reaped_once_by_one_of_two_reapers(nodes, redis_server):
+    dead, b, c = nodes(3)
+    occupy(dead)
+    b.many(
+        [
+            b.joined("shared"),
+            b.joined("presence-p"),
+            b.join("presence-p", "both"),
+            b.opened(),
+            b.signed_in("twice"),
+        ]
+    )
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+    # the dead node's heartbeat stopped 30 s ago; the others' are fresh
+    client.zadd(lua.NODES, {"1": now - 30000, "2": now, "3": now})
+    owned = client.smembers(lua.owned_key("1"))
+    assert len(owned) == 8
+
+    seen = queue.Queue()
+
+    def reaper(node):
+        return node.state.call_in_loop(
+            lambda: Reaper(node.redis, node.node_id, seen.put)
+        )
+
+    reapers = [(b, reaper(b)), (c, reaper(c))]
+    done = queue.Queue()
+    barrier = threading.Barrier(2)
+
+    def check(node, instance):
+        barrier.wait()
+        node.state.call_in_loop(instance.check, lambda: done.put(node.node_id))
+
+    threads = [threading.Thread(target=check, args=pair) for pair in reapers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert {done.get(timeout=10), done.get(timeout=10)} == {"2", "3"}
+    reaped = seen.get(timeout=10)
+    assert seen.empty(), "reaped twice"
+    assert reaped.node_id == "1" and reaped.complete
+    assert reaped.removed == [(APP, "presence-p", "alone")]
+    assert reaped.vacated == [(APP, "only-here")]
+    assert sorted(reaped.counts) == [(APP, "presence-p", 1), (APP, "shared", 1)]
+    assert reaped.offline == [(APP, "solo")]
+    assert reaped.connections == [(APP, 1)]
+    # what is left is the living node's
+    assert b.occupancy.channels(APP) == {"shared": 1, "presence-p": 1}
+    assert b.occupancy.connections(APP) == 1
+    assert b.presence.members(APP, "presence-p") == {
+        "both": Member({"who": "both"}, False)
+    }
+    assert b.users.online(APP, ["solo", "twice"]) == ["twice"]
+    assert client.zscore(lua.NODES, "1") is None
+    assert not client.exists(lua.owned_key("1"))
+    # another check finds nobody to reap
+    c.state.call_in_loop(reapers[1][1].check, lambda: done.put("again"))
+    assert done.get(timeout=10) == "again"
+    assert seen.empty()
+    # a reaper that takes it up again (the lock expired, the entries
+    # listed once more) changes nothing: each entry was undone once
+    client.zadd(lua.NODES, {"1": now - 30000})
+    client.delete(lua.reap_key("1"))
+    client.sadd(lua.owned_key("1"), *owned)
+    c.state.call_in_loop(reapers[1][1].check, lambda: done.put("repeat"))
+    assert done.get(timeout=10) == "repeat"
+    again = seen.get(timeout=10)
+    assert again.removed == again.vacated == again.offline == []
+    assert b.occupancy.channels(APP) == {"shared": 1, "presence-p": 1}
+    assert b.occupancy.connections(APP) == 1
+    assert list(b.presence.members(APP, "presence-p")) == ["both"]
+    # the dead node's own late leaves change nothing either
+    assert dead.ask(dead.leave("presence-p", "both")) is False
+    assert dead.ask(dead.left("shared")) == (1, False)
+    assert dead.ask(dead.signed_out("twice")) is False
+    assert list(b.presence.members(APP, "presence-p")) == ["both"]
+    assert b.users.online(APP, ["twice"]) == ["twice"]
+    # the living node's last ones still end it all
+    assert b.ask(b.leave("presence-p", "both")) is True
+    assert b.ask(b.left("shared")) == (0, True)
+
+
+def local_view(node):
+    """What a node counts locally after ``occupy`` (its registry's)."""
+    return dict(
+        channels={
+            (APP, "only-here"): 2,
+            (APP, "shared"): 1,
+            (APP, "presence-p"): 2,
+        },
+        connections={APP: 2},
+        members={
+            (APP, "presence-p", "alone"): (Member({"who": "alone"}, False), 2),
+            (APP, "presence-p", "both"): (Member({"who": "both"}, False), 1),
+        },
+        users={(APP, "solo"): 1, (APP, "twice"): 1},
+    )
+
+
+def reregister(node, view):
+    channels = node.ask(
+        lambda answer: node.occupancy.reregister(
+            view["channels"], view["connections"], answer, answer
+        )
+    )
+    members = node.ask(
+        lambda answer: node.presence.reregister(view["members"], answer, answer)
+    )
+    users = node.ask(
+        lambda answer: node.users.reregister(view["users"], answer, answer)
+    )
+    return channels, members, users
+
+
+def snapshot(node):
+    return (
+        node.occupancy.channels(APP),
+        node.occupancy.connections(APP),
+        node.presence.members(APP, "presence-p"),
+        node.users.online(APP, ["solo", "twice", "nobody"]),
+    )
+
+
+def test_after_redis_restarted_empty_reregister_restores_the_state(nodes, redis_server):
+    a, b = nodes(2)
+    occupy(a)
+    occupy(b)
+    before = snapshot(a)
+    assert before[0] == {"only-here": 4, "shared": 2, "presence-p": 4}
+    assert before[1] == 4
+    redis_server.restart()
+    for node in (a, b):
+        node.wait_up(connections=2)
+    assert snapshot(a) == ({}, 0, {}, [])
+    channels, members, users = reregister(a, local_view(a))
+    assert sorted(channels) == [
+        (APP, "only-here", 2, 1),
+        (APP, "presence-p", 2, 1),
+        (APP, "shared", 1, 1),
+    ]
+    assert sorted(members) == [
+        (APP, "presence-p", "alone", 1),
+        (APP, "presence-p", "both", 1),
+    ]
+    assert sorted(users) == [(APP, "solo", 1), (APP, "twice", 1)]
+    channels, members, users = reregister(b, local_view(b))
+    assert all(change == 0 for *_, change in channels + members + users)
+    assert snapshot(b) == before
+    # once more changes nothing
+    reregister(a, local_view(a))
+    assert snapshot(a) == before
+    # and the changes after it add up: the last sockets end everything
+    for node in (a, b):
+        node.many([node.leave("presence-p", "alone") for _ in range(2)])
+        node.ask(node.leave("presence-p", "both"))
+        node.many([node.left("only-here")] * 2 + [node.left("shared")])
+        node.many([node.left("presence-p")] * 2 + [node.closed()] * 2)
+        node.many([node.signed_out("solo"), node.signed_out("twice")])
+    assert snapshot(a) == ({}, 0, {}, [])
+    # what the reaper would find is empty as well
+    client = redis_server.client()
+    assert client.smembers(lua.owned_key("1")) == set()
+    assert client.smembers(lua.owned_key("2")) == set()
+
+
+def test_a_change_while_redis_is_down_fails_within_a_second(nodes, redis_server):
+    (a,) = nodes(1)
+    redis_server.stop()
+    deadline = time.monotonic() + 10
+    while a.state.call_in_loop(lambda: a.redis.up):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    for start in (a.join("presence-x", "u"), a.joined("x"), a.signed_in("u")):
+        assert isinstance(a.ask(start, timeout=5), ConnectionDown)
+    assert time.monotonic() - started < 5
+    with pytest.raises(Exception) as raised:
+        a.occupancy.count(APP, "x")
+    import redis
+
+    assert isinstance(raised.value, redis.RedisError)
