@@ -15,13 +15,7 @@ import time
 import pytest
 
 from pushi.base.cluster import lua
-from pushi.base.cluster.reaper import Reaper
-from pushi.base.cluster.seams import (
-    RedisOccupancy,
-    RedisPresence,
-    RedisUsers,
-    blocking_client,
-)
+from pushi.base.cluster.seams import ClusterState, Registered, blocking_client
 from pushi.base.config import Config
 from pushi.base.presence import Joined, Member
 from pushi.base.state import State
@@ -48,9 +42,11 @@ class Node:
         self.redis = self.state.call_in_loop(build)
         self.wait_up()
         self.reader = blocking_client(url)
-        self.presence = RedisPresence(self.redis, node_id, self.reader)
-        self.occupancy = RedisOccupancy(self.redis, node_id, self.reader)
-        self.users = RedisUsers(self.redis, node_id, self.reader)
+        self.reaped = queue.Queue()
+        self.cluster = ClusterState(self.redis, node_id, self.reader, self.reaped.put)
+        self.presence = self.cluster.presence
+        self.occupancy = self.cluster.occupancy
+        self.users = self.cluster.users
 
     def wait_up(self, connections=1, timeout=10):
         """Waits for the connection to be up (made ``connections`` times)."""
@@ -347,14 +343,10 @@ def test_a_dead_node_is_reaped_once_by_one_of_two_reapers(nodes, redis_server):
     owned = client.smembers(lua.owned_key("1"))
     assert len(owned) == 8
 
+    # what either reaper reaped
     seen = queue.Queue()
-
-    def reaper(node):
-        return node.state.call_in_loop(
-            lambda: Reaper(node.redis, node.node_id, seen.put)
-        )
-
-    reapers = [(b, reaper(b)), (c, reaper(c))]
+    b.cluster.reaper.reaped = c.cluster.reaper.reaped = seen.put
+    reapers = [(b, b.cluster.reaper), (c, c.cluster.reaper)]
     done = queue.Queue()
     barrier = threading.Barrier(2)
 
@@ -412,38 +404,6 @@ def test_a_dead_node_is_reaped_once_by_one_of_two_reapers(nodes, redis_server):
     assert b.ask(b.left("shared")) == (0, True)
 
 
-def local_view(node):
-    """What a node counts locally after ``occupy`` (its registry's)."""
-    return dict(
-        channels={
-            (APP, "only-here"): 2,
-            (APP, "shared"): 1,
-            (APP, "presence-p"): 2,
-        },
-        connections={APP: 2},
-        members={
-            (APP, "presence-p", "alone"): (Member({"who": "alone"}, False), 2),
-            (APP, "presence-p", "both"): (Member({"who": "both"}, False), 1),
-        },
-        users={(APP, "solo"): 1, (APP, "twice"): 1},
-    )
-
-
-def reregister(node, view):
-    channels = node.ask(
-        lambda answer: node.occupancy.reregister(
-            view["channels"], view["connections"], answer, answer
-        )
-    )
-    members = node.ask(
-        lambda answer: node.presence.reregister(view["members"], answer, answer)
-    )
-    users = node.ask(
-        lambda answer: node.users.reregister(view["users"], answer, answer)
-    )
-    return channels, members, users
-
-
 def snapshot(node):
     return (
         node.occupancy.channels(APP),
@@ -453,6 +413,18 @@ def snapshot(node):
     )
 
 
+def reregister(node, node_id=None):
+    return node.ask(
+        lambda answer: node.cluster.reregister(node_id, answer, answer), timeout=10
+    )
+
+
+def restart(redis_server, *nodes):
+    redis_server.restart()
+    for node in nodes:
+        node.wait_up(connections=2)
+
+
 def test_after_redis_restarted_empty_reregister_restores_the_state(nodes, redis_server):
     a, b = nodes(2)
     occupy(a)
@@ -460,31 +432,30 @@ def test_after_redis_restarted_empty_reregister_restores_the_state(nodes, redis_
     before = snapshot(a)
     assert before[0] == {"only-here": 4, "shared": 2, "presence-p": 4}
     assert before[1] == 4
-    redis_server.restart()
-    for node in (a, b):
-        node.wait_up(connections=2)
+    restart(redis_server, a, b)
     assert snapshot(a) == ({}, 0, {}, [])
-    channels, members, users = reregister(a, local_view(a))
-    assert sorted(channels) == [
-        (APP, "only-here", 2, 1),
-        (APP, "presence-p", 2, 1),
-        (APP, "shared", 1, 1),
+    registered = reregister(a)
+    assert isinstance(registered, Registered)
+    assert sorted(registered.occupied) == [
+        (APP, "only-here"),
+        (APP, "presence-p"),
+        (APP, "shared"),
     ]
-    assert sorted(members) == [
-        (APP, "presence-p", "alone", 1),
-        (APP, "presence-p", "both", 1),
+    assert sorted(registered.added) == [
+        (APP, "presence-p", "alone", Member({"who": "alone"}, False)),
+        (APP, "presence-p", "both", Member({"who": "both"}, False)),
     ]
-    assert sorted(users) == [(APP, "solo", 1), (APP, "twice", 1)]
-    channels, members, users = reregister(b, local_view(b))
-    assert all(change == 0 for *_, change in channels + members + users)
+    assert sorted(registered.online) == [(APP, "solo"), (APP, "twice")]
+    assert registered.vacated == registered.removed == registered.offline == []
+    assert reregister(b) == Registered([], [], [], [], [], [])
     assert snapshot(b) == before
     # once more changes nothing
-    reregister(a, local_view(a))
+    assert reregister(a) == Registered([], [], [], [], [], [])
     assert snapshot(a) == before
     # and the changes after it add up: the last sockets end everything
     for node in (a, b):
         node.many([node.leave("presence-p", "alone") for _ in range(2)])
-        node.ask(node.leave("presence-p", "both"))
+        assert node.ask(node.leave("presence-p", "both")) is (node is b)
         node.many([node.left("only-here")] * 2 + [node.left("shared")])
         node.many([node.left("presence-p")] * 2 + [node.closed()] * 2)
         node.many([node.signed_out("solo"), node.signed_out("twice")])
@@ -493,6 +464,76 @@ def test_after_redis_restarted_empty_reregister_restores_the_state(nodes, redis_
     client = redis_server.client()
     assert client.smembers(lua.owned_key("1")) == set()
     assert client.smembers(lua.owned_key("2")) == set()
+
+
+def test_a_node_registered_again_under_a_new_id_leaves_nothing_under_the_old(
+    nodes, redis_server
+):
+    """Between Redis's restart and the node's new id, changes go under the
+    old id: the re-registration writes everything under the new one and
+    reaps the old one, so nothing is counted twice or left behind."""
+    a, b = nodes(2)
+    occupy(a)
+    occupy(b)
+    before = snapshot(a)
+    restart(redis_server, a, b)
+    # written under the old ids before the new ones are known
+    assert a.ask(a.joined("late")) == (1, True)
+    assert a.ask(a.join("presence-p", "late-user", "L")).new
+    b.ask(b.signed_in("solo"))
+    assert b.ask(b.signed_out("solo")) is True
+    registered = reregister(a, "11")
+    assert (APP, "late") not in registered.occupied  # occupied already
+    reregister(b, "12")
+    reaped = [a.reaped.get(timeout=10), b.reaped.get(timeout=10)]
+    assert sorted(item.node_id for item in reaped) == ["1", "2"]
+    assert all(item.complete for item in reaped)
+    # the old ids' entries were undone and the new ids' kept them
+    assert all(not (item.removed or item.vacated or item.offline) for item in reaped)
+    client = redis_server.client()
+    assert not client.exists(lua.owned_key("1"))
+    assert not client.exists(lua.owned_key("2"))
+    channels, connections, members, online = snapshot(a)
+    assert channels == dict(before[0], late=1)
+    assert connections == before[1]
+    assert members == dict(before[2], **{"late-user": Member("L", False)})
+    assert online == before[3]
+    assert a.occupancy.node_id == a.presence.node_id == a.users.node_id == "11"
+    # the sockets now leave under the new id and end what was theirs
+    assert a.ask(a.left("late")) == (0, True)
+    assert a.ask(a.leave("presence-p", "late-user")) is True
+    assert len(client.smembers(lua.owned_key("11"))) == 8
+    assert len(client.smembers(lua.owned_key("12"))) == 8
+
+
+def test_reregister_zeroes_what_redis_counts_for_the_node_and_it_does_not(
+    nodes, redis_server
+):
+    """A change that failed in the node's eyes but ran in Redis (its
+    answer lost) is undone at the next re-registration."""
+    (a,) = nodes(1)
+    a.ask(a.joined("kept"))
+    a.ask(a.joined("lost"))
+    a.ask(a.join("presence-p", "ghost"))
+    a.ask(a.signed_in("ghost"))
+    a.ask(a.opened())
+
+    def forget():
+        a.occupancy.held.pop((APP, "lost"))
+        a.presence.held.pop((APP, "presence-p", "ghost"))
+        a.users.held.pop((APP, "ghost"))
+        a.occupancy.held_connections.pop(APP)
+
+    a.state.call_in_loop(forget)
+    registered = reregister(a)
+    assert registered.vacated == [(APP, "lost")]
+    assert registered.removed == [(APP, "presence-p", "ghost")]
+    assert registered.offline == [(APP, "ghost")]
+    assert a.occupancy.channels(APP) == {"kept": 1}
+    assert a.occupancy.connections(APP) == 0
+    assert a.presence.members(APP, "presence-p") == {}
+    assert a.users.online(APP, ["ghost"]) == []
+    assert redis_server.client().smembers(lua.owned_key("1")) == {b'["sub","7","kept"]'}
 
 
 def test_a_change_while_redis_is_down_fails_within_a_second(nodes, redis_server):

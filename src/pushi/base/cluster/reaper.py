@@ -74,7 +74,7 @@ class Reaper:
         self, redis, node_id, reaped, silence=SILENCE, lock_ms=LOCK_MS, window=WINDOW
     ):
         self.redis = redis
-        self.node_id = str(node_id)
+        self._node_id = node_id
         self.reaped = reaped
         self.silence = silence
         self.lock_ms = lock_ms
@@ -83,6 +83,18 @@ class Reaper:
         """ True while a check (or its reaping) is under way """
         self._timer = None
         self._loop = None
+        self._queued = []
+
+    @property
+    def node_id(self):
+        """This node's id (a string, None before it has one): the
+        ``node_id`` given, or what it returns when it is callable."""
+        node_id = self._node_id() if callable(self._node_id) else self._node_id
+        return None if node_id is None else str(node_id)
+
+    @node_id.setter
+    def node_id(self, value):
+        self._node_id = value
 
     def start(self, loop, interval=INTERVAL):
         """Checks every ``interval`` seconds on ``loop`` (a ``NetiusLoop``)
@@ -107,7 +119,7 @@ class Reaper:
     def check(self, done=None):
         """Looks for dead nodes and reaps those it can lock; ``done()``
         once finished.  False (and nothing done) while a check runs."""
-        if self.busy:
+        if self.busy or self.node_id is None:
             return False
         self.busy = True
 
@@ -124,12 +136,29 @@ class Reaper:
         )
         return True
 
+    def reap(self, node_id, done=None):
+        """Reaps ``node_id`` whatever its heartbeat (this node's previous
+        id, after it registered again under a new one); ``done()`` once
+        finished.  False (and nothing done) while a check runs: the
+        caller tries again."""
+        if self.node_id is None:
+            return False
+        if self.busy:
+            self._queued.append((str(node_id), done))
+            return True
+        self.busy = True
+        self._next([str(node_id)], done, forced=True)
+        return True
+
     def _finish(self, done):
         self.busy = False
         if done is not None:
             done()
+        if self._queued and not self.busy:
+            node_id, done = self._queued.pop(0)
+            self.reap(node_id, done)
 
-    def _next(self, nodes, done):
+    def _next(self, nodes, done, forced=False):
         if not nodes:
             self._finish(done)
             return
@@ -157,9 +186,9 @@ class Reaper:
                     entries.append(entry)
             entries.sort(key=lambda entry: _ORDER[entry[0]])
             logger.warning(
-                "Node %s silent for over %gs: reaping its %d entries",
+                "Node %s %s: reaping its %d entries",
                 node,
-                self.silence,
+                "replaced" if forced else "silent for over %gs" % self.silence,
                 len(entries),
             )
 
@@ -171,15 +200,32 @@ class Reaper:
 
             _Reap(self, node, entries, reaped).start()
 
-        self.redis.call(
-            locked,
-            "SET",
-            lua.reap_key(node),
-            self.node_id,
-            "NX",
-            "PX",
-            self.lock_ms,
-        )
+        def take():
+            self.redis.call(
+                locked,
+                "SET",
+                lua.reap_key(node),
+                self.node_id,
+                "NX",
+                "PX",
+                self.lock_ms,
+            )
+
+        if forced:
+            # a node's previous id: left alone if a node registered under
+            # it since (a heartbeat there)
+
+            def alive(reply):
+                if isinstance(reply, Exception) or reply is not None:
+                    if reply is not None and not isinstance(reply, Exception):
+                        logger.warning("Node id %s is in use again: not reaped", node)
+                    self._next(nodes, done)
+                    return
+                take()
+
+            self.redis.call(alive, "ZSCORE", lua.NODES, node)
+        else:
+            take()
 
 
 class _Reap:

@@ -4,29 +4,35 @@ every node of a cluster shares, kept by the scripts of ``cluster/lua``.
 The changes (``join``, ``leave``, ``joined``, ...) run on the loop thread
 through the node's command connection (``pushi.net.redis.Redis``): their
 answer comes to ``then`` on the loop, once Redis has decided.  When Redis
-cannot answer (down, overdue, overloaded), ``failed(error)`` runs instead
-(a ``pushi.net.redis.RedisError``; without ``failed`` it is logged): such
-a change may or may not have been made, and ``reregister`` sets the
-node's counts right again.
+cannot answer (down, overdue, overloaded, or the node has no id yet),
+``failed(error)`` runs instead (a ``pushi.net.redis.RedisError``; without
+``failed`` it is logged): such a change may or may not have been made in
+Redis, and ``reregister`` sets it right.
+
+Each twin also keeps what this node holds (its ledger: sockets per
+channel, per member, per signed-in user, per app), as the engine told it:
+``reregister`` writes the ledger to Redis as this node's share, in the
+same loop turn (so the changes made after it add up), then zeroes what
+Redis holds for this node and the ledger does not.  Run it after Redis
+restarted empty, after the node was reaped, or after any reconnection
+(a change that failed may have been made or not).
 
 The reads (``members``, ``count``, ``channels``, ``connections``,
 ``online``) block: they are for the REST workers' threads, through a
 redis-py client (``blocking_client``) whose every read is bounded by its
 socket timeout; they raise ``redis.exceptions.RedisError`` when Redis
 does not answer in time.
-
-``reregister`` sets what this node holds to what it has locally (after
-Redis restarted empty, or after this node was reaped); what it is not
-given stays as it is.  Its calls go out in one write, before any change
-made after it, so that the counts it sets and the changes after it add
-up.
 """
 
 import json
 import logging
+from typing import NamedTuple
+
+from pushi.net.redis import ConnectionDown
 
 from ..presence import Joined, Member
 from . import lua
+from .reaper import Reaper
 
 logger = logging.getLogger("pushi")
 
@@ -82,41 +88,85 @@ def _members(flat):
     }
 
 
+def _count(ledger, key, delta):
+    """Adds ``delta`` to a ledger's count (gone at 0); the count before."""
+    before = ledger.get(key, 0)
+    after = before + delta
+    if after > 0:
+        ledger[key] = after
+    else:
+        ledger.pop(key, None)
+    return before
+
+
+def _chunks(items, size=BULK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 class _Twin:
+    kinds = ()
+    """ The kinds of owned entries (``cluster/lua``) this twin writes """
+
     def __init__(self, redis, node_id, reader=None):
         self.redis = redis
         """ The command connection (``pushi.net.redis.Redis``, loop thread) """
-        self.node_id = str(node_id)
+        self._node_id = node_id
         self.reader = reader
         """ A blocking redis-py client for the reads (``blocking_client``) """
+        self.registrations = 0
+        """ ``reregister`` calls so far """
 
-    def _eval(self, script, keys, args, then, failed):
+    @property
+    def node_id(self):
+        """This node's id now (a string; None before it has one): the
+        ``node_id`` given, or what it returns when it is callable (``lambda:
+        node.id``)."""
+        node_id = self._node_id() if callable(self._node_id) else self._node_id
+        return None if node_id is None else str(node_id)
+
+    @node_id.setter
+    def node_id(self, value):
+        self._node_id = value
+
+    def _eval(self, script, keys, args, then, failed, node_id=None):
+        """Runs ``script`` with ``keys(node_id)`` and the node id then
+        ``args``: ``then(reply)`` or ``failed(error)``."""
+        node_id = node_id or self.node_id
+        if node_id is None:
+            _failed(failed, ConnectionDown("not registered in the cluster yet"))
+            return
+
         def reply(value):
             if isinstance(value, Exception):
                 _failed(failed, value)
             else:
                 then(value)
 
-        self.redis.evalsha(reply, script, keys, (self.node_id,) + tuple(args))
+        self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
 
     def _bulk(self, calls, then, failed):
-        """Sends ``calls`` (script, keys, args, convert) in this turn;
-        ``then(results)`` with each call's converted answers, in order,
-        once all came, or ``failed(error)`` once if one failed."""
+        """Sends ``calls`` (script, keys, args, convert) in this turn under
+        the node id now; ``then(results)`` with each call's converted
+        answers, in order, once all came, or ``failed(error)`` once if
+        one failed."""
         calls = list(calls)
-        results = [None] * len(calls)
+        results = [()] * len(calls)
         state = {"left": len(calls), "error": None}
+        node_id = self.node_id
+        if node_id is None:
+            _failed(failed, ConnectionDown("not registered in the cluster yet"))
+            return
+        if not calls:
+            then([])
+            return
 
         def done():
             if state["error"] is not None:
                 _failed(failed, state["error"])
-            elif then is not None:
+            else:
                 then([item for result in results for item in result])
 
-        if not calls:
-            if then is not None:
-                then([])
-            return
         for index, (script, keys, args, convert) in enumerate(calls):
 
             def reply(value, index=index, convert=convert):
@@ -128,22 +178,69 @@ class _Twin:
                 if not state["left"]:
                     done()
 
-            self.redis.evalsha(reply, script, keys, (self.node_id,) + tuple(args))
+            self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
 
+    def reregister(self, then=None, failed=None):
+        """Writes this node's ledger to Redis as its share (see the
+        module), then zeroes the entries Redis holds for this node and the
+        ledger does not; ``then(changes)`` (see each twin's
+        ``_set_calls``) once done."""
+        self.registrations += 1
+        then = then or _ignore
+        set_calls = self._set_calls(self._ledger_entries())
+        node_id = self.node_id
+        first = []
 
-def _chunks(items, size=BULK):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+        def written(changes):
+            first.extend(changes)
+            if node_id is None or node_id != self.node_id:
+                then(first)
+                return
+            self.redis.call(listed, "SMEMBERS", lua.owned_key(node_id))
+
+        def listed(reply):
+            if isinstance(reply, Exception):
+                _failed(failed, reply)
+                return
+            if node_id != self.node_id:
+                then(first)
+                return
+            strays = []
+            for item in reply:
+                try:
+                    entry = tuple(json.loads(item))
+                except ValueError:
+                    continue
+                if entry and entry[0] in self.kinds and not self._holds(entry):
+                    strays.append(entry)
+            self._bulk(
+                self._set_calls(self._zeroes(strays)),
+                lambda changes: then(first + changes),
+                failed,
+            )
+
+        self._bulk(set_calls, written, failed)
 
 
 class RedisOccupancy(_Twin):
     """Sockets per channel and per app over the whole cluster."""
 
+    kinds = ("sub", "conn")
+
+    def __init__(self, redis, node_id, reader=None):
+        _Twin.__init__(self, redis, node_id, reader)
+        self.held = {}
+        """ (app_id, channel) -> this node's sockets there """
+        self.held_connections = {}
+        """ app_id -> this node's sockets of the app (``opened``) """
+
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``."""
+        app_id, channel = str(app_id), str(channel)
+        _count(self.held, (app_id, channel), 1)
         self._eval(
             lua.OCCUPANCY_JOIN,
-            lua.occupancy_keys(app_id, channel, self.node_id),
+            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
             (app_id, channel),
             lambda reply: then(reply[0], reply[1] == 1),
             failed,
@@ -151,56 +248,123 @@ class RedisOccupancy(_Twin):
 
     def left(self, app_id, channel, then, failed=None):
         """A socket left ``channel``: ``then(count, vacated)``."""
+        app_id, channel = str(app_id), str(channel)
+        _count(self.held, (app_id, channel), -1)
         self._eval(
             lua.OCCUPANCY_LEAVE,
-            lua.occupancy_keys(app_id, channel, self.node_id),
+            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
             (app_id, channel, "0"),
             lambda reply: then(reply[0], reply[1] == 1),
             failed,
         )
 
     def opened(self, app_id, limit, then, failed=None):
-        """A socket of the app opened: ``then(count)`` with the app's
-        sockets, this one included, or ``then(None)`` (not counted) when
-        the app already has ``limit`` (0: no limit)."""
+        """A socket of the app opens: ``then(count)`` with the app's
+        sockets, this one included, or ``then(None)`` when the app already
+        has ``limit`` (0: no limit).  Not counted when refused or when
+        ``failed`` runs: the socket is then to be refused."""
+        app_id = str(app_id)
+        _count(self.held_connections, app_id, 1)
+        registrations = self.registrations
+
+        def refused():
+            _count(self.held_connections, app_id, -1)
+            if self.registrations != registrations:
+                # a re-registration counted it meanwhile
+                self._bulk(
+                    self._set_calls(
+                        [("conn", app_id, self.held_connections.get(app_id, 0))]
+                    ),
+                    _ignore,
+                    None,
+                )
+
+        def answered(reply):
+            if reply < 0:
+                refused()
+                then(None)
+            else:
+                then(reply)
+
+        def error(reason):
+            refused()
+            _failed(failed, reason)
+
         self._eval(
             lua.CONNECTION_OPEN,
-            lua.connection_keys(app_id, self.node_id),
+            lambda node_id: lua.connection_keys(app_id, node_id),
             (app_id, int(limit or 0)),
-            lambda reply: then(None if reply < 0 else reply),
-            failed,
+            answered,
+            error,
         )
 
     def closed(self, app_id, then=None, failed=None):
         """A socket of the app (counted by ``opened``) went:
         ``then(count)`` with the app's sockets left."""
+        app_id = str(app_id)
+        _count(self.held_connections, app_id, -1)
         self._eval(
             lua.CONNECTION_CLOSE,
-            lua.connection_keys(app_id, self.node_id),
+            lambda node_id: lua.connection_keys(app_id, node_id),
             (app_id, "0"),
             then or _ignore,
             failed,
         )
 
-    def reregister(self, channels, connections=None, then=None, failed=None):
-        """Sets this node's sockets per channel (``{(app_id, channel):
-        sockets}``) and per app (``{app_id: sockets}``);
-        ``then([(app_id, channel, count, change)])`` with the channels'
-        counts now and ``change`` 1 (occupied by it), -1 (vacated) or 0."""
+    # re-registration
+
+    def _ledger_entries(self):
+        return [
+            ("sub", app_id, channel, sockets)
+            for (app_id, channel), sockets in self.held.items()
+        ] + [
+            ("conn", app_id, sockets)
+            for app_id, sockets in self.held_connections.items()
+        ]
+
+    def _holds(self, entry):
+        if entry[0] == "sub":
+            return tuple(entry[1:3]) in self.held
+        return entry[1] in self.held_connections
+
+    @staticmethod
+    def _zeroes(strays):
+        return [tuple(entry) + (0,) for entry in strays]
+
+    def _set_calls(self, entries):
+        """Calls that set the node's sockets of ``entries`` (``("sub",
+        app_id, channel, sockets)`` and ``("conn", app_id, sockets)``);
+        their changes: ``(app_id, channel, count, change)`` per channel,
+        ``change`` 1 (occupied by it), -1 (vacated) or 0."""
         by_app = {}
-        for (app_id, channel), sockets in channels.items():
-            by_app.setdefault(app_id, []).append((channel, int(sockets)))
         calls = []
-        for app_id, entries in by_app.items():
-            for chunk in _chunks(entries):
-                keys = [
-                    lua.app_key(app_id, "counts"),
-                    lua.app_key(app_id, "channels"),
-                    lua.owned_key(self.node_id),
-                ] + [lua.channel_key(app_id, name, "nodes") for name, _ in chunk]
+        for entry in entries:
+            if entry[0] == "sub":
+                by_app.setdefault(entry[1], []).append((entry[2], int(entry[3])))
+            else:
+                app_id, sockets = entry[1], int(entry[2])
+                calls.append(
+                    (
+                        lua.CONNECTION_SET,
+                        lambda node_id, app_id=app_id: lua.connection_keys(
+                            app_id, node_id
+                        ),
+                        (app_id, sockets),
+                        _nothing,
+                    )
+                )
+        for app_id, channels in by_app.items():
+            for chunk in _chunks(channels):
                 args = [app_id]
                 for name, sockets in chunk:
                     args += [name, sockets]
+
+                def keys(node_id, app_id=app_id, chunk=chunk):
+                    return [
+                        lua.app_key(app_id, "counts"),
+                        lua.app_key(app_id, "channels"),
+                        lua.owned_key(node_id),
+                    ] + [lua.channel_key(app_id, name, "nodes") for name, _ in chunk]
 
                 def convert(reply, app_id=app_id, chunk=chunk):
                     return [
@@ -209,16 +373,7 @@ class RedisOccupancy(_Twin):
                     ]
 
                 calls.append((lua.OCCUPANCY_SET, keys, args, convert))
-        for app_id, sockets in (connections or {}).items():
-            calls.append(
-                (
-                    lua.CONNECTION_SET,
-                    lua.connection_keys(app_id, self.node_id),
-                    (app_id, int(sockets)),
-                    _none,
-                )
-            )
-        self._bulk(calls, then, failed)
+        return calls
 
     # reads (blocking)
 
@@ -256,69 +411,129 @@ class RedisOccupancy(_Twin):
 class RedisPresence(_Twin):
     """Presence members over the whole cluster: one per user id."""
 
+    kinds = ("pres",)
+
+    def __init__(self, redis, node_id, reader=None):
+        _Twin.__init__(self, redis, node_id, reader)
+        self.held = {}
+        """ (app_id, channel, user_id) -> [Member, this node's sockets] """
+
     def join(self, app_id, channel, user_id, member, limit, then, failed=None):
         """Adds one socket of ``user_id``: ``then(Joined(new, members))``
         (the members as Redis had them once the user was in, decided in
         the same step), or ``then(None)`` when the user is not a member
-        and the channel already has ``limit`` members (0: no limit)."""
+        and the channel already has ``limit`` members (0: no limit).  Not
+        counted when refused or when ``failed`` runs: the socket is then
+        to be refused."""
+        app_id, channel, user_id = str(app_id), str(channel), str(user_id)
+        key = (app_id, channel, user_id)
+        entry = self.held.get(key)
+        if entry is None:
+            entry = self.held[key] = [member, 0]
+        entry[1] += 1
+        registrations = self.registrations
+
+        def refused():
+            entry = self.held.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self.held[key]
+            if self.registrations != registrations:
+                # a re-registration counted it meanwhile
+                self._bulk(
+                    self._set_calls([self._entry(key) or (key, member, 0)]),
+                    _ignore,
+                    None,
+                )
 
         def joined(reply):
             if reply is None:
+                refused()
                 then(None)
             else:
                 then(Joined(reply[0] == 1, _members(reply[1])))
 
+        def error(reason):
+            refused()
+            _failed(failed, reason)
+
         self._eval(
             lua.PRESENCE_JOIN,
-            lua.presence_keys(app_id, channel, self.node_id),
+            lambda node_id: lua.presence_keys(app_id, channel, node_id),
             (app_id, channel, user_id, encode_member(member), int(limit or 0)),
             joined,
-            failed,
+            error,
         )
 
     def leave(self, app_id, channel, user_id, then, failed=None):
         """Takes one socket of ``user_id`` off: ``then(True)`` when it was
         the user's last one anywhere (the member left)."""
+        app_id, channel, user_id = str(app_id), str(channel), str(user_id)
+        key = (app_id, channel, user_id)
+        entry = self.held.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.held[key]
         self._eval(
             lua.PRESENCE_LEAVE,
-            lua.presence_keys(app_id, channel, self.node_id),
+            lambda node_id: lua.presence_keys(app_id, channel, node_id),
             (app_id, channel, user_id, "0"),
             lambda reply: then(reply == 1),
             failed,
         )
 
-    def reregister(self, entries, then=None, failed=None):
-        """Sets this node's sockets per member (``{(app_id, channel,
-        user_id): (Member, sockets)}``); ``then([(app_id, channel,
-        user_id, change)])`` with ``change`` 1 (the member is back by
-        it), -1 (it left) or 0."""
+    # re-registration
+
+    def _entry(self, key):
+        entry = self.held.get(key)
+        return None if entry is None else (key, entry[0], entry[1])
+
+    def _ledger_entries(self):
+        return [(key, entry[0], entry[1]) for key, entry in self.held.items()]
+
+    def _holds(self, entry):
+        return tuple(entry[1:4]) in self.held
+
+    @staticmethod
+    def _zeroes(strays):
+        return [(tuple(entry[1:4]), Member(None, False), 0) for entry in strays]
+
+    def _set_calls(self, entries):
+        """Calls that set the node's sockets of ``entries`` (``((app_id,
+        channel, user_id), Member, sockets)``); their changes: ``(app_id,
+        channel, user_id, Member, change)``, ``change`` 1 (a member again
+        by it), -1 (it left) or 0."""
         by_channel = {}
-        for (app_id, channel, user_id), (member, sockets) in entries.items():
+        for (app_id, channel, user_id), member, sockets in entries:
             by_channel.setdefault((app_id, channel), []).append(
-                (user_id, encode_member(member), int(sockets))
+                (user_id, member, int(sockets))
             )
         calls = []
         for (app_id, channel), users in by_channel.items():
             for chunk in _chunks(users):
                 args = [app_id, channel]
-                for user in chunk:
-                    args += user
+                for user_id, member, sockets in chunk:
+                    args += [user_id, encode_member(member), sockets]
 
                 def convert(reply, app_id=app_id, channel=channel, chunk=chunk):
                     return [
-                        (app_id, channel, user[0], change)
-                        for user, change in zip(chunk, reply)
+                        (app_id, channel, user_id, member, change)
+                        for (user_id, member, _), change in zip(chunk, reply)
                     ]
 
                 calls.append(
                     (
                         lua.PRESENCE_SET,
-                        lua.presence_keys(app_id, channel, self.node_id),
+                        lambda node_id, app_id=app_id, channel=channel: (
+                            lua.presence_keys(app_id, channel, node_id)
+                        ),
                         args,
                         convert,
                     )
                 )
-        self._bulk(calls, then, failed)
+        return calls
 
     # reads (blocking)
 
@@ -336,12 +551,21 @@ class RedisPresence(_Twin):
 class RedisUsers(_Twin):
     """Signed-in users over the whole cluster."""
 
+    kinds = ("user",)
+
+    def __init__(self, redis, node_id, reader=None):
+        _Twin.__init__(self, redis, node_id, reader)
+        self.held = {}
+        """ (app_id, user_id) -> this node's signed-in sockets """
+
     def signed_in(self, app_id, user_id, then, failed=None):
         """A socket signed in as ``user_id``: ``then(True)`` when it is
         the user's first anywhere (the user came online)."""
+        app_id, user_id = str(app_id), str(user_id)
+        _count(self.held, (app_id, user_id), 1)
         self._eval(
             lua.USER_IN,
-            lua.user_keys(app_id, self.node_id),
+            lambda node_id: lua.user_keys(app_id, node_id),
             (app_id, user_id),
             lambda reply: then(reply == 1),
             failed,
@@ -350,20 +574,35 @@ class RedisUsers(_Twin):
     def signed_out(self, app_id, user_id, then, failed=None):
         """A signed-in socket of ``user_id`` went or changed user:
         ``then(True)`` when it was the user's last anywhere."""
+        app_id, user_id = str(app_id), str(user_id)
+        _count(self.held, (app_id, user_id), -1)
         self._eval(
             lua.USER_OUT,
-            lua.user_keys(app_id, self.node_id),
+            lambda node_id: lua.user_keys(app_id, node_id),
             (app_id, user_id, "0"),
             lambda reply: then(reply == 1),
             failed,
         )
 
-    def reregister(self, entries, then=None, failed=None):
-        """Sets this node's signed-in sockets per user (``{(app_id,
-        user_id): sockets}``); ``then([(app_id, user_id, change)])`` with
-        ``change`` 1 (online by it), -1 (offline) or 0."""
+    # re-registration
+
+    def _ledger_entries(self):
+        return [(key, sockets) for key, sockets in self.held.items()]
+
+    def _holds(self, entry):
+        return tuple(entry[1:3]) in self.held
+
+    @staticmethod
+    def _zeroes(strays):
+        return [(tuple(entry[1:3]), 0) for entry in strays]
+
+    def _set_calls(self, entries):
+        """Calls that set the node's signed-in sockets of ``entries``
+        (``((app_id, user_id), sockets)``); their changes: ``(app_id,
+        user_id, change)``, ``change`` 1 (online by it), -1 (offline) or
+        0."""
         by_app = {}
-        for (app_id, user_id), sockets in entries.items():
+        for (app_id, user_id), sockets in entries:
             by_app.setdefault(app_id, []).append((user_id, int(sockets)))
         calls = []
         for app_id, users in by_app.items():
@@ -378,9 +617,14 @@ class RedisUsers(_Twin):
                     ]
 
                 calls.append(
-                    (lua.USER_SET, lua.user_keys(app_id, self.node_id), args, convert)
+                    (
+                        lua.USER_SET,
+                        lambda node_id, app_id=app_id: lua.user_keys(app_id, node_id),
+                        args,
+                        convert,
+                    )
                 )
-        self._bulk(calls, then, failed)
+        return calls
 
     # reads (blocking)
 
@@ -393,9 +637,103 @@ class RedisUsers(_Twin):
         return [user_id for user_id, value in zip(user_ids, found) if value]
 
 
+class Registered(NamedTuple):
+    """What a node's re-registration changed in Redis: ``occupied`` /
+    ``vacated`` (app_id, channel); ``added`` (app_id, channel, user_id,
+    Member) members again by this node; ``removed`` (app_id, channel,
+    user_id); ``online`` / ``offline`` (app_id, user_id)."""
+
+    occupied: list
+    vacated: list
+    added: list
+    removed: list
+    online: list
+    offline: list
+
+
+class ClusterState:
+    """The three twins of one node and its reaper, on the node's command
+    connection ``redis``: ``presence``, ``occupancy``, ``users`` (for the
+    engine's seams) and ``reaper``.  ``node_id`` as for the twins (a
+    callable follows the node's id as it changes); ``reader`` a
+    ``blocking_client``; ``reaped(Reaped)`` as for ``Reaper``."""
+
+    def __init__(self, redis, node_id, reader, reaped):
+        self.redis = redis
+        self.presence = RedisPresence(redis, node_id, reader)
+        self.occupancy = RedisOccupancy(redis, node_id, reader)
+        self.users = RedisUsers(redis, node_id, reader)
+        self.reaper = Reaper(redis, node_id, reaped)
+        self._written = self.occupancy.node_id
+        """ The node id this node's entries were last written under """
+
+    def reregister(self, node_id=None, then=None, failed=None):
+        """Writes what this node holds to Redis again (a new Redis, this
+        node reaped, or a reconnection), under ``node_id`` when given (the
+        node's new id) or the id now; then, when the id changed, reaps
+        what was written under the previous one meanwhile (through
+        ``reaped``).  ``then(Registered)`` once the three are written."""
+        if node_id is not None:
+            for twin in (self.presence, self.occupancy, self.users, self.reaper):
+                twin.node_id = node_id
+        current = self.occupancy.node_id
+        previous, self._written = self._written, current
+        result = Registered([], [], [], [], [], [])
+        state = {"left": 3, "error": None}
+
+        def done():
+            if state["error"] is not None:
+                _failed(failed, state["error"])
+            elif then is not None:
+                then(result)
+
+        def part(record):
+            def answer(changes):
+                for change in changes:
+                    record(change)
+                state["left"] -= 1
+                if not state["left"]:
+                    done()
+
+            return answer
+
+        def error(reason):
+            state["error"] = state["error"] or reason
+            state["left"] -= 1
+            if not state["left"]:
+                done()
+
+        def channel(change):
+            app_id, name, _count, moved = change
+            if moved > 0:
+                result.occupied.append((app_id, name))
+            elif moved < 0:
+                result.vacated.append((app_id, name))
+
+        def member(change):
+            app_id, name, user_id, member, moved = change
+            if moved > 0:
+                result.added.append((app_id, name, user_id, member))
+            elif moved < 0:
+                result.removed.append((app_id, name, user_id))
+
+        def user(change):
+            app_id, user_id, moved = change
+            if moved > 0:
+                result.online.append((app_id, user_id))
+            elif moved < 0:
+                result.offline.append((app_id, user_id))
+
+        self.presence.reregister(part(member), error)
+        self.occupancy.reregister(part(channel), error)
+        self.users.reregister(part(user), error)
+        if previous is not None and current is not None and previous != current:
+            self.reaper.reap(previous)
+
+
 def _ignore(*_args):
     pass
 
 
-def _none(_reply):
+def _nothing(_reply):
     return []
