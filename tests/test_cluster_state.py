@@ -254,6 +254,12 @@ def test_the_connections_of_an_app_are_capped_across_nodes(nodes):
     counted = [answer for answer in answers[0] + answers[1] if answer is not None]
     assert sorted(counted) == list(range(1, 8))
     assert a.occupancy.connections(APP) == 7
+    # each node counts locally those Redis counted for it, not the refused
+    held = [
+        node.state.call_in_loop(lambda: dict(node.occupancy.held_connections))
+        for node in (a, b)
+    ]
+    assert sum(item.get(APP, 0) for item in held) == 7
     # a node closes only sockets it counted
     holder, other = (a, b) if any(answers[0]) else (b, a)
     if not any(answers[0] if other is a else answers[1]):
@@ -298,6 +304,17 @@ def test_reads_on_any_node_agree_with_the_changes(nodes):
         }
         assert node.presence.count(APP, "presence-x") == 2
         assert node.users.online(APP, ["s1", "s2", "s3"]) == ["s1", "s2"]
+        # the same read on the loop, through the command connection
+        assert node.ask(
+            lambda answer: node.presence.fetch_members(APP, "presence-x", answer)
+        ) == node.presence.members(APP, "presence-x")
+        assert (
+            node.ask(lambda answer: node.occupancy.fetch_count(APP, "news", answer))
+            == 2
+        )
+        assert node.ask(
+            lambda answer: node.users.fetch_online(APP, ["s3", "s2", "s1"], answer)
+        ) == ["s2", "s1"]
     assert a.ask(a.signed_out("s1")) is False
     assert b.ask(b.signed_out("s1")) is True
     assert b.ask(b.signed_out("s1")) is False
@@ -552,3 +569,36 @@ def test_a_change_while_redis_is_down_fails_within_a_second(nodes, redis_server)
     import redis
 
     assert isinstance(raised.value, redis.RedisError)
+
+
+def test_a_started_reaper_reaps_a_silent_node_by_itself(nodes, redis_server):
+    dead, b = nodes(2)
+    occupy(dead)
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+    client.zadd(lua.NODES, {"1": now, "2": now})
+    b.state.call_in_loop(
+        lambda: b.cluster.reaper.start(NetiusLoop(b.state.server), interval=0.2)
+    )
+    try:
+        # alive: left alone
+        time.sleep(1)
+        assert b.reaped.empty()
+        assert b.occupancy.count(APP, "only-here") == 2
+        # silent for longer than the bound: reaped
+        client.zadd(lua.NODES, {"1": now - 11000})
+        reaped = b.reaped.get(timeout=10)
+        assert reaped.node_id == "1"
+        assert sorted(reaped.vacated) == [
+            (APP, "only-here"),
+            (APP, "presence-p"),
+            (APP, "shared"),
+        ]
+        assert sorted(reaped.removed) == [
+            (APP, "presence-p", "alone"),
+            (APP, "presence-p", "both"),
+        ]
+        assert b.occupancy.channels(APP) == {}
+        assert client.zrange(lua.NODES, 0, -1) == [b"2"]
+    finally:
+        b.state.call_in_loop(b.cluster.reaper.stop)

@@ -21,7 +21,8 @@ The reads (``members``, ``count``, ``channels``, ``connections``,
 ``online``) block: they are for the REST workers' threads, through a
 redis-py client (``blocking_client``) whose every read is bounded by its
 socket timeout; they raise ``redis.exceptions.RedisError`` when Redis
-does not answer in time.
+does not answer in time.  On the loop, ``fetch_members``, ``fetch_count``
+and ``fetch_online`` read through the command connection instead.
 """
 
 import json
@@ -116,6 +117,9 @@ class _Twin:
         """ A blocking redis-py client for the reads (``blocking_client``) """
         self.registrations = 0
         """ ``reregister`` calls so far """
+        self.used = set()
+        """ The node ids this twin wrote under since its last
+        ``reregister`` (more than one when the node's id changed) """
 
     @property
     def node_id(self):
@@ -143,7 +147,17 @@ class _Twin:
             else:
                 then(value)
 
+        self.used.add(node_id)
         self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
+
+    def _read(self, then, failed, *command):
+        def reply(value):
+            if isinstance(value, Exception):
+                _failed(failed, value)
+            else:
+                then(value)
+
+        self.redis.call(reply, *command)
 
     def _bulk(self, calls, then, failed):
         """Sends ``calls`` (script, keys, args, convert) in this turn under
@@ -160,6 +174,7 @@ class _Twin:
         if not calls:
             then([])
             return
+        self.used.add(node_id)
 
         def done():
             if state["error"] is not None:
@@ -189,6 +204,7 @@ class _Twin:
         then = then or _ignore
         set_calls = self._set_calls(self._ledger_entries())
         node_id = self.node_id
+        self.used = set()
         first = []
 
         def written(changes):
@@ -375,6 +391,17 @@ class RedisOccupancy(_Twin):
                 calls.append((lua.OCCUPANCY_SET, keys, args, convert))
         return calls
 
+    def fetch_count(self, app_id, channel, then, failed=None):
+        """``then(count)`` with the sockets on a channel (a read on the
+        loop, where ``count`` would block)."""
+        self._read(
+            lambda value: then(int(value) if value else 0),
+            failed,
+            "HGET",
+            lua.app_key(app_id, "counts"),
+            channel,
+        )
+
     # reads (blocking)
 
     def count(self, app_id, channel):
@@ -535,6 +562,16 @@ class RedisPresence(_Twin):
                 )
         return calls
 
+    def fetch_members(self, app_id, channel, then, failed=None):
+        """``then(members)`` with the members of a channel by user id (a
+        read on the loop, where ``members`` would block)."""
+        self._read(
+            lambda found: then(_members(found)),
+            failed,
+            "HGETALL",
+            lua.channel_key(app_id, channel, "members"),
+        )
+
     # reads (blocking)
 
     def members(self, app_id, channel):
@@ -626,6 +663,23 @@ class RedisUsers(_Twin):
                 )
         return calls
 
+    def fetch_online(self, app_id, user_ids, then, failed=None):
+        """``then(user_ids)`` with those of ``user_ids`` that are online (a
+        read on the loop, where ``online`` would block)."""
+        user_ids = [str(user_id) for user_id in user_ids]
+        if not user_ids:
+            then([])
+            return
+        self._read(
+            lambda found: then(
+                [user_id for user_id, value in zip(user_ids, found) if value]
+            ),
+            failed,
+            "HMGET",
+            lua.app_key(app_id, "users"),
+            *user_ids,
+        )
+
     # reads (blocking)
 
     def online(self, app_id, user_ids):
@@ -664,20 +718,20 @@ class ClusterState:
         self.occupancy = RedisOccupancy(redis, node_id, reader)
         self.users = RedisUsers(redis, node_id, reader)
         self.reaper = Reaper(redis, node_id, reaped)
-        self._written = self.occupancy.node_id
-        """ The node id this node's entries were last written under """
 
     def reregister(self, node_id=None, then=None, failed=None):
         """Writes what this node holds to Redis again (a new Redis, this
         node reaped, or a reconnection), under ``node_id`` when given (the
-        node's new id) or the id now; then, when the id changed, reaps
-        what was written under the previous one meanwhile (through
-        ``reaped``).  ``then(Registered)`` once the three are written."""
+        node's new id) or the id now; then reaps what the twins wrote
+        under the node's previous ids since the last re-registration
+        (through ``reaped``).  ``then(Registered)`` once the three are
+        written."""
         if node_id is not None:
             for twin in (self.presence, self.occupancy, self.users, self.reaper):
                 twin.node_id = node_id
+        twins = (self.presence, self.occupancy, self.users)
         current = self.occupancy.node_id
-        previous, self._written = self._written, current
+        previous = set().union(*(twin.used for twin in twins)) - {current, None}
         result = Registered([], [], [], [], [], [])
         state = {"left": 3, "error": None}
 
@@ -727,8 +781,9 @@ class ClusterState:
         self.presence.reregister(part(member), error)
         self.occupancy.reregister(part(channel), error)
         self.users.reregister(part(user), error)
-        if previous is not None and current is not None and previous != current:
-            self.reaper.reap(previous)
+        if current is not None:
+            for node in sorted(previous):
+                self.reaper.reap(node)
 
 
 def _ignore(*_args):
