@@ -11,11 +11,11 @@ Redis, and ``reregister`` sets it right.
 
 Each twin also keeps what this node holds (its ledger: sockets per
 channel, per member, per signed-in user, per app), as the engine told it:
-``reregister`` writes the ledger to Redis as this node's share, in the
-same loop turn (so the changes made after it add up), then zeroes what
-Redis holds for this node and the ledger does not.  Run it after Redis
-restarted empty, after the node was reaped, or after any reconnection
-(a change that failed may have been made or not).
+``reregister`` writes the ledger to Redis as this node's share and zeroes
+what Redis holds for this node and the ledger does not, in one loop turn
+(so the changes made after it add up).  Run it after Redis restarted
+empty, after the node was reaped, or after any reconnection (a change
+that failed may have been made or not).
 
 The reads (``members``, ``count``, ``channels``, ``connections``,
 ``online``) block: they are for the REST workers' threads, through a
@@ -133,10 +133,10 @@ class _Twin:
     def node_id(self, value):
         self._node_id = value
 
-    def _eval(self, script, keys, args, then, failed, node_id=None):
+    def _eval(self, script, keys, args, then, failed):
         """Runs ``script`` with ``keys(node_id)`` and the node id then
         ``args``: ``then(reply)`` or ``failed(error)``."""
-        node_id = node_id or self.node_id
+        node_id = self.node_id
         if node_id is None:
             _failed(failed, ConnectionDown("not registered in the cluster yet"))
             return
@@ -196,30 +196,23 @@ class _Twin:
             self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
 
     def reregister(self, then=None, failed=None):
-        """Writes this node's ledger to Redis as its share (see the
-        module), then zeroes the entries Redis holds for this node and the
-        ledger does not; ``then(changes)`` (see each twin's
-        ``_set_calls``) once done."""
-        self.registrations += 1
+        """Reads which entries Redis holds for this node, then in one turn
+        writes this node's ledger to Redis as its share and zeroes those
+        entries the ledger does not hold (see the module);
+        ``then(changes)`` (see each twin's ``_set_calls``) once done."""
         then = then or _ignore
-        set_calls = self._set_calls(self._ledger_entries())
         node_id = self.node_id
-        self.used = set()
-        first = []
-
-        def written(changes):
-            first.extend(changes)
-            if node_id is None or node_id != self.node_id:
-                then(first)
-                return
-            self.redis.call(listed, "SMEMBERS", lua.owned_key(node_id))
+        if node_id is None:
+            _failed(failed, ConnectionDown("not registered in the cluster yet"))
+            return
 
         def listed(reply):
             if isinstance(reply, Exception):
                 _failed(failed, reply)
                 return
             if node_id != self.node_id:
-                then(first)
+                # the id changed meanwhile: its own re-registration follows
+                then([])
                 return
             strays = []
             for item in reply:
@@ -229,13 +222,12 @@ class _Twin:
                     continue
                 if entry and entry[0] in self.kinds and not self._holds(entry):
                     strays.append(entry)
-            self._bulk(
-                self._set_calls(self._zeroes(strays)),
-                lambda changes: then(first + changes),
-                failed,
-            )
+            self.registrations += 1
+            self.used = set()
+            entries = self._ledger_entries() + self._zeroes(strays)
+            self._bulk(self._set_calls(entries), then, failed)
 
-        self._bulk(set_calls, written, failed)
+        self.redis.call(listed, "SMEMBERS", lua.owned_key(node_id))
 
 
 class RedisOccupancy(_Twin):
@@ -718,12 +710,13 @@ class ClusterState:
         self.occupancy = RedisOccupancy(redis, node_id, reader)
         self.users = RedisUsers(redis, node_id, reader)
         self.reaper = Reaper(redis, node_id, reaped)
+        self._previous = set()
 
     def reregister(self, node_id=None, then=None, failed=None):
         """Writes what this node holds to Redis again (a new Redis, this
         node reaped, or a reconnection), under ``node_id`` when given (the
-        node's new id) or the id now; then reaps what the twins wrote
-        under the node's previous ids since the last re-registration
+        node's new id) or the id now; once written, reaps what the twins
+        wrote under the node's previous ids since the last re-registration
         (through ``reaped``).  ``then(Registered)`` once the three are
         written."""
         if node_id is not None:
@@ -731,14 +724,23 @@ class ClusterState:
                 twin.node_id = node_id
         twins = (self.presence, self.occupancy, self.users)
         current = self.occupancy.node_id
-        previous = set().union(*(twin.used for twin in twins)) - {current, None}
+        previous = set().union(self._previous, *(twin.used for twin in twins))
+        previous -= {current, None}
         result = Registered([], [], [], [], [], [])
         state = {"left": 3, "error": None}
 
         def done():
             if state["error"] is not None:
+                # reaped at the next re-registration
+                self._previous |= previous
                 _failed(failed, state["error"])
-            elif then is not None:
+                return
+            self._previous = set()
+            # after the new id's entries are written: what is reaped under
+            # the old ones is then no transition
+            for node in sorted(previous):
+                self.reaper.reap(node)
+            if then is not None:
                 then(result)
 
         def part(record):
@@ -781,9 +783,6 @@ class ClusterState:
         self.presence.reregister(part(member), error)
         self.occupancy.reregister(part(channel), error)
         self.users.reregister(part(user), error)
-        if current is not None:
-            for node in sorted(previous):
-                self.reaper.reap(node)
 
 
 def _ignore(*_args):
