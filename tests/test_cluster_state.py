@@ -8,6 +8,7 @@ blocking client REST threads use.  Redis itself is checked through the
 test's own redis-py connection.
 """
 
+import json
 import queue
 import threading
 import time
@@ -602,3 +603,115 @@ def test_a_started_reaper_reaps_a_silent_node_by_itself(nodes, redis_server):
         assert client.zrange(lua.NODES, 0, -1) == [b"2"]
     finally:
         b.state.call_in_loop(b.cluster.reaper.stop)
+
+
+class Announcer:
+    """Member events in the broker's shape (``cluster/broker``): its meta
+    key, bus and body ``[app_id, channel, name, data, exclude, extra]``."""
+
+    def __init__(self):
+        self.epochs = 0
+
+    def _event(self, app_id, channel, name, data, exclude=None):
+        self.epochs += 1
+        return (
+            "pushi:{%s}:ch:%s:meta" % (app_id, channel),
+            (
+                "pushi:m:{%s}:%s" % (app_id, channel),
+                "e%d" % self.epochs,
+                json.dumps([app_id, channel, name, data, exclude, None]),
+                86400,
+            ),
+        )
+
+    def member_added(self, app_id, channel, user_id, member, socket_id):
+        data = {"user_id": user_id, "user_info": member.user_info}
+        return self._event(
+            app_id, channel, "pusher_internal:member_added", data, socket_id
+        )
+
+    def member_removed(self, app_id, channel, user_id):
+        data = {"user_id": user_id}
+        return self._event(app_id, channel, "pusher_internal:member_removed", data)
+
+
+def bus_events(subscription, count, timeout=10):
+    """``count`` messages of a redis-py subscription: (offset, epoch,
+    name, user_id, exclude)."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count and time.monotonic() < deadline:
+        message = subscription.get_message(timeout=0.5)
+        if message is None or message["type"] != "message":
+            continue
+        epoch, offset, body = message["data"].split(b":", 2)
+        _app, _channel, name, data, exclude, _extra = json.loads(body)
+        events.append((int(offset), epoch.decode(), name, data["user_id"], exclude))
+    return events
+
+
+def test_member_events_are_published_in_the_step_that_decides_them(nodes, redis_server):
+    """With an announcer every member gets one member_added and one
+    member_removed, published by the script that decided it, and each
+    join's members are exactly the members whose member_added is at or
+    before the position it answers."""
+    a, b, c = nodes(3)
+    for node in (a, b, c):
+        node.presence.announcer = Announcer()
+        node.cluster.reaper.announcer = node.presence.announcer
+    channel = "presence-live"
+    subscription = redis_server.client().pubsub()
+    subscription.subscribe("pushi:m:{%s}:%s" % (APP, channel))
+    subscription.get_message(timeout=5)
+
+    def join(node, user_id, socket_id):
+        return lambda answer: node.presence.join(
+            APP, channel, user_id, Member(user_id, False), 0, answer, answer, socket_id
+        )
+
+    # users 0..9 on both nodes, each twice
+    answers = at_once(
+        (a, [join(a, "u%d" % (n % 10), "a.%d" % n) for n in range(20)]),
+        (b, [join(b, "u%d" % (n % 10), "b.%d" % n) for n in range(20)]),
+    )
+    answers = answers[0] + answers[1]
+    added = bus_events(subscription, 10)
+    assert sorted(event[3] for event in added) == ["u%d" % n for n in range(10)]
+    assert [event[0] for event in added] == list(range(1, 11))
+    assert len({event[1] for event in added}) == 1
+    assert all(event[2] == "pusher_internal:member_added" for event in added)
+    at = {event[3]: event[0] for event in added}
+    for answer in answers:
+        offset, epoch = answer.position
+        assert epoch == added[0][1]
+        assert set(answer.members) == {
+            user for user, added_at in at.items() if added_at <= offset
+        }
+    # the joining socket is excluded from its own member_added
+    new = [answer for answer in answers if answer.new]
+    assert len(new) == 10
+    assert all(event[4].split(".")[0] in ("a", "b") for event in added)
+    # c holds u0 and u1 too, then dies; a and b's sockets of u0..u4 leave
+    c.many([join(c, "u0", "c.1"), join(c, "u1", "c.2"), join(c, "solo", "c.3")])
+    assert [event[3] for event in bus_events(subscription, 1)] == ["solo"]
+    for node in (a, b):
+        node.many([node.leave(channel, "u%d" % (n % 5)) for n in range(10)])
+    removed = bus_events(subscription, 3)
+    assert sorted(event[3] for event in removed) == ["u2", "u3", "u4"]
+    assert [event[0] for event in removed] == [12, 13, 14]
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+    client.zadd(lua.NODES, {"3": now - 30000, "1": now, "2": now})
+    a.state.call_in_loop(a.cluster.reaper.check)
+    reaped = a.reaped.get(timeout=10)
+    assert sorted(reaped.removed) == [
+        (APP, channel, "solo"),
+        (APP, channel, "u0"),
+        (APP, channel, "u1"),
+    ]
+    removed = bus_events(subscription, 3)
+    assert sorted(event[3] for event in removed) == ["solo", "u0", "u1"]
+    assert [event[0] for event in removed] == [15, 16, 17]
+    assert bus_events(subscription, 1, timeout=1) == []
+    assert sorted(a.presence.members(APP, channel)) == ["u5", "u6", "u7", "u8", "u9"]
+    subscription.close()

@@ -30,10 +30,13 @@ class Member(NamedTuple):
 
 class Joined(NamedTuple):
     """The answer to a join: ``new`` when the user was not a member yet,
-    and the channel's members with it (user id to ``Member``)."""
+    and the channel's members with it (user id to ``Member``); in a
+    cluster, ``position`` (offset, epoch) of the channel's events when the
+    members were read: member events up to it are in ``members``."""
 
     new: bool
     members: dict[str, Member]
+    position: Any = None
 
 
 class Presence(Protocol):

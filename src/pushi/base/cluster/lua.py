@@ -177,12 +177,34 @@ return total
 """
 )
 
-# KEYS: members, mcount, mnode, ucounts, owned;
-# ARGV: node, app, channel, user, member, limit (0: none)
-# -> nil when the user is new and the channel full, else
-#    {1 when the user became a member, members (flat user, member list)}
+# The member events: with the channel's meta key as KEYS[6] and the
+# broker's publish arguments (bus, a new epoch, the event's body, the meta
+# key's TTL) after the others, a join that makes a member (a leave that
+# ends one) publishes its member event in the same atomic step, as the
+# broker's publish script does (``cluster/broker``).
+ANNOUNCE = """
+local function announce(meta, first)
+  local offset = redis.call('HINCRBY', meta, 's', 1)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = ARGV[first + 1]
+    redis.call('HSET', meta, 'e', epoch)
+  end
+  redis.call('EXPIRE', meta, ARGV[first + 3])
+  redis.call('PUBLISH', ARGV[first], epoch .. ':' .. offset .. ':' .. ARGV[first + 2])
+end
+"""
+
+# KEYS: members, mcount, mnode, ucounts, owned[, meta];
+# ARGV: node, app, channel, user, member, limit (0: none)[, bus, epoch,
+# body, ttl]
+# -> nil when the user is new and the channel full, else {1 when the user
+#    became a member, members (flat user, member list), {offset, epoch}
+#    of the channel's events once the members were read (with a meta key;
+#    else false)}
 PRESENCE_JOIN = Script(
-    """
+    ANNOUNCE
+    + """
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0
     and redis.call('HLEN', KEYS[1]) >= limit then
@@ -197,15 +219,24 @@ if redis.call('HINCRBY', KEYS[2], ARGV[4], 1) == 1 then
   redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
   new = 1
 end
-return {new, redis.call('HGETALL', KEYS[1])}
+local position = false
+if KEYS[6] then
+  if new == 1 then
+    announce(KEYS[6], 7)
+  end
+  local top = redis.call('HMGET', KEYS[6], 's', 'e')
+  position = {tonumber(top[1] or '0'), top[2] or ''}
+end
+return {new, redis.call('HGETALL', KEYS[1]), position}
 """
 )
 
-# KEYS: members, mcount, mnode, ucounts, owned;
-# ARGV: node, app, channel, user, all
+# KEYS: members, mcount, mnode, ucounts, owned[, meta];
+# ARGV: node, app, channel, user, all[, bus, epoch, body, ttl]
 # -> 1 when the member left (the user's last socket anywhere)
 PRESENCE_LEAVE = Script(
-    """
+    ANNOUNCE
+    + """
 local field = ARGV[1] .. '|' .. ARGV[4]
 local mine = tonumber(redis.call('HGET', KEYS[3], field) or '0')
 if mine <= 0 then
@@ -226,6 +257,9 @@ redis.call('HDEL', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[1], ARGV[4])
 if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[3])
+end
+if KEYS[6] then
+  announce(KEYS[6], 6)
 end
 return 1
 """

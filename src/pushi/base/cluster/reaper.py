@@ -50,7 +50,8 @@ _ORDER = {"pres": 0, "sub": 1, "user": 2, "conn": 3}
 class Reaped(NamedTuple):
     """What reaping a dead node changed (each transition is here for
     exactly one reaper): ``removed`` (app_id, channel, user_id) members
-    that left; ``vacated`` (app_id, channel); ``counts`` (app_id,
+    that left (their ``member_removed`` published already when the
+    reaper has an announcer); ``vacated`` (app_id, channel); ``counts`` (app_id,
     channel, count) channels still occupied with their new count;
     ``offline`` (app_id, user_id) users with no signed-in socket left;
     ``connections`` (app_id, count) the apps' sockets now; ``complete``
@@ -71,9 +72,19 @@ class Reaper:
     ``pushi.net.redis.Redis``); ``reaped(Reaped)`` once per node reaped."""
 
     def __init__(
-        self, redis, node_id, reaped, silence=SILENCE, lock_ms=LOCK_MS, window=WINDOW
+        self,
+        redis,
+        node_id,
+        reaped,
+        silence=SILENCE,
+        lock_ms=LOCK_MS,
+        window=WINDOW,
+        announcer=None,
     ):
         self.redis = redis
+        self.announcer = announcer
+        """ With one (``seams.Announcer``), each member that leaves has its
+        ``member_removed`` published by the script that removes it """
         self._node_id = node_id
         self.reaped = reaped
         self.silence = silence
@@ -266,6 +277,11 @@ class _Reap:
             script = lua.PRESENCE_LEAVE
             keys = lua.presence_keys(app_id, channel, node)
             args = (node, app_id, channel, user_id, "1")
+            announcer = self.reaper.announcer
+            if announcer is not None:
+                meta, extra = announcer.member_removed(app_id, channel, user_id)
+                keys += (meta,)
+                args += tuple(extra)
 
             def record(reply):
                 if reply == 1:

@@ -27,7 +27,7 @@ and ``fetch_online`` read through the command connection instead.
 
 import json
 import logging
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pushi.net.redis import ConnectionDown
 
@@ -427,23 +427,48 @@ class RedisOccupancy(_Twin):
         return int(value) if value else 0
 
 
+class Announcer(Protocol):
+    """Makes the member events that the presence scripts publish in the
+    step that decides them: each method returns the broker's publish
+    script's key and arguments for the event (``(meta_key, (bus,
+    new_epoch, body, ttl))``, see ``cluster/broker``)."""
+
+    def member_added(
+        self, app_id: str, channel: str, user_id: str, member: Member, socket_id
+    ) -> tuple:
+        """``pusher_internal:member_added``, not to ``socket_id``."""
+
+    def member_removed(self, app_id: str, channel: str, user_id: str) -> tuple:
+        """``pusher_internal:member_removed``."""
+
+
 class RedisPresence(_Twin):
-    """Presence members over the whole cluster: one per user id."""
+    """Presence members over the whole cluster: one per user id.
+
+    With an ``announcer``, a join that makes a member publishes its
+    ``member_added`` and a leave that ends one its ``member_removed`` in
+    the same atomic step (the engine then sends neither), and a join's
+    answer carries the channel's position: member events up to it are
+    in its members, those after it are not."""
 
     kinds = ("pres",)
 
-    def __init__(self, redis, node_id, reader=None):
+    def __init__(self, redis, node_id, reader=None, announcer=None):
         _Twin.__init__(self, redis, node_id, reader)
+        self.announcer = announcer
         self.held = {}
         """ (app_id, channel, user_id) -> [Member, this node's sockets] """
 
-    def join(self, app_id, channel, user_id, member, limit, then, failed=None):
-        """Adds one socket of ``user_id``: ``then(Joined(new, members))``
-        (the members as Redis had them once the user was in, decided in
-        the same step), or ``then(None)`` when the user is not a member
-        and the channel already has ``limit`` members (0: no limit).  Not
-        counted when refused or when ``failed`` runs: the socket is then
-        to be refused."""
+    def join(
+        self, app_id, channel, user_id, member, limit, then, failed=None, socket_id=None
+    ):
+        """Adds one socket (``socket_id``) of ``user_id``:
+        ``then(Joined(new, members, position))`` (the members as Redis had
+        them once the user was in, decided in the same step; ``position``
+        (offset, epoch) with an announcer, else None), or ``then(None)``
+        when the user is not a member and the channel already has
+        ``limit`` members (0: no limit).  Not counted when refused or when
+        ``failed`` runs: the socket is then to be refused."""
         app_id, channel, user_id = str(app_id), str(channel), str(user_id)
         key = (app_id, channel, user_id)
         entry = self.held.get(key)
@@ -470,24 +495,35 @@ class RedisPresence(_Twin):
             if reply is None:
                 refused()
                 then(None)
-            else:
-                then(Joined(reply[0] == 1, _members(reply[1])))
+                return
+            position = None
+            if len(reply) > 2 and reply[2]:
+                position = (reply[2][0], _text(reply[2][1]))
+            then(Joined(reply[0] == 1, _members(reply[1]), position))
 
         def error(reason):
             refused()
             _failed(failed, reason)
 
+        meta, extra = (), ()
+        if self.announcer is not None:
+            key, extra = self.announcer.member_added(
+                app_id, channel, user_id, member, socket_id
+            )
+            meta = (key,)
         self._eval(
             lua.PRESENCE_JOIN,
-            lambda node_id: lua.presence_keys(app_id, channel, node_id),
-            (app_id, channel, user_id, encode_member(member), int(limit or 0)),
+            lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
+            (app_id, channel, user_id, encode_member(member), int(limit or 0))
+            + tuple(extra),
             joined,
             error,
         )
 
     def leave(self, app_id, channel, user_id, then, failed=None):
         """Takes one socket of ``user_id`` off: ``then(True)`` when it was
-        the user's last one anywhere (the member left)."""
+        the user's last one anywhere (the member left; its
+        ``member_removed`` is published with an announcer)."""
         app_id, channel, user_id = str(app_id), str(channel), str(user_id)
         key = (app_id, channel, user_id)
         entry = self.held.get(key)
@@ -495,10 +531,14 @@ class RedisPresence(_Twin):
             entry[1] -= 1
             if entry[1] <= 0:
                 del self.held[key]
+        meta, extra = (), ()
+        if self.announcer is not None:
+            key, extra = self.announcer.member_removed(app_id, channel, user_id)
+            meta = (key,)
         self._eval(
             lua.PRESENCE_LEAVE,
-            lambda node_id: lua.presence_keys(app_id, channel, node_id),
-            (app_id, channel, user_id, "0"),
+            lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
+            (app_id, channel, user_id, "0") + tuple(extra),
             lambda reply: then(reply == 1),
             failed,
         )
@@ -702,14 +742,15 @@ class ClusterState:
     connection ``redis``: ``presence``, ``occupancy``, ``users`` (for the
     engine's seams) and ``reaper``.  ``node_id`` as for the twins (a
     callable follows the node's id as it changes); ``reader`` a
-    ``blocking_client``; ``reaped(Reaped)`` as for ``Reaper``."""
+    ``blocking_client``; ``reaped(Reaped)`` as for ``Reaper``;
+    ``announcer`` (an ``Announcer``) for the presence and the reaper."""
 
-    def __init__(self, redis, node_id, reader, reaped):
+    def __init__(self, redis, node_id, reader, reaped, announcer=None):
         self.redis = redis
-        self.presence = RedisPresence(redis, node_id, reader)
+        self.presence = RedisPresence(redis, node_id, reader, announcer)
         self.occupancy = RedisOccupancy(redis, node_id, reader)
         self.users = RedisUsers(redis, node_id, reader)
-        self.reaper = Reaper(redis, node_id, reaped)
+        self.reaper = Reaper(redis, node_id, reaped, announcer=announcer)
         self._previous = set()
 
     def reregister(self, node_id=None, then=None, failed=None):
