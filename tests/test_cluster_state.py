@@ -715,3 +715,38 @@ def test_member_events_are_published_in_the_step_that_decides_them(nodes, redis_
     assert bus_events(subscription, 1, timeout=1) == []
     assert sorted(a.presence.members(APP, channel)) == ["u5", "u6", "u7", "u8", "u9"]
     subscription.close()
+
+
+def test_a_node_reaped_while_alive_comes_back_whole_under_a_new_id(nodes, redis_server):
+    """Reaped while cut off, the node wrote under its old id after the
+    reaper listed it; registered again under a new id it writes what it
+    holds and undoes the old id's rest itself, though the reaper still
+    holds that id's lock: nothing is counted twice or left behind."""
+    a, b = nodes(2)
+    occupy(a)
+    before = snapshot(a)
+    client = redis_server.client()
+    now = int(time.time() * 1000)
+    client.zadd(lua.NODES, {"1": now - 30000, "2": now})
+    b.state.call_in_loop(b.cluster.reaper.check)
+    reaped = b.reaped.get(timeout=10)
+    assert len(reaped.removed) == 2 and len(reaped.vacated) == 3
+    assert snapshot(b) == ({}, 0, {}, [])
+    assert client.get(lua.reap_key("1")) == b"2"
+    # the node, unaware, goes on under its old id
+    assert a.ask(a.joined("after")) == (1, True)
+    registered = reregister(a, "21")
+    assert sorted(registered.occupied) == [
+        (APP, "only-here"),
+        (APP, "presence-p"),
+        (APP, "shared"),
+    ]
+    assert sorted(user for _, _, user, _ in registered.added) == ["alone", "both"]
+    assert sorted(registered.online) == [(APP, "solo"), (APP, "twice")]
+    own = a.reaped.get(timeout=10)
+    assert own.node_id == "1" and own.complete
+    assert own.removed == own.vacated == own.offline == []
+    assert own.counts == [(APP, "after", 1)]
+    assert snapshot(b) == (dict(before[0], after=1),) + before[1:]
+    assert not client.exists(lua.owned_key("1"))
+    assert len(client.smembers(lua.owned_key("21"))) == 9

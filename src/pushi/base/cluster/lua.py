@@ -392,18 +392,6 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit)
 """
 )
 
-# KEYS: nodes, owned; ARGV: node
-# -> 1 once the node is forgotten (its next heartbeat adds it again: its
-#    ZADD answers 1, which tells it to register again)
-FORGET_NODE = Script(
-    """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
-return 1
-"""
-)
-
-
 # the keys
 
 

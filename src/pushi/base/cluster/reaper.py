@@ -6,7 +6,7 @@ those, takes ``SET pushi:reap:<dead> <me> NX PX 60000`` for each, and runs
 the leave scripts (``cluster/lua``, with ``all``) for every entry of the
 dead node's ``pushi:node:<dead>:owned``: its members leave, its sockets
 stop counting, its signed-in users and connections go.  Then it drops
-the node from ``pushi:nodes`` (and its owned set).
+the node from ``pushi:nodes``.
 
 What those leaves decided (members that left, channels vacated, users
 offline, ...) goes to ``reaped(Reaped)`` on the loop of the node that
@@ -15,9 +15,10 @@ a leave of an entry already undone changes nothing, so two reapers (a
 lock that expired mid-reap) never count twice.
 
 A node dropped from ``pushi:nodes`` that was in fact alive (cut off from
-Redis for a while) finds out at its next heartbeat, whose ``ZADD``
-answers 1 (added, not updated): it then registers again what it has
-(``reregister`` of the twins).
+Redis for a while) finds out at its next heartbeat (``cluster/node``): it
+registers again under a new id, writes what it holds under that id, and
+reaps its previous id itself (``reap``), which undoes what it wrote there
+after the reaper listed it.
 
 Loop thread only, like the ``Redis`` connection it uses.
 """
@@ -232,7 +233,9 @@ class Reaper:
                         logger.warning("Node id %s is in use again: not reaped", node)
                     self._next(nodes, done)
                     return
-                take()
+                # no lock: this node's own entries, and a reaper on them at
+                # the same time takes each transition from its own scripts
+                self.redis.call(listed, "SMEMBERS", lua.owned_key(node))
 
             self.redis.call(alive, "ZSCORE", lua.NODES, node)
         else:
@@ -348,12 +351,11 @@ class _Reap:
             self._report(self.result)
             self.then(True)
 
-        self.redis.evalsha(
-            forgotten,
-            lua.FORGET_NODE,
-            (lua.NODES, lua.owned_key(self.node)),
-            (self.node,),
-        )
+        # its owned set is gone with its last entry; one written since the
+        # listing (the node under that id came back) stays, for the node's
+        # own reap of that id once it registered again (it finds itself
+        # gone from pushi:nodes)
+        self.redis.call(forgotten, "ZREM", lua.NODES, self.node)
 
     def _report(self, result):
         try:
