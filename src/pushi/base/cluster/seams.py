@@ -27,6 +27,7 @@ and ``fetch_online`` read through the command connection instead.
 
 import json
 import logging
+import time
 from typing import NamedTuple, Protocol
 
 from pushi.net.redis import ConnectionDown
@@ -74,11 +75,28 @@ def _text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+WARN_EVERY = 10.0
+""" Seconds between two warnings of changes that failed unheard (one per
+change would flood the log while Redis is down) """
+
+_unheard = {"last": 0.0, "count": 0}
+
+
 def _failed(failed, error):
     if failed is not None:
         failed(error)
-    else:
-        logger.warning("Redis state change not made: %s", error)
+        return
+    _unheard["count"] += 1
+    now = time.monotonic()
+    if now - _unheard["last"] >= WARN_EVERY:
+        logger.warning(
+            "Redis: %d cluster state changes failed (%s); re-registration"
+            " sets them right",
+            _unheard["count"],
+            error,
+        )
+        _unheard["last"] = now
+        _unheard["count"] = 0
 
 
 def _members(flat):
