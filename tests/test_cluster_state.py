@@ -10,7 +10,6 @@ test's own redis-py connection.
 
 import json
 import queue
-import threading
 import time
 
 import pytest
@@ -27,13 +26,12 @@ APP = "7"
 
 
 class Node:
-    """A loop with a Redis connection and the three twins of one node."""
+    """A Redis connection and the three twins of one node, on the loop of
+    ``state`` (nodes may share one)."""
 
-    def __init__(self, tmp_path, url, node_id):
+    def __init__(self, state, url, node_id):
         self.node_id = node_id
-        config = Config(server_port=free_port(), data_dir=str(tmp_path / node_id))
-        self.state = State(config)
-        self.state.start_server(http=False)
+        self.state = state
 
         def build():
             client = Redis(url, NetiusLoop(self.state.server))
@@ -115,17 +113,27 @@ class Node:
         except Exception:
             pass
         self.reader.close()
-        self.state.stop()
 
 
 @pytest.fixture
-def nodes(tmp_path, redis_server):
-    """``nodes(n)``: n nodes with ids "1".."n" on one Redis."""
+def state(tmp_path):
+    """The loop the nodes run on (a State on ephemeral ports)."""
+    config = Config(server_port=free_port(), data_dir=str(tmp_path))
+    instance = State(config)
+    instance.start_server(http=False)
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def nodes(state, redis_server):
+    """``nodes(n)``: n nodes with ids "1".."n" on one Redis, each with its
+    own connection."""
     made = []
 
     def make(count):
-        for index in range(count):
-            made.append(Node(tmp_path, redis_server.url, str(len(made) + 1)))
+        for _ in range(count):
+            made.append(Node(state, redis_server.url, str(len(made) + 1)))
         return made[-count:]
 
     yield make
@@ -134,26 +142,24 @@ def nodes(tmp_path, redis_server):
 
 
 def at_once(*batches):
-    """Fires each node's batch of changes (``(node, starts)``) on its own
-    loop at the same moment, without waiting between them; returns each
-    batch's answers."""
-    results = [None] * len(batches)
-    barrier = threading.Barrier(len(batches))
+    """Fires the nodes' batches of changes (``(node, starts)``) in one loop
+    turn, taking from each in turn, without waiting for any answer (each
+    node's connection sends its own in one write); returns each batch's
+    answers, in the order they came."""
+    answers = [queue.Queue() for _ in batches]
 
-    def run(index, node, starts):
-        barrier.wait()
-        results[index] = node.many(starts)
+    def issue():
+        longest = max(len(starts) for _, starts in batches)
+        for index in range(longest):
+            for (_, starts), found in zip(batches, answers):
+                if index < len(starts):
+                    starts[index](found.put)
 
-    threads = [
-        threading.Thread(target=run, args=(index, node, starts))
-        for index, (node, starts) in enumerate(batches)
+    batches[0][0].state.call_in_loop(issue)
+    return [
+        [found.get(timeout=30) for _ in starts]
+        for (_, starts), found in zip(batches, answers)
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert all(result is not None for result in results)
-    return results
 
 
 def test_one_user_joining_and_leaving_on_two_nodes_is_one_member(nodes, redis_server):
@@ -366,17 +372,13 @@ def test_a_dead_node_is_reaped_once_by_one_of_two_reapers(nodes, redis_server):
     b.cluster.reaper.reaped = c.cluster.reaper.reaped = seen.put
     reapers = [(b, b.cluster.reaper), (c, c.cluster.reaper)]
     done = queue.Queue()
-    barrier = threading.Barrier(2)
 
-    def check(node, instance):
-        barrier.wait()
-        node.state.call_in_loop(instance.check, lambda: done.put(node.node_id))
+    def check():
+        # both at once, each on its own connection
+        for node, instance in reapers:
+            instance.check(lambda node=node: done.put(node.node_id))
 
-    threads = [threading.Thread(target=check, args=pair) for pair in reapers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    b.state.call_in_loop(check)
     assert {done.get(timeout=10), done.get(timeout=10)} == {"2", "3"}
     reaped = seen.get(timeout=10)
     assert seen.empty(), "reaped twice"
