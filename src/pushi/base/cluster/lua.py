@@ -20,6 +20,13 @@ The ``*_SET`` scripts set the node's count of entries to what the node
 has (re-registration after Redis restarted empty or after the node was
 reaped): running one again changes nothing.
 
+The presence scripts may also publish the member event they decide (see
+``ANNOUNCE``), so that a join's member list and the channel's member
+events are cut at one point of the channel's order.
+
+Redis must keep every key (``maxmemory-policy noeviction``, the default):
+an evicted count would make transitions that never happened.
+
 Keys (``{a}`` is the app id as a Redis Cluster hash tag, ``<c>`` a
 channel): ``pushi:{a}:ch:<c>:nodes`` HASH node -> sockets;
 ``pushi:{a}:counts`` HASH channel -> sockets; ``pushi:{a}:channels`` ZSET
