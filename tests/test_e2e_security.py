@@ -128,7 +128,7 @@ def test_an_apps_session_tokens_are_bounded_and_expire(monkeypatch):
     tokens = [access.login("1", "k1", "s1")[1] for _ in range(7)]
     live = [token for token in tokens if access.is_live(token, "1")]
     assert live == tokens[2:] and access.is_live(other, "2")
-    assert len(access._tokens) == 6
+    assert len(access.tokens.ids()) == 6
     assert access.logout(tokens[-1]) and not access.logout(tokens[-1])
     assert not access.is_live(tokens[-1], "1")
     # a day later the next login finds the app's old tokens gone
@@ -138,6 +138,9 @@ def test_an_apps_session_tokens_are_bounded_and_expire(monkeypatch):
         access_module, "time", types.SimpleNamespace(time=lambda: later)
     )
     fresh = access.login("1", "k1", "s1")[1]
-    assert set(access._tokens) == {fresh, other}
+    assert set(access.tokens.ids()) == {
+        access_module.token_id(fresh),
+        access_module.token_id(other),
+    }
     access.revoke("2")
-    assert set(access._tokens) == {fresh}
+    assert set(access.tokens.ids()) == {access_module.token_id(fresh)}

@@ -4,9 +4,18 @@ shared by the Appier controllers, the lean publish handler and the debug
 console's stream, so all check credentials the same way; its ``rates``
 keep each app to its per-second limits.  The WebSocket server asks it too
 whether a socket may join an app (``admit_socket``).
+
+Session tokens live in ``MemoryTokens``: the whole story of one process.
+A node of a cluster also has ``shared`` tokens (``cluster/tokens.py``,
+in Redis), the same interface, blocking: a token issued by any node holds
+on every node, and one ended on any node ends everywhere.  The memory then
+is this node's view (what the loop may read without waiting): tokens issued
+here or met here, dropped when another node says they ended.
 """
 
+import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -15,9 +24,92 @@ from pushi.proto import auth, errors
 
 from .rates import Rates
 
+logger = logging.getLogger("pushi")
+
 TOKEN_LIFETIME = 86400
 MAX_TOKENS = 1000
 """Live session tokens per app; a new one past it ends the app's oldest."""
+
+
+def token_id(token):
+    """The name a session token is kept under: its SHA-256 (hex), so that
+    no store nor message between nodes ever holds the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokensUnavailable(Exception):
+    """The shared session tokens cannot be read or written now (Redis is
+    down or too slow)."""
+
+
+class MemoryTokens:
+    """Session tokens in memory: ``id -> (app_id, expires, key or None)``
+    (``key``: the app key logged in with; None for the admin's), at most
+    ``max_tokens`` per app (by default ``MAX_TOKENS``; a new one past it
+    ends the app's oldest).
+    Any thread; ``get`` takes no lock (safe on the loop).  The methods that
+    end tokens return the ids they ended."""
+
+    shared = False
+
+    def __init__(self, max_tokens=None):
+        self.max_tokens = max_tokens
+        self._tokens = {}
+        self._by_app = {}  # app_id: its token ids, oldest (first to expire) first
+        self._lock = threading.Lock()
+
+    def add(self, ident, entry, lifetime=None):
+        now = time.time()
+        limit = self.max_tokens or MAX_TOKENS
+        ended = []
+        with self._lock:
+            # all live as long, so the oldest expire first: a few steps per
+            # login keep an app's tokens bounded and none kept past expiry
+            mine = self._by_app.setdefault(entry[0], {})
+            while mine:
+                oldest = next(iter(mine))
+                if len(mine) < limit and self._tokens[oldest][1] > now:
+                    break
+                del mine[oldest], self._tokens[oldest]
+                ended.append(oldest)
+            mine[ident] = None
+            self._tokens[ident] = entry
+        return ended
+
+    def get(self, ident):
+        return self._tokens.get(ident)
+
+    def remove(self, ident):
+        """Ends one token; returns its entry, None if it was unknown."""
+        with self._lock:
+            entry = self._tokens.pop(ident, None)
+            if entry is not None:
+                del self._by_app[entry[0]][ident]
+            return entry
+
+    def revoke(self, app_id):
+        with self._lock:
+            ended = list(self._by_app.pop(app_id, ()))
+            for ident in ended:
+                del self._tokens[ident]
+        return ended
+
+    def revoke_keys(self, app_id, keys):
+        """Ends the tokens of ``app_id`` logged in with a key not in
+        ``keys`` (the admin's have no key and stay)."""
+        ended = []
+        with self._lock:
+            mine = self._by_app.get(app_id, {})
+            for ident in list(mine):
+                key = self._tokens[ident][2]
+                if key is not None and key not in keys:
+                    del mine[ident], self._tokens[ident]
+                    ended.append(ident)
+        return ended
+
+    def ids(self):
+        with self._lock:
+            return list(self._tokens)
 
 
 class NeedsStore(Exception):
@@ -33,9 +125,13 @@ class Access:
         self.apps = apps
         self.admin_secret = admin_secret
         self.token_lifetime = token_lifetime
-        self._tokens = {}  # token: (app_id, expires, key logged in with or None)
-        self._by_app = {}  # app_id: its tokens, oldest (first to expire) first
-        self._lock = threading.Lock()
+        self.tokens = MemoryTokens()
+        self.shared = None
+        """ The cluster's tokens (``cluster/tokens.RedisTokens``), or None
+        for one process """
+        self.ended = None
+        """ ``ended(ids)``: tokens this node ended in ``shared`` (logout,
+        or pushed out by newer logins), for the other nodes to forget """
         self.rates = Rates()
 
     def app(self, app_id):
@@ -83,55 +179,130 @@ class Access:
 
     def _issue(self, app, key=None):
         token = secrets.token_urlsafe(32)
-        now = time.time()
-        with self._lock:
-            # all live as long, so the oldest expire first: a few steps per
-            # login keep an app's tokens bounded and none kept past expiry
-            mine = self._by_app.setdefault(app.app_id, {})
-            while mine:
-                oldest = next(iter(mine))
-                if len(mine) < MAX_TOKENS and self._tokens[oldest][1] > now:
-                    break
-                del mine[oldest], self._tokens[oldest]
-            mine[token] = None
-            self._tokens[token] = (app.app_id, now + self.token_lifetime, key)
+        ident = token_id(token)
+        entry = (app.app_id, time.time() + self.token_lifetime, key)
+        if self.shared is not None:
+            self._ended(
+                self._shared(self.shared.add, ident, entry, self.token_lifetime)
+            )
+        self.tokens.add(ident, entry)
         return token
+
+    def _shared(self, work, *args):
+        """``work(*args)`` on the shared tokens, or ``HttpError`` 503."""
+        try:
+            return work(*args)
+        except TokensUnavailable:
+            raise errors.HttpError(503, "Session store unavailable: retry shortly")
+
+    @staticmethod
+    def _quietly(work, *args):
+        """``work(*args)`` on the shared tokens after an app change the
+        store already holds: a failure is logged, and the tokens it missed
+        are refused anyway (``_holds`` checks the app and its keys)."""
+        try:
+            work(*args)
+        except TokensUnavailable as error:
+            logger.warning("Session tokens not ended in Redis: %s", error)
+
+    def _ended(self, ids):
+        """Tokens ended in the shared store: gone here too, and told to
+        the other nodes."""
+        if not ids:
+            return
+        self.forget(ids)
+        if self.ended is not None:
+            self.ended(ids)
+
+    def forget(self, ids):
+        """Drops tokens from this node's memory (another node ended them)."""
+        for ident in ids:
+            self.tokens.remove(ident)
 
     def revoke(self, app_id):
         """Ends every session token of an app (it was disabled)."""
-        with self._lock:
-            for token in self._by_app.pop(app_id, ()):
-                del self._tokens[token]
+        self.tokens.revoke(app_id)
+        if self.shared is not None:
+            self._quietly(self.shared.revoke, app_id)
 
     def revoke_keys(self, app):
         """Ends the session tokens of an app logged in with a key it no
         longer holds (the admin's tokens have no key and stay)."""
-        with self._lock:
-            mine = self._by_app.get(app.app_id, {})
-            for token in list(mine):
-                key = self._tokens[token][2]
-                if key is not None and key not in app.secrets:
-                    del mine[token], self._tokens[token]
+        keys = set(app.secrets)
+        self.tokens.revoke_keys(app.app_id, keys)
+        if self.shared is not None:
+            self._quietly(self.shared.revoke_keys, app.app_id, keys)
 
     def logout(self, token):
         """Ends one session token (``POST /logout``); True if it was live."""
-        with self._lock:
-            entry = self._tokens.pop(token, None)
-            if entry is None:
-                return False
-            del self._by_app[entry[0]][token]
-            return entry[1] > time.time()
+        ident = token_id(token)
+        entry = self.tokens.remove(ident)
+        if self.shared is not None:
+            entry = self._shared(self.shared.remove, ident) or entry
+            self._ended([ident])
+        if entry is None:
+            return False
+        return entry[1] > time.time()
+
+    def revalidate(self):
+        """Forgets the tokens in memory that the shared store no longer
+        holds (blocking): after this node may have missed another's word
+        that they ended."""
+        if self.shared is None:
+            return
+        ids = self.tokens.ids()
+        if ids:
+            present = self.shared.exist(ids)
+            self.forget([ident for ident, held in zip(ids, present) if not held])
 
     def is_live(self, token, app_id):
         """Whether ``token`` is a live session token of ``app_id`` (memory
         only: safe on the loop)."""
-        entry = self._tokens.get(token) if isinstance(token, str) else None
+        entry = self.tokens.get(token_id(token)) if isinstance(token, str) else None
         return entry is not None and entry[1] > time.time() and entry[0] == app_id
+
+    def _lookup(self, token):
+        """The entry of a live session token, from memory, else from the
+        shared tokens (then kept in memory); None if not live (blocking;
+        raises ``TokensUnavailable``)."""
+        if not isinstance(token, str) or not token:
+            return None
+        ident = token_id(token)
+        entry = self.tokens.get(ident)
+        if entry is None and self.shared is not None:
+            entry = self.shared.get(ident)
+            if entry is not None:
+                self.tokens.add(ident, entry)
+        return entry if entry is not None and entry[1] > time.time() else None
+
+    def _holds(self, token, app, blocking):
+        """Whether ``token`` is a live session token of ``app``: from
+        memory, else (a cluster's token met here first) from the shared
+        tokens, which only a ``blocking`` caller may read."""
+        if self.is_live(token, app.app_id):
+            return True
+        if self.shared is None or not token:
+            return False
+        if not blocking:
+            raise NeedsStore()
+        entry = self._shared(self._lookup, token)
+        # a key revoked while Redis missed it is checked here too
+        return (
+            entry is not None
+            and entry[0] == app.app_id
+            and (entry[2] is None or entry[2] in app.secrets)
+        )
 
     def session_app(self, token, app_id):
         """The app a live session token was issued for, when that is
         ``app_id``; else None (blocking: may read the store)."""
-        return self.apps.load_id(app_id) if self.is_live(token, app_id) else None
+        try:
+            entry = self._lookup(token)
+        except TokensUnavailable:
+            return None
+        if entry is None or entry[0] != app_id:
+            return None
+        return self.apps.load_id(app_id)
 
     def bearer(self, header):
         """The token of an ``Authorization: Bearer`` header, or None."""
@@ -168,9 +339,11 @@ class Access:
 
     def _issued(self, token):
         """The app id of a live session token, or None."""
-        with self._lock:
-            entry = self._tokens.get(token)
-        return entry[0] if entry is not None and entry[1] > time.time() else None
+        try:
+            entry = self._lookup(token)
+        except TokensUnavailable:
+            return None
+        return entry[0] if entry is not None else None
 
     def _refusal(self, app, token):
         """Why ``token`` (a bearer token that is no live token of ``app``
@@ -217,7 +390,7 @@ class Access:
                 key, secret = app.key, app.secret
             auth.verify_api(key, secret, method, path, params, body)
         elif not (
-            self.is_live(self.bearer(header), app.app_id) or self.is_admin(header)
+            self.is_admin(header) or self._holds(self.bearer(header), app, blocking)
         ):
             raise errors.HttpError(401, self._refusal(app, self.bearer(header)))
         if not app.enabled and not self.is_admin(header):

@@ -180,6 +180,10 @@ class State:
         self.metrics.servers["websocket"] = self.server
         self.metrics.health["store"] = self.store.ping
         self.metrics_server = None
+        # with PUSHI_REDIS_URL: this node's claim of the cluster's store,
+        # and what else spans the nodes (cluster/stores.py, spans.py)
+        self.store_claim = None
+        self.spans = None
 
     def _admit_app(self, app, key, origin):
         """Whether a WebSocket may join an app (``Access.admit_socket``),
@@ -454,6 +458,11 @@ class State:
         files, or the apps file cannot be applied."""
         config = self.config
         config.check_tls()
+        if config.redis_url:
+            from pushi.base.cluster.stores import claim_store
+
+            # before anything is written to a store the cluster may not use
+            self.store_claim = claim_store(config, self.store)
         if config.apps_file:
             apply_file(self.store, config.apps_file)
         # read first: a change made during the refresh is seen at the next poll
@@ -605,6 +614,8 @@ class State:
         loop: at most ``retention_count`` events per channel, none older
         than ``retention_age`` seconds."""
         while not self._stopping.wait(self.config.retention_interval):
+            if self.spans is not None and not self.spans.may_retain():
+                continue  # another node of the cluster runs it
             for app in self.apps.all():
                 max_count = app.limits["retention_count"]
                 max_age = app.limits["retention_age"]
@@ -690,6 +701,8 @@ class State:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
         self.webhooks.stop()
+        if self.store_claim is not None:
+            self.store_claim.stop()
         # before the store closes: queued work may still need it
         self.threads.shutdown()
         self.store.close()
