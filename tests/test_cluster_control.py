@@ -15,8 +15,9 @@ import threading
 import time
 
 import pytest
+from redis_support import TcpProxy
+from support import Client, PushiServer, free_port
 
-from pushi.base import access as access_module
 from pushi.base.access import Access, NeedsStore
 from pushi.base.cluster.control import BROADCAST, Control
 from pushi.base.cluster.spans import attach
@@ -27,8 +28,6 @@ from pushi.base.limits import App
 from pushi.base.state import State
 from pushi.net.redis import NetiusLoop, Redis, Subscriber
 from pushi.proto import auth, errors
-from redis_support import TcpProxy
-from support import Client, PushiServer, free_port
 
 
 def wait_for(check, timeout=10, what="the condition"):

@@ -25,7 +25,6 @@ broadcasts.  The State calls nothing here but ``may_retain``.
 import logging
 import threading
 
-
 from ..access import TokensUnavailable
 from .control import Control
 from .stores import RETENTION_LOCK, Lock

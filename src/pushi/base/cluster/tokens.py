@@ -6,8 +6,8 @@ logout on any node ends it everywhere.
 Keys: ``pushi:token:<id>`` (``id``: the token's SHA-256, never the token)
 holds ``[app_id, expires, key]`` as JSON and lives as long as the token
 (its TTL); ``pushi:tokens:<app_id>``, a sorted set of the app's token ids
-scored by their expiry (ms), bounds an app's tokens and ends them all when
-the app is disabled or a key revoked.  Each change is one script, so two
+scored by their expiry (µs by Redis's clock), bounds an app's tokens and
+ends them all when the app is disabled or a key revoked.  Each change is one script, so two
 nodes' logins never leave an app over its bound.
 
 A call fails with ``access.TokensUnavailable`` when Redis does not answer
@@ -28,9 +28,9 @@ APP_TOKENS = "pushi:tokens:"
 # Redis instance (plus replicas), not Redis Cluster
 ADD = """
 local now = redis.call('TIME')
-local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+local us = now[1] * 1000000 + now[2]
 local ttl = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', us)
 local ended = {}
 local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4]) + 1
 if over > 0 then
@@ -40,8 +40,15 @@ if over > 0 then
     ended[#ended + 1] = oldest[i]
   end
 end
+-- scores strictly increase, so that the oldest go first even when two
+-- logins share a microsecond
+local expires = us + ttl * 1000
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= expires then
+  expires = tonumber(top[2]) + 1
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
-redis.call('ZADD', KEYS[2], ms + ttl, ARGV[1])
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ttl)
 return ended
 """
