@@ -21,9 +21,9 @@ from support import Client, PushiServer, free_port
 from pushi.base.access import Access, NeedsStore
 from pushi.base.cluster.control import BROADCAST, Control
 from pushi.base.cluster.spans import attach
-from pushi.base.cluster.stores import Lock
+from pushi.base.cluster.stores import STORE_KEY, Lock, StoreClaim, store_identity
 from pushi.base.cluster.tokens import RedisTokens, blocking_client
-from pushi.base.config import Config
+from pushi.base.config import Config, ConfigError
 from pushi.base.limits import App
 from pushi.base.state import State
 from pushi.net.redis import NetiusLoop, Redis, Subscriber
@@ -488,3 +488,40 @@ def test_a_node_on_another_store_than_the_clusters_is_refused_at_start(redis_ser
     finally:
         for server in servers:
             server.stop()
+
+
+def test_the_clusters_store_is_free_again_once_no_node_renews_it(
+    tmp_path, redis_server
+):
+    """A cluster moves to another store once every node has stopped: the
+    claim lives only while some node renews it."""
+    client = redis_server.client()
+    first = StoreClaim(client, "store A", ttl=1, every=0.2)
+    first.claim()
+    try:
+        time.sleep(1.5)  # renewed meanwhile: still the cluster's
+        with pytest.raises(ConfigError):
+            StoreClaim(client, "store B", ttl=1).claim()
+    finally:
+        first.stop()
+    second = StoreClaim(client, "store B", ttl=1)
+    wait_for(lambda: client.get(STORE_KEY) is None, what="the claim's expiry")
+    second.claim()
+    second.stop()
+    assert client.get(STORE_KEY) == b"store B"
+
+
+def test_a_mongodb_stores_identity_has_its_hosts_and_database_not_its_password(
+    store_mongo_emulator,
+):
+    from pushi.base.store.mongo import MongoStore
+
+    store = MongoStore(store_mongo_emulator.url, database="pushi_identity")
+    try:
+        port = int(store_mongo_emulator.url.rsplit(":", 1)[1].strip("/"))
+        url = "mongodb://ada:hunter2@127.0.0.1:%d/?authSource=admin" % port
+        identity = store_identity(store, url)
+        assert "hunter2" not in identity and "ada" not in identity
+        assert "127.0.0.1:%d" % port in identity and "pushi_identity" in identity
+    finally:
+        store.close()
