@@ -419,6 +419,7 @@ def test_session_tokens_while_redis_is_away(redis_server):
 
 def test_a_lock_has_one_holder_and_passes_on_when_it_is_not_renewed(redis_server):
     client = redis_server.client()
+    assert not Lock(client, "pushi:lock:test", None, ttl=1).held()
     first = Lock(client, "pushi:lock:test", "1", ttl=1)
     second = Lock(client, "pushi:lock:test", "2", ttl=1)
     assert first.held() and not second.held() and first.held()
@@ -441,7 +442,8 @@ def test_a_control_channel_started_while_redis_is_down_subscribes_once_it_is_up(
             loop = NetiusLoop(state.server)
             redis = Redis(url, loop, backoff_max=0.2)
             subscriber = Subscriber(url, loop, commands=redis, backoff_max=0.2)
-            control = Control(redis, subscriber, "5")
+            # no node id yet (not registered): broadcasts only
+            control = Control(redis, subscriber, None)
             control.on("late", lambda data, sender: seen.append(sender))
             redis.start()
             subscriber.start()
@@ -454,6 +456,8 @@ def test_a_control_channel_started_while_redis_is_down_subscribes_once_it_is_up(
         proxy.forward()
         proxy.cut()
         wait_for(lambda: state.call_in_loop(lambda: control.ready), timeout=15)
+        state.call_in_loop(control.rename, "5")
+        wait_for(lambda: state.call_in_loop(lambda: control.ready))
         redis_server.client().publish(
             "pushi:node:5", json.dumps({"command": "late", "node": "3"})
         )

@@ -2,10 +2,12 @@
 
 Broadcasts go to ``pushi:ctl`` (every node subscribes to it), targeted
 commands to ``pushi:node:<id>`` (the node ``id`` alone).  A message is JSON
-``{"command": ..., "node": <sender's id>, "data": {...}}``.  Handlers are
-registered by command name and run on the loop thread with ``(data,
-sender)``; a node ignores its own broadcasts unless a handler asks for
-them (``own=True``): it acted locally before it broadcast.
+``{"command": ..., "node": <sender's id>, "origin": ..., "data": {...}}``
+(``origin``: random, one per process, so that a node knows its own
+broadcasts whatever its id at the time).  Handlers are registered by
+command name and run on the loop thread with ``(data, sender)``; a node
+ignores its own broadcasts unless a handler asks for them (``own=True``):
+it acted locally before it broadcast.
 
 Redis pub/sub delivers at most once: a command published while a node's
 subscription was away is lost for that node.  ``on_gap`` hooks run when the
@@ -16,6 +18,7 @@ again).  Loop thread only, as ``net/redis``.
 
 import json
 import logging
+import os
 
 logger = logging.getLogger("pushi")
 
@@ -31,7 +34,8 @@ def node_channel(node_id):
 class Control:
     """Sends and receives the commands of the cluster through ``redis`` (a
     ``pushi.net.redis.Redis``) and ``subscriber`` (its ``Subscriber``), as
-    node ``node_id``.
+    node ``node_id`` (None until the node has one: broadcasts only, then
+    ``rename``).
 
     ``on(command, handler, own=False)`` registers ``handler(data, sender)``;
     ``broadcast(command, data, then)`` and ``send(node_id, command, data,
@@ -48,14 +52,17 @@ class Control:
     def __init__(self, redis, subscriber, node_id):
         self.redis = redis
         self.subscriber = subscriber
-        self.node_id = str(node_id)
+        self.node_id = None if node_id is None else str(node_id)
+        self.origin = os.urandom(8).hex()
         self.handlers = {}
         self.on_gap = []
         """ Hooks ``hook()`` run when the control subscription was made
         again after a reconnection (commands may have been lost) """
         self.received = 0
         """ Commands handled so far (own broadcasts ignored not counted) """
-        self._channels = {BROADCAST.encode(), node_channel(self.node_id).encode()}
+        self._channels = {BROADCAST.encode()}
+        if self.node_id is not None:
+            self._channels.add(node_channel(self.node_id).encode())
         self._subscribed = set()
         # control channels subscribed or awaiting Redis's confirmation
         self._next_message = None
@@ -108,16 +115,18 @@ class Control:
     def rename(self, node_id, confirmed=None):
         """This node registered again as ``node_id``: its targeted channel
         moves there."""
-        old = node_channel(self.node_id).encode()
+        old = None if self.node_id is None else node_channel(self.node_id).encode()
         self.node_id = str(node_id)
         new = node_channel(self.node_id).encode()
         if new == old:
             return
-        self._channels.discard(old)
         self._channels.add(new)
-        self._subscribed.discard(old)
+        if old is not None:
+            self._channels.discard(old)
+            self._subscribed.discard(old)
+            if self._started:
+                self.subscriber.unsubscribe(old)
         if self._started:
-            self.subscriber.unsubscribe(old)
             self._subscribe([new], confirmed)
 
     def _subscribe(self, channels, confirmed):
@@ -161,7 +170,12 @@ class Control:
 
     def _publish(self, channel, command, data, then):
         message = json.dumps(
-            {"command": command, "node": self.node_id, "data": data or {}},
+            {
+                "command": command,
+                "node": self.node_id,
+                "origin": self.origin,
+                "data": data or {},
+            },
             separators=(",", ":"),
         )
 
@@ -193,7 +207,8 @@ class Control:
         try:
             message = json.loads(data)
             command = message["command"]
-            sender = str(message["node"])
+            sender = message.get("node")
+            sender = None if sender is None else str(sender)
             body = message.get("data") or {}
             if not isinstance(command, str) or not isinstance(body, dict):
                 raise ValueError(command)
@@ -205,7 +220,7 @@ class Control:
             logger.warning("An unknown cluster command was dropped: %r", command[:100])
             return True
         handler, own = handler
-        if sender == self.node_id and channel == BROADCAST.encode() and not own:
+        if not own and message.get("origin") == self.origin:
             return True
         self.received += 1
         try:

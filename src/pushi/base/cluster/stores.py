@@ -163,16 +163,19 @@ class Lock:
     def __init__(self, client, name, holder, ttl):
         self.client = client
         self.name = name
-        self.holder = str(holder)
+        self.holder = None if holder is None else str(holder)
         self.ttl = ttl
         self._script = client.register_script(CLAIM)
         self._failing = False
 
     def held(self):
         """True when this holder has the lock (now for ``ttl`` seconds);
-        False when another has it or Redis does not answer."""
+        False when another has it, Redis does not answer, or this holder
+        has no name yet (a node not registered)."""
         import redis
 
+        if self.holder is None:
+            return False
         try:
             held = self._script(
                 keys=[self.name], args=[self.holder, int(self.ttl * 1000)]
