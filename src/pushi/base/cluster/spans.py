@@ -58,10 +58,10 @@ def attach(state, redis, subscriber, node_id, client=None):
     """Hooks the cluster's control channel, shared session tokens and
     retention lock onto ``state``, with ``redis`` and ``subscriber`` (the
     node's ``pushi.net.redis`` connections) as node ``node_id``; returns
-    the ``Spans`` (also ``state.spans``).  ``node_id`` may be None until the
-    node has registered (then ``node_changed``).  Call it once, on the loop
-    thread or before the loop starts; ``client`` is the blocking redis-py client
-    of the REST threads (by default one for ``redis.url``)."""
+    the ``Spans`` (also ``state.spans``).  ``node_id`` may be None until
+    the node has registered (then ``node_changed``).  Call it once, on the
+    loop thread or before the loop starts; ``client`` is the blocking
+    redis-py client of the REST threads (by default one for ``redis.url``)."""
     spans = Spans(state, redis, subscriber, node_id, client)
     spans.hook()
     state.spans = spans

@@ -6,9 +6,10 @@ logout on any node ends it everywhere.
 Keys: ``pushi:token:<id>`` (``id``: the token's SHA-256, never the token)
 holds ``[app_id, expires, key]`` as JSON and lives as long as the token
 (its TTL); ``pushi:tokens:<app_id>``, a sorted set of the app's token ids
-scored by their expiry (µs by Redis's clock), bounds an app's tokens and
-ends them all when the app is disabled or a key revoked.  Each change is one script, so two
-nodes' logins never leave an app over its bound.
+scored by their expiry (microseconds by Redis's clock), bounds an app's
+tokens and ends them all when the app is disabled or a key revoked.  Each
+change is one script, so two nodes' logins never leave an app over its
+bound.
 
 A call fails with ``access.TokensUnavailable`` when Redis does not answer
 within the client's socket timeout.
