@@ -46,11 +46,8 @@ class MemoryTokens:
     """Session tokens in memory: ``id -> (app_id, expires, key or None)``
     (``key``: the app key logged in with; None for the admin's), at most
     ``max_tokens`` per app (by default ``MAX_TOKENS``; a new one past it
-    ends the app's oldest).
-    Any thread; ``get`` takes no lock (safe on the loop).  The methods that
-    end tokens return the ids they ended."""
-
-    shared = False
+    ends the app's oldest).  Any thread; ``get`` takes no lock (safe on
+    the loop).  The methods that end tokens return the ids they ended."""
 
     def __init__(self, max_tokens=None):
         self.max_tokens = max_tokens

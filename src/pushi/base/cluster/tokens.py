@@ -17,7 +17,8 @@ within the client's socket timeout.
 
 import json
 
-from ..access import MAX_TOKENS, TokensUnavailable
+from .. import access
+from ..access import TokensUnavailable
 
 READ_TIMEOUT = 1.0
 """ Seconds a blocking call waits for Redis (connecting included) """
@@ -120,9 +121,8 @@ def blocking_client(url, timeout=READ_TIMEOUT):
 
 class RedisTokens:
     """Session tokens in Redis, through ``client`` (a redis-py client,
-    ``blocking_client``); at most ``max_tokens`` per app."""
-
-    shared = True
+    ``blocking_client``); at most ``max_tokens`` per app (by default
+    ``access.MAX_TOKENS``)."""
 
     def __init__(self, client, max_tokens=None):
         self.client = client
@@ -136,7 +136,7 @@ class RedisTokens:
         """Keeps a new token for ``lifetime`` seconds; returns the ids of
         the app's oldest tokens it ended to stay within the bound."""
         value = json.dumps(list(entry), separators=(",", ":"))
-        limit = self.max_tokens or MAX_TOKENS
+        limit = self.max_tokens or access.MAX_TOKENS
         keys = [TOKEN + ident, APP_TOKENS + entry[0]]
         args = [ident, value, int(lifetime * 1000), limit, TOKEN]
         return _ids(self._call(lambda: self._add(keys, args)))
