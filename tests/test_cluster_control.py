@@ -322,6 +322,22 @@ def test_a_logout_on_the_other_node_ends_the_token_where_it_was_issued(cluster):
     assert one.state.access.session_app(token, app_id) is None
 
 
+def test_a_console_stream_on_one_node_ends_with_a_logout_on_the_other(cluster):
+    one, two, app = cluster
+    app_id = app["app_id"]
+    _app, token = one.state.access.login(app_id, app["key"], app["secret"])
+    stream = Client(
+        "ws://127.0.0.1:%d/console" % two.state.server.port,
+        expect_established=False,
+    )
+    stream.send({"event": "console:watch", "data": {"app_id": app_id, "token": token}})
+    assert stream.recv()["event"] == "console:watching"
+    one.state.logout(token)
+    ended = stream.recv_event("console:error")
+    assert ended["data"]["message"] == "Session ended"
+    assert stream.close_code() == errors.UNAUTHORIZED
+
+
 def test_retention_runs_on_one_node(cluster):
     one, two, _app = cluster
     assert [one.spans.may_retain(), two.spans.may_retain()].count(True) == 1
