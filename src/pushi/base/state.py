@@ -98,11 +98,15 @@ class State:
         self.threads = Threads()
         self.metrics = Metrics(checks=self.threads.pool("health"))
         self.workers = self.threads.pool("worker")
-        history = None
+        # a node of a cluster with PUSHI_REDIS_URL (base/cluster), else
+        # one process with the engine's in-process twins
+        self.cluster = None
+        seams = {}
         if self.config.redis_url:
-            from pushi.base.cluster.broker import BusPositions
+            from pushi.base.cluster.wiring import Cluster
 
-            history = BusPositions()
+            self.cluster = Cluster(self.config)
+            seams = self.cluster.engine_seams()
         self.engine = Engine(
             self.config,
             store=self.store,
@@ -111,7 +115,7 @@ class State:
             apps=self.apps,
             persist=self.persist,
             metrics=self.metrics,
-            history=history,
+            **seams,
         )
         self.access = Access(
             self.apps,
@@ -136,25 +140,12 @@ class State:
             console=self.console,
             level=logging.WARNING,
         )
-        # a node of a cluster with PUSHI_REDIS_URL (base/cluster), else
-        # one process
         self.node = None
-        if self.config.redis_url:
-            from pushi.base.cluster.broker import RedisBroker
-            from pushi.base.cluster.node import Node
-            from pushi.net.redis import NetiusLoop
-
-            self.node = Node(
-                self.config.redis_url, NetiusLoop(self.server), self.engine
-            )
-            self.broker = self.engine.broker = RedisBroker(
-                self.node,
-                self.engine,
-                self.call_soon,
-                self.metrics,
-                max_pending=self.config.max_pending,
-            )
-            self.metrics.health["redis"] = self.node.check
+        # what else spans the nodes (cluster/spans.py), set by the cluster
+        self.spans = None
+        if self.cluster is not None:
+            self.node = self.cluster.node
+            self.broker = self.engine.broker = self.cluster.bind(self)
         else:
             self.broker = self.engine.broker = LocalBroker(
                 self.call_soon,
@@ -180,10 +171,9 @@ class State:
         self.metrics.servers["websocket"] = self.server
         self.metrics.health["store"] = self.store.ping
         self.metrics_server = None
-        # with PUSHI_REDIS_URL: this node's claim of the cluster's store,
-        # and what else spans the nodes (cluster/stores.py, spans.py)
+        # with PUSHI_REDIS_URL: this node's claim of the cluster's store
+        # (cluster/stores.py)
         self.store_claim = None
-        self.spans = None
 
     def _admit_app(self, app, key, origin):
         """Whether a WebSocket may join an app (``Access.admit_socket``),
@@ -425,8 +415,8 @@ class State:
                 except OSError as error:
                     raise _listen_error("REST API", "APP", listen, error)
             self.store.bind_loop(self)
-            if self.node is not None:
-                self.node.start()
+            if self.cluster is not None:
+                self.cluster.start()
             self._watch_webhooks()
             self.console.start_history()
         except Exception as error:
@@ -605,7 +595,7 @@ class State:
                 time.sleep(0.05)
                 if not self.call_in_loop(lambda: self.node.commands.pending, timeout=1):
                     break
-            self.call_in_loop(self.node.close, timeout=5)
+            self.call_in_loop(self.cluster.stop, timeout=5)
         except Exception:
             pass
 

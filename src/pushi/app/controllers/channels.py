@@ -20,7 +20,7 @@ class ChannelsController(PushiController):
             raise errors.HttpError(
                 400, "info=user_count needs filter_by_prefix=presence-"
             )
-        channels = self.state.call_in_loop(
+        channels = self.state.query(
             self.state.engine.list_channels, app.app_id, prefix, info
         )
         return {"channels": channels}
@@ -40,9 +40,7 @@ class ChannelsController(PushiController):
             )
         if "cache" in info and not channel_names.is_cache(name):
             raise errors.HttpError(400, "cache is for cache channels only")
-        return self.state.call_in_loop(
-            self.state.engine.channel_info, app.app_id, name, info
-        )
+        return self.state.query(self.state.engine.channel_info, app.app_id, name, info)
 
     @appier.route("/apps/%s/channels/%s/users" % (APP, CHANNEL), "GET", json=True)
     def users(self, app_id, name):
@@ -50,9 +48,7 @@ class ChannelsController(PushiController):
         _check(name)
         if channel_names.kind(name) != channel_names.PRESENCE:
             raise errors.HttpError(400, "Users are listed for presence channels only")
-        users = self.state.call_in_loop(
-            self.state.engine.channel_users, app.app_id, name
-        )
+        users = self.state.query(self.state.engine.channel_users, app.app_id, name)
         return {"users": users}
 
     @appier.route(
@@ -95,7 +91,7 @@ class ChannelsController(PushiController):
     def stats(self, app_id):
         """The app's counters, cache evictions among them."""
         app = self.authorize(app_id)
-        return self.state.call_in_loop(self.state.engine.app_stats, app.app_id)
+        return self.state.query(self.state.engine.app_stats, app.app_id)
 
     @appier.route("/apps/%s/ping" % APP, "GET", json=True)
     def ping(self, app_id):

@@ -1,5 +1,12 @@
-"""What the REST API asks of the live state, and what it changes there
-(loop thread, through ``State.call_in_loop``)."""
+"""What the REST API asks of the live state, and what it changes there.
+
+The changes (``terminate_user``, ``update_app``) and ``sockets`` run on
+the loop thread (through ``State.call_in_loop``).  The reads of what the
+seams hold (``channel_info``, ``list_channels``, ``channel_users``,
+``app_stats``) run where ``State.query`` puts them: on the loop for one
+process, on the REST thread for a cluster node, whose twins read Redis;
+what only the loop holds (cache entries, history) they read through
+``on_loop``."""
 
 import time
 
@@ -12,6 +19,8 @@ class Queries:
         self.registry = engine.registry
         self.occupancy = engine.occupancy
         self.presence = engine.presence
+        # runs work(*args) on the loop: at once for queries that run there
+        self.on_loop = _call
 
     def channel_info(self, app_id, name, info=()):
         """The ``info`` attributes a channel has: ``user_count`` for
@@ -26,15 +35,16 @@ class Queries:
         if "user_count" in info and kind == channels.PRESENCE:
             result["user_count"] = len(self.presence.members(app_id, name))
         if "cache" in info and channels.is_cache(name):
-            now = time.monotonic()
-            cached = self.engine.cache.get(app_id, name, now)
             # asked and nothing cached: present, as null
-            result["cache"] = (
-                None
-                if cached is None
-                else dict(cached[0].event(), ttl=int(cached[1] - now))
-            )
+            result["cache"] = self.on_loop(self._cached, app_id, name)
         return result
+
+    def _cached(self, app_id, name):
+        now = time.monotonic()
+        cached = self.engine.cache.get(app_id, name, now)
+        if cached is None:
+            return None
+        return dict(cached[0].event(), ttl=int(cached[1] - now))
 
     def app_stats(self, app_id):
         """An app's counters: open connections, occupied channels, and
@@ -42,9 +52,10 @@ class Queries:
         evicted to stay within it."""
         engine = self.engine
         limits = engine.limits(app_id)
-        cache = engine.cache.stats(app_id)
+        cache, recovery = self.on_loop(
+            lambda: (engine.cache.stats(app_id), engine.history.stats(app_id))
+        )
         cache["max_bytes"] = limits["max_cache_bytes"]
-        recovery = engine.history.stats(app_id)
         recovery["max_bytes"] = limits["max_recovery_bytes"]
         return {
             "connections": self.occupancy.connections(app_id),
@@ -107,3 +118,7 @@ class Queries:
             for session in self.registry.sessions.values()
             if session.app.app_id == app_id
         ]
+
+
+def _call(work, *args):
+    return work(*args)

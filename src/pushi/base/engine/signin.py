@@ -49,7 +49,7 @@ class SignIn:
 
     def _arrived(self, app, user_id, came):
         if came and app.limits["watchlist_events"]:
-            self._tell_watchers(app.app_id, user_id, "online")
+            self.tell_watchers(app.app_id, user_id, "online")
 
     def signed_out(self, app, user_id):
         """A socket of ``user_id`` went or signed in as another user:
@@ -57,7 +57,7 @@ class SignIn:
 
         def gone(left):
             if left and app.limits["watchlist_events"]:
-                self._tell_watchers(app.app_id, user_id, "offline")
+                self.tell_watchers(app.app_id, user_id, "offline")
 
         self.users.signed_out(app.app_id, user_id, gone)
 
@@ -87,7 +87,7 @@ class SignIn:
 
         self.users.fetch_online(app.app_id, self.watchlists.watched[session], told)
 
-    def _tell_watchers(self, app_id, user_id, name):
+    def tell_watchers(self, app_id, user_id, name):
         watchers = self.watchlists.watchers_of(app_id, user_id)
         if watchers:
             frame = text_frame(messages.watchlist_events([(name, [user_id])]))
