@@ -214,6 +214,14 @@ class State:
             with self._waiting_lock:
                 self._waiting.discard(future)
 
+    def query(self, work, *args):
+        """Runs a REST query of what the seams hold (``engine/queries``):
+        on the loop for one process, whose twins are the loop's; on this
+        thread for a cluster node, whose twins read Redis."""
+        if self.cluster is not None:
+            return work(*args)
+        return self.call_in_loop(work, *args)
+
     def _flush(self):
         """The broker's write at the end of a turn: the publishes answered
         in it are measured once their frames are out."""
