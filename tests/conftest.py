@@ -10,6 +10,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from support import PushiServer  # noqa: E402
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# the kind of a test, from the folder under tests/ it is in
+KINDS = {
+    "unit": "unit",
+    "js": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "interop": "interop",
+    "browser": "browser",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks each test with the kind of its folder (``-m unit`` and so on),
+    unless it carries a kind of its own."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in set(KINDS.values())):
+            continue
+        relative = os.path.relpath(str(item.path), TESTS)
+        kind = KINDS.get(relative.split(os.sep)[0])
+        if kind:
+            item.add_marker(kind)
+
 
 @pytest.fixture(scope="module")
 def server():

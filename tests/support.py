@@ -6,16 +6,22 @@ creates apps with the ``pushi`` CLI against that data dir.
 """
 
 import contextlib
+import hashlib
+import hmac
+import http.server
 import json
 import logging
 import os
+import queue
 import resource
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -26,7 +32,8 @@ import websockets.sync.client
 
 from pushi.proto import auth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
 SRC = os.path.join(ROOT, "src")
 ADMIN_SECRET = "test-admin-secret-0123456789abcdef"
 
@@ -374,6 +381,42 @@ class RecordingTransport:
         return out
 
 
+# the engine on its own: an app, a session and its recording transport
+
+KEY, SECRET = "k" * 32, "s" * 64
+
+
+def make_app(app_id="1", **fields):
+    """An engine ``App`` (client events on) with fixed credentials."""
+    from pushi.base.limits import App
+
+    record = {
+        "app_id": app_id,
+        "key": KEY + app_id,
+        "secret": SECRET,
+        "name": "a",
+        "client_events": True,
+    }
+    record.update(fields)
+    return App(record)
+
+
+def connect(engine, app, dialect="pusher"):
+    """A session of ``engine`` for ``app`` and its ``RecordingTransport``
+    (the handshake already read)."""
+    transport = RecordingTransport()
+    session = engine.open(transport, app, dialect)
+    transport.messages()
+    return session, transport
+
+
+def send(engine, session, event, data=None, **fields):
+    """A client message into ``engine``, as if it came from ``session``."""
+    message = {"event": event, "data": data}
+    message.update(fields)
+    engine.receive(session, json.dumps(message))
+
+
 class Client:
     """A blocking WebSocket client speaking JSON messages."""
 
@@ -442,6 +485,132 @@ class Client:
 
     def close(self):
         self.ws.close()
+
+
+class Receiver:
+    """An HTTP endpoint for webhook posts.  ``answer(body)`` picks each
+    post's status (None holds the post until ``release`` is set; by
+    default 200 after ``fail`` 500s); ``seen`` keeps every body, ``posts``
+    the headers and body of each post answered 200.  With
+    ``respond(handler)``, that answers any request instead (odd answers,
+    ``drip``) and ``posts`` gets its method and path.  ``tls`` (key,
+    certificate files) serves HTTPS."""
+
+    def __init__(self, fail=0, answer=None, respond=None, tls=None):
+        self.posts = queue.Queue()
+        self.seen = []
+        self.fail = fail
+        self.answer = answer or self._fail_first
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                if respond is not None:
+                    receiver.posts.put((self.command, self.path))
+                    return respond(self)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.seen.append(body)
+                status = receiver.answer(body)
+                if status is None:
+                    receiver.release.wait(30)
+                    status = 200
+                if status == 200:
+                    receiver.posts.put((dict(self.headers), body))
+                self.send_response(status)
+                self.end_headers()
+
+            do_GET = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[1], tls[0])
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = "%s://127.0.0.1:%d/hook" % (scheme, self.httpd.server_address[1])
+
+    def _fail_first(self, _body):
+        if self.fail > 0:
+            self.fail -= 1
+            return 500
+        return 200
+
+    def events(self, app, count, timeout=15):
+        """The next ``count`` events, checking every post's signature."""
+        events = []
+        deadline = time.time() + timeout
+        while len(events) < count:
+            headers, body = self.posts.get(timeout=max(0.1, deadline - time.time()))
+            assert headers["X-Pusher-Key"] == app["key"]
+            expected = hmac.new(
+                app["secret"].encode(), body, hashlib.sha256
+            ).hexdigest()
+            assert hmac.compare_digest(headers["X-Pusher-Signature"], expected)
+            self.last = body
+            payload = json.loads(body)
+            assert payload["time_ms"] > 0
+            events += payload["events"]
+        return events
+
+    def quiet(self, seconds):
+        try:
+            self.posts.get(timeout=seconds)
+        except queue.Empty:
+            return True
+        return False
+
+    def drip(self, handler):
+        """A 200 whose headers come one every 0.2 s, for 30 s."""
+        handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
+        for _ in range(150):
+            if self.release.wait(0.2):
+                return
+            try:
+                handler.wfile.write(b"X-Drip: 1\r\n")
+                handler.wfile.flush()
+            except OSError:
+                return
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+
+
+def hooked_app(server, url, events=None, **settings):
+    """A new app (client events on) whose webhook posts to ``url``."""
+    hook = {"url": url}
+    if events:
+        hook["events"] = events
+    status, app = server.request(
+        "POST",
+        "apps",
+        {
+            "name": "hooked",
+            "client_events": True,
+            "settings": dict(settings, webhooks=[hook]),
+        },
+        {"Authorization": "Bearer " + ADMIN_SECRET},
+    )
+    assert status == 200, app
+    return app
+
+
+def join(client, app, channel, data=None):
+    """Subscribes ``client`` to a private or presence channel, signed with
+    the app's credentials."""
+    import pushi
+
+    answer = pushi.Pushi(
+        app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
+    ).authenticate(channel, client.socket_id, data)
+    return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -17,9 +17,8 @@ import time
 
 import pytest
 
-from support import ADMIN_SECRET, PushiServer, chromium
+from support import ADMIN_SECRET, ROOT, PushiServer, chromium
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "artifacts")
 TIMEOUT = 15000
 
@@ -336,7 +335,7 @@ def test_admin_creates_an_app_configures_it_and_sees_its_first_event(
     """The newcomer's path, all in the page: the admin secret, a new app,
     its settings, a webhook tested, a key added and one revoked, then its
     first event through the event creator."""
-    from test_e2e_webhooks import Receiver
+    from support import Receiver
 
     admin = {"Authorization": "Bearer " + ADMIN_SECRET}
     receiver = Receiver()

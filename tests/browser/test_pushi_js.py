@@ -31,9 +31,8 @@ import urllib.request
 
 import pytest
 
-from support import chromium
+from support import ROOT, chromium
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JS_DIR = os.path.join(ROOT, "extra", "js")
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
 ARTIFACTS_DIR = os.path.join(ROOT, "artifacts")

@@ -15,13 +15,14 @@ import pytest
 
 from support import (
     PushiServer,
+    Receiver,
+    hooked_app,
     masked_frame,
     read_until,
     server_frames,
     signed_path,
     upgrade_request,
 )
-from test_e2e_webhooks import Receiver, hooked_app
 
 
 @pytest.fixture

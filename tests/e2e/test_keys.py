@@ -17,8 +17,7 @@ import pusher.errors
 import pytest
 
 from interop_support import python_sdk
-from support import ADMIN_SECRET, PushiServer, signed_path
-from test_e2e_webhooks import Receiver
+from support import ADMIN_SECRET, PushiServer, Receiver, signed_path
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 

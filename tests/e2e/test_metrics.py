@@ -16,11 +16,13 @@ import pushi
 from support import (
     ADMIN_SECRET,
     PushiServer,
+    Receiver,
     free_port,
+    hooked_app,
+    join,
     read_until,
     stalled_subscriber,
 )
-from test_e2e_webhooks import Receiver, hooked_app, join
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 

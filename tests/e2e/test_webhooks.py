@@ -1,121 +1,21 @@
 """Webhooks end to end: a real receiver on 127.0.0.1 gets signed posts."""
 
-import hashlib
-import hmac
 import http.server
 import json
 import logging
 import queue
-import ssl
 import subprocess
 import threading
 import time
 
 import pytest
 
-import pushi
 from pushi.base import webhooks as webhooks_module
 from pushi.base.apps import AppDirectory
 from pushi.base.store.sqlite import SQLiteStore
-from support import PushiServer
+from support import PushiServer, Receiver, hooked_app, join
 
 ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
-
-
-class Receiver:
-    """An HTTP endpoint for webhook posts.  ``answer(body)`` picks each
-    post's status (None holds the post until ``release`` is set; by
-    default 200 after ``fail`` 500s); ``seen`` keeps every body, ``posts``
-    the headers and body of each post answered 200.  With
-    ``respond(handler)``, that answers any request instead (odd answers,
-    ``drip``) and ``posts`` gets its method and path.  ``tls`` (key,
-    certificate files) serves HTTPS."""
-
-    def __init__(self, fail=0, answer=None, respond=None, tls=None):
-        self.posts = queue.Queue()
-        self.seen = []
-        self.fail = fail
-        self.answer = answer or self._fail_first
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                if respond is not None:
-                    receiver.posts.put((self.command, self.path))
-                    return respond(self)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.seen.append(body)
-                status = receiver.answer(body)
-                if status is None:
-                    receiver.release.wait(30)
-                    status = 200
-                if status == 200:
-                    receiver.posts.put((dict(self.headers), body))
-                self.send_response(status)
-                self.end_headers()
-
-            do_GET = do_POST
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        scheme = "http"
-        if tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls[1], tls[0])
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-            scheme = "https"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = "%s://127.0.0.1:%d/hook" % (scheme, self.httpd.server_address[1])
-
-    def _fail_first(self, _body):
-        if self.fail > 0:
-            self.fail -= 1
-            return 500
-        return 200
-
-    def events(self, app, count, timeout=15):
-        """The next ``count`` events, checking every post's signature."""
-        events = []
-        deadline = time.time() + timeout
-        while len(events) < count:
-            headers, body = self.posts.get(timeout=max(0.1, deadline - time.time()))
-            assert headers["X-Pusher-Key"] == app["key"]
-            expected = hmac.new(
-                app["secret"].encode(), body, hashlib.sha256
-            ).hexdigest()
-            assert hmac.compare_digest(headers["X-Pusher-Signature"], expected)
-            self.last = body
-            payload = json.loads(body)
-            assert payload["time_ms"] > 0
-            events += payload["events"]
-        return events
-
-    def quiet(self, seconds):
-        try:
-            self.posts.get(timeout=seconds)
-        except queue.Empty:
-            return True
-        return False
-
-    def drip(self, handler):
-        """A 200 whose headers come one every 0.2 s, for 30 s."""
-        handler.wfile.write(b"HTTP/1.0 200 OK\r\n")
-        for _ in range(150):
-            if self.release.wait(0.2):
-                return
-            try:
-                handler.wfile.write(b"X-Drip: 1\r\n")
-                handler.wfile.flush()
-            except OSError:
-                return
-
-    def close(self):
-        self.release.set()
-        self.httpd.shutdown()
 
 
 @pytest.fixture
@@ -123,31 +23,6 @@ def receiver():
     instance = Receiver()
     yield instance
     instance.close()
-
-
-def hooked_app(server, url, events=None, **settings):
-    hook = {"url": url}
-    if events:
-        hook["events"] = events
-    status, app = server.request(
-        "POST",
-        "apps",
-        {
-            "name": "hooked",
-            "client_events": True,
-            "settings": dict(settings, webhooks=[hook]),
-        },
-        ADMIN,
-    )
-    assert status == 200, app
-    return app
-
-
-def join(client, app, channel, data=None):
-    answer = pushi.Pushi(
-        app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
-    ).authenticate(channel, client.socket_id, data)
-    return client.subscribe(channel, answer["auth"], answer.get("channel_data"))
 
 
 def test_occupied_vacated_and_the_linger_window(server, receiver):

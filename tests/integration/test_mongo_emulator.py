@@ -14,7 +14,9 @@ import pymongo
 import pytest
 from pymongo import errors
 
-EMULATOR_SCRIPT = os.path.join(os.path.dirname(__file__), "mongo_emulator.py")
+from support import TESTS
+
+EMULATOR_SCRIPT = os.path.join(TESTS, "mongo_emulator.py")
 
 
 @pytest.fixture

@@ -36,9 +36,10 @@ from pushi.base.store import (
 )
 from pushi.base.store import sqlite as sqlite_module
 from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
+from support import SRC
 
 MONGO_URL = os.environ.get("MONGO_URL")
-SRC_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "src"))
+SRC_DIR = SRC
 
 BACKENDS = [
     "sqlite",

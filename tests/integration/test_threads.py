@@ -22,11 +22,12 @@ from pushi.proto import auth
 from support import (
     ADMIN_SECRET,
     PushiServer,
+    connect,
     free_port,
     read_until,
+    send,
     upgrade_request,
 )
-from test_engine import connect, send
 
 
 @pytest.fixture

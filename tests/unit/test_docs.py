@@ -9,7 +9,7 @@ every relative link of the docs leads to a file and heading that exist.
 One end-to-end check: the README's quick start, as written. Its commands
 start a real server and create an app, its Python snippet publishes with
 the Python client, and its HTML snippet runs in headless Chromium (as
-tests/test_browser_pushi_js.py does), which must show the event.
+tests/browser/test_pushi_js.py does), which must show the event.
 """
 
 import glob
@@ -287,6 +287,7 @@ class ReadmeServer(PushiServer):
         return pushi_command() + self.command_line[1:]
 
 
+@pytest.mark.browser
 def test_readme_quick_start_runs_as_written():
     readme = read(README)
     commands = [

@@ -6,41 +6,13 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.engine import Engine
-from pushi.base.limits import App
 from pushi.proto import auth
-from support import RecordingTransport
-
-KEY, SECRET = "k" * 32, "s" * 64
-
-
-def make_app(app_id="1", **fields):
-    record = {
-        "app_id": app_id,
-        "key": KEY + app_id,
-        "secret": SECRET,
-        "name": "a",
-        "client_events": True,
-    }
-    record.update(fields)
-    return App(record)
+from support import connect, make_app, send
 
 
 @pytest.fixture
 def engine():
     return Engine(Config())
-
-
-def connect(engine, app, dialect="pusher"):
-    transport = RecordingTransport()
-    session = engine.open(transport, app, dialect)
-    transport.messages()
-    return session, transport
-
-
-def send(engine, session, event, data=None, **fields):
-    message = {"event": event, "data": data}
-    message.update(fields)
-    engine.receive(session, json.dumps(message))
 
 
 def presence(engine, session, app, channel, user_id, info=None, peer=None):

@@ -11,7 +11,7 @@ from pushi.base import engine as engine_module
 from pushi.base.config import Config
 from pushi.base.engine import Engine
 from pushi.proto import auth
-from test_engine import connect, make_app, send
+from support import connect, make_app, send
 
 
 @pytest.fixture

@@ -8,7 +8,11 @@ import os
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pytest
+
+from support import ROOT
+
+sys.path.insert(0, ROOT)
 
 from pushi.proto import websocket  # noqa: E402
 
@@ -219,13 +223,14 @@ def test_encode_frame_fragment():
     assert frames == [(False, websocket.OP_TEXT, b"{")]
 
 
+@pytest.mark.e2e
 def test_abuse_scenario_prints_a_row_per_attack():
     """``--scenario abuse`` against the real server, a second per attack:
     a table row for the baseline and each attack asked for (no figure is
     checked: they depend on the machine and on the server's defences)."""
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     attacks = ["console", "rest-pipeline", "cache", "publish-flood"]
     output = subprocess.run(
         [
