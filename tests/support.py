@@ -44,6 +44,25 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def wait_until(predicate, timeout=10, interval=0.1, message=None):
+    """Calls ``predicate`` every ``interval`` seconds until it returns a
+    true value, and returns that value; after ``timeout`` seconds fails
+    the test with ``message`` (default: the predicate) and the last value.
+    The one poll loop of the tests: a test waits for what it expects,
+    never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                "%s: not true after %s s (last: %r)"
+                % (message or getattr(predicate, "__name__", predicate), timeout, value)
+            )
+        time.sleep(interval)
+
+
 def env_with_src(extra=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
@@ -210,17 +229,22 @@ class PushiServer:
             cwd=self.data_dir,
             preexec_fn=self._limit_files if self.fd_limit else None,
         )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+
+        def answers():
             if self.process.poll() is not None:
                 raise RuntimeError("server exited: %s" % self.read_log())
             try:
                 self.request("GET", "health")
                 with socket.create_connection(("127.0.0.1", self.server_port), 1):
-                    return self
+                    return True
             except Exception:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start: %s" % self.read_log())
+                return False
+
+        try:
+            wait_until(answers, timeout)
+        except AssertionError:
+            raise RuntimeError("server did not start: %s" % self.read_log())
+        return self
 
     def _limit_files(self):
         # in the child between fork and exec: no import, no lock
@@ -328,15 +352,17 @@ class PushiServer:
         """The ids of an app's open sockets (``GET /apps/<id>/sockets``);
         with ``expected``, waits up to ``timeout`` for that many."""
         headers = self.token_headers(app)
-        deadline = time.time() + timeout
-        while True:
+        ids = []
+
+        def counted():
             _status, answer = self.request(
                 "GET", "apps/%s/sockets" % app["app_id"], headers=headers
             )
-            ids = [entry["socket_id"] for entry in answer["sockets"]]
-            if expected is None or len(ids) == expected or time.time() > deadline:
-                return ids
-            time.sleep(0.2)
+            ids[:] = [entry["socket_id"] for entry in answer["sockets"]]
+            return expected is None or len(ids) == expected
+
+        wait_until(counted, timeout, 0.2, "%s sockets open" % expected)
+        return ids
 
     def client(self, app):
         import pushi

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from support import ADMIN_SECRET, ROOT, PushiServer, chromium
+from support import ADMIN_SECRET, ROOT, PushiServer, chromium, wait_until
 
 ARTIFACTS = os.path.join(ROOT, "artifacts")
 TIMEOUT = 15000
@@ -323,10 +323,11 @@ def test_admin_sign_in_picks_an_app(page, server, apps):
     page.call("click", selector="#signout")
     assert not page.call("visible", selector="#console")
     assert page.rows() == []
-    deadline = time.time() + 10
-    while server.request("GET", "apps/" + shop["app_id"], headers=headers)[0] != 401:
-        assert time.time() < deadline, "the token outlived the sign-out"
-        time.sleep(0.1)
+    wait_until(
+        lambda: server.request("GET", "apps/" + shop["app_id"], headers=headers)[0]
+        == 401,
+        message="the token outlived the sign-out",
+    )
 
 
 def test_admin_creates_an_app_configures_it_and_sees_its_first_event(

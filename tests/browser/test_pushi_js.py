@@ -31,7 +31,7 @@ import urllib.request
 
 import pytest
 
-from support import ROOT, chromium
+from support import ROOT, chromium, wait_until
 
 JS_DIR = os.path.join(ROOT, "extra", "js")
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
@@ -1335,12 +1335,13 @@ def test_e2e_persisted_send_and_latest(live, pages):
     )
     fetch = """() => client.channel('private-history').latest(0, 10)
         .then(events => ({events}), error => ({error: error.message}))"""
-    answer = page.evaluate(fetch)
     errors = page.evaluate("() => log.filter(e => e.kind === 'error').map(e => e.data)")
-    limit = time.time() + 15
-    while "error" not in answer and len(answer["events"]) < 2 and time.time() < limit:
-        time.sleep(0.3)
+
+    def both_stored():
         answer = page.evaluate(fetch)
+        return answer if "error" in answer or len(answer["events"]) >= 2 else None
+
+    answer = wait_until(both_stored, 15, 0.3, "two events stored (%s)" % errors)
     assert "error" not in answer, (answer, errors)
     assert "first" in json.dumps(answer["events"]) and "second" in json.dumps(
         answer["events"]

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from support import ADMIN_SECRET
+from support import ADMIN_SECRET, wait_until
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 
@@ -252,20 +252,17 @@ def test_many_joins_and_leaves_leave_nothing_behind(server):
                     {"event": "pusher:unsubscribe", "data": {"channel": "presence-p"}}
                 )
             client.close()
-    import time
 
-    deadline = time.time() + 10
-    while time.time() < deadline:
+    def left():
         _status, channels = server.request(
             "GET", "apps/%s/channels" % fresh["app_id"], headers=token
         )
         _status, sockets = server.request(
             "GET", "apps/%s/sockets" % fresh["app_id"], headers=token
         )
-        if not channels["channels"] and not sockets["sockets"]:
-            break
-        time.sleep(0.1)
-    assert channels["channels"] == {} and sockets["sockets"] == []
+        return channels["channels"] == {} and sockets["sockets"] == []
+
+    wait_until(left, message="no channel and no socket left")
 
 
 def test_a_socket_that_vanishes_without_a_close_frame_is_forgotten(server, app):

@@ -9,7 +9,13 @@ import time
 import pytest
 
 from pushi.net import capacity
-from support import PushiServer, read_until, server_frames, upgrade_request
+from support import (
+    PushiServer,
+    read_until,
+    server_frames,
+    upgrade_request,
+    wait_until,
+)
 
 
 def open_raw(server, app, source="127.0.0.1", timeout=5):
@@ -51,15 +57,6 @@ def refused_4100(message):
     )
 
 
-def eventually(check, timeout=15):
-    deadline = time.time() + timeout
-    while True:
-        result = check()
-        if result or time.time() > deadline:
-            return result
-        time.sleep(0.2)
-
-
 def close_all(sockets):
     for raw in sockets:
         raw.close()
@@ -94,7 +91,7 @@ def test_a_crowd_under_a_low_fd_limit_gets_4100_and_rest_keeps_answering():
             close_all(crowd[:10])
             del crowd[:10]
             for _ in range(3):
-                raw, message = eventually(lambda: _admitted(server, crowded))
+                raw, message = wait_until(lambda: _admitted(server, crowded), 15, 0.2)
                 assert established(message), message
                 crowd.append(raw)
             assert "Traceback" not in server.read_log()
@@ -139,7 +136,7 @@ def test_explicit_and_per_address_caps():
         assert refused_4100(message) and message["data"]["message"] == "Over capacity"
         raw.close()
         sockets.pop(0).close()
-        raw, message = eventually(lambda: _admitted(server, app))
+        raw, message = wait_until(lambda: _admitted(server, app), 15, 0.2)
         assert established(message)
         sockets.append(raw)
     finally:
@@ -181,7 +178,7 @@ def test_the_rest_port_at_its_cap_closes_an_idle_socket_or_answers_503():
             assert raw.recv(65536).startswith(b"HTTP/1.1 ")
         close_all(held)
         held = []
-        assert eventually(lambda: server.request("GET", "health")[0] == 200)
+        wait_until(lambda: server.request("GET", "health")[0] == 200, 15, 0.2)
     finally:
         close_all(held)
         server.stop()
@@ -234,8 +231,10 @@ def test_out_of_files_pauses_accepting_with_one_warning_and_resumes():
         for raw in waiting:
             raw.settimeout(10)
             assert b"connection_established" in raw.recv(65536)
-        log = eventually(
-            lambda: "accepting again" in server.read_log() and server.read_log()
+        log = wait_until(
+            lambda: "accepting again" in server.read_log() and server.read_log(),
+            15,
+            0.2,
         )
         assert log.count("WebSocket port stopped accepting") == 1
         assert "Traceback" not in log
@@ -261,7 +260,7 @@ def test_sockets_over_the_cap_that_say_nothing_pause_accepting_not_others():
             for _ in range(20)
         ]
         sockets.extend(silent)
-        assert eventually(lambda: "stopped accepting" in server.read_log())
+        wait_until(lambda: "stopped accepting" in server.read_log(), 15, 0.2)
         # the REST port is not held up by it
         assert server.request("GET", "health")[0] == 200
         close_all(silent[:12])
@@ -274,8 +273,10 @@ def test_sockets_over_the_cap_that_say_nothing_pause_accepting_not_others():
                 assert chunk, data
                 data += chunk
             assert b'"code":4100' in data
-        log = eventually(
-            lambda: "accepting again" in server.read_log() and server.read_log()
+        log = wait_until(
+            lambda: "accepting again" in server.read_log() and server.read_log(),
+            15,
+            0.2,
         )
         assert log.count("WebSocket port stopped accepting") == 1, log
     finally:
@@ -293,7 +294,7 @@ def test_a_burst_of_silent_sockets_does_not_stop_the_rest_port():
     try:
         for _ in range(18):
             silent.append(socket.create_connection(("127.0.0.1", server.app_port), 5))
-        assert eventually(lambda: "REST port stopped accepting" in server.read_log())
+        wait_until(lambda: "REST port stopped accepting" in server.read_log(), 15, 0.2)
         raw = socket.create_connection(("127.0.0.1", server.app_port), 5)
         silent.append(raw)
         raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

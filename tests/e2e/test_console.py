@@ -18,6 +18,7 @@ from support import (
     Client,
     PushiServer,
     server_frames,
+    wait_until,
 )
 
 # ---------------------------------------------------------------------------
@@ -255,18 +256,18 @@ class TestStream:
             )
             assert status == 200
             assert client.recv()["event"] == "e"
+
             # the samples are taken whether a console watches or not
-            deadline = time.time() + 15
-            while True:
+            def sampled():
                 watcher, watching = console(server, app["app_id"], server.login(app))
                 assert watching["event"] == "console:watching"
                 history = watching["data"]["history"]
-                samples = history["samples"]
-                if sum(sample[2] for sample in samples) == 2:
-                    break
+                if sum(sample[2] for sample in history["samples"]) == 2:
+                    return watcher, history
                 watcher.close()
-                assert time.time() < deadline, samples
-                time.sleep(0.5)
+
+            watcher, history = wait_until(sampled, 15, 0.5, "two messages sampled")
+            samples = history["samples"]
             assert history["every"] == 0.5
             assert sum(sample[3] for sample in samples) == 1
             assert samples[-1][1] == 1

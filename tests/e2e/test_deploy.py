@@ -23,13 +23,20 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from support import IN_CI, ROOT, Client, PushiServer, chromium, free_port
+from support import (
+    IN_CI,
+    ROOT,
+    Client,
+    PushiServer,
+    chromium,
+    free_port,
+    wait_until,
+)
 
 from pushi.net import forwarded
 
@@ -132,18 +139,20 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+
+        def answers():
             if self.process.poll() is not None:
                 raise RuntimeError("nginx exited: %s" % self.read_log())
             try:
-                status, _body = self.request("GET", "health")
-                if status == 200:
-                    return self
+                return self.request("GET", "health")[0] == 200
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("nginx did not start: %s" % self.read_log())
+                return False
+
+        try:
+            wait_until(answers, timeout)
+        except AssertionError:
+            raise RuntimeError("nginx did not start: %s" % self.read_log())
+        return self
 
     def stop(self):
         if self.process is None:
@@ -314,15 +323,15 @@ def test_the_per_address_cap_counts_the_forwarded_addresses(certificate):
         assert other.subscribe("x")["event"] == "pusher_internal:subscription_succeeded"
         # a socket that closes frees its client's place
         first[0].close()
-        deadline = time.time() + 10
-        while True:
+
+        def admitted():
             try:
-                again = proxy.connect(app, source="127.0.0.2")
-                break
+                return proxy.connect(app, source="127.0.0.2")
             except AssertionError:
                 # the refusal's pusher:error instead of the greeting
-                assert time.time() < deadline
-                time.sleep(0.2)
+                return None
+
+        again = wait_until(admitted, 10, 0.2, "the freed place taken again")
         for client in (first[1], other, again):
             client.close()
 

@@ -23,6 +23,7 @@ from support import (
     server_frames,
     stalled_subscriber,
     upgrade_request,
+    wait_until,
 )
 
 
@@ -503,10 +504,12 @@ def test_a_closed_socket_that_stopped_reading_is_let_go_after_the_grace_time():
             )
         assert instance.socket_ids(app, expected=0) == []
         assert _server_side_open(instance.server_port, port)
-        deadline = time.time() + 10  # CLOSE_GRACE (5 s) and a margin
-        while _server_side_open(instance.server_port, port):
-            assert time.time() < deadline, "still open past the grace time"
-            time.sleep(0.2)
+        wait_until(  # CLOSE_GRACE (5 s) and a margin
+            lambda: not _server_side_open(instance.server_port, port),
+            10,
+            0.2,
+            "still open past the grace time",
+        )
         stalled.close()
     finally:
         instance.stop()

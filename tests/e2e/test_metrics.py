@@ -4,7 +4,6 @@ must move as real traffic says they should."""
 
 import json
 import signal
-import time
 import urllib.error
 import urllib.request
 
@@ -22,6 +21,7 @@ from support import (
     join,
     read_until,
     stalled_subscriber,
+    wait_until,
 )
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
@@ -69,12 +69,12 @@ def moved(before, after, name, **labels):
 def wait_for(server, check, timeout=10):
     """A scrape for which ``check(samples)`` holds (the loop counts as it
     goes: a close is counted once the server has seen it)."""
-    deadline = time.time() + timeout
-    while True:
+
+    def scraped():
         samples = scrape(server)
-        if check(samples) or time.time() > deadline:
-            return samples
-        time.sleep(0.1)
+        return samples if check(samples) else None
+
+    return wait_until(scraped, timeout)
 
 
 @pytest.fixture
@@ -264,14 +264,14 @@ def test_a_slow_consumer_is_counted():
         try:
             api = instance.client(app)
             payload = "x" * 9000
-            samples = {}
-            deadline = time.time() + 30
-            while time.time() < deadline:
+
+            def counted():
                 for _ in range(10):
                     api.trigger_event("flood", payload, persist=False)
                 samples = scrape(instance)
-                if value(samples, "pushi_slow_consumers_total"):
-                    break
+                return samples if value(samples, "pushi_slow_consumers_total") else None
+
+            samples = wait_until(counted, 30, 0, "a slow consumer counted")
             assert value(samples, "pushi_slow_consumers_total") == 1
             assert (
                 value(samples, "pushi_rejected_total", kind="socket", code="4100") == 1
@@ -354,13 +354,12 @@ def test_ready_until_a_stop_begins_then_503_while_draining():
         client = instance.connect(app)
         client.subscribe("news")
         instance.process.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        while True:
+
+        def draining():
             status, answer = instance.request("GET", "ready")
-            if status == 503 or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        assert status == 503
+            return answer if status == 503 else None
+
+        answer = wait_until(draining, 10, 0.05, "/ready answers 503")
         assert answer == {"result": "error", "code": 503, "message": "Server stopping"}
         # still serving while the load balancer takes note: the socket
         # gets what is published, and /health answers

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import time
 import urllib.request
 import zipfile
 
 import pytest
 
-from support import ROOT, PushiServer
+from support import ROOT, PushiServer, wait_until
 
 IGNORED = shutil.ignore_patterns(
     ".git",
@@ -136,13 +135,14 @@ def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
 
 
 def wait_until_serving(instance, process, log, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def answer():
         if process.poll() is not None:
             log.seek(0)
             raise AssertionError("the installed pushi exited:\n" + log.read())
         try:
             return instance.request("GET", "health")
         except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the installed pushi did not start")
+            return None
+
+    return wait_until(answer, timeout, 0.2, "the installed pushi did not start")

@@ -22,6 +22,7 @@ from support import (
     env_with_src,
     free_port,
     signed_path,
+    wait_until,
 )
 
 
@@ -261,13 +262,15 @@ def test_retention_by_count(server):
     proxy = server.client(app)
     for index in range(8):
         proxy.trigger_event(channel="log", data=str(index), event="line")
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        events = proxy.get_events("log", count=100)["events"]
-        if len(events) == 3:
-            break
-        time.sleep(0.2)
-    assert [event["data"] for event in events] == ["7", "6", "5"]
+    wait_until(
+        lambda: [
+            event["data"] for event in proxy.get_events("log", count=100)["events"]
+        ]
+        == ["7", "6", "5"],
+        15,
+        0.2,
+        "the newest 3 kept",
+    )
 
 
 def test_events_survive_a_restart(backend):
@@ -370,10 +373,12 @@ def test_loop_replaces_a_dead_events_writer(backend):
         # reaped: the loop has heard of its end (an exiting process leaves
         # events_writers, by its empty cmdline, before the loop knows, and
         # a publish sent to it then fails with 503, as it should)
-        deadline = time.time() + 10
-        while os.path.exists("/proc/%d" % writer):
-            assert time.time() < deadline, "the dead writer was not reaped"
-            time.sleep(0.05)
+        wait_until(
+            lambda: not os.path.exists("/proc/%d" % writer),
+            10,
+            0.05,
+            "the dead writer was not reaped",
+        )
         proxy.trigger_event(channel="private-kept", data="second", event="e")
         (replacement,) = events_writers(server_pid)
         assert replacement != writer
@@ -389,15 +394,15 @@ def test_loop_replaces_a_dead_events_writer(backend):
                 "persist": True,
             }
         )
-        deadline = time.time() + 10
-        while True:
-            stored = [
+        wait_until(
+            lambda: [
                 event["data"] for event in proxy.get_events("private-kept")["events"]
             ]
-            if stored == ["third", "second", "first"] or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        assert stored == ["third", "second", "first"]
+            == ["third", "second", "first"],
+            10,
+            0.05,
+            "the three events stored",
+        )
         client.close()
     finally:
         instance.stop()
@@ -464,10 +469,12 @@ def test_a_store_that_goes_away_is_answered_and_comes_back():
         assert instance.process.poll() is None
         # back (empty: the emulator's data lived in memory)
         emulator = MongoEmulator(port=port).start()
-        deadline = time.time() + 15
-        while instance.request("POST", publish[1:], raw=body)[0] != 200:
-            assert time.time() < deadline, "the store did not come back"
-            time.sleep(0.2)
+        wait_until(
+            lambda: instance.request("POST", publish[1:], raw=body)[0] == 200,
+            15,
+            0.2,
+            "the store did not come back",
+        )
         status, answer = instance.request("GET", history[1:])
         assert status == 200 and [e["data"] for e in answer["events"]] == ["x"]
         client.send({"event": "pusher:latest", "data": {"channel": "news"}})

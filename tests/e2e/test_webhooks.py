@@ -13,7 +13,7 @@ import pytest
 from pushi.base import webhooks as webhooks_module
 from pushi.base.apps import AppDirectory
 from pushi.base.store.sqlite import SQLiteStore
-from support import PushiServer, Receiver, hooked_app, join
+from support import PushiServer, Receiver, hooked_app, join, wait_until
 
 ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
 
@@ -237,9 +237,7 @@ def test_a_failed_batch_holds_back_the_later_ones(in_process):
     try:
         app, _directory, webhooks = in_process(failing.url)
         webhooks.observe(app["app_id"], "occupied", {"channel": "first"})
-        deadline = time.time() + 5
-        while not failing.seen and time.time() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: failing.seen, 5, 0.01, "the first post")
         webhooks.observe(app["app_id"], "occupied", {"channel": "second"})
         assert channels(failing.events(app, 2)) == ["first", "second"]
         assert failing.quiet(2.5)
@@ -342,9 +340,7 @@ def test_removing_a_hook_or_disabling_the_app_stops_its_retries(in_process):
         try:
             app, directory, webhooks = in_process(failing.url)
             webhooks.observe(app["app_id"], "occupied", {"channel": "c"})
-            deadline = time.time() + 5
-            while not failing.seen and time.time() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: failing.seen, 5, 0.01, "the first post")
             in_process.store.update_app(app["app_id"], **change)
             directory.refresh()
             time.sleep(0.2)
@@ -356,14 +352,14 @@ def test_removing_a_hook_or_disabling_the_app_stops_its_retries(in_process):
 
 
 def failures(webhooks, timeout):
-    """The ``webhook_failed`` reports once there is one (or ``timeout``)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = [d for _a, kind, d in webhooks.reports if kind == "webhook_failed"]
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
+    """The ``webhook_failed`` reports once there is one (fails after
+    ``timeout``)."""
+    return wait_until(
+        lambda: [d for _a, kind, d in webhooks.reports if kind == "webhook_failed"],
+        timeout,
+        0.05,
+        "a webhook_failed report",
+    )
 
 
 def test_the_test_route_posts_one_signed_test_webhook(server, receiver):

@@ -29,6 +29,7 @@ from support import (
     read_until,
     stalled_subscriber,
     upgrade_request,
+    wait_until,
 )
 
 
@@ -435,9 +436,7 @@ def test_a_socket_that_keeps_sending_gets_at_most_64_messages_a_turn(state):
         for _ in range(200):
             raw.sendall(frame * 100)
             time.sleep(0.002)
-        deadline = time.time() + 10
-        while sum(turns.values()) < 20000 and time.time() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: sum(turns.values()) >= 20000, 10, message="all handed over")
     finally:
         stop.set()
         reader.join()

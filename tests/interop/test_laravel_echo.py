@@ -12,12 +12,12 @@ client, named as Laravel's broadcaster names them.
 
 import json
 import os
-import time
 
 import pytest
 
 import pushi
 from interop_support import INTEROP, NodeAgent
+from support import wait_until
 
 ANN = {"user_id": "1", "user_info": {"id": 1, "name": "Ann"}}
 BOB = {"user_id": "2", "user_info": {"id": 2, "name": "Bob"}}
@@ -53,16 +53,15 @@ def wire(channel, event, data):
 def wait_subscriptions(agent, channel, count, timeout=10):
     """Waits until the server counts ``count`` subscriptions on ``channel``
     (a REST query through the npm SDK): it has handled the unsubscribes."""
-    deadline = time.time() + timeout
-    while True:
+
+    def counted():
         info = agent.sdk(
             "get",
             {"path": "/channels/" + channel, "params": {"info": "subscription_count"}},
         )["body"]
-        if info.get("subscription_count", 0) == count or time.time() > deadline:
-            assert info.get("subscription_count", 0) == count, info
-            return
-        time.sleep(0.1)
+        return info.get("subscription_count", 0) == count
+
+    wait_until(counted, timeout, message="%d subscriptions on %s" % (count, channel))
 
 
 def echo_events(agent, after=0, **match):

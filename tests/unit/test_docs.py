@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import appier
 import pytest
@@ -32,7 +31,7 @@ from pushi.base.config import Config
 from pushi.proto import errors
 from pushi.proto import websocket as ws
 
-from support import ROOT, SRC, PushiServer, chromium, signed_path
+from support import ROOT, SRC, PushiServer, chromium, signed_path, wait_until
 
 DOCS = os.path.join(ROOT, "docs")
 README = os.path.join(ROOT, "README.md")
@@ -329,12 +328,12 @@ def test_readme_quick_start_runs_as_written():
             page.set_content(fill(html))
             # the snippet's subscription, as the server sees it
             path = signed_path(app, "GET", "/apps/%s/channels" % app["app_id"])
-            deadline = time.time() + 15
-            while server.request("GET", path[1:])[1].get("channels") != {"global": {}}:
-                assert (
-                    time.time() < deadline
-                ), "the page subscribed to no channel global"
-                time.sleep(0.1)
+            wait_until(
+                lambda: server.request("GET", path[1:])[1].get("channels")
+                == {"global": {}},
+                15,
+                message="the page subscribed to no channel global",
+            )
             exec(compile(fill(python), "README.md", "exec"), {})
             page.wait_for_function(
                 "document.body.textContent.indexOf('hello world') >= 0", timeout=15000
