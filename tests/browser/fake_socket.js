@@ -2,7 +2,8 @@
  * A stand-in WebSocket for the client-logic tests of pushi.js that need no
  * server: pass it as `options.WebSocket`, then play the server's part with
  * `handshake`, `serverSend` and `serverClose`, and read what the client sent
- * with `sentMessages`.
+ * with `sentMessages`.  A plain <script> in the browser tests (globals
+ * FakeSocket, sleep, until), a CommonJS module for tests/js/ under Node.
  */
 (function () {
     "use strict";
@@ -72,14 +73,14 @@
         }
     };
 
-    window.FakeSocket = FakeSocket;
-    window.sleep = function (ms) {
+    function sleep(ms) {
         return new Promise(function (resolve) {
             setTimeout(resolve, ms);
         });
-    };
+    }
+
     // waits until predicate() is truthy, polling every 10 ms
-    window.until = function (predicate, timeout) {
+    function until(predicate, timeout) {
         var limit = Date.now() + (timeout || 5000);
         return new Promise(function (resolve, reject) {
             (function poll() {
@@ -98,5 +99,14 @@
                 }
             })();
         });
-    };
+    }
+
+    // a <script> in the browser tests' page, a module for tests/js/ in Node
+    if (typeof module === "object" && module && module.exports) {
+        module.exports = { FakeSocket: FakeSocket, sleep: sleep, until: until };
+    } else {
+        window.FakeSocket = FakeSocket;
+        window.sleep = sleep;
+        window.until = until;
+    }
 })();

@@ -2,10 +2,12 @@
 
 Two groups of tests:
 
-* client logic that needs no server (back-off, URL building, dispatch,
+* client logic that needs no server (URL building from the page, dispatch,
   subscriptions, auth requests, pings, reconnection), run on a page served by
   Playwright's request routing with a stand-in WebSocket
-  (``tests/browser/fake_socket.js``);
+  (``tests/browser/fake_socket.js``); the back-off, channel kinds, members,
+  message parsing and recovery positions, which need no browser, are in
+  ``tests/js/pushi.test.js`` under Node;
 * end to end against the real server: the example page is loaded from the
   app (``/static/example.html``), connects over a real WebSocket, receives
   events triggered over REST, subscribes to private and presence channels
@@ -23,7 +25,6 @@ import http.server
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -116,26 +117,6 @@ def unit(browser):
 # ---------------------------------------------------------------------------
 
 
-def test_backoff_is_exponential_capped_and_jittered(unit):
-    result = unit.evaluate(
-        """() => {
-        const o = {minReconnectDelay: 100, maxReconnectDelay: 1000, reconnectJitter: 0.5};
-        const attempts = [0, 1, 2, 3, 4, 5, 40];
-        return {
-            longest: attempts.map(a => Pushi.backoff(a, o, 0)),
-            shortest: attempts.map(a => Pushi.backoff(a, o, 1)),
-            random: Array.from({length: 200}, () => Pushi.backoff(3, o)),
-            first: Pushi.backoff(0),
-        };
-    }"""
-    )
-    assert result["longest"] == [100, 200, 400, 800, 1000, 1000, 1000]
-    assert result["shortest"] == [50, 100, 200, 400, 500, 500, 500]
-    assert all(400 <= delay <= 800 for delay in result["random"])
-    assert len(set(result["random"])) > 10
-    assert 500 <= result["first"] <= 1000
-
-
 def test_urls_from_base_url_host_port_and_tls(unit):
     result = unit.evaluate(
         """() => ({
@@ -155,28 +136,6 @@ def test_urls_from_base_url_host_port_and_tls(unit):
         "hostPort": "wss://push.example.com:443/k",
         "pageHost": "ws://pushi.test:9090/k",
     }
-
-
-def test_channel_kinds(unit):
-    names = [
-        "global",
-        "private-a",
-        "private-encrypted-a",
-        "presence-room",
-        "personal-42",
-        "peer-room:a&b",
-        "cache-x",
-    ]
-    kinds = unit.evaluate("names => names.map(Pushi.channelKind)", names)
-    assert kinds == [
-        "public",
-        "private",
-        "private",
-        "presence",
-        "personal",
-        "peer",
-        "public",
-    ]
 
 
 def test_quick_start_verbatim_receives_messages(unit):
@@ -365,17 +324,6 @@ def test_presence_subscription_json_auth_channel_data_and_members(unit):
         ["member_added", "presence-room"],
         ["member_removed", "presence-room"],
     ]
-
-
-def test_pushi_members_shape_is_read_too(unit):
-    members = unit.evaluate(
-        """() => [
-        Pushi.readMembers({members: {a: {user_id: "a", user_info: {n: 1}}, b: null}}),
-        Pushi.readMembers({members: [{user_id: 7, user_info: "x"}, "z"]}),
-        Pushi.readMembers({}),
-    ]"""
-    )
-    assert members == [{"a": {"n": 1}, "b": None}, {"7": "x", "z": None}, {}]
 
 
 def test_auth_failure_is_a_subscription_error(unit):
@@ -1541,41 +1489,3 @@ def test_e2e_recovers_missed_events_after_a_dropped_connection_and_a_restart(
     finally:
         proxy.close()
         live.close()
-
-
-def test_commonjs_module_under_node():
-    """pushi.js also loads with require() (options.WebSocket outside a browser)."""
-    node = shutil.which("node")
-    if not node:
-        pytest.skip("node is not installed")
-    script = """
-        const Pushi = require(process.argv[1]);
-        const sent = [];
-        function Socket(url) { Socket.last = this; this.url = url; this.readyState = 1; }
-        Socket.prototype.send = function (text) { sent.push(JSON.parse(text)); };
-        Socket.prototype.close = function () {};
-        const pushi = new Pushi("KEY", {baseUrl: "ws://127.0.0.1:9090", WebSocket: Socket});
-        const got = [];
-        pushi.bind("message", (event, data, channel) => got.push([event, data, channel]));
-        pushi.subscribe("news");
-        Socket.last.onmessage({data: JSON.stringify({event: "pusher:connection_established",
-            data: JSON.stringify({socket_id: "1.1", activity_timeout: 120})})});
-        Socket.last.onmessage({data: JSON.stringify({event: "hi", channel: "news", data: "x"})});
-        pushi.disconnect();
-        console.log(JSON.stringify({url: Socket.last.url, sent, got,
-            version: Pushi.VERSION, state: pushi.state}));
-    """
-    output = subprocess.run(
-        [node, "-e", script, os.path.join(JS_DIR, "pushi.js")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert output.returncode == 0, output.stderr
-    result = json.loads(output.stdout)
-    assert result["url"] == "ws://127.0.0.1:9090/KEY"
-    assert result["sent"] == [
-        {"event": "pusher:subscribe", "data": {"channel": "news"}}
-    ]
-    assert result["got"] == [["hi", "x", "news"]]
-    assert result["state"] == "disconnected"
