@@ -4,6 +4,7 @@ sockets open, and stopping while REST requests are in flight.  Each race
 is set up step by step (a store that holds a reader at the point where
 the race happens), so a test fails every time the guard is missing."""
 
+import os
 import socket
 import threading
 import time
@@ -315,4 +316,30 @@ def test_a_socket_whose_app_loads_while_it_changes_gets_the_change(tmp_path):
         assert state.call_in_loop(client_events) == [True]
         sock.close()
     finally:
+        state.stop()
+
+
+def test_a_call_as_the_loop_closes_its_wake_up_is_refused_with_loop_stopped(
+    tmp_path,
+):
+    """A stopping loop closes its wake-up descriptor a moment before it has
+    ended: a REST thread's call in between is refused with ``LoopStopped``
+    (a 503), not an ``OSError`` that the server logs as a failure."""
+    state = State(Config(server_port=free_port(), data_dir=str(tmp_path)))
+    state.start_server()
+    wake_up = state.server.npool._eventfd
+    saved = os.dup(wake_up.wfileno())
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    try:
+        state._stopping.set()
+        # the moment the loop's clean-up has closed the descriptor another
+        # thread is about to write to: the write fails with EBADF (a
+        # read-only descriptor in its place, so that no other file gets it)
+        os.dup2(read_only, wake_up.wfileno())
+        with pytest.raises(LoopStopped):
+            state.call_soon(lambda: None)
+    finally:
+        os.dup2(saved, wake_up.wfileno())
+        os.close(saved)
+        os.close(read_only)
         state.stop()

@@ -189,7 +189,14 @@ class State:
         Raises ``LoopStopped`` once the loop has ended."""
         if self._loop_ended.is_set():
             raise LoopStopped()
-        self.server.soon(work, *args)
+        try:
+            self.server.soon(work, *args)
+        except OSError:
+            # a stopping loop closes its wake-up descriptor a moment before
+            # it has ended
+            if self._stopping.is_set():
+                raise LoopStopped()
+            raise
 
     def call_in_loop(self, work, *args, timeout=10):
         """Runs ``work(*args)`` on the loop and returns its result (blocks
