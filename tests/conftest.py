@@ -3,14 +3,13 @@ import sys
 
 import pytest
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# src/ for pushi, and tests/ for the support modules of every folder
+sys.path.insert(0, os.path.join(os.path.dirname(TESTS), "src"))
+sys.path.insert(0, TESTS)
 
 from support import PushiServer  # noqa: E402
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # the kind of a test, from the folder under tests/ it is in
 KINDS = {

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import random
 import resource
 import shutil
 import socket
@@ -38,7 +39,29 @@ SRC = os.path.join(ROOT, "src")
 ADMIN_SECRET = "test-admin-secret-0123456789abcdef"
 
 
+def _ephemeral_ports():
+    """The kernel's range of ports for outgoing connections (Linux)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low, high = (int(part) for part in file.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port():
+    """A port of 127.0.0.1 free now, below the kernel's ephemeral range: a
+    port the kernel hands out could be taken by any outgoing connection
+    (of the parallel tests too) before the server binds it."""
+    low, _high = _ephemeral_ports()
+    for _attempt in range(100):
+        port = random.randrange(max(1024, low - 20000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
