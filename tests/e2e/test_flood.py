@@ -146,7 +146,9 @@ def test_a_socket_flooding_messages_leaves_the_others_served(server):
         assert sent[0] > 1000000
         raw.setblocking(True)
         raw.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
-        assert b"pusher:pong" in read_until(raw, b"pusher:pong", timeout=PATIENCE)
+        # its ping waits behind the pongs still queued in the kernel's
+        # buffers, which a loaded machine works off in more than PATIENCE
+        assert b"pusher:pong" in read_until(raw, b"pusher:pong", timeout=30)
     finally:
         raw.close()
         victim.close()
