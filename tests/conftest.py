@@ -25,14 +25,14 @@ KINDS = {
 def pytest_xdist_auto_num_workers(config):
     """How many workers ``-n auto`` (scripts/test) starts: none for the unit
     tests alone or for one module (starting workers would cost more than
-    they save), else ``PUSHI_TEST_WORKERS`` (default 4: the servers are
+    they save), else ``PUSHI_TEST_WORKERS`` (default 6: the servers are
     processes of their own, and much of a test is waiting for them)."""
     if config.option.markexpr.strip() == "unit":
         return 0
     paths = [arg.split("::")[0] for arg in config.args]
     if len(paths) == 1 and os.path.isfile(paths[0]):
         return 0
-    return int(os.environ.get("PUSHI_TEST_WORKERS", "4"))
+    return int(os.environ.get("PUSHI_TEST_WORKERS", "6"))
 
 
 def pytest_collection_modifyitems(config, items):
