@@ -21,11 +21,10 @@ import pytest
 from pushi.base.config import Config
 from pushi.base.state import State
 from pushi.net import wire
+from support import SRC as SOURCES
 from support import free_port
 
-SRC = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "pushi"
-)
+SRC = os.path.join(SOURCES, "pushi")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from pushi.proto import errors, http
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from support import SRC  # noqa: E402
 
 BODY = b'{"name":"e","channel":"c","data":"{\\"a\\":1}"}'
 TRIGGER = (
