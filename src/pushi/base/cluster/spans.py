@@ -23,6 +23,8 @@ broadcasts.  The State calls nothing here but ``may_retain``.
 """
 
 import logging
+import os
+import socket
 import threading
 
 from ..access import TokensUnavailable
@@ -84,7 +86,10 @@ class Spans:
         self.control = Control(redis, subscriber, node_id)
         self.tokens = RedisTokens(self.client)
         ttl = max(3 * state.config.retention_interval, MIN_RETENTION_TTL)
-        self.retention = Lock(self.client, RETENTION_LOCK, node_id, ttl)
+        # the process, whatever its node id (None until registered, then
+        # one that may change)
+        holder = "%s/%d/%s" % (socket.gethostname(), os.getpid(), self.control.origin)
+        self.retention = Lock(self.client, RETENTION_LOCK, holder, ttl)
         self._app_changed = None
         self._reload_apps = None
         self._terminate_user = None
@@ -118,7 +123,6 @@ class Spans:
         """This node registered (again) under ``node_id`` (a ``Node``'s
         ``on_reregister`` hook; loop thread)."""
         self.control.rename(node_id)
-        self.retention.holder = str(node_id)
 
     def may_retain(self):
         """Whether this node runs the retention pass now (the retention
