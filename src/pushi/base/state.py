@@ -698,7 +698,17 @@ class State:
                 pass
             if self.node is not None:
                 self._stop_node()
-            self.server.delay_s(self.server.stop)
+            # netius queues the stop, then writes to the loop's wake-up
+            # file: a loop awake meanwhile would stop and close that file
+            # before the write; so the stop waits for the write
+            woken = threading.Event()
+
+            def stop_loop():
+                woken.wait(1)
+                self.server.stop()
+
+            self.server.delay_s(stop_loop)
+            woken.set()
             self._loop_thread.join(5)
         if self.http is not None:
             self.app.stop()
