@@ -69,6 +69,7 @@ class Control:
         self._next_resubscribed = None
         self._next_up = None
         self._started = False
+        self._unknown = set()
 
     def on(self, command, handler, own=False):
         """Runs ``handler(data, sender)`` for each ``command`` received;
@@ -217,7 +218,10 @@ class Control:
             return True
         handler = self.handlers.get(command)
         if handler is None:
-            logger.warning("An unknown cluster command was dropped: %r", command[:100])
+            # a newer node's, during an upgrade: said once per name
+            if command not in self._unknown and len(self._unknown) < 100:
+                self._unknown.add(command)
+                logger.warning("Unknown cluster commands %r are dropped", command[:100])
             return True
         handler, own = handler
         if not own and message.get("origin") == self.origin:
