@@ -25,7 +25,11 @@ ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 def nodes(redis_server):
     """Two nodes on one Redis and one data dir, and an app both serve."""
     data_dir = tempfile.mkdtemp(prefix="pushi-spans-")
-    env = {"PUSHI_REDIS_URL": redis_server.url, "PUSHI_APPS_POLL_INTERVAL": "3600"}
+    env = {
+        "PUSHI_REDIS_URL": redis_server.url,
+        "PUSHI_APPS_POLL_INTERVAL": "3600",
+        "PUSHI_RETENTION_INTERVAL": "0.5",
+    }
     made = []
     try:
         for _ in range(2):
@@ -124,6 +128,23 @@ def test_a_session_token_of_one_node_holds_on_the_other_until_a_logout_there(nod
     assert two.request("POST", "logout", headers=headers)[0] == 200
     assert one.request("GET", path, headers=headers)[0] == 401
     assert two.request("GET", path, headers=headers)[0] == 401
+
+
+def test_retention_runs_in_a_cluster_on_one_node(nodes, redis_server):
+    one, two, app = nodes
+    one.update_app(app, settings={"retention_count": 2})
+    publisher = one.client(app)
+    for index in range(5):
+        publisher.trigger_event("log", str(index), event="line", persist=True)
+    deadline = time.monotonic() + 15
+    while True:
+        kept = [event["data"] for event in two.client(app).get_events("log")["events"]]
+        if kept == ["4", "3"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert kept == ["4", "3"]
+    holder = redis_server.client().get("pushi:lock:retention")
+    assert holder is not None
 
 
 def test_a_node_on_another_data_dir_is_refused(nodes, redis_server):
