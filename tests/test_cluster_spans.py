@@ -14,6 +14,7 @@ import time
 import pytest
 
 from pushi.proto import auth, errors
+
 from support import ADMIN_SECRET, PushiServer
 
 pytest.importorskip("pushi.base.cluster.node")

@@ -15,8 +15,6 @@ import threading
 import time
 
 import pytest
-from redis_support import TcpProxy
-from support import Client, PushiServer, free_port
 
 from pushi.base.access import Access, NeedsStore
 from pushi.base.cluster.control import BROADCAST, Control
@@ -28,6 +26,9 @@ from pushi.base.limits import App
 from pushi.base.state import State
 from pushi.net.redis import NetiusLoop, Redis, Subscriber
 from pushi.proto import auth, errors
+
+from redis_support import TcpProxy
+from support import Client, PushiServer, free_port
 
 
 def wait_for(check, timeout=10, what="the condition"):

@@ -190,7 +190,9 @@ class Access:
         try:
             return work(*args)
         except TokensUnavailable:
-            raise errors.HttpError(503, "Session store unavailable: retry shortly")
+            raise errors.HttpError(
+                503, "Session store unavailable: retry shortly"
+            ) from None
 
     @staticmethod
     def _quietly(work, *args):
@@ -250,7 +252,9 @@ class Access:
         ids = self.tokens.ids()
         if ids:
             present = self.shared.exist(ids)
-            self.forget([ident for ident, held in zip(ids, present) if not held])
+            self.forget(
+                [ident for ident, held in zip(ids, present, strict=True) if not held]
+            )
 
     def is_live(self, token, app_id):
         """Whether ``token`` is a live session token of ``app_id`` (memory

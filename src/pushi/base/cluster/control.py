@@ -132,7 +132,7 @@ class Control:
 
     def _subscribe(self, channels, confirmed):
         waiting = [len(channels)]
-        failed = []
+        failed: list = []
         if not channels and confirmed is not None:
             confirmed(None)
 

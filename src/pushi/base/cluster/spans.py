@@ -90,10 +90,11 @@ class Spans:
         # one that may change)
         holder = "%s/%d/%s" % (socket.gethostname(), os.getpid(), self.control.origin)
         self.retention = Lock(self.client, RETENTION_LOCK, holder, ttl)
-        self._app_changed = None
-        self._reload_apps = None
-        self._terminate_user = None
-        self._personal_changed = None
+        # what the wrappers call: the State's, engine's own methods
+        self._app_changed = state.app_changed
+        self._reload_apps = state.reload_apps
+        self._terminate_user = state.engine.terminate_user
+        self._personal_changed = state.engine.personal_changed
 
     @property
     def node_id(self):
@@ -103,10 +104,6 @@ class Spans:
         """Wraps the State's, engine's and access's methods that must
         reach every node, and registers the handlers of their commands."""
         state, engine, control = self.state, self.state.engine, self.control
-        self._app_changed = state.app_changed
-        self._reload_apps = state.reload_apps
-        self._terminate_user = engine.terminate_user
-        self._personal_changed = engine.personal_changed
         state.app_changed = self.app_changed
         state.reload_apps = self.reload_apps
         engine.terminate_user = self.terminate_user
