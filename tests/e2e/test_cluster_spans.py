@@ -3,8 +3,6 @@ subprocesses on one real ``redis-server`` and one data dir, real
 WebSocket clients and REST calls spread over them.  The apps poller is
 slowed to an hour, so that only the control channel carries an app
 change from one node to the other.
-
-Skipped where the cluster's node (``base/cluster/node.py``) is missing.
 """
 
 import json
@@ -16,8 +14,6 @@ import pytest
 from pushi.proto import auth, errors
 
 from support import ADMIN_SECRET, PushiServer
-
-pytest.importorskip("pushi.base.cluster.node")
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 
