@@ -20,7 +20,6 @@ import appier
 import netius
 
 import pushi
-
 from pushi.base import store as stores
 from pushi.proto import errors, http
 
@@ -57,13 +56,13 @@ class PushiApp(appier.APIApp):
         # is Pushi's
         appier.APIApp.__init__(
             self,
+            *args,
             name="pushi",
             service=False,
             session_c=appier.MemorySession,
             # Appier sets the level of its logger ("pushi", Pushi's too) and
             # of the root logger: PUSHI_LOG_LEVEL, not Appier's LEVEL
             level=logging.getLevelName(str(state.config.log_level).upper()),
-            *args,
             **kwargs
         )
         # Appier names its header X-Content-Type-Option, which no browser

@@ -20,8 +20,8 @@ import time
 import urllib.parse
 
 from pushi.base import rates
-from pushi.base.broker import Event
 from pushi.base.access import NeedsStore
+from pushi.base.broker import Event
 from pushi.proto import channels as channel_names
 from pushi.proto import errors, messages
 from pushi.proto.http import MAX_BODY, error_response, json_response
@@ -40,9 +40,9 @@ def json_object(body):
     try:
         payload = messages.loads(body or b"{}")
     except messages.TooDeep as error:
-        raise errors.HttpError(400, str(error))
+        raise errors.HttpError(400, str(error)) from None
     except ValueError:
-        raise errors.HttpError(400, "Body is not valid JSON")
+        raise errors.HttpError(400, "Body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise errors.HttpError(400, "Body is not a JSON object")
     return payload
@@ -149,7 +149,7 @@ class Publisher:
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
-                raise errors.HttpError(400, "Invalid Content-Length")
+                raise errors.HttpError(400, "Invalid Content-Length") from None
             if length > MAX_BODY:
                 raise errors.HttpError(413, "Body over %d bytes" % MAX_BODY)
             body = environ["wsgi.input"].read(length) if length > 0 else b""
@@ -166,7 +166,7 @@ class Publisher:
                     self.state.store.add_events(stored)
                 except Exception as error:
                     logger.error("storing events failed: %s", error)
-                    raise errors.HttpError(503, "Store unavailable")
+                    raise errors.HttpError(503, "Store unavailable") from error
                 self.state.metrics.store_commit.observe(time.monotonic() - started)
         except errors.HttpError as error:
             status, headers, data = error_response(error)
@@ -285,8 +285,9 @@ class Publisher:
     @staticmethod
     def plan(app, events):
         """Splits checked events into the records to store, the deliveries,
-        the answers and the ``info`` queries that complete them.  A stored event gets a message id (``mid``) and a
-        ``timestamp`` per channel, which its delivery carries too."""
+        the answers and the ``info`` queries that complete them.  A stored
+        event gets a message id (``mid``) and a ``timestamp`` per channel,
+        which its delivery carries too."""
         stored = []
         deliveries = []
         answers = []
@@ -340,7 +341,7 @@ class Publisher:
     def complete(self, app, answers, queries, call):
         """Fills the ``info`` asked for in the answers; ``call(work,
         *args)`` runs ``work`` on the loop (directly when already there)."""
-        for answer, (names, info) in zip(answers, queries):
+        for answer, (names, info) in zip(answers, queries, strict=True):
             if info:
                 answer["channels"] = call(self._info, app.app_id, names, info)
 

@@ -218,13 +218,17 @@ def _parse(path):
     except OSError as error:
         raise AppsFileError(
             "Cannot read PUSHI_APPS_FILE (%s): %s" % (path, error.strerror)
-        )
+        ) from None
     except UnicodeDecodeError:
-        raise AppsFileError("Cannot read PUSHI_APPS_FILE (%s): not UTF-8" % path)
+        raise AppsFileError(
+            "Cannot read PUSHI_APPS_FILE (%s): not UTF-8" % path
+        ) from None
     try:
         return parse(text)
     except errors as error:
-        raise AppsFileError("Invalid PUSHI_APPS_FILE (%s): %s" % (path, error))
+        raise AppsFileError(
+            "Invalid PUSHI_APPS_FILE (%s): %s" % (path, error)
+        ) from None
 
 
 def _record(entry, environ, ids, keys):
@@ -262,7 +266,7 @@ def _record(entry, environ, ids, keys):
     try:
         settings = check_settings(entry.get("settings"))
     except ValueError as error:
-        raise _EntryError("settings", str(error))
+        raise _EntryError("settings", str(error)) from None
     return dict(
         app_id=app_id,
         name=name.strip(),

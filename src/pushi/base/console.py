@@ -93,7 +93,7 @@ class MinuteCounter:
         second = int(now)
         return sum(
             count
-            for count, stamp in zip(self.counts, self.seconds)
+            for count, stamp in zip(self.counts, self.seconds, strict=True)
             if 0 <= second - stamp < 60
         )
 

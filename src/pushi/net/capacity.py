@@ -8,15 +8,16 @@ publish), not a file of the store.  So the descriptors are shared out
 port a share of the reserve, and the rest of the reserve stays for the
 store, the log, webhooks and the loop itself.
 
-Beyond its cap a port still accepts a few sockets (``max_refusing``; with
-a cap per address, at most as many from one address at a time as it admits
-from it, the others closed unanswered) to say why it turns them away: a WebSocket gets its upgrade answered, then
-``pusher:error`` 4100 and a close with 4100 (reconnect with back-off), a
-REST request a 503.  When those are all in use, or the system says the
-descriptors are exhausted, the port stops accepting (``Admission``): the
-clients wait in the kernel's backlog until a socket of the port closes (on
-the REST port, also until one has idled long enough to be closed to make
-room), and one warning says so for the whole episode, not one per socket.
+Beyond its cap a port still accepts a few sockets (``max_refusing``; with a
+cap per address, at most as many from one address at a time as it admits
+from it, the others closed unanswered) to say why it turns them away: a
+WebSocket gets its upgrade answered, then ``pusher:error`` 4100 and a close
+with 4100 (reconnect with back-off), a REST request a 503.  When those are
+all in use, or the system says the descriptors are exhausted, the port
+stops accepting (``Admission``): the clients wait in the kernel's backlog
+until a socket of the port closes (on the REST port, also until one has
+idled long enough to be closed to make room), and one warning says so for
+the whole episode, not one per socket.
 
 Ownership: the counts are the loop thread's, like the sockets they count.
 """

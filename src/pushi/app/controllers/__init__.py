@@ -1,8 +1,23 @@
-from .base import BaseController
+"""The REST app's controllers: importing each one registers its routes
+with Appier, so they are imported here (and listed in ``__all__``) even
+where nothing else names them."""
+
 from .apps import AppsController
-from .keys import KeysController
+from .base import BaseController
 from .channels import ChannelsController
-from .events import EventsController
-from .subscriptions import SubscriptionsController
 from .console import ConsoleController
+from .events import EventsController
 from .home import HomeController
+from .keys import KeysController
+from .subscriptions import SubscriptionsController
+
+__all__ = [
+    "AppsController",
+    "BaseController",
+    "ChannelsController",
+    "ConsoleController",
+    "EventsController",
+    "HomeController",
+    "KeysController",
+    "SubscriptionsController",
+]

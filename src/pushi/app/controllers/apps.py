@@ -89,4 +89,4 @@ def _settings(settings):
     try:
         return check_settings(settings)
     except ValueError as error:
-        raise errors.HttpError(400, str(error))
+        raise errors.HttpError(400, str(error)) from None

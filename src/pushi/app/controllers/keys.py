@@ -26,7 +26,7 @@ class KeysController(PushiController):
         try:
             pair = self.state.store.add_app_key(app.app_id)
         except AppKeysError as error:
-            raise errors.HttpError(400, str(error))
+            raise errors.HttpError(400, str(error)) from None
         if pair is None:
             raise errors.HttpError(404, "Unknown app")
         self.state.sync_app(app.app_id)
@@ -39,7 +39,7 @@ class KeysController(PushiController):
         try:
             record = self.state.store.revoke_app_key(app.app_id, key)
         except AppKeysError as error:
-            raise errors.HttpError(400, str(error))
+            raise errors.HttpError(400, str(error)) from None
         if record is None:
             raise errors.HttpError(404, "Unknown key")
         app = self.state.sync_app(app.app_id)

@@ -72,9 +72,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Store",
-    "SQLiteStore",
     "MongoStore",
+    "SQLiteStore",
+    "Store",
     "StoreClosedError",
     "StoreOpenError",
     "is_store_error",

@@ -113,7 +113,7 @@ class Store(abc.ABC):
             lambda write: callback(write.exception())
         )
 
-    def bind_loop(self, loop):
+    def bind_loop(self, loop):  # noqa: B027  (optional hook, no-op default)
         """Lets a backend drive its writes from the server's loop (State
         calls it on the loop thread as the loop starts; see
         ``State.watch_read``).  The default does not."""
@@ -153,5 +153,5 @@ class Store(abc.ABC):
         ``GET /metrics`` reports): a read that reaches it."""
         self.get_app("0")
 
-    def close(self):
+    def close(self):  # noqa: B027  (optional hook, no-op default)
         """Releases connections and threads; the store is unusable after."""
