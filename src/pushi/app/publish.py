@@ -18,6 +18,7 @@ import re
 import threading
 import time
 import urllib.parse
+from typing import Any
 
 from pushi.base import rates
 from pushi.base.access import NeedsStore
@@ -289,7 +290,9 @@ class Publisher:
         event gets a message id (``mid``) and a ``timestamp`` per channel,
         which its delivery carries too."""
         stored = []
-        deliveries = []
+        # (channels, event name, data, socket_id, the stored event's mid
+        # and timestamp or None)
+        deliveries: list[tuple[list[str], str, Any, Any, dict[str, Any] | None]] = []
         answers = []
         queries = []
         for name, names, data, socket_id, info, persist in events:
@@ -325,7 +328,8 @@ class Publisher:
         loop) once every one of them is on its way (queued on its sockets,
         in the turn that writes the last one, with the local broker):
         ``error`` None, or the first failure of the broker."""
-        left = [len(deliveries), None]
+        # deliveries still on their way, and the first failure
+        left: list[Any] = [len(deliveries), None]
 
         def delivered(error):
             if error is not None and left[1] is None:

@@ -26,6 +26,8 @@ import logging
 import os
 import re
 import tomllib
+from collections.abc import Callable
+from typing import Any
 
 from .config import MIN_ADMIN_SECRET, ConfigError
 from .limits import check_settings
@@ -76,7 +78,10 @@ def read_apps(path, environ=None):
             "Invalid PUSHI_APPS_FILE (%s): it must hold only a list of apps"
             ' ("apps")' % path
         )
-    records, ids, keys = [], {}, {}
+    # the label of the entry that holds each app_id and each key
+    ids: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    records = []
     for number, entry in enumerate(entries, 1):
         label = "entry %d" % number
         try:
@@ -204,6 +209,7 @@ def apply_file(store, path, environ=None):
 
 
 def _parse(path):
+    parse: Callable[[str], Any]
     if path.lower().endswith(".json"):
         parse, errors = json.loads, ValueError
     elif path.lower().endswith(".toml"):

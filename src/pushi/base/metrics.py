@@ -144,7 +144,9 @@ class Metrics:
     def live(self, registry):
         """A copy of the loop's counters and the gauges of ``registry``
         (loop thread)."""
-        connections = collections.defaultdict(int)
+        connections: collections.defaultdict[tuple[str, str], int] = (
+            collections.defaultdict(int)
+        )
         for session in registry.sessions.values():
             connections[(session.app.app_id, session.dialect)] += 1
         apps = {}

@@ -39,6 +39,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from typing import Any
 
 from pushi.base import threads
 from pushi.proto import auth
@@ -356,6 +357,7 @@ class Webhooks:
             self._condition.notify()
         try:
             parts = urllib.parse.urlsplit(url)
+            connection: http.client.HTTPConnection
             if parts.scheme == "https":
                 connection = http.client.HTTPSConnection(
                     parts.hostname,
@@ -421,9 +423,11 @@ class Webhooks:
                 flight.deadline = now + 0.1
                 continue
             flight.deadline = None
+            if sock is None:
+                continue  # never connected: nothing to shut
             try:
                 sock.shutdown(socket.SHUT_RDWR)
-            except (OSError, AttributeError):
+            except OSError:
                 pass
 
     def _report(self, app_id, kind, **details):
@@ -448,7 +452,7 @@ class _Lane:
     def __init__(self, app_id, url):
         self.app_id = app_id
         self.url = url
-        self.events = collections.deque()
+        self.events: collections.deque[dict[str, Any]] = collections.deque()
         self.batch = None
         self.busy = False
         self.dropped = 0
@@ -463,7 +467,8 @@ class _Batch:
         # when the webhook was made: its retries keep it, so that the
         # consumer can tell how late one comes (Pusher's time_ms)
         head = '{"time_ms": %d, "events": [' % int(time.time() * 1000)
-        parts, size = [], len(head) + 2
+        parts: list[str] = []
+        size = len(head) + 2
         while events and len(parts) < MAX_BATCH:
             part = json.dumps(events[0])
             if parts and size + len(part) + 2 > MAX_BATCH_BYTES:

@@ -25,7 +25,10 @@ Ownership: the counts are the loop thread's, like the sockets they count.
 import errno
 import logging
 import resource
+import socket
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 from netius.base.common import SSL_SILENT_ERRORS, SSL_VALID_ERRORS
 
@@ -192,14 +195,26 @@ class Admission:
     # backlog is drained
     crowded = False
     retrying = False
-    by_address = None
+    # admitted and refused sockets per client address, set by ``limit``
+    # (read only once it has run)
+    by_address: dict[str, int]
+    refused_by_address: dict[str, int]
     trusted_proxies = ()
-    refused_by_address = None
     port_name = "port"
     # whether ``make_room`` may free a slot later: then a stopped port
     # tries again every ``RETRY`` seconds (its sockets may become closable
     # without any closing)
     makes_room = False
+
+    # the netius stream server's, which the host class provides
+    socket: socket.socket | None
+    connections: list[Any]
+    delay: Callable[..., Any]
+    sub_read: Callable[..., Any]
+    unsub_read: Callable[..., Any]
+    on_socket_c: Callable[..., Any]
+    on_expected_s: Callable[..., Any]
+    on_exception_s: Callable[..., Any]
 
     def limit(self, max_connections, max_refusing, max_per_address=None):
         """Sets the caps (before the port accepts its first socket)."""
@@ -249,6 +264,8 @@ class Admission:
         refused (None if it stays admitted)."""
         if connection.admitted is not _PROXIED:
             return None
+        # admitted as proxied only under a cap per address
+        assert self.max_per_address is not None
         if self.by_address.get(client, 0) >= self.max_per_address:
             self.admitted -= 1
             self._refusing(connection, client)

@@ -20,7 +20,7 @@ def trusted(address, proxies):
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if getattr(ip, "ipv4_mapped", None) is not None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in network for network in proxies)
 

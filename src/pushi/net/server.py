@@ -43,7 +43,6 @@ _PUSHI_PATH = re.compile(r"^/([A-Za-z0-9_\-.]+)/?\Z")
 _CONSOLE_PATH = re.compile(r"^/console/?\Z")
 
 
-
 class Phase(enum.Enum):
     """Where a connection is in its life."""
 
@@ -270,14 +269,16 @@ class Link:
         the turn's quota allows (the rest wait in the reader for
         ``resume_reads``)."""
         server = self.server
+        reader = self.reader
+        assert reader is not None  # made as the link opens
         try:
-            frames = self.reader.feed(data, self.connection.quota)
+            frames = reader.feed(data, self.connection.quota)
         except ws.WebSocketError as error:
             logger.debug("protocol violation: %s", error.reason)
             self.close(error.code, error.reason)
             return
         server.spend(self.connection, len(frames))
-        if self.reader.started is not None:
+        if reader.started is not None:
             server.unfinished.add(self)
         engine = server.engine
         for opcode, payload in frames:
@@ -405,7 +406,7 @@ class WebSocketServer(
         self.closing = []
         # (deadline, link) of each socket accepted in the last
         # HANDSHAKE_TIMEOUT seconds, oldest first
-        self.handshakes = collections.deque()
+        self.handshakes: collections.deque[tuple[float, Link]] = collections.deque()
         # the links whose reader may hold an unfinished message
         self.unfinished = set()
         self.start_callbacks = []

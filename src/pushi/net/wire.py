@@ -8,6 +8,8 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
 import netius
 
@@ -17,12 +19,19 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 random id)."""
 
 
+# The mixins below extend a netius server's methods: their super() calls
+# reach the host class's, which mypy cannot see from the mixin alone (hence
+# their ``type: ignore[misc]``); the attributes they read are declared.
+
+
 class OneLogFormat:
     """A netius server mixin: its own log handler (netius's loggers do not
     reach the root logger) writes in ``LOG_FORMAT``, not netius's."""
 
     def load_logging(self, level=logging.DEBUG, format=None, unique=False):
-        super().load_logging(level, LOG_FORMAT.replace("%(name)s", "netius"), unique)
+        super().load_logging(  # type: ignore[misc]
+            level, LOG_FORMAT.replace("%(name)s", "netius"), unique
+        )
 
 
 class QuietDebug:
@@ -31,9 +40,12 @@ class QuietDebug:
     logger drops it: loop time spent on nothing, most of all when many
     sockets connect at once.  Here the level is checked first."""
 
+    # the netius server's, which the host class provides
+    logger: logging.Logger | None
+
     def debug(self, object, *args, **kwargs):
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
-            super().debug(object, *args, **kwargs)
+            super().debug(object, *args, **kwargs)  # type: ignore[misc]
 
 
 class OwnPort:
@@ -45,7 +57,7 @@ class OwnPort:
     one fails to bind (address in use)."""
 
     def socket_tcp(self, *args, **kwargs):
-        _socket = super().socket_tcp(*args, **kwargs)
+        _socket = super().socket_tcp(*args, **kwargs)  # type: ignore[misc]
         if hasattr(socket, "SO_REUSEPORT"):
             _socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
         return _socket
@@ -69,7 +81,7 @@ class Loop(netius.Container):
 
     def __init__(self, *args, **kwargs):
         netius.Container.__init__(self, *args, **kwargs)
-        self.soon = collections.deque()
+        self.soon: collections.deque[Callable[[], Any]] = collections.deque()
 
     def ticks(self):
         netius.Container.ticks(self)
@@ -275,6 +287,10 @@ class FairReads:
     quota = 64
     """ Messages (or requests) handled per socket per loop turn """
 
+    # the netius stream server's, which the host class provides
+    connections_m: dict[Any, Any]
+    delay: Callable[..., Any]
+
     def on_read(self, _socket):
         connection = self.connections_m.get(_socket, None)
         if connection is not None:
@@ -282,7 +298,7 @@ class FairReads:
                 # the edge is noted: a release or the resume reads it all
                 return
             self._new_turn(connection)
-        super().on_read(_socket)
+        super().on_read(_socket)  # type: ignore[misc]
 
     def _new_turn(self, connection):
         """A new turn's budget and quota, once a turn: a turn that resumed

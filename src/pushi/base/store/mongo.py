@@ -133,6 +133,7 @@ class MongoStore(base.Store):
             upsert=True,
             return_document=pymongo.ReturnDocument.AFTER,
         )
+        assert counter is not None  # upserted
         return counter["value"]
 
     def create_app(self, name, client_events=False, settings=None):
