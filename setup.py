@@ -11,11 +11,16 @@ def read_requirements():
         return [line for line in lines if line]
 
 
+def read_readme():
+    with open(os.path.join(HERE, "README.md")) as file:
+        return file.read()
+
+
 setuptools.setup(
     name="pushi",
     version="1.0.0.dev0",
     description="Self-hosted real-time push server speaking the Pusher protocol",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description=read_readme(),
     long_description_content_type="text/markdown",
     license="Apache License, Version 2.0",
     package_dir={"": "src"},

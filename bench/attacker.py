@@ -28,12 +28,10 @@ import socket
 import sys
 import time
 
-from pushi.proto import auth
-from pushi.proto import websocket
+from pushi.proto import auth, websocket
 
 from . import wire
-from .worker import raise_nofile
-from .worker import receive
+from .worker import raise_nofile, receive
 
 HOST = "127.0.0.1"
 #: one mask for every pre-built frame: the flood repeats the same bytes

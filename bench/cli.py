@@ -10,8 +10,7 @@ import subprocess
 import sys
 import time
 
-from . import scenarios
-from . import servers
+from . import scenarios, servers
 from .scenarios import log
 
 #: the headline figure of each scenario, and whether higher is better
@@ -261,7 +260,7 @@ def fmt(value, digits=0):
         return "-"
     if isinstance(value, float) and digits:
         return "%.*f" % (digits, value)
-    return "{:,}".format(int(round(value)))
+    return f"{round(value):,}"
 
 
 def markdown(results, info, names):

@@ -6,8 +6,7 @@ import select
 import subprocess
 import sys
 
-from . import servers
-from . import stats
+from . import servers, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """ The repository: ``bench`` is imported from here, ``pushi.proto`` from
@@ -50,7 +49,7 @@ class WorkerProc:
             self.proc.stdin.write((json.dumps(cmd) + "\n").encode("utf-8"))
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise WorkerError("%s worker is gone" % self.role)
+            raise WorkerError("%s worker is gone" % self.role) from None
 
     def recv(self, timeout):
         """Waits for one answer line (at most ``timeout`` seconds)."""

@@ -21,10 +21,7 @@ import time
 
 from pushi.proto import websocket
 
-from . import wire
-from . import procs
-from . import servers
-from . import stats
+from . import procs, servers, stats, wire
 
 #: a generator process above this share of one core is the bottleneck
 GENERATOR_BOUND_PCT = 90.0
@@ -108,7 +105,8 @@ class Meter:
         wall = max(1e-9, time.monotonic() - self.t0)
         server = stats.tree_cpu_seconds(self.server_pid) - self.server0
         gens = [
-            worker.cpu() - start for worker, start in zip(self.generators, self.gen0)
+            worker.cpu() - start
+            for worker, start in zip(self.generators, self.gen0, strict=True)
         ]
         own = stats.cpu_seconds(os.getpid()) - self.self0
         machine = machine_busy_seconds() - self.machine0
@@ -189,7 +187,7 @@ class Session:
         shares = split(n, len(self.subs))
         samples = split(sample, len(self.subs)) if sample != "all" else None
         offset = 0
-        for index, (worker, share) in enumerate(zip(self.subs, shares)):
+        for index, (worker, share) in enumerate(zip(self.subs, shares, strict=True)):
             cmd = {
                 "cmd": "connect",
                 "port": self.server.ws_port,
@@ -841,7 +839,7 @@ def persist(server_name, profile, options):
             # the same triggers unpersisted just before and just after, on
             # this server: the ratio to their mean holds while the machine's
             # speed drifts (it moves more between scenarios than within one)
-            def phase(persist, seq_start):
+            def phase(persist, seq_start, session=session):
                 session.reset()
                 return session.trigger_phase(
                     ["persist"],
@@ -1239,7 +1237,7 @@ def abuse_row(attack, duration, profile, options):
             # every publish due while the attack lasts, each stamped with
             # when it was due: those a stalled server held up go out late
             # (within the drain time) and their wait counts in the latency
-            expected = int(math.ceil(publishing * VICTIM_RATE - 1e-9))
+            expected = math.ceil(publishing * VICTIM_RATE - 1e-9)
             trigger = dict(
                 server.trigger_spec(),
                 cmd="trigger",
@@ -1391,7 +1389,7 @@ def recover(server_name, profile, options):
         server = session.server
         app = server.app
         path = "/apps/%s/batch_events" % app["app_id"]
-        for round_number in range(rounds):
+        for _ in range(rounds):
             client = JsonSocket(server.ws_port, server.ws_path())
             client.recv()
             state = client.subscribe("recover")

@@ -48,8 +48,8 @@ def _die_with_parent():
 
 def spawn(args, env=None, cwd=None, log_path=None):
     """Starts a child process in its own group; output goes to ``log_path``."""
-    log = open(log_path or os.devnull, "ab")
-    try:
+    # the child has its own copy of the descriptor: ours closes at once
+    with open(log_path or os.devnull, "ab") as log:
         return subprocess.Popen(
             args,
             env=env,
@@ -59,8 +59,6 @@ def spawn(args, env=None, cwd=None, log_path=None):
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-    finally:
-        log.close()
 
 
 def stop_process(proc, grace=5.0):

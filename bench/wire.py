@@ -11,10 +11,8 @@ so that most subscribers never touch the payload bytes.
 import base64
 import os
 
-from pushi.proto import auth
-from pushi.proto import websocket
-from pushi.proto.websocket import OP_PING
-from pushi.proto.websocket import OP_TEXT
+from pushi.proto import auth, websocket
+from pushi.proto.websocket import OP_PING, OP_TEXT
 
 
 def signed_query(key, secret, method, path, body=None, now=None):

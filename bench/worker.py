@@ -8,9 +8,10 @@ line on stdin, one answer a line on stdout.  Commands:
   handshakes at once), optionally subscribe each, answer when all are ready
   or failed or ``timeout`` passed.  With ``sources``, the connections are
   bound to those local addresses in turn, ``per_source`` on each (the
-  kernel's search for a free port stays short).  ``sample`` of them parse every message as
-  JSON (latency from the payload timestamp, sequence numbers for loss and
-  duplicates); the others only count frames from their headers.
+  kernel's search for a free port stays short).  ``sample`` of them parse
+  every message as JSON (latency from the payload timestamp, sequence
+  numbers for loss and duplicates); the others only count frames from their
+  headers.
 * ``reset``: optionally send ``pusher:ping`` on every socket (keeps servers
   with an activity timeout happy), wait ``settle`` seconds, zero counters.
 * ``idle``: for ``duration`` seconds, every open socket sends
@@ -44,8 +45,7 @@ import time
 
 from pushi.proto import websocket
 
-from . import wire
-from . import stats
+from . import stats, wire
 
 
 def read_commands(fd, buffer):
@@ -767,9 +767,7 @@ class TriggerTask:
 
     def on_broken(self, conn, error):
         """A connection failed: count it, replace it while running."""
-        if conn.busy:
-            self.count_error(error)
-        elif not conn.connected:
+        if conn.busy or not conn.connected:
             self.count_error(error)
         self.drop(conn)
         if monotonic() < self.deadline and len(self.errors) < 1000:

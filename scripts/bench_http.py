@@ -97,7 +97,7 @@ def main():
     args = parser.parse_args()
     cases = [("pushi", pushi)]
     try:
-        import h11 as _h11  # noqa: F401
+        import h11 as _h11
 
         cases.append(("h11 %s" % _h11.__version__, h11))
     except ImportError:

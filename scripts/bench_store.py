@@ -186,7 +186,9 @@ def main():
         try:
             run_case(
                 "sqlite",
-                lambda: SQLiteStore(data_dir, synchronous=args.synchronous),
+                lambda data_dir=data_dir: SQLiteStore(
+                    data_dir, synchronous=args.synchronous
+                ),
                 stored,
                 args.threads,
                 args.seconds,
@@ -195,8 +197,9 @@ def main():
             shutil.rmtree(data_dir, ignore_errors=True)
 
     if args.mongo:
-        from mongo_emulator import MongoEmulator
         from pushi.base.store.mongo import MongoStore
+
+        from mongo_emulator import MongoEmulator
 
         for stored in [int(size) for size in args.mongo_sizes.split(",")]:
             with MongoEmulator() as emulator:
@@ -216,7 +219,9 @@ def main():
             try:
                 run_case(
                     "mongo",
-                    lambda: MongoStore(args.mongo_url, database=database),
+                    lambda database=database: MongoStore(
+                        args.mongo_url, database=database
+                    ),
                     stored,
                     args.threads,
                     args.seconds,
