@@ -99,7 +99,7 @@ class NodeAgent:
                 raise AssertionError(
                     "agent gave no answer to %s; stderr: %s"
                     % (command, "".join(self.stderr)[-2000:])
-                )
+                ) from None
             if answer["id"] == self._next_id:
                 break
         if not answer["ok"]:

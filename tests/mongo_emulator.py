@@ -122,7 +122,7 @@ def _install_fast_unique_check():
         """How many documents hold ``wanted`` (strings) under ``keys``."""
         count = 0
         for document in documents:
-            for key, value in zip(keys, wanted):
+            for key, value in zip(keys, wanted, strict=True):
                 found = value_at(document, key)
                 if found != value and not (isinstance(found, list) and value in found):
                     break
@@ -352,7 +352,7 @@ class MongoEmulator:
             "maxBsonObjectSize": 16 * 1024 * 1024,
             "maxMessageSizeBytes": 48000000,
             "maxWriteBatchSize": 100000,
-            "localTime": datetime.datetime.now(datetime.timezone.utc),
+            "localTime": datetime.datetime.now(datetime.UTC),
             "logicalSessionTimeoutMinutes": 30,
             "connectionId": next(self._connection_ids),
             "minWireVersion": 0,
@@ -623,7 +623,7 @@ class MongoEmulator:
                 return_document=return_new,
             )
         except mongomock.DuplicateKeyError as error:
-            raise CommandError(str(error), DUPLICATE_KEY, "DuplicateKey")
+            raise CommandError(str(error), DUPLICATE_KEY, "DuplicateKey") from error
         last_error = {"n": int(existing is not None), "updatedExisting": False}
         if existing is not None:
             last_error["updatedExisting"] = True
@@ -651,7 +651,7 @@ class MongoEmulator:
                     list(index["key"].items()), name=index["name"], **options
                 )
             except mongomock.DuplicateKeyError as error:
-                raise CommandError(str(error), DUPLICATE_KEY, "DuplicateKey")
+                raise CommandError(str(error), DUPLICATE_KEY, "DuplicateKey") from error
         after = len(collection.index_information())
         return {
             "numIndexesBefore": before,
@@ -705,7 +705,7 @@ class MongoEmulator:
         try:
             database.create_collection(command[name])
         except errors.CollectionInvalid as error:
-            raise CommandError(str(error), 48, "NamespaceExists")
+            raise CommandError(str(error), 48, "NamespaceExists") from error
         return {"ok": 1}
 
     def _drop(self, database, name, command):

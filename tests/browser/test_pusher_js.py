@@ -30,7 +30,6 @@ import re
 import secrets
 import shutil
 import threading
-import time
 import urllib.parse
 
 import pytest
@@ -290,10 +289,10 @@ def wait_for(page, timeout=15000, **match):
         page.wait_for_function(
             "match => findEntry(match) !== undefined", arg=match, timeout=timeout
         )
-    except Exception:
+    except Exception as error:
         raise AssertionError(
             "no %s in %s" % (match, json.dumps(page.evaluate("() => log"))[-3000:])
-        )
+        ) from error
     return page.evaluate("match => findEntry(match)", match)
 
 

@@ -1450,8 +1450,8 @@ def test_e2e_recovers_missed_events_after_a_dropped_connection_and_a_restart(
                 page.wait_for_function(
                     "() => (%s)().length >= %d" % (received, count), timeout=20000
                 )
-            except Exception:
-                raise AssertionError(page.evaluate("() => log"))
+            except Exception as error:
+                raise AssertionError(page.evaluate("() => log")) from error
 
         for number in range(1, 4):
             live.trigger("news", "said", str(number))

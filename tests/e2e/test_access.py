@@ -238,7 +238,7 @@ def test_pushi_send_follows_the_same_rules(server, app):
 def test_many_joins_and_leaves_leave_nothing_behind(server):
     fresh = server.create_app("churn")
     token = server.token_headers(fresh)
-    for round_ in range(3):
+    for _ in range(3):
         clients = [
             server.connect(fresh, "pusher" if index % 2 else "pushi")
             for index in range(20)

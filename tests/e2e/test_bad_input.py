@@ -15,6 +15,7 @@ import pytest
 from pushi.base.config import Config
 from pushi.base.state import State
 from pushi.proto import auth
+
 from support import ADMIN_SECRET, free_port, signed_path
 
 LONE = "\\ud800"

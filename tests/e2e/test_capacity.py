@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pushi.net import capacity
+
 from support import (
     PushiServer,
     read_until,
@@ -34,7 +35,7 @@ def open_raw(server, app, source="127.0.0.1", timeout=5):
             if not chunk:
                 break
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         raw.close()
         return None, None
     frames = server_frames(data[data.find(b"\r\n\r\n") + 4 :])
@@ -224,7 +225,7 @@ def test_out_of_files_pauses_accepting_with_one_warning_and_resumes():
             raw.settimeout(0.2 if waiting else 3)
             try:
                 answered += b"connection_established" in raw.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 waiting.append(raw)
         assert answered > 10 and len(waiting) > 10
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (256, 256))

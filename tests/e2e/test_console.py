@@ -344,7 +344,7 @@ class TestSlowConsole:
             reader.start()
             proxy = server.client(app)
             body = "x" * size
-            for number in range(batches):
+            for _ in range(batches):
                 status, answer = server.request(
                     "POST",
                     "apps/%s/batch_events" % app["app_id"],
@@ -365,7 +365,7 @@ class TestSlowConsole:
                 raw.settimeout(max(0.1, deadline - time.time()))
                 try:
                     chunk = raw.recv(1 << 20)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 if not chunk:
                     break

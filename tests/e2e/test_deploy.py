@@ -28,6 +28,8 @@ import urllib.request
 
 import pytest
 
+from pushi.net import forwarded
+
 from support import (
     IN_CI,
     ROOT,
@@ -37,8 +39,6 @@ from support import (
     free_port,
     wait_until,
 )
-
-from pushi.net import forwarded
 
 NGINX_CONF = os.path.join(ROOT, "extra", "deploy", "nginx.conf")
 
@@ -151,7 +151,7 @@ class Nginx:
         try:
             wait_until(answers, timeout)
         except AssertionError:
-            raise RuntimeError("nginx did not start: %s" % self.read_log())
+            raise RuntimeError("nginx did not start: %s" % self.read_log()) from None
         return self
 
     def stop(self):

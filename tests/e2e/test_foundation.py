@@ -18,7 +18,6 @@ from support import (
     Client,
     PushiServer,
     free_port,
-    masked_frame,
     read_until,
     server_frames,
     stalled_subscriber,
@@ -498,7 +497,7 @@ def test_a_closed_socket_that_stopped_reading_is_let_go_after_the_grace_time():
         proxy = instance.client(app)
         payload = "x" * 8000
         # more than the kernel's loopback buffers hold: netius queues the rest
-        for index in range(700):
+        for _ in range(700):
             proxy.trigger_event(
                 channel="firehose", data=payload, event="e", persist=False
             )

@@ -7,6 +7,7 @@ import socket
 import time
 
 from pushi.net.server import HANDSHAKE_TIMEOUT
+
 from support import PushiServer
 
 UPGRADE = (

@@ -150,7 +150,7 @@ def test_a_large_answer_arrives_whole_and_what_waits_behind_it_too(server, app):
     # 1,000 stored events of 10 KB: one history answer of 10 MB, far over
     # what a client may leave unread; the second request waits behind it
     proxy = server.client(app)
-    for index in range(1000):
+    for _ in range(1000):
         proxy.trigger_event(channel="archive", data="x" * 10000, persist=True)
     path = signed_path(
         app,

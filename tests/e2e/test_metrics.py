@@ -10,8 +10,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import pushi
-
 from support import (
     ADMIN_SECRET,
     PushiServer,
@@ -19,7 +17,6 @@ from support import (
     free_port,
     hooked_app,
     join,
-    read_until,
     stalled_subscriber,
     wait_until,
 )

@@ -107,31 +107,36 @@ def test_the_installed_pushi_runs_outside_the_source_tree(installed, tmp_path):
     )
     assert created["app_id"] == "1"
     assert (home / ".local" / "share" / "pushi" / "pushi.sqlite3").is_file()
-    log = open(tmp_path / "pushi.log", "w+")
-    process = subprocess.Popen(
-        [str(installed / "pushi")],
-        env=env,
-        cwd=str(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_serving(instance, process, log)
-        for path in ("static/pushi.js", "static/example.html", "console"):
-            with urllib.request.urlopen(instance.base_url + path, timeout=10) as page:
-                assert page.status == 200 and page.read(), path
-        instance.connect(created).close()
-        # the package came from the venv, not from the source tree
-        location = run(
-            [str(installed / "python"), "-c", "import pushi; print(pushi.__file__)"],
+    with open(tmp_path / "pushi.log", "w+") as log:
+        process = subprocess.Popen(
+            [str(installed / "pushi")],
             env=env,
             cwd=str(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-        assert not location.startswith(ROOT), location
-    finally:
-        process.terminate()
-        assert process.wait(15) == 0
-        log.close()
+        try:
+            wait_until_serving(instance, process, log)
+            for path in ("static/pushi.js", "static/example.html", "console"):
+                with urllib.request.urlopen(
+                    instance.base_url + path, timeout=10
+                ) as page:
+                    assert page.status == 200 and page.read(), path
+            instance.connect(created).close()
+            # the package came from the venv, not from the source tree
+            location = run(
+                [
+                    str(installed / "python"),
+                    "-c",
+                    "import pushi; print(pushi.__file__)",
+                ],
+                env=env,
+                cwd=str(tmp_path),
+            )
+            assert not location.startswith(ROOT), location
+        finally:
+            process.terminate()
+            assert process.wait(15) == 0
 
 
 def wait_until_serving(instance, process, log, timeout=30):

@@ -531,7 +531,6 @@ def test_a_long_history_neither_bloats_nor_stalls_the_server(tmp_path):
     from before its cap) cannot raise it, and four sockets subscribing its
     personal channel over and over get the newest 100 at most, while the
     server stays small and another app's publishes and /health answer."""
-    import pushi
     from pushi.base.store.sqlite import SQLiteStore
     from pushi.proto import messages
 

@@ -13,6 +13,7 @@ import pytest
 from pushi.base import webhooks as webhooks_module
 from pushi.base.apps import AppDirectory
 from pushi.base.store.sqlite import SQLiteStore
+
 from support import PushiServer, Receiver, hooked_app, join, wait_until
 
 ADMIN = {"Authorization": "Bearer test-admin-secret-0123456789abcdef"}
@@ -340,7 +341,7 @@ def test_removing_a_hook_or_disabling_the_app_stops_its_retries(in_process):
         try:
             app, directory, webhooks = in_process(failing.url)
             webhooks.observe(app["app_id"], "occupied", {"channel": "c"})
-            wait_until(lambda: failing.seen, 5, 0.01, "the first post")
+            wait_until(lambda failing=failing: failing.seen, 5, 0.01, "the first post")
             in_process.store.update_app(app["app_id"], **change)
             directory.refresh()
             time.sleep(0.2)

@@ -8,6 +8,7 @@ import struct
 import time
 
 from pushi.proto.websocket import MAX_MESSAGE, MESSAGE_TIMEOUT
+
 from support import read_until, server_frames, upgrade_request
 
 OP_CONTINUATION, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA

@@ -21,6 +21,7 @@ from pushi.base.state import State
 from pushi.net import wire
 from pushi.proto.errors import SLOW_CONSUMER
 from pushi.proto.websocket import close_frame
+
 from support import (
     Client,
     free_port,
@@ -318,8 +319,8 @@ def test_a_failure_while_dropping_a_slow_consumer_holds_back_no_other(start):
         while not forgotten and index < 1000:
             publish_and_receive(index)
             index += 1
-        for index in range(index, index + 20):
-            publish_and_receive(index)
+        for number in range(index, index + 20):
+            publish_and_receive(number)
     assert forgotten and "a bug in the engine" in failures
     reader.ws.close()
     stalled.close()
@@ -425,7 +426,7 @@ def test_a_socket_that_keeps_sending_gets_at_most_64_messages_a_turn(state):
             try:
                 if not raw.recv(65536):
                     return
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     reader = threading.Thread(target=drain)

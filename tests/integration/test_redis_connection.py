@@ -28,6 +28,7 @@ from pushi.net.redis import (
     parse_url,
     redacted,
 )
+
 from redis_support import RedisServer, TcpProxy, require_redis
 from support import free_port
 

@@ -36,6 +36,7 @@ from pushi.base.store import (
 )
 from pushi.base.store import sqlite as sqlite_module
 from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
+
 from support import SRC
 
 MONGO_URL = os.environ.get("MONGO_URL")

@@ -20,6 +20,7 @@ from pushi.base.state import LoopStopped, State
 from pushi.base.store.sqlite import SQLiteStore
 from pushi.base.webhooks import Webhooks, _Lane
 from pushi.proto import auth
+
 from support import (
     ADMIN_SECRET,
     PushiServer,

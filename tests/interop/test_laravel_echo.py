@@ -16,6 +16,7 @@ import os
 import pytest
 
 import pushi
+
 from interop_support import INTEROP, NodeAgent
 from support import wait_until
 

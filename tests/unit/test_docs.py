@@ -16,15 +16,14 @@ import glob
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
 import appier
 import pytest
 
-import pushi.app.app  # noqa: F401  (registers the app's routes)
-import pushi.app.controllers  # noqa: F401
+import pushi.app.app  # registers the app's routes
+import pushi.app.controllers  # noqa: F401  (and the controllers')
 from pushi.app import publish
 from pushi.base import limits
 from pushi.base.config import Config
@@ -80,7 +79,7 @@ def without_code(text):
 
 def _number(value):
     """How a default number shows in the docs: as it is, or with commas."""
-    return (str(value), "{:,}".format(value))
+    return (str(value), f"{value:,}")
 
 
 def test_every_environment_variable_is_documented_with_its_default():

@@ -2,6 +2,7 @@
 loop in one turn, publishers told before the turn's write."""
 
 from pushi.base.broker import LocalBroker
+
 from support import logged_failures
 
 

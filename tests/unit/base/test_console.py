@@ -9,6 +9,7 @@ from pushi.base.config import Config
 from pushi.base.console import ConsoleHub, History, MinuteCounter
 from pushi.base.engine import Engine
 from pushi.base.limits import App
+
 from support import RecordingTransport
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 from pushi.base.config import Config
 from pushi.base.engine import Engine
 from pushi.proto import auth
+
 from support import connect, make_app, send
 
 

@@ -11,6 +11,7 @@ from pushi.base import engine as engine_module
 from pushi.base.config import Config
 from pushi.base.engine import Engine
 from pushi.proto import auth
+
 from support import connect, make_app, send
 
 

@@ -14,10 +14,8 @@ from support import ROOT
 
 sys.path.insert(0, ROOT)
 
-from pushi.proto import websocket  # noqa: E402
-
-from bench import stats  # noqa: E402
-from bench import wire  # noqa: E402
+from bench import stats, wire
+from pushi.proto import websocket
 
 KEY = "278d425bdf160c739803"
 SECRET = "7ad3773142a6692b25b8"

@@ -21,6 +21,7 @@ import pytest
 from pushi.base.config import Config
 from pushi.base.state import State
 from pushi.net import wire
+
 from support import SRC as SOURCES
 from support import free_port
 

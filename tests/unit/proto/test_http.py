@@ -10,7 +10,7 @@ import pytest
 
 from pushi.proto import errors, http
 
-from support import SRC  # noqa: E402
+from support import SRC
 
 BODY = b'{"name":"e","channel":"c","data":"{\\"a\\":1}"}'
 TRIGGER = (
