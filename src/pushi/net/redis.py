@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import urllib.parse
+from typing import Any
 
 import hiredis
 
@@ -107,7 +108,7 @@ def parse_url(url):
     parts = urllib.parse.urlsplit(url)
     query = urllib.parse.parse_qs(parts.query)
     unquote = urllib.parse.unquote
-    result = dict(
+    result: dict[str, Any] = dict(
         host=None,
         port=None,
         path=None,
@@ -276,7 +277,7 @@ class _Link:
         self._sock = None
         self._reader = None
         self._out = bytearray()
-        self._pending = collections.deque()
+        self._pending: collections.deque = collections.deque()
         self._flushing = False
         self._blocked = False
         self._connecting = False
@@ -287,7 +288,7 @@ class _Link:
         self._closed = False
         self._reported = False
         self._generation = 0
-        self._last_seen = 0
+        self._last_seen = 0.0
         self._attempts = -1
         self.writes = 0
         """ Writes (``send`` calls) so far: one per loop turn that has
@@ -380,7 +381,7 @@ class _Link:
         address = self.address
         now = time.monotonic()
         if address["password"] is not None:
-            credentials = (address["password"],)
+            credentials: tuple[str, ...] = (address["password"],)
             if address["username"]:
                 credentials = (address["username"], address["password"])
             self._send(("AUTH",) + credentials, _Call(None, now + self.timeout, "auth"))
@@ -393,6 +394,7 @@ class _Link:
         """A reply of the handshake: the connection is up after ``INFO``."""
         if isinstance(reply, ReplyError):
             message = str(reply)
+            error: ConnectionDown
             if call.kind == "auth" or message.startswith(("NOAUTH", "WRONGPASS")):
                 error = AuthError(
                     "Redis refused the connection's credentials: %s" % message
@@ -496,10 +498,12 @@ class _Link:
 
     def _write(self):
         out = self._out
+        sock = self._sock
+        assert sock is not None  # written only while connected
         while out:
             try:
                 self.writes += 1
-                sent = self._sock.send(out)
+                sent = sock.send(out)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as error:
@@ -521,9 +525,11 @@ class _Link:
         self._last_seen = time.monotonic()
         budget = READ_BUDGET
         generation = self._generation
+        sock, reader = self._sock, self._reader
+        assert sock is not None and reader is not None  # read only while connected
         while budget > 0:
             try:
-                data = self._sock.recv(READ_CHUNK)
+                data = sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as error:
@@ -533,7 +539,7 @@ class _Link:
                 self._failed(ConnectionDown("Redis closed the connection"))
                 return
             budget -= len(data)
-            self._reader.feed(data)
+            reader.feed(data)
             if not self._replies(generation):
                 return
         else:
@@ -547,6 +553,7 @@ class _Link:
         """Hands each whole reply on; False once the connection went down
         meanwhile (what is left belongs to the old one)."""
         reader = self._reader
+        assert reader is not None  # read only while connected
         while True:
             try:
                 reply = reader.gets()
