@@ -206,8 +206,10 @@ class SQLiteStore(base.Store):
 
     Safe to share between threads and to open from several processes."""
 
-    def __init__(self, data_dir, synchronous="FULL"):
+    def __init__(self, data_dir, synchronous="FULL", events_address=None):
         self.data_dir = os.path.abspath(data_dir)
+        # worker mode: the supervisor's shared events writer (sqlite_events)
+        self.events_address = events_address
         os.makedirs(self.data_dir, exist_ok=True)
         self.path = os.path.join(self.data_dir, DATABASE_NAME)
         self.synchronous = synchronous
@@ -227,7 +229,7 @@ class SQLiteStore(base.Store):
         self._create_schema(writer_connection)
         self._database = MovedDatabase(self.path, synchronous, writer_connection)
         # started on the first events to store: the CLI never needs it
-        self._events = EventsProcess(self.path, self.synchronous)
+        self._events = EventsProcess(self.path, self.synchronous, events_address)
         # the events of a server: committed by a group commit on its loop
         self._group = None
         self._writer = threading.Thread(
@@ -637,7 +639,9 @@ class SQLiteStore(base.Store):
         drives (see ``GroupCommit``): no thread hand-off between the loop
         that publishes and the child that commits."""
         self._group = GroupCommit(
-            EventsProcess(self.path, self.synchronous), loop, MAX_BATCH_TICKETS
+            EventsProcess(self.path, self.synchronous, self.events_address),
+            loop,
+            MAX_BATCH_TICKETS,
         )
 
     @staticmethod

@@ -21,11 +21,19 @@ message)``.  A row list that fails (a constraint) fails alone: it is
 retried in its own savepoint.  The child exits when its input closes, so
 it never outlives the server for long, and a batch is answered only once
 it is committed.
+
+Worker mode (``PUSHI_WORKERS``): the supervisor runs ONE shared writer
+(``serve``) on a Unix socket, and each worker's ``EventsProcess`` is given
+its ``address`` and connects to it instead of starting a child of its own.
+Same frames, same one-batch-at-a-time per connection; the shared writer
+commits the batches waiting from all workers in one transaction, so the
+workers never take turns at the write lock and keep one group commit.
 """
 
 import logging
 import os
 import pickle
+import selectors
 import signal
 import socket
 import sqlite3
@@ -137,24 +145,103 @@ def main(argv=None):
             database.check()
         except Exception as error:
             errors = [error] * len(row_lists)
-        _write_frame(
-            sink,
-            [
-                None if error is None else (type(error).__name__, str(error))
-                for error in errors
-            ],
-        )
+        _write_frame(sink, _answer(errors))
+    database.close()
+
+
+def _answer(errors):
+    return [
+        None if error is None else (type(error).__name__, str(error))
+        for error in errors
+    ]
+
+
+def serve(argv=None):
+    """The shared events writer of worker mode: ``serve(path, synchronous,
+    listening socket fd, life fd)``.  Workers connect to the listening Unix
+    socket (made by the supervisor, so it outlives a restart of this
+    process); the batches that are waiting from all of them are committed
+    together and each is answered on its own connection.  Ends once the
+    life fd (a pipe whose other end only the supervisor holds) reads end
+    of file, after answering what it committed."""
+    from pushi.base.store.sqlite import MovedDatabase
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    path, synchronous, listen_fd, life_fd = (argv or sys.argv)[1:5]
+    listener = socket.socket(fileno=int(listen_fd))
+    listener.setblocking(False)
+    life = int(life_fd)
+    database = MovedDatabase(path, synchronous)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    selector.register(life, selectors.EVENT_READ)
+    received = {}
+    while True:
+        batches = []
+        for key, _events in selector.select():
+            if key.fd == life:
+                if not os.read(life, 64):
+                    selector.unregister(life)
+                    life = None
+            elif key.fileobj is listener:
+                try:
+                    peer, _address = listener.accept()
+                except OSError:
+                    continue
+                # answers are small and the worker reads them: a timeout
+                # only guards against a worker that stopped (SIGSTOP)
+                peer.settimeout(10)
+                received[peer] = b""
+                selector.register(peer, selectors.EVENT_READ)
+            else:
+                peer = key.fileobj
+                try:
+                    data = peer.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(peer)
+                    received.pop(peer, None)
+                    peer.close()
+                    continue
+                buffer = received[peer] + data
+                while len(buffer) >= _LENGTH.size:
+                    (size,) = _LENGTH.unpack_from(buffer)
+                    end = _LENGTH.size + size
+                    if len(buffer) < end:
+                        break
+                    batches.append((peer, pickle.loads(buffer[_LENGTH.size : end])))
+                    buffer = buffer[end:]
+                received[peer] = buffer
+        if batches:
+            row_lists = [rows for _peer, lists in batches for rows in lists]
+            try:
+                errors = store_batch(database.get(), row_lists)
+                database.check()
+            except Exception as error:
+                errors = [error] * len(row_lists)
+            for peer, lists in batches:
+                answer, errors = errors[: len(lists)], errors[len(lists) :]
+                try:
+                    peer.sendall(_frame(_answer(answer)))
+                except OSError:
+                    pass  # its worker is gone: it reads EOF when it is back
+        if life is None:
+            break
     database.close()
 
 
 class EventsProcess:
     """The parent's handle on the events writer, over a socket pair: either
     one thread calls ``store`` (blocking), or a loop ``send``s and, when
-    ``socket`` is readable, ``receive``s."""
+    ``socket`` is readable, ``receive``s.  With ``address`` (worker mode) it
+    connects to the supervisor's shared writer there instead of starting a
+    child."""
 
-    def __init__(self, path, synchronous):
+    def __init__(self, path, synchronous, address=None):
         self.path = path
         self.synchronous = synchronous
+        self.address = address
         self.socket = None
         self.ended = False
         self._process = None
@@ -162,6 +249,8 @@ class EventsProcess:
 
     @property
     def running(self):
+        if self.address is not None:
+            return self.socket is not None and not self.ended
         return self._process is not None and self._process.poll() is None
 
     def start(self):
@@ -169,6 +258,15 @@ class EventsProcess:
         if self.running:
             return self.socket
         self.close()
+        if self.address is not None:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connection.connect(self.address)
+            except BaseException:
+                connection.close()
+                raise
+            self.socket = connection
+            return connection
         import pushi
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(pushi.__file__)))
