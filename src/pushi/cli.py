@@ -1,6 +1,7 @@
 """The ``pushi`` command: run the server, manage apps.
 
     pushi                      runs the server (same as ``pushi serve``)
+    pushi --workers N|auto     ... as N worker processes (``PUSHI_WORKERS``)
     pushi app create NAME [--json] [--client-events]
     pushi app list [--json]
     pushi app keys add APP_ID [--json]      adds a key/secret pair, prints it
@@ -16,6 +17,7 @@ key's sockets are closed then).  Each says on stderr which store it used
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -31,8 +33,16 @@ def main(argv=None):
         epilog="Settings are environment variables (PUSHI_DATA_DIR, MONGO_URL,"
         " APP_PORT, SERVER_PORT, ...: see the README).",
     )
+    workers_help = (
+        "run N worker processes sharing the ports (auto: one per core;"
+        " PUSHI_WORKERS)"
+    )
+    parser.add_argument("--workers", metavar="N", help=workers_help)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the server (the default)")
+    serve_parser = commands.add_parser("serve", help="run the server (the default)")
+    serve_parser.add_argument(
+        "--workers", metavar="N", help=workers_help, default=argparse.SUPPRESS
+    )
     app_parser = commands.add_parser("app", help="manage apps")
     app = app_parser.add_subparsers(dest="action")
     create = app.add_parser("create", help="create an app and print its credentials")
@@ -62,6 +72,9 @@ def main(argv=None):
     if args.command in (None, "serve"):
         from pushi.base.state import main as serve
 
+        if args.workers is not None:
+            # read with the other settings (and checked) by Config.from_env
+            os.environ["PUSHI_WORKERS"] = args.workers
         return serve()
     if args.command == "app" and args.action:
         from pushi.base.store import open_store

@@ -94,6 +94,14 @@ def _not_negative(value):
     return number
 
 
+def _workers(value):
+    """A number of worker processes above 0, or ``auto``: one per core."""
+    value = str(value).strip().lower()
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _positive(int)(value)
+
+
 def _redis_url(value):
     """A ``redis://`` or ``unix://`` URL (``net/redis.parse_url``)."""
     from pushi.net.redis import parse_url
@@ -179,6 +187,9 @@ class Config:
         ("drain_seconds", "PUSHI_DRAIN_SECONDS", 0, _not_negative),
         # None: one process; set: a node of the cluster on that Redis
         ("redis_url", "PUSHI_REDIS_URL", None, _redis_url),
+        # above 1: a supervisor and that many worker processes sharing the
+        # ports (base/workers.py); "auto": one per core
+        ("workers", "PUSHI_WORKERS", 1, _workers),
     )
 
     def __init__(self, **values):

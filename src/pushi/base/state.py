@@ -174,6 +174,8 @@ class State:
         # with PUSHI_REDIS_URL: this node's claim of the cluster's store
         # (cluster/stores.py)
         self.store_claim = None
+        # runs the retention thread (in worker mode, one worker does)
+        self.retain = True
 
     def _admit_app(self, app, key, origin):
         """Whether a WebSocket may join an app (``Access.admit_socket``),
@@ -511,9 +513,10 @@ class State:
             target=serve, name="pushi-loop", daemon=True
         )
         self._loop_thread.start()
-        threading.Thread(
-            target=self._retain, name="pushi-retention", daemon=True
-        ).start()
+        if self.retain:
+            threading.Thread(
+                target=self._retain, name="pushi-retention", daemon=True
+            ).start()
         threading.Thread(
             target=self._watch_apps, name="pushi-apps", daemon=True
         ).start()
@@ -853,6 +856,11 @@ def configure_logging(level):
 def main():
     config = Config.from_env()
     log = configure_logging(config.log_level)
+    if config.workers > 1:
+        from pushi.base.workers import supervise
+
+        log.started()
+        return supervise(config)
 
     def terminate(_signum, _frame):
         raise KeyboardInterrupt()

@@ -54,12 +54,20 @@ class OwnPort:
     bind them too, and the kernel would split the new connections between
     two processes that know nothing of each other's sockets: a publish to
     one would miss the subscribers of the other.  Cleared here, the second
-    one fails to bind (address in use)."""
+    one fails to bind (address in use).
+
+    A worker of ``PUSHI_WORKERS`` sets ``reuse_port``: the workers share
+    each port on purpose, and their supervisor keeps another Pushi out
+    (``base/workers.py``)."""
+
+    reuse_port = False
 
     def socket_tcp(self, *args, **kwargs):
         _socket = super().socket_tcp(*args, **kwargs)  # type: ignore[misc]
         if hasattr(socket, "SO_REUSEPORT"):
-            _socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+            _socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEPORT, 1 if self.reuse_port else 0
+            )
         return _socket
 
 
