@@ -436,3 +436,63 @@ def test_workers_use_the_given_redis_with_its_password_masked():
     finally:
         server.stop()
         secured.close()
+
+
+def _cluster_presence():
+    """True once a node's State keeps presence in Redis (the cluster state
+    with its reaper of dead nodes, ``base/cluster``)."""
+    with open(os.path.join(SRC, "pushi", "base", "state.py")) as file:
+        return "ClusterState" in file.read()
+
+
+@pytest.mark.skipif(
+    not _cluster_presence(),
+    reason="presence across nodes (ClusterState and its reaper) is not wired"
+    " into State on this branch",
+)
+def test_a_killed_workers_presence_members_leave_once(workers):
+    from pushi.proto import auth
+
+    server = workers()
+    app = server.create_app("presence")
+    by_node = {}
+    clients = []
+    while len(by_node) < WORKERS and len(clients) < 100:
+        client = server.connect(app)
+        clients.append(client)
+        by_node.setdefault(int(client.socket_id.split(".")[0]), client)
+    assert len(by_node) == WORKERS
+    pids = {
+        int(
+            re.search(r"pushi\[%d\] Cluster node (\d+)" % pid, server.read_log()).group(
+                1
+            )
+        ): pid
+        for pid in server.pids
+    }
+    (victim_node, victim), (_survivor_node, survivor) = sorted(by_node.items())
+    for client, user in ((survivor, "stay"), (victim, "gone")):
+        channel_data = json.dumps({"user_id": user})
+        signature = auth.channel_auth(
+            app["key"], app["secret"], client.socket_id, "presence-room", channel_data
+        )
+        answer = client.subscribe("presence-room", signature, channel_data)
+        assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    added = survivor.recv_event("pusher_internal:member_added", timeout=10)
+    assert json.loads(added["data"])["user_id"] == "gone"
+    os.kill(pids[victim_node], signal.SIGKILL)
+    # the reaper of the dead node's entries: within its bound (10 s) and a turn
+    removed = survivor.recv_event("pusher_internal:member_removed", timeout=40)
+    assert json.loads(removed["data"])["user_id"] == "gone"
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            message = survivor.recv(timeout=max(0.1, deadline - time.time()))
+        except TimeoutError:
+            break
+        assert message["event"] != "pusher_internal:member_removed", message
+    for client in clients:
+        try:
+            client.close()
+        except Exception:
+            pass
