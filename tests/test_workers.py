@@ -48,8 +48,12 @@ class Workers(PushiServer):
     supervisor logged its workers; ``pids`` then holds the workers',
     ``redis_pid`` and ``writer_pid`` the private Redis's and the writer's."""
 
-    def __init__(self, workers=WORKERS, **kwargs):
-        env = dict(kwargs.pop("env", None) or {}, PUSHI_WORKERS=str(workers))
+    def __init__(self, workers=WORKERS, cli=None, **kwargs):
+        env = dict(kwargs.pop("env", None) or {})
+        if cli is None:
+            env["PUSHI_WORKERS"] = str(workers)
+        # else the arguments of ``pushi`` (``--workers N``)
+        self.cli_arguments = cli
         PushiServer.__init__(self, env=env, **kwargs)
         self.pids = []
         self.redis_pid = None
@@ -75,6 +79,11 @@ class Workers(PushiServer):
                 return self
             time.sleep(0.1)
         raise RuntimeError("workers did not start: %s" % self.read_log())
+
+    def command(self):
+        if self.cli_arguments is None:
+            return PushiServer.command(self)
+        return [sys.executable, "-m", "pushi"] + self.cli_arguments
 
     def children(self):
         return [self.redis_pid, self.writer_pid] + self.pids
@@ -391,6 +400,13 @@ def test_a_second_pushi_on_the_same_ports_or_data_dir_is_refused(workers):
         assert "Traceback" not in result.stderr
     # the first one still serves
     assert server.node_ids()
+
+
+def test_pushi_workers_auto_runs_one_worker_per_core(workers):
+    server = workers(cli=["--workers", "auto"])
+    assert len(server.pids) == (os.cpu_count() or 1)
+    assert all(alive(pid) for pid in server.pids)
+    assert len(server.node_ids()) == len(server.pids)
 
 
 def test_worker_mode_without_redis_server_says_what_to_install():

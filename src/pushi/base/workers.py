@@ -234,8 +234,9 @@ class Supervisor:
             lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._held.append(lock)
             try:
-                # abstract (Linux): no file, released when the process ends
-                lock.bind("\0pushi-port-%s-%d" % (listen["host"], listen["port"]))
+                # abstract (Linux): no file, released when the process ends;
+                # by port alone, as 0.0.0.0 and 127.0.0.1 overlap
+                lock.bind("\0pushi-port-%d" % listen["port"])
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
                     raise _listen_error(what, prefix, listen, error)
