@@ -512,3 +512,31 @@ def test_a_killed_workers_presence_members_leave_once(workers):
             client.close()
         except Exception:
             pass
+
+
+def test_a_killed_events_writer_is_restarted_and_persisting_goes_on(workers):
+    server = workers()
+    app = server.create_app("writer")
+    connection = http.client.HTTPConnection("127.0.0.1", server.app_port, timeout=15)
+    status, answer = publish(connection, app, "stored", "saved", "before", persist=True)
+    assert status == 200, answer
+    os.kill(server.writer_pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and "Restarted events writer" not in server.read_log():
+        time.sleep(0.2)
+    assert "Restarted events writer" in server.read_log(), server.read_log()
+    # each worker's next batch connects to the new writer
+    answers = []
+    for index in range(20):
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", server.app_port, timeout=15
+        )
+        answers.append(
+            publish(
+                connection, app, "stored", "saved", "after-%d" % index, persist=True
+            )
+        )
+        connection.close()
+    # a batch in flight when the writer died is answered 503, never lost silently
+    assert all(status in (200, 503) for status, _answer in answers), answers
+    assert [status for status, _answer in answers][-5:] == [200] * 5, answers
