@@ -127,6 +127,13 @@ def parse_args(argv):
         "or off (0); default: once, with the server's defaults"
         % ",".join(scenarios.RECOVERY_SCENARIOS),
     )
+    parser.add_argument(
+        "--pushi-workers",
+        default=None,
+        help="comma-separated PUSHI_WORKERS counts (e.g. 1,2): run every "
+        "scenario on Pushi once per count, the server's CPU and memory "
+        "those of all its processes (--workers is the load generator's)",
+    )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
@@ -331,6 +338,12 @@ def markdown(results, info, names):
 def label(key):
     """The row label of a result key."""
     scenario, variant, size = key.split("/")
+    if " workers-" in variant:
+        variant, count = variant.rsplit(" workers-", 1)
+        return "%s, PUSHI_WORKERS=%s" % (
+            label("/".join([scenario, variant, size])),
+            count,
+        )
     if " recovery-" in variant:
         variant, mode = variant.split(" recovery-")
         return "%s, recovery %s" % (label("/".join([scenario, variant, size])), mode)
@@ -506,34 +519,62 @@ def run_once(chosen, names, profile, options):
                 results.append(line)
             continue
         for name in names:
-            for mode in recovery_modes(scenario, name, options):
-                options.recovery_mode = mode
-                log(
-                    "scenario %s on %s%s"
-                    % (scenario, name, " recovery %s" % mode if mode else "")
-                )
+            for count in worker_counts(name, options):
+                servers.PushiServer.workers = count
                 try:
-                    lines = scenarios.SCENARIOS[scenario](name, profile, options)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exception:  # report and go on
-                    lines = [
-                        {
-                            "scenario": scenario,
-                            "variant": "error",
-                            "server": name,
-                            "error": "%s: %s" % (type(exception).__name__, exception),
-                        }
-                    ]
-                for line in lines:
-                    if mode:
-                        # a row per mode (the floor measured after it too)
-                        line["recovery"] = mode
-                        line["variant"] = "%s recovery-%s" % (line["variant"], mode)
-                    emit(line, options.out)
-                    results.append(line)
-            options.recovery_mode = None
+                    results += run_server(scenario, name, count, profile, options)
+                finally:
+                    servers.PushiServer.workers = None
     return results
+
+
+def run_server(scenario, name, count, profile, options):
+    """Runs one scenario on one server (with ``count`` Pushi workers, or
+    its default with None), once per recovery mode; returns the results."""
+    results = []
+    for mode in recovery_modes(scenario, name, options):
+        options.recovery_mode = mode
+        log(
+            "scenario %s on %s%s%s"
+            % (
+                scenario,
+                name,
+                " recovery %s" % mode if mode else "",
+                " workers %d" % count if count else "",
+            )
+        )
+        try:
+            lines = scenarios.SCENARIOS[scenario](name, profile, options)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exception:  # report and go on
+            lines = [
+                {
+                    "scenario": scenario,
+                    "variant": "error",
+                    "server": name,
+                    "error": "%s: %s" % (type(exception).__name__, exception),
+                }
+            ]
+        for line in lines:
+            if mode:
+                # a row per mode (the floor measured after it too)
+                line["recovery"] = mode
+                line["variant"] = "%s recovery-%s" % (line["variant"], mode)
+            if count:
+                line["pushi_workers"] = count
+                line["variant"] = "%s workers-%d" % (line["variant"], count)
+            emit(line, options.out)
+            results.append(line)
+    options.recovery_mode = None
+    return results
+
+
+def worker_counts(name, options):
+    """The ``--pushi-workers`` counts Pushi runs with (None: its default)."""
+    if not options.pushi_workers or name != "pushi":
+        return [None]
+    return [int(count) for count in options.pushi_workers.split(",")]
 
 
 def recovery_modes(scenario, name, options):

@@ -191,6 +191,8 @@ class PushiServer(Server):
     preload = None
     #: ``PUSHI_ADMIN_SECRET`` of the server (unset: none)
     admin_secret = None
+    #: ``PUSHI_WORKERS`` of the server (None: unset, one process)
+    workers = None
 
     def preload_store(self, count, channel, app_id=None):
         """Writes ``count`` event records of the app (the bench app unless
@@ -257,6 +259,8 @@ class PushiServer(Server):
         )
         if self.admin_secret:
             env["PUSHI_ADMIN_SECRET"] = self.admin_secret
+        if self.workers:
+            env["PUSHI_WORKERS"] = str(self.workers)
         return env
 
     def create_app(self, name):
