@@ -282,7 +282,8 @@ def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
             pass
 
 
-def test_sigterm_closes_every_socket_with_4200_and_leaves_nothing(workers):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_closes_every_socket_with_4200_and_leaves_nothing(workers, signum):
     server = workers()
     app = server.create_app("stop")
     clients = [server.connect(app) for _ in range(20)]
@@ -290,7 +291,8 @@ def test_sigterm_closes_every_socket_with_4200_and_leaves_nothing(workers):
     children = server.children()
     assert all(children) and all(alive(pid) for pid in children)
     process = server.process
-    process.terminate()
+    # SIGINT: Ctrl-C in a terminal (the workers run in sessions of their own)
+    process.send_signal(signum)
     assert [client.close_code(timeout=20) for client in clients] == [4200] * 20
     assert process.wait(30) == 0
     log = server.read_log()
@@ -540,3 +542,41 @@ def test_a_killed_events_writer_is_restarted_and_persisting_goes_on(workers):
     # a batch in flight when the writer died is answered 503, never lost silently
     assert all(status in (200, 503) for status, _answer in answers), answers
     assert [status for status, _answer in answers][-5:] == [200] * 5, answers
+
+
+def test_a_killed_private_redis_is_restarted_and_the_workers_rejoin(workers):
+    server = workers()
+    app = server.create_app("redis")
+    os.kill(server.redis_pid, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline and "Restarted redis-server" not in server.read_log():
+        time.sleep(0.2)
+    assert "Restarted redis-server" in server.read_log(), server.read_log()
+    # the workers find the new, empty Redis by themselves and serve again
+    deadline = time.time() + 60
+    delivered = False
+    while time.time() < deadline and not delivered:
+        client = server.connect(app)
+        answer = client.subscribe("back")
+        if answer["event"] == "pusher_internal:subscription_succeeded":
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", server.app_port, timeout=15
+            )
+            status, _answer = publish(connection, app, "back", "again", "up")
+            if status == 200:
+                delivered = client.recv_event("again")["data"] == "up"
+        client.close()
+        time.sleep(0.5)
+    assert delivered, server.read_log()
+
+
+def test_a_child_that_keeps_dying_is_restarted_later_each_time():
+    from pushi.base.workers import BACKOFF, Child
+
+    child = Child("worker 1", lambda: None)
+    child.start()
+    delays = [child.died() for _ in range(len(BACKOFF) + 2)]
+    assert delays == list(BACKOFF) + [BACKOFF[-1]] * 2
+    # one that ran long enough starts over
+    child.started_at -= 3600
+    assert child.died() == BACKOFF[0]
