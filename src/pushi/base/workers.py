@@ -476,6 +476,8 @@ class Supervisor:
     def _stop(self):
         """Stops the workers (4200 to their sockets), then the writer once
         it answered what it took, then Redis; leaves nothing behind."""
+        if self.workers:
+            logger.info("Stopping %d workers", len(self.workers))
         for worker in self.workers:
             self._signal(worker, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT + self.config.drain_seconds
