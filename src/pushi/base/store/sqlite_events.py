@@ -225,7 +225,11 @@ def serve(argv=None):
                 try:
                     peer.sendall(_frame(_answer(answer)))
                 except OSError:
-                    pass  # its worker is gone: it reads EOF when it is back
+                    # gone, or stopped past the timeout: closed, it reads
+                    # end of file (its batch failed) when it is back
+                    selector.unregister(peer)
+                    received.pop(peer, None)
+                    peer.close()
         if life is None:
             break
     database.close()
