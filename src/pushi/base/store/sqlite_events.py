@@ -222,6 +222,8 @@ def serve(argv=None):
                 errors = [error] * len(row_lists)
             for peer, lists in batches:
                 answer, errors = errors[: len(lists)], errors[len(lists) :]
+                if peer.fileno() < 0:
+                    continue  # closed by a failed answer of this round
                 try:
                     peer.sendall(_frame(_answer(answer)))
                 except OSError:
