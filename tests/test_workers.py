@@ -580,3 +580,36 @@ def test_a_child_that_keeps_dying_is_restarted_later_each_time():
     # one that ran long enough starts over
     child.started_at -= 3600
     assert child.died() == BACKOFF[0]
+
+
+def test_the_apps_file_is_applied_once_by_the_supervisor(workers, tmp_path):
+    path = tmp_path / "apps.json"
+    secret = "apps-file-secret-0123456789abcdef"
+    path.write_text(
+        json.dumps({"apps": [{"app_id": "5", "key": "filed-key", "secret": secret}]})
+    )
+    server = workers(env={"PUSHI_APPS_FILE": str(path)})
+    log = server.read_log()
+    assert log.count("1 created, 0 updated, 0 unchanged") == 1, log
+    app = {"app_id": "5", "key": "filed-key", "secret": secret}
+    clients = [server.connect(app) for _ in range(20)]
+    assert len({client.socket_id.split(".")[0] for client in clients}) == WORKERS
+    for client in clients:
+        client.close()
+    # a bad file is refused once, in one line, before any worker starts
+    path.write_text(json.dumps({"apps": [{"app_id": "5", "key": "filed-key"}]}))
+    result = subprocess.run(
+        [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")],
+        env=dict(
+            server.env(),
+            APP_PORT=str(free_port()),
+            SERVER_PORT=str(free_port()),
+            PUSHI_DATA_DIR=str(tmp_path / "other"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "secret" in result.stderr

@@ -181,6 +181,7 @@ class Supervisor:
             self._check()
             self._hold_ports()
             self._lock_data_dir()
+            self._apply_apps_file()
             self._start_redis()
             self._start_writer()
             for index in range(self.count):
@@ -264,6 +265,23 @@ class Supervisor:
                 "Another Pushi with PUSHI_WORKERS runs on the data dir %s"
                 % os.path.abspath(data_dir)
             )
+
+    def _apply_apps_file(self):
+        """``PUSHI_APPS_FILE`` is applied here, once, before any worker
+        starts (N workers would apply it at once); the workers take the
+        apps from the store."""
+        if not self.config.apps_file:
+            return
+        from pushi.base.appsfile import apply_file
+        from pushi.base.store import open_store
+
+        store = open_store(
+            data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
+        )
+        try:
+            apply_file(store, self.config.apps_file)
+        finally:
+            store.close()
 
     def _socket_path(self, name):
         """``name`` in the data dir, or in a private temp dir when there is
@@ -367,7 +385,14 @@ class Supervisor:
         self.writer.start()
 
     def _worker_starter(self, index):
-        env = _package_env({"PUSHI_REDIS_URL": self.redis_url, "PUSHI_WORKERS": None})
+        env = _package_env(
+            {
+                "PUSHI_REDIS_URL": self.redis_url,
+                "PUSHI_WORKERS": None,
+                # applied by the supervisor
+                "PUSHI_APPS_FILE": None,
+            }
+        )
         arguments = [
             self.events_address or "",
             str(self._life_r),
