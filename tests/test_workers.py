@@ -613,3 +613,46 @@ def test_the_apps_file_is_applied_once_by_the_supervisor(workers, tmp_path):
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "secret" in result.stderr
+
+
+def test_sigterm_to_every_process_at_once_still_stops_cleanly(workers):
+    """As systemd's default KillMode=control-group stops a service."""
+    server = workers()
+    app = server.create_app("group")
+    clients = [server.connect(app) for _ in range(10)]
+    connection = http.client.HTTPConnection("127.0.0.1", server.app_port, timeout=15)
+    for index in range(20):
+        status, answer = publish(
+            connection, app, "kept", "saved", "group-%d" % index, persist=True
+        )
+        assert status == 200, answer
+    children = server.children()
+    process = server.process
+    for pid in [process.pid] + children:
+        os.kill(pid, signal.SIGTERM)
+    assert [client.close_code(timeout=20) for client in clients] == [4200] * 10
+    assert process.wait(30) == 0
+    assert "Traceback" not in server.read_log(), server.read_log()
+    assert wait_gone(children) == []
+    server.process = None
+    server.log.close()
+    database = sqlite3.connect(os.path.join(server.data_dir, "pushi.sqlite3"))
+    try:
+        (count,) = database.execute(
+            "SELECT count(*) FROM events WHERE app_id = ?", (str(app["app_id"]),)
+        ).fetchone()
+    finally:
+        database.close()
+    assert count == 20
+
+
+def test_the_events_writer_ends_with_the_supervisor_not_on_its_own_sigterm(workers):
+    server = workers()
+    app = server.create_app("writer-term")
+    os.kill(server.writer_pid, signal.SIGTERM)
+    time.sleep(2)
+    assert alive(server.writer_pid)
+    connection = http.client.HTTPConnection("127.0.0.1", server.app_port, timeout=15)
+    status, answer = publish(connection, app, "kept", "saved", "after", persist=True)
+    assert status == 200, answer
+    assert "events writer (pid" not in server.read_log()

@@ -28,7 +28,9 @@ sockets with 4200, as one process does), then the writer and Redis.  Each
 child gets SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG`` on Linux),
 and the workers and the writer also end when a pipe only the supervisor
 holds reads end of file: after ``kill -9`` of the supervisor nothing is
-left running.
+left running.  The writer ignores SIGTERM (it ends with that pipe, after
+the workers), so a SIGTERM sent to every process at once (systemd's
+default ``KillMode``) still lets the workers commit their last batches.
 """
 
 import ctypes

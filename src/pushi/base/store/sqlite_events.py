@@ -166,7 +166,10 @@ def serve(argv=None):
     of file, after answering what it committed."""
     from pushi.base.store.sqlite import MovedDatabase
 
+    # its end is the supervisor's: a SIGTERM sent to the whole group
+    # (systemd's default) must not end it before the workers' last batches
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, synchronous, listen_fd, life_fd = (argv or sys.argv)[1:5]
     listener = socket.socket(fileno=int(listen_fd))
     listener.setblocking(False)
