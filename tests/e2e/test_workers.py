@@ -29,6 +29,7 @@ import pytest
 from redis_support import require_redis
 from support import (
     ADMIN_SECRET,
+    SRC,
     PushiServer,
     env_with_src,
     free_port,
@@ -37,7 +38,6 @@ from support import (
     server_frames,
     signed_path,
     upgrade_request,
-    SRC,
 )
 
 WORKERS = 2
@@ -456,18 +456,6 @@ def test_workers_use_the_given_redis_with_its_password_masked():
         secured.close()
 
 
-def _cluster_presence():
-    """True once a node's State keeps presence in Redis (the cluster state
-    with its reaper of dead nodes, ``base/cluster``)."""
-    with open(os.path.join(SRC, "pushi", "base", "state.py")) as file:
-        return "ClusterState" in file.read()
-
-
-@pytest.mark.skipif(
-    not _cluster_presence(),
-    reason="presence across nodes (ClusterState and its reaper) is not wired"
-    " into State on this branch",
-)
 def test_a_killed_workers_presence_members_leave_once(workers):
     from pushi.proto import auth
 
