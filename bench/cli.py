@@ -76,10 +76,11 @@ def parse_args(argv):
         "--duration", type=float, default=None, help="seconds per load phase"
     )
     parser.add_argument(
-        "--workers",
+        "--generators",
         type=int,
         default=None,
-        help="subscriber worker processes (default: 1 up to 1,000 sockets, else 2)",
+        help="the load generator's subscriber processes (default: 1 up to "
+        "1,000 sockets, else 2)",
     )
     parser.add_argument(
         "--connections",
@@ -128,11 +129,11 @@ def parse_args(argv):
         % ",".join(scenarios.RECOVERY_SCENARIOS),
     )
     parser.add_argument(
-        "--pushi-workers",
+        "--workers",
         default=None,
         help="comma-separated PUSHI_WORKERS counts (e.g. 1,2): run every "
         "scenario on Pushi once per count, the server's CPU and memory "
-        "those of all its processes (--workers is the load generator's)",
+        "those of all its processes",
     )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
@@ -571,10 +572,10 @@ def run_server(scenario, name, count, profile, options):
 
 
 def worker_counts(name, options):
-    """The ``--pushi-workers`` counts Pushi runs with (None: its default)."""
-    if not options.pushi_workers or name != "pushi":
+    """The ``--workers`` counts Pushi runs with (None: its default)."""
+    if not options.workers or name != "pushi":
         return [None]
-    return [int(count) for count in options.pushi_workers.split(",")]
+    return [int(count) for count in options.workers.split(",")]
 
 
 def recovery_modes(scenario, name, options):

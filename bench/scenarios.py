@@ -442,7 +442,7 @@ def fanout(server_name, profile, options):
         capacity = half_rate = None
         with Session(
             server_name,
-            sub_workers_for(n, options.workers),
+            sub_workers_for(n, options.generators),
             options.keep,
             app_settings(server_name, options),
         ) as session:
@@ -633,7 +633,7 @@ def connect(server_name, profile, options):
     seconds of the connections pinging as pusher-js does."""
     results = []
     for n in connection_sizes(profile, options, "connections"):
-        workers = generators_for(n, options.workers)
+        workers = generators_for(n, options.generators)
         with Session(server_name, workers, options.keep) as session:
             time.sleep(1.0)
             rss_before = stats.tree_rss_bytes(session.server.pid)
@@ -742,7 +742,7 @@ def broadcast(server_name, profile, options):
     ``BROADCAST_SAMPLED`` subscribers, loss over all)."""
     results = []
     for n in connection_sizes(profile, options, "broadcast"):
-        workers = generators_for(n, options.workers)
+        workers = generators_for(n, options.generators)
         with Session(server_name, workers, options.keep) as session:
             conn = session.connect(
                 n, channel="broadcast", sample=min(BROADCAST_SAMPLED, n)
@@ -885,7 +885,7 @@ def generator(server_name, profile, options):
     ]
     if options.rate:
         phases += [
-            (size, sub_workers_for(size, options.workers), 1, options.rate / size)
+            (size, sub_workers_for(size, options.generators), 1, options.rate / size)
             for size in profile["fanout_sizes"]
         ]
     results = []
@@ -953,7 +953,7 @@ def floor(n, target, profile, options):
     """The ``floor`` cell of a fan-out's c-rate row: the stand-in server at
     Pushi's c-rate ``target`` (events/s) to ``n`` subscribers."""
     with Session(
-        "blaster", sub_workers_for(n, options.workers), options.keep
+        "blaster", sub_workers_for(n, options.generators), options.keep
     ) as session:
         conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
         if conn["ready"] < n:
