@@ -23,6 +23,7 @@ Ownership: loop thread only (the engine's).
 
 import collections
 import sys
+import time
 
 from pushi.proto import messages
 from pushi.proto.websocket import text_frame
@@ -102,6 +103,25 @@ class Cache:
             self._release(app, channel, entry[0])
             return None
         return entry
+
+    def fetch(self, app_id, channel, now, then):
+        """``then(Cached)``: a channel's last event, if fresh, else
+        ``then(None)``; at once (the seam answers through a continuation:
+        a cache kept elsewhere answers later)."""
+        entry = self.get(app_id, channel, now)
+        then(None if entry is None else entry[0])
+
+    def info(self, app_id, channel, on_loop):
+        """``{event, data, ttl}`` of a channel's last event, or None, read
+        on the loop through ``on_loop(work, *args)``."""
+        return on_loop(self._info, app_id, channel)
+
+    def _info(self, app_id, channel):
+        now = time.monotonic()
+        entry = self.get(app_id, channel, now)
+        if entry is None:
+            return None
+        return dict(entry[0].event(), ttl=int(entry[1] - now))
 
     def trim(self, app_id, max_bytes):
         """Evicts an app's oldest entries until it holds at most

@@ -14,9 +14,9 @@ The seam, as centrifuge's ``Broker`` keeps a stream per channel: the
 engine asks ``append`` (assign the next position to an event and keep its
 frame), ``position`` (a channel's epoch and top offset, for its
 subscription data) and ``recover`` (the frames after a position, or why
-not).  ``MemoryHistory`` is the in-process implementation; one kept in
-Redis (a stream and a meta hash per channel, positions assigned by the
-publish script) would take the same three calls.
+not, through a continuation).  ``MemoryHistory`` is the in-process
+implementation; ``cluster/history`` keeps it in Redis (a stream and a meta
+hash per channel, positions assigned by the publish script).
 
 What is kept, per app (the app's ``limits``):
 
@@ -170,10 +170,19 @@ class MemoryHistory:
         self._trim(app, limits["max_recovery_bytes"])
         return stream.epoch, stream.top
 
-    def recover(self, app_id, channel, epoch, offset, limits, now):
+    def recover(self, app_id, channel, epoch, offset, limits, now, then=None):
         """The frames of ``channel`` after ``offset`` of ``epoch``, oldest
         first: ``(True, frames)``, or ``(False, reason)`` when some of them
-        are not kept (``reason`` one of this module's)."""
+        are not kept (``reason`` one of this module's); handed to
+        ``then(recovered, frames)`` at once when given (the seam answers
+        through a continuation: a history kept elsewhere answers later,
+        ``then(None, error)`` when it cannot)."""
+        answer = self._recover(app_id, channel, epoch, offset, limits, now)
+        if then is None:
+            return answer
+        then(*answer)
+
+    def _recover(self, app_id, channel, epoch, offset, limits, now):
         if not limits["recovery_history"]:
             return False, OFF
         app = self.apps.get(app_id)

@@ -76,6 +76,7 @@ class Engine:
         presence=None,
         occupancy=None,
         users=None,
+        cache=None,
     ):
         self.config = config
         # counted on the loop, read by scrapes (``base/metrics``)
@@ -97,7 +98,7 @@ class Engine:
         self.presence = presence or LocalPresence()
         self.occupancy = occupancy or LocalOccupancy(self.registry)
         self.users = users or LocalUsers(self.registry)
-        self.cache = Cache()
+        self.cache = cache if cache is not None else Cache()
         # the channels' recent events and positions, for recovery
         self.history = history if history is not None else MemoryHistory()
         self.watchlists = Watchlists()

@@ -124,12 +124,20 @@ class Delivery:
 
     def replay_cache(self, session, name):
         """A new subscriber of a cache channel gets its last event, or
-        ``pusher:cache_miss``."""
+        ``pusher:cache_miss`` (when the cache seam answers: at once in one
+        process, once Redis did in a cluster)."""
         if not channels.is_cache(name):
             return
-        cached = self.cache.get(session.app.app_id, name, time.monotonic())
-        if cached is not None:
-            session.transport.write(cached[0].frame_for(name))
-        else:
-            self.engine.send(session, messages.event("pusher:cache_miss", name, "{}"))
-            self.engine.emit(session.app.app_id, "cache_miss", channel=name)
+
+        def fetched(cached):
+            if session.closed or name not in session.channels:
+                return
+            if cached is not None:
+                session.transport.write(cached.frame_for(name))
+            else:
+                self.engine.send(
+                    session, messages.event("pusher:cache_miss", name, "{}")
+                )
+                self.engine.emit(session.app.app_id, "cache_miss", channel=name)
+
+        self.cache.fetch(session.app.app_id, name, time.monotonic(), fetched)

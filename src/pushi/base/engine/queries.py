@@ -6,9 +6,7 @@ seams hold (``channel_info``, ``list_channels``, ``channel_users``,
 ``app_stats``) run where ``State.query`` puts them: on the loop for one
 process, on the REST thread for a cluster node, whose twins read Redis;
 what only the loop holds (cache entries, history) they read through
-``on_loop``."""
-
-import time
+``on_loop`` (a cluster's cache reads Redis on the REST thread)."""
 
 from pushi.proto import channels, errors
 
@@ -36,15 +34,8 @@ class Queries:
             result["user_count"] = len(self.presence.members(app_id, name))
         if "cache" in info and channels.is_cache(name):
             # asked and nothing cached: present, as null
-            result["cache"] = self.on_loop(self._cached, app_id, name)
+            result["cache"] = self.engine.cache.info(app_id, name, self.on_loop)
         return result
-
-    def _cached(self, app_id, name):
-        now = time.monotonic()
-        cached = self.engine.cache.get(app_id, name, now)
-        if cached is None:
-            return None
-        return dict(cached[0].event(), ttl=int(cached[1] - now))
 
     def app_stats(self, app_id):
         """An app's counters: open connections, occupied channels, and

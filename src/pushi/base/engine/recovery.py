@@ -38,9 +38,35 @@ class Recovery:
             then(position, ())
             return
         epoch, offset, mid = since
-        recovered, frames = self.history.recover(
-            app.app_id, name, epoch, offset, app.limits, time.monotonic()
+        if session.recovering is None:
+            session.recovering = set()
+        session.recovering.add(name)
+
+        def recovered(done, frames):
+            session.recovering.discard(name)
+            if session.closed or name in session.channels:
+                return
+            if done is None:
+                # the history did not answer (a cluster's Redis)
+                self.engine.refuse(
+                    session,
+                    errors.SubscriptionError(
+                        name, "Server unavailable: retry shortly", status=503
+                    ),
+                )
+                return
+            # where the history left the channel (the same, in one process)
+            position.update(self.position(session, name))
+            try:
+                self._recovered(session, name, mid, position, done, frames, then)
+            except errors.SubscriptionError as error:
+                self.engine.refuse(session, error)
+
+        self.history.recover(
+            app.app_id, name, epoch, offset, app.limits, time.monotonic(), recovered
         )
+
+    def _recovered(self, session, name, mid, position, recovered, frames, then):
         if recovered:
             position["recovered"] = True
             then(position, frames)
