@@ -546,31 +546,6 @@ def test_a_channel_left_by_its_last_socket_here_is_unsubscribed_after_a_linger(
     assert events(again, 1)[0][1] == "again"
 
 
-def test_a_node_claims_no_recovery_it_cannot_make(cluster):
-    a, b = cluster.node(), cluster.node()
-    app = cluster.app
-    first = a.connect(app, "pushi")
-    answer = first.subscribe("news")
-    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
-    # a position of this process alone would be wrong for the cluster
-    assert "epoch" not in data_of(answer) and "offset" not in data_of(answer)
-    publisher = Publisher(b, app)
-    for index in range(3):
-        assert publisher.publish("news", "n", str(index))[0] == 200
-    last = [first.recv_event("n") for _ in range(3)][-1]
-    first.close()
-    assert publisher.publish("news", "n", "missed")[0] == 200
-    second = a.connect(app, "pushi")
-    since = {"epoch": last["epoch"], "offset": last["offset"]}
-    second.send(
-        {"event": "pusher:subscribe", "data": {"channel": "news", "since": since}}
-    )
-    answer = second.recv_event("pusher_internal:subscription_succeeded")
-    assert data_of(answer)["recovered"] is False
-    assert data_of(answer)["reason"] == "history_off"
-    publisher.close()
-
-
 def test_pusher_sdks_on_two_nodes_see_one_pushi(cluster):
     from interop_support import NodeAgent, python_sdk
 

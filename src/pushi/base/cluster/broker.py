@@ -50,10 +50,11 @@ import os
 from prometheus_client import Counter
 
 from pushi.net.redis import Script
+from pushi.proto import channels as channels_
 from pushi.proto import errors, messages
 
 from ..broker import Event
-from ..history import OFF, MemoryHistory
+from ..cache import TTL as CACHE_TTL
 
 logger = logging.getLogger("pushi")
 
@@ -72,20 +73,87 @@ local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[5] ~= '0' then
+  local body = ARGV[3]
+  if ARGV[8] == '1' then
+    body = ''
+  end
+  local now = redis.call('TIME')[1]
+  local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5],
+    offset .. '-0', 't', now, 'b', body)
+  if type(added) == 'table' and added.err then
+    -- a stream left from another epoch: this epoch's starts here
+    redis.call('DEL', KEYS[2])
+    redis.call('XADD', KEYS[2], offset .. '-0', 't', now, 'b', body)
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+if ARGV[7] == '1' then
+  redis.call('SET', KEYS[3], ARGV[3], 'EX', CACHE_TTL)
+end
 redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. ARGV[3])
 return {offset, epoch}
+""".replace(
+        "CACHE_TTL", str(CACHE_TTL)
+    )
+)
+""" KEYS: the channel's meta key, its history stream, its cache key; ARGV:
+its bus, a new epoch (used when the channel has none), the event's body,
+``META_TTL``, the app's ``recovery_history`` (0: no history), its
+``recovery_ttl``, 1 to cache the event (a cache channel's), 1 for a member
+event (kept in the history as a place holder: its offset counts, a
+recovery does not send it).  Returns ``{offset, epoch}``.  A new epoch
+starts a new history stream (its entry ids are the offsets). """
+
+READ_SCRIPT = Script(
+    """
+local top = redis.call('HGET', KEYS[1], 's')
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  top = '0'
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+top = tonumber(top)
+local since = tonumber(ARGV[3])
+local entries = {}
+if since >= 0 and since < top and top - since <= tonumber(ARGV[4]) then
+  entries = redis.call('XRANGE', KEYS[2], since + 1, '+', 'COUNT', top - since)
+end
+return {top, epoch, entries, redis.call('TIME')[1]}
 """
 )
-""" KEYS: the channel's meta key; ARGV: its bus, a new epoch (used when the
-channel has none), the event's body, ``META_TTL``.  Returns ``{offset,
-epoch}``. """
+""" KEYS: a channel's meta key and history stream; ARGV: a new epoch (the
+channel's when it has none), ``META_TTL``, the offset after which to read
+the history (-1: none), the most entries to read.  Returns ``{top offset,
+epoch, entries ({id, {field, value, ...}}), Redis's time in seconds}``;
+the entries only when the offset is of the channel's range and within the
+most.  The position and the entries come from one step. """
+
+
+def redis_of(epoch):
+    """What of an epoch names the Redis (its ``run_id``) that made it."""
+    return epoch[:4]
 
 
 def meta_key(app_id, channel):
     """The hash of a channel's ``s`` (top offset) and ``e`` (epoch)."""
     return "pushi:{%s}:ch:%s:meta" % (app_id, channel)
+
+
+def hist_key(app_id, channel):
+    """The stream of a channel's recent events (recovery history)."""
+    return "pushi:{%s}:ch:%s:hist" % (app_id, channel)
+
+
+def cache_key(app_id, channel):
+    """A cache channel's last event (its body)."""
+    return "pushi:{%s}:ch:%s:cache" % (app_id, channel)
 
 
 def bus(app_id, channel):
@@ -121,6 +189,12 @@ class RedisBroker:
         self._epochs = 0
         self._failing = False
         self._gaps_logged = set()
+        # (app_id, channel) -> the listens awaiting the channel's position
+        self._starting = {}
+        self.taps = {}
+        """ (app_id, channel) -> callables ``tap(offset, epoch, event)``
+        that see each event this node delivers on the channel, after its
+        sockets (``cluster/history``) """
         registry = metrics.registry
         self.failures = Counter(
             "pushi_cluster_publish_failures",
@@ -235,22 +309,50 @@ class RedisBroker:
                 then(left[1])
 
         app_id = event.app_id
+        limits = self.engine.limits(app_id)
+        history = limits["recovery_history"]
+        member = "1" if event.name.startswith("pusher_internal:member_") else "0"
+        max_cache = limits["max_cache_bytes"]
         for channel in channels:
             body = messages.dumps(
                 [app_id, channel, event.name, event.data, event.exclude, event.extra]
             )
-            self._epochs += 1
+            # a cache channel's event, within the per-entry bound
+            cache = (
+                member == "0"
+                and channels_.is_cache(channel)
+                and (not max_cache or len(body) <= max_cache)
+            )
             self.commands.evalsha(
                 replied,
                 PUBLISH_SCRIPT,
-                (meta_key(app_id, channel),),
+                (
+                    meta_key(app_id, channel),
+                    hist_key(app_id, channel),
+                    cache_key(app_id, channel),
+                ),
                 (
                     bus(app_id, channel),
-                    "%s-%d" % (self._epoch_prefix, self._epochs),
+                    self.new_epoch(),
                     body,
                     META_TTL,
+                    history,
+                    limits["recovery_ttl"],
+                    "1" if cache else "0",
+                    member,
                 ),
             )
+
+    def new_epoch(self):
+        """An epoch for a channel that has none: unique to this process and
+        the Redis it runs on (its first characters are Redis's ``run_id``'s:
+        see ``redis_of``)."""
+        self._epochs += 1
+        return "%s%s-%x" % (
+            (self.commands.run_id or "0000")[:4],
+            self._epoch_prefix,
+            self._epochs,
+        )
 
     def _succeeded(self):
         if self._failing:
@@ -276,6 +378,17 @@ class RedisBroker:
         self._listening[key] += 1
 
         def confirmed(error):
+            if (
+                error is None
+                and key not in self._positions
+                and self.engine.limits(app_id)["recovery_history"]
+            ):
+                # where this node's order of the channel starts
+                self._start(key, lambda: done(None))
+                return
+            done(error)
+
+        def done(error):
             left = self._listening[key] - 1
             if left:
                 self._listening[key] = left
@@ -286,6 +399,55 @@ class RedisBroker:
             then(error)
 
         self.subscriber.subscribe(bus(app_id, channel), confirmed)
+
+    def _start(self, key, then):
+        """Reads the channel's position once its bus is subscribed: this
+        node's order of the channel starts there (an event at or before it
+        that the subscription still brings is dropped, the socket that
+        joins with that position has it from the history), so each socket
+        here joins at a position after which it gets every event.
+        ``then()`` when known (or not: Redis down)."""
+        waiting = self._starting.get(key)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        waiting = self._starting[key] = [then]
+
+        def read(reply):
+            del self._starting[key]
+            if not isinstance(reply, Exception):
+                self.advance(key, _text(reply[1]), int(reply[0]))
+            for then in waiting:
+                then()
+
+        self.read(key[0], key[1], -1, 0, read)
+
+    def read(self, app_id, channel, since, most, then):
+        """``then(reply)``: the channel's position (made when it has none)
+        and its history after ``since`` (see ``READ_SCRIPT``), or the
+        error."""
+        self.commands.evalsha(
+            then,
+            READ_SCRIPT,
+            (meta_key(app_id, channel), hist_key(app_id, channel)),
+            (self.new_epoch(), META_TTL, since, most),
+        )
+
+    def position(self, key):
+        """``(epoch, offset)``: the last event of the channel this node
+        delivered (or where its order starts), None when unknown."""
+        position = self._positions.get(key)
+        return None if position is None else (position[0], position[1])
+
+    def advance(self, key, epoch, offset):
+        """Moves this node's order of a channel to ``offset`` of ``epoch``
+        when it is behind it (or knows none): what the subscription brings
+        up to there is dropped."""
+        position = self._positions.get(key)
+        if position is None:
+            self._positions[key] = [epoch, offset]
+        elif position[0] != epoch or position[1] < offset:
+            position[0], position[1] = epoch, offset
 
     def unlisten(self, app_id, channel):
         """The channel's last subscriber here left: its bus is unsubscribed
@@ -345,9 +507,16 @@ class RedisBroker:
             if offset != last + 1:
                 self._gap(key, epoch, last, offset)
             position[1] = offset
-        self.engine.deliver(
-            Event(app_id, (channel,), name, payload, exclude, extra, (offset, epoch))
+        event = Event(
+            app_id, (channel,), name, payload, exclude, extra, (offset, epoch)
         )
+        self.engine.deliver(event)
+        taps = self.taps.get(key)
+        if taps:
+            # after the delivery: a tap that joins its socket now does not
+            # get this event twice
+            for tap in list(taps):
+                tap(offset, epoch, event)
 
     def _gap(self, key, epoch, last, offset):
         self.gaps.inc(offset - last - 1)
@@ -375,21 +544,5 @@ def _ignore(_error):
     pass
 
 
-class BusPositions(MemoryHistory):
-    """A cluster node's recovery history until one lives in Redis: events
-    carry the positions of the bus (``Event.position``), this process keeps
-    none, so a socket that comes back is told it recovered nothing
-    (``history_off``) rather than given a position of one process, and
-    subscription data carries no position."""
-
-    def append(self, app_id, channel, text, limits, now):
-        return None
-
-    def position(self, app_id, channel, limits, now):
-        return None
-
-    def recover(self, app_id, channel, epoch, offset, limits, now):
-        return False, OFF
-
-    def tap(self, app_id, channel, limits):
-        return None
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -2,8 +2,9 @@
 
 ``Cluster(config)`` makes the node's Redis connections (``node``), the
 twins of the presence, occupancy and signed-in users seams over them and
-the reaper of dead nodes (``shared``), and the recovery positions of the
-bus (``history``), all before the engine, which takes them; ``bind(state)``
+the reaper of dead nodes (``shared``), the recovery history and the cache
+channels' last events in Redis (``history``, ``cache``), all before the
+engine, which takes them; ``bind(state)``
 then joins them to the State's loop, engine and metrics, with the broker
 over Redis and what else spans the nodes (``spans``); ``start`` runs on
 the loop once it runs.  A re-registration of the node (a new Redis, or
@@ -17,7 +18,8 @@ import logging
 from pushi.net.redis import NetiusLoop
 
 from ..broker import Event
-from .broker import BusPositions, RedisBroker
+from .broker import RedisBroker
+from .history import RedisCache, RedisHistory
 from .node import Node
 from .seams import ClusterState, blocking_client
 from .spans import attach
@@ -36,7 +38,8 @@ class Cluster:
         self.shared = ClusterState(
             self.node.commands, lambda: self.node.id, self.reader, self.reaped
         )
-        self.history = BusPositions()
+        self.history = RedisHistory()
+        self.cache = RedisCache(self.node.commands, self.reader)
         self.engine = None
         self.broker = None
         self.spans = None
@@ -48,6 +51,7 @@ class Cluster:
             "occupancy": self.shared.occupancy,
             "users": self.shared.users,
             "history": self.history,
+            "cache": self.cache,
         }
 
     def bind(self, state):
@@ -62,6 +66,7 @@ class Cluster:
             state.metrics,
             max_pending=state.config.max_pending,
         )
+        self.history.broker = self.broker
         state.metrics.health["redis"] = self.node.check
         # what only the loop holds, read for the REST threads' queries
         state.engine.queries.on_loop = state.call_in_loop

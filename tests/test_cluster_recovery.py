@@ -1,0 +1,255 @@
+"""Recovery and cache channels across the nodes of a cluster (issues #21
+and #19): a real ``redis-server`` and Pushi nodes as subprocesses, real
+WebSocket clients.  A client that read some events on node A, dropped its
+connection and comes back to node B with its position gets what it
+missed, in order and once, then the live events (or ``recovered: false``
+with the reason); a cache channel's last event published through A reaches
+a subscriber of B."""
+
+import json
+import tempfile
+import threading
+import time
+
+import pytest
+
+from support import PushiServer, signed_path
+
+
+@pytest.fixture
+def cluster(redis_server):
+    """Two nodes on ``redis_server`` sharing one data dir, and an app both
+    serve: ``(a, b, app)``."""
+    data_dir = tempfile.mkdtemp(prefix="pushi-cluster-")
+    nodes = []
+    for _ in range(2):
+        node = PushiServer(data_dir=data_dir, redis_url=redis_server.url)
+        nodes.append(node)
+        node.start()
+    app = nodes[0].create_app("cluster", client_events=True)
+    yield nodes[0], nodes[1], app
+    for node in nodes:
+        node.stop()
+
+
+def subscribe(client, channel, since=None):
+    """Subscribes; returns the data of ``subscription_succeeded``."""
+    data = {"channel": channel}
+    if since is not None:
+        data["since"] = since
+    client.send({"event": "pusher:subscribe", "data": data})
+    succeeded = client.recv_event("pusher_internal:subscription_succeeded")
+    assert succeeded["channel"] == channel
+    data = succeeded["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def publish(api, channel, first, last):
+    """Events ``said`` with data ``"<n>"`` for n from first to last."""
+    for number in range(first, last + 1):
+        api.trigger_event(channel, str(number), event="said", persist=False)
+
+
+def said(client, count):
+    return [client.recv_event("said", timeout=15) for _ in range(count)]
+
+
+def position(event):
+    return {"epoch": event["epoch"], "offset": event["offset"]}
+
+
+def settings(node, app, **values):
+    """Sets an app's settings on one node; the other hears of it (the
+    control channel): waits until it serves with them."""
+    node.update_app(app, settings=values)
+    time.sleep(1.0)
+
+
+def test_a_client_of_node_a_recovers_on_node_b(cluster):
+    a, b, app = cluster
+    api_a, api_b = a.client(app), b.client(app)
+    client = a.connect(app, dialect="pushi")
+    state = subscribe(client, "news")
+    assert state["offset"] == 0 and state["epoch"]
+    publish(api_a, "news", 1, 10)
+    received = said(client, 10)
+    assert [event["offset"] for event in received] == list(range(1, 11))
+    assert all(event["epoch"] == state["epoch"] for event in received)
+    client.close()
+    # published through both nodes while the client is away
+    publish(api_a, "news", 11, 20)
+    publish(api_b, "news", 21, 30)
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since=position(received[-1]))
+    assert state["recovered"] is True, state
+    assert state["offset"] == 30 and state["epoch"] == received[-1]["epoch"]
+    missed = said(client, 20)
+    assert [event["data"] for event in missed] == [str(n) for n in range(11, 31)]
+    assert [event["offset"] for event in missed] == list(range(11, 31))
+    publish(api_a, "news", 31, 31)
+    live = client.recv_event("said")
+    assert (live["data"], live["offset"]) == ("31", 31)
+    assert client.nothing()
+    client.close()
+
+
+def test_recovery_across_nodes_racing_publishes_loses_and_repeats_nothing(cluster):
+    """Publishes on both nodes without pause while a client goes back and
+    forth between the nodes with its position: every event reaches it
+    once, in order."""
+    a, b, app = cluster
+    settings(a, app, recovery_history=1000)
+    total = 500
+    client = a.connect(app, dialect="pushi")
+    state = subscribe(client, "race")
+    since = {"epoch": state["epoch"], "offset": state["offset"]}
+    seen = []
+
+    def publisher():
+        apis = (a.client(app), b.client(app))
+        for number in range(1, total + 1):
+            apis[number % 2].trigger_event(
+                "race", str(number), event="said", persist=False
+            )
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    reconnections = 0
+    try:
+        while not seen or seen[-1] != total:
+            deadline = time.time() + 0.05 + (reconnections % 5) * 0.03
+            while time.time() < deadline and (not seen or seen[-1] != total):
+                try:
+                    message = client.recv(max(0.01, deadline - time.time()))
+                except TimeoutError:
+                    break
+                if message.get("event") == "said":
+                    seen.append(int(message["data"]))
+                    since = position(message)
+            if seen and seen[-1] == total:
+                break
+            client.close()
+            # the next connection on the other node
+            node = (a, b)[(reconnections + 1) % 2]
+            client = node.connect(app, dialect="pushi")
+            state = subscribe(client, "race", since=since)
+            assert state["recovered"] is True, state
+            reconnections += 1
+            assert reconnections < 1000
+    finally:
+        thread.join(60)
+        client.close()
+    assert reconnections >= 20
+    # ordered by offset, each event once: the data says which
+    assert seen == list(range(1, total + 1))
+
+
+def test_too_far_behind_across_nodes_is_not_recovered(cluster):
+    a, b, app = cluster
+    settings(a, app, recovery_history=5)
+    api = a.client(app)
+    client = a.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    publish(api, "news", 1, 2)
+    stopped = position(said(client, 2)[-1])
+    client.close()
+    publish(api, "news", 3, 9)
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since=stopped)
+    assert state["recovered"] is False and state["reason"] == "too_far_behind"
+    assert state["offset"] == 9
+    assert client.nothing()
+    client.close()
+    # within the window: recovered
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since=dict(stopped, offset=5))
+    assert state["recovered"] is True, state
+    assert [event["offset"] for event in said(client, 4)] == [6, 7, 8, 9]
+    client.close()
+
+
+def test_expired_history_across_nodes_is_not_recovered(cluster):
+    a, b, app = cluster
+    settings(a, app, recovery_ttl=1)
+    api = a.client(app)
+    client = a.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    publish(api, "news", 1, 1)
+    stopped = position(said(client, 1)[-1])
+    client.close()
+    publish(api, "news", 2, 3)
+    time.sleep(2.5)
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since=stopped)
+    assert state["recovered"] is False and state["reason"] == "expired"
+    assert client.nothing()
+    client.close()
+
+
+def test_a_redis_restarted_empty_is_a_new_epoch(cluster, redis_server):
+    a, b, app = cluster
+    client = a.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    publish(a.client(app), "news", 1, 3)
+    stopped = position(said(client, 3)[-1])
+    client.close()
+    redis_server.restart()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        statuses = [node.request("GET", "health")[1]["status"] for node in (a, b)]
+        if statuses == ["ok", "ok"]:
+            break
+        time.sleep(0.2)
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since=stopped)
+    assert state["recovered"] is False and state["reason"] == "new_epoch", state
+    assert state["epoch"] != stopped["epoch"]
+    client.close()
+
+
+def test_the_position_of_a_subscription_is_the_clusters(cluster):
+    """A new subscriber on either node is told the channel's position, and
+    its next event is the one after it."""
+    a, b, app = cluster
+    publish(a.client(app), "news", 1, 4)
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news")
+    assert state["offset"] == 4 and state["epoch"]
+    publish(a.client(app), "news", 5, 5)
+    event = client.recv_event("said")
+    assert (event["offset"], event["epoch"]) == (5, state["epoch"])
+    client.close()
+
+
+def test_a_cache_channel_published_on_a_is_replayed_on_b(cluster):
+    a, b, app = cluster
+    a.client(app).trigger_event("cache-prices", "42", event="price", persist=False)
+    client = b.connect(app)
+    client.subscribe("cache-prices")
+    cached = client.recv_event("price")
+    assert cached["data"] == "42" and cached["channel"] == "cache-prices"
+    client.close()
+    # a cache channel never published: a miss, on either node
+    client = b.connect(app)
+    client.subscribe("cache-quiet")
+    assert client.recv_event("pusher:cache_miss")["channel"] == "cache-quiet"
+    client.close()
+
+
+def test_info_cache_from_the_other_nodes_rest(cluster):
+    a, b, app = cluster
+    a.client(app).trigger_event("cache-prices", "42", event="price", persist=False)
+
+    def info(channel):
+        path = "/apps/%s/channels/%s" % (app["app_id"], channel)
+        status, answer = b.request(
+            "GET", signed_path(app, "GET", path, {"info": "cache"})[1:]
+        )
+        assert status == 200, answer
+        return answer
+
+    cached = info("cache-prices")["cache"]
+    assert cached["event"] == "price" and cached["data"] == "42", cached
+    assert 0 < cached["ttl"] <= 1800
+    assert info("cache-quiet")["cache"] is None
