@@ -18,7 +18,13 @@ import urllib.request
 
 import pytest
 
-from pushi.base.cluster.broker import PUBLISH_SCRIPT, bus, meta_key
+from pushi.base.cluster.broker import (
+    PUBLISH_SCRIPT,
+    bus,
+    cache_key,
+    hist_key,
+    meta_key,
+)
 from pushi.base.config import Config
 from pushi.proto import auth
 from redis_support import RedisServer, TcpProxy, require_redis
@@ -395,12 +401,18 @@ def test_a_dropped_subscription_is_reported_as_a_gap_never_skipped_silently(
     body = json.dumps([app["app_id"], "news", "n", "missed", None, None])
     pipe.eval(
         PUBLISH_SCRIPT.lua,
-        1,
+        3,
         meta_key(app["app_id"], "news"),
+        hist_key(app["app_id"], "news"),
+        cache_key(app["app_id"], "news"),
         bus(app["app_id"], "news"),
         "unused",
         body,
         60,
+        0,
+        0,
+        0,
+        0,
     )
     killed, (missed_offset, _epoch) = pipe.execute()
     assert killed >= 2 and missed_offset == offset + 1
