@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pushi.proto import auth
 from support import PushiServer, signed_path
 
 
@@ -253,3 +254,46 @@ def test_info_cache_from_the_other_nodes_rest(cluster):
     assert cached["event"] == "price" and cached["data"] == "42", cached
     assert 0 < cached["ttl"] <= 1800
     assert info("cache-quiet")["cache"] is None
+
+
+def test_a_presence_member_recovers_on_the_other_node(cluster):
+    """Member events take offsets of the channel too: a recovery counts
+    them and sends only the channel's events (the members are in the
+    subscription data), and the events published while the member joins
+    reach it."""
+    a, b, app = cluster
+    channel = "presence-room"
+
+    def join(node, since=None):
+        client = node.connect(app, dialect="pushi")
+        channel_data = json.dumps({"user_id": "ann"})
+        data = {
+            "channel": channel,
+            "channel_data": channel_data,
+            "auth": auth.channel_auth(
+                app["key"], app["secret"], client.socket_id, channel, channel_data
+            ),
+        }
+        if since is not None:
+            data["since"] = since
+        client.send({"event": "pusher:subscribe", "data": data})
+        succeeded = client.recv_event("pusher_internal:subscription_succeeded")
+        state = succeeded["data"]
+        return client, json.loads(state) if isinstance(state, str) else state
+
+    client, state = join(a)
+    assert state["epoch"] and "ann" in state["members"]
+    publish(a.client(app), channel, 1, 3)
+    stopped = position(said(client, 3)[-1])
+    client.close()
+    publish(b.client(app), channel, 4, 6)
+    # the member left (member_removed) and comes back (member_added): the
+    # channel's offsets went past the events' own
+    client, state = join(b, since=stopped)
+    assert state["recovered"] is True, state
+    missed = said(client, 3)
+    assert [event["data"] for event in missed] == ["4", "5", "6"]
+    assert state["offset"] == missed[-1]["offset"] > stopped["offset"] + 3
+    publish(a.client(app), channel, 7, 7)
+    assert client.recv_event("said")["data"] == "7"
+    client.close()

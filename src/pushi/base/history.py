@@ -229,6 +229,10 @@ class MemoryHistory:
             if not taps:
                 del app.taps[channel]
 
+    def hold(self, app_id, channel, session, frames, limits):
+        """Nothing: a socket joins at once in one process (see
+        ``cluster/history``)."""
+
     # upkeep
 
     def expire(self, now):

@@ -471,7 +471,8 @@ class RedisBroker:
 
     def _unsubscribe(self, key):
         self._lingering.pop(key, None)
-        if key in self._listening:
+        if key in self._listening or key in self.taps:
+            # a socket joins (recovering) or is about to
             return
         channel = self.engine.registry.channel(*key)
         if channel is not None and channel.sessions:

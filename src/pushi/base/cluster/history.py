@@ -102,6 +102,27 @@ class RedisHistory:
         if tapped is not None:
             _untap(self.broker, (app_id, channel), tapped.tap)
 
+    def hold(self, app_id, channel, session, frames, limits):
+        """Appends to ``frames`` the events this node delivers on
+        ``channel`` until ``session`` is on it (a presence member joins
+        once Redis answered, after its position was given): the socket
+        gets them after its recovered frames, and misses none.  Ends when
+        the socket is on the channel or closed, or past
+        ``recovery_history`` events (a refused member)."""
+        if not limits["recovery_history"]:
+            return
+        key = (app_id, channel)
+        most = limits["recovery_history"]
+
+        def tap(offset, epoch, event):
+            if session.closed or channel in session.channels or len(frames) > most:
+                _untap(self.broker, key, tap)
+                return
+            if not event.name.startswith("pusher_internal:member_"):
+                frames.append(_frame(channel, offset, epoch, event))
+
+        self.broker.taps.setdefault(key, []).append(tap)
+
     # upkeep: Redis expires what it holds
 
     def expire(self, now):
@@ -228,7 +249,12 @@ class _Recovery:
 
     def _finish(self):
         self._end()
-        epoch, last = self.broker.position(self.key)
+        position = self.broker.position(self.key)
+        if position is None or position[0] != self.epoch:
+            # the channel's order started again meanwhile (Redis restarted)
+            self.then(False, NEW_EPOCH)
+            return
+        epoch, last = position
         events = dict(self.kept)
         for offset, tapped_epoch, event in self.tapped:
             if tapped_epoch == epoch and self.top < offset <= last:
@@ -279,22 +305,18 @@ class _Tap(list):
     def tap(self, offset, epoch, event):
         if event.name.startswith("pusher_internal:member_"):
             return
-        self.append(
-            _Framed(
-                text_frame(
-                    with_position(
-                        messages.event(
-                            event.name,
-                            event.channels[0],
-                            event.data,
-                            **(event.extra or {})
-                        ),
-                        offset,
-                        epoch,
-                    )
-                )
-            )
+        self.append(_Framed(_frame(event.channels[0], offset, epoch, event)))
+
+
+def _frame(channel, offset, epoch, event):
+    """The frame of an event the bus delivered, with its position."""
+    return text_frame(
+        with_position(
+            messages.event(event.name, channel, event.data, **(event.extra or {})),
+            offset,
+            epoch,
         )
+    )
 
 
 class _Framed:

@@ -397,6 +397,11 @@ class Engine:
             self.counts.changed(session.app, name)
 
         if channels.kind(name) == channels.PRESENCE:
+            # the member joins later in a cluster: what the channel
+            # delivers until then follows the recovered frames
+            frames = list(frames)
+            app = session.app
+            self.history.hold(app.app_id, name, session, frames, app.limits)
             self.presence_channels.join(
                 session, name, channel_data, position, frames, joined
             )
