@@ -8,7 +8,9 @@ script, atomic in Redis, gives the event the channel's next ``offset``
 (``HINCRBY pushi:{<app>}:ch:<channel>:meta s 1``) and the channel's
 ``epoch`` (``HGET ... e``, made when missing: a channel seen for the first
 time, or after its meta key expired or Redis restarted empty), publishes it
-on ``pushi:m:{<app>}:<channel>`` and returns ``{offset, epoch}``.  The
+on ``pushi:m:{<app>}:<channel>`` and returns ``{offset, epoch}``; it
+also keeps the event in the channel's recovery history when the app keeps
+one, and a cache channel's event as its last (``cluster/history``).  The
 message is ``<epoch>:<offset>:<body>``, ``body`` the JSON list ``[app_id,
 channel, name, data, exclude, extra]`` of the ``Event`` (``data`` a string,
 or the member of a member event).  Redis runs the scripts one at a time,
@@ -37,6 +39,9 @@ Redis is down) is counted, logged once per outage, and its sender gets
 (or at once with the error while Redis is down: the engine answers 503; a
 channel that has sockets here all the same, which the server joined, is
 subscribed as the subscription connection comes back);
+for an app that keeps a history, the channel's position is read once
+it is subscribed, and this node's order of the channel starts there (so a
+socket joining with that position misses nothing and gets nothing twice);
 ``unlisten`` unsubscribes after ``LINGER`` seconds unless the channel has
 subscribers here again by then (sockets that come and go do not churn the
 subscription).
