@@ -297,3 +297,48 @@ def test_a_presence_member_recovers_on_the_other_node(cluster):
     publish(a.client(app), channel, 7, 7)
     assert client.recv_event("said")["data"] == "7"
     client.close()
+
+
+def test_new_subscribers_racing_publishes_start_right_after_their_position(
+    cluster,
+):
+    """Subscribers on node B (each the first there of its channel) while
+    node A publishes without pause: each one's events follow the position
+    of its subscription data, none missed, none twice."""
+    a, b, app = cluster
+    names = ["live-%d" % index for index in range(10)]
+    stop = threading.Event()
+
+    def publisher():
+        api = a.client(app)
+        number = 0
+        while not stop.is_set():
+            number += 1
+            for name in names:
+                api.trigger_event(name, str(number), event="said", persist=False)
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    try:
+        for name in names:
+            client = b.connect(app, dialect="pushi")
+            state = subscribe(client, name)
+            offsets = [event["offset"] for event in said(client, 5)]
+            assert offsets == list(range(state["offset"] + 1, state["offset"] + 6))
+            client.close()
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_history_off_across_nodes(cluster):
+    a, b, app = cluster
+    settings(a, app, recovery_history=0)
+    client = a.connect(app, dialect="pushi")
+    state = subscribe(client, "news")
+    assert "epoch" not in state and "offset" not in state
+    client.close()
+    client = b.connect(app, dialect="pushi")
+    state = subscribe(client, "news", since={"epoch": "x", "offset": 1})
+    assert state == {"recovered": False, "reason": "history_off"}
+    client.close()
