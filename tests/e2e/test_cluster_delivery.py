@@ -27,6 +27,7 @@ from pushi.base.cluster.broker import (
 )
 from pushi.base.config import Config
 from pushi.proto import auth
+
 from redis_support import RedisServer, TcpProxy, require_redis
 from support import ADMIN_SECRET, PushiServer, signed_path
 

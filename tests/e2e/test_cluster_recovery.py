@@ -14,6 +14,7 @@ import time
 import pytest
 
 from pushi.proto import auth
+
 from support import PushiServer, signed_path
 
 
