@@ -243,7 +243,8 @@ class PushiServer:
         return [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")]
 
     def start(self, timeout=30):
-        self.log = open(self.log_path, "ab")
+        # open while the server runs; closed by stop
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
             env=self.env(),
@@ -266,7 +267,7 @@ class PushiServer:
         try:
             wait_until(answers, timeout)
         except AssertionError:
-            raise RuntimeError("server did not start: %s" % self.read_log())
+            raise RuntimeError("server did not start: %s" % self.read_log()) from None
         return self
 
     def _limit_files(self):

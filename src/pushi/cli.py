@@ -83,7 +83,7 @@ def main(argv=None):
         try:
             store = open_store(data_dir=config.data_dir, mongo_url=config.mongo_url)
         except ConfigError as error:
-            raise SystemExit(str(error))
+            raise SystemExit(str(error)) from None
         # as the server's start log names it: the store both must share
         print("Store: %r" % store, file=sys.stderr)
         try:

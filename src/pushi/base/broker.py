@@ -24,7 +24,8 @@ cluster (``base/cluster/broker``) publishes to Redis instead and calls
 import collections
 import dataclasses
 import logging
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 logger = logging.getLogger("pushi")
 

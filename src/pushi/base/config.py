@@ -231,7 +231,7 @@ class Config:
                 except OSError as error:
                     raise ConfigError(
                         "Cannot read %s (%s): %s" % (name, path, error.strerror)
-                    )
+                    ) from None
 
     @classmethod
     def from_env(cls, environ=None):
@@ -245,7 +245,7 @@ class Config:
                 except ValueError:
                     raise SystemExit(
                         "Invalid value for %s: %r" % (variable, _shown(variable, raw))
-                    )
+                    ) from None
         if len(values.get("admin_secret", "x" * MIN_ADMIN_SECRET)) < MIN_ADMIN_SECRET:
             raise SystemExit(
                 "PUSHI_ADMIN_SECRET must have at least %d characters (it reaches"

@@ -44,22 +44,22 @@ if __name__ == "__main__" and not __package__:
         ),
     )
 
-from pushi.base.access import Access  # noqa: E402
-from pushi.base.apps import AppDirectory  # noqa: E402
-from pushi.base.appsfile import apply_file  # noqa: E402
-from pushi.base.broker import LocalBroker  # noqa: E402
-from pushi.base.config import Config, ConfigError  # noqa: E402
-from pushi.base.console import ConsoleHub  # noqa: E402
-from pushi.base.engine import Engine  # noqa: E402
-from pushi.base.limits import App  # noqa: E402
-from pushi.base.metrics import Metrics  # noqa: E402
-from pushi.base.threads import Threads  # noqa: E402
-from pushi.base.webhooks import Webhooks  # noqa: E402
-from pushi.base import store as stores  # noqa: E402
-from pushi.net import capacity, wire  # noqa: E402
-from pushi.net.httpd import HttpServer  # noqa: E402
-from pushi.net.server import WebSocketServer  # noqa: E402
-from pushi.proto import errors  # noqa: E402
+from pushi.base import store as stores
+from pushi.base.access import Access
+from pushi.base.apps import AppDirectory
+from pushi.base.appsfile import apply_file
+from pushi.base.broker import LocalBroker
+from pushi.base.config import Config, ConfigError
+from pushi.base.console import ConsoleHub
+from pushi.base.engine import Engine
+from pushi.base.limits import App
+from pushi.base.metrics import Metrics
+from pushi.base.threads import Threads
+from pushi.base.webhooks import Webhooks
+from pushi.net import capacity, wire
+from pushi.net.httpd import HttpServer
+from pushi.net.server import WebSocketServer
+from pushi.proto import errors
 
 logger = logging.getLogger("pushi")
 
@@ -197,7 +197,7 @@ class State:
             # a stopping loop closes its wake-up descriptor a moment before
             # it has ended
             if self._stopping.is_set():
-                raise LoopStopped()
+                raise LoopStopped() from None
             raise
 
     def call_in_loop(self, work, *args, timeout=10):
@@ -430,7 +430,7 @@ class State:
                 try:
                     self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
                 except OSError as error:
-                    raise _listen_error("REST API", "APP", listen, error)
+                    raise _listen_error("REST API", "APP", listen, error) from None
             self.store.bind_loop(self)
             if self.cluster is not None:
                 self.cluster.start()
@@ -554,7 +554,7 @@ class State:
                 config.metrics_port, config.metrics_host, self.metrics.registry
             )
         except OSError as error:
-            raise _listen_error("Metrics", "PUSHI_METRICS", listen, error)
+            raise _listen_error("Metrics", "PUSHI_METRICS", listen, error) from None
         logger.info(
             "Metrics on http://%s:%d/metrics",
             _url_host(config.metrics_host),
@@ -672,7 +672,7 @@ class State:
             try:
                 self.app.serve(server=config.app_server, conf=False, **listen)
             except OSError as error:
-                raise _listen_error("REST API", "APP", listen, error)
+                raise _listen_error("REST API", "APP", listen, error) from None
         finally:
             self.stop()
 
@@ -775,7 +775,7 @@ def _probe_port(what, prefix, listen):
         try:
             probe.bind((listen["host"], listen["port"]))
         except OSError as error:
-            raise _listen_error(what, prefix, listen, error)
+            raise _listen_error(what, prefix, listen, error) from None
 
 
 def _listen_error(what, prefix, listen, error):
@@ -872,7 +872,7 @@ def main():
         pass
     except ConfigError as error:
         log.failed()
-        raise SystemExit(str(error))
+        raise SystemExit(str(error)) from None
     finally:
         # an interrupted start, or a bug: what was held helps
         log.started()

@@ -242,7 +242,7 @@ class Supervisor:
                 lock.bind("\0pushi-port-%d" % listen["port"])
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
-                    raise _listen_error(what, prefix, listen, error)
+                    raise _listen_error(what, prefix, listen, error) from None
             family = socket.AF_INET6 if ":" in listen["host"] else socket.AF_INET
             held = socket.socket(family, socket.SOCK_STREAM)
             self._held.append(held)
@@ -251,14 +251,15 @@ class Supervisor:
             try:
                 held.bind((listen["host"], listen["port"]))
             except OSError as error:
-                raise _listen_error(what, prefix, listen, error)
+                raise _listen_error(what, prefix, listen, error) from None
 
     def _lock_data_dir(self):
         if self.config.mongo_url:
             return
         data_dir = self.config.data_dir
         os.makedirs(data_dir, exist_ok=True)
-        lock = open(os.path.join(data_dir, LOCK_NAME), "a")
+        # held open (and locked) until the supervisor exits
+        lock = open(os.path.join(data_dir, LOCK_NAME), "a")  # noqa: SIM115
         self._held.append(lock)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,7 +267,7 @@ class Supervisor:
             raise ConfigError(
                 "Another Pushi with PUSHI_WORKERS runs on the data dir %s"
                 % os.path.abspath(data_dir)
-            )
+            ) from None
 
     def _apply_apps_file(self):
         """``PUSHI_APPS_FILE`` is applied here, once, before any worker
@@ -563,7 +564,7 @@ def supervise(config):
     try:
         code = Supervisor(config).run()
     except ConfigError as error:
-        raise SystemExit(str(error))
+        raise SystemExit(str(error)) from None
     if code:
         raise SystemExit(code)
 
@@ -629,6 +630,6 @@ def worker_main(argv=None):
         pass
     except ConfigError as error:
         log.failed()
-        raise SystemExit(str(error))
+        raise SystemExit(str(error)) from None
     finally:
         log.started()

@@ -61,8 +61,8 @@ Schema (all queries are index-backed, none scans a table):
 """
 
 import collections
-import contextlib
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import json
@@ -326,7 +326,7 @@ class SQLiteStore(base.Store):
         job_tickets = [ticket for ticket in batch if ticket.rows is None]
         if event_tickets:
             errors = self._events.store([ticket.rows for ticket in event_tickets])
-            for ticket, error in zip(event_tickets, errors):
+            for ticket, error in zip(event_tickets, errors, strict=True):
                 ticket.error = error
                 ticket.finish()
         if not job_tickets:
@@ -337,7 +337,9 @@ class SQLiteStore(base.Store):
             try:
                 for ticket in job_tickets:
                     self._in_savepoint(
-                        connection, ticket, lambda: ticket.job(connection)
+                        connection,
+                        ticket,
+                        lambda ticket=ticket: ticket.job(connection),
                     )
                 connection.execute("COMMIT")
             except BaseException:
@@ -617,7 +619,7 @@ class SQLiteStore(base.Store):
         try:
             error = answered.result(EVENTS_TIMEOUT)
         except concurrent.futures.TimeoutError:
-            raise sqlite3.OperationalError("events writer did not answer")
+            raise sqlite3.OperationalError("events writer did not answer") from None
         if error is not None:
             raise error
 

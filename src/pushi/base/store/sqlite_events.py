@@ -461,7 +461,7 @@ class GroupCommit:
 
     @staticmethod
     def _finish(callbacks, errors):
-        for callback, error in zip(callbacks, errors):
+        for callback, error in zip(callbacks, errors, strict=True):
             try:
                 callback(error)
             except Exception:
