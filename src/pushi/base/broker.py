@@ -77,22 +77,33 @@ class Broker(Protocol):
 class LocalBroker:
     """In-process broker: a bounded queue drained on the loop thread."""
 
-    def __init__(self, call_soon, deliver, flush, max_pending=1000, announce=None):
+    def __init__(
+        self,
+        call_soon: Callable[[Callable[[], None]], Any],
+        deliver: Callable[[Event], None],
+        flush: Callable[[], None],
+        max_pending: int = 1000,
+        announce: Callable[[Event], None] | None = None,
+    ) -> None:
         self._call_soon = call_soon
         self._deliver = deliver
         # told of each published event once, before its delivery
         self._announce = announce
         self._flush = flush
         self._max_pending = max_pending
-        self._queue = collections.deque()
+        self._queue: collections.deque[
+            tuple[Event, Callable[[Exception | None], None] | None]
+        ] = collections.deque()
         self._scheduled = False
 
     @property
-    def busy(self):
+    def busy(self) -> bool:
         """True while ``max_pending`` events wait for the loop."""
         return len(self._queue) >= self._max_pending
 
-    def publish(self, event, done=None):
+    def publish(
+        self, event: Event, done: Callable[[Exception | None], None] | None = None
+    ) -> None:
         """Queues ``event``; thread-safe.
         ``done(None)`` runs on the loop once the event's frames are queued on
         every socket, right before the turn's write."""
@@ -101,27 +112,29 @@ class LocalBroker:
             self._scheduled = True
             self._call_soon(self._drain)
 
-    def send(self, event):
+    def send(self, event: Event) -> None:
         """Delivers ``event`` at once: the loop already runs."""
         self._deliver(event)
 
     @staticmethod
-    def listen(app_id, channel, then):
+    def listen(
+        app_id: str, channel: str, then: Callable[[Exception | None], None]
+    ) -> None:
         """Every event of this process comes here: at once."""
         then(None)
 
     @staticmethod
-    def unlisten(app_id, channel):
+    def unlisten(app_id: str, channel: str) -> None:
         pass
 
-    def _drain(self):
+    def _drain(self) -> None:
         # cleared before draining: an event queued from now on schedules a
         # new drain, so nothing waits behind a drain that has finished
         self._scheduled = False
         queue = self._queue
         deliver = self._deliver
         announce = self._announce
-        finished = []
+        finished: list[Callable[[Exception | None], None]] = []
         while queue:
             event, done = queue.popleft()
             try:
