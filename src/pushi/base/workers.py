@@ -47,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 from pushi.base.config import Config, ConfigError
 
@@ -73,6 +74,7 @@ _WORKER = "from pushi.base.workers import worker_main; worker_main()"
 _WRITER = "from pushi.base.store.sqlite_events import serve; serve()"
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
 try:
     # loaded before any fork: the child calls it between fork and exec
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -127,16 +129,16 @@ class Child:
     def __init__(self, name, start):
         self.name = name
         self._start = start
-        self.process = None
-        self.started_at = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
         self.deaths = 0
         self.restart_at = None
 
-    def start(self):
-        self.process = self._start()
+    def start(self) -> subprocess.Popen[bytes]:
+        process = self.process = self._start()
         self.started_at = time.monotonic()
         self.restart_at = None
-        return self.process
+        return process
 
     @property
     def pid(self):
@@ -311,13 +313,13 @@ class Supervisor:
         path = self._socket_path(REDIS_SOCKET)
         self.redis_url = "unix://%s?db=0" % path
         self.private = Child("redis-server", lambda: self._run_redis(binary, path))
-        self.private.start()
+        process = self.private.start()
         deadline = time.monotonic() + 10
         while not self._redis_answers(path):
-            if self.private.process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is not None or time.monotonic() > deadline:
                 raise ConfigError(
                     "The private redis-server did not start (%s)"
-                    % _describe(self.private.process.poll())
+                    % _describe(process.poll())
                 )
             time.sleep(0.05)
 
@@ -596,7 +598,7 @@ def worker_main(argv=None):
     log.target.setFormatter(
         logging.Formatter(wire.LOG_FORMAT.replace("%(name)s", "%(name)s[%(process)d]"))
     )
-    stopping = []
+    stopping: list[bool] = []
 
     def terminate(_signum, _frame):
         # once: the supervisor's SIGTERM and its end may both come
