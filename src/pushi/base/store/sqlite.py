@@ -217,7 +217,7 @@ class SQLiteStore(base.Store):
         self._local = threading.local()
         self._readers = {}
         self._readers_lock = threading.Lock()
-        self._queue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Ticket | object] = queue.SimpleQueue()
         # Held while checking ``_closed`` and queueing, so that no ticket can
         # be queued behind the writer's stop marker and wait forever.
         self._queue_lock = threading.Lock()
@@ -614,7 +614,9 @@ class SQLiteStore(base.Store):
         if self._group is None:
             self._submit(_Ticket(rows=rows))
             return
-        answered = concurrent.futures.Future()
+        answered: concurrent.futures.Future[Exception | None] = (
+            concurrent.futures.Future()
+        )
         self._group.loop.call_soon(self._group.add, rows, answered.set_result)
         try:
             error = answered.result(EVENTS_TIMEOUT)

@@ -40,6 +40,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+from typing import cast
 
 from .sqlite_file import MovedDatabase
 
@@ -84,7 +85,7 @@ def insert_events(connection, rows):
         " ON CONFLICT (app_id, mid) DO NOTHING",
         rows,
     )
-    added = {}
+    added: dict[tuple[str, str], int] = {}
     for row in rows:
         channel_key = (row[1], row[2])
         added[channel_key] = added.get(channel_key, 0) + 1
@@ -102,7 +103,7 @@ def store_batch(connection, row_lists):
     string SQLite cannot take as UTF-8) lands on its list only.  Returns
     the errors (None for a list that is stored); raises if the commit
     itself fails."""
-    results = [None] * len(row_lists)
+    results: list[Exception | None] = [None] * len(row_lists)
     connection.execute("BEGIN IMMEDIATE")
     try:
         connection.execute("SAVEPOINT events")
@@ -173,7 +174,8 @@ def serve(argv=None):
     path, synchronous, listen_fd, life_fd = (argv or sys.argv)[1:5]
     listener = socket.socket(fileno=int(listen_fd))
     listener.setblocking(False)
-    life = int(life_fd)
+    life: int | None
+    life = int(life_fd)  # None once the supervisor has ended
     database = MovedDatabase(path, synchronous)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
@@ -197,7 +199,8 @@ def serve(argv=None):
                 received[peer] = b""
                 selector.register(peer, selectors.EVENT_READ)
             else:
-                peer = key.fileobj
+                # the listener and the life pipe are handled above
+                peer = cast(socket.socket, key.fileobj)
                 try:
                     data = peer.recv(1 << 16)
                 except OSError:
@@ -251,7 +254,7 @@ class EventsProcess:
         self.path = path
         self.synchronous = synchronous
         self.address = address
-        self.socket = None
+        self.socket: socket.socket | None = None
         self.ended = False
         self._process = None
         self._received = b""
@@ -288,8 +291,8 @@ class EventsProcess:
             self._process = subprocess.Popen(
                 # -c, not -m: the package has imported this module already
                 [sys.executable, "-c", _CHILD, self.path, self.synchronous],
-                stdin=child,
-                stdout=child,
+                stdin=child.fileno(),
+                stdout=child.fileno(),
                 env=env,
             )
         except BaseException:
@@ -304,17 +307,21 @@ class EventsProcess:
         """Sends a batch to the started child (which must have answered the
         previous one, so its end is reading and the write cannot wait on a
         commit)."""
-        self.socket.sendall(_frame(row_lists))
+        connection = self.socket
+        assert connection is not None  # sent only once started
+        connection.sendall(_frame(row_lists))
 
     def receive(self, wait=False):
         """Returns the answers that have arrived, each a list with one error
         (or None) per row list of its batch; with ``wait``, blocks for at
         least one.  Sets ``ended`` once the child has closed its end."""
         flags = 0 if wait else socket.MSG_DONTWAIT
-        answers = []
+        connection = self.socket
+        assert connection is not None  # received only once started
+        answers: list[list[Exception | None]] = []
         while not (answers and wait) and not self.ended:
             try:
-                data = self.socket.recv(1 << 16, flags)
+                data = connection.recv(1 << 16, flags)
             except BlockingIOError:
                 break
             except OSError:
