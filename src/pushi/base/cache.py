@@ -97,7 +97,9 @@ class Cache:
     def get(self, app_id, channel, now):
         """``(Cached, expires)`` of a channel's last event, if fresh."""
         app = self.apps.get(app_id)
-        entry = app.entries.get(channel) if app else None
+        if app is None:
+            return None
+        entry = app.entries.get(channel)
         if entry is not None and entry[1] <= now:
             del app.entries[channel]
             self._release(app, channel, entry[0])

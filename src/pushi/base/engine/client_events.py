@@ -71,11 +71,11 @@ class ClientEvents:
             and message.get("persist", True) is True
             and engine.store is not None
         ):
-            now = time.time()
-            extra.update(mid=messages.message_id(now), timestamp=now)
+            timestamp = time.time()
+            extra.update(mid=messages.message_id(timestamp), timestamp=timestamp)
             record = {
                 "mid": extra["mid"],
-                "timestamp": now,
+                "timestamp": timestamp,
                 "app_id": app.app_id,
                 "channel": channel_name,
                 "event": name,

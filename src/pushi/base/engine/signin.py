@@ -33,6 +33,7 @@ class SignIn:
         )
         if key is None:
             raise errors.ProtocolError(errors.UNAUTHORIZED, "Invalid sign-in")
+        assert isinstance(user, dict)  # a key is only looked for then
         session.keys.add(key)
         user_id = user["id"]
         previous = session.user_id

@@ -41,7 +41,7 @@ class StoredEvents:
                 name if isinstance(name, str) else None,
             )
         skip, count = data.get("skip", 0), data.get("count", 10)
-        if not all(isinstance(value, int) and 0 <= value for value in (skip, count)):
+        if not all(isinstance(value, int) and value >= 0 for value in (skip, count)):
             raise errors.ProtocolError(
                 errors.INVALID_MESSAGE, "skip and count are counts", name
             )
@@ -155,7 +155,7 @@ def bounded(events, max_bytes):
     """Stored events (newest first) as clients see them, as many as fit in
     ``max_bytes`` of the message that carries them: the newest always,
     then older ones while they fit.  Runs off the loop."""
-    kept = []
+    kept: list[dict] = []
     size = 0
     for event in events:
         event = public_event(event)
