@@ -279,7 +279,7 @@ class _Reap:
             channel, user_id = entry[2], entry[3]
             script = lua.PRESENCE_LEAVE
             keys = lua.presence_keys(app_id, channel, node)
-            args = (node, app_id, channel, user_id, "1")
+            args: tuple[str, ...] = (node, app_id, channel, user_id, "1")
             announcer = self.reaper.announcer
             if announcer is not None:
                 meta, extra = announcer.member_removed(app_id, channel, user_id)
