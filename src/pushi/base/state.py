@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 if __name__ == "__main__" and not __package__:
     # Run as a file (``python src/pushi/base/state.py``): its folder heads
@@ -204,7 +205,7 @@ class State:
         """Runs ``work(*args)`` on the loop and returns its result (blocks
         the calling thread, which must not be the loop).  Raises
         ``LoopStopped`` if the loop ends first."""
-        future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def run():
             try:
@@ -607,13 +608,15 @@ class State:
         """Closes the node's Redis connections before the loop ends, once
         what the closing sockets sent Redis is answered (a second at
         most: the rest is the reaper's)."""
+        node, cluster = self.node, self.cluster
+        assert node is not None and cluster is not None  # called for a node
         deadline = time.monotonic() + 1
         try:
             while time.monotonic() < deadline:
                 time.sleep(0.05)
-                if not self.call_in_loop(lambda: self.node.commands.pending, timeout=1):
+                if not self.call_in_loop(lambda: node.commands.pending, timeout=1):
                     break
-            self.call_in_loop(self.cluster.stop, timeout=5)
+            self.call_in_loop(cluster.stop, timeout=5)
         except Exception:
             pass
 
@@ -652,13 +655,17 @@ class State:
                 _check_app_server(config.app_server)
             self.start_server(http=own_http)
             listen = config.listen("app")
-            if not own_http:
+            if own_http:
+                assert self.http is not None  # start_server(http=True) made it
+                port = self.http.port
+            else:
                 _probe_port("REST API", "APP", listen)
+                port = config.app_port
             logger.info(
                 "REST API on %s://%s:%d",
                 "https" if config.app_ssl else "http",
                 _url_host(config.app_host),
-                self.http.port if own_http else config.app_port,
+                port,
             )
             if started is not None:
                 started()
@@ -806,7 +813,7 @@ class StartLog(logging.Handler):
     def __init__(self, target):
         logging.Handler.__init__(self)
         self.target = target
-        self.held = []
+        self.held: list[logging.LogRecord] | None = []
         self.dropped = False
 
     def emit(self, record):
@@ -822,13 +829,17 @@ class StartLog(logging.Handler):
     def started(self):
         """The start went well: what was held is written, and from now
         on every record as it comes."""
-        with self.lock:
+        lock = self.lock
+        assert lock is not None  # logging.Handler's __init__ made it
+        with lock:
             if not self.dropped:
                 self._write_held()
 
     def failed(self):
         """The start failed: nothing held nor later is written."""
-        with self.lock:
+        lock = self.lock
+        assert lock is not None  # logging.Handler's __init__ made it
+        with lock:
             self.dropped = True
             self.held = None
 
