@@ -20,6 +20,7 @@ from pushi.base.config import Config
 from pushi.base.presence import Joined, Member
 from pushi.base.state import State
 from pushi.net.redis import ConnectionDown, NetiusLoop, Redis
+
 from support import free_port
 
 APP = "7"
@@ -151,21 +152,21 @@ def at_once(*batches):
     def issue():
         longest = max(len(starts) for _, starts in batches)
         for index in range(longest):
-            for (_, starts), found in zip(batches, answers):
+            for (_, starts), found in zip(batches, answers, strict=True):
                 if index < len(starts):
                     starts[index](found.put)
 
     batches[0][0].state.call_in_loop(issue)
     return [
         [found.get(timeout=30) for _ in starts]
-        for (_, starts), found in zip(batches, answers)
+        for (_, starts), found in zip(batches, answers, strict=True)
     ]
 
 
 def test_one_user_joining_and_leaving_on_two_nodes_is_one_member(nodes, redis_server):
     a, b = nodes(2)
     channel = "presence-room"
-    for round in range(100):
+    for _ in range(100):
         first = a.ask(a.join(channel, "u", {"name": "U"}))
         second = b.ask(b.join(channel, "u", {"name": "other"}))
         assert isinstance(first, Joined) and isinstance(second, Joined)
@@ -263,7 +264,7 @@ def test_the_connections_of_an_app_are_capped_across_nodes(nodes):
     assert a.occupancy.connections(APP) == 7
     # each node counts locally those Redis counted for it, not the refused
     held = [
-        node.state.call_in_loop(lambda: dict(node.occupancy.held_connections))
+        node.state.call_in_loop(lambda node=node: dict(node.occupancy.held_connections))
         for node in (a, b)
     ]
     assert sum(item.get(APP, 0) for item in held) == 7
@@ -313,14 +314,22 @@ def test_reads_on_any_node_agree_with_the_changes(nodes):
         assert node.users.online(APP, ["s1", "s2", "s3"]) == ["s1", "s2"]
         # the same read on the loop, through the command connection
         assert node.ask(
-            lambda answer: node.presence.fetch_members(APP, "presence-x", answer)
+            lambda answer, node=node: node.presence.fetch_members(
+                APP, "presence-x", answer
+            )
         ) == node.presence.members(APP, "presence-x")
         assert (
-            node.ask(lambda answer: node.occupancy.fetch_count(APP, "news", answer))
+            node.ask(
+                lambda answer, node=node: node.occupancy.fetch_count(
+                    APP, "news", answer
+                )
+            )
             == 2
         )
         assert node.ask(
-            lambda answer: node.users.fetch_online(APP, ["s3", "s2", "s1"], answer)
+            lambda answer, node=node: node.users.fetch_online(
+                APP, ["s3", "s2", "s1"], answer
+            )
         ) == ["s2", "s1"]
     assert a.ask(a.signed_out("s1")) is False
     assert b.ask(b.signed_out("s1")) is True
