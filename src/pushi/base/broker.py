@@ -30,9 +30,11 @@ from typing import Any, Protocol
 logger = logging.getLogger("pushi")
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
+@dataclasses.dataclass(slots=True)
 class Event:
-    """One event on its way to the subscribers of ``channels``: ``data``
+    """One event on its way to the subscribers of ``channels`` (never
+    changed once made: not frozen, which would cost its every field a
+    ``object.__setattr__`` on the hot path): ``data``
     as clients get it (a string, or the member of a member event),
     ``exclude`` the socket id it skips, ``extra`` the fields its message
     carries besides (``mid``, ``timestamp``, ``user_id``); ``position``
