@@ -226,10 +226,8 @@ class Publisher:
         batch = payload.get("batch")
         if not isinstance(batch, list) or not batch:
             raise errors.HttpError(400, "batch must be a non-empty list")
-        if len(batch) > app.limits["max_batch"]:
-            raise errors.HttpError(
-                400, "Batch over %d events" % app.limits["max_batch"]
-            )
+        if len(batch) > app.limits.max_batch:
+            raise errors.HttpError(400, "Batch over %d events" % app.limits.max_batch)
         return [self.check(app, item, batch=True) for item in batch]
 
     def check(self, app, payload, batch=False):
@@ -241,9 +239,9 @@ class Publisher:
         name = payload.get("event") if pushi_body else payload.get("name")
         if not isinstance(name, str) or not name:
             raise errors.HttpError(400, "Missing event name (name)")
-        if len(name) > app.limits["max_event_name"]:
+        if len(name) > app.limits.max_event_name:
             raise errors.HttpError(
-                400, "Event name over %d characters" % app.limits["max_event_name"]
+                400, "Event name over %d characters" % app.limits.max_event_name
             )
         if "channels" in payload and not batch:
             names = payload["channels"]
@@ -253,12 +251,12 @@ class Publisher:
             names = [payload["channel"]]
         else:
             raise errors.HttpError(400, "Missing channel")
-        if len(names) > app.limits["max_publish_channels"]:
+        if len(names) > app.limits.max_publish_channels:
             raise errors.HttpError(
-                400, "Over %d channels" % app.limits["max_publish_channels"]
+                400, "Over %d channels" % app.limits.max_publish_channels
             )
         for channel in names:
-            if not channel_names.is_valid(channel, app.limits["max_channel_name"]):
+            if not channel_names.is_valid(channel, app.limits.max_channel_name):
                 raise errors.HttpError(400, "Invalid channel name: %.64r" % (channel,))
         data = payload.get("data")
         if pushi_body and not isinstance(data, str):
@@ -267,9 +265,9 @@ class Publisher:
         if not isinstance(data, str):
             raise errors.HttpError(400, "data must be a string")
         size = len(data.encode("utf-8"))
-        if size > app.limits["max_event_data"]:
+        if size > app.limits.max_event_data:
             raise errors.HttpError(
-                413, "Event data over %d bytes" % app.limits["max_event_data"]
+                413, "Event data over %d bytes" % app.limits.max_event_data
             )
         socket_id = payload.get("socket_id")
         if socket_id is not None and (

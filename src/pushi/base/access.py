@@ -410,7 +410,7 @@ class Access:
             raise errors.HttpError(
                 429,
                 "App over its %s (%d a second): retry in %d s"
-                % (setting, app.limits[setting], wait),
+                % (setting, getattr(app.limits, setting), wait),
                 retry_after=wait,
             )
 
@@ -426,10 +426,10 @@ class Access:
             return errors.UNKNOWN_APP, "App key not in this cluster"
         if not app.enabled:
             return errors.APP_DISABLED, "App disabled"
-        allowed = app.limits.get("allowed_origins")
+        allowed = app.limits.allowed_origins
         if allowed and origin not in allowed:
             return errors.UNAUTHORIZED, "Origin not allowed for this app"
-        quota = app.limits.get("max_connections")
+        quota = app.limits.max_connections
         if quota and open_sockets(app.app_id) >= quota:
             return errors.OVER_QUOTA, "App over its connection quota"
         if self.rates.take(app, "max_connections_per_second"):

@@ -128,7 +128,7 @@ class MemoryHistory:
         position and keeps it: returns the ``Entry``, whose ``text`` is the
         event with its position (the caller frames it once and hands the
         frame to ``keep``), or None when the app keeps no history."""
-        count = limits["recovery_history"]
+        count = limits.recovery_history
         if not count:
             return None
         app = self._app(app_id, limits)
@@ -155,7 +155,7 @@ class MemoryHistory:
         app = self.apps[app_id]
         if entry.stream is not None:
             app.bytes += entry.size
-        max_bytes = limits["max_recovery_bytes"]
+        max_bytes = limits.max_recovery_bytes
         if max_bytes and app.bytes > max_bytes:
             self._trim(app, max_bytes)
 
@@ -163,11 +163,11 @@ class MemoryHistory:
         """``(epoch, offset)`` of a channel's last event (offset 0 before
         its first), its stream made if it has none; None when the app
         keeps no history."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return None
         app = self._app(app_id, limits)
         stream = self._stream(app, channel, now)
-        self._trim(app, limits["max_recovery_bytes"])
+        self._trim(app, limits.max_recovery_bytes)
         return stream.epoch, stream.top
 
     def recover(self, app_id, channel, epoch, offset, limits, now, then=None):
@@ -183,7 +183,7 @@ class MemoryHistory:
         then(*answer)
 
     def _recover(self, app_id, channel, epoch, offset, limits, now):
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return False, OFF
         app = self.apps.get(app_id)
         stream = app.streams.get(channel) if app is not None else None
@@ -196,7 +196,7 @@ class MemoryHistory:
         if offset == stream.top:
             return True, []
         entries = stream.entries
-        ttl = limits["recovery_ttl"]
+        ttl = limits.recovery_ttl
         # the entries past their time are gone, though the sweep may not
         # have dropped them yet
         while entries and entries[0].time + ttl <= now:
@@ -215,7 +215,7 @@ class MemoryHistory:
         now until ``untap``, whatever the history drops meanwhile: what a
         recovery that reads elsewhere (the store) must send after what it
         read.  None when the app keeps no history."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return None
         tapped = []
         self._app(app_id, limits).taps.setdefault(channel, []).append(tapped)
@@ -269,15 +269,15 @@ class MemoryHistory:
         app = self.apps.get(app_id)
         if app is None:
             return
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             del self.apps[app_id]
             return
-        app.ttl = limits["recovery_ttl"]
-        count = limits["recovery_history"]
+        app.ttl = limits.recovery_ttl
+        count = limits.recovery_history
         for stream in app.streams.values():
             self._cut(app, stream, count)
         self._compact(app)
-        self._trim(app, limits["max_recovery_bytes"])
+        self._trim(app, limits.max_recovery_bytes)
 
     # inside
 
@@ -285,7 +285,7 @@ class MemoryHistory:
         app = self.apps.get(app_id)
         if app is None:
             app = self.apps[app_id] = AppHistory()
-        app.ttl = limits["recovery_ttl"]
+        app.ttl = limits.recovery_ttl
         return app
 
     def _stream(self, app, channel, now):

@@ -42,7 +42,7 @@ class Rates:
     def take(self, app, setting, cost=1):
         """Counts ``cost`` against ``app``'s ``setting``: 0 when admitted,
         else the whole seconds (at least 1) before a retry may be."""
-        rate = app.limits.get(setting) or 0
+        rate = getattr(app.limits, setting) or 0
         if rate <= 0:
             return 0
         key = (app.app_id, setting)

@@ -404,7 +404,7 @@ class State:
             self.call_in_loop(self.console.recheck)
 
     def _watch_webhooks(self):
-        wanted = any(app.limits["webhooks"] for app in self.apps.all())
+        wanted = any(app.limits.webhooks for app in self.apps.all())
         observers = self.engine.observers
         if wanted and self.webhooks.observe not in observers:
             observers.append(self.webhooks.observe)
@@ -628,8 +628,8 @@ class State:
             if self.spans is not None and not self.spans.may_retain():
                 continue  # another node of the cluster runs it
             for app in self.apps.all():
-                max_count = app.limits["retention_count"]
-                max_age = app.limits["retention_age"]
+                max_count = app.limits.retention_count
+                max_age = app.limits.retention_age
                 if not (max_count or max_age):
                     continue
                 try:

@@ -123,7 +123,7 @@ class Webhooks:
 
     def observe(self, app_id, kind, details):
         app = self.apps.by_id(app_id)
-        hooks = app.limits.get("webhooks") if app else None
+        hooks = app.limits.webhooks if app else None
         if not hooks:
             return
         channel = details.get("channel")
@@ -243,7 +243,7 @@ class Webhooks:
         it; returns the lanes that now need a sender (lock held)."""
         app = self.apps.by_id(app_id)
         idle = []
-        for hook in (app.limits.get("webhooks") or ()) if app else ():
+        for hook in (app.limits.webhooks or ()) if app else ():
             if event["name"] not in (hook.get("events") or EVENTS):
                 continue
             key = (app_id, hook["url"])
@@ -498,7 +498,7 @@ def _wants(app, url):
     return bool(
         app
         and app.enabled
-        and any(hook["url"] == url for hook in app.limits.get("webhooks") or ())
+        and any(hook["url"] == url for hook in app.limits.webhooks or ())
     )
 
 

@@ -5,13 +5,13 @@ import pytest
 
 from pushi.base import history
 from pushi.base.history import MemoryHistory, since_of, with_position
-from pushi.base.limits import DEFAULTS
+from pushi.base.limits import Limits
 from pushi.proto import messages
 from pushi.proto.websocket import text_frame
 
 
 def limits(**changes):
-    return dict(DEFAULTS, **changes)
+    return Limits(**changes)
 
 
 def deliver(store, channel, number, app_id="1", now=0.0, settings=None):

@@ -56,7 +56,7 @@ class AppsController(PushiController):
                 # settings are replaced whole: one left out returns to its
                 # default, which must not lift a limit either
                 for name in sorted(OPERATOR_SETTINGS):
-                    if settings.get(name, DEFAULTS[name]) != app.limits[name]:
+                    if settings.get(name, DEFAULTS[name]) != getattr(app.limits, name):
                         raise errors.HttpError(
                             403, "Setting %s needs the admin secret" % name
                         )

@@ -315,9 +315,9 @@ class RedisBroker:
 
         app_id = event.app_id
         limits = self.engine.limits(app_id)
-        history = limits["recovery_history"]
+        history = limits.recovery_history
         member = "1" if event.name.startswith("pusher_internal:member_") else "0"
-        max_cache = limits["max_cache_bytes"]
+        max_cache = limits.max_cache_bytes
         for channel in channels:
             body = messages.dumps(
                 [app_id, channel, event.name, event.data, event.exclude, event.extra]
@@ -342,7 +342,7 @@ class RedisBroker:
                     body,
                     META_TTL,
                     history,
-                    limits["recovery_ttl"],
+                    limits.recovery_ttl,
                     "1" if cache else "0",
                     member,
                 ),

@@ -72,7 +72,7 @@ class RedisHistory:
         """``(epoch, offset)`` of this node's order of the channel, None
         when the app keeps no history or the position is unknown (Redis
         did not answer when the channel was subscribed)."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return None
         return self.broker.position((app_id, channel))
 
@@ -81,7 +81,7 @@ class RedisHistory:
         of ``epoch`` up to this node's position, oldest first;
         ``then(False, reason)`` when some are not kept; ``then(None,
         error)`` when Redis did not answer."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             then(False, OFF)
             return
         if self.broker.position((app_id, channel)) == (epoch, offset):
@@ -92,7 +92,7 @@ class RedisHistory:
     def tap(self, app_id, channel, limits):
         """A list that receives (as objects with a ``frame``) every event
         this node delivers on ``channel`` until ``untap``."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return None
         tapped = _Tap()
         self.broker.taps.setdefault((app_id, channel), []).append(tapped.tap)
@@ -109,10 +109,10 @@ class RedisHistory:
         gets them after its recovered frames, and misses none.  Ends when
         the socket is on the channel or closed, or past
         ``recovery_history`` events (a refused member)."""
-        if not limits["recovery_history"]:
+        if not limits.recovery_history:
             return
         key = (app_id, channel)
-        most = limits["recovery_history"]
+        most = limits.recovery_history
 
         def tap(offset, epoch, event):
             if session.closed or channel in session.channels or len(frames) > most:
@@ -159,7 +159,7 @@ class _Recovery:
             self.app_id,
             self.channel,
             self.since,
-            self.limits["recovery_history"],
+            self.limits.recovery_history,
             self.read,
         )
 
@@ -202,7 +202,7 @@ class _Recovery:
             return EXPIRED if redis_of(epoch) == redis_of(self.epoch) else NEW_EPOCH
         if self.since > top:
             return UNKNOWN
-        if top - self.since > self.limits["recovery_history"]:
+        if top - self.since > self.limits.recovery_history:
             return TOO_FAR
         return None
 
@@ -211,7 +211,7 @@ class _Recovery:
         None)`` for the history after ``since``, or ``(None, reason)`` when
         part of it is gone."""
         kept: dict[int, tuple | None] = {}
-        ttl = self.limits["recovery_ttl"]
+        ttl = self.limits.recovery_ttl
         for entry_id, fields in entries:
             offset = int(_text(entry_id).split("-", 1)[0])
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -271,7 +271,7 @@ class _Recovery:
             return
         frames = []
         size = 0
-        max_bytes = self.limits["max_recovery_bytes"]
+        max_bytes = self.limits.max_recovery_bytes
         for offset in range(self.since + 1, last + 1):
             event = events[offset]
             if event is None:

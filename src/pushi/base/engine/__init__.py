@@ -196,7 +196,7 @@ class Engine:
         session.last_seen = time.monotonic()
         session.ping_sent = None
         try:
-            message = messages.parse(text, session.app.limits["max_event_name"])
+            message = messages.parse(text, session.app.limits.max_event_name)
             self._dispatch(session, message)
         except errors.SubscriptionError as error:
             self.refuse(session, error)
@@ -266,7 +266,7 @@ class Engine:
     def subscribe(self, session, data):
         name = data.get("channel")
         app = session.app
-        channels.check(name, app.limits["max_channel_name"])
+        channels.check(name, app.limits.max_channel_name)
         kind = channels.kind(name)
         if kind == channels.PEER:
             raise errors.SubscriptionError(
@@ -325,7 +325,7 @@ class Engine:
             session.listening and name in session.listening
         ):
             return  # the answer to the first one is on its way
-        limit = app.limits["max_socket_channels"]
+        limit = app.limits.max_socket_channels
         if (
             limit
             and len(session.channels) >= limit

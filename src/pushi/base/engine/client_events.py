@@ -44,17 +44,17 @@ class ClientEvents:
             session.event_window = now
             session.event_count = 0
         session.event_count += 1
-        if session.event_count > app.limits["client_event_rate"]:
+        if session.event_count > app.limits.client_event_rate:
             raise errors.ProtocolError(
                 errors.RATE_LIMITED,
-                "Over %d client events per second" % app.limits["client_event_rate"],
+                "Over %d client events per second" % app.limits.client_event_rate,
             )
         data = message["data"]
         size = len(data) if isinstance(data, str) else len(messages.dumps(data))
-        if size > app.limits["max_event_data"]:
+        if size > app.limits.max_event_data:
             raise errors.ProtocolError(
                 errors.RATE_LIMITED,
-                "Event data over %d bytes" % app.limits["max_event_data"],
+                "Event data over %d bytes" % app.limits.max_event_data,
             )
         # the sender's presence id: of the channel, or for a peer channel
         # of the presence channel that paired it

@@ -29,7 +29,7 @@ class SubscriptionCounts:
         are held and told, with the count of that moment, when it ends.
         As on Pusher, presence channels have none: their members say who
         is there."""
-        if not app.limits["subscription_count_events"] or channels.kind(name) in (
+        if not app.limits.subscription_count_events or channels.kind(name) in (
             channels.USER,
             channels.PRESENCE,
         ):
@@ -62,7 +62,7 @@ class SubscriptionCounts:
             self._counted.pop(key, None)
             return
         app = next(iter(channel.sessions)).app
-        if not app.limits["subscription_count_events"]:
+        if not app.limits.subscription_count_events:
             return
         self._counted[key] = now
 

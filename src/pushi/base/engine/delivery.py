@@ -59,7 +59,7 @@ class Delivery:
                 app_id,
                 channel_name,
                 cached,
-                limits["max_cache_bytes"],
+                limits.max_cache_bytes,
                 time.monotonic(),
             )
         channel = self.registry.channel(app_id, channel_name)

@@ -23,7 +23,7 @@ class PersonalChannels:
         engine = self.engine
         app = session.app
         user_id = channels.personal_user(name)
-        count = min(app.limits["latest_count"], MAX_LATEST)
+        count = min(app.limits.latest_count, MAX_LATEST)
         max_bytes = engine.history_bytes
         store = engine.store
         key = (app.app_id, user_id)

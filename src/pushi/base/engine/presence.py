@@ -30,13 +30,13 @@ class PresenceChannels:
         if isinstance(user_id, bool) or not isinstance(user_id, (str, int, float)):
             raise errors.SubscriptionError(name, "user_id must be a string", status=400)
         user_id = str(user_id)
-        if len(user_id) > limits["max_user_id"]:
+        if len(user_id) > limits.max_user_id:
             raise errors.SubscriptionError(name, "user_id is too long", status=400)
         user_info = member.get("user_info")
-        if len(messages.dumps(user_info)) > limits["max_user_info"]:
+        if len(messages.dumps(user_info)) > limits.max_user_info:
             raise errors.SubscriptionError(
                 name,
-                "user_info over %d bytes" % limits["max_user_info"],
+                "user_info over %d bytes" % limits.max_user_info,
                 status=413,
                 type="LimitReached",
             )
@@ -49,7 +49,7 @@ class PresenceChannels:
         ``then()`` runs.  A full channel refuses the socket."""
         app = session.app
         user_id, member = self.member_of(session, name, channel_data)
-        limit = app.limits["max_presence_members"]
+        limit = app.limits.max_presence_members
 
         def joined(answer):
             engine = self.engine
@@ -144,7 +144,7 @@ class PresenceChannels:
             if other_id == user_id or not other.peer:
                 continue
             peer_name = channels.peer_name(base, user_id, other_id)
-            if not channels.is_valid(peer_name, session.app.limits["max_channel_name"]):
+            if not channels.is_valid(peer_name, session.app.limits.max_channel_name):
                 continue
             sockets = [session]
             if new and local is not None:

@@ -46,8 +46,8 @@ class Queries:
         cache, recovery = self.on_loop(
             lambda: (engine.cache.stats(app_id), engine.history.stats(app_id))
         )
-        cache["max_bytes"] = limits["max_cache_bytes"]
-        recovery["max_bytes"] = limits["max_recovery_bytes"]
+        cache["max_bytes"] = limits.max_cache_bytes
+        recovery["max_bytes"] = limits.max_recovery_bytes
         return {
             "connections": self.occupancy.connections(app_id),
             "channels": len(self.occupancy.channels(app_id)),
@@ -88,7 +88,7 @@ class Queries:
             for session in self.registry.sessions.values()
             if session.app.app_id == app.app_id
         ]
-        engine.cache.trim(app.app_id, app.limits["max_cache_bytes"])
+        engine.cache.trim(app.app_id, app.limits.max_cache_bytes)
         engine.history.trim(app.app_id, app.limits)
         for session in sessions:
             session.app = app

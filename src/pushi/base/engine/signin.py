@@ -45,11 +45,11 @@ class SignIn:
             self.users.signed_in(
                 app.app_id, user_id, lambda came: self._arrived(app, user_id, came)
             )
-        if app.limits["watchlist_events"]:
+        if app.limits.watchlist_events:
             self._watch(session, user.get("watchlist"))
 
     def _arrived(self, app, user_id, came):
-        if came and app.limits["watchlist_events"]:
+        if came and app.limits.watchlist_events:
             self.tell_watchers(app.app_id, user_id, "online")
 
     def signed_out(self, app, user_id):
@@ -57,7 +57,7 @@ class SignIn:
         ``offline`` to the watchers when it was the user's last."""
 
         def gone(left):
-            if left and app.limits["watchlist_events"]:
+            if left and app.limits.watchlist_events:
                 self.tell_watchers(app.app_id, user_id, "offline")
 
         self.users.signed_out(app.app_id, user_id, gone)
@@ -67,7 +67,7 @@ class SignIn:
         if watchlist is None:
             self.watchlists.forget(session)
             return
-        limit = app.limits["max_watchlist"]
+        limit = app.limits.max_watchlist
         if (
             not isinstance(watchlist, list)
             or len(watchlist) > limit
