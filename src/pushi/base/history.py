@@ -113,6 +113,16 @@ class AppHistory:
         self.taps = {}
 
 
+class Tapped(list):
+    """The entries a ``tap`` receives, and the ``mid`` it started after."""
+
+    __slots__ = ("before",)
+
+    def __init__(self):
+        super().__init__()
+        self.before = None
+
+
 class MemoryHistory:
     """Recovery history of every app in this process's memory."""
 
@@ -214,11 +224,22 @@ class MemoryHistory:
         """A list that receives every entry ``append``ed to ``channel`` from
         now until ``untap``, whatever the history drops meanwhile: what a
         recovery that reads elsewhere (the store) must send after what it
-        read.  None when the app keeps no history."""
+        read.  Its ``before`` is the ``mid`` of the last stored event the
+        channel delivered before the tap, as far as the history still
+        keeps one (else None): the store may hold events committed but not
+        delivered yet, which the recovery must leave to their delivery.
+        None when the app keeps no history."""
         if not limits.recovery_history:
             return None
-        tapped = []
-        self._app(app_id, limits).taps.setdefault(channel, []).append(tapped)
+        tapped = Tapped()
+        app = self._app(app_id, limits)
+        stream = app.streams.get(channel)
+        for entry in reversed(stream.entries if stream is not None else ()):
+            if entry.frame is not None:
+                tapped.before = frame_message(entry.frame).get("mid")
+                if tapped.before is not None:
+                    break
+        app.taps.setdefault(channel, []).append(tapped)
         return tapped
 
     def untap(self, app_id, channel, tapped):

@@ -6,7 +6,7 @@ import pytest
 
 from pushi.base.config import Config
 from pushi.base.engine import Engine
-from pushi.proto import auth
+from pushi.proto import auth, messages
 
 from support import connect, make_app, send
 
@@ -317,3 +317,94 @@ def test_signin_and_user_channel(engine):
     b, tb = connect(engine, app)
     send(engine, b, "pusher:signin", {"auth": token, "user_data": user_data})
     assert tb.messages()[0]["data"]["code"] == 4009 and tb.closed == 4009
+
+
+def a_store_recovery(tmp_path):
+    """An engine on a store whose recovery reads run when the test says
+    (``reads``: each ``(read, answer)`` handed to ``offload``), an app that
+    keeps 3 events per channel, a socket on ``news`` (its epoch) and
+    ``stored(data, mid)``: an event stored, and ``delivered(...)`` it."""
+    from pushi.base.store.sqlite import SQLiteStore
+
+    reads = []
+    store = SQLiteStore(str(tmp_path))
+    app = make_app(settings={"recovery_history": 3})
+
+    class Apps:
+        def by_id(self, app_id):
+            return app if app_id == app.app_id else None
+
+    engine = Engine(
+        Config(),
+        store=store,
+        offload=lambda work, then: reads.append((work, then)),
+        apps=Apps(),
+    )
+    a, ta = connect(engine, app, "pushi")
+    send(engine, a, "pusher:subscribe", {"channel": "news"})
+    epoch = json.loads(ta.messages()[0]["data"])["epoch"]
+    clock = [1000.0]
+
+    def stored(data, mid):
+        clock[0] += 1
+        event = {"mid": mid, "app_id": app.app_id, "channel": "news"}
+        event.update(event="said", data=data, timestamp=clock[0])
+        store.add_events([event])
+
+        def delivered():
+            extra = {"mid": mid, "timestamp": clock[0]}
+            engine.publish(app.app_id, ["news"], "said", data, extra=extra)
+
+        return delivered
+
+    return reads, store, engine, app, epoch, stored
+
+
+def recover_from(engine, app, epoch, offset, mid):
+    b, tb = connect(engine, app, "pushi")
+    since = {"epoch": epoch, "offset": offset, "mid": mid}
+    send(engine, b, "pusher:subscribe", {"channel": "news", "since": since})
+    return b, tb
+
+
+def test_a_store_recovery_leaves_a_committed_undelivered_event_to_its_delivery(
+    tmp_path,
+):
+    """An event committed before the store is read but delivered after the
+    read's answer reaches the socket once: by its delivery, not also from
+    the store."""
+    reads, store, engine, app, epoch, stored = a_store_recovery(tmp_path)
+    mids = [messages.message_id(1700000000 + n) for n in range(1, 13)]
+    for n in range(1, 11):
+        stored(str(n), mids[n - 1])()
+    b, tb = recover_from(engine, app, epoch, 5, mids[4])
+    ((read, answer),) = reads
+    stored("11", mids[10])()  # delivered during the read, and read
+    late = stored("12", mids[11])  # read, not delivered yet
+    answer(read())
+    late()
+    received = tb.messages()
+    data = json.loads(received[0]["data"])
+    assert data["store"] is True and data["recovered"] is False
+    said = [message["data"] for message in received if message["event"] == "said"]
+    assert said == ["6", "7", "8", "9", "10", "11", "12"]
+    store.close()
+
+
+def test_a_store_recovery_orders_by_the_store_not_by_mid(tmp_path):
+    """Two events of one millisecond have ``mid``s in no particular order:
+    the recovery takes the events after the socket's one in the store's
+    order, so the next one is not lost and the one before not repeated."""
+    reads, store, engine, app, epoch, stored = a_store_recovery(tmp_path)
+    same = "%012x" % 1700000000000
+    mids = [messages.message_id(1600000000 + n) for n in range(1, 4)]
+    mids += [same + "f" * 16, same + "8" + "0" * 15, same + "0" * 16]
+    mids += [messages.message_id(1800000000 + n) for n in range(7, 11)]
+    for n in range(1, 11):
+        stored(str(n), mids[n - 1])()
+    b, tb = recover_from(engine, app, epoch, 5, mids[4])
+    ((read, answer),) = reads
+    answer(read())
+    said = [message["data"] for message in tb.messages() if message["event"] == "said"]
+    assert said == ["6", "7", "8", "9", "10"]
+    store.close()

@@ -302,6 +302,10 @@ class _Tap(list):
     """The events delivered on a channel during a recovery that reads the
     store (``Recovery._from_store``), as history entries (``frame``)."""
 
+    # the last stored event delivered before the tap: not known here, so
+    # the recovery sends every stored event it read
+    before = None
+
     def tap(self, offset, epoch, event):
         if event.name.startswith("pusher_internal:member_"):
             return

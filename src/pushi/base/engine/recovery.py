@@ -89,7 +89,9 @@ class Recovery:
         """Reads the stored events of a channel after ``mid`` off the loop,
         then hands them on (``"store": true`` in the subscription data),
         followed by those delivered during the read (each once: a stored
-        one the read found is not sent again)."""
+        one the read found is not sent again).  A stored event the read
+        found that the channel has not delivered yet is left to its
+        delivery, which reaches the socket once it is on the channel."""
         engine = self.engine
         app = session.app
         store = engine.store
@@ -100,8 +102,8 @@ class Recovery:
         tapped = self.history.tap(app.app_id, name, app.limits)
 
         def read():
-            events = store.get_events(app.app_id, [name], 0, MAX_LATEST)
-            return [event for event in reversed(events) if event["mid"] > mid]
+            # oldest first, in the store's order
+            return list(reversed(store.get_events(app.app_id, [name], 0, MAX_LATEST)))
 
         def answer(events):
             session.recovering.discard(name)
@@ -112,7 +114,7 @@ class Recovery:
             mids = set()
             if events is not None:
                 position["store"] = True
-                for event in events:
+                for event in _missed(events, mid, tapped.before):
                     mids.add(event["mid"])
                     frames.append(
                         text_frame(
@@ -137,3 +139,26 @@ class Recovery:
                 engine.refuse(session, error)
 
         engine.offload(read, answer)
+
+
+def _missed(events, mid, before):
+    """The stored ``events`` (oldest first) a recovery after ``mid`` sends
+    from the store: those after the event ``mid`` in the store's order (a
+    ``mid`` orders events only to the millisecond), or, when the read does
+    not reach back to it, those with a greater ``mid``; and, when
+    ``before`` (the last stored event the channel delivered before the
+    tap) is known, none past it: those are delivered after the tap, or
+    not yet (committed, their delivery to come)."""
+    mids = [event["mid"] for event in events]
+    if mid in mids:
+        events = events[mids.index(mid) + 1 :]
+    else:
+        events = [event for event in events if event["mid"] > mid]
+    if before is None:
+        return events
+    mids = [event["mid"] for event in events]
+    if before not in mids:
+        # delivered before ``mid``, or before what the read reaches: every
+        # event read came later
+        return []
+    return events[: mids.index(before) + 1]
