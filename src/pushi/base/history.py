@@ -82,7 +82,7 @@ class Entry:
 class Stream:
     """A channel's position and its events kept, oldest first."""
 
-    __slots__ = ("name", "epoch", "top", "entries", "used", "lost")
+    __slots__ = ("name", "epoch", "top", "entries", "used", "lost", "mid")
 
     def __init__(self, name, epoch, now):
         self.name = name
@@ -92,6 +92,8 @@ class Stream:
         self.used = now
         # why the events before the first kept one are gone
         self.lost = TOO_FAR
+        # the last stored event appended (see ``tap``)
+        self.mid = None
 
 
 class AppHistory:
@@ -133,17 +135,20 @@ class MemoryHistory:
 
     # the seam
 
-    def append(self, app_id, channel, text, limits, now):
+    def append(self, app_id, channel, text, limits, now, mid=None):
         """Gives the event ``text`` on ``channel`` the channel's next
         position and keeps it: returns the ``Entry``, whose ``text`` is the
         event with its position (the caller frames it once and hands the
-        frame to ``keep``), or None when the app keeps no history."""
+        frame to ``keep``), or None when the app keeps no history.
+        ``mid``: the stored event's, if it is one."""
         count = limits.recovery_history
         if not count:
             return None
         app = self._app(app_id, limits)
         stream = self._stream(app, channel, now)
         stream.top += 1
+        if mid is not None:
+            stream.mid = mid
         entry = Entry(
             stream.top, with_position(text, stream.top, stream.epoch), now, stream
         )
@@ -225,20 +230,17 @@ class MemoryHistory:
         now until ``untap``, whatever the history drops meanwhile: what a
         recovery that reads elsewhere (the store) must send after what it
         read.  Its ``before`` is the ``mid`` of the last stored event the
-        channel delivered before the tap, as far as the history still
-        keeps one (else None): the store may hold events committed but not
-        delivered yet, which the recovery must leave to their delivery.
-        None when the app keeps no history."""
+        channel's stream delivered before the tap (None when it delivered
+        none): the store may hold events committed but not delivered yet,
+        which the recovery must leave to their delivery.  None when the
+        app keeps no history."""
         if not limits.recovery_history:
             return None
         tapped = Tapped()
         app = self._app(app_id, limits)
         stream = app.streams.get(channel)
-        for entry in reversed(stream.entries if stream is not None else ()):
-            if entry.frame is not None:
-                tapped.before = frame_message(entry.frame).get("mid")
-                if tapped.before is not None:
-                    break
+        if stream is not None:
+            tapped.before = stream.mid
         app.taps.setdefault(channel, []).append(tapped)
         return tapped
 

@@ -391,6 +391,28 @@ def test_a_store_recovery_leaves_a_committed_undelivered_event_to_its_delivery(
     store.close()
 
 
+def test_a_store_recovery_knows_what_was_delivered_past_events_not_stored(
+    tmp_path,
+):
+    """The last stored event the channel delivered is known however many
+    events that are not stored followed it: one committed but not yet
+    delivered still reaches the socket once."""
+    reads, store, engine, app, epoch, stored = a_store_recovery(tmp_path)
+    mids = [messages.message_id(1700000000 + n) for n in range(1, 12)]
+    for n in range(1, 11):
+        stored(str(n), mids[n - 1])()
+    for _ in range(3):
+        engine.publish(app.app_id, ["news"], "said", "not stored")
+    b, tb = recover_from(engine, app, epoch, 5, mids[4])
+    ((read, answer),) = reads
+    late = stored("11", mids[10])
+    answer(read())
+    late()
+    said = [message["data"] for message in tb.messages() if message["event"] == "said"]
+    assert said == ["6", "7", "8", "9", "10", "11"]
+    store.close()
+
+
 def test_a_store_recovery_orders_by_the_store_not_by_mid(tmp_path):
     """Two events of one millisecond have ``mid``s in no particular order:
     the recovery takes the events after the socket's one in the store's

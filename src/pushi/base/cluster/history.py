@@ -60,7 +60,7 @@ class RedisHistory:
 
     # the seam
 
-    def append(self, app_id, channel, text, limits, now):
+    def append(self, app_id, channel, text, limits, now, mid=None):
         """Never used: events have the bus's positions (``Event.position``)
         and the publish script keeps them."""
         return None

@@ -29,6 +29,7 @@ class Delivery:
         app_id, name, data, extra = event.app_id, event.name, event.data, event.extra
         extra = extra or {}
         limits = self.engine.limits(app_id)
+        mid = extra.get("mid")
         cached = None
         for channel_name in event.channels:
             if cached is None and channels.is_cache(channel_name):
@@ -42,16 +43,28 @@ class Delivery:
                 cached,
                 limits,
                 event.position,
+                mid,
             )
 
-    def write(self, app_id, channel_name, text, exclude, cached, limits, position=None):
+    def write(
+        self,
+        app_id,
+        channel_name,
+        text,
+        exclude,
+        cached,
+        limits,
+        position=None,
+        mid=None,
+    ):
         """Writes one event's ``text`` to every socket of a channel but
         ``exclude`` (a socket id); a cache channel keeps it as ``cached``
         (shared by the channels of one publish), within the app's
         ``max_cache_bytes``.  ``position`` ``(offset, epoch)``: the one a
-        cluster's bus gave the event, which its frame carries."""
+        cluster's bus gave the event, which its frame carries; ``mid``:
+        the stored event's, if it is one."""
         if position is None:
-            frame = self._framed(app_id, channel_name, text, limits)
+            frame = self._framed(app_id, channel_name, text, limits, mid)
         else:
             frame = text_frame(with_position(text, *position))
         if channels.is_cache(channel_name):
@@ -81,13 +94,13 @@ class Delivery:
                 if session.socket_id != exclude:
                     write(frame)
 
-    def _framed(self, app_id, channel_name, text, limits):
+    def _framed(self, app_id, channel_name, text, limits, mid=None):
         """The frame of an event on a channel: with the channel's next
         position (``offset`` and ``epoch``) and kept for recovery, when the
         app keeps a history; assigned once per channel, whoever receives
         it."""
         entry = self.history.append(
-            app_id, channel_name, text, limits, time.monotonic()
+            app_id, channel_name, text, limits, time.monotonic(), mid
         )
         if entry is None:
             return text_frame(text)
