@@ -42,12 +42,6 @@ class Limits:
     recovery_ttl: int = 300
     max_recovery_bytes: int = 4194304
 
-    def __getitem__(self, name):
-        return getattr(self, name)
-
-    def get(self, name, default=None):
-        return getattr(self, name, default)
-
     def settings(self):
         """Every setting by name (a new dict)."""
         return dataclasses.asdict(self)
