@@ -386,7 +386,7 @@ class RedisBroker:
             if (
                 error is None
                 and key not in self._positions
-                and self.engine.limits(app_id)["recovery_history"]
+                and self.engine.limits(app_id).recovery_history
             ):
                 # where this node's order of the channel starts
                 self._start(key, lambda: done(None))
