@@ -165,8 +165,6 @@ def serve(argv=None):
     together and each is answered on its own connection.  Ends once the
     life fd (a pipe whose other end only the supervisor holds) reads end
     of file, after answering what it committed."""
-    from pushi.base.store.sqlite import MovedDatabase
-
     # its end is the supervisor's: a SIGTERM sent to the whole group
     # (systemd's default) must not end it before the workers' last batches
     signal.signal(signal.SIGINT, signal.SIG_IGN)
