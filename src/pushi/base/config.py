@@ -273,3 +273,23 @@ def _refuse_old_data_dir(data_dir):
             " set PUSHI_DATA_DIR=./%s to keep using it"
             % (OLD_DATA_DIR, data_dir, OLD_DATA_DIR)
         )
+
+
+def url_host(host):
+    """``host`` as a URL has it (an IPv6 address in brackets)."""
+    return "[%s]" % host if ":" in host else host
+
+
+def listen_error(what, prefix, listen, error):
+    """The one-line refusal of a port that cannot be listened on."""
+    return ConfigError(
+        "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"
+        % (
+            what,
+            url_host(listen["host"]),
+            listen["port"],
+            prefix,
+            prefix,
+            getattr(error, "strerror", None) or error,
+        )
+    )

@@ -50,7 +50,7 @@ from pushi.base.access import Access
 from pushi.base.apps import AppDirectory
 from pushi.base.appsfile import apply_file
 from pushi.base.broker import LocalBroker
-from pushi.base.config import Config, ConfigError
+from pushi.base.config import Config, ConfigError, listen_error, url_host
 from pushi.base.console import ConsoleHub
 from pushi.base.engine import Engine
 from pushi.base.limits import App
@@ -431,7 +431,7 @@ class State:
                 try:
                     self.http.serve(ipv6=":" in listen["host"], start=False, **listen)
                 except OSError as error:
-                    raise _listen_error("REST API", "APP", listen, error) from None
+                    raise listen_error("REST API", "APP", listen, error) from None
             self.store.bind_loop(self)
             if self.cluster is not None:
                 self.cluster.start()
@@ -502,7 +502,7 @@ class State:
                 # a start that failed: the starting thread reports it
                 if self._start_error is None:
                     self._start_error = (
-                        _listen_error("WebSocket server", "SERVER", listen, error)
+                        listen_error("WebSocket server", "SERVER", listen, error)
                         if isinstance(error, OSError)
                         else error
                     )
@@ -536,7 +536,7 @@ class State:
         logger.info(
             "WebSocket server on %s://%s:%d",
             "wss" if config.server_ssl else "ws",
-            _url_host(config.server_host),
+            url_host(config.server_host),
             self.server.port,  # the one the system chose for port 0
         )
         if config.metrics_port is not None:
@@ -555,10 +555,10 @@ class State:
                 config.metrics_port, config.metrics_host, self.metrics.registry
             )
         except OSError as error:
-            raise _listen_error("Metrics", "PUSHI_METRICS", listen, error) from None
+            raise listen_error("Metrics", "PUSHI_METRICS", listen, error) from None
         logger.info(
             "Metrics on http://%s:%d/metrics",
-            _url_host(config.metrics_host),
+            url_host(config.metrics_host),
             self.metrics_server.server_port,
         )
 
@@ -664,7 +664,7 @@ class State:
             logger.info(
                 "REST API on %s://%s:%d",
                 "https" if config.app_ssl else "http",
-                _url_host(config.app_host),
+                url_host(config.app_host),
                 port,
             )
             if started is not None:
@@ -679,7 +679,7 @@ class State:
             try:
                 self.app.serve(server=config.app_server, conf=False, **listen)
             except OSError as error:
-                raise _listen_error("REST API", "APP", listen, error) from None
+                raise listen_error("REST API", "APP", listen, error) from None
         finally:
             self.stop()
 
@@ -766,11 +766,6 @@ def _check_app_server(name):
         )
 
 
-def _url_host(host):
-    """``host`` as a URL has it (an IPv6 address in brackets)."""
-    return "[%s]" % host if ":" in host else host
-
-
 def _probe_port(what, prefix, listen):
     """Raises the ``ConfigError`` of a port in use before another
     ``APP_SERVER`` binds it, where the failure would come after the start's
@@ -782,21 +777,7 @@ def _probe_port(what, prefix, listen):
         try:
             probe.bind((listen["host"], listen["port"]))
         except OSError as error:
-            raise _listen_error(what, prefix, listen, error) from None
-
-
-def _listen_error(what, prefix, listen, error):
-    return ConfigError(
-        "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"
-        % (
-            what,
-            _url_host(listen["host"]),
-            listen["port"],
-            prefix,
-            prefix,
-            getattr(error, "strerror", None) or error,
-        )
-    )
+            raise listen_error(what, prefix, listen, error) from None
 
 
 class StartLog(logging.Handler):

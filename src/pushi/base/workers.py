@@ -45,11 +45,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
-from pushi.base.config import Config, ConfigError
+from pushi.base.config import ConfigError, listen_error
 
 logger = logging.getLogger("pushi")
 
@@ -70,7 +69,7 @@ LOCK_NAME = "pushi.lock"
 EVENTS_SOCKET = "events.sock"
 REDIS_SOCKET = "redis.sock"
 
-_WORKER = "from pushi.base.workers import worker_main; worker_main()"
+_WORKER = "from pushi.base.worker import worker_main; worker_main()"
 _WRITER = "from pushi.base.store.sqlite_events import serve; serve()"
 
 _PR_SET_PDEATHSIG = 1
@@ -229,7 +228,6 @@ class Supervisor:
         """Keeps each port bound with ``SO_REUSEPORT`` (a single-process
         Pushi cannot bind it while the workers restart) and takes its lock
         (a second supervisor is refused)."""
-        from pushi.base.state import _listen_error
 
         for what, prefix, side in (
             ("WebSocket server", "SERVER", "server"),
@@ -244,7 +242,7 @@ class Supervisor:
                 lock.bind("\0pushi-port-%d" % listen["port"])
             except OSError as error:
                 if error.errno == errno.EADDRINUSE:
-                    raise _listen_error(what, prefix, listen, error) from None
+                    raise listen_error(what, prefix, listen, error) from None
             family = socket.AF_INET6 if ":" in listen["host"] else socket.AF_INET
             held = socket.socket(family, socket.SOCK_STREAM)
             self._held.append(held)
@@ -253,7 +251,7 @@ class Supervisor:
             try:
                 held.bind((listen["host"], listen["port"]))
             except OSError as error:
-                raise _listen_error(what, prefix, listen, error) from None
+                raise listen_error(what, prefix, listen, error) from None
 
     def _lock_data_dir(self):
         if self.config.mongo_url:
@@ -569,69 +567,3 @@ def supervise(config):
         raise SystemExit(str(error)) from None
     if code:
         raise SystemExit(code)
-
-
-def _watch_supervisor(life):
-    """A worker's watchdog: the pipe reads end of file once the supervisor
-    is gone (even after ``kill -9``), and the worker stops as on SIGTERM."""
-    try:
-        while os.read(life, 64):
-            pass
-    except OSError:
-        pass
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def worker_main(argv=None):
-    """One worker: today's ``State`` (a node of the cluster on the
-    supervisor's Redis) listening with ``SO_REUSEPORT``, its events
-    committed by the supervisor's writer."""
-    from pushi.base import store as stores
-    from pushi.base.state import State, configure_logging
-    from pushi.net import wire
-
-    events, life, ready, retain = (argv or sys.argv)[1:5]
-    wire.OwnPort.reuse_port = True
-    config = Config.from_env()
-    log = configure_logging(config.log_level)
-    # the workers share the supervisor's output: each line names its pid
-    log.target.setFormatter(
-        logging.Formatter(wire.LOG_FORMAT.replace("%(name)s", "%(name)s[%(process)d]"))
-    )
-    stopping: list[bool] = []
-
-    def terminate(_signum, _frame):
-        # once: the supervisor's SIGTERM and its end may both come
-        if not stopping:
-            stopping.append(True)
-            raise KeyboardInterrupt()
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    threading.Thread(
-        target=_watch_supervisor,
-        args=(int(life),),
-        name="pushi-supervisor",
-        daemon=True,
-    ).start()
-
-    def started():
-        log.started()
-        os.write(int(ready), b"%d\n" % os.getpid())
-
-    try:
-        store = stores.open_store(
-            data_dir=config.data_dir,
-            mongo_url=config.mongo_url,
-            events_address=events or None,
-        )
-        state = State(config, store=store)
-        state.retain = retain == "1"
-        state.serve(started=started)
-    except KeyboardInterrupt:
-        pass
-    except ConfigError as error:
-        log.failed()
-        raise SystemExit(str(error)) from None
-    finally:
-        log.started()
