@@ -1,0 +1,177 @@
+"""Support of the cluster tests that run real nodes: nodes as subprocesses
+on one ``redis-server`` and one data dir, signed REST reads, presence
+joins, and the member events a socket has seen."""
+
+import json
+import tempfile
+import time
+
+import pytest
+
+import pushi
+
+from support import ADMIN_SECRET, PushiServer, signed_path
+
+ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
+
+
+@pytest.fixture(name="cluster")
+def cluster_fixture(redis_server):
+    """Starts nodes on ``redis_server`` sharing one data dir:
+    ``cluster.node()``; ``cluster.make_app(**settings)`` makes an app
+    (with client events) on the shared store, which every node serves."""
+    made = []
+    data_dir = tempfile.mkdtemp(prefix="pushi-cluster-")
+
+    class Cluster:
+        nodes = made
+        redis = redis_server
+
+        def node(self):
+            node = PushiServer(data_dir=data_dir, redis_url=redis_server.url)
+            made.append(node)
+            node.start()
+            return node
+
+        def make_app(self, **settings):
+            status, app = made[0].request(
+                "POST",
+                "apps",
+                {"name": "cluster", "client_events": True, "settings": settings},
+                ADMIN,
+            )
+            assert status == 200, app
+            return app
+
+    yield Cluster()
+    for node in made:
+        node.stop()
+
+
+def rest(node, app, path, params=None):
+    """``(status, answer)`` of a signed GET of ``/apps/<id>/<path>``."""
+    full = "/apps/%s/%s" % (app["app_id"], path)
+    return node.request("GET", signed_path(app, "GET", full, params)[1:])
+
+
+def member(user_id):
+    return {"user_id": user_id, "user_info": {"name": user_id}}
+
+
+def join(client, app, channel, user_id):
+    """Subscribes ``client`` to a presence channel as ``user_id``; the
+    answer (``subscription_succeeded`` or ``subscription_error``)."""
+    signed = pushi.Pushi(
+        app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
+    ).authenticate(channel, client.socket_id, member(user_id))
+    answer = client.subscribe(channel, signed["auth"], signed["channel_data"])
+    # member events of the channel (another socket of the user) may come
+    # before the answer
+    while answer["event"].startswith("pusher_internal:member_"):
+        answer = client.recv()
+    return answer
+
+
+def data_of(message):
+    data = message["data"]
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def joined(node, app, channel, user_id):
+    """A Pusher-dialect client of ``node`` on a presence channel as
+    ``user_id``, and its members when it joined (user id -> info)."""
+    client = node.connect(app)
+    answer = join(client, app, channel, user_id)
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    return client, data_of(answer)["presence"]["hash"]
+
+
+class MemberView:
+    """What one observer socket knows of a presence channel: the members
+    of its subscription data, then each member event it receives."""
+
+    def __init__(self, client, members):
+        self.client = client
+        self.members = set(members)
+        self.events = []
+        self.errors = []
+
+    def drain(self, seconds=0.5):
+        """Reads what arrives until ``seconds`` pass in silence."""
+        while True:
+            try:
+                message = self.client.recv(seconds)
+            except TimeoutError:
+                return self
+            name = message.get("event")
+            if name not in (
+                "pusher_internal:member_added",
+                "pusher_internal:member_removed",
+            ):
+                continue
+            user_id = data_of(message)["user_id"]
+            self.events.append((name.rsplit("_", 1)[1], user_id))
+            if name.endswith("added"):
+                if user_id in self.members:
+                    self.errors.append(("added twice", user_id))
+                self.members.add(user_id)
+            else:
+                if user_id not in self.members:
+                    self.errors.append(("removed unknown", user_id))
+                self.members.discard(user_id)
+
+    def of(self, user_id):
+        return [kind for kind, user in self.events if user == user_id]
+
+    def wait(self, check, timeout=20):
+        """Drains until ``check(self)`` holds (returned)."""
+        deadline = time.time() + timeout
+        while not check(self) and time.time() < deadline:
+            self.drain(0.2)
+        return check(self)
+
+
+def wait_for(check, timeout=20, step=0.2):
+    """Polls ``check()`` until it returns a true value (returned)."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(step)
+
+
+class Hooks:
+    """A webhook receiver: every event of every post (answered 200)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.events = []
+        hooks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hooks.events.extend(json.loads(body)["events"])
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = "http://127.0.0.1:%d/hook" % self.httpd.server_address[1]
+
+    def named(self, name, channel=None):
+        return [
+            event
+            for event in list(self.events)
+            if event["name"] == name and channel in (None, event["channel"])
+        ]
+
+    def close(self):
+        self.httpd.shutdown()

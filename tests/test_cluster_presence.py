@@ -1,0 +1,359 @@
+"""Presence, occupancy, queries and webhooks over a cluster: a real
+``redis-server`` and Pushi nodes as subprocesses, real WebSocket clients
+spread over the nodes.
+
+One member per user id across the nodes (member_added with the first
+socket anywhere, member_removed with the last), the member limit raced
+from two nodes, the REST queries answering for the whole cluster from any
+node, webhooks once for the cluster, a node killed with ``kill -9`` (its
+members removed once, counts dropped, no ghost) and Redis restarted empty
+(the counts match the sockets really connected).
+"""
+
+import threading
+import time
+
+from cluster_support import (
+    Hooks,
+    MemberView,
+    cluster_fixture,  # noqa: F401 (the cluster fixture)
+    data_of,
+    join,
+    joined,
+    rest,
+    wait_for,
+)
+
+ROOM = "presence-room"
+
+
+def users(node, app, channel):
+    status, answer = rest(node, app, "channels/%s/users" % channel)
+    assert status == 200, answer
+    return sorted(user["id"] for user in answer["users"])
+
+
+def channel_list(node, app, prefix, info):
+    status, answer = rest(
+        node, app, "channels", {"filter_by_prefix": prefix, "info": info}
+    )
+    assert status == 200, answer
+    return answer["channels"]
+
+
+def observers(a, b, app, channel=ROOM):
+    """An observer socket on each node (users ``obs-a`` and ``obs-b``),
+    each knowing of the other."""
+    on_a = MemberView(*joined(a, app, channel, "obs-a"))
+    on_b = MemberView(*joined(b, app, channel, "obs-b"))
+    assert on_a.wait(lambda view: view.members == {"obs-a", "obs-b"})
+    assert on_b.members == {"obs-a", "obs-b"}
+    return on_a, on_b
+
+
+def test_one_member_per_user_across_two_nodes(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    on_a, on_b = observers(a, b, app)
+    first, members = joined(a, app, ROOM, "u")
+    assert set(members) == {"obs-a", "obs-b", "u"}
+    for view in (on_a, on_b):
+        assert view.wait(lambda view: view.of("u") == ["added"])
+    # the same user's second socket, on the other node: no new member
+    second, members = joined(b, app, ROOM, "u")
+    assert set(members) == {"obs-a", "obs-b", "u"}
+    for node in (a, b):
+        assert users(node, app, ROOM) == ["obs-a", "obs-b", "u"]
+    first.close()
+    for view in (on_a, on_b):
+        view.drain(1.5)
+        assert view.of("u") == ["added"]
+    for node in (a, b):
+        assert users(node, app, ROOM) == ["obs-a", "obs-b", "u"]
+    # the last socket anywhere leaves: the member leaves, once
+    second.close()
+    for view in (on_a, on_b):
+        assert view.wait(lambda view: view.of("u") == ["added", "removed"])
+        view.drain(1)
+        assert view.of("u") == ["added", "removed"] and not view.errors
+    assert wait_for(lambda: users(a, app, ROOM) == ["obs-a", "obs-b"])
+    assert users(b, app, ROOM) == ["obs-a", "obs-b"]
+
+
+def test_the_same_user_joining_and_leaving_on_two_nodes_many_times(
+    cluster,
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    on_a, on_b = observers(a, b, app)
+    rounds = 40
+    clients = {a: a.connect(app), b: b.connect(app)}
+    barrier = threading.Barrier(2, timeout=30)
+    refused = []
+
+    def churn(node, offset):
+        client = clients[node]
+        for index in range(rounds):
+            barrier.wait()
+            answer = join(client, app, ROOM, "u")
+            if answer["event"] != "pusher_internal:subscription_succeeded":
+                refused.append(answer)
+            # leave in a different order each round
+            if (index + offset) % 2:
+                time.sleep(0.01)
+            client.send({"event": "pusher:unsubscribe", "data": {"channel": ROOM}})
+
+    threads = [
+        threading.Thread(target=churn, args=(node, offset))
+        for offset, node in enumerate((a, b))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not refused
+    for view in (on_a, on_b):
+        view.drain(2)
+        seen = view.of("u")
+        # one member at a time: added and removed alternate, none repeated
+        # nor missing, and the channel ends without the user
+        assert not view.errors, (view.errors, seen)
+        assert seen == ["added", "removed"] * (len(seen) // 2), seen
+        assert rounds <= len(seen) // 2 <= 2 * rounds
+        assert view.members == {"obs-a", "obs-b"}
+    for node in (a, b):
+        assert users(node, app, ROOM) == ["obs-a", "obs-b"]
+    # a socket joining now sees the truth
+    _late, members = joined(b, app, ROOM, "late")
+    assert set(members) == {"obs-a", "obs-b", "late"}
+
+
+def test_the_member_limit_raced_from_two_nodes_admits_exactly_the_limit(
+    cluster,
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app(max_presence_members=5)
+    clients = [(a if index % 2 else b).connect(app) for index in range(10)]
+    barrier = threading.Barrier(len(clients), timeout=30)
+    answers = [None] * len(clients)
+
+    def race(index):
+        barrier.wait()
+        answers[index] = join(clients[index], app, ROOM, "user-%d" % index)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    admitted = [
+        index
+        for index, answer in enumerate(answers)
+        if answer["event"] == "pusher_internal:subscription_succeeded"
+    ]
+    refused = [
+        answer
+        for answer in answers
+        if answer["event"] != "pusher_internal:subscription_succeeded"
+    ]
+    assert len(admitted) == 5, answers
+    assert len(refused) == 5
+    for answer in refused:
+        assert answer["event"] == "pusher:subscription_error", answer
+        assert data_of(answer)["status"] == 403
+    expected = sorted("user-%d" % index for index in admitted)
+    for node in (a, b):
+        assert users(node, app, ROOM) == expected
+        status, info = rest(node, app, "channels/%s" % ROOM, {"info": "user_count"})
+        assert status == 200 and info["user_count"] == 5, info
+
+
+def test_rest_queries_answer_for_the_whole_cluster_from_any_node(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    sockets = []
+    for node in (a, b, b):
+        client = node.connect(app)
+        assert client.subscribe("news")["event"].endswith("subscription_succeeded")
+        sockets.append(client)
+    client = b.connect(app)
+    assert client.subscribe("news-extra")["event"].endswith("subscription_succeeded")
+    sockets.append(client)
+    for node, user_id in ((a, "u1"), (b, "u1"), (b, "u2")):
+        sockets.append(joined(node, app, "presence-team", user_id)[0])
+    expected = {
+        "channels": {
+            "news": {"subscription_count": 3},
+            "news-extra": {"subscription_count": 1},
+        },
+        "presence": {"presence-team": {"user_count": 2}},
+        "news": {"occupied": True, "subscription_count": 3},
+        "team": {"occupied": True, "user_count": 2},
+        "users": ["u1", "u2"],
+    }
+    answers = []
+    for node in (a, b):
+        answers.append(
+            {
+                "channels": channel_list(node, app, "news", "subscription_count"),
+                "presence": channel_list(
+                    node, app, "presence-", "user_count,subscription_count"
+                ),
+                "news": rest(
+                    node, app, "channels/news", {"info": "subscription_count"}
+                )[1],
+                "team": rest(
+                    node, app, "channels/presence-team", {"info": "user_count"}
+                )[1],
+                "users": users(node, app, "presence-team"),
+            }
+        )
+    assert answers[0] == expected
+    assert answers[1] == expected
+    # a channel nobody is on
+    for node in (a, b):
+        assert rest(node, app, "channels/nobody")[1] == {"occupied": False}
+
+
+def test_webhooks_fire_once_for_the_cluster(cluster):
+    hooks = Hooks()
+    try:
+        a, b = cluster.node(), cluster.node()
+        kinds = [
+            "channel_occupied",
+            "channel_vacated",
+            "member_added",
+            "member_removed",
+        ]
+        app = cluster.make_app(webhooks=[{"url": hooks.url, "events": kinds}])
+        sockets = []
+        for node in (a, b, a):
+            client = node.connect(app)
+            assert client.subscribe("room")["event"].endswith("subscription_succeeded")
+            sockets.append(client)
+        for node, user_id in ((a, "u1"), (b, "u1"), (b, "u2"), (a, "u2")):
+            sockets.append(joined(node, app, "presence-team", user_id)[0])
+        assert wait_for(lambda: len(hooks.named("member_added")) >= 2, timeout=15)
+        for client in sockets:
+            client.close()
+        # vacated and removed linger 3 s before they go
+        assert wait_for(lambda: len(hooks.named("member_removed")) >= 2, timeout=15)
+        assert wait_for(lambda: len(hooks.named("channel_vacated")) >= 2, timeout=15)
+        time.sleep(5)
+        for channel in ("room", "presence-team"):
+            assert len(hooks.named("channel_occupied", channel)) == 1, hooks.events
+            assert len(hooks.named("channel_vacated", channel)) == 1, hooks.events
+        for name in ("member_added", "member_removed"):
+            assert sorted(event["user_id"] for event in hooks.named(name)) == [
+                "u1",
+                "u2",
+            ], hooks.events
+        assert len(hooks.events) == 8, hooks.events
+    finally:
+        hooks.close()
+
+
+def test_a_node_killed_has_its_members_removed_once_and_no_ghost(cluster):
+    hooks = Hooks()
+    try:
+        a, b = cluster.node(), cluster.node()
+        kinds = [
+            "channel_occupied",
+            "channel_vacated",
+            "member_added",
+            "member_removed",
+        ]
+        app = cluster.make_app(webhooks=[{"url": hooks.url, "events": kinds}])
+        on_b = MemberView(*joined(b, app, ROOM, "obs"))
+        beside = MemberView(*joined(b, app, ROOM, "obs2"))
+        doomed = []
+        for user_id in ("gone-1", "gone-2", "both"):
+            doomed.append(joined(a, app, ROOM, user_id)[0])
+        staying = joined(b, app, ROOM, "both")[0]
+        for channel in ("only-a", "shared"):
+            client = a.connect(app)
+            assert client.subscribe(channel)["event"].endswith("subscription_succeeded")
+            doomed.append(client)
+        shared = b.connect(app)
+        assert shared.subscribe("shared")["event"].endswith("subscription_succeeded")
+        every = ["both", "gone-1", "gone-2", "obs", "obs2"]
+        for view in (on_b, beside):
+            assert view.wait(lambda view: view.members == set(every))
+        assert users(b, app, ROOM) == every
+        assert wait_for(lambda: len(hooks.named("channel_occupied")) == 3)
+        a.stop(kill=True)
+        started = time.monotonic()
+        for view in (on_b, beside):
+            assert view.wait(
+                lambda view: view.members == {"both", "obs", "obs2"}, timeout=20
+            ), view.events
+        assert time.monotonic() - started < 20
+        for view in (on_b, beside):
+            view.drain(1)
+            assert not view.errors, view.errors
+            for user_id in ("gone-1", "gone-2"):
+                assert view.of(user_id) == ["added", "removed"] or view.of(user_id) == [
+                    "removed"
+                ], view.events
+            assert "removed" not in view.of("both")
+        assert users(b, app, ROOM) == ["both", "obs", "obs2"]
+        status, info = rest(b, app, "channels/shared", {"info": "subscription_count"})
+        assert info == {"occupied": True, "subscription_count": 1}, info
+        assert rest(b, app, "channels/only-a")[1] == {"occupied": False}
+        assert channel_list(b, app, "", "") == {ROOM: {}, "shared": {}}
+        assert wait_for(lambda: hooks.named("channel_vacated"), timeout=15)
+        time.sleep(4)
+        assert [event["channel"] for event in hooks.named("channel_vacated")] == [
+            "only-a"
+        ], hooks.events
+        assert sorted(event["user_id"] for event in hooks.named("member_removed")) == [
+            "gone-1",
+            "gone-2",
+        ], hooks.events
+        # the other node's sockets were untouched
+        staying.send({"event": "pusher:ping", "data": {}})
+        assert staying.recv_event("pusher:pong")
+    finally:
+        hooks.close()
+
+
+def test_redis_restarted_empty_the_counts_match_the_sockets_connected(
+    cluster,
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    sockets = []
+    for node in (a, b, b):
+        client = node.connect(app)
+        assert client.subscribe("news")["event"].endswith("subscription_succeeded")
+        sockets.append(client)
+    for node, user_id in ((a, "u1"), (b, "u1"), (b, "u2")):
+        sockets.append(joined(node, app, "presence-team", user_id)[0])
+    gone = a.connect(app)
+    assert gone.subscribe("brief")["event"].endswith("subscription_succeeded")
+    expected = {"news": {"subscription_count": 3}, "presence-team": {}}
+    cluster.redis.kill()
+    # a socket that leaves while Redis is away is not counted once it is back
+    gone.close()
+    time.sleep(0.5)
+    cluster.redis.start()  # empty: no persistence
+
+    def healthy():
+        return all(
+            node.request("GET", "health")[1]["status"] == "ok" for node in (a, b)
+        )
+
+    assert wait_for(healthy, timeout=15)
+    for node in (a, b):
+        assert wait_for(
+            lambda node=node: channel_list(node, app, "", "subscription_count")
+            == expected,
+            timeout=10,
+        ), channel_list(node, app, "", "subscription_count")
+        assert users(node, app, "presence-team") == ["u1", "u2"]
+        status, info = rest(node, app, "channels/presence-team", {"info": "user_count"})
+        assert info == {"occupied": True, "user_count": 2}, info
+    # and the sockets are still served
+    for client in sockets:
+        client.send({"event": "pusher:ping", "data": {}})
+        assert client.recv_event("pusher:pong")
