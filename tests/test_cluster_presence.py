@@ -119,8 +119,11 @@ def test_the_same_user_joining_and_leaving_on_two_nodes_many_times(
         # nor missing, and the channel ends without the user
         assert not view.errors, (view.errors, seen)
         assert seen == ["added", "removed"] * (len(seen) // 2), seen
-        assert rounds <= len(seen) // 2 <= 2 * rounds
+        # the user's sockets overlap in some rounds, not in others
+        assert 1 <= len(seen) // 2 <= 2 * rounds
         assert view.members == {"obs-a", "obs-b"}
+    # both nodes saw the one order of the channel's member events
+    assert on_a.of("u") == on_b.of("u")
     for node in (a, b):
         assert users(node, app, ROOM) == ["obs-a", "obs-b"]
     # a socket joining now sees the truth

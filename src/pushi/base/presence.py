@@ -48,10 +48,11 @@ class Presence(Protocol):
         member: Member,
         limit: int,
         then: Callable[[Joined | None], None],
+        socket_id: str | None = None,
     ) -> None:
-        """Adds one socket of ``user_id`` to ``channel``; ``then(None)``
-        when the user is not a member and the channel already has
-        ``limit`` members (0: no limit)."""
+        """Adds one socket (``socket_id``) of ``user_id`` to ``channel``;
+        ``then(None)`` when the user is not a member and the channel
+        already has ``limit`` members (0: no limit)."""
 
     def leave(
         self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
@@ -83,6 +84,7 @@ class LocalPresence:
         member: Member,
         limit: int,
         then: Callable[[Joined | None], None],
+        socket_id: str | None = None,
     ) -> None:
         members = self.channels.setdefault((app_id, channel), {})
         entry = members.get(user_id)

@@ -37,6 +37,7 @@ class Session:
         "transport",
         "channels",
         "members",
+        "member_floors",
         "via_personal",
         "user_id",
         "origin",
@@ -72,6 +73,9 @@ class Session:
         self.transport = transport
         self.channels = {}
         self.members = {}
+        # presence channel -> (offset, epoch): the member events up to it
+        # are in the members the socket was given (a cluster's join)
+        self.member_floors = None
         self.via_personal = set()
         self.user_id = None
         self.origin = origin

@@ -67,6 +67,10 @@ LINGER = 2.0
 """ Seconds a channel's bus stays subscribed after its last subscriber
 here left """
 
+MEMBER_EVENTS = 256
+""" Member events a node keeps per presence channel it delivers (the ones
+a socket that joins at an earlier position missed: ``delivered_after``) """
+
 META_TTL = 86400
 """ Seconds a channel's meta key (offset and epoch) lives after its last
 event: a channel quiet for longer starts a new epoch """
@@ -184,6 +188,10 @@ class RedisBroker:
         self._awaiting = 0
         # (app_id, channel) -> [epoch, last offset delivered]
         self._positions = {}
+        # (app_id, channel) -> the last member events delivered here:
+        # deque of (offset, epoch, name, data), and the highest offset
+        # that fell out of it
+        self._member_events = {}
         # (app_id, channel) -> listens awaiting Redis's confirmation
         self._listening = collections.defaultdict(int)
         self._lingering = {}
@@ -371,6 +379,79 @@ class RedisBroker:
             self._failing = True
             logger.warning("Events not published to Redis: %s", error)
 
+    # the announcer of the presence seam (``seams.Announcer``)
+
+    def member_added(self, app_id, channel, user_id, member, socket_id):
+        """The publish arguments of a ``member_added`` that the presence
+        script publishes as it makes the member (not to ``socket_id``)."""
+        data = {"user_id": user_id, "user_info": member.user_info}
+        return self._announced(
+            app_id, channel, "pusher_internal:member_added", data, socket_id
+        )
+
+    def member_removed(self, app_id, channel, user_id):
+        """The publish arguments of a ``member_removed`` that the presence
+        script (or the reaper's) publishes as the member leaves."""
+        return self._announced(
+            app_id, channel, "pusher_internal:member_removed", {"user_id": user_id}
+        )
+
+    def _announced(self, app_id, channel, name, data, exclude=None):
+        body = messages.dumps([app_id, channel, name, data, exclude, None])
+        return (
+            meta_key(app_id, channel),
+            (
+                bus(app_id, channel),
+                self.new_epoch(),
+                body,
+                META_TTL,
+            ),
+        )
+
+    def delivered_after(self, app_id, channel, position):
+        """The member events of ``channel`` this node delivered after
+        ``position`` ((offset, epoch), a presence join's): a list of
+        (name, data), or None when this node has delivered nothing past
+        that position yet (what comes up to it is then still to come).
+        A presence socket's members are read at its join's position, but
+        the socket joins this node's channel when the answer arrives:
+        the member events delivered in between are folded into its
+        members, those still to come up to the position are skipped
+        (``Session.member_floors``)."""
+        offset, epoch = position
+        last = self._positions.get((app_id, channel))
+        if last is None or last[0] != epoch or last[1] <= offset:
+            return None
+        kept = self._member_events.get((app_id, channel))
+        if kept is None:
+            return []
+        events, lost = kept
+        if lost[0] > offset:
+            logger.warning(
+                "Channel %s of app %s: a presence socket joined %d member"
+                " events back: some of them are no longer kept here",
+                channel,
+                app_id,
+                last[1] - offset,
+            )
+        return [
+            (name, data)
+            for at, at_epoch, name, data in events
+            if at > offset and at_epoch == epoch
+        ]
+
+    def _kept(self, key, offset, epoch, name, data):
+        kept = self._member_events.get(key)
+        if kept is None:
+            kept = self._member_events[key] = (
+                collections.deque(maxlen=MEMBER_EVENTS),
+                [0],
+            )
+        events, lost = kept
+        if len(events) == MEMBER_EVENTS:
+            lost[0] = events[0][0]
+        events.append((offset, epoch, name, data))
+
     # listening
 
     def listen(self, app_id, channel, then):
@@ -485,6 +566,7 @@ class RedisBroker:
         self.subscriber.unsubscribe(bus(*key))
         # what comes after a new subscription starts a new order
         self._positions.pop(key, None)
+        self._member_events.pop(key, None)
         self._gaps_logged.discard(key)
 
     # delivering
@@ -516,6 +598,8 @@ class RedisBroker:
         event = Event(
             app_id, (channel,), name, payload, exclude, extra, (offset, epoch)
         )
+        if name.startswith("pusher_internal:member_"):
+            self._kept(key, offset, epoch, name, payload)
         self.engine.deliver(event)
         taps = self.taps.get(key)
         if taps:

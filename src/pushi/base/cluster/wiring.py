@@ -67,6 +67,10 @@ class Cluster:
             max_pending=state.config.max_pending,
         )
         self.history.broker = self.broker
+        # member events go out in the script that decides them, so that
+        # every node sees them in the channel's one order
+        self.shared.presence.announcer = self.broker
+        self.shared.reaper.announcer = self.broker
         state.metrics.health["redis"] = self.node.check
         # what only the loop holds, read for the REST threads' queries
         state.engine.queries.on_loop = state.call_in_loop
@@ -100,19 +104,21 @@ class Cluster:
     def reaped(self, reaped):
         """What a dead node's reaping changed, seen by this node alone:
         its members leave the channels (``member_removed`` to every node's
-        sockets), and the observers (webhooks) and watchers hear of it."""
+        sockets, published by the reaper's scripts), and the observers
+        (webhooks) and watchers hear of it."""
         engine = self.engine
         if engine is None:
             return
         for app_id, channel, user_id in reaped.removed:
-            engine.broker.send(
-                Event(
-                    app_id,
-                    (channel,),
-                    "pusher_internal:member_removed",
-                    {"user_id": user_id},
+            if self.shared.reaper.announcer is None:
+                engine.broker.send(
+                    Event(
+                        app_id,
+                        (channel,),
+                        "pusher_internal:member_removed",
+                        {"user_id": user_id},
+                    )
                 )
-            )
             engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
         for app_id, channel in reaped.vacated:
             engine.emit(app_id, "vacated", channel=channel)

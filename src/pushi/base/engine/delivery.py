@@ -113,6 +113,7 @@ class Delivery:
         is the channel's state, not one of its events)."""
         added = event.name == "pusher_internal:member_added"
         member = event.data
+        position = event.position
         for name in event.channels:
             channel = self.registry.channel(event.app_id, name)
             if channel is None:
@@ -120,6 +121,10 @@ class Delivery:
             frames = {}
             for other in channel.sessions:
                 if other.socket_id == event.exclude:
+                    continue
+                floors = other.member_floors
+                if floors and position is not None and _within(floors, name, position):
+                    # already in the members this socket joined with
                     continue
                 frame = frames.get(other.dialect)
                 if frame is None:
@@ -154,3 +159,10 @@ class Delivery:
                 self.engine.emit(session.app.app_id, "cache_miss", channel=name)
 
         self.cache.fetch(session.app.app_id, name, time.monotonic(), fetched)
+
+
+def _within(floors, name, position):
+    """Whether a member event at ``position`` (offset, epoch) is at or
+    before the floor a socket joined a presence channel at."""
+    floor = floors.get(name)
+    return floor is not None and floor[1] == position[1] and position[0] <= floor[0]

@@ -68,31 +68,63 @@ class PresenceChannels:
                 self.presence.leave(app.app_id, name, user_id, _ignore)
                 return
             session.members[name] = user_id
+            members = answer.members
+            if answer.position is not None:
+                members = self._settled(session, name, members, answer.position)
             channel = engine.join(session, name)
             self.registry.add_member(channel, session, user_id)
-            state = self.state_of(answer.members)
+            state = self.state_of(members)
             if position:
                 state.update(position)
             engine.send(session, messages.subscription_succeeded(name, state))
             for frame in frames:
                 session.transport.write(frame)
             if member.peer:
-                self._pair(session, answer.members, name, user_id, answer.new)
+                self._pair(session, members, name, user_id, answer.new)
             if answer.new:
-                engine.broker.send(
-                    Event(
-                        app.app_id,
-                        (name,),
-                        "pusher_internal:member_added",
-                        {"user_id": user_id, "user_info": member.user_info},
-                        exclude=session.socket_id,
+                if answer.position is None:
+                    # (with a position, the seam's script published it)
+                    engine.broker.send(
+                        Event(
+                            app.app_id,
+                            (name,),
+                            "pusher_internal:member_added",
+                            {"user_id": user_id, "user_info": member.user_info},
+                            exclude=session.socket_id,
+                        )
                     )
-                )
                 engine.emit(app.app_id, "member_added", channel=name, user_id=user_id)
             if then is not None:
                 then()
 
-        self.presence.join(app.app_id, name, user_id, member, limit, joined)
+        self.presence.join(
+            app.app_id,
+            name,
+            user_id,
+            member,
+            limit,
+            joined,
+            socket_id=session.socket_id,
+        )
+
+    def _settled(self, session, name, members, position):
+        """The members a socket joins with, read at ``position`` of the
+        channel's events (a cluster's presence): the member events this
+        node delivered past it meanwhile are applied to them, those up
+        to it that are still to come are skipped for this socket."""
+        after = self.engine.broker.delivered_after(session.app.app_id, name, position)
+        if after is None:
+            if session.member_floors is None:
+                session.member_floors = {}
+            session.member_floors[name] = position
+            return members
+        members = dict(members)
+        for event, data in after:
+            if event == "pusher_internal:member_added":
+                members[data["user_id"]] = Member(data.get("user_info"), False)
+            else:
+                members.pop(data["user_id"], None)
+        return members
 
     def state(self, app_id, name, then):
         """``then(data)``: the subscription data of a presence channel
@@ -115,10 +147,19 @@ class PresenceChannels:
         registry entry): the member leaves with the user's last socket."""
         app_id = session.app.app_id
         user_id = session.members.pop(name)
+        if session.member_floors:
+            session.member_floors.pop(name, None)
         self.registry.remove_member(channel, session, user_id)
+        # a seam that announces publishes the member event itself
+        announced = getattr(self.presence, "announcer", None) is not None
 
         def left(gone):
             if not gone:
+                return
+            if announced:
+                self.engine.emit(
+                    app_id, "member_removed", channel=name, user_id=user_id
+                )
                 return
             self.engine.broker.send(
                 Event(
