@@ -175,3 +175,21 @@ class Hooks:
 
     def close(self):
         self.httpd.shutdown()
+
+
+def signin(client, app, user_id, watchlist=None):
+    """Signs ``client`` in as ``user_id`` (watching ``watchlist``); the
+    answer."""
+    from pushi.proto import auth
+
+    user = {"id": user_id}
+    if watchlist is not None:
+        user["watchlist"] = watchlist
+    user_data = json.dumps(user)
+    token = auth.token(
+        app["key"], app["secret"], auth.user_string(client.socket_id, user_data)
+    )
+    client.send(
+        {"event": "pusher:signin", "data": {"auth": token, "user_data": user_data}}
+    )
+    return client.recv_event("pusher:signin_success")

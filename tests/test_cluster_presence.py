@@ -21,6 +21,7 @@ from cluster_support import (
     join,
     joined,
     rest,
+    signin,
     wait_for,
 )
 
@@ -375,3 +376,28 @@ def test_redis_restarted_empty_the_counts_match_the_sockets_connected(
     for client in sockets:
         client.send({"event": "pusher:ping", "data": {}})
         assert client.recv_event("pusher:pong")
+
+
+def test_watchers_on_every_node_hear_a_user_come_and_go(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app(watchlist_events=True)
+    watchers = []
+    for node in (a, b):
+        watcher = node.connect(app)
+        signin(watcher, app, "watcher-%d" % len(watchers), ["bob"])
+        watchers.append(watcher)
+    bob = a.connect(app)
+    signin(bob, app, "bob")
+    for watcher in watchers:
+        told = watcher.recv_event("pusher_internal:watchlist_events")
+        assert data_of(told)["events"] == [{"name": "online", "user_ids": ["bob"]}]
+    # a second socket of bob, on the other node: bob was online already
+    again = b.connect(app)
+    signin(again, app, "bob")
+    bob.close()
+    assert all(watcher.nothing(1) for watcher in watchers)
+    again.close()
+    for watcher in watchers:
+        told = watcher.recv_event("pusher_internal:watchlist_events")
+        assert data_of(told)["events"] == [{"name": "offline", "user_ids": ["bob"]}]
+        assert watcher.nothing(0.5)
