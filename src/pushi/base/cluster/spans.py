@@ -13,6 +13,9 @@ for everything beyond delivery and the shared counts:
   answer, which has no count, comes once the local ones are closed);
 * ``personal_changed``: every node's personal channels follow a persisted
   subscription added or removed over REST;
+* watchlists: a user online or offline (decided once for the cluster by
+  the users twin) is told to the watchers on every node
+  (``watchlist``);
 * session tokens: kept in Redis (``tokens.RedisTokens``), a logout (or a
   token pushed out by newer logins) broadcast as ``logout`` so that every
   node forgets it and ends the console streams it opened;
@@ -95,6 +98,7 @@ class Spans:
         self._reload_apps = state.reload_apps
         self._terminate_user = state.engine.terminate_user
         self._personal_changed = state.engine.personal_changed
+        self._tell_watchers = state.engine.signin.tell_watchers
 
     @property
     def node_id(self):
@@ -108,12 +112,14 @@ class Spans:
         state.reload_apps = self.reload_apps
         engine.terminate_user = self.terminate_user
         engine.personal_changed = self.personal_changed
+        engine.signin.tell_watchers = self.tell_watchers
         state.access.shared = self.tokens
         state.access.ended = self.tokens_ended
         control.on("app_changed", self._on_app_changed)
         control.on("terminate_user", self._on_terminate_user)
         control.on("personal_changed", self._on_personal_changed)
         control.on("logout", self._on_logout)
+        control.on("watchlist", self._on_watchlist)
         control.on_gap.append(self._gap)
 
     def node_changed(self, node_id):
@@ -160,6 +166,14 @@ class Spans:
                 "name": name,
                 "subscribed": bool(subscribed),
             },
+        )
+
+    def tell_watchers(self, app_id, user_id, name):
+        """Tells the watchers of ``user_id`` here that it went ``name``
+        (online, offline; loop thread), and those of the other nodes."""
+        self._tell_watchers(app_id, user_id, name)
+        self.control.broadcast(
+            "watchlist", {"app_id": app_id, "user_id": user_id, "name": name}
         )
 
     def tokens_ended(self, ids):
@@ -209,6 +223,19 @@ class Spans:
         )
         if all(isinstance(value, str) for value in (app_id, user_id, name)):
             self._personal_changed(app_id, user_id, name, bool(data.get("subscribed")))
+
+    def _on_watchlist(self, data, sender):
+        app_id, user_id, name = (
+            data.get("app_id"),
+            data.get("user_id"),
+            data.get("name"),
+        )
+        if (
+            isinstance(app_id, str)
+            and isinstance(user_id, str)
+            and name in ("online", "offline")
+        ):
+            self._tell_watchers(app_id, user_id, name)
 
     def _on_logout(self, data, sender):
         ids = data.get("tokens")
