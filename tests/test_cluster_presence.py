@@ -401,3 +401,27 @@ def test_watchers_on_every_node_hear_a_user_come_and_go(cluster):
         told = watcher.recv_event("pusher_internal:watchlist_events")
         assert data_of(told)["events"] == [{"name": "offline", "user_ids": ["bob"]}]
         assert watcher.nothing(0.5)
+
+
+def test_an_apps_connection_quota_holds_across_the_nodes(cluster):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app(max_connections=3)
+    sockets = [a.connect(app), a.connect(app), b.connect(app)]
+
+    def connections(node):
+        status, stats = rest(node, app, "stats")
+        assert status == 200, stats
+        return stats["connections"]
+
+    # the app's sockets on every node, from any node
+    assert [connections(node) for node in (a, b)] == [3, 3]
+    over = b.connect(app, expect_established=False)
+    error = over.recv()
+    assert error["event"] == "pusher:error" and error["data"]["code"] == 4004, error
+    assert over.close_code() == 4004
+    assert [connections(node) for node in (a, b)] == [3, 3]
+    # a socket that closes on one node makes room on the other
+    sockets.pop(0).close()
+    assert wait_for(lambda: connections(b) == 2)
+    sockets.append(b.connect(app))
+    assert [connections(node) for node in (a, b)] == [3, 3]
