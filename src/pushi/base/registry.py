@@ -52,6 +52,7 @@ class Session:
         "recovering",
         "listening",
         "sending",
+        "counted",
         "closed",
     )
 
@@ -90,6 +91,8 @@ class Session:
         self.recovering = None
         self.listening = None
         self.sending = None
+        # counted in a cluster's shared count of the app's sockets
+        self.counted = False
         self.closed = False
 
 

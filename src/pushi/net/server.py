@@ -247,8 +247,27 @@ class Link:
         if refusal is not None:
             self._reject(*refusal)
             return
+        # counted against the app's quota of every node (a cluster's)
+        self.server.engine.admit(
+            app,
+            lambda refusal, counted: self._open(
+                app, dialect, origin, address, key, refusal, counted
+            ),
+        )
+
+    def _open(self, app, dialect, origin, address, key, refusal, counted):
+        if self.phase != WAITING or self.connection.is_closed():
+            if counted:
+                # gone while it was counted
+                self.server.engine.uncount(app)
+            return
+        if refusal is not None:
+            self._reject(*refusal)
+            return
         self.phase = OPEN
-        self.session = self.server.engine.open(self, app, dialect, origin, address, key)
+        self.session = self.server.engine.open(
+            self, app, dialect, origin, address, key, counted=counted
+        )
         if self.buffer:
             data, self.buffer = self.buffer, b""
             self._frames(data)

@@ -137,10 +137,51 @@ class Engine:
 
     # connection life
 
-    def open(self, transport, app, dialect, origin=None, address=None, key=None):
+    def admit(self, app, then):
+        """Counts a socket about to open in the app's sockets of every
+        process that shares the occupancy (a cluster's), against its
+        ``max_connections``: ``then(refusal, counted)``, ``refusal`` None
+        or the ``(code, message)`` that turns the socket away, ``counted``
+        whether the shared count holds it (``open`` it with that).  One
+        process checks its registry's count (``Access.admit_socket``):
+        ``then(None, False)`` at once."""
+        opened = getattr(self.occupancy, "opened", None)
+        if opened is None:
+            then(None, False)
+            return
+
+        def answered(count):
+            if count is None:
+                then((errors.OVER_QUOTA, "App over its connection quota"), False)
+            else:
+                then(None, True)
+
+        # Redis away: admitted uncounted (its subscriptions answer 503)
+        opened(
+            app.app_id,
+            app.limits.get("max_connections") or 0,
+            answered,
+            lambda _error: then(None, False),
+        )
+
+    def uncount(self, app):
+        """Takes a socket ``admit`` counted off the shared count."""
+        self.occupancy.closed(app.app_id)
+
+    def open(
+        self,
+        transport,
+        app,
+        dialect,
+        origin=None,
+        address=None,
+        key=None,
+        counted=False,
+    ):
         """Registers a new socket (connected with ``key``, the app's first
         key when None) and greets it; ``address`` is its client's (a
-        trusted proxy's client, see ``net/forwarded``)."""
+        trusted proxy's client, see ``net/forwarded``); ``counted`` when
+        ``admit`` counted it."""
         session = registry.Session(
             self.registry.new_socket_id(),
             app,
@@ -151,6 +192,7 @@ class Engine:
             now=time.monotonic(),
             key=key,
         )
+        session.counted = counted
         self.registry.add_session(session)
         self.metrics.opened[(app.app_id, dialect)] += 1
         transport.write(
@@ -183,6 +225,8 @@ class Engine:
             self.leave(session, name)
         user_id = session.user_id
         self.registry.remove_session(session)
+        if session.counted:
+            self.uncount(session.app)
         self.metrics.closed[(session.app.app_id, session.dialect)] += 1
         self.watchlists.forget(session)
         if user_id is not None:
