@@ -320,6 +320,8 @@ def test_a_node_killed_has_its_members_removed_once_and_no_ghost(cluster):
         assert info == {"occupied": True, "subscription_count": 1}, info
         assert rest(b, app, "channels/only-a")[1] == {"occupied": False}
         assert channel_list(b, app, "", "") == {ROOM: {}, "shared": {}}
+        # the app's sockets: those of b alone
+        assert rest(b, app, "stats")[1]["connections"] == 4
         assert wait_for(lambda: hooks.named("channel_vacated"), timeout=15)
         time.sleep(4)
         assert [event["channel"] for event in hooks.named("channel_vacated")] == [
@@ -372,6 +374,7 @@ def test_redis_restarted_empty_the_counts_match_the_sockets_connected(
         assert users(node, app, "presence-team") == ["u1", "u2"]
         status, info = rest(node, app, "channels/presence-team", {"info": "user_count"})
         assert info == {"occupied": True, "user_count": 2}, info
+        assert rest(node, app, "stats")[1]["connections"] == len(sockets)
     # and the sockets are still served
     for client in sockets:
         client.send({"event": "pusher:ping", "data": {}})
