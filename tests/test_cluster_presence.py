@@ -428,3 +428,53 @@ def test_an_apps_connection_quota_holds_across_the_nodes(cluster):
     assert wait_for(lambda: connections(b) == 2)
     sockets.append(b.connect(app))
     assert [connections(node) for node in (a, b)] == [3, 3]
+
+
+def leaves_while_redis_is_away(cluster, away, back):
+    """A member of node a leaves while Redis is away (``away()``); once it
+    is back (``back()``), the other node's sockets hear it left, once,
+    and the users and counts are the sockets really connected."""
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    on_b = MemberView(*joined(b, app, ROOM, "obs"))
+    leaving, _members = joined(a, app, ROOM, "leaving")
+    staying, _members = joined(a, app, ROOM, "staying")
+    assert on_b.wait(lambda view: view.members == {"obs", "leaving", "staying"})
+    away()
+    leaving.close()
+    time.sleep(1.5)
+    back()
+
+    def healthy():
+        return all(
+            node.request("GET", "health")[1]["status"] == "ok" for node in (a, b)
+        )
+
+    assert wait_for(healthy, timeout=20)
+    assert on_b.wait(
+        lambda view: view.members == {"obs", "staying"}, timeout=15
+    ), on_b.events
+    on_b.drain(4)
+    assert on_b.of("leaving") == ["added", "removed"], on_b.events
+    assert on_b.of("staying") == ["added"] and not on_b.errors, on_b.events
+    for node in (a, b):
+        assert wait_for(lambda node=node: users(node, app, ROOM) == ["obs", "staying"])
+        status, info = rest(node, app, "channels/%s" % ROOM, {"info": "user_count"})
+        assert info == {"occupied": True, "user_count": 2}, info
+        assert rest(node, app, "stats")[1]["connections"] == 2
+    staying.close()
+    assert on_b.wait(lambda view: view.members == {"obs"})
+
+
+def test_a_member_that_left_while_redis_restarted_empty_is_removed(cluster):
+    leaves_while_redis_is_away(cluster, cluster.redis.kill, cluster.redis.start)
+
+
+def test_a_member_that_left_while_redis_paused_is_removed(cluster):
+    def away():
+        cluster.redis.pause()
+        # the nodes' connections are declared down (a heartbeat unanswered)
+        # before the member leaves: its leave cannot reach Redis
+        time.sleep(4.5)
+
+    leaves_while_redis_is_away(cluster, away, cluster.redis.resume)
