@@ -272,6 +272,21 @@ return 1
 """
 )
 
+# KEYS: members, meta; ARGV: node, user, bus, epoch, body, ttl
+# -> 1 when the user is no member (its member_removed published), else 0:
+#    a member whose leave (or join) failed while Redis was away, once
+#    Redis restarted empty and the nodes wrote their members again
+PRESENCE_GONE = Script(
+    ANNOUNCE
+    + """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  return 0
+end
+announce(KEYS[2], 3)
+return 1
+"""
+)
+
 # KEYS: members, mcount, mnode, ucounts, owned;
 # ARGV: node, app, channel, then user, member, sockets triples
 # -> per user 1 (became a member), -1 (left) or 0

@@ -127,6 +127,13 @@ class Node:
         self.on_reregister = []
         """ Hooks ``hook(node_id)`` run each time the node registered again
         (a new Redis, or reaped): write this node's entries again """
+        self.on_reconnect = []
+        """ Hooks ``hook(node_id)`` run each time the command connection
+        is back on the same Redis, the node registered: changes that
+        failed meanwhile may or may not have been made """
+        self.redis_restarted = False
+        """ Whether the last registration again was on a restarted Redis
+        (rather than after the node was reaped) """
         self.fenced = False
         """ True while the node cannot refresh its heartbeat for longer than
         ``fence_after`` (its sockets are closed) """
@@ -195,6 +202,12 @@ class Node:
     def _on_up(self, run_id):
         if self.id is None or run_id != self._run_id:
             self._register()
+            return
+        for hook in list(self.on_reconnect):
+            try:
+                hook(self.id)
+            except Exception:
+                logger.exception("a reconnection hook failed")
 
     def _register(self):
         if self._registering or self._closed:
@@ -236,6 +249,7 @@ class Node:
             self.registered.set()
             return
         self.reregistrations += 1
+        self.redis_restarted = run_id != previous
         logger.warning(
             "Cluster node %d registered again as node %d (%s)",
             old,

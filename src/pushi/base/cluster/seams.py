@@ -259,6 +259,8 @@ class RedisOccupancy(_Twin):
         """ (app_id, channel) -> this node's sockets there """
         self.held_connections = {}
         """ app_id -> this node's sockets of the app (``opened``) """
+        self.unsure = set()
+        """ (app_id, channel) whose leave failed (``settle``) """
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``."""
@@ -276,13 +278,32 @@ class RedisOccupancy(_Twin):
         """A socket left ``channel``: ``then(count, vacated)``."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), -1)
+
+        def error(reason):
+            self.unsure.add((app_id, channel))
+            _failed(failed, reason)
+
         self._eval(
             lua.OCCUPANCY_LEAVE,
             lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
             (app_id, channel, "0"),
             lambda reply: then(reply[0], reply[1] == 1),
-            failed,
+            error,
         )
+
+    def settle(self, vacated):
+        """After Redis restarted empty and the nodes wrote what they hold
+        again: ``vacated(app_id, channel)`` for each channel whose leave
+        here failed meanwhile and that nobody holds now."""
+        unsure, self.unsure = self.unsure, set()
+        for app_id, channel in unsure:
+            self.fetch_count(
+                app_id,
+                channel,
+                lambda count, app_id=app_id, channel=channel: (
+                    vacated(app_id, channel) if not count else None
+                ),
+            )
 
     def opened(self, app_id, limit, then, failed=None):
         """A socket of the app opens: ``then(count)`` with the app's
@@ -476,6 +497,9 @@ class RedisPresence(_Twin):
         self.announcer = announcer
         self.held = {}
         """ (app_id, channel, user_id) -> [Member, this node's sockets] """
+        self.unsure = set()
+        """ (app_id, channel, user_id) whose join or leave failed
+        (``settle``) """
 
     def join(
         self, app_id, channel, user_id, member, limit, then, failed=None, socket_id=None
@@ -521,6 +545,7 @@ class RedisPresence(_Twin):
 
         def error(reason):
             refused()
+            self.unsure.add((app_id, channel, user_id))
             _failed(failed, reason)
 
         meta, extra = (), ()
@@ -553,13 +578,46 @@ class RedisPresence(_Twin):
         if self.announcer is not None:
             key, extra = self.announcer.member_removed(app_id, channel, user_id)
             meta = (key,)
+
+        def error(reason):
+            self.unsure.add((app_id, channel, user_id))
+            _failed(failed, reason)
+
         self._eval(
             lua.PRESENCE_LEAVE,
             lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
             (app_id, channel, user_id, "0") + tuple(extra),
             lambda reply: then(reply == 1),
-            failed,
+            error,
         )
+
+    def settle(self, removed):
+        """After Redis restarted empty and the nodes wrote their members
+        again: each user whose join or leave here failed meanwhile and
+        who is no member now has its ``member_removed`` published (by the
+        announcer), then ``removed(app_id, channel, user_id)``.  (The
+        other nodes' sockets may still list it: the leave that failed
+        told nobody.)"""
+        unsure, self.unsure = self.unsure, set()
+        if self.announcer is None:
+            return
+        for app_id, channel, user_id in unsure:
+            meta, extra = self.announcer.member_removed(app_id, channel, user_id)
+
+            def gone(reply, app_id=app_id, channel=channel, user_id=user_id):
+                if reply == 1:
+                    removed(app_id, channel, user_id)
+
+            self._eval(
+                lua.PRESENCE_GONE,
+                lambda _node_id, app_id=app_id, channel=channel, meta=meta: (
+                    lua.channel_key(app_id, channel, "members"),
+                    meta,
+                ),
+                (user_id,) + tuple(extra),
+                gone,
+                None,
+            )
 
     # re-registration
 

@@ -29,6 +29,11 @@ logger = logging.getLogger("pushi")
 REAP_INTERVAL = 2.0
 """ Seconds between two looks for dead nodes """
 
+SETTLE_AFTER = 4.0
+""" Seconds after a registration on a restarted Redis before what failed
+meanwhile is settled (``settle``): the other nodes have written their
+entries again by then (they look every second) """
+
 
 class Cluster:
     def __init__(self, config):
@@ -75,6 +80,7 @@ class Cluster:
         # what only the loop holds, read for the REST threads' queries
         state.engine.queries.on_loop = state.call_in_loop
         self.node.on_reregister.append(self._reregistered)
+        self.node.on_reconnect.append(self._reconnected)
         self.spans = attach(
             state,
             self.node.commands,
@@ -99,7 +105,71 @@ class Cluster:
         """The node registered (again): what it holds is written back
         under its id, and the spans follow it."""
         self.spans.node_changed(node_id)
-        self.shared.reregister(node_id)
+        restarted = self.node.redis_restarted
+        self.shared.reregister(
+            node_id, then=lambda registered: self.restored(registered, restarted)
+        )
+
+    def _reconnected(self, node_id):
+        """The command connection is back on the same Redis: what failed
+        meanwhile may or may not have been made there; the node's
+        entries are written again (its strays zeroed)."""
+        self.shared.reregister(then=lambda registered: self.restored(registered))
+
+    def restored(self, registered, restarted=False):
+        """What writing the node's entries again changed (a
+        ``Registered``): members and channels that the node held in Redis
+        but no longer has (a leave that failed) are removed (their
+        ``member_removed`` to every node's sockets) and vacated, users
+        gone offline are told.  What it wrote back (members, channels,
+        users again) is no news: the sockets and observers knew of them.
+        On a restarted Redis, which held nothing to zero, the leaves that
+        failed meanwhile are settled once every node wrote its entries."""
+        engine = self.engine
+        if engine is None:
+            return
+        for app_id, channel, user_id in registered.removed:
+            engine.broker.send(
+                Event(
+                    app_id,
+                    (channel,),
+                    "pusher_internal:member_removed",
+                    {"user_id": user_id},
+                )
+            )
+            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
+        for app_id, channel in registered.vacated:
+            engine.emit(app_id, "vacated", channel=channel)
+        for app_id, user_id in registered.offline:
+            engine.signin.tell_watchers(app_id, user_id, "offline")
+        if registered.removed or registered.vacated:
+            logger.info(
+                "Cluster: node's entries written again (%d members removed,"
+                " %d channels vacated)",
+                len(registered.removed),
+                len(registered.vacated),
+            )
+        if restarted:
+            self.loop.later(SETTLE_AFTER, self.settle)
+        else:
+            self.shared.presence.unsure.clear()
+            self.shared.occupancy.unsure.clear()
+
+    def settle(self):
+        """After a restarted Redis: the members whose join or leave failed
+        meanwhile and who are no members now leave (``member_removed``),
+        the channels whose leave failed and that nobody holds now are
+        vacated."""
+        engine = self.engine
+
+        def removed(app_id, channel, user_id):
+            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
+
+        def vacated(app_id, channel):
+            engine.emit(app_id, "vacated", channel=channel)
+
+        self.shared.presence.settle(removed)
+        self.shared.occupancy.settle(vacated)
 
     def reaped(self, reaped):
         """What a dead node's reaping changed, seen by this node alone:
