@@ -442,17 +442,17 @@ def leaves_while_redis_is_away(cluster, away, back):
     assert on_b.wait(lambda view: view.members == {"obs", "leaving", "staying"})
     away()
 
-    def status(node):
+    def health(node):
         return node.request("GET", "health")[1]["status"]
 
     # the leave cannot reach Redis: node a knows it is away
-    assert wait_for(lambda: status(a) == "degraded", timeout=10)
+    assert wait_for(lambda: health(a) == "degraded", timeout=10)
     leaving.close()
     time.sleep(0.5)
     back()
 
     def healthy():
-        return all(status(node) == "ok" for node in (a, b))
+        return all(health(node) == "ok" for node in (a, b))
 
     assert wait_for(healthy, timeout=20)
     assert on_b.wait(
@@ -478,3 +478,42 @@ def test_a_member_that_left_while_redis_paused_is_removed(cluster):
     # resumed before the nodes fence themselves: the same Redis comes back
     # to nodes whose connection went down
     leaves_while_redis_is_away(cluster, cluster.redis.pause, cluster.redis.resume)
+
+
+def test_pusher_js_on_two_nodes_sees_one_member_per_user(cluster):
+    from interop_support import NodeAgent
+
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    on_a, on_b = NodeAgent(a, app), NodeAgent(b, app)
+    try:
+        ann = {"user_id": "1", "user_info": {"name": "Ann"}}
+        bob = {"user_id": "2", "user_info": {"name": "Bob"}}
+        on_a.call("connect", client="ann", presence=ann)
+        on_b.call("connect", client="bob", presence=bob)
+        on_a.call("connect", client="bob-too", presence=bob)
+        first = on_a.call("subscribe", client="ann", channel=ROOM)
+        assert first["members"]["ids"] == ["1"]
+        second = on_b.call("subscribe", client="bob", channel=ROOM)
+        assert second["members"]["count"] == 2
+        added = on_a.wait(type="event", client="ann", event="pusher:member_added")
+        assert added["data"] == {"id": "2", "info": {"name": "Bob"}}
+        # Bob's second socket, on the other node: the same member
+        third = on_a.call("subscribe", client="bob-too", channel=ROOM)
+        assert third["members"]["count"] == 2
+        on_b.call("disconnect", client="bob")
+        time.sleep(1.5)
+        assert on_a.call("state", client="ann", channel=ROOM)["channel"]["members"][
+            "ids"
+        ] == ["1", "2"]
+        on_a.call("disconnect", client="bob-too")
+        removed = on_a.wait(type="event", client="ann", event="pusher:member_removed")
+        assert removed["data"] == {"id": "2", "info": {"name": "Bob"}}
+        assert on_a.call("state", client="ann", channel=ROOM)["channel"]["members"][
+            "ids"
+        ] == ["1"]
+        assert len(on_a.seen(client="ann", event="pusher:member_added")) == 1
+        assert len(on_a.seen(client="ann", event="pusher:member_removed")) == 1
+    finally:
+        on_a.close()
+        on_b.close()
