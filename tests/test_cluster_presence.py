@@ -517,3 +517,24 @@ def test_pusher_js_on_two_nodes_sees_one_member_per_user(cluster):
     finally:
         on_a.close()
         on_b.close()
+
+
+def test_a_presence_join_redis_does_not_answer_is_refused_with_503(cluster):
+    a = cluster.node()
+    app = cluster.make_app()
+    # the node's subscription of the channel is made: a join needs only
+    # the presence script then
+    _observer, _members = joined(a, app, ROOM, "obs")
+    client = a.connect(app)
+    cluster.redis.pause()
+    try:
+        answer = join(client, app, ROOM, "late")
+        assert answer["event"] == "pusher:subscription_error", answer
+        assert data_of(answer)["status"] == 503
+    finally:
+        cluster.redis.resume()
+    # once Redis answers, the socket may join
+    assert wait_for(lambda: a.request("GET", "health")[1]["status"] == "ok", timeout=15)
+    answer = join(client, app, ROOM, "late")
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    assert set(data_of(answer)["presence"]["hash"]) == {"obs", "late"}
