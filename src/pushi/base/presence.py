@@ -48,11 +48,14 @@ class Presence(Protocol):
         member: Member,
         limit: int,
         then: Callable[[Joined | None], None],
+        failed: Callable[[Exception], None] | None = None,
         socket_id: str | None = None,
     ) -> None:
         """Adds one socket (``socket_id``) of ``user_id`` to ``channel``;
         ``then(None)`` when the user is not a member and the channel
-        already has ``limit`` members (0: no limit)."""
+        already has ``limit`` members (0: no limit); ``failed(error)``
+        instead when a shared twin could not decide (the socket is not
+        counted)."""
 
     def leave(
         self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
@@ -84,6 +87,7 @@ class LocalPresence:
         member: Member,
         limit: int,
         then: Callable[[Joined | None], None],
+        failed: Callable[[Exception], None] | None = None,
         socket_id: str | None = None,
     ) -> None:
         members = self.channels.setdefault((app_id, channel), {})

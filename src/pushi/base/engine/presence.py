@@ -97,6 +97,16 @@ class PresenceChannels:
             if then is not None:
                 then()
 
+        def failed(_error):
+            # the shared presence did not answer (Redis away)
+            if not session.closed and name not in session.channels:
+                self.engine.refuse(
+                    session,
+                    errors.SubscriptionError(
+                        name, "Server unavailable: retry shortly", status=503
+                    ),
+                )
+
         self.presence.join(
             app.app_id,
             name,
@@ -104,6 +114,7 @@ class PresenceChannels:
             member,
             limit,
             joined,
+            failed=failed,
             socket_id=session.socket_id,
         )
 
