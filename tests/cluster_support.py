@@ -3,6 +3,7 @@ on one ``redis-server`` and one data dir, signed REST reads, presence
 joins, and the member events a socket has seen."""
 
 import json
+import shutil
 import tempfile
 import time
 
@@ -33,6 +34,18 @@ def cluster_fixture(redis_server):
             node.start()
             return node
 
+        def store_app(self, **settings):
+            """An app written to the shared store by another process (as
+            ``pushi app create`` does): no node hears of it until a socket
+            of it comes (or the apps poller reads it)."""
+            from pushi.base.store.sqlite import SQLiteStore
+
+            store = SQLiteStore(data_dir)
+            try:
+                return store.create_app("stored", True, settings)
+            finally:
+                store.close()
+
         def make_app(self, **settings):
             status, app = made[0].request(
                 "POST",
@@ -46,6 +59,7 @@ def cluster_fixture(redis_server):
     yield Cluster()
     for node in made:
         node.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def rest(node, app, path, params=None):

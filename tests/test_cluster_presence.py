@@ -299,7 +299,7 @@ def test_a_node_killed_has_its_members_removed_once_and_no_ghost(cluster):
         for view in (on_b, beside):
             assert view.wait(lambda view: view.members == set(every))
         assert users(b, app, ROOM) == every
-        assert wait_for(lambda: len(hooks.named("channel_occupied")) == 3)
+        assert wait_for(lambda: len(hooks.named("channel_occupied")) == 3), b.read_log()
         a.stop(kill=True)
         started = time.monotonic()
         for view in (on_b, beside):
@@ -538,3 +538,17 @@ def test_a_presence_join_redis_does_not_answer_is_refused_with_503(cluster):
     answer = join(client, app, ROOM, "late")
     assert answer["event"] == "pusher_internal:subscription_succeeded", answer
     assert set(data_of(answer)["presence"]["hash"]) == {"obs", "late"}
+
+
+def test_a_node_sends_the_webhooks_of_an_app_it_loaded_for_a_socket(cluster):
+    hooks = Hooks()
+    try:
+        a = cluster.node()
+        kinds = ["channel_occupied", "member_added"]
+        app = cluster.store_app(webhooks=[{"url": hooks.url, "events": kinds}])
+        # the node knows the app from its first socket on
+        _client, _members = joined(a, app, ROOM, "first")
+        assert wait_for(lambda: len(hooks.events) == 2, timeout=10), hooks.events
+        assert sorted(event["name"] for event in hooks.events) == sorted(kinds)
+    finally:
+        hooks.close()
