@@ -23,6 +23,9 @@ class AppDirectory:
         # ``sync(app_id)``: takes the store's record of a known app into
         # use and returns it (State.sync_app); set by the server
         self.sync = None
+        # ``loaded(app)``: an app loaded on demand is new here (any
+        # thread); set by the server
+        self.loaded = None
         self._by_key = {}
         self._by_id = {}
         self._lock = threading.Lock()
@@ -87,7 +90,12 @@ class AppDirectory:
     def _loaded(self, app):
         with self._lock:
             known = self._by_id.get(app.app_id)
-            return known if known is not None else self._put(app)
+            if known is not None:
+                return known
+            self._put(app)
+        if self.loaded is not None:
+            self.loaded(app)
+        return app
 
     def all(self):
         return sorted(self._by_id.values(), key=lambda app: int(app.app_id))

@@ -95,6 +95,7 @@ class State:
         self._apps_lock = threading.RLock()
         self._apps_version = None
         self.apps.sync = self.sync_app
+        self.apps.loaded = self._app_loaded
         # every thread pool of the process, shut down by ``stop``
         self.threads = Threads()
         self.metrics = Metrics(checks=self.threads.pool("health"))
@@ -402,6 +403,16 @@ class State:
         self.access.logout(token)
         if self._loop_thread is not None:
             self.call_in_loop(self.console.recheck)
+
+    def _app_loaded(self, app):
+        """An app loaded for a socket (created by another process): its
+        webhooks are observed before that socket's first events (the
+        loop runs this before the socket opens)."""
+        if app.limits["webhooks"] and self._loop_thread is not None:
+            try:
+                self.call_soon(self._watch_webhooks)
+            except LoopStopped:
+                pass
 
     def _watch_webhooks(self):
         wanted = any(app.limits.webhooks for app in self.apps.all())
