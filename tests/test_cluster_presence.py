@@ -299,7 +299,7 @@ def test_a_node_killed_has_its_members_removed_once_and_no_ghost(cluster):
         for view in (on_b, beside):
             assert view.wait(lambda view: view.members == set(every))
         assert users(b, app, ROOM) == every
-        assert wait_for(lambda: len(hooks.named("channel_occupied")) == 3), b.read_log()
+        assert wait_for(lambda: len(hooks.named("channel_occupied")) == 3), hooks.events
         a.stop(kill=True)
         started = time.monotonic()
         for view in (on_b, beside):
