@@ -398,13 +398,18 @@ class RedisBroker:
 
     def _announced(self, app_id, channel, name, data, exclude=None):
         body = messages.dumps([app_id, channel, name, data, exclude, None])
+        limits = self.engine.limits(app_id)
+        # with the recovery history: a place holder there, as ``send``
+        # keeps a member event
         return (
-            meta_key(app_id, channel),
+            (meta_key(app_id, channel), hist_key(app_id, channel)),
             (
                 bus(app_id, channel),
                 self.new_epoch(),
                 body,
                 META_TTL,
+                limits["recovery_history"],
+                limits["recovery_ttl"],
             ),
         )
 

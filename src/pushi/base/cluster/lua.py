@@ -184,20 +184,36 @@ return total
 """
 )
 
-# The member events: with the channel's meta key as KEYS[6] and the
-# broker's publish arguments (bus, a new epoch, the event's body, the meta
-# key's TTL) after the others, a join that makes a member (a leave that
+# The member events: with the channel's meta key as KEYS[6] (and its
+# recovery history as KEYS[7]) and the broker's publish arguments (bus, a
+# new epoch, the event's body, the meta key's TTL, and with the history
+# its length and TTL) after the others, a join that makes a member (a leave that
 # ends one) publishes its member event in the same atomic step, as the
 # broker's publish script does (``cluster/broker``).
 ANNOUNCE = """
-local function announce(meta, first)
+local function announce(meta, first, hist)
   local offset = redis.call('HINCRBY', meta, 's', 1)
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     epoch = ARGV[first + 1]
     redis.call('HSET', meta, 'e', epoch)
+    if hist then
+      redis.call('DEL', hist)
+    end
   end
   redis.call('EXPIRE', meta, ARGV[first + 3])
+  if hist and ARGV[first + 4] and ARGV[first + 4] ~= '0' then
+    -- a place holder in the recovery history: its offset counts, a
+    -- recovery does not send it (as the broker's publish script keeps it)
+    local now = redis.call('TIME')[1]
+    local added = redis.pcall('XADD', hist, 'MAXLEN', '~', ARGV[first + 4],
+      offset .. '-0', 't', now, 'b', '')
+    if type(added) == 'table' and added.err then
+      redis.call('DEL', hist)
+      redis.call('XADD', hist, offset .. '-0', 't', now, 'b', '')
+    end
+    redis.call('EXPIRE', hist, ARGV[first + 5])
+  end
   redis.call('PUBLISH', ARGV[first], epoch .. ':' .. offset .. ':' .. ARGV[first + 2])
 end
 """
@@ -229,7 +245,7 @@ end
 local position = false
 if KEYS[6] then
   if new == 1 then
-    announce(KEYS[6], 7)
+    announce(KEYS[6], 7, KEYS[7])
   end
   local top = redis.call('HMGET', KEYS[6], 's', 'e')
   position = {tonumber(top[1] or '0'), top[2] or ''}
@@ -266,7 +282,7 @@ if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[3])
 end
 if KEYS[6] then
-  announce(KEYS[6], 6)
+  announce(KEYS[6], 6, KEYS[7])
 end
 return 1
 """
@@ -282,7 +298,7 @@ PRESENCE_GONE = Script(
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
   return 0
 end
-announce(KEYS[2], 3)
+announce(KEYS[2], 3, KEYS[3])
 return 1
 """
 )

@@ -283,7 +283,7 @@ class _Reap:
             announcer = self.reaper.announcer
             if announcer is not None:
                 meta, extra = announcer.member_removed(app_id, channel, user_id)
-                keys += (meta,)
+                keys += (meta,) if isinstance(meta, str) else tuple(meta)
                 args += tuple(extra)
 
             def record(reply):

@@ -553,7 +553,7 @@ class RedisPresence(_Twin):
             key, extra = self.announcer.member_added(
                 app_id, channel, user_id, member, socket_id
             )
-            meta = (key,)
+            meta = _keys(key)
         self._eval(
             lua.PRESENCE_JOIN,
             lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
@@ -577,7 +577,7 @@ class RedisPresence(_Twin):
         meta, extra = (), ()
         if self.announcer is not None:
             key, extra = self.announcer.member_removed(app_id, channel, user_id)
-            meta = (key,)
+            meta = _keys(key)
 
         def error(reason):
             self.unsure.add((app_id, channel, user_id))
@@ -612,8 +612,8 @@ class RedisPresence(_Twin):
                 lua.PRESENCE_GONE,
                 lambda _node_id, app_id=app_id, channel=channel, meta=meta: (
                     lua.channel_key(app_id, channel, "members"),
-                    meta,
-                ),
+                )
+                + _keys(meta),
                 (user_id,) + tuple(extra),
                 gone,
                 None,
@@ -900,6 +900,12 @@ class ClusterState:
         self.presence.reregister(part(member), error)
         self.occupancy.reregister(part(channel), error)
         self.users.reregister(part(user), error)
+
+
+def _keys(keys):
+    """An announcer's keys as a tuple: its meta key (a string), or the
+    meta key and the recovery history's."""
+    return (keys,) if isinstance(keys, str) else tuple(keys)
 
 
 def _ignore(*_args):
