@@ -552,3 +552,18 @@ def test_a_node_sends_the_webhooks_of_an_app_it_loaded_for_a_socket(cluster):
         assert sorted(event["name"] for event in hooks.events) == sorted(kinds)
     finally:
         hooks.close()
+
+
+def test_a_member_refused_for_the_limit_is_not_written_back_after_a_restart(
+    cluster,
+):
+    a = cluster.node()
+    app = cluster.make_app(max_presence_members=1)
+    _first, _members = joined(a, app, ROOM, "first")
+    refused = join(a.connect(app), app, ROOM, "second")
+    assert data_of(refused)["status"] == 403, refused
+    cluster.redis.kill()
+    cluster.redis.start()  # empty: the node writes what it holds again
+    assert wait_for(lambda: a.request("GET", "health")[1]["status"] == "ok")
+    time.sleep(1)
+    assert users(a, app, ROOM) == ["first"]
