@@ -550,10 +550,11 @@ class RedisPresence(_Twin):
 
         meta, extra = (), ()
         if self.announcer is not None:
-            key, extra = self.announcer.member_added(
+            # (not ``key``: ``refused`` reads the ledger's key)
+            announced, extra = self.announcer.member_added(
                 app_id, channel, user_id, member, socket_id
             )
-            meta = _keys(key)
+            meta = _keys(announced)
         self._eval(
             lua.PRESENCE_JOIN,
             lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
@@ -576,8 +577,8 @@ class RedisPresence(_Twin):
                 del self.held[key]
         meta, extra = (), ()
         if self.announcer is not None:
-            key, extra = self.announcer.member_removed(app_id, channel, user_id)
-            meta = _keys(key)
+            announced, extra = self.announcer.member_removed(app_id, channel, user_id)
+            meta = _keys(announced)
 
         def error(reason):
             self.unsure.add((app_id, channel, user_id))
