@@ -336,6 +336,10 @@ class State:
         ends its session tokens, revoking a key the sockets and session
         tokens that rely on it.  Call it after the store has the change."""
         with self._apps_lock:
+            if app.limits["webhooks"] and self._loop_thread is not None:
+                # observed before a socket can find the app: its first
+                # events' webhooks are not lost
+                self.call_in_loop(self._observe_webhooks)
             self.apps.put(app)
             if not app.enabled:
                 self.access.revoke(app.app_id)
@@ -410,9 +414,14 @@ class State:
         loop runs this before the socket opens)."""
         if app.limits["webhooks"] and self._loop_thread is not None:
             try:
-                self.call_soon(self._watch_webhooks)
+                self.call_soon(self._observe_webhooks)
             except LoopStopped:
                 pass
+
+    def _observe_webhooks(self):
+        """Observes for the webhooks (an app that has some is coming)."""
+        if self.webhooks.observe not in self.engine.observers:
+            self.engine.observers.append(self.webhooks.observe)
 
     def _watch_webhooks(self):
         wanted = any(app.limits.webhooks for app in self.apps.all())
