@@ -448,10 +448,8 @@ class RedisBroker:
     def _kept(self, key, offset, epoch, name, data):
         kept = self._member_events.get(key)
         if kept is None:
-            kept = self._member_events[key] = (
-                collections.deque(maxlen=MEMBER_EVENTS),
-                [0],
-            )
+            events: collections.deque = collections.deque(maxlen=MEMBER_EVENTS)
+            kept = self._member_events[key] = (events, [0])
         events, lost = kept
         if len(events) == MEMBER_EVENTS:
             lost[0] = events[0][0]

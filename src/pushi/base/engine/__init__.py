@@ -166,7 +166,9 @@ class Engine:
 
     def uncount(self, app):
         """Takes a socket ``admit`` counted off the shared count."""
-        self.occupancy.closed(app.app_id)
+        closed = getattr(self.occupancy, "closed", None)
+        if closed is not None:
+            closed(app.app_id)
 
     def open(
         self,
