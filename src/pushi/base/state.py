@@ -336,7 +336,7 @@ class State:
         ends its session tokens, revoking a key the sockets and session
         tokens that rely on it.  Call it after the store has the change."""
         with self._apps_lock:
-            if app.limits["webhooks"] and self._loop_thread is not None:
+            if app.limits.webhooks and self._loop_thread is not None:
                 # observed before a socket can find the app: its first
                 # events' webhooks are not lost
                 self.call_in_loop(self._observe_webhooks)
@@ -412,7 +412,7 @@ class State:
         """An app loaded for a socket (created by another process): its
         webhooks are observed before that socket's first events (the
         loop runs this before the socket opens)."""
-        if app.limits["webhooks"] and self._loop_thread is not None:
+        if app.limits.webhooks and self._loop_thread is not None:
             try:
                 self.call_soon(self._observe_webhooks)
             except LoopStopped:

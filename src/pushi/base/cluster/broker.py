@@ -408,8 +408,8 @@ class RedisBroker:
                 self.new_epoch(),
                 body,
                 META_TTL,
-                limits["recovery_history"],
-                limits["recovery_ttl"],
+                limits.recovery_history,
+                limits.recovery_ttl,
             ),
         )
 

@@ -159,7 +159,7 @@ class Engine:
         # Redis away: admitted uncounted (its subscriptions answer 503)
         opened(
             app.app_id,
-            app.limits.get("max_connections") or 0,
+            app.limits.max_connections or 0,
             answered,
             lambda _error: then(None, False),
         )
