@@ -135,6 +135,15 @@ def parse_args(argv):
         "scenario on Pushi once per count, the server's CPU and memory "
         "those of all its processes",
     )
+    parser.add_argument(
+        "--nodes",
+        default=None,
+        help="comma-separated node counts (e.g. 1,2): run every scenario on "
+        "Pushi once per count; 1 is the single process, N > 1 starts one "
+        "redis-server and N nodes with PUSHI_REDIS_URL (subscribers spread "
+        "over the nodes, triggers through node 1; the server's CPU that of "
+        "every node and Redis), rows labelled nodes=N and ratios to nodes=1",
+    )
     parser.add_argument("--out", default=None, help="also append JSON lines here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
@@ -345,6 +354,9 @@ def label(key):
             label("/".join([scenario, variant, size])),
             count,
         )
+    if " nodes-" in variant:
+        variant, count = variant.rsplit(" nodes-", 1)
+        return "%s, nodes=%s" % (label("/".join([scenario, variant, size])), count)
     if " recovery-" in variant:
         variant, mode = variant.split(" recovery-")
         return "%s, recovery %s" % (label("/".join([scenario, variant, size])), mode)
@@ -406,6 +418,9 @@ def cell(result):
             latency = result.get("http_latency_ms") or latency
         if latency.get("p50") is not None:
             parts.append("p50 %s / p99 %s ms" % (latency["p50"], latency["p99"]))
+        cross = result.get("latency_cross_ms") or {}
+        if scenario == "fanout" and cross.get("p50") is not None:
+            parts.append("cross-node p50 %s / p99 %s ms" % (cross["p50"], cross["p99"]))
         loss = result.get("lost_sampled", 0) + result.get("undelivered", 0)
         if loss or result.get("duplicates_sampled"):
             parts.append(
@@ -429,6 +444,16 @@ def cell(result):
         "channels",
     ):
         parts.append("%s us" % fmt(result["server_cpu_us_per_delivery"], 1))
+    if result.get("redis_cpu_us_per_publish") is not None:
+        if result.get("redis_cpu_us_per_delivery") is not None:
+            parts.append("Redis %s us" % fmt(result["redis_cpu_us_per_delivery"], 2))
+        parts.append(
+            "Redis %s us/publish (evalsha %s us)"
+            % (
+                fmt(result["redis_cpu_us_per_publish"], 1),
+                fmt(result["redis_evalsha_us_per_publish"], 1),
+            )
+        )
     parts.append(
         "cpu %s%% / %s%%"
         % (result.get("server_cpu_pct"), result.get("generator_cpu_pct"))
@@ -521,27 +546,34 @@ def run_once(chosen, names, profile, options):
             continue
         for name in names:
             for count in worker_counts(name, options):
-                servers.PushiServer.workers = count
-                try:
-                    results += run_server(scenario, name, count, profile, options)
-                finally:
-                    servers.PushiServer.workers = None
+                for nodes in node_counts(name, options):
+                    servers.PushiServer.workers = count
+                    servers.PushiServer.node_count = nodes or 1
+                    try:
+                        results += run_server(
+                            scenario, name, count, profile, options, nodes
+                        )
+                    finally:
+                        servers.PushiServer.workers = None
+                        servers.PushiServer.node_count = 1
     return results
 
 
-def run_server(scenario, name, count, profile, options):
+def run_server(scenario, name, count, profile, options, nodes=None):
     """Runs one scenario on one server (with ``count`` Pushi workers, or
-    its default with None), once per recovery mode; returns the results."""
+    its default with None; on ``nodes`` nodes with ``--nodes``), once per
+    recovery mode; returns the results."""
     results = []
     for mode in recovery_modes(scenario, name, options):
         options.recovery_mode = mode
         log(
-            "scenario %s on %s%s%s"
+            "scenario %s on %s%s%s%s"
             % (
                 scenario,
                 name,
                 " recovery %s" % mode if mode else "",
                 " workers %d" % count if count else "",
+                " nodes %d" % nodes if nodes else "",
             )
         )
         try:
@@ -565,6 +597,9 @@ def run_server(scenario, name, count, profile, options):
             if count:
                 line["pushi_workers"] = count
                 line["variant"] = "%s workers-%d" % (line["variant"], count)
+            if nodes:
+                line["nodes"] = nodes
+                line["variant"] = "%s nodes-%d" % (line["variant"], nodes)
             emit(line, options.out)
             results.append(line)
     options.recovery_mode = None
@@ -576,6 +611,44 @@ def worker_counts(name, options):
     if not options.workers or name != "pushi":
         return [None]
     return [int(count) for count in options.workers.split(",")]
+
+
+def node_counts(name, options):
+    """The ``--nodes`` counts Pushi runs with (None: not asked for)."""
+    if not options.nodes or name != "pushi":
+        return [None]
+    return [int(count) for count in options.nodes.split(",")]
+
+
+def node_ratios(results):
+    """With ``--nodes``: each nodes=N row of Pushi against its nodes=1 row
+    of the same run: msgs/s, server CPU per delivery (nodes and Redis),
+    triggers/s, and cross-node p99 against the single node's p99."""
+    single = {}
+    for result in results:
+        if result.get("nodes") == 1 and "error" not in result:
+            single[result_key(result).replace(" nodes-1/", "/")] = result
+    lines = []
+    for result in results:
+        nodes = result.get("nodes")
+        if not nodes or nodes == 1 or "error" in result or "skipped" in result:
+            continue
+        key = result_key(result)
+        base = single.get(key.replace(" nodes-%d/" % nodes, "/"))
+        if not base:
+            continue
+        line = {"ratio": key, "nodes": "%d/1" % nodes}
+        for metric in ("msgs_per_s", "server_cpu_us_per_delivery", "triggers_per_s"):
+            if result.get(metric) and base.get(metric):
+                line[metric] = round(result[metric] / base[metric], 2)
+        cross = (result.get("latency_cross_ms") or {}).get("p99")
+        if result["scenario"] == "trigger":
+            cross = (result.get("latency_ms") or {}).get("p99")
+        mine = (base.get("latency_ms") or {}).get("p99")
+        if cross and mine:
+            line["cross_p99/single_p99"] = round(cross / mine, 2)
+        lines.append(line)
+    return lines
 
 
 def recovery_modes(scenario, name, options):
@@ -641,7 +714,7 @@ def main(argv=None):
         results = medians(results)
         for line in results:
             emit(dict(line, median_of=options.repeat), options.out)
-    for line in ratios(results):
+    for line in ratios(results) + node_ratios(results):
         emit(line, options.out)
     log("done in %.0f s" % (time.monotonic() - started))
     abused = [result for result in results if result["scenario"] == "abuse"]

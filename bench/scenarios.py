@@ -87,15 +87,28 @@ def machine_busy_seconds():
     return (sum(fields[:8]) - idle) / stats.CLOCK_TICKS
 
 
-class Meter:
-    """CPU of the server tree, of each generator process, of this process
-    and of the whole machine over one measurement window."""
+def server_cpu_seconds(server):
+    """CPU seconds of the server's process trees (every node and Redis
+    with ``--nodes``)."""
+    return sum(
+        stats.tree_cpu_seconds(pid) for pid in getattr(server, "pids", [server.pid])
+    )
 
-    def __init__(self, server_pid, generators):
-        self.server_pid = server_pid
+
+class Meter:
+    """CPU of the server tree(s), of each generator process, of this process
+    and of the whole machine over one measurement window; with ``--nodes``
+    also Redis's CPU and ``INFO commandstats`` apart."""
+
+    def __init__(self, server, generators):
+        self.server = server
         self.generators = generators
+        self.redis = getattr(server, "redis", None)
         self.t0 = time.monotonic()
-        self.server0 = stats.tree_cpu_seconds(server_pid)
+        self.server0 = server_cpu_seconds(server)
+        if self.redis:
+            self.redis0 = stats.cpu_seconds(self.redis.proc.pid)
+            self.commands0 = self.redis.commandstats()
         self.gen0 = [worker.cpu() for worker in generators]
         self.self0 = stats.cpu_seconds(os.getpid())
         self.machine0 = machine_busy_seconds()
@@ -103,7 +116,7 @@ class Meter:
     def stop(self):
         """Returns the CPU figures of the window."""
         wall = max(1e-9, time.monotonic() - self.t0)
-        server = stats.tree_cpu_seconds(self.server_pid) - self.server0
+        server = server_cpu_seconds(self.server) - self.server0
         gens = [
             worker.cpu() - start
             for worker, start in zip(self.generators, self.gen0, strict=True)
@@ -111,7 +124,8 @@ class Meter:
         own = stats.cpu_seconds(os.getpid()) - self.self0
         machine = machine_busy_seconds() - self.machine0
         gen_max = max(gens) if gens else 0.0
-        return {
+        figures = self.redis_figures(wall) if self.redis else {}
+        return figures | {
             "wall_s": round(wall, 3),
             "server_cpu_s": server,
             "server_cpu_pct": round(100 * server / wall, 1),
@@ -124,13 +138,32 @@ class Meter:
             ),
         }
 
+    def redis_figures(self, wall):
+        """Redis's CPU over the window (part of the server's) and the
+        commands it ran (``INFO commandstats`` deltas: calls, usec)."""
+        redis = stats.cpu_seconds(self.redis.proc.pid) - self.redis0
+        commands = {}
+        for name, (calls, usec) in self.redis.commandstats().items():
+            calls0, usec0 = self.commands0.get(name, (0, 0))
+            if name != "info" and calls > calls0:
+                commands[name] = {"calls": calls - calls0, "usec": usec - usec0}
+        return {
+            "redis_cpu_s": redis,
+            "redis_cpu_pct": round(100 * redis / wall, 1),
+            "redis_commands": commands,
+        }
+
 
 class Session:
     """One server instance with its worker processes."""
 
     def __init__(self, server_name, sub_workers, keep=False, settings=None):
         classes = dict(servers.SERVERS, blaster=servers.BlasterServer)
-        self.server = classes[server_name](servers.make_workdir(server_name))
+        workdir = servers.make_workdir(server_name)
+        if server_name == "pushi" and servers.PushiServer.node_count > 1:
+            self.server = servers.PushiCluster(workdir, servers.PushiServer.node_count)
+        else:
+            self.server = classes[server_name](workdir)
         # the app's settings (Pushi: set with the admin secret once it runs)
         self.settings = settings
         if settings:
@@ -182,15 +215,51 @@ class Session:
         """Every load process."""
         return self.subs + [self.trigger]
 
-    def connect(self, n, channel=None, prefix=None, sample=0, subscribe=True):
-        """Opens ``n`` subscribers split over the subscriber workers."""
+    def connect(
+        self, n, channel=None, prefix=None, sample=0, subscribe=True, node=None
+    ):
+        """Opens ``n`` subscribers split over the subscriber workers and,
+        with ``--nodes``, over the nodes (node 1 gets the first share, as
+        round robin would; ``node`` puts them all on that node, 0-based)."""
+        ports = getattr(self.server, "ws_ports", [self.server.ws_port])
+        if node is not None:
+            ports = [ports[node]]
+        if len(ports) == 1:
+            return self.connect_to(ports[0], n, channel, prefix, sample, subscribe)
+        shares = split(n, len(ports))
+        samples = (
+            split(sample, len(ports)) if sample != "all" else [sample] * len(ports)
+        )
+        answers = []
+        offset = 0
+        for port, share, sampled in zip(ports, shares, samples, strict=True):
+            answers.append(
+                self.connect_to(
+                    port, share, channel, prefix, sampled, subscribe, offset
+                )
+            )
+            offset += share
+        errors = {}
+        for answer in answers:
+            for key, value in answer["errors"].items():
+                errors[key] = errors.get(key, 0) + value
+        return {
+            "ready": sum(answer["ready"] for answer in answers),
+            "failed": sum(answer["failed"] for answer in answers),
+            "errors": errors,
+            "elapsed": sum(answer["elapsed"] for answer in answers),
+        }
+
+    def connect_to(self, port, n, channel, prefix, sample, subscribe, base=0):
+        """Opens ``n`` subscribers to ``port`` split over the subscriber
+        workers (their channels from ``prefix`` numbered from ``base``)."""
         shares = split(n, len(self.subs))
         samples = split(sample, len(self.subs)) if sample != "all" else None
-        offset = 0
+        offset = base
         for index, (worker, share) in enumerate(zip(self.subs, shares, strict=True)):
             cmd = {
                 "cmd": "connect",
-                "port": self.server.ws_port,
+                "port": port,
                 "path": self.server.ws_path(),
                 "n": share,
                 "subscribe": subscribe,
@@ -279,7 +348,7 @@ class Session:
             max_count=max_count or 10**9,
             seq_start=seq_start,
         )
-        meter = Meter(self.server.pid, self.generators)
+        meter = Meter(self.server, self.generators)
         answer = self.trigger.call(cmd, duration + 120)
         expected = answer["ok"] * expected_per_trigger
         delivery = self.drain(expected, max_drain, stall)
@@ -294,7 +363,7 @@ class Session:
         start = time.monotonic()
         last_frames = -1
         last_change = start
-        cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+        cpu_at_change = server_cpu_seconds(self.server)
         while True:
             current = self.sub_stats()
             now = time.monotonic()
@@ -303,9 +372,9 @@ class Session:
             if current["frames"] != last_frames:
                 last_frames = current["frames"]
                 last_change = now
-                cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+                cpu_at_change = server_cpu_seconds(self.server)
             elif now - last_change > stall:
-                busy = stats.tree_cpu_seconds(self.server.pid) - cpu_at_change
+                busy = server_cpu_seconds(self.server) - cpu_at_change
                 if busy < IDLE_SHARE * (now - last_change):
                     break
             if now - start > max_drain:
@@ -323,7 +392,7 @@ class Session:
         start = time.monotonic()
         first = last = self.sub_stats()["frames"]
         last_change = start
-        cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+        cpu_at_change = server_cpu_seconds(self.server)
         while time.monotonic() - start < max_wait:
             time.sleep(0.2)
             frames = self.sub_stats()["frames"]
@@ -331,9 +400,9 @@ class Session:
             if frames != last:
                 last = frames
                 last_change = now
-                cpu_at_change = stats.tree_cpu_seconds(self.server.pid)
+                cpu_at_change = server_cpu_seconds(self.server)
             elif now - last_change >= quiet:
-                busy = stats.tree_cpu_seconds(self.server.pid) - cpu_at_change
+                busy = server_cpu_seconds(self.server) - cpu_at_change
                 if busy < IDLE_SHARE * (now - last_change):
                     return last - first, False
         return last - first, True
@@ -424,7 +493,45 @@ def phase_result(session, scenario, variant, answer, delivery, figures, n_subs):
     result["server_cpu_us_per_delivery"] = (
         round(1e6 * figures["server_cpu_s"] / delivered, 2) if delivered else None
     )
+    if "redis_cpu_s" in figures:
+        result.update(cluster_figures(session, samples, answer, figures, delivered))
     return result
+
+
+def cluster_figures(session, samples, answer, figures, delivered):
+    """With ``--nodes``: latency on node 1 (where triggers arrive) and on
+    the other nodes (cross-node) apart, Redis's CPU per delivery and per
+    publish (its process) and its commands per publish (``INFO
+    commandstats``)."""
+    first = session.server.ws_ports[0]
+    published = max(1, answer["ok"])
+    commands = figures["redis_commands"]
+    return {
+        "nodes": len(session.server.ws_ports),
+        "latency_node1_ms": stats.summarize(
+            [lat for sub in samples if sub["port"] == first for lat in sub["lats"]]
+        ),
+        "latency_cross_ms": stats.summarize(
+            [lat for sub in samples if sub["port"] != first for lat in sub["lats"]]
+        ),
+        "redis_cpu_us_per_delivery": (
+            round(1e6 * figures["redis_cpu_s"] / delivered, 2) if delivered else None
+        ),
+        "redis_cpu_us_per_publish": round(1e6 * figures["redis_cpu_s"] / published, 1),
+        "redis_calls_per_publish": {
+            name: round(value["calls"] / published, 2)
+            for name, value in commands.items()
+        },
+        # the publish script's time (the commands it calls are counted
+        # apart as well, inside its time: summing them would count twice)
+        "redis_evalsha_us_per_publish": round(
+            commands.get("evalsha", {}).get("usec", 0) / published, 1
+        ),
+        "redis_usec_per_call": {
+            name: round(value["usec"] / value["calls"], 2)
+            for name, value in commands.items()
+        },
+    }
 
 
 def sub_workers_for(n, option):
@@ -520,17 +627,19 @@ def fanout(server_name, profile, options):
                     capacity = result["msgs_per_s"]
                 results.append(result)
                 emit_progress(result)
-        if server_name == "pushi" and half_rate:
+        if server_name == "pushi" and half_rate and servers.PushiServer.node_count == 1:
             results.append(floor(n, half_rate, profile, options))
     return results
 
 
 def trigger(server_name, profile, options):
-    """1 subscriber, 8 requests in flight: HTTP trigger throughput."""
+    """1 subscriber, 8 requests in flight: HTTP trigger throughput (with
+    ``--nodes``, triggers to node 1, its subscriber on node 2)."""
     with Session(
         server_name, 1, options.keep, app_settings(server_name, options)
     ) as session:
-        session.connect(1, channel="trigger", sample=1)
+        node = 1 if hasattr(session.server, "ws_ports") else None
+        session.connect(1, channel="trigger", sample=1, node=node)
         session.reset()
         session.trigger_phase(["trigger"], 8, profile["warmup"], max_drain=5)
         session.reset()
@@ -639,7 +748,7 @@ def connect(server_name, profile, options):
             rss_before = stats.tree_rss_bytes(session.server.pid)
             points = [(0, rss_before)]
             steps, ready, failed, errors, elapsed = [], 0, 0, {}, 0.0
-            meter = Meter(session.server.pid, session.generators)
+            meter = Meter(session.server, session.generators)
             for share in split(n, CONNECT_STEPS):
                 cpu_before = stats.tree_cpu_seconds(session.server.pid)
                 conn = session.connect(share, subscribe=False, channel="none")
@@ -712,7 +821,7 @@ def idle_figures(session, duration, ready):
     """The server's CPU while ``ready`` connections sit idle for
     ``duration`` seconds, pinging as pusher-js does."""
     log("idle: %d connections for %ss" % (ready, duration))
-    meter = Meter(session.server.pid, session.generators)
+    meter = Meter(session.server, session.generators)
     for worker in session.subs:
         worker.send({"cmd": "idle", "duration": duration})
     answers = [worker.recv(duration + 60) for worker in session.subs]
@@ -908,7 +1017,7 @@ def blast(session, n, batch, rate, profile, scenario="generator", variant=None):
     for a server's ``c-rate`` at the same ``target_msgs_per_s``."""
     workers = len(session.subs)
     session.reset()
-    meter = Meter(session.server.pid, session.generators)
+    meter = Meter(session.server, session.generators)
     answer = session.server.blast(
         duration=profile["duration"],
         batch=batch,
@@ -1227,7 +1336,7 @@ def abuse_row(attack, duration, profile, options):
         sampler = RssSampler(server.pid)
         try:
             generators = session.generators + ([attacker] if attacker else [])
-            meter = Meter(server.pid, generators)
+            meter = Meter(server, generators)
             if attacker:
                 attacker.send(command)
             # the attack is under way before the first publish

@@ -193,6 +193,12 @@ class PushiServer(Server):
     admin_secret = None
     #: ``PUSHI_WORKERS`` of the server (None: unset, one process)
     workers = None
+    #: nodes of ``--nodes`` (1: this single process; more: ``PushiCluster``)
+    node_count = 1
+    #: ``PUSHI_REDIS_URL`` of the server (None: unset, no cluster)
+    redis_url = None
+    #: the log file's name in the work dir
+    log_name = "pushi.log"
 
     def preload_store(self, count, channel, app_id=None):
         """Writes ``count`` event records of the app (the bench app unless
@@ -261,6 +267,8 @@ class PushiServer(Server):
             env["PUSHI_ADMIN_SECRET"] = self.admin_secret
         if self.workers:
             env["PUSHI_WORKERS"] = str(self.workers)
+        if self.redis_url:
+            env["PUSHI_REDIS_URL"] = self.redis_url
         return env
 
     def create_app(self, name):
@@ -284,9 +292,10 @@ class PushiServer(Server):
         """Creates the app with the CLI, then starts the server."""
         self.http_port, self.ws_port = free_port(), free_port()
         os.makedirs(os.path.join(self.workdir, "data"), exist_ok=True)
-        self.log_path = os.path.join(self.workdir, "pushi.log")
+        self.log_path = os.path.join(self.workdir, self.log_name)
         self.version = git_describe()
-        self.app = self.create_app("bench")
+        if not self.app:
+            self.app = self.create_app("bench")
         self.preloaded = 0
         if self.preload:
             self.preloaded = self.preload_store(*self.preload)
@@ -310,6 +319,150 @@ class PushiServer(Server):
                 pass
             time.sleep(0.2)
         raise RuntimeError("pushi did not become healthy:\n%s" % self.log_tail())
+
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisProcess:
+    """A private ``redis-server`` on a free port of 127.0.0.1, without
+    persistence (as Pushi's Redis should run), in ``workdir``."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = None
+        self.proc = None
+
+    @property
+    def url(self):
+        """The ``PUSHI_REDIS_URL`` of the nodes."""
+        return "redis://%s:%d/0" % (HOST, self.port)
+
+    def start(self):
+        """Starts it and waits for its port."""
+        if not os.path.exists(REDIS_SERVER):
+            raise RuntimeError("--nodes needs redis-server (scripts/install)")
+        self.port = free_port()
+        os.makedirs(self.workdir, exist_ok=True)
+        self.proc = spawn(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                HOST,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+            ],
+            cwd=self.workdir,
+            log_path=os.path.join(self.workdir, "redis.log"),
+        )
+        if not wait_port(self.port, self.proc, 10):
+            raise RuntimeError("redis-server did not start")
+
+    def command(self, *args):
+        """Runs one command over a fresh connection; returns its reply
+        (a bulk string decoded, or the status line)."""
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in args
+        )
+        with socket.create_connection((HOST, self.port), timeout=5) as sock:
+            sock.sendall(payload)
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, _sep, rest = data.partition(b"\r\n")
+                if not _sep:
+                    continue
+                if head[:1] != b"$":
+                    return head[1:].decode()
+                size = int(head[1:])
+                if size < 0:
+                    return None
+                if len(rest) >= size:
+                    return rest[:size].decode()
+        raise RuntimeError("redis closed the connection")
+
+    def commandstats(self):
+        """``INFO commandstats`` as ``{command: (calls, usec)}``."""
+        figures = {}
+        for line in (self.command("INFO", "commandstats") or "").splitlines():
+            if not line.startswith("cmdstat_"):
+                continue
+            name, _colon, fields = line[len("cmdstat_") :].partition(":")
+            values = dict(field.split("=", 1) for field in fields.split(","))
+            figures[name] = (int(values["calls"]), int(values["usec"]))
+        return figures
+
+    def stop(self):
+        """Stops it."""
+        stop_process(self.proc)
+        self.proc = None
+
+
+class PushiCluster(Server):
+    """``count`` Pushi nodes over one private ``redis-server`` (cluster
+    mode, ``PUSHI_REDIS_URL``), sharing one SQLite data dir (the store is
+    not on the fan-out path).  Triggers go to node 1 (``http_port``,
+    ``ws_port`` are node 1's); ``ws_ports`` lists every node's."""
+
+    name = "pushi"
+    supports_persist = True
+
+    def __init__(self, workdir, count):
+        Server.__init__(self, workdir)
+        self.count = count
+        self.redis = RedisProcess(os.path.join(workdir, "redis"))
+        self.nodes = [PushiServer(workdir) for _ in range(count)]
+        self.admin_secret = None
+
+    @property
+    def pid(self):
+        """Node 1's pid."""
+        return self.nodes[0].pid
+
+    @property
+    def pids(self):
+        """Every node's pid and Redis's: the CPU of the whole server."""
+        return [node.pid for node in self.nodes] + [self.redis.proc.pid]
+
+    @property
+    def ws_ports(self):
+        """Each node's WebSocket port, node 1 first."""
+        return [node.ws_port for node in self.nodes]
+
+    def available(self):
+        """Pushi's and ``redis-server``'s."""
+        return self.nodes[0].available() and os.path.exists(REDIS_SERVER)
+
+    def start(self):
+        """Starts Redis, then each node on its own ports (the app created
+        by the first node's start, in the shared data dir)."""
+        self.redis.start()
+        for index, node in enumerate(self.nodes):
+            node.admin_secret = self.admin_secret
+            node.redis_url = self.redis.url
+            if index:
+                node.app = self.nodes[0].app
+                node.log_name = "pushi-%d.log" % (index + 1)
+            node.start()
+        first = self.nodes[0]
+        self.http_port, self.ws_port = first.http_port, first.ws_port
+        self.app, self.version = first.app, first.version
+        self.log_path = first.log_path
+
+    def stop(self):
+        """Stops the nodes, then Redis."""
+        for node in self.nodes:
+            node.stop()
+        self.redis.stop()
 
 
 class SoketiServer(Server):

@@ -911,7 +911,12 @@ class Worker:
             self.reply(
                 {
                     "subs": [
-                        {"channel": sub.channel, "seqs": sub.seqs, "lats": sub.lats}
+                        {
+                            "channel": sub.channel,
+                            "port": sub.task.port,
+                            "seqs": sub.seqs,
+                            "lats": sub.lats,
+                        }
                         for sub in self.subs
                         if sub.sampled
                     ]
