@@ -320,3 +320,60 @@ def test_generators_and_slope():
     points = [(0, 1000), (100, 1400), (200, 1800), (300, 2200)]
     assert scenarios.slope(points) == 4.0
     assert scenarios.slope([(5, 1)]) is None
+
+
+def test_node_ratios_compare_each_node_count_with_the_single_process():
+    from bench import cli
+
+    def row(nodes, variant, msgs, us, p99, cross=None):
+        result = dict(
+            scenario="fanout",
+            variant="%s nodes-%d" % (variant, nodes),
+            server="pushi",
+            subscribers=1000,
+            nodes=nodes,
+            msgs_per_s=msgs,
+            server_cpu_us_per_delivery=us,
+            triggers_per_s=msgs / 1000,
+            latency_ms={"p50": 1.0, "p99": p99},
+        )
+        if cross is not None:
+            result["latency_cross_ms"] = {"p50": 2.0, "p99": cross}
+        return result
+
+    results = [
+        row(1, "c-rate", 40000.0, 10.0, 4.0),
+        row(2, "c-rate", 40000.0, 11.0, 3.0, cross=5.0),
+        row(2, "a-serial", 60000.0, 9.0, 3.0, cross=5.0),  # no nodes=1 row
+    ]
+    lines = cli.node_ratios(results)
+    assert lines == [
+        {
+            "ratio": "fanout/c-rate nodes-2/1000",
+            "nodes": "2/1",
+            "msgs_per_s": 1.0,
+            "server_cpu_us_per_delivery": 1.1,
+            "triggers_per_s": 1.0,
+            "cross_p99/single_p99": 1.25,
+        }
+    ]
+    assert cli.label("fanout/c-rate nodes-2/1000") == (
+        "fan-out to 1,000 subs, c-rate, nodes=2"
+    )
+
+
+def test_redis_commandstats_of_a_real_redis_server(tmp_path):
+    from bench import servers
+
+    if not os.path.exists(servers.REDIS_SERVER):
+        pytest.skip("redis-server is not installed")
+    redis = servers.RedisProcess(str(tmp_path))
+    redis.start()
+    try:
+        assert redis.command("SET", "bench", "1") == "OK"
+        assert redis.command("GET", "bench") == "1"
+        assert redis.command("GET", "missing") is None
+        calls, usec = redis.commandstats()["get"]
+        assert calls == 2 and usec >= 0
+    finally:
+        redis.stop()
