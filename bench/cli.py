@@ -448,10 +448,11 @@ def cell(result):
         if result.get("redis_cpu_us_per_delivery") is not None:
             parts.append("Redis %s us" % fmt(result["redis_cpu_us_per_delivery"], 2))
         parts.append(
-            "Redis %s us/publish (evalsha %s us)"
+            "Redis %s us/publish (evalsha %s/publish, %s us/call)"
             % (
                 fmt(result["redis_cpu_us_per_publish"], 1),
-                fmt(result["redis_evalsha_us_per_publish"], 1),
+                fmt(result["redis_calls_per_publish"].get("evalsha"), 1),
+                fmt(result["redis_usec_per_call"].get("evalsha"), 1),
             )
         )
     parts.append(
@@ -626,12 +627,13 @@ def node_ratios(results):
     triggers/s, and cross-node p99 against the single node's p99."""
     single = {}
     for result in results:
-        if result.get("nodes") == 1 and "error" not in result:
+        # the stand-in floor beside nodes=1 is not the single process
+        if result.get("nodes") == 1 and result["server"] == "pushi":
             single[result_key(result).replace(" nodes-1/", "/")] = result
     lines = []
     for result in results:
         nodes = result.get("nodes")
-        if not nodes or nodes == 1 or "error" in result or "skipped" in result:
+        if nodes in (None, 1) or "error" in result or "skipped" in result:
             continue
         key = result_key(result)
         base = single.get(key.replace(" nodes-%d/" % nodes, "/"))

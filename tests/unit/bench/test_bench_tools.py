@@ -343,6 +343,7 @@ def test_node_ratios_compare_each_node_count_with_the_single_process():
 
     results = [
         row(1, "c-rate", 40000.0, 10.0, 4.0),
+        dict(row(1, "c-rate", 40000.0, 5.0, 2.0), server="floor"),
         row(2, "c-rate", 40000.0, 11.0, 3.0, cross=5.0),
         row(2, "a-serial", 60000.0, 9.0, 3.0, cross=5.0),  # no nodes=1 row
     ]
