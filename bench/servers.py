@@ -422,6 +422,9 @@ class PushiCluster(Server):
         self.redis = RedisProcess(os.path.join(workdir, "redis"))
         self.nodes = [PushiServer(workdir) for _ in range(count)]
         self.admin_secret = None
+        #: ``(count, channel)``: events node 1 writes into the shared store
+        self.preload = None
+        self.preloaded = 0
 
     @property
     def pid(self):
@@ -449,6 +452,7 @@ class PushiCluster(Server):
         for index, node in enumerate(self.nodes):
             node.admin_secret = self.admin_secret
             node.redis_url = self.redis.url
+            node.preload = None if index else self.preload
             if index:
                 node.app = self.nodes[0].app
                 node.log_name = "pushi-%d.log" % (index + 1)
@@ -457,6 +461,15 @@ class PushiCluster(Server):
         self.http_port, self.ws_port = first.http_port, first.ws_port
         self.app, self.version = first.app, first.version
         self.log_path = first.log_path
+        self.preloaded = first.preloaded
+
+    def create_app(self, name):
+        """Creates an app through node 1 (the store is shared)."""
+        return self.nodes[0].create_app(name)
+
+    def preload_store(self, count, channel, app_id=None):
+        """Writes events into the shared store through node 1's."""
+        return self.nodes[0].preload_store(count, channel, app_id)
 
     def stop(self):
         """Stops the nodes, then Redis."""
