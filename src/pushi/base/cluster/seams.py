@@ -416,7 +416,7 @@ class RedisOccupancy(_Twin):
                 def convert(reply, app_id=app_id, chunk=chunk):
                     return [
                         (app_id, name, count, change)
-                        for (name, _), (count, change) in zip(chunk, reply)
+                        for (name, _), (count, change) in zip(chunk, reply, strict=True)
                     ]
 
                 calls.append((lua.OCCUPANCY_SET, keys, args, convert))
@@ -456,7 +456,7 @@ class RedisOccupancy(_Twin):
         values = self.reader.hmget(counts, names)
         return {
             _text(name): int(count)
-            for name, count in zip(names, values)
+            for name, count in zip(names, values, strict=True)
             if count is not None
         }
 
@@ -656,7 +656,9 @@ class RedisPresence(_Twin):
                 def convert(reply, app_id=app_id, channel=channel, chunk=chunk):
                     return [
                         (app_id, channel, user_id, member, change)
-                        for (user_id, member, _), change in zip(chunk, reply)
+                        for (user_id, member, _), change in zip(
+                            chunk, reply, strict=True
+                        )
                     ]
 
                 calls.append(
@@ -759,7 +761,8 @@ class RedisUsers(_Twin):
 
                 def convert(reply, app_id=app_id, chunk=chunk):
                     return [
-                        (app_id, user[0], change) for user, change in zip(chunk, reply)
+                        (app_id, user[0], change)
+                        for user, change in zip(chunk, reply, strict=True)
                     ]
 
                 calls.append(
@@ -781,7 +784,11 @@ class RedisUsers(_Twin):
             return
         self._read(
             lambda found: then(
-                [user_id for user_id, value in zip(user_ids, found) if value]
+                [
+                    user_id
+                    for user_id, value in zip(user_ids, found, strict=True)
+                    if value
+                ]
             ),
             failed,
             "HMGET",
@@ -797,7 +804,9 @@ class RedisUsers(_Twin):
         if not user_ids:
             return []
         found = self.reader.hmget(lua.app_key(app_id, "users"), user_ids)
-        return [user_id for user_id, value in zip(user_ids, found) if value]
+        return [
+            user_id for user_id, value in zip(user_ids, found, strict=True) if value
+        ]
 
 
 class Registered(NamedTuple):

@@ -30,7 +30,8 @@ from pushi.proto.websocket import text_frame
 
 from .. import registry
 from ..broker import Event, LocalBroker
-from ..cache import TTL as CACHE_TTL, Cache
+from ..cache import TTL as CACHE_TTL
+from ..cache import Cache
 from ..history import MemoryHistory, since_of
 from ..limits import DEFAULT_LIMITS
 from ..metrics import Metrics
@@ -50,8 +51,8 @@ from .stored import HISTORY_BYTES, MAX_SENDING, StoredEvents, bounded, public_ev
 
 __all__ = [
     "CACHE_TTL",
-    "Engine",
     "MAX_SENDING",
+    "Engine",
     "bounded",
     "public_event",
 ]
@@ -321,15 +322,13 @@ class Engine:
                 status=403,
                 type="AccessDenied",
             )
-        if kind == channels.USER:
-            # only a signed-in socket has a user channel ("None" is no id)
-            if (
-                session.user_id is None
-                or channels.USER_PREFIX + session.user_id != name
-            ):
-                raise errors.SubscriptionError(
-                    name, "Sign in as this user first", status=403, type="AccessDenied"
-                )
+        # only a signed-in socket has a user channel ("None" is no id)
+        if kind == channels.USER and (
+            session.user_id is None or channels.USER_PREFIX + session.user_id != name
+        ):
+            raise errors.SubscriptionError(
+                name, "Sign in as this user first", status=403, type="AccessDenied"
+            )
         channel_data = data.get("channel_data")
         if channels.needs_auth(name):
             if kind == channels.PRESENCE:
@@ -351,7 +350,7 @@ class Engine:
         except ValueError as error:
             raise errors.SubscriptionError(
                 name, str(error), status=400, type="InvalidSince"
-            )
+            ) from None
         if name in session.channels:
             # subscribed again: it answers with the channel's state now
             session.via_personal.discard(name)

@@ -21,7 +21,9 @@ class PresenceChannels:
         try:
             member = messages.loads(channel_data)
         except ValueError:
-            raise errors.SubscriptionError(name, "channel_data is not JSON", status=400)
+            raise errors.SubscriptionError(
+                name, "channel_data is not JSON", status=400
+            ) from None
         if not isinstance(member, dict) or member.get("user_id") in (None, ""):
             raise errors.SubscriptionError(
                 name, "channel_data needs a user_id", status=400
