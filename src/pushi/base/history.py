@@ -88,7 +88,7 @@ class Stream:
         self.name = name
         self.epoch = epoch
         self.top = 0
-        self.entries = collections.deque()
+        self.entries: collections.deque = collections.deque()
         self.used = now
         # why the events before the first kept one are gone
         self.lost = TOO_FAR
@@ -103,8 +103,8 @@ class AppHistory:
     __slots__ = ("streams", "entries", "bytes", "ttl", "dead", "evictions", "taps")
 
     def __init__(self):
-        self.streams = collections.OrderedDict()
-        self.entries = collections.deque()
+        self.streams: collections.OrderedDict = collections.OrderedDict()
+        self.entries: collections.deque = collections.deque()
         self.bytes = 0
         self.ttl = 0
         # entries of ``entries`` already dropped from their stream (by the
@@ -206,6 +206,7 @@ class MemoryHistory:
             if epoch.startswith(self.boot + "-"):
                 return False, EXPIRED
             return False, NEW_EPOCH
+        assert app is not None  # the stream is one of the app's
         if offset > stream.top:
             return False, UNKNOWN
         if offset == stream.top:
@@ -246,7 +247,9 @@ class MemoryHistory:
 
     def untap(self, app_id, channel, tapped):
         app = self.apps.get(app_id)
-        taps = app.taps.get(channel) if app is not None else None
+        if app is None:
+            return
+        taps = app.taps.get(channel)
         if taps and tapped in taps:
             taps.remove(tapped)
             if not taps:

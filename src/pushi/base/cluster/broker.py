@@ -183,7 +183,7 @@ class RedisBroker:
         self.subscriber.on_up = self._subscriber_up
         self._call_soon = call_soon
         self._max_pending = max_pending
-        self._queue = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._scheduled = False
         self._awaiting = 0
         # (app_id, channel) -> [epoch, last offset delivered]
@@ -312,14 +312,17 @@ class RedisBroker:
         """Runs the publish script for each channel of ``event``; then
         ``then(error)`` once every reply came (``error`` the first)."""
         channels = event.channels
-        left = [len(channels), None]
+        # replies still awaited, and the first error
+        left = len(channels)
+        first: list[Exception] = []
 
         def replied(reply):
-            if isinstance(reply, Exception) and left[1] is None:
-                left[1] = reply
-            left[0] -= 1
-            if not left[0]:
-                then(left[1])
+            nonlocal left
+            if isinstance(reply, Exception) and not first:
+                first.append(reply)
+            left -= 1
+            if not left:
+                then(first[0] if first else None)
 
         app_id = event.app_id
         limits = self.engine.limits(app_id)

@@ -28,7 +28,7 @@ and ``fetch_online`` read through the command connection instead.
 import json
 import logging
 import time
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pushi.net.redis import ConnectionDown
 
@@ -124,7 +124,7 @@ def _chunks(items, size=BULK):
 
 
 class _Twin:
-    kinds = ()
+    kinds: tuple[str, ...] = ()
     """ The kinds of owned entries (``cluster/lua``) this twin writes """
 
     def __init__(self, redis, node_id, reader=None):
@@ -135,7 +135,7 @@ class _Twin:
         """ A blocking redis-py client for the reads (``blocking_client``) """
         self.registrations = 0
         """ ``reregister`` calls so far """
-        self.used = set()
+        self.used: set = set()
         """ The node ids this twin wrote under since its last
         ``reregister`` (more than one when the node's id changed) """
 
@@ -183,8 +183,8 @@ class _Twin:
         answers, in order, once all came, or ``failed(error)`` once if
         one failed."""
         calls = list(calls)
-        results = [()] * len(calls)
-        state = {"left": len(calls), "error": None}
+        results: list[Any] = [()] * len(calls)
+        state: dict[str, Any] = {"left": len(calls), "error": None}
         node_id = self.node_id
         if node_id is None:
             _failed(failed, ConnectionDown("not registered in the cluster yet"))
@@ -212,6 +212,24 @@ class _Twin:
                     done()
 
             self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
+
+    # what each twin writes (its ledger), for ``reregister``
+
+    def _holds(self, entry):
+        """Whether this node's ledger holds ``entry``."""
+        raise NotImplementedError
+
+    def _ledger_entries(self):
+        """This node's ledger as entries."""
+        raise NotImplementedError
+
+    def _zeroes(self, entries):
+        """``entries`` with no socket of this node."""
+        raise NotImplementedError
+
+    def _set_calls(self, entries):
+        """The script calls that set ``entries`` in Redis."""
+        raise NotImplementedError
 
     def reregister(self, then=None, failed=None):
         """Reads which entries Redis holds for this node, then in one turn
@@ -383,8 +401,8 @@ class RedisOccupancy(_Twin):
         app_id, channel, sockets)`` and ``("conn", app_id, sockets)``);
         their changes: ``(app_id, channel, count, change)`` per channel,
         ``change`` 1 (occupied by it), -1 (vacated) or 0."""
-        by_app = {}
-        calls = []
+        by_app: dict[str, list] = {}
+        calls: list[tuple] = []
         for entry in entries:
             if entry[0] == "sub":
                 by_app.setdefault(entry[1], []).append((entry[2], int(entry[3])))
@@ -641,12 +659,12 @@ class RedisPresence(_Twin):
         channel, user_id), Member, sockets)``); their changes: ``(app_id,
         channel, user_id, Member, change)``, ``change`` 1 (a member again
         by it), -1 (it left) or 0."""
-        by_channel = {}
+        by_channel: dict[tuple, list] = {}
         for (app_id, channel, user_id), member, sockets in entries:
             by_channel.setdefault((app_id, channel), []).append(
                 (user_id, member, int(sockets))
             )
-        calls = []
+        calls: list[tuple] = []
         for (app_id, channel), users in by_channel.items():
             for chunk in _chunks(users):
                 args = [app_id, channel]
@@ -749,10 +767,10 @@ class RedisUsers(_Twin):
         (``((app_id, user_id), sockets)``); their changes: ``(app_id,
         user_id, change)``, ``change`` 1 (online by it), -1 (offline) or
         0."""
-        by_app = {}
+        by_app: dict[str, list] = {}
         for (app_id, user_id), sockets in entries:
             by_app.setdefault(app_id, []).append((user_id, int(sockets)))
-        calls = []
+        calls: list[tuple] = []
         for app_id, users in by_app.items():
             for chunk in _chunks(users):
                 args = [app_id]
@@ -854,7 +872,7 @@ class ClusterState:
         previous = set().union(self._previous, *(twin.used for twin in twins))
         previous -= {current, None}
         result = Registered([], [], [], [], [], [])
-        state = {"left": 3, "error": None}
+        state: dict[str, Any] = {"left": 3, "error": None}
 
         def done():
             if state["error"] is not None:

@@ -14,6 +14,7 @@ and observers once (``reaped``).
 """
 
 import logging
+from typing import Any
 
 from pushi.net.redis import NetiusLoop
 
@@ -45,9 +46,10 @@ class Cluster:
         )
         self.history = RedisHistory()
         self.cache = RedisCache(self.node.commands, self.reader)
-        self.engine = None
+        # set by ``bind``, before the loop starts
+        self.engine: Any = None
         self.broker = None
-        self.spans = None
+        self.spans: Any = None
 
     def engine_seams(self):
         """What the engine takes instead of its in-process twins."""

@@ -118,7 +118,7 @@ class Delivery:
             channel = self.registry.channel(event.app_id, name)
             if channel is None:
                 continue
-            frames = {}
+            frames: dict[str, bytes] = {}
             for other in channel.sessions:
                 if other.socket_id == event.exclude:
                     continue
