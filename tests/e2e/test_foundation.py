@@ -502,7 +502,8 @@ def test_a_closed_socket_that_stopped_reading_is_let_go_after_the_grace_time():
                 channel="firehose", data=payload, event="e", persist=False
             )
         assert instance.socket_ids(app, expected=0) == []
-        assert _server_side_open(instance.server_port, port)
+        # the engine has closed it (no pong); its end may still be open, its
+        # bytes queued (on a loaded machine the grace may be over already)
         wait_until(  # CLOSE_GRACE (5 s) and a margin
             lambda: not _server_side_open(instance.server_port, port),
             10,

@@ -123,18 +123,18 @@ class Registry:
         self.node = random.randint(1, 999999999)
         self._counter = random.randint(1, 999999)
 
-    def new_socket_id(self):
+    def new_socket_id(self) -> str:
         """``<node>.<n>``: the node part makes ids unique across nodes (a
         random one, or the id a cluster gave this node)."""
         self._counter += 1
         return "%d.%d" % (self.node, self._counter)
 
-    def add_session(self, session):
+    def add_session(self, session: Session) -> None:
         self.sessions[session.socket_id] = session
         app_id = session.app.app_id
         self.app_sessions[app_id] = self.app_sessions.get(app_id, 0) + 1
 
-    def remove_session(self, session):
+    def remove_session(self, session: Session) -> None:
         if self.sessions.pop(session.socket_id, None) is None:
             return
         self.set_user(session, None)
@@ -145,11 +145,11 @@ class Registry:
         else:
             del self.app_sessions[app_id]
 
-    def app_count(self, app_id):
+    def app_count(self, app_id: str) -> int:
         """Open sockets of one app."""
         return self.app_sessions.get(app_id, 0)
 
-    def set_user(self, session, user_id):
+    def set_user(self, session: Session, user_id: str | None) -> None:
         """Records a signed-in user (``pusher:signin``) of a session."""
         if session.user_id is not None:
             key = (session.app.app_id, session.user_id)
@@ -162,17 +162,17 @@ class Registry:
         if user_id is not None:
             self.users.setdefault((session.app.app_id, user_id), {})[session] = None
 
-    def user_sessions(self, app_id, user_id):
+    def user_sessions(self, app_id: str, user_id: str) -> list[Session]:
         return list(self.users.get((app_id, user_id), ()))
 
-    def channels(self, app_id):
+    def channels(self, app_id: str) -> dict[str, Channel]:
         """The occupied channels of an app, by name."""
         return self.apps.get(app_id, {})
 
-    def channel(self, app_id, name):
+    def channel(self, app_id: str, name: str) -> Channel | None:
         return self.apps.get(app_id, {}).get(name)
 
-    def join(self, session, name):
+    def join(self, session: Session, name: str) -> Channel:
         """Adds a session to a channel; returns the channel."""
         channels = self.apps.setdefault(session.app.app_id, {})
         channel = channels.get(name)
@@ -183,7 +183,7 @@ class Registry:
         session.channels[name] = None
         return channel
 
-    def leave(self, session, name):
+    def leave(self, session: Session, name: str) -> Channel | None:
         """Removes a session from a channel (forgotten once empty);
         returns the channel, None when the session was not on it."""
         if name not in session.channels:
@@ -201,12 +201,12 @@ class Registry:
         return channel
 
     @staticmethod
-    def add_member(channel, session, user_id):
+    def add_member(channel: Channel, session: Session, user_id: str) -> None:
         """Records a session of a presence user on the channel."""
         channel.members.setdefault(user_id, []).append(session)
 
     @staticmethod
-    def remove_member(channel, session, user_id):
+    def remove_member(channel: Channel, session: Session, user_id: str) -> None:
         """Forgets a session of a presence user on the channel."""
         sessions = channel.members.get(user_id)
         if sessions is not None and session in sessions:
@@ -214,7 +214,7 @@ class Registry:
             if not sessions:
                 del channel.members[user_id]
 
-    def count(self):
+    def count(self) -> tuple[int, int]:
         """Open sockets and occupied channels, across apps."""
         channels = sum(len(channels) for channels in self.apps.values())
         return len(self.sessions), channels

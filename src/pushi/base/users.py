@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 
 class Users(Protocol):
     def signed_in(
-        self, app_id: str, user_id: str, then: Callable[[bool], None]
+        self,
+        app_id: str,
+        user_id: str,
+        then: Callable[[bool], None],
+        failed: Callable[[Exception], None] | None = None,
     ) -> None:
         """A socket signed in as ``user_id``: ``then(True)`` when it is
-        the user's first (the user came online)."""
+        the user's first (the user came online); ``failed(error)`` when it
+        could not be counted."""
 
     def signed_out(
         self, app_id: str, user_id: str, then: Callable[[bool], None]
@@ -45,7 +50,11 @@ class LocalUsers:
         self.registry = registry
 
     def signed_in(
-        self, app_id: str, user_id: str, then: Callable[[bool], None]
+        self,
+        app_id: str,
+        user_id: str,
+        then: Callable[[bool], None],
+        failed: Callable[[Exception], None] | None = None,
     ) -> None:
         then(len(self.registry.users.get((app_id, user_id), ())) == 1)
 

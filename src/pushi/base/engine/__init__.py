@@ -24,6 +24,8 @@ twins) or on a later turn.
 
 import logging
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
@@ -33,10 +35,11 @@ from ..broker import Event, LocalBroker
 from ..cache import TTL as CACHE_TTL
 from ..cache import Cache
 from ..history import MemoryHistory, since_of
-from ..limits import DEFAULT_LIMITS
+from ..limits import DEFAULT_LIMITS, App, Limits
 from ..metrics import Metrics
 from ..occupancy import LocalOccupancy
 from ..presence import LocalPresence
+from ..registry import Session
 from ..users import LocalUsers
 from ..watchlist import Watchlists
 from .client_events import ClientEvents
@@ -126,11 +129,11 @@ class Engine:
     # observers (debug console, metrics, webhooks): nothing is built when
     # none listens
 
-    def emit(self, app_id, kind, **details):
+    def emit(self, app_id: str, kind: str, **details: Any) -> None:
         for observer in self.observers:
             observer(app_id, kind, details)
 
-    def limits(self, app_id):
+    def limits(self, app_id: str) -> Limits:
         """An app's limits (the defaults for an app the directory does not
         know)."""
         app = self.apps.by_id(app_id) if self.apps is not None else None
@@ -138,7 +141,9 @@ class Engine:
 
     # connection life
 
-    def admit(self, app, then):
+    def admit(
+        self, app: App, then: Callable[[tuple[int, str] | None, bool], None]
+    ) -> None:
         """Counts a socket about to open in the app's sockets of every
         process that shares the occupancy (a cluster's), against its
         ``max_connections``: ``then(refusal, counted)``, ``refusal`` None
@@ -165,7 +170,7 @@ class Engine:
             lambda _error: then(None, False),
         )
 
-    def uncount(self, app):
+    def uncount(self, app: App) -> None:
         """Takes a socket ``admit`` counted off the shared count."""
         closed = getattr(self.occupancy, "closed", None)
         if closed is not None:
@@ -173,14 +178,14 @@ class Engine:
 
     def open(
         self,
-        transport,
-        app,
-        dialect,
-        origin=None,
-        address=None,
-        key=None,
-        counted=False,
-    ):
+        transport: Any,
+        app: App,
+        dialect: str,
+        origin: str | None = None,
+        address: str | None = None,
+        key: str | None = None,
+        counted: bool = False,
+    ) -> Session:
         """Registers a new socket (connected with ``key``, the app's first
         key when None) and greets it; ``address`` is its client's (a
         trusted proxy's client, see ``net/forwarded``); ``counted`` when
@@ -219,7 +224,7 @@ class Engine:
             )
         return session
 
-    def closed(self, session):
+    def closed(self, session: Session) -> None:
         """Forgets a socket that is gone, leaving no entry behind."""
         if session.closed:
             return
@@ -238,7 +243,7 @@ class Engine:
         if self.observers:
             self.emit(session.app.app_id, "disconnection", socket_id=session.socket_id)
 
-    def receive(self, session, text):
+    def receive(self, session: Session, text: str) -> None:
         """Handles one text message; answers errors, never raises them."""
         session.last_seen = time.monotonic()
         session.ping_sent = None
@@ -282,16 +287,16 @@ class Engine:
         else:
             self.client_events.receive(session, message)
 
-    def send(self, session, text):
+    def send(self, session: Session, text: str) -> None:
         session.transport.write(text_frame(text))
 
-    def drop(self, session, code, message):
+    def drop(self, session: Session, code: int, message: str) -> None:
         """Closes a socket as every connection-level error does: a
         ``pusher:error``, then the close with the same code."""
         self.send(session, messages.error(code, message))
         session.transport.close(code, message)
 
-    def refuse(self, session, error):
+    def refuse(self, session: Session, error: errors.SubscriptionError) -> None:
         """Answers a refused subscription (a ``SubscriptionError``)."""
         self.metrics.reject("subscription", error.status)
         # the channel-level event is what pusher-js and pushi.js bind on
@@ -310,10 +315,11 @@ class Engine:
 
     # subscriptions
 
-    def subscribe(self, session, data):
+    def subscribe(self, session: Session, data: dict) -> None:
         name = data.get("channel")
         app = session.app
         channels.check(name, app.limits.max_channel_name)
+        assert isinstance(name, str)  # a valid channel name, checked above
         kind = channels.kind(name)
         if kind == channels.PEER:
             raise errors.SubscriptionError(
@@ -457,7 +463,7 @@ class Engine:
             session.transport.write(frame)
         joined()
 
-    def join(self, session, name):
+    def join(self, session: Session, name: str) -> registry.Channel:
         """Puts a socket on a channel (the occupancy hears of it)."""
         app_id = session.app.app_id
         channel = self.registry.join(session, name)
@@ -477,7 +483,7 @@ class Engine:
             self.occupancy.joined(app_id, name, _ignore)
         return channel
 
-    def unsubscribe(self, session, name):
+    def unsubscribe(self, session: Session, name: Any) -> None:
         if isinstance(name, str) and name == session.loading:
             # not joined yet: the load's answer is dropped when it comes
             session.loading = None
@@ -494,7 +500,7 @@ class Engine:
         if session.dialect == messages.PUSHI:
             self.send(session, messages.unsubscription_succeeded(name))
 
-    def leave(self, session, name):
+    def leave(self, session: Session, name: str) -> None:
         """Takes a socket off a channel, with what that ends there."""
         kind = channels.kind(name)
         if kind == channels.PERSONAL and session.personal is not None:
@@ -525,18 +531,26 @@ class Engine:
 
     # delivery
 
-    def deliver(self, event):
+    def deliver(self, event: Event) -> None:
         """Writes an event (a broker ``Event``) to its channels' sockets
         here: the broker calls it, on the loop."""
         self.delivery.deliver(event)
 
-    def publish(self, app_id, channel_names, name, data, exclude=None, extra=None):
+    def publish(
+        self,
+        app_id: str,
+        channel_names: Iterable[str],
+        name: str,
+        data: Any,
+        exclude: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Publishes an API event through the broker (loop thread)."""
         self.broker.publish(
             Event(app_id, tuple(channel_names), name, data, exclude, extra)
         )
 
-    def announce(self, event):
+    def announce(self, event: Event) -> None:
         """An event published over REST, once, wherever it is delivered:
         counted and shown to the observers."""
         self.metrics.published[event.app_id] += len(event.channels)
@@ -551,7 +565,7 @@ class Engine:
 
     # liveness
 
-    def sweep(self, now=None):
+    def sweep(self, now: float | None = None) -> None:
         """Pings silent sockets and closes those that never answered."""
         now = time.monotonic() if now is None else now
         self.cache.expire(now)
@@ -568,7 +582,7 @@ class Engine:
                 session.ping_sent = now
                 self.send(session, messages.ping())
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Closes every socket with 4200 (reconnect now): a graceful stop."""
         for session in list(self.registry.sessions.values()):
             session.transport.close(errors.GOING_AWAY, "Server shutting down")

@@ -38,12 +38,23 @@ class SignIn:
         user_id = user["id"]
         previous = session.user_id
         self.registry.set_user(session, user_id)
-        engine.send(session, messages.signin_success(user_data))
-        if previous != user_id:
+        success = messages.signin_success(user_data)
+        if previous == user_id:
+            engine.send(session, success)
+        else:
             if previous is not None:
                 self.signed_out(app, previous)
+
+            def counted(came):
+                # answered once every node counts the sign-in: a close of
+                # another of the user's sockets after it cannot take the
+                # user offline
+                if not session.closed:
+                    engine.send(session, success)
+                self._arrived(app, user_id, came)
+
             self.users.signed_in(
-                app.app_id, user_id, lambda came: self._arrived(app, user_id, came)
+                app.app_id, user_id, counted, failed=lambda _error: counted(False)
             )
         if app.limits.watchlist_events:
             self._watch(session, user.get("watchlist"))
