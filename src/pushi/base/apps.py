@@ -10,7 +10,11 @@ the store on demand, off the loop; an app that arrived in the meantime is
 kept, being at least as new.
 """
 
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from .limits import App
 
@@ -18,19 +22,19 @@ from .limits import App
 class AppDirectory:
     """Apps by key and by id, filled from the store."""
 
-    def __init__(self, store):
+    def __init__(self, store: Any) -> None:
         self.store = store
         # ``sync(app_id)``: takes the store's record of a known app into
         # use and returns it (State.sync_app); set by the server
-        self.sync = None
+        self.sync: Callable[[str], App | None] | None = None
         # ``loaded(app)``: an app loaded on demand is new here (any
         # thread); set by the server
-        self.loaded = None
-        self._by_key = {}
-        self._by_id = {}
+        self.loaded: Callable[[App], Any] | None = None
+        self._by_key: dict[str, App] = {}
+        self._by_id: dict[str, App] = {}
         self._lock = threading.Lock()
 
-    def refresh(self):
+    def refresh(self) -> None:
         """Reloads every app from the store (blocking; a change recorded
         meanwhile waits, then lands on the fresh maps)."""
         with self._lock:
@@ -38,7 +42,7 @@ class AppDirectory:
             self._by_id = {app.app_id: app for app in apps}
             self._by_key = {key: app for app in apps for key in app.secrets}
 
-    def put(self, app):
+    def put(self, app: App) -> App:
         """Records a new or changed app; returns it."""
         with self._lock:
             return self._put(app)
@@ -55,13 +59,13 @@ class AppDirectory:
         self._by_id, self._by_key = by_id, by_key
         return app
 
-    def by_key(self, key):
+    def by_key(self, key: str) -> App | None:
         return self._by_key.get(key)
 
-    def by_id(self, app_id):
+    def by_id(self, app_id: str) -> App | None:
         return self._by_id.get(app_id)
 
-    def load_key(self, key):
+    def load_key(self, key: str) -> App | None:
         """``by_key``, asking the store on a miss (blocking).  A key added
         to a known app by another process makes that app sync now."""
         app = self._by_key.get(key)
@@ -72,14 +76,14 @@ class AppDirectory:
                 app = self.fresh(app, key)
         return app
 
-    def fresh(self, app, key):
+    def fresh(self, app: App, key: str) -> App:
         """``app``, synced with the store when it lacks ``key`` (one that
         another process may have added; blocking)."""
         if key in app.secrets or self.sync is None:
             return app
         return self.sync(app.app_id) or app
 
-    def load_id(self, app_id):
+    def load_id(self, app_id: str) -> App | None:
         """``by_id``, asking the store on a miss (blocking)."""
         app = self._by_id.get(app_id)
         if app is None:
@@ -97,5 +101,5 @@ class AppDirectory:
             self.loaded(app)
         return app
 
-    def all(self):
+    def all(self) -> list[App]:
         return sorted(self._by_id.values(), key=lambda app: int(app.app_id))

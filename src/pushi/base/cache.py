@@ -21,9 +21,13 @@ expiry and eviction both take from the front of one ordered dict.
 Ownership: loop thread only (the engine's).
 """
 
+from __future__ import annotations
+
 import collections
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from pushi.proto import messages
 from pushi.proto.websocket import text_frame
@@ -42,7 +46,9 @@ class Cached:
 
     __slots__ = ("name", "data", "extra", "size", "refs")
 
-    def __init__(self, name, data, extra=None):
+    def __init__(
+        self, name: str, data: Any, extra: dict[str, Any] | None = None
+    ) -> None:
         self.name = name
         self.data = data
         self.extra = extra or {}
@@ -51,11 +57,11 @@ class Cached:
         ) + len(messages.dumps(self.extra))
         self.refs = 0
 
-    def frame_for(self, channel):
+    def frame_for(self, channel: str) -> bytes:
         """The frame that replays this event on ``channel``."""
         return text_frame(messages.event(self.name, channel, self.data, **self.extra))
 
-    def event(self):
+    def event(self) -> dict[str, Any]:
         """``event`` and ``data`` as ``info=cache`` reports them."""
         return {"event": self.name, "data": self.data}
 
@@ -66,8 +72,10 @@ class AppCache:
 
     __slots__ = ("entries", "bytes", "evictions")
 
-    def __init__(self):
-        self.entries = collections.OrderedDict()
+    def __init__(self) -> None:
+        self.entries: collections.OrderedDict[str, tuple[Cached, float]] = (
+            collections.OrderedDict()
+        )
         self.bytes = 0
         self.evictions = 0
 
@@ -75,10 +83,12 @@ class AppCache:
 class Cache:
     """The cached events of every app: ``(Cached, expires)`` by channel."""
 
-    def __init__(self):
-        self.apps = {}
+    def __init__(self) -> None:
+        self.apps: dict[str, AppCache] = {}
 
-    def put(self, app_id, channel, cached, max_bytes, now):
+    def put(
+        self, app_id: str, channel: str, cached: Cached, max_bytes: int, now: float
+    ) -> None:
         """Caches ``cached`` as ``channel``'s last event, then evicts the
         app's oldest entries while it holds more than ``max_bytes``."""
         app = self.apps.get(app_id)
@@ -94,7 +104,7 @@ class Cache:
         app.entries[channel] = (cached, now + TTL)
         self.trim(app_id, max_bytes)
 
-    def get(self, app_id, channel, now):
+    def get(self, app_id: str, channel: str, now: float) -> tuple[Cached, float] | None:
         """``(Cached, expires)`` of a channel's last event, if fresh."""
         app = self.apps.get(app_id)
         if app is None:
@@ -106,14 +116,20 @@ class Cache:
             return None
         return entry
 
-    def fetch(self, app_id, channel, now, then):
+    def fetch(
+        self,
+        app_id: str,
+        channel: str,
+        now: float,
+        then: Callable[[Cached | None], Any],
+    ) -> None:
         """``then(Cached)``: a channel's last event, if fresh, else
         ``then(None)``; at once (the seam answers through a continuation:
         a cache kept elsewhere answers later)."""
         entry = self.get(app_id, channel, now)
         then(None if entry is None else entry[0])
 
-    def info(self, app_id, channel, on_loop):
+    def info(self, app_id: str, channel: str, on_loop: Callable[..., Any]) -> Any:
         """``{event, data, ttl}`` of a channel's last event, or None, read
         on the loop through ``on_loop(work, *args)``."""
         return on_loop(self._info, app_id, channel)
@@ -125,7 +141,7 @@ class Cache:
             return None
         return dict(entry[0].event(), ttl=int(entry[1] - now))
 
-    def trim(self, app_id, max_bytes):
+    def trim(self, app_id: str, max_bytes: int) -> None:
         """Evicts an app's oldest entries until it holds at most
         ``max_bytes`` (0: no bound)."""
         app = self.apps.get(app_id)
@@ -137,7 +153,7 @@ class Cache:
             self._release(app, channel, cached)
             app.evictions += 1
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         """Drops every entry whose time is up."""
         for app in self.apps.values():
             entries = app.entries
@@ -148,7 +164,7 @@ class Cache:
                 del entries[channel]
                 self._release(app, channel, cached)
 
-    def stats(self, app_id):
+    def stats(self, app_id: str) -> dict[str, int]:
         """An app's cache counters: entries, bytes held, evictions."""
         app = self.apps.get(app_id)
         if app is None:

@@ -5,7 +5,11 @@ the immutable in-memory view of an app that the loop and the REST side
 share (replaced, never mutated, when the app changes).
 """
 
+from __future__ import annotations
+
 import dataclasses
+from collections.abc import Iterable
+from typing import Any
 
 from .webhooks import check_hooks
 
@@ -42,7 +46,7 @@ class Limits:
     recovery_ttl: int = 300
     max_recovery_bytes: int = 4194304
 
-    def settings(self):
+    def settings(self) -> dict[str, Any]:
         """Every setting by name (a new dict)."""
         return dataclasses.asdict(self)
 
@@ -92,7 +96,7 @@ tenant must not lift, webhooks, whose URLs the server itself calls, and
 subscription counts, which cost a frame per subscriber of a channel """
 
 
-def check_settings(settings):
+def check_settings(settings: Any) -> dict[str, Any]:
     """Validates per-app settings against the known limits: returns them
     (``{}`` for None), or raises ``ValueError`` saying what is wrong.  The
     REST API (``PUT /apps/<id>``) and the apps file (``PUSHI_APPS_FILE``)
@@ -138,7 +142,7 @@ class App:
         "record",
     )
 
-    def __init__(self, record):
+    def __init__(self, record: dict[str, Any]) -> None:
         self.record = record
         self.app_id = str(record["app_id"])
         self.name = record.get("name", "")
@@ -154,14 +158,14 @@ class App:
         self.limits = Limits(**(record.get("settings") or {}))
 
     @property
-    def signing_key(self):
+    def signing_key(self) -> tuple[str, str]:
         """The newest live key, and its secret: what signs the webhooks.
         While keys rotate, the newest is the pair back ends are moving to
         and the one left once the old pair is revoked."""
         key = next(reversed(self.secrets))
         return key, self.secrets[key]
 
-    def public(self):
+    def public(self) -> dict[str, Any]:
         """The record without any secret, for listings."""
         record = dict(self.record)
         record.pop("secret", None)
@@ -170,6 +174,6 @@ class App:
         return record
 
 
-def public_keys(pairs):
+def public_keys(pairs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """An app's key pairs without their secrets."""
     return [{"key": pair["key"], "created": pair.get("created")} for pair in pairs]

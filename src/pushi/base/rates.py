@@ -22,9 +22,16 @@ another server), reads on the REST worker, connections on the loop; one
 lock guards the buckets, held for a few arithmetic steps.
 """
 
+from __future__ import annotations
+
 import math
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .limits import App
 
 PUBLISHES = "max_backend_events_per_second"
 READS = "max_read_requests_per_second"
@@ -34,12 +41,14 @@ CONNECTIONS = "max_connections_per_second"
 class Rates:
     """The token buckets of every app, one per setting."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._buckets = {}  # (app_id, setting): (tokens, when)
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = (
+            {}
+        )  # (app_id, setting): (tokens, when)
         self._lock = threading.Lock()
 
-    def take(self, app, setting, cost=1):
+    def take(self, app: App, setting: str, cost: int = 1) -> int:
         """Counts ``cost`` against ``app``'s ``setting``: 0 when admitted,
         else the whole seconds (at least 1) before a retry may be."""
         rate = getattr(app.limits, setting) or 0

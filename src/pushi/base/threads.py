@@ -10,6 +10,8 @@ watchers, the webhook scheduler, the SQLite writer) belong to the
 component whose loop they run.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import logging
 import time
@@ -42,7 +44,7 @@ JOIN_TIMEOUT = 5.0
 """Seconds ``Threads.shutdown`` waits, in all, for the pools' threads."""
 
 
-def new_pool(name):
+def new_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
     """A pool of ``POOLS[name]`` threads named ``pushi-<name>``."""
     return concurrent.futures.ThreadPoolExecutor(
         POOLS[name], thread_name_prefix="pushi-" + name
@@ -52,27 +54,27 @@ def new_pool(name):
 class Threads:
     """Every pool of one process (``pool(name)``), shut down together."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # a pool starts its threads on its first submits only
         self._pools = {name: new_pool(name) for name in POOLS}
 
-    def pool(self, name):
+    def pool(self, name: str) -> concurrent.futures.ThreadPoolExecutor:
         return self._pools[name]
 
-    def stop(self, name):
+    def stop(self, name: str) -> None:
         """Takes no more work into ``name`` (a submit raises
         ``RuntimeError``), dropping its queued work if it is one of
         ``CANCELLED``; work under way goes on."""
         self._pools[name].shutdown(wait=False, cancel_futures=name in CANCELLED)
 
-    def shutdown(self, timeout=JOIN_TIMEOUT):
+    def shutdown(self, timeout: float = JOIN_TIMEOUT) -> list[str]:
         """Stops every pool and joins their threads, waiting at most
         ``timeout`` seconds in all; returns the names of the pools with a
         thread still running then (logged)."""
         for name in self._pools:
             self.stop(name)
         deadline = time.monotonic() + timeout
-        running = []
+        running: list[str] = []
         for name, pool in self._pools.items():
             # the executor's own threads: shutdown(wait=True) has no timeout
             for thread in list(pool._threads):

@@ -11,15 +11,23 @@ Ownership: like the registry, only the loop thread reads or writes a
 ``Watchlists``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .registry import Session
+
 
 class Watchlists:
     """Per-app index from a watched user id to the sockets watching it."""
 
-    def __init__(self):
-        self.watchers = {}
-        self.watched = {}
+    def __init__(self) -> None:
+        self.watchers: dict[tuple[str, Any], dict[Session, None]] = {}
+        self.watched: dict[Session, tuple[Any, ...]] = {}
 
-    def watch(self, session, user_ids):
+    def watch(self, session: Session, user_ids: Iterable[Any]) -> None:
         """Makes ``session`` watch ``user_ids`` (replacing what it watched)."""
         self.forget(session)
         app_id = session.app.app_id
@@ -28,7 +36,7 @@ class Watchlists:
         for user_id in user_ids:
             self.watchers.setdefault((app_id, user_id), {})[session] = None
 
-    def forget(self, session):
+    def forget(self, session: Session) -> None:
         """Drops everything ``session`` watched; leaves no entry behind."""
         user_ids = self.watched.pop(session, ())
         app_id = session.app.app_id
@@ -40,6 +48,6 @@ class Watchlists:
                 if not sessions:
                     del self.watchers[key]
 
-    def watchers_of(self, app_id, user_id):
+    def watchers_of(self, app_id: str, user_id: Any) -> list[Session]:
         """The sockets watching one user of one app."""
         return list(self.watchers.get((app_id, user_id), ()))
