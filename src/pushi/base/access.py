@@ -13,16 +13,24 @@ is this node's view (what the loop may read without waiting): tokens issued
 here or met here, dropped when another node says they ended.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Any
 
 from pushi.proto import auth, errors
 
 from .rates import Rates
+
+if TYPE_CHECKING:
+    from .apps import AppDirectory
+    from .limits import App
 
 logger = logging.getLogger("pushi")
 
@@ -30,8 +38,11 @@ TOKEN_LIFETIME = 86400
 MAX_TOKENS = 1000
 """Live session tokens per app; a new one past it ends the app's oldest."""
 
+TokenEntry = tuple[str, float, "str | None"]
+"""A session token's ``(app_id, expires, key or None)``."""
 
-def token_id(token):
+
+def token_id(token: str) -> str:
     """The name a session token is kept under: its SHA-256 (hex), so that
     no store nor message between nodes ever holds the token itself."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -49,16 +60,20 @@ class MemoryTokens:
     ends the app's oldest).  Any thread; ``get`` takes no lock (safe on
     the loop).  The methods that end tokens return the ids they ended."""
 
-    def __init__(self, max_tokens=None):
+    def __init__(self, max_tokens: int | None = None) -> None:
         self.max_tokens = max_tokens
-        self._tokens = {}
-        self._by_app = {}  # app_id: its token ids, oldest (first to expire) first
+        self._tokens: dict[str, TokenEntry] = {}
+        self._by_app: dict[str, dict[str, None]] = (
+            {}
+        )  # app_id: its token ids, oldest (first to expire) first
         self._lock = threading.Lock()
 
-    def add(self, ident, entry, lifetime=None):
+    def add(
+        self, ident: str, entry: TokenEntry, lifetime: float | None = None
+    ) -> list[str]:
         now = time.time()
         limit = self.max_tokens or MAX_TOKENS
-        ended = []
+        ended: list[str] = []
         with self._lock:
             # all live as long, so the oldest expire first: a few steps per
             # login keep an app's tokens bounded and none kept past expiry
@@ -73,10 +88,10 @@ class MemoryTokens:
             self._tokens[ident] = entry
         return ended
 
-    def get(self, ident):
+    def get(self, ident: str) -> TokenEntry | None:
         return self._tokens.get(ident)
 
-    def remove(self, ident):
+    def remove(self, ident: str) -> TokenEntry | None:
         """Ends one token; returns its entry, None if it was unknown."""
         with self._lock:
             entry = self._tokens.pop(ident, None)
@@ -84,17 +99,17 @@ class MemoryTokens:
                 del self._by_app[entry[0]][ident]
             return entry
 
-    def revoke(self, app_id):
+    def revoke(self, app_id: str) -> list[str]:
         with self._lock:
             ended = list(self._by_app.pop(app_id, ()))
             for ident in ended:
                 del self._tokens[ident]
         return ended
 
-    def revoke_keys(self, app_id, keys):
+    def revoke_keys(self, app_id: str, keys: Collection[str]) -> list[str]:
         """Ends the tokens of ``app_id`` logged in with a key not in
         ``keys`` (the admin's have no key and stay)."""
-        ended = []
+        ended: list[str] = []
         with self._lock:
             mine = self._by_app.get(app_id, {})
             for ident in list(mine):
@@ -104,7 +119,7 @@ class MemoryTokens:
                     ended.append(ident)
         return ended
 
-    def ids(self):
+    def ids(self) -> list[str]:
         with self._lock:
             return list(self._tokens)
 
@@ -118,20 +133,25 @@ class NeedsStore(Exception):
 class Access:
     """Checks credentials against the app directory and the admin secret."""
 
-    def __init__(self, apps, admin_secret=None, token_lifetime=TOKEN_LIFETIME):
+    def __init__(
+        self,
+        apps: AppDirectory,
+        admin_secret: str | None = None,
+        token_lifetime: float = TOKEN_LIFETIME,
+    ) -> None:
         self.apps = apps
         self.admin_secret = admin_secret
         self.token_lifetime = token_lifetime
         self.tokens = MemoryTokens()
-        self.shared = None
+        self.shared: Any = None
         """ The cluster's tokens (``cluster/tokens.RedisTokens``), or None
         for one process """
-        self.ended = None
+        self.ended: Callable[[list[str]], Any] | None = None
         """ ``ended(ids)``: tokens this node ended in ``shared`` (logout,
         or pushed out by newer logins), for the other nodes to forget """
         self.rates = Rates()
 
-    def app(self, app_id):
+    def app(self, app_id: Any) -> App:
         """The app, or ``HttpError`` 404."""
         app = (
             self.apps.load_id(app_id)
@@ -142,7 +162,7 @@ class Access:
             raise errors.HttpError(404, "Unknown app")
         return app
 
-    def login(self, app_id, key, secret):
+    def login(self, app_id: Any, key: Any, secret: Any) -> tuple[App, str]:
         """A session token for an app's credentials (``POST /login``): its
         id or any live key, with that key's secret.  The token ends when
         that pair is revoked."""
@@ -161,11 +181,12 @@ class Access:
             and isinstance(secret, str)
             and hmac.compare_digest(expected.encode(), secret.encode())
         )
-        if not valid:
+        # a valid pair has an app: the check names it for the type checker
+        if not valid or app is None:
             raise errors.HttpError(401, "Invalid app credentials")
         return app, self._issue(app, key)
 
-    def admin_login(self, app_id, header):
+    def admin_login(self, app_id: Any, header: str | None) -> tuple[App, str]:
         """A session token for any app, to the admin secret (``POST /login``
         with ``Authorization: Bearer <admin secret>`` and an ``app_id``):
         the debug console signs in as admin this way and keeps only the
@@ -213,18 +234,18 @@ class Access:
         if self.ended is not None:
             self.ended(ids)
 
-    def forget(self, ids):
+    def forget(self, ids: Iterable[str]) -> None:
         """Drops tokens from this node's memory (another node ended them)."""
         for ident in ids:
             self.tokens.remove(ident)
 
-    def revoke(self, app_id):
+    def revoke(self, app_id: str) -> None:
         """Ends every session token of an app (it was disabled)."""
         self.tokens.revoke(app_id)
         if self.shared is not None:
             self._quietly(self.shared.revoke, app_id)
 
-    def revoke_keys(self, app):
+    def revoke_keys(self, app: App) -> None:
         """Ends the session tokens of an app logged in with a key it no
         longer holds (the admin's tokens have no key and stay)."""
         keys = set(app.secrets)
@@ -232,7 +253,7 @@ class Access:
         if self.shared is not None:
             self._quietly(self.shared.revoke_keys, app.app_id, keys)
 
-    def logout(self, token):
+    def logout(self, token: str) -> bool:
         """Ends one session token (``POST /logout``); True if it was live."""
         ident = token_id(token)
         entry = self.tokens.remove(ident)
@@ -243,7 +264,7 @@ class Access:
             return False
         return entry[1] > time.time()
 
-    def revalidate(self):
+    def revalidate(self) -> None:
         """Forgets the tokens in memory that the shared store no longer
         holds (blocking): after this node may have missed another's word
         that they ended."""
@@ -256,7 +277,7 @@ class Access:
                 [ident for ident, held in zip(ids, present, strict=True) if not held]
             )
 
-    def is_live(self, token, app_id):
+    def is_live(self, token: Any, app_id: str) -> bool:
         """Whether ``token`` is a live session token of ``app_id`` (memory
         only: safe on the loop)."""
         entry = self.tokens.get(token_id(token)) if isinstance(token, str) else None
@@ -294,7 +315,7 @@ class Access:
             and (entry[2] is None or entry[2] in app.secrets)
         )
 
-    def session_app(self, token, app_id):
+    def session_app(self, token: Any, app_id: str) -> App | None:
         """The app a live session token was issued for, when that is
         ``app_id``; else None (blocking: may read the store)."""
         try:
@@ -305,13 +326,13 @@ class Access:
             return None
         return self.apps.load_id(app_id)
 
-    def bearer(self, header):
+    def bearer(self, header: Any) -> str | None:
         """The token of an ``Authorization: Bearer`` header, or None."""
         if isinstance(header, str) and header[:7].lower() == "bearer ":
             return header[7:].strip()
         return None
 
-    def is_admin(self, header):
+    def is_admin(self, header: Any) -> bool:
         token = self.bearer(header)
         return bool(
             self.admin_secret
@@ -319,7 +340,7 @@ class Access:
             and hmac.compare_digest(self.admin_secret.encode(), token.encode())
         )
 
-    def require_admin(self, header):
+    def require_admin(self, header: Any) -> None:
         if not self.admin_secret:
             raise errors.HttpError(
                 403, "App management over REST is off: set PUSHI_ADMIN_SECRET"
@@ -371,7 +392,16 @@ class Access:
             " POST /login for a new one" % self.token_lifetime
         )
 
-    def authorize(self, app_id, method, path, params, body, header, blocking=True):
+    def authorize(
+        self,
+        app_id: Any,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        body: Any,
+        header: Any,
+        blocking: bool = True,
+    ) -> App:
         """The app a request may act on, by Pusher signature (with any of
         the app's live pairs), session token or admin secret; raises
         ``HttpError`` 401/403/404.  A disabled app answers to the admin
@@ -381,7 +411,7 @@ class Access:
         app = self.app(app_id)
         if "auth_signature" in params or "auth_key" in params:
             # the pair the request names; an unknown key fails as before
-            key = params.get("auth_key")
+            key: Any = params.get("auth_key")
             if isinstance(key, str) and key not in app.secrets:
                 if not blocking:
                     raise NeedsStore()
@@ -398,7 +428,7 @@ class Access:
             raise errors.HttpError(403, "App disabled")
         return app
 
-    def admit(self, app, setting, header, cost=1):
+    def admit(self, app: App, setting: str, header: Any, cost: int = 1) -> None:
         """Counts an authorized request of ``app`` against its per-second
         ``setting`` (``rates``); past it, ``HttpError`` 429 with the
         seconds to wait.  The admin secret's requests are the operator's,
@@ -414,7 +444,13 @@ class Access:
                 retry_after=wait,
             )
 
-    def admit_socket(self, app, key, origin, open_sockets):
+    def admit_socket(
+        self,
+        app: App | None,
+        key: str,
+        origin: str | None,
+        open_sockets: Callable[[str], int],
+    ) -> tuple[int, str] | None:
         """Whether a WebSocket opened with ``key`` (``app`` is the app
         that holds it, None if none does) from ``origin`` (its ``Origin``
         header, or None) may join the app: None if it may, and then it is
