@@ -4,10 +4,14 @@
 the resulting object, so tests build a ``Config`` directly.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import logging
 import os
 import urllib.parse
+from collections.abc import Mapping
+from typing import Any
 
 MIN_ADMIN_SECRET = 16
 """The admin secret reaches every app and is the operator's choice (app
@@ -20,7 +24,7 @@ it): a store found there and not at the default is refused, never used or
 replaced silently."""
 
 
-def default_data_dir(environ=None):
+def default_data_dir(environ: Mapping[str, str] | None = None) -> str:
     """Where the embedded store lives when ``PUSHI_DATA_DIR`` is unset:
     ``$XDG_DATA_HOME/pushi``, else ``~/.local/share/pushi``; the same
     whatever the working directory, so that the ``pushi`` command and the
@@ -192,13 +196,50 @@ class Config:
         ("workers", "PUSHI_WORKERS", 1, _workers),
     )
 
-    def __init__(self, **values):
+    # each field's type, for the type checker (``__init__`` sets them)
+    app_host: str
+    app_port: int
+    app_server: str
+    app_ssl: bool
+    app_ssl_key: str | None
+    app_ssl_cer: str | None
+    server_host: str
+    server_port: int
+    server_ssl: bool
+    server_ssl_key: str | None
+    server_ssl_cer: str | None
+    data_dir: str | None
+    mongo_url: str | None
+    admin_secret: str | None
+    apps_file: str | None
+    activity_timeout: int
+    pong_timeout: int
+    max_buffer: int
+    retention_interval: float
+    apps_poll_interval: float
+    max_pending: int
+    console_max_buffer: int
+    console_history_every: float
+    token_lifetime: int
+    max_connections: int | None
+    max_connections_per_ip: int | None
+    log_level: str
+    # ``ipaddress`` networks (Any: the net/ servers declare theirs as ``()``)
+    trusted_proxies: Any
+    public_ws_url: str | None
+    metrics_port: int | None
+    metrics_host: str
+    drain_seconds: float
+    redis_url: str | None
+    workers: int
+
+    def __init__(self, **values: Any) -> None:
         for name, _variable, default, _cast in self.FIELDS:
             setattr(self, name, values.pop(name, default))
         if values:
             raise TypeError("Unknown settings: %s" % ", ".join(sorted(values)))
 
-    def listen(self, side):
+    def listen(self, side: str) -> dict[str, Any]:
         """Where one port listens, as netius and Appier take it: ``host``,
         ``port``, ``ssl``, ``key_file`` and ``cer_file`` of ``"app"`` (the
         REST port) or ``"server"`` (the WebSocket port)."""
@@ -210,7 +251,7 @@ class Config:
             cer_file=getattr(self, side + "_ssl_cer"),
         )
 
-    def check_tls(self):
+    def check_tls(self) -> None:
         """Raises ``ConfigError`` when a port with TLS on lacks a key or a
         certificate file it can read (netius would otherwise serve with the
         test key it ships, which anyone can read)."""
@@ -234,9 +275,9 @@ class Config:
                     ) from None
 
     @classmethod
-    def from_env(cls, environ=None):
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for name, variable, _default, cast in cls.FIELDS:
             raw = environ.get(variable)
             if raw not in (None, ""):
@@ -275,12 +316,14 @@ def _refuse_old_data_dir(data_dir):
         )
 
 
-def url_host(host):
+def url_host(host: str) -> str:
     """``host`` as a URL has it (an IPv6 address in brackets)."""
     return "[%s]" % host if ":" in host else host
 
 
-def listen_error(what, prefix, listen, error):
+def listen_error(
+    what: str, prefix: str, listen: Mapping[str, Any], error: Exception
+) -> ConfigError:
     """The one-line refusal of a port that cannot be listened on."""
     return ConfigError(
         "%s cannot listen on %s:%s (%s_HOST, %s_PORT): %s"

@@ -560,19 +560,19 @@ class State:
             self.server.port,  # the one the system chose for port 0
         )
         if config.metrics_port is not None:
-            self._serve_metrics()
+            self._serve_metrics(config.metrics_port)
 
-    def _serve_metrics(self):
+    def _serve_metrics(self, port: int) -> None:
         """``PUSHI_METRICS_PORT``: the metrics without authentication, on
         their own port (of ``PUSHI_METRICS_HOST``, the loopback by
         default), served by prometheus_client's threads."""
         from prometheus_client import start_http_server
 
         config = self.config
-        listen = dict(host=config.metrics_host, port=config.metrics_port)
+        listen = dict(host=config.metrics_host, port=port)
         try:
             self.metrics_server, _thread = start_http_server(
-                config.metrics_port, config.metrics_host, self.metrics.registry
+                port, config.metrics_host, self.metrics.registry
             )
         except OSError as error:
             raise listen_error("Metrics", "PUSHI_METRICS", listen, error) from None
