@@ -20,8 +20,13 @@ component that a process may have (a Redis broker) adds its check when it
 is built.
 """
 
+from __future__ import annotations
+
 import collections
+import concurrent.futures
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,6 +38,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 logger = logging.getLogger("pushi.metrics")
 
@@ -63,29 +71,32 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The counters of one process and the registry that exposes them."""
 
-    def __init__(self, checks=None):
+    def __init__(self, checks: concurrent.futures.Executor | None = None) -> None:
         # written on the loop thread only (see the module doc)
-        self.opened = collections.defaultdict(int)  # (app_id, dialect)
-        self.closed = collections.defaultdict(int)  # (app_id, dialect)
-        self.published = collections.defaultdict(int)  # app_id
-        self.delivered = collections.defaultdict(int)  # app_id
-        self.client_events = collections.defaultdict(int)  # app_id
-        self.subscribes = collections.defaultdict(int)  # app_id
-        self.rejected = collections.defaultdict(int)  # (kind, code)
+        # by (app_id, dialect)
+        self.opened: dict[tuple[str, str], int] = collections.defaultdict(int)
+        self.closed: dict[tuple[str, str], int] = collections.defaultdict(int)
+        # by app_id
+        self.published: dict[str, int] = collections.defaultdict(int)
+        self.delivered: dict[str, int] = collections.defaultdict(int)
+        self.client_events: dict[str, int] = collections.defaultdict(int)
+        self.subscribes: dict[str, int] = collections.defaultdict(int)
+        # by (kind, code)
+        self.rejected: dict[tuple[str, str], int] = collections.defaultdict(int)
         self.slow_consumers = 0
         # bytes of the frames the fan-out wrote (the WebSocket port's other
         # bytes are its server's ``bytes_sent``)
         self.fan_out_bytes = 0
         # publishes answered this loop turn: when each request came in
-        self.answered = []
+        self.answered: list[float] = []
         # set by the State: () -> the loop's snapshot (``live``), and the
         # servers whose bytes are counted, by port name
-        self.snapshot = None
-        self.servers = {}
-        self.health = {}
+        self.snapshot: Callable[[], dict[str, Any]] | None = None
+        self.servers: dict[str, Any] = {}
+        self.health: dict[str, Callable[[], Any]] = {}
         # the pool the health checks run in (the State's)
-        self._checks = checks
-        self._running = {}
+        self._checks: Any = checks  # None: no check runs (component_up)
+        self._running: dict[str, concurrent.futures.Future[Any]] = {}
 
         self.registry = CollectorRegistry(auto_describe=True)
         self.store_commit = Histogram(
@@ -120,19 +131,19 @@ class Metrics:
 
     # counting on the loop (each a few dict operations)
 
-    def reject(self, kind, code):
+    def reject(self, kind: str, code: int | str) -> None:
         """A refusal: ``kind`` is where (``rest``, ``socket``,
         ``subscription``, ``handshake``), ``code`` the HTTP status or
         close / ``pusher:error`` code the client got."""
         self.rejected[(kind, str(code))] += 1
 
-    def publish_answered(self, received):
+    def publish_answered(self, received: float) -> None:
         """A publish request that came in at ``received`` (monotonic) is
         answered in this turn; ``written`` observes it once the turn's
         frames are out."""
         self.answered.append(received)
 
-    def written(self, now):
+    def written(self, now: float) -> None:
         """The turn's frames are written (loop thread)."""
         answered = self.answered
         if answered:
@@ -141,7 +152,7 @@ class Metrics:
             for received in answered:
                 observe(now - received)
 
-    def live(self, registry):
+    def live(self, registry: Registry) -> dict[str, Any]:
         """A copy of the loop's counters and the gauges of ``registry``
         (loop thread)."""
         connections: collections.defaultdict[tuple[str, str], int] = (
@@ -149,7 +160,7 @@ class Metrics:
         )
         for session in registry.sessions.values():
             connections[(session.app.app_id, session.dialect)] += 1
-        apps = {}
+        apps: dict[str, tuple[int, int, int]] = {}
         for app_id, channels in registry.apps.items():
             subscriptions = members = 0
             for channel in channels.values():
@@ -179,11 +190,11 @@ class Metrics:
 
     # a scrape (any thread but the loop)
 
-    def exposition(self):
+    def exposition(self) -> bytes:
         """The text a scrape gets."""
         return generate_latest(self.registry)
 
-    def component_up(self, name):
+    def component_up(self, name: str) -> bool:
         """True when ``health[name]`` passes within ``HEALTH_TIMEOUT``; a
         check still running from an earlier scrape is waited for, not
         started again."""
