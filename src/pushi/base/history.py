@@ -33,10 +33,18 @@ What is kept, per app (the app's ``limits``):
 Ownership: loop thread only (the engine's).
 """
 
+from __future__ import annotations
+
 import collections
 import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pushi.proto import messages
+
+if TYPE_CHECKING:
+    from .limits import Limits
+    from .registry import Session
 
 ENTRY_COST = 120
 """ Bytes an event kept costs beside its frame: its record and its slots in
@@ -58,7 +66,7 @@ TOO_FAR = "too_far_behind"
 UNKNOWN = "unknown_position"
 
 
-def with_position(text, offset, epoch):
+def with_position(text: str, offset: int, epoch: str) -> str:
     """An event message's JSON text with ``offset`` and ``epoch`` added as
     top-level fields (the text is an object built by ``messages.event``,
     so it ends with its closing brace)."""
@@ -128,14 +136,22 @@ class Tapped(list):
 class MemoryHistory:
     """Recovery history of every app in this process's memory."""
 
-    def __init__(self, boot=None):
+    def __init__(self, boot: str | None = None) -> None:
         self.boot = boot or secrets.token_hex(4)
         self._streams_made = 0
-        self.apps = {}
+        self.apps: dict[str, AppHistory] = {}
 
     # the seam
 
-    def append(self, app_id, channel, text, limits, now, mid=None):
+    def append(
+        self,
+        app_id: str,
+        channel: str,
+        text: str,
+        limits: Limits,
+        now: float,
+        mid: str | None = None,
+    ) -> Entry | None:
         """Gives the event ``text`` on ``channel`` the channel's next
         position and keeps it: returns the ``Entry``, whose ``text`` is the
         event with its position (the caller frames it once and hands the
@@ -161,7 +177,7 @@ class MemoryHistory:
             self._compact(app)
         return entry
 
-    def keep(self, app_id, entry, frame, limits):
+    def keep(self, app_id: str, entry: Entry, frame: bytes, limits: Limits) -> None:
         """Records the frame of an ``append``ed entry, and evicts the app's
         oldest while it holds more than its bound."""
         entry.frame = frame
@@ -174,7 +190,9 @@ class MemoryHistory:
         if max_bytes and app.bytes > max_bytes:
             self._trim(app, max_bytes)
 
-    def position(self, app_id, channel, limits, now):
+    def position(
+        self, app_id: str, channel: str, limits: Limits, now: float
+    ) -> tuple[str, int] | None:
         """``(epoch, offset)`` of a channel's last event (offset 0 before
         its first), its stream made if it has none; None when the app
         keeps no history."""
@@ -185,7 +203,16 @@ class MemoryHistory:
         self._trim(app, limits.max_recovery_bytes)
         return stream.epoch, stream.top
 
-    def recover(self, app_id, channel, epoch, offset, limits, now, then=None):
+    def recover(
+        self,
+        app_id: str,
+        channel: str,
+        epoch: str,
+        offset: int,
+        limits: Limits,
+        now: float,
+        then: Callable[[Any, Any], Any] | None = None,
+    ) -> tuple[bool, Any] | None:
         """The frames of ``channel`` after ``offset`` of ``epoch``, oldest
         first: ``(True, frames)``, or ``(False, reason)`` when some of them
         are not kept (``reason`` one of this module's); handed to
@@ -196,6 +223,7 @@ class MemoryHistory:
         if then is None:
             return answer
         then(*answer)
+        return None
 
     def _recover(self, app_id, channel, epoch, offset, limits, now):
         if not limits.recovery_history:
@@ -226,7 +254,7 @@ class MemoryHistory:
         first = offset + 1 - entries[0].offset
         return True, [entries[index].frame for index in range(first, len(entries))]
 
-    def tap(self, app_id, channel, limits):
+    def tap(self, app_id: str, channel: str, limits: Limits) -> Tapped | None:
         """A list that receives every entry ``append``ed to ``channel`` from
         now until ``untap``, whatever the history drops meanwhile: what a
         recovery that reads elsewhere (the store) must send after what it
@@ -245,7 +273,7 @@ class MemoryHistory:
         app.taps.setdefault(channel, []).append(tapped)
         return tapped
 
-    def untap(self, app_id, channel, tapped):
+    def untap(self, app_id: str, channel: str, tapped: Tapped) -> None:
         app = self.apps.get(app_id)
         if app is None:
             return
@@ -255,13 +283,20 @@ class MemoryHistory:
             if not taps:
                 del app.taps[channel]
 
-    def hold(self, app_id, channel, session, frames, limits):
+    def hold(
+        self,
+        app_id: str,
+        channel: str,
+        session: Session,
+        frames: Any,
+        limits: Limits,
+    ) -> None:
         """Nothing: a socket joins at once in one process (see
         ``cluster/history``)."""
 
     # upkeep
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         """Drops the events past their app's ``recovery_ttl`` and the
         streams unused for ``STREAM_TTL`` with no event left."""
         for app_id in list(self.apps):
@@ -278,7 +313,7 @@ class MemoryHistory:
             if not streams and not entries and not app.taps:
                 del self.apps[app_id]
 
-    def stats(self, app_id):
+    def stats(self, app_id: str) -> dict[str, int]:
         """An app's counters: streams, events and bytes held, evictions."""
         app = self.apps.get(app_id)
         if app is None:
@@ -290,7 +325,7 @@ class MemoryHistory:
             "evictions": app.evictions,
         }
 
-    def trim(self, app_id, limits):
+    def trim(self, app_id: str, limits: Limits) -> None:
         """Applies an app's new limits to what it holds."""
         app = self.apps.get(app_id)
         if app is None:
@@ -392,7 +427,7 @@ class MemoryHistory:
             app.dead = 0
 
 
-def since_of(data):
+def since_of(data: dict[str, Any]) -> tuple[str, int, str | None] | None:
     """The ``since`` of a subscribe: ``(epoch, offset, mid)``, None when it
     has none; raises ``ValueError`` when it is not a position."""
     since = data.get("since")
@@ -410,7 +445,7 @@ def since_of(data):
     return epoch, offset, mid
 
 
-def frame_message(frame):
+def frame_message(frame: bytes) -> Any:
     """The message inside one of our own unmasked text frames."""
     length = frame[1] & 0x7F
     start = 2 if length < 126 else 4 if length == 126 else 10
