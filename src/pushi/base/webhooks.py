@@ -29,7 +29,10 @@ under way), follows no redirect and verifies TLS certificates.  Nothing
 here ever blocks the loop.
 """
 
+from __future__ import annotations
+
 import collections
+import concurrent.futures
 import heapq
 import http.client
 import json
@@ -39,6 +42,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from pushi.base import threads
@@ -71,7 +75,7 @@ MAX_BATCH_BYTES = 262144
 MAX_QUEUED = 10000
 
 
-def check_hooks(hooks):
+def check_hooks(hooks: Any) -> str | None:
     """Validates the ``webhooks`` setting; returns an error or None."""
     if not isinstance(hooks, list):
         return "webhooks must be a list"
@@ -93,24 +97,34 @@ def check_hooks(hooks):
 class Webhooks:
     """Queues engine events as webhooks and posts them, per app in order."""
 
+    # ``apps`` is an ``AppDirectory`` and ``app`` an ``App``, typed Any:
+    # limits imports this module, which imports neither
+
     def __init__(
-        self, apps, emit=None, linger=LINGER, retry_for=RETRY_FOR, senders=None
-    ):
+        self,
+        apps: Any,
+        emit: Callable[[str, str, dict[str, Any]], Any] | None = None,
+        linger: float = LINGER,
+        retry_for: float = RETRY_FOR,
+        senders: concurrent.futures.Executor | None = None,
+    ) -> None:
         self.apps = apps
         self.emit = emit
         self.linger = linger
         self.retry_for = retry_for
-        self._pending = {}
-        self._queue = []
+        # the queue entries of the lingering vacated/removed events
+        self._pending: dict[tuple[Any, ...], list[Any]] = {}
+        # [due, counter, app id, event, live]: the events to post, a heap
+        self._queue: list[list[Any]] = []
         self._counter = 0
         self._condition = threading.Condition()
         self._stopped = False
         # (app id, url) -> the lane of events waiting for that hook
-        self._lanes = {}
+        self._lanes: dict[tuple[str, str], _Lane] = {}
         # [due, counter, lane] of the lanes whose batch failed
-        self._retries = []
+        self._retries: list[list[Any]] = []
         # the posts under way
-        self._flights = set()
+        self._flights: set[_Flight] = set()
         # the State's pool, stopped by the State; else one of its own
         self._own_senders = senders is None
         self._senders = threads.new_pool("webhook") if senders is None else senders
@@ -121,7 +135,7 @@ class Webhooks:
 
     # the engine side (loop thread)
 
-    def observe(self, app_id, kind, details):
+    def observe(self, app_id: str, kind: str, details: dict[str, Any]) -> None:
         app = self.apps.by_id(app_id)
         hooks = app.limits.webhooks if app else None
         if not hooks:
@@ -399,7 +413,7 @@ class Webhooks:
             return status, None
         return status, "HTTP %d" % status
 
-    def test(self, app, url):
+    def test(self, app: Any, url: str) -> tuple[int | None, str | None]:
         """Posts one test webhook, ``{"time_ms", "events": [{"name":
         TEST_EVENT}]}``, signed as the app's webhooks are, to ``url`` now
         (blocking, at most ``TIMEOUT`` seconds; never on the loop): returns
@@ -434,7 +448,7 @@ class Webhooks:
         if self.emit is not None:
             self.emit(app_id, kind, details)
 
-    def stop(self):
+    def stop(self) -> None:
         with self._condition:
             self._stopped = True
             self._cut()
