@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 if __name__ == "__main__" and not __package__:
@@ -188,7 +189,7 @@ class State:
 
     # crossing into the loop
 
-    def call_soon(self, work, *args):
+    def call_soon(self, work: Callable[..., Any], *args: Any) -> None:
         """Runs ``work(*args)`` on the loop thread, soon; from any thread.
         Raises ``LoopStopped`` once the loop has ended."""
         if self._loop_ended.is_set():
@@ -202,7 +203,9 @@ class State:
                 raise LoopStopped() from None
             raise
 
-    def call_in_loop(self, work, *args, timeout=10):
+    def call_in_loop(
+        self, work: Callable[..., Any], *args: Any, timeout: float = 10
+    ) -> Any:
         """Runs ``work(*args)`` on the loop and returns its result (blocks
         the calling thread, which must not be the loop).  Raises
         ``LoopStopped`` if the loop ends first."""
@@ -225,7 +228,7 @@ class State:
             with self._waiting_lock:
                 self._waiting.discard(future)
 
-    def query(self, work, *args):
+    def query(self, work: Callable[..., Any], *args: Any) -> Any:
         """Runs a REST query of what the seams hold (``engine/queries``):
         on the loop for one process, whose twins are the loop's; on this
         thread for a cluster node, whose twins read Redis."""
@@ -252,7 +255,7 @@ class State:
         for future in waiting:
             future.set_exception(LoopStopped())
 
-    def schedule(self, work, seconds=0):
+    def schedule(self, work: Callable[[], Any], seconds: float = 0) -> None:
         """Runs ``work()`` on the loop in ``seconds``, or after the current
         turn (loop thread only)."""
         if seconds:
@@ -262,25 +265,25 @@ class State:
 
     # what a store bound to the loop uses besides ``schedule`` (loop thread)
 
-    def watch_read(self, socket, work):
+    def watch_read(self, socket: socket.socket, work: Callable[[], Any]) -> None:
         """Runs ``work()`` on the loop whenever ``socket`` (not a client's)
         becomes readable (edge-triggered: ``work`` reads all there is);
         see ``net.wire.watch_read``."""
         wire.watch_read(self.server, socket, work)
 
-    def unwatch_read(self, socket):
+    def unwatch_read(self, socket: socket.socket) -> None:
         wire.unwatch_read(self.server, socket)
 
-    def watch_write(self, socket, work):
+    def watch_write(self, socket: socket.socket, work: Callable[[], Any]) -> None:
         """Runs ``work()`` on the loop at its next turn, then whenever
         ``socket`` (not a client's) becomes writable again, until
         ``unwatch_write``; see ``net.wire.watch_write``."""
         wire.watch_write(self.server, socket, work)
 
-    def unwatch_write(self, socket):
+    def unwatch_write(self, socket: socket.socket) -> None:
         wire.unwatch_write(self.server, socket)
 
-    def offload(self, work, then):
+    def offload(self, work: Callable[[], Any], then: Callable[[Any], Any]) -> None:
         """Runs blocking ``work()`` on a worker, then ``then(result)`` on
         the loop (``then(None)`` if ``work`` failed, which is logged)."""
 
@@ -294,7 +297,9 @@ class State:
 
         self.workers.submit(work).add_done_callback(done)
 
-    def persist(self, events, then):
+    def persist(
+        self, events: Sequence[Any], then: Callable[[BaseException | None], Any]
+    ) -> None:
         """Stores events without blocking the loop (loop thread): then
         ``then(error)`` runs on the loop, ``error`` None once they are
         committed.  A store bound to the loop calls back on it; another
@@ -329,7 +334,7 @@ class State:
 
     # apps
 
-    def app_changed(self, app):
+    def app_changed(self, app: App) -> None:
         """Takes a new or updated app into use: the directory, the sockets
         already open, and the webhook observer (on only while some app
         has webhooks, so none costs anything otherwise); disabling an app
@@ -349,7 +354,7 @@ class State:
                 self.call_in_loop(self._watch_webhooks)
                 self.call_in_loop(self.console.recheck)
 
-    def reload_apps(self):
+    def reload_apps(self) -> None:
         """Takes into use every app change made outside this process (the
         ``pushi app`` CLI, another server on the same MongoDB) since the
         last reload: each app whose record differs from the one in use is
@@ -361,7 +366,7 @@ class State:
                 if known is None or known.record != record:
                     self.app_changed(App(record))
 
-    def sync_app(self, app_id):
+    def sync_app(self, app_id: str) -> App | None:
         """The app as the store has it now, taken into use first if it
         changed (after a change made here to the store); None if it does
         not exist."""
@@ -400,7 +405,7 @@ class State:
                     logger.warning("cannot read the apps from the store: %s", error)
                 failing = True
 
-    def logout(self, token):
+    def logout(self, token: str) -> None:
         """Ends a session token and the console streams it opened (also
         when the token had expired: its streams end now, not at the next
         stats tick)."""
@@ -434,7 +439,7 @@ class State:
     # life
 
     @property
-    def app(self):
+    def app(self) -> Any:
         """The Appier REST app (built on first use)."""
         if self._app is None:
             from pushi.app.app import PushiApp
@@ -478,7 +483,7 @@ class State:
         self.server.run(self.engine.sweep)
         self.server.delay(self._tick, timeout=min(5, self.config.activity_timeout))
 
-    def start_server(self, http=False):
+    def start_server(self, http: bool = False) -> None:
         """Starts the loop in its thread with the WebSocket server, and the
         REST port's HTTP server when ``http``; returns when they listen.
         Creates or updates the apps of ``PUSHI_APPS_FILE`` first.  Raises
@@ -582,7 +587,7 @@ class State:
             self.metrics_server.server_port,
         )
 
-    def unready(self):
+    def unready(self) -> str | None:
         """Why this process takes no traffic now (``GET /ready``): None
         once it serves, until a stop begins."""
         if self._stopping.is_set():
@@ -661,7 +666,7 @@ class State:
                         return  # the store closed under a long trim
                     logger.exception("retention of app %s failed", app.app_id)
 
-    def serve(self, started=None):
+    def serve(self, started: Callable[[], Any] | None = None) -> None:
         """Runs both servers until interrupted (the launcher's entry);
         ``started()`` is called once both ports listen (with another
         ``APP_SERVER``: once its port was found free, before Appier binds
@@ -703,7 +708,7 @@ class State:
         finally:
             self.stop()
 
-    def stop(self):
+    def stop(self) -> None:
         """Closes every socket with 4200 and stops the loop and the store;
         with ``PUSHI_DRAIN_SECONDS``, goes on serving that long first, with
         ``GET /ready`` answering 503, so that a load balancer sends no new
@@ -817,7 +822,7 @@ class StartLog(logging.Handler):
         self.held: list[logging.LogRecord] | None = []
         self.dropped = False
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         if self.dropped:
             return
         if self.held is None:
@@ -827,7 +832,7 @@ class StartLog(logging.Handler):
         if len(self.held) > self.MAX_HELD:
             self._write_held()
 
-    def started(self):
+    def started(self) -> None:
         """The start went well: what was held is written, and from now
         on every record as it comes."""
         lock = self.lock
@@ -836,7 +841,7 @@ class StartLog(logging.Handler):
             if not self.dropped:
                 self._write_held()
 
-    def failed(self):
+    def failed(self) -> None:
         """The start failed: nothing held nor later is written."""
         lock = self.lock
         assert lock is not None  # logging.Handler's __init__ made it
@@ -850,7 +855,7 @@ class StartLog(logging.Handler):
             self.target.handle(record)
 
 
-def configure_logging(level):
+def configure_logging(level: str) -> StartLog:
     """The process's one log handler (``StartLog`` on stderr in
     ``wire.LOG_FORMAT``), which Appier's and netius's records share; the
     handler is returned for the launcher to ``started`` or ``failed``."""
@@ -865,7 +870,7 @@ def configure_logging(level):
     return handler
 
 
-def main():
+def main() -> Any:
     config = Config.from_env()
     log = configure_logging(config.log_level)
     if config.workers > 1:
