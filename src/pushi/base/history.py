@@ -78,10 +78,12 @@ class Entry:
 
     __slots__ = ("offset", "text", "frame", "size", "time", "stream")
 
-    def __init__(self, offset, text, time, stream):
+    def __init__(
+        self, offset: int, text: str | None, time: float, stream: Stream | None
+    ) -> None:
         self.offset = offset
         self.text = text
-        self.frame = None
+        self.frame: bytes | None = None
         self.size = ENTRY_COST
         self.time = time
         self.stream = stream
@@ -92,7 +94,7 @@ class Stream:
 
     __slots__ = ("name", "epoch", "top", "entries", "used", "lost", "mid")
 
-    def __init__(self, name, epoch, now):
+    def __init__(self, name: str, epoch: str, now: float) -> None:
         self.name = name
         self.epoch = epoch
         self.top = 0
@@ -110,7 +112,7 @@ class AppHistory:
 
     __slots__ = ("streams", "entries", "bytes", "ttl", "dead", "evictions", "taps")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.streams: collections.OrderedDict = collections.OrderedDict()
         self.entries: collections.deque = collections.deque()
         self.bytes = 0
@@ -120,7 +122,7 @@ class AppHistory:
         self.dead = 0
         self.evictions = 0
         # channel -> the lists that receive its next entries (see ``tap``)
-        self.taps = {}
+        self.taps: dict[str, list[Tapped]] = {}
 
 
 class Tapped(list):
@@ -128,7 +130,7 @@ class Tapped(list):
 
     __slots__ = ("before",)
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.before = None
 

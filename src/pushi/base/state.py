@@ -77,14 +77,14 @@ class LoopStopped(errors.HttpError):
     """Work handed to a loop that has ended: the server is stopping (a
     REST request that meets it is answered 503)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         errors.HttpError.__init__(self, 503, "Server stopping")
 
 
 class State:
     """Everything one Pushi process runs, built from a ``Config``."""
 
-    def __init__(self, config=None, store=None):
+    def __init__(self, config: Config | None = None, store: Any = None) -> None:
         self.config = config or Config.from_env()
         self.store = store or stores.open_store(
             data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
@@ -160,20 +160,20 @@ class State:
         self.webhooks = Webhooks(
             self.apps, emit=self._webhook_done, senders=self.threads.pool("webhook")
         )
-        self.http = None
-        self._loop_thread = None
-        self._start_error = None
+        self.http: HttpServer | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._start_error: Exception | None = None
         self._ready = threading.Event()
         self._loop_ended = threading.Event()
-        self._waiting = set()
+        self._waiting: set[concurrent.futures.Future[Any]] = set()
         self._waiting_lock = threading.Lock()
         self._stopping = threading.Event()
         self.server.start_callbacks.append(self._on_loop_start)
-        self._app = None
+        self._app: Any = None  # a PushiApp
         self.metrics.snapshot = self._snapshot
         self.metrics.servers["websocket"] = self.server
         self.metrics.health["store"] = self.store.ping
-        self.metrics_server = None
+        self.metrics_server: Any = None
         # with PUSHI_REDIS_URL: this node's claim of the cluster's store
         # (cluster/stores.py)
         self.store_claim = None
@@ -816,7 +816,7 @@ class StartLog(logging.Handler):
     """Records held at most (a start logs a handful): past it they are
     written."""
 
-    def __init__(self, target):
+    def __init__(self, target: logging.Handler) -> None:
         logging.Handler.__init__(self)
         self.target = target
         self.held: list[logging.LogRecord] | None = []
