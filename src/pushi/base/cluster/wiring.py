@@ -130,20 +130,7 @@ class Cluster:
         engine = self.engine
         if engine is None:
             return
-        for app_id, channel, user_id in registered.removed:
-            engine.broker.send(
-                Event(
-                    app_id,
-                    (channel,),
-                    "pusher_internal:member_removed",
-                    {"user_id": user_id},
-                )
-            )
-            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
-        for app_id, channel in registered.vacated:
-            engine.emit(app_id, "vacated", channel=channel)
-        for app_id, user_id in registered.offline:
-            engine.signin.tell_watchers(app_id, user_id, "offline")
+        self._gone(registered.removed, registered.vacated, registered.offline)
         if registered.removed or registered.vacated:
             logger.info(
                 "Cluster: node's entries written again (%d members removed,"
@@ -156,6 +143,28 @@ class Cluster:
         else:
             self.shared.presence.unsure.clear()
             self.shared.occupancy.unsure.clear()
+
+    def _gone(self, removed, vacated, offline, announced=False):
+        """Members, channels and users that a change this node alone saw
+        took away: ``member_removed`` to every node's sockets (unless the
+        scripts published it, ``announced``), and the observers (webhooks)
+        and watchers hear of it."""
+        engine = self.engine
+        for app_id, channel, user_id in removed:
+            if not announced:
+                engine.broker.send(
+                    Event(
+                        app_id,
+                        (channel,),
+                        "pusher_internal:member_removed",
+                        {"user_id": user_id},
+                    )
+                )
+            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
+        for app_id, channel in vacated:
+            engine.emit(app_id, "vacated", channel=channel)
+        for app_id, user_id in offline:
+            engine.signin.tell_watchers(app_id, user_id, "offline")
 
     def settle(self):
         """After a restarted Redis: the members whose join or leave failed
@@ -181,21 +190,12 @@ class Cluster:
         engine = self.engine
         if engine is None:
             return
-        for app_id, channel, user_id in reaped.removed:
-            if self.shared.reaper.announcer is None:
-                engine.broker.send(
-                    Event(
-                        app_id,
-                        (channel,),
-                        "pusher_internal:member_removed",
-                        {"user_id": user_id},
-                    )
-                )
-            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
-        for app_id, channel in reaped.vacated:
-            engine.emit(app_id, "vacated", channel=channel)
-        for app_id, user_id in reaped.offline:
-            engine.signin.tell_watchers(app_id, user_id, "offline")
+        self._gone(
+            reaped.removed,
+            reaped.vacated,
+            reaped.offline,
+            announced=self.shared.reaper.announcer is not None,
+        )
         logger.info(
             "Cluster: node %s reaped (%d members, %d channels vacated)",
             reaped.node_id,
