@@ -15,10 +15,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 from . import servers, stats
-from .scenarios import RECOVER_MISSED, JsonSocket, rest
+from .scenarios import recover_rounds
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -51,38 +50,6 @@ def start_redis(workdir):
     return proc, "redis://%s:%d/0" % (servers.HOST, port)
 
 
-def measure(publisher, receiver, rounds):
-    """The recovery times (seconds) and how many rounds recovered all."""
-    app = publisher.app
-    path = "/apps/%s/batch_events" % app["app_id"]
-    times = []
-    recovered = 0
-    for _round in range(rounds):
-        client = JsonSocket(publisher.ws_port, publisher.ws_path())
-        client.recv()
-        state = client.subscribe("recover")
-        since = {"epoch": state["epoch"], "offset": state["offset"]}
-        client.close()
-        for first in range(0, RECOVER_MISSED, 10):
-            batch = [
-                {"name": "missed", "channel": "recover", "data": str(number)}
-                for number in range(first, min(first + 10, RECOVER_MISSED))
-            ]
-            rest(publisher, "POST", path, {"batch": batch}, app=app)
-        client = JsonSocket(receiver.ws_port, receiver.ws_path())
-        client.recv()
-        started = time.perf_counter()
-        state = client.subscribe("recover", since)
-        received = 0
-        while state.get("recovered") and received < RECOVER_MISSED:
-            if client.recv().get("event") == "missed":
-                received += 1
-        times.append(time.perf_counter() - started)
-        recovered += received == RECOVER_MISSED
-        client.close()
-    return times, recovered
-
-
 def report(label, times, recovered, rounds):
     summary = stats.summarize(times)
     print(
@@ -103,7 +70,7 @@ def main(argv=None):
         os.makedirs(single.workdir)
         single.start()
         started.append(single)
-        times, recovered = measure(single, single, options.rounds)
+        times, recovered = recover_rounds(single, single, options.rounds)
         report("one process", times, recovered, options.rounds)
 
         redis, url = start_redis(workdir)
@@ -118,7 +85,7 @@ def main(argv=None):
             node.start()
             started.append(node)
             nodes.append(node)
-        times, recovered = measure(nodes[0], nodes[1], options.rounds)
+        times, recovered = recover_rounds(nodes[0], nodes[1], options.rounds)
         report("two nodes (A to B), Redis", times, recovered, options.rounds)
     finally:
         for server in started:

@@ -1492,35 +1492,9 @@ def recover(server_name, profile, options):
         log("recover: Pushi only, skipping %s" % server_name)
         return []
     rounds = profile["recover_rounds"]
-    times = []
-    recovered = 0
     with Session("pushi", 1, options.keep) as session:
         server = session.server
-        app = server.app
-        path = "/apps/%s/batch_events" % app["app_id"]
-        for _ in range(rounds):
-            client = JsonSocket(server.ws_port, server.ws_path())
-            client.recv()
-            state = client.subscribe("recover")
-            since = {"epoch": state["epoch"], "offset": state["offset"]}
-            client.close()
-            for first in range(0, RECOVER_MISSED, 10):
-                batch = [
-                    {"name": "missed", "channel": "recover", "data": str(number)}
-                    for number in range(first, min(first + 10, RECOVER_MISSED))
-                ]
-                rest(server, "POST", path, {"batch": batch}, app=app)
-            client = JsonSocket(server.ws_port, server.ws_path())
-            client.recv()
-            started = time.perf_counter()
-            state = client.subscribe("recover", since)
-            received = 0
-            while state.get("recovered") and received < RECOVER_MISSED:
-                if client.recv().get("event") == "missed":
-                    received += 1
-            times.append(time.perf_counter() - started)
-            recovered += received == RECOVER_MISSED
-            client.close()
+        times, recovered = recover_rounds(server, server, rounds)
         result = base_result(
             session,
             "recover",
@@ -1546,6 +1520,40 @@ def recover(server_name, profile, options):
 
 #: the events a client misses in the ``recover`` scenario
 RECOVER_MISSED = 100
+
+
+def recover_rounds(publisher, receiver, rounds):
+    """``rounds`` recoveries of ``RECOVER_MISSED`` events published through
+    ``publisher``, recovered on ``receiver`` (the same server, or another
+    node): the times (seconds) and how many rounds recovered all."""
+    app = publisher.app
+    path = "/apps/%s/batch_events" % app["app_id"]
+    times = []
+    recovered = 0
+    for _round in range(rounds):
+        client = JsonSocket(publisher.ws_port, publisher.ws_path())
+        client.recv()
+        state = client.subscribe("recover")
+        since = {"epoch": state["epoch"], "offset": state["offset"]}
+        client.close()
+        for first in range(0, RECOVER_MISSED, 10):
+            batch = [
+                {"name": "missed", "channel": "recover", "data": str(number)}
+                for number in range(first, min(first + 10, RECOVER_MISSED))
+            ]
+            rest(publisher, "POST", path, {"batch": batch}, app=app)
+        client = JsonSocket(receiver.ws_port, receiver.ws_path())
+        client.recv()
+        started = time.perf_counter()
+        state = client.subscribe("recover", since)
+        received = 0
+        while state.get("recovered") and received < RECOVER_MISSED:
+            if client.recv().get("event") == "missed":
+                received += 1
+        times.append(time.perf_counter() - started)
+        recovered += received == RECOVER_MISSED
+        client.close()
+    return times, recovered
 
 
 SCENARIOS = {
