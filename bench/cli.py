@@ -126,7 +126,15 @@ def parse_args(argv):
         help="comma-separated on,off: run the %s scenarios once per mode, "
         "Pushi's app with its recovery history on (recovery_history 100) "
         "or off (0); default: once, with the server's defaults"
-        % ",".join(scenarios.RECOVERY_SCENARIOS),
+        % ",".join(scenarios.MODE_SCENARIOS),
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated on,off: run the %s scenarios once per mode, "
+        "Pushi with GET /metrics scraped every second (on) or with "
+        "PUSHI_METRICS=off; with --repeat, the modes' order alternates"
+        % ",".join(scenarios.MODE_SCENARIOS),
     )
     parser.add_argument(
         "--workers",
@@ -148,7 +156,9 @@ def parse_args(argv):
     parser.add_argument(
         "--keep", action="store_true", help="keep the servers' temp dirs and logs"
     )
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    options.attempt = 0  # the repeat running (``main`` counts)
+    return options
 
 
 def default_scenarios():
@@ -357,9 +367,14 @@ def label(key):
     if " nodes-" in variant:
         variant, count = variant.rsplit(" nodes-", 1)
         return "%s, nodes=%s" % (label("/".join([scenario, variant, size])), count)
-    if " recovery-" in variant:
-        variant, mode = variant.split(" recovery-")
-        return "%s, recovery %s" % (label("/".join([scenario, variant, size])), mode)
+    for kind in scenarios.MODES:
+        if " %s-" % kind in variant:
+            variant, mode = variant.split(" %s-" % kind)
+            return "%s, %s %s" % (
+                label("/".join([scenario, variant, size])),
+                kind,
+                mode,
+            )
     if scenario == "recover":
         return "recovery of %s missed events" % variant.split("-")[0]
     if not size:
@@ -563,16 +578,16 @@ def run_once(chosen, names, profile, options):
 def run_server(scenario, name, count, profile, options, nodes=None):
     """Runs one scenario on one server (with ``count`` Pushi workers, or
     its default with None; on ``nodes`` nodes with ``--nodes``), once per
-    recovery mode; returns the results."""
+    mode of --recovery and --metrics; returns the results."""
     results = []
-    for mode in recovery_modes(scenario, name, options):
-        options.recovery_mode = mode
+    for mode in pushi_modes(scenario, name, options):
+        options.mode = mode
         log(
             "scenario %s on %s%s%s%s"
             % (
                 scenario,
                 name,
-                " recovery %s" % mode if mode else "",
+                " %s %s" % mode if mode else "",
                 " workers %d" % count if count else "",
                 " nodes %d" % nodes if nodes else "",
             )
@@ -593,8 +608,9 @@ def run_server(scenario, name, count, profile, options, nodes=None):
         for line in lines:
             if mode:
                 # a row per mode (the floor measured after it too)
-                line["recovery"] = mode
-                line["variant"] = "%s recovery-%s" % (line["variant"], mode)
+                kind, value = mode
+                line[kind] = value
+                line["variant"] = "%s %s-%s" % (line["variant"], kind, value)
             if count:
                 line["pushi_workers"] = count
                 line["variant"] = "%s workers-%d" % (line["variant"], count)
@@ -603,7 +619,7 @@ def run_server(scenario, name, count, profile, options, nodes=None):
                 line["variant"] = "%s nodes-%d" % (line["variant"], nodes)
             emit(line, options.out)
             results.append(line)
-    options.recovery_mode = None
+    options.mode = None
     return results
 
 
@@ -653,16 +669,22 @@ def node_ratios(results):
     return lines
 
 
-def recovery_modes(scenario, name, options):
-    """The ``--recovery`` modes a scenario runs in on a server: each named
-    one for Pushi's fan-out and trigger scenarios, else one run (None)."""
-    if (
-        not options.recovery
-        or name != "pushi"
-        or scenario not in scenarios.RECOVERY_SCENARIOS
-    ):
+def pushi_modes(scenario, name, options):
+    """The ``(kind, mode)`` pairs of ``--recovery`` and ``--metrics`` a
+    scenario runs in on a server, each named one for Pushi's fan-out and
+    trigger scenarios, else one run (None).  Every other repeat takes the
+    modes in reverse, as the first run after the others tends to differ."""
+    if name != "pushi" or scenario not in scenarios.MODE_SCENARIOS:
         return [None]
-    return options.recovery.split(",")
+    modes = [
+        (kind, mode)
+        for kind in scenarios.MODES
+        for mode in (getattr(options, kind) or "").split(",")
+        if mode
+    ]
+    if options.attempt % 2:
+        modes.reverse()
+    return modes or [None]
 
 
 def main(argv=None):
@@ -684,9 +706,10 @@ def main(argv=None):
     for name in chosen:
         if name not in scenarios.SCENARIOS and name not in scenarios.SELF_SCENARIOS:
             raise SystemExit("unknown scenario %r" % name)
-    for mode in options.recovery.split(",") if options.recovery else ():
-        if mode not in scenarios.RECOVERY_MODES:
-            raise SystemExit("unknown --recovery mode %r (on, off)" % mode)
+    for kind, modes in scenarios.MODES.items():
+        for mode in (getattr(options, kind) or "").split(","):
+            if mode and mode not in modes:
+                raise SystemExit("unknown --%s mode %r (on, off)" % (kind, mode))
     for name in options.attacks.split(",") if options.attacks else ():
         if name not in scenarios.ATTACKS:
             raise SystemExit(
@@ -706,6 +729,7 @@ def main(argv=None):
     started = time.monotonic()
     try:
         for attempt in range(options.repeat):
+            options.attempt = attempt
             if options.repeat > 1:
                 log("run %d of %d" % (attempt + 1, options.repeat))
             results += run_once(chosen, names, profile, options)

@@ -154,19 +154,56 @@ class Meter:
         }
 
 
+class Scraper:
+    """Reads ``GET /metrics`` (with the admin secret) every ``every``
+    seconds from a thread, as Prometheus would, until ``stop``."""
+
+    def __init__(self, server, every):
+        self.server = server
+        self.every = every
+        self.count = self.failed = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        url = "http://%s:%d/metrics" % (servers.HOST, self.server.http_port)
+        headers = {"Authorization": "Bearer %s" % self.server.admin_secret}
+        while not self.stopped.wait(self.every):
+            try:
+                status, _answer = servers.http("GET", url, None, headers)
+            except OSError:
+                status = None
+            if status == 200:
+                self.count += 1
+            else:
+                self.failed += 1
+
+    def stop(self):
+        """Stops scraping; returns what it did, to log."""
+        self.stopped.set()
+        self.thread.join()
+        return "%d scrapes, %d failed" % (self.count, self.failed)
+
+
 class Session:
     """One server instance with its worker processes."""
 
-    def __init__(self, server_name, sub_workers, keep=False, settings=None):
+    def __init__(self, server_name, sub_workers, keep=False, mode=None):
         classes = dict(servers.SERVERS, blaster=servers.BlasterServer)
         workdir = servers.make_workdir(server_name)
         if server_name == "pushi" and servers.PushiServer.node_count > 1:
             self.server = servers.PushiCluster(workdir, servers.PushiServer.node_count)
         else:
             self.server = classes[server_name](workdir)
-        # the app's settings (Pushi: set with the admin secret once it runs)
-        self.settings = settings
-        if settings:
+        # a bench mode (``MODES``): the app's settings (Pushi: set with the
+        # admin secret once it runs), the server's environment, a scraper
+        mode = mode or {}
+        self.settings = mode.get("settings")
+        self.server.extra_env = mode.get("env", {})
+        self.scrape = mode.get("scrape")
+        self.scraper = None
+        if self.settings or self.scrape:
             self.server.admin_secret = secrets.token_hex(32)
         self.subs = [procs.WorkerProc("subscriber") for _ in range(sub_workers)]
         self.trigger = procs.WorkerProc("trigger")
@@ -188,6 +225,8 @@ class Session:
                     {"settings": self.settings},
                     admin=True,
                 )
+            if self.scrape:
+                self.scraper = Scraper(self.server, self.scrape)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -203,6 +242,8 @@ class Session:
         return self
 
     def __exit__(self, *exc_info):
+        if self.scraper:
+            log("GET /metrics: %s" % self.scraper.stop())
         for worker in self.subs + [self.trigger]:
             worker.stop()
         self.server.stop()
@@ -551,7 +592,7 @@ def fanout(server_name, profile, options):
             server_name,
             sub_workers_for(n, options.generators),
             options.keep,
-            app_settings(server_name, options),
+            pushi_mode(server_name, options),
         ) as session:
             conn = session.connect(n, channel="fanout", sample=min(SAMPLED, n))
             log("fanout %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"]))
@@ -636,7 +677,7 @@ def trigger(server_name, profile, options):
     """1 subscriber, 8 requests in flight: HTTP trigger throughput (with
     ``--nodes``, triggers to node 1, its subscriber on node 2)."""
     with Session(
-        server_name, 1, options.keep, app_settings(server_name, options)
+        server_name, 1, options.keep, pushi_mode(server_name, options)
     ) as session:
         node = 1 if hasattr(session.server, "ws_ports") else None
         session.connect(1, channel="trigger", sample=1, node=node)
@@ -1417,20 +1458,32 @@ def abuse_row(attack, duration, profile, options):
         return result
 
 
-#: ``--recovery``: the app settings of each mode (Pushi's recovery history)
-RECOVERY_MODES = {"on": {"recovery_history": 100}, "off": {"recovery_history": 0}}
+#: ``--recovery`` and ``--metrics``: what each of their modes changes on
+#: Pushi: its app's ``settings``, its environment (``env``), or a scrape of
+#: ``GET /metrics`` every ``scrape`` seconds while the scenario runs
+MODES = {
+    "recovery": {
+        "on": {"settings": {"recovery_history": 100}},
+        "off": {"settings": {"recovery_history": 0}},
+    },
+    "metrics": {
+        "on": {"scrape": 1.0},
+        "off": {"env": {"PUSHI_METRICS": "off"}},
+    },
+}
 
-#: the scenarios ``--recovery`` runs once per mode
-RECOVERY_SCENARIOS = ("fanout", "trigger")
+#: the scenarios ``--recovery`` and ``--metrics`` run once per mode
+MODE_SCENARIOS = ("fanout", "trigger")
 
 
-def app_settings(server_name, options):
-    """The bench app's settings for this run (``options.recovery_mode``,
-    set per mode by the command line): Pushi only."""
-    mode = getattr(options, "recovery_mode", None)
+def pushi_mode(server_name, options):
+    """What this run's mode (``options.mode``: ``(kind, name)``, set by the
+    command line) changes: Pushi only, else nothing."""
+    mode = getattr(options, "mode", None)
     if server_name != "pushi" or mode is None:
-        return None
-    return RECOVERY_MODES[mode]
+        return {}
+    kind, name = mode
+    return MODES[kind][name]
 
 
 class JsonSocket:

@@ -145,8 +145,8 @@ class Server:
 
     def ws_path(self):
         """The WebSocket path (with query) for the app."""
-        return "/app/%s?protocol=7&client=js&version=8.6.0&flash=false" % (
-            self.app["key"]
+        return (
+            "/app/%s?protocol=7&client=js&version=8.6.0&flash=false" % (self.app["key"])
         )
 
     def trigger_spec(self, persist=False):
@@ -197,6 +197,8 @@ class PushiServer(Server):
     node_count = 1
     #: ``PUSHI_REDIS_URL`` of the server (None: unset, no cluster)
     redis_url = None
+    #: more of the server's environment (a bench mode's, e.g. PUSHI_METRICS)
+    extra_env = None
     #: the log file's name in the work dir
     log_name = "pushi.log"
 
@@ -269,6 +271,7 @@ class PushiServer(Server):
             env["PUSHI_WORKERS"] = str(self.workers)
         if self.redis_url:
             env["PUSHI_REDIS_URL"] = self.redis_url
+        env.update(self.extra_env or {})
         return env
 
     def create_app(self, name):
@@ -422,6 +425,7 @@ class PushiCluster(Server):
         self.redis = RedisProcess(os.path.join(workdir, "redis"))
         self.nodes = [PushiServer(workdir) for _ in range(count)]
         self.admin_secret = None
+        self.extra_env = {}
         #: ``(count, channel)``: events node 1 writes into the shared store
         self.preload = None
         self.preloaded = 0
@@ -451,6 +455,7 @@ class PushiCluster(Server):
         self.redis.start()
         for index, node in enumerate(self.nodes):
             node.admin_secret = self.admin_secret
+            node.extra_env = self.extra_env
             node.redis_url = self.redis.url
             node.preload = None if index else self.preload
             if index:

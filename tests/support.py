@@ -234,7 +234,7 @@ class PushiServer:
                     "PUSHI_DATA_DIR": self.data_dir,
                     "PUSHI_ADMIN_SECRET": ADMIN_SECRET,
                 },
-                **self.extra_env
+                **self.extra_env,
             )
         )
 
@@ -480,7 +480,7 @@ class Client:
             close_timeout=5,
             max_size=2**22,
             legacy=True,
-            **options
+            **options,
         )
         self.socket_id = None
         if expect_established:
@@ -724,7 +724,7 @@ def chromium(viewport, **options):
                 headless=True,
                 args=CHROMIUM_ARGS,
                 viewport=viewport,
-                **options
+                **options,
             )
             try:
                 yield context

@@ -34,8 +34,7 @@ def main(argv=None):
         " APP_PORT, SERVER_PORT, ...: see the README).",
     )
     workers_help = (
-        "run N worker processes sharing the ports (auto: one per core;"
-        " PUSHI_WORKERS)"
+        "run N worker processes sharing the ports (auto: one per core; PUSHI_WORKERS)"
     )
     parser.add_argument("--workers", metavar="N", help=workers_help)
     commands = parser.add_subparsers(dest="command")

@@ -324,8 +324,9 @@ def test_admin_sign_in_picks_an_app(page, server, apps):
     assert not page.call("visible", selector="#console")
     assert page.rows() == []
     wait_until(
-        lambda: server.request("GET", "apps/" + shop["app_id"], headers=headers)[0]
-        == 401,
+        lambda: (
+            server.request("GET", "apps/" + shop["app_id"], headers=headers)[0] == 401
+        ),
         message="the token outlived the sign-out",
     )
 

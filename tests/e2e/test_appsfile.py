@@ -237,8 +237,7 @@ GOOD = {"app_id": "1", "key": "good-key", "secret": SECRET_ONE}
         ),
         (
             [dict(GOOD, secret_env="X")],
-            "entry 1 (app_id 1), field secret_env: give secret or secret_env, not"
-            " both",
+            "entry 1 (app_id 1), field secret_env: give secret or secret_env, not both",
         ),
         (
             [dict(GOOD, secert="typo")],
@@ -297,8 +296,7 @@ def test_a_key_another_app_of_the_store_holds_names_both(tmp_path):
         (
             "broken.json",
             '{"apps": [}',
-            "Invalid PUSHI_APPS_FILE (%s): Expecting value: line 1 column 11"
-            " (char 10)",
+            "Invalid PUSHI_APPS_FILE (%s): Expecting value: line 1 column 11 (char 10)",
         ),
         (
             "broken.toml",

@@ -367,8 +367,9 @@ def test_redis_restarted_empty_the_counts_match_the_sockets_connected(
     assert wait_for(healthy, timeout=15)
     for node in (a, b):
         assert wait_for(
-            lambda node=node: channel_list(node, app, "", "subscription_count")
-            == expected,
+            lambda node=node: (
+                channel_list(node, app, "", "subscription_count") == expected
+            ),
             timeout=10,
         ), channel_list(node, app, "", "subscription_count")
         assert users(node, app, "presence-team") == ["u1", "u2"]
@@ -455,9 +456,9 @@ def leaves_while_redis_is_away(cluster, away, back):
         return all(health(node) == "ok" for node in (a, b))
 
     assert wait_for(healthy, timeout=20)
-    assert on_b.wait(
-        lambda view: view.members == {"obs", "staying"}, timeout=15
-    ), on_b.events
+    assert on_b.wait(lambda view: view.members == {"obs", "staying"}, timeout=15), (
+        on_b.events
+    )
     on_b.drain(4)
     assert on_b.of("leaving") == ["added", "removed"], on_b.events
     assert on_b.of("staying") == ["added"] and not on_b.errors, on_b.events

@@ -356,9 +356,11 @@ def test_the_console_page_streams_through_nginx(certificate):
             # (a missing favicon is a 404 the browser reports)
             page.on(
                 "console",
-                lambda message: message.type == "error"
-                and not message.text.startswith("Failed to load resource")
-                and errors.append(message.text),
+                lambda message: (
+                    message.type == "error"
+                    and not message.text.startswith("Failed to load resource")
+                    and errors.append(message.text)
+                ),
             )
             streams = []
             page.on("websocket", lambda socket: streams.append(socket.url))

@@ -79,14 +79,12 @@ def a_file(tmp_path):
         ),
         (
             {"APP_SERVER": "bogus"},
-            "Unknown APP_SERVER: 'bogus' (netius, legacy, waitress, tornado,"
-            " cherry)",
+            "Unknown APP_SERVER: 'bogus' (netius, legacy, waitress, tornado, cherry)",
         ),
         # Appier's method names are no servers
         (
             {"APP_SERVER": "final"},
-            "Unknown APP_SERVER: 'final' (netius, legacy,"
-            " waitress, tornado, cherry)",
+            "Unknown APP_SERVER: 'final' (netius, legacy, waitress, tornado, cherry)",
         ),
         ({"PUSHI_LOG_LEVEL": "loud"}, "Invalid value for PUSHI_LOG_LEVEL: 'loud'"),
         # 0 spun the loop (and the retention thread) at full CPU
@@ -99,6 +97,10 @@ def a_file(tmp_path):
             "Invalid value for PUSHI_RETENTION_INTERVAL: 'nan'",
         ),
         ({"PUSHI_MAX_PENDING": "-1"}, "Invalid value for PUSHI_MAX_PENDING: '-1'"),
+        (
+            {"PUSHI_METRICS": "off", "PUSHI_METRICS_PORT": "9200"},
+            "PUSHI_METRICS_PORT needs PUSHI_METRICS on",
+        ),
     ],
 )
 def test_a_setting_that_cannot_work_is_one_line_and_exit_1(env, message):

@@ -162,10 +162,9 @@ def test_delivered_published_connections_and_subscriptions_follow_traffic(
             client.close()
     closed = wait_for(
         server,
-        lambda samples: value(
-            samples, "pushi_connections", app=app_id, dialect="pusher"
-        )
-        == 0,
+        lambda samples: (
+            value(samples, "pushi_connections", app=app_id, dialect="pusher") == 0
+        ),
     )
     assert value(closed, "pushi_connections", app=app_id, dialect="pusher") == 0
     assert value(closed, "pushi_channels", app=app_id) == 0
@@ -338,6 +337,26 @@ def test_metrics_port_serves_without_authentication():
         finally:
             client.close()
         # the REST port's route still asks for the secret
+        assert fetch(instance.base_url + "metrics")[0] == 401
+    finally:
+        instance.stop()
+
+
+def test_metrics_off_answers_404_and_the_server_still_delivers():
+    instance = PushiServer(env={"PUSHI_METRICS": "off"}).start()
+    try:
+        app = instance.create_app("unmetered")
+        client = instance.connect(app)
+        try:
+            client.subscribe("news")
+            instance.client(app).trigger_event("news", "hello", persist=False)
+            assert client.recv_event("message")["data"] == "hello"
+        finally:
+            client.close()
+        status, _type, text = fetch(instance.base_url + "metrics", ADMIN)
+        assert status == 404
+        assert json.loads(text)["message"] == "Metrics are off (PUSHI_METRICS=off)"
+        # the secret is still asked for first: nothing told to a stranger
         assert fetch(instance.base_url + "metrics")[0] == 401
     finally:
         instance.stop()

@@ -263,10 +263,10 @@ def test_retention_by_count(server):
     for index in range(8):
         proxy.trigger_event(channel="log", data=str(index), event="line")
     wait_until(
-        lambda: [
-            event["data"] for event in proxy.get_events("log", count=100)["events"]
-        ]
-        == ["7", "6", "5"],
+        lambda: (
+            [event["data"] for event in proxy.get_events("log", count=100)["events"]]
+            == ["7", "6", "5"]
+        ),
         15,
         0.2,
         "the newest 3 kept",
@@ -395,10 +395,10 @@ def test_loop_replaces_a_dead_events_writer(backend):
             }
         )
         wait_until(
-            lambda: [
-                event["data"] for event in proxy.get_events("private-kept")["events"]
-            ]
-            == ["third", "second", "first"],
+            lambda: (
+                [event["data"] for event in proxy.get_events("private-kept")["events"]]
+                == ["third", "second", "first"]
+            ),
             10,
             0.05,
             "the three events stored",

@@ -273,8 +273,7 @@ def test_a_pipelined_request_that_fails_closes_its_connection(start):
     client = socket.create_connection(("127.0.0.1", state.config.app_port))
     client.settimeout(5)
     client.sendall(
-        b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"GET /fails HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /later HTTP/1.1\r\nHost: x\r\n\r\nGET /fails HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     data = b""
     while True:

@@ -470,11 +470,13 @@ def test_events_newest_first_with_skip_and_count_across_channels(store):
     ]
     assert len(expected) == 20
     assert mids(store.get_events("1", ["news", "sport"])) == expected[:10]
-    assert mids(store.get_events("1", ["news", "sport"], skip=3, count=5)) == (
-        expected[3:8]
+    assert (
+        mids(store.get_events("1", ["news", "sport"], skip=3, count=5))
+        == (expected[3:8])
     )
-    assert mids(store.get_events("1", ["sport", "news"], skip=15, count=10)) == (
-        expected[15:]
+    assert (
+        mids(store.get_events("1", ["sport", "news"], skip=15, count=10))
+        == (expected[15:])
     )
     assert store.get_events("1", ["news", "sport"], skip=20, count=10) == []
     assert mids(store.get_events("1", ["news"], skip=2, count=3)) == [

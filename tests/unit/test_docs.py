@@ -328,8 +328,9 @@ def test_readme_quick_start_runs_as_written():
             # the snippet's subscription, as the server sees it
             path = signed_path(app, "GET", "/apps/%s/channels" % app["app_id"])
             wait_until(
-                lambda: server.request("GET", path[1:])[1].get("channels")
-                == {"global": {}},
+                lambda: (
+                    server.request("GET", path[1:])[1].get("channels") == {"global": {}}
+                ),
                 15,
                 message="the page subscribed to no channel global",
             )

@@ -63,7 +63,7 @@ class PushiApp(appier.APIApp):
             # Appier sets the level of its logger ("pushi", Pushi's too) and
             # of the root logger: PUSHI_LOG_LEVEL, not Appier's LEVEL
             level=logging.getLevelName(str(state.config.log_level).upper()),
-            **kwargs
+            **kwargs,
         )
         # Appier names its header X-Content-Type-Option, which no browser
         # reads: ``after_request`` sends the real one

@@ -63,9 +63,9 @@ class MemoryTokens:
     def __init__(self, max_tokens: int | None = None) -> None:
         self.max_tokens = max_tokens
         self._tokens: dict[str, TokenEntry] = {}
-        self._by_app: dict[str, dict[str, None]] = (
-            {}
-        )  # app_id: its token ids, oldest (first to expire) first
+        self._by_app: dict[
+            str, dict[str, None]
+        ] = {}  # app_id: its token ids, oldest (first to expire) first
         self._lock = threading.Lock()
 
     def add(

@@ -184,6 +184,8 @@ class Config:
         # the WebSocket port as browsers reach it (behind a proxy): the
         # console page streams from there
         ("public_ws_url", "PUSHI_PUBLIC_WS_URL", None, _ws_url),
+        # off: no GET /metrics and no histograms (the console's counters stay)
+        ("metrics", "PUSHI_METRICS", True, _flag),
         # None: GET /metrics on the REST port only, with the admin secret
         ("metrics_port", "PUSHI_METRICS_PORT", None, _port),
         ("metrics_host", "PUSHI_METRICS_HOST", "127.0.0.1", str),
@@ -227,6 +229,7 @@ class Config:
     # ``ipaddress`` networks (Any: the net/ servers declare theirs as ``()``)
     trusted_proxies: Any
     public_ws_url: str | None
+    metrics: bool
     metrics_port: int | None
     metrics_host: str
     drain_seconds: float
@@ -293,6 +296,8 @@ class Config:
                 " every app); e.g. python -c 'import secrets;"
                 " print(secrets.token_hex(32))'" % MIN_ADMIN_SECRET
             )
+        if values.get("metrics") is False and "metrics_port" in values:
+            raise SystemExit("PUSHI_METRICS_PORT needs PUSHI_METRICS on")
         if "data_dir" not in values and "mongo_url" not in values:
             values["data_dir"] = default_data_dir(environ)
             _refuse_old_data_dir(values["data_dir"])

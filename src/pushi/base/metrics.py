@@ -71,7 +71,12 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The counters of one process and the registry that exposes them."""
 
-    def __init__(self, checks: concurrent.futures.Executor | None = None) -> None:
+    def __init__(
+        self, checks: concurrent.futures.Executor | None = None, enabled: bool = True
+    ) -> None:
+        # False (``PUSHI_METRICS=off``): nothing observed and nothing to
+        # scrape; the counters stay, as the debug console charts them
+        self.enabled = enabled
         # written on the loop thread only (see the module doc)
         # by (app_id, dialect)
         self.opened: dict[tuple[str, str], int] = collections.defaultdict(int)
@@ -124,6 +129,9 @@ class Metrics:
             ("app", "result"),
             registry=self.registry,
         )
+        if not enabled:
+            self.store_commit = self.publish_latency = self.loop_lag = _UNOBSERVED
+            return
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -141,7 +149,8 @@ class Metrics:
         """A publish request that came in at ``received`` (monotonic) is
         answered in this turn; ``written`` observes it once the turn's
         frames are out."""
-        self.answered.append(received)
+        if self.enabled:
+            self.answered.append(received)
 
     def written(self, now: float) -> None:
         """The turn's frames are written (loop thread)."""
@@ -210,6 +219,16 @@ class Metrics:
         except Exception as error:
             logger.debug("health check of %s failed: %s", name, error)
             return False
+
+
+class _Unobserved:
+    """A histogram of metrics that are off: observes nothing."""
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_UNOBSERVED: Any = _Unobserved()
 
 
 class _Collector:

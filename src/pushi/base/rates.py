@@ -43,9 +43,9 @@ class Rates:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = (
-            {}
-        )  # (app_id, setting): (tokens, when)
+        self._buckets: dict[
+            tuple[str, str], tuple[float, float]
+        ] = {}  # (app_id, setting): (tokens, when)
         self._lock = threading.Lock()
 
     def take(self, app: App, setting: str, cost: int = 1) -> int:

@@ -99,7 +99,9 @@ class State:
         self.apps.loaded = self._app_loaded
         # every thread pool of the process, shut down by ``stop``
         self.threads = Threads()
-        self.metrics = Metrics(checks=self.threads.pool("health"))
+        self.metrics = Metrics(
+            checks=self.threads.pool("health"), enabled=self.config.metrics
+        )
         self.workers = self.threads.pool("worker")
         # a node of a cluster with PUSHI_REDIS_URL (base/cluster), else
         # one process with the engine's in-process twins
@@ -468,7 +470,8 @@ class State:
         finally:
             self._ready.set()
         self._tick()
-        self._measure_lag(None)
+        if self.metrics.enabled:
+            self._measure_lag(None)
 
     def _measure_lag(self, expected):
         """Observes how late the loop runs this timer (``expected`` is when

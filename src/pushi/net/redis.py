@@ -737,7 +737,7 @@ class Subscriber(_Link):
         probe_interval=PROBE_INTERVAL,
         on_message=None,
         on_resubscribed=None,
-        **kwargs
+        **kwargs,
     ):
         _Link.__init__(self, url, loop, **kwargs)
         self.commands = commands

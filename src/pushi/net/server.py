@@ -409,7 +409,7 @@ class WebSocketServer(
         max_buffer=1048576,
         console=None,
         *args,
-        **kwargs
+        **kwargs,
     ):
         # what netius.ContainerServer.__init__ does, with our loop
         netius.StreamServer.__init__(self, *args, **kwargs)

@@ -14,7 +14,7 @@ from support import ROOT
 
 sys.path.insert(0, ROOT)
 
-from bench import stats, wire
+from bench import cli, stats, wire
 from pushi.proto import websocket
 
 KEY = "278d425bdf160c739803"
@@ -378,3 +378,17 @@ def test_redis_commandstats_of_a_real_redis_server(tmp_path):
         assert calls == 2 and usec >= 0
     finally:
         redis.stop()
+
+
+def test_modes_alternate_their_order_from_one_repeat_to_the_next():
+    options = cli.parse_args(["--metrics", "on,off", "--recovery", "off"])
+    first = cli.pushi_modes("trigger", "pushi", options)
+    assert first == [("recovery", "off"), ("metrics", "on"), ("metrics", "off")]
+    options.attempt = 1
+    assert cli.pushi_modes("trigger", "pushi", options) == first[::-1]
+    # other servers and scenarios run once, as they are
+    assert cli.pushi_modes("trigger", "soketi", options) == [None]
+    assert cli.pushi_modes("connect", "pushi", options) == [None]
+    assert cli.label("fanout/a-serial metrics-off/1000") == (
+        "fan-out to 1,000 subs, a-serial, metrics off"
+    )

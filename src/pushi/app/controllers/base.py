@@ -49,6 +49,8 @@ class BaseController(PushiController):
         ``Authorization: Bearer`` (``PUSHI_METRICS_PORT`` serves it
         without, on a port of its own)."""
         self.access.require_admin(self.authorization())
+        if not self.state.metrics.enabled:
+            raise errors.HttpError(404, "Metrics are off (PUSHI_METRICS=off)")
         self.request.set_content_type(METRICS_CONTENT_TYPE)
         return self.state.metrics.exposition()
 

@@ -105,9 +105,7 @@ if ARGV[7] == '1' then
 end
 redis.call('PUBLISH', ARGV[1], epoch .. ':' .. offset .. ':' .. ARGV[3])
 return {offset, epoch}
-""".replace(
-        "CACHE_TTL", str(CACHE_TTL)
-    )
+""".replace("CACHE_TTL", str(CACHE_TTL))
 )
 """ KEYS: the channel's meta key, its history stream, its cache key; ARGV:
 its bus, a new epoch (used when the channel has none), the event's body,

@@ -112,7 +112,7 @@ class Node:
         heartbeat=HEARTBEAT,
         fence_after=FENCE_AFTER,
         tick=TICK,
-        **settings
+        **settings,
     ):
         self.url = url
         self.loop = loop

@@ -630,9 +630,8 @@ class RedisPresence(_Twin):
             self._eval(
                 lua.PRESENCE_GONE,
                 lambda _node_id, app_id=app_id, channel=channel, meta=meta: (
-                    lua.channel_key(app_id, channel, "members"),
-                )
-                + _keys(meta),
+                    (lua.channel_key(app_id, channel, "members"),) + _keys(meta)
+                ),
                 (user_id,) + tuple(extra),
                 gone,
                 None,

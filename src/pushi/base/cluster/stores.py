@@ -107,8 +107,7 @@ class StoreClaim:
             held = self._claim()
         except redis.RedisError as error:
             logger.warning(
-                "Cluster store not checked yet (Redis: %s): checked when Redis"
-                " answers",
+                "Cluster store not checked yet (Redis: %s): checked when Redis answers",
                 error,
             )
         else:

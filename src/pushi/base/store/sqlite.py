@@ -589,8 +589,7 @@ class SQLiteStore(base.Store):
                 raise base.AppKeysError("Cannot revoke the app's last key pair")
             connection.execute("DELETE FROM app_keys WHERE key = ?", (successor[0],))
             connection.execute(
-                "UPDATE apps SET key = ?, secret = ?, key_created = ?"
-                " WHERE app_id = ?",
+                "UPDATE apps SET key = ?, secret = ?, key_created = ? WHERE app_id = ?",
                 successor + (numeric_id,),
             )
             return True
@@ -823,12 +822,14 @@ class SQLiteStore(base.Store):
 
     def unsubscribe(self, app_id, user_id, event):
         return self._write(
-            lambda connection: connection.execute(
-                "DELETE FROM subscriptions"
-                " WHERE app_id = ? AND user_id = ? AND event = ?",
-                (str(app_id), str(user_id), event),
-            ).rowcount
-            > 0
+            lambda connection: (
+                connection.execute(
+                    "DELETE FROM subscriptions"
+                    " WHERE app_id = ? AND user_id = ? AND event = ?",
+                    (str(app_id), str(user_id), event),
+                ).rowcount
+                > 0
+            )
         )
 
     def list_subscriptions(self, app_id, user_id=None, event=None):
