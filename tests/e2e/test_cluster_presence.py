@@ -431,6 +431,54 @@ def test_an_apps_connection_quota_holds_across_the_nodes(cluster):
     assert [connections(node) for node in (a, b)] == [3, 3]
 
 
+def test_a_socket_admitted_while_redis_is_away_counts_once_it_is_back(
+    cluster, redis_server
+):
+    a, b = cluster.node(), cluster.node()
+    app = cluster.make_app(max_connections=2)
+    redis_server.pause()
+    try:
+        # admitted (the app's count cannot be read), its subscriptions 503
+        early = a.connect(app)
+    finally:
+        redis_server.resume()
+
+    def connections(node):
+        status, stats = rest(node, app, "stats")
+        return stats["connections"] if status == 200 else None
+
+    def health(node):
+        return node.request("GET", "health")[1]["status"]
+
+    # back, and the node's entries written again hold it (the count Redis
+    # made of the call it answered late is written over)
+    assert wait_for(lambda: health(a) == "ok")
+    assert steady(lambda: connections(b)) == 1
+    second = b.connect(app)
+    over = b.connect(app, expect_established=False)
+    error = over.recv()
+    assert error["event"] == "pusher:error" and error["data"]["code"] == 4004, error
+    assert [connections(node) for node in (a, b)] == [2, 2]
+    # and it is taken off as it closes
+    early.close()
+    assert wait_for(lambda: connections(b) == 1)
+    second.close()
+
+
+def steady(read, seconds=1.5, step=0.1):
+    """What ``read()`` answers once it answered the same for ``seconds``."""
+    value, since = read(), time.monotonic()
+    deadline = since + 20
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return value
+    raise AssertionError("never steady: %r" % value)
+
+
 def leaves_while_redis_is_away(cluster, away, back):
     """A member of node a leaves while Redis is away (``away()``); once it
     is back (``back()``), the other node's sockets hear it left, once,

@@ -326,8 +326,10 @@ class RedisOccupancy(_Twin):
     def opened(self, app_id, limit, then, failed=None):
         """A socket of the app opens: ``then(count)`` with the app's
         sockets, this one included, or ``then(None)`` when the app already
-        has ``limit`` (0: no limit).  Not counted when refused or when
-        ``failed`` runs: the socket is then to be refused."""
+        has ``limit`` (0: no limit).  Not counted when refused.  When
+        ``failed`` runs (Redis away) the socket stays in this node's share,
+        which the node writes again once Redis is back (``reregister``):
+        whether Redis made the count or not, it then holds the socket."""
         app_id = str(app_id)
         _count(self.held_connections, app_id, 1)
         registrations = self.registrations
@@ -351,16 +353,12 @@ class RedisOccupancy(_Twin):
             else:
                 then(reply)
 
-        def error(reason):
-            refused()
-            _failed(failed, reason)
-
         self._eval(
             lua.CONNECTION_OPEN,
             lambda node_id: lua.connection_keys(app_id, node_id),
             (app_id, int(limit or 0)),
             answered,
-            error,
+            failed,
         )
 
     def closed(self, app_id, then=None, failed=None):

@@ -162,12 +162,13 @@ class Engine:
             else:
                 then(None, True)
 
-        # Redis away: admitted uncounted (its subscriptions answer 503)
+        # Redis away: admitted (its subscriptions answer 503), and counted
+        # once Redis is back (the node's share is written again)
         opened(
             app.app_id,
             app.limits.max_connections or 0,
             answered,
-            lambda _error: then(None, False),
+            lambda _error: then(None, True),
         )
 
     def uncount(self, app: App) -> None:
