@@ -120,22 +120,21 @@ def parse_args(argv):
         "subscriber per event (the latency floor of this machine and "
         "generator at a server's c-rate)",
     )
-    parser.add_argument(
-        "--recovery",
-        default=None,
-        help="comma-separated on,off: run the %s scenarios once per mode, "
-        "Pushi's app with its recovery history on (recovery_history 100) "
-        "or off (0); default: once, with the server's defaults"
-        % ",".join(scenarios.MODE_SCENARIOS),
-    )
-    parser.add_argument(
-        "--metrics",
-        default=None,
-        help="comma-separated on,off: run the %s scenarios once per mode, "
-        "Pushi with GET /metrics scraped every second (on) or with "
-        "PUSHI_METRICS=off; with --repeat, the modes' order alternates"
-        % ",".join(scenarios.MODE_SCENARIOS),
-    )
+    for kind, modes in (
+        ("recovery", "Pushi's app with its recovery history on (100) or off (0)"),
+        (
+            "metrics",
+            "Pushi with GET /metrics scraped every second (on) or with "
+            "PUSHI_METRICS=off",
+        ),
+    ):
+        parser.add_argument(
+            "--" + kind,
+            default=None,
+            help="comma-separated on,off: run the %s scenarios once per mode, %s "
+            "(with --repeat, the modes' order alternates); default: once, as "
+            "the server is" % (",".join(scenarios.MODE_SCENARIOS), modes),
+        )
     parser.add_argument(
         "--workers",
         default=None,
