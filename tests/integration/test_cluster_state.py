@@ -761,3 +761,105 @@ def test_a_node_reaped_while_alive_comes_back_whole_under_a_new_id(nodes, redis_
     assert snapshot(b) == (dict(before[0], after=1),) + before[1:]
     assert not client.exists(lua.owned_key("1"))
     assert len(client.smembers(lua.owned_key("21"))) == 9
+
+
+def lingering(node, seconds, grace):
+    """Has ``node``'s vacated and removed webhooks linger ``seconds`` (any
+    node sweeps them ``grace`` past their deadline); the queue of what it
+    posts once their linger is over."""
+    posts = queue.Queue()
+    linger = node.cluster.linger
+    linger.seconds = lambda _app_id: seconds
+    linger.grace = grace
+    linger.post = lambda *args: posts.put(args)
+    return posts
+
+
+def test_a_lingering_vacated_is_posted_once_by_its_node_or_a_sweep(nodes, redis_server):
+    a, b = nodes(2)
+    posted = {a: lingering(a, 0.5, 0.5), b: lingering(b, 0.5, 0.5)}
+
+    def joined(node, channel):
+        return lambda answer: node.occupancy.joined(
+            APP, channel, lambda *args, **details: answer((args, details)), answer
+        )
+
+    def left(node, channel):
+        return lambda answer: node.occupancy.left(
+            APP, channel, lambda *args, **details: answer((args, details)), answer
+        )
+
+    def sweep_for(node, seconds):
+        """Sweeps on ``node`` every 0.05 s for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            node.state.call_in_loop(node.cluster.linger.sweep)
+            time.sleep(0.05)
+
+    def drained():
+        found = []
+        for node in (a, b):
+            while not posted[node].empty():
+                found.append((node.node_id, posted[node].get()))
+        return found
+
+    client = redis_server.client()
+    assert a.ask(joined(a, "room")) == ((1, True), {})
+    # vacated on a: pending in Redis, lingering
+    assert a.ask(left(a, "room")) == ((0, True), {"lingered": True})
+    assert client.zcard(lua.LINGERING) == 1
+    # occupied on b within the linger: undone, neither posted
+    assert b.ask(joined(b, "room")) == ((1, True), {"lingered": True})
+    assert client.zcard(lua.LINGERING) == 0
+    sweep_for(b, 1.5)
+    assert drained() == []
+    # vacated on b, then a's sweeps race b's own claim: posted once
+    assert b.ask(left(b, "room")) == ((0, True), {"lingered": True})
+    sweep_for(a, 2)
+    found = drained()
+    assert [post for _, post in found] == [(APP, "vacated", {"channel": "room"})]
+    assert client.zcard(lua.LINGERING) == 0
+    # undone and made again: the first leave's node claims nothing, the
+    # second's posts it once its own linger is over
+    assert a.ask(joined(a, "room"))[0] == (1, True)
+    assert a.ask(left(a, "room"))[1] == {"lingered": True}
+    assert b.ask(joined(b, "room"))[1] == {"lingered": True}
+    time.sleep(0.3)
+    assert b.ask(left(b, "room"))[1] == {"lingered": True}
+    time.sleep(1.5)
+    # (a's claim, at its own deadline, took nothing)
+    assert drained() == [(b.node_id, (APP, "vacated", {"channel": "room"}))]
+    assert client.zcard(lua.LINGERING) == 0
+
+
+def test_a_lingering_member_removed_is_undone_by_the_member_on_another_node(nodes):
+    a, b = nodes(2)
+    posted = {a: lingering(a, 0.5, 30), b: lingering(b, 0.5, 30)}
+
+    def join(node, user_id):
+        return lambda answer: node.presence.join(
+            APP, "presence-p", user_id, Member(None, False), 0, answer, answer
+        )
+
+    def leave(node, user_id):
+        return lambda answer: node.presence.leave(
+            APP,
+            "presence-p",
+            user_id,
+            lambda *args, **details: answer((args, details)),
+            answer,
+        )
+
+    assert a.ask(join(a, "u")).lingered is False
+    assert a.ask(leave(a, "u")) == ((True,), {"lingered": True})
+    assert b.ask(join(b, "u")).lingered is True
+    time.sleep(1)
+    assert posted[a].empty() and posted[b].empty()
+    assert b.ask(leave(b, "u")) == ((True,), {"lingered": True})
+    assert posted[b].get(timeout=5) == (
+        APP,
+        "member_removed",
+        {"channel": "presence-p", "user_id": "u"},
+    )
+    time.sleep(0.5)
+    assert posted[a].empty() and posted[b].empty()

@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 
 
 class Occupancy(Protocol):
-    def joined(
-        self, app_id: str, channel: str, then: Callable[[int, bool], None]
-    ) -> None:
-        """A socket joined ``channel``: ``then(count, occupied)``."""
+    def joined(self, app_id: str, channel: str, then: Callable[..., None]) -> None:
+        """A socket joined ``channel``: ``then(count, occupied)``; a
+        shared twin that keeps the webhook linger (``cluster/linger``)
+        adds ``lingered=True`` when occupying it undid a lingering
+        vacated."""
 
-    def left(
-        self, app_id: str, channel: str, then: Callable[[int, bool], None]
-    ) -> None:
-        """A socket left ``channel``: ``then(count, vacated)``."""
+    def left(self, app_id: str, channel: str, then: Callable[..., None]) -> None:
+        """A socket left ``channel``: ``then(count, vacated)``; a shared
+        twin adds ``lingered=True`` when the vacated's webhook lingers
+        there."""
 
     def count(self, app_id: str, channel: str) -> int:
         """The sockets on a channel (for the REST side)."""

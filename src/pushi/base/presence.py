@@ -32,11 +32,14 @@ class Joined(NamedTuple):
     """The answer to a join: ``new`` when the user was not a member yet,
     and the channel's members with it (user id to ``Member``); in a
     cluster, ``position`` (offset, epoch) of the channel's events when the
-    members were read: member events up to it are in ``members``."""
+    members were read: member events up to it are in ``members``; and
+    ``lingered`` when the join undid the user's ``member_removed`` whose
+    webhook lingered (``cluster/linger``: neither is posted)."""
 
     new: bool
     members: dict[str, Member]
     position: Any = None
+    lingered: bool = False
 
 
 class Presence(Protocol):
@@ -58,10 +61,18 @@ class Presence(Protocol):
         counted)."""
 
     def leave(
-        self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
+        self,
+        app_id: str,
+        channel: str,
+        user_id: str,
+        then: Callable[..., None],
+        linger: bool = True,
     ) -> None:
         """Takes one socket of ``user_id`` off ``channel``; ``then(True)``
-        when it was the user's last (the member left)."""
+        when it was the user's last (the member left), ``then(True,
+        lingered=True)`` from a shared twin that keeps its webhook's
+        linger (``cluster/linger``), which it does not with ``linger``
+        False."""
 
     def members(self, app_id: str, channel: str) -> dict[str, Member]:
         """The members of a channel, by user id (for the REST side)."""
@@ -103,7 +114,12 @@ class LocalPresence:
         then(Joined(entry[1] == 1, self._view(members)))
 
     def leave(
-        self, app_id: str, channel: str, user_id: str, then: Callable[[bool], None]
+        self,
+        app_id: str,
+        channel: str,
+        user_id: str,
+        then: Callable[..., None],
+        linger: bool = True,
     ) -> None:
         key = (app_id, channel)
         members = self.channels.get(key, {})

@@ -10,7 +10,9 @@ An app lists its hooks in its settings::
 ``Webhooks.observe`` is an engine observer (loop thread): it turns engine
 events into Pusher webhook events and queues them; ``channel_vacated`` and
 ``member_removed`` wait 3 s and are dropped, with the event that undoes
-them, when the channel or member comes back in that window.  One thread
+them, when the channel or member comes back in that window (in a
+cluster, the nodes keep that window together: ``cluster/linger`` posts
+the events it holds, ``lingered``, through ``post``).  One thread
 takes the events that are due and puts each in the lane of each hook
 that wants it (at most ``MAX_QUEUED`` events wait per hook: the ones
 past that are dropped, logged and reported to the console as
@@ -138,59 +140,27 @@ class Webhooks:
     def observe(self, app_id: str, kind: str, details: dict[str, Any]) -> None:
         app = self.apps.by_id(app_id)
         hooks = app.limits.webhooks if app else None
-        if not hooks:
+        if not hooks or details.get("lingered"):
+            # lingered: a cluster's linger holds it (see ``lingered``)
             return
-        channel = details.get("channel")
-        if kind == "occupied":
-            if self._cancel((app_id, channel)):
-                return
-            self._add(app, {"name": "channel_occupied", "channel": channel})
-        elif kind == "vacated":
-            self._linger(
-                (app_id, channel), app, {"name": "channel_vacated", "channel": channel}
-            )
-        elif kind == "member_added":
-            key = (app_id, channel, details["user_id"])
-            if self._cancel(key):
-                return
-            self._add(
-                app,
-                {
-                    "name": "member_added",
-                    "channel": channel,
-                    "user_id": details["user_id"],
-                },
-            )
-        elif kind == "member_removed":
-            key = (app_id, channel, details["user_id"])
-            event = {
-                "name": "member_removed",
-                "channel": channel,
-                "user_id": details["user_id"],
-            }
-            self._linger(key, app, event)
-        elif kind == "client_event":
-            event = {
-                "name": "client_event",
-                "channel": channel,
-                "event": details["event"],
-                "data": _text(details["data"]),
-                "socket_id": details["socket_id"],
-            }
-            if details.get("user_id"):
-                event["user_id"] = details["user_id"]
+        event = _event(kind, details)
+        if event is None:
+            return
+        if kind in ("vacated", "member_removed"):
+            self._linger(_key(app_id, event), app, event)
+        elif kind in ("occupied", "member_added") and self._cancel(_key(app_id, event)):
+            return
+        else:
             self._add(app, event)
-        elif kind == "cache_miss":
-            self._add(app, {"name": "cache_miss", "channel": channel})
-        elif kind == "subscription_count":
-            self._add(
-                app,
-                {
-                    "name": "subscription_count",
-                    "channel": channel,
-                    "subscription_count": details["subscription_count"],
-                },
-            )
+
+    def post(self, app_id: str, kind: str, details: dict[str, Any]) -> None:
+        """Queues the webhook of an engine event now, with no linger: a
+        cluster's lingering ``vacated`` or ``member_removed`` once its
+        linger is over (``cluster/linger``, loop thread)."""
+        app = self.apps.by_id(app_id)
+        event = _event(kind, details)
+        if app and app.limits.webhooks and event is not None:
+            self._add(app, event)
 
     def _linger(self, key, app, event):
         with self._condition:
@@ -238,14 +208,13 @@ class Webhooks:
                     return
                 ready = []
                 while self._queue and self._queue[0][0] <= now:
-                    _due, _counter, app_id, event, live = heapq.heappop(self._queue)
+                    entry = heapq.heappop(self._queue)
+                    _due, _counter, app_id, event, live = entry
                     if not live:
                         continue
-                    if event["name"] in ("channel_vacated", "member_removed"):
-                        key = (app_id, event["channel"]) + (
-                            (event["user_id"],) if "user_id" in event else ()
-                        )
-                        self._pending.pop(key, None)
+                    key = _key(app_id, event)
+                    if self._pending.get(key) is entry:
+                        del self._pending[key]
                     ready.extend(self._enqueue(app_id, event))
                 while self._retries and self._retries[0][0] <= now:
                     ready.append(heapq.heappop(self._retries)[2])
@@ -514,6 +483,56 @@ def _wants(app, url):
         and app.enabled
         and any(hook["url"] == url for hook in app.limits.webhooks or ())
     )
+
+
+def lingered(held: bool) -> dict[str, Any]:
+    """The details an engine event (occupied, vacated, member_added,
+    member_removed) carries when a cluster's webhook linger holds it
+    (``cluster/linger``): ``{"lingered": True}`` (none otherwise).  Its
+    webhook is not the observer's to post or linger: a lingered vacated
+    or removed is posted through ``post`` once its linger is over, a
+    lingered occupied or added undid one and neither is posted."""
+    return {"lingered": True} if held else {}
+
+
+def _event(kind, details):
+    """The webhook event of an engine event (None for the kinds that have
+    none)."""
+    channel = details.get("channel")
+    if kind == "occupied":
+        return {"name": "channel_occupied", "channel": channel}
+    if kind == "vacated":
+        return {"name": "channel_vacated", "channel": channel}
+    if kind in ("member_added", "member_removed"):
+        return {"name": kind, "channel": channel, "user_id": details["user_id"]}
+    if kind == "client_event":
+        event = {
+            "name": "client_event",
+            "channel": channel,
+            "event": details["event"],
+            "data": _text(details["data"]),
+            "socket_id": details["socket_id"],
+        }
+        if details.get("user_id"):
+            event["user_id"] = details["user_id"]
+        return event
+    if kind == "cache_miss":
+        return {"name": "cache_miss", "channel": channel}
+    if kind == "subscription_count":
+        return {
+            "name": "subscription_count",
+            "channel": channel,
+            "subscription_count": details["subscription_count"],
+        }
+    return None
+
+
+def _key(app_id, event):
+    """What a lingering event and the one that undoes it share: the
+    channel's, or the member's for member events."""
+    if event["name"] in ("member_added", "member_removed"):
+        return (app_id, event["channel"], event["user_id"])
+    return (app_id, event["channel"])
 
 
 def _text(data):

@@ -24,6 +24,12 @@ The presence scripts may also publish the member event they decide (see
 ``ANNOUNCE``), so that a join's member list and the channel's member
 events are cut at one point of the channel's order.
 
+The leaves given a ``pending`` entry (``cluster/linger``: an app whose
+webhooks linger) add it to ``pushi:lingering`` with its deadline when they
+vacate the channel or remove the member, and the joins given one remove
+it when they occupy the channel or add the member again, answering that
+they undid it: neither webhook is posted.
+
 Redis must keep every key (``maxmemory-policy noeviction``, the default):
 an evicted count would make transitions that never happened.
 
@@ -37,31 +43,62 @@ peer]``); ``pushi:{a}:ch:<c>:mcount`` HASH user -> sockets;
 ``pushi:{a}:ch:<c>:mnode`` HASH "node|user" -> sockets;
 ``pushi:{a}:ucounts`` HASH channel -> members; ``pushi:{a}:users`` HASH
 user -> signed-in sockets; ``pushi:{a}:unode`` HASH "node|user" ->
-signed-in sockets.
+signed-in sockets; ``pushi:lingering`` ZSET pending entry (JSON ``[app,
+channel]`` for ``channel_vacated``, ``[app, channel, user]`` for
+``member_removed``) -> its deadline (ms, by Redis's clock).
 """
 
 from pushi.net.redis import Script
 
-# KEYS: nodes, counts, channels, owned; ARGV: node, app, channel
-# -> {count, 1 when this join occupied the channel}
+# The lingering webhooks: ``linger(key, pending, ms)`` adds a pending
+# entry due in ``ms`` and returns its deadline, ``undo(key, pending)``
+# removes one (1 when there was one); "" for ``pending``: no linger.
+LINGER = """
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+local function linger(key, pending, ms)
+  local due = now_ms() + tonumber(ms)
+  redis.call('ZADD', key, string.format('%.0f', due), pending)
+  return due
+end
+
+local function undo(key, pending)
+  if not pending or pending == '' then
+    return 0
+  end
+  return redis.call('ZREM', key, pending)
+end
+"""
+
+# KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
+# channel[, pending]
+# -> {count, 1 when this join occupied the channel[, 1 when that undid
+#    the channel's lingering vacated]}
 OCCUPANCY_JOIN = Script(
-    """
+    LINGER
+    + """
 if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
   redis.call('SADD', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
 end
 local total = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 if total == 1 then
   redis.call('ZADD', KEYS[3], 0, ARGV[3])
-  return {1, 1}
+  return {1, 1, undo(KEYS[5], ARGV[4])}
 end
 return {total, 0}
 """
 )
 
-# KEYS: nodes, counts, channels, owned; ARGV: node, app, channel, all
-# -> {count, 1 when this leave vacated the channel}
+# KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
+# channel, all[, pending, linger ms]
+# -> {count, 1 when this leave vacated the channel[, the deadline of its
+#    lingering vacated, with a pending entry]}
 OCCUPANCY_LEAVE = Script(
-    """
+    LINGER
+    + """
 local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if mine <= 0 then
   return {tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0'), 0}
@@ -78,6 +115,9 @@ local total = redis.call('HINCRBY', KEYS[2], ARGV[3], -k)
 if total <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
+  if ARGV[5] and ARGV[5] ~= '' then
+    return {0, 1, linger(KEYS[5], ARGV[5], ARGV[6])}
+  end
   return {0, 1}
 end
 return {total, 0}
@@ -218,15 +258,17 @@ local function announce(meta, first, hist)
 end
 """
 
-# KEYS: members, mcount, mnode, ucounts, owned[, meta];
-# ARGV: node, app, channel, user, member, limit (0: none)[, bus, epoch,
-# body, ttl]
+# KEYS: members, mcount, mnode, ucounts, owned, lingering[, meta];
+# ARGV: node, app, channel, user, member, limit (0: none), pending (""
+# for none)[, bus, epoch, body, ttl]
 # -> nil when the user is new and the channel full, else {1 when the user
 #    became a member, members (flat user, member list), {offset, epoch}
 #    of the channel's events once the members were read (with a meta key;
-#    else false)}
+#    else false), 1 when becoming a member undid its lingering
+#    member_removed}
 PRESENCE_JOIN = Script(
     ANNOUNCE
+    + LINGER
     + """
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0
@@ -237,28 +279,34 @@ if redis.call('HINCRBY', KEYS[3], ARGV[1] .. '|' .. ARGV[4], 1) == 1 then
   redis.call('SADD', KEYS[5], cjson.encode({'pres', ARGV[2], ARGV[3], ARGV[4]}))
 end
 local new = 0
+local undone = 0
 if redis.call('HINCRBY', KEYS[2], ARGV[4], 1) == 1 then
   redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
   redis.call('HINCRBY', KEYS[4], ARGV[3], 1)
   new = 1
+  undone = undo(KEYS[6], ARGV[7])
 end
 local position = false
-if KEYS[6] then
+if KEYS[7] then
   if new == 1 then
-    announce(KEYS[6], 7, KEYS[7])
+    announce(KEYS[7], 8, KEYS[8])
   end
-  local top = redis.call('HMGET', KEYS[6], 's', 'e')
+  local top = redis.call('HMGET', KEYS[7], 's', 'e')
   position = {tonumber(top[1] or '0'), top[2] or ''}
 end
-return {new, redis.call('HGETALL', KEYS[1]), position}
+return {new, redis.call('HGETALL', KEYS[1]), position, undone}
 """
 )
 
-# KEYS: members, mcount, mnode, ucounts, owned[, meta];
-# ARGV: node, app, channel, user, all[, bus, epoch, body, ttl]
-# -> 1 when the member left (the user's last socket anywhere)
+# KEYS: members, mcount, mnode, ucounts, owned, lingering[, meta];
+# ARGV: node, app, channel, user, all, pending ("" for none), linger ms[,
+# bus, epoch, body, ttl]
+# -> 1 when the member left (the user's last socket anywhere), or the
+#    deadline of its lingering member_removed when it left with a pending
+#    entry; else 0
 PRESENCE_LEAVE = Script(
     ANNOUNCE
+    + LINGER
     + """
 local field = ARGV[1] .. '|' .. ARGV[4]
 local mine = tonumber(redis.call('HGET', KEYS[3], field) or '0')
@@ -281,8 +329,11 @@ redis.call('HDEL', KEYS[1], ARGV[4])
 if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[3])
 end
-if KEYS[6] then
-  announce(KEYS[6], 6, KEYS[7])
+if KEYS[7] then
+  announce(KEYS[7], 8, KEYS[8])
+end
+if ARGV[6] and ARGV[6] ~= '' then
+  return linger(KEYS[6], ARGV[6], ARGV[7])
 end
 return 1
 """
@@ -303,7 +354,7 @@ return 1
 """
 )
 
-# KEYS: members, mcount, mnode, ucounts, owned;
+# KEYS: members, mcount, mnode, ucounts, owned, lingering;
 # ARGV: node, app, channel, then user, member, sockets triples
 # -> per user 1 (became a member), -1 (left) or 0
 PRESENCE_SET = Script(
@@ -430,6 +481,36 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit)
 """
 )
 
+# KEYS: lingering; ARGV: pending, deadline
+# -> 1 when this call claimed the entry: still pending with that deadline
+#    (not undone, nor undone and made again since), and now gone
+LINGER_CLAIM = Script(
+    """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if due and tonumber(due) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: lingering; ARGV: grace (ms), at most
+# -> the pending entries whose deadline passed over grace ago (at most
+#    that many, soonest first), claimed by this call: gone
+LINGER_SWEEP = Script(
+    LINGER
+    + """
+local limit = string.format('%.0f', now_ms() - tonumber(ARGV[1]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', limit,
+  'LIMIT', 0, tonumber(ARGV[2]))
+for _, pending in ipairs(due) do
+  redis.call('ZREM', KEYS[1], pending)
+end
+return due
+"""
+)
+
 # the keys
 
 
@@ -454,6 +535,10 @@ NODES = "pushi:nodes"
 """ ZSET node id -> last heartbeat (ms since the epoch) """
 
 
+LINGERING = "pushi:lingering"
+""" ZSET pending webhook entry -> its deadline (ms, by Redis's clock) """
+
+
 def reap_key(node_id):
     """``pushi:reap:<node>``: the lock of whoever reaps that node."""
     return "pushi:reap:%s" % node_id
@@ -465,6 +550,7 @@ def occupancy_keys(app_id, channel, node_id):
         app_key(app_id, "counts"),
         app_key(app_id, "channels"),
         owned_key(node_id),
+        LINGERING,
     )
 
 
@@ -483,6 +569,7 @@ def presence_keys(app_id, channel, node_id):
         channel_key(app_id, channel, "mnode"),
         app_key(app_id, "ucounts"),
         owned_key(node_id),
+        LINGERING,
     )
 
 

@@ -28,6 +28,7 @@ import logging
 from typing import NamedTuple
 
 from . import lua
+from .linger import Linger
 
 logger = logging.getLogger("pushi")
 
@@ -55,9 +56,11 @@ class Reaped(NamedTuple):
     reaper has an announcer); ``vacated`` (app_id, channel); ``counts`` (app_id,
     channel, count) channels still occupied with their new count;
     ``offline`` (app_id, user_id) users with no signed-in socket left;
-    ``connections`` (app_id, count) the apps' sockets now; ``complete``
-    False when Redis failed mid-way (what is here was done; the rest is
-    taken up once the lock expires)."""
+    ``connections`` (app_id, count) the apps' sockets now; ``lingered``
+    those of ``removed`` and ``vacated`` whose webhook lingers in the
+    cluster (``cluster/linger``); ``complete`` False when Redis failed
+    mid-way (what is here was done; the rest is taken up once the lock
+    expires)."""
 
     node_id: str
     removed: list
@@ -65,6 +68,7 @@ class Reaped(NamedTuple):
     counts: list
     offline: list
     connections: list
+    lingered: set
     complete: bool
 
 
@@ -84,6 +88,9 @@ class Reaper:
     ):
         self.redis = redis
         self.announcer = announcer
+        self.linger = Linger(redis)
+        """ The webhook linger of the leave scripts (``cluster/linger``;
+        the ``ClusterState``'s) """
         """ With one (``seams.Announcer``), each member that leaves has its
         ``member_removed`` published by the script that removes it """
         self._node_id = node_id
@@ -255,7 +262,7 @@ class _Reap:
         self.sent = 0
         self.answered = 0
         self.error = None
-        self.result = Reaped(node, [], [], [], [], [], True)
+        self.result = Reaped(node, [], [], [], [], [], set(), True)
 
     def start(self):
         self._send()
@@ -274,12 +281,15 @@ class _Reap:
 
     def _leave(self, entry):
         node, result = self.node, self.result
+        linger = self.reaper.linger
         kind, app_id = entry[0], entry[1]
         if kind == "pres":
             channel, user_id = entry[2], entry[3]
             script = lua.PRESENCE_LEAVE
             keys = lua.presence_keys(app_id, channel, node)
-            args: tuple[str, ...] = (node, app_id, channel, user_id, "1")
+            pending, ms = linger.pending(app_id, channel, user_id)
+            args: tuple[str, ...] = (node, app_id, channel, user_id, "1", pending)
+            args += (str(ms),)
             announcer = self.reaper.announcer
             if announcer is not None:
                 meta, extra = announcer.member_removed(app_id, channel, user_id)
@@ -287,18 +297,26 @@ class _Reap:
                 args += tuple(extra)
 
             def record(reply):
-                if reply == 1:
+                if reply == 1 or (pending and reply > 1):
                     result.removed.append((app_id, channel, user_id))
+                if pending and reply > 1:
+                    # the deadline of its lingering member_removed
+                    linger.wait(pending, reply, ms)
+                    result.lingered.add((app_id, channel, user_id))
 
         elif kind == "sub":
             channel = entry[2]
             script = lua.OCCUPANCY_LEAVE
             keys = lua.occupancy_keys(app_id, channel, node)
-            args = (node, app_id, channel, "1")
+            pending, ms = linger.pending(app_id, channel)
+            args = (node, app_id, channel, "1", pending, str(ms))
 
             def record(reply):
                 if reply[1] == 1:
                     result.vacated.append((app_id, channel))
+                    if len(reply) > 2:
+                        linger.wait(pending, reply[2], ms)
+                        result.lingered.add((app_id, channel))
                 else:
                     result.counts.append((app_id, channel, reply[0]))
 

@@ -34,6 +34,7 @@ from pushi.net.redis import ConnectionDown
 
 from ..presence import Joined, Member
 from . import lua
+from .linger import Linger
 from .reaper import Reaper
 
 logger = logging.getLogger("pushi")
@@ -138,6 +139,9 @@ class _Twin:
         self.used: set = set()
         """ The node ids this twin wrote under since its last
         ``reregister`` (more than one when the node's id changed) """
+        self.linger = Linger(redis)
+        """ The webhook linger its scripts keep (``cluster/linger``; the
+        ``ClusterState``'s, shared by its twins) """
 
     @property
     def node_id(self):
@@ -281,21 +285,41 @@ class RedisOccupancy(_Twin):
         """ (app_id, channel) whose leave failed (``settle``) """
 
     def joined(self, app_id, channel, then, failed=None):
-        """A socket joined ``channel``: ``then(count, occupied)``."""
+        """A socket joined ``channel``: ``then(count, occupied)``, or
+        ``then(count, True, lingered=True)`` when occupying it undid its
+        lingering vacated (``cluster/linger``: no webhook for either)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), 1)
+        entry, _ms = self.linger.pending(app_id, channel)
+
+        def answered(reply):
+            if len(reply) > 2 and reply[2] == 1:
+                then(reply[0], True, lingered=True)
+            else:
+                then(reply[0], reply[1] == 1)
+
         self._eval(
             lua.OCCUPANCY_JOIN,
             lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
-            (app_id, channel),
-            lambda reply: then(reply[0], reply[1] == 1),
+            (app_id, channel, entry),
+            answered,
             failed,
         )
 
     def left(self, app_id, channel, then, failed=None):
-        """A socket left ``channel``: ``then(count, vacated)``."""
+        """A socket left ``channel``: ``then(count, vacated)``, or
+        ``then(0, True, lingered=True)`` when its vacated lingers
+        (``cluster/linger``: its webhook is posted once that is over)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), -1)
+        entry, ms = self.linger.pending(app_id, channel)
+
+        def answered(reply):
+            if len(reply) > 2:
+                self.linger.wait(entry, reply[2], ms)
+                then(reply[0], True, lingered=True)
+            else:
+                then(reply[0], reply[1] == 1)
 
         def error(reason):
             self.unsure.add((app_id, channel))
@@ -304,8 +328,8 @@ class RedisOccupancy(_Twin):
         self._eval(
             lua.OCCUPANCY_LEAVE,
             lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
-            (app_id, channel, "0"),
-            lambda reply: then(reply[0], reply[1] == 1),
+            (app_id, channel, "0", entry, ms),
+            answered,
             error,
         )
 
@@ -521,9 +545,11 @@ class RedisPresence(_Twin):
         self, app_id, channel, user_id, member, limit, then, failed=None, socket_id=None
     ):
         """Adds one socket (``socket_id``) of ``user_id``:
-        ``then(Joined(new, members, position))`` (the members as Redis had
-        them once the user was in, decided in the same step; ``position``
-        (offset, epoch) with an announcer, else None), or ``then(None)``
+        ``then(Joined(new, members, position, lingered))`` (the members as
+        Redis had them once the user was in, decided in the same step;
+        ``position`` (offset, epoch) with an announcer, else None;
+        ``lingered`` when becoming a member undid the user's lingering
+        ``member_removed``, see ``cluster/linger``), or ``then(None)``
         when the user is not a member and the channel already has
         ``limit`` members (0: no limit).  Not counted when refused or when
         ``failed`` runs: the socket is then to be refused."""
@@ -557,7 +583,8 @@ class RedisPresence(_Twin):
             position = None
             if len(reply) > 2 and reply[2]:
                 position = (reply[2][0], _text(reply[2][1]))
-            then(Joined(reply[0] == 1, _members(reply[1]), position))
+            lingered = len(reply) > 3 and reply[3] == 1
+            then(Joined(reply[0] == 1, _members(reply[1]), position, lingered))
 
         def error(reason):
             refused()
@@ -571,19 +598,23 @@ class RedisPresence(_Twin):
                 app_id, channel, user_id, member, socket_id
             )
             meta = _keys(announced)
+        pending, _ms = self.linger.pending(app_id, channel, user_id)
         self._eval(
             lua.PRESENCE_JOIN,
             lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
             (app_id, channel, user_id, encode_member(member), int(limit or 0))
+            + (pending,)
             + tuple(extra),
             joined,
             error,
         )
 
-    def leave(self, app_id, channel, user_id, then, failed=None):
+    def leave(self, app_id, channel, user_id, then, failed=None, linger=True):
         """Takes one socket of ``user_id`` off: ``then(True)`` when it was
         the user's last one anywhere (the member left; its
-        ``member_removed`` is published with an announcer)."""
+        ``member_removed`` is published with an announcer), with
+        ``lingered=True`` when its ``member_removed`` webhook lingers
+        (``cluster/linger``; not with ``linger`` False)."""
         app_id, channel, user_id = str(app_id), str(channel), str(user_id)
         key = (app_id, channel, user_id)
         entry = self.held.get(key)
@@ -595,6 +626,17 @@ class RedisPresence(_Twin):
         if self.announcer is not None:
             announced, extra = self.announcer.member_removed(app_id, channel, user_id)
             meta = _keys(announced)
+        pending, ms = "", 0
+        if linger:
+            pending, ms = self.linger.pending(app_id, channel, user_id)
+
+        def answered(reply):
+            if pending and reply > 1:
+                # the deadline of its lingering member_removed
+                self.linger.wait(pending, reply, ms)
+                then(True, lingered=True)
+            else:
+                then(reply == 1)
 
         def error(reason):
             self.unsure.add((app_id, channel, user_id))
@@ -603,8 +645,8 @@ class RedisPresence(_Twin):
         self._eval(
             lua.PRESENCE_LEAVE,
             lambda node_id: lua.presence_keys(app_id, channel, node_id) + meta,
-            (app_id, channel, user_id, "0") + tuple(extra),
-            lambda reply: then(reply == 1),
+            (app_id, channel, user_id, "0", pending, ms) + tuple(extra),
+            answered,
             error,
         )
 
@@ -844,7 +886,9 @@ class ClusterState:
     engine's seams) and ``reaper``.  ``node_id`` as for the twins (a
     callable follows the node's id as it changes); ``reader`` a
     ``blocking_client``; ``reaped(Reaped)`` as for ``Reaper``;
-    ``announcer`` (an ``Announcer``) for the presence and the reaper."""
+    ``announcer`` (an ``Announcer``) for the presence and the reaper;
+    ``linger`` the webhook linger of the presence and occupancy scripts
+    and the reaper's (``cluster/linger``)."""
 
     def __init__(self, redis, node_id, reader, reaped, announcer=None):
         self.redis = redis
@@ -852,6 +896,9 @@ class ClusterState:
         self.occupancy = RedisOccupancy(redis, node_id, reader)
         self.users = RedisUsers(redis, node_id, reader)
         self.reaper = Reaper(redis, node_id, reaped, announcer=announcer)
+        self.linger = Linger(redis)
+        for twin in (self.presence, self.occupancy, self.reaper):
+            twin.linger = self.linger
         self._previous = set()
 
     def reregister(self, node_id=None, then=None, failed=None):

@@ -10,7 +10,8 @@ over Redis and what else spans the nodes (``spans``); ``start`` runs on
 the loop once it runs.  A re-registration of the node (a new Redis, or
 this node reaped) writes what it holds back (``ClusterState.reregister``);
 what a reaper takes from a dead node reaches this node's sockets, watchers
-and observers once (``reaped``).
+and observers once (``reaped``).  The webhooks' linger is the cluster's
+(``cluster/linger``): the State's webhooks post what it holds.
 """
 
 import logging
@@ -18,6 +19,7 @@ from typing import Any
 
 from pushi.net.redis import NetiusLoop
 
+from .. import webhooks
 from ..broker import Event
 from .broker import RedisBroker
 from .history import RedisCache, RedisHistory
@@ -78,6 +80,17 @@ class Cluster:
         # every node sees them in the channel's one order
         self.shared.presence.announcer = self.broker
         self.shared.reaper.announcer = self.broker
+
+        # (the State makes its webhooks after this)
+        def lingers(app_id):
+            app = state.apps.by_id(app_id)
+            return state.webhooks.linger if app and app.limits.webhooks else 0
+
+        def post(app_id, kind, details):
+            state.webhooks.post(app_id, kind, details)
+
+        self.shared.linger.seconds = lingers
+        self.shared.linger.post = post
         state.metrics.health["redis"] = self.node.check
         # what only the loop holds, read for the REST threads' queries
         state.engine.queries.on_loop = state.call_in_loop
@@ -97,10 +110,12 @@ class Cluster:
         nodes from then on."""
         self.node.start()
         self.shared.reaper.start(self.loop, interval=REAP_INTERVAL)
+        self.shared.linger.start(self.loop)
 
     def stop(self):
         """On the loop, before it ends."""
         self.shared.reaper.stop()
+        self.shared.linger.stop()
         self.node.close()
 
     def _reregistered(self, node_id):
@@ -144,11 +159,12 @@ class Cluster:
             self.shared.presence.unsure.clear()
             self.shared.occupancy.unsure.clear()
 
-    def _gone(self, removed, vacated, offline, announced=False):
+    def _gone(self, removed, vacated, offline, announced=False, lingered=()):
         """Members, channels and users that a change this node alone saw
         took away: ``member_removed`` to every node's sockets (unless the
         scripts published it, ``announced``), and the observers (webhooks)
-        and watchers hear of it."""
+        and watchers hear of it (of those in ``lingered`` as held by the
+        cluster's webhook linger, see ``cluster/linger``)."""
         engine = self.engine
         for app_id, channel, user_id in removed:
             if not announced:
@@ -160,9 +176,20 @@ class Cluster:
                         {"user_id": user_id},
                     )
                 )
-            engine.emit(app_id, "member_removed", channel=channel, user_id=user_id)
+            engine.emit(
+                app_id,
+                "member_removed",
+                channel=channel,
+                user_id=user_id,
+                **webhooks.lingered((app_id, channel, user_id) in lingered),
+            )
         for app_id, channel in vacated:
-            engine.emit(app_id, "vacated", channel=channel)
+            engine.emit(
+                app_id,
+                "vacated",
+                channel=channel,
+                **webhooks.lingered((app_id, channel) in lingered),
+            )
         for app_id, user_id in offline:
             engine.signin.tell_watchers(app_id, user_id, "offline")
 
@@ -195,6 +222,7 @@ class Cluster:
             reaped.vacated,
             reaped.offline,
             announced=self.shared.reaper.announcer is not None,
+            lingered=reaped.lingered,
         )
         logger.info(
             "Cluster: node %s reaped (%d members, %d channels vacated)",

@@ -42,6 +42,7 @@ from ..presence import LocalPresence
 from ..registry import Session
 from ..users import LocalUsers
 from ..watchlist import Watchlists
+from ..webhooks import lingered as _lingered
 from .client_events import ClientEvents
 from .counts import SubscriptionCounts
 from .delivery import Delivery
@@ -473,9 +474,9 @@ class Engine:
             # the first socket here: the broker brings the channel's events
             self.broker.listen(app_id, name, _ignore)
 
-        def counted(_count, occupied):
+        def counted(_count, occupied, lingered=False):
             if occupied:
-                self.emit(app_id, "occupied", channel=name)
+                self.emit(app_id, "occupied", channel=name, **_lingered(lingered))
 
         if self.observers:
             self.occupancy.joined(app_id, name, counted)
@@ -518,13 +519,13 @@ class Engine:
         if name in session.members:
             self.presence_channels.leave(session, name, channel)
 
-        def counted(_count, vacated):
+        def counted(_count, vacated, lingered=False):
             if self.observers:
                 self.emit(
                     app_id, "unsubscribed", channel=name, socket_id=session.socket_id
                 )
                 if vacated:
-                    self.emit(app_id, "vacated", channel=name)
+                    self.emit(app_id, "vacated", channel=name, **_lingered(lingered))
             if not vacated:
                 self.counts.changed(session.app, name)
 
@@ -597,5 +598,5 @@ def _nothing():
     pass
 
 
-def _ignore(*_answer):
+def _ignore(*_answer, **_details):
     pass

@@ -6,6 +6,7 @@ from pushi.proto import channels, errors, messages
 
 from ..broker import Event
 from ..presence import Member
+from ..webhooks import lingered as _lingered
 
 
 class PresenceChannels:
@@ -67,7 +68,11 @@ class PresenceChannels:
                 )
                 return
             if session.closed or name in session.channels:
-                self.presence.leave(app.app_id, name, user_id, _ignore)
+                # its member_added went to no observer: its member_removed
+                # lingers only for one this join undid
+                self.presence.leave(
+                    app.app_id, name, user_id, _ignore, linger=answer.lingered
+                )
                 return
             session.members[name] = user_id
             members = answer.members
@@ -95,7 +100,13 @@ class PresenceChannels:
                             exclude=session.socket_id,
                         )
                     )
-                engine.emit(app.app_id, "member_added", channel=name, user_id=user_id)
+                engine.emit(
+                    app.app_id,
+                    "member_added",
+                    channel=name,
+                    user_id=user_id,
+                    **_lingered(answer.lingered),
+                )
             if then is not None:
                 then()
 
@@ -166,23 +177,25 @@ class PresenceChannels:
         # a seam that announces publishes the member event itself
         announced = getattr(self.presence, "announcer", None) is not None
 
-        def left(gone):
+        def left(gone, lingered=False):
             if not gone:
                 return
-            if announced:
-                self.engine.emit(
-                    app_id, "member_removed", channel=name, user_id=user_id
+            if not announced:
+                self.engine.broker.send(
+                    Event(
+                        app_id,
+                        (name,),
+                        "pusher_internal:member_removed",
+                        {"user_id": user_id},
+                    )
                 )
-                return
-            self.engine.broker.send(
-                Event(
-                    app_id,
-                    (name,),
-                    "pusher_internal:member_removed",
-                    {"user_id": user_id},
-                )
+            self.engine.emit(
+                app_id,
+                "member_removed",
+                channel=name,
+                user_id=user_id,
+                **_lingered(lingered),
             )
-            self.engine.emit(app_id, "member_removed", channel=name, user_id=user_id)
 
         self.presence.leave(app_id, name, user_id, left)
 
@@ -233,5 +246,5 @@ class PresenceChannels:
                     engine.send(peer_session, messages.unsubscription_succeeded(name))
 
 
-def _ignore(_answer):
+def _ignore(*_answer, **_details):
     pass
