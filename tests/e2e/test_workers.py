@@ -236,6 +236,44 @@ def test_connections_land_on_every_worker_and_a_publish_reaches_all_once(workers
             raw.close()
 
 
+def test_one_console_sees_the_connections_of_every_worker(workers):
+    from support import Client
+
+    server = workers()
+    app = server.create_app("console")
+    watcher = Client(server.ws_url + "console", expect_established=False)
+    watcher.send(
+        {
+            "event": "console:watch",
+            "data": {"app_id": app["app_id"], "token": server.login(app)},
+        }
+    )
+    assert watcher.recv()["event"] == "console:watching"
+    clients = []
+    while len({c.socket_id.split(".")[0] for c in clients}) < WORKERS:
+        assert len(clients) < 100
+        clients.append(server.connect(app))
+    wanted = {client.socket_id for client in clients}
+    seen, counted = set(), None
+    deadline = time.time() + 20
+    while (seen != wanted or counted != len(clients)) and time.time() < deadline:
+        try:
+            message = watcher.recv(max(0.01, deadline - time.time()))
+        except TimeoutError:
+            break
+        data = message["data"]
+        if message["event"] == "console:stats":
+            counted = data["connections"]
+        elif data["type"] == "connection":
+            assert data["socket_id"] not in seen, "twice: %s" % data
+            seen.add(data["socket_id"])
+    assert seen == wanted
+    assert counted == len(clients)
+    for client in clients:
+        client.close()
+    watcher.close()
+
+
 def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
     server = workers()
     app = server.create_app("restart")

@@ -33,6 +33,12 @@ the app.  A watcher that does not read is closed by its link once more
 than ``console_max_buffer`` bytes queue for it (4100): the console is
 dropped, never the app's clients.
 
+Cluster: on a node (``PUSHI_REDIS_URL``, ``PUSHI_WORKERS``) the hub's
+``shared`` (``cluster/console``) makes one console see the whole app: the
+entries of every node, the counters of the cluster (read from Redis), and
+the history samples of every node summed (``merge``).  A node that cannot
+reach Redis shows its own.
+
 Ownership: every method runs on the WebSocket loop thread, except the
 ``authenticate`` callable, which runs on a worker (it may read the store).
 """
@@ -96,6 +102,43 @@ class MinuteCounter:
             for count, stamp in zip(self.counts, self.seconds, strict=True)
             if 0 <= second - stamp < 60
         )
+
+
+def merge(series, every, until=None):
+    """Several nodes' samples (one list per node, each oldest first) summed
+    into one series: a sample counts in the ``every``-second slot nearest
+    its time (the nodes sample at the same wall-clock instants), stamped
+    with the slot's time.  Slots after ``until`` (ms) are left out: the
+    other nodes' samples of them may still be on their way."""
+    step = every * 1000
+    slots: dict[int, list] = {}
+    for samples in series:
+        mine: dict[int, list] = {}
+        for stamp, connections, published, delivered in samples:
+            slot = round(stamp / step)
+            point = mine.get(slot)
+            if point is None:
+                mine[slot] = [connections, published, delivered]
+            else:
+                # two samples of one node in a slot: the later count, the sums
+                point[0] = connections
+                point[1] += published
+                point[2] += delivered
+        for slot, point in mine.items():
+            total = slots.setdefault(slot, [0, 0, 0])
+            for index in range(3):
+                total[index] += point[index]
+    merged = [[round(slot * step)] + point for slot, point in sorted(slots.items())]
+    if until is not None:
+        merged = [sample for sample in merged if sample[0] <= until]
+    return merged
+
+
+def next_sample(now, every):
+    """Seconds from ``now`` to the next multiple of ``every`` after the one
+    nearest ``now``: samples taken on those instants fall in one slot on
+    every node (``merge``), whether a timer fires a little early or late."""
+    return (round(now / every) + 1) * every - now
 
 
 class History:
@@ -247,6 +290,12 @@ class ConsoleHub:
         self.watchers = {}
         self.counters = {}
         self.history = History(engine, every=history_every)
+        self.shared = None
+        """ The cluster's side of the console (``cluster/console``): set on
+        a node of a cluster, None for one process """
+        self.joining: collections.Counter[str] = collections.Counter()
+        """ app_id -> watchers signed in whose ``console:watching`` waits
+        for the cluster's answers """
         self._ticking = False
         self._sampling = False
 
@@ -281,9 +330,31 @@ class ConsoleHub:
     # watching
 
     def attach(self, watcher, app):
-        """Starts streaming an app's facts to a signed-in watcher."""
+        """Starts streaming an app's facts to a signed-in watcher (on a
+        node, once the cluster's counters and history are in)."""
         app_id = app.app_id
         watcher.app_id = app_id
+        shared = self.shared
+        if shared is None:
+            self._watching(watcher, app, self.stats(app_id))
+            return
+        self.joining[app_id] += 1
+
+        def counted(counts):
+            self.joining[app_id] -= 1
+            if not self.joining[app_id]:
+                del self.joining[app_id]
+            if watcher.gone or not self.is_live(watcher.token, app_id):
+                if not watcher.gone:
+                    watcher.refuse("Session ended")
+                self._release(app_id)
+                return
+            self._watching(watcher, app, self.stats(app_id, counts))
+
+        shared.watch(app_id, lambda: shared.counts(app_id, counted))
+
+    def _watching(self, watcher, app, stats):
+        app_id = app.app_id
         if not self.watchers:
             self.engine.observers.append(self.observe)
         self.watchers.setdefault(app_id, []).append(watcher)
@@ -293,14 +364,14 @@ class ConsoleHub:
             encode(
                 "console:watching",
                 dict(
-                    self.stats(app_id),
+                    stats,
                     app_id=app_id,
                     name=app.name,
                     stats_every=STATS_EVERY,
                     history={
                         "every": self.history.every,
                         "size": self.history.size,
-                        "samples": self.history.of(app_id),
+                        "samples": self.samples(app_id),
                     },
                 ),
             )
@@ -328,48 +399,91 @@ class ConsoleHub:
         if not watchers:
             del self.watchers[watcher.app_id]
             self.counters.pop(watcher.app_id, None)
+            self._release(watcher.app_id)
         if not self.watchers and self.observe in self.engine.observers:
             self.engine.observers.remove(self.observe)
 
+    def _release(self, app_id):
+        """No console watches ``app_id`` here any more: the cluster hears."""
+        if (
+            self.shared is not None
+            and app_id not in self.watchers
+            and not self.joining.get(app_id)
+        ):
+            self.shared.unwatch(app_id)
+
     def observe(self, app_id, kind, details):
         """The engine observer: one entry to every watcher of the app."""
+        if app_id in self.watchers:
+            self.show(app_id, dict(details, type=kind, time=int(time.time() * 1000)))
+
+    def show(self, app_id, entry):
+        """An entry (of this node, or relayed from another) to every
+        watcher of the app."""
         watchers = self.watchers.get(app_id)
         if not watchers:
             return
-        now = time.time()
-        if kind in _COUNTED:
-            channels = details.get("channels")
-            self.counters[app_id].add(len(channels) if channels else 1, now)
-        entry = dict(details, type=kind, time=int(now * 1000))
+        if entry.get("type") in _COUNTED:
+            channels = entry.get("channels")
+            self.counters[app_id].add(
+                len(channels) if isinstance(channels, list) and channels else 1,
+                time.time(),
+            )
         frame = encode("console:entry", entry)
         for watcher in watchers:
             watcher.link.write(frame)
 
     # counters
 
-    def stats(self, app_id):
+    def stats(self, app_id, counts=None):
+        """The app's counters: ``counts`` is ``(connections, channels)``
+        of the cluster, None for this process's."""
         registry = self.engine.registry
+        if counts is None:
+            counts = (registry.app_count(app_id), len(registry.channels(app_id)))
         counter = self.counters.get(app_id)
         cache = self.engine.cache.stats(app_id)
+        samples = self.samples(app_id) if self.shared is not None else None
         return {
-            "connections": registry.app_count(app_id),
-            "channels": len(registry.channels(app_id)),
+            "connections": counts[0],
+            "channels": counts[1],
             "messages_last_minute": counter.total(time.time()) if counter else 0,
             "cache_entries": cache["entries"],
             "cache_bytes": cache["bytes"],
             "cache_evictions": cache["evictions"],
-            "sample": self.history.last(app_id),
+            "sample": (
+                self.history.last(app_id)
+                if samples is None
+                else (samples[-1] if samples else None)
+            ),
         }
+
+    def samples(self, app_id):
+        """The app's history: this process's, or on a node every node's
+        summed (up to a moment ago: see ``merge``)."""
+        if self.shared is None:
+            return self.history.of(app_id)
+        every = self.history.every
+        settled = time.time() - min(1.0, every / 2)
+        merged = merge(
+            [self.history.of(app_id)] + self.shared.samples(app_id),
+            every,
+            until=int(settled * 1000),
+        )
+        return merged[-self.history.size :]
 
     def start_history(self):
         """Starts sampling (loop thread, once the loop runs)."""
         if not self._sampling:
             self._sampling = True
-            self.schedule(self._sample, self.history.every)
+            self.schedule(self._sample, next_sample(time.time(), self.history.every))
 
     def _sample(self):
-        self.history.sample()
-        self.schedule(self._sample, self.history.every)
+        now = time.time()
+        self.history.sample(now)
+        if self.shared is not None:
+            self.shared.sampled(now)
+        self.schedule(self._sample, next_sample(now, self.history.every))
 
     def _tick(self):
         # a token can stop holding with no event to tell (it expires, or
@@ -378,8 +492,21 @@ class ConsoleHub:
         if not self.watchers:
             self._ticking = False
             return
-        for app_id, watchers in list(self.watchers.items()):
-            frame = encode("console:stats", self.stats(app_id))
-            for watcher in list(watchers):
-                watcher.link.write(frame)
+        shared = self.shared
+        for app_id in list(self.watchers):
+            if shared is None:
+                self._send_stats(app_id, None)
+            else:
+                shared.counts(
+                    app_id,
+                    lambda counts, app_id=app_id: self._send_stats(app_id, counts),
+                )
         self.schedule(self._tick, STATS_EVERY)
+
+    def _send_stats(self, app_id, counts):
+        watchers = self.watchers.get(app_id)
+        if not watchers:
+            return
+        frame = encode("console:stats", self.stats(app_id, counts))
+        for watcher in list(watchers):
+            watcher.link.write(frame)

@@ -6,7 +6,7 @@ real server is in ``tests/e2e/test_console.py``."""
 import json
 
 from pushi.base.config import Config
-from pushi.base.console import ConsoleHub, History, MinuteCounter
+from pushi.base.console import ConsoleHub, History, MinuteCounter, merge, next_sample
 from pushi.base.engine import Engine
 from pushi.base.limits import App
 
@@ -153,6 +153,30 @@ class TestHub:
         assert watching["data"]["history"]["every"] == 10.0
         hub._tick()
         assert link.messages()[-1]["data"]["sample"] == [1000000, 1, 0, 0]
+
+    def test_nodes_samples_are_summed_slot_by_slot(self):
+        # two nodes sampling the same instants, a few ms apart
+        one = [[1000004, 1, 2, 3], [1010002, 2, 0, 1]]
+        two = [[999998, 5, 1, 1], [1010007, 4, 1, 0], [1020003, 4, 0, 0]]
+        assert merge([one, two], 10) == [
+            [1000000, 6, 3, 4],
+            [1010000, 6, 1, 1],
+            [1020000, 4, 0, 0],
+        ]
+        # what is newer than ``until`` waits (the other node's may come)
+        assert merge([one, two], 10, until=1015000)[-1][0] == 1010000
+        # two samples of one node in one slot: its later count, summed traffic
+        assert merge([[[1000001, 1, 1, 1], [1000900, 2, 1, 1]]], 10) == [
+            [1000000, 2, 2, 2]
+        ]
+        assert merge([[], []], 0.5) == []
+
+    def test_samples_are_taken_on_the_same_instants_everywhere(self):
+        assert next_sample(1000.0, 10) == 10
+        # a timer a little late or early aims at the same instants
+        assert abs(next_sample(1010.3, 10) - 9.7) < 1e-9
+        assert abs(next_sample(1019.9, 10) - 10.1) < 1e-9
+        assert abs(next_sample(5.1, 0.5) - 0.4) < 1e-9
 
     def test_minute_counter_forgets_old_seconds(self):
         counter = MinuteCounter()

@@ -7,7 +7,9 @@ channels' last events in Redis (``history``, ``cache``), all before the
 engine, which takes them; ``bind(state)``
 then joins them to the State's loop, engine and metrics, with the broker
 over Redis and what else spans the nodes (``spans``); ``start`` runs on
-the loop once it runs.  A re-registration of the node (a new Redis, or
+the loop once it runs; the debug console's cluster side (``console``)
+relays each app's console entries to the nodes that watch it.  A
+re-registration of the node (a new Redis, or
 this node reaped) writes what it holds back (``ClusterState.reregister``);
 what a reaper takes from a dead node reaches this node's sockets, watchers
 and observers once (``reaped``).  The webhooks' linger is the cluster's
@@ -22,6 +24,7 @@ from pushi.net.redis import NetiusLoop
 from .. import webhooks
 from ..broker import Event
 from .broker import RedisBroker
+from .console import ConsoleRelay
 from .history import RedisCache, RedisHistory
 from .node import Node
 from .seams import ClusterState, blocking_client
@@ -52,6 +55,7 @@ class Cluster:
         self.engine: Any = None
         self.broker = None
         self.spans: Any = None
+        self.console: Any = None
 
     def engine_seams(self):
         """What the engine takes instead of its in-process twins."""
@@ -103,6 +107,15 @@ class Cluster:
             self.node.id,
             client=self.reader,
         )
+        # one console sees every node's part of its app
+        self.console = ConsoleRelay(
+            state.console,
+            state.engine,
+            self.node.commands,
+            self.node.subscriber,
+            self.spans.control,
+            self.loop,
+        )
         return self.broker
 
     def start(self):
@@ -111,11 +124,13 @@ class Cluster:
         self.node.start()
         self.shared.reaper.start(self.loop, interval=REAP_INTERVAL)
         self.shared.linger.start(self.loop)
+        self.console.start()
 
     def stop(self):
         """On the loop, before it ends."""
         self.shared.reaper.stop()
         self.shared.linger.stop()
+        self.console.stop()
         self.node.close()
 
     def _reregistered(self, node_id):
