@@ -164,3 +164,21 @@ def test_the_history_sums_every_nodes_samples(redis_server):
         for node in nodes:
             node.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_node_cut_off_from_redis_keeps_its_local_console(cluster):
+    one, _two = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    watcher, _ = console(one, app)
+    stream = Stream(watcher)
+    cluster.redis.kill()
+    # within the fence's bound (8 s), the node serves its own clients
+    client = one.connect(app)
+    assert stream.until(
+        lambda seen: seen.of("connection", socket_id=client.socket_id), timeout=5
+    )
+    assert stream.until(
+        lambda seen: any(stats["connections"] == 1 for stats in seen.stats),
+        timeout=5,
+    ), stream.stats
+    watcher.close()
