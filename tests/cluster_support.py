@@ -68,16 +68,20 @@ def rest(node, app, path, params=None):
     return node.request("GET", signed_path(app, "GET", full, params)[1:])
 
 
-def member(user_id):
-    return {"user_id": user_id, "user_info": {"name": user_id}}
+def member(user_id, peer=False):
+    data = {"user_id": user_id, "user_info": {"name": user_id}}
+    if peer:
+        data["peer"] = True
+    return data
 
 
-def join(client, app, channel, user_id):
-    """Subscribes ``client`` to a presence channel as ``user_id``; the
-    answer (``subscription_succeeded`` or ``subscription_error``)."""
+def join(client, app, channel, user_id, peer=False):
+    """Subscribes ``client`` to a presence channel as ``user_id`` (a peer
+    member with ``peer``); the answer (``subscription_succeeded`` or
+    ``subscription_error``)."""
     signed = pushi.Pushi(
         app_id=app["app_id"], app_key=app["key"], app_secret=app["secret"]
-    ).authenticate(channel, client.socket_id, member(user_id))
+    ).authenticate(channel, client.socket_id, member(user_id, peer))
     answer = client.subscribe(channel, signed["auth"], signed["channel_data"])
     # member events of the channel (another socket of the user) may come
     # before the answer

@@ -28,6 +28,17 @@ class Member(NamedTuple):
     peer: bool
 
 
+def added_data(user_id: str, member: Member) -> dict[str, Any]:
+    """The data of a member's ``member_added`` event: its ``peer`` flag
+    travels with it to every process, whose peer sockets pair with the
+    member (``engine/presence``); clients get the user id and info
+    only."""
+    data = {"user_id": user_id, "user_info": member.user_info}
+    if member.peer:
+        data["peer"] = True
+    return data
+
+
 class Joined(NamedTuple):
     """The answer to a join: ``new`` when the user was not a member yet,
     and the channel's members with it (user id to ``Member``); in a

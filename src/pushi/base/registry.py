@@ -14,7 +14,8 @@ class Session:
 
     ``channels`` holds every channel the socket is on, in the order it
     joined them (a dict used as an ordered set); ``members`` the presence
-    ``user_id`` it joined each presence channel with; ``via_personal``
+    ``user_id`` it joined each presence channel with, ``peers`` those it
+    joined as a peer member (None until one); ``via_personal``
     the channels it is on only through its ``personal-<user_id>`` channel,
     and ``personal`` the set of channels that personal channel covers.
     ``reading`` is true while its ``pusher:latest`` is read, ``loading``
@@ -38,6 +39,7 @@ class Session:
         "channels",
         "members",
         "member_floors",
+        "peers",
         "via_personal",
         "user_id",
         "origin",
@@ -77,6 +79,7 @@ class Session:
         # presence channel -> (offset, epoch): the member events up to it
         # are in the members the socket was given (a cluster's join)
         self.member_floors = None
+        self.peers = None
         self.via_personal = set()
         self.user_id = None
         self.origin = origin

@@ -60,6 +60,7 @@ from pushi.proto import errors, messages
 
 from ..broker import Event
 from ..cache import TTL as CACHE_TTL
+from ..presence import added_data
 
 logger = logging.getLogger("pushi")
 
@@ -385,9 +386,12 @@ class RedisBroker:
     def member_added(self, app_id, channel, user_id, member, socket_id):
         """The publish arguments of a ``member_added`` that the presence
         script publishes as it makes the member (not to ``socket_id``)."""
-        data = {"user_id": user_id, "user_info": member.user_info}
         return self._announced(
-            app_id, channel, "pusher_internal:member_added", data, socket_id
+            app_id,
+            channel,
+            "pusher_internal:member_added",
+            added_data(user_id, member),
+            socket_id,
         )
 
     def member_removed(self, app_id, channel, user_id):

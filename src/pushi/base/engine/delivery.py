@@ -110,10 +110,12 @@ class Delivery:
 
     def _member(self, event):
         """A member event, in each subscriber's dialect (no position: it
-        is the channel's state, not one of its events)."""
+        is the channel's state, not one of its events); a peer socket's
+        peer channels follow it first (``PresenceChannels.member_event``)."""
         added = event.name == "pusher_internal:member_added"
         member = event.data
         position = event.position
+        peers = self.engine.presence_channels
         for name in event.channels:
             channel = self.registry.channel(event.app_id, name)
             if channel is None:
@@ -126,6 +128,8 @@ class Delivery:
                 if floors and position is not None and _within(floors, name, position):
                     # already in the members this socket joined with
                     continue
+                if other.peers:
+                    peers.member_event(other, name, added, member)
                 frame = frames.get(other.dialect)
                 if frame is None:
                     text = (

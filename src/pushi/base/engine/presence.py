@@ -5,7 +5,7 @@ their member events, and the peer channels between members that set
 from pushi.proto import channels, errors, messages
 
 from ..broker import Event
-from ..presence import Member
+from ..presence import Member, added_data
 from ..webhooks import lingered as _lingered
 
 
@@ -87,7 +87,10 @@ class PresenceChannels:
             for frame in frames:
                 session.transport.write(frame)
             if member.peer:
-                self._pair(session, members, name, user_id, answer.new)
+                if session.peers is None:
+                    session.peers = set()
+                session.peers.add(name)
+                self._pair(session, members, name, user_id)
             if answer.new:
                 if answer.position is None:
                     # (with a position, the seam's script published it)
@@ -96,7 +99,7 @@ class PresenceChannels:
                             app.app_id,
                             (name,),
                             "pusher_internal:member_added",
-                            {"user_id": user_id, "user_info": member.user_info},
+                            added_data(user_id, member),
                             exclude=session.socket_id,
                         )
                     )
@@ -145,7 +148,9 @@ class PresenceChannels:
         members = dict(members)
         for event, data in after:
             if event == "pusher_internal:member_added":
-                members[data["user_id"]] = Member(data.get("user_info"), False)
+                members[data["user_id"]] = Member(
+                    data.get("user_info"), data.get("peer") is True
+                )
             else:
                 members.pop(data["user_id"], None)
         return members
@@ -173,6 +178,8 @@ class PresenceChannels:
         user_id = session.members.pop(name)
         if session.member_floors:
             session.member_floors.pop(name, None)
+        if session.peers:
+            session.peers.discard(name)
         self.registry.remove_member(channel, session, user_id)
         # a seam that announces publishes the member event itself
         announced = getattr(self.presence, "announcer", None) is not None
@@ -201,49 +208,70 @@ class PresenceChannels:
 
     # peer channels: every pair of presence members that set "peer"
 
-    def _pair(self, session, members, name, user_id, new):
-        """Joins a peer member's socket (and, for a new member, the other
-        peers' sockets here) to the ``peer-<base>:<a>&<b>`` channels."""
-        engine = self.engine
+    def _pair(self, session, members, name, user_id):
+        """Joins a peer member's socket to the ``peer-<base>:<a>&<b>``
+        channels with the other peer ``members``; the other peers' sockets
+        join theirs as the member's ``member_added`` reaches them, on
+        whichever process (``member_event``)."""
         base = channels.presence_base(name)
-        local = self.registry.channel(session.app.app_id, name)
         for other_id, other in members.items():
-            if other_id == user_id or not other.peer:
-                continue
-            peer_name = channels.peer_name(base, user_id, other_id)
-            if not channels.is_valid(peer_name, session.app.limits.max_channel_name):
-                continue
-            sockets = [session]
-            if new and local is not None:
-                sockets += local.members.get(other_id, ())
-            for peer_session in sockets:
-                if peer_name not in peer_session.channels:
-                    engine.join(peer_session, peer_name)
-                    engine.send(
-                        peer_session, messages.subscription_succeeded(peer_name, {})
-                    )
+            if other_id != user_id and other.peer:
+                self._join_peer(session, channels.peer_name(base, user_id, other_id))
+
+    def member_event(self, session, name, added, member):
+        """A member event of presence channel ``name`` reaching one of its
+        sockets here, ``session`` (through the broker, which brings it to
+        every process alike): a peer socket pairs with a peer member
+        added, and leaves its peer channel with a member removed (the
+        user's last socket anywhere left)."""
+        if not session.peers or name not in session.peers:
+            return
+        user_id = session.members.get(name)
+        other_id = member["user_id"]
+        if user_id is None or user_id == other_id:
+            return
+        peer_name = channels.peer_name(channels.presence_base(name), user_id, other_id)
+        if added:
+            if member.get("peer") is True:
+                self._join_peer(session, peer_name)
+        elif peer_name in session.channels:
+            self._leave_peer(session, peer_name)
+
+    def _join_peer(self, session, name):
+        """Puts a socket on peer channel ``name``; its
+        ``subscription_succeeded`` once this process gets the channel's
+        events (at once on one process), so that what the other peer
+        sends after it reaches the socket."""
+        if name in session.channels or not channels.is_valid(
+            name, session.app.limits.max_channel_name
+        ):
+            return
+        engine = self.engine
+        engine.join(session, name)
+
+        def listening(_error):
+            # (Redis away: the broker subscribes the channel once back)
+            if not session.closed and name in session.channels:
+                engine.send(session, messages.subscription_succeeded(name, {}))
+
+        engine.broker.listen(session.app.app_id, name, listening)
+
+    def _leave_peer(self, session, name):
+        self.engine.leave(session, name)
+        if session.dialect == messages.PUSHI:
+            self.engine.send(session, messages.unsubscription_succeeded(name))
 
     def unpair(self, session, presence_name, user_id):
         """Takes a socket leaving a presence channel off its peer channels
-        there; when it was the user's last socket, the peer channels of
-        that user close for the other peers too."""
-        engine = self.engine
-        channel = self.registry.channel(session.app.app_id, presence_name)
-        sockets = channel.members.get(user_id, ()) if channel else ()
-        last = list(sockets) in ([], [session])
+        there (the other peers leave theirs as the member's
+        ``member_removed`` reaches them: ``member_event``)."""
+        if not session.peers or presence_name not in session.peers:
+            return
         prefix = "peer-%s:" % channels.presence_base(presence_name)
         for name in [name for name in session.channels if name.startswith(prefix)]:
             users = channels.peer_users(name)
-            if users is None or user_id not in users:
-                continue
-            peer_channel = self.registry.channel(session.app.app_id, name)
-            leaving = (
-                list(peer_channel.sessions) if last and peer_channel else [session]
-            )
-            for peer_session in leaving:
-                engine.leave(peer_session, name)
-                if peer_session.dialect == messages.PUSHI:
-                    engine.send(peer_session, messages.unsubscription_succeeded(name))
+            if users is not None and user_id in users:
+                self._leave_peer(session, name)
 
 
 def _ignore(*_answer, **_details):
