@@ -8,6 +8,8 @@ one, and the pairing ends for the other peer when a user's last socket
 anywhere leaves the presence channel (a node killed too, once reaped).
 """
 
+import threading
+
 from cluster_support import (
     cluster_fixture,  # noqa: F401 (the cluster fixture)
     join,
@@ -142,3 +144,37 @@ def test_a_peer_on_a_node_killed_is_unpaired_once_reaped(cluster):
     assert joined_pairs(c, 1) == {pair("a", "c")}
     assert joined_pairs(a, 1) == {pair("a", "c")}
     assert c.nothing(1)
+
+
+def test_peers_joining_at_once_on_two_nodes_pair_each_pair_once(cluster):
+    """Joins raced from both nodes: each peer ends on exactly one channel
+    with every other peer, whether the other's member event came before,
+    during or after its own join."""
+    one, two = cluster.node(), cluster.node()
+    app = cluster.make_app()
+    users = ["u%d" % index for index in range(8)]
+    clients = {
+        user: (one if index % 2 else two).connect(app, "pushi")
+        for index, user in enumerate(users)
+    }
+    barrier = threading.Barrier(len(users), timeout=30)
+    answers = {}
+
+    def arrive(user):
+        barrier.wait()
+        answers[user] = join(clients[user], app, ROOM, user, peer=True)
+
+    threads = [threading.Thread(target=arrive, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(answers[user]["channel"] == ROOM for user in users), answers
+    for user, client in clients.items():
+        joined = [
+            message["channel"]
+            for message in drained(client, 1.5)
+            if message["event"] == SUCCEEDED
+        ]
+        expected = {pair(user, other) for other in users if other != user}
+        assert sorted(joined) == sorted(expected), (user, joined)
