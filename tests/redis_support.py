@@ -147,7 +147,8 @@ class TcpProxy:
     ``blackhole()`` (connections are accepted and what comes either way is
     read and dropped), ``drop_one_direction(server_to_client=True)`` (only
     the other direction is forwarded); ``cut()`` closes every connection
-    (the mode stays)."""
+    (the mode stays).  ``hold(port)`` leaves unread what the target sends
+    on one connection (delayed, not lost) until ``release()``."""
 
     def __init__(self, target):
         self.target = target
@@ -159,6 +160,7 @@ class TcpProxy:
         self.accepted = 0
         self._forward = {"up": True, "down": True}
         self._pairs = {}  # socket -> (peer, direction)
+        self._held = set()
         self._lock = threading.Lock()
         self._cut = False
         self._stopped = False
@@ -185,6 +187,30 @@ class TcpProxy:
             else:
                 self._forward = {"up": False, "down": True}
 
+    def ports(self):
+        """The local ports of the connections to the target (the client
+        ports the target sees)."""
+        with self._lock:
+            return {
+                sock.getsockname()[1]
+                for sock, (_peer, direction) in self._pairs.items()
+                if direction == "down"
+            }
+
+    def hold(self, port):
+        """Stops reading what the target sends on the connection of local
+        port ``port``: it waits in the sockets' buffers until ``release``."""
+        with self._lock:
+            for sock, (_peer, direction) in self._pairs.items():
+                if direction == "down" and sock.getsockname()[1] == port:
+                    self._held.add(sock)
+        self._wake_w.send(b"x")
+
+    def release(self):
+        with self._lock:
+            self._held.clear()
+        self._wake_w.send(b"x")
+
     def cut(self):
         """Closes every connection (new ones are accepted)."""
         with self._lock:
@@ -208,7 +234,7 @@ class TcpProxy:
     def _run(self):
         while not self._stopped:
             with self._lock:
-                sockets = list(self._pairs)
+                sockets = [sock for sock in self._pairs if sock not in self._held]
                 if self._cut:
                     self._close_all()
                     sockets = []
@@ -261,9 +287,11 @@ class TcpProxy:
 
     def _close(self, sock):
         pair = self._pairs.pop(sock, None)
+        self._held.discard(sock)
         sock.close()
         if pair is not None:
             self._pairs.pop(pair[0], None)
+            self._held.discard(pair[0])
             pair[0].close()
 
     def _close_all(self):
