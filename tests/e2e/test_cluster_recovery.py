@@ -7,6 +7,7 @@ with the reason); a cache channel's last event published through A reaches
 a subscriber of B."""
 
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from pushi.proto import auth
 
+from redis_support import TcpProxy
 from support import PushiServer, signed_path
 
 
@@ -342,4 +344,123 @@ def test_history_off_across_nodes(cluster):
     client = b.connect(app, dialect="pushi")
     state = subscribe(client, "news", since={"epoch": "x", "offset": 1})
     assert state == {"recovered": False, "reason": "history_off"}
+    client.close()
+
+
+@pytest.fixture
+def proxied(redis_server):
+    """Node A on ``redis_server`` and node B on it through a ``TcpProxy``,
+    sharing one data dir, and an app both serve keeping 2 events per
+    channel (so a recovery further back reads the store): ``(a, b, proxy,
+    app)``."""
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    data_dir = tempfile.mkdtemp(prefix="pushi-cluster-")
+    nodes = []
+    try:
+        for url in (redis_server.url, proxy.url()):
+            node = PushiServer(data_dir=data_dir, redis_url=url)
+            nodes.append(node)
+            node.start()
+        a, b = nodes
+        app = a.create_app("cluster", client_events=True)
+        settings(a, app, recovery_history=2)
+        yield a, b, proxy, app
+    finally:
+        for node in nodes:
+            node.stop()
+        proxy.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def stored(api, channel, first, last):
+    """Stored events ``said`` with data ``"<n>"`` for n from first to last
+    (each answered once committed and published)."""
+    for number in range(first, last + 1):
+        api.trigger_event(channel, str(number), event="said", persist=True)
+
+
+def data(events):
+    return [event["data"] for event in events]
+
+
+def test_a_store_recovery_on_b_sends_an_event_b_delivers_later_once(
+    proxied, redis_server
+):
+    """A stored event committed and published through node A that node B's
+    subscription has not brought yet when a socket recovers on B from the
+    store: the socket gets it from the store, and not again when B
+    delivers it; B's other sockets get it live, and the events after it
+    reach the socket once."""
+    a, b, proxy, app = proxied
+    api = a.client(app)
+    watcher = b.connect(app, dialect="pushi")
+    subscribe(watcher, "news")
+    client = b.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    stored(api, "news", 1, 1)
+    [first] = said(client, 1)
+    client.close()
+    stored(api, "news", 2, 5)
+    assert data(said(watcher, 5)) == [str(n) for n in range(1, 6)]
+    # B's subscription connection (the only one of the proxy's that Redis
+    # lists as pubsub): what Redis sends on it waits from now on
+    ports = proxy.ports()
+    subscriptions = [
+        int(entry["addr"].rsplit(":", 1)[1])
+        for entry in redis_server.client().client_list(_type="pubsub")
+        if int(entry["addr"].rsplit(":", 1)[1]) in ports
+    ]
+    assert len(subscriptions) == 1, subscriptions
+    proxy.hold(subscriptions[0])
+    try:
+        stored(api, "news", 6, 6)  # committed and published, not on B yet
+        client = b.connect(app, dialect="pushi")
+        state = subscribe(client, "news", since=dict(position(first), mid=first["mid"]))
+        assert state["recovered"] is False and state["store"] is True, state
+        assert state["reason"] == "too_far_behind"
+        assert data(said(client, 5)) == ["2", "3", "4", "5", "6"]
+    finally:
+        proxy.release()
+    # B delivers it now: to the watcher, not to the recovered socket
+    [late] = said(watcher, 1)
+    assert late["data"] == "6" and late["offset"] == state["offset"] + 1
+    stored(api, "news", 7, 7)
+    assert data(said(client, 1)) == ["7"]
+    assert data(said(watcher, 1)) == ["7"]
+    assert client.nothing()
+    client.close()
+    watcher.close()
+
+
+def test_a_stored_event_whose_publish_failed_is_recovered_from_the_store_at_once(
+    proxied,
+):
+    """A stored event whose publish to Redis failed (its publisher, node B
+    cut off behind the proxy, answered 503: stored, not delivered) is
+    never delivered live: a store recovery on node A sends it without
+    waiting for it, and the events after it reach the socket live."""
+    a, b, proxy, app = proxied
+    api = a.client(app)
+    client = a.connect(app, dialect="pushi")
+    subscribe(client, "news")
+    stored(api, "news", 1, 1)
+    [first] = said(client, 1)
+    client.close()
+    stored(api, "news", 2, 5)
+    proxy.blackhole()
+    body = json.dumps(
+        {"name": "said", "channel": "news", "data": "6", "persist": True}
+    ).encode()
+    path = signed_path(app, "POST", "/apps/%s/events" % app["app_id"], None, body)
+    status, answer = b.request("POST", path[1:], raw=body)
+    assert status == 503 and "stored" in json.dumps(answer), answer
+    client = a.connect(app, dialect="pushi")
+    started = time.monotonic()
+    state = subscribe(client, "news", since=dict(position(first), mid=first["mid"]))
+    assert state["recovered"] is False and state["store"] is True, state
+    assert data(said(client, 5)) == ["2", "3", "4", "5", "6"]
+    assert time.monotonic() - started < 5
+    stored(api, "news", 7, 7)
+    assert data(said(client, 1)) == ["7"]
+    assert client.nothing()
     client.close()

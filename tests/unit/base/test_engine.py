@@ -1,6 +1,7 @@
 """The engine on its own: no socket, a recording transport per client."""
 
 import json
+import time
 
 import pytest
 
@@ -410,6 +411,38 @@ def test_a_store_recovery_knows_what_was_delivered_past_events_not_stored(
     late()
     said = [message["data"] for message in tb.messages() if message["event"] == "said"]
     assert said == ["6", "7", "8", "9", "10", "11"]
+    store.close()
+
+
+def test_a_store_recovery_that_knows_no_delivery_sends_a_late_event_once(
+    tmp_path,
+):
+    """A recovery from an earlier epoch, on a channel that has delivered no
+    stored event here yet, cannot tell a stored event still to be delivered
+    from one delivered before: it sends every one it read, and the late
+    one's delivery skips that socket (and only that one)."""
+    reads, store, engine, app, epoch, stored = a_store_recovery(tmp_path)
+    mids = [messages.message_id(1700000000 + n) for n in range(1, 13)]
+    for n in range(1, 11):
+        stored(str(n), mids[n - 1])  # delivered by an earlier process
+    c, tc = connect(engine, app, "pushi")
+    send(engine, c, "pusher:subscribe", {"channel": "news"})
+    b, tb = recover_from(engine, app, "0000-1", 5, mids[4])
+    ((read, answer),) = reads
+    late = stored("11", mids[10])  # read, not delivered yet
+    answer(read())
+    late()
+    stored("12", mids[11])()
+    received = tb.messages()
+    data = json.loads(received[0]["data"])
+    assert data["store"] is True and data["reason"] == "new_epoch"
+    said = [message["data"] for message in received if message["event"] == "said"]
+    assert said == ["6", "7", "8", "9", "10", "11", "12"]
+    said = [message["data"] for message in tc.messages() if message["event"] == "said"]
+    assert said == ["11", "12"]
+    # forgotten once past its time
+    engine.sweep(now=time.monotonic() + 60)
+    assert not engine.recovery.sent
     store.close()
 
 

@@ -113,13 +113,19 @@ class RedisHistory:
             return
         key = (app_id, channel)
         most = limits.recovery_history
+        recovery = self.broker.engine.recovery
 
         def tap(offset, epoch, event):
             if session.closed or channel in session.channels or len(frames) > most:
                 _untap(self.broker, key, tap)
                 return
-            if not event.name.startswith("pusher_internal:member_"):
-                frames.append(_frame(channel, offset, epoch, event))
+            if event.name.startswith("pusher_internal:member_"):
+                return
+            if recovery.sent:
+                sent = recovery.sent_to(app_id, channel, (event.extra or {}).get("mid"))
+                if sent is not None and session in sent:
+                    return  # its recovery sent it from the store
+            frames.append(_frame(channel, offset, epoch, event))
 
         self.broker.taps.setdefault(key, []).append(tap)
 
@@ -303,7 +309,8 @@ class _Tap(list):
     store (``Recovery._from_store``), as history entries (``frame``)."""
 
     # the last stored event delivered before the tap: not known here, so
-    # the recovery sends every stored event it read
+    # the recovery sends every stored event it read, and the delivery here
+    # of one still to come skips the socket (``Recovery.sent_to``)
     before = None
 
     def tap(self, offset, epoch, event):

@@ -108,10 +108,10 @@ class Engine:
         self.history = history if history is not None else MemoryHistory()
         self.watchlists = Watchlists()
         # the concerns
+        self.recovery = Recovery(self)
         self.delivery = Delivery(self)
         self.counts = SubscriptionCounts(self)
         self.stored = StoredEvents(self, persist)
-        self.recovery = Recovery(self)
         self.presence_channels = PresenceChannels(self)
         self.personal = PersonalChannels(self)
         self.signin = SignIn(self)
@@ -572,6 +572,7 @@ class Engine:
         now = time.monotonic() if now is None else now
         self.cache.expire(now)
         self.history.expire(now)
+        self.recovery.expire(now)
         self.counts.sweep(now)
         idle = self.config.activity_timeout
         for session in list(self.registry.sessions.values()):

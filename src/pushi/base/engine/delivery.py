@@ -19,6 +19,7 @@ class Delivery:
         self.registry = engine.registry
         self.cache = engine.cache
         self.history = engine.history
+        self.recovery = engine.recovery
 
     def deliver(self, event):
         """Writes ``event`` (a broker ``Event``) to the sockets of its
@@ -62,7 +63,8 @@ class Delivery:
         (shared by the channels of one publish), within the app's
         ``max_cache_bytes``.  ``position`` ``(offset, epoch)``: the one a
         cluster's bus gave the event, which its frame carries; ``mid``:
-        the stored event's, if it is one."""
+        the stored event's, if it is one (not to the sockets a store
+        recovery sent it already: ``Recovery.sent_to``)."""
         if position is None:
             frame = self._framed(app_id, channel_name, text, limits, mid)
         else:
@@ -81,12 +83,26 @@ class Delivery:
         sessions = channel.sessions
         # counted once per event, not per socket
         count = len(sessions)
+        excluded = None
         if exclude is not None:
-            count -= self.registry.sessions.get(exclude) in sessions
+            excluded = self.registry.sessions.get(exclude)
+            count -= excluded in sessions
+        sent = None
+        if mid is not None and self.recovery.sent:
+            # the sockets a store recovery sent this event already
+            sent = self.recovery.sent_to(app_id, channel_name, mid)
+            if sent is not None:
+                count -= sum(
+                    1 for other in sent if other in sessions and other is not excluded
+                )
         metrics = self.metrics
         metrics.delivered[app_id] += count
         metrics.fan_out_bytes += len(frame) * count
-        if exclude is None:
+        if sent is not None:
+            for session, write in sessions.items():
+                if session.socket_id != exclude and session not in sent:
+                    write(frame)
+        elif exclude is None:
             for write in sessions.values():
                 write(frame)
         else:

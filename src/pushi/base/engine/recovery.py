@@ -1,6 +1,7 @@
 """Recovery: what a socket that comes back missed on a channel, from the
 channel's history (see ``history``) or, by ``mid``, from the store."""
 
+import collections
 import time
 
 from pushi.proto import errors, messages
@@ -13,11 +14,21 @@ MAX_RECOVERING = 10
 """ A socket's recoveries reading the store at once; past them a recovery
 says what it cannot recover without reading the store """
 
+SENT_TTL = 10.0
+""" Seconds a process remembers the sockets a store recovery sent a stored
+event that the channel may still deliver here (see ``Recovery.sent_to``):
+a stored event is published as soon as it is committed, and Redis takes
+it within its command timeout or the publish fails """
+
 
 class Recovery:
     def __init__(self, engine):
         self.engine = engine
         self.history = engine.history
+        self.sent: dict[tuple[str, str, str], _Sent] = {}
+        """ (app_id, channel, mid) -> the sockets a store recovery sent that
+        stored event, which its delivery here skips (see ``sent_to``) """
+        self._expiring: collections.deque = collections.deque()
 
     def position(self, session, name):
         """The channel's position for its subscription data (none when the
@@ -91,7 +102,9 @@ class Recovery:
         followed by those delivered during the read (each once: a stored
         one the read found is not sent again).  A stored event the read
         found that the channel has not delivered yet is left to its
-        delivery, which reaches the socket once it is on the channel."""
+        delivery, which reaches the socket once it is on the channel; when
+        the tap does not know what the channel delivered, it is sent, and
+        its delivery skips the socket (``sent_to``)."""
         engine = self.engine
         app = session.app
         store = engine.store
@@ -111,7 +124,7 @@ class Recovery:
             if session.closed or name in session.channels:
                 return
             frames = []
-            mids = set()
+            mids: set[str] = set()
             if events is not None:
                 position["store"] = True
                 for event in _missed(events, mid, tapped.before):
@@ -129,8 +142,16 @@ class Recovery:
                         )
                     )
             for entry in tapped:
-                if not mids or frame_message(entry.frame).get("mid") not in mids:
-                    frames.append(entry.frame)
+                if mids:
+                    sent = frame_message(entry.frame).get("mid")
+                    if sent in mids:
+                        # delivered during the read: it does not come again
+                        mids.discard(sent)
+                        continue
+                frames.append(entry.frame)
+            if mids and tapped.before is None:
+                # the channel may deliver some of them yet
+                self._remember(app.app_id, name, mids, session)
             # the events delivered until now are all in ``tapped``
             position.update(self.position(session, name))
             try:
@@ -139,6 +160,47 @@ class Recovery:
                 engine.refuse(session, error)
 
         engine.offload(read, answer)
+
+    def sent_to(self, app_id, channel, mid):
+        """The sockets a store recovery sent the stored event ``mid`` of
+        ``channel``, or None.  A recovery that does not know the last stored
+        event the channel delivered (a cluster node: another node's publish
+        reaches its subscription after the commit) sends every stored event
+        it read, some of them committed but not delivered here yet: their
+        delivery here skips those sockets for ``SENT_TTL`` seconds, each
+        gets each event once."""
+        sent = self.sent.get((app_id, channel, mid))
+        return None if sent is None else sent.sessions
+
+    def _remember(self, app_id, channel, mids, session):
+        deadline = time.monotonic() + SENT_TTL
+        for mid in mids:
+            key = (app_id, channel, mid)
+            sent = self.sent.get(key)
+            if sent is None:
+                sent = self.sent[key] = _Sent()
+            sent.deadline = deadline
+            sent.sessions.add(session)
+            self._expiring.append((deadline, key))
+
+    def expire(self, now):
+        """Forgets the stored events sent past their ``SENT_TTL``."""
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            _deadline, key = expiring.popleft()
+            sent = self.sent.get(key)
+            if sent is not None and sent.deadline <= now:
+                del self.sent[key]
+
+
+class _Sent:
+    """The sockets a store recovery sent one stored event, until when."""
+
+    __slots__ = ("deadline", "sessions")
+
+    def __init__(self):
+        self.deadline = 0.0
+        self.sessions: set = set()
 
 
 def _missed(events, mid, before):
