@@ -13,28 +13,50 @@ import pytest
 
 from pushi.proto import auth, errors
 
-from support import ADMIN_SECRET, PushiServer
+from redis_support import TcpProxy
+from support import ADMIN_SECRET, PushiServer, wait_until
 
 ADMIN = {"Authorization": "Bearer " + ADMIN_SECRET}
 
 
-@pytest.fixture
-def nodes(redis_server):
-    """Two nodes on one Redis and one data dir, and an app both serve."""
+def start_nodes(urls):
+    """Nodes on one data dir, node ``n`` reaching Redis at ``urls[n - 1]``;
+    a generator of the nodes and an app they serve."""
     data_dir = tempfile.mkdtemp(prefix="pushi-spans-")
     env = {
-        "PUSHI_REDIS_URL": redis_server.url,
         "PUSHI_APPS_POLL_INTERVAL": "3600",
         "PUSHI_RETENTION_INTERVAL": "0.5",
     }
     made = []
     try:
-        for _ in range(2):
-            made.append(PushiServer(data_dir=data_dir, env=env).start())
-        yield made[0], made[1], made[0].create_app("spans")
+        for url in urls:
+            made.append(
+                PushiServer(
+                    data_dir=data_dir, env=dict(env, PUSHI_REDIS_URL=url)
+                ).start()
+            )
+        yield made + [made[0].create_app("spans")]
     finally:
         for node in made:
             node.stop()
+
+
+@pytest.fixture
+def nodes(redis_server):
+    """Two nodes on one Redis and one data dir, and an app both serve."""
+    yield from start_nodes([redis_server.url] * 2)
+
+
+@pytest.fixture
+def proxied(redis_server):
+    """Two nodes as ``nodes``' (and the app), node 2 reaching Redis through
+    a ``TcpProxy`` (the last item) that can cut it off."""
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    try:
+        for one, two, app in start_nodes([redis_server.url, proxy.url()]):
+            yield one, two, app, proxy
+    finally:
+        proxy.close()
 
 
 def signed_in(node, app, user_id):
@@ -83,6 +105,31 @@ def test_terminate_connections_on_one_node_closes_the_users_sockets_on_both(node
     assert here.close_code() == errors.UNAUTHORIZED
     assert there.close_code() == errors.UNAUTHORIZED
     assert bystander.nothing()
+
+
+def test_terminate_connections_while_a_node_was_cut_off_reaches_it_once_back(
+    proxied, redis_server
+):
+    one, two, app, proxy = proxied
+    here, there = signed_in(one, app, "ada"), signed_in(two, app, "ada")
+    bystander = two.connect(app)
+    # node 2 cut off from Redis: its subscription away, its sockets open
+    # (a node is fenced after 8 s without a heartbeat only)
+    proxy.blackhole()
+    proxy.cut()
+    redis = redis_server.client()
+    assert wait_until(lambda: dict(redis.pubsub_numsub("pushi:ctl"))[b"pushi:ctl"] == 1)
+    status, _ = one.request(
+        "POST",
+        "apps/%s/users/ada/terminate_connections" % app["app_id"],
+        headers=ADMIN,
+    )
+    assert status == 200
+    assert here.close_code() == errors.UNAUTHORIZED
+    proxy.forward()
+    assert there.close_code(timeout=20) == errors.UNAUTHORIZED
+    assert bystander.nothing()
+    assert "read from the journal" in two.read_log()
 
 
 def test_a_subscription_kept_over_rest_on_one_node_reaches_a_personal_channel_on_the_other(

@@ -10,14 +10,17 @@ channel can carry an app change from one node to the other.  Sockets are
 real WebSocket clients; Redis is also read through redis-py.
 """
 
+import contextlib
 import json
+import logging
 import threading
 import time
 
 import pytest
 
 from pushi.base.access import Access, NeedsStore
-from pushi.base.cluster.control import BROADCAST, Control
+from pushi.base.cluster import control as control_module
+from pushi.base.cluster.control import BROADCAST, Control, journal_key
 from pushi.base.cluster.spans import attach
 from pushi.base.cluster.stores import STORE_KEY, Lock, StoreClaim, store_identity
 from pushi.base.cluster.tokens import RedisTokens, blocking_client
@@ -82,9 +85,10 @@ class Node:
             self.state.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path, redis_server):
-    """Two nodes on one store and one Redis, and an app they share."""
+@contextlib.contextmanager
+def two_nodes(tmp_path, urls):
+    """Two nodes on one store, node ``n`` reaching Redis at ``urls[n - 1]``,
+    and an app they share."""
     states = [
         State(
             Config(
@@ -100,13 +104,62 @@ def cluster(tmp_path, redis_server):
     try:
         for index, state in enumerate(states):
             state.start_server(http=False)
-            nodes.append(Node(state, str(index + 1), redis_server.url))
+            nodes.append(Node(state, str(index + 1), urls[index]))
         yield nodes[0], nodes[1], app
     finally:
         for node in nodes:
             node.close()
         for state in states[len(nodes) :]:
             state.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_server):
+    """Two nodes on one store and one Redis, and an app they share."""
+    with two_nodes(tmp_path, [redis_server.url] * 2) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def proxied(tmp_path, redis_server):
+    """Two nodes as ``cluster``'s, node 2 reaching Redis through a
+    ``TcpProxy`` (the third item) that can cut it off."""
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    try:
+        with two_nodes(tmp_path, [redis_server.url, proxy.url()]) as (one, two, _app):
+            yield one, two, proxy
+    finally:
+        proxy.close()
+
+
+def cut(proxy, redis_server):
+    """Cuts the node behind ``proxy`` off Redis until ``proxy.forward()``;
+    returns once Redis no longer counts its control subscription."""
+    proxy.blackhole()
+    proxy.cut()
+    client = redis_server.client()
+    wait_for(
+        lambda: dict(client.pubsub_numsub(BROADCAST))[BROADCAST.encode()] == 1,
+        what="the cut node's subscription gone from Redis",
+    )
+
+
+def metric(node, name):
+    return node.state.metrics.registry.get_sample_value(name) or 0
+
+
+@contextlib.contextmanager
+def warnings_logged():
+    """The warnings logged under ``pushi`` meanwhile."""
+    lines = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("pushi")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 def record(node, command, own=False):
@@ -200,6 +253,72 @@ def test_a_lost_subscription_runs_the_gap_hooks(cluster, redis_server):
     at_two = record(two, "after")
     one.state.call_in_loop(one.control.broadcast, "after")
     wait_for(lambda: at_two, what="a command after the gap")
+
+
+def numbers(seen):
+    return [data["n"] for data, _sender in seen]
+
+
+def test_commands_sent_while_a_subscription_was_away_are_applied_once_back(
+    proxied, redis_server
+):
+    """Broadcast and targeted ones, each once, in the order they were sent."""
+    one, two, proxy = proxied
+    seen = record(two, "n")
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
+    wait_for(lambda: seen, what="the first command")
+    cut(proxy, redis_server)
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
+    one.state.call_in_loop(one.control.send, "2", "n", {"n": 3})
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 4})
+    time.sleep(0.3)
+    assert numbers(seen) == [1]
+    proxy.forward()
+    wait_for(lambda: len(seen) >= 3, what="the missed commands")
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 5})
+    wait_for(lambda: len(seen) >= 4, what="a command after the gap")
+    time.sleep(0.5)
+    # the targeted one is read from its own journal: in order within it
+    assert numbers(seen) in ([1, 2, 4, 3, 5], [1, 3, 2, 4, 5])
+    assert metric(two, "pushi_cluster_control_caught_up_total") == 3
+    assert metric(two, "pushi_cluster_control_lost_total") == 0
+
+
+def test_a_subscription_away_past_what_the_journal_keeps_is_logged_and_counted(
+    proxied, redis_server
+):
+    one, two, proxy = proxied
+    seen = record(two, "n")
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
+    wait_for(lambda: seen, what="the first command")
+    cut(proxy, redis_server)
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
+    # as MAXLEN trims a journal once it has more commands than it keeps
+    redis_server.client().xtrim(journal_key(BROADCAST), maxlen=0, approximate=False)
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 3})
+    with warnings_logged() as lines:
+        proxy.forward()
+        wait_for(lambda: len(seen) >= 2, what="what the journal kept")
+        wait_for(lambda: metric(two, "pushi_cluster_control_lost_total") == 1)
+    assert numbers(seen) == [1, 3]
+    assert any("may be lost" in line for line in lines), lines
+
+
+def test_a_journal_expired_while_a_subscription_was_away_is_logged_and_counted(
+    proxied, redis_server, monkeypatch
+):
+    monkeypatch.setattr(control_module, "JOURNAL_TTL", 1)
+    one, two, proxy = proxied
+    seen = record(two, "n")
+    cut(proxy, redis_server)
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
+    client = redis_server.client()
+    wait_for(lambda: not client.exists(journal_key(BROADCAST)), what="the expiry")
+    proxy.forward()
+    wait_for(lambda: metric(two, "pushi_cluster_control_lost_total") == 1)
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
+    wait_for(lambda: seen, what="a command after the gap")
+    assert numbers(seen) == [2]
 
 
 # what the State, engine and access broadcast

@@ -10,20 +10,62 @@ ignores its own broadcasts unless a handler asks for them (``own=True``):
 it acted locally before it broadcast.
 
 Redis pub/sub delivers at most once: a command published while a node's
-subscription was away is lost for that node.  ``on_gap`` hooks run when the
-subscription was made again after such a time, for what can be repaired
-(the apps poller takes app changes in anyway; session tokens are checked
-again).  Loop thread only, as ``net/redis``.
+subscription was away would be lost for that node.  So the script that
+publishes a command also appends it to its channel's journal, a Redis
+stream ``<channel>:log`` of about ``JOURNAL_LENGTH`` entries that expires
+``JOURNAL_TTL`` seconds after its last command, and the message carries
+the entry's ``id``.  A node keeps, per control channel, the entry up to
+which it has every command; when its subscription is made again it reads
+the journal after that entry and applies what it missed, in order and
+once: the commands received meanwhile wait for it, and those applied from
+the journal are not applied again when they also arrive.  Past that bound
+(the entries it needed trimmed, or the journal expired while the
+subscription was away longer than its TTL) commands may have been lost:
+it is logged and counted (``pushi_cluster_control_lost_total``).  The
+``on_gap`` hooks run at each re-subscription anyway, for what can be read
+again (the apps from the store, session tokens from Redis).  Loop thread
+only, as ``net/redis``.
 """
 
 import json
 import logging
 import os
+import re
+import time
+
+from prometheus_client import Counter
+
+from pushi.net.redis import ReplyError, Script
 
 logger = logging.getLogger("pushi")
 
 BROADCAST = "pushi:ctl"
 """ The channel every node subscribes to """
+
+JOURNAL_LENGTH = 10000
+""" Commands a channel's journal keeps at least (``XADD MAXLEN ~``) """
+
+JOURNAL_TTL = 3600
+""" Seconds a channel's journal lives after its last command """
+
+PAGE = 1000
+""" Journal entries read at once while catching up """
+
+RETRY = 1.0
+""" Seconds before a journal read that failed (Redis away) is tried again """
+
+# KEYS: the journal; ARGV: channel, message (a JSON object), length, ttl (ms)
+# -> the subscribed connections that got the message (PUBLISH's answer)
+PUBLISH_SCRIPT = Script(
+    """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'm', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return redis.call('PUBLISH', ARGV[1],
+  string.sub(ARGV[2], 1, -2) .. ',"id":"' .. id .. '"}')
+"""
+)
+
+_ENTRY_ID = re.compile(r"^([0-9]+)-([0-9]+)\Z")
 
 
 def node_channel(node_id):
@@ -31,11 +73,53 @@ def node_channel(node_id):
     return "pushi:node:%s" % node_id
 
 
+def journal_key(channel):
+    """The journal (a stream) of a control channel's commands."""
+    return _bytes(channel) + b":log"
+
+
+def _entry_id(value):
+    """A stream entry id (``"<ms>-<seq>"``, str or bytes) as a comparable
+    pair; None if it is not one."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    match = _ENTRY_ID.match(value)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
+def _later(one, other):
+    return other if one is None or (other is not None and other > one) else one
+
+
+class _Journal:
+    """Where this node stands in one control channel's journal."""
+
+    __slots__ = ("key", "base", "upto", "reading", "held", "generation")
+
+    def __init__(self, channel):
+        self.key = journal_key(channel)
+        self.base = None
+        """ The entry up to which this node has every command (None until
+        the journal's end was read) """
+        self.upto = None
+        """ The last entry applied from the journal: a message up to it
+        that arrives afterwards is a duplicate """
+        self.reading = False
+        """ True while catching up: the messages received wait in ``held`` """
+        self.held = []
+        self.generation = 0
+        """ One more at each read started: an older read's replies are
+        dropped """
+
+
 class Control:
     """Sends and receives the commands of the cluster through ``redis`` (a
     ``pushi.net.redis.Redis``) and ``subscriber`` (its ``Subscriber``), as
     node ``node_id`` (None until the node has one: broadcasts only, then
-    ``rename``).
+    ``rename``); its counters in ``registry`` (a Prometheus registry, or
+    None).
 
     ``on(command, handler, own=False)`` registers ``handler(data, sender)``;
     ``broadcast(command, data, then)`` and ``send(node_id, command, data,
@@ -44,12 +128,13 @@ class Control:
     ``start(confirmed)`` subscribes, ``close()`` unsubscribes; ``rename``
     follows a node that registered again under a new id.
 
-    The subscriber's ``on_message`` (and ``on_resubscribed``) is chained:
-    messages of the control channels are taken here, every other one goes
-    to the callback set before ``start`` (the broker's).  A dispatcher of
-    its own may call ``handle(channel, data)`` instead (True when taken)."""
+    The subscriber's ``on_message`` (and ``on_resubscribed``, ``on_up``,
+    ``on_down``) is chained: messages of the control channels are taken
+    here, every other one goes to the callback set before ``start`` (the
+    broker's).  A dispatcher of its own may call ``handle(channel, data)``
+    instead (True when taken)."""
 
-    def __init__(self, redis, subscriber, node_id):
+    def __init__(self, redis, subscriber, node_id, registry=None):
         self.redis = redis
         self.subscriber = subscriber
         self.node_id = None if node_id is None else str(node_id)
@@ -60,14 +145,34 @@ class Control:
         again after a reconnection (commands may have been lost) """
         self.received = 0
         """ Commands handled so far (own broadcasts ignored not counted) """
+        self.caught_up = Counter(
+            "pushi_cluster_control_caught_up",
+            "Cluster commands this node applied from the journal, missed while"
+            " its control subscription was away",
+            registry=registry,
+        )
+        self.lost = Counter(
+            "pushi_cluster_control_lost",
+            "Times this node's control subscription was away past what the"
+            " journal keeps (cluster commands may have been lost)",
+            registry=registry,
+        )
         self._channels = {BROADCAST.encode()}
         if self.node_id is not None:
             self._channels.add(node_channel(self.node_id).encode())
         self._subscribed = set()
         # control channels subscribed or awaiting Redis's confirmation
+        self._journals = {}
+        self._down_at = None
+        # when the subscription went down (how long it was away)
+        self._run_id = None
+        # the Redis of the journals read so far
+        self._lost_since = None
+        # the time away for which a loss was said
         self._next_message = None
         self._next_resubscribed = None
         self._next_up = None
+        self._next_down = None
         self._started = False
         self._unknown = set()
 
@@ -88,9 +193,12 @@ class Control:
             self._next_message = subscriber.on_message
             self._next_resubscribed = subscriber.on_resubscribed
             self._next_up = subscriber.on_up
+            self._next_down = subscriber.on_down
             subscriber.on_message = self._message
             subscriber.on_resubscribed = self._resubscribed
             subscriber.on_up = self._up
+            subscriber.on_down = self._down
+            self._run_id = subscriber.run_id
         self._subscribe(list(self._channels - self._subscribed), confirmed)
 
     def close(self):
@@ -99,6 +207,9 @@ class Control:
         for channel in self._channels:
             self.subscriber.unsubscribe(channel)
         self._subscribed.clear()
+        for journal in self._journals.values():
+            journal.generation += 1
+        self._journals.clear()
 
     @property
     def ready(self):
@@ -108,10 +219,27 @@ class Control:
     def _up(self, run_id):
         if self._next_up is not None:
             self._next_up(run_id)
+        if self._run_id is not None and run_id != self._run_id:
+            # a restarted Redis, empty: its journals hold only what was
+            # sent since (their ids may even be lower than the old ones)
+            for journal in self._journals.values():
+                journal.generation += 1
+                if journal.reading:
+                    self._caught_up(journal)
+                if journal.base is not None:
+                    journal.base = (0, 0)
+                journal.upto = None
+        self._run_id = run_id
         if self._started and self._channels - self._subscribed:
             # subscribed before the subscription was up (or lost before
             # Redis confirmed): now; the confirmed ones it makes again
             self._subscribe(list(self._channels - self._subscribed), None)
+
+    def _down(self, error):
+        if self._down_at is None:
+            self._down_at = time.monotonic()
+        if self._next_down is not None:
+            self._next_down(error)
 
     def rename(self, node_id, confirmed=None):
         """This node registered again as ``node_id``: its targeted channel
@@ -125,6 +253,9 @@ class Control:
         if old is not None:
             self._channels.discard(old)
             self._subscribed.discard(old)
+            journal = self._journals.pop(old, None)
+            if journal is not None:
+                journal.generation += 1
             if self._started:
                 self.subscriber.unsubscribe(old)
         if self._started:
@@ -148,6 +279,9 @@ class Control:
                     if confirmed is not None:
                         confirmed(error)
                 return
+            self._confirmed(channel)
+            if self.ready:
+                self._down_at = None
             waiting[0] -= 1
             if not waiting[0] and not failed and confirmed is not None:
                 confirmed(None)
@@ -190,7 +324,12 @@ class Control:
             if then is not None:
                 then(reply)
 
-        return self.redis.call(published, "PUBLISH", channel, message)
+        return self.redis.evalsha(
+            published,
+            PUBLISH_SCRIPT,
+            keys=(journal_key(channel),),
+            args=(channel, message, JOURNAL_LENGTH, JOURNAL_TTL * 1000),
+        )
 
     # receiving (loop thread)
 
@@ -205,30 +344,57 @@ class Control:
             return False
         if data.startswith(b"\x00"):
             return True  # a liveness probe sharing the node's channel
+        message = self._read(data)
+        if message is None:
+            return True
+        entry = _entry_id(message.get("id"))
+        journal = self._journals.get(channel)
+        if entry is not None and journal is not None:
+            if journal.reading:
+                journal.held.append((entry, message))
+                if len(journal.held) > JOURNAL_LENGTH:
+                    self._give_up(journal, "too many commands came meanwhile")
+                return True
+            if journal.upto is not None and entry <= journal.upto:
+                return True  # applied from the journal already
+            journal.base = _later(journal.base, entry)
+        self._apply(message)
+        return True
+
+    def _read(self, data):
+        """A command's message (JSON) as a dict with a str ``command`` and
+        a dict ``data``; None (logged) if it is not one."""
         try:
             message = json.loads(data)
             command = message["command"]
-            sender = message.get("node")
-            sender = None if sender is None else str(sender)
             body = message.get("data") or {}
             if not isinstance(command, str) or not isinstance(body, dict):
                 raise ValueError(command)
         except (ValueError, TypeError, KeyError):
             logger.warning("An unreadable cluster command was dropped: %r", data[:200])
-            return True
+            return None
+        message["data"] = body
+        return message
+
+    def _apply(self, message):
+        """Runs a command's handler; True if one ran (not an unknown
+        command, nor this node's own broadcast)."""
+        command = message["command"]
         handler = self.handlers.get(command)
         if handler is None:
             # a newer node's, during an upgrade: said once per name
             if command not in self._unknown and len(self._unknown) < 100:
                 self._unknown.add(command)
                 logger.warning("Unknown cluster commands %r are dropped", command[:100])
-            return True
+            return False
         handler, own = handler
         if not own and message.get("origin") == self.origin:
-            return True
+            return False
+        sender = message.get("node")
+        sender = None if sender is None else str(sender)
         self.received += 1
         try:
-            handler(body, sender)
+            handler(message["data"], sender)
         except Exception:
             logger.exception("The cluster command %s failed", command)
         return True
@@ -238,11 +404,176 @@ class Control:
             self._next_resubscribed(channels)
         if any(channel in self._channels for channel in channels):
             logger.warning(
-                "Cluster control channel subscribed again: commands sent"
-                " meanwhile were lost; repairing what can be"
+                "Cluster control channel subscribed again: the commands sent"
+                " meanwhile are read from the journal"
             )
+            for channel in channels:
+                if channel in self._channels:
+                    self._confirmed(channel)
+            if self.ready:
+                self._down_at = None
             for hook in list(self.on_gap):
                 try:
                     hook()
                 except Exception:
                     logger.exception("a control gap hook failed")
+
+    # the journal (loop thread)
+
+    def _confirmed(self, channel):
+        """A control channel is subscribed (again): this node learns where
+        the journal ends, or catches up with what it missed."""
+        journal = self._journals.get(channel)
+        if journal is None:
+            journal = self._journals[channel] = _Journal(channel)
+        journal.generation += 1
+        if journal.base is None:
+            self._read_end(journal, journal.generation)
+        else:
+            journal.reading = True
+            self._catch_up(
+                journal, journal.generation, journal.base, True, self._down_at
+            )
+
+    def _read_end(self, journal, generation):
+        """The journal's last entry becomes this node's base: what came
+        before the subscription is not this node's."""
+
+        def read(reply):
+            if generation != journal.generation:
+                return
+            if isinstance(reply, Exception):
+                self._retry(
+                    journal, generation, lambda: self._read_end(journal, generation)
+                )
+                return
+            last = _entry_id(reply[0][0]) if reply else None
+            journal.base = _later(journal.base, last or (0, 0))
+
+        self.redis.call(read, "XREVRANGE", journal.key, "+", "-", "COUNT", 1)
+
+    def _catch_up(self, journal, generation, after, first, since):
+        """Reads the journal after ``after`` (one page) and applies it; at
+        the ``first`` page also checks that nothing this node needed is
+        gone (``since``: when the subscription went down, or None)."""
+        info = []
+
+        def checked(reply):
+            info.append(reply)
+
+        def entries(reply):
+            if generation != journal.generation:
+                return
+            if isinstance(reply, Exception) or (
+                info and isinstance(info[0], Exception) and not _missing(info[0])
+            ):
+                self._retry(
+                    journal,
+                    generation,
+                    lambda: self._catch_up(journal, generation, after, first, since),
+                )
+                return
+            if first:
+                self._check(after, info[0], since)
+            last = after
+            for ident, fields in reply:
+                entry = _entry_id(ident)
+                if entry is None:
+                    continue
+                last = entry
+                journal.upto = journal.base = _later(journal.base, entry)
+                message = self._read(_field(fields, b"m"))
+                if message is not None and self._apply(message):
+                    self.caught_up.inc()
+            if len(reply) >= PAGE:
+                self._catch_up(journal, generation, last, False, since)
+            else:
+                self._caught_up(journal)
+
+        start = b"(%d-%d" % after
+        if first:
+            self.redis.call(checked, "XINFO", "STREAM", journal.key)
+        self.redis.call(entries, "XRANGE", journal.key, start, "+", "COUNT", PAGE)
+
+    def _check(self, after, info, since):
+        """Whether the journal (``XINFO STREAM``'s ``info``) still holds
+        everything after ``after``: neither trimmed past it nor expired
+        while the subscription was away (since ``since``)."""
+        if isinstance(info, Exception):
+            # no journal: no command since it expired (or since Redis
+            # restarted empty); expired while away, it may have had some
+            away = 0 if since is None else time.monotonic() - since
+            if away > JOURNAL_TTL:
+                self._lost(
+                    "its journal expired while the subscription was away for %ds"
+                    % away,
+                    since,
+                )
+            return
+        fields = dict(zip(info[::2], info[1::2], strict=False))
+        if (fields.get(b"entries-added") or 0) <= (fields.get(b"length") or 0):
+            return  # never trimmed
+        # trimmed oldest first: lost if the first entry kept (or the last
+        # added, none kept) comes after ``after`` (in all, entries may be
+        # lost only when more were added after it than the journal keeps)
+        first = fields.get(b"first-entry")
+        kept = _entry_id(first[0] if first else fields.get(b"last-generated-id"))
+        if kept is not None and kept > after:
+            self._lost(
+                "its journal keeps the last %d commands only" % JOURNAL_LENGTH, since
+            )
+
+    def _caught_up(self, journal):
+        """The journal is read: the commands received meanwhile follow,
+        those the journal had already dropped."""
+        journal.reading = False
+        held, journal.held = journal.held, []
+        for entry, message in held:
+            if journal.upto is not None and entry <= journal.upto:
+                continue
+            journal.base = _later(journal.base, entry)
+            self._apply(message)
+
+    def _give_up(self, journal, why):
+        """Stops catching up: what was received meanwhile is applied."""
+        journal.generation += 1
+        self._lost(why, None)
+        self._caught_up(journal)
+
+    def _lost(self, why, since):
+        """Says (once per time the subscription was away, ``since``) that
+        commands may have been lost."""
+        if since is not None:
+            if since == self._lost_since:
+                return
+            self._lost_since = since
+        self.lost.inc()
+        logger.warning(
+            "Cluster commands sent while this node's control subscription was"
+            " away may be lost: %s",
+            why,
+        )
+
+    def _retry(self, journal, generation, read):
+        def again():
+            if generation == journal.generation:
+                read()
+
+        self.redis.loop.later(RETRY, again)
+
+
+def _missing(error):
+    """Whether ``error`` says the journal does not exist."""
+    return isinstance(error, ReplyError) and "no such key" in str(error)
+
+
+def _field(fields, name):
+    """The value of ``name`` in a stream entry's flat field list."""
+    for index in range(0, len(fields) - 1, 2):
+        if fields[index] == name:
+            return fields[index + 1]
+    return b""
+
+
+def _bytes(value):
+    return value.encode() if isinstance(value, str) else value

@@ -86,7 +86,9 @@ class Spans:
     def __init__(self, state, redis, subscriber, node_id, client=None):
         self.state = state
         self.client = client or blocking_client(redis.url)
-        self.control = Control(redis, subscriber, node_id)
+        self.control = Control(
+            redis, subscriber, node_id, registry=state.metrics.registry
+        )
         self.tokens = RedisTokens(self.client)
         ttl = max(3 * state.config.retention_interval, MIN_RETENTION_TTL)
         # the process, whatever its node id (None until registered, then
