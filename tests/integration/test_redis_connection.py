@@ -8,6 +8,7 @@ checked through redis-py, a separate blocking connection.
 """
 
 import queue
+import socket
 import threading
 import time
 
@@ -400,6 +401,33 @@ def test_a_cut_connection_reconnects_and_resubscribes(state, clients, redis_serv
         assert hooks.wait("resubscribed", timeout=15) == ("resubscribed", [b"ch"])
         redis_server.client().publish("ch", "x")
         assert hooks.wait("message") == ("message", b"ch", b"x")
+    finally:
+        proxy.close()
+
+
+def test_the_loop_lets_go_of_each_socket_a_client_is_done_with(
+    state, clients, redis_server
+):
+    """The sockets are watched through ``net.wire``: a reconnection lets
+    go of the old one, ``close`` of the last; none stays watched."""
+    proxy = TcpProxy(("127.0.0.1", redis_server.port))
+    try:
+        client, hooks = clients(Redis, proxy.url())
+        hooks.wait("up")
+        proxy.cut()
+        hooks.wait("down")
+        hooks.wait("up", timeout=15)
+        assert calls(state, client, ("PING",))[0] == [b"PONG"]
+        state.call_in_loop(client.close)
+
+        def watched():
+            return [
+                sock
+                for sock in state.server.callbacks_m
+                if isinstance(sock, socket.socket) and sock.fileno() == -1
+            ]
+
+        assert state.call_in_loop(watched) == []
     finally:
         proxy.close()
 

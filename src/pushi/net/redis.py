@@ -2,8 +2,8 @@
 connection of a node (the Redis broker's ground).
 
 Everything runs on the loop thread: non-blocking sockets (connect
-included) watched by the loop (``NetiusLoop``, the one place that knows
-netius), replies parsed by ``hiredis.Reader``, commands encoded by
+included) watched by the loop (``NetiusLoop``, over ``net.wire``'s
+socket watching), replies parsed by ``hiredis.Reader``, commands encoded by
 ``hiredis.pack_command``.  A callback gets the reply, or an exception
 instance (``ReplyError`` for an error reply, ``ConnectionDown`` or
 ``CommandTimeout`` when the connection went or is away, ``Overloaded``
@@ -33,6 +33,8 @@ import urllib.parse
 from typing import Any
 
 import hiredis
+
+from pushi.net import wire
 
 logger = logging.getLogger("pushi")
 
@@ -159,37 +161,30 @@ def redacted(url):
 
 
 class NetiusLoop:
-    """The loop glue, the only part that knows netius: watches a socket
-    and runs timers and next-turn work on a netius server's loop (Pushi's
-    WebSocket server: its ``run`` logs a failure and flushes).  Loop
-    thread only."""
+    """The loop glue: watches a socket through ``net.wire`` (the one glue
+    onto netius's socket watching) and runs timers and next-turn work on a
+    netius server's loop (Pushi's WebSocket server: its ``run`` logs a
+    failure and flushes).  Loop thread only."""
 
     def __init__(self, server):
         self.server = server
 
-    def watch(self, sock, handler):
-        """Runs ``handler(event)`` with ``"read"``, ``"write"`` or
-        ``"error"`` as the socket becomes readable, writable or fails.
-        Edge-triggered on epoll: the handler reads (or writes) all it can."""
-        self.server.sub_read(sock)
+    def watch_read(self, sock, work):
+        """Runs ``work()`` whenever the socket becomes readable
+        (edge-triggered: ``work`` reads all it can)."""
+        wire.watch_read(self.server, sock, work)
 
-        def ready(event, _socket):
-            self.server.run(handler, event)
+    def watch_write(self, sock, work):
+        """Runs ``work()`` at the next turn, then whenever the socket
+        becomes writable again, until ``unwatch_write``."""
+        wire.watch_write(self.server, sock, work)
 
-        self.server.add_callback(sock, ready)
-
-    def want_write(self, sock, wanted):
-        """Polls the socket for writability (a no-op on netius's epoll,
-        which always does, edge-triggered)."""
-        if wanted:
-            self.server.sub_write(sock)
-        else:
-            self.server.unsub_write(sock)
+    def unwatch_write(self, sock):
+        wire.unwatch_write(self.server, sock)
 
     def unwatch(self, sock):
         """Lets go of the socket (before it is closed)."""
-        self.server.unsub_all(sock)
-        self.server.callbacks_m.pop(sock, None)
+        wire.unwatch(self.server, sock)
 
     def later(self, seconds, work):
         """Runs ``work()`` in ``seconds``; returns a handle whose
@@ -342,9 +337,9 @@ class _Link:
         self._connect_deadline = time.monotonic() + self.timeout
         code = sock.connect_ex(target)
         # watched once connecting: an unconnected socket reads as hung up
-        self.loop.watch(sock, lambda event: self._on_event(generation, event))
+        self.loop.watch_read(sock, lambda: self._on_event(generation, "read"))
         if code in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-            self.loop.want_write(sock, True)
+            self._want_write(generation)
             self._arm()
         elif code == 0:
             self._connected()
@@ -355,18 +350,19 @@ class _Link:
         if generation != self._generation or self._sock is None:
             return
         if self._connecting:
-            if event == "read":
-                # a failed connect is readable too: its error says why
-                event = "write"
-            if event in ("write", "error"):
-                code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if code:
-                    self._failed(
-                        ConnectionDown("Redis unreachable: %s" % os.strerror(code))
-                    )
-                    return
-                self.loop.want_write(self._sock, False)
-                self._connected()
+            # a failed connect is readable too: its error says why
+            code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._failed(
+                    ConnectionDown("Redis unreachable: %s" % os.strerror(code))
+                )
+                return
+            try:
+                self._sock.getpeername()
+            except OSError:
+                return  # not connected yet: its next edge says when
+            self.loop.unwatch_write(self._sock)
+            self._connected()
             return
         if event == "write":
             if self._blocked:
@@ -512,12 +508,17 @@ class _Link:
             if not sent:
                 if not self._blocked:
                     self._blocked = True
-                    self.loop.want_write(self._sock, True)
+                    self._want_write(self._generation)
                 return
             del out[:sent]
         if self._blocked:
             self._blocked = False
-            self.loop.want_write(self._sock, False)
+            self.loop.unwatch_write(self._sock)
+
+    def _want_write(self, generation):
+        """The socket's writability is watched (connecting, or its send
+        buffer full)."""
+        self.loop.watch_write(self._sock, lambda: self._on_event(generation, "write"))
 
     # reads
 

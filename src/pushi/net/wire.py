@@ -468,3 +468,13 @@ def unwatch_write(server, socket):
     watch.write = None
     server.unsub_write(socket)
     _let_go(server, socket, watch)
+
+
+def unwatch(server, socket):
+    """Stops ``watch_read`` and ``watch_write`` at once: the socket is let
+    go of entirely (before it is closed)."""
+    for callback in server.callbacks_m.get(socket, ()):
+        if isinstance(callback, _Watch):
+            callback.read = callback.write = None
+    server.unsub_all(socket)
+    server.callbacks_m.pop(socket, None)
