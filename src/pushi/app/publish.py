@@ -84,6 +84,10 @@ def _unavailable(stored=False):
     return errors.HttpError(503, "Server unavailable: event not delivered")
 
 
+_NO_INFO = errors.HttpError(503, "Server unavailable: event delivered, info not read")
+""" The answer of a publish delivered whose ``info`` could not be read """
+
+
 class Publisher:
     """The publish routes, on the loop (``handle``) or as WSGI."""
 
@@ -123,7 +127,19 @@ class Publisher:
             if error is not None:
                 answer(*error_response(_unavailable(bool(stored))))
                 return
-            self.complete(app, answers, queries, _call)
+            if self.state.cluster is not None and any(info for _n, info in queries):
+                # a node's counts are Redis reads, which must not hold the
+                # loop: on a worker, then answered on the loop
+                self.state.offload(
+                    lambda: self.completed(app, answers, queries, _call), finish
+                )
+                return
+            finish(self.completed(app, answers, queries, _call))
+
+        def finish(completed):
+            if not completed:
+                answer(*error_response(_NO_INFO))
+                return
             answer(*json_response(200, self.answer(route, answers)))
             metrics.publish_answered(request.received)
 
@@ -188,7 +204,11 @@ class Publisher:
                 start_response(status, headers)
                 return [data]
             self.state.metrics.publish_latency.observe(time.monotonic() - received)
-        self.complete(app, answers, queries, self.state.call_in_loop)
+        # on this thread for a cluster node, whose counts are Redis reads
+        if not self.completed(app, answers, queries, self.state.query):
+            status, headers, data = error_response(_NO_INFO)
+            start_response(status, headers)
+            return [data]
         status, headers, data = json_response(200, self.answer(route, answers))
         start_response(status, headers)
         return [data]
@@ -340,12 +360,19 @@ class Publisher:
             event = Event(app.app_id, tuple(names), name, data, socket_id, extra)
             self.state.broker.publish(event, delivered)
 
-    def complete(self, app, answers, queries, call):
+    def completed(self, app, answers, queries, call):
         """Fills the ``info`` asked for in the answers; ``call(work,
-        *args)`` runs ``work`` on the loop (directly when already there)."""
-        for answer, (names, info) in zip(answers, queries, strict=True):
-            if info:
-                answer["channels"] = call(self._info, app.app_id, names, info)
+        *args)`` runs ``work`` where the seams are read (``State.query``:
+        the loop for one process, directly when already there).  False
+        (logged) when they could not be read (a node's Redis away)."""
+        try:
+            for answer, (names, info) in zip(answers, queries, strict=True):
+                if info:
+                    answer["channels"] = call(self._info, app.app_id, names, info)
+        except Exception as error:
+            logger.warning("publish info not read: %s", error)
+            return False
+        return True
 
     def _info(self, app_id, names, info):
         engine = self.state.engine
