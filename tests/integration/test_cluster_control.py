@@ -519,6 +519,24 @@ def test_session_tokens_of_a_revoked_key_or_a_disabled_app_end_in_redis(redis_se
     assert client.exists("pushi:tokens:1") == 0
 
 
+def test_a_logout_on_one_node_ends_the_token_on_the_other_before_its_word_arrives(
+    redis_server,
+):
+    apps = {"1": App(dict(app_id="1", key="k1", secret="s1"))}
+
+    class Apps:
+        load_id = staticmethod(apps.get)
+
+    one, two = Access(Apps()), Access(Apps())
+    one.shared = two.shared = RedisTokens(redis_server.client())
+    token = one.login("1", "k1", "s1")[1]
+    assert two.session_app(token, "1")
+    # no control channel here: node 2 learns of the logout from Redis alone
+    assert one.logout(token)
+    assert two.session_app(token, "1") is None
+    assert not two.is_live(token, "1")
+
+
 def test_session_tokens_while_redis_is_away(redis_server):
     """A login is refused with 503 rather than issued on one node only; a
     token this node holds in memory keeps working; an unknown one is 503."""

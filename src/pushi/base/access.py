@@ -10,7 +10,8 @@ A node of a cluster also has ``shared`` tokens (``cluster/tokens.py``,
 in Redis), the same interface, blocking: a token issued by any node holds
 on every node, and one ended on any node ends everywhere.  The memory then
 is this node's view (what the loop may read without waiting): tokens issued
-here or met here, dropped when another node says they ended.
+here or met here, dropped when another node says they ended; the REST
+threads ask the shared tokens first.
 """
 
 from __future__ import annotations
@@ -284,17 +285,29 @@ class Access:
         return entry is not None and entry[1] > time.time() and entry[0] == app_id
 
     def _lookup(self, token):
-        """The entry of a live session token, from memory, else from the
-        shared tokens (then kept in memory); None if not live (blocking;
-        raises ``TokensUnavailable``)."""
+        """The entry of a live session token; None if not live.  A node
+        of a cluster reads the shared tokens (then kept in memory, or
+        forgotten: a logout on another node ends it here at once, before
+        that node's word arrives), and its memory only while Redis does
+        not answer (blocking; raises ``TokensUnavailable`` when neither
+        knows the token)."""
         if not isinstance(token, str) or not token:
             return None
         ident = token_id(token)
         entry = self.tokens.get(ident)
-        if entry is None and self.shared is not None:
-            entry = self.shared.get(ident)
-            if entry is not None:
-                self.tokens.add(ident, entry)
+        if self.shared is not None:
+            try:
+                shared = self.shared.get(ident)
+            except TokensUnavailable:
+                if entry is None:
+                    raise
+            else:
+                if shared is None:
+                    if entry is not None:
+                        self.tokens.remove(ident)
+                else:
+                    self.tokens.add(ident, shared)
+                entry = shared
         return entry if entry is not None and entry[1] > time.time() else None
 
     def _holds(self, token, app, blocking):
