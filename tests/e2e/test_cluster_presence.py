@@ -407,6 +407,39 @@ def test_watchers_on_every_node_hear_a_user_come_and_go(cluster):
         assert watcher.nothing(0.5)
 
 
+def test_subscription_counts_reach_the_subscribers_of_every_node(cluster):
+    hooks = Hooks()
+    try:
+        a, b = cluster.node(), cluster.node()
+        app = cluster.make_app(
+            subscription_count_events=True,
+            webhooks=[{"url": hooks.url, "events": ["subscription_count"]}],
+        )
+
+        def count(client):
+            told = client.recv_event("pusher_internal:subscription_count")
+            return data_of(told)["subscription_count"]
+
+        first = a.connect(app)
+        assert first.subscribe("room")["event"].endswith("subscription_succeeded")
+        assert count(first) == 1
+        second = b.connect(app)
+        assert second.subscribe("room")["event"].endswith("subscription_succeeded")
+        # the join on b reaches the subscriber on a
+        assert count(first) == 2
+        assert count(second) == 2
+        second.close()
+        assert count(first) == 1
+        # the webhook of each count goes from the node of the change alone
+        assert wait_for(lambda: len(hooks.named("subscription_count")) >= 2)
+        time.sleep(2)
+        counts = [e["subscription_count"] for e in hooks.named("subscription_count")]
+        assert sorted(counts)[:2] == [1, 2] and counts.count(2) == 1, hooks.events
+        first.close()
+    finally:
+        hooks.close()
+
+
 def test_an_apps_connection_quota_holds_across_the_nodes(cluster):
     a, b = cluster.node(), cluster.node()
     app = cluster.make_app(max_connections=3)

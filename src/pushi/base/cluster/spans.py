@@ -16,6 +16,9 @@ for everything beyond delivery and the shared counts:
 * watchlists: a user online or offline (decided once for the cluster by
   the users twin) is told to the watchers on every node
   (``watchlist``);
+* subscription counts: a socket that joins or leaves a channel here
+  makes every node with subscribers on it send them the channel's count
+  (``subscription_count``; the webhook goes from this node alone);
 * session tokens: kept in Redis (``tokens.RedisTokens``), a logout (or a
   token pushed out by newer logins) broadcast as ``logout`` so that every
   node forgets it and ends the console streams it opened;
@@ -101,6 +104,7 @@ class Spans:
         self._terminate_user = state.engine.terminate_user
         self._personal_changed = state.engine.personal_changed
         self._tell_watchers = state.engine.signin.tell_watchers
+        self._counts_changed = state.engine.counts.changed
 
     @property
     def node_id(self):
@@ -115,6 +119,7 @@ class Spans:
         engine.terminate_user = self.terminate_user
         engine.personal_changed = self.personal_changed
         engine.signin.tell_watchers = self.tell_watchers
+        engine.counts.changed = self.counts_changed
         state.access.shared = self.tokens
         state.access.ended = self.tokens_ended
         control.on("app_changed", self._on_app_changed)
@@ -122,6 +127,7 @@ class Spans:
         control.on("personal_changed", self._on_personal_changed)
         control.on("logout", self._on_logout)
         control.on("watchlist", self._on_watchlist)
+        control.on("subscription_count", self._on_subscription_count)
         control.on_gap.append(self._gap)
 
     def node_changed(self, node_id):
@@ -177,6 +183,16 @@ class Spans:
         self.control.broadcast(
             "watchlist", {"app_id": app_id, "user_id": user_id, "name": name}
         )
+
+    def counts_changed(self, app, name, here=True):
+        """A channel's subscriptions changed here: its count goes to its
+        subscribers here (loop thread), and on the other nodes, when the
+        app asks for counts."""
+        self._counts_changed(app, name, here)
+        if here and app.limits.subscription_count_events:
+            self.control.broadcast(
+                "subscription_count", {"app_id": app.app_id, "channel": name}
+            )
 
     def tokens_ended(self, ids):
         """Session tokens this node ended in Redis (any thread): the other
@@ -238,6 +254,16 @@ class Spans:
             and name in ("online", "offline")
         ):
             self._tell_watchers(app_id, user_id, name)
+
+    def _on_subscription_count(self, data, sender):
+        app_id, name = data.get("app_id"), data.get("channel")
+        if not (isinstance(app_id, str) and isinstance(name, str)):
+            return
+        channel = self.state.engine.registry.channel(app_id, name)
+        if channel is not None:
+            # the app as this node's sockets hold it
+            app = next(iter(channel.sessions)).app
+            self._counts_changed(app, name, here=False)
 
     def _on_logout(self, data, sender):
         ids = data.get("tokens")

@@ -19,8 +19,11 @@ class SubscriptionCounts:
         self._counted = {}
         # the channels whose count waits for the end of their interval
         self._due = set()
+        # the channels whose next count goes to the observers too: a
+        # socket of this process came or went
+        self._observed = set()
 
-    def changed(self, app, name):
+    def changed(self, app, name, here=True):
         """Tells a channel's subscribers (and the observers: webhooks) how
         many they are, when the app asks for it
         (``subscription_count_events``).  A count costs one frame per
@@ -28,13 +31,17 @@ class SubscriptionCounts:
         the first change is told at once, later ones in that interval
         are held and told, with the count of that moment, when it ends.
         As on Pusher, presence channels have none: their members say who
-        is there."""
+        is there.  ``here`` False: the change was on another node of a
+        cluster, which tells the observers; this one tells its own
+        subscribers only."""
         if not app.limits.subscription_count_events or channels.kind(name) in (
             channels.USER,
             channels.PRESENCE,
         ):
             return
         key = (app.app_id, name)
+        if here:
+            self._observed.add(key)
         if key in self._due:
             return
         now = time.monotonic()
@@ -56,6 +63,8 @@ class SubscriptionCounts:
     def _send(self, key, now):
         engine = self.engine
         app_id, name = key
+        observed = key in self._observed
+        self._observed.discard(key)
         channel = engine.registry.channel(app_id, name)
         if channel is None:
             # vacated meanwhile: nobody to tell, and no count after a vacate
@@ -73,9 +82,13 @@ class SubscriptionCounts:
             frame = text_frame(messages.subscription_count(name, count))
             for write in channel.sessions.values():
                 write(frame)
-            engine.emit(
-                app_id, "subscription_count", channel=name, subscription_count=count
-            )
+            if observed:
+                engine.emit(
+                    app_id,
+                    "subscription_count",
+                    channel=name,
+                    subscription_count=count,
+                )
 
         engine.occupancy.fetch_count(app_id, name, counted)
 
