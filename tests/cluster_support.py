@@ -62,6 +62,78 @@ def cluster_fixture(redis_server):
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
+class TwoNodes:
+    """Two nodes on one ``redis-server`` and one data dir, used where one
+    ``PushiServer`` is: REST calls, the CLI and the apps go through node
+    ``a``; clients connect to node ``b`` first, then (for the next clients
+    of an app) alternate between ``a`` and ``b``, so that a publish, a
+    query or a client event crosses the nodes. One Pushi behind a load
+    balancer should not tell the difference."""
+
+    def __init__(self):
+        from redis_support import RedisServer
+
+        self.redis = RedisServer()
+        self.data_dir = tempfile.mkdtemp(prefix="pushi-cluster-")
+        self.a = self.b = None
+        # app key -> how many clients of it connected so far
+        self._connected = {}
+
+    def start(self):
+        self.redis.start()
+        self.a = PushiServer(data_dir=self.data_dir, redis_url=self.redis.url)
+        self.b = PushiServer(data_dir=self.data_dir, redis_url=self.redis.url)
+        self.a.start()
+        self.b.start()
+        return self
+
+    def stop(self):
+        for node in (self.a, self.b):
+            if node is not None:
+                node.stop()
+        self.redis.close()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __getattr__(self, name):
+        # REST, CLI and app set-up: node a
+        if name in ("a", "b"):
+            raise AttributeError(name)
+        return getattr(self.a, name)
+
+    @property
+    def server_port(self):
+        return self.b.server_port
+
+    @property
+    def ws_url(self):
+        return self.b.ws_url
+
+    def next_node(self, app):
+        """The node the next client of ``app`` connects to: b, a, b, ..."""
+        count = self._connected.get(app["key"], 0)
+        self._connected[app["key"]] = count + 1
+        return self.b if count % 2 == 0 else self.a
+
+    def next_ws_port(self, app):
+        return self.next_node(app).server_port
+
+    def connect(self, app, dialect="pusher", **kwargs):
+        return self.next_node(app).connect(app, dialect, **kwargs)
+
+    def socket_ids(self, app, expected=None, timeout=15):
+        """The ids of an app's open sockets on both nodes (each node's
+        ``/sockets`` lists its own)."""
+        ids = []
+
+        def counted():
+            ids[:] = self.a.socket_ids(app) + self.b.socket_ids(app)
+            return expected is None or len(ids) == expected
+
+        wait_for(counted, timeout)
+        assert expected is None or len(ids) == expected, ids
+        return ids
+
+
 def rest(node, app, path, params=None):
     """``(status, answer)`` of a signed GET of ``/apps/<id>/<path>``."""
     full = "/apps/%s/%s" % (app["app_id"], path)

@@ -36,7 +36,10 @@ def check_node():
 
 
 class NodeAgent:
-    """A running ``agent.js`` bound to one app of one server."""
+    """A running ``agent.js`` bound to one app of one server: its SDK calls
+    go to ``server.app_port``, each client it connects to the port
+    ``server.next_ws_port(app)`` answers (a cluster's stand-in spreads
+    them over its nodes)."""
 
     def __init__(self, server, app):
         check_node()
@@ -49,6 +52,8 @@ class NodeAgent:
             PUSHI_SECRET=app["secret"],
             PUSHI_MASTER_KEY=MASTER_KEY,
         )
+        self.server = server
+        self.app = app
         self.process = subprocess.Popen(
             ["node", AGENT],
             stdin=subprocess.PIPE,
@@ -89,6 +94,9 @@ class NodeAgent:
         """Runs one operation; returns its result or raises with the agent's error."""
         self._next_id += 1
         command = dict(args, op=op, id=self._next_id)
+        if op in ("connect", "echo_connect"):
+            # on a cluster, the node this client connects to
+            command.setdefault("wsPort", self.server.next_ws_port(self.app))
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         deadline = time.time() + timeout

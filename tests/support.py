@@ -398,6 +398,11 @@ class PushiServer:
             base_url=self.base_url,
         )
 
+    def next_ws_port(self, app):
+        """The WebSocket port the next client of ``app`` connects to (a
+        cluster's stand-in spreads its clients over its nodes)."""
+        return self.server_port
+
     def connect(self, app, dialect="pusher", **kwargs):
         path = (
             "app/%s?protocol=7&client=test&version=1.0" % app["key"]

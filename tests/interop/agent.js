@@ -23,6 +23,8 @@
  *
  * Settings come from the environment: PUSHI_WS_PORT, PUSHI_APP_PORT,
  * PUSHI_APP_ID, PUSHI_KEY, PUSHI_SECRET, PUSHI_MASTER_KEY (base64, 32 bytes).
+ * A `connect` or `echo_connect` may name a `wsPort` of its own (another
+ * node of a cluster) instead of PUSHI_WS_PORT.
  */
 
 "use strict";
@@ -78,7 +80,7 @@ function connect(args) {
   const entry = { presence: args.presence || null, user: args.user || null };
   const pusher = new PusherJS(settings.key, {
     wsHost: "127.0.0.1",
-    wsPort: settings.wsPort,
+    wsPort: args.wsPort || settings.wsPort,
     forceTLS: false,
     enabledTransports: ["ws"],
     cluster: "local",
@@ -308,7 +310,7 @@ async function echoConnect(args) {
     key: settings.key,
     cluster: "local",
     wsHost: "127.0.0.1",
-    wsPort: settings.wsPort,
+    wsPort: args.wsPort || settings.wsPort,
     forceTLS: false,
     enabledTransports: ["ws"],
     disableStats: true,

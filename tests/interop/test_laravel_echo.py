@@ -69,6 +69,7 @@ def echo_events(agent, after=0, **match):
     return [event["data"] for event in agent.seen(after=after, type="echo", **match)]
 
 
+@pytest.mark.one_server
 def test_installed_version_is_the_pinned_one(agent):
     with open(os.path.join(INTEROP, "package.json")) as file:
         pins = json.load(file)["dependencies"]

@@ -32,12 +32,27 @@ def sync(agent, client, channel):
     )
 
 
+@pytest.mark.one_server
 def test_installed_versions_are_the_pinned_ones(agent):
     with open(os.path.join(INTEROP, "package.json")) as file:
         pins = json.load(file)["dependencies"]
     versions = agent.call("versions")
     assert versions["pusher-js"] == pins["pusher-js"]
     assert versions["pusher"] == pins["pusher"]
+
+
+def test_the_clients_of_a_test_alternate_over_the_nodes(server, app, agent):
+    """On ``cluster2`` a test's clients, pusher-js and raw sockets alike,
+    connect to node b, then a, then b: what two of them do crosses the
+    nodes."""
+    ids = [agent.call("connect", client=name)["socket_id"] for name in "xy"]
+    ids.append(server.connect(app).socket_id)
+    if hasattr(server, "b"):
+        on_b = server.b.socket_ids(app, expected=2)
+        assert server.a.socket_ids(app, expected=1) == [ids[1]]
+        assert sorted(on_b) == sorted([ids[0], ids[2]])
+    else:
+        assert sorted(server.socket_ids(app, expected=3)) == sorted(ids)
 
 
 class TestChannels:
@@ -210,6 +225,7 @@ class TestUsers:
         )
         assert agent.wait(type="error", client="b")["error"]["code"] == 4009
 
+    @pytest.mark.one_server
     def test_bad_signin_is_refused(self, agent):
         agent.call("connect", client="a", user={"id": "u1"}, badSecret="wrong")
         agent.call("signin", client="a")
@@ -280,6 +296,7 @@ class TestEncryptedAndCache:
             # turn up in random ciphertext now and then)
             assert '"code"' not in json.dumps(message)
 
+    @pytest.mark.one_server
     def test_encrypted_channel_refuses_client_events(self, server, app):
         sdk = python_sdk(server, app, encryption_master_key_base64=MASTER_KEY)
         raw = server.connect(app)
@@ -431,6 +448,7 @@ class TestServerSdk:
         agent.sdk("trigger", "private-a=b@c,d.e;f", "odd", "name")
         agent.wait(type="event", client="a", channel="private-a=b@c,d.e;f", event="odd")
 
+    @pytest.mark.one_server
     def test_errors_have_pusher_status_codes(self, server, app, agent):
         wrong = agent.sdk("trigger", "news", "e", "x", badSecret="wrong")
         assert wrong["status"] == 401 and "message" in wrong["body"]

@@ -115,6 +115,7 @@ class TestPusherSdk:
         error = client.recv_event("pusher:error")
         assert error["data"]["code"] == 4009
 
+    @pytest.mark.one_server
     def test_errors(self, server, app, sdk):
         with pytest.raises(pusher.errors.PusherBadAuth):
             sdk_for(server, app, secret="wrong").trigger("c", "e", "x")
@@ -147,7 +148,7 @@ class Pysher:
         self.client = pysher.Pusher(
             app["key"],
             custom_host="127.0.0.1",
-            port=server.server_port,
+            port=server.next_ws_port(app),
             secure=False,
             secret=app["secret"],
             user_data=user_data,
