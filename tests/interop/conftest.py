@@ -1,9 +1,9 @@
 """The interop tests run against one server and against a cluster of two
 nodes on one ``redis-server`` (``cluster2``): the SDKs are not told, as
 they would not be behind a load balancer. On ``cluster2`` the publishes,
-REST queries and auth go through node a, the first client of each test
-connects to node b and the next ones alternate (``TwoNodes``), so every
-behaviour with two clients crosses the nodes.
+REST queries and app changes go through node a, the first client of each
+test connects to node b and the next ones alternate (``TwoNodes``), so
+every behaviour with two clients crosses the nodes.
 
 A test marked ``one_server`` (a cluster adds nothing to it: no client, or
 what it checks never leaves one node) runs on the single server only.
