@@ -197,6 +197,19 @@ class NetiusLoop:
         """Runs ``work()`` at the loop's next turn (before its next poll)."""
         self.server.soon(work)
 
+    def every(self, seconds, work):
+        """Runs ``work()`` every ``seconds``, the first time in ``seconds``;
+        returns a handle whose ``cancel()`` stops it."""
+        repeat = _Timer(work)
+
+        def fire():
+            if repeat.work is not None:
+                repeat.work()
+                self.later(seconds, fire)
+
+        self.later(seconds, fire)
+        return repeat
+
 
 class _Timer:
     __slots__ = ("work",)

@@ -53,7 +53,6 @@ class Linger:
         self.seconds = _never
         self.post = _drop
         self._timer = None
-        self._loop = None
 
     def pending(self, app_id, channel, user_id=None):
         """``(entry, ms)`` for the scripts: the pending entry of the
@@ -86,19 +85,9 @@ class Linger:
 
     def start(self, loop, interval=SWEEP_EVERY):
         """Sweeps every ``interval`` seconds on ``loop`` until ``stop``."""
-        self._loop = loop
-
-        def tick():
-            self._timer = None
-            if self._loop is None:
-                return
-            self.sweep()
-            self._timer = loop.later(interval, tick)
-
-        self._timer = loop.later(interval, tick)
+        self._timer = loop.every(interval, self.sweep)
 
     def stop(self):
-        self._loop = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

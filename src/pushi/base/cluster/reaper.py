@@ -101,7 +101,6 @@ class Reaper:
         self.busy = False
         """ True while a check (or its reaping) is under way """
         self._timer = None
-        self._loop = None
         self._queued = []
 
     @property
@@ -118,19 +117,9 @@ class Reaper:
     def start(self, loop, interval=INTERVAL):
         """Checks every ``interval`` seconds on ``loop`` (a ``NetiusLoop``)
         until ``stop``."""
-        self._loop = loop
-
-        def tick():
-            self._timer = None
-            if self._loop is None:
-                return
-            self.check()
-            self._timer = loop.later(interval, tick)
-
-        self._timer = loop.later(interval, tick)
+        self._timer = loop.every(interval, self.check)
 
     def stop(self):
-        self._loop = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
