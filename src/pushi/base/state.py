@@ -211,13 +211,27 @@ class State:
         """Runs ``work(*args)`` on the loop and returns its result (blocks
         the calling thread, which must not be the loop).  Raises
         ``LoopStopped`` if the loop ends first."""
+        return self.wait_in_loop(lambda done: done(work(*args)), timeout=timeout)
+
+    def wait_in_loop(
+        self, work: Callable[..., Any], *args: Any, timeout: float = 10
+    ) -> Any:
+        """Runs ``work(*args, done)`` on the loop and returns what it
+        passes to ``done`` (once), maybe later, from a callback (the loop
+        runs on meanwhile); blocks the calling thread, which must not be
+        the loop.  Raises ``LoopStopped`` if the loop ends first."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def done(result):
+            if not future.done():
+                future.set_result(result)
 
         def run():
             try:
-                future.set_result(work(*args))
+                work(*args, done)
             except BaseException as exception:
-                future.set_exception(exception)
+                if not future.done():
+                    future.set_exception(exception)
 
         with self._waiting_lock:
             if self._loop_ended.is_set():
@@ -237,6 +251,17 @@ class State:
         if self.cluster is not None:
             return work(*args)
         return self.call_in_loop(work, *args)
+
+    def sockets(self, app_id: str, limit: int) -> dict[str, Any]:
+        """An app's open sockets (at most ``limit``), their ``total`` and
+        ``missing``, the nodes that did not answer (None: unknown): this
+        process's, or every node's for a cluster node (``cluster/sockets``,
+        whose question and answers come on the loop: the loop runs on
+        while this thread waits)."""
+        if self.cluster is None:
+            listed, total = self.call_in_loop(self.engine.sockets, app_id, limit)
+            return {"sockets": listed, "total": total, "missing": 0}
+        return self.wait_in_loop(self.cluster.sockets.gather, app_id, limit)
 
     def _flush(self):
         """The broker's write at the end of a turn: the publishes answered

@@ -6,8 +6,15 @@ from pushi.proto import channels as channel_names
 from pushi.proto import errors
 
 from .common import APP, PushiController
+from .events import _count
 
 CHANNEL = "<regex('[^/]+'):name>"
+
+SOCKETS = 1000
+""" Sockets ``/sockets`` lists unless told otherwise (``?limit=``) """
+
+MAX_SOCKETS = 10000
+""" Sockets ``/sockets`` lists at most """
 
 
 class ChannelsController(PushiController):
@@ -82,10 +89,23 @@ class ChannelsController(PushiController):
 
     @appier.route("/apps/%s/sockets" % APP, "GET", json=True)
     def sockets(self, app_id):
+        """``?limit=``: the app's open sockets over every node (at most
+        ``limit``, ``MAX_SOCKETS`` at most) and their ``total``;
+        ``truncated`` when some are not listed, ``partial`` (and how many
+        nodes are ``missing``, when known) when a node did not answer in
+        time."""
         app = self.authorize(app_id)
-        return {
-            "sockets": self.state.call_in_loop(self.state.engine.sockets, app.app_id)
-        }
+        limit = min(_count(self.param("limit", str(SOCKETS)), "limit"), MAX_SOCKETS)
+        found = self.state.sockets(app.app_id, limit)
+        answer = {"sockets": found["sockets"], "total": found["total"]}
+        if found["total"] > len(found["sockets"]):
+            answer["truncated"] = True
+        if found["missing"] is None:
+            answer["partial"] = True
+        elif found["missing"]:
+            answer["partial"] = True
+            answer["missing"] = found["missing"]
+        return answer
 
     @appier.route("/apps/%s/stats" % APP, "GET", json=True)
     def stats(self, app_id):

@@ -47,6 +47,7 @@ import time
 from pushi.net.redis import Script
 
 from . import lua
+from .control import Gathering
 
 logger = logging.getLogger("pushi")
 
@@ -84,18 +85,6 @@ to refresh.  Returns every member (lapsed ones removed). """
 def channel(app_id):
     """The pub/sub channel of an app's relayed console messages."""
     return "pushi:console:{%s}" % app_id
-
-
-class _Gathering:
-    """A first watcher's wait for the other nodes' samples."""
-
-    __slots__ = ("thens", "answered", "expected", "timer")
-
-    def __init__(self, then):
-        self.thens = [then]
-        self.answered = set()
-        self.expected = None
-        self.timer = None
 
 
 class ConsoleRelay:
@@ -192,36 +181,33 @@ class ConsoleRelay:
         """A watcher of ``app_id`` joins here: ``then()`` once the other
         nodes' samples are in (at once when the app is watched here
         already, or Redis is away)."""
-        gathering = self._waiting.get(app_id)
-        if gathering is not None:
-            gathering.thens.append(then)
+        waiting = self._waiting.get(app_id)
+        if waiting is not None:
+            waiting.thens.append(then)
             return
         if app_id in self.here:
             then()
             return
         self.here.add(app_id)
         self.kept[app_id] = {}
-        gathering = self._waiting[app_id] = _Gathering(then)
-        gathering.timer = self.loop.later(
-            HISTORY_WAIT, lambda: self._gathered(app_id, gathering)
-        )
 
-        def asked(receivers):
-            if isinstance(receivers, Exception):
-                self._gathered(app_id, gathering)
-                return
-            # every node's control subscription got it, this one's too
-            gathering.expected = int(receivers) - 1
-            self._check(app_id)
+        def gathered():
+            if self._waiting.get(app_id) is gathering:
+                del self._waiting[app_id]
+
+        gathering = self._waiting[app_id] = Gathering(self.loop, HISTORY_WAIT, gathered)
+        gathering.thens.append(then)
 
         def subscribed(error):
             if error is not None or self._waiting.get(app_id) is not gathering:
-                self._gathered(app_id, gathering)
+                gathering.finish()
                 return
             # the member is in Redis before the others are asked (one
             # connection, in order): their looks keep relaying the app
             self.look()
-            self.control.broadcast("console_history", {"app_id": app_id}, asked)
+            self.control.broadcast(
+                "console_history", {"app_id": app_id}, gathering.asked
+            )
 
         self._subscribe(app_id, subscribed)
 
@@ -230,8 +216,8 @@ class ConsoleRelay:
         self.here.discard(app_id)
         self.kept.pop(app_id, None)
         gathering = self._waiting.pop(app_id, None)
-        if gathering is not None and gathering.timer is not None:
-            gathering.timer.cancel()
+        if gathering is not None:
+            gathering.cancel()
         if app_id in self._subscribed:
             self._subscribed.discard(app_id)
             self.subscriber.unsubscribe(channel(app_id))
@@ -337,8 +323,7 @@ class ConsoleRelay:
             samples.extend(sample for sample in history if _is_sample(sample))
             gathering = self._waiting.get(app_id)
             if gathering is not None:
-                gathering.answered.add(origin)
-                self._check(app_id)
+                gathering.answer(origin)
 
     def _samples_of(self, app_id, origin):
         kept = self.kept[app_id]
@@ -346,25 +331,6 @@ class ConsoleRelay:
         if samples is None:
             samples = kept[origin] = collections.deque(maxlen=self.hub.history.size)
         return samples
-
-    def _check(self, app_id):
-        gathering = self._waiting.get(app_id)
-        if (
-            gathering is not None
-            and gathering.expected is not None
-            and len(gathering.answered) >= gathering.expected
-        ):
-            self._gathered(app_id, gathering)
-
-    def _gathered(self, app_id, gathering):
-        if self._waiting.get(app_id) is gathering:
-            del self._waiting[app_id]
-        if gathering.timer is not None:
-            gathering.timer.cancel()
-            gathering.timer = None
-        thens, gathering.thens = gathering.thens, []
-        for then in thens:
-            then()
 
 
 def _is_sample(value):

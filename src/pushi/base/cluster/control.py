@@ -73,6 +73,65 @@ def node_channel(node_id):
     return "pushi:node:%s" % node_id
 
 
+class Gathering:
+    """A question broadcast on the control channel and the wait for the
+    other nodes' answers: ``thens`` run once, when as many nodes answered
+    as ``PUBLISH`` said received the question (``asked``, less this
+    node), or after ``wait`` seconds on ``loop`` (a ``NetiusLoop``),
+    whichever comes first, or at once if the question could not be
+    sent.  ``answered`` holds who answered (each counted once)."""
+
+    __slots__ = ("thens", "answered", "expected", "timer", "done")
+
+    def __init__(self, loop, wait, then):
+        self.thens = [then]
+        self.answered = set()
+        self.expected = None
+        """ The other nodes that received the question (None until
+        Redis said) """
+        self.done = False
+        self.timer = loop.later(wait, self.finish)
+
+    def asked(self, receivers):
+        """The question's ``then``: PUBLISH's receivers, or its error."""
+        if isinstance(receivers, Exception):
+            self.finish()
+            return
+        # every node's control subscription got it, this one's too
+        self.expected = int(receivers) - 1
+        self._check()
+
+    def answer(self, who):
+        """``who`` (a node's origin) answered."""
+        self.answered.add(who)
+        self._check()
+
+    @property
+    def missing(self):
+        """The nodes that received the question and did not answer."""
+        return max(0, (self.expected or 0) - len(self.answered))
+
+    def _check(self):
+        if self.expected is not None and len(self.answered) >= self.expected:
+            self.finish()
+
+    def cancel(self):
+        """Nobody waits any more: the ``thens`` will not run."""
+        self.thens = []
+        self.finish()
+
+    def finish(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.done:
+            return
+        self.done = True
+        thens, self.thens = self.thens, []
+        for then in thens:
+            then()
+
+
 def journal_key(channel):
     """The journal (a stream) of a control channel's commands."""
     return _bytes(channel) + b":log"
@@ -124,7 +183,9 @@ class Control:
     ``on(command, handler, own=False)`` registers ``handler(data, sender)``;
     ``broadcast(command, data, then)`` and ``send(node_id, command, data,
     then)`` publish (``then(receivers_or_error)`` once Redis answered:
-    the number of subscribed connections that got it, or the error).
+    the number of subscribed connections that got it, or the error);
+    ``reply`` answers one node outside the journal, and ``Gathering``
+    waits for the answers to a question broadcast.
     ``start(confirmed)`` subscribes, ``close()`` unsubscribes; ``rename``
     follows a node that registered again under a new id.
 
@@ -294,16 +355,24 @@ class Control:
 
     # sending (loop thread)
 
-    def broadcast(self, command, data=None, then=None):
+    def broadcast(self, command, data=None, then=None, journal=True):
         """Publishes ``command`` to every node (this one included, where
-        it is ignored unless its handler is ``own``)."""
-        return self._publish(BROADCAST, command, data, then)
+        it is ignored unless its handler is ``own``); without ``journal``,
+        outside the journal (a question worth nothing once its asker gave
+        up: lost for a node whose subscription is away)."""
+        return self._publish(BROADCAST, command, data, then, journal)
 
     def send(self, node_id, command, data=None, then=None):
         """Publishes ``command`` to node ``node_id`` alone."""
         return self._publish(node_channel(node_id), command, data, then)
 
-    def _publish(self, channel, command, data, then):
+    def reply(self, node_id, command, data=None, then=None):
+        """Publishes ``command`` to node ``node_id`` alone, outside the
+        journal: an answer that is worth nothing once its asker gave up
+        (lost if its subscription is away)."""
+        return self._publish(node_channel(node_id), command, data, then, False)
+
+    def _publish(self, channel, command, data, then, journal=True):
         message = json.dumps(
             {
                 "command": command,
@@ -324,6 +393,8 @@ class Control:
             if then is not None:
                 then(reply)
 
+        if not journal:
+            return self.redis.call(published, "PUBLISH", channel, message)
         return self.redis.evalsha(
             published,
             PUBLISH_SCRIPT,

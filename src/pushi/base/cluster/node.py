@@ -124,6 +124,10 @@ class Node:
         self.subscriber = Subscriber(url, loop, commands=self.commands, **settings)
         self.id = None
         """ The node id (an int) once registered """
+        self.on_register = []
+        """ Hooks ``hook(node_id)`` run each time the node registered, the
+        first time too (before the ``on_reregister`` ones): what follows
+        the node's id """
         self.on_reregister = []
         """ Hooks ``hook(node_id)`` run each time the node registered again
         (a new Redis, or reaped): write this node's entries again """
@@ -244,6 +248,11 @@ class Node:
         self._beat_sent = sent
         self.engine.registry.node = node_id
         self._unfence()
+        for hook in list(self.on_register):
+            try:
+                hook(node_id)
+            except Exception:
+                logger.exception("a registration hook failed")
         if old is None:
             logger.info("Cluster node %d on Redis %s", node_id, redacted(self.url))
             self.registered.set()

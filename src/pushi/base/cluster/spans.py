@@ -132,7 +132,7 @@ class Spans:
 
     def node_changed(self, node_id):
         """This node registered (again) under ``node_id`` (a ``Node``'s
-        ``on_reregister`` hook; loop thread)."""
+        ``on_register`` hook; loop thread)."""
         self.control.rename(node_id)
 
     def may_retain(self):

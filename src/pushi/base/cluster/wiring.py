@@ -8,7 +8,8 @@ engine, which takes them; ``bind(state)``
 then joins them to the State's loop, engine and metrics, with the broker
 over Redis and what else spans the nodes (``spans``); ``start`` runs on
 the loop once it runs; the debug console's cluster side (``console``)
-relays each app's console entries to the nodes that watch it.  A
+relays each app's console entries to the nodes that watch it, and
+``sockets`` asks every node for an app's sockets (``cluster/sockets``).  A
 re-registration of the node (a new Redis, or
 this node reaped) writes what it holds back (``ClusterState.reregister``);
 what a reaper takes from a dead node reaches this node's sockets, watchers
@@ -28,6 +29,7 @@ from .console import ConsoleRelay
 from .history import RedisCache, RedisHistory
 from .node import Node
 from .seams import ClusterState, blocking_client
+from .sockets import SocketsQuery
 from .spans import attach
 
 logger = logging.getLogger("pushi")
@@ -56,6 +58,7 @@ class Cluster:
         self.broker = None
         self.spans: Any = None
         self.console: Any = None
+        self.sockets: Any = None
 
     def engine_seams(self):
         """What the engine takes instead of its in-process twins."""
@@ -98,6 +101,7 @@ class Cluster:
         state.metrics.health["redis"] = self.node.check
         # what only the loop holds, read for the REST threads' queries
         state.engine.queries.on_loop = state.call_in_loop
+        self.node.on_register.append(self._registered)
         self.node.on_reregister.append(self._reregistered)
         self.node.on_reconnect.append(self._reconnected)
         self.spans = attach(
@@ -116,6 +120,8 @@ class Cluster:
             self.spans.control,
             self.loop,
         )
+        # the REST ``/sockets`` of any node lists every node's
+        self.sockets = SocketsQuery(state.engine, self.spans.control, self.loop)
         return self.broker
 
     def start(self):
@@ -133,10 +139,15 @@ class Cluster:
         self.console.stop()
         self.node.close()
 
-    def _reregistered(self, node_id):
-        """The node registered (again): what it holds is written back
-        under its id, and the spans follow it."""
+    def _registered(self, node_id):
+        """The node registered (the first time too): the spans follow its
+        id (its own control channel, where the answers to its questions
+        come)."""
         self.spans.node_changed(node_id)
+
+    def _reregistered(self, node_id):
+        """The node registered again: what it holds is written back under
+        its id."""
         restarted = self.node.redis_restarted
         self.shared.reregister(
             node_id, then=lambda registered: self.restored(registered, restarted)

@@ -97,18 +97,26 @@ class Queries:
             elif not session.keys.issubset(app.secrets):
                 engine.drop(session, errors.UNAUTHORIZED, "App key revoked")
 
-    def sockets(self, app_id):
-        return [
-            {
-                "socket_id": session.socket_id,
-                "dialect": session.dialect,
-                "address": session.address,
-                "channels": list(session.channels),
-                "user_id": session.user_id,
-            }
-            for session in self.registry.sessions.values()
-            if session.app.app_id == app_id
-        ]
+    def sockets(self, app_id, limit):
+        """``(listed, total)``: this process's open sockets of an app, at
+        most ``limit`` of them listed, and how many it has."""
+        listed: list[dict] = []
+        total = 0
+        for session in self.registry.sessions.values():
+            if session.app.app_id != app_id:
+                continue
+            total += 1
+            if len(listed) < limit:
+                listed.append(
+                    {
+                        "socket_id": session.socket_id,
+                        "dialect": session.dialect,
+                        "address": session.address,
+                        "channels": list(session.channels),
+                        "user_id": session.user_id,
+                    }
+                )
+        return listed, total
 
 
 def _call(work, *args):
