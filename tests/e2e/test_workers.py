@@ -4,7 +4,8 @@ as a user runs them (``python src/pushi/base/state.py``) with real clients
 over real sockets.
 
 Connections land on every worker and a publish reaches every worker's
-subscribers once; a worker killed with SIGKILL is restarted; SIGTERM of the
+subscribers once, and any worker's ``/sockets`` lists every worker's; a
+worker killed with SIGKILL is restarted; SIGTERM of the
 supervisor closes every socket with 4200 and leaves nothing running, as
 does SIGKILL of the supervisor (the workers notice); persisted publishes
 from all workers are stored once each by the one writer, and survive a
@@ -272,6 +273,59 @@ def test_one_console_sees_the_connections_of_every_worker(workers):
     for client in clients:
         client.close()
     watcher.close()
+
+
+def test_every_worker_lists_the_sockets_of_all_workers(workers):
+    from cluster_support import signin
+
+    server = workers()
+    app, other = server.create_app("listed"), server.create_app("other")
+    clients = []
+    while len({c.socket_id.split(".")[0] for c in clients}) < WORKERS:
+        assert len(clients) < 100
+        client = server.connect(app)
+        client.subscribe("room-%d" % len(clients))
+        signin(client, app, "user-%d" % len(clients))
+        clients.append(client)
+    stranger = server.connect(other)
+    wanted = {
+        client.socket_id: ("room-%d" % index, "user-%d" % index)
+        for index, client in enumerate(clients)
+    }
+    # a REST connection on each worker
+    nodes = server.node_ids()
+    asked = set()
+    for _ in range(200):
+        if asked == nodes:
+            break
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", server.app_port, timeout=15
+        )
+        node = node_of(connection)
+        if node in asked:
+            connection.close()
+            continue
+        asked.add(node)
+        for listed, expected in ((app, wanted), (other, None)):
+            path = "/apps/%s/sockets" % listed["app_id"]
+            connection.request("GET", signed_path(listed, "GET", path))
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+            found = {entry["socket_id"]: entry for entry in answer["sockets"]}
+            if expected is None:
+                # an app's sockets only
+                assert set(found) == {stranger.socket_id}, answer
+                continue
+            assert set(found) == set(expected), (node, answer)
+            for socket_id, (channel, user_id) in expected.items():
+                assert found[socket_id]["channels"] == [channel]
+                assert found[socket_id]["user_id"] == user_id
+            assert "partial" not in answer
+        connection.close()
+    assert asked == nodes
+    for client in [*clients, stranger]:
+        client.close()
 
 
 def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
