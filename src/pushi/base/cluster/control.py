@@ -23,8 +23,13 @@ the journal are not applied again when they also arrive.  Past that bound
 subscription was away longer than its TTL) commands may have been lost:
 it is logged and counted (``pushi_cluster_control_lost_total``).  The
 ``on_gap`` hooks run at each re-subscription anyway, for what can be read
-again (the apps from the store, session tokens from Redis).  Loop thread
-only, as ``net/redis``.
+again (the apps from the store, session tokens from Redis).
+
+Questions and their answers (``cluster/sockets``) go outside the journal
+(``broadcast(..., journal=False)``, ``reply``): worth nothing once the
+asker gave up.  The asker waits for as many answers as ``PUBLISH`` said
+received the question, a bound of time at most (``Gathering``).  Loop
+thread only, as ``net/redis``.
 """
 
 import json
