@@ -56,7 +56,6 @@ class SocketsQuery:
             then(found)
 
         gathering = Gathering(self.loop, WAIT, gathered)
-
         self._asking[request] = (gathering, found, limit)
         self.control.broadcast(
             "sockets",
