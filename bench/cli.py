@@ -87,7 +87,9 @@ def parse_args(argv):
         default=None,
         help="with --scenario connect or broadcast: comma-separated "
         "connection counts (default 5,000; quick 1,000), up to the server's "
-        "cap (Pushi's at a 20,000 open-files limit: 18,720)",
+        "cap (Pushi's at a 20,000 open-files limit: 18,720 a process, so "
+        "100,000 needs --workers 6), from one load process per 5,000 and "
+        "one source address per 2,000",
     )
     parser.add_argument(
         "--idle",
@@ -409,6 +411,11 @@ def cell(result):
             timing["p99"],
             result["recovered_rounds"],
             result["rounds"],
+        )
+    spread = result.get("connections_by_process") or []
+    if scenario in ("connect", "broadcast") and len(spread) > 1:
+        parts.append(
+            "%d processes, %s-%s each" % (len(spread), fmt(spread[-1]), fmt(spread[0]))
         )
     if scenario == "connect":
         parts.append("%s conn/s" % fmt(result["connections_per_s"]))

@@ -87,12 +87,57 @@ def machine_busy_seconds():
     return (sum(fields[:8]) - idle) / stats.CLOCK_TICKS
 
 
+def server_pids(server):
+    """The roots of the server's process trees (every node and Redis with
+    ``--nodes``; a supervisor's tree holds its workers, writer and Redis)."""
+    return getattr(server, "pids", [server.pid])
+
+
 def server_cpu_seconds(server):
-    """CPU seconds of the server's process trees (every node and Redis
-    with ``--nodes``)."""
-    return sum(
-        stats.tree_cpu_seconds(pid) for pid in getattr(server, "pids", [server.pid])
-    )
+    """CPU seconds of the server's process trees."""
+    return sum(stats.tree_cpu_seconds(pid) for pid in server_pids(server))
+
+
+def server_rss_bytes(server):
+    """The summed RSS of the server's process trees."""
+    return sum(stats.tree_rss_bytes(pid) for pid in server_pids(server))
+
+
+def server_processes(server):
+    """Each process of the server's trees by pid: its role (``servers.
+    process_role``), RSS in KB and CPU seconds so far."""
+    processes = {}
+    for root in server_pids(server):
+        for pid in stats.process_tree(root):
+            processes[pid] = {
+                "role": servers.process_role(pid, pid == root),
+                "rss_kb": stats.rss_bytes(pid) // 1024,
+                "cpu_s": stats.cpu_seconds(pid),
+            }
+    return processes
+
+
+def by_role(after, before, wall):
+    """The processes of ``server_processes`` grouped by role: how many,
+    the RSS of each (KB) and the share of a core each used since
+    ``before`` (over ``wall`` seconds)."""
+    roles = {}
+    for pid, process in sorted(after.items()):
+        cpu = process["cpu_s"] - before.get(pid, {}).get("cpu_s", 0.0)
+        role = roles.setdefault(process["role"], {"n": 0, "rss_kb": [], "cpu_pct": []})
+        role["n"] += 1
+        role["rss_kb"].append(process["rss_kb"])
+        role["cpu_pct"].append(round(100 * cpu / max(1e-9, wall), 1))
+    return roles
+
+
+def summed(answers, key):
+    """The ``key`` counters (name to count) of several answers, added."""
+    total = {}
+    for answer in answers:
+        for name, value in answer.get(key, {}).items():
+            total[name] = total.get(name, 0) + value
+    return total
 
 
 class Meter:
@@ -280,21 +325,21 @@ class Session:
                 )
             )
             offset += share
-        errors = {}
-        for answer in answers:
-            for key, value in answer["errors"].items():
-                errors[key] = errors.get(key, 0) + value
         return {
             "ready": sum(answer["ready"] for answer in answers),
             "failed": sum(answer["failed"] for answer in answers),
-            "errors": errors,
+            "errors": summed(answers, "errors"),
+            "nodes": summed(answers, "nodes"),
             "elapsed": sum(answer["elapsed"] for answer in answers),
         }
 
     def connect_to(self, port, n, channel, prefix, sample, subscribe, base=0):
         """Opens ``n`` subscribers to ``port`` split over the subscriber
-        workers (their channels from ``prefix`` numbered from ``base``)."""
+        workers (their channels from ``prefix`` numbered from ``base``).
+        The answer's ``nodes`` counts them by the server process that
+        holds them (from their socket ids)."""
         shares = split(n, len(self.subs))
+        timeout = connect_timeout(n)
         samples = split(sample, len(self.subs)) if sample != "all" else None
         offset = base
         for index, (worker, share) in enumerate(zip(self.subs, shares, strict=True)):
@@ -305,7 +350,7 @@ class Session:
                 "n": share,
                 "subscribe": subscribe,
                 "sample": "all" if samples is None else samples[index],
-                "timeout": 120,
+                "timeout": timeout,
                 "sources": [
                     source_address(self.sources + offset)
                     for offset in range(-(-share // PER_SOURCE))
@@ -320,19 +365,14 @@ class Session:
                 cmd["offset"] = offset
             offset += share
             worker.send(cmd)
-        answers = [worker.recv(180) for worker in self.subs]
-        ready = sum(a["ready"] for a in answers)
-        failed = sum(a["failed"] for a in answers)
-        errors = {}
-        for answer in answers:
-            for key, value in answer["errors"].items():
-                errors[key] = errors.get(key, 0) + value
+        answers = [worker.recv(timeout + 60) for worker in self.subs]
         t_start = min(a["t_start"] for a in answers)
         t_end = max(a["t_end"] for a in answers)
         return {
-            "ready": ready,
-            "failed": failed,
-            "errors": errors,
+            "ready": sum(a["ready"] for a in answers),
+            "failed": sum(a["failed"] for a in answers),
+            "errors": summed(answers, "errors"),
+            "nodes": summed(answers, "nodes"),
             "elapsed": max(1e-9, t_end - t_start),
         }
 
@@ -757,6 +797,12 @@ def connection_sizes(profile, options, key):
     return [profile[key]]
 
 
+def connect_timeout(n):
+    """Seconds the load processes have to open ``n`` connections between
+    them: two minutes, more for counts that take longer at 500 a second."""
+    return max(120, n // 500)
+
+
 def generators_for(n, option):
     """Load processes for ``n`` sockets: ``PER_GENERATOR`` each at most."""
     return max(sub_workers_for(n, option), -(-n // PER_GENERATOR))
@@ -786,21 +832,21 @@ def connect(server_name, profile, options):
         workers = generators_for(n, options.generators)
         with Session(server_name, workers, options.keep) as session:
             time.sleep(1.0)
-            rss_before = stats.tree_rss_bytes(session.server.pid)
+            rss_before = server_rss_bytes(session.server)
             points = [(0, rss_before)]
-            steps, ready, failed, errors, elapsed = [], 0, 0, {}, 0.0
+            steps, ready, failed, elapsed, answers = [], 0, 0, 0.0, []
+            processes = server_processes(session.server)
             meter = Meter(session.server, session.generators)
             for share in split(n, CONNECT_STEPS):
-                cpu_before = stats.tree_cpu_seconds(session.server.pid)
+                cpu_before = server_cpu_seconds(session.server)
                 conn = session.connect(share, subscribe=False, channel="none")
-                cpu = stats.tree_cpu_seconds(session.server.pid) - cpu_before
+                cpu = server_cpu_seconds(session.server) - cpu_before
+                answers.append(conn)
                 ready += conn["ready"]
                 failed += conn["failed"]
                 elapsed += conn["elapsed"]
-                for key, value in conn["errors"].items():
-                    errors[key] = errors.get(key, 0) + value
                 time.sleep(1.0)
-                rss = stats.tree_rss_bytes(session.server.pid)
+                rss = server_rss_bytes(session.server)
                 points.append((ready, rss))
                 steps.append(
                     {
@@ -828,6 +874,8 @@ def connect(server_name, profile, options):
                 )
             figures = meter.stop()
             per_connection = slope(points)
+            nodes = summed(answers, "nodes")
+            log("connect %d: per server process %s" % (n, by_node_text(nodes)))
             result = base_result(
                 session,
                 "connect",
@@ -835,8 +883,13 @@ def connect(server_name, profile, options):
                 connections=n,
                 ready=ready,
                 failed=failed,
-                errors=errors,
+                errors=summed(answers, "errors"),
                 generators=workers,
+                source_addresses=session.sources,
+                connections_by_process=by_node(nodes),
+                server_processes=by_role(
+                    server_processes(session.server), processes, figures["wall_s"]
+                ),
                 connect_s=round(elapsed, 3),
                 connections_per_s=round(ready / max(1e-9, elapsed), 1),
                 steps=steps,
@@ -858,20 +911,39 @@ def connect(server_name, profile, options):
     return results
 
 
+def by_node(nodes):
+    """Connections per server process (``Session.connect``'s ``nodes``),
+    most first."""
+    return sorted(nodes.values(), reverse=True)
+
+
+def by_node_text(nodes):
+    """``by_node`` for the log: the counts, and their spread."""
+    counts = by_node(nodes)
+    if not counts:
+        return "none"
+    return "%s (%d processes, least %d, most %d)" % (
+        " ".join(str(count) for count in counts),
+        len(counts),
+        counts[-1],
+        counts[0],
+    )
+
+
 def idle_figures(session, duration, ready):
     """The server's CPU while ``ready`` connections sit idle for
-    ``duration`` seconds, pinging as pusher-js does."""
+    ``duration`` seconds, pinging as pusher-js does (and each of its
+    processes' apart)."""
     log("idle: %d connections for %ss" % (ready, duration))
+    processes = server_processes(session.server)
     meter = Meter(session.server, session.generators)
     for worker in session.subs:
         worker.send({"cmd": "idle", "duration": duration})
     answers = [worker.recv(duration + 60) for worker in session.subs]
     figures = meter.stop()
+    roles = by_role(server_processes(session.server), processes, figures["wall_s"])
     still_open = sum(answer["open"] for answer in answers)
-    reasons = {}
-    for answer in answers:
-        for key, value in answer["close_reasons"].items():
-            reasons[key] = reasons.get(key, 0) + value
+    reasons = summed(answers, "close_reasons")
     return {
         "idle_s": figures["wall_s"],
         "idle_pings": sum(answer["pings"] for answer in answers),
@@ -882,6 +954,7 @@ def idle_figures(session, duration, ready):
         ),
         "idle_open_after": still_open,
         "idle_close_reasons": reasons,
+        "idle_server_processes": roles,
     }
 
 
@@ -898,7 +971,8 @@ def broadcast(server_name, profile, options):
                 n, channel="broadcast", sample=min(BROADCAST_SAMPLED, n)
             )
             log(
-                "broadcast %d: %d ready, %d failed" % (n, conn["ready"], conn["failed"])
+                "broadcast %d: %d ready, %d failed; per server process %s"
+                % (n, conn["ready"], conn["failed"], by_node_text(conn["nodes"]))
             )
             ready = conn["ready"]
             singles = []
@@ -928,6 +1002,7 @@ def broadcast(server_name, profile, options):
                 log("broadcast %d: single %s" % (n, single))
             rate = options.rate or profile["broadcast_rate"]
             session.reset(ping=False)
+            processes = server_processes(session.server)
             answer, delivery, figures = session.trigger_phase(
                 ["broadcast"],
                 4,
@@ -945,7 +1020,13 @@ def broadcast(server_name, profile, options):
                 connections=n,
                 ready=ready,
                 failed=conn["failed"],
+                errors=conn["errors"],
                 generators=workers,
+                source_addresses=session.sources,
+                connections_by_process=by_node(conn["nodes"]),
+                server_processes=by_role(
+                    server_processes(session.server), processes, figures["wall_s"]
+                ),
                 singles=singles,
                 last_delivery_ms=max(timed) if None not in timed and timed else None,
                 single_lost=sum(s["lost"] for s in singles),

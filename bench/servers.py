@@ -93,6 +93,29 @@ def http(method, url, body=None, headers=None, timeout=10.0):
         return error.code, error.read()
 
 
+def process_role(pid, root=False):
+    """What a process of a server under test is, from its command line:
+    ``redis-server``, ``worker`` and ``writer`` (Pushi's workers and
+    events writer under ``PUSHI_WORKERS``), ``main`` for the process the
+    bench started (the supervisor under ``PUSHI_WORKERS``), else its
+    program's name."""
+    try:
+        # redis-server rewrites its command line: its name is in comm
+        with open("/proc/%d/comm" % pid) as file:
+            name = file.read().strip()
+        with open("/proc/%d/cmdline" % pid, "rb") as file:
+            line = file.read().decode("utf-8", "replace").replace("\0", " ")
+    except OSError:
+        return "gone"
+    if name.startswith("redis-server"):
+        return "redis-server"
+    if "pushi.base.worker" in line:
+        return "worker"
+    if "sqlite_events" in line:
+        return "writer"
+    return "main" if root else name
+
+
 def wait_port(port, proc, timeout=30.0):
     """Waits until ``port`` accepts connections or the process exits."""
     deadline = time.monotonic() + timeout

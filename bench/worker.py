@@ -101,6 +101,14 @@ def receive(sock, lost, closed):
     return RECV_VIEW[:size].tobytes()
 
 
+def node_of(socket_id):
+    """The server process a socket id names: its part before the dot
+    (Pushi's node, one worker of ``PUSHI_WORKERS``), "?" when it has
+    none."""
+    node, dot, _rest = str(socket_id).partition(".")
+    return node if dot else "?"
+
+
 def raise_nofile():
     """Raises the open-files soft limit to the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -126,6 +134,7 @@ class Sub:
         "task",
         "error",
         "activity_timeout",
+        "node",
     )
 
     def __init__(self, worker, task, channel, subscribe, sampled, source=None):
@@ -141,6 +150,7 @@ class Sub:
         self.lats = []
         self.error = None
         self.activity_timeout = None
+        self.node = "?"
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setblocking(False)
@@ -214,8 +224,9 @@ class Sub:
                 data = message.get("data")
                 try:
                     data = json.loads(data) if isinstance(data, str) else data
+                    self.node = node_of(data.get("socket_id"))
                     self.activity_timeout = float(data["activity_timeout"])
-                except (ValueError, TypeError, KeyError):
+                except (ValueError, TypeError, KeyError, AttributeError):
                     pass
                 if self.subscribe:
                     message = json.dumps(
@@ -344,6 +355,8 @@ class ConnectTask:
         self.ready = 0
         self.failed = 0
         self.errors = {}
+        # ready connections by the server process that holds them
+        self.nodes = {}
         self.t_start = monotonic()
         self.t_end = None
         self.done = False
@@ -388,6 +401,7 @@ class ConnectTask:
         """A connection is set up."""
         self.pending.discard(sub)
         self.ready += 1
+        self.nodes[sub.node] = self.nodes.get(sub.node, 0) + 1
         self.worker.subs.append(sub)
         self.t_end = monotonic()
 
@@ -411,6 +425,7 @@ class ConnectTask:
                 "ready": self.ready,
                 "failed": self.failed,
                 "errors": self.errors,
+                "nodes": self.nodes,
                 "t_start": self.t_start,
                 "t_end": self.t_end or monotonic(),
             }

@@ -392,3 +392,73 @@ def test_modes_alternate_their_order_from_one_repeat_to_the_next():
     assert cli.label("fanout/a-serial metrics-off/1000") == (
         "fan-out to 1,000 subs, a-serial, metrics off"
     )
+
+
+def test_socket_ids_name_the_process_that_holds_each_connection():
+    from bench import scenarios, worker
+
+    assert worker.node_of("1234.56") == "1234"
+    assert worker.node_of("no-dot") == "?"
+    nodes = scenarios.summed(
+        [{"nodes": {"7": 3, "9": 1}}, {"nodes": {"9": 4}}, {}], "nodes"
+    )
+    assert nodes == {"7": 3, "9": 5}
+    assert scenarios.by_node(nodes) == [5, 3]
+    assert scenarios.by_node_text(nodes) == "5 3 (2 processes, least 3, most 5)"
+
+
+def test_connect_and_broadcast_over_workers_count_every_process():
+    """``--scenario connect,broadcast --workers 2`` against the real server:
+    the connections counted per worker from their socket ids, and the
+    server's figures over every process of its tree (the supervisor, both
+    workers, the events writer and the private redis-server)."""
+    import json
+    import subprocess
+
+    from bench import servers
+
+    if not os.path.exists(servers.REDIS_SERVER):
+        pytest.skip("redis-server is not installed")
+    output = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "bench"),
+            "--quick",
+            "--server",
+            "pushi",
+            "--scenario",
+            "connect,broadcast",
+            "--workers",
+            "2",
+            "--connections",
+            "400",
+            "--idle",
+            "1",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert output.returncode == 0, output.stderr[-3000:]
+    results = {}
+    for line in output.stdout.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+            results[result.get("scenario")] = result
+    for scenario in ("connect", "broadcast"):
+        result = results[scenario]
+        assert "error" not in result, result
+        assert result["ready"] == 400, result
+        spread = result["connections_by_process"]
+        assert len(spread) == 2 and sum(spread) == 400, spread
+        roles = result["server_processes"]
+        assert {role: roles[role]["n"] for role in roles} == {
+            "main": 1,
+            "worker": 2,
+            "writer": 1,
+            "redis-server": 1,
+        }
+    assert results["connect"]["idle_open_after"] == 400
+    assert results["broadcast"]["single_lost"] == 0
