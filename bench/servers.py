@@ -297,6 +297,13 @@ class PushiServer(Server):
         env.update(self.extra_env or {})
         return env
 
+    def stop(self):
+        """Stops the server; with workers, gives the supervisor the time
+        it gives them to close their sockets (``workers.STOP_TIMEOUT``),
+        so that none is still at it when the next run starts."""
+        stop_process(self.proc, grace=20.0 if self.workers else 5.0)
+        self.proc = None
+
     def create_app(self, name):
         """Creates an app with the CLI (also while the server runs) and
         returns its credentials (``app_id``, ``key``, ``secret``...)."""
