@@ -542,3 +542,73 @@ def test_a_channel_let_go_while_subscriptions_are_made_again(
         assert state.call_in_loop(lambda: subscriber.channels) == [b"b"]
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("when", ["before_the_write", "before_the_read"])
+def test_a_loop_held_up_past_the_timeout_does_not_declare_redis_down(
+    state, clients, redis_server, when
+):
+    """The loop is busy for longer than the command timeout (a large
+    fan-out, a process starved of CPU) while a reply is awaited: Redis
+    answers in time, only the loop could not look.  The command is
+    written after the hold-up, or answered during it: ``BLPOP`` holds the
+    reply back until a message's handler holds the loop up, as a fan-out
+    does (the message published by another connection once its own
+    ``BLPOP`` ends).  Either way the reply arrives and the connection
+    stays up."""
+    client, hooks = clients(Redis, redis_server.url, timeout=0.5)
+    hooks.wait("up")
+    other, other_hooks = clients(Redis, redis_server.url)
+    other_hooks.wait("up")
+    holder, holder_hooks = clients(
+        Subscriber, redis_server.url, on_message=lambda *_: time.sleep(1.5)
+    )
+    holder_hooks.wait("up")
+    state.call_in_loop(holder.subscribe, "hold", holder_hooks.hook("confirmed"))
+    holder_hooks.wait("confirmed")
+    replies = queue.Queue()
+
+    def held_up():
+        if when == "before_the_write":
+            client.call(replies.put, "PING")
+            time.sleep(1.5)
+        else:
+            client.call(replies.put, "BLPOP", "nothing", "0.3")
+            other.call(lambda _reply: None, "BLPOP", "nothing", "0.1")
+            other.call(lambda _reply: None, "PUBLISH", "hold", "now")
+
+    state.call_in_loop(held_up)
+    reply = replies.get(timeout=10)
+    assert not isinstance(reply, Exception), reply
+    assert state.call_in_loop(lambda: client.up)
+    assert calls(state, client, ("PING",))[0] == [b"PONG"]
+    assert [event for event in hooks.seen if event[0] == "down"] == []
+    assert hooks.events.empty()
+
+
+def test_a_subscription_confirmed_after_a_held_up_loop_stays_up(
+    state, clients, redis_server
+):
+    """A subscription asked for just before the loop is held up past the
+    timeout is confirmed, and the subscription connection stays up
+    (messages published meanwhile would otherwise be lost)."""
+    hooks = Hooks()
+    subscriber, _ = clients(
+        Subscriber,
+        redis_server.url,
+        hooks=hooks,
+        timeout=0.5,
+        on_message=hooks.hook("message"),
+    )
+    hooks.wait("up")
+
+    def held_up():
+        subscriber.subscribe("ch", hooks.hook("confirmed"))
+        time.sleep(1.5)
+
+    state.call_in_loop(held_up)
+    assert hooks.wait("confirmed") == ("confirmed", None)
+    redis_server.client().publish("ch", "after")
+    assert hooks.wait("message") == ("message", b"ch", b"after")
+    assert [event for event in hooks.seen if event[0] == "down"] == []
+    assert state.call_in_loop(lambda: subscriber.up)

@@ -11,7 +11,9 @@ when too many replies are awaited): nothing is raised into the loop, and
 nothing waits without bound.  While a connection is down a call fails at
 once (its callback runs before ``call`` returns); a reply overdue by the
 command timeout declares the connection down, fails every pending call and
-starts a reconnection with back-off.
+starts a reconnection with back-off.  The timeout counts only the time the
+loop could look: a check that runs late (``LATE``) reads what arrived
+meanwhile and waits another timeout for the rest.
 
 The hostname of a ``redis://`` URL is resolved with a blocking lookup at
 each connection attempt: give an address (or a name ``/etc/hosts``
@@ -41,6 +43,13 @@ logger = logging.getLogger("pushi")
 TIMEOUT = 1.0
 """ Seconds a reply (or a connection attempt) may take before the
 connection is declared down """
+
+LATE = 0.1
+""" Seconds past its time after which a check of a timeout (or of the
+probe) is late: the loop was held up meanwhile (a large fan-out, a
+process starved of CPU), so a reply may have arrived unread.  A late check
+reads the socket first and gives what is still awaited another timeout:
+the time the loop could not look is not counted against Redis """
 
 MAX_PENDING = 10000
 """ Replies a command connection awaits at most; a call past it fails
@@ -291,6 +300,9 @@ class _Link:
         self._connecting = False
         self._connect_deadline = 0
         self._timer = None
+        # when the armed check is due, and the deadline a late one set
+        self._due = 0.0
+        self._grace = 0.0
         self._retry = None
         self._backoff = backoff_min
         self._closed = False
@@ -595,34 +607,56 @@ class _Link:
 
     # the timeout
 
-    def _arm(self):
-        """Wakes at the next deadline (the connection attempt's or the
-        oldest pending reply's)."""
+    def _deadline(self):
+        """When the connection attempt or the oldest pending reply is
+        overdue (None: nothing awaited)."""
         if self._connecting:
             deadline = self._connect_deadline
         elif self._pending:
             deadline = self._pending[0].deadline
         else:
+            return None
+        return max(deadline, self._grace)
+
+    def _arm(self):
+        """Wakes at the next deadline (the connection attempt's or the
+        oldest pending reply's)."""
+        deadline = self._deadline()
+        if deadline is None:
             return
         generation = self._generation
-        delay = max(deadline - time.monotonic(), 0.001)
+        now = time.monotonic()
+        delay = max(deadline - now, 0.001)
+        self._due = now + delay
         self._timer = self.loop.later(delay, lambda: self._check(generation))
 
     def _check(self, generation):
         self._timer = None
         if generation != self._generation:
             return
-        now = time.monotonic()
-        if self._connecting and now >= self._connect_deadline:
+        if self._caught_up(self._due, generation):
+            self._grace = time.monotonic() + self.timeout
+        elif generation != self._generation:
+            return
+        deadline = self._deadline()
+        if deadline is None or deadline > time.monotonic():
+            self._arm()
+        elif self._connecting:
             self._failed(CommandTimeout("Redis connection attempt timed out"))
-        elif (
-            not self._connecting and self._pending and self._pending[0].deadline <= now
-        ):
+        else:
             self._failed(
                 CommandTimeout("Redis did not answer within %gs" % self.timeout)
             )
-        else:
-            self._arm()
+
+    def _caught_up(self, due, generation):
+        """Whether a check due at ``due`` runs late (``LATE``): then what
+        Redis sent meanwhile is read first, and True.  False when it runs
+        on time, or when the connection went down as it was read."""
+        if time.monotonic() - due <= LATE:
+            return False
+        if self._sock is not None and not self._connecting:
+            self._read()
+        return generation == self._generation
 
 
 _NO_REPLY = object()
@@ -768,6 +802,7 @@ class Subscriber(_Link):
         self._probe_timer = None
         self._probe_token = None
         self._probe_deadline = 0
+        self._probe_due = 0.0
         self._tokens = itertools.count(1)
         self._resubscribing = None
         self._resubscribed = []
@@ -913,10 +948,9 @@ class Subscriber(_Link):
         if self._probe_timer is not None:
             self._probe_timer.cancel()
         generation = self._generation
-        self._probe_timer = self.loop.later(
-            self.probe_interval if delay is None else delay,
-            lambda: self._probe(generation),
-        )
+        delay = self.probe_interval if delay is None else delay
+        self._probe_due = time.monotonic() + delay
+        self._probe_timer = self.loop.later(delay, lambda: self._probe(generation))
 
     def _probe(self, generation):
         self._probe_timer = None
@@ -925,6 +959,16 @@ class Subscriber(_Link):
         now = time.monotonic()
         if self._probe_token is not None:
             if now >= self._probe_deadline:
+                if self._caught_up(self._probe_due, generation):
+                    # the probe may have come back with what was read
+                    if self._probe_token is None:
+                        self._schedule_probe()
+                    else:
+                        self._probe_deadline = time.monotonic() + self.timeout
+                        self._schedule_probe(self.timeout)
+                    return
+                if generation != self._generation:
+                    return
                 self.probes += 1
                 self._failed(
                     CommandTimeout(
