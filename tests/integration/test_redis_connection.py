@@ -612,3 +612,19 @@ def test_a_subscription_confirmed_after_a_held_up_loop_stays_up(
     assert hooks.wait("message") == ("message", b"ch", b"after")
     assert [event for event in hooks.seen if event[0] == "down"] == []
     assert state.call_in_loop(lambda: subscriber.up)
+
+
+def test_a_deep_pipeline_answered_in_turn_is_not_a_timeout(
+    state, clients, redis_server
+):
+    """Commands sent together that Redis needs longer than the timeout to
+    work through, replying all along (six ``BLPOP`` of 0.15 s: the last
+    reply comes 0.9 s after it was asked for, with a 0.5 s timeout): the
+    replies in turn show Redis alive, and every one arrives."""
+    client, hooks = clients(Redis, redis_server.url, timeout=0.5)
+    hooks.wait("up")
+    replies, returned = calls(state, client, *[("BLPOP", "nothing", "0.15")] * 6)
+    assert returned == [True] * 6
+    assert replies == [None] * 6
+    assert [event for event in hooks.seen if event[0] == "down"] == []
+    assert state.call_in_loop(lambda: client.up)

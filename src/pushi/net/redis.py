@@ -11,9 +11,12 @@ when too many replies are awaited): nothing is raised into the loop, and
 nothing waits without bound.  While a connection is down a call fails at
 once (its callback runs before ``call`` returns); a reply overdue by the
 command timeout declares the connection down, fails every pending call and
-starts a reconnection with back-off.  The timeout counts only the time the
-loop could look: a check that runs late (``LATE``) reads what arrived
-meanwhile and waits another timeout for the rest.
+starts a reconnection with back-off.  The timeout is Redis's silence: a
+reply is overdue once the timeout passed since it was asked for and since
+the last reply came (pipelined replies come in order: a deep pipeline
+that Redis works through is not a dead connection), and it counts only
+the time the loop could look: a check that runs late (``LATE``) reads what
+arrived meanwhile and waits another timeout for the rest.
 
 The hostname of a ``redis://`` URL is resolved with a blocking lookup at
 each connection attempt: give an address (or a name ``/etc/hosts``
@@ -300,9 +303,11 @@ class _Link:
         self._connecting = False
         self._connect_deadline = 0
         self._timer = None
-        # when the armed check is due, and the deadline a late one set
+        # when the armed check is due, the deadline a late one set, and
+        # when the last reply came
         self._due = 0.0
         self._grace = 0.0
+        self._answered = 0.0
         self._retry = None
         self._backoff = backoff_min
         self._closed = False
@@ -475,6 +480,7 @@ class _Link:
             self._sock = None
         self._reader = None
         self._out = bytearray()
+        self._answered = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -588,6 +594,7 @@ class _Link:
                 return False
             if reply is _NO_REPLY:
                 return True
+            self._answered = time.monotonic()
             self._reply(reply)
             if generation != self._generation:
                 return False
@@ -613,7 +620,7 @@ class _Link:
         if self._connecting:
             deadline = self._connect_deadline
         elif self._pending:
-            deadline = self._pending[0].deadline
+            deadline = max(self._pending[0].deadline, self._answered + self.timeout)
         else:
             return None
         return max(deadline, self._grace)
