@@ -347,11 +347,37 @@ class PushiServer(Server):
                     "GET", "http://%s:%d/health" % (HOST, self.http_port), timeout=2
                 )
                 if status == 200 and wait_port(self.ws_port, self.proc, 1):
+                    if self.workers:
+                        self.wait_nodes(deadline)
                     return
             except OSError:
                 pass
             time.sleep(0.2)
         raise RuntimeError("pushi did not become healthy:\n%s" % self.log_tail())
+
+    def wait_nodes(self, deadline):
+        """With workers: waits until each is a registered node of the
+        cluster (``/health`` names its node; the kernel hands each request
+        to any worker), so that every socket id names its worker (one
+        opened before its worker registered has a random node part)."""
+        nodes = set()
+        while len(nodes) < self.workers and time.monotonic() < deadline:
+            try:
+                status, body = http(
+                    "GET", "http://%s:%d/health" % (HOST, self.http_port), timeout=2
+                )
+            except OSError:
+                continue
+            node = json.loads(body).get("node") if status == 200 else None
+            if node is not None:
+                nodes.add(node)
+            else:
+                time.sleep(0.05)
+        if len(nodes) < self.workers:
+            raise RuntimeError(
+                "%d of %d workers registered:\n%s"
+                % (len(nodes), self.workers, self.log_tail())
+            )
 
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
