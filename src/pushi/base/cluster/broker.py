@@ -72,6 +72,10 @@ MEMBER_EVENTS = 256
 """ Member events a node keeps per presence channel it delivers (the ones
 a socket that joins at an earlier position missed: ``delivered_after``) """
 
+SCRIPTED = 10000
+""" Channels whose publish script arguments a node keeps (all of them are
+forgotten when more are published to) """
+
 META_TTL = 86400
 """ Seconds a channel's meta key (offset and epoch) lives after its last
 event: a channel quiet for longer starts a new epoch """
@@ -199,6 +203,11 @@ class RedisBroker:
         self._deaf = set()
         self._epoch_prefix = os.urandom(4).hex()
         self._epochs = 0
+        # what of an epoch comes from Redis's run_id and this process
+        self._epoch_run_id: object = _UNSET
+        self._epoch_base = ""
+        # (app_id, channel) -> the publish script's keys, bus, is_cache
+        self._scripted = {}
         self._failing = False
         self._gaps_logged = set()
         # (app_id, channel) -> the listens awaiting the channel's position
@@ -328,26 +337,24 @@ class RedisBroker:
         history = limits.recovery_history
         member = "1" if event.name.startswith("pusher_internal:member_") else "0"
         max_cache = limits.max_cache_bytes
+        name, data, exclude, extra = event.name, event.data, event.exclude, event.extra
+        scripted = self._scripted
         for channel in channels:
-            body = messages.dumps(
-                [app_id, channel, event.name, event.data, event.exclude, event.extra]
-            )
+            body = messages.dumps([app_id, channel, name, data, exclude, extra])
+            known = scripted.get((app_id, channel))
+            if known is None:
+                known = self._script_of(app_id, channel)
+            keys, bus_, is_cache = known
             # a cache channel's event, within the per-entry bound
             cache = (
-                member == "0"
-                and channels_.is_cache(channel)
-                and (not max_cache or len(body) <= max_cache)
+                is_cache and member == "0" and (not max_cache or len(body) <= max_cache)
             )
             self.commands.evalsha(
                 replied,
                 PUBLISH_SCRIPT,
+                keys,
                 (
-                    meta_key(app_id, channel),
-                    hist_key(app_id, channel),
-                    cache_key(app_id, channel),
-                ),
-                (
-                    bus(app_id, channel),
+                    bus_,
                     self.new_epoch(),
                     body,
                     META_TTL,
@@ -358,16 +365,34 @@ class RedisBroker:
                 ),
             )
 
+    def _script_of(self, app_id, channel):
+        """The publish script's keys, bus and whether it is a cache
+        channel, for a channel: the same for each of its events, so kept
+        (for ``SCRIPTED`` channels at most)."""
+        scripted = self._scripted
+        if len(scripted) >= SCRIPTED:
+            scripted.clear()
+        known = scripted[(app_id, channel)] = (
+            (
+                meta_key(app_id, channel),
+                hist_key(app_id, channel),
+                cache_key(app_id, channel),
+            ),
+            bus(app_id, channel),
+            channels_.is_cache(channel),
+        )
+        return known
+
     def new_epoch(self):
         """An epoch for a channel that has none: unique to this process and
         the Redis it runs on (its first characters are Redis's ``run_id``'s:
         see ``redis_of``)."""
         self._epochs += 1
-        return "%s%s-%x" % (
-            (self.commands.run_id or "0000")[:4],
-            self._epoch_prefix,
-            self._epochs,
-        )
+        run_id = self.commands.run_id
+        if run_id is not self._epoch_run_id:
+            self._epoch_run_id = run_id
+            self._epoch_base = "%s%s-" % ((run_id or "0000")[:4], self._epoch_prefix)
+        return "%s%x" % (self._epoch_base, self._epochs)
 
     def _succeeded(self):
         if self._failing:
@@ -636,6 +661,9 @@ class RedisBroker:
         event of each channel tells whether some were missed meanwhile (a
         gap) or Redis restarted (a new epoch)."""
         self._gaps_logged.clear()
+
+
+_UNSET = object()
 
 
 def _ignore(_error):
