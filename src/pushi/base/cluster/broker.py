@@ -64,6 +64,11 @@ from ..presence import added_data
 
 logger = logging.getLogger("pushi")
 
+# a message's body is UTF-8 JSON text: decoded as such, without what
+# ``json.loads`` does first (an encoding guessed for bytes, a decoder's
+# arguments checked)
+_decode = json.JSONDecoder().decode
+
 LINGER = 2.0
 """ Seconds a channel's bus stays subscribed after its last subscriber
 here left """
@@ -611,7 +616,7 @@ class RedisBroker:
             epoch, offset, body = data.split(b":", 2)
             offset = int(offset)
             epoch = epoch.decode("ascii")
-            app_id, channel, name, payload, exclude, extra = json.loads(body)
+            app_id, channel, name, payload, exclude, extra = _decode(body.decode())
         except (ValueError, TypeError, UnicodeDecodeError):
             logger.warning("An unreadable message on Redis's %r: dropped", _bus[:100])
             return
