@@ -171,6 +171,21 @@ def test_a_thousand_pipelined_commands_are_answered_in_order(
     assert redis_server.client().get("counter") == b"999"
 
 
+def test_a_batch_is_written_as_it_returns_in_one_write(state, clients, redis_server):
+    client, hooks = clients(Redis, redis_server.url)
+    hooks.wait("up")
+    replies = queue.Queue()
+
+    def batch():
+        before = client.writes
+        client.batch(lambda: [client.call(replies.put, "INCR", "n") for _ in range(3)])
+        # out before the loop's next turn, all three in one write
+        return client.writes - before, len(client._out)
+
+    assert state.call_in_loop(batch) == (1, 0)
+    assert [replies.get(timeout=10) for _ in range(3)] == [1, 2, 3]
+
+
 def test_a_write_larger_than_the_socket_buffer_goes_out_whole(
     state, clients, redis_server
 ):

@@ -260,6 +260,10 @@ class RedisBroker:
 
     def _drain(self):
         self._scheduled = False
+        # the events of the turn go out in one write, in this turn
+        self.commands.batch(self._send_queued)
+
+    def _send_queued(self):
         queue = self._queue
         while queue:
             event, done = queue.popleft()
