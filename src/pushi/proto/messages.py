@@ -141,8 +141,13 @@ def parse(text: str | bytes, max_event_name: int = MAX_EVENT_NAME) -> dict[str, 
 
 def connection_established(socket_id: str, activity_timeout: int) -> str:
     """First message: ``data`` is a JSON string, as pysher expects."""
-    data = dumps({"socket_id": socket_id, "activity_timeout": activity_timeout})
-    return dumps({"event": "pusher:connection_established", "data": data})
+    # built as text: what ``dumps`` of the two dicts gives, for the one
+    # message every socket gets
+    data = '{"socket_id":%s,"activity_timeout":%d}' % (
+        dumps(socket_id),
+        activity_timeout,
+    )
+    return '{"event":"pusher:connection_established","data":%s}' % dumps(data)
 
 
 def error(code: int, message: str, channel: str | None = None) -> str:

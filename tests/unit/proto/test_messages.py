@@ -62,6 +62,15 @@ def test_connection_established_data_is_a_json_string():
     assert json.loads(message["data"]) == {"socket_id": "1.2", "activity_timeout": 120}
 
 
+@pytest.mark.parametrize("socket_id", ["1.2", "123456.7890", 'a"b\\c', "é.☃"])
+def test_connection_established_is_the_compact_json_of_its_fields(socket_id):
+    """The text is exactly the compact ``dumps`` of the message's dicts."""
+    data = messages.dumps({"socket_id": socket_id, "activity_timeout": 30})
+    assert messages.connection_established(socket_id, 30) == messages.dumps(
+        {"event": "pusher:connection_established", "data": data}
+    )
+
+
 def test_member_events_per_dialect():
     pusher = json.loads(
         messages.member_added("presence-a", "1", {"n": 1}, messages.PUSHER)
