@@ -16,6 +16,7 @@ import base64
 import codecs
 import hashlib
 import json
+import re
 import struct
 import time
 import urllib.parse
@@ -147,12 +148,32 @@ def parse_handshake(
             raise ValueError(client_key)
     except Exception:
         raise HandshakeError(400, "Invalid Sec-WebSocket-Key") from None
-    url = urllib.parse.urlsplit(target)
+    path, query = split_target(target)
+    handshake = Handshake(path, query, headers, accept_key(client_key))
+    return handshake, end + 4
+
+
+_PLAIN_TARGET = re.compile(r"/(?!/)[^%+#\t\r\n]*\Z")
+
+
+def split_target(target: str) -> tuple[str, dict[str, str]]:
+    """The path of a request target and its query (the first value of each
+    name, blank values kept), as ``urllib.parse`` reads them.  A plain
+    path and query (nothing escaped, no ``+``, no fragment: what clients
+    send) is split here directly, which ``urllib.parse`` would leave as
+    it is."""
     query: dict[str, str] = {}
+    if _PLAIN_TARGET.match(target):
+        path, _, text = target.partition("?")
+        for field in text.split("&"):
+            if field:
+                name, _, value = field.partition("=")
+                query.setdefault(name, value)
+        return path, query
+    url = urllib.parse.urlsplit(target)
     for name, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
         query.setdefault(name, value)
-    handshake = Handshake(url.path, query, headers, accept_key(client_key))
-    return handshake, end + 4
+    return url.path, query
 
 
 def accept_response(handshake: Handshake) -> bytes:

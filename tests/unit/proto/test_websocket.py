@@ -2,6 +2,7 @@
 
 import json
 import struct
+import urllib.parse
 
 import pytest
 
@@ -347,3 +348,30 @@ class TestFrames:
             last = ws.encode_frame(ws.OP_CONTINUATION, b"!", mask=mask)
             reader = ws.FrameReader(max_message=1 << 20)
             assert reader.feed(fragment + last) == [(ws.OP_BINARY, payload + b"!")]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/app/key?protocol=7&client=js&version=8.4.0&flash=false",
+        "/app/key",
+        "/app/key/?",
+        "/app/key?a&b=&=c&&a=2&d=e=f",
+        "/app/key?x=1?y=2;z=3",
+        "/app/k%41y?protocol=%37&a+b=c+d",
+        "/app/key?p=7#frag",
+        "//host/app/key?p=7",
+        "http://host:80/app/key?protocol=7",
+        "/app/ké?ü=ä",
+        "/app/key?a\tb=1",
+        "/app/key?a\nb=1",
+        "*",
+        "",
+    ],
+)
+def test_a_target_splits_as_urllib_parse_reads_it(target):
+    url = urllib.parse.urlsplit(target)
+    query = {}
+    for name, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
+        query.setdefault(name, value)
+    assert ws.split_target(target) == (url.path, query)
