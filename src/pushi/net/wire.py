@@ -7,7 +7,9 @@ import collections
 import errno
 import logging
 import socket
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -206,6 +208,26 @@ class _Queue:
         return queue
 
 
+class _Made:
+    """A connection attribute made on its first read (then kept in the
+    instance's ``__dict__``, which reads find first): netius makes a
+    uuid4 id and two locks for each connection, which Pushi's loop-thread
+    connections use only in logs and lookups by id (the id), or never (the
+    locks)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.make()
+        return value
+
+
 class Connection(netius.Connection):
     """A netius connection of ours.  Netius calls a server's own
     ``on_connection_d`` only for connections of a subclass (for a plain
@@ -220,7 +242,8 @@ class Connection(netius.Connection):
     what is left unread as it closes (see ``_discard_unread``).
 
     Its three queues (data to send, data to read again, starters) are made
-    on their first write (``_Queue``): the memory of an idle socket."""
+    on their first write (``_Queue``), its id and locks on their first
+    read (``_Made``): the memory and setup time of an idle socket."""
 
     budget = READ_BUDGET
     quota = 0
@@ -232,6 +255,47 @@ class Connection(netius.Connection):
     pending = _Queue("pending")
     restored = _Queue("restored")
     starters = _Queue("starters")
+
+    id = _Made(lambda: str(uuid.uuid4()))
+    pending_lock = _Made(threading.RLock)
+    restored_lock = _Made(threading.RLock)
+
+    def __init__(
+        self,
+        owner=None,
+        socket=None,
+        address=None,
+        datagram=False,
+        ssl=False,
+        max_pending=-1,
+        min_pending=-1,
+    ):
+        # netius's BaseConnection.__init__ (and its Observable's), but for
+        # the queues, the id and the locks, made when first used
+        self.events = {}
+        self.status = netius.PENDING
+        self.connecting = False
+        self.upgrading = False
+        self.owner = owner
+        self.socket = socket
+        self.address = address
+        self.datagram = datagram
+        self.ssl = ssl
+        self.ssl_host = None
+        self.ssl_fingerprint = None
+        self.ssl_handshake = False
+        self.ssl_connecting = False
+        self.ssl_dump = False
+        self.max_pending = max_pending
+        self.min_pending = min_pending
+        self.renable = True
+        self.wready = False
+        self.pending_s = 0
+        self.restored_s = 0
+        self.close_reason = None
+        self.close_error = None
+        self.close_timestamp = None
+        self._starter = None
 
     def pend(self, data, back=True):
         Connection.pending.make(self)

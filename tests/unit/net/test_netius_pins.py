@@ -159,6 +159,30 @@ def test_netius_calls_a_watched_sockets_callbacks_with_the_event_name():
         server.cleanup()
 
 
+def test_a_connection_of_ours_has_every_attribute_netius_gives_one():
+    """``wire.Connection.__init__`` is netius's, but for what it makes on
+    first use (the queues, the id, the locks): a netius upgrade that sets
+    another attribute, or another value, fails here."""
+    server = netius.StreamServer()
+    try:
+        arguments = dict(owner=server, socket=None, address=("127.0.0.1", 1))
+        theirs = vars(netius.Connection(**arguments))
+        ours = wire.Connection(**arguments)
+        made = {"starters", "pending", "restored", "id", "pending_lock"}
+        made.add("restored_lock")
+        assert made <= set(theirs)
+        assert set(theirs) - made == set(vars(ours))
+        for name in set(theirs) - made:
+            assert vars(ours)[name] == theirs[name], name
+        assert len(ours.id) == len(theirs["id"]) and ours.id == ours.id
+        assert type(ours.pending_lock) is type(theirs["pending_lock"])
+        assert ours.pending_lock is ours.pending_lock
+        assert ours.restored_lock is not ours.pending_lock
+        assert not ours.pending and not ours.restored and not ours.starters
+    finally:
+        server.cleanup()
+
+
 def test_appier_still_calls_the_hooks_the_app_overrides():
     """``PushiApp`` overrides Appier's ``_load_logging``,
     ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
