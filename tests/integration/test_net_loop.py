@@ -340,6 +340,7 @@ def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
         "build_connection",
         "debug",
         "load_logging",
+        "on_connection_c",
         "on_connection_d",
         "on_data",
         "on_read",

@@ -49,6 +49,14 @@ class QuietDebug:
         if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
             super().debug(object, *args, **kwargs)  # type: ignore[misc]
 
+    def on_connection_c(self, connection):
+        # netius's logs the connection's id (made for it, see ``_Made``)
+        # before its debug drops the record: without them, its trigger
+        if self.logger is not None and self.logger.isEnabledFor(logging.DEBUG):
+            super().on_connection_c(connection)  # type: ignore[misc]
+        else:
+            self.trigger("connection_c", self, connection)  # type: ignore[attr-defined]
+
 
 class OwnPort:
     """A netius server mixin.  Netius sets ``SO_REUSEPORT`` on the sockets

@@ -183,6 +183,23 @@ def test_a_connection_of_ours_has_every_attribute_netius_gives_one():
         server.cleanup()
 
 
+def test_netius_on_connection_c_only_logs_and_triggers():
+    """``QuietDebug.on_connection_c`` skips netius's when debug is off and
+    only triggers ``connection_c``: netius's does nothing else."""
+    import inspect
+
+    from netius.base.common import AbstractBase
+
+    source = inspect.getsource(AbstractBase.on_connection_c)
+    assert set(re.findall(r"(\w+)\(", source)) == {
+        "on_connection_c",
+        "debug",
+        "len",
+        "trigger",
+    }
+    assert 'self.trigger("connection_c", self, connection)' in source
+
+
 def test_appier_still_calls_the_hooks_the_app_overrides():
     """``PushiApp`` overrides Appier's ``_load_logging``,
     ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
