@@ -40,6 +40,7 @@ PROFILES = {
         "broadcast": 5000,
         "broadcast_rate": 1.0,
         "persist_stored": [1000, 100000],
+        "persist_inflight": [8, 64],
         "max_drain": 30.0,
         "preload_time": 120.0,
         "abuse_duration": 10.0,
@@ -58,6 +59,7 @@ PROFILES = {
         "broadcast": 1000,
         "broadcast_rate": 2.0,
         "persist_stored": [1000, 10000],
+        "persist_inflight": [8, 64],
         "max_drain": 6.0,
         "preload_time": 40.0,
         "abuse_duration": 5.0,
@@ -1039,69 +1041,79 @@ def broadcast(server_name, profile, options):
 
 
 def persist(server_name, profile, options):
-    """Persisted triggers/s with some events already stored (Pushi only)."""
+    """Persisted triggers/s with some events already stored (Pushi only),
+    with each of ``persist_inflight`` requests in flight: a fresh server
+    per stored count and in-flight count, so that each starts from the
+    same store."""
     server_class = servers.SERVERS[server_name]
     if not server_class.supports_persist:
         return []
     results = []
     for stored in profile["persist_stored"]:
-        session = Session(server_name, 1, options.keep)
-        session.server.preload = (stored, "persist")
-        with session:
-            session.connect(1, channel="persist", sample=1)
-            preloaded = getattr(session.server, "preloaded", 0)
-            how = "store"
-            if preloaded < stored:
-                how = "http"
-                log("persist: preloading %d events over HTTP" % stored)
-                pre, _d, _f = session.trigger_phase(
-                    ["persist"],
-                    16,
-                    profile["preload_time"],
-                    max_count=stored - preloaded,
-                    persist=True,
-                    max_drain=5,
-                    stall=1.0,
-                )
-                preloaded += pre["ok"]
-                if preloaded < stored:
-                    log("persist: only %d of %d preloaded" % (preloaded, stored))
-
-            # the same triggers unpersisted just before and just after, on
-            # this server: the ratio to their mean holds while the machine's
-            # speed drifts (it moves more between scenarios than within one)
-            def phase(persist, seq_start, session=session):
-                session.reset()
-                return session.trigger_phase(
-                    ["persist"],
-                    8,
-                    profile["duration"],
-                    persist=persist,
-                    max_drain=profile["max_drain"],
-                    seq_start=seq_start,
-                )
-
-            before = phase(False, 10**8)[0]
-            # the samples are read before the next phase resets them
-            result = phase_result(
-                session,
-                "persist",
-                "stored%d" % stored,
-                *phase(True, 2 * 10**8),
-                1,
-            )
-            after = phase(False, 3 * 10**8)[0]
-            plain = [answer["ok"] / answer["elapsed"] for answer in (before, after)]
-            result["plain_triggers_per_s"] = [round(rate, 1) for rate in plain]
-            result["ratio_to_plain"] = round(
-                result["triggers_per_s"] * 2 / sum(plain), 3
-            )
-            result["stored_before"] = preloaded
-            result["preloaded_through"] = how
-            result["inflight"] = 8
+        for inflight in profile["persist_inflight"]:
+            result = persist_run(server_name, profile, options, stored, inflight)
             results.append(result)
             emit_progress(result)
     return results
+
+
+def persist_run(server_name, profile, options, stored, inflight):
+    """One row of ``persist``: ``stored`` events preloaded, then the same
+    triggers unpersisted, persisted and unpersisted again, ``inflight`` at
+    a time."""
+    session = Session(server_name, 1, options.keep)
+    session.server.preload = (stored, "persist")
+    with session:
+        session.connect(1, channel="persist", sample=1)
+        preloaded = getattr(session.server, "preloaded", 0)
+        how = "store"
+        if preloaded < stored:
+            how = "http"
+            log("persist: preloading %d events over HTTP" % stored)
+            pre, _d, _f = session.trigger_phase(
+                ["persist"],
+                16,
+                profile["preload_time"],
+                max_count=stored - preloaded,
+                persist=True,
+                max_drain=5,
+                stall=1.0,
+            )
+            preloaded += pre["ok"]
+            if preloaded < stored:
+                log("persist: only %d of %d preloaded" % (preloaded, stored))
+
+        # the same triggers unpersisted just before and just after, on
+        # this server: the ratio to their mean holds while the machine's
+        # speed drifts (it moves more between scenarios than within one)
+        def phase(persist, seq_start):
+            session.reset()
+            return session.trigger_phase(
+                ["persist"],
+                inflight,
+                profile["duration"],
+                persist=persist,
+                max_drain=profile["max_drain"],
+                seq_start=seq_start,
+            )
+
+        before = phase(False, 10**8)[0]
+        # the samples are read before the next phase resets them
+        result = phase_result(
+            session,
+            "persist",
+            "stored%d-inflight%d" % (stored, inflight),
+            *phase(True, 2 * 10**8),
+            1,
+        )
+        after = phase(False, 3 * 10**8)[0]
+        plain = [answer["ok"] / answer["elapsed"] for answer in (before, after)]
+        result["plain_triggers_per_s"] = [round(rate, 1) for rate in plain]
+        result["ratio_to_plain"] = round(result["triggers_per_s"] * 2 / sum(plain), 3)
+        result["stored_before"] = preloaded
+        result["preloaded_through"] = how
+        result["inflight"] = inflight
+    return result
 
 
 def generator(server_name, profile, options):

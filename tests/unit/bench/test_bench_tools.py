@@ -462,3 +462,36 @@ def test_connect_and_broadcast_over_workers_count_every_process():
         }
     assert results["connect"]["idle_open_after"] == 400
     assert results["broadcast"]["single_lost"] == 0
+
+
+def test_persist_repeats_report_the_median_ratio_per_in_flight_count():
+    def run(inflight, rate, ratio):
+        return dict(
+            scenario="persist",
+            variant="stored1000-inflight%d" % inflight,
+            subscribers=1,
+            server="pushi",
+            triggers_per_s=rate,
+            plain_triggers_per_s=[rate / ratio, rate / ratio],
+            ratio_to_plain=ratio,
+            inflight=inflight,
+        )
+
+    # the run with the median rate is not the one with the median ratio
+    results = [
+        run(8, 2600.0, 0.52),
+        run(64, 5000.0, 0.81),
+        run(8, 2000.0, 0.47),
+        run(64, 4000.0, 0.85),
+        run(8, 3000.0, 0.49),
+        run(64, 4500.0, 0.79),
+    ]
+    chosen = {r["inflight"]: r for r in cli.medians(results)}
+    assert chosen[8]["ratio_to_plain"] == 0.49
+    assert chosen[8]["runs"] == [0.52, 0.47, 0.49]
+    assert chosen[64]["ratio_to_plain"] == 0.81
+    assert cli.label("persist/stored100000-inflight64/1") == (
+        "persisted triggers, 100,000 stored, 64 in flight"
+    )
+    options = cli.parse_args(["--scenario", "persist", "--inflight", "8,64"])
+    assert options.inflight == "8,64"
