@@ -97,6 +97,7 @@ def a_file(tmp_path):
             "Invalid value for PUSHI_RETENTION_INTERVAL: 'nan'",
         ),
         ({"PUSHI_MAX_PENDING": "-1"}, "Invalid value for PUSHI_MAX_PENDING: '-1'"),
+        ({"PUSHI_SQLITE_SYNC": "off"}, "Invalid value for PUSHI_SQLITE_SYNC: 'off'"),
         (
             {"PUSHI_METRICS": "off", "PUSHI_METRICS_PORT": "9200"},
             "PUSHI_METRICS_PORT needs PUSHI_METRICS on",

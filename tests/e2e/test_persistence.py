@@ -410,6 +410,28 @@ def test_loop_replaces_a_dead_events_writer(backend):
     assert not os.path.exists("/proc/%d" % replacement)
 
 
+@pytest.mark.parametrize(
+    "env, synchronous, policy",
+    [
+        ({}, b"NORMAL", "SCHED_BATCH"),
+        ({"PUSHI_SQLITE_SYNC": "full"}, b"FULL", "SCHED_OTHER"),
+    ],
+)
+def test_events_writer_syncs_as_configured(env, synchronous, policy):
+    # by default commits are not synced (they survive kill -9, as above, not
+    # a power loss) and the writer does not preempt the loop it serves
+    instance = PushiServer(env=env).start()
+    try:
+        app = instance.create_app("sync")
+        instance.client(app).trigger_event(channel="kept", data="x", event="e")
+        (writer,) = events_writers(instance.process.pid)
+        with open("/proc/%d/cmdline" % writer, "rb") as cmdline:
+            assert cmdline.read().split(b"\0")[-2] == synchronous
+        assert os.sched_getscheduler(writer) == getattr(os, policy)
+    finally:
+        instance.stop()
+
+
 def test_the_python_client_triggers_any_data_to_several_channels(server, app):
     proxy = server.client(app)
     listener = server.connect(app, "pushi")

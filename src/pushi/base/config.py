@@ -98,6 +98,17 @@ def _not_negative(value):
     return number
 
 
+def _sync(value):
+    """How the embedded store syncs its commits: ``normal`` or ``full``
+    (SQLite's ``synchronous``, in WAL mode; see docs/configuration.md)."""
+    from pushi.base.store.sqlite_file import SYNC_MODES
+
+    value = str(value).strip().upper()
+    if value not in SYNC_MODES:
+        raise ValueError("normal or full")
+    return value
+
+
 def _workers(value):
     """A number of worker processes above 0, or ``auto``: one per core."""
     value = str(value).strip().lower()
@@ -153,6 +164,9 @@ class Config:
         # None: default_data_dir()
         ("data_dir", "PUSHI_DATA_DIR", None, str),
         ("mongo_url", "MONGO_URL", None, str),
+        # NORMAL: a commit survives the process's death (kill -9), not the
+        # machine's; FULL: also a power loss, at a sync per commit
+        ("sqlite_sync", "PUSHI_SQLITE_SYNC", "NORMAL", _sync),
         ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
         # apps created or updated at start (base/appsfile.py)
         ("apps_file", "PUSHI_APPS_FILE", None, str),
@@ -212,6 +226,7 @@ class Config:
     server_ssl_cer: str | None
     data_dir: str | None
     mongo_url: str | None
+    sqlite_sync: str
     admin_secret: str | None
     apps_file: str | None
     activity_timeout: int

@@ -87,7 +87,9 @@ class State:
     def __init__(self, config: Config | None = None, store: Any = None) -> None:
         self.config = config or Config.from_env()
         self.store = store or stores.open_store(
-            data_dir=self.config.data_dir, mongo_url=self.config.mongo_url
+            data_dir=self.config.data_dir,
+            mongo_url=self.config.mongo_url,
+            synchronous=self.config.sqlite_sync,
         )
         self.apps = AppDirectory(self.store)
         # held while an app change is taken into use, and while the apps

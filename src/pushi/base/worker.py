@@ -64,6 +64,7 @@ def worker_main(argv=None):
             data_dir=config.data_dir,
             mongo_url=config.mongo_url,
             events_address=events or None,
+            synchronous=config.sqlite_sync,
         )
         state = State(config, store=store)
         state.retain = retain == "1"

@@ -375,7 +375,7 @@ class Supervisor:
 
         def start():
             return subprocess.Popen(
-                [sys.executable, "-c", _WRITER, database, "FULL"]
+                [sys.executable, "-c", _WRITER, database, self.config.sqlite_sync]
                 + [str(listener), str(self._life_r)],
                 stdin=subprocess.DEVNULL,
                 env=_package_env({}),

@@ -21,19 +21,22 @@ class StoreOpenError(ConfigError):
     for the operator (the launcher and the CLI print it and exit)."""
 
 
-def open_store(data_dir=None, mongo_url=None, events_address=None):
+def open_store(data_dir=None, mongo_url=None, events_address=None, synchronous=None):
     """Opens the configured store: ``MongoStore(mongo_url)`` when
     ``mongo_url`` is given, else ``SQLiteStore(data_dir)`` (by default in
     ``config.default_data_dir()``; its events committed by the shared
-    writer at ``events_address`` in worker mode).  Raises ``StoreOpenError`` when it
-    cannot be reached, read or written."""
+    writer at ``events_address`` in worker mode; its commits synced as
+    ``synchronous`` says, ``PUSHI_SQLITE_SYNC``, by default FULL).  Raises
+    ``StoreOpenError`` when it cannot be reached, read or written."""
     data_dir = data_dir or default_data_dir()
     try:
         if mongo_url:
             from .mongo import MongoStore
 
             return MongoStore(mongo_url)
-        return SQLiteStore(data_dir, events_address=events_address)
+        return SQLiteStore(
+            data_dir, synchronous or "FULL", events_address=events_address
+        )
     except Exception as error:
         if not (is_store_error(error) or isinstance(error, OSError)):
             raise

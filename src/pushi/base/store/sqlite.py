@@ -32,12 +32,15 @@ Writers check after each commit that the database file is still the one
 at the data dir's path (``MovedDatabase``): committing to a removed file
 would acknowledge writes that no restart finds.
 
-Durability: WAL mode with ``synchronous=FULL``.  A commit returns only after
-the WAL has been fsync'ed, so a committed event survives ``kill -9`` of the
-process and also a power loss or OS crash.  (``NORMAL`` in WAL mode would
-survive ``kill -9`` too, since the WAL write reaches the OS before commit
-returns, but may lose the last commits on power loss; the group commit
-makes FULL cheap enough that we keep the stronger promise of ``add_events``.)
+Durability: WAL mode, with ``synchronous`` as the store is opened with
+(``PUSHI_SQLITE_SYNC`` for a server; FULL unless told).  Either way a
+commit returns only once its WAL frames are written to the file, so a
+committed (acknowledged) event survives ``kill -9`` or any other death of
+the process: the kernel holds what was written.  FULL also syncs the WAL
+at every commit, so it survives a power loss or OS crash too; NORMAL syncs
+the WAL only before each checkpoint, so such a crash may roll back the
+commits since the last checkpoint (never corrupts the file), and a commit
+costs no wait for the disk (see docs/benchmarks.md).
 
 Schema (all queries are index-backed, none scans a table):
 

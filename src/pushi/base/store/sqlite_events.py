@@ -128,12 +128,30 @@ def store_batch(connection, row_lists):
     return results
 
 
+def behind_the_loop(synchronous):
+    """Makes this writer a batch task (Linux ``SCHED_BATCH``) when its
+    commits are not synced: its work is then all CPU, and a batch task
+    woken by the batch a loop sends does not take the loop's core from it
+    in the middle of the loop's turn (it runs on a free core, or once the
+    loop waits); a normal task would, and on a busy machine the loop
+    might then wait behind other processes too.  With synced commits it
+    stays a normal task: its wake-up after each sync would otherwise wait
+    for the scheduler's tick."""
+    if synchronous.upper() == "FULL" or not hasattr(os, "SCHED_BATCH"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as error:
+        logger.warning("events writer stays a normal task: %s", error)
+
+
 def main(argv=None):
     # Ctrl-C in a terminal reaches the whole process group: the server
     # stops gracefully and closes this child's input, which ends it after
     # its last commit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
+    behind_the_loop(synchronous)
     database = MovedDatabase(path, synchronous)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
@@ -170,6 +188,7 @@ def serve(argv=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, synchronous, listen_fd, life_fd = (argv or sys.argv)[1:5]
+    behind_the_loop(synchronous)
     listener = socket.socket(fileno=int(listen_fd))
     listener.setblocking(False)
     life: int | None

@@ -14,6 +14,11 @@ import urllib.parse
 DATABASE_NAME = "pushi.sqlite3"
 """File name of the database inside the data dir."""
 
+SYNC_MODES = ("NORMAL", "FULL")
+"""The ``synchronous`` settings a store may run with (``PUSHI_SQLITE_SYNC``),
+both in WAL mode: NORMAL writes each commit to the WAL before it returns
+and syncs the WAL only at checkpoints, FULL syncs it at every commit."""
+
 BUSY_TIMEOUT_MS = 30000
 """How long a connection waits for another process's write lock."""
 
