@@ -164,8 +164,8 @@ class Config:
         # None: default_data_dir()
         ("data_dir", "PUSHI_DATA_DIR", None, str),
         ("mongo_url", "MONGO_URL", None, str),
-        # NORMAL: a commit survives the process's death (kill -9), not the
-        # machine's; FULL: also a power loss, at a sync per commit
+        # NORMAL: a commit survives the process's death (kill -9), maybe not
+        # a power loss or OS crash; FULL: those too, at a disk sync a commit
         ("sqlite_sync", "PUSHI_SQLITE_SYNC", "NORMAL", _sync),
         ("admin_secret", "PUSHI_ADMIN_SECRET", None, str),
         # apps created or updated at start (base/appsfile.py)
