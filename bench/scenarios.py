@@ -876,7 +876,7 @@ def connect(server_name, profile, options):
                 )
             figures = meter.stop()
             per_connection = slope(points)
-            nodes = summed(answers, "nodes")
+            nodes = pushi_nodes(server_name, summed(answers, "nodes"))
             log("connect %d: per server process %s" % (n, by_node_text(nodes)))
             result = base_result(
                 session,
@@ -911,6 +911,12 @@ def connect(server_name, profile, options):
             results.append(result)
             emit_progress(result)
     return results
+
+
+def pushi_nodes(server_name, nodes):
+    """``nodes`` for Pushi, whose socket ids name their process; nothing
+    for a peer (soketi's ids have a dot too, but name no process)."""
+    return nodes if server_name == "pushi" else {}
 
 
 def by_node(nodes):
@@ -972,6 +978,7 @@ def broadcast(server_name, profile, options):
             conn = session.connect(
                 n, channel="broadcast", sample=min(BROADCAST_SAMPLED, n)
             )
+            conn["nodes"] = pushi_nodes(server_name, conn["nodes"])
             log(
                 "broadcast %d: %d ready, %d failed; per server process %s"
                 % (n, conn["ready"], conn["failed"], by_node_text(conn["nodes"]))
