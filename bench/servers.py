@@ -347,7 +347,8 @@ class PushiServer(Server):
                     "GET", "http://%s:%d/health" % (HOST, self.http_port), timeout=2
                 )
                 if status == 200 and wait_port(self.ws_port, self.proc, 1):
-                    if self.workers:
+                    # PUSHI_WORKERS=1 is one process, no node of a cluster
+                    if self.workers and self.workers > 1:
                         self.wait_nodes(deadline)
                     return
             except OSError:
