@@ -328,9 +328,9 @@ def test_every_worker_lists_the_sockets_of_all_workers(workers):
         client.close()
 
 
-def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
-    server = workers()
-    app = server.create_app("restart")
+def clients_on_every_worker(server, app):
+    """Clients connected until each worker holds one: ``({node id: its
+    first client}, every client)``."""
     by_node = {}
     clients = []
     while len(by_node) < WORKERS and len(clients) < 100:
@@ -338,6 +338,13 @@ def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
         clients.append(client)
         by_node.setdefault(int(client.socket_id.split(".")[0]), client)
     assert len(by_node) == WORKERS
+    return by_node, clients
+
+
+def test_a_killed_worker_is_restarted_and_the_others_serve_on(workers):
+    server = workers()
+    app = server.create_app("restart")
+    by_node, clients = clients_on_every_worker(server, app)
     health = {}
     for pid in server.pids:
         # which worker pid holds which node: the node id is in its log line
@@ -553,13 +560,7 @@ def test_a_killed_workers_presence_members_leave_once(workers):
 
     server = workers()
     app = server.create_app("presence")
-    by_node = {}
-    clients = []
-    while len(by_node) < WORKERS and len(clients) < 100:
-        client = server.connect(app)
-        clients.append(client)
-        by_node.setdefault(int(client.socket_id.split(".")[0]), client)
-    assert len(by_node) == WORKERS
+    by_node, clients = clients_on_every_worker(server, app)
     pids = {
         int(
             re.search(r"pushi\[%d\] Cluster node (\d+)" % pid, server.read_log()).group(

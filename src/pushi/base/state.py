@@ -913,8 +913,15 @@ def main() -> Any:
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGTERM, terminate)
+    run_until_stopped(log, lambda: State(config).serve(started=log.started))
+
+
+def run_until_stopped(log: StartLog, serve: Callable[[], Any]) -> None:
+    """Runs ``serve()`` (a process's State) until a stop: an interrupt ends
+    it quietly, a ``ConfigError`` in one line (exit 1), and the log held
+    during the start is let out whatever happens."""
     try:
-        State(config).serve(started=log.started)
+        serve()
     except KeyboardInterrupt:
         pass
     except ConfigError as error:

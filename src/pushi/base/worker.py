@@ -10,8 +10,8 @@ import sys
 import threading
 
 from pushi.base import store as stores
-from pushi.base.config import Config, ConfigError
-from pushi.base.state import State, configure_logging
+from pushi.base.config import Config
+from pushi.base.state import State, configure_logging, run_until_stopped
 from pushi.net import wire
 
 
@@ -59,7 +59,7 @@ def worker_main(argv=None):
         log.started()
         os.write(int(ready), b"%d\n" % os.getpid())
 
-    try:
+    def serve():
         store = stores.open_store(
             data_dir=config.data_dir,
             mongo_url=config.mongo_url,
@@ -69,10 +69,5 @@ def worker_main(argv=None):
         state = State(config, store=store)
         state.retain = retain == "1"
         state.serve(started=started)
-    except KeyboardInterrupt:
-        pass
-    except ConfigError as error:
-        log.failed()
-        raise SystemExit(str(error)) from None
-    finally:
-        log.started()
+
+    run_until_stopped(log, serve)
