@@ -99,8 +99,24 @@ class Node:
     def opened(self, limit=0):
         return lambda answer: self.occupancy.opened(APP, limit, answer, answer)
 
+    def counted(self, delta=1):
+        """``counted``; answers the app's connections in Redis once this
+        turn's write of the node's share is done."""
+
+        def start(answer):
+            self.occupancy.counted(APP, delta)
+            self.redis.loop.soon(
+                lambda: self.redis.call(
+                    lambda value: answer(int(value or 0)),
+                    "GET",
+                    lua.app_key(APP, "connections"),
+                )
+            )
+
+        return start
+
     def closed(self):
-        return lambda answer: self.occupancy.closed(APP, answer, answer)
+        return self.counted(-1)
 
     def signed_in(self, user_id):
         return lambda answer: self.users.signed_in(APP, user_id, answer, answer)
@@ -277,6 +293,39 @@ def test_the_connections_of_an_app_are_capped_across_nodes(nodes):
     assert other.ask(other.opened(limit=7)) is None
     assert a.occupancy.connections(APP) == 7
     assert other.ask(other.closed()) == 6
+
+
+def test_uncapped_sockets_cost_one_script_a_turn_and_add_up_with_capped_ones(
+    nodes, redis_server
+):
+    a, b = nodes(2)
+    client = redis_server.client()
+
+    def scripts():
+        return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    before = scripts()
+    # fifty sockets in one turn: one write of the node's share
+    assert a.many([a.counted() for _ in range(50)]) == [50] * 50
+    assert scripts() - before == 1
+    assert b.ask(b.opened(limit=100)) == 51
+    # counted and capped sockets mixed in one turn add up exactly
+    a.many(
+        [a.counted(), a.opened(limit=100), a.counted(-1)] * 5
+        + [a.opened(limit=100), a.counted()]
+    )
+    assert a.occupancy.connections(APP) == 51 + 5 + 1 + 1
+    assert client.hgetall(lua.app_key(APP, "conns")) == {b"1": b"57", b"2": b"1"}
+    # the capped ones see the uncapped: the app is full at 58
+    assert b.ask(b.opened(limit=58)) is None
+    assert a.ask(a.counted(-1)) == 57
+    assert b.ask(b.opened(limit=58)) == 58
+    a.many([a.counted(-1) for _ in range(56)])
+    b.many([b.counted(-1), b.counted(-1)])
+    assert a.occupancy.connections(APP) == 0
+    assert not client.exists(lua.app_key(APP, "conns"))
+    for node_id in ("1", "2"):
+        assert client.smembers(lua.owned_key(node_id)) == set()
 
 
 def test_reads_on_any_node_agree_with_the_changes(nodes):

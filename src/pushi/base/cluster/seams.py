@@ -283,6 +283,8 @@ class RedisOccupancy(_Twin):
         """ app_id -> this node's sockets of the app (``opened``) """
         self.unsure = set()
         """ (app_id, channel) whose leave failed (``settle``) """
+        self.changed_connections = set()
+        """ app ids whose share ``counted`` changed this turn """
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or
@@ -348,31 +350,22 @@ class RedisOccupancy(_Twin):
             )
 
     def opened(self, app_id, limit, then, failed=None):
-        """A socket of the app opens: ``then(count)`` with the app's
-        sockets, this one included, or ``then(None)`` when the app already
-        has ``limit`` (0: no limit).  Not counted when refused.  When
-        ``failed`` runs (Redis away) the socket stays in this node's share,
-        which the node writes again once Redis is back (``reregister``):
-        whether Redis made the count or not, it then holds the socket."""
+        """A socket of an app capped at ``limit`` sockets opens:
+        ``then(count)`` with the app's sockets, this one included, or
+        ``then(None)`` when the app already has ``limit``.  Not counted
+        when refused.  When ``failed`` runs (Redis away) the socket stays
+        in this node's share, which the node writes again once Redis is
+        back (``reregister``): whether Redis made the count or not, it then
+        holds the socket.  (An app with no limit has nothing to decide:
+        ``counted``.)"""
         app_id = str(app_id)
         _count(self.held_connections, app_id, 1)
-        registrations = self.registrations
-
-        def refused():
-            _count(self.held_connections, app_id, -1)
-            if self.registrations != registrations:
-                # a re-registration counted it meanwhile
-                self._bulk(
-                    self._set_calls(
-                        [("conn", app_id, self.held_connections.get(app_id, 0))]
-                    ),
-                    _ignore,
-                    None,
-                )
 
         def answered(reply):
             if reply < 0:
-                refused()
+                # a write of the share (``counted``, ``reregister``) may
+                # have counted it meanwhile: the next one does not
+                self.counted(app_id, -1)
                 then(None)
             else:
                 then(reply)
@@ -380,22 +373,37 @@ class RedisOccupancy(_Twin):
         self._eval(
             lua.CONNECTION_OPEN,
             lambda node_id: lua.connection_keys(app_id, node_id),
-            (app_id, int(limit or 0)),
+            (app_id, int(limit)),
             answered,
             failed,
         )
 
-    def closed(self, app_id, then=None, failed=None):
-        """A socket of the app (counted by ``opened``) went:
-        ``then(count)`` with the app's sockets left."""
+    def counted(self, app_id, delta):
+        """A socket of the app opened with no limit to check (``delta``
+        1), or one ``counted`` or ``opened`` went (-1): this node's share
+        changes at once and is written to Redis once per app at the end of
+        the loop turn, with every change of the turn (a connection storm
+        costs a script per turn, not per socket; the app's count lags by a
+        turn).  Exact beside ``opened``: each of its scripts adds to the
+        share as it was written, and a later write sets the share as it is
+        then, its socket included."""
         app_id = str(app_id)
-        _count(self.held_connections, app_id, -1)
-        self._eval(
-            lua.CONNECTION_CLOSE,
-            lambda node_id: lua.connection_keys(app_id, node_id),
-            (app_id, "0"),
-            then or _ignore,
-            failed,
+        _count(self.held_connections, app_id, delta)
+        if not self.changed_connections:
+            self.redis.loop.soon(self._write_changed_connections)
+        self.changed_connections.add(app_id)
+
+    def _write_changed_connections(self):
+        """Sets this node's share of each app ``counted`` changed to what
+        it holds (a failure is set right by ``reregister``)."""
+        changed, self.changed_connections = self.changed_connections, set()
+        held = self.held_connections
+        self._bulk(
+            self._set_calls(
+                [("conn", app_id, held.get(app_id, 0)) for app_id in changed]
+            ),
+            _ignore,
+            None,
         )
 
     # re-registration

@@ -149,12 +149,20 @@ class Engine:
         process that shares the occupancy (a cluster's), against its
         ``max_connections``: ``then(refusal, counted)``, ``refusal`` None
         or the ``(code, message)`` that turns the socket away, ``counted``
-        whether the shared count holds it (``open`` it with that).  One
-        process checks its registry's count (``Access.admit_socket``):
+        whether the shared count holds it (``open`` it with that).  An app
+        with no ``max_connections`` is counted without a wait, as is one
+        process, whose registry counts (``Access.admit_socket``):
         ``then(None, False)`` at once."""
+        # the shared twin's (``cluster/seams``)
+        counted = getattr(self.occupancy, "counted", None)
         opened = getattr(self.occupancy, "opened", None)
-        if opened is None:
+        if counted is None or opened is None:
             then(None, False)
+            return
+        limit = app.limits.max_connections
+        if not limit:
+            counted(app.app_id, 1)
+            then(None, True)
             return
 
         def answered(count):
@@ -165,18 +173,13 @@ class Engine:
 
         # Redis away: admitted (its subscriptions answer 503), and counted
         # once Redis is back (the node's share is written again)
-        opened(
-            app.app_id,
-            app.limits.max_connections or 0,
-            answered,
-            lambda _error: then(None, True),
-        )
+        opened(app.app_id, limit, answered, lambda _error: then(None, True))
 
     def uncount(self, app: App) -> None:
         """Takes a socket ``admit`` counted off the shared count."""
-        closed = getattr(self.occupancy, "closed", None)
-        if closed is not None:
-            closed(app.app_id)
+        counted = getattr(self.occupancy, "counted", None)
+        if counted is not None:
+            counted(app.app_id, -1)
 
     def open(
         self,
