@@ -11,12 +11,14 @@ sockets closed with 4200).
 
 import http.client
 import json
+import socket
 import tempfile
 import threading
 import time
 import urllib.request
 
 import pytest
+from cluster_support import rest
 
 from pushi.base.cluster.broker import (
     PUBLISH_SCRIPT,
@@ -596,3 +598,38 @@ def test_pusher_sdks_on_two_nodes_see_one_pushi(cluster):
     finally:
         on_a.close()
         on_b.close()
+
+
+def test_leaves_refused_while_redis_lags_are_written_once_it_caught_up(
+    redis_server, tmp_path
+):
+    # a node that awaits 40 replies at most: closing 120 sockets while
+    # Redis is paused (shorter than the command timeout, so the connection
+    # stays) leaves 80 of their leaves refused
+    node = PushiServer(
+        data_dir=str(tmp_path),
+        redis_url=redis_server.url,
+        env={"PUSHI_REDIS_MAX_PENDING": "40"},
+    )
+    node.start()
+    try:
+        app = node.create_app("lagging")
+        clients = [subscribed(node, app, "room-%d" % index) for index in range(120)]
+        status, answer = rest(node, app, "channels")
+        assert status == 200 and len(answer["channels"]) == 120, answer
+        redis_server.pause()
+        try:
+            for client in clients:
+                client.ws.socket.shutdown(socket.SHUT_RDWR)
+            time.sleep(0.5)
+        finally:
+            redis_server.resume()
+        # every channel vacated, in Redis too, once the node caught up
+        assert wait_for(lambda: rest(node, app, "channels")[1]["channels"] == {}), rest(
+            node, app, "channels"
+        )
+        assert not redis_server.client().hgetall("pushi:{%s}:counts" % app["app_id"])
+        assert "caught up" in node.read_log()
+        assert health(node)["status"] == "ok"
+    finally:
+        node.stop()

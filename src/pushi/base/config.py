@@ -207,6 +207,9 @@ class Config:
         ("drain_seconds", "PUSHI_DRAIN_SECONDS", 0, _not_negative),
         # None: one process; set: a node of the cluster on that Redis
         ("redis_url", "PUSHI_REDIS_URL", None, _redis_url),
+        # replies a node awaits from Redis before its changes are refused
+        # (and written again once Redis caught up)
+        ("redis_max_pending", "PUSHI_REDIS_MAX_PENDING", 10000, _positive(int)),
         # above 1: a supervisor and that many worker processes sharing the
         # ports (base/workers.py); "auto": one per core
         ("workers", "PUSHI_WORKERS", 1, _workers),
@@ -249,6 +252,7 @@ class Config:
     metrics_host: str
     drain_seconds: float
     redis_url: str | None
+    redis_max_pending: int
     workers: int
 
     def __init__(self, **values: Any) -> None:

@@ -693,14 +693,19 @@ class Redis(_Link):
 
     Hooks: ``on_up(run_id)`` each time the connection is ready (compare
     the ``run_id`` to notice an empty, restarted Redis), ``on_down(error)``
-    once as it goes down (or the first attempt fails)."""
+    once as it goes down (or the first attempt fails), ``on_relieved()``
+    once the replies awaited fell to half of ``max_pending`` after calls
+    were refused ``Overloaded`` (what they would have changed was not
+    made)."""
 
     name = "command"
 
-    def __init__(self, url, loop, max_pending=MAX_PENDING, **kwargs):
+    def __init__(self, url, loop, max_pending=MAX_PENDING, on_relieved=None, **kwargs):
         _Link.__init__(self, url, loop, **kwargs)
         self.max_pending = max_pending
+        self.on_relieved = on_relieved
         self._loaded = set()
+        self._overloaded = False
 
     @property
     def pending(self):
@@ -718,13 +723,14 @@ class Redis(_Link):
         self._send(args, _Call(callback, time.monotonic() + self.timeout))
         return True
 
-    def evalsha(self, callback, script, keys=(), args=()):
+    def evalsha(self, callback, script, keys=(), args=(), urgent=False):
         """Runs ``script`` (a ``Script``) with ``keys`` and ``args``; its
         text is sent once per connection (``SCRIPT LOAD`` right before its
         first ``EVALSHA``, so order holds), and again on NOSCRIPT (someone
         ran ``SCRIPT FLUSH``: that one ``EVALSHA`` is retried after the
-        commands already sent)."""
-        error = self._refusal()
+        commands already sent).  ``urgent`` (a heartbeat): sent past
+        ``max_pending`` too."""
+        error = self._refusal(urgent)
         if error is not None:
             _run(callback, error)
             return False
@@ -742,16 +748,24 @@ class Redis(_Link):
         else:
             self._send(command, _Call(callback, deadline))
 
-    def _refusal(self):
+    def _refusal(self, urgent=False):
         if not self.up:
             return ConnectionDown(
                 "Redis unavailable: %s" % (self.last_error or "not connected")
             )
-        if len(self._pending) >= self.max_pending:
+        if len(self._pending) >= self.max_pending and not urgent:
+            self._overloaded = True
             return Overloaded(
                 "Redis answers too slowly: %d replies awaited" % len(self._pending)
             )
         return None
+
+    def _reply(self, reply):
+        _Link._reply(self, reply)
+        if self._overloaded and len(self._pending) <= self.max_pending // 2:
+            self._overloaded = False
+            if self.on_relieved is not None:
+                _run(self.on_relieved)
 
     def _special(self, call, reply):
         if call.kind == "evalsha":
@@ -769,6 +783,8 @@ class Redis(_Link):
 
     def _lost(self, error):
         self._loaded.clear()
+        # ``on_up`` follows: what was refused is for its hook to set right
+        self._overloaded = False
 
 
 class Subscriber(_Link):

@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 
-from pushi.net.redis import Redis, Script, Subscriber, redacted
+from pushi.net.redis import MAX_PENDING, Redis, Script, Subscriber, redacted
 from pushi.proto import errors
 
 logger = logging.getLogger("pushi")
@@ -112,6 +112,7 @@ class Node:
         heartbeat=HEARTBEAT,
         fence_after=FENCE_AFTER,
         tick=TICK,
+        max_pending=MAX_PENDING,
         **settings,
     ):
         self.url = url
@@ -120,7 +121,14 @@ class Node:
         self.heartbeat = heartbeat
         self.fence_after = fence_after
         self.tick = tick
-        self.commands = Redis(url, loop, on_up=self._on_up, **settings)
+        self.commands = Redis(
+            url,
+            loop,
+            max_pending=max_pending,
+            on_up=self._on_up,
+            on_relieved=self._on_relieved,
+            **settings,
+        )
         self.subscriber = Subscriber(url, loop, commands=self.commands, **settings)
         self.id = None
         """ The node id (an int) once registered """
@@ -133,7 +141,8 @@ class Node:
         (a new Redis, or reaped): write this node's entries again """
         self.on_reconnect = []
         """ Hooks ``hook(node_id)`` run each time the command connection
-        is back on the same Redis, the node registered: changes that
+        is back on the same Redis, the node registered, and once it caught
+        up after refusing changes (too many replies awaited): changes that
         failed meanwhile may or may not have been made """
         self.redis_restarted = False
         """ Whether the last registration again was on a restarted Redis
@@ -207,6 +216,19 @@ class Node:
         if self.id is None or run_id != self._run_id:
             self._register()
             return
+        self._reconnected()
+
+    def _on_relieved(self):
+        logger.warning(
+            "Redis caught up with cluster node %s after refusing changes (more"
+            " than %d replies awaited): writing its entries again",
+            self.id,
+            self.commands.max_pending,
+        )
+        if self.id is not None and not self._registering:
+            self._reconnected()
+
+    def _reconnected(self):
         for hook in list(self.on_reconnect):
             try:
                 hook(self.id)
@@ -307,7 +329,10 @@ class Node:
             self._last_beat = max(self._last_beat, sent)
             self._unfence()
 
-        self.commands.evalsha(beaten, HEARTBEAT_SCRIPT, (NODES, NODE_SEQ), (node_id,))
+        # past the cap on replies awaited: a backlog is not a cut
+        self.commands.evalsha(
+            beaten, HEARTBEAT_SCRIPT, (NODES, NODE_SEQ), (node_id,), urgent=True
+        )
 
     def _fence(self):
         """Closes the sockets of a node that nobody can reach: with 4200

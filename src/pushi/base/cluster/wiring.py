@@ -46,7 +46,9 @@ entries again by then (they look every second) """
 class Cluster:
     def __init__(self, config):
         self.loop = NetiusLoop(None)
-        self.node = Node(config.redis_url, self.loop, None)
+        self.node = Node(
+            config.redis_url, self.loop, None, max_pending=config.redis_max_pending
+        )
         self.reader = blocking_client(config.redis_url)
         self.shared = ClusterState(
             self.node.commands, lambda: self.node.id, self.reader, self.reaped
