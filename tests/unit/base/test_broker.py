@@ -72,3 +72,41 @@ def test_an_event_that_fails_to_deliver_holds_back_no_other():
     ]
     assert failures == ["a delivery that fails", "a callback that fails"]
     assert not broker.busy and loop.queued == []
+
+
+def test_a_cluster_message_body_is_the_json_of_its_fields():
+    # what ``messages.dumps`` writes, strings encoded one by one
+    from pushi.base.cluster.broker import body_of
+    from pushi.proto import messages
+
+    for fields in (
+        ["app", "news", "n", "plain", None, None],
+        [
+            "app",
+            "private-a=b@c,d.e;f",
+            'a "quoted" \\ name',
+            '{"x": [1, "é"]}',
+            None,
+            None,
+        ],
+        [
+            "app",
+            "cache-x",
+            "n",
+            "\x00\x1f\n\t\u2028 ☃ 😀 \ud800",
+            "12.34",
+            {"mid": "m"},
+        ],
+        [
+            "app",
+            "presence-x",
+            "pusher_internal:member_added",
+            {"user_id": "u"},
+            "1.2",
+            None,
+        ],
+        ["app", "news", "n", "", None, {"mid": "m", "timestamp": 1.5, "user_id": None}],
+    ):
+        body = body_of(*fields)
+        assert body == messages.dumps(fields)
+        assert messages.loads(body) == fields

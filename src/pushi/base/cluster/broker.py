@@ -68,6 +68,8 @@ logger = logging.getLogger("pushi")
 # ``json.loads`` does first (an encoding guessed for bytes, a decoder's
 # arguments checked)
 _decode = json.JSONDecoder().decode
+# a string's JSON text, as ``messages.dumps`` (UTF-8 characters kept) has it
+_encode = json.encoder.encode_basestring
 
 LINGER = 2.0
 """ Seconds a channel's bus stays subscribed after its last subscriber
@@ -151,6 +153,20 @@ the history (-1: none), the most entries to read.  Returns ``{top offset,
 epoch, entries ({id, {field, value, ...}}), Redis's time in seconds}``;
 the entries only when the offset is of the channel's range and within the
 most.  The position and the entries come from one step. """
+
+
+def body_of(app_id, channel, name, data, exclude, extra):
+    """A message's body: the JSON text of ``[app_id, channel, name, data,
+    exclude, extra]``, as ``messages.dumps`` writes it, its strings encoded
+    one by one (without an encoder made for each list)."""
+    return "[%s,%s,%s,%s,%s,%s]" % (
+        _encode(app_id),
+        _encode(channel),
+        _encode(name),
+        _encode(data) if data.__class__ is str else messages.dumps(data),
+        "null" if exclude is None else _encode(exclude),
+        "null" if extra is None else messages.dumps(extra),
+    )
 
 
 def redis_of(epoch):
@@ -277,15 +293,17 @@ class RedisBroker:
                 published(error)
 
     def _published(self, event, done):
-        def published(error):
+        def published(reply):
             self._awaiting -= 1
-            if error is None:
-                self._succeeded()
-                self.engine.announce(event)
-            else:
-                self._failed(error, "rest")
+            if isinstance(reply, Exception):
+                self._failed(reply, "rest")
+                if done is not None:
+                    done(reply)
+                return
+            self._succeeded()
+            self.engine.announce(event)
             if done is not None:
-                done(error)
+                done(None)
 
         return published
 
@@ -298,11 +316,11 @@ class RedisBroker:
             logger.exception("publishing an event failed")
 
     def _sent(self, event):
-        def sent(error):
-            if error is None:
+        def sent(reply):
+            if not isinstance(reply, Exception):
                 self._succeeded()
                 return
-            self._failed(error, "socket")
+            self._failed(reply, "socket")
             self._tell_sender(event)
 
         return sent
@@ -327,19 +345,23 @@ class RedisBroker:
 
     def _publish(self, event, then):
         """Runs the publish script for each channel of ``event``; then
-        ``then(error)`` once every reply came (``error`` the first)."""
+        ``then(reply)`` once every reply came: the first error (an
+        exception), else a reply."""
         channels = event.channels
-        # replies still awaited, and the first error
-        left = len(channels)
-        first: list[Exception] = []
+        if len(channels) == 1:
+            replied = then
+        else:
+            # replies still awaited, and the first error
+            left = len(channels)
+            first: list[Exception] = []
 
-        def replied(reply):
-            nonlocal left
-            if isinstance(reply, Exception) and not first:
-                first.append(reply)
-            left -= 1
-            if not left:
-                then(first[0] if first else None)
+            def replied(reply):
+                nonlocal left
+                if isinstance(reply, Exception) and not first:
+                    first.append(reply)
+                left -= 1
+                if not left:
+                    then(first[0] if first else None)
 
         app_id = event.app_id
         limits = self.engine.limits(app_id)
@@ -349,7 +371,7 @@ class RedisBroker:
         name, data, exclude, extra = event.name, event.data, event.exclude, event.extra
         scripted = self._scripted
         for channel in channels:
-            body = messages.dumps([app_id, channel, name, data, exclude, extra])
+            body = body_of(app_id, channel, name, data, exclude, extra)
             known = scripted.get((app_id, channel))
             if known is None:
                 known = self._script_of(app_id, channel)
@@ -436,7 +458,7 @@ class RedisBroker:
         )
 
     def _announced(self, app_id, channel, name, data, exclude=None):
-        body = messages.dumps([app_id, channel, name, data, exclude, None])
+        body = body_of(app_id, channel, name, data, exclude, None)
         limits = self.engine.limits(app_id)
         # with the recovery history: a place holder there, as ``send``
         # keeps a member event
