@@ -438,6 +438,29 @@ def test_a_dropped_subscription_is_reported_as_a_gap_never_skipped_silently(
     publisher.close()
 
 
+def test_an_unreadable_bus_message_is_dropped_and_delivery_goes_on(
+    cluster, redis_server
+):
+    a = cluster.node()
+    app = cluster.app
+    subscriber = subscribed(a, app, "news")
+    publisher = Publisher(a, app)
+    assert publisher.publish("news", "n", "first")[0] == 200
+    [(offset, _data)] = events(subscriber, 1)
+    redis = redis_server.client()
+    epoch = redis.hget(meta_key(app["app_id"], "news"), "e").decode()
+    body = json.dumps([app["app_id"], "news", "n", "bad", None, None])
+    # each at the channel's next position, none of them a message's body
+    for text in (body + " []", body[:-1], "{}", '["a"]', body.replace('"', "'")):
+        redis.publish(
+            bus(app["app_id"], "news"), "%s:%d:%s" % (epoch, offset + 1, text)
+        )
+    assert publisher.publish("news", "n", "after")[0] == 200
+    assert events(subscriber, 1) == [(offset + 1, "after")]
+    assert "An unreadable message on Redis's" in a.read_log()
+    publisher.close()
+
+
 def test_a_node_missing_from_redis_registers_again_by_itself(cluster, redis_server):
     a = cluster.node()
     app = cluster.app

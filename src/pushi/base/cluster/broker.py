@@ -64,10 +64,10 @@ from ..presence import added_data
 
 logger = logging.getLogger("pushi")
 
-# a message's body is UTF-8 JSON text: decoded as such, without what
-# ``json.loads`` does first (an encoding guessed for bytes, a decoder's
-# arguments checked)
-_decode = json.JSONDecoder().decode
+# a message's body is the UTF-8 JSON text ``body_of`` wrote: scanned as
+# such, without what ``json.loads`` does first (an encoding guessed for
+# bytes, a decoder's arguments checked, whitespace around it skipped)
+_scan = json.JSONDecoder().raw_decode
 # a string's JSON text, as ``messages.dumps`` (UTF-8 characters kept) has it
 _encode = json.encoder.encode_basestring
 
@@ -642,7 +642,11 @@ class RedisBroker:
             epoch, offset, body = data.split(b":", 2)
             offset = int(offset)
             epoch = epoch.decode("ascii")
-            app_id, channel, name, payload, exclude, extra = _decode(body.decode())
+            text = body.decode()
+            fields, end = _scan(text)
+            if end != len(text):
+                raise ValueError("more than one JSON value")
+            app_id, channel, name, payload, exclude, extra = fields
         except (ValueError, TypeError, UnicodeDecodeError):
             logger.warning("An unreadable message on Redis's %r: dropped", _bus[:100])
             return
