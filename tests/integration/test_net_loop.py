@@ -487,3 +487,30 @@ def test_an_idle_connection_costs_a_few_kilobytes_of_the_heap(start):
     assert growth / count < 4096, "%d bytes per idle connection" % (growth / count)
     for raw in warm + sockets:
         raw.close()
+
+
+def test_a_new_connection_makes_no_lock_and_no_id(start):
+    """A socket that upgrades and opens (reported readable and writable at
+    once by the poll) leaves netius's pending and restored locks and its
+    id unmade: they are made on first use, and an open socket has no use
+    for them."""
+    state = start()
+    app = state.store.create_app("lazy")
+    raws = []
+    for _ in range(5):
+        raw = socket.create_connection(("127.0.0.1", state.config.server_port))
+        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+        assert b"connection_established" in read_until(raw, b"established")
+        raws.append(raw)
+
+    def made():
+        return [
+            sorted({"pending_lock", "restored_lock", "id"} & set(vars(connection)))
+            for connection in state.server.connections
+        ]
+
+    try:
+        assert state.call_in_loop(made) == [[]] * 5
+    finally:
+        for raw in raws:
+            raw.close()

@@ -309,6 +309,16 @@ class Connection(netius.Connection):
         Connection.pending.make(self)
         netius.Connection.pend(self, data, back=back)
 
+    def _send(self):
+        # every new socket is reported writable at once (the poll watches
+        # writability from the start): with nothing queued, netius's would
+        # only take the pending lock, and so make it
+        if not self.pending and not self.connecting:
+            self.wready = True
+            self.remove_write()
+            return
+        netius.Connection._send(self)
+
     def restore(self, data, back=True):
         Connection.restored.make(self)
         netius.Connection.restore(self, data, back=back)
