@@ -348,6 +348,7 @@ def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
         "on_read",
         "on_read_s",
         "on_serve",
+        "on_socket_c",
         "socket_tcp",
     }
     for server in (WebSocketServer, HttpServer):
@@ -511,6 +512,41 @@ def test_a_new_connection_makes_no_lock_and_no_id(start):
 
     try:
         assert state.call_in_loop(made) == [[]] * 5
+    finally:
+        for raw in raws:
+            raw.close()
+
+
+def test_an_accepted_socket_keeps_alive_and_sends_without_delay(start):
+    """Both ports take a plain socket in without netius's setsockopt calls
+    (``wire.PlainAccept``): the socket still has what those set, keep-alive
+    and no delay (inherited from its listening socket), and is
+    non-blocking."""
+    state = start(http=True)
+    ports = {
+        "ws": state.config.server_port,
+        "rest": state.http.port,
+    }
+    raws = [socket.create_connection(("127.0.0.1", port)) for port in ports.values()]
+
+    def options():
+        seen = {}
+        for name, server in (("ws", state.server), ("rest", state.http)):
+            for connection in server.connections:
+                raw = connection.socket
+                seen[name] = (
+                    raw.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+                    raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+                    raw.getblocking(),
+                )
+        return seen
+
+    try:
+        wait_until(lambda: len(state.call_in_loop(options)) == 2, 5)
+        assert state.call_in_loop(options) == {
+            "ws": (True, True, False),
+            "rest": (True, True, False),
+        }
     finally:
         for raw in raws:
             raw.close()

@@ -24,6 +24,7 @@ Ownership: the counts are the loop thread's, like the sockets they count.
 
 import errno
 import logging
+import os
 import resource
 import socket
 import ssl
@@ -157,6 +158,27 @@ def plan(limit, max_connections=None, max_per_address=None):
         http_max_refusing=max(2, http_max // 8),
         clamped=clamped,
     )
+
+
+def _plain_accept(listener):
+    """``listener.accept`` for a plain (not TLS) listening socket, less
+    what Python's costs per socket: it reads the listener's family and
+    type (as enums) for every socket; here once.  None for a TLS listener
+    (its ``accept`` wraps the socket)."""
+    if type(listener) is not socket.socket:
+        return None
+    family, kind, proto = int(listener.family), int(listener.type), listener.proto
+
+    def accept():
+        # all Python's does for a non-blocking listener
+        fd, address = listener._accept()  # type: ignore[attr-defined]
+        try:
+            return socket.socket(family, kind, proto, fileno=fd), address
+        except BaseException:
+            os.close(fd)
+            raise
+
+    return accept
 
 
 class Admission:
@@ -348,6 +370,7 @@ class Admission:
             self.on_read_s(self.socket)
 
     def _accept(self, _socket):
+        accept = _plain_accept(_socket) or _socket.accept
         for _ in range(ACCEPTS):
             if self._full() and not (self.make_room() and not self._full()):
                 self._pause(
@@ -357,7 +380,7 @@ class Admission:
                 )
                 return
             try:
-                socket_c, address = _socket.accept()
+                socket_c, address = accept()
             except (BlockingIOError, InterruptedError):
                 self._drained()
                 return

@@ -76,6 +76,7 @@ class _Peer:
 class HttpServer(
     capacity.Admission,
     wire.FairReads,
+    wire.PlainAccept,
     wire.OwnPort,
     wire.OneLogFormat,
     wire.QuietDebug,

@@ -379,6 +379,7 @@ class Link:
 class WebSocketServer(
     capacity.Admission,
     wire.FairReads,
+    wire.PlainAccept,
     wire.OwnPort,
     wire.OneLogFormat,
     wire.QuietDebug,

@@ -7,6 +7,7 @@ import collections
 import errno
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -79,6 +80,43 @@ class OwnPort:
                 socket.SOL_SOCKET, socket.SO_REUSEPORT, 1 if self.reuse_port else 0
             )
         return _socket
+
+
+# Linux gives an accepted TCP socket its listening socket's keep-alive and
+# no-delay options (the BSDs do too; elsewhere, netius sets them again)
+_INHERITS_OPTIONS = sys.platform.startswith("linux")
+
+
+class PlainAccept:
+    """A netius stream server mixin: a plain TCP socket is taken in as
+    netius's ``on_socket_c`` takes it, less what it repeats per socket: the
+    keep-alive and no-delay options that its listening socket has
+    (netius's ``socket_tcp`` sets both) and that the accepted socket
+    inherits, its family read as an enum, the check against an
+    allowed-address list that is empty.  A TLS socket, an allowed list or
+    socket buffer sizes go through netius's."""
+
+    # the netius stream server's, which the host class provides
+    ssl: Any
+    allowed: list[str]
+    receive_buffer_c: int | None
+    send_buffer_c: int | None
+    build_connection: Callable[..., Any]
+
+    def on_socket_c(self, socket_c, address):
+        if (
+            self.ssl
+            or self.allowed
+            or self.receive_buffer_c
+            or self.send_buffer_c
+            or not _INHERITS_OPTIONS
+        ):
+            super().on_socket_c(socket_c, address)  # type: ignore[misc]
+            return
+        socket_c.setblocking(False)
+        # netius's also runs the connection's starters (a plain socket has
+        # none) and reads what it holds already (nothing, before a read)
+        self.build_connection(socket_c, address, ssl=False).open()
 
 
 class Loop(netius.Container):
