@@ -490,11 +490,11 @@ def test_an_idle_connection_costs_a_few_kilobytes_of_the_heap(start):
         raw.close()
 
 
-def test_a_new_connection_makes_no_lock_and_no_id(start):
+def test_a_connection_makes_no_lock_and_no_id(start):
     """A socket that upgrades and opens (reported readable and writable at
-    once by the poll) leaves netius's pending and restored locks and its
-    id unmade: they are made on first use, and an open socket has no use
-    for them."""
+    once by the poll), then closes, leaves netius's pending and restored
+    locks and its id unmade: they are made on first use, and such a
+    socket has no use for them."""
     state = start()
     app = state.store.create_app("lazy")
     raws = []
@@ -504,10 +504,12 @@ def test_a_new_connection_makes_no_lock_and_no_id(start):
         assert b"connection_established" in read_until(raw, b"established")
         raws.append(raw)
 
+    connections = state.call_in_loop(lambda: list(state.server.connections))
+
     def made():
         return [
             sorted({"pending_lock", "restored_lock", "id"} & set(vars(connection)))
-            for connection in state.server.connections
+            for connection in connections
         ]
 
     try:
@@ -515,6 +517,8 @@ def test_a_new_connection_makes_no_lock_and_no_id(start):
     finally:
         for raw in raws:
             raw.close()
+    wait_until(lambda: not state.call_in_loop(lambda: state.server.connections), 5)
+    assert state.call_in_loop(made) == [[]] * 5
 
 
 def test_an_accepted_socket_keeps_alive_and_sends_without_delay(start):

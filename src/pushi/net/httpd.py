@@ -149,7 +149,7 @@ class HttpServer(
         return True
 
     def on_connection_d(self, connection):
-        netius.StreamServer.on_connection_d(self, connection)
+        super().on_connection_d(connection)
         self.release(connection)
         peer = getattr(connection, "peer", None)
         if peer is not None:

@@ -497,7 +497,7 @@ class WebSocketServer(
         self.flush()
 
     def on_connection_d(self, connection):
-        netius.ContainerServer.on_connection_d(self, connection)
+        super().on_connection_d(connection)
         self.release(connection)
         link = getattr(connection, "link", None)
         if link is not None:

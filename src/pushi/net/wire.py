@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import netius
+from netius.base import common as netius_common
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 """The one format of the process's log lines: Pushi's, Appier's (logger
@@ -41,7 +42,7 @@ class QuietDebug:
     """A netius server mixin.  Netius builds and routes every debug record
     (four per connection: created, counted, deleted, counted) before its
     logger drops it: loop time spent on nothing, most of all when many
-    sockets connect at once.  Here the level is checked first."""
+    sockets connect or close at once.  Here the level is checked first."""
 
     # the netius server's, which the host class provides
     logger: logging.Logger | None
@@ -57,6 +58,16 @@ class QuietDebug:
             super().on_connection_c(connection)  # type: ignore[misc]
         else:
             self.trigger("connection_c", self, connection)  # type: ignore[attr-defined]
+
+    def on_connection_d(self, connection):
+        # the same as a connection closes; netius's also keeps it for its
+        # diagnostics, when they are on
+        if (
+            self.logger is not None and self.logger.isEnabledFor(logging.DEBUG)
+        ) or diagnosing():
+            super().on_connection_d(connection)  # type: ignore[misc]
+        else:
+            self.trigger("connection_d", self, connection)  # type: ignore[attr-defined]
 
 
 class OwnPort:
@@ -178,6 +189,13 @@ def next_delay(base):
     if base._delayed:
         return base._delayed[0][0] or 0
     return None
+
+
+def diagnosing():
+    """Whether netius keeps closed connections for its diagnostics (its
+    ``DIAG`` setting, or a diagnostics instance started): reads its
+    ``is_diag`` and ``AbstractBase._DIAG_INSTANCE``."""
+    return bool(netius_common.is_diag or netius_common.AbstractBase._DIAG_INSTANCE)
 
 
 def loop_turn(base):

@@ -200,6 +200,27 @@ def test_netius_on_connection_c_only_logs_and_triggers():
     assert 'self.trigger("connection_c", self, connection)' in source
 
 
+def test_netius_on_connection_d_only_logs_records_and_triggers():
+    """``QuietDebug.on_connection_d`` skips netius's when debug and its
+    diagnostics (``wire.diagnosing``) are off and only triggers
+    ``connection_d``: netius's does nothing else."""
+    import inspect
+
+    from netius.base.common import AbstractBase
+
+    source = inspect.getsource(AbstractBase.on_connection_d)
+    assert set(re.findall(r"(\w+)\(", source)) == {
+        "on_connection_d",
+        "debug",
+        "len",
+        "record_closed",
+        "trigger",
+    }
+    assert "if is_diag or AbstractBase._DIAG_INSTANCE:" in source
+    assert 'self.trigger("connection_d", self, connection)' in source
+    assert wire.diagnosing() is False
+
+
 def test_appier_still_calls_the_hooks_the_app_overrides():
     """``PushiApp`` overrides Appier's ``_load_logging``,
     ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
