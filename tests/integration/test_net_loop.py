@@ -554,3 +554,52 @@ def test_an_accepted_socket_keeps_alive_and_sends_without_delay(start):
     finally:
         for raw in raws:
             raw.close()
+
+
+def test_a_closed_connection_leaves_no_garbage_cycle(start, monkeypatch):
+    """A socket that opened and closed is freed as its last reference goes
+    (its connection, link and session no longer refer to each other), not
+    left as a cycle for the garbage collector to find."""
+    import gc
+
+    from pushi.base.registry import Session
+    from pushi.net import server
+
+    # its link leaves the queue of upgrade deadlines within seconds
+    monkeypatch.setattr(server, "HANDSHAKE_TIMEOUT", 1)
+    state = start()
+    app = state.store.create_app("cycles")
+    raws = []
+    for _ in range(20):
+        raw = socket.create_connection(("127.0.0.1", state.config.server_port))
+        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+        assert b"connection_established" in read_until(raw, b"established")
+        raws.append(raw)
+    for raw in raws:
+        raw.close()
+    wait_until(
+        lambda: state.call_in_loop(
+            lambda: not state.server.connections and not state.server.handshakes
+        ),
+        10,
+    )
+
+    def ours(thing):
+        # this server's (other tests' servers may have left some)
+        kind = type(thing)
+        if kind is wire.Connection:
+            return thing.owner is state.server
+        if kind is server.Link:
+            return thing.server is state.server
+        return kind is Session and thing.app.key == app["key"]
+
+    def cycles():
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            return sorted({type(thing).__name__ for thing in gc.garbage if ours(thing)})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    assert state.call_in_loop(cycles) == []

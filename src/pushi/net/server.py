@@ -504,6 +504,11 @@ class WebSocketServer(
             link._forget()
             link.phase = CLOSING
             self.flush()
+            # the references both ways (connection and link, link and
+            # session) cut: a closed socket's objects are freed at once,
+            # not left to the garbage collector
+            link.session = None
+            connection.link = None
 
     def on_data(self, connection, data):
         netius.ContainerServer.on_data(self, connection, data)
