@@ -94,7 +94,7 @@ class OwnPort:
 
 
 # Linux gives an accepted TCP socket its listening socket's keep-alive and
-# no-delay options (the BSDs do too; elsewhere, netius sets them again)
+# no-delay options (elsewhere, netius sets them on each socket)
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
 
 
