@@ -245,6 +245,7 @@ class PushiServer:
     def start(self, timeout=30):
         # open while the server runs; closed by stop
         self.log = open(self.log_path, "ab")  # noqa: SIM115
+        logged = self.log.tell()
         self.process = subprocess.Popen(
             self.command(),
             env=self.env(),
@@ -268,6 +269,10 @@ class PushiServer:
             wait_until(answers, timeout)
         except AssertionError:
             raise RuntimeError("server did not start: %s" % self.read_log()) from None
+        if self.extra_env.get("PUSHI_LOG_LEVEL", "INFO").upper() in ("INFO", "DEBUG"):
+            # the start's lines are written once both ports listen, which
+            # may be a moment after they answer
+            wait_until(lambda: b"REST API on" in self._log_since(logged), timeout)
         return self
 
     def _limit_files(self):
@@ -292,6 +297,11 @@ class PushiServer:
     def restart(self):
         self.stop()
         return self.start()
+
+    def _log_since(self, offset):
+        with open(self.log_path, "rb") as file:
+            file.seek(offset)
+            return file.read()
 
     def read_log(self):
         try:
