@@ -293,8 +293,11 @@ def test_a_subscription_away_past_what_the_journal_keeps_is_logged_and_counted(
     wait_for(lambda: seen, what="the first command")
     cut(proxy, redis_server)
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
+    client = redis_server.client()
+    # sent at the end of the loop's turn: in the journal before it is trimmed
+    wait_for(lambda: client.xlen(journal_key(BROADCAST)) == 2, what="command 2")
     # as MAXLEN trims a journal once it has more commands than it keeps
-    redis_server.client().xtrim(journal_key(BROADCAST), maxlen=0, approximate=False)
+    client.xtrim(journal_key(BROADCAST), maxlen=0, approximate=False)
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 3})
     with warnings_logged() as lines:
         proxy.forward()
