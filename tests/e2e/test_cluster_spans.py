@@ -92,16 +92,21 @@ def test_a_key_revoked_on_one_node_closes_its_sockets_on_the_other(nodes):
     assert other.nothing()
 
 
+def terminate(node, app, user_id):
+    """``POST /apps/<id>/users/<user_id>/terminate_connections`` on ``node``."""
+    status, answer = node.request(
+        "POST",
+        "apps/%s/users/%s/terminate_connections" % (app["app_id"], user_id),
+        headers=ADMIN,
+    )
+    assert status == 200, answer
+
+
 def test_terminate_connections_on_one_node_closes_the_users_sockets_on_both(nodes):
     one, two, app = nodes
     here, there = signed_in(one, app, "ada"), signed_in(two, app, "ada")
     bystander = two.connect(app)
-    status, _ = one.request(
-        "POST",
-        "apps/%s/users/ada/terminate_connections" % app["app_id"],
-        headers=ADMIN,
-    )
-    assert status == 200
+    terminate(one, app, "ada")
     assert here.close_code() == errors.UNAUTHORIZED
     assert there.close_code() == errors.UNAUTHORIZED
     assert bystander.nothing()
@@ -119,12 +124,7 @@ def test_terminate_connections_while_a_node_was_cut_off_reaches_it_once_back(
     proxy.cut()
     redis = redis_server.client()
     assert wait_until(lambda: dict(redis.pubsub_numsub("pushi:ctl"))[b"pushi:ctl"] == 1)
-    status, _ = one.request(
-        "POST",
-        "apps/%s/users/ada/terminate_connections" % app["app_id"],
-        headers=ADMIN,
-    )
-    assert status == 200
+    terminate(one, app, "ada")
     assert here.close_code() == errors.UNAUTHORIZED
     proxy.forward()
     assert there.close_code(timeout=20) == errors.UNAUTHORIZED

@@ -259,15 +259,22 @@ def numbers(seen):
     return [data["n"] for data, _sender in seen]
 
 
+def first_then_cut(one, two, proxy, redis_server):
+    """What ``two`` receives of command "n": the first one broadcast, then
+    ``two`` cut off Redis."""
+    seen = record(two, "n")
+    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
+    wait_for(lambda: seen, what="the first command")
+    cut(proxy, redis_server)
+    return seen
+
+
 def test_commands_sent_while_a_subscription_was_away_are_applied_once_back(
     proxied, redis_server
 ):
     """Broadcast and targeted ones, each once, in the order they were sent."""
     one, two, proxy = proxied
-    seen = record(two, "n")
-    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
-    wait_for(lambda: seen, what="the first command")
-    cut(proxy, redis_server)
+    seen = first_then_cut(one, two, proxy, redis_server)
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
     one.state.call_in_loop(one.control.send, "2", "n", {"n": 3})
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 4})
@@ -288,10 +295,7 @@ def test_a_subscription_away_past_what_the_journal_keeps_is_logged_and_counted(
     proxied, redis_server
 ):
     one, two, proxy = proxied
-    seen = record(two, "n")
-    one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
-    wait_for(lambda: seen, what="the first command")
-    cut(proxy, redis_server)
+    seen = first_then_cut(one, two, proxy, redis_server)
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 2})
     client = redis_server.client()
     # sent at the end of the loop's turn: in the journal before it is trimmed

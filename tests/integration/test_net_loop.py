@@ -490,19 +490,24 @@ def test_an_idle_connection_costs_a_few_kilobytes_of_the_heap(start):
         raw.close()
 
 
+def opened(state, app, count):
+    """``count`` raw sockets of ``app`` upgraded and greeted."""
+    raws = []
+    for _ in range(count):
+        raw = socket.create_connection(("127.0.0.1", state.config.server_port))
+        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
+        assert b"connection_established" in read_until(raw, b"established")
+        raws.append(raw)
+    return raws
+
+
 def test_a_connection_makes_no_lock_and_no_id(start):
     """A socket that upgrades and opens (reported readable and writable at
     once by the poll), then closes, leaves netius's pending and restored
     locks and its id unmade: they are made on first use, and such a
     socket has no use for them."""
     state = start()
-    app = state.store.create_app("lazy")
-    raws = []
-    for _ in range(5):
-        raw = socket.create_connection(("127.0.0.1", state.config.server_port))
-        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
-        assert b"connection_established" in read_until(raw, b"established")
-        raws.append(raw)
+    raws = opened(state, state.store.create_app("lazy"), 5)
 
     connections = state.call_in_loop(lambda: list(state.server.connections))
 
@@ -569,12 +574,7 @@ def test_a_closed_connection_leaves_no_garbage_cycle(start, monkeypatch):
     monkeypatch.setattr(server, "HANDSHAKE_TIMEOUT", 1)
     state = start()
     app = state.store.create_app("cycles")
-    raws = []
-    for _ in range(20):
-        raw = socket.create_connection(("127.0.0.1", state.config.server_port))
-        raw.sendall(upgrade_request("/app/%s?protocol=7" % app["key"]))
-        assert b"connection_established" in read_until(raw, b"established")
-        raws.append(raw)
+    raws = opened(state, app, 20)
     for raw in raws:
         raw.close()
     wait_until(

@@ -221,35 +221,31 @@ def test_encode_frame_fragment():
     assert frames == [(False, websocket.OP_TEXT, b"{")]
 
 
-@pytest.mark.e2e
-def test_abuse_scenario_prints_a_row_per_attack():
-    """``--scenario abuse`` against the real server, a second per attack:
-    a table row for the baseline and each attack asked for (no figure is
-    checked: they depend on the machine and on the server's defences)."""
+def quick_bench(*args):
+    """The lines ``scripts/bench --quick --server pushi`` prints with
+    ``args``, once it exited 0."""
     import subprocess
 
-    root = ROOT
-    attacks = ["console", "rest-pipeline", "cache", "publish-flood"]
     output = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(root, "scripts", "bench"),
-            "--quick",
-            "--server",
-            "pushi",
-            "--scenario",
-            "abuse",
-            "--attacks",
-            ",".join(attacks),
-            "--duration",
-            "1",
-        ],
+        [sys.executable, os.path.join(ROOT, "scripts", "bench"), "--quick"]
+        + ["--server", "pushi", *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert output.returncode == 0, output.stderr[-3000:]
-    lines = output.stdout.splitlines()
+    return output.stdout.splitlines()
+
+
+@pytest.mark.e2e
+def test_abuse_scenario_prints_a_row_per_attack():
+    """``--scenario abuse`` against the real server, a second per attack:
+    a table row for the baseline and each attack asked for (no figure is
+    checked: they depend on the machine and on the server's defences)."""
+    attacks = ["console", "rest-pipeline", "cache", "publish-flood"]
+    lines = quick_bench(
+        "--scenario", "abuse", "--attacks", ",".join(attacks), "--duration", "1"
+    )
     header = lines.index(
         "| attack | victim p50 | p99 | max | delivered/expected (lost) | "
         "server RSS before / peak | attacker sent | attacker cut off | goal |"
@@ -413,37 +409,25 @@ def test_connect_and_broadcast_over_workers_count_every_process():
     server's figures over every process of its tree (the supervisor, both
     workers, the events writer and the private redis-server)."""
     import json
-    import subprocess
 
     from bench import servers
 
     if not os.path.exists(servers.REDIS_SERVER):
         pytest.skip("redis-server is not installed")
-    output = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "bench"),
-            "--quick",
-            "--server",
-            "pushi",
-            "--scenario",
-            "connect,broadcast",
-            "--workers",
-            "2",
-            "--connections",
-            "400",
-            "--idle",
-            "1",
-            "--duration",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    lines = quick_bench(
+        "--scenario",
+        "connect,broadcast",
+        "--workers",
+        "2",
+        "--connections",
+        "400",
+        "--idle",
+        "1",
+        "--duration",
+        "1",
     )
-    assert output.returncode == 0, output.stderr[-3000:]
     results = {}
-    for line in output.stdout.splitlines():
+    for line in lines:
         if line.startswith("{"):
             result = json.loads(line)
             results[result.get("scenario")] = result

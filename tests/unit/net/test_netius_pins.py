@@ -183,15 +183,22 @@ def test_a_connection_of_ours_has_every_attribute_netius_gives_one():
         server.cleanup()
 
 
-def test_netius_on_connection_c_only_logs_and_triggers():
-    """``QuietDebug.on_connection_c`` skips netius's when debug is off and
-    only triggers ``connection_c``: netius's does nothing else."""
+def _calls(name):
+    """The source of netius's ``AbstractBase.<name>`` and the names it
+    calls."""
     import inspect
 
     from netius.base.common import AbstractBase
 
-    source = inspect.getsource(AbstractBase.on_connection_c)
-    assert set(re.findall(r"(\w+)\(", source)) == {
+    source = inspect.getsource(getattr(AbstractBase, name))
+    return source, set(re.findall(r"(\w+)\(", source))
+
+
+def test_netius_on_connection_c_only_logs_and_triggers():
+    """``QuietDebug.on_connection_c`` skips netius's when debug is off and
+    only triggers ``connection_c``: netius's does nothing else."""
+    source, calls = _calls("on_connection_c")
+    assert calls == {
         "on_connection_c",
         "debug",
         "len",
@@ -204,12 +211,8 @@ def test_netius_on_connection_d_only_logs_records_and_triggers():
     """``QuietDebug.on_connection_d`` skips netius's when debug and its
     diagnostics (``wire.diagnosing``) are off and only triggers
     ``connection_d``: netius's does nothing else."""
-    import inspect
-
-    from netius.base.common import AbstractBase
-
-    source = inspect.getsource(AbstractBase.on_connection_d)
-    assert set(re.findall(r"(\w+)\(", source)) == {
+    source, calls = _calls("on_connection_d")
+    assert calls == {
         "on_connection_d",
         "debug",
         "len",
