@@ -37,7 +37,7 @@ from pushi.base.store import (
 from pushi.base.store import sqlite as sqlite_module
 from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
 
-from support import SRC
+from support import SRC, env_with_src
 
 MONGO_URL = os.environ.get("MONGO_URL")
 SRC_DIR = SRC
@@ -1182,3 +1182,35 @@ def test_sqlite_closed_store_refuses_work(tmp_path):
         assert [app["name"] for app in reopened.list_apps()] == ["chat"]
     finally:
         reopened.close()
+
+
+OPEN_AT = """
+import sys, time
+from pushi.base.store.sqlite import SQLiteStore
+
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+SQLiteStore(sys.argv[1], "NORMAL").close()
+"""
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_open_it(tmp_path):
+    """Workers, nodes or the CLI opening a new data dir at the same moment
+    race to make its file a WAL file: none is refused "database is
+    locked"."""
+    for round_ in range(8):
+        data_dir = str(tmp_path / str(round_))
+        start = time.time() + 1.5
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPEN_AT, data_dir, str(start)],
+                env=env_with_src(),
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        for process in processes:
+            _out, error = process.communicate(timeout=60)
+            assert process.returncode == 0, error[-2000:]

@@ -9,6 +9,7 @@ configuration (the file name).
 
 import os
 import sqlite3
+import time
 import urllib.parse
 
 DATABASE_NAME = "pushi.sqlite3"
@@ -35,10 +36,26 @@ def connect(path, synchronous, create=True):
         uri=not create,
     )
     connection.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
-    connection.execute("PRAGMA journal_mode = WAL")
+    _set_wal(connection)
     connection.execute("PRAGMA synchronous = %s" % synchronous)
     connection.execute("PRAGMA foreign_keys = OFF")
     return connection
+
+
+def _set_wal(connection):
+    """``journal_mode = WAL``.  Processes opening a new file at once race
+    to make it a WAL file, and SQLite answers the losers "database is
+    locked" at once, without its busy handler: they try again, for
+    ``BUSY_TIMEOUT_MS`` at most, as a busy handler would."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000.0
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def file_identity(path):
