@@ -5,6 +5,7 @@ ports of 127.0.0.1 with a fresh data dir, exactly as a user would, and
 creates apps with the ``pushi`` CLI against that data dir.
 """
 
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -49,18 +50,40 @@ def _ephemeral_ports():
         return 32768, 60999
 
 
-def free_port():
-    """A port of 127.0.0.1 free now, below the kernel's ephemeral range: a
-    port the kernel hands out could be taken by any outgoing connection
-    (of the parallel tests too) before the server binds it."""
+_handed_out: collections.deque = collections.deque(maxlen=1000)
+
+
+def _port_range():
+    """The ports this test process picks from: below the kernel's
+    ephemeral range, a slice of its own per pytest-xdist worker (two
+    workers picking the same port before either binds it would collide)."""
     low, _high = _ephemeral_ports()
+    start = max(1024, low - 20000)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (low - start) // max(1, count)
+    first = start + (index % max(1, count)) * size
+    return first, first + size
+
+
+def free_port():
+    """A port of 127.0.0.1 free now, below the kernel's ephemeral range (a
+    port the kernel hands out could be taken by any outgoing connection
+    before the server binds it), in this worker's slice (``_port_range``)
+    and not handed out lately (two servers of one test pick their ports
+    before either binds)."""
+    first, end = _port_range()
     for _attempt in range(100):
-        port = random.randrange(max(1024, low - 20000), low)
+        port = random.randrange(first, end)
+        if port in _handed_out:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.append(port)
             return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
