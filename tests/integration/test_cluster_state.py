@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pushi.base.cluster import lua
+from pushi.base.cluster import lua, seams
 from pushi.base.cluster.seams import ClusterState, Registered, blocking_client
 from pushi.base.config import Config
 from pushi.base.presence import Joined, Member
@@ -267,6 +267,50 @@ def test_occupancy_across_two_nodes_sees_one_occupied_and_one_vacated(nodes):
     )
     assert [vacated for _, vacated in leaves[0] + leaves[1]].count(True) == 1
     assert a.occupancy.channels(APP) == {}
+
+
+def test_a_turn_of_joins_and_leaves_is_one_script_answering_each_in_order(
+    nodes, redis_server
+):
+    a, b = nodes(2)
+    client = redis_server.client()
+
+    def scripts():
+        return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    before = scripts()
+    # each channel's steps are answered in order, as one script each would
+    assert a.many(
+        [
+            a.joined("x"),
+            a.joined("x"),
+            a.left("x"),
+            a.joined("y"),
+            a.left("x"),
+            a.left("x"),
+            a.joined("x"),
+        ]
+    ) == [(1, True), (2, False), (1, False), (0, True), (0, False), (1, True)] + [
+        (1, True)
+    ]
+    assert scripts() - before == 1
+    assert b.occupancy.channels(APP) == {"x": 1, "y": 1}
+    # a read on the loop in the same turn comes after the turn's steps
+    assert a.many(
+        [a.joined("x"), lambda answer: a.occupancy.fetch_count(APP, "x", answer)]
+    ) == [(2, False), 2]
+    # a storm past one call's steps: calls of at most BULK, in order
+    before = scripts()
+    joins = a.many([a.joined("big") for _ in range(2 * seams.BULK + 1)])
+    assert scripts() - before == 3
+    assert [count for count, _ in joins] == list(range(1, 2 * seams.BULK + 2))
+    assert b.ask(b.joined("big")) == (2 * seams.BULK + 2, False)
+    leaves = a.many([a.left("big") for _ in range(2 * seams.BULK + 1)])
+    assert [vacated for _, vacated in leaves].count(True) == 0
+    assert b.ask(b.left("big")) == (0, True)
+    assert client.smembers(lua.owned_key("1")) == {
+        json.dumps(["sub", APP, name]).replace(" ", "").encode() for name in "xy"
+    }
 
 
 def test_the_connections_of_an_app_are_capped_across_nodes(nodes):

@@ -73,54 +73,91 @@ local function undo(key, pending)
 end
 """
 
-# KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
-# channel[, pending]
-# -> {count, 1 when this join occupied the channel[, 1 when that undid
-#    the channel's lingering vacated]}
-OCCUPANCY_JOIN = Script(
+# A socket joins (``join``) or leaves (``leave``) a channel: its node's
+# count (``nodes``: the channel's HASH node -> sockets), the app's counts
+# and channels; ``all`` ("1") takes the node's whole count at once.
+# -> {count, 1 when this join occupied the channel[, 1 when that undid the
+#    channel's lingering vacated]}; {count, 1 when this leave vacated the
+#    channel[, the deadline of its lingering vacated, with a pending entry]}
+OCCUPANCY = (
     LINGER
     + """
-if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
-  redis.call('SADD', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
+local function join(nodes, counts, channels, owned, lingering, node, app,
+                    channel, pending)
+  if redis.call('HINCRBY', nodes, node, 1) == 1 then
+    redis.call('SADD', owned, cjson.encode({'sub', app, channel}))
+  end
+  local total = redis.call('HINCRBY', counts, channel, 1)
+  if total == 1 then
+    redis.call('ZADD', channels, 0, channel)
+    return {1, 1, undo(lingering, pending)}
+  end
+  return {total, 0}
 end
-local total = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-if total == 1 then
-  redis.call('ZADD', KEYS[3], 0, ARGV[3])
-  return {1, 1, undo(KEYS[5], ARGV[4])}
+
+local function leave(nodes, counts, channels, owned, lingering, node, app,
+                     channel, all, pending, ms)
+  local mine = tonumber(redis.call('HGET', nodes, node) or '0')
+  if mine <= 0 then
+    return {tonumber(redis.call('HGET', counts, channel) or '0'), 0}
+  end
+  local k = 1
+  if all == '1' then k = mine end
+  if mine <= k then
+    redis.call('HDEL', nodes, node)
+    redis.call('SREM', owned, cjson.encode({'sub', app, channel}))
+  else
+    redis.call('HINCRBY', nodes, node, -k)
+  end
+  local total = redis.call('HINCRBY', counts, channel, -k)
+  if total <= 0 then
+    redis.call('HDEL', counts, channel)
+    redis.call('ZREM', channels, channel)
+    if pending and pending ~= '' then
+      return {0, 1, linger(lingering, pending, ms)}
+    end
+    return {0, 1}
+  end
+  return {total, 0}
 end
-return {total, 0}
+"""
+)
+
+# One node's joins and leaves of an app's channels, in order (a loop
+# turn's: one script, not one per socket).
+# KEYS: counts, channels, owned, lingering, then one nodes key per run;
+# ARGV: node, app, then per run: channel, steps ("j" a join, "l" a
+# leave), pending, linger ms
+# -> per step, in order, the answer of ``join`` or ``leave``
+OCCUPANCY_STEPS = Script(
+    OCCUPANCY
+    + """
+local result = {}
+for i = 5, #KEYS do
+  local a = (i - 5) * 4 + 3
+  local channel, steps, pending, ms = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3]
+  for j = 1, #steps do
+    if string.sub(steps, j, j) == 'j' then
+      result[#result + 1] = join(KEYS[i], KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+        ARGV[1], ARGV[2], channel, pending)
+    else
+      result[#result + 1] = leave(KEYS[i], KEYS[1], KEYS[2], KEYS[3],
+        KEYS[4], ARGV[1], ARGV[2], channel, '0', pending, ms)
+    end
+  end
+end
+return result
 """
 )
 
 # KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
-# channel, all[, pending, linger ms]
-# -> {count, 1 when this leave vacated the channel[, the deadline of its
-#    lingering vacated, with a pending entry]}
+# channel, all[, pending, linger ms] -> the answer of ``leave``
 OCCUPANCY_LEAVE = Script(
-    LINGER
+    OCCUPANCY
     + """
-local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if mine <= 0 then
-  return {tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0'), 0}
-end
-local k = 1
-if ARGV[4] == '1' then k = mine end
-if mine <= k then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('SREM', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
-else
-  redis.call('HINCRBY', KEYS[1], ARGV[1], -k)
-end
-local total = redis.call('HINCRBY', KEYS[2], ARGV[3], -k)
-if total <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  if ARGV[5] and ARGV[5] ~= '' then
-    return {0, 1, linger(KEYS[5], ARGV[5], ARGV[6])}
-  end
-  return {0, 1}
-end
-return {total, 0}
+return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2],
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 )
 

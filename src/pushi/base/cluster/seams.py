@@ -124,6 +124,24 @@ def _chunks(items, size=BULK):
         yield items[start : start + size]
 
 
+def _step_chunks(channels, size=BULK):
+    """``channels`` (channel -> its steps, in order) as lists of (channel,
+    steps) pairs of at most ``size`` steps in all; a channel with more is
+    cut in runs, sent in order."""
+    chunk: list[tuple] = []
+    room = size
+    for channel, steps in channels.items():
+        while steps:
+            run, steps = steps[:room], steps[room:]
+            chunk.append((channel, run))
+            room -= len(run)
+            if not room:
+                yield chunk
+                chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
 class _Twin:
     kinds: tuple[str, ...] = ()
     """ The kinds of owned entries (``cluster/lua``) this twin writes """
@@ -217,6 +235,10 @@ class _Twin:
 
             self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
 
+    def write_steps(self):
+        """Sends the changes this twin holds back for the end of the loop
+        turn, if any (see ``RedisOccupancy``)."""
+
     # what each twin writes (its ledger), for ``reregister``
 
     def _holds(self, entry):
@@ -264,6 +286,8 @@ class _Twin:
                     strays.append(entry)
             self.registrations += 1
             self.used = set()
+            # the changes held back are in the ledger: Redis has them first
+            self.write_steps()
             entries = self._ledger_entries() + self._zeroes(strays)
             self._bulk(self._set_calls(entries), then, failed)
 
@@ -285,6 +309,9 @@ class RedisOccupancy(_Twin):
         """ (app_id, channel) whose leave failed (``settle``) """
         self.changed_connections = set()
         """ app ids whose share ``counted`` changed this turn """
+        self.steps: dict[str, dict[str, list]] = {}
+        """ app_id -> channel -> its joins and leaves of this turn not sent
+        yet (``_step``) """
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or
@@ -292,21 +319,14 @@ class RedisOccupancy(_Twin):
         lingering vacated (``cluster/linger``: no webhook for either)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), 1)
-        entry, _ms = self.linger.pending(app_id, channel)
 
-        def answered(reply):
+        def answered(reply, _entry, _ms):
             if len(reply) > 2 and reply[2] == 1:
                 then(reply[0], True, lingered=True)
             else:
                 then(reply[0], reply[1] == 1)
 
-        self._eval(
-            lua.OCCUPANCY_JOIN,
-            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
-            (app_id, channel, entry),
-            answered,
-            failed,
-        )
+        self._step(app_id, channel, "j", answered, failed)
 
     def left(self, app_id, channel, then, failed=None):
         """A socket left ``channel``: ``then(count, vacated)``, or
@@ -314,9 +334,8 @@ class RedisOccupancy(_Twin):
         (``cluster/linger``: its webhook is posted once that is over)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), -1)
-        entry, ms = self.linger.pending(app_id, channel)
 
-        def answered(reply):
+        def answered(reply, entry, ms):
             if len(reply) > 2:
                 self.linger.wait(entry, reply[2], ms)
                 then(reply[0], True, lingered=True)
@@ -327,13 +346,57 @@ class RedisOccupancy(_Twin):
             self.unsure.add((app_id, channel))
             _failed(failed, reason)
 
-        self._eval(
-            lua.OCCUPANCY_LEAVE,
-            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
-            (app_id, channel, "0", entry, ms),
-            answered,
-            error,
-        )
+        self._step(app_id, channel, "l", answered, error)
+
+    def _step(self, app_id, channel, kind, then, failed):
+        """Queues a join ("j") or leave ("l") of ``channel`` for the end
+        of the loop turn, where each app's steps of the turn go to Redis
+        in order in one script call (``write_steps``): a subscribe or
+        disconnect storm costs a script per turn, not per socket.
+        ``then(reply, entry, ms)`` with its script's answer and the
+        channel's pending linger entry it was given."""
+        if not self.steps:
+            self.redis.loop.soon(self.write_steps)
+        channels = self.steps.setdefault(app_id, {})
+        channels.setdefault(channel, []).append((kind, then, failed))
+
+    def write_steps(self):
+        """Sends the joins and leaves queued so far (``_step``), each app's
+        in calls of at most ``BULK`` steps.  Whatever reads or writes what
+        they change on this connection calls it first, so that it comes
+        after them, as it would have had they been sent at once."""
+        steps, self.steps = self.steps, {}
+        for app_id, channels in steps.items():
+            for chunk in _step_chunks(channels):
+                self._write_chunk(app_id, chunk)
+
+    def _write_chunk(self, app_id, chunk):
+        """One ``OCCUPANCY_STEPS`` call for ``chunk`` (channel, steps)
+        pairs of an app."""
+        args = [app_id]
+        answers = []
+        for channel, steps in chunk:
+            entry, ms = self.linger.pending(app_id, channel)
+            args += [channel, "".join(kind for kind, _, _ in steps), entry, ms]
+            answers += [(then, failed, entry, ms) for _, then, failed in steps]
+
+        def keys(node_id):
+            return [
+                lua.app_key(app_id, "counts"),
+                lua.app_key(app_id, "channels"),
+                lua.owned_key(node_id),
+                lua.LINGERING,
+            ] + [lua.channel_key(app_id, channel, "nodes") for channel, _ in chunk]
+
+        def answered(replies):
+            for (then, _, entry, ms), reply in zip(answers, replies, strict=True):
+                then(reply, entry, ms)
+
+        def error(reason):
+            for _, failed, _, _ in answers:
+                _failed(failed, reason)
+
+        self._eval(lua.OCCUPANCY_STEPS, keys, args, answered, error)
 
     def settle(self, vacated):
         """After Redis restarted empty and the nodes wrote what they hold
@@ -472,7 +535,9 @@ class RedisOccupancy(_Twin):
 
     def fetch_count(self, app_id, channel, then, failed=None):
         """``then(count)`` with the sockets on a channel (a read on the
-        loop, where ``count`` would block)."""
+        loop, where ``count`` would block), this turn's joins and leaves
+        counted."""
+        self.write_steps()
         self._read(
             lambda value: then(int(value) if value else 0),
             failed,
