@@ -69,8 +69,10 @@ class Publisher:
         )
 
     def publish(self, channel, name, data, socket_id=None):
-        """``(status, answer, seconds it took)``."""
-        body = {"name": name, "channel": channel, "data": data}
+        """``(status, answer, seconds it took)``; ``channel`` a name or a
+        list of them."""
+        body = {"name": name, "data": data}
+        body["channels" if isinstance(channel, list) else "channel"] = channel
         if socket_id is not None:
             body["socket_id"] = socket_id
         raw = json.dumps(body).encode()
@@ -626,9 +628,10 @@ def test_pusher_sdks_on_two_nodes_see_one_pushi(cluster):
 def test_leaves_refused_while_redis_lags_are_written_once_it_caught_up(
     redis_server, tmp_path
 ):
-    # a node that awaits 40 replies at most: closing 120 sockets while
+    # a node that awaits 40 replies at most: a publish to 60 channels while
     # Redis is paused (shorter than the command timeout, so the connection
-    # stays) leaves 80 of their leaves refused
+    # stays) fills it, and the leaves of the 120 sockets closed meanwhile
+    # are refused
     node = PushiServer(
         data_dir=str(tmp_path),
         redis_url=redis_server.url,
@@ -640,13 +643,22 @@ def test_leaves_refused_while_redis_lags_are_written_once_it_caught_up(
         clients = [subscribed(node, app, "room-%d" % index) for index in range(120)]
         status, answer = rest(node, app, "channels")
         assert status == 200 and len(answer["channels"]) == 120, answer
+        publisher = Publisher(node, app)
         redis_server.pause()
         try:
+            publishing = threading.Thread(
+                target=publisher.publish,
+                args=(["room-%d" % index for index in range(60)], "n", "lag"),
+            )
+            publishing.start()
+            time.sleep(0.2)
             for client in clients:
                 client.ws.socket.shutdown(socket.SHUT_RDWR)
             time.sleep(0.5)
         finally:
             redis_server.resume()
+        publishing.join(15)
+        publisher.close()
         # every channel vacated, in Redis too, once the node caught up
         assert wait_for(lambda: rest(node, app, "channels")[1]["channels"] == {}), rest(
             node, app, "channels"

@@ -269,9 +269,7 @@ def test_occupancy_across_two_nodes_sees_one_occupied_and_one_vacated(nodes):
     assert a.occupancy.channels(APP) == {}
 
 
-def test_a_turn_of_joins_and_leaves_is_one_script_answering_each_in_order(
-    nodes, redis_server
-):
+def test_a_turn_of_changes_is_one_script_answering_each_as_its_own(nodes, redis_server):
     a, b = nodes(2)
     client = redis_server.client()
 
@@ -279,23 +277,34 @@ def test_a_turn_of_joins_and_leaves_is_one_script_answering_each_in_order(
         return client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
 
     before = scripts()
-    # each channel's steps are answered in order, as one script each would
-    assert a.many(
+    # joins and leaves, members (one refused: the channel is full), users
+    # and a capped socket in one turn, answered in order
+    answers = a.many(
         [
             a.joined("x"),
             a.joined("x"),
             a.left("x"),
             a.joined("y"),
+            a.join("presence-p", "u1", limit=1),
+            a.join("presence-p", "u2", limit=1),
             a.left("x"),
             a.left("x"),
+            a.signed_in("s1"),
+            a.opened(limit=10),
+            a.leave("presence-p", "u1"),
             a.joined("x"),
         ]
-    ) == [(1, True), (2, False), (1, False), (0, True), (0, False), (1, True)] + [
-        (1, True)
-    ]
+    )
     assert scripts() - before == 1
+    assert answers[:4] == [(1, True), (2, False), (1, False), (1, True)]
+    assert answers[4].new and answers[4].members == {"u1": Member(None, False)}
+    assert answers[5] is None
+    assert answers[6:10] == [(0, True), (0, False), True, 1]
+    assert answers[10] is True
+    assert answers[11] == (1, True)
     assert b.occupancy.channels(APP) == {"x": 1, "y": 1}
-    # a read on the loop in the same turn comes after the turn's steps
+    assert b.presence.members(APP, "presence-p") == {}
+    # a read on the loop in the same turn comes after the turn's changes
     assert a.many(
         [a.joined("x"), lambda answer: a.occupancy.fetch_count(APP, "x", answer)]
     ) == [(2, False), 2]
@@ -308,9 +317,6 @@ def test_a_turn_of_joins_and_leaves_is_one_script_answering_each_in_order(
     leaves = a.many([a.left("big") for _ in range(2 * seams.BULK + 1)])
     assert [vacated for _, vacated in leaves].count(True) == 0
     assert b.ask(b.left("big")) == (0, True)
-    assert client.smembers(lua.owned_key("1")) == {
-        json.dumps(["sub", APP, name]).replace(" ", "").encode() for name in "xy"
-    }
 
 
 def test_the_connections_of_an_app_are_capped_across_nodes(nodes):

@@ -50,6 +50,18 @@ channel]`` for ``channel_vacated``, ``[app, channel, user]`` for
 
 from pushi.net.redis import Script
 
+
+class Step(Script):
+    """A script (``prefix``, the helpers it uses, then ``body``) that can
+    also run as one step of ``STEPS``."""
+
+    def __init__(self, prefix, body):
+        Script.__init__(self, prefix + body)
+        self.body = body
+        self.index = 0
+        """ Its place in ``STEPS`` (set there) """
+
+
 # The lingering webhooks: ``linger(key, pending, ms)`` adds a pending
 # entry due in ``ms`` and returns its deadline, ``undo(key, pending)``
 # removes one (1 when there was one); "" for ``pending``: no linger.
@@ -73,92 +85,55 @@ local function undo(key, pending)
 end
 """
 
-# A socket joins (``join``) or leaves (``leave``) a channel: its node's
-# count (``nodes``: the channel's HASH node -> sockets), the app's counts
-# and channels; ``all`` ("1") takes the node's whole count at once.
-# -> {count, 1 when this join occupied the channel[, 1 when that undid the
-#    channel's lingering vacated]}; {count, 1 when this leave vacated the
-#    channel[, the deadline of its lingering vacated, with a pending entry]}
-OCCUPANCY = (
-    LINGER
-    + """
-local function join(nodes, counts, channels, owned, lingering, node, app,
-                    channel, pending)
-  if redis.call('HINCRBY', nodes, node, 1) == 1 then
-    redis.call('SADD', owned, cjson.encode({'sub', app, channel}))
-  end
-  local total = redis.call('HINCRBY', counts, channel, 1)
-  if total == 1 then
-    redis.call('ZADD', channels, 0, channel)
-    return {1, 1, undo(lingering, pending)}
-  end
-  return {total, 0}
+# KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
+# channel[, pending]
+# -> {count, 1 when this join occupied the channel[, 1 when that undid
+#    the channel's lingering vacated]}
+OCCUPANCY_JOIN = Step(
+    LINGER,
+    """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
+  redis.call('SADD', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
 end
-
-local function leave(nodes, counts, channels, owned, lingering, node, app,
-                     channel, all, pending, ms)
-  local mine = tonumber(redis.call('HGET', nodes, node) or '0')
-  if mine <= 0 then
-    return {tonumber(redis.call('HGET', counts, channel) or '0'), 0}
-  end
-  local k = 1
-  if all == '1' then k = mine end
-  if mine <= k then
-    redis.call('HDEL', nodes, node)
-    redis.call('SREM', owned, cjson.encode({'sub', app, channel}))
-  else
-    redis.call('HINCRBY', nodes, node, -k)
-  end
-  local total = redis.call('HINCRBY', counts, channel, -k)
-  if total <= 0 then
-    redis.call('HDEL', counts, channel)
-    redis.call('ZREM', channels, channel)
-    if pending and pending ~= '' then
-      return {0, 1, linger(lingering, pending, ms)}
-    end
-    return {0, 1}
-  end
-  return {total, 0}
+local total = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+if total == 1 then
+  redis.call('ZADD', KEYS[3], 0, ARGV[3])
+  return {1, 1, undo(KEYS[5], ARGV[4])}
 end
-"""
-)
-
-# One node's joins and leaves of an app's channels, in order (a loop
-# turn's: one script, not one per socket).
-# KEYS: counts, channels, owned, lingering, then one nodes key per run;
-# ARGV: node, app, then per run: channel, steps ("j" a join, "l" a
-# leave), pending, linger ms
-# -> per step, in order, the answer of ``join`` or ``leave``
-OCCUPANCY_STEPS = Script(
-    OCCUPANCY
-    + """
-local result = {}
-for i = 5, #KEYS do
-  local a = (i - 5) * 4 + 3
-  local channel, steps, pending, ms = ARGV[a], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3]
-  for j = 1, #steps do
-    if string.sub(steps, j, j) == 'j' then
-      result[#result + 1] = join(KEYS[i], KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-        ARGV[1], ARGV[2], channel, pending)
-    else
-      result[#result + 1] = leave(KEYS[i], KEYS[1], KEYS[2], KEYS[3],
-        KEYS[4], ARGV[1], ARGV[2], channel, '0', pending, ms)
-    end
-  end
-end
-return result
-"""
+return {total, 0}
+""",
 )
 
 # KEYS: nodes, counts, channels, owned, lingering; ARGV: node, app,
-# channel, all[, pending, linger ms] -> the answer of ``leave``
-OCCUPANCY_LEAVE = Script(
-    OCCUPANCY
-    + """
-return leave(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2],
-  ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-"""
+# channel, all[, pending, linger ms]
+# -> {count, 1 when this leave vacated the channel[, the deadline of its
+#    lingering vacated, with a pending entry]}
+OCCUPANCY_LEAVE = Step(
+    LINGER,
+    """
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if mine <= 0 then
+  return {tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0'), 0}
+end
+local k = 1
+if ARGV[4] == '1' then k = mine end
+if mine <= k then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[4], cjson.encode({'sub', ARGV[2], ARGV[3]}))
+else
+  redis.call('HINCRBY', KEYS[1], ARGV[1], -k)
+end
+local total = redis.call('HINCRBY', KEYS[2], ARGV[3], -k)
+if total <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  if ARGV[5] and ARGV[5] ~= '' then
+    return {0, 1, linger(KEYS[5], ARGV[5], ARGV[6])}
+  end
+  return {0, 1}
+end
+return {total, 0}
+""",
 )
 
 # KEYS: counts, channels, owned, then one nodes key per channel;
@@ -200,7 +175,8 @@ return result
 
 # KEYS: conns, connections, owned; ARGV: node, app, limit (0: none)
 # -> the app's connections with this one, or -1 when at the limit
-CONNECTION_OPEN = Script(
+CONNECTION_OPEN = Step(
+    "",
     """
 local limit = tonumber(ARGV[3])
 if limit > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') >= limit then
@@ -210,7 +186,7 @@ if redis.call('HINCRBY', KEYS[1], ARGV[1], 1) == 1 then
   redis.call('SADD', KEYS[3], cjson.encode({'conn', ARGV[2]}))
 end
 return redis.call('INCR', KEYS[2])
-"""
+""",
 )
 
 # KEYS: conns, connections, owned; ARGV: node, app, all
@@ -268,7 +244,7 @@ return total
 # ends one) publishes its member event in the same atomic step, as the
 # broker's publish script does (``cluster/broker``).
 ANNOUNCE = """
-local function announce(meta, first, hist)
+local function announce(ARGV, meta, first, hist)
   local offset = redis.call('HINCRBY', meta, 's', 1)
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
@@ -303,10 +279,9 @@ end
 #    of the channel's events once the members were read (with a meta key;
 #    else false), 1 when becoming a member undid its lingering
 #    member_removed}
-PRESENCE_JOIN = Script(
-    ANNOUNCE
-    + LINGER
-    + """
+PRESENCE_JOIN = Step(
+    ANNOUNCE + LINGER,
+    """
 local limit = tonumber(ARGV[6])
 if limit > 0 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0
     and redis.call('HLEN', KEYS[1]) >= limit then
@@ -326,13 +301,13 @@ end
 local position = false
 if KEYS[7] then
   if new == 1 then
-    announce(KEYS[7], 8, KEYS[8])
+    announce(ARGV, KEYS[7], 8, KEYS[8])
   end
   local top = redis.call('HMGET', KEYS[7], 's', 'e')
   position = {tonumber(top[1] or '0'), top[2] or ''}
 end
 return {new, redis.call('HGETALL', KEYS[1]), position, undone}
-"""
+""",
 )
 
 # KEYS: members, mcount, mnode, ucounts, owned, lingering[, meta];
@@ -341,10 +316,9 @@ return {new, redis.call('HGETALL', KEYS[1]), position, undone}
 # -> 1 when the member left (the user's last socket anywhere), or the
 #    deadline of its lingering member_removed when it left with a pending
 #    entry; else 0
-PRESENCE_LEAVE = Script(
-    ANNOUNCE
-    + LINGER
-    + """
+PRESENCE_LEAVE = Step(
+    ANNOUNCE + LINGER,
+    """
 local field = ARGV[1] .. '|' .. ARGV[4]
 local mine = tonumber(redis.call('HGET', KEYS[3], field) or '0')
 if mine <= 0 then
@@ -367,28 +341,28 @@ if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[3])
 end
 if KEYS[7] then
-  announce(KEYS[7], 8, KEYS[8])
+  announce(ARGV, KEYS[7], 8, KEYS[8])
 end
 if ARGV[6] and ARGV[6] ~= '' then
   return linger(KEYS[6], ARGV[6], ARGV[7])
 end
 return 1
-"""
+""",
 )
 
 # KEYS: members, meta; ARGV: node, user, bus, epoch, body, ttl
 # -> 1 when the user is no member (its member_removed published), else 0:
 #    a member whose leave (or join) failed while Redis was away, once
 #    Redis restarted empty and the nodes wrote their members again
-PRESENCE_GONE = Script(
-    ANNOUNCE
-    + """
+PRESENCE_GONE = Step(
+    ANNOUNCE,
+    """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
   return 0
 end
-announce(KEYS[2], 3, KEYS[3])
+announce(ARGV, KEYS[2], 3, KEYS[3])
 return 1
-"""
+""",
 )
 
 # KEYS: members, mcount, mnode, ucounts, owned, lingering;
@@ -437,7 +411,8 @@ return result
 
 # KEYS: users, unode, owned; ARGV: node, app, user
 # -> 1 when the user came online (its first signed-in socket anywhere)
-USER_IN = Script(
+USER_IN = Step(
+    "",
     """
 if redis.call('HINCRBY', KEYS[2], ARGV[1] .. '|' .. ARGV[3], 1) == 1 then
   redis.call('SADD', KEYS[3], cjson.encode({'user', ARGV[2], ARGV[3]}))
@@ -446,12 +421,13 @@ if redis.call('HINCRBY', KEYS[1], ARGV[3], 1) == 1 then
   return 1
 end
 return 0
-"""
+""",
 )
 
 # KEYS: users, unode, owned; ARGV: node, app, user, all
 # -> 1 when the user went offline (its last signed-in socket anywhere)
-USER_OUT = Script(
+USER_OUT = Step(
+    "",
     """
 local field = ARGV[1] .. '|' .. ARGV[3]
 local mine = tonumber(redis.call('HGET', KEYS[2], field) or '0')
@@ -471,7 +447,7 @@ if redis.call('HINCRBY', KEYS[1], ARGV[3], -k) > 0 then
 end
 redis.call('HDEL', KEYS[1], ARGV[3])
 return 1
-"""
+""",
 )
 
 # KEYS: users, unode, owned; ARGV: node, app, then user, sockets pairs
@@ -505,6 +481,53 @@ for i = 3, #ARGV, 2 do
 end
 return result
 """
+)
+
+
+def _steps(*steps):
+    """The script that runs ``steps`` (``Step``) in one call, in order:
+    per step, its index, how many keys and how many arguments it has, then
+    its arguments in ARGV, its keys in KEYS; answers each one's reply in a
+    list (a step's false or nil as nil)."""
+    functions = []
+    for index, step in enumerate(steps, 1):
+        step.index = index
+        functions.append(
+            "local function step%d(KEYS, ARGV)\n%s\nend\n" % (index, step.body)
+        )
+    return Script(
+        LINGER
+        + ANNOUNCE
+        + "".join(functions)
+        + "local steps = {%s}\n"
+        % ", ".join("step%d" % i for i in range(1, len(steps) + 1))
+        + """
+local result, n, k, a = {}, 0, 0, 1
+while a <= #ARGV do
+  local step = steps[tonumber(ARGV[a])]
+  local nkeys, nargs = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local keys, args = {}, {}
+  for i = 1, nkeys do keys[i] = KEYS[k + i] end
+  for i = 1, nargs do args[i] = ARGV[a + 2 + i] end
+  n = n + 1
+  result[n] = step(keys, args) or false
+  k, a = k + nkeys, a + 3 + nargs
+end
+return result
+"""
+    )
+
+
+# A loop turn's changes of a node (``cluster/seams``), in one call
+STEPS = _steps(
+    OCCUPANCY_JOIN,
+    OCCUPANCY_LEAVE,
+    CONNECTION_OPEN,
+    PRESENCE_JOIN,
+    PRESENCE_LEAVE,
+    PRESENCE_GONE,
+    USER_IN,
+    USER_OUT,
 )
 
 # KEYS: nodes (pushi:nodes); ARGV: silence (ms)

@@ -27,6 +27,8 @@ import json
 import logging
 from typing import NamedTuple
 
+from pushi.net.redis import Script
+
 from . import lua
 from .linger import Linger
 
@@ -274,7 +276,7 @@ class _Reap:
         kind, app_id = entry[0], entry[1]
         if kind == "pres":
             channel, user_id = entry[2], entry[3]
-            script = lua.PRESENCE_LEAVE
+            script: Script = lua.PRESENCE_LEAVE
             keys = lua.presence_keys(app_id, channel, node)
             pending, ms = linger.pending(app_id, channel, user_id)
             args: tuple[str, ...] = (node, app_id, channel, user_id, "1", pending)

@@ -25,6 +25,7 @@ does not answer in time.  On the loop, ``fetch_members``, ``fetch_count``
 and ``fetch_online`` read through the command connection instead.
 """
 
+import functools
 import json
 import logging
 import time
@@ -124,22 +125,56 @@ def _chunks(items, size=BULK):
         yield items[start : start + size]
 
 
-def _step_chunks(channels, size=BULK):
-    """``channels`` (channel -> its steps, in order) as lists of (channel,
-    steps) pairs of at most ``size`` steps in all; a channel with more is
-    cut in runs, sent in order."""
-    chunk: list[tuple] = []
-    room = size
-    for channel, steps in channels.items():
-        while steps:
-            run, steps = steps[:room], steps[room:]
-            chunk.append((channel, run))
-            room -= len(run)
-            if not room:
-                yield chunk
-                chunk, room = [], size
-    if chunk:
-        yield chunk
+class Steps:
+    """A node's changes of a loop turn (its twins' scripts, each a
+    ``lua.Step``), sent at the end of the turn in one ``lua.STEPS`` call
+    of at most ``BULK`` steps, in order, each answered as its own script
+    would be: a storm of subscribes, presence joins or closes costs a
+    script per turn, not per socket.  What must reach Redis after them on
+    the connection (a twin's reads and its share's writes) calls ``write``
+    first."""
+
+    def __init__(self, redis):
+        self.redis = redis
+        self.queued: list[tuple] = []
+
+    def add(self, reply, script, keys, args):
+        """``script`` (a ``lua.Step``) with ``keys`` and ``args`` at the end
+        of the turn: ``reply(value)`` with its reply or the error."""
+        if not self.queued:
+            self.redis.loop.soon(self.write)
+        self.queued.append((reply, script, keys, args))
+
+    def write(self):
+        """Sends the steps queued so far."""
+        queued, self.queued = self.queued, []
+        for chunk in _chunks(queued):
+            if len(chunk) == 1:
+                reply, script, keys, args = chunk[0]
+                self.redis.evalsha(reply, script, keys, args)
+                continue
+            all_keys: list = []
+            all_args: list = []
+            for _, script, keys, args in chunk:
+                all_keys += keys
+                all_args += [script.index, len(keys), len(args), *args]
+            self.redis.evalsha(
+                functools.partial(_answer_each, [step[0] for step in chunk]),
+                lua.STEPS,
+                all_keys,
+                all_args,
+            )
+
+
+def _answer_each(replies, value):
+    """Hands each of ``replies`` its step's answer in ``value`` (the
+    ``STEPS`` reply), or the error."""
+    if isinstance(value, Exception):
+        for reply in replies:
+            reply(value)
+        return
+    for reply, each in zip(replies, value, strict=True):
+        reply(each)
 
 
 class _Twin:
@@ -160,6 +195,9 @@ class _Twin:
         self.linger = Linger(redis)
         """ The webhook linger its scripts keep (``cluster/linger``; the
         ``ClusterState``'s, shared by its twins) """
+        self.steps = Steps(redis)
+        """ Where its changes wait for the end of the turn (the
+        ``ClusterState``'s, shared by its twins) """
 
     @property
     def node_id(self):
@@ -174,8 +212,9 @@ class _Twin:
         self._node_id = value
 
     def _eval(self, script, keys, args, then, failed):
-        """Runs ``script`` with ``keys(node_id)`` and the node id then
-        ``args``: ``then(reply)`` or ``failed(error)``."""
+        """Runs ``script`` (a ``lua.Step``) with ``keys(node_id)`` and the
+        node id then ``args`` at the end of the turn (``Steps``):
+        ``then(reply)`` or ``failed(error)``."""
         node_id = self.node_id
         if node_id is None:
             _failed(failed, ConnectionDown("not registered in the cluster yet"))
@@ -188,9 +227,11 @@ class _Twin:
                 then(value)
 
         self.used.add(node_id)
-        self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
+        self.steps.add(reply, script, keys(node_id), (node_id,) + tuple(args))
 
     def _read(self, then, failed, *command):
+        self.steps.write()
+
         def reply(value):
             if isinstance(value, Exception):
                 _failed(failed, value)
@@ -204,6 +245,7 @@ class _Twin:
         the node id now; ``then(results)`` with each call's converted
         answers, in order, once all came, or ``failed(error)`` once if
         one failed."""
+        self.steps.write()
         calls = list(calls)
         results: list[Any] = [()] * len(calls)
         state: dict[str, Any] = {"left": len(calls), "error": None}
@@ -234,10 +276,6 @@ class _Twin:
                     done()
 
             self.redis.evalsha(reply, script, keys(node_id), (node_id,) + tuple(args))
-
-    def write_steps(self):
-        """Sends the changes this twin holds back for the end of the loop
-        turn, if any (see ``RedisOccupancy``)."""
 
     # what each twin writes (its ledger), for ``reregister``
 
@@ -286,8 +324,6 @@ class _Twin:
                     strays.append(entry)
             self.registrations += 1
             self.used = set()
-            # the changes held back are in the ledger: Redis has them first
-            self.write_steps()
             entries = self._ledger_entries() + self._zeroes(strays)
             self._bulk(self._set_calls(entries), then, failed)
 
@@ -309,9 +345,6 @@ class RedisOccupancy(_Twin):
         """ (app_id, channel) whose leave failed (``settle``) """
         self.changed_connections = set()
         """ app ids whose share ``counted`` changed this turn """
-        self.steps: dict[str, dict[str, list]] = {}
-        """ app_id -> channel -> its joins and leaves of this turn not sent
-        yet (``_step``) """
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or
@@ -319,14 +352,21 @@ class RedisOccupancy(_Twin):
         lingering vacated (``cluster/linger``: no webhook for either)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), 1)
+        entry, _ms = self.linger.pending(app_id, channel)
 
-        def answered(reply, _entry, _ms):
+        def answered(reply):
             if len(reply) > 2 and reply[2] == 1:
                 then(reply[0], True, lingered=True)
             else:
                 then(reply[0], reply[1] == 1)
 
-        self._step(app_id, channel, "j", answered, failed)
+        self._eval(
+            lua.OCCUPANCY_JOIN,
+            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
+            (app_id, channel, entry),
+            answered,
+            failed,
+        )
 
     def left(self, app_id, channel, then, failed=None):
         """A socket left ``channel``: ``then(count, vacated)``, or
@@ -334,8 +374,9 @@ class RedisOccupancy(_Twin):
         (``cluster/linger``: its webhook is posted once that is over)."""
         app_id, channel = str(app_id), str(channel)
         _count(self.held, (app_id, channel), -1)
+        entry, ms = self.linger.pending(app_id, channel)
 
-        def answered(reply, entry, ms):
+        def answered(reply):
             if len(reply) > 2:
                 self.linger.wait(entry, reply[2], ms)
                 then(reply[0], True, lingered=True)
@@ -346,57 +387,13 @@ class RedisOccupancy(_Twin):
             self.unsure.add((app_id, channel))
             _failed(failed, reason)
 
-        self._step(app_id, channel, "l", answered, error)
-
-    def _step(self, app_id, channel, kind, then, failed):
-        """Queues a join ("j") or leave ("l") of ``channel`` for the end
-        of the loop turn, where each app's steps of the turn go to Redis
-        in order in one script call (``write_steps``): a subscribe or
-        disconnect storm costs a script per turn, not per socket.
-        ``then(reply, entry, ms)`` with its script's answer and the
-        channel's pending linger entry it was given."""
-        if not self.steps:
-            self.redis.loop.soon(self.write_steps)
-        channels = self.steps.setdefault(app_id, {})
-        channels.setdefault(channel, []).append((kind, then, failed))
-
-    def write_steps(self):
-        """Sends the joins and leaves queued so far (``_step``), each app's
-        in calls of at most ``BULK`` steps.  Whatever reads or writes what
-        they change on this connection calls it first, so that it comes
-        after them, as it would have had they been sent at once."""
-        steps, self.steps = self.steps, {}
-        for app_id, channels in steps.items():
-            for chunk in _step_chunks(channels):
-                self._write_chunk(app_id, chunk)
-
-    def _write_chunk(self, app_id, chunk):
-        """One ``OCCUPANCY_STEPS`` call for ``chunk`` (channel, steps)
-        pairs of an app."""
-        args = [app_id]
-        answers = []
-        for channel, steps in chunk:
-            entry, ms = self.linger.pending(app_id, channel)
-            args += [channel, "".join(kind for kind, _, _ in steps), entry, ms]
-            answers += [(then, failed, entry, ms) for _, then, failed in steps]
-
-        def keys(node_id):
-            return [
-                lua.app_key(app_id, "counts"),
-                lua.app_key(app_id, "channels"),
-                lua.owned_key(node_id),
-                lua.LINGERING,
-            ] + [lua.channel_key(app_id, channel, "nodes") for channel, _ in chunk]
-
-        def answered(replies):
-            for (then, _, entry, ms), reply in zip(answers, replies, strict=True):
-                then(reply, entry, ms)
-
-        def error(reason):
-            for _, failed, _, _ in answers:
-                _failed(failed, reason)
-
-        self._eval(lua.OCCUPANCY_STEPS, keys, args, answered, error)
+        self._eval(
+            lua.OCCUPANCY_LEAVE,
+            lambda node_id: lua.occupancy_keys(app_id, channel, node_id),
+            (app_id, channel, "0", entry, ms),
+            answered,
+            error,
+        )
 
     def settle(self, vacated):
         """After Redis restarted empty and the nodes wrote what they hold
@@ -535,9 +532,7 @@ class RedisOccupancy(_Twin):
 
     def fetch_count(self, app_id, channel, then, failed=None):
         """``then(count)`` with the sockets on a channel (a read on the
-        loop, where ``count`` would block), this turn's joins and leaves
-        counted."""
-        self.write_steps()
+        loop, where ``count`` would block)."""
         self._read(
             lambda value: then(int(value) if value else 0),
             failed,
@@ -972,6 +967,8 @@ class ClusterState:
         self.linger = Linger(redis)
         for twin in (self.presence, self.occupancy, self.reaper):
             twin.linger = self.linger
+        self.steps = self.occupancy.steps
+        self.presence.steps = self.users.steps = self.steps
         self._previous = set()
 
     def reregister(self, node_id=None, then=None, failed=None):
