@@ -16,6 +16,9 @@ at once).  A leave for an entry the node does not hold (already reaped,
 or Redis restarted empty) changes nothing, which makes the reaper and a
 late leave safe to run twice.
 
+A node sends the changes of a loop turn (each a ``Step``) in one call of
+``STEPS``, which runs them in order, each as its own script would run.
+
 The ``*_SET`` scripts set the node's count of entries to what the node
 has (re-registration after Redis restarted empty or after the node was
 reaped): running one again changes nothing.
