@@ -975,15 +975,32 @@ def broadcast(server_name, profile, options):
     for n in connection_sizes(profile, options, "broadcast"):
         workers = generators_for(n, options.generators)
         with Session(server_name, workers, options.keep) as session:
+            cpu_before = server_cpu_seconds(session.server)
             conn = session.connect(
                 n, channel="broadcast", sample=min(BROADCAST_SAMPLED, n)
             )
+            ready = conn["ready"]
+            # connecting and subscribing, the server's own cost
+            subscribe_cpu_us = (
+                round(
+                    1e6 * (server_cpu_seconds(session.server) - cpu_before) / ready, 1
+                )
+                if ready
+                else None
+            )
             conn["nodes"] = pushi_nodes(server_name, conn["nodes"])
             log(
-                "broadcast %d: %d ready, %d failed; per server process %s"
-                % (n, conn["ready"], conn["failed"], by_node_text(conn["nodes"]))
+                "broadcast %d: %d ready, %d failed, %d/s, %s us of server CPU each;"
+                " per server process %s"
+                % (
+                    n,
+                    ready,
+                    conn["failed"],
+                    ready / conn["elapsed"] if conn["elapsed"] else 0,
+                    subscribe_cpu_us,
+                    by_node_text(conn["nodes"]),
+                )
             )
-            ready = conn["ready"]
             singles = []
             for index in range(SINGLE_BROADCASTS):
                 session.reset(ping=False)
@@ -1030,6 +1047,10 @@ def broadcast(server_name, profile, options):
                 ready=ready,
                 failed=conn["failed"],
                 errors=conn["errors"],
+                subscribed_per_s=(
+                    round(ready / conn["elapsed"]) if conn["elapsed"] else None
+                ),
+                server_cpu_us_per_subscriber=subscribe_cpu_us,
                 generators=workers,
                 source_addresses=session.sources,
                 connections_by_process=by_node(conn["nodes"]),
