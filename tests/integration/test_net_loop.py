@@ -603,3 +603,33 @@ def test_a_closed_connection_leaves_no_garbage_cycle(start, monkeypatch):
             gc.garbage.clear()
 
     assert state.call_in_loop(cycles) == []
+
+
+def test_sockets_closed_in_any_order_leave_the_others_open(start):
+    """The WebSocket port finds a closing socket among the open ones
+    directly (``wire.Connections``), whatever the order they close in:
+    each close takes its own connection out, the others stay, served."""
+    import random
+
+    state = start()
+    app = state.store.create_app("order")
+    raws = opened(state, app, 30)
+    server = state.server
+
+    def count():
+        return state.call_in_loop(lambda: len(server.connections))
+
+    assert state.call_in_loop(lambda: type(server.connections)) is wire.Connections
+    assert count() == 30
+    order = list(raws)
+    random.Random(7).shuffle(order)
+    for left, raw in zip(range(29, 9, -1), order[10:], strict=True):
+        raw.close()
+        wait_until(lambda left=left: count() == left, 5)
+    left = order[:10]
+    for raw in left:
+        raw.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
+        assert b"pusher:pong" in read_until(raw, b"pusher:pong")
+    for raw in left:
+        raw.close()
+    wait_until(lambda: count() == 0, 5)

@@ -230,7 +230,7 @@ class Admission:
 
     # the netius stream server's, which the host class provides
     socket: socket.socket | None
-    connections: list[Any]
+    connections: Any  # a list, or wire.Connections
     delay: Callable[..., Any]
     sub_read: Callable[..., Any]
     unsub_read: Callable[..., Any]

@@ -416,6 +416,7 @@ class WebSocketServer(
         netius.StreamServer.__init__(self, *args, **kwargs)
         self.container = wire.Loop(*args, **kwargs)
         self.add_base(self)
+        self.connections = wire.Connections()
         self.engine = engine
         self.console = console
         self.admit_app = admit_app

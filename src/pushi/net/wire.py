@@ -413,6 +413,50 @@ class Connection(netius.Connection):
                 return
 
 
+class Connections:
+    """A server's open connections in the order they opened, as netius
+    keeps them in its ``connections`` list (``append``, ``remove``, ``in``,
+    ``len``, iteration, ``copy.copy``, ``del [:]``), each operation in
+    constant time: netius checks and removes a closing connection with a
+    list's scan, so a port with tens of thousands of sockets would scan
+    thousands of entries at each close.  Iterating takes a snapshot (a
+    connection may close meanwhile)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self):
+        self._items: dict[Any, None] = {}
+
+    def append(self, connection):
+        self._items[connection] = None
+
+    def remove(self, connection):
+        try:
+            del self._items[connection]
+        except KeyError:
+            raise ValueError("Connections.remove(x): x not in it") from None
+
+    def __contains__(self, connection):
+        return connection in self._items
+
+    def __len__(self):
+        return len(self._items)
+
+    def __bool__(self):
+        return bool(self._items)
+
+    def __iter__(self):
+        return iter(list(self._items))
+
+    def __copy__(self):
+        return list(self._items)
+
+    def __delitem__(self, index):
+        if index != slice(None):
+            raise TypeError("only all of it: del connections[:]")
+        self._items.clear()
+
+
 class FairReads:
     """A netius stream server mixin: each loop turn, each socket is read
     for at most ``READ_BUDGET`` bytes and handled for at most ``quota``

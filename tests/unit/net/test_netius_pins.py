@@ -224,6 +224,56 @@ def test_netius_on_connection_d_only_logs_records_and_triggers():
     assert wire.diagnosing() is False
 
 
+def test_netius_uses_a_servers_connections_only_as_wire_connections_allows():
+    """The WebSocket port keeps its open connections in a
+    ``wire.Connections`` rather than netius's list: every use netius's
+    base makes of a server's ``connections`` is one it supports (a new
+    one, such as an index, fails here)."""
+    import copy
+
+    from netius.base import common
+
+    base = os.path.dirname(common.__file__)
+    uses = set()
+    for name in sorted(os.listdir(base)):
+        if name.endswith(".py"):
+            with open(os.path.join(base, name), encoding="utf-8") as file:
+                for line in file:
+                    if re.search(r"\.connections\b", line):
+                        uses.add(line.strip())
+    assert uses == {
+        "connections = copy.copy(self.connections)",
+        "connections=len(self.connections),",
+        "del self.connections[:]",
+        "for _connection in base.connections:",
+        "for _connection in self.connections:",
+        "for connection in self.connections:",
+        "if self in owner.connections:",
+        "len(connection.owner.connections),",
+        "owner.connections.append(self)",
+        "owner.connections.remove(self)",
+        "self.connections = []",
+    }
+    connections = wire.Connections()
+    first, second, third = object(), object(), object()
+    for connection in (first, second, third):
+        connections.append(connection)
+    assert second in connections and len(connections) == 3
+    connections.remove(second)
+    assert second not in connections
+    with pytest.raises(ValueError):
+        connections.remove(second)
+    # in the order they opened, and iterable while they close
+    assert list(connections) == [first, third]
+    assert copy.copy(connections) == [first, third]
+    for connection in connections:
+        connections.remove(connection)
+    assert not connections and len(connections) == 0
+    connections.append(first)
+    del connections[:]
+    assert list(connections) == []
+
+
 def test_appier_still_calls_the_hooks_the_app_overrides():
     """``PushiApp`` overrides Appier's ``_load_logging``,
     ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
