@@ -348,6 +348,7 @@ def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
         "on_read",
         "on_read_s",
         "on_serve",
+        "on_write",
         "on_socket_c",
         "socket_tcp",
     }
@@ -633,3 +634,17 @@ def test_sockets_closed_in_any_order_leave_the_others_open(start):
     for raw in left:
         raw.close()
     wait_until(lambda: count() == 0, 5)
+
+
+def test_a_message_and_the_peers_end_in_one_read_are_both_seen(start):
+    """A socket's read goes on past a message to the peer's end (the poll
+    is edge-triggered: an end that came with the last bytes raises no
+    event of its own): the message is answered, then the socket closed."""
+    state = start()
+    [raw] = opened(state, state.store.create_app("end"), 1)
+    raw.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
+    raw.shutdown(socket.SHUT_WR)
+    answer = read_until(raw, b"never sent")
+    assert b"pusher:pong" in answer
+    wait_until(lambda: not state.call_in_loop(lambda: len(state.server.connections)), 5)
+    raw.close()

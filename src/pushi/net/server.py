@@ -512,7 +512,8 @@ class WebSocketServer(
             connection.link = None
 
     def on_data(self, connection, data):
-        netius.ContainerServer.on_data(self, connection, data)
+        # netius's would only trigger a "data" event, which nothing here
+        # listens to
         self._feed(connection.link, data)
 
     def on_reads_resumed(self, connection):

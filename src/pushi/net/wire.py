@@ -16,6 +16,7 @@ from typing import Any
 
 import netius
 from netius.base import common as netius_common
+from netius.base import conn as netius_conn
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 """The one format of the process's log lines: Pushi's, Appier's (logger
@@ -215,21 +216,13 @@ DISCARD_CHUNKS = 16
 (a peer that sends more than that meanwhile is reset) """
 
 
-class _NoQueue:
+class _NoQueue(tuple):
     """What a connection's queue reads as until something is queued: empty
     (the reads of an empty ``deque`` work on it, the writes go through the
-    connection's methods, which make the queue first)."""
+    connection's methods, which make the queue first).  An empty tuple:
+    its truth, length and iteration cost no call of Python's."""
 
     __slots__ = ()
-
-    def __bool__(self):
-        return False
-
-    def __len__(self):
-        return 0
-
-    def __iter__(self):
-        return iter(())
 
     def clear(self):
         pass
@@ -246,30 +239,17 @@ class _NoQueue:
 _NO_QUEUE = _NoQueue()
 
 
-class _Queue:
-    """One of netius's per-connection queues, made on its first write:
-    each ``deque`` takes a block of 64 slots when made, and most sockets
-    never queue anything (writes go straight to the socket, reads are not
-    restored, plain sockets have no starter).  Kept in the instance's
-    ``__dict__`` under its own name once made."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __get__(self, instance, owner=None):
-        if instance is None:
-            return self
-        return instance.__dict__.get(self.name, _NO_QUEUE)
-
-    def __set__(self, instance, value):
-        if value or self.name in instance.__dict__:
-            instance.__dict__[self.name] = value
-
-    def make(self, instance):
-        queue = instance.__dict__.get(self.name)
-        if queue is None:
-            queue = instance.__dict__[self.name] = collections.deque()
-        return queue
+def _queue(connection, name):
+    """One of netius's per-connection queues (``pending``, ``restored``,
+    ``starters``), made on its first write: each ``deque`` takes a block
+    of 64 slots when made, and most sockets never queue anything (writes
+    go straight to the socket, reads are not restored, plain sockets have
+    no starter).  Until then the connection's class gives ``_NO_QUEUE``
+    (read as a plain attribute: no call per read)."""
+    queue = connection.__dict__.get(name)
+    if queue is None:
+        queue = connection.__dict__[name] = collections.deque()
+    return queue
 
 
 class _Made:
@@ -306,7 +286,7 @@ class Connection(netius.Connection):
     what is left unread as it closes (see ``_discard_unread``).
 
     Its three queues (data to send, data to read again, starters) are made
-    on their first write (``_Queue``), its id and locks on their first
+    on their first write (``_queue``), its id and locks on their first
     read (``_Made``): the memory and setup time of an idle socket."""
 
     budget = READ_BUDGET
@@ -316,9 +296,9 @@ class Connection(netius.Connection):
     held = False
     resuming = False
 
-    pending = _Queue("pending")
-    restored = _Queue("restored")
-    starters = _Queue("starters")
+    pending: Any = _NO_QUEUE
+    restored: Any = _NO_QUEUE
+    starters: Any = _NO_QUEUE
 
     id = _Made(lambda: str(uuid.uuid4()))
     pending_lock = _Made(threading.RLock)
@@ -362,7 +342,7 @@ class Connection(netius.Connection):
         self._starter = None
 
     def pend(self, data, back=True):
-        Connection.pending.make(self)
+        _queue(self, "pending")
         netius.Connection.pend(self, data, back=back)
 
     def _send(self):
@@ -376,11 +356,11 @@ class Connection(netius.Connection):
         netius.Connection._send(self)
 
     def restore(self, data, back=True):
-        Connection.restored.make(self)
+        _queue(self, "restored")
         netius.Connection.restore(self, data, back=back)
 
     def add_starter(self, starter, back=True):
-        Connection.starters.make(self)
+        _queue(self, "starters")
         netius.Connection.add_starter(self, starter, back=back)
 
     def recv(self, *args, **kwargs):
@@ -394,10 +374,15 @@ class Connection(netius.Connection):
         self.owner.bytes_received += len(data)
         return data
 
-    def close(self, flush=False, *args, **kwargs):
-        if self.status == netius.OPEN and not flush:
+    def close(self, flush=False, destroy=True, reason=None, error=None):
+        # a peer's end (netius's reason for it) leaves nothing unread
+        if (
+            self.status == netius.OPEN
+            and not flush
+            and reason != netius_conn.REASON_CLIENT_EOF
+        ):
             self._discard_unread()
-        return netius.Connection.close(self, flush, *args, **kwargs)
+        return netius.Connection.close(self, flush, destroy, reason, error)
 
     def _discard_unread(self):
         """Reads away what the peer sent and nobody read (a held socket's
@@ -457,6 +442,22 @@ class Connections:
         self._items.clear()
 
 
+def _plain(server, connection, _socket):
+    """Whether ``connection`` is an open plain (not TLS) socket of ours
+    that netius's read and write handlers would handle as theirs, and
+    nothing else: no callback watches its socket, nothing is restored to
+    it to read again, no starter waits."""
+    return (
+        connection.__class__ is Connection
+        and connection.status == netius.OPEN
+        and not connection.ssl
+        and not connection.restored_s
+        and connection._starter is None
+        and not connection.starters
+        and _socket not in server.callbacks_m
+    )
+
+
 class FairReads:
     """A netius stream server mixin: each loop turn, each socket is read
     for at most ``READ_BUDGET`` bytes and handled for at most ``quota``
@@ -479,7 +480,12 @@ class FairReads:
 
     # the netius stream server's, which the host class provides
     connections_m: dict[Any, Any]
+    callbacks_m: dict[Any, Any]
+    bytes_received: int
     delay: Callable[..., Any]
+    on_data: Callable[..., Any]
+    on_expected: Callable[..., Any]
+    on_exception: Callable[..., Any]
 
     def on_read(self, _socket):
         connection = self.connections_m.get(_socket, None)
@@ -488,7 +494,67 @@ class FairReads:
                 # the edge is noted: a release or the resume reads it all
                 return
             self._new_turn(connection)
+            if _plain(self, connection, _socket):
+                self._read_plain(connection, _socket)
+                return
         super().on_read(_socket)  # type: ignore[misc]
+
+    def _read_plain(self, connection, _socket):
+        """Netius's read loop (its stream server's ``on_read``) for a plain
+        socket of ours (``_plain``), less the layers it passes for each
+        ``recv`` (the connection's, its restored data, its starters) and
+        for each failure: reads until the socket is empty (the poll is
+        edge-triggered), the turn's budget is spent or the socket is
+        held or closed; the peer's end closes it, as a socket error
+        does."""
+        recv = _socket.recv
+        try:
+            while True:
+                if connection.held or connection.budget <= 0:
+                    # the rest at the next turn (``Connection.recv``)
+                    if not connection.held:
+                        self.resume_reads(connection)
+                    return
+                try:
+                    data = recv(netius_conn.CHUNK_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    connection.close(reason=netius_conn.REASON_CLIENT_EOF)
+                    return
+                connection.budget -= len(data)
+                self.bytes_received += len(data)
+                self.on_data(connection, data)
+                if (
+                    connection.status != netius.OPEN
+                    or not connection.renable
+                    or connection.socket is not _socket
+                ):
+                    return
+        except OSError as error:
+            # what netius's makes of a socket error
+            if error.errno in netius_common.SILENT_ERRORS:
+                self.on_expected(error, connection)
+            elif error.errno not in netius_common.VALID_ERRORS:
+                self.on_exception(error, connection)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exception:
+            self.on_exception(exception, connection)
+
+    def on_write(self, _socket):
+        connection = self.connections_m.get(_socket, None)
+        if connection is None:
+            if _socket not in self.callbacks_m:
+                # closed this turn, before its write event
+                return
+        elif _plain(self, connection, _socket) and not connection.pending:
+            # every read event of a socket is also a write event (the poll
+            # watches both): nothing queued, nothing to do but what
+            # ``Connection._send`` does then
+            connection._send()
+            return
+        super().on_write(_socket)  # type: ignore[misc]
 
     def _new_turn(self, connection):
         """A new turn's budget and quota, once a turn: a turn that resumed
