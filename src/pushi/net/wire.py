@@ -482,6 +482,7 @@ class FairReads:
     connections_m: dict[Any, Any]
     callbacks_m: dict[Any, Any]
     bytes_received: int
+    poll: Any
     delay: Callable[..., Any]
     on_data: Callable[..., Any]
     on_expected: Callable[..., Any]
@@ -548,11 +549,21 @@ class FairReads:
             if _socket not in self.callbacks_m:
                 # closed this turn, before its write event
                 return
-        elif _plain(self, connection, _socket) and not connection.pending:
+        elif (
+            connection.__class__ is Connection
+            and not connection.pending
+            and not connection.connecting
+            and connection.status == netius.OPEN
+            and not connection.ssl
+            and _socket not in self.callbacks_m
+        ):
             # every read event of a socket is also a write event (the poll
             # watches both): nothing queued, nothing to do but what
-            # ``Connection._send`` does then
-            connection._send()
+            # ``Connection._send`` does then (its ``remove_write`` a no-op
+            # on an edge-triggered poll)
+            connection.wready = True
+            if not self.poll.is_edge():
+                connection.remove_write()
             return
         super().on_write(_socket)  # type: ignore[misc]
 

@@ -274,6 +274,42 @@ def test_netius_uses_a_servers_connections_only_as_wire_connections_allows():
     assert list(connections) == []
 
 
+def test_netius_read_and_write_handlers_do_what_fair_reads_does_for_a_plain_socket():
+    """``FairReads`` handles a plain socket's read and write events itself
+    (``_read_plain``, ``on_write``), as netius's stream server does: its
+    read loop reads chunks of ``CHUNK_SIZE`` until the socket is empty,
+    closes at the peer's end with ``REASON_CLIENT_EOF``, and sorts socket
+    errors into silent and valid ones; its write handler only sends what
+    is queued; on epoll (edge-triggered) ``remove_write`` does nothing."""
+    import inspect
+
+    from netius.base import conn, poll
+
+    source = inspect.getsource(netius.StreamServer.on_read)
+    for line in (
+        "if self._pending(connection):",
+        "data = connection.recv(CHUNK_SIZE)",
+        "self.on_data(connection, data)",
+        "connection.close(reason=REASON_CLIENT_EOF)",
+        "if not connection.status == OPEN:",
+        "if not connection.renable == True:",
+        "if not connection.socket == _socket:",
+        "if error_v in SILENT_ERRORS:",
+        "self.on_expected(error, connection)",
+        "elif not error_v in VALID_ERRORS:",
+        "self.on_exception(error, connection)",
+    ):
+        assert line in source, line
+    assert conn.CHUNK_SIZE == 16384
+    source = inspect.getsource(netius.StreamServer.on_write)
+    assert "connection._send()" in source
+    assert "if not connection:" in source
+    assert poll.EpollPoll.is_edge(None) is True
+    assert inspect.getsource(poll.EpollPoll.unsub_write).strip().endswith("pass")
+    source = inspect.getsource(netius.Connection.remove_write)
+    assert "self.owner.unsub_write(self.socket)" in source
+
+
 def test_appier_still_calls_the_hooks_the_app_overrides():
     """``PushiApp`` overrides Appier's ``_load_logging``,
     ``_load_handlers`` and ``_print_welcome`` (one log format, no handlers
