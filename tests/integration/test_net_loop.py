@@ -648,3 +648,23 @@ def test_a_message_and_the_peers_end_in_one_read_are_both_seen(start):
     assert b"pusher:pong" in answer
     wait_until(lambda: not state.call_in_loop(lambda: len(state.server.connections)), 5)
     raw.close()
+
+
+def test_a_socket_whose_reads_netius_disabled_is_not_read(start):
+    """A connection whose reads are disabled (netius's ``disable_read``) is
+    not read, even when the loop is asked to read it (as a resumed socket
+    is): what it sent waits until its reads are enabled again."""
+    state = start()
+    [raw] = opened(state, state.store.create_app("disabled"), 1)
+    server = state.server
+    [connection] = state.call_in_loop(lambda: list(server.connections))
+    state.call_in_loop(connection.disable_read)
+    raw.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
+    time.sleep(0.2)
+    state.call_in_loop(lambda: server.on_read(connection.socket))
+    raw.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        raw.recv(65536)
+    state.call_in_loop(connection.enable_read)
+    assert b"pusher:pong" in read_until(raw, b"pusher:pong")
+    raw.close()

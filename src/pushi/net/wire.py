@@ -443,13 +443,14 @@ class Connections:
 
 
 def _plain(server, connection, _socket):
-    """Whether ``connection`` is an open plain (not TLS) socket of ours
-    that netius's read and write handlers would handle as theirs, and
-    nothing else: no callback watches its socket, nothing is restored to
-    it to read again, no starter waits."""
+    """Whether ``connection`` is an open plain (not TLS) socket of ours,
+    its reads enabled, that netius's read handler would read as it reads
+    any, and nothing else: no callback watches its socket, nothing is
+    restored to it to read again, no starter waits."""
     return (
         connection.__class__ is Connection
         and connection.status == netius.OPEN
+        and connection.renable
         and not connection.ssl
         and not connection.restored_s
         and connection._starter is None
