@@ -668,3 +668,41 @@ def test_a_socket_whose_reads_netius_disabled_is_not_read(start):
     state.call_in_loop(connection.enable_read)
     assert b"pusher:pong" in read_until(raw, b"pusher:pong")
     raw.close()
+
+
+def test_the_101_answer_and_connection_established_go_out_in_one_send(
+    start, monkeypatch
+):
+    """A socket's upgrade is answered with one ``send`` once its app's key
+    is known: the 101 answer's headers, then the
+    ``pusher:connection_established`` frame after them (one loop turn's
+    writes are joined)."""
+    from pushi.net import server
+
+    sends = []
+    made = server.Link.__init__
+
+    def counted(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        send = self.raw_send
+
+        def raw_send(data):
+            sends.append(bytes(data))
+            return send(data)
+
+        self.raw_send = raw_send
+
+    monkeypatch.setattr(server.Link, "__init__", counted)
+    state = start()
+    app = state.store.create_app("one-send")
+    # the first socket of an app finds its key in the store (off the loop,
+    # its greeting a turn later); the next one in memory
+    [first] = opened(state, app, 1)
+    del sends[:]
+    [raw] = opened(state, app, 1)
+    assert len(sends) == 1
+    head, _, frame = sends[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"pusher:connection_established" in frame
+    first.close()
+    raw.close()
