@@ -14,6 +14,7 @@ test does not run on the emulator, whose data lives in this process's
 memory, so killing a client process could never lose anything there.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,8 @@ from pushi.base.store import (
 )
 from pushi.base.store import sqlite as sqlite_module
 from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
+from pushi.base.store.sqlite_events import WAL_LIMIT, EventsProcess
+from pushi.proto.messages import message_id
 
 from support import SRC, env_with_src
 
@@ -913,6 +916,61 @@ def test_sqlite_events_writer_process_is_replaced_when_it_dies(tmp_path):
     # closing the store ends its writer process
     assert child.poll() is not None
     assert store._events._process is None
+
+
+def _file_only_mids(path, tmp_path):
+    """The mids in the database file itself, without its WAL: what the
+    checkpoints have copied into it."""
+    copy = str(tmp_path / "file-only.sqlite3")
+    with open(path, "rb") as source, open(copy, "wb") as target:
+        target.write(source.read())
+    with contextlib.closing(sqlite3.connect(copy)) as connection:
+        try:
+            return {row[0] for row in connection.execute("SELECT mid FROM events")}
+        except sqlite3.OperationalError:
+            return set()  # not even the schema yet
+
+
+def test_sqlite_events_are_checkpointed_beside_the_commits(tmp_path):
+    # a handful of commits (far below SQLite's automatic checkpoint, which
+    # runs inside the commit that passes 1,000 pages): the writer's
+    # process copies them into the database file on its own, soon after
+    store = SQLiteStore(str(tmp_path / "data"), "NORMAL")
+    try:
+        for index in range(5):
+            store.add_events([make_event("1", "c", float(index), mid="m%d" % index)])
+        wanted = {"m%d" % index for index in range(5)}
+        deadline = time.monotonic() + 10
+        while _file_only_mids(store.path, tmp_path) != wanted:
+            assert time.monotonic() < deadline, "not checkpointed"
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_sqlite_wal_stays_bounded_under_steady_commits(tmp_path):
+    # commits that keep landing while the background checkpoints run would
+    # never let the WAL restart: the writer then checkpoints it itself
+    store = SQLiteStore(str(tmp_path / "data"), "NORMAL")
+    writer = EventsProcess(store.path, "NORMAL")
+    wal = store.path + "-wal"
+    largest, count, deadline = 0, 0, time.monotonic() + 4
+    try:
+        while time.monotonic() < deadline:
+            now = time.time()
+            rows = [
+                [(message_id(now), "1", "c%d" % (n % 7), "e", "x" * 100, now, None)]
+                for n in range(count, count + 20)
+            ]
+            count += len(rows)
+            assert writer.store(rows) == [None] * len(rows)
+            largest = max(largest, os.path.getsize(wal) if os.path.exists(wal) else 0)
+    finally:
+        writer.close()
+        store.close()
+    # written without end, the WAL would hold every page ever committed
+    assert largest < 2 * WAL_LIMIT, (largest, count)
+    assert count > 10000, count
 
 
 def test_sqlite_refuses_writes_once_its_file_is_removed_or_replaced(tmp_path):

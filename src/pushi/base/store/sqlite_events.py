@@ -40,6 +40,8 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
+import time
 from typing import cast
 
 from .sqlite_file import MovedDatabase
@@ -48,6 +50,16 @@ logger = logging.getLogger("pushi")
 
 _LENGTH = struct.Struct("!I")
 _CHILD = "from %s import main; main()" % __name__
+
+CHECKPOINT_DELAY = 0.1
+"""Seconds from a commit to the background checkpoint that copies it into
+the database file: the commits of that time share one checkpoint (and its
+two syncs)."""
+
+WAL_LIMIT = 8 << 20
+"""Bytes of WAL past which the writer checkpoints it itself, between two
+batches, so that it restarts from its beginning (and is cut back to
+this)."""
 
 
 def _read_frame(stream):
@@ -145,6 +157,81 @@ def behind_the_loop(synchronous):
         logger.warning("events writer stays a normal task: %s", error)
 
 
+class Checkpoints:
+    """WAL checkpoints off the commit path.  SQLite's automatic checkpoint
+    runs inside the commit that takes the WAL past ``wal_autocheckpoint``
+    pages: that commit, and every batch behind it, waits for the copy into
+    the database file and its syncs.  The writer's connection is opened
+    without it (``connect(wal_limit=...)``); instead a thread of the
+    writer's process, on a connection of its own, runs a PASSIVE checkpoint
+    ``CHECKPOINT_DELAY`` after commits, beside the next ones (SQLite lets a
+    checkpoint and a writer run at once).  A checkpoint copies only what is
+    committed: an event's durability is its commit's, as before.
+
+    The WAL restarts from its beginning at a write that finds all of it
+    checkpointed.  Commits that keep landing during the background
+    checkpoints would let it grow without end, so once its file passes
+    ``WAL_LIMIT`` the writer runs one checkpoint itself, after answering a
+    batch and before reading the next (``committed``): with no commit
+    beside it, it copies everything, and the next commit restarts the WAL
+    (once per ``CHECKPOINT_DELAY`` at most while it does not restart: a
+    reader in the middle of the WAL may hold the restart back)."""
+
+    def __init__(self, path, synchronous):
+        self._wal = path + "-wal"
+        self._database = MovedDatabase(path, synchronous, wal_limit=WAL_LIMIT)
+        # one checkpoint at a time, the thread's or the writer's
+        self._lock = threading.Lock()
+        self._due = threading.Event()
+        self._closing = threading.Event()
+        self._next_alone = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name="pushi-checkpoints", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self, database):
+        """After a commit has been answered: the thread checkpoints soon;
+        the writer (``database``, its ``MovedDatabase``) now, when the WAL
+        has outgrown ``WAL_LIMIT``."""
+        self._due.set()
+        try:
+            size = os.path.getsize(self._wal)
+        except OSError:
+            return
+        if size <= WAL_LIMIT:
+            self._next_alone = 0.0  # restarted since the last one
+        elif time.monotonic() >= self._next_alone:
+            with self._lock:
+                self._checkpoint(database)
+            self._next_alone = time.monotonic() + CHECKPOINT_DELAY
+
+    def _run(self):
+        while True:
+            self._due.wait()
+            if self._closing.wait(CHECKPOINT_DELAY):
+                break
+            self._due.clear()
+            with self._lock:
+                self._checkpoint(self._database)
+        self._database.close()
+
+    @staticmethod
+    def _checkpoint(database):
+        try:
+            database.get().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            # the file at the path is the one checkpointed (else reopened)
+            database.check()
+        except Exception as error:
+            logger.warning("WAL checkpoint failed: %s", error)
+            database.close()
+
+    def close(self):
+        self._closing.set()
+        self._due.set()
+        self._thread.join()
+
+
 def main(argv=None):
     # Ctrl-C in a terminal reaches the whole process group: the server
     # stops gracefully and closes this child's input, which ends it after
@@ -152,7 +239,8 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
     behind_the_loop(synchronous)
-    database = MovedDatabase(path, synchronous)
+    database = MovedDatabase(path, synchronous, wal_limit=WAL_LIMIT)
+    checkpoints = Checkpoints(path, synchronous)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while True:
         row_lists = _read_frame(source)
@@ -165,6 +253,8 @@ def main(argv=None):
         except Exception as error:
             errors = [error] * len(row_lists)
         _write_frame(sink, _answer(errors))
+        checkpoints.committed(database)
+    checkpoints.close()
     database.close()
 
 
@@ -193,7 +283,8 @@ def serve(argv=None):
     listener.setblocking(False)
     life: int | None
     life = int(life_fd)  # None once the supervisor has ended
-    database = MovedDatabase(path, synchronous)
+    database = MovedDatabase(path, synchronous, wal_limit=WAL_LIMIT)
+    checkpoints = Checkpoints(path, synchronous)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(life, selectors.EVENT_READ)
@@ -255,8 +346,10 @@ def serve(argv=None):
                     selector.unregister(peer)
                     received.pop(peer, None)
                     peer.close()
+            checkpoints.committed(database)
         if life is None:
             break
+    checkpoints.close()
     database.close()
 
 

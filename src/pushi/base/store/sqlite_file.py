@@ -24,10 +24,13 @@ BUSY_TIMEOUT_MS = 30000
 """How long a connection waits for another process's write lock."""
 
 
-def connect(path, synchronous, create=True):
+def connect(path, synchronous, create=True, wal_limit=None):
     """A connection as every user of the file opens it (WAL, ``synchronous``,
     autocommit, waiting up to ``BUSY_TIMEOUT_MS`` for the write lock);
-    without ``create``, fails when there is no file at ``path``."""
+    without ``create``, fails when there is no file at ``path``.  With
+    ``wal_limit`` (bytes), its commits never checkpoint the WAL (whoever
+    opens it so checkpoints it: see ``sqlite_events``) and the one that
+    restarts the WAL cuts its file back to ``wal_limit``."""
     connection = sqlite3.connect(
         path if create else "file:%s?mode=rw" % urllib.parse.quote(path),
         timeout=BUSY_TIMEOUT_MS / 1000.0,
@@ -39,6 +42,9 @@ def connect(path, synchronous, create=True):
     _set_wal(connection)
     connection.execute("PRAGMA synchronous = %s" % synchronous)
     connection.execute("PRAGMA foreign_keys = OFF")
+    if wal_limit is not None:
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
+        connection.execute("PRAGMA journal_size_limit = %d" % wal_limit)
     return connection
 
 
@@ -77,16 +83,17 @@ class MovedDatabase:
     one opened, and a writer reports failure instead; the next ``get``
     opens whatever file is at ``path`` then (never creating one)."""
 
-    def __init__(self, path, synchronous, connection=None):
+    def __init__(self, path, synchronous, connection=None, wal_limit=None):
         self.path = path
         self.synchronous = synchronous
+        self.wal_limit = wal_limit
         self.connection = connection
         self.identity = file_identity(path) if connection is not None else None
 
     def get(self):
         """The connection, reopened if the file was found moved."""
         if self.connection is None:
-            connection = connect(self.path, self.synchronous, create=False)
+            connection = connect(self.path, self.synchronous, False, self.wal_limit)
             self.connection, self.identity = connection, file_identity(self.path)
         return self.connection
 
