@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -100,6 +101,22 @@ def test_message_ids_are_unique_and_grow_with_time():
     ids = [messages.message_id(1000.0 + index / 1000) for index in range(100)]
     assert len(set(ids)) == 100 and ids == sorted(ids)
     assert all(len(mid) == 28 and int(mid, 16) >= 0 for mid in ids)
+
+
+def test_message_ids_of_a_forked_child_are_not_its_parents():
+    # the random bits come from a buffer: a child must not inherit it
+    messages.message_id(1.0)
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(writer, " ".join(messages.message_id(1.0) for _ in range(8)).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {messages.message_id(1.0) for _ in range(8)}
+    assert len(child) == 8 and not child & parent
 
 
 @pytest.mark.parametrize(
