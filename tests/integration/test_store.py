@@ -17,6 +17,7 @@ memory, so killing a client process could never lose anything there.
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import sqlite3
@@ -1064,10 +1065,10 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
         store.bind_loop(loop)
         batches = []
         process = store._group.process
-        send = process.send
-        process.send = lambda row_lists: (
-            batches.append(len(row_lists)),
-            send(row_lists),
+        send_frame = process.send_frame
+        process.send_frame = lambda frame: (
+            batches.append(len(pickle.loads(frame[4:]))),
+            send_frame(frame),
         )
         results = []
         # three adds in one turn leave together
@@ -1077,9 +1078,12 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
             )
         loop.run_until(lambda: len(results) == 3)
         assert batches == [3]
-        # a lone add leaves at the next turn; adds in later turns, while
-        # its batch commits (held here by another writer's lock), wait and
-        # leave together when it is answered, before its caller hears
+        # a lone add leaves at the next turn, and so does the add of the
+        # turn after while the first commits (held here by another
+        # writer's lock): the writer finds it waiting once it has answered,
+        # and commits it without the loop's help; adds in later turns wait
+        # and leave together when the oldest is answered, before its
+        # caller hears
         blocker = sqlite3.connect(str(tmp_path / "data" / "pushi.sqlite3"))
         blocker.execute("BEGIN IMMEDIATE")
         sent_when_answered = []
@@ -1091,29 +1095,35 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
         store.add_events_then([make_event("1", "c", 9.0, mid="b0")], answered)
         loop.run_once()
         assert batches == [3, 1]
-        for n in (1, 2):
+        for n in (1, 2, 3):
             store.add_events_then(
                 [make_event("1", "c", 10.0 + n, mid="b%d" % n)], results.append
             )
             loop.run_once(0.05)
-        assert batches == [3, 1] and len(results) == 3
+        assert batches == [3, 1, 1] and len(results) == 3
         blocker.rollback()
         blocker.close()
-        loop.run_until(lambda: len(results) == 6)
-        assert batches == [3, 1, 2] and sent_when_answered == [[3, 1, 2]]
-        store.add_events_then([make_event("1", "c", 15.0, mid="c")], results.append)
+        deadline = time.monotonic() + 10
+        while "b1" not in mids(all_events(store, "1", ["c"])):
+            assert time.monotonic() < deadline, "b1 not committed"
+            time.sleep(0.01)
+        assert len(results) == 3
         loop.run_until(lambda: len(results) == 7)
-        assert batches == [3, 1, 2, 1] and results == [None] * 7
+        assert batches == [3, 1, 1, 2] and sent_when_answered == [[3, 1, 1, 2]]
+        store.add_events_then([make_event("1", "c", 15.0, mid="c")], results.append)
+        loop.run_until(lambda: len(results) == 8)
+        assert batches == [3, 1, 1, 2, 1] and results == [None] * 8
         # another thread's add_events crosses into the loop and waits for it
         other = threading.Thread(
             target=store.add_events, args=([make_event("1", "c", 20.0, mid="t")],)
         )
         other.start()
         loop.run_until(lambda: not other.is_alive())
-        assert batches == [3, 1, 2, 1, 1]
+        assert batches == [3, 1, 1, 2, 1, 1]
         assert mids(all_events(store, "1", ["c"])) == [
             "t",
             "c",
+            "b3",
             "b2",
             "b1",
             "b0",

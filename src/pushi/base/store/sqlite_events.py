@@ -15,9 +15,11 @@ script) has its writer thread call the blocking ``EventsProcess.store``.
 Protocol (trusted: parent and child are the same program), over a socket
 pair that is the child's stdin and stdout: frames of a 4-byte big-endian
 length and a pickle.  The parent sends a list of row lists, one per
-caller, and sends the next only after the answer: after the commit, a list
-of the same length, None for each stored list, else ``(error class name,
-message)``.  A row list that fails (a constraint) fails alone: it is
+caller; the answer, after the commit, is a list of the same length, None
+for each stored list, else ``(error class name, message)``.  Batches are
+committed and answered in the order they came, and the parent has at most
+two unanswered, the second small enough to wait in the socket's buffer
+(``GroupCommit``).  A row list that fails (a constraint) fails alone: it is
 retried in its own savepoint.  The child exits when its input closes, so
 it never outlives the server for long, and a batch is answered only once
 it is committed.
@@ -25,11 +27,12 @@ it is committed.
 Worker mode (``PUSHI_WORKERS``): the supervisor runs ONE shared writer
 (``serve``) on a Unix socket, and each worker's ``EventsProcess`` is given
 its ``address`` and connects to it instead of starting a child of its own.
-Same frames, same one-batch-at-a-time per connection; the shared writer
+Same frames, same two batches at most per connection; the shared writer
 commits the batches waiting from all workers in one transaction, so the
 workers never take turns at the write lock and keep one group commit.
 """
 
+import collections
 import logging
 import os
 import pickle
@@ -55,6 +58,11 @@ CHECKPOINT_DELAY = 0.1
 """Seconds from a commit to the background checkpoint that copies it into
 the database file: the commits of that time share one checkpoint (and its
 two syncs)."""
+
+PIPELINE_BYTES = 32 << 10
+"""A batch's frame of at most this size may leave while another as small is
+committed (``GroupCommit``): both fit in a socket's buffer, so writing it
+never waits for the commit."""
 
 WAL_LIMIT = 8 << 20
 """Bytes of WAL past which the writer checkpoints it itself, between two
@@ -417,9 +425,14 @@ class EventsProcess:
         """Sends a batch to the started child (which must have answered the
         previous one, so its end is reading and the write cannot wait on a
         commit)."""
+        self.send_frame(_frame(row_lists))
+
+    def send_frame(self, frame):
+        """Sends a batch's ``_frame``: the child's end must be reading, or
+        the frame fit in what its socket holds (``GroupCommit``)."""
         connection = self.socket
         assert connection is not None  # sent only once started
-        connection.sendall(_frame(row_lists))
+        connection.sendall(frame)
 
     def receive(self, wait=False):
         """Returns the answers that have arrived, each a list with one error
@@ -499,10 +512,13 @@ def died():
 
 class GroupCommit:
     """Event rows committed by the events writer in batches, driven by one
-    loop thread: while the child commits a batch, newer rows wait and go
-    together in the next one, which leaves as soon as the child answers,
-    before that answer's callbacks run; rows added in one loop turn leave
-    together.
+    loop thread: the rows added in one loop turn leave together after it,
+    and while the child commits a batch, the next one (both at most
+    ``PIPELINE_BYTES``) may already wait in its socket: the child takes it
+    as soon as it has answered, without sleeping until it is sent.  Newer
+    rows wait and go together once the older batch is answered, before
+    that answer's callbacks run.  Batches are committed and answered in the
+    order they leave.
 
     A batch is not held back for more callers: that gained nothing.
 
@@ -515,7 +531,11 @@ class GroupCommit:
         self.loop = loop
         self.max_lists = max_lists
         self._waiting = []
-        self._committing = None
+        # the batches sent and not answered yet, oldest first: their
+        # callbacks and the size of their frame
+        self._committing = collections.deque()
+        # a batch too large to leave while another is committed: it waits
+        self._held = False
         self._scheduled = False
         self._watched = None
 
@@ -523,20 +543,37 @@ class GroupCommit:
         """Queues ``rows``; ``callback(error)`` runs on the loop once they
         are committed (``error`` None) or failed."""
         self._waiting.append((rows, callback))
-        if self._committing is None and not self._scheduled:
+        if not self._scheduled and self._may_send():
             self._scheduled = True
             self.loop.schedule(self._send)
 
+    def _may_send(self):
+        committing = self._committing
+        return not committing or (
+            len(committing) == 1
+            and not self._held
+            and committing[0][1] <= PIPELINE_BYTES
+        )
+
     def _send(self):
         self._scheduled = False
-        if self._committing is not None or not self._waiting:
+        if not self._waiting or not self._may_send():
             return
         batch = self._waiting[: self.max_lists]
-        del self._waiting[: self.max_lists]
-        self._committing = [callback for _rows, callback in batch]
+        frame = _frame([rows for rows, _callback in batch])
+        if self._committing and len(frame) > PIPELINE_BYTES:
+            # both must fit in the socket's buffer, or the write would wait
+            # for the child's commit: this one leaves with the answer
+            self._held = True
+            return
+        del self._waiting[: len(batch)]
+        self._committing.append(([callback for _rows, callback in batch], len(frame)))
         try:
-            # one look at the child per batch (a waitpid on the loop)
-            if self.process.running:
+            if len(self._committing) > 1:
+                # a child that died shows on its socket, with both batches
+                connection = self.process.socket
+            elif self.process.running:
+                # one look at the child per batch (a waitpid on the loop)
                 connection = self.process.socket
             else:
                 # before start() closes the old socket
@@ -545,14 +582,15 @@ class GroupCommit:
             if self._watched is None:
                 self._watched = connection
                 self.loop.watch_read(connection, self._readable)
-            self.process.send([rows for rows, _callback in batch])
+            self.process.send_frame(frame)
         except Exception:
             logger.exception("events writer process unavailable")
             self._lost()
 
     def _readable(self):
         for answer in self.process.receive():
-            callbacks, self._committing = self._committing or [], None
+            callbacks = self._committing.popleft()[0] if self._committing else []
+            self._held = False
             if self._waiting and not self.process.ended:
                 # the next batch leaves first: the child commits it while
                 # the loop delivers and answers this one
@@ -560,7 +598,7 @@ class GroupCommit:
             self._finish(callbacks, answer)
         if self.process.ended:
             self._lost()
-        elif self._committing is None and self._waiting:
+        elif self._waiting and self._may_send():
             self._send()
 
     def _unwatch(self):
@@ -571,8 +609,10 @@ class GroupCommit:
     def _lost(self):
         self._unwatch()
         self.process.close()
-        callbacks, self._committing = self._committing or [], None
-        self._finish(callbacks, [died()] * len(callbacks))
+        lost, self._committing = self._committing, collections.deque()
+        self._held = False
+        for callbacks, _size in lost:
+            self._finish(callbacks, [died()] * len(callbacks))
         if self._waiting:
             self._send()
 
