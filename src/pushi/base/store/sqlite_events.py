@@ -533,7 +533,7 @@ class GroupCommit:
         self._waiting = []
         # the batches sent and not answered yet, oldest first: their
         # callbacks and the size of their frame
-        self._committing = collections.deque()
+        self._committing: collections.deque[tuple[list, int]] = collections.deque()
         # a batch too large to leave while another is committed: it waits
         self._held = False
         self._scheduled = False
