@@ -364,15 +364,27 @@ class Connection(netius.Connection):
         netius.Connection.add_starter(self, starter, back=back)
 
     def recv(self, *args, **kwargs):
-        if self.held or self.budget <= 0:
+        if self.spent():
             # what netius's read loop takes for an empty socket
-            if not self.held:
-                self.owner.resume_reads(self)
             raise BlockingIOError(errno.EAGAIN, "read budget spent")
         data = netius.Connection.recv(self, *args, **kwargs)
+        self.took(data)
+        return data
+
+    def spent(self):
+        """Whether this turn reads no more of it: held, or its budget
+        spent (then it is read again at the next turn)."""
+        if self.held:
+            return True
+        if self.budget <= 0:
+            self.owner.resume_reads(self)
+            return True
+        return False
+
+    def took(self, data):
+        """Counts ``data`` read from it against the turn's budget."""
         self.budget -= len(data)
         self.owner.bytes_received += len(data)
-        return data
 
     def close(self, flush=False, destroy=True, reason=None, error=None):
         # a peer's end (netius's reason for it) leaves nothing unread
@@ -442,20 +454,28 @@ class Connections:
         self._items.clear()
 
 
-def _plain(server, connection, _socket):
-    """Whether ``connection`` is an open plain (not TLS) socket of ours,
-    its reads enabled, that netius's read handler would read as it reads
-    any, and nothing else: no callback watches its socket, nothing is
-    restored to it to read again, no starter waits."""
+def _ours(server, connection, _socket):
+    """Whether ``connection`` is an open plain (not TLS) socket of ours
+    that no callback watches: netius's read and write handlers would
+    handle it as they handle any."""
     return (
         connection.__class__ is Connection
         and connection.status == netius.OPEN
-        and connection.renable
         and not connection.ssl
+        and _socket not in server.callbacks_m
+    )
+
+
+def _plain(server, connection, _socket):
+    """Whether netius's read handler would only read ``connection``
+    (``_ours``): its reads enabled, nothing restored to it to read again,
+    no starter waiting."""
+    return (
+        _ours(server, connection, _socket)
+        and connection.renable
         and not connection.restored_s
         and connection._starter is None
         and not connection.starters
-        and _socket not in server.callbacks_m
     )
 
 
@@ -511,12 +531,7 @@ class FairReads:
         does."""
         recv = _socket.recv
         try:
-            while True:
-                if connection.held or connection.budget <= 0:
-                    # the rest at the next turn (``Connection.recv``)
-                    if not connection.held:
-                        self.resume_reads(connection)
-                    return
+            while not connection.spent():
                 try:
                     data = recv(netius_conn.CHUNK_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -524,8 +539,7 @@ class FairReads:
                 if not data:
                     connection.close(reason=netius_conn.REASON_CLIENT_EOF)
                     return
-                connection.budget -= len(data)
-                self.bytes_received += len(data)
+                connection.took(data)
                 self.on_data(connection, data)
                 if (
                     connection.status != netius.OPEN
@@ -551,12 +565,9 @@ class FairReads:
                 # closed this turn, before its write event
                 return
         elif (
-            connection.__class__ is Connection
-            and not connection.pending
+            not connection.pending
             and not connection.connecting
-            and connection.status == netius.OPEN
-            and not connection.ssl
-            and _socket not in self.callbacks_m
+            and _ours(self, connection, _socket)
         ):
             # every read event of a socket is also a write event (the poll
             # watches both): nothing queued, nothing to do but what

@@ -569,11 +569,9 @@ class GroupCommit:
         del self._waiting[: len(batch)]
         self._committing.append(([callback for _rows, callback in batch], len(frame)))
         try:
-            if len(self._committing) > 1:
-                # a child that died shows on its socket, with both batches
-                connection = self.process.socket
-            elif self.process.running:
-                # one look at the child per batch (a waitpid on the loop)
+            # one look at the child per batch it has none of (a waitpid on
+            # the loop); one that died with a batch shows on its socket
+            if len(self._committing) > 1 or self.process.running:
                 connection = self.process.socket
             else:
                 # before start() closes the old socket
