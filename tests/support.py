@@ -265,7 +265,9 @@ class PushiServer:
         """How the server is started: the launcher of the source tree."""
         return [sys.executable, os.path.join(SRC, "pushi", "base", "state.py")]
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, joined=True):
+        """Starts the server and waits until both ports answer (a node of
+        a cluster: until it ``joined`` the cluster, unless False)."""
         # open while the server runs; closed by stop
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         logged = self.log.tell()
@@ -296,6 +298,9 @@ class PushiServer:
             # the start's lines are written once both ports listen, which
             # may be a moment after they answer
             wait_until(lambda: b"REST API on" in self._log_since(logged), timeout)
+        if joined and "PUSHI_REDIS_URL" in self.extra_env:
+            # a node takes traffic once the other nodes can reach it
+            wait_until(lambda: self.request("GET", "ready")[0] == 200, timeout)
         return self
 
     def _limit_files(self):

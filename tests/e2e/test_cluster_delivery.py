@@ -514,16 +514,22 @@ def test_a_node_started_before_redis_serves_degraded_then_joins(tmp_path):
     later = RedisServer()  # its port chosen, not started yet
     node = PushiServer(data_dir=str(tmp_path), redis_url=later.url)
     try:
-        node.start()
+        node.start(joined=False)
         assert wait_for(lambda: "unreachable: serving without it" in node.read_log())
         state = health(node)
         assert state["status"] == "degraded" and state["node"] is None
+        # no traffic from a balancer before the node joined
+        assert node.request("GET", "ready") == (
+            503,
+            {"result": "error", "code": 503, "message": "Joining the cluster"},
+        )
         app = node.create_app()
         client = node.connect(app)
         answer = client.subscribe("news")
         assert answer["event"] == "pusher:subscription_error", answer
         later.start()
         assert wait_for(lambda: health(node)["status"] == "ok", timeout=15)
+        assert wait_for(lambda: node.request("GET", "ready")[0] == 200)
         subscriber = subscribed(node, app, "news")
         assert subscriber.socket_id.startswith("%d." % health(node)["node"])
         assert Publisher(node, app).publish("news", "n", "joined")[0] == 200

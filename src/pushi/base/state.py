@@ -631,6 +631,8 @@ class State:
             return "Server stopped"
         if not self._ready.is_set() or self._start_error is not None:
             return "Server starting"
+        if self.cluster is not None and not self.call_in_loop(self.cluster.joined):
+            return "Joining the cluster"
         if self.node is not None and self.node.fenced:
             return "Cut off from the cluster's Redis"
         return None

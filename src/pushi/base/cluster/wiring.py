@@ -61,6 +61,7 @@ class Cluster:
         self.spans: Any = None
         self.console: Any = None
         self.sockets: Any = None
+        self._joined = False
 
     def engine_seams(self):
         """What the engine takes instead of its in-process twins."""
@@ -133,6 +134,16 @@ class Cluster:
         self.shared.reaper.start(self.loop, interval=REAP_INTERVAL)
         self.shared.linger.start(self.loop)
         self.console.start()
+
+    def joined(self):
+        """Whether the node joined the cluster (loop thread): registered,
+        and subscribed to the control channels where the other nodes'
+        commands and questions reach it.  Until then it takes no traffic
+        (``GET /ready``); once joined, later outages are the fence's
+        (``Node.fenced``) and ``/health``'s."""
+        if not self._joined:
+            self._joined = self.node.up and self.spans.control.ready
+        return self._joined
 
     def stop(self):
         """On the loop, before it ends."""
