@@ -172,12 +172,12 @@ def masked_frame(text, mask=b"\x01\x02\x03\x04"):
     return header + mask + unmask(payload, mask)
 
 
-def stalled_subscriber(port, key, channel):
+def stalled_subscriber(port, key, channel, receive_buffer=4096):
     """A raw socket subscribed to ``channel`` of the app with ``key``, with
     a small receive buffer; the caller decides when (if ever) it reads
     again."""
     stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     stalled.connect(("127.0.0.1", port))
     stalled.sendall(upgrade_request("/app/%s?protocol=7" % key))
     read_until(stalled, b"connection_established")

@@ -9,6 +9,7 @@ check that the loop wakes, not how fast it is.
 """
 
 import json
+import select
 import socket
 import threading
 import time
@@ -351,6 +352,8 @@ def test_our_server_mixins_override_only_the_netius_hooks_they_mean_to():
         "on_write",
         "on_socket_c",
         "socket_tcp",
+        "is_sub_write",
+        "sub_write",
     }
     for server in (WebSocketServer, HttpServer):
         ours = [k for k in server.__mro__ if k.__module__.startswith("pushi.")]
@@ -706,3 +709,54 @@ def test_the_101_answer_and_connection_established_go_out_in_one_send(
     assert b"pusher:connection_established" in frame
     first.close()
     raw.close()
+
+
+def _polled_events(state, connection):
+    """The events the loop's epoll watches ``connection``'s socket for, as
+    the kernel lists them (``/proc/self/fdinfo`` of the epoll descriptor)."""
+
+    def read():
+        epoll_fd = state.server.poll.epoll.fileno()
+        with open("/proc/self/fdinfo/%d" % epoll_fd) as file:
+            for line in file:
+                fields = line.split()
+                if fields[:2] == ["tfd:", str(connection.socket.fileno())]:
+                    return int(fields[3], 16)
+        return None
+
+    return state.call_in_loop(read)
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll only")
+def test_a_socket_is_polled_for_writability_only_once_a_write_did_not_go_out(start):
+    """An accepted socket is watched for reads only: its writes go straight
+    to the socket, and a poll that watched writability too would report it
+    writable with every read, for nothing.  Once a write does not go out
+    whole (a reader that stalls), writability is watched, and what waits
+    goes out as the client reads again; the others are served meanwhile."""
+    state = start(max_buffer=1 << 24)
+    app = state.store.create_app("writable")
+    port = state.config.server_port
+    # a window that the server fills at once, then reads back quickly
+    stalled = stalled_subscriber(port, app["key"], "stream", 65536)
+    [other] = opened(state, app, 1)
+    connections = state.call_in_loop(lambda: list(state.server.connections))
+    [watched] = [
+        c for c in connections if c.socket.getpeername()[1] == stalled.getsockname()[1]
+    ]
+    assert not _polled_events(state, watched) & select.EPOLLOUT
+    data = "x" * 8000
+    # more than the kernel's buffers hold
+    for index in range(1000):
+        state.call_in_loop(
+            state.engine.publish, app["app_id"], ["stream"], "e%d" % index, data
+        )
+    wait_until(lambda: state.call_in_loop(lambda: watched.pending_s) > 0, 5)
+    assert _polled_events(state, watched) & select.EPOLLOUT
+    other.sendall(masked_frame(json.dumps({"event": "pusher:ping", "data": {}})))
+    assert b"pusher:pong" in read_until(other, b"pusher:pong")
+    received = read_until(stalled, b'"e999"')
+    assert received.count(b'"event":"e') == 1000
+    wait_until(lambda: state.call_in_loop(lambda: watched.pending_s) == 0, 5)
+    stalled.close()
+    other.close()

@@ -6,6 +6,7 @@ and debug records dropped before they are built."""
 import collections
 import errno
 import logging
+import select
 import socket
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import netius
 from netius.base import common as netius_common
 from netius.base import conn as netius_conn
+from netius.base import poll as netius_poll
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 """The one format of the process's log lines: Pushi's, Appier's (logger
@@ -106,7 +108,10 @@ class PlainAccept:
     (netius's ``socket_tcp`` sets both) and that the accepted socket
     inherits, its family read as an enum, the check against an
     allowed-address list that is empty.  A TLS socket, an allowed list or
-    socket buffer sizes go through netius's."""
+    socket buffer sizes go through netius's.
+
+    On netius's epoll, such a socket is polled for reads only, until a
+    write does not go out whole (``_open_reading``)."""
 
     # the netius stream server's, which the host class provides
     ssl: Any
@@ -114,6 +119,10 @@ class PlainAccept:
     receive_buffer_c: int | None
     send_buffer_c: int | None
     build_connection: Callable[..., Any]
+    poll: Any
+    connections: Any
+    connections_m: dict[Any, Any]
+    new_connection: Callable[..., Any]
 
     def on_socket_c(self, socket_c, address):
         if (
@@ -128,7 +137,47 @@ class PlainAccept:
         socket_c.setblocking(False)
         # netius's also runs the connection's starters (a plain socket has
         # none) and reads what it holds already (nothing, before a read)
-        self.build_connection(socket_c, address, ssl=False).open()
+        connection = self.build_connection(socket_c, address, ssl=False)
+        if connection.__class__ is Connection and _epoll(self.poll):
+            self._open_reading(connection)
+        else:
+            connection.open()
+
+    def _open_reading(self, connection):
+        """Netius's ``Connection.open`` for a plain socket of ours, but for
+        what the poll watches: its reads only, not its writability too,
+        which netius's epoll would report once the socket is registered,
+        then again with every read event, each a call of the write handler
+        with nothing to write (writes go straight to the socket).  The
+        socket is new, so writable (``wready``); netius asks to watch its
+        writability (``sub_write``) once a write does not go out whole,
+        and from then on it is."""
+        _socket = connection.socket
+        _watch_reads(self.poll, _socket, self)
+        self.connections.append(connection)
+        self.connections_m[_socket] = connection
+        connection.status = netius.OPEN
+        connection.wready = True
+        connection.writes_watched = False
+        self.new_connection(connection)
+        connection.trigger("open", connection)
+
+    def is_sub_write(self, _socket):
+        # netius's reads the poll's map, which holds such a socket too
+        if self._reads_only(_socket):
+            return False
+        return super().is_sub_write(_socket)  # type: ignore[misc]
+
+    def sub_write(self, _socket):
+        if self._reads_only(_socket):
+            self.connections_m[_socket].writes_watched = True
+            _watch_writes(self.poll, _socket)
+            return None
+        return super().sub_write(_socket)  # type: ignore[misc]
+
+    def _reads_only(self, _socket):
+        connection = self.connections_m.get(_socket)
+        return connection is not None and not connection.writes_watched
 
 
 class Loop(netius.Container):
@@ -197,6 +246,43 @@ def diagnosing():
     ``DIAG`` setting, or a diagnostics instance started): reads its
     ``is_diag`` and ``AbstractBase._DIAG_INSTANCE``."""
     return bool(netius_common.is_diag or netius_common.AbstractBase._DIAG_INSTANCE)
+
+
+def _epoll(poll):
+    """Whether ``poll`` is netius's epoll poll (edge-triggered, its
+    registrations in ``fd_m``, ``read_o``, ``write_o``, ``error_o``)."""
+    return type(poll) is netius_poll.EpollPoll
+
+
+# what netius's epoll ``sub_read`` registers a socket for, and the same
+# without writability
+_READS_AND_WRITES = (
+    select.EPOLLIN
+    | select.EPOLLOUT
+    | select.EPOLLERR
+    | select.EPOLLHUP
+    | select.EPOLLET
+)
+_READS = _READS_AND_WRITES & ~select.EPOLLOUT
+
+
+def _watch_reads(poll, _socket, owner):
+    """Netius's epoll ``sub_read`` of a socket not yet registered, for
+    reads only: its maps filled as that fills them (``unsub_all`` undoes
+    both)."""
+    fd = _socket.fileno()
+    poll.fd_m[fd] = _socket
+    poll.read_o[_socket] = owner
+    poll.write_o[_socket] = owner
+    poll.error_o[_socket] = owner
+    poll.epoll.register(fd, _READS)
+
+
+def _watch_writes(poll, _socket):
+    """Adds writability to what a ``_watch_reads`` socket is registered
+    for: the poll reports it at its next turn if it is writable already,
+    else once it is."""
+    poll.epoll.modify(_socket.fileno(), _READS_AND_WRITES)
 
 
 def loop_turn(base):
@@ -291,6 +377,8 @@ class Connection(netius.Connection):
 
     budget = READ_BUDGET
     quota = 0
+    # whether the poll reports the socket writable (``PlainAccept``)
+    writes_watched = True
     # the loop turn (``loop_turn``) the budget and quota are for
     turn = -1
     held = False
@@ -569,8 +657,8 @@ class FairReads:
             and not connection.connecting
             and _ours(self, connection, _socket)
         ):
-            # every read event of a socket is also a write event (the poll
-            # watches both): nothing queued, nothing to do but what
+            # every read event of a socket polled for writability is also
+            # a write event: nothing queued, nothing to do but what
             # ``Connection._send`` does then (its ``remove_write`` a no-op
             # on an edge-triggered poll)
             connection.wready = True

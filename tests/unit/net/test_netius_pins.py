@@ -325,6 +325,65 @@ def test_appier_still_calls_the_hooks_the_app_overrides():
         assert name in vars(PushiApp), name
 
 
+def test_netius_epoll_registers_a_socket_as_plain_accept_does_for_reads_only():
+    """``PlainAccept`` registers a socket with netius's epoll poll as its
+    ``sub_read`` does (the same maps, the same events but writability),
+    so that its ``unsub_all`` lets it go; netius asks a server whether it
+    watches a socket's writability (``is_sub_write``) before it asks to
+    (``sub_write``), only as a write does not go out whole
+    (``Connection.ensure_write``), and its epoll's ``sub_write`` does
+    nothing (every socket it registers is watched for both)."""
+    import inspect
+    import select
+    import socket
+
+    from netius.base import conn, poll
+
+    source = inspect.getsource(poll.EpollPoll.sub_read)
+    for line in (
+        "self.fd_m[socket_fd] = socket",
+        "self.read_o[socket] = owner",
+        "self.write_o[socket] = owner",
+        "self.error_o[socket] = owner",
+        "select.EPOLLIN",
+        "| select.EPOLLOUT",
+        "| select.EPOLLERR",
+        "| select.EPOLLHUP",
+        "| select.EPOLLET,",
+    ):
+        assert line in source, line
+    assert wire._READS_AND_WRITES == (
+        select.EPOLLIN
+        | select.EPOLLOUT
+        | select.EPOLLERR
+        | select.EPOLLHUP
+        | select.EPOLLET
+    )
+    assert inspect.getsource(poll.EpollPoll.sub_write).strip().endswith("pass")
+    source = inspect.getsource(poll.EpollPoll.is_sub_write)
+    assert "return socket in self.write_o" in source
+    source = inspect.getsource(conn.BaseConnection.ensure_write)
+    assert "if self.owner.is_sub_write(self.socket):" in source
+    assert "self.owner.sub_write(self.socket)" in source
+    # what wire's registration leaves, netius's unsub_all takes away
+    epoll = poll.EpollPoll()
+    epoll.open()
+    first, second = socket.socketpair()
+    try:
+        owner = object()
+        wire._watch_reads(epoll, first, owner)
+        assert epoll.fd_m == {first.fileno(): first}
+        assert epoll.read_o == epoll.write_o == epoll.error_o == {first: owner}
+        wire._watch_writes(epoll, first)
+        assert epoll.epoll.poll(0) == [(first.fileno(), select.EPOLLOUT)]
+        epoll.unsub_all(first)
+        assert not (epoll.fd_m or epoll.read_o or epoll.write_o or epoll.error_o)
+    finally:
+        epoll.close()
+        first.close()
+        second.close()
+
+
 def test_netius_private_attributes_are_touched_in_wire_only():
     """The netius attributes pinned here are read in ``net/wire.py``
     only; anywhere else goes through its functions."""
