@@ -388,6 +388,29 @@ class Connection(netius.Connection):
     restored: Any = _NO_QUEUE
     starters: Any = _NO_QUEUE
 
+    # what netius's __init__ sets on every connection, immutable values
+    # read from the class until one is set: fewer stores for each socket,
+    # and a smaller instance dict for its life
+    connecting = False
+    upgrading = False
+    datagram = False
+    ssl = False
+    ssl_host = None
+    ssl_fingerprint = None
+    ssl_handshake = False
+    ssl_connecting = False
+    ssl_dump = False
+    max_pending = -1
+    min_pending = -1
+    renable = True
+    wready = False
+    pending_s = 0
+    restored_s = 0
+    close_reason = None
+    close_error = None
+    close_timestamp = None
+    _starter = None
+
     id = _Made(lambda: str(uuid.uuid4()))
     pending_lock = _Made(threading.RLock)
     restored_lock = _Made(threading.RLock)
@@ -403,31 +426,21 @@ class Connection(netius.Connection):
         min_pending=-1,
     ):
         # netius's BaseConnection.__init__ (and its Observable's), but for
-        # the queues, the id and the locks, made when first used
+        # the queues, the id and the locks, made when first used, and the
+        # values its class gives (``_DEFAULTS``), set once one changes
         self.events = {}
         self.status = netius.PENDING
-        self.connecting = False
-        self.upgrading = False
         self.owner = owner
         self.socket = socket
         self.address = address
-        self.datagram = datagram
-        self.ssl = ssl
-        self.ssl_host = None
-        self.ssl_fingerprint = None
-        self.ssl_handshake = False
-        self.ssl_connecting = False
-        self.ssl_dump = False
-        self.max_pending = max_pending
-        self.min_pending = min_pending
-        self.renable = True
-        self.wready = False
-        self.pending_s = 0
-        self.restored_s = 0
-        self.close_reason = None
-        self.close_error = None
-        self.close_timestamp = None
-        self._starter = None
+        if datagram:
+            self.datagram = datagram
+        if ssl:
+            self.ssl = ssl
+        if max_pending != -1:
+            self.max_pending = max_pending
+        if min_pending != -1:
+            self.min_pending = min_pending
 
     def pend(self, data, back=True):
         _queue(self, "pending")

@@ -12,7 +12,7 @@ and the server closes a socket whose message is older than
 ``MESSAGE_TIMEOUT``.
 """
 
-import base64
+import binascii
 import codecs
 import hashlib
 import json
@@ -89,7 +89,8 @@ class Handshake:
 def accept_key(client_key: str) -> str:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``."""
     digest = hashlib.sha1(client_key.encode("ascii") + MAGIC).digest()
-    return base64.b64encode(digest).decode("ascii")
+    # base64.b64encode, without its wrapper (one per socket)
+    return binascii.b2a_base64(digest, newline=False).decode("ascii")
 
 
 def parse_handshake(
@@ -144,7 +145,9 @@ def parse_handshake(
         raise HandshakeError(426, "Sec-WebSocket-Version 13 required")
     client_key = headers.get("sec-websocket-key", "")
     try:
-        if len(base64.b64decode(client_key.encode("ascii"), validate=True)) != 16:
+        # base64.b64decode(validate=True), without its wrapper
+        key = binascii.a2b_base64(client_key.encode("ascii"), strict_mode=True)
+        if len(key) != 16:
             raise ValueError(client_key)
     except Exception:
         raise HandshakeError(400, "Invalid Sec-WebSocket-Key") from None

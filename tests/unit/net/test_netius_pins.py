@@ -161,8 +161,9 @@ def test_netius_calls_a_watched_sockets_callbacks_with_the_event_name():
 
 def test_a_connection_of_ours_has_every_attribute_netius_gives_one():
     """``wire.Connection.__init__`` is netius's, but for what it makes on
-    first use (the queues, the id, the locks): a netius upgrade that sets
-    another attribute, or another value, fails here."""
+    first use (the queues, the id, the locks) and the immutable values its
+    class gives: a netius upgrade that sets another attribute, or another
+    value, fails here."""
     server = netius.StreamServer()
     try:
         arguments = dict(owner=server, socket=None, address=("127.0.0.1", 1))
@@ -171,9 +172,20 @@ def test_a_connection_of_ours_has_every_attribute_netius_gives_one():
         made = {"starters", "pending", "restored", "id", "pending_lock"}
         made.add("restored_lock")
         assert made <= set(theirs)
-        assert set(theirs) - made == set(vars(ours))
+        assert set(vars(ours)) == {"events", "status", "owner", "socket", "address"}
         for name in set(theirs) - made:
-            assert vars(ours)[name] == theirs[name], name
+            assert getattr(ours, name) == theirs[name], name
+            if name not in vars(ours):
+                assert isinstance(theirs[name], (bool, int, type(None))), name
+        for name, value in (
+            ("datagram", True),
+            ("ssl", True),
+            ("max_pending", 10),
+            ("min_pending", 5),
+        ):
+            given = wire.Connection(**arguments, **{name: value})
+            assert getattr(given, name) == value
+            assert getattr(ours, name) == theirs[name]
         assert len(ours.id) == len(theirs["id"]) and ours.id == ours.id
         assert type(ours.pending_lock) is type(theirs["pending_lock"])
         assert ours.pending_lock is ours.pending_lock

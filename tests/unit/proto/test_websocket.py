@@ -1,5 +1,7 @@
 """RFC 6455 codec, by section, on byte literals (no socket)."""
 
+import base64
+import hashlib
 import json
 import struct
 import urllib.parse
@@ -88,6 +90,44 @@ class TestHandshake:
         bad_key = request().replace(KEY.encode(), b"short")
         with pytest.raises(ws.HandshakeError):
             ws.parse_handshake(bad_key)
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            KEY,
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "AAAAAAAAAAAAAAAAAAAAAB==",
+            "AAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAAAA===",
+            "AAAAAAAAAAAAAAAAAAAA AA==",
+            "AAAAAAAAAAAAAAAAAAAAAA==AA",
+            "AAAAAAAAAAAAAAAAAAAA-_==",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "AAAAAAAAAAAAAAAAAAAAAé==",
+            "",
+        ],
+    )
+    def test_a_key_is_accepted_as_base64_decodes_it_to_16_bytes(self, key):
+        """RFC 6455 4.2.1 (5): the key is 16 bytes in base64, read as
+        ``base64.b64decode(key, validate=True)`` reads it."""
+        try:
+            valid = len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+        except (ValueError, UnicodeEncodeError):
+            valid = False
+        data = request().replace(KEY.encode(), key.encode("latin-1"))
+        if valid:
+            handshake, _ = ws.parse_handshake(data)
+            assert (
+                handshake.accept
+                == base64.b64encode(
+                    hashlib.sha1(key.encode() + ws.MAGIC).digest()
+                ).decode()
+            )
+        else:
+            with pytest.raises(ws.HandshakeError) as error:
+                ws.parse_handshake(data)
+            assert error.value.status == 400
 
     def test_missing_or_repeated_host_is_400(self):
         """RFC 6455 4.2.1 (1): the request has a Host header, just one."""
