@@ -130,7 +130,7 @@ class Registry:
         """``<node>.<n>``: the node part makes ids unique across nodes (a
         random one, or the id a cluster gave this node)."""
         self._counter += 1
-        return "%d.%d" % (self.node, self._counter)
+        return f"{self.node}.{self._counter}"
 
     def add_session(self, session: Session) -> None:
         self.sessions[session.socket_id] = session

@@ -173,7 +173,8 @@ def _plain_accept(listener):
         # all Python's does for a non-blocking listener
         fd, address = listener._accept()  # type: ignore[attr-defined]
         try:
-            return socket.socket(family, kind, proto, fileno=fd), address
+            # positional: a class called with keywords builds a dict of them
+            return socket.socket(family, kind, proto, fd), address
         except BaseException:
             os.close(fd)
             raise

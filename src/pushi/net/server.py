@@ -455,9 +455,8 @@ class WebSocketServer(
             callback()
 
     def build_connection(self, socket, address, ssl=False):
-        connection = wire.Connection(
-            owner=self, socket=socket, address=address, ssl=ssl
-        )
+        # positional: a class called with keywords builds a dict of them
+        connection = wire.Connection(self, socket, address, False, ssl)
         link = connection.link = Link(self, connection)
         link.refusal = self.admit(connection)
         # every socket gets the same time, so the queue is in deadline order

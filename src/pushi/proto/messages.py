@@ -27,6 +27,9 @@ PUSHI = "pushi"
 PUSHER = "pusher"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# what ``_dumps`` makes of a string (``JSONEncoder.encode`` without
+# ensure_ascii)
+_encode_string = json.encoder.encode_basestring
 
 
 _RANDOM_HEX: list[str] = []
@@ -158,12 +161,18 @@ def parse(text: str | bytes, max_event_name: int = MAX_EVENT_NAME) -> dict[str, 
 def connection_established(socket_id: str, activity_timeout: int) -> str:
     """First message: ``data`` is a JSON string, as pysher expects."""
     # built as text: what ``dumps`` of the two dicts gives, for the one
-    # message every socket gets
-    data = '{"socket_id":%s,"activity_timeout":%d}' % (
-        dumps(socket_id),
-        activity_timeout,
+    # message every socket gets (``dumps`` of a string is
+    # ``_encode_string``'s)
+    data = (
+        '{"socket_id":'
+        + _encode_string(socket_id)
+        + ',"activity_timeout":'
+        + str(int(activity_timeout))
+        + "}"
     )
-    return '{"event":"pusher:connection_established","data":%s}' % dumps(data)
+    return (
+        '{"event":"pusher:connection_established","data":' + _encode_string(data) + "}"
+    )
 
 
 def error(code: int, message: str, channel: str | None = None) -> str:

@@ -415,3 +415,29 @@ def test_a_target_splits_as_urllib_parse_reads_it(target):
     for name, value in urllib.parse.parse_qsl(url.query, keep_blank_values=True):
         query.setdefault(name, value)
     assert ws.split_target(target) == (url.path, query)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/",
+        "/a",
+        "//a",
+        "a/",
+        "",
+        "/a?b=c&d",
+        "/%",
+        "/+",
+        "/#",
+        "/\t",
+        "/\r",
+        "/\n",
+        "/\x0b",
+        "/é",
+    ],
+)
+def test_a_plain_target_is_what_the_plain_pattern_matches(target):
+    import re
+
+    plain = re.compile(r"/(?!/)[^%+#\t\r\n]*\Z")
+    assert ws._plain(target) is bool(plain.match(target))

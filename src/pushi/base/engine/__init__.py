@@ -195,15 +195,16 @@ class Engine:
         key when None) and greets it; ``address`` is its client's (a
         trusted proxy's client, see ``net/forwarded``); ``counted`` when
         ``admit`` counted it."""
+        # positional: a class called with keywords builds a dict of them
         session = registry.Session(
             self.registry.new_socket_id(),
             app,
             dialect,
             transport,
-            origin=origin,
-            address=address,
-            now=time.monotonic(),
-            key=key,
+            origin,
+            address,
+            time.monotonic(),
+            key,
         )
         session.counted = counted
         self.registry.add_session(session)
