@@ -760,3 +760,30 @@ def test_a_socket_is_polled_for_writability_only_once_a_write_did_not_go_out(sta
     wait_until(lambda: state.call_in_loop(lambda: watched.pending_s) == 0, 5)
     stalled.close()
     other.close()
+
+
+def test_a_socket_is_drained_only_while_its_peer_has_not_ended():
+    """``wire._drained``, which spares the read that would find an empty
+    socket empty, says so only while the peer's end has not come: that end
+    raised no event of its own if it came with the last bytes, and only a
+    read finds it.  A socket it cannot tell about (not TCP) is read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        assert wire._drained(server) is (hasattr(socket, "TCP_INFO"))
+        client.sendall(b"last bytes")
+        client.shutdown(socket.SHUT_WR)
+        wait_until(lambda: not wire._drained(server), 5)
+        assert server.recv(100) == b"last bytes"
+        assert not wire._drained(server)
+        assert server.recv(100) == b""
+    finally:
+        for raw in (client, server, listener):
+            raw.close()
+    first, second = socket.socketpair()
+    try:
+        assert wire._drained(first) is False
+    finally:
+        first.close()
+        second.close()

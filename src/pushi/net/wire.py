@@ -580,6 +580,28 @@ def _plain(server, connection, _socket):
     )
 
 
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+# the first byte of Linux's struct tcp_info, its state, while no FIN came
+_ESTABLISHED = b"\x01"
+
+
+def _drained(_socket):
+    """Whether a socket that a read has just emptied (it gave less than
+    asked for) has nothing more to read: its peer's end has not come (its
+    TCP state is still ESTABLISHED).  Whatever comes after the read raises
+    a new event of the edge-triggered poll; the peer's end that came
+    before it would not, and is read by one more ``recv``.  That ``recv``
+    of an empty socket is what this spares: its ``BlockingIOError``, made
+    and caught, costs more than the ``getsockopt``."""
+    if _TCP_INFO is None:
+        return False
+    try:
+        return _socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) == _ESTABLISHED
+    except OSError:
+        # not TCP
+        return False
+
+
 class FairReads:
     """A netius stream server mixin: each loop turn, each socket is read
     for at most ``READ_BUDGET`` bytes and handled for at most ``quota``
@@ -629,7 +651,9 @@ class FairReads:
         for each failure: reads until the socket is empty (the poll is
         edge-triggered), the turn's budget is spent or the socket is
         held or closed; the peer's end closes it, as a socket error
-        does."""
+        does.  A read shorter than asked for emptied the socket: the
+        one after it is left out unless the peer's end came meanwhile
+        (``_drained``)."""
         recv = _socket.recv
         try:
             while not connection.spent():
@@ -647,6 +671,8 @@ class FairReads:
                     or not connection.renable
                     or connection.socket is not _socket
                 ):
+                    return
+                if len(data) < netius_conn.CHUNK_SIZE and _drained(_socket):
                     return
         except OSError as error:
             # what netius's makes of a socket error
