@@ -534,7 +534,11 @@ def test_an_accepted_socket_keeps_alive_and_sends_without_delay(start):
     """Both ports take a plain socket in without netius's setsockopt calls
     (``wire.PlainAccept``): the socket still has what those set, keep-alive
     and no delay (inherited from its listening socket), and is
-    non-blocking."""
+    non-blocking.  It is the C socket, without the Python layer of
+    ``socket.socket`` (``capacity._plain_accept``): not an object the
+    garbage collector tracks."""
+    import gc
+
     state = start(http=True)
     ports = {
         "ws": state.config.server_port,
@@ -551,14 +555,15 @@ def test_an_accepted_socket_keeps_alive_and_sends_without_delay(start):
                     raw.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
                     raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
                     raw.getblocking(),
+                    gc.is_tracked(raw),
                 )
         return seen
 
     try:
         wait_until(lambda: len(state.call_in_loop(options)) == 2, 5)
         assert state.call_in_loop(options) == {
-            "ws": (True, True, False),
-            "rest": (True, True, False),
+            "ws": (True, True, False, False),
+            "rest": (True, True, False, False),
         }
     finally:
         for raw in raws:

@@ -22,6 +22,7 @@ the whole episode, not one per socket.
 Ownership: the counts are the loop thread's, like the sockets they count.
 """
 
+import _socket
 import errno
 import logging
 import os
@@ -163,8 +164,14 @@ def plan(limit, max_connections=None, max_per_address=None):
 def _plain_accept(listener):
     """``listener.accept`` for a plain (not TLS) listening socket, less
     what Python's costs per socket: it reads the listener's family and
-    type (as enums) for every socket; here once.  None for a TLS listener
-    (its ``accept`` wraps the socket)."""
+    type (as enums) for every socket, here once; and it wraps the
+    descriptor in ``socket.socket``, whose Python layer over the C socket
+    (``_socket.socket``) adds what nothing here uses (``makefile``'s
+    reference count, which its ``close`` checks, weak references, enum
+    family and type) at a Python ``__init__`` and ``close`` a socket, and
+    an object the garbage collector tracks.  The C socket is what is
+    taken in.  None for a TLS listener (its ``accept`` wraps the
+    socket)."""
     if type(listener) is not socket.socket:
         return None
     family, kind, proto = int(listener.family), int(listener.type), listener.proto
@@ -173,8 +180,7 @@ def _plain_accept(listener):
         # all Python's does for a non-blocking listener
         fd, address = listener._accept()  # type: ignore[attr-defined]
         try:
-            # positional: a class called with keywords builds a dict of them
-            return socket.socket(family, kind, proto, fd), address
+            return _socket.socket(family, kind, proto, fd), address
         except BaseException:
             os.close(fd)
             raise
