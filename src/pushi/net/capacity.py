@@ -165,19 +165,19 @@ def _plain_accept(listener):
     """``listener.accept`` for a plain (not TLS) listening socket, less
     what Python's costs per socket: it reads the listener's family and
     type (as enums) for every socket, here once; and it wraps the
-    descriptor in ``socket.socket``, whose Python layer over the C socket
-    (``_socket.socket``) adds what nothing here uses (``makefile``'s
-    reference count, which its ``close`` checks, weak references, enum
-    family and type) at a Python ``__init__`` and ``close`` a socket, and
-    an object the garbage collector tracks.  The C socket is what is
-    taken in.  None for a TLS listener (its ``accept`` wraps the
-    socket)."""
+    descriptor in ``socket.socket``, a Python layer over the C socket
+    (``_socket.socket``) for what nothing here uses (``makefile``'s
+    reference count, which its ``close`` checks, weak references, the
+    enum family and type), at the cost of a Python ``__init__`` and
+    ``close`` per socket and of an object the garbage collector tracks.
+    The C socket is what is taken in.  None for a TLS listener (its
+    ``accept`` wraps the socket)."""
     if type(listener) is not socket.socket:
         return None
     family, kind, proto = int(listener.family), int(listener.type), listener.proto
 
     def accept():
-        # all Python's does for a non-blocking listener
+        # Python's, for a non-blocking listener, less its wrapper
         fd, address = listener._accept()  # type: ignore[attr-defined]
         try:
             return _socket.socket(family, kind, proto, fd), address

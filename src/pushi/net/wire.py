@@ -427,7 +427,7 @@ class Connection(netius.Connection):
     ):
         # netius's BaseConnection.__init__ (and its Observable's), but for
         # the queues, the id and the locks, made when first used, and the
-        # values its class gives (``_DEFAULTS``), set once one changes
+        # constants the class gives, set on the instance once one changes
         self.events = {}
         self.status = netius.PENDING
         self.owner = owner
