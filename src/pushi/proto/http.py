@@ -173,9 +173,13 @@ def status_line(status: int) -> str:
         return "%d Error" % status
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def json_bytes(body: Any) -> bytes:
-    """``body`` as the API's JSON: compact, whichever path answers."""
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    """``body`` as the API's JSON: compact, whichever path answers (one
+    encoder for all: ``json.dumps`` with separators builds one per call)."""
+    return _compact(body).encode("utf-8")
 
 
 def json_response(
