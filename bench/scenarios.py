@@ -100,6 +100,12 @@ def server_cpu_seconds(server):
     return sum(stats.tree_cpu_seconds(pid) for pid in server_pids(server))
 
 
+def root_cpu_seconds(server):
+    """CPU seconds of each of the server's process trees, in
+    ``server_pids`` order (with ``--nodes``: node 1, node 2, ..., Redis)."""
+    return [stats.tree_cpu_seconds(pid) for pid in server_pids(server)]
+
+
 def server_rss_bytes(server):
     """The summed RSS of the server's process trees."""
     return sum(stats.tree_rss_bytes(pid) for pid in server_pids(server))
@@ -153,6 +159,7 @@ class Meter:
         self.redis = getattr(server, "redis", None)
         self.t0 = time.monotonic()
         self.server0 = server_cpu_seconds(server)
+        self.roots0 = root_cpu_seconds(server)
         if self.redis:
             self.redis0 = stats.cpu_seconds(self.redis.proc.pid)
             self.commands0 = self.redis.commandstats()
@@ -172,6 +179,13 @@ class Meter:
         machine = machine_busy_seconds() - self.machine0
         gen_max = max(gens) if gens else 0.0
         figures = self.redis_figures(wall) if self.redis else {}
+        roots = root_cpu_seconds(self.server)
+        if len(roots) > 1:
+            # which node (or Redis) the server's CPU went to
+            figures["server_cpu_pct_by_root"] = [
+                round(100 * (cpu - before) / wall, 1)
+                for cpu, before in zip(roots, self.roots0, strict=True)
+            ]
         return figures | {
             "wall_s": round(wall, 3),
             "server_cpu_s": server,
