@@ -439,7 +439,13 @@ def cell(result):
     if scenario == "connect":
         parts.append("%s conn/s" % fmt(result["connections_per_s"]))
         parts.append("%s KB/conn" % fmt(result["rss_per_connection_kb"], 1))
-        if result.get("idle_server_cpu_pct") is not None:
+        if result.get("idle_server_cpu_pct") is None:
+            pass
+        elif result.get("ready", 0) < 20000:
+            # scaled up to 20,000, the process's fixed cost would read as
+            # a cost per connection
+            parts.append("idle %s%%" % result["idle_server_cpu_pct"])
+        else:
             parts.append(
                 "idle %s%% (%s%% per 20k)"
                 % (

@@ -479,3 +479,26 @@ def test_persist_repeats_report_the_median_ratio_per_in_flight_count():
     )
     options = cli.parse_args(["--scenario", "persist", "--inflight", "8,64"])
     assert options.inflight == "8,64"
+
+
+def test_idle_cost_is_given_per_20k_only_from_20k_connections():
+    from bench import cli
+
+    def idle(ready, pct, per_20k):
+        return dict(
+            scenario="connect",
+            variant="idle",
+            connections=ready,
+            ready=ready,
+            server="pushi",
+            connections_per_s=1000.0,
+            rss_per_connection_kb=2.3,
+            idle_server_cpu_pct=pct,
+            idle_server_cpu_pct_per_20k=per_20k,
+        )
+
+    # 5,000 sockets: the processes' fixed cost, not scaled up to 20,000
+    few = cli.cell(idle(5000, 2.3, 9.2))
+    assert "idle 2.3%" in few and "per 20k" not in few
+    many = cli.cell(idle(100000, 17.1, 3.42))
+    assert "idle 17.1% (3.42% per 20k)" in many
