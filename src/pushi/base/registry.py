@@ -8,6 +8,10 @@ never touch these objects, so no lock guards them.
 
 import random
 
+_NONE: frozenset[str] = frozenset()
+""" A session's ``via_personal`` until it has one (an empty set costs
+216 bytes per socket) """
+
 
 class Session:
     """One open WebSocket: its app, dialect, channels and user.
@@ -26,8 +30,9 @@ class Session:
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)`` and ``pinged()`` (False once the socket pings
     too often, which closes it).  ``keys`` are the app keys the socket
-    relies on: the one it connected with and those that signed its
-    subscriptions and sign-in; revoking any of them closes it.
+    relies on (a tuple, ``add_key``): the one it connected with and those
+    that signed its subscriptions and sign-in; revoking any of them closes
+    it.
     """
 
     __slots__ = (
@@ -71,7 +76,7 @@ class Session:
     ):
         self.socket_id = socket_id
         self.app = app
-        self.keys = {app.key if key is None else key}
+        self.keys: tuple[str, ...] = (app.key if key is None else key,)
         self.dialect = dialect
         self.transport = transport
         self.channels = {}
@@ -80,7 +85,7 @@ class Session:
         # are in the members the socket was given (a cluster's join)
         self.member_floors = None
         self.peers = None
-        self.via_personal = set()
+        self.via_personal: set[str] | frozenset[str] = _NONE
         self.user_id = None
         self.origin = origin
         self.address = address
@@ -97,6 +102,24 @@ class Session:
         # counted in a cluster's shared count of the app's sockets
         self.counted = False
         self.closed = False
+
+    def add_key(self, key):
+        """The socket relies on app key ``key`` too."""
+        if key not in self.keys:
+            self.keys += (key,)
+
+    def add_via_personal(self, name):
+        """The socket is on ``name`` through its personal channel only."""
+        via = self.via_personal
+        if not isinstance(via, set):
+            via = self.via_personal = set()
+        via.add(name)
+
+    def discard_via_personal(self, name):
+        """The socket is on ``name`` by itself (or not at all)."""
+        via = self.via_personal
+        if isinstance(via, set):
+            via.discard(name)
 
 
 class Channel:

@@ -433,6 +433,17 @@ class Connection(netius.Connection):
         self.owner = owner
         self.socket = socket
         self.address = address
+        # what every socket sets later, set first and in one order: the
+        # first sockets then size the class's shared key table for all of
+        # them, and no later attribute turns a socket's attributes into a
+        # dict of its own (about 460 bytes each)
+        self.link = None
+        self.admitted = None
+        self.wready = False
+        self.writes_watched = True
+        self.turn = -1
+        self.budget = READ_BUDGET
+        self.quota = 0
         if datagram:
             self.datagram = datagram
         if ssl:

@@ -356,7 +356,7 @@ class Engine:
                 raise errors.SubscriptionError(
                     name, "Invalid signature", status=401, pusher_error=True
                 )
-            session.keys.add(key)
+            session.add_key(key)
         try:
             since = since_of(data)
         except ValueError as error:
@@ -365,7 +365,7 @@ class Engine:
             ) from None
         if name in session.channels:
             # subscribed again: it answers with the channel's state now
-            session.via_personal.discard(name)
+            session.discard_via_personal(name)
 
             def answer(state):
                 if kind != channels.PERSONAL:
@@ -513,7 +513,7 @@ class Engine:
             self.personal.left(session)
         elif kind == channels.PRESENCE and name in session.members:
             self.presence_channels.unpair(session, name, session.members[name])
-        session.via_personal.discard(name)
+        session.discard_via_personal(name)
         channel = self.registry.leave(session, name)
         if channel is None:
             return

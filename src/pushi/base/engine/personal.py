@@ -77,14 +77,14 @@ class PersonalChannels:
     def _cover(self, session, name):
         session.personal.add(name)
         if name not in session.channels:
-            session.via_personal.add(name)
+            session.add_via_personal(name)
             self.engine.join(session, name)
 
     def uncover(self, session, name):
         """A socket unsubscribed from ``name``: it stays on it when its
         personal channel covers it (True)."""
         if session.personal and name in session.personal:
-            session.via_personal.add(name)
+            session.add_via_personal(name)
             return True
         return False
 

@@ -94,7 +94,7 @@ class Queries:
             session.app = app
             if not app.enabled:
                 engine.drop(session, errors.APP_DISABLED, "App disabled")
-            elif not session.keys.issubset(app.secrets):
+            elif not all(key in app.secrets for key in session.keys):
                 engine.drop(session, errors.UNAUTHORIZED, "App key revoked")
 
     def sockets(self, app_id, limit):

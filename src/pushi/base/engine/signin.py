@@ -34,7 +34,7 @@ class SignIn:
         if key is None:
             raise errors.ProtocolError(errors.UNAUTHORIZED, "Invalid sign-in")
         assert isinstance(user, dict)  # a key is only looked for then
-        session.keys.add(key)
+        session.add_key(key)
         user_id = user["id"]
         previous = session.user_id
         self.registry.set_user(session, user_id)
