@@ -454,6 +454,13 @@ class Supervisor:
     def _log_started(self):
         from pushi.net.redis import redacted
 
+        # the writer first: a reader of the log that sees the workers' line
+        # finds the writer's before it
+        if self.writer is not None:
+            logger.info(
+                "Events of all workers committed by one writer (pid %d)",
+                self.writer.pid,
+            )
         logger.info(
             "%d workers (pids %s) on Redis %s%s",
             self.count,
@@ -465,11 +472,6 @@ class Supervisor:
                 else ""
             ),
         )
-        if self.writer is not None:
-            logger.info(
-                "Events of all workers committed by one writer (pid %d)",
-                self.writer.pid,
-            )
 
     # running
 
