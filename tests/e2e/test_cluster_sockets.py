@@ -8,13 +8,20 @@ import os
 import signal
 import time
 
-from cluster_support import cluster_fixture, rest, signin  # noqa: F401
+from cluster_support import cluster_fixture, rest, signin, wait_for  # noqa: F401
 
 
 def listed(node, app, params=None):
     status, answer = rest(node, app, "sockets", params)
     assert status == 200, answer
     return answer
+
+
+def stopped(pid):
+    """Whether the kernel has stopped every thread of process ``pid``
+    (its state in ``/proc``: ``T``)."""
+    with open("/proc/%d/stat" % pid) as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 def by_id(answer):
@@ -75,6 +82,9 @@ def test_a_node_that_does_not_answer_makes_a_partial_answer(cluster):
     # node two is frozen: its subscription stays in Redis, it answers nothing
     os.kill(two.process.pid, signal.SIGSTOP)
     try:
+        # asked once the kernel says it stopped (the signal is delivered
+        # as each thread next leaves the kernel)
+        assert wait_for(lambda: stopped(two.process.pid), timeout=10)
         started = time.monotonic()
         answer = listed(one, app)
         assert time.monotonic() - started < 8
