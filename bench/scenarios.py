@@ -95,15 +95,15 @@ def server_pids(server):
     return getattr(server, "pids", [server.pid])
 
 
-def server_cpu_seconds(server):
-    """CPU seconds of the server's process trees."""
-    return sum(stats.tree_cpu_seconds(pid) for pid in server_pids(server))
-
-
 def root_cpu_seconds(server):
     """CPU seconds of each of the server's process trees, in
     ``server_pids`` order (with ``--nodes``: node 1, node 2, ..., Redis)."""
     return [stats.tree_cpu_seconds(pid) for pid in server_pids(server)]
+
+
+def server_cpu_seconds(server):
+    """CPU seconds of the server's process trees."""
+    return sum(root_cpu_seconds(server))
 
 
 def server_rss_bytes(server):
@@ -158,7 +158,6 @@ class Meter:
         self.generators = generators
         self.redis = getattr(server, "redis", None)
         self.t0 = time.monotonic()
-        self.server0 = server_cpu_seconds(server)
         self.roots0 = root_cpu_seconds(server)
         if self.redis:
             self.redis0 = stats.cpu_seconds(self.redis.proc.pid)
@@ -170,7 +169,9 @@ class Meter:
     def stop(self):
         """Returns the CPU figures of the window."""
         wall = max(1e-9, time.monotonic() - self.t0)
-        server = server_cpu_seconds(self.server) - self.server0
+        # each tree's /proc read once for the total and the split
+        roots = root_cpu_seconds(self.server)
+        server = sum(roots) - sum(self.roots0)
         gens = [
             worker.cpu() - start
             for worker, start in zip(self.generators, self.gen0, strict=True)
@@ -179,7 +180,6 @@ class Meter:
         machine = machine_busy_seconds() - self.machine0
         gen_max = max(gens) if gens else 0.0
         figures = self.redis_figures(wall) if self.redis else {}
-        roots = root_cpu_seconds(self.server)
         if len(roots) > 1:
             # which node (or Redis) the server's CPU went to
             figures["server_cpu_pct_by_root"] = [
