@@ -318,6 +318,12 @@ def test_a_journal_expired_while_a_subscription_was_away_is_logged_and_counted(
     one, two, proxy = proxied
     seen = record(two, "n")
     cut(proxy, redis_server)
+    # node 2 knows it is away before the command it misses (the time it
+    # was away is counted from then)
+    wait_for(
+        lambda: two.state.call_in_loop(lambda: not two.subscriber.up),
+        what="node 2's subscription down",
+    )
     one.state.call_in_loop(one.control.broadcast, "n", {"n": 1})
     client = redis_server.client()
     wait_for(lambda: not client.exists(journal_key(BROADCAST)), what="the expiry")
