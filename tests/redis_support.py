@@ -265,15 +265,17 @@ class TcpProxy:
             self._pairs[server] = (client, "down")
 
     def _pass(self, sock):
+        # read under the lock: a socket ``hold`` took while select was
+        # answering (the thread can be late to run) is not read from
         with self._lock:
             pair = self._pairs.get(sock)
-            forward = pair is not None and self._forward[pair[1]]
-        if pair is None:
-            return
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            data = b""
+            if pair is None or sock in self._held:
+                return
+            forward = self._forward[pair[1]]
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
         if not data:
             with self._lock:
                 self._close(sock)
