@@ -510,8 +510,24 @@ def send(engine, session, event, data=None, **fields):
     engine.receive(session, json.dumps(message))
 
 
+def websocket_tls(cafile):
+    """A TLS context for ``Client`` trusting ``cafile``, capped at TLS 1.2.
+
+    websockets' blocking client reads in a thread of its own while the
+    caller writes, which OpenSSL does not allow on one connection: under
+    TLS 1.3 the server's session tickets, read after the handshake, race
+    the client's first write, and the upgrade request can be lost (the
+    client then waits for the answer to a request it never sent; nginx
+    logs "client timed out ... while waiting for request").  TLS 1.2 sends
+    nothing after the handshake."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 class Client:
-    """A blocking WebSocket client speaking JSON messages."""
+    """A blocking WebSocket client speaking JSON messages (over TLS with a
+    context from ``websocket_tls``)."""
 
     def __init__(self, url, ssl=None, expect_established=True, **options):
         # ``options``: more of websockets' ``connect`` (additional_headers,

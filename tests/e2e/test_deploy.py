@@ -38,6 +38,7 @@ from support import (
     chromium,
     free_port,
     wait_until,
+    websocket_tls,
 )
 
 NGINX_CONF = os.path.join(ROOT, "extra", "deploy", "nginx.conf")
@@ -103,6 +104,7 @@ class Nginx:
         self.prefix = tempfile.mkdtemp(prefix="pushi-nginx-")
         self.process = None
         self.context = ssl.create_default_context(cafile=self.cer)
+        self.ws_context = websocket_tls(self.cer)
 
     @property
     def base_url(self):
@@ -202,7 +204,7 @@ class Nginx:
         path = "app/%s?protocol=7" % app["key"] if dialect == "pusher" else app["key"]
         return Client(
             self.ws_url + path,
-            ssl=self.context,
+            ssl=self.ws_context,
             source_address=(source, 0),
             additional_headers=headers,
         )
@@ -264,7 +266,7 @@ def test_the_forwarded_address_is_believed_from_a_trusted_proxy_only(certificate
     with deployed(certificate, PUSHI_TRUSTED_PROXIES="127.0.0.1") as (pushi, proxy):
         app = pushi.create_app("trusted")
         headers = proxy.login(app)
-        watcher = Client(proxy.ws_url + "console", proxy.context, False)
+        watcher = Client(proxy.ws_url + "console", proxy.ws_context, False)
         token = headers["Authorization"].split(" ", 1)[1]
         watcher.send(
             {
@@ -311,7 +313,7 @@ def test_the_per_address_cap_counts_the_forwarded_addresses(certificate):
         first = [proxy.connect(app, source="127.0.0.2") for _ in range(2)]
         refused = Client(
             proxy.ws_url + "app/%s?protocol=7" % app["key"],
-            proxy.context,
+            proxy.ws_context,
             False,
             source_address=("127.0.0.2", 0),
         )

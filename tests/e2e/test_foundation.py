@@ -23,6 +23,7 @@ from support import (
     stalled_subscriber,
     upgrade_request,
     wait_until,
+    websocket_tls,
 )
 
 
@@ -399,7 +400,9 @@ def test_tls_on_both_ports(certificate):
     instance.start()
     try:
         app = instance.create_app("tls")
-        client = Client(instance.ws_url + "app/%s?protocol=7" % app["key"], ssl=context)
+        client = Client(
+            instance.ws_url + "app/%s?protocol=7" % app["key"], ssl=websocket_tls(cer)
+        )
         client.subscribe("secure")
         status, _ = instance.request(
             "POST",
