@@ -485,6 +485,14 @@ def cell(result):
                 " / ".join(fmt(rate) for rate in result["plain_triggers_per_s"]),
             )
         )
+        if result.get("persisted_extra_cpu_us") is not None:
+            parts.append(
+                "server CPU %s us per trigger (plain %s)"
+                % (
+                    fmt(result["server_cpu_us_per_delivery"], 1),
+                    fmt(result["plain_server_cpu_us_per_trigger"], 1),
+                )
+            )
     if result.get("server_cpu_us_per_delivery") is not None and scenario in (
         "fanout",
         "channels",

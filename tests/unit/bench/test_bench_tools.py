@@ -481,6 +481,27 @@ def test_persist_repeats_report_the_median_ratio_per_in_flight_count():
     assert options.inflight == "8,64"
 
 
+def test_a_persist_cell_gives_the_server_cpu_per_trigger_beside_the_plain_ones():
+    result = dict(
+        scenario="persist",
+        variant="stored1000-inflight64",
+        server="pushi",
+        triggers_per_s=12000.0,
+        msgs_per_s=12000.0,
+        plain_triggers_per_s=[16000.0, 17000.0],
+        ratio_to_plain=0.727,
+        server_cpu_us_per_delivery=85.94,
+        plain_server_cpu_us_per_trigger=58.1,
+        persisted_extra_cpu_us=27.84,
+    )
+    text = cli.cell(result)
+    assert "0.727x plain (16,000 / 17,000 req/s)" in text
+    assert "server CPU 85.9 us per trigger (plain 58.1)" in text
+    # a run from before these figures: the ratio only
+    del result["persisted_extra_cpu_us"]
+    assert "server CPU" not in cli.cell(result)
+
+
 def test_idle_cost_is_given_per_20k_only_from_20k_connections():
     from bench import cli
 
