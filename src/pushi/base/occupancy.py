@@ -15,7 +15,7 @@ Ownership: loop thread only.
 """
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from pushi.base.registry import Registry
@@ -32,6 +32,12 @@ class Occupancy(Protocol):
         """A socket left ``channel``: ``then(count, vacated)``; a shared
         twin adds ``lingered=True`` when the vacated's webhook lingers
         there."""
+
+    def hold_until_shared(self, transport: Any) -> None:
+        """Holds what ``transport`` (a socket that just joined) is sent
+        next until this turn's joins are where every server reads them, so
+        that any server asked after the socket heard it is subscribed
+        counts it (``transport.hold``, then ``transport.release``)."""
 
     def count(self, app_id: str, channel: str) -> int:
         """The sockets on a channel (for the REST side)."""
@@ -67,6 +73,10 @@ class LocalOccupancy:
     ) -> None:
         count = self.count(app_id, channel)
         then(count, count == 0)
+
+    def hold_until_shared(self, transport: Any) -> None:
+        # the registry this process reads has counted the join already
+        pass
 
     def count(self, app_id: str, channel: str) -> int:
         found = self.registry.channel(app_id, channel)

@@ -531,6 +531,11 @@ class _Link:
             if not scheduled:
                 self._flush()
 
+    def write_now(self):
+        """Writes the commands sent so far now rather than at the loop's
+        next turn, as far as the connection takes them (loop thread)."""
+        self._flush()
+
     def _flush(self):
         self._flushing = False
         if self._sock is not None and not self._connecting and not self._blocked:

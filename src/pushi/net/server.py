@@ -140,10 +140,21 @@ class Link:
             return
         self.write(ws.close_frame(code, reason))
         self.phase = CLOSING
+        # what it was told goes before its close
+        self.server.held.discard(self)
         # nothing it sends now is read: its bytes wait in the kernel
         self.server.hold_reads(self.connection)
         self._forget()
         self.server.closing.append(self)
+
+    def hold(self):
+        """Keeps what is queued for this socket, and what is queued after
+        it, from going out until ``release`` (a flush leaves it queued)."""
+        self.server.held.add(self)
+
+    def release(self):
+        """Ends ``hold``: the socket's frames go at the next flush."""
+        self.server.held.discard(self)
 
     def pinged(self):
         """Counts a ping (a WebSocket ping or pong frame, or a
@@ -424,6 +435,8 @@ class WebSocketServer(
         self.offload = offload
         self.max_buffer = max_buffer
         self.dirty = []
+        # links whose frames wait (``Link.hold``): a flush keeps them dirty
+        self.held: set[Link] = set()
         self.closing = []
         # (deadline, link) of each socket accepted in the last
         # HANDSHAKE_TIMEOUT seconds, oldest first
@@ -501,6 +514,7 @@ class WebSocketServer(
         self.release(connection)
         link = getattr(connection, "link", None)
         if link is not None:
+            self.held.discard(link)
             link._forget()
             link.phase = CLOSING
             self.flush()
@@ -534,10 +548,15 @@ class WebSocketServer(
         ``CLOSE_GRACE`` seconds, for a client that stopped reading)."""
         # a link closed while its frames go out (a slow consumer) is dirty
         # again with its close frame, which goes before the close
+        held = self.held
+        kept = []
         while self.dirty:
             dirty = self.dirty
             self.dirty = []
             for link in dirty:
+                if held and link in held:
+                    kept.append(link)
+                    continue
                 outbox = link.outbox
                 link.outbox = None
                 data = outbox if outbox.__class__ is bytes else b"".join(outbox)
@@ -553,6 +572,8 @@ class WebSocketServer(
                     sent = 0
                 if sent != len(data):
                     link.send_now(data[sent:])
+        if kept:
+            self.dirty = kept
         closing = self.closing
         if closing:
             self.closing = []

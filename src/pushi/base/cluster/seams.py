@@ -137,6 +137,12 @@ class Steps:
     def __init__(self, redis):
         self.redis = redis
         self.queued: list[tuple] = []
+        self.written: list = []
+        """ What runs once the queued steps are sent (``after_write``) """
+
+    def after_write(self, work):
+        """Runs ``work()`` once the steps queued so far are sent."""
+        self.written.append(work)
 
     def add(self, reply, script, keys, args):
         """``script`` (a ``lua.Step``) with ``keys`` and ``args`` at the end
@@ -146,8 +152,19 @@ class Steps:
         self.queued.append((reply, script, keys, args))
 
     def write(self):
-        """Sends the steps queued so far."""
+        """Sends the steps queued so far, then runs what waited for that."""
         queued, self.queued = self.queued, []
+        try:
+            self._send(queued)
+        finally:
+            written, self.written = self.written, []
+            if written:
+                # on the connection before what waited is let go
+                self.redis.write_now()
+            for work in written:
+                work()
+
+    def _send(self, queued):
         for chunk in _chunks(queued):
             if len(chunk) == 1:
                 reply, script, keys, args = chunk[0]
@@ -345,6 +362,11 @@ class RedisOccupancy(_Twin):
         """ (app_id, channel) whose leave failed (``settle``) """
         self.changed_connections = set()
         """ app ids whose share ``counted`` changed this turn """
+
+    def hold_until_shared(self, transport):
+        if self.steps.queued:
+            transport.hold()
+            self.steps.after_write(transport.release)
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or

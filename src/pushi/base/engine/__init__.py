@@ -487,6 +487,8 @@ class Engine:
             self.emit(app_id, "subscribed", channel=name, socket_id=session.socket_id)
         else:
             self.occupancy.joined(app_id, name, _ignore)
+        # its answer goes out once every server would count it
+        self.occupancy.hold_until_shared(session.transport)
         return channel
 
     def unsubscribe(self, session: Session, name: Any) -> None:
