@@ -553,10 +553,10 @@ class WebSocketServer(
         while self.dirty:
             dirty = self.dirty
             self.dirty = []
+            if held:
+                kept += [link for link in dirty if link in held]
+                dirty = [link for link in dirty if link not in held]
             for link in dirty:
-                if held and link in held:
-                    kept.append(link)
-                    continue
                 outbox = link.outbox
                 link.outbox = None
                 data = outbox if outbox.__class__ is bytes else b"".join(outbox)
