@@ -37,7 +37,7 @@ class Occupancy(Protocol):
         """Holds what ``transport`` (a socket that just joined) is sent
         next until this turn's joins are where every server reads them, so
         that any server asked after the socket heard it is subscribed
-        counts it (``transport.hold``, then ``transport.release``)."""
+        counts it (``transport.hold_frames``, then ``release_frames``)."""
 
     def count(self, app_id: str, channel: str) -> int:
         """The sockets on a channel (for the REST side)."""

@@ -28,11 +28,12 @@ class Session:
     recovery reads the store, ``sending`` its sends waiting for the store
     (with those queued behind them, see ``engine/stored``).
     ``transport`` is what the network layer gave: ``write(frame)``,
-    ``close(code, reason)`` and ``pinged()`` (False once the socket pings
-    too often, which closes it).  ``keys`` are the app keys the socket
-    relies on (a tuple, ``add_key``): the one it connected with and those
-    that signed its subscriptions and sign-in; revoking any of them closes
-    it.
+    ``close(code, reason)``, ``pinged()`` (False once the socket pings
+    too often, which closes it), and in a cluster ``hold_frames()`` and
+    ``release_frames()`` (``Occupancy.hold_until_shared``).  ``keys`` are
+    the app keys the socket relies on (a tuple, ``add_key``): the one it
+    connected with and those that signed its subscriptions and sign-in;
+    revoking any of them closes it.
     """
 
     __slots__ = (

@@ -147,13 +147,14 @@ class Link:
         self._forget()
         self.server.closing.append(self)
 
-    def hold(self):
+    def hold_frames(self):
         """Keeps what is queued for this socket, and what is queued after
-        it, from going out until ``release`` (a flush leaves it queued)."""
+        it, from going out until ``release_frames`` (a flush leaves it
+        queued)."""
         self.server.held.add(self)
 
-    def release(self):
-        """Ends ``hold``: the socket's frames go at the next flush."""
+    def release_frames(self):
+        """Ends ``hold_frames``: the socket's frames go at the next flush."""
         self.server.held.discard(self)
 
     def pinged(self):
@@ -435,7 +436,7 @@ class WebSocketServer(
         self.offload = offload
         self.max_buffer = max_buffer
         self.dirty = []
-        # links whose frames wait (``Link.hold``): a flush keeps them dirty
+        # links whose frames wait (``Link.hold_frames``): a flush keeps them dirty
         self.held: set[Link] = set()
         self.closing = []
         # (deadline, link) of each socket accepted in the last

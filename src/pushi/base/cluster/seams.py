@@ -365,8 +365,8 @@ class RedisOccupancy(_Twin):
 
     def hold_until_shared(self, transport):
         if self.steps.queued:
-            transport.hold()
-            self.steps.after_write(transport.release)
+            transport.hold_frames()
+            self.steps.after_write(transport.release_frames)
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or
