@@ -55,11 +55,15 @@ def nodes(tmp_path, redis_server):
             state.stop()
 
 
-def subscribed(state, app, channel):
-    client = Client(
+def connected(state, app):
+    return Client(
         "ws://127.0.0.1:%d/app/%s?protocol=7&client=test&version=1.0"
         % (state.config.server_port, app["key"])
     )
+
+
+def subscribed(state, app, channel):
+    client = connected(state, app)
     answer = client.subscribe(channel)
     assert answer["event"] == "pusher_internal:subscription_succeeded", answer
     return client
@@ -114,6 +118,42 @@ def test_a_socket_told_it_is_subscribed_is_counted_by_every_node(nodes):
     assert status == 200, answer
     assert answer["channels"] == {"news": {"subscription_count": 1}}
     socket.close()
+
+
+def test_a_socket_is_told_it_is_subscribed_once_redis_has_its_join(nodes, redis_server):
+    """The turn's steps may wait before Redis applies them (here in the
+    node's own buffer and then behind a large command, Redis stopped): the
+    socket hears it is subscribed only once Redis has answered them, so a
+    count read on any node after that includes it."""
+    one, two, app = nodes
+    # node two listens to the channel already: the join needs Redis only
+    # for the count
+    first = subscribed(two, app, "news")
+    commands = two.cluster.node.commands
+    second = connected(two, app)
+    redis_server.pause()
+    try:
+
+        def fill():
+            commands.batch(
+                lambda: commands.call(
+                    lambda _reply: None, "SET", "filler", b"x" * (64 << 20)
+                )
+            )
+            return commands._blocked
+
+        assert two.call_in_loop(fill), "the connection to Redis did not fill"
+        second.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+        with pytest.raises(TimeoutError):
+            second.recv(0.5)
+    finally:
+        redis_server.resume()
+    answer = second.recv()
+    assert answer["event"] == "pusher_internal:subscription_succeeded", answer
+    counts = one.cluster.reader.hgetall("pushi:{%s}:counts" % app["app_id"])
+    assert int(counts[b"news"]) == 2
+    first.close()
+    second.close()
 
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["loop", "wsgi"])

@@ -319,6 +319,26 @@ def test_a_turn_of_changes_is_one_script_answering_each_as_its_own(nodes, redis_
     assert b.ask(b.left("big")) == (0, True)
 
 
+def test_an_answer_that_fails_costs_the_other_steps_of_its_turn_nothing(nodes):
+    """Each step of a turn is answered as its own script would be: a reply
+    that raises is logged, and the steps after it in the same call still
+    get their answers."""
+    (a,) = nodes(1)
+
+    def failing(answer):
+        def observed(*_args):
+            answer("observed")
+            raise RuntimeError("an observer failed")
+
+        a.occupancy.joined(APP, "x", observed, answer)
+
+    assert a.many([failing, a.joined("y"), a.joined("x")]) == [
+        "observed",
+        (1, True),
+        (2, False),
+    ]
+
+
 def test_the_connections_of_an_app_are_capped_across_nodes(nodes):
     a, b = nodes(2)
     answers = at_once(

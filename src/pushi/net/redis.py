@@ -250,7 +250,7 @@ class _Call:
         self.extra = extra
 
 
-def _run(callback, *args):
+def run_callback(callback, *args):
     """Runs a user's callback: its failure is logged, never raised into
     the client's own state changes."""
     try:
@@ -449,7 +449,7 @@ class _Link:
         self._reported = False
         self._ready()
         if self.on_up is not None:
-            _run(self.on_up, run_id)
+            run_callback(self.on_up, run_id)
 
     def _ready(self):
         """The use's own start once the handshake is done."""
@@ -489,7 +489,7 @@ class _Link:
         self._lost(error)
         for call in pending:
             if call.callback is not None:
-                _run(call.callback, error)
+                run_callback(call.callback, error)
         if report and not self._reported:
             self._reported = True
             logger.warning(
@@ -500,7 +500,7 @@ class _Link:
                 error,
             )
             if self.on_down is not None:
-                _run(self.on_down, error)
+                run_callback(self.on_down, error)
 
     def _lost(self, error):
         """The use's own clean-up as the connection goes down."""
@@ -530,11 +530,6 @@ class _Link:
         finally:
             if not scheduled:
                 self._flush()
-
-    def write_now(self):
-        """Writes the commands sent so far now rather than at the loop's
-        next turn, as far as the connection takes them (loop thread)."""
-        self._flush()
 
     def _flush(self):
         self._flushing = False
@@ -623,7 +618,7 @@ class _Link:
             return
         call = self._pending.popleft()
         if call.kind is None:
-            _run(call.callback, reply)
+            run_callback(call.callback, reply)
         else:
             self._special(call, reply)
 
@@ -723,7 +718,7 @@ class Redis(_Link):
         the callback has run already with the error)."""
         error = self._refusal()
         if error is not None:
-            _run(callback, error)
+            run_callback(callback, error)
             return False
         self._send(args, _Call(callback, time.monotonic() + self.timeout))
         return True
@@ -737,7 +732,7 @@ class Redis(_Link):
         ``max_pending`` too."""
         error = self._refusal(urgent)
         if error is not None:
-            _run(callback, error)
+            run_callback(callback, error)
             return False
         command = ("EVALSHA", script.sha, len(keys)) + tuple(keys) + tuple(args)
         self._evalsha(callback, script, command, retry=True)
@@ -770,7 +765,7 @@ class Redis(_Link):
         if self._overloaded and len(self._pending) <= self.max_pending // 2:
             self._overloaded = False
             if self.on_relieved is not None:
-                _run(self.on_relieved)
+                run_callback(self.on_relieved)
 
     def _special(self, call, reply):
         if call.kind == "evalsha":
@@ -779,7 +774,7 @@ class Redis(_Link):
                 self._loaded.discard(script.sha)
                 self._evalsha(call.callback, script, command, retry=False)
             else:
-                _run(call.callback, reply)
+                run_callback(call.callback, reply)
         elif call.kind == "load":
             if isinstance(reply, ReplyError):
                 logger.warning("Redis refused a script: %s", reply)
@@ -856,7 +851,7 @@ class Subscriber(_Link):
     def subscribe(self, channel, confirmed):
         channel = _bytes(channel)
         if not self.up:
-            _run(
+            run_callback(
                 confirmed,
                 ConnectionDown(
                     "Redis unavailable: %s" % (self.last_error or "not connected")
@@ -864,7 +859,7 @@ class Subscriber(_Link):
             )
             return False
         if self._channels.get(channel):
-            _run(confirmed, None)
+            run_callback(confirmed, None)
             return True
         self._channels[channel] = False
         self._send(
@@ -884,7 +879,9 @@ class Subscriber(_Link):
         for call in self._pending:
             if call.kind == "subscribe" and call.extra == channel and call.callback:
                 callback, call.callback = call.callback, None
-                _run(callback, RedisError("unsubscribed before Redis confirmed"))
+                run_callback(
+                    callback, RedisError("unsubscribed before Redis confirmed")
+                )
         if self.up:
             self._send(
                 ("UNSUBSCRIBE", channel),
@@ -920,7 +917,7 @@ class Subscriber(_Link):
                 len(self._resubscribed),
             )
             if self.on_resubscribed is not None:
-                _run(self.on_resubscribed, self._resubscribed)
+                run_callback(self.on_resubscribed, self._resubscribed)
 
     def _lost(self, error):
         # awaited subscriptions fail (their callbacks run from the pending
@@ -955,7 +952,7 @@ class Subscriber(_Link):
             if isinstance(reply, ReplyError):
                 self._failed(ConnectionDown("Redis refused a subscription: %s" % reply))
                 if call.callback is not None:
-                    _run(call.callback, reply)
+                    run_callback(call.callback, reply)
                 return
             if call.kind == "subscribe":
                 self._confirmed(call)
@@ -972,7 +969,7 @@ class Subscriber(_Link):
                 self._resubscribing.discard(channel)
                 self._resubscribe_done()
         if call.callback is not None:
-            _run(call.callback, None)
+            run_callback(call.callback, None)
 
     def _message(self, channel, data):
         if channel == self.probe_channel and data.startswith(b"\x00probe:"):
@@ -981,7 +978,7 @@ class Subscriber(_Link):
             if channel not in self._channels:
                 return
         if channel in self._channels and self.on_message is not None:
-            _run(self.on_message, channel, data)
+            run_callback(self.on_message, channel, data)
 
     # the probe
 

@@ -31,7 +31,7 @@ import logging
 import time
 from typing import Any, NamedTuple, Protocol
 
-from pushi.net.redis import ConnectionDown
+from pushi.net.redis import ConnectionDown, run_callback
 
 from ..presence import Joined, Member
 from . import lua
@@ -137,12 +137,14 @@ class Steps:
     def __init__(self, redis):
         self.redis = redis
         self.queued: list[tuple] = []
-        self.written: list = []
-        """ What runs once the queued steps are sent (``after_write``) """
+        self.applied: list = []
+        """ What runs once Redis has answered the queued steps
+        (``after_applied``) """
 
-    def after_write(self, work):
-        """Runs ``work()`` once the steps queued so far are sent."""
-        self.written.append(work)
+    def after_applied(self, work):
+        """Runs ``work()`` once Redis has answered the steps queued so far
+        (applied them: a read on any node sees them), or they failed."""
+        self.applied.append(work)
 
     def add(self, reply, script, keys, args):
         """``script`` (a ``lua.Step``) with ``keys`` and ``args`` at the end
@@ -152,23 +154,28 @@ class Steps:
         self.queued.append((reply, script, keys, args))
 
     def write(self):
-        """Sends the steps queued so far, then runs what waited for that."""
+        """Sends the steps queued so far; what waited for them runs after
+        their last answer."""
         queued, self.queued = self.queued, []
+        applied, self.applied = self.applied, []
+        then = functools.partial(_run_each, applied) if applied else None
+        sent = False
         try:
-            self._send(queued)
+            self._send(queued, then)
+            sent = bool(queued)
         finally:
-            written, self.written = self.written, []
-            if written:
-                # on the connection before what waited is let go
-                self.redis.write_now()
-            for work in written:
-                work()
+            if then is not None and not sent:
+                then()
 
-    def _send(self, queued):
-        for chunk in _chunks(queued):
+    def _send(self, queued, then):
+        chunks = list(_chunks(queued))
+        for index, chunk in enumerate(chunks):
+            last = then if index == len(chunks) - 1 else None
+            replies = [step[0] for step in chunk]
             if len(chunk) == 1:
-                reply, script, keys, args = chunk[0]
-                self.redis.evalsha(reply, script, keys, args)
+                _, script, keys, args = chunk[0]
+                answer = functools.partial(_answer_one, replies[0], last)
+                self.redis.evalsha(answer, script, keys, args)
                 continue
             all_keys: list = []
             all_args: list = []
@@ -176,22 +183,42 @@ class Steps:
                 all_keys += keys
                 all_args += [script.index, len(keys), len(args), *args]
             self.redis.evalsha(
-                functools.partial(_answer_each, [step[0] for step in chunk]),
+                functools.partial(_answer_each, replies, last),
                 lua.STEPS,
                 all_keys,
                 all_args,
             )
 
 
-def _answer_each(replies, value):
+def _answer_one(reply, then, value):
+    """A step alone in its call: its reply, then ``then()``."""
+    try:
+        reply(value)
+    finally:
+        if then is not None:
+            then()
+
+
+def _answer_each(replies, then, value):
     """Hands each of ``replies`` its step's answer in ``value`` (the
-    ``STEPS`` reply), or the error."""
-    if isinstance(value, Exception):
-        for reply in replies:
-            reply(value)
-        return
-    for reply, each in zip(replies, value, strict=True):
-        reply(each)
+    ``STEPS`` reply), or the error; one that fails is logged, as a
+    script's own callback would be, and the others still get theirs;
+    then ``then()``."""
+    try:
+        if isinstance(value, Exception):
+            for reply in replies:
+                run_callback(reply, value)
+        else:
+            for reply, each in zip(replies, value, strict=True):
+                run_callback(reply, each)
+    finally:
+        if then is not None:
+            then()
+
+
+def _run_each(works):
+    for work in works:
+        work()
 
 
 class _Twin:
@@ -366,7 +393,7 @@ class RedisOccupancy(_Twin):
     def hold_until_shared(self, transport):
         if self.steps.queued:
             transport.hold_frames()
-            self.steps.after_write(transport.release_frames)
+            self.steps.after_applied(transport.release_frames)
 
     def joined(self, app_id, channel, then, failed=None):
         """A socket joined ``channel``: ``then(count, occupied)``, or
