@@ -15,14 +15,18 @@ memory, so killing a client process could never lose anything there.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import pickle
 import re
+import selectors
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -41,7 +45,7 @@ from pushi.base.store.base import MAX_APP_KEYS, AppKeysError
 from pushi.base.store.sqlite_events import WAL_LIMIT, EventsProcess
 from pushi.proto.messages import message_id
 
-from support import SRC, env_with_src
+from support import SRC, env_with_src, wait_until
 
 MONGO_URL = os.environ.get("MONGO_URL")
 SRC_DIR = SRC
@@ -1014,8 +1018,6 @@ class SelectorLoop:
     bound to a loop uses; the server's is netius."""
 
     def __init__(self):
-        import selectors
-
         self.selector = selectors.DefaultSelector()
         self.turn = []
         self.timers = []
@@ -1033,12 +1035,29 @@ class SelectorLoop:
             self.calls.append(lambda: work(*args))
 
     def watch_read(self, sock, work):
-        import selectors
-
-        self.selector.register(sock, selectors.EVENT_READ, work)
+        self._watch(sock, read=work)
 
     def unwatch_read(self, sock):
-        self.selector.unregister(sock)
+        self._watch(sock, read=None)
+
+    def watch_write(self, sock, work):
+        self._watch(sock, write=work)
+
+    def unwatch_write(self, sock):
+        self._watch(sock, write=None)
+
+    def _watch(self, sock, **works):
+        try:
+            watched = dict(self.selector.get_key(sock).data)
+            self.selector.unregister(sock)
+        except KeyError:
+            watched = {"read": None, "write": None}
+        watched.update(works)
+        events = (selectors.EVENT_READ if watched["read"] else 0) | (
+            selectors.EVENT_WRITE if watched["write"] else 0
+        )
+        if events:
+            self.selector.register(sock, events, watched)
 
     def run_once(self, wait=0.0, timers=False):
         """One turn; timers fire only when asked (a test's turns run at
@@ -1051,8 +1070,16 @@ class SelectorLoop:
         self.timers = [timer for timer in self.timers if timer[0] > now]
         for work in calls + turn + [work for _at, work in due]:
             work()
-        for key, _events in self.selector.select(wait):
-            key.data()
+        for key, events in self.selector.select(wait):
+            for event, kind in (
+                (selectors.EVENT_READ, "read"),
+                (selectors.EVENT_WRITE, "write"),
+            ):
+                # what the work before may have changed
+                watched = self.selector.get_map().get(key.fd)
+                work = watched and watched.data[kind]
+                if events & event and work:
+                    work()
 
     def run_until(self, done, timeout=10):
         deadline = time.time() + timeout
@@ -1170,6 +1197,166 @@ def test_sqlite_bound_to_a_loop_commits_in_groups(tmp_path):
     finally:
         store.close()
     assert store._group.process._process is None
+
+
+def stored_mids(path):
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return {row[0] for row in connection.execute("SELECT mid FROM events")}
+
+
+def unread_bytes(sock):
+    """Bytes waiting on ``sock`` that nobody has read yet."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[
+        0
+    ]
+
+
+def test_an_answer_on_the_socket_reaches_its_batch_when_the_child_died(tmp_path):
+    """The child commits A, answers it and dies before the loop reads the
+    answer; the loop's next batch B meets a dead socket.  A still hears it
+    is committed (its answer is read first), B that it failed."""
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    results = {}
+    try:
+        store.bind_loop(loop)
+        process = store._group.process
+        store.add_events_then(
+            [make_event("1", "c", 1.0, mid="A")], lambda e: results.setdefault("A", e)
+        )
+        loop.run_once()
+        child = process._process
+        wait_until(lambda: "A" in stored_mids(store.path))
+        wait_until(lambda: unread_bytes(process.socket) > 0)
+        child.kill()
+        child.wait(10)
+        store.add_events_then(
+            [make_event("1", "c", 2.0, mid="B")], lambda e: results.setdefault("B", e)
+        )
+        loop.run_until(lambda: len(results) == 2)
+    finally:
+        store.close()
+    assert results["A"] is None and isinstance(results["B"], Exception)
+    assert stored_mids(store.path) == {"A"}
+
+
+def test_answers_read_as_the_child_dies_reach_their_own_batches(tmp_path):
+    """Two batches committed and answered in one read, two more waiting
+    (one a row the store refuses), and the child dies between the loop's
+    read and its next write: the answered batches hear they are committed
+    and the waiting ones go to a new child, each hearing its own answer."""
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    results = {}
+    try:
+        store.bind_loop(loop)
+        group = store._group
+        group.max_lists = 1
+        process = group.process
+
+        def add(mid, event=None):
+            event = event or make_event("1", "c", 1.0, mid=mid)
+            store.add_events_then([event], lambda e: results.setdefault(mid, e))
+
+        blocker = sqlite3.connect(store.path)
+        blocker.execute("BEGIN IMMEDIATE")
+        add("A")
+        loop.run_once()
+        add("B")
+        loop.run_once()
+        assert len(group._committing) == 2
+        add("C")
+        add("D", dict(make_event("1", "c", 4.0, mid="D"), event=None))
+        loop.run_once()
+        child = process._process
+        blocker.rollback()
+        blocker.close()
+        wait_until(lambda: {"A", "B"} <= stored_mids(store.path))
+        # both answers wait on the socket (a frame of 9 bytes each)
+        wait_until(lambda: unread_bytes(process.socket) >= 2 * 9)
+        receive = process.receive
+
+        def receive_then_die(wait=False):
+            answers = receive(wait)
+            if process._process is child and child.poll() is None:
+                child.kill()
+                child.wait(10)
+            return answers
+
+        process.receive = receive_then_die
+        loop.run_until(lambda: len(results) == 4)
+    finally:
+        store.close()
+    assert results["A"] is None and results["B"] is None and results["C"] is None
+    assert isinstance(results["D"], Exception)
+    assert stored_mids(store.path) == {"A", "B", "C"}
+
+
+def test_a_batch_larger_than_the_socket_takes_never_holds_the_loop(tmp_path):
+    """A first batch of 4 MB leaves while the child starts (it reads
+    nothing until it has imported Pushi): the loop writes what the socket
+    takes and the rest as it drains, without waiting."""
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    results = []
+    try:
+        store.bind_loop(loop)
+        for n in range(40):
+            store.add_events_then(
+                [make_event("1", "c", float(n), data="x" * 10000) for _ in range(10)],
+                results.append,
+            )
+        loop.run_once()
+        # the turn is over with the batch partly sent
+        assert store._group.process.unsent
+        loop.run_until(lambda: len(results) == 40)
+    finally:
+        store.close()
+    assert results == [None] * 40
+    assert len(stored_mids(store.path)) == 400
+
+
+def test_the_events_child_outlives_a_sigterm_to_the_whole_group(tmp_path):
+    """A service manager's stop sends SIGTERM to every process of the
+    server's group: the child commits and answers the batch it holds, and
+    ends when the server closes its input."""
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    results = []
+    try:
+        store.bind_loop(loop)
+        # a first batch: the child is up
+        store.add_events_then([make_event("1", "c", 1.0, mid="A")], results.append)
+        loop.run_until(lambda: results)
+        blocker = sqlite3.connect(store.path)
+        blocker.execute("BEGIN IMMEDIATE")
+        store.add_events_then([make_event("1", "c", 2.0, mid="B")], results.append)
+        loop.run_once()
+        child = store._group.process._process
+        child.send_signal(signal.SIGTERM)
+        blocker.rollback()
+        blocker.close()
+        loop.run_until(lambda: len(results) == 2)
+        assert child.poll() is None
+    finally:
+        store.close()
+    assert results == [None, None]
+    assert child.poll() == 0
+
+
+def test_a_closed_store_fails_a_persist_without_a_new_child(tmp_path):
+    store = SQLiteStore(str(tmp_path / "data"))
+    loop = SelectorLoop()
+    results = []
+    store.bind_loop(loop)
+    store.add_events_then([make_event("1", "c", 1.0, mid="A")], results.append)
+    loop.run_until(lambda: results)
+    store.close()
+    store.add_events_then([make_event("1", "c", 2.0, mid="late")], results.append)
+    loop.run_until(lambda: len(results) == 2)
+    assert isinstance(results[1], StoreClosedError)
+    assert store._group.process._process is None
+    assert stored_mids(store.path) == {"A"}
 
 
 def test_sqlite_trims_in_bounded_transactions(sqlite_store, monkeypatch):

@@ -635,6 +635,8 @@ class SQLiteStore(base.Store):
         rows = self._event_rows(events)
         if not rows:
             callback(None)
+        elif self._closed:
+            callback(StoreClosedError("store is closed"))
         elif self._group is not None:
             self._group.add(rows, callback)
         else:

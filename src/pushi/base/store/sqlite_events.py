@@ -18,11 +18,10 @@ length and a pickle.  The parent sends a list of row lists, one per
 caller; the answer, after the commit, is a list of the same length, None
 for each stored list, else ``(error class name, message)``.  Batches are
 committed and answered in the order they came, and the parent has at most
-two unanswered, the second small enough to wait in the socket's buffer
-(``GroupCommit``).  A row list that fails (a constraint) fails alone: it is
-retried in its own savepoint.  The child exits when its input closes, so
-it never outlives the server for long, and a batch is answered only once
-it is committed.
+two unanswered (``GroupCommit``).  A row list that fails (a constraint)
+fails alone: it is retried in its own savepoint.  The child exits when its
+input closes, so it never outlives the server for long, and a batch is
+answered only once it is committed.
 
 Worker mode (``PUSHI_WORKERS``): the supervisor runs ONE shared writer
 (``serve``) on a Unix socket, and each worker's ``EventsProcess`` is given
@@ -58,11 +57,6 @@ CHECKPOINT_DELAY = 0.1
 """Seconds from a commit to the background checkpoint that copies it into
 the database file: the commits of that time share one checkpoint (and its
 two syncs)."""
-
-PIPELINE_BYTES = 32 << 10
-"""A batch's frame of at most this size may leave while another as small is
-committed (``GroupCommit``): both fit in a socket's buffer, so writing it
-never waits for the commit."""
 
 WAL_LIMIT = 8 << 20
 """Bytes of WAL past which the writer checkpoints it itself, between two
@@ -241,10 +235,11 @@ class Checkpoints:
 
 
 def main(argv=None):
-    # Ctrl-C in a terminal reaches the whole process group: the server
-    # stops gracefully and closes this child's input, which ends it after
-    # its last commit
+    # Ctrl-C in a terminal and a service manager's SIGTERM reach the whole
+    # process group: the server stops gracefully and closes this child's
+    # input, which ends it after its last commit
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     path, synchronous = (argv or sys.argv)[1:3]
     behind_the_loop(synchronous)
     database = MovedDatabase(path, synchronous, wal_limit=WAL_LIMIT)
@@ -363,10 +358,11 @@ def serve(argv=None):
 
 class EventsProcess:
     """The parent's handle on the events writer, over a socket pair: either
-    one thread calls ``store`` (blocking), or a loop ``send``s and, when
-    ``socket`` is readable, ``receive``s.  With ``address`` (worker mode) it
-    connects to the supervisor's shared writer there instead of starting a
-    child."""
+    one thread calls ``store`` (blocking), or a loop makes ``socket``
+    non-blocking, ``send_frame``s (and ``send_unsent`` when it is writable)
+    and, when it is readable, ``receive``s.  With ``address`` (worker mode)
+    it connects to the supervisor's shared writer there instead of starting
+    a child."""
 
     def __init__(self, path, synchronous, address=None):
         self.path = path
@@ -374,6 +370,8 @@ class EventsProcess:
         self.address = address
         self.socket: socket.socket | None = None
         self.ended = False
+        self.unsent = bytearray()
+        """ What the non-blocking socket has not taken yet (``send_frame``) """
         self._process = None
         self._received = b""
 
@@ -422,17 +420,38 @@ class EventsProcess:
         return parent
 
     def send(self, row_lists):
-        """Sends a batch to the started child (which must have answered the
-        previous one, so its end is reading and the write cannot wait on a
-        commit)."""
-        self.send_frame(_frame(row_lists))
-
-    def send_frame(self, frame):
-        """Sends a batch's ``_frame``: the child's end must be reading, or
-        the frame fit in what its socket holds (``GroupCommit``)."""
+        """Sends a batch to the started child, blocking."""
         connection = self.socket
         assert connection is not None  # sent only once started
-        connection.sendall(frame)
+        connection.sendall(_frame(row_lists))
+
+    def send_frame(self, frame):
+        """Sends a batch's ``_frame`` on the non-blocking socket, after what
+        is ``unsent``: what it does not take now is kept for
+        ``send_unsent``.  True once everything is sent; raises ``OSError``
+        when the other end is gone."""
+        if self.unsent:
+            self.unsent += frame
+            return False
+        sent = self._send_some(frame)
+        if sent < len(frame):
+            self.unsent += frame[sent:]
+            return False
+        return True
+
+    def send_unsent(self):
+        """Sends what is ``unsent`` as far as the socket takes it; True once
+        nothing is left."""
+        del self.unsent[: self._send_some(self.unsent)]
+        return not self.unsent
+
+    def _send_some(self, data):
+        connection = self.socket
+        assert connection is not None  # sent only once started
+        try:
+            return connection.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def receive(self, wait=False):
         """Returns the answers that have arrived, each a list with one error
@@ -487,6 +506,7 @@ class EventsProcess:
         process, self._process = self._process, None
         connection, self.socket = self.socket, None
         self._received = b""
+        self.unsent = bytearray()
         self.ended = False
         if connection is not None:
             try:
@@ -513,61 +533,54 @@ def died():
 class GroupCommit:
     """Event rows committed by the events writer in batches, driven by one
     loop thread: the rows added in one loop turn leave together after it,
-    and while the child commits a batch, the next one (both at most
-    ``PIPELINE_BYTES``) may already wait in its socket: the child takes it
-    as soon as it has answered, without sleeping until it is sent.  Newer
-    rows wait and go together once the older batch is answered, before
-    that answer's callbacks run.  Batches are committed and answered in the
-    order they leave.
+    and while the child commits a batch, the next one may already wait in
+    its socket: the child takes it as soon as it has answered, without
+    sleeping until it is sent.  Newer rows wait and go together once the
+    older batch is answered, before that answer's callbacks run.  Batches
+    are committed and answered in the order they leave.  The loop never
+    waits on the socket: what it does not take goes when it is writable.
 
     A batch is not held back for more callers: that gained nothing.
 
     ``loop`` runs everything here on its thread: ``schedule(work)`` after
     the current turn, ``watch_read(socket, work)`` whenever ``socket`` is
-    readable, ``unwatch_read(socket)``."""
+    readable, ``watch_write(socket, work)`` whenever it is writable, and
+    ``unwatch_read`` / ``unwatch_write``."""
 
     def __init__(self, process, loop, max_lists):
         self.process = process
         self.loop = loop
         self.max_lists = max_lists
+        self.closed = False
         self._waiting = []
-        # the batches sent and not answered yet, oldest first: their
-        # callbacks and the size of their frame
-        self._committing: collections.deque[tuple[list, int]] = collections.deque()
-        # a batch too large to leave while another is committed: it waits
-        self._held = False
+        # the callbacks of each batch sent and not answered yet, oldest first
+        self._committing: collections.deque[list] = collections.deque()
         self._scheduled = False
         self._watched = None
+        self._writing = False
 
     def add(self, rows, callback):
         """Queues ``rows``; ``callback(error)`` runs on the loop once they
         are committed (``error`` None) or failed."""
         self._waiting.append((rows, callback))
-        if not self._scheduled and self._may_send():
+        if not self._scheduled and len(self._committing) < 2:
             self._scheduled = True
             self.loop.schedule(self._send)
 
-    def _may_send(self):
-        committing = self._committing
-        return not committing or (
-            len(committing) == 1
-            and not self._held
-            and committing[0][1] <= PIPELINE_BYTES
-        )
-
     def _send(self):
         self._scheduled = False
-        if not self._waiting or not self._may_send():
+        if self.closed:
+            waiting, self._waiting = self._waiting, []
+            self._finish(
+                [callback for _rows, callback in waiting], [_closed()] * len(waiting)
+            )
+            return
+        if not self._waiting or len(self._committing) > 1:
             return
         batch = self._waiting[: self.max_lists]
-        frame = _frame([rows for rows, _callback in batch])
-        if self._committing and len(frame) > PIPELINE_BYTES:
-            # both must fit in the socket's buffer, or the write would wait
-            # for the child's commit: this one leaves with the answer
-            self._held = True
-            return
         del self._waiting[: len(batch)]
-        self._committing.append(([callback for _rows, callback in batch], len(frame)))
+        self._committing.append([callback for _rows, callback in batch])
+        frame = _frame([rows for rows, _callback in batch])
         try:
             # one look at the child per batch it has none of (a waitpid on
             # the loop); one that died with a batch shows on its socket
@@ -577,29 +590,63 @@ class GroupCommit:
                 # before start() closes the old socket
                 self._unwatch()
                 connection = self.process.start()
+                connection.setblocking(False)
             if self._watched is None:
                 self._watched = connection
                 self.loop.watch_read(connection, self._readable)
-            self.process.send_frame(frame)
         except Exception:
             logger.exception("events writer process unavailable")
             self._lost()
+            return
+        try:
+            if not self.process.send_frame(frame) and not self._writing:
+                self._writing = True
+                self.loop.watch_write(connection, self._writable)
+        except OSError:
+            self._cut()
+
+    def _writable(self):
+        try:
+            sent = self.process.send_unsent()
+        except OSError:
+            self._cut()
+            return
+        if sent:
+            self._stop_writing()
+
+    def _cut(self):
+        """A write failed: the child is gone, or is made to end (its input
+        shut) once it has answered what it took.  Its answers and its end
+        come to ``_readable``, which fails the batches left."""
+        self._stop_writing()
+        self.process.unsent.clear()
+        connection = self.process.socket
+        if connection is not None:
+            try:
+                connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
     def _readable(self):
-        for answer in self.process.receive():
-            callbacks = self._committing.popleft()[0] if self._committing else []
-            self._held = False
-            if self._waiting and not self.process.ended:
-                # the next batch leaves first: the child commits it while
-                # the loop delivers and answers this one
-                self._send()
+        answered = [
+            (self._committing.popleft(), answer) for answer in self.process.receive()
+        ]
+        while self._waiting and len(self._committing) < 2 and not self.process.ended:
+            # the next batches leave first: the child commits them while
+            # the loop delivers and answers these
+            self._send()
+        for callbacks, answer in answered:
             self._finish(callbacks, answer)
         if self.process.ended:
             self._lost()
-        elif self._waiting and self._may_send():
-            self._send()
+
+    def _stop_writing(self):
+        if self._writing:
+            self._writing = False
+            self.loop.unwatch_write(self._watched)
 
     def _unwatch(self):
+        self._stop_writing()
         if self._watched is not None:
             self.loop.unwatch_read(self._watched)
             self._watched = None
@@ -608,8 +655,7 @@ class GroupCommit:
         self._unwatch()
         self.process.close()
         lost, self._committing = self._committing, collections.deque()
-        self._held = False
-        for callbacks, _size in lost:
+        for callbacks in lost:
             self._finish(callbacks, [died()] * len(callbacks))
         if self._waiting:
             self._send()
@@ -623,8 +669,14 @@ class GroupCommit:
                 logger.exception("events callback failed")
 
     def close(self):
-        """Ends the child (the loop must have stopped)."""
+        """Ends the child (the loop must have stopped); rows added after
+        this fail."""
+        self.closed = True
         self.process.close()
+
+
+def _closed():
+    return sqlite3.OperationalError("store is closed")
 
 
 def _error(name, message):
