@@ -573,6 +573,36 @@ def restart(redis_server, *nodes):
         node.wait_up(connections=2)
 
 
+def test_a_settle_while_redis_is_away_again_is_done_by_the_next(nodes, redis_server):
+    """A leave that failed (Redis away) leaves the node unsure whether the
+    channel was vacated, which ``settle`` decides after the node wrote its
+    state again; when Redis is away once more at that moment, the next
+    settle decides it: the vacated is not lost."""
+    (a,) = nodes(1)
+    a.presence.announcer = Announcer()
+    assert a.ask(a.joined("x")) == (1, True)
+    assert a.ask(a.join("presence-p", "u")).new
+    redis_server.kill()
+    assert isinstance(a.ask(a.left("x")), ConnectionDown)
+    assert isinstance(a.ask(a.leave("presence-p", "u")), ConnectionDown)
+    settled = queue.Queue()
+
+    def settle():
+        a.occupancy.settle(lambda *key: settled.put(("vacated",) + key))
+        a.presence.settle(lambda *key: settled.put(("removed",) + key))
+
+    a.state.call_in_loop(settle)
+    redis_server.start()
+    a.wait_up(connections=2)
+    assert isinstance(reregister(a), Registered)
+    a.state.call_in_loop(settle)
+    assert sorted(settled.get(timeout=10) for _ in range(2)) == [
+        ("removed", APP, "presence-p", "u"),
+        ("vacated", APP, "x"),
+    ]
+    assert settled.empty()
+
+
 def test_after_redis_restarted_empty_reregister_restores_the_state(nodes, redis_server):
     a, b = nodes(2)
     occupy(a)

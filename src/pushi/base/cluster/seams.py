@@ -456,6 +456,8 @@ class RedisOccupancy(_Twin):
                 lambda count, app_id=app_id, channel=channel: (
                     vacated(app_id, channel) if not count else None
                 ),
+                # Redis away again: the next settle asks again
+                lambda _error, key=(app_id, channel): self.unsure.add(key),
             )
 
     def opened(self, app_id, limit, then, failed=None):
@@ -791,7 +793,8 @@ class RedisPresence(_Twin):
                 ),
                 (user_id,) + tuple(extra),
                 gone,
-                None,
+                # Redis away again: the next settle tries again
+                lambda _error, key=(app_id, channel, user_id): self.unsure.add(key),
             )
 
     # re-registration
