@@ -482,13 +482,11 @@ class Engine:
             if occupied:
                 self.emit(app_id, "occupied", channel=name, **_lingered(lingered))
 
-        if self.observers:
-            self.occupancy.joined(app_id, name, counted)
-            self.emit(app_id, "subscribed", channel=name, socket_id=session.socket_id)
-        else:
-            self.occupancy.joined(app_id, name, _ignore)
+        self.occupancy.joined(app_id, name, counted if self.observers else _ignore)
         # its answer goes out once every server would count it
         self.occupancy.hold_until_shared(session.transport)
+        if self.observers:
+            self.emit(app_id, "subscribed", channel=name, socket_id=session.socket_id)
         return channel
 
     def unsubscribe(self, session: Session, name: Any) -> None:
