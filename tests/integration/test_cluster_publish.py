@@ -130,6 +130,13 @@ def test_a_socket_is_told_it_is_subscribed_once_redis_has_its_join(nodes, redis_
     # for the count
     first = subscribed(two, app, "news")
     commands = two.cluster.node.commands
+
+    def patient():
+        # Redis stopped, then working through the large command: no
+        # timeout (1 s) that would drop the connection and fail the steps
+        commands.timeout = 30
+
+    two.call_in_loop(patient)
     second = connected(two, app)
     redis_server.pause()
     try:
