@@ -565,7 +565,9 @@ def test_reconnects_and_resubscribes_after_a_server_restart(browser, pages):
             page.evaluate("() => clients.main.channel('presence-floor').members.me.id")
             == "dora"
         )
-        assert live.server.socket_ids(live.app) == [second]
+        # the server holds the page's socket and no other (once seen under
+        # CI load: pusher-js had connected once more since ``second``)
+        assert live.server.socket_ids(live.app) == [socket_id(page)]
         # resubscribed once: each event arrived once
         sync(live, page, "ticker")
         assert len(entries(page, event="after")) == 2
