@@ -25,7 +25,8 @@ class Session:
     ``reading`` is true while its ``pusher:latest`` is read, ``loading``
     the personal channel it is loading, ``listening`` the channels it
     waits for the broker to bring, ``recovering`` the channels whose
-    recovery reads the store, ``sending`` its sends waiting for the store
+    recovery reads the store (each True while still wanted, False once
+    unsubscribed), ``sending`` its sends waiting for the store
     (with those queued behind them, see ``engine/stored``).
     ``transport`` is what the network layer gave: ``write(frame)``,
     ``close(code, reason)``, ``pinged()`` (False once the socket pings

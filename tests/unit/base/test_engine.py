@@ -320,16 +320,17 @@ def test_signin_and_user_channel(engine):
     assert tb.messages()[0]["data"]["code"] == 4009 and tb.closed == 4009
 
 
-def a_store_recovery(tmp_path):
+def a_store_recovery(tmp_path, **settings):
     """An engine on a store whose recovery reads run when the test says
     (``reads``: each ``(read, answer)`` handed to ``offload``), an app that
-    keeps 3 events per channel, a socket on ``news`` (its epoch) and
-    ``stored(data, mid)``: an event stored, and ``delivered(...)`` it."""
+    keeps 3 events per channel (and ``settings``), a socket on ``news``
+    (its epoch) and ``stored(data, mid)``: an event stored, and
+    ``delivered(...)`` it."""
     from pushi.base.store.sqlite import SQLiteStore
 
     reads = []
     store = SQLiteStore(str(tmp_path))
-    app = make_app(settings={"recovery_history": 3})
+    app = make_app(settings=dict({"recovery_history": 3}, **settings))
 
     class Apps:
         def by_id(self, app_id):
@@ -463,3 +464,67 @@ def test_a_store_recovery_orders_by_the_store_not_by_mid(tmp_path):
     said = [message["data"] for message in tb.messages() if message["event"] == "said"]
     assert said == ["6", "7", "8", "9", "10"]
     store.close()
+
+
+def test_an_unsubscribe_while_a_store_recovery_reads_holds(tmp_path):
+    """A socket that leaves a channel whose recovery still reads the store
+    is told it left, and the read's answer does not put it back; one that
+    subscribes again meanwhile gets that answer."""
+    reads, store, engine, app, _epoch, _stored = a_store_recovery(tmp_path)
+    b, tb = recover_from(engine, app, "0000-1", 5, messages.message_id(1700000000))
+    ((read, answer),) = reads
+    send(engine, b, "pusher:unsubscribe", {"channel": "news"})
+    assert [m["event"] for m in tb.messages()] == ["pusher_internal:unsubscription_succeeded"]
+    answer(read())
+    engine.publish(app.app_id, ["news"], "said", "after")
+    assert "news" not in b.channels and tb.messages() == []
+    since = {"epoch": "0000-1", "offset": 5, "mid": messages.message_id(1700000000)}
+    send(engine, b, "pusher:subscribe", {"channel": "news", "since": since})
+    ((read, answer),) = reads[1:]
+    send(engine, b, "pusher:unsubscribe", {"channel": "news"})
+    send(engine, b, "pusher:subscribe", {"channel": "news", "since": since})
+    answer(read())
+    assert [m["event"] for m in tb.messages()] == [
+        "pusher_internal:unsubscription_succeeded",
+        "pusher_internal:subscription_succeeded",
+    ]
+    assert "news" in b.channels and len(reads) == 2
+    store.close()
+
+
+def test_max_socket_channels_counts_the_subscriptions_that_wait(tmp_path):
+    reads, store, engine, app, _epoch, _stored = a_store_recovery(
+        tmp_path, max_socket_channels=2
+    )
+    b, tb = connect(engine, app, "pushi")
+    since = {"epoch": "0000-1", "offset": 5, "mid": messages.message_id(1700000000)}
+    for index in range(4):
+        send(engine, b, "pusher:subscribe", {"channel": "c%d" % index, "since": since})
+    assert len(reads) == 2
+    refused = [m for m in tb.messages() if m["event"] == "pusher:subscription_error"]
+    assert [m["channel"] for m in refused] == ["c2", "c3"]
+    for read, answer in reads:
+        answer(read())
+    assert sorted(b.channels) == ["c0", "c1"]
+    store.close()
+
+
+def test_a_socket_signed_in_as_another_user_leaves_the_first_users_channel(engine):
+    """Signed in as ``a`` and on ``#server-to-user-a``, then signed in as
+    ``b``: the socket is no longer ``a`` and gets nothing sent to ``a``."""
+    app = make_app()
+    s, ts = connect(engine, app)
+
+    def signin(user_id):
+        user_data = json.dumps({"id": user_id})
+        signed = auth.user_string(s.socket_id, user_data)
+        token = auth.token(app.key, app.secret, signed)
+        send(engine, s, "pusher:signin", {"auth": token, "user_data": user_data})
+
+    signin("a")
+    send(engine, s, "pusher:subscribe", {"channel": "#server-to-user-a"})
+    signin("b")
+    ts.messages()
+    assert "#server-to-user-a" not in s.channels
+    engine.publish(app.app_id, ["#server-to-user-a"], "note", "for a only")
+    assert ts.messages() == []

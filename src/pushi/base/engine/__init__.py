@@ -378,15 +378,21 @@ class Engine:
             else:
                 answer({})
             return
-        if (session.recovering and name in session.recovering) or (
-            session.listening and name in session.listening
-        ):
+        if session.recovering and name in session.recovering:
+            # the answer to the first one is on its way (and wanted again,
+            # if the socket unsubscribed meanwhile)
+            session.recovering[name] = True
+            return
+        if session.listening and name in session.listening:
             return  # the answer to the first one is on its way
         limit = app.limits.max_socket_channels
+        # the subscriptions waiting for their recovery or the broker count
+        waiting = sum(session.recovering.values()) if session.recovering else 0
+        waiting += len(session.listening) if session.listening else 0
         if (
             limit
-            and len(session.channels) >= limit
-            and len(session.channels) - len(session.via_personal) >= limit
+            and len(session.channels) + waiting >= limit
+            and len(session.channels) - len(session.via_personal) + waiting >= limit
         ):
             # the channels a personal channel covers are the back end's
             # choice, and do not count
@@ -421,6 +427,8 @@ class Engine:
         session.listening.add(name)
 
         def listening(error):
+            if name not in session.listening:
+                return  # unsubscribed meanwhile
             session.listening.discard(name)
             if session.closed or name in session.channels:
                 return
@@ -490,13 +498,20 @@ class Engine:
         return channel
 
     def unsubscribe(self, session: Session, name: Any) -> None:
-        if isinstance(name, str) and name == session.loading:
-            # not joined yet: the load's answer is dropped when it comes
-            session.loading = None
+        if not isinstance(name, str):
+            return
+        if name == session.loading or self._pending(session, name):
+            # not joined yet: the answer is dropped when it comes
+            if name == session.loading:
+                session.loading = None
+            elif session.recovering and name in session.recovering:
+                session.recovering[name] = False
+            elif session.listening:
+                session.listening.discard(name)
             if session.dialect == messages.PUSHI:
                 self.send(session, messages.unsubscription_succeeded(name))
             return
-        if not isinstance(name, str) or name not in session.channels:
+        if name not in session.channels:
             return
         if channels.kind(name) == channels.PEER:
             return
@@ -505,6 +520,15 @@ class Engine:
             self.leave(session, name)
         if session.dialect == messages.PUSHI:
             self.send(session, messages.unsubscription_succeeded(name))
+
+    @staticmethod
+    def _pending(session: Session, name: str) -> bool:
+        """Whether a subscription of the socket waits for its recovery or
+        for the broker (and was not unsubscribed since)."""
+        return bool(
+            (session.recovering and session.recovering.get(name))
+            or (session.listening and name in session.listening)
+        )
 
     def leave(self, session: Session, name: str) -> None:
         """Takes a socket off a channel, with what that ends there."""

@@ -50,12 +50,13 @@ class Recovery:
             return
         epoch, offset, mid = since
         if session.recovering is None:
-            session.recovering = set()
-        session.recovering.add(name)
+            session.recovering = {}
+        session.recovering[name] = True
 
         def recovered(done, frames):
-            session.recovering.discard(name)
-            if session.closed or name in session.channels:
+            # False: unsubscribed meanwhile
+            wanted = session.recovering.pop(name, False)
+            if session.closed or name in session.channels or not wanted:
                 return
             if done is None:
                 # the history did not answer (a cluster's Redis)
@@ -109,8 +110,8 @@ class Recovery:
         app = session.app
         store = engine.store
         if session.recovering is None:
-            session.recovering = set()
-        session.recovering.add(name)
+            session.recovering = {}
+        session.recovering[name] = True
         # what the channel delivers from now on, whatever the history drops
         tapped = self.history.tap(app.app_id, name, app.limits)
 
@@ -119,9 +120,9 @@ class Recovery:
             return list(reversed(store.get_events(app.app_id, [name], 0, MAX_LATEST)))
 
         def answer(events):
-            session.recovering.discard(name)
+            wanted = session.recovering.pop(name, False)
             self.history.untap(app.app_id, name, tapped)
-            if session.closed or name in session.channels:
+            if session.closed or name in session.channels or not wanted:
                 return
             frames = []
             mids: set[str] = set()

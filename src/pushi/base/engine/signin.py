@@ -2,7 +2,7 @@
 socket's watchers hear when its user comes online and goes offline,
 through the ``Users`` seam."""
 
-from pushi.proto import auth, errors, messages
+from pushi.proto import auth, channels, errors, messages
 from pushi.proto.websocket import text_frame
 
 
@@ -43,6 +43,12 @@ class SignIn:
             engine.send(session, success)
         else:
             if previous is not None:
+                # the socket is no longer that user: off its channel too
+                old = channels.USER_PREFIX + previous
+                if old in session.channels:
+                    engine.leave(session, old)
+                    if session.dialect == messages.PUSHI:
+                        engine.send(session, messages.unsubscription_succeeded(old))
                 self.signed_out(app, previous)
 
             def counted(came):
