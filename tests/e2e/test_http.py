@@ -253,12 +253,15 @@ def test_refusals_are_json_and_close_the_socket(server, data, status):
     assert server.request("GET", "health")[0] == 200
 
 
-def test_a_request_head_that_stalls_is_cut_off(server):
+def test_a_request_head_that_stalls_is_cut_off_with_a_reason(server):
     sock = open_socket(server)
     try:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         started = time.time()
-        assert is_closed(sock, timeout=30)
+        sock.sock.settimeout(30)
+        status, headers, body = read_response(sock)
+        assert status == 408 and json.loads(body)["code"] == 408
+        assert headers["connection"] == "close" and is_closed(sock)
         assert time.time() - started >= 5
     finally:
         sock.close()

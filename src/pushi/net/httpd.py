@@ -277,7 +277,8 @@ class HttpServer(
         wire.send(peer.connection, data)
 
     def _sweep(self):
-        """Closes sockets stuck mid-request or idle past keep-alive."""
+        """Closes sockets stuck mid-request (with a 408 that says so) or
+        idle past keep-alive."""
         # the next sweep first: a failure below must not end them
         self.delay(self._sweep, timeout=HEAD_TIMEOUT / 2)
         now = time.monotonic()
@@ -286,8 +287,11 @@ class HttpServer(
             if peer is None or peer.waiting:
                 continue
             # a held client has sent what it may, but not read its answers
-            limit = (
-                HEAD_TIMEOUT if peer.buffer and not connection.held else IDLE_TIMEOUT
-            )
-            if now - peer.since > limit:
+            stuck = peer.buffer and not connection.held
+            if now - peer.since <= (HEAD_TIMEOUT if stuck else IDLE_TIMEOUT):
+                continue
+            if stuck:
+                late = "Request not received whole within %d s" % HEAD_TIMEOUT
+                self._refuse(peer, errors.HttpError(408, late))
+            else:
                 connection.close()

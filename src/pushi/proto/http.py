@@ -42,6 +42,9 @@ MAX_HEAD = 8192
 MAX_BODY = 262144
 """ Bytes of a request's body (its ``Content-Length``) """
 
+MAX_HEADERS = 100
+""" Header lines of a request """
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 """ What ``next_request`` gives, once per request, when its client waits
 for this interim answer before it sends the body: send it as it is """
@@ -98,29 +101,71 @@ class Request:
 
 class RequestParser:
     """One connection's requests, from its bytes (see the module doc).
-    ``buffer`` holds what is not parsed yet: empty between requests."""
+    ``buffer`` holds what is not parsed yet: empty between requests.  A
+    head is parsed once, however many pieces its body comes in."""
 
-    __slots__ = ("buffer", "max_body", "continued")
+    __slots__ = ("buffer", "max_body", "continued", "head")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
-        self.buffer = b""
+        self.buffer: bytes | bytearray = b""
         self.max_body = max_body
         self.continued = False  # CONTINUE given for the current request
+        # (method, target, version, headers, body start, body length) of
+        # the request whose body is not all there yet
+        self.head: tuple | None = None
 
     def feed(self, data: bytes) -> None:
-        self.buffer += data
+        buffer = self.buffer
+        if not buffer:
+            self.buffer = data
+        elif buffer.__class__ is bytes:
+            # a request in pieces: grown in place from now on
+            self.buffer = bytearray(buffer) + data
+        else:
+            buffer += data
 
     def next_request(self) -> Request | bytes | None:
         """The next whole request, None until it has arrived, or
         ``CONTINUE``; raises ``errors.HttpError`` for one that breaks the
         limits or the grammar (the connection is then unusable)."""
         buffer = self.buffer
+        head = self.head or self._head(buffer)
+        if head is None:
+            return None
+        method, target, version, headers, start, length = head
+        if len(buffer) < start + length:
+            self.head = head
+            if (
+                version == "HTTP/1.1"
+                and headers.get("expect", "").lower() == "100-continue"
+                and not self.continued
+            ):
+                self.continued = True
+                return CONTINUE
+            return None
+        self.head = None
+        self.continued = False
+        if isinstance(buffer, bytes):
+            body = buffer[start : start + length]
+            self.buffer = buffer[start + length :]
+        else:
+            body = bytes(buffer[start : start + length])
+            self.buffer = bytes(buffer[start + length :])
+        path, _, query = target.partition("?")
+        return Request(method, path, query, version, headers, body)
+
+    def _head(self, buffer: bytes | bytearray) -> tuple | None:
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
             if len(buffer) > MAX_HEAD:
                 raise errors.HttpError(431, "Request head over %d bytes" % MAX_HEAD)
             return None
-        lines = buffer[:end].decode("latin-1").split("\r\n")
+        text = buffer[:end].decode("latin-1")
+        lines = text.split("\r\n")
+        if text.count("\r") != len(lines) - 1:
+            raise errors.HttpError(400, "Bare CR in the request head")
+        if len(lines) > MAX_HEADERS + 1:
+            raise errors.HttpError(431, "Over %d header lines" % MAX_HEADERS)
         parts = lines[0].split(" ")
         if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
             raise errors.HttpError(400, "Malformed request line")
@@ -150,19 +195,7 @@ class RequestParser:
         length = int(declared)
         if length > self.max_body:
             raise errors.HttpError(413, "Body over %d bytes" % self.max_body)
-        start = end + 4
-        if len(buffer) < start + length:
-            expect = headers.get("expect", "").lower()
-            if expect == "100-continue" and not self.continued:
-                self.continued = True
-                return CONTINUE
-            return None
-        self.buffer = buffer[start + length :]
-        self.continued = False
-        path, _, query = target.partition("?")
-        return Request(
-            method, path, query, version, headers, buffer[start : start + length]
-        )
+        return method, target, version, headers, end + 4, length
 
 
 def status_line(status: int) -> str:

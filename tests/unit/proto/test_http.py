@@ -65,6 +65,31 @@ def test_a_request_arriving_byte_by_byte_comes_out_once_whole():
     assert [index for index, _request in seen] == [len(TRIGGER) - 1]
 
 
+def test_a_body_arriving_in_pieces_has_its_head_parsed_once(monkeypatch):
+    """However many pieces a body comes in (a client sending it a byte at
+    a time), its head, up to 100 lines, is parsed once; the pieces are
+    gathered in place."""
+    heads = []
+    parse_head = http.RequestParser._head
+    monkeypatch.setattr(
+        http.RequestParser,
+        "_head",
+        lambda parser, buffer: heads.append(1) or parse_head(parser, buffer),
+    )
+    many = b"".join(b"X-%d: v\r\n" % index for index in range(99))
+    body = b"x" * 5000
+    head = b"POST / HTTP/1.1\r\n" + many + b"Content-Length: 5000\r\n\r\n"
+    parser = http.RequestParser()
+    parser.feed(head)
+    assert parser.next_request() is None
+    for index in range(len(body)):
+        parser.feed(body[index : index + 1])
+        request = parser.next_request()
+    assert request.body == body and len(request.headers) == 100
+    assert request.body.__class__ is bytes and parser.buffer == b""
+    assert len(heads) == 1
+
+
 def test_pipelined_requests_come_out_in_order():
     second = b"GET /apps/1/channels HTTP/1.1\r\nHost: x\r\n\r\n"
     requests, parser = parse_all(TRIGGER + second + b"GET /partial")
@@ -104,6 +129,14 @@ def test_expect_100_continue_is_asked_for_once():
     assert parser.next_request().body == b"ok"
 
 
+def test_expect_100_continue_is_ignored_in_http_1_0():
+    """RFC 9110 10.1.1: an HTTP/1.0 client would take the interim answer
+    for the final one."""
+    parser = http.RequestParser()
+    parser.feed(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert parser.next_request() is None
+
+
 # limits and grammar: each a 4xx
 
 
@@ -114,6 +147,16 @@ def test_a_head_over_the_limit_is_431():
 def test_a_body_over_max_body_is_413_before_it_arrives():
     head = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n"
     assert refusal(head, max_body=10) == 413
+
+
+def test_over_100_header_lines_is_431():
+    lines = b"".join(b"X-%d: v\r\n" % index for index in range(101))
+    assert refusal(b"GET / HTTP/1.1\r\n" + lines + b"\r\n") == 431
+
+
+def test_a_bare_cr_in_the_head_is_400():
+    """RFC 9112 2.2: a CR not followed by LF is not passed on."""
+    assert refusal(b"GET / HTTP/1.1\r\nX-Note: a\rb\r\n\r\n") == 400
 
 
 def test_a_chunked_body_is_411():
