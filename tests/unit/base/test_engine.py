@@ -474,7 +474,9 @@ def test_an_unsubscribe_while_a_store_recovery_reads_holds(tmp_path):
     b, tb = recover_from(engine, app, "0000-1", 5, messages.message_id(1700000000))
     ((read, answer),) = reads
     send(engine, b, "pusher:unsubscribe", {"channel": "news"})
-    assert [m["event"] for m in tb.messages()] == ["pusher_internal:unsubscription_succeeded"]
+    assert [m["event"] for m in tb.messages()] == [
+        "pusher_internal:unsubscription_succeeded"
+    ]
     answer(read())
     engine.publish(app.app_id, ["news"], "said", "after")
     assert "news" not in b.channels and tb.messages() == []
@@ -528,3 +530,48 @@ def test_a_socket_signed_in_as_another_user_leaves_the_first_users_channel(engin
     assert "#server-to-user-a" not in s.channels
     engine.publish(app.app_id, ["#server-to-user-a"], "note", "for a only")
     assert ts.messages() == []
+
+
+def test_a_personal_channel_load_leaves_a_pending_subscription_its_answer(tmp_path):
+    """A socket subscribes to ``news`` itself (its recovery reading the
+    store) and to ``personal-u``, which covers ``news``: the personal
+    channel's load answering first leaves ``news`` to the socket's own
+    subscription, which is answered, and leaving ``personal-u`` keeps the
+    socket on it."""
+    reads, store, engine, app, _epoch, _stored = a_store_recovery(tmp_path)
+    store.subscribe(app.app_id, "u", "news")
+    b, tb = recover_from(engine, app, "0000-1", 5, messages.message_id(1700000000))
+    token = auth.channel_auth(app.key, app.secret, b.socket_id, "personal-u")
+    send(engine, b, "pusher:subscribe", {"channel": "personal-u", "auth": token})
+    (recovery_read, recovery_answer), (load, loaded) = reads
+    loaded(load())
+    assert "news" not in b.channels
+    recovery_answer(recovery_read())
+    succeeded = [
+        m["channel"]
+        for m in tb.messages()
+        if m["event"] == "pusher_internal:subscription_succeeded"
+    ]
+    assert succeeded == ["personal-u", "news"]
+    send(engine, b, "pusher:unsubscribe", {"channel": "personal-u"})
+    assert "news" in b.channels
+    store.close()
+
+
+def test_leaving_a_pending_subscription_a_personal_channel_covers(tmp_path):
+    """The socket leaves ``news`` while its own subscription waits, its
+    personal channel covering ``news``: it stays on ``news`` through the
+    personal channel alone, as after leaving a joined one."""
+    reads, store, engine, app, _epoch, _stored = a_store_recovery(tmp_path)
+    store.subscribe(app.app_id, "u", "news")
+    b, tb = recover_from(engine, app, "0000-1", 5, messages.message_id(1700000000))
+    token = auth.channel_auth(app.key, app.secret, b.socket_id, "personal-u")
+    send(engine, b, "pusher:subscribe", {"channel": "personal-u", "auth": token})
+    (recovery_read, recovery_answer), (load, loaded) = reads
+    loaded(load())
+    send(engine, b, "pusher:unsubscribe", {"channel": "news"})
+    recovery_answer(recovery_read())
+    assert "news" in b.channels and "news" in b.via_personal
+    send(engine, b, "pusher:unsubscribe", {"channel": "personal-u"})
+    assert "news" not in b.channels
+    store.close()

@@ -500,7 +500,7 @@ class Engine:
     def unsubscribe(self, session: Session, name: Any) -> None:
         if not isinstance(name, str):
             return
-        if name == session.loading or self._pending(session, name):
+        if name == session.loading or self.pending(session, name):
             # not joined yet: the answer is dropped when it comes
             if name == session.loading:
                 session.loading = None
@@ -510,6 +510,10 @@ class Engine:
                 session.listening.discard(name)
             if session.dialect == messages.PUSHI:
                 self.send(session, messages.unsubscription_succeeded(name))
+            if session.personal and name in session.personal:
+                # its personal channel covers it, which it waited for
+                session.add_via_personal(name)
+                self.join(session, name)
             return
         if name not in session.channels:
             return
@@ -522,7 +526,7 @@ class Engine:
             self.send(session, messages.unsubscription_succeeded(name))
 
     @staticmethod
-    def _pending(session: Session, name: str) -> bool:
+    def pending(session: Session, name: str) -> bool:
         """Whether a subscription of the socket waits for its recovery or
         for the broker (and was not unsubscribed since)."""
         return bool(

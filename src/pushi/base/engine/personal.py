@@ -76,7 +76,8 @@ class PersonalChannels:
 
     def _cover(self, session, name):
         session.personal.add(name)
-        if name not in session.channels:
+        # a subscription of its own on its way joins it, answered
+        if name not in session.channels and not self.engine.pending(session, name):
             session.add_via_personal(name)
             self.engine.join(session, name)
 
