@@ -53,8 +53,7 @@ class Session:
         "address",
         "last_seen",
         "ping_sent",
-        "event_window",
-        "event_count",
+        "event_times",
         "personal",
         "reading",
         "loading",
@@ -93,8 +92,8 @@ class Session:
         self.address = address
         self.last_seen = now
         self.ping_sent = None
-        self.event_window = 0
-        self.event_count = 0
+        # when its last client events came (``engine/client_events``)
+        self.event_times = None
         self.personal = None
         self.reading = False
         self.loading = None

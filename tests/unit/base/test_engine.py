@@ -173,6 +173,37 @@ def test_client_events_rules(engine):
     assert ta.closed is None
 
 
+def test_client_events_are_at_most_the_rate_in_any_second(engine, monkeypatch):
+    """``client_event_rate`` (10) in any second, not per second of the
+    clock: 20 within 0.1 s across a whole second are 10 delivered, and
+    more pass as the first ones get a second old."""
+    from pushi.base.engine import client_events
+
+    clock = [100.95]
+    monkeypatch.setattr(client_events.time, "monotonic", lambda: clock[0])
+    app = make_app()
+    a, ta = connect(engine, app)
+    b, tb = connect(engine, app)
+    for session in (a, b):
+        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
+        send(
+            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
+        )
+    ta.messages(), tb.messages()
+
+    def delivered_at(times):
+        for at in times:
+            clock[0] = at
+            send(engine, a, "client-x", {}, channel="private-c")
+        return len([m for m in tb.messages() if m["event"] == "client-x"])
+
+    assert delivered_at([100.95 + index * 0.005 for index in range(20)]) == 10
+    assert ta.messages()[-1]["data"]["code"] == 4301
+    # a second after the first: one more, then none until the next is
+    assert delivered_at([101.95, 101.951]) == 1
+    assert delivered_at([101.956]) == 1
+
+
 def test_client_events_off_by_default(engine):
     app = make_app(client_events=False)
     a, ta = connect(engine, app)

@@ -2,6 +2,7 @@
 Pushi sends (any name, from a Pushi-dialect socket, stored unless it says
 otherwise)."""
 
+import collections
 import time
 
 from pushi.proto import channels, errors, messages
@@ -39,16 +40,18 @@ class ClientEvents:
                 errors.CLIENT_EVENT_REJECTED,
                 "Client events go on private or presence channels only",
             )
-        now = int(time.monotonic())
-        if session.event_window != now:
-            session.event_window = now
-            session.event_count = 0
-        session.event_count += 1
-        if session.event_count > app.limits.client_event_rate:
+        rate = app.limits.client_event_rate
+        now = time.monotonic()
+        # when its last ``rate`` client events came: at most ``rate`` in
+        # any second
+        recent = session.event_times
+        if recent is None or recent.maxlen != rate:
+            recent = session.event_times = collections.deque(maxlen=rate)
+        if len(recent) == rate and (not rate or now - recent[0] < 1):
             raise errors.ProtocolError(
-                errors.RATE_LIMITED,
-                "Over %d client events per second" % app.limits.client_event_rate,
+                errors.RATE_LIMITED, "Over %d client events per second" % rate
             )
+        recent.append(now)
         data = message["data"]
         size = len(data) if isinstance(data, str) else len(messages.dumps(data))
         if size > app.limits.max_event_data:
