@@ -139,16 +139,21 @@ def test_spoofed_channel_data_is_refused(engine):
     assert ta.messages()[0]["event"] == "pusher:subscription_error"
 
 
-def test_client_events_rules(engine):
-    app = make_app()
-    a, ta = connect(engine, app)
-    b, tb = connect(engine, app)
-    for session in (a, b):
+def two_on_private_c(engine, app, dialect="pusher"):
+    """Two sockets of ``app`` on ``private-c``, what they were told read."""
+    pairs = [connect(engine, app, dialect) for _ in range(2)]
+    for session, transport in pairs:
         token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
         send(
             engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
         )
-    ta.messages(), tb.messages()
+        transport.messages()
+    return pairs
+
+
+def test_client_events_rules(engine):
+    app = make_app()
+    (a, ta), (b, tb) = two_on_private_c(engine, app)
     send(engine, a, "client-typing", {"x": 1}, channel="private-c")
     received = tb.messages()
     assert [(message.pop("offset"), "epoch" in message) for message in received] == [
@@ -182,14 +187,7 @@ def test_client_events_are_at_most_the_rate_in_any_second(engine, monkeypatch):
     clock = [100.95]
     monkeypatch.setattr(client_events.time, "monotonic", lambda: clock[0])
     app = make_app()
-    a, ta = connect(engine, app)
-    b, tb = connect(engine, app)
-    for session in (a, b):
-        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
-        send(
-            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
-        )
-    ta.messages(), tb.messages()
+    (a, ta), (b, tb) = two_on_private_c(engine, app)
 
     def delivered_at(times):
         for at in times:
@@ -236,13 +234,7 @@ def two_on_a_held_store(tmp_path, **settings):
         Config(), store=store, persist=lambda events, then: waiting.append(then)
     )
     app = make_app(settings=settings)
-    pairs = [connect(engine, app, "pushi") for _ in range(2)]
-    for session, transport in pairs:
-        token = auth.channel_auth(app.key, app.secret, session.socket_id, "private-c")
-        send(
-            engine, session, "pusher:subscribe", {"channel": "private-c", "auth": token}
-        )
-        transport.messages()
+    pairs = two_on_private_c(engine, app, "pushi")
     return waiting, store, engine, pairs[0], pairs[1]
 
 
