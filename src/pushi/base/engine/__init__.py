@@ -500,26 +500,22 @@ class Engine:
     def unsubscribe(self, session: Session, name: Any) -> None:
         if not isinstance(name, str):
             return
-        if name == session.loading or self.pending(session, name):
+        if name == session.loading:
+            # not joined yet: the load's answer is dropped when it comes
+            session.loading = None
+        elif self.pending(session, name):
             # not joined yet: the answer is dropped when it comes
-            if name == session.loading:
-                session.loading = None
-            elif session.recovering and name in session.recovering:
+            if session.recovering and name in session.recovering:
                 session.recovering[name] = False
             elif session.listening:
                 session.listening.discard(name)
-            if session.dialect == messages.PUSHI:
-                self.send(session, messages.unsubscription_succeeded(name))
             if session.personal and name in session.personal:
                 # its personal channel covers it, which it waited for
                 session.add_via_personal(name)
                 self.join(session, name)
+        elif name not in session.channels or channels.kind(name) == channels.PEER:
             return
-        if name not in session.channels:
-            return
-        if channels.kind(name) == channels.PEER:
-            return
-        if not self.personal.uncover(session, name):
+        elif not self.personal.uncover(session, name):
             # not covered by the personal channel, whose stream goes on
             self.leave(session, name)
         if session.dialect == messages.PUSHI:
