@@ -104,12 +104,11 @@ class RequestParser:
     ``buffer`` holds what is not parsed yet: empty between requests.  A
     head is parsed once, however many pieces its body comes in."""
 
-    __slots__ = ("buffer", "max_body", "continued", "head")
+    __slots__ = ("buffer", "max_body", "head")
 
     def __init__(self, max_body: int = MAX_BODY) -> None:
         self.buffer: bytes | bytearray = b""
         self.max_body = max_body
-        self.continued = False  # CONTINUE given for the current request
         # (method, target, version, headers, body start, body length) of
         # the request whose body is not all there yet
         self.head: tuple | None = None
@@ -129,22 +128,22 @@ class RequestParser:
         ``CONTINUE``; raises ``errors.HttpError`` for one that breaks the
         limits or the grammar (the connection is then unusable)."""
         buffer = self.buffer
-        head = self.head or self._head(buffer)
+        parsed = self.head
+        head = parsed or self._head(buffer)
         if head is None:
             return None
         method, target, version, headers, start, length = head
         if len(buffer) < start + length:
             self.head = head
+            # asked for once, as the head is parsed
             if (
-                version == "HTTP/1.1"
+                parsed is None
+                and version == "HTTP/1.1"
                 and headers.get("expect", "").lower() == "100-continue"
-                and not self.continued
             ):
-                self.continued = True
                 return CONTINUE
             return None
         self.head = None
-        self.continued = False
         if isinstance(buffer, bytes):
             body = buffer[start : start + length]
             self.buffer = buffer[start + length :]
