@@ -12,8 +12,8 @@ import urllib.parse
 
 from pushi.base.config import ConfigError, default_data_dir
 
-from .base import Store
-from .sqlite import SQLiteStore, StoreClosedError
+from .base import Store, StoreClosedError
+from .sqlite import SQLiteStore
 
 
 class StoreOpenError(ConfigError):

@@ -37,6 +37,10 @@ what both backends take (a larger number overflows their integers); a
 caller clamps ``skip`` to it, since skipping more finds nothing either way."""
 
 
+class StoreClosedError(RuntimeError):
+    """Raised when a closed store is used."""
+
+
 class AppKeysError(ValueError):
     """A key change the store refuses: the app would hold more than
     ``MAX_APP_KEYS`` pairs, or none (revoking its last pair)."""

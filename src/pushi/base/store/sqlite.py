@@ -161,10 +161,6 @@ between two, so a large trim never holds every app's persisted publishes
 for long."""
 
 
-class StoreClosedError(RuntimeError):
-    """Raised when a closed store is used."""
-
-
 class _Ticket:
     """One unit of work for the writer thread and the caller waiting on it.
 
@@ -276,7 +272,7 @@ class SQLiteStore(base.Store):
         if connection is not None:
             return connection
         if self._closed:
-            raise StoreClosedError("store is closed")
+            raise base.StoreClosedError("store is closed")
         connection = self._connect()
         current = threading.current_thread()
         with self._readers_lock:
@@ -291,7 +287,7 @@ class SQLiteStore(base.Store):
     def _submit(self, ticket, wait=True):
         with self._queue_lock:
             if self._closed:
-                raise StoreClosedError("store is closed")
+                raise base.StoreClosedError("store is closed")
             self._queue.put(ticket)
         return ticket.wait() if wait else None
 
@@ -636,7 +632,7 @@ class SQLiteStore(base.Store):
         if not rows:
             callback(None)
         elif self._closed:
-            callback(StoreClosedError("store is closed"))
+            callback(base.StoreClosedError("store is closed"))
         elif self._group is not None:
             self._group.add(rows, callback)
         else:
@@ -861,7 +857,7 @@ class SQLiteStore(base.Store):
         """Also fails once the writer has stopped, or when the database
         file was removed or replaced (its commits would reach no file)."""
         if self._closed or not self._writer.is_alive():
-            raise StoreClosedError("store is closed")
+            raise base.StoreClosedError("store is closed")
         if file_identity(self.path) != self._database.identity:
             raise sqlite3.OperationalError(
                 "%s was removed or replaced while in use" % self.path

@@ -46,6 +46,7 @@ import threading
 import time
 from typing import cast
 
+from .base import StoreClosedError
 from .sqlite_file import MovedDatabase
 
 logger = logging.getLogger("pushi")
@@ -572,7 +573,8 @@ class GroupCommit:
         if self.closed:
             waiting, self._waiting = self._waiting, []
             self._finish(
-                [callback for _rows, callback in waiting], [_closed()] * len(waiting)
+                [callback for _rows, callback in waiting],
+                [StoreClosedError("store is closed")] * len(waiting),
             )
             return
         if not self._waiting or len(self._committing) > 1:
@@ -673,10 +675,6 @@ class GroupCommit:
         this fail."""
         self.closed = True
         self.process.close()
-
-
-def _closed():
-    return sqlite3.OperationalError("store is closed")
 
 
 def _error(name, message):
